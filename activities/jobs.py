@@ -1,0 +1,88 @@
+"""ChangeJob bookkeeping shared by the delivery and release activities.
+
+A job's key is derived from the workflow id and the step, so the attempt that retries an
+activity finds and updates its own row instead of adding another.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from models import ChangeJob, ChangeJobKind, ChangeJobStatus, ensure_transition
+from models.base import utcnow
+
+
+async def start_job(
+    session: AsyncSession,
+    *,
+    job_key: str,
+    tenant_id: uuid.UUID,
+    kind: ChangeJobKind,
+    project_id: uuid.UUID | None = None,
+    prompt_request_id: uuid.UUID | None = None,
+    plan_id: uuid.UUID | None = None,
+    deployment_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> ChangeJob:
+    """Mark the job RUNNING and count one more attempt; creates the row on the first attempt."""
+    now = utcnow()
+    await session.execute(
+        insert(ChangeJob)
+        .values(
+            id=uuid.uuid4(),
+            job_key=job_key,
+            tenant_id=tenant_id,
+            kind=kind,
+            project_id=project_id,
+            prompt_request_id=prompt_request_id,
+            plan_id=plan_id,
+            deployment_id=deployment_id,
+            status=ChangeJobStatus.QUEUED,
+            attempts=0,
+            details=details or {},
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[ChangeJob.job_key])
+    )
+    job = (
+        await session.exec(select(ChangeJob).where(ChangeJob.job_key == job_key).with_for_update())
+    ).one()
+    if job.status in (ChangeJobStatus.QUEUED, ChangeJobStatus.RUNNING):
+        ensure_transition(job.status, ChangeJobStatus.RUNNING)
+        job.status = ChangeJobStatus.RUNNING
+        job.attempts += 1
+        job.started_at = job.started_at or now
+        job.updated_at = now
+    return job
+
+
+async def finish_job(
+    session: AsyncSession,
+    *,
+    job_key: str,
+    status: ChangeJobStatus,
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+    finished_at: datetime | None = None,
+) -> ChangeJob | None:
+    """Record the outcome once; a finished job keeps its first outcome."""
+    job = (
+        await session.exec(
+            select(ChangeJob).where(col(ChangeJob.job_key) == job_key).with_for_update()
+        )
+    ).one_or_none()
+    if job is None or job.status not in (ChangeJobStatus.QUEUED, ChangeJobStatus.RUNNING):
+        return job
+    ensure_transition(job.status, status)
+    job.status = status
+    job.error = error
+    if details:
+        job.details = {**job.details, **details}
+    job.finished_at = finished_at or utcnow()
+    job.updated_at = job.finished_at
+    return job

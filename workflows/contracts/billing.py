@@ -1,0 +1,59 @@
+"""Payloads of the token-ledger activities. Keys are derived, not passed: an activity combines
+the calling workflow's id with `step`, so retries, replays and worker restarts reuse one key."""
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class ReserveTokens(BaseModel):
+    tenant_id: uuid.UUID
+    amount: int = Field(gt=0)
+    step: str = Field(min_length=1, max_length=100)
+    ttl_seconds: int = Field(default=8 * 24 * 3600, gt=0)
+    description: str = ""
+
+
+class HoldView(BaseModel):
+    hold_id: uuid.UUID
+    account_id: uuid.UUID
+    amount: int
+    status: str
+    expires_at: datetime
+
+
+class SettleHold(BaseModel):
+    hold_id: uuid.UUID
+    amount: int = Field(ge=0)
+    step: str = Field(min_length=1, max_length=100)
+    description: str = ""
+
+
+class SettlementView(BaseModel):
+    hold_id: uuid.UUID
+    settled: int
+    released: int
+    transaction_id: uuid.UUID | None
+    balance_after: int
+
+
+class ReleaseHold(BaseModel):
+    hold_id: uuid.UUID
+    step: str = Field(min_length=1, max_length=100)
+
+
+class ChargeTokens(BaseModel):
+    tenant_id: uuid.UUID
+    amount: int = Field(gt=0)
+    step: str = Field(min_length=1, max_length=100)
+    description: str = ""
+
+
+class EntryView(BaseModel):
+    transaction_id: uuid.UUID
+    account_id: uuid.UUID
+    kind: str
+    direction: str
+    amount: int
+    balance_after: int
