@@ -42,3 +42,7 @@ bench-lifecycle: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .changeflow *.egg-info
+
+# While nothing has shipped, the schema is one revision regenerated from the models.
+initial-migration: $(STAMP)
+	$(PY) -m scripts.initial_migration

@@ -6,11 +6,9 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 from temporalio.client import Client
@@ -18,26 +16,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import models  # noqa: F401  (registers every table)
-from models.db import SessionFactory, asyncpg_dsn, create_engine, session_factory
+from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
-from workers.devstack import asyncio_run_in_thread, binary, start_postgres
+from workers.devstack import (
+    asyncio_run_in_thread,
+    binary,
+    create_database,
+    drop_database,
+    start_postgres,
+)
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
-
-
-async def _create_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -46,11 +34,10 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if admin_url:
         name = f"changeflow_test_{uuid.uuid4().hex[:10]}"
-        asyncio_run_in_thread(_create_database(admin_url, name))
-        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        url = asyncio_run_in_thread(create_database(admin_url, name))
         upgrade(url)
         yield url
-        asyncio_run_in_thread(_drop_database(admin_url, name))
+        asyncio_run_in_thread(drop_database(admin_url, name))
     else:
         server, url = start_postgres(tmp_path_factory.mktemp("pgserver"), "changeflow_test")
         upgrade(url)
