@@ -5,6 +5,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from temporalio.client import Client
+
 from models.db import SessionFactory
 from workers.settings import Settings
 
@@ -15,6 +17,8 @@ class Dependencies:
 
     settings: Settings
     sessions: SessionFactory
+    # For activities that start or signal workflows (deployment lanes).
+    client: Client
 
 
 def workflows() -> list[type]:
