@@ -3,7 +3,7 @@
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -65,7 +65,10 @@ def timestamp_field(*, nullable: bool = True) -> Any:
     return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable)  # type: ignore[call-overload]
 
 
-def fk_field(target: str, *, ondelete: str, nullable: bool = False, index: bool = True) -> Any:
+OnDelete = Literal["CASCADE", "SET NULL", "RESTRICT"]
+
+
+def fk_field(target: str, *, ondelete: OnDelete, nullable: bool = False, index: bool = True) -> Any:
     """A UUID foreign key whose delete rule is always stated, never left to the default."""
     return Field(
         default=None if nullable else ...,

@@ -68,9 +68,7 @@ class ModuleExecution(SQLModel, table=True):
 
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
-    __table_args__ = (
-        sa.UniqueConstraint("tenant_id", "email", name="uq_customers_tenant_email"),
-    )
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "email", name="uq_customers_tenant_email"),)
 
     id: uuid.UUID = id_field()
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")

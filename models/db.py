@@ -15,8 +15,8 @@ def async_url(url: str) -> str:
 
 def asyncpg_dsn(url: str) -> str:
     """The same URL in the form asyncpg.connect() takes (no SQLAlchemy driver suffix)."""
-    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    return (
+        make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
     )
 
 

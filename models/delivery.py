@@ -160,9 +160,7 @@ class DeploymentPlan(SQLModel, table=True):
     token_estimate: int = tokens_field()
     # sha256 of what is approved: diff and estimate. Approvals must name it.
     content_hash: str = Field(default="", max_length=64)
-    approval_status: PlanApprovalStatus = enum_field(
-        PlanApprovalStatus, PlanApprovalStatus.PENDING
-    )
+    approval_status: PlanApprovalStatus = enum_field(PlanApprovalStatus, PlanApprovalStatus.PENDING)
     # The commit the change engine produced, ready to be released.
     commit_sha: str | None = Field(default=None, max_length=64)
     hold_id: uuid.UUID | None = Field(default=None)

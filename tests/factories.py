@@ -9,8 +9,11 @@ from models.db import SessionFactory
 async def make_tenant(
     sessions: SessionFactory, *, name: str = "Acme Shop", plan_tier: PlanTier = PlanTier.GROWTH
 ) -> Tenant:
-    tenant = Tenant(name=name, slug=f"{name.lower().replace(' ', '-')}-{uuid.uuid4().hex[:6]}",
-                    plan_tier=plan_tier)
+    tenant = Tenant(
+        name=name,
+        slug=f"{name.lower().replace(' ', '-')}-{uuid.uuid4().hex[:6]}",
+        plan_tier=plan_tier,
+    )
     async with sessions() as session:
         session.add(tenant)
         await session.commit()
@@ -24,8 +27,12 @@ async def make_user(
     role: UserRole = UserRole.CLIENT_ADMIN,
     email: str | None = None,
 ) -> User:
-    user = User(tenant_id=tenant.id, email=email or f"{uuid.uuid4().hex[:8]}@example.com",
-                role=role, display_name="Test User")
+    user = User(
+        tenant_id=tenant.id,
+        email=email or f"{uuid.uuid4().hex[:8]}@example.com",
+        role=role,
+        display_name="Test User",
+    )
     async with sessions() as session:
         session.add(user)
         await session.commit()
@@ -40,8 +47,13 @@ async def make_project(
     check_command: str = "",
     name: str = "Storefront",
 ) -> Project:
-    project = Project(tenant_id=tenant.id, name=name, slug=f"storefront-{uuid.uuid4().hex[:6]}",
-                      repo_url=repo_url, check_command=check_command)
+    project = Project(
+        tenant_id=tenant.id,
+        name=name,
+        slug=f"storefront-{uuid.uuid4().hex[:6]}",
+        repo_url=repo_url,
+        check_command=check_command,
+    )
     async with sessions() as session:
         session.add(project)
         await session.commit()
