@@ -2,6 +2,7 @@
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -14,6 +15,7 @@ from models.base import (
     fk_field,
     id_field,
     json_field,
+    timestamp_field,
     tokens_field,
     updated_at_field,
 )
@@ -42,6 +44,9 @@ class TokenAccount(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("tenant_id", "plan_tier", name="uq_token_accounts_tenant_tier"),
         sa.CheckConstraint("balance >= floor", name="ck_token_accounts_balance_floor"),
+        # Holds are spent from the balance, so what they keep aside respects the floor too.
+        sa.CheckConstraint("balance - held >= floor", name="ck_token_accounts_available_floor"),
+        sa.CheckConstraint("held >= 0", name="ck_token_accounts_held_nonnegative"),
     )
 
     id: uuid.UUID = id_field()
@@ -51,6 +56,10 @@ class TokenAccount(SQLModel, table=True):
     # Cached sum of the entries; reconciliation proves it.
     balance: int = tokens_field()
     floor: int = tokens_field()
+    # Cached sum of active holds: available = balance - held, checked in the same UPDATE.
+    held: int = tokens_field()
+    # Sequence of the newest entry; entries are numbered 1..n in the order they applied.
+    last_sequence: int = tokens_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = updated_at_field()
 
@@ -69,6 +78,22 @@ class TokenTransaction(SQLModel, table=True):
             "account_id", "idempotency_key", name="uq_token_transactions_account_key"
         ),
         sa.CheckConstraint("amount >= 0", name="ck_token_transactions_amount_positive"),
+        sa.UniqueConstraint(
+            "account_id", "sequence", name="uq_token_transactions_account_sequence"
+        ),
+        # A refund reverses its entry at most once; a hold is settled by at most one entry.
+        sa.Index(
+            "uq_token_transactions_reverses_once",
+            "reverses_id",
+            unique=True,
+            postgresql_where=sa.text("reverses_id IS NOT NULL"),
+        ),
+        sa.Index(
+            "uq_token_transactions_hold_settled_once",
+            "hold_id",
+            unique=True,
+            postgresql_where=sa.text("hold_id IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = id_field()
@@ -78,9 +103,15 @@ class TokenTransaction(SQLModel, table=True):
     kind: TokenTransactionKind = enum_field(TokenTransactionKind)
     amount: int = tokens_field()
     balance_after: int = tokens_field()
+    # Position in the account's history: balance_after follows from the entry before.
+    sequence: int = tokens_field()
     idempotency_key: str = Field(max_length=300)
     reverses_id: uuid.UUID | None = fk_field(
-        "token_transactions.id", ondelete="RESTRICT", nullable=True
+        "token_transactions.id", ondelete="RESTRICT", nullable=True, index=False
+    )
+    # The hold a settlement entry settles.
+    hold_id: uuid.UUID | None = fk_field(
+        "token_holds.id", ondelete="RESTRICT", nullable=True, index=False
     )
     description: str = Field(default="", max_length=500)
     meta: dict[str, Any] = json_field()
@@ -90,3 +121,154 @@ class TokenTransaction(SQLModel, table=True):
     reverses: Optional["TokenTransaction"] = Relationship(
         sa_relationship_kwargs={"remote_side": "TokenTransaction.id"}
     )
+
+
+class HoldStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class LedgerOperation(enum.StrEnum):
+    GRANT = "grant"
+    TOP_UP = "top_up"
+    CHARGE = "charge"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+class LedgerRequestOutcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class AlertStatus(enum.StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True)
+class TierAllowance:
+    """What a plan tier grants per period and where its low-balance alerts sit."""
+
+    grant_per_period: int
+    low_balance_thresholds: tuple[int, ...]
+
+
+# Plain data, so pricing changes are a reviewed diff rather than a migration.
+TIER_ALLOWANCES: dict[PlanTier, TierAllowance] = {
+    PlanTier.FREE: TierAllowance(grant_per_period=50_000, low_balance_thresholds=(10_000, 2_000)),
+    PlanTier.STARTER: TierAllowance(
+        grant_per_period=500_000, low_balance_thresholds=(100_000, 20_000)
+    ),
+    PlanTier.GROWTH: TierAllowance(
+        grant_per_period=2_000_000, low_balance_thresholds=(400_000, 100_000, 20_000)
+    ),
+    PlanTier.SCALE: TierAllowance(
+        grant_per_period=10_000_000, low_balance_thresholds=(2_000_000, 500_000, 100_000)
+    ),
+}
+
+
+class TokenHold(SQLModel, table=True):
+    """Tokens reserved for work not yet done (a TigerBeetle pending transfer): settled or
+    released at most once; an expired hold is released by the sweep."""
+
+    __tablename__ = "token_holds"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_token_holds_account_key"),
+        sa.CheckConstraint("amount > 0", name="ck_token_holds_amount_positive"),
+        sa.CheckConstraint(
+            "settled_amount IS NULL OR settled_amount BETWEEN 0 AND amount",
+            name="ck_token_holds_settled_within_amount",
+        ),
+        # The sweep and the per-account availability check look only at live holds.
+        sa.Index(
+            "ix_token_holds_active_expiry",
+            "expires_at",
+            postgresql_where=sa.text("status = 'active'"),
+        ),
+        sa.Index(
+            "ix_token_holds_active_account",
+            "account_id",
+            postgresql_where=sa.text("status = 'active'"),
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    # Indexed by the unique key and the partial indexes; every index is paid on each write.
+    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT", index=False)
+    tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="RESTRICT", index=False)
+    amount: int = tokens_field()
+    status: HoldStatus = enum_field(HoldStatus, HoldStatus.ACTIVE)
+    idempotency_key: str = Field(max_length=300)
+    expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)  # type: ignore[call-overload]
+    settled_amount: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)  # type: ignore[call-overload]
+    description: str = Field(default="", max_length=500)
+    created_at: datetime = created_at_field()
+    resolved_at: datetime | None = timestamp_field()
+
+
+class TokenLedgerRequest(SQLModel, table=True):
+    """One idempotency record per key and account (Stripe's idempotency key): what was asked
+    and how it ended. A failed request stays failed, so a retry cannot turn into a charge."""
+
+    __tablename__ = "token_ledger_requests"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "account_id", "idempotency_key", name="uq_token_ledger_requests_account_key"
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT", index=False)
+    idempotency_key: str = Field(max_length=300)
+    operation: LedgerOperation = enum_field(LedgerOperation)
+    # The request's fingerprint: the same key must come back with the same values.
+    amount: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)  # type: ignore[call-overload]
+    subject_id: uuid.UUID | None = Field(default=None, nullable=True)
+    outcome: LedgerRequestOutcome = enum_field(LedgerRequestOutcome)
+    error_type: str | None = Field(default=None, max_length=50)
+    error_message: str | None = Field(default=None, max_length=500)
+    # Not indexed: entries and holds are never deleted, and replays look up by key.
+    transaction_id: uuid.UUID | None = fk_field(
+        "token_transactions.id", ondelete="RESTRICT", nullable=True, index=False
+    )
+    hold_id: uuid.UUID | None = fk_field(
+        "token_holds.id", ondelete="RESTRICT", nullable=True, index=False
+    )
+    # The balance the request left behind, so a replay returns exactly the first answer.
+    result_balance: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)  # type: ignore[call-overload]
+    created_at: datetime = created_at_field()
+
+
+class TokenAlert(SQLModel, table=True):
+    """A low-balance alert: opened when the balance crosses a tier threshold downward,
+    resolved when it climbs back to it. At most one open alert per account and threshold."""
+
+    __tablename__ = "token_alerts"
+    __table_args__ = (
+        sa.Index(
+            "uq_token_alerts_open_threshold",
+            "account_id",
+            "threshold",
+            unique=True,
+            postgresql_where=sa.text("status = 'open'"),
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT")
+    tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="RESTRICT")
+    threshold: int = tokens_field()
+    status: AlertStatus = enum_field(AlertStatus, AlertStatus.OPEN)
+    balance_at_alert: int = tokens_field()
+    transaction_id: uuid.UUID | None = fk_field(
+        "token_transactions.id", ondelete="RESTRICT", nullable=True, index=False
+    )
+    created_at: datetime = created_at_field()
+    resolved_at: datetime | None = timestamp_field()

@@ -153,6 +153,11 @@ class DeploymentPlan(SQLModel, table=True):
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")
     prompt_request_id: uuid.UUID = fk_field("prompt_requests.id", ondelete="CASCADE")
     revision: int = Field(default=1)
+    # The prompt this revision was planned from (a revision amends the request's prompt).
+    prompt: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
+    # The commit the diff applies to, and the files it touches: what applying needs again.
+    base_commit: str | None = Field(default=None, max_length=64)
+    files_changed: list[str] = json_field(list)
     diff: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
     diff_summary: str = Field(default="", sa_type=sa.Text)  # type: ignore[call-overload]
     risk_level: RiskLevel = enum_field(RiskLevel, RiskLevel.LOW)

@@ -2,7 +2,8 @@
 
 import uuid
 
-from models import PlanTier, Project, Tenant, User, UserRole
+from activities.ledger import Ledger
+from models import PlanTier, Project, Tenant, TokenAccount, User, UserRole
 from models.db import SessionFactory
 
 
@@ -58,3 +59,18 @@ async def make_project(
         session.add(project)
         await session.commit()
     return project
+
+
+async def make_funded_account(
+    sessions: SessionFactory, *, tenant: Tenant, balance: int
+) -> TokenAccount:
+    """The tenant's token account for its tier, topped up through the Ledger (so the
+    entries reconcile); opening is idempotent, so calling it twice tops up twice."""
+    ledger = Ledger(sessions)
+    account = await ledger.open_account(tenant.id)
+    if balance > 0:
+        await ledger.top_up(account.id, balance, key=f"test-funding:{uuid.uuid4()}")
+    async with sessions() as session:
+        funded = await session.get(TokenAccount, account.id)
+        assert funded is not None
+        return funded

@@ -1,8 +1,18 @@
 """Connecting to Temporal with the settings: address, namespace, API key, TLS, metrics."""
 
+import functools
+import logging
+
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import TLSConfig
 
 from workers.settings import ConfigurationError, Settings
@@ -29,12 +39,23 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     )
 
 
-def runtime_for(settings: Settings) -> Runtime | None:
-    if settings.metrics_port is None:
-        return None
+def runtime_for(settings: Settings) -> Runtime:
+    """The process's Temporal runtime: Core's logs forwarded into our logging (so they are
+    structured and redacted like the rest) and, with a metrics port, a Prometheus endpoint."""
+    return _runtime(settings.metrics_port)
+
+
+@functools.cache
+def _runtime(metrics_port: int | None) -> Runtime:
+    # One per process and port: each runtime owns a thread pool and the port can bind once.
+    metrics = PrometheusConfig(bind_address=f"0.0.0.0:{metrics_port}") if metrics_port else None
     return Runtime(
         telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(bind_address=f"0.0.0.0:{settings.metrics_port}")
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+            ),
+            metrics=metrics,
         )
     )
 
@@ -46,13 +67,19 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
         raise ConfigurationError("TEMPORAL_ADDRESS is not set and no embedded server is running")
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     try:
+        runtime = runtime_for(settings)
+    except Exception as exc:  # the bridge raises plain exceptions, e.g. for a taken port
+        raise ConfigurationError(
+            f"cannot serve metrics on port {settings.metrics_port}: {exc}"
+        ) from None
+    try:
         return await Client.connect(
             target,
             namespace=settings.temporal_namespace,
             api_key=api_key,
             tls=tls_config(settings),
             data_converter=pydantic_data_converter,
-            runtime=runtime_for(settings),
+            runtime=runtime,
         )
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot reach Temporal at {target}: {exc}") from None

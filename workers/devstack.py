@@ -18,15 +18,18 @@ import structlog
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from models.db import asyncpg_dsn
 from models.migrate import upgrade
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 from workers.client import connect
 from workers.settings import ConfigurationError, Settings
+from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 log = structlog.get_logger(__name__)
 
@@ -192,7 +195,9 @@ class EmbeddedStack:
 
 
 @contextlib.asynccontextmanager
-async def embedded_stack(settings: Settings, *, migrate: bool = True) -> AsyncIterator[EmbeddedStack]:
+async def embedded_stack(
+    settings: Settings, *, migrate: bool = True
+) -> AsyncIterator[EmbeddedStack]:
     """Resolve the database and Temporal: configured ones as they are, missing ones embedded.
 
     Waits until both answer, migrates, and on exit stops only what it started.
@@ -207,8 +212,8 @@ async def embedded_stack(settings: Settings, *, migrate: bool = True) -> AsyncIt
             temporal, temporal_address = await asyncio.to_thread(start_temporal, settings)
         else:
             temporal_address = settings.temporal_address
+        await check_database(database_url)
         if migrate:
-            await check_database(database_url)
             await asyncio.to_thread(upgrade, database_url)
         resolved = settings.model_copy(
             update={"temporal_address": temporal_address, "database_url": SecretStr(database_url)}
@@ -225,12 +230,11 @@ async def embedded_stack(settings: Settings, *, migrate: bool = True) -> AsyncIt
             await asyncio.to_thread(postgres.cleanup)
 
 
-async def check_database(url: str, timeout: float = 10) -> None:
+async def check_database(url: str, connect_timeout_s: float = 10) -> None:
     """Fail fast, with one clear message, when the database cannot be reached."""
     try:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout_s)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         safe = url.split("@")[-1] if "@" in url else url
         raise ConfigurationError(f"cannot reach PostgreSQL at {safe}: {exc}") from None
     await conn.close()
-

@@ -1,54 +1,97 @@
-"""structlog, configured once by entry points. Stdlib and temporalio loggers flow through it."""
+"""structlog, configured once by entry points. Stdlib and temporalio loggers flow through it.
+
+Context (tenant, workflow, activity) is bound with structlog.contextvars, never formatted into
+messages. Secrets are masked at the very end of the chain, after exceptions are rendered, so
+neither an event field nor a traceback can leak them.
+"""
 
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from workers.settings import LogFormat, Settings
+from workers.settings import LogFormat, LogLevel, Settings
 
-_SECRET_KEYS = re.compile(r"(password|passwd|secret|api_key|apikey|authorization|credential)", re.I)
+_SECRET_KEYS = re.compile(
+    r"(password|passwd|secret|api_key|apikey|authorization|credential|token_value)", re.I
+)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+MASK = "***"
+
+# Values configured as secrets (DB password, Temporal API key): masked wherever they appear.
+_known_secrets: set[str] = set()
 
 
-def redact_secrets(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Mask secret-named fields and passwords inside URLs, whatever the caller passed."""
+def _mask(text: str) -> str:
+    text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def redact_secrets(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Mask secret-named fields, passwords inside URLs and every known secret value."""
     for key, value in list(event_dict.items()):
         if _SECRET_KEYS.search(key) and value is not None:
-            event_dict[key] = "***"
-        elif isinstance(value, str) and "://" in value:
-            event_dict[key] = _URL_PASSWORD.sub(r"\1***\3", value)
+            event_dict[key] = MASK
+        elif isinstance(value, str):
+            event_dict[key] = _mask(value)
+        elif value is not None and not isinstance(value, int | float | bool):
+            # Objects (settings, exceptions, URLs) are rendered by repr/str later: mask that.
+            rendered = str(value)
+            masked = _mask(rendered)
+            if masked != rendered:
+                event_dict[key] = masked
     return event_dict
 
 
-def configure_logging(settings: Settings, *, stream: Any = None) -> None:
+def remember_secrets(settings: Settings) -> None:
+    """Register the configured secret values so the log chain masks them anywhere."""
+    if settings.temporal_api_key is not None:
+        _known_secrets.add(settings.temporal_api_key.get_secret_value())
+    if settings.database_url is not None:
+        try:
+            password = make_url(settings.database_url.get_secret_value()).password
+        except ArgumentError:
+            password = None
+        if password:
+            _known_secrets.add(str(password))
+    _known_secrets.discard("")
+
+
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
+    """JSON off a terminal, console on one (or as CHANGEFLOW_LOG_FORMAT says)."""
     stream = stream or sys.stderr
+    remember_secrets(settings)
+    on_terminal = hasattr(stream, "isatty") and stream.isatty()
     use_json = settings.log_format == LogFormat.JSON or (
-        settings.log_format == LogFormat.AUTO and not stream.isatty()
+        settings.log_format == LogFormat.AUTO and not on_terminal
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(colors=on_terminal)
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a reconfiguration (tests, a script after settings load) takes effect.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
@@ -57,15 +100,17 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                redact_secrets,
                 renderer,
             ],
         )
     )
+    # Library warnings (py.warnings) become log lines too, instead of raw stderr text.
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value)
     # Chatty libraries stay at WARNING unless we are debugging.
+    debugging = settings.log_level == LogLevel.DEBUG
     for name in ("sqlalchemy.engine", "alembic", "asyncio", "pgserver"):
-        logging.getLogger(name).setLevel(
-            logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
-        )
+        logging.getLogger(name).setLevel(logging.DEBUG if debugging else logging.WARNING)

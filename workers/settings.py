@@ -1,8 +1,10 @@
 """The one Settings class. Temporal's connection uses the variables Temporal's own tools read;
 everything else of ours lives under the CHANGEFLOW_ prefix."""
 
+import re
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,6 +67,10 @@ class Settings(BaseSettings):
     # slow checks can get their own fleet.
     task_queue: str = "changeflow-lifecycle"
     deploy_task_queue: str = "changeflow-deploy"
+    # Which queues this process serves; a dedicated deploy fleet sets CHANGEFLOW_SERVE_LIFECYCLE
+    # to false on its processes (and the lifecycle fleet CHANGEFLOW_SERVE_DEPLOY to false).
+    serve_lifecycle: bool = True
+    serve_deploy: bool = True
     max_concurrent_activities: int = Field(default=50, ge=1)
     max_concurrent_workflow_tasks: int = Field(default=50, ge=1)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
@@ -96,7 +102,9 @@ class Settings(BaseSettings):
         try:
             url = make_url(raw.replace("postgres://", "postgresql://", 1))
         except ArgumentError:
-            raise ValueError("is not a URL (expected postgresql://user:pass@host:port/db)") from None
+            raise ValueError(
+                "is not a URL (expected postgresql://user:pass@host:port/db)"
+            ) from None
         if url.get_backend_name() != "postgresql":
             raise ValueError(f"must be a postgresql:// URL, not {url.get_backend_name()}://")
         if not url.database:
@@ -125,8 +133,32 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field (an alias such as DATABASE_URL, or prefixed)."""
+    alias = (
+        Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    )
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _describe(err: Any) -> str:
+    location = ".".join(str(part) for part in err["loc"]) or "settings"
+    name = location if location.isupper() else env_name(location)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    # Our validators word their message to follow the name; pydantic's are sentences.
+    sep = " " if message[:1].islower() else ": "
+    # Never echo what a secret was set to.
+    if not isinstance(err.get("input"), str) or _SECRETISH.search(name):
+        return f"{name}{sep}{message}"
+    return f"{name}={err['input']!r}{sep}{message}"
+
+
+_SECRETISH = re.compile(r"URL|KEY|PASSWORD|SECRET|TOKEN", re.I)

@@ -57,3 +57,21 @@ class EntryView(BaseModel):
     direction: str
     amount: int
     balance_after: int
+
+
+class BalanceView(BaseModel):
+    account_id: uuid.UUID
+    tenant_id: uuid.UUID
+    plan_tier: str
+    balance: int
+    floor: int
+    held: int  # live (unexpired) holds
+    available: int  # balance - held
+
+
+class SweepExpiredHolds(BaseModel):
+    batch_size: int = Field(default=1000, gt=0, le=10_000)
+
+
+class SweepResult(BaseModel):
+    expired: int

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:31:34.704119
+Create Date: 2026-11-26 12:36:34.102659
 """
 
 from collections.abc import Sequence
@@ -176,6 +176,8 @@ def upgrade() -> None:
         ),
         sa.Column("balance", sa.BigInteger(), nullable=False),
         sa.Column("floor", sa.BigInteger(), nullable=False),
+        sa.Column("held", sa.BigInteger(), nullable=False),
+        sa.Column("last_sequence", sa.BigInteger(), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -189,7 +191,14 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint(
+            "balance - held >= floor",
+            name=op.f("ck_token_accounts_ck_token_accounts_available_floor"),
+        ),
+        sa.CheckConstraint(
             "balance >= floor", name=op.f("ck_token_accounts_ck_token_accounts_balance_floor")
+        ),
+        sa.CheckConstraint(
+            "held >= 0", name=op.f("ck_token_accounts_ck_token_accounts_held_nonnegative")
         ),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
@@ -451,94 +460,82 @@ def upgrade() -> None:
         op.f("ix_prompt_requests_user_id"), "prompt_requests", ["user_id"], unique=False
     )
     op.create_table(
-        "token_transactions",
+        "token_holds",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("account_id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
-        sa.Column(
-            "direction",
-            sa.Enum(
-                "credit",
-                "debit",
-                name="tokendirection_enum",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
-            nullable=False,
-        ),
-        sa.Column(
-            "kind",
-            sa.Enum(
-                "grant",
-                "top_up",
-                "charge",
-                "settlement",
-                "refund",
-                "adjustment",
-                name="tokentransactionkind_enum",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
-            nullable=False,
-        ),
         sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.Column("balance_after", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "active",
+                "settled",
+                "released",
+                "expired",
+                name="holdstatus_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
         sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
-        sa.Column("reverses_id", sa.Uuid(), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("settled_amount", sa.BigInteger(), nullable=True),
         sa.Column("description", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
-        sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
             server_default=sa.text("now()"),
             nullable=False,
         ),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
-            "amount >= 0", name=op.f("ck_token_transactions_ck_token_transactions_amount_positive")
+            "amount > 0", name=op.f("ck_token_holds_ck_token_holds_amount_positive")
+        ),
+        sa.CheckConstraint(
+            "settled_amount IS NULL OR settled_amount BETWEEN 0 AND amount",
+            name=op.f("ck_token_holds_ck_token_holds_settled_within_amount"),
         ),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["token_accounts.id"],
-            name=op.f("fk_token_transactions_account_id_token_accounts"),
-            ondelete="RESTRICT",
-        ),
-        sa.ForeignKeyConstraint(
-            ["reverses_id"],
-            ["token_transactions.id"],
-            name=op.f("fk_token_transactions_reverses_id_token_transactions"),
+            name=op.f("fk_token_holds_account_id_token_accounts"),
             ondelete="RESTRICT",
         ),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
             ["tenants.id"],
-            name=op.f("fk_token_transactions_tenant_id_tenants"),
+            name=op.f("fk_token_holds_tenant_id_tenants"),
             ondelete="RESTRICT",
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_transactions")),
-        sa.UniqueConstraint(
-            "account_id", "idempotency_key", name="uq_token_transactions_account_key"
-        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_holds")),
+        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_token_holds_account_key"),
     )
     op.create_index(
-        op.f("ix_token_transactions_account_id"), "token_transactions", ["account_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_token_transactions_reverses_id"),
-        "token_transactions",
-        ["reverses_id"],
+        "ix_token_holds_active_account",
+        "token_holds",
+        ["account_id"],
         unique=False,
+        postgresql_where=sa.text("status = 'active'"),
     )
     op.create_index(
-        op.f("ix_token_transactions_tenant_id"), "token_transactions", ["tenant_id"], unique=False
+        "ix_token_holds_active_expiry",
+        "token_holds",
+        ["expires_at"],
+        unique=False,
+        postgresql_where=sa.text("status = 'active'"),
     )
+    op.create_index(op.f("ix_token_holds_tenant_id"), "token_holds", ["tenant_id"], unique=False)
     op.create_table(
         "deployment_plans",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.Column("prompt_request_id", sa.Uuid(), nullable=False),
         sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("prompt", sa.Text(), nullable=False),
+        sa.Column("base_commit", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("files_changed", sa.JSON(), nullable=False),
         sa.Column("diff", sa.Text(), nullable=False),
         sa.Column("diff_summary", sa.Text(), nullable=False),
         sa.Column(
@@ -688,6 +685,108 @@ def upgrade() -> None:
         op.f("ix_module_executions_tenant_id"), "module_executions", ["tenant_id"], unique=False
     )
     op.create_table(
+        "token_transactions",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column(
+            "direction",
+            sa.Enum(
+                "credit",
+                "debit",
+                name="tokendirection_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column(
+            "kind",
+            sa.Enum(
+                "grant",
+                "top_up",
+                "charge",
+                "settlement",
+                "refund",
+                "adjustment",
+                name="tokentransactionkind_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.Column("balance_after", sa.BigInteger(), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
+        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column("reverses_id", sa.Uuid(), nullable=True),
+        sa.Column("hold_id", sa.Uuid(), nullable=True),
+        sa.Column("description", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+        sa.Column("meta", sa.JSON(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "amount >= 0", name=op.f("ck_token_transactions_ck_token_transactions_amount_positive")
+        ),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["token_accounts.id"],
+            name=op.f("fk_token_transactions_account_id_token_accounts"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["hold_id"],
+            ["token_holds.id"],
+            name=op.f("fk_token_transactions_hold_id_token_holds"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["reverses_id"],
+            ["token_transactions.id"],
+            name=op.f("fk_token_transactions_reverses_id_token_transactions"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_token_transactions_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_transactions")),
+        sa.UniqueConstraint(
+            "account_id", "idempotency_key", name="uq_token_transactions_account_key"
+        ),
+        sa.UniqueConstraint(
+            "account_id", "sequence", name="uq_token_transactions_account_sequence"
+        ),
+    )
+    op.create_index(
+        op.f("ix_token_transactions_account_id"), "token_transactions", ["account_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_token_transactions_tenant_id"), "token_transactions", ["tenant_id"], unique=False
+    )
+    op.create_index(
+        "uq_token_transactions_hold_settled_once",
+        "token_transactions",
+        ["hold_id"],
+        unique=True,
+        postgresql_where=sa.text("hold_id IS NOT NULL"),
+    )
+    op.create_index(
+        "uq_token_transactions_reverses_once",
+        "token_transactions",
+        ["reverses_id"],
+        unique=True,
+        postgresql_where=sa.text("reverses_id IS NOT NULL"),
+    )
+    op.create_table(
         "approvals",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
@@ -826,6 +925,144 @@ def upgrade() -> None:
     op.create_index(op.f("ix_deployments_status"), "deployments", ["status"], unique=False)
     op.create_index(op.f("ix_deployments_tenant_id"), "deployments", ["tenant_id"], unique=False)
     op.create_table(
+        "token_alerts",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("threshold", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "open",
+                "resolved",
+                name="alertstatus_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("balance_at_alert", sa.BigInteger(), nullable=False),
+        sa.Column("transaction_id", sa.Uuid(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["token_accounts.id"],
+            name=op.f("fk_token_alerts_account_id_token_accounts"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_token_alerts_tenant_id_tenants"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["transaction_id"],
+            ["token_transactions.id"],
+            name=op.f("fk_token_alerts_transaction_id_token_transactions"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_alerts")),
+    )
+    op.create_index(
+        op.f("ix_token_alerts_account_id"), "token_alerts", ["account_id"], unique=False
+    )
+    op.create_index(op.f("ix_token_alerts_tenant_id"), "token_alerts", ["tenant_id"], unique=False)
+    op.create_index(
+        "uq_token_alerts_open_threshold",
+        "token_alerts",
+        ["account_id", "threshold"],
+        unique=True,
+        postgresql_where=sa.text("status = 'open'"),
+    )
+    op.create_table(
+        "token_ledger_requests",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column(
+            "operation",
+            sa.Enum(
+                "grant",
+                "top_up",
+                "charge",
+                "reserve",
+                "settle",
+                "release",
+                "refund",
+                "adjustment",
+                name="ledgeroperation_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("amount", sa.BigInteger(), nullable=True),
+        sa.Column("subject_id", sa.Uuid(), nullable=True),
+        sa.Column(
+            "outcome",
+            sa.Enum(
+                "succeeded",
+                "failed",
+                name="ledgerrequestoutcome_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("error_type", sqlmodel.sql.sqltypes.AutoString(length=50), nullable=True),
+        sa.Column("error_message", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("transaction_id", sa.Uuid(), nullable=True),
+        sa.Column("hold_id", sa.Uuid(), nullable=True),
+        sa.Column("result_balance", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["account_id"],
+            ["token_accounts.id"],
+            name=op.f("fk_token_ledger_requests_account_id_token_accounts"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["hold_id"],
+            ["token_holds.id"],
+            name=op.f("fk_token_ledger_requests_hold_id_token_holds"),
+            ondelete="RESTRICT",
+        ),
+        sa.ForeignKeyConstraint(
+            ["transaction_id"],
+            ["token_transactions.id"],
+            name=op.f("fk_token_ledger_requests_transaction_id_token_transactions"),
+            ondelete="RESTRICT",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_ledger_requests")),
+        sa.UniqueConstraint(
+            "account_id", "idempotency_key", name="uq_token_ledger_requests_account_key"
+        ),
+    )
+    op.create_index(
+        op.f("ix_token_ledger_requests_hold_id"), "token_ledger_requests", ["hold_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_token_ledger_requests_transaction_id"),
+        "token_ledger_requests",
+        ["transaction_id"],
+        unique=False,
+    )
+    op.create_table(
         "change_jobs",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("job_key", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
@@ -935,6 +1172,19 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_change_jobs_plan_id"), table_name="change_jobs")
     op.drop_index(op.f("ix_change_jobs_deployment_id"), table_name="change_jobs")
     op.drop_table("change_jobs")
+    op.drop_index(
+        op.f("ix_token_ledger_requests_transaction_id"), table_name="token_ledger_requests"
+    )
+    op.drop_index(op.f("ix_token_ledger_requests_hold_id"), table_name="token_ledger_requests")
+    op.drop_table("token_ledger_requests")
+    op.drop_index(
+        "uq_token_alerts_open_threshold",
+        table_name="token_alerts",
+        postgresql_where=sa.text("status = 'open'"),
+    )
+    op.drop_index(op.f("ix_token_alerts_tenant_id"), table_name="token_alerts")
+    op.drop_index(op.f("ix_token_alerts_account_id"), table_name="token_alerts")
+    op.drop_table("token_alerts")
     op.drop_index(op.f("ix_deployments_tenant_id"), table_name="deployments")
     op.drop_index(op.f("ix_deployments_status"), table_name="deployments")
     op.drop_index(op.f("ix_deployments_rollback_of_id"), table_name="deployments")
@@ -946,6 +1196,19 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_approvals_tenant_id"), table_name="approvals")
     op.drop_index(op.f("ix_approvals_plan_id"), table_name="approvals")
     op.drop_table("approvals")
+    op.drop_index(
+        "uq_token_transactions_reverses_once",
+        table_name="token_transactions",
+        postgresql_where=sa.text("reverses_id IS NOT NULL"),
+    )
+    op.drop_index(
+        "uq_token_transactions_hold_settled_once",
+        table_name="token_transactions",
+        postgresql_where=sa.text("hold_id IS NOT NULL"),
+    )
+    op.drop_index(op.f("ix_token_transactions_tenant_id"), table_name="token_transactions")
+    op.drop_index(op.f("ix_token_transactions_account_id"), table_name="token_transactions")
+    op.drop_table("token_transactions")
     op.drop_index(op.f("ix_module_executions_tenant_id"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_status"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_connector_id"), table_name="module_executions")
@@ -953,10 +1216,18 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_deployment_plans_tenant_id"), table_name="deployment_plans")
     op.drop_index(op.f("ix_deployment_plans_prompt_request_id"), table_name="deployment_plans")
     op.drop_table("deployment_plans")
-    op.drop_index(op.f("ix_token_transactions_tenant_id"), table_name="token_transactions")
-    op.drop_index(op.f("ix_token_transactions_reverses_id"), table_name="token_transactions")
-    op.drop_index(op.f("ix_token_transactions_account_id"), table_name="token_transactions")
-    op.drop_table("token_transactions")
+    op.drop_index(op.f("ix_token_holds_tenant_id"), table_name="token_holds")
+    op.drop_index(
+        "ix_token_holds_active_expiry",
+        table_name="token_holds",
+        postgresql_where=sa.text("status = 'active'"),
+    )
+    op.drop_index(
+        "ix_token_holds_active_account",
+        table_name="token_holds",
+        postgresql_where=sa.text("status = 'active'"),
+    )
+    op.drop_table("token_holds")
     op.drop_index(op.f("ix_prompt_requests_user_id"), table_name="prompt_requests")
     op.drop_index(op.f("ix_prompt_requests_tenant_id"), table_name="prompt_requests")
     op.drop_index(op.f("ix_prompt_requests_status"), table_name="prompt_requests")

@@ -1,0 +1,90 @@
+"""Ledger activities for workflows: derive the idempotency key, call the Ledger, turn its
+refusals into typed non-retryable errors. Nothing else happens here."""
+
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger import Ledger, LedgerError
+from workflows.contracts.billing import (
+    ChargeTokens,
+    EntryView,
+    HoldView,
+    ReleaseHold,
+    ReserveTokens,
+    SettleHold,
+    SettlementView,
+    SweepExpiredHolds,
+    SweepResult,
+)
+
+T = TypeVar("T")
+
+
+def idempotency_key(step: str) -> str:
+    """Retries, replays and worker restarts of one workflow step land on one key."""
+    return f"{activity.info().workflow_id}:{step}"
+
+
+async def _refusals_are_final(operation: Awaitable[T]) -> T:
+    try:
+        return await operation
+    except LedgerError as exc:
+        raise ApplicationError(str(exc), type=exc.error_type, non_retryable=True) from exc
+
+
+class BillingActivities:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    @activity.defn
+    async def reserve_tokens(self, request: ReserveTokens) -> HoldView:
+        async def reserve() -> HoldView:
+            account = await self._ledger.account_for_tenant(request.tenant_id)
+            return await self._ledger.reserve(
+                account.id,
+                request.amount,
+                key=idempotency_key(request.step),
+                ttl=timedelta(seconds=request.ttl_seconds),
+                description=request.description,
+            )
+
+        return await _refusals_are_final(reserve())
+
+    @activity.defn
+    async def settle_hold(self, request: SettleHold) -> SettlementView:
+        return await _refusals_are_final(
+            self._ledger.settle(
+                request.hold_id,
+                request.amount,
+                key=idempotency_key(request.step),
+                description=request.description,
+            )
+        )
+
+    @activity.defn
+    async def release_hold(self, request: ReleaseHold) -> HoldView:
+        return await _refusals_are_final(
+            self._ledger.release(request.hold_id, key=idempotency_key(request.step))
+        )
+
+    @activity.defn
+    async def charge_tokens(self, request: ChargeTokens) -> EntryView:
+        async def charge() -> EntryView:
+            account = await self._ledger.account_for_tenant(request.tenant_id)
+            return await self._ledger.charge(
+                account.id,
+                request.amount,
+                key=idempotency_key(request.step),
+                description=request.description,
+            )
+
+        return await _refusals_are_final(charge())
+
+    @activity.defn
+    async def sweep_expired_holds(self, request: SweepExpiredHolds) -> SweepResult:
+        expired = await self._ledger.expire_holds(batch_size=request.batch_size)
+        return SweepResult(expired=expired)

@@ -1,0 +1,525 @@
+"""Delivery activities of the prompt lifecycle: persist and validate the request, plan it through
+the change engine, open and record approvals, apply the change, move the request's status.
+
+Each activity does its work and persists the state change it causes in the same call, so the
+workflow needs one round trip per step. All are safe to retry: rows are found by natural keys
+(request id, plan revision, approver) before anything is written again.
+"""
+
+import hashlib
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import NoReturn
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.change_engine import (
+    ChangeEngine,
+    ChangeEngineError,
+    ChangeProposal,
+    ChangeRequestInvalid,
+)
+from activities.jobs import finish_job, start_job
+from models import (
+    Approval,
+    ApprovalDecision,
+    ApprovalPolicy,
+    ChangeJobKind,
+    ChangeJobStatus,
+    DeploymentPlan,
+    PlanApprovalStatus,
+    Project,
+    PromptRequest,
+    PromptStatus,
+    RiskLevel,
+    Tenant,
+    User,
+    ensure_transition,
+    is_terminal,
+)
+from models.base import utcnow
+from models.db import SessionFactory
+from workflows.contracts.lifecycle import (
+    MAX_PROMPT_CHARS,
+    AppliedChangeView,
+    ApplyChange,
+    ApprovalPolicyView,
+    LifecycleErrorType,
+    OpenApproval,
+    PlannedRevision,
+    PlanRequest,
+    PlanSummary,
+    RecordDecision,
+    SetRequestStatus,
+)
+
+_OPEN_PLAN_STATES = (
+    PlanApprovalStatus.PENDING,
+    PlanApprovalStatus.APPROVED,
+    PlanApprovalStatus.AUTO_APPROVED,
+)
+
+
+def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind.value, non_retryable=True)
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt the change engine cannot be asked about. Shared with the validators."""
+    if not prompt.strip():
+        raise refused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise refused(
+            LifecycleErrorType.PROMPT_TOO_LONG,
+            f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed",
+        )
+
+
+def content_hash(*, prompt_request_id: uuid.UUID, revision: int, diff: str, tokens: int) -> str:
+    """What an approver approves: this revision's diff at this price."""
+    digest = hashlib.sha256()
+    for part in (str(prompt_request_id), str(revision), diff, str(tokens)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def policy_view(policy: ApprovalPolicy | None) -> ApprovalPolicyView:
+    policy = policy or ApprovalPolicy(tenant_id=uuid.UUID(int=0))  # the defaults
+    return ApprovalPolicyView(
+        approver_roles=list(policy.approver_roles),
+        approvals_required=dict(policy.approvals_required),
+        auto_approve_max_risk=policy.auto_approve_max_risk,
+        plan_ttl_seconds=policy.plan_ttl_seconds,
+        overspend_tolerance_pct=policy.overspend_tolerance_pct,
+    )
+
+
+def plan_summary(plan: DeploymentPlan, policy: ApprovalPolicyView) -> PlanSummary:
+    return PlanSummary(
+        plan_id=plan.id,
+        revision=plan.revision,
+        diff_summary=plan.diff_summary,
+        files_changed=list(plan.files_changed),
+        risk_level=plan.risk_level,
+        risk_reasons=list(plan.risk_reasons),
+        token_estimate=plan.token_estimate,
+        content_hash=plan.content_hash,
+        approval_status=plan.approval_status,
+        approvals_required=policy.required_for(plan.risk_level),
+        expires_at=plan.expires_at,
+    )
+
+
+async def _locked_request(session: AsyncSession, request_id: uuid.UUID) -> PromptRequest | None:
+    return (
+        await session.exec(
+            select(PromptRequest).where(PromptRequest.id == request_id).with_for_update()
+        )
+    ).one_or_none()
+
+
+async def _plan(session: AsyncSession, plan_id: uuid.UUID) -> DeploymentPlan:
+    plan = (
+        await session.exec(
+            select(DeploymentPlan).where(DeploymentPlan.id == plan_id).with_for_update()
+        )
+    ).one_or_none()
+    if plan is None:
+        raise ApplicationError(f"plan {plan_id} does not exist", type="PlanNotFound")
+    return plan
+
+
+async def _load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalPolicyView:
+    policy = (
+        await session.exec(select(ApprovalPolicy).where(ApprovalPolicy.tenant_id == tenant_id))
+    ).one_or_none()
+    return policy_view(policy)
+
+
+def _move(request: PromptRequest, status: PromptStatus, reason: str | None = None) -> None:
+    ensure_transition(request.status, status)
+    if request.status is not status:
+        request.status = status
+        request.status_reason = reason or None
+        request.updated_at = utcnow()
+
+
+def _move_plan(plan: DeploymentPlan, status: PlanApprovalStatus) -> None:
+    ensure_transition(plan.approval_status, status)
+    if plan.approval_status is not status:
+        plan.approval_status = status
+        plan.decided_at = utcnow()
+        plan.updated_at = plan.decided_at
+
+
+class DeliveryActivities:
+    def __init__(self, sessions: SessionFactory, engine: ChangeEngine) -> None:
+        self._sessions = sessions
+        self._engine = engine
+
+    async def _validated(
+        self, session: AsyncSession, req: PlanRequest
+    ) -> tuple[Project, PromptRequest | None]:
+        """The project, after refusing an unknown tenant, project or user and a bad prompt."""
+        if await session.get(Tenant, req.tenant_id) is None:
+            raise refused(
+                LifecycleErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist"
+            )
+        project = await session.get(Project, req.project_id)
+        if project is None or project.tenant_id != req.tenant_id:
+            raise refused(
+                LifecycleErrorType.UNKNOWN_PROJECT,
+                f"project {req.project_id} does not exist in tenant {req.tenant_id}",
+            )
+        user = await session.get(User, req.requested_by)
+        if user is None:
+            raise refused(
+                LifecycleErrorType.UNKNOWN_USER, f"user {req.requested_by} does not exist"
+            )
+        if user.tenant_id != req.tenant_id:
+            raise refused(
+                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                f"user {req.requested_by} belongs to another tenant",
+            )
+        check_prompt(req.prompt)
+        return project, await _locked_request(session, req.prompt_request_id)
+
+    async def _engine_failed(self, job_key: str, exc: ChangeEngineError) -> NoReturn:
+        async with self._sessions() as session:
+            await finish_job(
+                session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
+            )
+            await session.commit()
+        kind = (
+            LifecycleErrorType.CHANGE_REQUEST_INVALID
+            if isinstance(exc, ChangeRequestInvalid)
+            else LifecycleErrorType.REPOSITORY_ERROR
+        )
+        raise refused(kind, str(exc)) from exc
+
+    @activity.defn
+    async def plan_request(self, req: PlanRequest) -> PlannedRevision:
+        """Persist the request (PLANNING), plan it with the change engine, store the plan.
+
+        Also loads the tenant's approval policy and roster: the approval validators need them
+        and cannot do I/O themselves.
+        """
+        workflow_id = activity.info().workflow_id
+        job_key = f"{workflow_id}:plan:{req.revision}"
+        async with self._sessions() as session:
+            project, request = await self._validated(session, req)
+            if request is None:
+                request = PromptRequest(
+                    id=req.prompt_request_id,
+                    tenant_id=req.tenant_id,
+                    project_id=req.project_id,
+                    user_id=req.requested_by,
+                    prompt=req.prompt,
+                    workflow_id=workflow_id,
+                )
+                session.add(request)
+            if is_terminal(request.status):
+                # Closed (cancelled) before planning began: nothing more to do.
+                return await self._closed(session, req)
+            _move(request, PromptStatus.PLANNING)
+            request.prompt = req.prompt
+            for old in await self._open_plans(session, req.prompt_request_id):
+                if old.revision < req.revision:
+                    _move_plan(old, PlanApprovalStatus.SUPERSEDED)
+            await session.flush()
+            await start_job(
+                session,
+                job_key=job_key,
+                tenant_id=req.tenant_id,
+                kind=ChangeJobKind.AI_CHANGE,
+                project_id=req.project_id,
+                prompt_request_id=req.prompt_request_id,
+                details={"step": "plan", "revision": req.revision},
+            )
+            await session.commit()
+
+        try:
+            proposal = await self._engine.plan(
+                repo=Path(project.repo_url), base_branch=project.default_branch, prompt=req.prompt
+            )
+        except ChangeEngineError as exc:
+            await self._engine_failed(job_key, exc)
+
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            policy = await _load_policy(session, req.tenant_id)
+            plan = (
+                await session.exec(
+                    select(DeploymentPlan).where(
+                        DeploymentPlan.prompt_request_id == req.prompt_request_id,
+                        DeploymentPlan.revision == req.revision,
+                    )
+                )
+            ).one_or_none()
+            if plan is None:
+                if request is None or request.status is not PromptStatus.PLANNING:
+                    # Cancelled while the engine worked: store no plan.
+                    await finish_job(session, job_key=job_key, status=ChangeJobStatus.CANCELLED)
+                    return await self._closed(session, req)
+                plan = self._new_plan(req, proposal, policy)
+                session.add(plan)
+                await session.flush()
+            await finish_job(
+                session,
+                job_key=job_key,
+                status=ChangeJobStatus.SUCCEEDED,
+                details={"plan_id": str(plan.id), "risk_level": plan.risk_level.value},
+            )
+            roster = await self._roster(session, req.tenant_id)
+            await session.commit()
+        return PlannedRevision(plan=plan_summary(plan, policy), policy=policy, roster=roster)
+
+    def _new_plan(
+        self, req: PlanRequest, proposal: ChangeProposal, policy: ApprovalPolicyView
+    ) -> DeploymentPlan:
+        return DeploymentPlan(
+            tenant_id=req.tenant_id,
+            prompt_request_id=req.prompt_request_id,
+            revision=req.revision,
+            prompt=req.prompt,
+            base_commit=proposal.base_commit,
+            files_changed=list(proposal.files_changed),
+            diff=proposal.diff,
+            diff_summary=proposal.diff_summary,
+            risk_level=proposal.risk_level,
+            risk_reasons=list(proposal.risk_reasons),
+            token_estimate=proposal.token_estimate,
+            content_hash=content_hash(
+                prompt_request_id=req.prompt_request_id,
+                revision=req.revision,
+                diff=proposal.diff,
+                tokens=proposal.token_estimate,
+            ),
+            expires_at=utcnow() + timedelta(seconds=policy.plan_ttl_seconds),
+        )
+
+    async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
+        await session.commit()
+        policy = await _load_policy(session, req.tenant_id)
+        placeholder = PlanSummary(
+            plan_id=uuid.UUID(int=0),
+            revision=req.revision,
+            diff_summary="",
+            files_changed=[],
+            risk_level=RiskLevel.LOW,
+            risk_reasons=[],
+            token_estimate=0,
+            content_hash="",
+            approval_status=PlanApprovalStatus.CANCELLED,
+            approvals_required=0,
+        )
+        return PlannedRevision(plan=placeholder, policy=policy, roster={}, open=False)
+
+    async def _open_plans(
+        self, session: AsyncSession, request_id: uuid.UUID
+    ) -> list[DeploymentPlan]:
+        return list(
+            (
+                await session.exec(
+                    select(DeploymentPlan)
+                    .where(
+                        DeploymentPlan.prompt_request_id == request_id,
+                        col(DeploymentPlan.approval_status).in_(_OPEN_PLAN_STATES),
+                    )
+                    .with_for_update()
+                )
+            ).all()
+        )
+
+    async def _roster(self, session: AsyncSession, tenant_id: uuid.UUID) -> dict[uuid.UUID, str]:
+        users = await session.exec(select(User.id, User.role).where(User.tenant_id == tenant_id))
+        return {user_id: role.value for user_id, role in users.all()}
+
+    @activity.defn
+    async def open_approval(self, req: OpenApproval) -> None:
+        """Attach the hold to the plan; approve it by policy or wait for people."""
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            plan = await _plan(session, req.plan_id)
+            if request is None or is_terminal(request.status):
+                return
+            plan.hold_id = req.hold_id
+            if req.auto_approved:
+                _move_plan(plan, PlanApprovalStatus.AUTO_APPROVED)
+                _move(request, PromptStatus.APPROVED)
+            else:
+                _move(request, PromptStatus.AWAITING_APPROVAL)
+            await session.commit()
+
+    @activity.defn
+    async def record_decision(self, req: RecordDecision) -> None:
+        """Store one person's approval or rejection; the deciding one also settles the plan."""
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            plan = await _plan(session, req.plan_id)
+            await session.execute(
+                insert(Approval)
+                .values(
+                    id=uuid.uuid4(),
+                    tenant_id=plan.tenant_id,
+                    plan_id=plan.id,
+                    user_id=req.user_id,
+                    decision=req.decision,
+                    content_hash=req.content_hash,
+                    reason=req.reason or None,
+                    created_at=utcnow(),
+                )
+                .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
+            )
+            if req.closes_plan and request is not None and not is_terminal(request.status):
+                if req.decision is ApprovalDecision.APPROVE:
+                    _move_plan(plan, PlanApprovalStatus.APPROVED)
+                    _move(request, PromptStatus.APPROVED)
+                else:
+                    _move_plan(plan, PlanApprovalStatus.REJECTED)
+                    _move(request, PromptStatus.REJECTED, req.reason)
+            await session.commit()
+
+    @activity.defn
+    async def apply_change(self, req: ApplyChange) -> AppliedChangeView:
+        """Have the change engine commit the approved plan (DEPLOYING_STAGING).
+
+        When the work used more tokens than approved beyond the tolerance, the plan is
+        repriced as a new revision awaiting approval instead of going on.
+        """
+        workflow_id = activity.info().workflow_id
+        job_key = f"{workflow_id}:apply:{req.plan_id}"
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            plan = await _plan(session, req.plan_id)
+            if request is None or request.project_id is None:
+                raise refused(LifecycleErrorType.REQUEST_CLOSED, "the request has no project")
+            project = await session.get(Project, request.project_id)
+            if project is None:
+                raise refused(LifecycleErrorType.UNKNOWN_PROJECT, "the project was removed")
+            if request.status is PromptStatus.APPROVED:
+                _move(request, PromptStatus.DEPLOYING_STAGING)
+            await start_job(
+                session,
+                job_key=job_key,
+                tenant_id=plan.tenant_id,
+                kind=ChangeJobKind.AI_CHANGE,
+                project_id=project.id,
+                prompt_request_id=request.id,
+                plan_id=plan.id,
+                details={"step": "apply"},
+            )
+            await session.commit()
+        proposal = ChangeProposal(
+            diff=plan.diff,
+            diff_summary=plan.diff_summary,
+            files_changed=list(plan.files_changed),
+            risk_level=plan.risk_level,
+            risk_reasons=list(plan.risk_reasons),
+            token_estimate=plan.token_estimate,
+            base_commit=plan.base_commit or "",
+        )
+        try:
+            applied = await self._engine.apply(
+                repo=Path(project.repo_url),
+                proposal=proposal,
+                prompt=plan.prompt,
+                branch=f"changeflow/{request.id}",
+            )
+        except ChangeEngineError as exc:
+            await self._engine_failed(job_key, exc)
+
+        limit = req.approved_tokens * (100 + req.overspend_tolerance_pct) // 100
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            plan = await _plan(session, req.plan_id)
+            assert request is not None
+            request.tokens_used = applied.tokens_used
+            plan.commit_sha = applied.commit_sha
+            await finish_job(
+                session,
+                job_key=job_key,
+                status=ChangeJobStatus.SUCCEEDED,
+                details={"commit_sha": applied.commit_sha, "tokens_used": applied.tokens_used},
+            )
+            repriced = None
+            if applied.tokens_used > limit:
+                repriced = await self._reprice(session, request, plan, applied.tokens_used, req)
+            await session.commit()
+        return AppliedChangeView(
+            commit_sha=applied.commit_sha, tokens_used=applied.tokens_used, repriced_plan=repriced
+        )
+
+    async def _reprice(
+        self,
+        session: AsyncSession,
+        request: PromptRequest,
+        plan: DeploymentPlan,
+        tokens_used: int,
+        req: ApplyChange,
+    ) -> PlanSummary:
+        """A new revision of the same change at the amount actually used, awaiting approval."""
+        policy = await _load_policy(session, plan.tenant_id)
+        revision = plan.revision + 1
+        repriced = (
+            await session.exec(
+                select(DeploymentPlan).where(
+                    DeploymentPlan.prompt_request_id == request.id,
+                    DeploymentPlan.revision == revision,
+                )
+            )
+        ).one_or_none()
+        if repriced is None:
+            _move_plan(plan, PlanApprovalStatus.SUPERSEDED)
+            repriced = DeploymentPlan(
+                tenant_id=plan.tenant_id,
+                prompt_request_id=plan.prompt_request_id,
+                revision=revision,
+                prompt=plan.prompt,
+                base_commit=plan.base_commit,
+                files_changed=list(plan.files_changed),
+                diff=plan.diff,
+                diff_summary=plan.diff_summary,
+                risk_level=plan.risk_level,
+                risk_reasons=[
+                    *plan.risk_reasons,
+                    f"the work used {tokens_used} tokens; {req.approved_tokens} were approved",
+                ],
+                token_estimate=tokens_used,
+                content_hash=content_hash(
+                    prompt_request_id=plan.prompt_request_id,
+                    revision=revision,
+                    diff=plan.diff,
+                    tokens=tokens_used,
+                ),
+                commit_sha=plan.commit_sha,
+                expires_at=utcnow() + timedelta(seconds=req.plan_ttl_seconds),
+            )
+            session.add(repriced)
+            _move(request, PromptStatus.AWAITING_APPROVAL, "overspent the approved estimate")
+            await session.flush()
+        return plan_summary(repriced, policy)
+
+    @activity.defn
+    async def set_request_status(self, req: SetRequestStatus) -> None:
+        """Move the request (and its open plans) to a new status, once."""
+        async with self._sessions() as session:
+            request = await _locked_request(session, req.prompt_request_id)
+            if request is None:
+                return  # never persisted (refused or cancelled before planning)
+            if request.status is req.status:
+                return
+            _move(request, req.status, req.reason)
+            if req.tokens_used is not None:
+                request.tokens_used = req.tokens_used
+            if req.plan_status is not None:
+                for plan in await self._open_plans(session, request.id):
+                    if req.plan_id is None or plan.id == req.plan_id:
+                        _move_plan(plan, req.plan_status)
+            await session.commit()

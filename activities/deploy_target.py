@@ -1,0 +1,377 @@
+"""Deploy targets release a commit of a project to an environment and verify it there.
+
+`GitDeployTarget` is the built-in default. An environment is a branch of the project's own
+repository, `env/<environment>`: releasing points that branch at the commit, rolling back
+releases an earlier one. Every release is appended (as one JSON line) to the project's release
+log under the workspace before the branch moves, keyed by deployment id, so a retried release
+finds its first attempt and finishes it instead of releasing twice. Verification runs the
+project's check command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a
+timeout; its output goes to a log file per deployment and environment.
+
+The check command runs with a minimal environment (PATH, HOME, locale, TMPDIR and the
+CHANGEFLOW_ENVIRONMENT/COMMIT/DEPLOYMENT_ID variables): the worker's own secrets stay with it.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from activities.change_engine import (
+    RepositoryError,
+    ensure_repository,
+    move_ref,
+    resolve_commit,
+    run_git,
+)
+from models.base import utcnow
+
+# Variables a check command may see from the worker's environment; nothing else leaks.
+CHECK_ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "USER")
+
+
+class ReleaseResult(BaseModel):
+    environment: str
+    commit_sha: str
+    previous_commit_sha: str | None
+    log_path: str  # the project's release log
+    diff_path: str | None = None  # what this release changed in the environment
+
+
+class VerificationResult(BaseModel):
+    ok: bool
+    output: str  # the end of the check's output
+    log_path: str
+    duration_s: float
+
+
+class DeployTarget(Protocol):
+    async def current_release(self, *, repo: Path, environment: str) -> str | None: ...
+
+    async def release(
+        self, *, repo: Path, environment: str, commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult: ...
+
+    async def verify(
+        self,
+        *,
+        repo: Path,
+        environment: str,
+        commit_sha: str,
+        check_command: str,
+        deployment_id: uuid.UUID,
+    ) -> VerificationResult: ...
+
+    async def rollback(
+        self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult: ...
+
+
+class DeployTargetError(Exception):
+    """Base of the target's errors; none of them gets better by retrying."""
+
+
+class UnknownCommit(DeployTargetError):
+    """The commit to release or verify is not in the repository."""
+
+
+class InvalidEnvironment(DeployTargetError):
+    """The environment name cannot be a branch name."""
+
+
+class ReleaseConflict(DeployTargetError):
+    """The deployment already released another commit, or the branch moved underneath it."""
+
+
+ENVIRONMENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+
+
+def environment_ref(environment: str) -> str:
+    if not ENVIRONMENT_NAME.fullmatch(environment):
+        raise InvalidEnvironment(f"{environment!r} is not an environment name (a-z, 0-9, _, -)")
+    return f"refs/heads/env/{environment}"
+
+
+class GitDeployTarget:
+    """Environments as branches `env/<environment>` of the project's repository."""
+
+    def __init__(
+        self, workspace_dir: Path, *, check_timeout_s: float = 300.0, output_limit: int = 8000
+    ) -> None:
+        # Absolute: git runs in other folders (-C) and must find the same places.
+        self.workspace_dir = Path(workspace_dir).resolve()
+        self.check_timeout_s = check_timeout_s
+        self.output_limit = output_limit
+
+    def project_dir(self, repo: Path) -> Path:
+        """This repository's folder in the workspace: release log, diffs, logs, checkouts."""
+        resolved = Path(repo).resolve()
+        digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", resolved.name) or "repo"
+        return self.workspace_dir / f"{name}-{digest}"
+
+    def release_log(self, repo: Path) -> Path:
+        return self.project_dir(repo) / "releases.log"
+
+    async def current_release(self, *, repo: Path, environment: str) -> str | None:
+        ref = environment_ref(environment)
+        await _ensure_repository(repo)
+        return await resolve_commit(repo, ref)
+
+    async def release(
+        self, *, repo: Path, environment: str, commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult:
+        return await self._release(repo, environment, commit_sha, deployment_id, "release")
+
+    async def rollback(
+        self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult:
+        return await self._release(repo, environment, to_commit_sha, deployment_id, "rollback")
+
+    async def _release(
+        self,
+        repo: Path,
+        environment: str,
+        commit_sha: str,
+        deployment_id: uuid.UUID,
+        action: str,
+    ) -> ReleaseResult:
+        ref = environment_ref(environment)
+        await _ensure_repository(repo)
+        commit = await _resolve(repo, commit_sha)
+        log_path = self.release_log(repo)
+        async with self._project_lock(repo):
+            earlier = [
+                entry
+                for entry in await asyncio.to_thread(_read_json_lines, log_path)
+                if entry["deployment_id"] == str(deployment_id)
+                and entry["environment"] == environment
+            ]
+            current = await resolve_commit(repo, ref)
+            if earlier:
+                entry = earlier[-1]
+                if entry["commit_sha"] != commit:
+                    raise ReleaseConflict(
+                        f"deployment {deployment_id} already released {entry['commit_sha'][:12]} "
+                        f"to {environment}, not {commit[:12]}"
+                    )
+                previous = entry["previous_commit_sha"]
+                # An attempt that logged the release but died before moving the branch.
+                if current != commit and (
+                    current != previous or not await move_ref(repo, ref, commit, current)
+                ):
+                    raise ReleaseConflict(
+                        f"{environment} moved to {(current or 'nothing')[:12]} since deployment "
+                        f"{deployment_id} released {commit[:12]}"
+                    )
+            else:
+                previous = current
+                entry = {
+                    "at": utcnow().isoformat(),
+                    "deployment_id": str(deployment_id),
+                    "environment": environment,
+                    "action": action,
+                    "commit_sha": commit,
+                    "previous_commit_sha": previous,
+                }
+                # Logged first: a retry after a crash knows the true previous release.
+                await asyncio.to_thread(_append_json_line, log_path, entry)
+                if previous != commit and not await move_ref(repo, ref, commit, previous):
+                    raise ReleaseConflict(f"{environment} moved while releasing {commit[:12]}")
+        diff_path = await self._write_diff(repo, deployment_id, environment, previous, commit)
+        return ReleaseResult(
+            environment=environment,
+            commit_sha=commit,
+            previous_commit_sha=previous,
+            log_path=str(log_path),
+            diff_path=str(diff_path),
+        )
+
+    async def _write_diff(
+        self,
+        repo: Path,
+        deployment_id: uuid.UUID,
+        environment: str,
+        previous: str | None,
+        commit: str,
+    ) -> Path:
+        if previous is None:
+            args: tuple[str, ...] = ("show", "--no-color", "--format=commit %H%n%n%B", commit)
+        else:
+            args = ("diff", "--no-color", "--no-ext-diff", "--full-index", previous, commit)
+        _, diff = await run_git(repo, *args)
+        path = self.project_dir(repo) / "diffs" / f"{deployment_id}-{environment}.diff"
+        await asyncio.to_thread(_write_bytes, path, diff)
+        return path
+
+    async def verify(
+        self,
+        *,
+        repo: Path,
+        environment: str,
+        commit_sha: str,
+        check_command: str,
+        deployment_id: uuid.UUID,
+    ) -> VerificationResult:
+        environment_ref(environment)
+        await _ensure_repository(repo)
+        commit = await _resolve(repo, commit_sha)
+        project_dir = self.project_dir(repo)
+        name = f"{deployment_id}-{environment}"
+        log_path = project_dir / "logs" / f"{name}-verify.log"
+        started = time.monotonic()
+        if not check_command.strip():
+            output = "no check command is configured; nothing to verify\n"
+            await asyncio.to_thread(_write_bytes, log_path, output.encode())
+            return VerificationResult(ok=True, output=output, log_path=str(log_path), duration_s=0)
+        checkout = project_dir / "checkouts" / name
+        try:
+            await self._checkout(repo, commit, checkout)
+            ok = await self._run_check(
+                check_command, checkout, log_path, environment, commit, deployment_id
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, checkout, True)
+        output = await asyncio.to_thread(_tail, log_path, self.output_limit)
+        return VerificationResult(
+            ok=ok,
+            output=output,
+            log_path=str(log_path),
+            duration_s=round(time.monotonic() - started, 3),
+        )
+
+    async def _checkout(self, repo: Path, commit: str, checkout: Path) -> None:
+        # A shared clone borrows the repository's objects: quick, and the repository is only read.
+        await asyncio.to_thread(shutil.rmtree, checkout, True)  # a previous attempt's leftovers
+        checkout.parent.mkdir(parents=True, exist_ok=True)
+        await run_git(
+            checkout.parent,
+            "clone",
+            "--quiet",
+            "--shared",
+            "--no-checkout",
+            str(await asyncio.to_thread(Path(repo).resolve)),
+            str(checkout),
+        )
+        await run_git(checkout, "checkout", "--quiet", "--detach", commit)
+
+    async def _run_check(
+        self,
+        command: str,
+        checkout: Path,
+        log_path: Path,
+        environment: str,
+        commit: str,
+        deployment_id: uuid.UUID,
+    ) -> bool:
+        env = {k: os.environ[k] for k in CHECK_ENV_PASSTHROUGH if k in os.environ}
+        env |= {
+            "CHANGEFLOW_ENVIRONMENT": environment,
+            "CHANGEFLOW_COMMIT": commit,
+            "CHANGEFLOW_DEPLOYMENT_ID": str(deployment_id),
+        }
+        header = f"$ {command}\n# environment={environment} commit={commit}\n"
+        log = await asyncio.to_thread(_open_log, log_path, header)
+        started = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_shell(
+                command,
+                cwd=checkout,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own process group: a timeout or cancellation kills the whole check.
+                start_new_session=True,
+            )
+            try:
+                code = await asyncio.wait_for(process.wait(), self.check_timeout_s)
+                footer = f"# exit code {code} after {time.monotonic() - started:.2f}s\n"
+            except TimeoutError:
+                _kill_group(process)
+                await process.wait()
+                code = None
+                footer = f"# timed out after {self.check_timeout_s:g}s; the check was killed\n"
+            except asyncio.CancelledError:
+                _kill_group(process)
+                await process.wait()
+                raise
+            log.write(footer.encode())
+        finally:
+            log.close()
+        return code == 0
+
+    @contextlib.asynccontextmanager
+    async def _project_lock(self, repo: Path) -> AsyncIterator[None]:
+        """Serialises releases of one repository across coroutines and worker processes."""
+        lock_path = self.project_dir(repo) / "releases.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+async def _ensure_repository(repo: Path) -> None:
+    try:
+        await ensure_repository(repo)
+    except RepositoryError as exc:
+        raise DeployTargetError(str(exc)) from None
+
+
+async def _resolve(repo: Path, commit_sha: str) -> str:
+    commit = await resolve_commit(repo, commit_sha) if commit_sha.strip() else None
+    if commit is None:
+        raise UnknownCommit(f"{repo} has no commit {commit_sha!r}")
+    return commit
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as log:
+        log.write(json.dumps(entry, sort_keys=True) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _open_log(path: Path, header: str) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header.encode())
+    # Appending: the check and this process share the file; each write lands at the end.
+    return path.open("ab", buffering=0)
+
+
+def _tail(path: Path, limit: int) -> str:
+    data = path.read_bytes()
+    text = data[-limit:].decode(errors="replace")
+    return text if len(data) <= limit else "...\n" + text

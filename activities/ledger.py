@@ -1,0 +1,1087 @@
+"""The token ledger: exactly-once writes on a tenant's TokenAccount.
+
+Modelled on TigerBeetle's transfers (ids as idempotency keys, pending transfers that post or
+void at most once, balance limits) and Stripe's idempotency keys. Each operation is one
+database transaction whose fast path is one SQL statement: a conditional UPDATE of the account
+row (the row lock serialises writers of one account and the WHERE clause enforces the floor),
+then the entry, the idempotency record and any alert, all in one round trip. Unique
+constraints are the backstop for races between processes; a violation retries the operation,
+which then finds the winner's record and returns its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+import asyncpg
+import structlog
+from prometheus_client import Counter
+
+from models.billing import (
+    TIER_ALLOWANCES,
+    HoldStatus,
+    LedgerOperation,
+    LedgerRequestOutcome,
+    TokenAccount,
+    TokenTransactionKind,
+)
+from models.db import SessionFactory, asyncpg_dsn
+from models.tenancy import PlanTier
+from workflows.contracts.billing import (
+    BalanceView,
+    EntryView,
+    HoldView,
+    SettlementView,
+)
+
+log = structlog.get_logger("changeflow.ledger")
+
+LOW_BALANCE_ALERTS = Counter(
+    "changeflow_token_low_balance_alerts",
+    "Low-balance alerts raised (downward threshold crossings).",
+    ["plan_tier", "threshold"],
+)
+LOW_BALANCE_RECOVERIES = Counter(
+    "changeflow_token_low_balance_recoveries",
+    "Low-balance alerts resolved by the balance climbing back.",
+    ["plan_tier", "threshold"],
+)
+
+MAX_KEY_LENGTH = 300
+MAX_AMOUNT = 10**15
+# Races between processes surface as these; the retry finds the winner's committed state.
+_RETRYABLE_SQLSTATES = {"23505", "40001", "40P01"}
+_ATTEMPTS = 5
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class LedgerError(Exception):
+    """A domain refusal. `error_type` is the ApplicationError type activities raise."""
+
+    error_type = "LedgerError"
+
+
+class InsufficientTokens(LedgerError):
+    error_type = "InsufficientTokens"
+
+
+class IdempotencyConflict(LedgerError):
+    error_type = "IdempotencyConflict"
+
+
+class HoldNotActive(LedgerError):
+    error_type = "HoldNotActive"
+
+
+class AccountNotFound(LedgerError):
+    error_type = "AccountNotFound"
+
+
+class InvalidAmount(LedgerError):
+    error_type = "InvalidAmount"
+
+
+class EntryNotRefundable(LedgerError):
+    error_type = "EntryNotRefundable"
+
+
+_ERRORS_BY_TYPE: dict[str, type[LedgerError]] = {
+    cls.error_type: cls
+    for cls in (
+        InsufficientTokens,
+        IdempotencyConflict,
+        HoldNotActive,
+        AccountNotFound,
+        InvalidAmount,
+        EntryNotRefundable,
+    )
+}
+
+
+# Returned by an attempt whose slow path changed state (released expired holds): run again.
+_RETRY = object()
+
+
+# --- SQL ----------------------------------------------------------------------------------
+
+# DB time unless the ledger was given a clock (tests drive expiry with one).
+NOW = "coalesce(CAST(:now AS timestamptz), now())"
+
+_THRESHOLDS = ", ".join(
+    f"('{tier.value}', CAST({threshold} AS bigint))"
+    for tier, allowance in TIER_ALLOWANCES.items()
+    for threshold in allowance.low_balance_thresholds
+)
+# One alert per downward crossing: the row lock makes old = new + amount exact, and the partial
+# unique index keeps a second open alert for the same threshold out.
+_RAISE_ALERTS = f"""
+alerts AS (
+    INSERT INTO token_alerts
+        (id, account_id, tenant_id, threshold, status, balance_at_alert, transaction_id, created_at)
+    SELECT gen_random_uuid(), acct.id, acct.tenant_id, t.threshold, 'open', acct.balance,
+           CAST(:tx_id AS uuid), {NOW}
+    FROM acct JOIN (VALUES {_THRESHOLDS}) AS t(tier, threshold) ON t.tier = acct.plan_tier
+    WHERE acct.balance < t.threshold AND acct.balance + CAST(:amount AS bigint) >= t.threshold
+    ON CONFLICT (account_id, threshold) WHERE status = 'open' DO NOTHING
+    RETURNING threshold
+)"""
+_RESOLVE_ALERTS = f"""
+alerts AS (
+    UPDATE token_alerts SET status = 'resolved', resolved_at = {NOW}
+    FROM acct
+    WHERE token_alerts.account_id = acct.id AND token_alerts.status = 'open'
+      AND token_alerts.threshold <= acct.balance
+    RETURNING token_alerts.threshold
+)"""
+_NO_PRIOR = """NOT EXISTS (
+    SELECT 1 FROM token_ledger_requests
+    WHERE account_id = CAST(:account_id AS uuid) AND idempotency_key = :key)"""
+
+
+def _entry_sql(*, direction: str, conditional: bool) -> str:
+    """Debit or credit the balance, append the entry and its idempotency record."""
+    sign = "-" if direction == "debit" else "+"
+    floor_check = "AND balance - held - CAST(:amount AS bigint) >= floor" if conditional else ""
+    alerts = _RAISE_ALERTS if direction == "debit" else _RESOLVE_ALERTS
+    return f"""
+WITH acct AS (
+    UPDATE token_accounts
+    SET balance = balance {sign} CAST(:amount AS bigint),
+        last_sequence = last_sequence + 1, updated_at = {NOW}
+    WHERE id = CAST(:account_id AS uuid) {floor_check} AND {_NO_PRIOR}
+    RETURNING id, tenant_id, plan_tier, balance, last_sequence
+), entry AS (
+    INSERT INTO token_transactions
+        (id, account_id, tenant_id, direction, kind, amount, balance_after, sequence,
+         idempotency_key, reverses_id, description, meta, created_at)
+    SELECT CAST(:tx_id AS uuid), id, tenant_id, '{direction}', :kind, CAST(:amount AS bigint),
+           balance, last_sequence, :key, CAST(:reverses_id AS uuid), :description,
+           CAST('{{}}' AS json), {NOW}
+    FROM acct
+    RETURNING id
+), request AS (
+    INSERT INTO token_ledger_requests
+        (id, account_id, idempotency_key, operation, amount, subject_id, outcome,
+         transaction_id, result_balance, created_at)
+    SELECT gen_random_uuid(), acct.id, :key, :operation, CAST(:amount AS bigint),
+           CAST(:reverses_id AS uuid), 'succeeded', entry.id, acct.balance, {NOW}
+    FROM acct, entry
+), {alerts}
+SELECT acct.tenant_id, acct.plan_tier, acct.balance,
+       ARRAY(SELECT threshold FROM alerts) AS thresholds
+FROM acct
+"""
+
+
+_DEBIT = _entry_sql(direction="debit", conditional=True)
+_CREDIT = _entry_sql(direction="credit", conditional=False)
+
+_RESERVE = f"""
+WITH acct AS (
+    UPDATE token_accounts
+    SET held = held + CAST(:amount AS bigint), updated_at = {NOW}
+    WHERE id = CAST(:account_id AS uuid)
+      AND balance - held - CAST(:amount AS bigint) >= floor AND {_NO_PRIOR}
+    RETURNING id, tenant_id, balance
+), hold AS (
+    INSERT INTO token_holds
+        (id, account_id, tenant_id, amount, status, idempotency_key, expires_at, description,
+         created_at)
+    SELECT CAST(:hold_id AS uuid), id, tenant_id, CAST(:amount AS bigint), 'active', :key,
+           {NOW} + make_interval(secs => CAST(:ttl AS double precision)), :description, {NOW}
+    FROM acct
+    RETURNING id, expires_at
+), request AS (
+    INSERT INTO token_ledger_requests
+        (id, account_id, idempotency_key, operation, amount, outcome, hold_id, result_balance,
+         created_at)
+    SELECT gen_random_uuid(), acct.id, :key, 'reserve', CAST(:amount AS bigint), 'succeeded',
+           hold.id, acct.balance, {NOW}
+    FROM acct, hold
+)
+SELECT hold.expires_at FROM hold
+"""
+
+_HOLD_KEY_FREE = """NOT EXISTS (
+    SELECT 1 FROM token_ledger_requests r
+    WHERE r.account_id = token_holds.account_id AND r.idempotency_key = :key)"""
+
+_SETTLE = f"""
+WITH hold AS (
+    UPDATE token_holds
+    SET status = 'settled', settled_amount = CAST(:amount AS bigint), resolved_at = {NOW}
+    WHERE id = CAST(:hold_id AS uuid) AND status = 'active' AND expires_at > {NOW}
+      AND amount >= CAST(:amount AS bigint) AND {_HOLD_KEY_FREE}
+    RETURNING account_id, amount, expires_at
+), acct AS (
+    UPDATE token_accounts a
+    SET balance = a.balance - CAST(:amount AS bigint), held = a.held - hold.amount,
+        last_sequence = a.last_sequence + CASE WHEN CAST(:amount AS bigint) > 0 THEN 1 ELSE 0 END,
+        updated_at = {NOW}
+    FROM hold
+    WHERE a.id = hold.account_id
+    RETURNING a.id, a.tenant_id, a.plan_tier, a.balance, a.last_sequence
+), entry AS (
+    INSERT INTO token_transactions
+        (id, account_id, tenant_id, direction, kind, amount, balance_after, sequence,
+         idempotency_key, hold_id, description, meta, created_at)
+    SELECT CAST(:tx_id AS uuid), id, tenant_id, 'debit', 'settlement', CAST(:amount AS bigint),
+           balance, last_sequence, :key, CAST(:hold_id AS uuid), :description,
+           CAST('{{}}' AS json), {NOW}
+    FROM acct
+    WHERE CAST(:amount AS bigint) > 0
+    RETURNING id
+), request AS (
+    INSERT INTO token_ledger_requests
+        (id, account_id, idempotency_key, operation, amount, subject_id, outcome, hold_id,
+         transaction_id, result_balance, created_at)
+    SELECT gen_random_uuid(), acct.id, :key, 'settle', CAST(:amount AS bigint),
+           CAST(:hold_id AS uuid), 'succeeded', CAST(:hold_id AS uuid),
+           (SELECT id FROM entry), acct.balance, {NOW}
+    FROM acct
+), {_RAISE_ALERTS}
+SELECT acct.id AS account_id, acct.tenant_id, acct.plan_tier, acct.balance,
+       hold.amount AS held, (SELECT id FROM entry) AS transaction_id,
+       ARRAY(SELECT threshold FROM alerts) AS thresholds
+FROM acct, hold
+"""
+
+_RELEASE = f"""
+WITH hold AS (
+    UPDATE token_holds
+    SET status = 'released', resolved_at = {NOW}
+    WHERE id = CAST(:hold_id AS uuid) AND status = 'active' AND {_HOLD_KEY_FREE}
+    RETURNING account_id, amount, expires_at
+), acct AS (
+    UPDATE token_accounts a
+    SET held = a.held - hold.amount, updated_at = {NOW}
+    FROM hold
+    WHERE a.id = hold.account_id
+    RETURNING a.id, a.balance
+), request AS (
+    INSERT INTO token_ledger_requests
+        (id, account_id, idempotency_key, operation, subject_id, outcome, hold_id,
+         result_balance, created_at)
+    SELECT gen_random_uuid(), acct.id, :key, 'release', CAST(:hold_id AS uuid), 'succeeded',
+           CAST(:hold_id AS uuid), acct.balance, {NOW}
+    FROM acct
+)
+SELECT acct.id AS account_id, hold.amount, hold.expires_at FROM acct, hold
+"""
+
+# Expiry releases what a hold kept aside; SKIP LOCKED lets several sweepers share the work.
+_EXPIRE = f"""
+WITH expired AS (
+    UPDATE token_holds SET status = 'expired', resolved_at = {NOW}
+    WHERE id IN (
+        SELECT id FROM token_holds
+        WHERE status = 'active' AND expires_at <= {NOW} {{account_filter}}
+        ORDER BY expires_at
+        LIMIT :batch_size
+        FOR UPDATE SKIP LOCKED)
+    RETURNING account_id, amount
+), per_account AS (
+    SELECT account_id, sum(amount) AS amount FROM expired GROUP BY account_id
+), acct AS (
+    UPDATE token_accounts a SET held = a.held - per_account.amount, updated_at = {NOW}
+    FROM per_account WHERE a.id = per_account.account_id
+    RETURNING a.id
+)
+SELECT count(*) FROM expired
+"""
+_EXPIRE_ALL = _EXPIRE.replace("{account_filter}", "")
+_EXPIRE_ACCOUNT = _EXPIRE.replace("{account_filter}", "AND account_id = CAST(:account_id AS uuid)")
+
+_RECORD_RELEASE_OF_EXPIRED = f"""
+INSERT INTO token_ledger_requests
+    (id, account_id, idempotency_key, operation, subject_id, outcome, hold_id, created_at)
+SELECT gen_random_uuid(), account_id, :key, 'release', id, 'succeeded', id, {NOW}
+FROM token_holds WHERE id = CAST(:hold_id AS uuid)
+"""
+
+_RECORD_FAILURE = f"""
+INSERT INTO token_ledger_requests
+    (id, account_id, idempotency_key, operation, amount, subject_id, outcome, error_type,
+     error_message, created_at)
+VALUES (gen_random_uuid(), CAST(:account_id AS uuid), :key, :operation, CAST(:amount AS bigint),
+        CAST(:subject_id AS uuid), 'failed', :error_type, :error_message, {NOW})
+"""
+
+_PRIOR = """
+SELECT operation, amount, subject_id, outcome, error_type, error_message, transaction_id,
+       hold_id, result_balance
+FROM token_ledger_requests
+WHERE account_id = CAST(:account_id AS uuid) AND idempotency_key = :key
+"""
+
+_ENTRY = """
+SELECT id, account_id, tenant_id, direction, kind, amount, balance_after, reverses_id
+FROM token_transactions WHERE id = CAST(:id AS uuid)
+"""
+
+_HOLD = f"""
+SELECT h.id, h.account_id, h.amount, h.status, h.expires_at, h.settled_amount,
+       h.expires_at <= {NOW} AS expired
+FROM token_holds h WHERE h.id = CAST(:hold_id AS uuid)
+"""
+
+
+# --- the ledger ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """':name' parameters to asyncpg's '$n', once per statement."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
+
+
+async def _fetch(conn: asyncpg.Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    query, names = _positional(sql)
+    return await conn.fetch(query, *(params[name] for name in names))
+
+
+async def _fetchrow(conn: asyncpg.Connection, sql: str, params: dict[str, Any]) -> Any:
+    query, names = _positional(sql)
+    return await conn.fetchrow(query, *(params[name] for name in names))
+
+
+@dataclass
+class _Outcome:
+    """What a committed write tells the operator about: alerts raised or resolved."""
+
+    account_id: uuid.UUID
+    tenant_id: uuid.UUID
+    plan_tier: str
+    balance: int
+    raised: Sequence[int] = field(default_factory=tuple)
+    resolved: Sequence[int] = field(default_factory=tuple)
+
+
+@dataclass
+class _Tx:
+    """One attempt's connection, and what to announce once it has committed."""
+
+    conn: asyncpg.Connection
+    announcements: list[_Outcome] = field(default_factory=list)
+
+
+# One pool per database and event loop, shared by every Ledger built on it.
+_POOLS: dict[tuple[str, asyncio.AbstractEventLoop], asyncpg.Pool] = {}
+_POOL_LOCKS: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Lock] = {}
+
+T = TypeVar("T")
+_KEY = re.compile(r"^\S(.*\S)?$")
+
+
+def current_period(now: datetime | None = None) -> str:
+    """Grant periods are calendar months in UTC: '2026-11'."""
+    return (now or datetime.now(UTC)).strftime("%Y-%m")
+
+
+class Ledger:
+    """Operations on token accounts. Each call is one database transaction; safe to call from
+    any number of processes at once.
+
+    The ledger talks to PostgreSQL through its own small asyncpg pool on the sessions'
+    database: the operations need no ORM state, and the ORM pool's pre-ping (three round trips
+    per checkout) would cost more than the work itself on a hot account.
+    """
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        pool_size: int | None = None,
+    ) -> None:
+        engine = sessions.kw["bind"]
+        self._dsn = asyncpg_dsn(engine.url.render_as_string(hide_password=False))
+        self._pool_size = pool_size or engine.pool.size()
+        self._clock = clock
+
+    async def close(self) -> None:
+        """Close the connections the ledgers of this database share in this event loop."""
+        pool = _POOLS.pop((self._dsn, asyncio.get_running_loop()), None)
+        if pool is not None:
+            await pool.close()
+
+    # -- plumbing --
+
+    async def _connections(self) -> asyncpg.Pool:
+        loop = asyncio.get_running_loop()
+        key = (self._dsn, loop)
+        if (pool := _POOLS.get(key)) is None:
+            async with _POOL_LOCKS.setdefault(key, asyncio.Lock()):
+                if (pool := _POOLS.get(key)) is None:
+                    pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._pool_size
+                    )
+                    _POOLS[key] = pool
+        return pool
+
+    def _now(self) -> datetime | None:
+        return self._clock() if self._clock else None
+
+    async def _transaction(self, attempt: Callable[[_Tx], Awaitable[T]]) -> T:
+        """Run `attempt` in one transaction; commit unless it raises. It may return a
+        LedgerError (committed, then raised: a recorded refusal) or _RETRY."""
+        pool = await self._connections()
+        for n in range(_ATTEMPTS):
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    tx = _Tx(conn)
+                    outcome: Any = await attempt(tx)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in _RETRYABLE_SQLSTATES and n < _ATTEMPTS - 1:
+                    continue
+                raise
+            for announcement in tx.announcements:
+                self._announce(announcement)
+            if outcome is _RETRY:
+                continue
+            if isinstance(outcome, LedgerError):
+                raise outcome
+            return cast(T, outcome)
+        raise RuntimeError("ledger operation kept racing; giving up")  # pragma: no cover
+
+    async def _read(self, sql: str, params: dict[str, Any]) -> Any:
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            return await _fetchrow(conn, sql, params)
+
+    @staticmethod
+    def _check(amount: int | None, key: str, *, allow_zero: bool = False) -> None:
+        if amount is not None:
+            low = 0 if allow_zero else 1
+            if not isinstance(amount, int) or not low <= amount <= MAX_AMOUNT:
+                raise InvalidAmount(f"amount must be an integer in [{low}, {MAX_AMOUNT}]")
+        if not key or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
+            raise InvalidAmount(
+                f"idempotency key must be 1..{MAX_KEY_LENGTH} characters without "
+                "surrounding whitespace"
+            )
+
+    def _announce(self, outcome: _Outcome) -> None:
+        for threshold in outcome.raised:
+            LOW_BALANCE_ALERTS.labels(outcome.plan_tier, str(threshold)).inc()
+            log.warning(
+                "token_balance_low",
+                account_id=str(outcome.account_id),
+                tenant_id=str(outcome.tenant_id),
+                plan_tier=outcome.plan_tier,
+                threshold=threshold,
+                balance=outcome.balance,
+            )
+        for threshold in outcome.resolved:
+            LOW_BALANCE_RECOVERIES.labels(outcome.plan_tier, str(threshold)).inc()
+            log.info(
+                "token_balance_recovered",
+                account_id=str(outcome.account_id),
+                tenant_id=str(outcome.tenant_id),
+                plan_tier=outcome.plan_tier,
+                threshold=threshold,
+                balance=outcome.balance,
+            )
+
+    async def _prior(
+        self,
+        tx: _Tx,
+        *,
+        account_id: uuid.UUID,
+        key: str,
+        operation: LedgerOperation,
+        amount: int | None,
+        subject_id: uuid.UUID | None = None,
+    ) -> Any:
+        """The request already recorded under this key, after checking it is the same request;
+        a recorded failure is raised again."""
+        prior = await _fetchrow(tx.conn, _PRIOR, {"account_id": account_id, "key": key})
+        if prior is None:
+            return None
+        same = (
+            prior["operation"] == operation.value
+            and prior["amount"] == amount
+            and prior["subject_id"] == subject_id
+        )
+        if not same:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used for a different request "
+                f"({prior['operation']}, amount {prior['amount']}); use a new key"
+            )
+        if prior["outcome"] == LedgerRequestOutcome.FAILED.value:
+            error = _ERRORS_BY_TYPE.get(prior["error_type"], LedgerError)
+            raise error(f"{prior['error_message']} (recorded under key {key!r})")
+        return prior
+
+    async def _fail(
+        self,
+        tx: _Tx,
+        error: LedgerError,
+        *,
+        account_id: uuid.UUID,
+        key: str,
+        operation: LedgerOperation,
+        amount: int | None,
+        subject_id: uuid.UUID | None = None,
+    ) -> LedgerError:
+        """Record the refusal under the key, so a retry with it keeps failing; the caller
+        returns it to be raised once committed."""
+        await _fetch(
+            tx.conn,
+            _RECORD_FAILURE,
+            {
+                "account_id": account_id,
+                "key": key,
+                "operation": operation.value,
+                "amount": amount,
+                "subject_id": subject_id,
+                "error_type": error.error_type,
+                "error_message": str(error)[:500],
+                "now": self._now(),
+            },
+        )
+        return error
+
+    async def _expire_for(self, tx: _Tx, account_id: uuid.UUID) -> int:
+        row = await _fetchrow(
+            tx.conn,
+            _EXPIRE_ACCOUNT,
+            {"account_id": account_id, "batch_size": 10_000, "now": self._now()},
+        )
+        return int(row[0])
+
+    async def _available(self, tx: _Tx, account_id: uuid.UUID) -> int:
+        row = await _fetchrow(
+            tx.conn,
+            "SELECT balance - held - floor FROM token_accounts WHERE id = CAST(:id AS uuid)",
+            {"id": account_id},
+        )
+        return int(row[0])
+
+    async def _require_account(self, tx: _Tx, account_id: uuid.UUID) -> None:
+        found = await _fetchrow(
+            tx.conn,
+            "SELECT 1 FROM token_accounts WHERE id = CAST(:id AS uuid)",
+            {"id": account_id},
+        )
+        if found is None:
+            raise AccountNotFound(f"no token account {account_id}")
+
+    async def _entry_view(self, tx: _Tx, transaction_id: uuid.UUID) -> EntryView:
+        return _entry(await _fetchrow(tx.conn, _ENTRY, {"id": transaction_id}))
+
+    # -- accounts --
+
+    async def open_account(
+        self, tenant_id: uuid.UUID, *, plan_tier: PlanTier | None = None, floor: int = 0
+    ) -> TokenAccount:
+        """The tenant's account for a tier (its current tier by default); opening twice
+        returns the same account."""
+        if not isinstance(floor, int) or floor > 0:
+            raise InvalidAmount("an account's floor is a whole number of tokens, at most zero")
+        tier = plan_tier.value if plan_tier else None
+
+        async def attempt(tx: _Tx) -> TokenAccount:
+            await _fetch(
+                tx.conn,
+                """
+                INSERT INTO token_accounts
+                    (id, tenant_id, plan_tier, balance, floor, held, last_sequence,
+                     created_at, updated_at)
+                SELECT CAST(:id AS uuid), t.id, COALESCE(CAST(:tier AS varchar), t.plan_tier),
+                       0, CAST(:floor AS bigint), 0, 0, now(), now()
+                FROM tenants t WHERE t.id = CAST(:tenant_id AS uuid)
+                ON CONFLICT (tenant_id, plan_tier) DO NOTHING
+                """,
+                {"id": uuid.uuid4(), "tenant_id": tenant_id, "tier": tier, "floor": floor},
+            )
+            return await self._account_row(tx.conn, tenant_id=tenant_id, tier=tier)
+
+        return await self._transaction(attempt)
+
+    @staticmethod
+    async def _account_row(
+        conn: asyncpg.Connection, *, tenant_id: uuid.UUID, tier: str | None
+    ) -> TokenAccount:
+        row = await _fetchrow(
+            conn,
+            """
+            SELECT a.* FROM token_accounts a JOIN tenants t ON t.id = a.tenant_id
+            WHERE a.tenant_id = CAST(:tenant_id AS uuid)
+              AND a.plan_tier = COALESCE(CAST(:tier AS varchar), t.plan_tier)
+            """,
+            {"tenant_id": tenant_id, "tier": tier},
+        )
+        if row is None:
+            raise AccountNotFound(
+                f"tenant {tenant_id} has no token account "
+                + (f"for tier {tier}" if tier else "for its plan tier")
+            )
+        return TokenAccount.model_validate(dict(row))
+
+    async def account_for_tenant(self, tenant_id: uuid.UUID) -> TokenAccount:
+        """The account a tenant spends from: the one for its current plan tier."""
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            return await self._account_row(conn, tenant_id=tenant_id, tier=None)
+
+    async def balance(self, account_id: uuid.UUID) -> BalanceView:
+        """Balance and availability now; holds past their expiry no longer count, swept or
+        not."""
+        row = await self._read(
+            f"""
+            SELECT a.id, a.tenant_id, a.plan_tier, a.balance, a.floor,
+                   (SELECT COALESCE(sum(h.amount), 0) FROM token_holds h
+                    WHERE h.account_id = a.id AND h.status = 'active'
+                      AND h.expires_at > {NOW}) AS held
+            FROM token_accounts a WHERE a.id = CAST(:account_id AS uuid)
+            """,
+            {"account_id": account_id, "now": self._now()},
+        )
+        if row is None:
+            raise AccountNotFound(f"no token account {account_id}")
+        held = int(row["held"])
+        return BalanceView(
+            account_id=row["id"],
+            tenant_id=row["tenant_id"],
+            plan_tier=row["plan_tier"],
+            balance=row["balance"],
+            floor=row["floor"],
+            held=held,
+            available=row["balance"] - held,
+        )
+
+    # -- entries --
+
+    async def _write_entry(
+        self,
+        *,
+        account_id: uuid.UUID,
+        amount: int,
+        key: str,
+        operation: LedgerOperation,
+        kind: TokenTransactionKind,
+        debit: bool,
+        description: str = "",
+        reverses_id: uuid.UUID | None = None,
+    ) -> EntryView:
+        self._check(amount, key)
+        statement = _DEBIT if debit else _CREDIT
+
+        async def attempt(tx: _Tx) -> EntryView | LedgerError | object:
+            tx_id = uuid.uuid4()
+            params = {
+                "account_id": account_id,
+                "amount": amount,
+                "key": key,
+                "kind": kind.value,
+                "operation": operation.value,
+                "tx_id": tx_id,
+                "reverses_id": reverses_id,
+                "description": description[:500],
+                "now": self._now(),
+            }
+            row = await _fetchrow(tx.conn, statement, params)
+            if row is not None:
+                outcome = _Outcome(account_id, row["tenant_id"], row["plan_tier"], row["balance"])
+                if debit:
+                    outcome.raised = row["thresholds"]
+                else:
+                    outcome.resolved = row["thresholds"]
+                tx.announcements.append(outcome)
+                return EntryView(
+                    transaction_id=tx_id,
+                    account_id=account_id,
+                    kind=kind.value,
+                    direction="debit" if debit else "credit",
+                    amount=amount,
+                    balance_after=row["balance"],
+                )
+            # Refused: a replay, a missing account, or (debits only) not enough tokens.
+            fingerprint = {
+                "account_id": account_id,
+                "key": key,
+                "operation": operation,
+                "amount": amount,
+                "subject_id": reverses_id,
+            }
+            prior = await self._prior(tx, **fingerprint)
+            if prior is not None:
+                return await self._entry_view(tx, prior["transaction_id"])
+            await self._require_account(tx, account_id)
+            if not debit:  # pragma: no cover - a credit is refused only for the reasons above
+                raise RuntimeError("credit refused without a reason")
+            if await self._expire_for(tx, account_id):
+                return _RETRY
+            available = await self._available(tx, account_id)
+            return await self._fail(
+                tx,
+                InsufficientTokens(
+                    f"{operation.value} of {amount} tokens refused: {available} available"
+                ),
+                **fingerprint,
+            )
+
+        return await self._transaction(attempt)
+
+    async def top_up(
+        self, account_id: uuid.UUID, amount: int, *, key: str, description: str = ""
+    ) -> EntryView:
+        return await self._write_entry(
+            account_id=account_id,
+            amount=amount,
+            key=key,
+            operation=LedgerOperation.TOP_UP,
+            kind=TokenTransactionKind.TOP_UP,
+            debit=False,
+            description=description,
+        )
+
+    async def grant(
+        self, account_id: uuid.UUID, *, period: str | None = None, amount: int | None = None
+    ) -> EntryView:
+        """The tier's grant for a period (a calendar month by default), at most once per
+        period: the key is derived from the period, so a second grant replays the first."""
+        period = period or current_period(self._now())
+        if amount is None:
+            row = await self._read(
+                "SELECT plan_tier FROM token_accounts WHERE id = CAST(:id AS uuid)",
+                {"id": account_id},
+            )
+            if row is None:
+                raise AccountNotFound(f"no token account {account_id}")
+            amount = TIER_ALLOWANCES[PlanTier(row["plan_tier"])].grant_per_period
+        return await self._write_entry(
+            account_id=account_id,
+            amount=amount,
+            key=f"grant:{period}",
+            operation=LedgerOperation.GRANT,
+            kind=TokenTransactionKind.GRANT,
+            debit=False,
+            description=f"plan grant for {period}",
+        )
+
+    async def charge(
+        self, account_id: uuid.UUID, amount: int, *, key: str, description: str = ""
+    ) -> EntryView:
+        """A direct debit of available tokens (balance minus live holds), never below the
+        floor."""
+        return await self._write_entry(
+            account_id=account_id,
+            amount=amount,
+            key=key,
+            operation=LedgerOperation.CHARGE,
+            kind=TokenTransactionKind.CHARGE,
+            debit=True,
+            description=description,
+        )
+
+    async def adjust(
+        self, account_id: uuid.UUID, delta: int, *, key: str, description: str = ""
+    ) -> EntryView:
+        """An operator's correction: a credit (delta > 0) or a debit (delta < 0) that still
+        respects the floor."""
+        if not isinstance(delta, int) or delta == 0:
+            raise InvalidAmount("an adjustment needs a non-zero integer delta")
+        return await self._write_entry(
+            account_id=account_id,
+            amount=abs(delta),
+            key=key,
+            operation=LedgerOperation.ADJUSTMENT,
+            kind=TokenTransactionKind.ADJUSTMENT,
+            debit=delta < 0,
+            description=description,
+        )
+
+    async def refund(
+        self, transaction_id: uuid.UUID, *, key: str, description: str = ""
+    ) -> EntryView:
+        """A new credit entry reversing a debit (charge or settlement) in full, at most once
+        per original: a partial unique index on reverses_id decides races."""
+        self._check(None, key)
+        original = await self._read(_ENTRY, {"id": transaction_id})
+        if original is None:
+            raise EntryNotRefundable(f"no ledger entry {transaction_id}")
+        if original["direction"] != "debit" or original["kind"] not in ("charge", "settlement"):
+            raise EntryNotRefundable(
+                f"entry {transaction_id} is a {original['kind']} {original['direction']}; "
+                "only charges and settlements are refunded"
+            )
+        fingerprint = {
+            "account_id": original["account_id"],
+            "key": key,
+            "operation": LedgerOperation.REFUND,
+            "amount": original["amount"],
+            "subject_id": transaction_id,
+        }
+
+        async def refused(tx: _Tx) -> EntryView | LedgerError | None:
+            prior = await self._prior(tx, **fingerprint)
+            if prior is not None:
+                return await self._entry_view(tx, prior["transaction_id"])
+            refunded_by = await _fetchrow(
+                tx.conn,
+                "SELECT id FROM token_transactions WHERE reverses_id = CAST(:id AS uuid)",
+                {"id": transaction_id},
+            )
+            if refunded_by is None:
+                return None
+            return await self._fail(
+                tx,
+                EntryNotRefundable(
+                    f"entry {transaction_id} was already refunded by {refunded_by['id']}"
+                ),
+                **fingerprint,
+            )
+
+        for _ in range(_ATTEMPTS):
+            answer = await self._transaction(refused)
+            if answer is not None:
+                return answer
+            try:
+                return await self._write_entry(
+                    account_id=original["account_id"],
+                    amount=original["amount"],
+                    key=key,
+                    operation=LedgerOperation.REFUND,
+                    kind=TokenTransactionKind.REFUND,
+                    debit=False,
+                    description=description or f"refund of {transaction_id}",
+                    reverses_id=transaction_id,
+                )
+            except asyncpg.UniqueViolationError:
+                continue  # another refund of the original won; the next look reports it
+        raise RuntimeError("refund kept racing; giving up")  # pragma: no cover
+
+    # -- holds --
+
+    async def reserve(
+        self,
+        account_id: uuid.UUID,
+        amount: int,
+        *,
+        key: str,
+        ttl: timedelta,
+        description: str = "",
+    ) -> HoldView:
+        """Set tokens aside (a pending transfer) until settled, released or expired."""
+        self._check(amount, key)
+        if ttl <= timedelta(0):
+            raise InvalidAmount("a hold needs a positive time to live")
+
+        async def attempt(tx: _Tx) -> HoldView | LedgerError | object:
+            hold_id = uuid.uuid4()
+            params = {
+                "account_id": account_id,
+                "amount": amount,
+                "key": key,
+                "hold_id": hold_id,
+                "ttl": ttl.total_seconds(),
+                "description": description[:500],
+                "now": self._now(),
+            }
+            row = await _fetchrow(tx.conn, _RESERVE, params)
+            if row is not None:
+                return HoldView(
+                    hold_id=hold_id,
+                    account_id=account_id,
+                    amount=amount,
+                    status=HoldStatus.ACTIVE.value,
+                    expires_at=row["expires_at"],
+                )
+            fingerprint = {
+                "account_id": account_id,
+                "key": key,
+                "operation": LedgerOperation.RESERVE,
+                "amount": amount,
+            }
+            prior = await self._prior(tx, **fingerprint)
+            if prior is not None:
+                hold = await _fetchrow(tx.conn, _HOLD, {"hold_id": prior["hold_id"], "now": None})
+                # The first answer: the hold as it was created.
+                return _hold(hold, status=HoldStatus.ACTIVE.value)
+            await self._require_account(tx, account_id)
+            if await self._expire_for(tx, account_id):
+                return _RETRY
+            available = await self._available(tx, account_id)
+            return await self._fail(
+                tx,
+                InsufficientTokens(
+                    f"reservation of {amount} tokens refused: {available} available"
+                ),
+                **fingerprint,
+            )
+
+        return await self._transaction(attempt)
+
+    async def _hold_for_refusal(self, tx: _Tx, hold_id: uuid.UUID) -> Any:
+        hold = await _fetchrow(tx.conn, _HOLD, {"hold_id": hold_id, "now": self._now()})
+        if hold is None:
+            raise HoldNotActive(f"no hold {hold_id}")
+        return hold
+
+    async def settle(
+        self, hold_id: uuid.UUID, amount: int, *, key: str, description: str = ""
+    ) -> SettlementView:
+        """Post `amount` (up to what the hold holds) and release the rest, in one step, once."""
+        self._check(amount, key, allow_zero=True)
+
+        async def attempt(tx: _Tx) -> SettlementView | LedgerError:
+            params = {
+                "hold_id": hold_id,
+                "amount": amount,
+                "key": key,
+                "tx_id": uuid.uuid4(),
+                "description": description[:500],
+                "now": self._now(),
+            }
+            row = await _fetchrow(tx.conn, _SETTLE, params)
+            if row is not None:
+                tx.announcements.append(
+                    _Outcome(
+                        row["account_id"],
+                        row["tenant_id"],
+                        row["plan_tier"],
+                        row["balance"],
+                        row["thresholds"],
+                    )
+                )
+                return SettlementView(
+                    hold_id=hold_id,
+                    settled=amount,
+                    released=row["held"] - amount,
+                    transaction_id=row["transaction_id"],
+                    balance_after=row["balance"],
+                )
+            hold = await self._hold_for_refusal(tx, hold_id)
+            fingerprint = {
+                "account_id": hold["account_id"],
+                "key": key,
+                "operation": LedgerOperation.SETTLE,
+                "amount": amount,
+                "subject_id": hold_id,
+            }
+            prior = await self._prior(tx, **fingerprint)
+            if prior is not None:
+                return SettlementView(
+                    hold_id=hold_id,
+                    settled=amount,
+                    released=hold["amount"] - amount,
+                    transaction_id=prior["transaction_id"],
+                    balance_after=prior["result_balance"],
+                )
+            error: LedgerError
+            if hold["status"] != HoldStatus.ACTIVE.value:
+                error = HoldNotActive(f"hold {hold_id} is {hold['status']}; it cannot be settled")
+            elif hold["expired"]:
+                await self._expire_for(tx, hold["account_id"])
+                error = HoldNotActive(f"hold {hold_id} expired at {hold['expires_at'].isoformat()}")
+            elif amount > hold["amount"]:
+                error = InvalidAmount(
+                    f"cannot settle {amount} tokens on a hold of {hold['amount']}"
+                )
+            else:  # pragma: no cover - the statement refuses only for the reasons above
+                raise RuntimeError(f"settle of hold {hold_id} refused without a reason")
+            return await self._fail(tx, error, **fingerprint)
+
+        return await self._transaction(attempt)
+
+    async def release(self, hold_id: uuid.UUID, *, key: str) -> HoldView:
+        """Void a hold: its tokens become available again. Releasing a hold that already
+        expired succeeds without a change (the tokens are free either way)."""
+        self._check(None, key)
+
+        async def attempt(tx: _Tx) -> HoldView | LedgerError:
+            params = {"hold_id": hold_id, "key": key, "now": self._now()}
+            row = await _fetchrow(tx.conn, _RELEASE, params)
+            if row is not None:
+                return HoldView(
+                    hold_id=hold_id,
+                    account_id=row["account_id"],
+                    amount=row["amount"],
+                    status=HoldStatus.RELEASED.value,
+                    expires_at=row["expires_at"],
+                )
+            hold = await self._hold_for_refusal(tx, hold_id)
+            fingerprint = {
+                "account_id": hold["account_id"],
+                "key": key,
+                "operation": LedgerOperation.RELEASE,
+                "amount": None,
+                "subject_id": hold_id,
+            }
+            prior = await self._prior(tx, **fingerprint)
+            if prior is not None:
+                return _hold(hold)
+            if hold["status"] == HoldStatus.EXPIRED.value:
+                await _fetch(tx.conn, _RECORD_RELEASE_OF_EXPIRED, params)
+                return _hold(hold)
+            return await self._fail(
+                tx,
+                HoldNotActive(f"hold {hold_id} is {hold['status']}; it cannot be released"),
+                **fingerprint,
+            )
+
+        return await self._transaction(attempt)
+
+    async def hold(self, hold_id: uuid.UUID) -> HoldView:
+        row = await self._read(_HOLD, {"hold_id": hold_id, "now": self._now()})
+        if row is None:
+            raise HoldNotActive(f"no hold {hold_id}")
+        return _hold(row)
+
+    async def expire_holds(self, *, batch_size: int = 1000) -> int:
+        """Release every hold past its expiry (the scheduled sweep); returns how many."""
+        total = 0
+        while True:
+
+            async def sweep(tx: _Tx) -> int:
+                row = await _fetchrow(
+                    tx.conn, _EXPIRE_ALL, {"batch_size": batch_size, "now": self._now()}
+                )
+                return int(row[0])
+
+            count = await self._transaction(sweep)
+            total += count
+            if count < batch_size:
+                break
+        if total:
+            log.info("token_holds_expired", count=total)
+        return total
+
+
+def _entry(row: Any) -> EntryView:
+    return EntryView(
+        transaction_id=row["id"],
+        account_id=row["account_id"],
+        kind=row["kind"],
+        direction=row["direction"],
+        amount=row["amount"],
+        balance_after=row["balance_after"],
+    )
+
+
+def _hold(row: Any, *, status: str | None = None) -> HoldView:
+    return HoldView(
+        hold_id=row["id"],
+        account_id=row["account_id"],
+        amount=row["amount"],
+        status=status or row["status"],
+        expires_at=row["expires_at"],
+    )

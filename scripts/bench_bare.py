@@ -1,0 +1,62 @@
+"""The bare baseline of `make bench-lifecycle`: a lifecycle's shape without its work.
+
+Its own small module so the workflow sandbox imports it as cheaply as the lifecycle's modules.
+"""
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+
+
+class BareStep(BaseModel):
+    run_id: str
+    step: int
+
+
+class BareShape(BaseModel):
+    run_id: str
+    activities: int
+    children: int = 0
+    child_activities: int = 0
+
+
+@activity.defn(name="bench_bare_step")
+async def bare_step(step: BareStep) -> BareStep:
+    return step
+
+
+@workflow.defn(name="BenchBareChildWorkflow")
+class BareChildWorkflow:
+    @workflow.run
+    async def run(self, shape: BareShape) -> int:
+        for i in range(shape.activities):
+            await workflow.execute_activity(
+                bare_step,
+                BareStep(run_id=shape.run_id, step=i),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+        return shape.activities
+
+
+@workflow.defn(name="BenchBareWorkflow")
+class BareWorkflow:
+    """A lifecycle's shape without its work: sequential no-op activities and children."""
+
+    @workflow.run
+    async def run(self, shape: BareShape) -> int:
+        done = 0
+        for i in range(shape.activities):
+            await workflow.execute_activity(
+                bare_step,
+                BareStep(run_id=shape.run_id, step=i),
+                start_to_close_timeout=timedelta(seconds=30),
+            )
+            done += 1
+        for c in range(shape.children):
+            done += await workflow.execute_child_workflow(
+                BareChildWorkflow.run,
+                BareShape(run_id=shape.run_id, activities=shape.child_activities),
+                id=f"{workflow.info().workflow_id}-child-{c}",
+            )
+        return done

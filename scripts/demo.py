@@ -1,0 +1,315 @@
+"""`make demo`: two real lifecycles end to end on the embedded stack, with visible progress.
+
+1. A safe change: planned, approved by a person, deployed to staging, verified, promoted to
+   production, verified, tokens settled.
+2. A change that passes staging but fails production's check: rolled back automatically to the
+   release before it.
+
+Starts (or joins) the embedded PostgreSQL and Temporal dev server, migrates, seeds a demo tenant
+(people, approval policy, a funded token account, a project whose repository is a sample
+storefront under the data folder), runs a worker in this process, then prints the Web UI links
+and the token balance before and after. `--keep-running` keeps the stack and the worker up
+afterwards (Ctrl-C stops them), so the links stay live; so does a `make dev` running already.
+"""
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlalchemy import update
+from sqlmodel import col
+from temporalio.client import Client
+
+from activities.ledger import Ledger
+from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
+from models.db import SessionFactory, create_engine, session_factory
+from models.delivery import PromptStatus
+from scripts.sample_repo import (
+    FAILS_IN_PRODUCTION_PROMPT,
+    SAFE_PROMPT,
+    SAMPLE_CHECK_COMMAND,
+    create_sample_repo,
+)
+from workers.cli import run_entry_point
+from workers.client import connect
+from workers.devstack import embedded_stack
+from workers.lifecycle_client import LifecycleClient
+from workers.registry import Dependencies
+from workers.settings import Settings
+from workers.worker import build_workers, run_until_stopped, stop_on_signals
+from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus, workflow_id_for
+
+DEMO_FUNDS = 50_000
+LIFECYCLE_TIMEOUT_S = 180
+TERMINAL = {
+    PromptStatus.COMPLETED,
+    PromptStatus.REJECTED,
+    PromptStatus.EXPIRED,
+    PromptStatus.CANCELLED,
+    PromptStatus.FAILED,
+    PromptStatus.ROLLED_BACK,
+}
+
+
+@dataclass
+class DemoShop:
+    tenant: Tenant
+    project: Project
+    requester: User
+    approver: User
+    account_id: uuid.UUID
+
+
+async def seed_shop(
+    sessions: SessionFactory,
+    repo_dir: Path,
+    *,
+    name: str = "Corner Shop",
+    human_approval: bool = True,
+    funds: int = DEMO_FUNDS,
+) -> DemoShop:
+    """A tenant with a requester and an approver, its approval policy, a funded token account
+    (through the Ledger, so it reconciles) and a project on a fresh sample repository."""
+    suffix = uuid.uuid4().hex[:6]
+    slug = f"{name.lower().replace(' ', '-')}-{suffix}"
+    tenant = Tenant(name=f"{name} ({suffix})", slug=slug, plan_tier=PlanTier.GROWTH)
+    requester = User(
+        tenant_id=tenant.id,
+        email=f"alice@{slug}.example",
+        display_name="Alice (shop manager)",
+        role=UserRole.CLIENT_OPERATOR,
+    )
+    approver = User(
+        tenant_id=tenant.id,
+        email=f"bob@{slug}.example",
+        display_name="Bob (owner)",
+        role=UserRole.CLIENT_ADMIN,
+    )
+    policy = ApprovalPolicy(
+        tenant_id=tenant.id,
+        approver_roles=[UserRole.CLIENT_ADMIN.value],
+        approvals_required={"low": 1, "medium": 1, "high": 2, "critical": 2},
+        # Human runs: nothing is approved by the system. Otherwise everything is.
+        auto_approve_max_risk=None if human_approval else RiskLevel.CRITICAL,
+    )
+    repo = await asyncio.to_thread(create_sample_repo, repo_dir / f"storefront-{suffix}")
+    project = Project(
+        tenant_id=tenant.id,
+        name="Storefront",
+        slug=f"storefront-{suffix}",
+        repo_url=str(repo),
+        default_branch="main",
+        check_command=SAMPLE_CHECK_COMMAND,
+    )
+    async with sessions() as session:
+        session.add(tenant)
+        await session.flush()
+        session.add_all([requester, approver, policy, project])
+        await session.flush()
+        if human_approval:
+            # The ORM leaves a None out of its INSERT, so the column default (LOW) would win.
+            await session.exec(
+                update(ApprovalPolicy)
+                .where(col(ApprovalPolicy.tenant_id) == tenant.id)
+                .values(auto_approve_max_risk=None)
+            )
+        await session.commit()
+    ledger = Ledger(sessions)
+    account = await ledger.open_account(tenant.id)
+    await ledger.top_up(account.id, funds, key=f"demo-funding:{tenant.id}", description="demo")
+    return DemoShop(tenant, project, requester, approver, account.id)
+
+
+def workflow_link(settings: Settings, workflow_id: str) -> str:
+    return f"{settings.ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
+
+
+def tenant_link(settings: Settings, tenant_id: uuid.UUID) -> str:
+    query = quote(f'TenantId="{tenant_id}"')
+    return f"{settings.ui_url}/namespaces/{settings.temporal_namespace}/workflows?query={query}"
+
+
+class Progress:
+    """Prints a line whenever the lifecycle's visible state changes."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.seen: set[str] = set()
+
+    def say(self, text: str) -> None:
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        print(f"   [{time.monotonic() - self.started:6.2f}s] {text}", flush=True)
+
+    def show(self, status: PromptRequestStatus) -> None:
+        step = f" - {status.step}" if status.step and status.step != status.status.value else ""
+        self.say(f"{status.status.value}{step}")
+        for d in status.deployments:
+            position = f" (queue position {d.queue_position})" if d.queue_position else ""
+            self.say(f"{d.environment.value} deployment: {d.status.value}{position}")
+            if d.rollback_deployment_id is not None and d.rollback_status is not None:
+                self.say(f"{d.environment.value} rollback: {d.rollback_status.value}")
+
+
+async def run_lifecycle(
+    lifecycle: LifecycleClient,
+    shop: DemoShop,
+    prompt: str,
+    *,
+    on_status: Callable[[PromptRequestStatus], None] | None = None,
+    approve: bool = True,
+    say: Callable[[str], None] = print,
+) -> PromptRequestResult:
+    """Submit `prompt`, approve its plan as the shop's approver when asked, wait for the end."""
+    request_id = await lifecycle.submit(
+        tenant_id=shop.tenant.id,
+        project_id=shop.project.id,
+        user_id=shop.requester.id,
+        prompt=prompt,
+    )
+    approved: set[str] = set()
+    async with asyncio.timeout(LIFECYCLE_TIMEOUT_S):
+        outcome = asyncio.create_task(lifecycle.wait_for_outcome(request_id))
+        while not outcome.done():
+            try:
+                status = await lifecycle.status(request_id)
+            except Exception:  # the workflow's first task has not run yet
+                await asyncio.sleep(0.1)
+                continue
+            if on_status:
+                on_status(status)
+            plan = status.plan
+            if (
+                approve
+                and plan is not None
+                and status.status is PromptStatus.AWAITING_APPROVAL
+                and plan.content_hash not in approved
+            ):
+                say(
+                    f"plan r{plan.revision}: risk {plan.risk_level.value} "
+                    f"({'; '.join(plan.risk_reasons)}), estimate {plan.token_estimate} tokens"
+                )
+                for line in plan.diff_summary.splitlines():
+                    say(f"  {line}")
+                say(f"{shop.approver.display_name} approves plan {plan.content_hash[:12]}")
+                approved.add(plan.content_hash)
+                await lifecycle.approve(
+                    request_id, user_id=shop.approver.id, content_hash=plan.content_hash
+                )
+                continue
+            if status.status in TERMINAL:
+                break
+            await asyncio.sleep(0.2)
+        return await outcome
+
+
+async def demo(settings: Settings) -> int:
+    keep_running = "--keep-running" in sys.argv[1:]
+    async with embedded_stack(settings) as stack:
+        settings = stack.settings
+        client: Client = await connect(settings)
+        engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
+        sessions = session_factory(engine)
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        deps = Dependencies(settings=settings, sessions=sessions, client=client)
+        serving = asyncio.create_task(run_until_stopped(build_workers(client, deps), stop))
+        try:
+            code = await show(settings, client, sessions)
+            if keep_running and code == 0:
+                print("\nThe stack and the worker keep running; Ctrl-C stops them.", flush=True)
+                await stop.wait()
+        finally:
+            stop.set()
+            await serving
+            await engine.dispose()
+    return code
+
+
+async def show(settings: Settings, client: Client, sessions: SessionFactory) -> int:
+    lifecycle = LifecycleClient(
+        client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
+    )
+    shop = await seed_shop(sessions, settings.data_dir.resolve() / "demo")
+    ledger = Ledger(sessions)
+    before = await ledger.balance(shop.account_id)
+    print(
+        f"\nchangeflow demo - tenant {shop.tenant.name}\n"
+        f"   requester {shop.requester.display_name}, approver {shop.approver.display_name}\n"
+        f"   project repository {shop.project.repo_url}\n"
+        f"   check command: {shop.project.check_command}\n"
+        f"   token balance {before.balance:,}\n",
+        flush=True,
+    )
+    runs = [
+        ("a safe change, approved by a person", SAFE_PROMPT, PromptStatus.COMPLETED),
+        (
+            "a change that passes staging and fails production",
+            FAILS_IN_PRODUCTION_PROMPT,
+            None,
+        ),
+    ]
+    results: list[PromptRequestResult] = []
+    for number, (title, prompt, _) in enumerate(runs, start=1):
+        print(f"{number}) {title}: {prompt!r}", flush=True)
+        progress = Progress()
+        result = await run_lifecycle(
+            lifecycle, shop, prompt, on_status=progress.show, say=progress.say
+        )
+        results.append(result)
+        progress.say(
+            f"finished {result.status.value}"
+            + (f": {result.reason}" if result.reason else "")
+            + f"; {result.tokens_used} tokens used, {result.tokens_settled} charged"
+        )
+        print(f"   Web UI: {workflow_link(settings, workflow_id_for(result.prompt_request_id))}")
+        for d in result.deployments:
+            link = workflow_link(settings, f"deployment-{d.deployment_id}")
+            print(f"     {d.environment.value}: {link}")
+            if d.rollback_deployment_id:
+                rollback_id = f"deployment-{d.rollback_deployment_id}"
+                print(
+                    f"     {d.environment.value} rollback: {workflow_link(settings, rollback_id)}"
+                )
+            if d.log_url:
+                print(f"       verification log {d.log_url}")
+        print(flush=True)
+    after = await ledger.balance(shop.account_id)
+    print(
+        f"Token balance: {before.balance:,} before, {after.balance:,} after "
+        f"({before.balance - after.balance:,} charged, {after.held:,} still held)"
+    )
+    print(f"Everything of this tenant in the Web UI: {tenant_link(settings, shop.tenant.id)}")
+    first, second = results
+    rolled_back = any(
+        d.environment.value == "production" and d.rollback_deployment_id for d in second.deployments
+    )
+    ok = first.status is PromptStatus.COMPLETED and rolled_back
+    if not ok:
+        print(
+            "demo: unexpected outcome - the first lifecycle should complete and the second "
+            "should be rolled back in production",
+            file=sys.stderr,
+        )
+    sys.stdout.flush()
+    return 0 if ok else 1
+
+
+def main() -> None:
+    # The demo's own lines are the point; the worker's logs stay quiet unless asked for.
+    os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "WARNING")
+    # pgserver asks platformdirs for a runtime folder; its fallback is fine and not news.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    run_entry_point(demo, prog="demo")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""What the lifecycle tests share: a funded tenant with people and a sample project, and
+helpers to read what the lifecycle wrote."""
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import select
+
+from models import (
+    ApprovalPolicy,
+    PlanTier,
+    Project,
+    PromptRequest,
+    Tenant,
+    TokenAccount,
+    TokenTransaction,
+    TokenTransactionKind,
+    User,
+    UserRole,
+)
+from models.billing import TokenHold
+from models.db import SessionFactory
+from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
+from tests.factories import make_funded_account, make_project, make_tenant, make_user
+from workers.lifecycle_client import LifecycleClient
+from workflows.contracts.lifecycle import PromptRequestStatus
+
+FUNDS = 100_000
+
+
+@dataclass
+class Shop:
+    tenant: Tenant
+    project: Project
+    requester: User
+    admins: list[User]
+    viewer: User
+    account: TokenAccount
+
+
+async def make_shop(
+    sessions: SessionFactory,
+    repo_dir: Path,
+    *,
+    balance: int = FUNDS,
+    policy: ApprovalPolicy | None = None,
+    name: str = "Corner Shop",
+) -> Shop:
+    tenant = await make_tenant(sessions, name=name, plan_tier=PlanTier.GROWTH)
+    repo = create_sample_repo(repo_dir / f"repo-{uuid.uuid4().hex[:6]}")
+    project = await make_project(
+        sessions, tenant=tenant, repo_url=str(repo), check_command=SAMPLE_CHECK_COMMAND
+    )
+    requester = await make_user(sessions, tenant=tenant, role=UserRole.CLIENT_ADMIN)
+    admins = [await make_user(sessions, tenant=tenant, role=UserRole.CLIENT_ADMIN) for _ in "ab"]
+    viewer = await make_user(sessions, tenant=tenant, role=UserRole.CLIENT_VIEWER)
+    account = await make_funded_account(sessions, tenant=tenant, balance=balance)
+    if policy is not None:
+        policy.tenant_id = tenant.id
+        auto_approve_max_risk = policy.auto_approve_max_risk
+        async with sessions() as session:
+            session.add(policy)
+            await session.commit()
+            # The ORM fills a None column from its default on insert; "never" needs an UPDATE.
+            policy.auto_approve_max_risk = auto_approve_max_risk
+            session.add(policy)
+            await session.commit()
+    return Shop(tenant, project, requester, admins, viewer, account)
+
+
+def human_policy(**overrides: object) -> ApprovalPolicy:
+    """Nothing is approved by the system: every plan waits for people."""
+    fields: dict[str, object] = {
+        "tenant_id": uuid.UUID(int=0),
+        "auto_approve_max_risk": None,
+        "approvals_required": {"low": 2, "medium": 2, "high": 2, "critical": 2},
+    }
+    fields.update(overrides)
+    return ApprovalPolicy(**fields)  # type: ignore[arg-type]
+
+
+async def submit(lifecycle: LifecycleClient, shop: Shop, prompt: str) -> uuid.UUID:
+    return await lifecycle.submit(
+        tenant_id=shop.tenant.id,
+        project_id=shop.project.id,
+        user_id=shop.requester.id,
+        prompt=prompt,
+    )
+
+
+async def wait_for_status(
+    lifecycle: LifecycleClient,
+    request_id: uuid.UUID,
+    condition: Callable[[PromptRequestStatus], bool],
+    *,
+    within: float = 60,
+) -> PromptRequestStatus:
+    """Poll the `status` query until condition holds."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                status = await lifecycle.status(request_id)
+                if condition(status):
+                    return status
+            except Exception:  # the workflow may not have started its first task yet
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def balance(sessions: SessionFactory, account: TokenAccount) -> int:
+    async with sessions() as session:
+        row = await session.get(TokenAccount, account.id)
+        assert row is not None
+        return row.balance
+
+
+async def entries(sessions: SessionFactory, account: TokenAccount) -> list[TokenTransaction]:
+    async with sessions() as session:
+        rows = await session.exec(
+            select(TokenTransaction).where(TokenTransaction.account_id == account.id)
+        )
+        return list(rows.all())
+
+
+async def request_row(sessions: SessionFactory, request_id: uuid.UUID) -> PromptRequest | None:
+    async with sessions() as session:
+        return await session.get(PromptRequest, request_id)
+
+
+async def holds(sessions: SessionFactory, shop: Shop) -> list[TokenHold]:
+    async with sessions() as session:
+        rows = await session.exec(select(TokenHold).where(TokenHold.tenant_id == shop.tenant.id))
+        return list(rows.all())
+
+
+async def settlements(sessions: SessionFactory, shop: Shop) -> list[TokenTransaction]:
+    return [
+        e
+        for e in await entries(sessions, shop.account)
+        if e.kind is TokenTransactionKind.SETTLEMENT
+    ]

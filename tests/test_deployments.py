@@ -1,0 +1,502 @@
+"""Deployments against a real git repository, the Temporal dev server and PostgreSQL: automatic
+rollback of a failed verification, operator rollbacks, the per-environment lane, cancellation."""
+
+import asyncio
+import itertools
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlmodel import col, select
+from temporalio import workflow
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import Worker
+
+from models import (
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    Project,
+    PromptRequest,
+    Tenant,
+)
+from models.db import SessionFactory
+from tests.factories import make_project, make_tenant
+from tests.workers import running_workers
+from workflows.contracts.deployment import (
+    DeploymentInput,
+    DeploymentProgress,
+    DeploymentResult,
+    DeploymentState,
+    RollbackRequest,
+    deployment_workflow_id,
+    rollback_workflow_id,
+)
+from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
+from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
+
+STAGING = DeploymentEnvironment.STAGING
+PRODUCTION = DeploymentEnvironment.PRODUCTION
+
+# The project's check: unhealthy configs fail, `debug` fails only in production, and a `gate`
+# file makes the check wait until the test opens it (a deployment that is mid-verification).
+CHECK_PY = """\
+import json, os, pathlib, sys, time
+config = json.loads(pathlib.Path("health.json").read_text())
+environment = os.environ.get("CHANGEFLOW_ENVIRONMENT", "")
+gate = config.get("gate")
+deadline = time.monotonic() + 60
+while gate and not pathlib.Path(gate).exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+problems = []
+if not config.get("healthy", True):
+    problems.append("service unhealthy")
+if environment == "production" and config.get("debug"):
+    problems.append("debug must be off in production")
+print(f"{environment}: {problems or 'healthy'}")
+sys.exit(1 if problems else 0)
+"""
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def commit(repo: Path, message: str, **health: object) -> str:
+    (repo / "health.json").write_text(json.dumps(health))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def live_commit(repo: Path, environment: DeploymentEnvironment) -> str:
+    return git(repo, "rev-parse", f"env/{environment.value}")
+
+
+def linked_file_exists(url: str) -> bool:
+    return Path(url.removeprefix("file://")).is_file()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "storefront"
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "tests@example.com")
+    git(path, "config", "user.name", "Tests")
+    (path / "check.py").write_text(CHECK_PY)
+    commit(path, "initial storefront", healthy=True)
+    return path
+
+
+@dataclass
+class Stage:
+    """A tenant's project with one approved plan, and Workers running every deployment part."""
+
+    client: Client
+    sessions: SessionFactory
+    task_queue: str
+    deploy_task_queue: str
+    tenant: Tenant
+    project: Project
+    plan: DeploymentPlan
+    repo: Path
+
+    def deployment(
+        self, commit_sha: str, environment: DeploymentEnvironment = STAGING, **fields: object
+    ) -> DeploymentInput:
+        return DeploymentInput(
+            deployment_id=uuid.uuid4(),
+            tenant_id=self.tenant.id,
+            project_id=self.project.id,
+            plan_id=self.plan.id,
+            prompt_request_id=self.plan.prompt_request_id,
+            environment=environment,
+            commit_sha=commit_sha,
+            deploy_task_queue=self.deploy_task_queue,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    async def start(
+        self, deployment: DeploymentInput
+    ) -> WorkflowHandle[DeploymentWorkflow, DeploymentResult]:
+        return await self.client.start_workflow(
+            DeploymentWorkflow.run,
+            deployment,
+            id=deployment_workflow_id(deployment.deployment_id),
+            task_queue=self.task_queue,
+        )
+
+    async def deploy(
+        self, commit_sha: str, environment: DeploymentEnvironment = STAGING
+    ) -> DeploymentResult:
+        return await (await self.start(self.deployment(commit_sha, environment))).result()
+
+    async def roll_back(
+        self, target: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+    ) -> DeploymentResult:
+        deployment_id = uuid.uuid4()
+        return await self.client.execute_workflow(
+            RollbackWorkflow.run,
+            RollbackRequest(
+                tenant_id=tenant_id or self.tenant.id,
+                target_deployment_id=target,
+                reason="operator request",
+                deploy_task_queue=self.deploy_task_queue,
+            ),
+            id=rollback_workflow_id(deployment_id),
+            task_queue=self.task_queue,
+        )
+
+    async def row(self, deployment_id: uuid.UUID) -> Deployment:
+        async with self.sessions() as session:
+            row = await session.get(Deployment, deployment_id)
+            assert row is not None
+            return row
+
+    async def jobs(self, deployment_id: uuid.UUID) -> list[tuple[ChangeJobKind, ChangeJobStatus]]:
+        async with self.sessions() as session:
+            rows = await session.exec(
+                select(ChangeJob)
+                .where(ChangeJob.deployment_id == deployment_id)
+                .order_by(col(ChangeJob.created_at))
+            )
+            return [(job.kind, job.status) for job in rows.all()]
+
+    async def deployments(self) -> list[Deployment]:
+        async with self.sessions() as session:
+            rows = await session.exec(select(Deployment).order_by(col(Deployment.queued_at)))
+            return list(rows.all())
+
+
+async def make_plan(
+    sessions: SessionFactory, *, tenant: Tenant, project: Project
+) -> DeploymentPlan:
+    async with sessions() as session:
+        request = PromptRequest(tenant_id=tenant.id, project_id=project.id, prompt="set theme")
+        session.add(request)
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=tenant.id, prompt_request_id=request.id, diff="")
+        session.add(plan)
+        await session.commit()
+        return plan
+
+
+@pytest_asyncio.fixture
+async def stage(
+    client: Client, sessions: SessionFactory, task_queue: str, repo: Path
+) -> AsyncIterator[Stage]:
+    tenant = await make_tenant(sessions)
+    project = await make_project(
+        sessions, tenant=tenant, repo_url=str(repo), check_command="python3 check.py"
+    )
+    plan = await make_plan(sessions, tenant=tenant, project=project)
+    deploy_task_queue = f"{task_queue}-deploy"
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_task_queue
+    ):
+        yield Stage(client, sessions, task_queue, deploy_task_queue, tenant, project, plan, repo)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 20.0, dump=None) -> None:
+    """Poll a workflow's query until it holds (the server pushes no event to wait on)."""
+    try:
+      async with asyncio.timeout(within_s):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    except TimeoutError:
+        if dump: await dump()
+        raise
+
+
+async def dump(stage, handles):
+    from workflows.contracts.deployment import lane_workflow_id
+    lane = stage.client.get_workflow_handle(lane_workflow_id(stage.project.id, STAGING))
+    print("LANE", (await lane.describe()).status)
+    async for e in lane.fetch_history_events():
+        print("  ", e.event_id, e.event_type, e.event_time.ToDatetime().time())
+    for h in handles:
+        print("STATE", h.id, await state_of(h))
+        async for e in h.fetch_history_events():
+            print("  ", e.event_id, e.event_type, e.event_time.ToDatetime().time())
+
+
+async def state_of(handle: WorkflowHandle[DeploymentWorkflow, DeploymentResult]) -> DeploymentState:
+    return await handle.query(DeploymentWorkflow.status)
+
+
+# --- automatic rollback ---
+
+
+@pytest.mark.parametrize("environment", [STAGING, PRODUCTION])
+async def test_failed_verification_restores_the_last_good_release_as_a_verified_rollback(
+    stage: Stage, environment: DeploymentEnvironment
+) -> None:
+    good = commit(stage.repo, "good release", healthy=True)
+    # Unhealthy everywhere for staging; for production, a change staging accepts.
+    bad = (
+        commit(stage.repo, "broken release", healthy=False)
+        if environment is STAGING
+        else commit(stage.repo, "debug left on", healthy=True, debug=True)
+    )
+    first = await stage.deploy(good, environment)
+    assert first.status is DeploymentStatus.SUCCEEDED and first.verified
+    if environment is PRODUCTION:
+        assert (await stage.deploy(bad, STAGING)).status is DeploymentStatus.SUCCEEDED
+
+    failed = await stage.deploy(bad, environment)
+
+    assert failed.status is DeploymentStatus.FAILED and not failed.verified
+    expected = "service unhealthy" if environment is STAGING else "debug must be off"
+    assert expected in failed.verification_output
+    assert failed.rollback_status is DeploymentStatus.SUCCEEDED
+    assert failed.rollback_deployment_id is not None
+    assert live_commit(stage.repo, environment) == good
+    failed_row = await stage.row(failed.deployment_id)
+    rollback_row = await stage.row(failed.rollback_deployment_id)
+    assert failed_row.status is DeploymentStatus.ROLLED_BACK
+    assert failed_row.previous_commit_sha == good
+    assert failed_row.diff_url and failed_row.diff_url.startswith("file://")
+    assert failed_row.log_url and linked_file_exists(failed_row.log_url)
+    assert rollback_row.rollback_of_id == failed.deployment_id
+    assert rollback_row.commit_sha == good
+    assert rollback_row.status is DeploymentStatus.SUCCEEDED
+    assert rollback_row.environment is environment
+    assert await stage.jobs(failed.deployment_id) == [
+        (ChangeJobKind.DEPLOY, ChangeJobStatus.SUCCEEDED),
+        (ChangeJobKind.VALIDATION, ChangeJobStatus.FAILED),
+    ]
+    assert await stage.jobs(rollback_row.id) == [
+        (ChangeJobKind.ROLLBACK, ChangeJobStatus.SUCCEEDED),
+        (ChangeJobKind.VALIDATION, ChangeJobStatus.SUCCEEDED),
+    ]
+    described = await stage.client.get_workflow_handle(
+        deployment_workflow_id(failed.deployment_id)
+    ).describe()
+    attributes = described.typed_search_attributes
+    assert attributes.get(ENVIRONMENT) == environment.value
+    assert attributes.get(TENANT_ID) == str(stage.tenant.id)
+    assert attributes.get(PROJECT_ID) == str(stage.project.id)
+
+
+async def test_first_deployment_that_fails_restores_the_default_branch(stage: Stage) -> None:
+    main_head = git(stage.repo, "rev-parse", "main")
+    git(stage.repo, "checkout", "-q", "-b", "change/broken")
+    bad = commit(stage.repo, "broken release", healthy=False)
+
+    failed = await stage.deploy(bad)
+
+    assert failed.status is DeploymentStatus.FAILED
+    assert failed.rollback_status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == main_head
+
+
+# --- operator rollbacks ---
+
+
+async def test_operator_rolls_back_to_an_earlier_release_and_then_undoes_that_rollback(
+    stage: Stage,
+) -> None:
+    v1 = commit(stage.repo, "v1", healthy=True)
+    v2 = commit(stage.repo, "v2", healthy=True)
+    first = await stage.deploy(v1)
+    second = await stage.deploy(v2)
+    assert live_commit(stage.repo, STAGING) == v2
+
+    restore = await stage.roll_back(first.deployment_id)
+
+    assert restore.status is DeploymentStatus.SUCCEEDED and restore.verified
+    assert restore.commit_sha == v1
+    assert live_commit(stage.repo, STAGING) == v1
+    restore_row = await stage.row(restore.deployment_id)
+    assert restore_row.rollback_of_id == second.deployment_id
+    assert (await stage.row(second.deployment_id)).status is DeploymentStatus.ROLLED_BACK
+    assert await stage.jobs(restore.deployment_id) == [
+        (ChangeJobKind.ROLLBACK, ChangeJobStatus.SUCCEEDED),
+        (ChangeJobKind.VALIDATION, ChangeJobStatus.SUCCEEDED),
+    ]
+
+    # Rolling back the rollback: v2 was verified once, so it can be restored.
+    undo = await stage.roll_back(second.deployment_id)
+
+    assert undo.status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == v2
+    assert (await stage.row(undo.deployment_id)).rollback_of_id == restore.deployment_id
+    assert (await stage.row(restore.deployment_id)).status is DeploymentStatus.ROLLED_BACK
+
+    # A rollback deployment is itself a release one can return to.
+    again = await stage.roll_back(restore.deployment_id)
+    assert again.status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == v1
+    assert (await stage.row(again.deployment_id)).rollback_of_id == undo.deployment_id
+
+
+async def test_rollback_to_a_release_that_never_succeeded_or_of_another_tenant_is_refused(
+    stage: Stage,
+) -> None:
+    good = commit(stage.repo, "good", healthy=True)
+    bad = commit(stage.repo, "bad", healthy=False)
+    await stage.deploy(good)
+    failed = await stage.deploy(bad)
+    stranger = await make_tenant(stage.sessions, name="Other Shop")
+    before = len(await stage.deployments())
+
+    refusals = {}
+    for target, tenant_id in [
+        (failed.deployment_id, stage.tenant.id),
+        (failed.rollback_deployment_id, stranger.id),
+        (uuid.uuid4(), stage.tenant.id),
+    ]:
+        assert target is not None
+        with pytest.raises(WorkflowFailureError) as refused:
+            await stage.roll_back(target, tenant_id=tenant_id)
+        cause = refused.value.cause
+        assert isinstance(cause, ApplicationError) and cause.non_retryable
+        refusals[target] = cause.type
+
+    assert list(refusals.values()) == [
+        "RollbackTargetNeverSucceeded",
+        "DeploymentNotFound",
+        "DeploymentNotFound",
+    ]
+    assert len(await stage.deployments()) == before
+    assert live_commit(stage.repo, STAGING) == good
+
+
+# --- the lane: one deployment per project and environment, in arrival order ---
+
+
+@workflow.defn(sandboxed=False)
+class ProgressProbe:
+    """Stands in for a parent workflow: collects `deployment_progress` signals."""
+
+    def __init__(self) -> None:
+        self.progress: list[DeploymentProgress] = []
+        self.done = False
+
+    @workflow.signal(name="deployment_progress")
+    def deployment_progress(self, progress: DeploymentProgress) -> None:
+        self.progress.append(progress)
+
+    @workflow.signal
+    def finish(self) -> None:
+        self.done = True
+
+    @workflow.query
+    def received(self) -> list[DeploymentProgress]:
+        return self.progress
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self.done)
+
+
+async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time_in_order(
+    stage: Stage, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate-open"
+    commits = [commit(stage.repo, f"v{n}", healthy=True, gate=str(gate)) for n in (1, 2, 3)]
+    probe_queue = f"{stage.task_queue}-probe"
+    async with Worker(stage.client, task_queue=probe_queue, workflows=[ProgressProbe]):
+        probe = await stage.client.start_workflow(
+            ProgressProbe.run, id=f"probe-{uuid.uuid4()}", task_queue=probe_queue
+        )
+        handles = []
+        for position, sha in enumerate(commits):
+            handle = await stage.start(stage.deployment(sha, parent_workflow_id=probe.id))
+            handles.append(handle)
+
+            async def in_place(h=handle, p=position) -> bool:
+                return (await state_of(h)).queue_position == p
+
+            await eventually(in_place, dump=lambda: dump(stage, handles))
+        # The first holds the lane (its check waits on the gate); the others wait their turn.
+        assert (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
+        assert [(await state_of(h)).status for h in handles[1:]] == [DeploymentStatus.QUEUED] * 2
+
+        gate.touch()
+        results = [await h.result() for h in handles]
+
+        received = await probe.query(ProgressProbe.received)
+        await probe.signal(ProgressProbe.finish)
+
+    assert [r.status for r in results] == [DeploymentStatus.SUCCEEDED] * 3
+    rows = [await stage.row(r.deployment_id) for r in results]
+    for earlier, later in itertools.pairwise(rows):
+        assert earlier.finished_at and later.started_at
+        assert earlier.finished_at <= later.started_at
+    assert live_commit(stage.repo, STAGING) == commits[2]
+    # The last one heard its place in the queue shrink: 2 ahead, then 1, then its turn.
+    third = [p.queue_position for p in received if p.deployment_id == results[2].deployment_id]
+    assert [p for p in third if p] == [2, 1]
+    assert [p.status for p in received if p.deployment_id == results[2].deployment_id][-1] is (
+        DeploymentStatus.SUCCEEDED
+    )
+
+
+# --- cancellation ---
+
+
+async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the_lane(
+    stage: Stage, tmp_path: Path
+) -> None:
+    v1 = commit(stage.repo, "v1", healthy=True)
+    stuck = commit(stage.repo, "v2 waits forever", healthy=True, gate=str(tmp_path / "never"))
+    v3 = commit(stage.repo, "v3", healthy=True)
+    await stage.deploy(v1)
+
+    mid_deploy = await stage.start(stage.deployment(stuck))
+    waiting = await stage.start(stage.deployment(v3))
+
+    async def verifying() -> bool:
+        return (await state_of(mid_deploy)).status is DeploymentStatus.VERIFYING
+
+    async def queued_behind() -> bool:
+        return (await state_of(waiting)).queue_position == 1
+
+    await eventually(verifying, dump=lambda: dump(stage, [mid_deploy, waiting]))
+    await eventually(queued_behind, dump=lambda: dump(stage, [mid_deploy, waiting]))
+    assert live_commit(stage.repo, STAGING) == stuck
+
+    # Cancelled while waiting: it leaves the queue without touching the environment.
+    await waiting.cancel()
+    with pytest.raises(WorkflowFailureError) as cancelled_waiting:
+        await waiting.result()
+    assert isinstance(cancelled_waiting.value.cause, CancelledError)
+    waiting_id = (await state_of(waiting)).deployment_id
+    assert waiting_id is not None
+    assert (await stage.row(waiting_id)).status is DeploymentStatus.CANCELLED
+    assert await stage.jobs(waiting_id) == []
+
+    # Cancelled mid-verification: the half-done release is undone.
+    await mid_deploy.cancel()
+    with pytest.raises(WorkflowFailureError) as cancelled:
+        await mid_deploy.result()
+    assert isinstance(cancelled.value.cause, CancelledError)
+    mid_id = (await state_of(mid_deploy)).deployment_id
+    assert mid_id is not None
+    row = await stage.row(mid_id)
+    assert row.status is DeploymentStatus.ROLLED_BACK
+    assert live_commit(stage.repo, STAGING) == v1
+    assert await stage.jobs(mid_id) == [
+        (ChangeJobKind.DEPLOY, ChangeJobStatus.SUCCEEDED),
+        (ChangeJobKind.VALIDATION, ChangeJobStatus.CANCELLED),
+        (ChangeJobKind.ROLLBACK, ChangeJobStatus.SUCCEEDED),
+    ]
+
+    # The lane passed on: the next deployment runs.
+    after = await stage.deploy(v3)
+    assert after.status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == v3

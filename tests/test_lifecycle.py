@@ -1,0 +1,136 @@
+"""The prompt lifecycle end to end on real servers: plan, price, approve, deploy, settle."""
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from temporalio.client import Client
+
+from models import (
+    Approval,
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentPlan,
+    DeploymentStatus,
+    PlanApprovalStatus,
+    PromptStatus,
+)
+from models.billing import HoldStatus
+from models.db import SessionFactory
+from scripts.sample_repo import HIGH_RISK_PROMPT, SAFE_PROMPT
+from tests.lifecycle_support import (
+    FUNDS,
+    balance,
+    holds,
+    human_policy,
+    make_shop,
+    request_row,
+    settlements,
+    submit,
+    wait_for_status,
+)
+from tests.workers import running_workers
+from workers.lifecycle_client import LifecycleClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest.fixture
+def deploy_queue(task_queue: str) -> str:
+    return f"{task_queue}-deploy"
+
+
+@pytest.fixture
+def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
+    return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)
+
+
+async def test_low_risk_request_is_approved_by_policy_and_reaches_production(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        result = await lifecycle.wait_for_outcome(request_id)
+        status = await lifecycle.status(request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert result.tokens_used > 0
+    assert result.tokens_settled == result.tokens_used
+    assert [d.status for d in result.deployments] == [DeploymentStatus.SUCCEEDED] * 2
+    assert await balance(sessions, shop.account) == FUNDS - result.tokens_used
+    assert len(await settlements(sessions, shop)) == 1
+    assert [h.status for h in await holds(sessions, shop)] == [HoldStatus.SETTLED]
+
+    row = await request_row(sessions, request_id)
+    assert row is not None and row.status is PromptStatus.COMPLETED
+    assert row.tokens_used == result.tokens_used
+    async with sessions() as session:
+        plan = (
+            await session.exec(
+                select(DeploymentPlan).where(DeploymentPlan.prompt_request_id == request_id)
+            )
+        ).one()
+        assert plan.approval_status is PlanApprovalStatus.AUTO_APPROVED
+        assert plan.commit_sha == result.commit_sha and plan.content_hash == result.content_hash
+        deployments = (
+            await session.exec(select(Deployment).where(Deployment.plan_id == plan.id))
+        ).all()
+        assert {d.status for d in deployments} == {DeploymentStatus.SUCCEEDED}
+        jobs = (
+            await session.exec(select(ChangeJob).where(ChangeJob.prompt_request_id == request_id))
+        ).all()
+        ai_jobs = [j for j in jobs if j.kind is ChangeJobKind.AI_CHANGE]
+        assert len(ai_jobs) == 2  # plan and apply
+        assert all(j.status is ChangeJobStatus.SUCCEEDED and j.attempts == 1 for j in ai_jobs)
+
+    assert status.status is PromptStatus.COMPLETED
+    assert (
+        status.plan is not None and status.plan.approval_status is PlanApprovalStatus.AUTO_APPROVED
+    )
+
+
+async def test_high_risk_request_waits_for_two_distinct_approvers(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        request_id = await submit(lifecycle, shop, HIGH_RISK_PROMPT)
+        status = await wait_for_status(
+            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
+        )
+        assert status.plan is not None and status.plan.approvals_required == 2
+        assert [h.status for h in status.holds] == ["active"]
+        content_hash = status.plan.content_hash
+
+        first, second = shop.admins
+        after_one = await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)
+        assert after_one.status is PromptStatus.AWAITING_APPROVAL
+        # The same person approving again is harmless: still one approval.
+        again = await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)
+        assert len(again.approvals) == 1
+        await lifecycle.approve(request_id, user_id=second.id, content_hash=content_hash)
+        result = await lifecycle.wait_for_outcome(request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    async with sessions() as session:
+        approvals = (await session.exec(select(Approval))).all()
+    assert {a.user_id for a in approvals} == {first.id, second.id}
+    assert {a.content_hash for a in approvals} == {content_hash}
+    assert len(await settlements(sessions, shop)) == 1

@@ -1,0 +1,301 @@
+"""The worker entry point as an SRE runs it: a process configured by environment variables
+that serves both task queues and stops gracefully on SIGTERM without losing in-flight work.
+
+The process gets a namespace of its own on the session's dev server, so what it sets up at
+start (the ledger sweep schedule) cannot disturb other tests.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from google.protobuf.duration_pb2 import Duration
+from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import (
+    DescribeNamespaceRequest,
+    DescribeTaskQueueRequest,
+    RegisterNamespaceRequest,
+)
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from models import DeploymentEnvironment, DeploymentPlan, DeploymentStatus, PromptRequest
+from models.db import SessionFactory
+from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
+from tests.factories import make_project, make_tenant
+from tests.workers import running_workers
+from workers.devstack import register_search_attributes
+from workflows.contracts.deployment import DeploymentInput
+from workflows.deployment import DeploymentWorkflow
+
+ROOT = Path(__file__).resolve().parent.parent
+# Long enough to send SIGTERM while it runs, short enough for a test.
+SLOW_CHECK_SECONDS = 4
+
+
+@pytest_asyncio.fixture(scope="module")
+async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[Client]:
+    """A client on a fresh namespace of the session's dev server, search attributes included."""
+    namespace = f"worker-test-{uuid.uuid4().hex[:8]}"
+    service = temporal_env.client.workflow_service
+    await service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    client = await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=namespace,
+        data_converter=pydantic_data_converter,
+    )
+    deadline = time.monotonic() + 30
+    while True:  # a new namespace takes a moment to reach every service of the server
+        try:
+            await service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+            await register_search_attributes(client, namespace)
+            await client.list_workflows().fetch_next_page()
+            break
+        except RPCError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    yield client
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[str]
+    task_queue: str
+    deploy_task_queue: str
+    lines: list[str] = field(default_factory=list)
+
+    def events(self) -> list[str]:
+        found = []
+        for line in self.lines:
+            try:
+                found.append(json.loads(line)["event"])
+            except (ValueError, KeyError):
+                continue
+        return found
+
+    def terminate_and_wait(self, timeout: float) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def start_worker(
+    namespace_client: Client, database_url: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**extra_env: str) -> WorkerProcess:
+        task_queue, deploy_task_queue = f"lifecycle-{uuid.uuid4()}", f"deploy-{uuid.uuid4()}"
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))
+        }
+        env.update(
+            DATABASE_URL=database_url,
+            TEMPORAL_ADDRESS=namespace_client.service_client.config.target_host,
+            TEMPORAL_NAMESPACE=namespace_client.namespace,
+            CHANGEFLOW_TASK_QUEUE=task_queue,
+            CHANGEFLOW_DEPLOY_TASK_QUEUE=deploy_task_queue,
+            CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspaces"),
+            CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="30",
+            CHANGEFLOW_LOG_FORMAT="json",
+        )
+        env.update(extra_env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        worker = WorkerProcess(process, task_queue, deploy_task_queue)
+        assert process.stderr is not None
+        stderr = process.stderr
+        threading.Thread(target=lambda: worker.lines.extend(stderr), daemon=True).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
+
+
+async def pollers(client: Client, task_queue: str, kind: TaskQueueType.ValueType) -> int:
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=kind,
+        )
+    )
+    return len(response.pollers)
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.25)
+
+
+async def serving(client: Client, worker: WorkerProcess) -> bool:
+    assert worker.process.poll() is None, "\n".join(worker.lines)
+    return (
+        await pollers(client, worker.task_queue, TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW) > 0
+        and await pollers(client, worker.task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY) > 0
+        and await pollers(client, worker.deploy_task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+        > 0
+    )
+
+
+async def test_the_worker_polls_both_task_queues_and_exits_0_promptly_on_sigterm(
+    namespace_client, start_worker
+):
+    worker = start_worker()
+
+    await wait_for(lambda: serving(namespace_client, worker), "pollers on both task queues")
+
+    began = time.monotonic()
+    assert await asyncio.to_thread(worker.terminate_and_wait, 30) == 0, "\n".join(worker.lines)
+    assert time.monotonic() - began < 10
+    events = worker.events()
+    assert events.index("worker_started") < events.index("worker_stopping")
+    assert events[-1] == "worker_stopped"
+    assert not any("Traceback" in line for line in worker.lines)
+
+
+async def test_a_dedicated_deploy_worker_serves_only_the_deploy_queue(
+    namespace_client, start_worker
+):
+    worker = start_worker(CHANGEFLOW_SERVE_LIFECYCLE="false")
+
+    async def deploy_polled() -> bool:
+        assert worker.process.poll() is None, "\n".join(worker.lines)
+        return (
+            await pollers(
+                namespace_client, worker.deploy_task_queue, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+            )
+            > 0
+        )
+
+    await wait_for(deploy_polled, "pollers on the deploy queue")
+
+    for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
+        assert await pollers(namespace_client, worker.task_queue, kind) == 0
+    assert await asyncio.to_thread(worker.terminate_and_wait, 30) == 0
+
+
+async def slow_deployment(
+    sessions: SessionFactory, workspace: Path, deploy_task_queue: str
+) -> DeploymentInput:
+    """A staging deployment of the sample shop whose verification takes a few seconds."""
+    repo = await asyncio.to_thread(create_sample_repo, workspace / "shop")
+    git = await asyncio.create_subprocess_exec(
+        "git", "rev-parse", "HEAD", cwd=repo, stdout=asyncio.subprocess.PIPE
+    )
+    head = (await git.communicate())[0].decode().strip()
+    tenant = await make_tenant(sessions)
+    project = await make_project(
+        sessions,
+        tenant=tenant,
+        repo_url=str(repo),
+        check_command=f"sleep {SLOW_CHECK_SECONDS} && {SAMPLE_CHECK_COMMAND}",
+    )
+    request = PromptRequest(tenant_id=tenant.id, project_id=project.id, prompt="Nothing")
+    plan = DeploymentPlan(tenant_id=tenant.id, prompt_request_id=request.id, commit_sha=head)
+    async with sessions() as session:
+        session.add(request)
+        await session.flush()
+        session.add(plan)
+        await session.commit()
+    return DeploymentInput(
+        deployment_id=uuid.uuid4(),
+        tenant_id=tenant.id,
+        project_id=project.id,
+        plan_id=plan.id,
+        environment=DeploymentEnvironment.STAGING,
+        commit_sha=head,
+        deploy_task_queue=deploy_task_queue,
+    )
+
+
+async def activity_running(client: Client, workflow_id: str, activity_type: str) -> bool:
+    described = await client.get_workflow_handle(workflow_id).describe()
+    return any(
+        pending.activity_type.name == activity_type
+        and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        for pending in described.raw_description.pending_activities
+    )
+
+
+async def test_sigterm_lets_an_in_flight_activity_finish_instead_of_losing_it(
+    namespace_client, start_worker, sessions, tmp_path
+):
+    worker = start_worker()
+    deployment = await slow_deployment(sessions, tmp_path, worker.deploy_task_queue)
+    workflow_id = f"deployment-{deployment.deployment_id}"
+    await wait_for(lambda: serving(namespace_client, worker), "pollers on both task queues")
+    handle = await namespace_client.start_workflow(
+        DeploymentWorkflow.run, deployment, id=workflow_id, task_queue=worker.task_queue
+    )
+    await wait_for(
+        lambda: activity_running(namespace_client, workflow_id, "verify_deployment"),
+        "verification to be running",
+    )
+
+    assert await asyncio.to_thread(worker.terminate_and_wait, 60) == 0, "\n".join(worker.lines)
+
+    # The verification finished on its first attempt during the graceful shutdown...
+    history = await handle.fetch_history()
+    verify_scheduled = {
+        event.event_id
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "verify_deployment"
+    }
+    completed = [
+        event
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        and event.activity_task_completed_event_attributes.scheduled_event_id in verify_scheduled
+    ]
+    assert len(completed) == 1
+    started = next(
+        event
+        for event in history.events
+        if event.event_id == completed[0].activity_task_completed_event_attributes.started_event_id
+    )
+    assert started.activity_task_started_event_attributes.attempt == 1
+
+    # ...and the deployment carries on to success with the next worker.
+    async with running_workers(
+        namespace_client,
+        sessions,
+        task_queue=worker.task_queue,
+        deploy_task_queue=worker.deploy_task_queue,
+    ):
+        result = await handle.result()
+    assert result.status == DeploymentStatus.SUCCEEDED
+    assert result.verified

@@ -1,0 +1,248 @@
+"""A typed client of the prompt lifecycle for other Python services.
+
+    lifecycle = LifecycleClient(client, task_queue=settings.task_queue)
+    request_id = await lifecycle.submit(tenant_id=..., project_id=..., user_id=..., prompt=...)
+    status = await lifecycle.status(request_id)
+    await lifecycle.approve(request_id, user_id=approver, content_hash=status.plan.content_hash)
+    result = await lifecycle.wait_for_outcome(request_id)
+
+Refusals (a validator saying no, a request refused at start) raise `LifecycleRefused`, whose
+`error_type` is the ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType).
+"""
+
+import uuid
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from models.delivery import PromptStatus
+from workflows.contracts.deployment import (
+    DEFAULT_DEPLOY_TASK_QUEUE,
+    DeploymentResult,
+    RollbackRequest,
+)
+from workflows.contracts.lifecycle import (
+    MAX_PROMPT_CHARS,
+    WORKFLOW_TYPE,
+    ApproveRequest,
+    LifecycleErrorType,
+    PromptRequestInput,
+    PromptRequestResult,
+    PromptRequestStatus,
+    RejectRequest,
+    ReviseRequest,
+    workflow_id_for,
+)
+from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, TENANT_ID
+
+
+class LifecycleRefused(Exception):
+    """The lifecycle said no; `error_type` tells which rule (e.g. "SelfApproval")."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+
+def _refusal(err: BaseException) -> LifecycleRefused | None:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return LifecycleRefused(cause.type or "ApplicationError", cause.message)
+        cause = cause.__cause__
+    return None
+
+
+class LifecycleClient:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str = "changeflow-lifecycle",
+        deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE,
+    ) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._deploy_task_queue = deploy_task_queue
+
+    def _handle(self, prompt_request_id: uuid.UUID) -> WorkflowHandle[Any, PromptRequestResult]:
+        return self._client.get_workflow_handle(
+            workflow_id_for(prompt_request_id), result_type=PromptRequestResult
+        )
+
+    async def submit(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        project_id: uuid.UUID,
+        user_id: uuid.UUID,
+        prompt: str,
+        prompt_request_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        """Start a lifecycle; returns the prompt request id. An empty or oversized prompt is
+        refused here already; tenant, project and user are checked by the workflow."""
+        if not prompt.strip():
+            raise LifecycleRefused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise LifecycleRefused(
+                LifecycleErrorType.PROMPT_TOO_LONG,
+                f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}",
+            )
+        request_id = prompt_request_id or uuid.uuid4()
+        first_line = prompt.strip().splitlines()[0][:120]
+        await self._client.start_workflow(
+            WORKFLOW_TYPE,
+            PromptRequestInput(
+                prompt_request_id=request_id,
+                tenant_id=tenant_id,
+                project_id=project_id,
+                requested_by=user_id,
+                prompt=prompt,
+                deploy_task_queue=self._deploy_task_queue,
+            ),
+            id=workflow_id_for(request_id),
+            task_queue=self._task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=_initial_attributes(tenant_id, project_id),
+            static_summary=f"Prompt request {request_id}: {first_line}",
+        )
+        return request_id
+
+    async def _update(
+        self, prompt_request_id: uuid.UUID, name: str, payload: object
+    ) -> PromptRequestStatus:
+        try:
+            return await self._handle(prompt_request_id).execute_update(
+                name, payload, result_type=PromptRequestStatus
+            )
+        except WorkflowUpdateFailedError as err:
+            raise (_refusal(err) or err) from err
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                raise LifecycleRefused(
+                    LifecycleErrorType.REQUEST_CLOSED,
+                    f"prompt request {prompt_request_id} has ended or does not exist: {err}",
+                ) from err
+            raise
+
+    async def approve(
+        self,
+        prompt_request_id: uuid.UUID,
+        *,
+        user_id: uuid.UUID,
+        content_hash: str,
+        comment: str = "",
+    ) -> PromptRequestStatus:
+        return await self._update(
+            prompt_request_id,
+            "approve",
+            ApproveRequest(user_id=user_id, content_hash=content_hash, comment=comment),
+        )
+
+    async def reject(
+        self, prompt_request_id: uuid.UUID, *, user_id: uuid.UUID, content_hash: str, reason: str
+    ) -> PromptRequestStatus:
+        return await self._update(
+            prompt_request_id,
+            "reject",
+            RejectRequest(user_id=user_id, content_hash=content_hash, reason=reason),
+        )
+
+    async def revise(
+        self, prompt_request_id: uuid.UUID, *, user_id: uuid.UUID, prompt: str
+    ) -> PromptRequestStatus:
+        return await self._update(
+            prompt_request_id, "revise", ReviseRequest(user_id=user_id, prompt=prompt)
+        )
+
+    async def cancel(self, prompt_request_id: uuid.UUID, *, reason: str = "") -> None:
+        """Ask the lifecycle to stop; it releases its hold and rolls back a half-done deploy."""
+        await self._handle(prompt_request_id).cancel(reason=reason or None)
+
+    async def status(self, prompt_request_id: uuid.UUID) -> PromptRequestStatus:
+        """Current state; also answers after the lifecycle ended."""
+        return await self._handle(prompt_request_id).query(
+            "status", result_type=PromptRequestStatus
+        )
+
+    async def wait_for_outcome(self, prompt_request_id: uuid.UUID) -> PromptRequestResult:
+        """The final result. A cancelled lifecycle answers CANCELLED; a request refused at
+        start raises LifecycleRefused. Bound the wait with asyncio.timeout."""
+        handle = self._handle(prompt_request_id)
+        try:
+            return await handle.result()
+        except WorkflowFailureError as err:
+            if isinstance(err.cause, CancelledError):
+                status = await self.status(prompt_request_id)
+                return PromptRequestResult(
+                    prompt_request_id=prompt_request_id,
+                    status=PromptStatus.CANCELLED,
+                    reason=status.reason,
+                    plan_id=status.plan.plan_id if status.plan else None,
+                    content_hash=status.plan.content_hash if status.plan else None,
+                    risk_level=status.plan.risk_level if status.plan else None,
+                    commit_sha=status.commit_sha,
+                    tokens_used=status.tokens_used,
+                    tokens_settled=status.tokens_settled,
+                    deployments=status.deployments,
+                )
+            raise (_refusal(err) or err) from err
+
+    async def roll_back(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        target_deployment_id: uuid.UUID,
+        requested_by: uuid.UUID | None = None,
+        reason: str = "",
+    ) -> uuid.UUID:
+        """Start an operator's rollback to an earlier successful deployment; returns the new
+        rollback deployment's id (its workflow id is rollback-<id>)."""
+        deployment_id = uuid.uuid4()
+        await self._client.start_workflow(
+            "RollbackWorkflow",
+            RollbackRequest(
+                tenant_id=tenant_id,
+                target_deployment_id=target_deployment_id,
+                requested_by=requested_by,
+                reason=reason,
+                deployment_id=deployment_id,
+                deploy_task_queue=self._deploy_task_queue,
+            ),
+            id=f"rollback-{deployment_id}",
+            task_queue=self._task_queue,
+            static_summary=f"Rollback to deployment {target_deployment_id}",
+        )
+        return deployment_id
+
+    async def rollback_result(self, deployment_id: uuid.UUID) -> DeploymentResult:
+        handle = self._client.get_workflow_handle(
+            f"rollback-{deployment_id}", result_type=DeploymentResult
+        )
+        try:
+            return await handle.result()
+        except WorkflowFailureError as err:
+            raise (_refusal(err) or err) from err
+
+
+def _initial_attributes(tenant_id: uuid.UUID, project_id: uuid.UUID) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(TENANT_ID, str(tenant_id)),
+            SearchAttributePair(PROJECT_ID, str(project_id)),
+            SearchAttributePair(PROMPT_STATUS, PromptStatus.RECEIVED.value),
+        ]
+    )

@@ -1,0 +1,150 @@
+"""The worker process: connect with the settings, register everything the registry has, serve
+both task queues until told to stop, then stop gracefully.
+
+On SIGTERM/SIGINT the workers stop polling, in-flight activities get
+CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS to finish, and whatever is still running after that is
+cancelled and handed back to Temporal, which retries it on another worker.
+"""
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+from datetime import timedelta
+
+import structlog
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from models.db import create_engine, session_factory
+from workers import registry
+from workers.client import connect
+from workers.devstack import EmbeddedStack, embedded_stack
+from workers.interceptors import LogContextInterceptor
+from workers.registry import Dependencies
+from workers.schedules import LEDGER_SWEEP_SCHEDULE_ID, ensure_sweep_schedule
+from workers.settings import ConfigurationError, Settings
+
+log = structlog.get_logger(__name__)
+
+
+def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
+    """One Worker per task queue this process serves (CHANGEFLOW_SERVE_LIFECYCLE/_DEPLOY)."""
+    settings = deps.settings
+    common = {
+        "max_concurrent_activities": settings.max_concurrent_activities,
+        "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
+        "interceptors": [LogContextInterceptor()],
+    }
+    workers: list[Worker] = []
+    if settings.serve_lifecycle:
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.task_queue,
+                workflows=registry.workflows(),
+                activities=registry.lifecycle_activities(deps),
+                max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    if settings.serve_deploy:
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.deploy_task_queue,
+                activities=registry.deploy_activities(deps),
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return workers
+
+
+def check_serves_something(settings: Settings) -> None:
+    if not (settings.serve_lifecycle or settings.serve_deploy):
+        raise ConfigurationError(
+            "CHANGEFLOW_SERVE_LIFECYCLE and CHANGEFLOW_SERVE_DEPLOY are both false: "
+            "this worker would serve nothing"
+        )
+
+
+async def run_until_stopped(workers: Sequence[Worker], stop: asyncio.Event) -> None:
+    """Run the workers until `stop` is set (or one fails), then shut all down gracefully."""
+    running = [asyncio.create_task(w.run(), name=f"worker:{w.task_queue}") for w in workers]
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*running, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if stopping in done:
+        log.info("worker_stopping", task_queues=[w.task_queue for w in workers])
+    else:
+        stopping.cancel()
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    results = await asyncio.gather(*running, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise failures[0]
+    log.info("worker_stopped")
+
+
+async def check_namespace(client: Client, namespace: str) -> None:
+    """A missing namespace is a configuration mistake, not a worker crash."""
+    try:
+        await client.workflow_service.describe_namespace(
+            DescribeNamespaceRequest(namespace=namespace)
+        )
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise ConfigurationError(
+                f"TEMPORAL_NAMESPACE {namespace!r} does not exist on the Temporal server"
+            ) from None
+        raise
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Resolve the stack (configured, or embedded), then serve until `stop` is set.
+
+    A configured database is only checked, never migrated: production runs `make migrate`
+    (the compose file's migrate job); the embedded one is migrated on start.
+    """
+    check_serves_something(settings)
+    async with embedded_stack(settings, migrate=settings.embedded_database) as stack:
+        await serve_stack(stack, stop)
+
+
+async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
+    """Serve every task queue against a resolved stack until `stop` is set."""
+    settings = stack.settings
+    check_serves_something(settings)
+    client = await connect(settings)
+    await check_namespace(client, settings.temporal_namespace)
+    if settings.serve_lifecycle and await ensure_sweep_schedule(client, settings.task_queue):
+        log.info("schedule_created", schedule_id=LEDGER_SWEEP_SCHEDULE_ID)
+    engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
+    try:
+        deps = Dependencies(settings=settings, sessions=session_factory(engine), client=client)
+        workers = build_workers(client, deps)
+        log.info(
+            "worker_started",
+            temporal_address=stack.temporal_address,
+            namespace=settings.temporal_namespace,
+            task_queues=[w.task_queue for w in workers],
+            embedded=stack.started,
+        )
+        await run_until_stopped(workers, stop)
+    finally:
+        await engine.dispose()
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # platforms without signal handlers
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def main(settings: Settings) -> int:
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    await serve(settings, stop)
+    return 0

@@ -1,0 +1,239 @@
+"""Payloads of the deployment workflows (DeploymentWorkflow, RollbackWorkflow, the per-project
+and environment lane) and of the release activities behind them."""
+
+import uuid
+
+from pydantic import BaseModel, Field
+
+from models.delivery import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
+
+DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
+
+
+class DeploymentInput(BaseModel):
+    """Start of a DeploymentWorkflow; its workflow id is f"deployment-{deployment_id}"."""
+
+    deployment_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    plan_id: uuid.UUID
+    prompt_request_id: uuid.UUID | None = None
+    environment: DeploymentEnvironment
+    commit_sha: str = Field(min_length=4, max_length=64)
+    # Set on a rollback deployment: the deployment it undoes.
+    rollback_of: uuid.UUID | None = None
+    # Receives `deployment_progress` signals (DeploymentProgress) while this deployment runs.
+    parent_workflow_id: str | None = None
+    auto_rollback: bool = True
+    deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
+
+
+class DeploymentProgress(BaseModel):
+    deployment_id: uuid.UUID
+    environment: DeploymentEnvironment
+    status: DeploymentStatus
+    # 0 = holds the lane; n = n deployments ahead of this one. None once out of the lane.
+    queue_position: int | None = None
+    detail: str = ""
+
+
+class DeploymentResult(BaseModel):
+    deployment_id: uuid.UUID
+    environment: DeploymentEnvironment
+    status: DeploymentStatus
+    commit_sha: str
+    verified: bool
+    verification_output: str = ""
+    rollback_deployment_id: uuid.UUID | None = None
+    rollback_status: DeploymentStatus | None = None
+    log_url: str | None = None
+    diff_url: str | None = None
+
+
+class DeploymentState(BaseModel):
+    """Answer of the `status` query of DeploymentWorkflow and RollbackWorkflow."""
+
+    deployment_id: uuid.UUID | None
+    environment: DeploymentEnvironment | None
+    status: DeploymentStatus
+    step: str
+    commit_sha: str | None = None
+    # 0 = holds the lane; n = n deployments ahead; None = not in the lane (yet or any more).
+    queue_position: int | None = None
+    rollback_of: uuid.UUID | None = None
+    rollback_deployment_id: uuid.UUID | None = None
+    rollback_status: DeploymentStatus | None = None
+
+
+class RollbackRequest(BaseModel):
+    """An operator's request to restore the release of an earlier SUCCEEDED deployment."""
+
+    tenant_id: uuid.UUID
+    target_deployment_id: uuid.UUID
+    requested_by: uuid.UUID | None = None
+    reason: str = ""
+    # The new rollback deployment's id; the workflow id is f"rollback-{deployment_id}".
+    # Left unset, the workflow derives one deterministically.
+    deployment_id: uuid.UUID | None = None
+    parent_workflow_id: str | None = None
+    deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
+
+
+# --- The lane: one deployment at a time per project and environment, in arrival order. ---
+
+
+class LaneRequest(BaseModel):
+    """A deployment asking for its turn; sent by signal-with-start to the lane workflow."""
+
+    deployment_workflow_id: str
+    deployment_id: uuid.UUID
+
+
+class LaneRelease(BaseModel):
+    deployment_workflow_id: str
+
+
+class LaneInput(BaseModel):
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    # Carried across continue-as-new.
+    holder: LaneRequest | None = None
+    waiting: list[LaneRequest] = Field(default_factory=list)
+    handed_out: int = 0
+
+
+class LaneTurn(BaseModel):
+    """Sent by the lane to a waiting deployment: its position (0 = its turn)."""
+
+    queue_position: int
+
+
+class LaneState(BaseModel):
+    holder: str | None
+    waiting: list[str]
+    handed_out: int
+
+
+class EnterLane(BaseModel):
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    deployment_workflow_id: str
+    deployment_id: uuid.UUID
+    # The lane runs on the task queue of the workflows that use it.
+    lane_task_queue: str
+
+
+class LeaveLane(BaseModel):
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    deployment_workflow_id: str
+    lane_task_queue: str
+
+
+# --- Release activities. ---
+
+
+class RecordDeployment(BaseModel):
+    """Create the Deployment row (QUEUED) once; a retry finds the row it made."""
+
+    deployment_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    plan_id: uuid.UUID
+    environment: DeploymentEnvironment
+    commit_sha: str
+    rollback_of: uuid.UUID | None = None
+    workflow_id: str
+
+
+class DeploymentView(BaseModel):
+    deployment_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID | None
+    plan_id: uuid.UUID
+    environment: DeploymentEnvironment
+    status: DeploymentStatus
+    commit_sha: str | None
+    previous_commit_sha: str | None = None
+    rollback_of: uuid.UUID | None = None
+    log_url: str | None = None
+    diff_url: str | None = None
+    verification_output: str | None = None
+
+
+class TransitionDeployment(BaseModel):
+    deployment_id: uuid.UUID
+    status: DeploymentStatus
+    detail: str | None = None
+
+
+class FindLastGoodRelease(BaseModel):
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    # Excluded from the search: the deployment being undone.
+    exclude_deployment_id: uuid.UUID | None = None
+
+
+class LastGoodRelease(BaseModel):
+    commit_sha: str
+    # The SUCCEEDED deployment whose release it is; None for a repository fallback.
+    deployment_id: uuid.UUID | None
+    source: str
+
+
+class PlanRollback(BaseModel):
+    """Resolve an operator's rollback: the target's release and what is live now."""
+
+    tenant_id: uuid.UUID
+    target_deployment_id: uuid.UUID
+
+
+class RollbackPlan(BaseModel):
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    plan_id: uuid.UUID
+    prompt_request_id: uuid.UUID | None
+    environment: DeploymentEnvironment
+    commit_sha: str
+    # The deployment live in that environment now, which the rollback undoes.
+    live_deployment_id: uuid.UUID
+
+
+class ReleaseStep(BaseModel):
+    """Release, verify or roll back one deployment's commit through the deploy target."""
+
+    deployment_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    plan_id: uuid.UUID | None = None
+    prompt_request_id: uuid.UUID | None = None
+    environment: DeploymentEnvironment
+    commit_sha: str
+    job_kind: ChangeJobKind = ChangeJobKind.DEPLOY
+    # Distinguishes repeated steps of one workflow (e.g. the compensation of a release).
+    step: str = Field(default="release", min_length=1, max_length=100)
+
+
+class ReleaseOutcome(BaseModel):
+    commit_sha: str
+    previous_commit_sha: str | None
+    log_url: str
+
+
+class VerificationOutcome(BaseModel):
+    ok: bool
+    output: str
+    log_url: str
+    duration_s: float
+
+
+def deployment_workflow_id(deployment_id: uuid.UUID) -> str:
+    return f"deployment-{deployment_id}"
+
+
+def rollback_workflow_id(deployment_id: uuid.UUID) -> str:
+    return f"rollback-{deployment_id}"
+
+
+def lane_workflow_id(project_id: uuid.UUID, environment: DeploymentEnvironment) -> str:
+    return f"deployment-lane-{project_id}-{environment.value}"

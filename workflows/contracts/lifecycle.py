@@ -1,0 +1,245 @@
+"""Payloads of the prompt lifecycle: PromptRequestWorkflow's input, result, updates and status
+query, and the delivery activities behind it.
+
+Public contract (workflow id ``prompt-request-<prompt_request_id>``, type
+``PromptRequestWorkflow``): start with ``PromptRequestInput``; updates ``approve``
+(``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
+a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
+``PromptRequestResult``. Cancel with Temporal's cancel. Refusals and failures carry an
+``ApplicationError`` whose ``type`` is a ``LifecycleErrorType`` value (or ``InsufficientTokens``).
+"""
+
+import enum
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from models.delivery import (
+    ApprovalDecision,
+    DeploymentEnvironment,
+    DeploymentStatus,
+    PlanApprovalStatus,
+    PromptStatus,
+    RiskLevel,
+)
+from workflows.contracts.deployment import DEFAULT_DEPLOY_TASK_QUEUE
+
+WORKFLOW_TYPE = "PromptRequestWorkflow"
+MAX_PROMPT_CHARS = 4000
+
+
+def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
+    return f"prompt-request-{prompt_request_id}"
+
+
+class LifecycleErrorType(enum.StrEnum):
+    """``ApplicationError.type`` of every refusal and failure; none is worth retrying."""
+
+    UNKNOWN_TENANT = "UnknownTenant"
+    UNKNOWN_PROJECT = "UnknownProject"
+    UNKNOWN_USER = "UnknownUser"
+    USER_OF_ANOTHER_TENANT = "UserOfAnotherTenant"
+    ROLE_MAY_NOT_APPROVE = "RoleMayNotApprove"
+    SELF_APPROVAL = "SelfApproval"
+    STALE_PLAN_HASH = "StalePlanHash"
+    NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
+    EMPTY_PROMPT = "EmptyPrompt"
+    PROMPT_TOO_LONG = "PromptTooLong"
+    CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
+    REPOSITORY_ERROR = "RepositoryError"
+    REQUEST_CLOSED = "RequestClosed"
+    # Raised by the ledger's reserve_tokens; listed so callers find every type in one place.
+    INSUFFICIENT_TOKENS = "InsufficientTokens"
+
+
+# --- The workflow's public payloads. ---
+
+
+class PromptRequestInput(BaseModel):
+    """Start of a PromptRequestWorkflow. Validation happens in the workflow, so a bad request
+    ends with a typed error instead of a payload the worker cannot decode."""
+
+    prompt_request_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    requested_by: uuid.UUID
+    prompt: str
+    deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
+
+
+class ApproveRequest(BaseModel):
+    user_id: uuid.UUID
+    # The plan's content hash as the approver saw it; a different one is refused as stale.
+    content_hash: str
+    comment: str = ""
+
+
+class RejectRequest(BaseModel):
+    user_id: uuid.UUID
+    content_hash: str
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ReviseRequest(BaseModel):
+    """An amended prompt: the request is planned again and earlier approvals are void."""
+
+    user_id: uuid.UUID
+    prompt: str
+
+
+class PlanSummary(BaseModel):
+    plan_id: uuid.UUID
+    revision: int
+    diff_summary: str
+    files_changed: list[str]
+    risk_level: RiskLevel
+    risk_reasons: list[str]
+    token_estimate: int
+    content_hash: str
+    approval_status: PlanApprovalStatus
+    approvals_required: int
+    expires_at: datetime | None = None
+
+
+class ApprovalRecord(BaseModel):
+    user_id: uuid.UUID
+    decision: ApprovalDecision
+    content_hash: str
+    at: datetime
+    reason: str = ""
+
+
+class DeploymentState(BaseModel):
+    deployment_id: uuid.UUID
+    environment: DeploymentEnvironment
+    status: DeploymentStatus
+    # 0 = deploying now; n = n deployments of this project and environment ahead of it.
+    queue_position: int | None = None
+    detail: str = ""
+    rollback_deployment_id: uuid.UUID | None = None
+    rollback_status: DeploymentStatus | None = None
+    log_url: str | None = None
+
+
+class HoldState(BaseModel):
+    hold_id: uuid.UUID
+    amount: int
+    # active, settled or released.
+    status: str
+    settled: int = 0
+
+
+class PromptRequestStatus(BaseModel):
+    """Answer of the `status` query and of every update."""
+
+    prompt_request_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    requested_by: uuid.UUID
+    status: PromptStatus
+    reason: str = ""
+    step: str = ""
+    plan: PlanSummary | None = None
+    approvals: list[ApprovalRecord] = Field(default_factory=list)
+    deployments: list[DeploymentState] = Field(default_factory=list)
+    holds: list[HoldState] = Field(default_factory=list)
+    token_estimate: int = 0
+    tokens_used: int = 0
+    tokens_settled: int = 0
+    commit_sha: str | None = None
+
+
+class PromptRequestResult(BaseModel):
+    prompt_request_id: uuid.UUID
+    status: PromptStatus
+    reason: str = ""
+    plan_id: uuid.UUID | None = None
+    content_hash: str | None = None
+    risk_level: RiskLevel | None = None
+    commit_sha: str | None = None
+    tokens_used: int = 0
+    tokens_settled: int = 0
+    deployments: list[DeploymentState] = Field(default_factory=list)
+
+
+# --- Delivery activities (internal to the lifecycle). ---
+
+
+class ApprovalPolicyView(BaseModel):
+    approver_roles: list[str]
+    approvals_required: dict[str, int]
+    auto_approve_max_risk: RiskLevel | None
+    plan_ttl_seconds: int
+    overspend_tolerance_pct: int
+
+    def required_for(self, risk: RiskLevel) -> int:
+        return max(1, self.approvals_required.get(risk.value, 1))
+
+    def auto_approves(self, risk: RiskLevel) -> bool:
+        limit = self.auto_approve_max_risk
+        return limit is not None and risk.rank <= limit.rank
+
+
+class PlanRequest(BaseModel):
+    prompt_request_id: uuid.UUID
+    tenant_id: uuid.UUID
+    project_id: uuid.UUID
+    requested_by: uuid.UUID
+    prompt: str
+    revision: int = Field(default=1, ge=1)
+
+
+class PlannedRevision(BaseModel):
+    """A new plan revision, plus the policy and roster the approval validators need."""
+
+    plan: PlanSummary
+    policy: ApprovalPolicyView
+    # user id -> role value, for every user of the tenant.
+    roster: dict[uuid.UUID, str]
+    # False when the request was closed (e.g. cancelled) while the engine planned.
+    open: bool = True
+
+
+class OpenApproval(BaseModel):
+    prompt_request_id: uuid.UUID
+    plan_id: uuid.UUID
+    hold_id: uuid.UUID
+    auto_approved: bool
+
+
+class RecordDecision(BaseModel):
+    prompt_request_id: uuid.UUID
+    plan_id: uuid.UUID
+    user_id: uuid.UUID
+    decision: ApprovalDecision
+    content_hash: str
+    reason: str = ""
+    # This decision settles the plan: enough approvals, or a rejection.
+    closes_plan: bool
+
+
+class ApplyChange(BaseModel):
+    prompt_request_id: uuid.UUID
+    plan_id: uuid.UUID
+    # What was approved across holds; more than tolerance above it needs a fresh approval.
+    approved_tokens: int
+    overspend_tolerance_pct: int
+    plan_ttl_seconds: int
+
+
+class AppliedChangeView(BaseModel):
+    commit_sha: str
+    tokens_used: int
+    # Set when the work overspent: a new plan revision priced at tokens_used, awaiting approval.
+    repriced_plan: PlanSummary | None = None
+
+
+class SetRequestStatus(BaseModel):
+    prompt_request_id: uuid.UUID
+    status: PromptStatus
+    reason: str = ""
+    plan_id: uuid.UUID | None = None
+    # The current plan's approval status moves with it (expired, cancelled...).
+    plan_status: PlanApprovalStatus | None = None
+    tokens_used: int | None = None

@@ -1,0 +1,592 @@
+"""Deployments: one release of a commit to one environment, verified, rolled back when it fails.
+
+- `DeploymentLaneWorkflow` (id `deployment-lane-<project>-<environment>`) is a FIFO mutex:
+  deployments of one project and environment run one at a time in arrival order.
+- `DeploymentWorkflow` (id `deployment-<uuid>`) records the Deployment, waits its turn, releases,
+  verifies and on failure restores the last good release as a rollback Deployment.
+- `RollbackWorkflow` (id `rollback-<uuid>`) is an operator's rollback to an earlier release.
+"""
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.releases import NON_RETRYABLE_ERRORS, ReleaseActivities
+    from models.delivery import ChangeJobKind, DeploymentStatus
+    from workflows import search_attributes as sa
+    from workflows.contracts.deployment import (
+        DeploymentInput,
+        DeploymentProgress,
+        DeploymentResult,
+        DeploymentState,
+        EnterLane,
+        FindLastGoodRelease,
+        LaneInput,
+        LaneRelease,
+        LaneRequest,
+        LaneState,
+        LaneTurn,
+        LeaveLane,
+        PlanRollback,
+        RecordDeployment,
+        ReleaseStep,
+        RollbackRequest,
+        TransitionDeployment,
+        VerificationOutcome,
+        deployment_workflow_id,
+    )
+
+_BOOKKEEPING: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(
+        maximum_interval=timedelta(seconds=10),
+        maximum_attempts=20,
+        non_retryable_error_types=NON_RETRYABLE_ERRORS,
+    ),
+}
+_RELEASE_RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=NON_RETRYABLE_ERRORS,
+)
+
+# How often the lane checks that its holder still runs (a terminated holder never releases).
+LANE_HOLDER_CHECK = timedelta(minutes=1)
+LANE_HISTORY_LIMIT = 5_000
+
+
+def _cancelled(err: BaseException) -> bool:
+    return isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
+
+
+def _failure_message(err: BaseException) -> str:
+    cause = err.cause if isinstance(err, ActivityError | ChildWorkflowError) else None
+    return str(cause or err)
+
+
+@workflow.defn(name="DeploymentLaneWorkflow")
+class DeploymentLaneWorkflow:
+    """One deployment at a time per project and environment, first come first served.
+
+    Deployments ask with the `request` signal and give the lane back with `release` (both
+    sent by signal-with-start, so the lane exists whenever it is needed). The lane tells each
+    its position with a `lane_turn` signal; position 0 is the turn. A request is never dropped;
+    a holder or waiter that no longer runs is skipped. The lane ends when idle and continues
+    as new when its history grows.
+    """
+
+    @workflow.init
+    def __init__(self, lane: LaneInput) -> None:
+        self._lane = lane
+        self._holder: LaneRequest | None = lane.holder
+        self._waiting: list[LaneRequest] = list(lane.waiting)
+        self._handed_out = lane.handed_out
+        self._inbox: list[LaneRequest | LaneRelease] = []
+        # Positions already told, so a handoff signals only those whose position changed.
+        self._told: dict[str, int] = {}
+        if self._holder:
+            self._told[self._holder.deployment_workflow_id] = 0
+        for i, waiter in enumerate(self._waiting, start=1):
+            self._told[waiter.deployment_workflow_id] = i
+
+    @workflow.signal(name="request")
+    def request(self, request: LaneRequest) -> None:
+        self._inbox.append(request)
+
+    @workflow.signal(name="release")
+    def release(self, release: LaneRelease) -> None:
+        self._inbox.append(release)
+
+    @workflow.query(name="state")
+    def state(self) -> LaneState:
+        return LaneState(
+            holder=self._holder.deployment_workflow_id if self._holder else None,
+            waiting=[w.deployment_workflow_id for w in self._waiting],
+            handed_out=self._handed_out,
+        )
+
+    @workflow.run
+    async def run(self, lane: LaneInput) -> LaneState:
+        while True:
+            if not self._inbox:
+                if self._holder is None and not self._waiting:
+                    return self.state()
+                if self._should_continue_as_new():
+                    workflow.continue_as_new(
+                        LaneInput(
+                            project_id=lane.project_id,
+                            environment=lane.environment,
+                            holder=self._holder,
+                            waiting=self._waiting,
+                            handed_out=self._handed_out,
+                        )
+                    )
+                try:
+                    await workflow.wait_condition(
+                        lambda: bool(self._inbox), timeout=LANE_HOLDER_CHECK
+                    )
+                except TimeoutError:
+                    # Re-telling the holder its turn fails when it is gone; then move on.
+                    if self._holder and not await self._tell(self._holder, 0):
+                        self._holder = None
+            while self._inbox:
+                self._apply(self._inbox.pop(0))
+            await self._announce()
+            workflow.set_current_details(self._details())
+
+    def _apply(self, message: LaneRequest | LaneRelease) -> None:
+        wf_id = message.deployment_workflow_id
+        if isinstance(message, LaneRequest):
+            known = (self._holder and self._holder.deployment_workflow_id == wf_id) or any(
+                w.deployment_workflow_id == wf_id for w in self._waiting
+            )
+            if not known:  # a retried request is the same request
+                self._waiting.append(message)
+            return
+        if self._holder and self._holder.deployment_workflow_id == wf_id:
+            self._holder = None
+        else:  # left while still waiting (cancelled)
+            self._waiting = [w for w in self._waiting if w.deployment_workflow_id != wf_id]
+        self._told.pop(wf_id, None)
+
+    async def _announce(self) -> None:
+        """Hand the lane to the next waiter and tell everyone whose position changed."""
+        while True:
+            if self._holder is None and self._waiting:
+                self._holder = self._waiting.pop(0)
+                self._handed_out += 1
+            if self._holder and self._told.get(self._holder.deployment_workflow_id) != 0:
+                if not await self._tell(self._holder, 0):
+                    self._holder = None
+                    continue
+            gone = []
+            for position, waiter in enumerate(list(self._waiting), start=1):
+                if self._told.get(waiter.deployment_workflow_id) == position:
+                    continue
+                if not await self._tell(waiter, position):
+                    gone.append(waiter)
+            if not gone:
+                return
+            self._waiting = [w for w in self._waiting if w not in gone]
+
+    async def _tell(self, who: LaneRequest, position: int) -> bool:
+        """Signal a deployment its position; False when it no longer runs."""
+        try:
+            await workflow.get_external_workflow_handle(who.deployment_workflow_id).signal(
+                "lane_turn", LaneTurn(queue_position=position)
+            )
+        except Exception:
+            workflow.logger.warning(
+                "deployment %s no longer runs; skipped in the lane", who.deployment_workflow_id
+            )
+            self._told.pop(who.deployment_workflow_id, None)
+            return False
+        self._told[who.deployment_workflow_id] = position
+        return True
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > LANE_HISTORY_LIMIT
+        )
+
+    def _details(self) -> str:
+        holder = self._holder.deployment_workflow_id if self._holder else "nobody"
+        return f"held by {holder}; {len(self._waiting)} waiting"
+
+
+@workflow.defn(name="DeploymentWorkflow")
+class DeploymentWorkflow:
+    """QUEUED -> (its turn in the lane) -> IN_PROGRESS -> VERIFYING -> SUCCEEDED or FAILED;
+    a failure restores the last good release as a verified rollback Deployment before the lane
+    passes on. Cancellation restores what the environment ran before."""
+
+    @workflow.init
+    def __init__(self, input: DeploymentInput) -> None:
+        self._input = input
+        self._state = DeploymentState(
+            deployment_id=input.deployment_id,
+            environment=input.environment,
+            status=DeploymentStatus.QUEUED,
+            step="recording the deployment",
+            commit_sha=input.commit_sha,
+            rollback_of=input.rollback_of,
+        )
+        self._lane_position: int | None = None
+        self._rollback_step: ReleaseStep | None = None
+
+    @workflow.signal(name="lane_turn")
+    def lane_turn(self, turn: LaneTurn) -> None:
+        self._lane_position = turn.queue_position
+
+    @workflow.query(name="status")
+    def status(self) -> DeploymentState:
+        return self._state
+
+    @workflow.run
+    async def run(self, input: DeploymentInput) -> DeploymentResult:
+        workflow.upsert_search_attributes(
+            [
+                sa.TENANT_ID.value_set(str(input.tenant_id)),
+                sa.PROJECT_ID.value_set(str(input.project_id)),
+                sa.ENVIRONMENT.value_set(input.environment.value),
+            ]
+        )
+        in_lane = False
+        try:
+            await workflow.execute_activity_method(
+                ReleaseActivities.record_deployment,
+                RecordDeployment(
+                    deployment_id=input.deployment_id,
+                    tenant_id=input.tenant_id,
+                    project_id=input.project_id,
+                    plan_id=input.plan_id,
+                    environment=input.environment,
+                    commit_sha=input.commit_sha,
+                    rollback_of=input.rollback_of,
+                    workflow_id=workflow.info().workflow_id,
+                ),
+                **_BOOKKEEPING,
+            )
+            await self._progress(DeploymentStatus.QUEUED, "waiting for its turn")
+            in_lane = True
+            await workflow.execute_activity_method(
+                ReleaseActivities.enter_deployment_lane,
+                EnterLane(
+                    project_id=input.project_id,
+                    environment=input.environment,
+                    deployment_workflow_id=workflow.info().workflow_id,
+                    deployment_id=input.deployment_id,
+                    lane_task_queue=workflow.info().task_queue,
+                ),
+                **_BOOKKEEPING,
+            )
+            await self._wait_for_turn()
+            return await self._deploy()
+        except BaseException as err:
+            if not _cancelled(err):
+                raise
+            await self._compensate()
+            raise
+        finally:
+            if in_lane:
+                self._state.queue_position = None
+                await workflow.execute_activity_method(
+                    ReleaseActivities.leave_deployment_lane,
+                    LeaveLane(
+                        project_id=input.project_id,
+                        environment=input.environment,
+                        deployment_workflow_id=workflow.info().workflow_id,
+                        lane_task_queue=workflow.info().task_queue,
+                    ),
+                    **_BOOKKEEPING,
+                )
+
+    async def _wait_for_turn(self) -> None:
+        while self._lane_position != 0:
+            told = self._lane_position
+            await workflow.wait_condition(lambda told=told: self._lane_position != told)  # type: ignore[misc]
+            self._state.queue_position = self._lane_position
+            if self._lane_position:
+                await self._progress(
+                    DeploymentStatus.QUEUED, f"waiting: {self._lane_position} ahead in the lane"
+                )
+        self._state.queue_position = 0
+
+    async def _deploy(self) -> DeploymentResult:
+        input = self._input
+        step = self._step(input.deployment_id, input.commit_sha, "release", input.rollback_of)
+        env = input.environment.value
+        await self._progress(
+            DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}"
+        )
+        try:
+            await self._release(step)
+        except ActivityError as err:
+            if _cancelled(err):
+                raise
+            # The target could not release (e.g. an unknown commit): a failed deployment.
+            detail = f"release failed: {_failure_message(err)}"
+            await workflow.execute_activity_method(
+                ReleaseActivities.mark_deployment,
+                TransitionDeployment(
+                    deployment_id=input.deployment_id,
+                    status=DeploymentStatus.FAILED,
+                    detail=detail,
+                ),
+                **_BOOKKEEPING,
+            )
+            outcome = VerificationOutcome(ok=False, output=detail, log_url="", duration_s=0)
+        else:
+            await self._progress(DeploymentStatus.VERIFYING, f"verifying {env}")
+            outcome = await self._verify(step)
+        result = DeploymentResult(
+            deployment_id=input.deployment_id,
+            environment=input.environment,
+            status=DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED,
+            commit_sha=input.commit_sha,
+            verified=outcome.ok,
+            verification_output=outcome.output,
+            log_url=outcome.log_url or None,
+        )
+        await self._progress(result.status, "verified" if outcome.ok else "verification failed")
+        if not outcome.ok and input.auto_rollback:
+            await self._auto_rollback(result)
+        return result
+
+    async def _auto_rollback(self, result: DeploymentResult) -> None:
+        """Restore the last good release as a new, verified Deployment (rollback_of = this)."""
+        input = self._input
+        try:
+            good = await workflow.execute_activity_method(
+                ReleaseActivities.find_last_good_release,
+                FindLastGoodRelease(
+                    project_id=input.project_id,
+                    environment=input.environment,
+                    exclude_deployment_id=input.deployment_id,
+                ),
+                task_queue=input.deploy_task_queue,
+                **_BOOKKEEPING,
+            )
+        except ActivityError as err:
+            if _cancelled(err):
+                raise
+            workflow.logger.warning("nothing to roll back to: %s", _failure_message(err))
+            await self._progress(DeploymentStatus.FAILED, "no earlier release to restore")
+            return
+        rollback_id = workflow.uuid4()
+        result.rollback_deployment_id = rollback_id
+        self._state.rollback_deployment_id = rollback_id
+        await workflow.execute_activity_method(
+            ReleaseActivities.record_deployment,
+            RecordDeployment(
+                deployment_id=rollback_id,
+                tenant_id=input.tenant_id,
+                project_id=input.project_id,
+                plan_id=input.plan_id,
+                environment=input.environment,
+                commit_sha=good.commit_sha,
+                rollback_of=input.deployment_id,
+                workflow_id=workflow.info().workflow_id,
+            ),
+            **_BOOKKEEPING,
+        )
+        self._rollback_step = self._step(
+            rollback_id, good.commit_sha, "auto-rollback", input.deployment_id
+        )
+        await self._progress(
+            DeploymentStatus.FAILED, f"rolling back to {good.commit_sha[:12]} ({good.source})"
+        )
+        result.rollback_status = await self._run_rollback(self._rollback_step)
+        self._rollback_step = None
+
+    async def _run_rollback(self, step: ReleaseStep) -> DeploymentStatus:
+        self._state.rollback_status = DeploymentStatus.IN_PROGRESS
+        try:
+            await self._release(step)
+        except ActivityError as err:
+            if _cancelled(err):
+                raise
+            await workflow.execute_activity_method(
+                ReleaseActivities.mark_deployment,
+                TransitionDeployment(
+                    deployment_id=step.deployment_id,
+                    status=DeploymentStatus.FAILED,
+                    detail=f"rollback release failed: {_failure_message(err)}",
+                ),
+                **_BOOKKEEPING,
+            )
+            self._state.rollback_status = DeploymentStatus.FAILED
+            return DeploymentStatus.FAILED
+        self._state.rollback_status = DeploymentStatus.VERIFYING
+        outcome = await self._verify(step)
+        status = DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED
+        self._state.rollback_status = status
+        await self._progress(
+            DeploymentStatus.FAILED,
+            "rolled back" if outcome.ok else "the rollback failed its verification too",
+        )
+        return status
+
+    async def _compensate(self) -> None:
+        """After a cancellation: finish an automatic rollback already under way, or restore
+        what the environment ran before this deployment."""
+        if self._rollback_step is not None:
+            resumed = self._rollback_step.model_copy(update={"step": "auto-rollback-resumed"})
+            await self._run_rollback(resumed)
+            return
+        input = self._input
+        self._state.step = "cancelled: restoring the previous release"
+        workflow.set_current_details(self._state.step)
+        view = await workflow.execute_activity_method(
+            ReleaseActivities.compensate_deployment,
+            self._step(input.deployment_id, input.commit_sha, "cancel", input.rollback_of),
+            task_queue=input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=_RELEASE_RETRY,
+        )
+        await self._progress(view.status, "cancelled")
+
+    async def _release(self, step: ReleaseStep) -> None:
+        await workflow.execute_activity_method(
+            ReleaseActivities.release_deployment,
+            step,
+            task_queue=self._input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=_RELEASE_RETRY,
+            # Compensation must not race a release still running on a worker.
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _verify(self, step: ReleaseStep) -> VerificationOutcome:
+        return await workflow.execute_activity_method(
+            ReleaseActivities.verify_deployment,
+            step,
+            task_queue=self._input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(seconds=30),
+            retry_policy=_RELEASE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    def _step(
+        self,
+        deployment_id: uuid.UUID,
+        commit_sha: str,
+        name: str,
+        rollback_of: uuid.UUID | None,
+    ) -> ReleaseStep:
+        input = self._input
+        return ReleaseStep(
+            deployment_id=deployment_id,
+            tenant_id=input.tenant_id,
+            project_id=input.project_id,
+            plan_id=input.plan_id,
+            prompt_request_id=input.prompt_request_id,
+            environment=input.environment,
+            commit_sha=commit_sha,
+            job_kind=ChangeJobKind.ROLLBACK if rollback_of else ChangeJobKind.DEPLOY,
+            step=name,
+        )
+
+    async def _progress(self, status: DeploymentStatus, detail: str) -> None:
+        """Persisted state is already written; now tell the UI and the parent."""
+        self._state.status = status
+        self._state.step = detail
+        workflow.set_current_details(f"{self._input.environment.value}: {detail}")
+        parent = self._input.parent_workflow_id
+        if not parent:
+            return
+        try:
+            await workflow.get_external_workflow_handle(parent).signal(
+                "deployment_progress",
+                DeploymentProgress(
+                    deployment_id=self._input.deployment_id,
+                    environment=self._input.environment,
+                    status=status,
+                    queue_position=self._state.queue_position,
+                    detail=detail,
+                ),
+            )
+        except Exception:
+            # Progress is informational; a parent that has gone does not stop a deployment.
+            workflow.logger.info("parent %s did not take the progress signal", parent)
+
+
+@workflow.defn(name="RollbackWorkflow")
+class RollbackWorkflow:
+    """An operator restores the release of an earlier SUCCEEDED deployment (a rollback
+    included): a new Deployment whose rollback_of is the deployment live now, through the same
+    lane, verified like any other."""
+
+    @workflow.init
+    def __init__(self, request: RollbackRequest) -> None:
+        self._state = DeploymentState(
+            deployment_id=request.deployment_id,
+            environment=None,
+            status=DeploymentStatus.QUEUED,
+            step="checking the rollback target",
+        )
+
+    @workflow.signal(name="deployment_progress")
+    def deployment_progress(self, progress: DeploymentProgress) -> None:
+        self._state.status = progress.status
+        self._state.step = progress.detail
+        self._state.queue_position = progress.queue_position
+
+    @workflow.query(name="status")
+    def status(self) -> DeploymentState:
+        return self._state
+
+    @workflow.run
+    async def run(self, request: RollbackRequest) -> DeploymentResult:
+        deployment_id = request.deployment_id or self._id_from_workflow_id() or workflow.uuid4()
+        self._state.deployment_id = deployment_id
+        workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])
+        try:
+            plan = await workflow.execute_activity_method(
+                ReleaseActivities.plan_rollback,
+                PlanRollback(
+                    tenant_id=request.tenant_id, target_deployment_id=request.target_deployment_id
+                ),
+                **_BOOKKEEPING,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                # Surface the refusal itself as this workflow's typed failure.
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+            raise
+        self._state.environment = plan.environment
+        self._state.commit_sha = plan.commit_sha
+        self._state.rollback_of = plan.live_deployment_id
+        workflow.upsert_search_attributes(
+            [
+                sa.PROJECT_ID.value_set(str(plan.project_id)),
+                sa.ENVIRONMENT.value_set(plan.environment.value),
+            ]
+        )
+        reason = f": {request.reason}" if request.reason else ""
+        return await workflow.execute_child_workflow(
+            DeploymentWorkflow.run,
+            DeploymentInput(
+                deployment_id=deployment_id,
+                tenant_id=plan.tenant_id,
+                project_id=plan.project_id,
+                plan_id=plan.plan_id,
+                prompt_request_id=plan.prompt_request_id,
+                environment=plan.environment,
+                commit_sha=plan.commit_sha,
+                rollback_of=plan.live_deployment_id,
+                parent_workflow_id=workflow.info().workflow_id,
+                deploy_task_queue=request.deploy_task_queue,
+            ),
+            id=deployment_workflow_id(deployment_id),
+            static_summary=(
+                f"Rollback of {plan.environment.value} to {plan.commit_sha[:12]} "
+                f"(deployment {request.target_deployment_id}){reason}"
+            ),
+        )
+
+    def _id_from_workflow_id(self) -> uuid.UUID | None:
+        prefix = "rollback-"
+        workflow_id = workflow.info().workflow_id
+        if workflow_id.startswith(prefix):
+            try:
+                return uuid.UUID(workflow_id.removeprefix(prefix))
+            except ValueError:
+                return None
+        return None

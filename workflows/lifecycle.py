@@ -1,0 +1,790 @@
+"""PromptRequestWorkflow: one tenant's change request from prompt to production.
+
+request -> plan -> hold the estimate -> approval (policy, people, expiry, revisions)
+-> apply -> staging child -> production child -> settle exactly once.
+
+Short steps run as shielded tasks: a cancellation lets the step in flight finish, so the
+compensation knows every hold and every token the work used. Deployment children are not
+shielded: cancelling the lifecycle cancels the running child, which rolls back its release.
+"""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.billing import BillingActivities
+    from activities.delivery import DeliveryActivities
+    from models.delivery import (
+        ApprovalDecision,
+        DeploymentEnvironment,
+        DeploymentStatus,
+        PlanApprovalStatus,
+        PromptStatus,
+    )
+    from workflows.contracts.billing import ReleaseHold, ReserveTokens, SettleHold
+    from workflows.contracts.deployment import (
+        DeploymentInput,
+        DeploymentProgress,
+        DeploymentResult,
+    )
+    from workflows.contracts.lifecycle import (
+        MAX_PROMPT_CHARS,
+        AppliedChangeView,
+        ApplyChange,
+        ApprovalPolicyView,
+        ApprovalRecord,
+        ApproveRequest,
+        DeploymentState,
+        HoldState,
+        LifecycleErrorType,
+        OpenApproval,
+        PlannedRevision,
+        PlanRequest,
+        PlanSummary,
+        PromptRequestInput,
+        PromptRequestResult,
+        PromptRequestStatus,
+        RecordDecision,
+        RejectRequest,
+        ReviseRequest,
+        SetRequestStatus,
+    )
+    from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, RISK_LEVEL, TENANT_ID
+
+T = TypeVar("T")
+
+INSUFFICIENT_TOKENS = "InsufficientTokens"
+# Refusals of the request itself: the workflow fails with the same typed error.
+REQUEST_REFUSALS = {
+    LifecycleErrorType.UNKNOWN_TENANT,
+    LifecycleErrorType.UNKNOWN_PROJECT,
+    LifecycleErrorType.UNKNOWN_USER,
+    LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+    LifecycleErrorType.EMPTY_PROMPT,
+    LifecycleErrorType.PROMPT_TOO_LONG,
+}
+NON_RETRYABLE = [
+    *(t.value for t in LifecycleErrorType),
+    "IdempotencyConflict",
+    "HoldNotActive",
+    "AccountNotFound",
+    "InvalidAmount",
+    "IllegalTransition",
+]
+RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE)
+DB_TIMEOUT = timedelta(minutes=1)
+ENGINE_TIMEOUT = timedelta(minutes=15)
+# A hold outlives the plan's approval window by this much, to cover applying and deploying.
+HOLD_MARGIN_SECONDS = 24 * 3600
+
+
+def error_type(err: BaseException) -> str | None:
+    """The ApplicationError type behind an activity or child failure."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.type
+        cause = cause.__cause__
+    return None
+
+
+def error_message(err: BaseException) -> str:
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause.message
+        cause = cause.__cause__
+    return str(err)
+
+
+class RequestEnded(Exception):
+    """Internal: the request reached a terminal state before production; carries the result."""
+
+    def __init__(self, result: PromptRequestResult) -> None:
+        super().__init__(result.status.value)
+        self.result = result
+
+
+@workflow.defn(name="PromptRequestWorkflow")
+class PromptRequestWorkflow:
+    @workflow.init
+    def __init__(self, request: PromptRequestInput) -> None:
+        self._input = request
+        self._status = PromptStatus.RECEIVED
+        self._reason = ""
+        self._step = "received"
+        self._plan: PlanSummary | None = None
+        self._policy: ApprovalPolicyView | None = None
+        self._roster: dict[uuid.UUID, str] = {}
+        self._approvals: list[ApprovalRecord] = []
+        self._decision: ApprovalDecision | None = None
+        # A decision that settles the plan is being recorded: no revision may start meanwhile.
+        self._deciding = False
+        self._revision: ReviseRequest | None = None
+        self._approval_rounds = 0
+        self._applied = False
+        self._approved_tokens = 0
+        self._approved_before_apply = 0
+        self._tokens_used = 0
+        self._tokens_settled = 0
+        self._commit_sha: str | None = None
+        self._holds: list[HoldState] = []
+        self._deployments: dict[uuid.UUID, DeploymentState] = {}
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._finished = False
+
+    # ---------------------------------------------------------------- the run
+
+    @workflow.run
+    async def run(self, request: PromptRequestInput) -> PromptRequestResult:
+        workflow.upsert_search_attributes(
+            [
+                TENANT_ID.value_set(str(request.tenant_id)),
+                PROJECT_ID.value_set(str(request.project_id)),
+                PROMPT_STATUS.value_set(self._status.value),
+            ]
+        )
+        try:
+            try:
+                result = await self._lifecycle()
+            except RequestEnded as ended:
+                result = ended.result
+        except asyncio.CancelledError:
+            await self._compensate_cancellation()
+            await self._drain_handlers()
+            raise
+        await self._drain_handlers()
+        return result
+
+    async def _lifecycle(self) -> PromptRequestResult:
+        request = self._input
+        await self._plan_revision(request.prompt, revision=1)
+        await self._hold_estimate()
+        await self._seek_approval(allow_auto=True)
+
+        applied = await self._shielded(self._apply())
+        if applied.repriced_plan is not None:
+            # The work cost more than approved beyond the tolerance: price it again and ask.
+            self._adopt_plan(applied.repriced_plan)
+            self._set_status(PromptStatus.AWAITING_APPROVAL, "overspent the approved estimate")
+            extra = self._tokens_used - self._approved_tokens
+            await self._hold(extra, revision=applied.repriced_plan.revision)
+            await self._seek_approval(allow_auto=False)
+            await self._persist_status(PromptStatus.DEPLOYING_STAGING)
+        self._set_status(PromptStatus.DEPLOYING_STAGING)
+
+        for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
+            if environment is DeploymentEnvironment.PRODUCTION:
+                await self._persist_status(PromptStatus.DEPLOYING_PRODUCTION)
+            outcome = await self._deploy(environment)
+            if outcome.status is not DeploymentStatus.SUCCEEDED:
+                await self._end_after_failed_deployment(outcome)
+
+        await self._close_holds(charge=self._tokens_used)
+        await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
+        return self._result()
+
+    # ---------------------------------------------------------------- planning and holds
+
+    async def _plan_revision(self, prompt: str, *, revision: int) -> None:
+        self._set_step(f"planning revision {revision}")
+        try:
+            planned = await self._shielded(self._run_plan(prompt, revision))
+        except ActivityError as err:
+            kind = error_type(err)
+            if kind in REQUEST_REFUSALS:
+                # Nothing was persisted: the request itself is refused, with the same type.
+                raise ApplicationError(error_message(err), type=kind, non_retryable=True) from err
+            if kind in (
+                LifecycleErrorType.CHANGE_REQUEST_INVALID,
+                LifecycleErrorType.REPOSITORY_ERROR,
+            ):
+                await self._end(PromptStatus.FAILED, error_message(err))
+            raise
+        if not planned.open:
+            raise ApplicationError(
+                "the request was closed while it was planned",
+                type=LifecycleErrorType.REQUEST_CLOSED,
+                non_retryable=True,
+            )
+
+    async def _run_plan(self, prompt: str, revision: int) -> PlannedRevision:
+        request = self._input
+        self._set_status(PromptStatus.PLANNING)
+        planned = await workflow.execute_activity_method(
+            DeliveryActivities.plan_request,
+            PlanRequest(
+                prompt_request_id=request.prompt_request_id,
+                tenant_id=request.tenant_id,
+                project_id=request.project_id,
+                requested_by=request.requested_by,
+                prompt=prompt,
+                revision=revision,
+            ),
+            start_to_close_timeout=ENGINE_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        if planned.open:
+            self._policy = planned.policy
+            self._roster = dict(planned.roster)
+            self._adopt_plan(planned.plan)
+        return planned
+
+    def _adopt_plan(self, plan: PlanSummary) -> None:
+        self._plan = plan
+        self._approvals = []
+        self._decision = None
+        workflow.upsert_search_attributes([RISK_LEVEL.value_set(plan.risk_level.value)])
+
+    async def _hold_estimate(self) -> None:
+        plan = self._require_plan()
+        await self._hold(plan.token_estimate, revision=plan.revision)
+
+    async def _hold(self, amount: int, *, revision: int) -> None:
+        self._set_step(f"reserving {amount} tokens")
+        try:
+            await self._shielded(self._reserve(amount, revision))
+        except ActivityError as err:
+            if error_type(err) != INSUFFICIENT_TOKENS:
+                raise
+            reason = f"insufficient tokens: {error_message(err)}"
+            await self._close_holds(charge=self._chargeable())
+            await self._end(PromptStatus.FAILED, reason, plan_status=PlanApprovalStatus.CANCELLED)
+
+    async def _reserve(self, amount: int, revision: int) -> None:
+        policy = self._require_policy()
+        hold = await workflow.execute_activity_method(
+            BillingActivities.reserve_tokens,
+            ReserveTokens(
+                tenant_id=self._input.tenant_id,
+                amount=amount,
+                step=f"hold:{revision}",
+                ttl_seconds=policy.plan_ttl_seconds + HOLD_MARGIN_SECONDS,
+                description=f"prompt request {self._input.prompt_request_id} r{revision}",
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        self._holds.append(HoldState(hold_id=hold.hold_id, amount=hold.amount, status="active"))
+        self._approved_tokens += hold.amount
+
+    def _chargeable(self) -> int:
+        """Tokens to charge when the request ends early: the applied work, up to what was held
+        and approved before it. Nothing before the change was applied."""
+        if not self._applied:
+            return 0
+        return min(self._tokens_used, self._approved_before_apply)
+
+    async def _close_holds(self, *, charge: int) -> None:
+        """Settle `charge` across the active holds in order and release everything else."""
+        remaining = charge
+        for index, hold in enumerate(self._holds):
+            if hold.status != "active":
+                continue
+            amount = min(remaining, hold.amount)
+            remaining -= amount
+            await self._shielded(self._close_hold(index, amount))
+
+    async def _close_hold(self, index: int, amount: int) -> None:
+        hold = self._holds[index]
+        if amount > 0:
+            self._set_step(f"settling {amount} tokens")
+            settlement = await workflow.execute_activity_method(
+                BillingActivities.settle_hold,
+                SettleHold(
+                    hold_id=hold.hold_id,
+                    amount=amount,
+                    step=f"settle:{index}",
+                    description=f"prompt request {self._input.prompt_request_id}",
+                ),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RETRY,
+            )
+            hold.status, hold.settled = "settled", settlement.settled
+            self._tokens_settled += settlement.settled
+        else:
+            await workflow.execute_activity_method(
+                BillingActivities.release_hold,
+                ReleaseHold(hold_id=hold.hold_id, step=f"release:{index}"),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RETRY,
+            )
+            hold.status = "released"
+
+    # ---------------------------------------------------------------- approval
+
+    async def _seek_approval(self, *, allow_auto: bool) -> None:
+        """Return once the current plan is approved; end the request otherwise."""
+        while True:
+            plan = self._require_plan()
+            policy = self._require_policy()
+            auto = allow_auto and policy.auto_approves(plan.risk_level)
+            await self._shielded(self._open_approval(plan, auto))
+            self._approval_rounds += 1  # a pending revise update answers now
+            if auto:
+                return
+            self._set_step(
+                f"awaiting {plan.approvals_required} approval(s) of {plan.content_hash[:12]}"
+            )
+            ttl = policy.plan_ttl_seconds
+            if plan.expires_at is not None:
+                ttl = max(0, int((plan.expires_at - workflow.now()).total_seconds()))
+            try:
+                await workflow.wait_condition(
+                    lambda: self._decision is not None or self._revision is not None,
+                    timeout=timedelta(seconds=ttl),
+                    timeout_summary="plan expiry",
+                )
+            except TimeoutError:
+                if not self._deciding:
+                    await self._close_holds(charge=self._chargeable())
+                    await self._end(
+                        PromptStatus.EXPIRED,
+                        f"no decision within {policy.plan_ttl_seconds} seconds",
+                        plan_status=PlanApprovalStatus.EXPIRED,
+                    )
+                # A deciding approval arrived with the deadline: it wins.
+                await workflow.wait_condition(lambda: self._decision is not None)
+            if self._decision is ApprovalDecision.APPROVE:
+                self._set_status(PromptStatus.APPROVED)
+                return
+            if self._decision is ApprovalDecision.REJECT:
+                self._set_status(PromptStatus.REJECTED, self._reason)
+                await self._close_holds(charge=self._chargeable())
+                raise RequestEnded(self._result())
+            await self._apply_revision()
+
+    async def _open_approval(self, plan: PlanSummary, auto: bool) -> None:
+        await workflow.execute_activity_method(
+            DeliveryActivities.open_approval,
+            OpenApproval(
+                prompt_request_id=self._input.prompt_request_id,
+                plan_id=plan.plan_id,
+                hold_id=self._holds[-1].hold_id,
+                auto_approved=auto,
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        if auto:
+            plan.approval_status = PlanApprovalStatus.AUTO_APPROVED
+            self._set_status(PromptStatus.APPROVED, "approved by policy")
+        elif self._status is not PromptStatus.AWAITING_APPROVAL:
+            self._set_status(PromptStatus.AWAITING_APPROVAL)
+
+    async def _apply_revision(self) -> None:
+        """Plan the amended prompt; earlier approvals are void and the hold is swapped."""
+        revision = self._revision
+        assert revision is not None
+        plan = self._require_plan()
+        # Release first so the new estimate does not need the old one's tokens as well.
+        await self._close_holds(charge=0)
+        await self._plan_revision(revision.prompt, revision=plan.revision + 1)
+        self._revision = None
+        await self._hold_estimate()
+
+    # ---------------------------------------------------------------- updates
+
+    def _check_decider(self, user_id: uuid.UUID, content_hash: str) -> None:
+        """Refusals shared by approve and reject. Validators: no I/O, no history on refusal."""
+        plan = self._plan
+        if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None or self._deciding:
+            raise _refusal(
+                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                f"the request is {self._status.value}, not awaiting approval",
+            )
+        role = self._roster.get(user_id)
+        if role is None:
+            raise _refusal(
+                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                f"user {user_id} is not a member of this request's tenant",
+            )
+        if user_id == self._input.requested_by:
+            raise _refusal(
+                LifecycleErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
+            )
+        policy = self._require_policy()
+        if role not in policy.approver_roles:
+            raise _refusal(
+                LifecycleErrorType.ROLE_MAY_NOT_APPROVE,
+                f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
+            )
+        if content_hash != plan.content_hash:
+            raise _refusal(
+                LifecycleErrorType.STALE_PLAN_HASH,
+                f"plan hash {content_hash[:12]} is stale; the current plan is "
+                f"revision {plan.revision} with hash {plan.content_hash}",
+            )
+
+    @workflow.update
+    async def approve(self, approval: ApproveRequest) -> PromptRequestStatus:
+        plan = self._require_plan()
+        if any(a.user_id == approval.user_id for a in self._approvals):
+            return self.status()  # a repeated approval changes nothing
+        record = ApprovalRecord(
+            user_id=approval.user_id,
+            decision=ApprovalDecision.APPROVE,
+            content_hash=approval.content_hash,
+            at=workflow.now(),
+            reason=approval.comment,
+        )
+        self._approvals.append(record)
+        closes = len(self._approvals) >= plan.approvals_required
+        await self._record(plan, record, closes)
+        return self.status()
+
+    @approve.validator
+    def _validate_approve(self, approval: ApproveRequest) -> None:
+        self._check_decider(approval.user_id, approval.content_hash)
+
+    @workflow.update
+    async def reject(self, rejection: RejectRequest) -> PromptRequestStatus:
+        plan = self._require_plan()
+        record = ApprovalRecord(
+            user_id=rejection.user_id,
+            decision=ApprovalDecision.REJECT,
+            content_hash=rejection.content_hash,
+            at=workflow.now(),
+            reason=rejection.reason,
+        )
+        self._approvals.append(record)
+        self._reason = rejection.reason
+        await self._record(plan, record, closes=True)
+        return self.status()
+
+    @reject.validator
+    def _validate_reject(self, rejection: RejectRequest) -> None:
+        self._check_decider(rejection.user_id, rejection.content_hash)
+
+    async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
+        if closes:
+            self._deciding = True
+        await workflow.execute_activity_method(
+            DeliveryActivities.record_decision,
+            RecordDecision(
+                prompt_request_id=self._input.prompt_request_id,
+                plan_id=plan.plan_id,
+                user_id=record.user_id,
+                decision=record.decision,
+                content_hash=record.content_hash,
+                reason=record.reason,
+                closes_plan=closes,
+            ),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        if closes:
+            plan.approval_status = (
+                PlanApprovalStatus.APPROVED
+                if record.decision is ApprovalDecision.APPROVE
+                else PlanApprovalStatus.REJECTED
+            )
+            self._decision = record.decision
+            self._deciding = False
+
+    @workflow.update
+    async def revise(self, revision: ReviseRequest) -> PromptRequestStatus:
+        rounds_before = self._approval_rounds
+        self._revision = revision
+        await workflow.wait_condition(
+            lambda: self._approval_rounds > rounds_before or self._finished
+        )
+        return self.status()
+
+    @revise.validator
+    def _validate_revise(self, revision: ReviseRequest) -> None:
+        if (
+            self._status is not PromptStatus.AWAITING_APPROVAL
+            or self._deciding
+            or self._revision is not None
+            or self._applied
+        ):
+            raise _refusal(
+                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                "only a plan awaiting approval before the change is applied can be revised",
+            )
+        if revision.user_id not in self._roster:
+            raise _refusal(
+                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                f"user {revision.user_id} is not a member of this request's tenant",
+            )
+        if not revision.prompt.strip():
+            raise _refusal(LifecycleErrorType.EMPTY_PROMPT, "the amended prompt is empty")
+        if len(revision.prompt) > MAX_PROMPT_CHARS:
+            raise _refusal(
+                LifecycleErrorType.PROMPT_TOO_LONG,
+                f"the amended prompt has more than {MAX_PROMPT_CHARS} characters",
+            )
+
+    @workflow.signal(name="deployment_progress")
+    def deployment_progress(self, progress: DeploymentProgress) -> None:
+        state = self._deployments.get(progress.deployment_id)
+        if state is None:
+            state = DeploymentState(
+                deployment_id=progress.deployment_id,
+                environment=progress.environment,
+                status=progress.status,
+            )
+            self._deployments[progress.deployment_id] = state
+        state.status = progress.status
+        state.queue_position = progress.queue_position
+        state.detail = progress.detail
+        if progress.queue_position:
+            self._set_step(
+                f"{progress.environment.value}: {progress.queue_position} deployment(s) ahead"
+            )
+        elif progress.detail:
+            self._set_step(f"{progress.environment.value}: {progress.detail}")
+
+    @workflow.query
+    def status(self) -> PromptRequestStatus:
+        plan = self._plan
+        return PromptRequestStatus(
+            prompt_request_id=self._input.prompt_request_id,
+            tenant_id=self._input.tenant_id,
+            project_id=self._input.project_id,
+            requested_by=self._input.requested_by,
+            status=self._status,
+            reason=self._reason,
+            step=self._step,
+            plan=plan,
+            approvals=list(self._approvals),
+            deployments=list(self._deployments.values()),
+            holds=list(self._holds),
+            token_estimate=plan.token_estimate if plan else 0,
+            tokens_used=self._tokens_used,
+            tokens_settled=self._tokens_settled,
+            commit_sha=self._commit_sha,
+        )
+
+    # ---------------------------------------------------------------- applying and deploying
+
+    async def _apply(self) -> AppliedChangeView:
+        plan = self._require_plan()
+        policy = self._require_policy()
+        self._set_step("applying the change")
+        self._approved_before_apply = self._approved_tokens
+        applied = await workflow.execute_activity_method(
+            DeliveryActivities.apply_change,
+            ApplyChange(
+                prompt_request_id=self._input.prompt_request_id,
+                plan_id=plan.plan_id,
+                approved_tokens=self._approved_tokens,
+                overspend_tolerance_pct=policy.overspend_tolerance_pct,
+                plan_ttl_seconds=policy.plan_ttl_seconds,
+            ),
+            start_to_close_timeout=ENGINE_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        self._applied = True
+        self._tokens_used = applied.tokens_used
+        self._commit_sha = applied.commit_sha
+        self._set_status(PromptStatus.DEPLOYING_STAGING)
+        return applied
+
+    async def _deploy(self, environment: DeploymentEnvironment) -> DeploymentResult:
+        plan = self._require_plan()
+        assert self._commit_sha is not None
+        deployment_id = workflow.uuid4()
+        self._set_status(
+            PromptStatus.DEPLOYING_STAGING
+            if environment is DeploymentEnvironment.STAGING
+            else PromptStatus.DEPLOYING_PRODUCTION
+        )
+        self._set_step(f"deploying {self._commit_sha[:10]} to {environment.value}")
+        state = DeploymentState(
+            deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
+        )
+        self._deployments[deployment_id] = state
+        try:
+            result = await workflow.execute_child_workflow(
+                "DeploymentWorkflow",
+                DeploymentInput(
+                    deployment_id=deployment_id,
+                    tenant_id=self._input.tenant_id,
+                    project_id=self._input.project_id,
+                    plan_id=plan.plan_id,
+                    prompt_request_id=self._input.prompt_request_id,
+                    environment=environment,
+                    commit_sha=self._commit_sha,
+                    parent_workflow_id=workflow.info().workflow_id,
+                    deploy_task_queue=self._input.deploy_task_queue,
+                ),
+                id=f"deployment-{deployment_id}",
+                result_type=DeploymentResult,
+                static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
+            )
+        except ChildWorkflowError as err:
+            if workflow.cancellation_reason() is not None:
+                raise asyncio.CancelledError("cancelled while deploying") from err
+            result = DeploymentResult(
+                deployment_id=deployment_id,
+                environment=environment,
+                status=DeploymentStatus.FAILED,
+                commit_sha=self._commit_sha,
+                verified=False,
+                verification_output=error_message(err),
+            )
+        if workflow.cancellation_reason() is not None:
+            # The child finished its own compensation and returned instead of raising.
+            raise asyncio.CancelledError("cancelled while deploying")
+        state.status = result.status
+        state.queue_position = None
+        state.rollback_deployment_id = result.rollback_deployment_id
+        state.rollback_status = result.rollback_status
+        state.log_url = result.log_url
+        if result.rollback_deployment_id is not None:
+            self._deployments.setdefault(
+                result.rollback_deployment_id,
+                DeploymentState(
+                    deployment_id=result.rollback_deployment_id,
+                    environment=environment,
+                    status=result.rollback_status or DeploymentStatus.SUCCEEDED,
+                ),
+            )
+        return result
+
+    async def _end_after_failed_deployment(self, outcome: DeploymentResult) -> None:
+        rolled_back = outcome.rollback_deployment_id is not None and outcome.rollback_status in (
+            DeploymentStatus.SUCCEEDED,
+            DeploymentStatus.ROLLED_BACK,
+        )
+        what = f"{outcome.environment.value} verification failed"
+        reason = (
+            f"{what}; rolled back by deployment {outcome.rollback_deployment_id}"
+            if rolled_back
+            else f"{what}: {outcome.verification_output[-500:]}"
+        )
+        # The work was done: its tokens are charged even though the release was undone.
+        await self._close_holds(charge=self._tokens_used)
+        await self._end(
+            PromptStatus.ROLLED_BACK if rolled_back else PromptStatus.FAILED,
+            reason,
+            tokens_used=self._tokens_used,
+        )
+
+    # ---------------------------------------------------------------- status and endings
+
+    async def _persist_status(
+        self,
+        status: PromptStatus,
+        reason: str = "",
+        *,
+        plan_status: PlanApprovalStatus | None = None,
+        tokens_used: int | None = None,
+    ) -> None:
+        await self._shielded(
+            workflow.execute_activity_method(
+                DeliveryActivities.set_request_status,
+                SetRequestStatus(
+                    prompt_request_id=self._input.prompt_request_id,
+                    status=status,
+                    reason=reason,
+                    plan_status=plan_status,
+                    tokens_used=tokens_used,
+                ),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RETRY,
+            )
+        )
+        self._set_status(status, reason)
+
+    async def _end(
+        self,
+        status: PromptStatus,
+        reason: str,
+        *,
+        plan_status: PlanApprovalStatus | None = None,
+        tokens_used: int | None = None,
+    ) -> None:
+        await self._persist_status(status, reason, plan_status=plan_status, tokens_used=tokens_used)
+        raise RequestEnded(self._result())
+
+    async def _compensate_cancellation(self) -> None:
+        """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""
+        self._set_step("cancelling")
+        await self._drain_steps()
+        if self._status in (
+            PromptStatus.COMPLETED,
+            PromptStatus.REJECTED,
+            PromptStatus.EXPIRED,
+            PromptStatus.FAILED,
+            PromptStatus.ROLLED_BACK,
+            PromptStatus.CANCELLED,
+        ):
+            return
+        await self._close_holds(charge=self._chargeable())
+        if self._status is not PromptStatus.RECEIVED:  # RECEIVED: nothing was ever persisted
+            await self._persist_status(
+                PromptStatus.CANCELLED,
+                workflow.cancellation_reason() or "cancelled",
+                plan_status=PlanApprovalStatus.CANCELLED,
+                tokens_used=self._tokens_used if self._applied else None,
+            )
+        self._set_step("cancelled")
+
+    async def _drain_steps(self) -> None:
+        while self._inflight:
+            task = next(iter(self._inflight))
+            try:
+                await task
+            except Exception:  # the compensation goes on whatever the step did
+                workflow.logger.warning("a step failed while the request was being cancelled")
+            self._inflight.discard(task)
+
+    async def _drain_handlers(self) -> None:
+        self._finished = True
+        await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _shielded(self, step: Awaitable[T]) -> T:
+        """Run a step so that cancelling the workflow does not cancel it halfway."""
+        task: asyncio.Task[T] = asyncio.ensure_future(step)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+    def _set_status(self, status: PromptStatus, reason: str = "") -> None:
+        if status is not self._status:
+            self._status = status
+            workflow.upsert_search_attributes([PROMPT_STATUS.value_set(status.value)])
+        if reason:
+            self._reason = reason
+        self._set_step(status.value.replace("_", " "))
+
+    def _set_step(self, step: str) -> None:
+        self._step = step
+        workflow.set_current_details(f"**{self._status.value}**: {step}")
+
+    def _result(self) -> PromptRequestResult:
+        plan = self._plan
+        return PromptRequestResult(
+            prompt_request_id=self._input.prompt_request_id,
+            status=self._status,
+            reason=self._reason,
+            plan_id=plan.plan_id if plan else None,
+            content_hash=plan.content_hash if plan else None,
+            risk_level=plan.risk_level if plan else None,
+            commit_sha=self._commit_sha,
+            tokens_used=self._tokens_used,
+            tokens_settled=self._tokens_settled,
+            deployments=list(self._deployments.values()),
+        )
+
+    def _require_plan(self) -> PlanSummary:
+        assert self._plan is not None, "no plan yet"
+        return self._plan
+
+    def _require_policy(self) -> ApprovalPolicyView:
+        assert self._policy is not None, "no policy yet"
+        return self._policy
+
+
+def _refusal(kind: LifecycleErrorType, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind.value, non_retryable=True)
