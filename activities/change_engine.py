@@ -387,14 +387,24 @@ def parse_prompt(prompt: str) -> list[Instruction]:
 class Workspace:
     """The base commit's files plus pending edits (None deletes a file)."""
 
-    def __init__(self, repo: Path, commit: str, paths: set[str]) -> None:
-        self.repo, self.commit, self.paths = repo, commit, paths
+    def __init__(self, repo: Path, commit: str, modes: dict[str, str]) -> None:
+        self.repo, self.commit, self.modes = repo, commit, modes
+        self.paths = set(modes)
         self.edits: dict[str, str | None] = {}
 
     @classmethod
     async def open(cls, repo: Path, commit: str) -> "Workspace":
-        _, out = await run_git(repo, "ls-tree", "-r", "-z", "--name-only", commit)
-        return cls(repo, commit, {p for p in out.decode().split("\0") if p})
+        _, out = await run_git(repo, "ls-tree", "-r", "-z", commit)
+        modes = {}
+        for entry in out.decode().split("\0"):
+            if entry:
+                info, path = entry.split("\t", 1)
+                modes[path] = info.split(" ", 1)[0]
+        return cls(repo, commit, modes)
+
+    def mode(self, path: str) -> str:
+        """The file mode to write: an edited file keeps its own (executable stays executable)."""
+        return self.modes.get(path, "100644")
 
     def exists(self, path: str) -> bool:
         if path in self.edits:
@@ -412,6 +422,8 @@ class Workspace:
             return text
         if path not in self.paths:
             raise ChangeRequestInvalid(f"the repository has no {path}")
+        if self.modes[path] not in ("100644", "100755"):
+            raise ChangeRequestInvalid(f"{path} is not a regular file")
         _, out = await run_git(self.repo, "cat-file", "blob", f"{self.commit}:{path}")
         try:
             return out.decode()
@@ -642,16 +654,23 @@ class GitChangeEngine:
         with tempfile.TemporaryDirectory(prefix="changeflow-index-") as scratch:
             index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
             await run_git(repo, "read-tree", base_commit, env=index)
+            entries = []
             for path, text in sorted(ws.edits.items()):
-                if text is None:
-                    await run_git(repo, "update-index", "--force-remove", "--", path, env=index)
+                if text is None:  # mode 0 removes the path
+                    entries.append(f"0 {ZERO_SHA}\t{path}\0")
                     continue
                 blob = await git_text(
                     repo, "hash-object", "-w", "--no-filters", "--stdin", stdin=text.encode()
                 )
-                await run_git(
-                    repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=index
-                )
+                entries.append(f"{ws.mode(path)} {blob}\t{path}\0")
+            await run_git(
+                repo,
+                "update-index",
+                "-z",
+                "--index-info",
+                stdin="".join(entries).encode(),
+                env=index,
+            )
             tree = await git_text(repo, "write-tree", env=index)
         diff = (await run_git(repo, *DIFF_OPTIONS, base_commit, tree))[1].decode()
         if not diff:

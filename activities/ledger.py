@@ -170,9 +170,9 @@ WITH acct AS (
     RETURNING id
 ), request AS (
     INSERT INTO token_ledger_requests
-        (id, account_id, idempotency_key, operation, amount, subject_id, outcome,
+        (account_id, idempotency_key, operation, amount, subject_id, outcome,
          transaction_id, result_balance, created_at)
-    SELECT gen_random_uuid(), acct.id, :key, :operation, CAST(:amount AS bigint),
+    SELECT acct.id, :key, :operation, CAST(:amount AS bigint),
            CAST(:reverses_id AS uuid), 'succeeded', entry.id, acct.balance, {NOW}
     FROM acct, entry
 ), {alerts}
@@ -202,9 +202,9 @@ WITH acct AS (
     RETURNING id, expires_at
 ), request AS (
     INSERT INTO token_ledger_requests
-        (id, account_id, idempotency_key, operation, amount, outcome, hold_id, result_balance,
+        (account_id, idempotency_key, operation, amount, outcome, hold_id, result_balance,
          created_at)
-    SELECT gen_random_uuid(), acct.id, :key, 'reserve', CAST(:amount AS bigint), 'succeeded',
+    SELECT acct.id, :key, 'reserve', CAST(:amount AS bigint), 'succeeded',
            hold.id, acct.balance, {NOW}
     FROM acct, hold
 )
@@ -242,9 +242,9 @@ WITH hold AS (
     RETURNING id
 ), request AS (
     INSERT INTO token_ledger_requests
-        (id, account_id, idempotency_key, operation, amount, subject_id, outcome, hold_id,
+        (account_id, idempotency_key, operation, amount, subject_id, outcome, hold_id,
          transaction_id, result_balance, created_at)
-    SELECT gen_random_uuid(), acct.id, :key, 'settle', CAST(:amount AS bigint),
+    SELECT acct.id, :key, 'settle', CAST(:amount AS bigint),
            CAST(:hold_id AS uuid), 'succeeded', CAST(:hold_id AS uuid),
            (SELECT id FROM entry), acct.balance, {NOW}
     FROM acct
@@ -269,9 +269,9 @@ WITH hold AS (
     RETURNING a.id, a.balance
 ), request AS (
     INSERT INTO token_ledger_requests
-        (id, account_id, idempotency_key, operation, subject_id, outcome, hold_id,
+        (account_id, idempotency_key, operation, subject_id, outcome, hold_id,
          result_balance, created_at)
-    SELECT gen_random_uuid(), acct.id, :key, 'release', CAST(:hold_id AS uuid), 'succeeded',
+    SELECT acct.id, :key, 'release', CAST(:hold_id AS uuid), 'succeeded',
            CAST(:hold_id AS uuid), acct.balance, {NOW}
     FROM acct
 )
@@ -303,16 +303,16 @@ _EXPIRE_ACCOUNT = _EXPIRE.replace("{account_filter}", "AND account_id = CAST(:ac
 
 _RECORD_RELEASE_OF_EXPIRED = f"""
 INSERT INTO token_ledger_requests
-    (id, account_id, idempotency_key, operation, subject_id, outcome, hold_id, created_at)
-SELECT gen_random_uuid(), account_id, :key, 'release', id, 'succeeded', id, {NOW}
+    (account_id, idempotency_key, operation, subject_id, outcome, hold_id, created_at)
+SELECT account_id, :key, 'release', id, 'succeeded', id, {NOW}
 FROM token_holds WHERE id = CAST(:hold_id AS uuid)
 """
 
 _RECORD_FAILURE = f"""
 INSERT INTO token_ledger_requests
-    (id, account_id, idempotency_key, operation, amount, subject_id, outcome, error_type,
+    (account_id, idempotency_key, operation, amount, subject_id, outcome, error_type,
      error_message, created_at)
-VALUES (gen_random_uuid(), CAST(:account_id AS uuid), :key, :operation, CAST(:amount AS bigint),
+VALUES (CAST(:account_id AS uuid), :key, :operation, CAST(:amount AS bigint),
         CAST(:subject_id AS uuid), 'failed', :error_type, :error_message, {NOW})
 """
 

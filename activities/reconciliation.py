@@ -81,16 +81,16 @@ _CHECKS: dict[str, str] = {
     "hold_resolved_once": """
         SELECT h.account_id,
                format('hold %s (%s) was settled or released by %s requests', h.id, h.status,
-                      count(r.id))
+                      count(*))
         FROM token_holds h
         JOIN token_ledger_requests r
           ON r.hold_id = h.id AND r.outcome = 'succeeded'
          AND r.operation IN ('settle', 'release')
         GROUP BY h.id
-        HAVING count(r.id) FILTER (WHERE r.operation = 'settle') > 1
-            OR count(r.id) FILTER (WHERE r.operation = 'release') > 1
-            OR (count(r.id) FILTER (WHERE r.operation = 'settle') > 0
-                AND count(r.id) FILTER (WHERE r.operation = 'release') > 0)
+        HAVING count(*) FILTER (WHERE r.operation = 'settle') > 1
+            OR count(*) FILTER (WHERE r.operation = 'release') > 1
+            OR (count(*) FILTER (WHERE r.operation = 'settle') > 0
+                AND count(*) FILTER (WHERE r.operation = 'release') > 0)
     """,
     "hold_expiry": """
         SELECT account_id, format('hold %s expired at %s and is still active', id, expires_at)

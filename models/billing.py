@@ -97,7 +97,8 @@ class TokenTransaction(SQLModel, table=True):
     )
 
     id: uuid.UUID = id_field()
-    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT")
+    # Lookups by account use the (account_id, sequence) and (account_id, key) unique indexes.
+    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT", index=False)
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="RESTRICT")
     direction: TokenDirection = enum_field(TokenDirection)
     kind: TokenTransactionKind = enum_field(TokenTransactionKind)
@@ -218,15 +219,12 @@ class TokenLedgerRequest(SQLModel, table=True):
     and how it ended. A failed request stays failed, so a retry cannot turn into a charge."""
 
     __tablename__ = "token_ledger_requests"
-    __table_args__ = (
-        sa.UniqueConstraint(
-            "account_id", "idempotency_key", name="uq_token_ledger_requests_account_key"
-        ),
-    )
 
-    id: uuid.UUID = id_field()
-    account_id: uuid.UUID = fk_field("token_accounts.id", ondelete="RESTRICT", index=False)
-    idempotency_key: str = Field(max_length=300)
+    # The key is the identity (TigerBeetle's ids): one index, and it is the unique one.
+    account_id: uuid.UUID = Field(
+        foreign_key="token_accounts.id", ondelete="RESTRICT", primary_key=True
+    )
+    idempotency_key: str = Field(max_length=300, primary_key=True)
     operation: LedgerOperation = enum_field(LedgerOperation)
     # The request's fingerprint: the same key must come back with the same values.
     amount: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)  # type: ignore[call-overload]

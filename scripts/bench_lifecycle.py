@@ -84,6 +84,48 @@ async def lifecycle_shape(client: Client, workflow_id: str) -> Shape:
     return Shape(activities, len(children), per_child)
 
 
+@dataclass
+class ActivityTimes:
+    count: int = 0
+    queued_s: float = 0.0  # scheduled -> started: waiting for a worker slot
+    running_s: float = 0.0  # started -> closed: the activity's own work
+
+
+async def activity_breakdown(client: Client, workflow_ids: list[str]) -> dict[str, ActivityTimes]:
+    """Per activity type: how often it ran and where its time went, over these workflows and
+    their children."""
+    times: dict[str, ActivityTimes] = {}
+    closed = {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+    }
+    pending = list(workflow_ids)
+    while pending:
+        history = await client.get_workflow_handle(pending.pop()).fetch_history()
+        scheduled: dict[int, tuple[str, float]] = {}
+        started: dict[int, float] = {}
+        for event in history.events:
+            at = event.event_time.ToDatetime().timestamp()
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                name = event.activity_task_scheduled_event_attributes.activity_type.name
+                scheduled[event.event_id] = (name, at)
+            elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                started[event.activity_task_started_event_attributes.scheduled_event_id] = at
+            elif event.event_type in closed:
+                attrs = getattr(event, closed[event.event_type])
+                name, scheduled_at = scheduled[attrs.scheduled_event_id]
+                started_at = started.get(attrs.scheduled_event_id, scheduled_at)
+                entry = times.setdefault(name, ActivityTimes())
+                entry.count += 1
+                entry.queued_s += started_at - scheduled_at
+                entry.running_s += at - started_at
+            elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+                pending.append(
+                    event.start_child_workflow_execution_initiated_event_attributes.workflow_id
+                )
+    return times
+
+
 async def add_projects(sessions: SessionFactory, shop: DemoShop, repo_dir: Path, n: int) -> list:
     """n more projects of the shop, each on its own sample repository."""
     projects = []
@@ -136,7 +178,8 @@ async def human_run(
             break
         if status and status.status not in (PromptStatus.RECEIVED, PromptStatus.PLANNING):
             raise RuntimeError(f"{request_id} did not wait for approval: {status.status}")
-        await asyncio.sleep(0.05)
+        # Queries are answered by the worker: polling harder would slow what is measured.
+        await asyncio.sleep(0.2)
     approved_at = time.time()
     await lifecycle.approve(
         request_id, user_id=shop.approver.id, content_hash=status.plan.content_hash
@@ -245,6 +288,15 @@ async def measure(
         raise RuntimeError(f"{len(failed)} lifecycles did not complete: {failed[0].reason}")
     lifecycle_tps = args.n / lifecycle_s
     say(f"{args.n} auto-approved lifecycles: {lifecycle_s:.2f}s, {lifecycle_tps:.2f}/s")
+    breakdown = await activity_breakdown(
+        client, [workflow_id_for(r.prompt_request_id) for r in results]
+    )
+    say("   activity                         runs/lifecycle  mean queued  mean running")
+    for name, t in sorted(breakdown.items(), key=lambda item: -item[1].running_s):
+        say(
+            f"   {name:<32} {t.count / args.n:>14.1f} {t.queued_s / t.count:>11.3f}s"
+            f" {t.running_s / t.count:>12.3f}s"
+        )
 
     run_id = uuid.uuid4().hex[:8]
     bare_shape = BareShape(

@@ -293,3 +293,11 @@ async def test_apply_refuses_a_branch_that_holds_something_else(repo: Path) -> N
         await engine.apply(repo=repo, proposal=proposal, prompt=SAFE_PROMPT, branch="c")
     with pytest.raises(ChangeRequestInvalid, match="not a valid branch name"):
         await engine.apply(repo=repo, proposal=proposal, prompt=SAFE_PROMPT, branch="a..b")
+
+
+async def test_an_edited_file_keeps_its_mode(repo: Path) -> None:
+    git(repo, "update-index", "--chmod=+x", "config.json")
+    git(repo, "commit", "--quiet", "--no-gpg-sign", "-m", "executable config")
+    proposal = await plan(repo, SAFE_PROMPT)
+    assert "old mode" not in proposal.diff
+    assert "index " in proposal.diff and " 100755\n" in proposal.diff

@@ -15,12 +15,22 @@ from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-# Compose's ${NAME:-default} interpolation, resolved to the defaults.
-_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+# Compose's ${NAME:-default} and ${NAME:?error} interpolation, as `docker compose` resolves it
+# with only the required variables set.
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
+REQUIRED = {"POSTGRES_PASSWORD": "pg-s3cret-pass"}
+
+
+def _resolve(match: re.Match[str]) -> str:
+    name, kind, rest = match.groups()
+    if name in REQUIRED:
+        return REQUIRED[name]
+    assert kind == "-", f"${{{name}}} has no default and is not documented as required"
+    return rest
 
 
 def interpolated(value: object) -> str:
-    return _VARIABLE.sub(lambda m: m.group(2) or "", str(value))
+    return _VARIABLE.sub(_resolve, str(value))
 
 
 def environment(service: str) -> dict[str, str]:
@@ -160,6 +170,11 @@ def test_the_worker_environment_loads_into_settings_pointing_at_the_compose_serv
     assert str(settings.metrics_port) in SERVICES["worker"]["expose"]
     assert str(settings.metrics_port) in " ".join(SERVICES["worker"]["healthcheck"]["test"])
     assert settings.log_format == "json"
+
+
+def test_no_default_password_ships():
+    assert "${POSTGRES_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()
+    assert "POSTGRES_PASSWORD:-" not in (ROOT / "docker-compose.yml").read_text()
 
 
 def test_docker_waits_longer_than_the_graceful_shutdown_before_killing_the_worker():

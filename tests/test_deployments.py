@@ -458,7 +458,6 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
     await stage.deploy(v1)
 
     mid_deploy = await stage.start(stage.deployment(stuck))
-    waiting = await stage.start(stage.deployment(v3))
 
     async def verifying() -> bool:
         return (await state_of(mid_deploy)).status is DeploymentStatus.VERIFYING
@@ -466,7 +465,8 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
     async def queued_behind() -> bool:
         return (await state_of(waiting)).queue_position == 1
 
-    await eventually(verifying, dump=lambda: dump(stage, [mid_deploy, waiting]))
+    await eventually(verifying, dump=lambda: dump(stage, [mid_deploy]))
+    waiting = await stage.start(stage.deployment(v3))
     await eventually(queued_behind, dump=lambda: dump(stage, [mid_deploy, waiting]))
     assert live_commit(stage.repo, STAGING) == stuck
 

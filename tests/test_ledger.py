@@ -266,9 +266,7 @@ async def test_concurrent_reservations_on_a_brand_new_account_respect_its_floor(
     tenant = await make_tenant(sessions)
     ledger = Ledger(sessions)
     # Opening races too: one account comes out of it.
-    opened = await asyncio.gather(
-        *(ledger.open_account(tenant.id, floor=-2_000) for _ in range(5))
-    )
+    opened = await asyncio.gather(*(ledger.open_account(tenant.id, floor=-2_000) for _ in range(5)))
     assert len({a.id for a in opened}) == 1
     account = opened[0]
 

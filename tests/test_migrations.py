@@ -4,8 +4,11 @@ Runs on a scratch database of its own on the session's server, since it drops ev
 """
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest_asyncio
@@ -15,6 +18,8 @@ import models
 from models.db import asyncpg_dsn
 from models.migrate import downgrade, schema_drift, upgrade
 from workers.devstack import create_database, drop_database
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest_asyncio.fixture
@@ -66,4 +71,21 @@ async def test_upgrading_an_up_to_date_database_changes_nothing(empty_database):
     await asyncio.to_thread(upgrade, empty_database)
 
     assert await tables(empty_database) == before
+    assert await schema_drift(empty_database) == []
+
+
+async def test_make_migrate_upgrades_the_configured_database(empty_database):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scripts.migrate",
+        env={**env, "DATABASE_URL": empty_database},
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await process.communicate()
+
+    assert process.returncode == 0, stderr.decode()
+    assert set(SQLModel.metadata.tables) <= await tables(empty_database)
     assert await schema_drift(empty_database) == []

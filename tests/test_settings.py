@@ -166,3 +166,28 @@ def test_the_worker_stops_with_one_line_when_temporal_is_unreachable(database_ur
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("changeflow-worker: cannot reach Temporal at 127.0.0.1:1")
+
+
+def test_tls_files_named_by_temporal_variables_are_read_for_the_connection(monkeypatch, tmp_path):
+    for name, content in [("client.pem", b"CERT"), ("client.key", b"KEY"), ("ca.pem", b"CA")]:
+        (tmp_path / name).write_bytes(content)
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_CERT_PATH", str(tmp_path / "client.pem"))
+    monkeypatch.setenv("TEMPORAL_TLS_CLIENT_KEY_PATH", str(tmp_path / "client.key"))
+    monkeypatch.setenv("TEMPORAL_TLS_SERVER_CA_CERT_PATH", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("TEMPORAL_TLS_SERVER_NAME", "temporal.internal")
+
+    tls = tls_config(load_settings())
+
+    assert not isinstance(tls, bool)
+    assert (tls.client_cert, tls.client_private_key, tls.server_root_ca_cert) == (
+        b"CERT",
+        b"KEY",
+        b"CA",
+    )
+    assert tls.domain == "temporal.internal"
+
+
+def test_plain_connections_unless_tls_is_asked_for(monkeypatch):
+    assert tls_config(load_settings()) is False
+    monkeypatch.setenv("TEMPORAL_TLS", "true")
+    assert tls_config(load_settings()) is True

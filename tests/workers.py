@@ -2,9 +2,11 @@
 
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -32,12 +34,17 @@ async def running_workers(
     settings: Settings | None = None,
     task_queue: str | None = None,
     deploy_task_queue: str | None = None,
+    *,
+    replace: Sequence[Callable[..., Any]] = (),
 ) -> AsyncIterator[Dependencies]:
     """Run Workers for the lifecycle queue and the deploy queue until the block ends.
 
     Without settings, builds test settings with the workspace in a temporary folder. The queue
-    arguments override the settings' queue names. Yields the Dependencies the activities use.
+    arguments override the settings' queue names. `replace` swaps registered activities for
+    ones with the same activity name (e.g. the real activity class built with a gated engine).
+    Yields the Dependencies the activities use.
     """
+    replacements = {_activity_name(fn): fn for fn in replace}
     with tempfile.TemporaryDirectory(prefix="changeflow-workspace-") as workspace:
         if settings is None:
             settings = test_settings(
@@ -59,6 +66,10 @@ async def running_workers(
             (settings.task_queue, workflows(), lifecycle_activities(deps)),
             (settings.deploy_task_queue, [], deploy_activities(deps)),
         ]
+        registered = [
+            (queue, flows, [replacements.get(_activity_name(fn), fn) for fn in fns])
+            for queue, flows, fns in registered
+        ]
         async with contextlib.AsyncExitStack() as stack:
             for queue, queue_workflows, queue_activities in registered:
                 # A Worker needs something to run; a queue nobody registered on yet is skipped.
@@ -72,3 +83,9 @@ async def running_workers(
                         )
                     )
             yield deps
+
+
+def _activity_name(fn: Callable[..., Any]) -> str:
+    definition = activity._Definition.from_callable(fn)
+    assert definition is not None and definition.name is not None, f"{fn} is not an activity"
+    return definition.name

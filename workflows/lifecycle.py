@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         PlanApprovalStatus,
         PromptStatus,
     )
-    from workflows.contracts.billing import ReleaseHold, ReserveTokens, SettleHold
+    from workflows.contracts.billing import ChargeTokens, ReleaseHold, ReserveTokens, SettleHold
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -187,7 +187,7 @@ class PromptRequestWorkflow:
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
 
-        await self._close_holds(charge=self._tokens_used)
+        await self._close_holds(charge=self._tokens_used, beyond_holds=True)
         await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
         return self._result()
 
@@ -282,8 +282,12 @@ class PromptRequestWorkflow:
             return 0
         return min(self._tokens_used, self._approved_before_apply)
 
-    async def _close_holds(self, *, charge: int) -> None:
-        """Settle `charge` across the active holds in order and release everything else."""
+    async def _close_holds(self, *, charge: int, beyond_holds: bool = False) -> None:
+        """Settle `charge` across the active holds in order and release everything else.
+
+        With beyond_holds, what the holds cannot cover (work within the overspend tolerance)
+        is charged on its own, once.
+        """
         remaining = charge
         for index, hold in enumerate(self._holds):
             if hold.status != "active":
@@ -291,6 +295,30 @@ class PromptRequestWorkflow:
             amount = min(remaining, hold.amount)
             remaining -= amount
             await self._shielded(self._close_hold(index, amount))
+        if beyond_holds and remaining > 0:
+            await self._shielded(self._charge_beyond_holds(remaining))
+
+    async def _charge_beyond_holds(self, amount: int) -> None:
+        try:
+            await workflow.execute_activity_method(
+                BillingActivities.charge_tokens,
+                ChargeTokens(
+                    tenant_id=self._input.tenant_id,
+                    amount=amount,
+                    step="charge:within-tolerance",
+                    description=f"prompt request {self._input.prompt_request_id}: "
+                    "work beyond the estimate, within the tolerance",
+                ),
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RETRY,
+            )
+        except ActivityError as err:
+            if error_type(err) != INSUFFICIENT_TOKENS:
+                raise
+            # The account's floor wins over the tolerance: the rest goes uncharged.
+            workflow.logger.warning("tokens beyond the estimate left uncharged: %s", err)
+            return
+        self._tokens_settled += amount
 
     async def _close_hold(self, index: int, amount: int) -> None:
         hold = self._holds[index]
@@ -663,7 +691,7 @@ class PromptRequestWorkflow:
             else f"{what}: {outcome.verification_output[-500:]}"
         )
         # The work was done: its tokens are charged even though the release was undone.
-        await self._close_holds(charge=self._tokens_used)
+        await self._close_holds(charge=self._tokens_used, beyond_holds=True)
         await self._end(
             PromptStatus.ROLLED_BACK if rolled_back else PromptStatus.FAILED,
             reason,

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:36:34.102659
+Create Date: 2026-11-26 12:44:45.286969
 """
 
 from collections.abc import Sequence
@@ -526,7 +526,6 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("status = 'active'"),
     )
-    op.create_index(op.f("ix_token_holds_tenant_id"), "token_holds", ["tenant_id"], unique=False)
     op.create_table(
         "deployment_plans",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -767,9 +766,6 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        op.f("ix_token_transactions_account_id"), "token_transactions", ["account_id"], unique=False
-    )
-    op.create_index(
         op.f("ix_token_transactions_tenant_id"), "token_transactions", ["tenant_id"], unique=False
     )
     op.create_index(
@@ -984,7 +980,6 @@ def upgrade() -> None:
     )
     op.create_table(
         "token_ledger_requests",
-        sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("account_id", sa.Uuid(), nullable=False),
         sa.Column("idempotency_key", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
         sa.Column(
@@ -1048,19 +1043,9 @@ def upgrade() -> None:
             name=op.f("fk_token_ledger_requests_transaction_id_token_transactions"),
             ondelete="RESTRICT",
         ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_token_ledger_requests")),
-        sa.UniqueConstraint(
-            "account_id", "idempotency_key", name="uq_token_ledger_requests_account_key"
+        sa.PrimaryKeyConstraint(
+            "account_id", "idempotency_key", name=op.f("pk_token_ledger_requests")
         ),
-    )
-    op.create_index(
-        op.f("ix_token_ledger_requests_hold_id"), "token_ledger_requests", ["hold_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_token_ledger_requests_transaction_id"),
-        "token_ledger_requests",
-        ["transaction_id"],
-        unique=False,
     )
     op.create_table(
         "change_jobs",
@@ -1172,10 +1157,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_change_jobs_plan_id"), table_name="change_jobs")
     op.drop_index(op.f("ix_change_jobs_deployment_id"), table_name="change_jobs")
     op.drop_table("change_jobs")
-    op.drop_index(
-        op.f("ix_token_ledger_requests_transaction_id"), table_name="token_ledger_requests"
-    )
-    op.drop_index(op.f("ix_token_ledger_requests_hold_id"), table_name="token_ledger_requests")
     op.drop_table("token_ledger_requests")
     op.drop_index(
         "uq_token_alerts_open_threshold",
@@ -1207,7 +1188,6 @@ def downgrade() -> None:
         postgresql_where=sa.text("hold_id IS NOT NULL"),
     )
     op.drop_index(op.f("ix_token_transactions_tenant_id"), table_name="token_transactions")
-    op.drop_index(op.f("ix_token_transactions_account_id"), table_name="token_transactions")
     op.drop_table("token_transactions")
     op.drop_index(op.f("ix_module_executions_tenant_id"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_status"), table_name="module_executions")
@@ -1216,7 +1196,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_deployment_plans_tenant_id"), table_name="deployment_plans")
     op.drop_index(op.f("ix_deployment_plans_prompt_request_id"), table_name="deployment_plans")
     op.drop_table("deployment_plans")
-    op.drop_index(op.f("ix_token_holds_tenant_id"), table_name="token_holds")
     op.drop_index(
         "ix_token_holds_active_expiry",
         table_name="token_holds",

@@ -1,0 +1,60 @@
+"""A plan nobody decides on expires at the end of the tenant's approval window (time-skipping
+server: the hour passes at once)."""
+
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from temporalio.testing import WorkflowEnvironment
+
+from models import DeploymentPlan, PlanApprovalStatus, PromptStatus
+from models.billing import HoldStatus
+from models.db import SessionFactory
+from scripts.sample_repo import SAFE_PROMPT
+from tests.lifecycle_support import (
+    FUNDS,
+    balance,
+    holds,
+    human_policy,
+    make_shop,
+    request_row,
+    settlements,
+    submit,
+)
+from tests.workers import running_workers
+from workers.devstack import register_search_attributes
+from workers.lifecycle_client import LifecycleClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_an_undecided_plan_expires_and_releases_its_hold(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, tmp_path: Path
+) -> None:
+    shop = await make_shop(sessions, tmp_path, policy=human_policy(plan_ttl_seconds=3600))
+    client = time_skipping_env.client
+    # The time-skipping server starts without our custom search attributes.
+    await register_search_attributes(client, client.namespace)
+    queue = f"expiry-{uuid.uuid4()}"
+    lifecycle = LifecycleClient(client, task_queue=queue, deploy_task_queue=f"{queue}-deploy")
+    async with running_workers(
+        client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
+    ):
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        result = await lifecycle.wait_for_outcome(request_id)
+
+    assert result.status is PromptStatus.EXPIRED
+    assert "3600 seconds" in result.reason
+    row = await request_row(sessions, request_id)
+    assert row is not None and row.status is PromptStatus.EXPIRED
+    async with sessions() as session:
+        plan = (
+            await session.exec(
+                select(DeploymentPlan).where(DeploymentPlan.prompt_request_id == request_id)
+            )
+        ).one()
+    assert plan.approval_status is PlanApprovalStatus.EXPIRED
+    assert [h.status for h in await holds(sessions, shop)] == [HoldStatus.RELEASED]
+    assert await settlements(sessions, shop) == []
+    assert await balance(sessions, shop.account) == FUNDS
