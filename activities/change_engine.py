@@ -446,24 +446,47 @@ def _parse_value(raw: str) -> Any:
         return raw.strip("'\"")
 
 
+async def _read_json(ws: Workspace, path: str) -> Any:
+    try:
+        return json.loads(await ws.read(path))
+    except ValueError:
+        raise ChangeRequestInvalid(f"{path} is not valid JSON") from None
+
+
+def _existing_key(node: dict[str, Any], key: str) -> str:
+    """`key` as the file spells it when only its case differs ("Theme" finds "theme")."""
+    if key in node:
+        return key
+    return next((k for k in node if k.lower() == key.lower()), key)
+
+
 async def _set_config(ws: Workspace, i: Instruction) -> str:
-    config = json.loads(await ws.read(CONFIG_FILE))
+    config = await _read_json(ws, CONFIG_FILE)
     if not isinstance(config, dict):
         raise ChangeRequestInvalid(f"{CONFIG_FILE} does not hold an object")
     *parents, leaf = i.args["key"].split(".")
     node: Any = config
+    path: list[str] = []
     for part in parents:
+        part = _existing_key(node, part)
+        path.append(part)
         node = node.get(part)
         if not isinstance(node, dict):
             raise ChangeRequestInvalid(f"{i.args['key']}: {part} is not a section of {CONFIG_FILE}")
+    leaf = _existing_key(node, leaf)
+    key = ".".join([*path, leaf])
     value = _parse_value(i.args["value"])
     had, old = leaf in node, node.get(leaf)
     if had and old == value and type(old) is type(value):
-        raise ChangeRequestInvalid(f"{i.args['key']} is already {json.dumps(value)}")
+        raise ChangeRequestInvalid(f"{key} is already {json.dumps(value)}")
     node[leaf] = value
     ws.write(CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     was = f" (was {json.dumps(old)})" if had else " (new setting)"
-    return f"Set {i.args['key']} to {json.dumps(value)} in {CONFIG_FILE}{was}."
+    return f"Set {key} to {json.dumps(value)} in {CONFIG_FILE}{was}."
+
+
+def _price(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else str(value or "")
 
 
 async def _add_page(ws: Workspace, i: Instruction) -> str:
@@ -476,9 +499,13 @@ async def _add_page(ws: Workspace, i: Instruction) -> str:
     title = name.replace("-", " ").capitalize()
     body = f"# {title}\n\nThis page is new; its copy follows soon.\n"
     if i.args.get("listing"):
-        catalog = json.loads(await ws.read(PRODUCTS_FILE))
+        catalog = await _read_json(ws, PRODUCTS_FILE)
+        if not isinstance(catalog, list) or not all(isinstance(p, dict) for p in catalog):
+            raise ChangeRequestInvalid(f"{PRODUCTS_FILE} does not hold a list of products")
         rows = [
-            f"| {p['sku']} | {p['name']} | {p['price']:.2f} | {p['description']} |" for p in catalog
+            f"| {p.get('sku', '')} | {p.get('name', '')} | {_price(p.get('price'))} "
+            f"| {p.get('description', '')} |"
+            for p in catalog
         ]
         body = "\n".join(
             [
@@ -493,7 +520,7 @@ async def _add_page(ws: Workspace, i: Instruction) -> str:
     ws.write(path, body)
     summary = f"Add page {path}"
     if ws.exists(CONFIG_FILE):
-        config = json.loads(await ws.read(CONFIG_FILE))
+        config = await _read_json(ws, CONFIG_FILE)
         if isinstance(config, dict) and isinstance(config.get("pages"), list):
             config["pages"].append(name)
             ws.write(CONFIG_FILE, json.dumps(config, indent=2) + "\n")

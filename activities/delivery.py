@@ -6,11 +6,14 @@ workflow needs one round trip per step. All are safe to retry: rows are found by
 (request id, plan revision, approver) before anything is written again.
 """
 
+import asyncio
+import contextlib
 import hashlib
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
@@ -58,11 +61,33 @@ from workflows.contracts.lifecycle import (
     SetRequestStatus,
 )
 
+T = TypeVar("T")
+
 _OPEN_PLAN_STATES = (
     PlanApprovalStatus.PENDING,
     PlanApprovalStatus.APPROVED,
     PlanApprovalStatus.AUTO_APPROVED,
 )
+
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+async def heartbeating(work: Awaitable[T]) -> T:
+    """Await slow engine work while heartbeating, so a dead worker's attempt is retried
+    after the heartbeat timeout instead of the whole start-to-close timeout."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
@@ -245,8 +270,12 @@ class DeliveryActivities:
             await session.commit()
 
         try:
-            proposal = await self._engine.plan(
-                repo=Path(project.repo_url), base_branch=project.default_branch, prompt=req.prompt
+            proposal = await heartbeating(
+                self._engine.plan(
+                    repo=Path(project.repo_url),
+                    base_branch=project.default_branch,
+                    prompt=req.prompt,
+                )
             )
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)
@@ -426,11 +455,13 @@ class DeliveryActivities:
             base_commit=plan.base_commit or "",
         )
         try:
-            applied = await self._engine.apply(
-                repo=Path(project.repo_url),
-                proposal=proposal,
-                prompt=plan.prompt,
-                branch=f"changeflow/{request.id}",
+            applied = await heartbeating(
+                self._engine.apply(
+                    repo=Path(project.repo_url),
+                    proposal=proposal,
+                    prompt=plan.prompt,
+                    branch=f"changeflow/{request.id}",
+                )
             )
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)

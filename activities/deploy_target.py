@@ -2,9 +2,9 @@
 
 `GitDeployTarget` is the built-in default. An environment is a branch of the project's own
 repository, `env/<environment>`: releasing points that branch at the commit, rolling back
-releases an earlier one. Every release is appended (as one JSON line) to the project's release
-log under the workspace before the branch moves, keyed by deployment id, so a retried release
-finds its first attempt and finishes it instead of releasing twice. Verification runs the
+releases an earlier one. Before the branch moves, a release is recorded under the workspace by
+deployment id (and appended, as one JSON line, to the project's release log), so a retried
+release finds its first attempt and finishes it instead of releasing twice. Verification runs the
 project's check command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a
 timeout; its output goes to a log file per deployment and environment.
 
@@ -123,7 +123,12 @@ class GitDeployTarget:
         return self.workspace_dir / f"{name}-{digest}"
 
     def release_log(self, repo: Path) -> Path:
+        """Every release and rollback of the repository, one JSON line each, in order."""
         return self.project_dir(repo) / "releases.log"
+
+    def release_record(self, repo: Path, deployment_id: uuid.UUID, environment: str) -> Path:
+        """What one deployment released: found again by its retries without reading the log."""
+        return self.project_dir(repo) / "releases" / f"{deployment_id}-{environment}.json"
 
     async def current_release(self, *, repo: Path, environment: str) -> str | None:
         ref = environment_ref(environment)
@@ -152,30 +157,27 @@ class GitDeployTarget:
         await _ensure_repository(repo)
         commit = await _resolve(repo, commit_sha)
         log_path = self.release_log(repo)
+        record_path = self.release_record(repo, deployment_id, environment)
         async with self._project_lock(repo):
-            earlier = [
-                entry
-                for entry in await asyncio.to_thread(_read_json_lines, log_path)
-                if entry["deployment_id"] == str(deployment_id)
-                and entry["environment"] == environment
-            ]
+            earlier = await asyncio.to_thread(_read_json, record_path)
             current = await resolve_commit(repo, ref)
-            if earlier:
-                entry = earlier[-1]
+            if earlier is not None:
+                entry = earlier
                 if entry["commit_sha"] != commit:
                     raise ReleaseConflict(
                         f"deployment {deployment_id} already released {entry['commit_sha'][:12]} "
                         f"to {environment}, not {commit[:12]}"
                     )
                 previous = entry["previous_commit_sha"]
-                # An attempt that logged the release but died before moving the branch.
-                if current != commit and (
-                    current != previous or not await move_ref(repo, ref, commit, current)
-                ):
-                    raise ReleaseConflict(
-                        f"{environment} moved to {(current or 'nothing')[:12]} since deployment "
-                        f"{deployment_id} released {commit[:12]}"
-                    )
+                if current != commit:
+                    # An attempt that recorded the release but died before moving the branch.
+                    if current != previous or not await move_ref(repo, ref, commit, current):
+                        raise ReleaseConflict(
+                            f"{environment} moved to {(current or 'nothing')[:12]} since "
+                            f"deployment {deployment_id} released {commit[:12]}"
+                        )
+                    if not await asyncio.to_thread(_log_ends_with, log_path, entry):
+                        await asyncio.to_thread(_append_json_line, log_path, entry)
             else:
                 previous = current
                 entry = {
@@ -186,7 +188,8 @@ class GitDeployTarget:
                     "commit_sha": commit,
                     "previous_commit_sha": previous,
                 }
-                # Logged first: a retry after a crash knows the true previous release.
+                # Recorded first: a retry after a crash knows the true previous release.
+                await asyncio.to_thread(_write_json, record_path, entry)
                 await asyncio.to_thread(_append_json_line, log_path, entry)
                 if previous != commit and not await move_ref(repo, ref, commit, previous):
                     raise ReleaseConflict(f"{environment} moved while releasing {commit[:12]}")
@@ -299,6 +302,7 @@ class GitDeployTarget:
             try:
                 code = await asyncio.wait_for(process.wait(), self.check_timeout_s)
                 footer = f"# exit code {code} after {time.monotonic() - started:.2f}s\n"
+                _kill_group(process)  # whatever the check left running in the background
             except TimeoutError:
                 _kill_group(process)
                 await process.wait()
@@ -320,7 +324,13 @@ class GitDeployTarget:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            # Polled rather than blocking in a thread, so a cancelled activity stops waiting.
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
             yield
         finally:
             os.close(fd)  # closing releases the lock
@@ -345,10 +355,22 @@ def _kill_group(process: asyncio.subprocess.Process) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: Path, entry: dict[str, Any]) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with partial.open("w") as file:
+        json.dump(entry, file, sort_keys=True)
+        file.flush()
+        os.fsync(file.fileno())
+    partial.replace(path)
 
 
 def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
@@ -357,6 +379,16 @@ def _append_json_line(path: Path, entry: dict[str, Any]) -> None:
         log.write(json.dumps(entry, sort_keys=True) + "\n")
         log.flush()
         os.fsync(log.fileno())
+
+
+def _log_ends_with(path: Path, entry: dict[str, Any]) -> bool:
+    """Whether the log's recent lines hold `entry` (logged just before a crash)."""
+    if not path.exists():
+        return False
+    with path.open("rb") as log:
+        log.seek(max(0, log.seek(0, os.SEEK_END) - 65536))
+        tail = log.read().decode(errors="replace")
+    return json.dumps(entry, sort_keys=True) in tail.splitlines()
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

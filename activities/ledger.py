@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import asyncpg
 import structlog
@@ -35,6 +35,7 @@ from models.billing import (
 from models.db import SessionFactory, asyncpg_dsn
 from models.tenancy import PlanTier
 from workflows.contracts.billing import (
+    AlertView,
     BalanceView,
     EntryView,
     HoldView,
@@ -305,7 +306,12 @@ _RECORD_RELEASE_OF_EXPIRED = f"""
 INSERT INTO token_ledger_requests
     (account_id, idempotency_key, operation, subject_id, outcome, hold_id, created_at)
 SELECT account_id, :key, 'release', id, 'succeeded', id, {NOW}
-FROM token_holds WHERE id = CAST(:hold_id AS uuid)
+FROM token_holds h WHERE id = CAST(:hold_id AS uuid)
+  AND NOT EXISTS (
+      SELECT 1 FROM token_ledger_requests r
+      WHERE r.hold_id = h.id AND r.outcome = 'succeeded'
+        AND r.operation IN ('settle', 'release'))
+RETURNING hold_id
 """
 
 _RECORD_FAILURE = f"""
@@ -373,6 +379,17 @@ class _Outcome:
     resolved: Sequence[int] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What an idempotency key stands for: the same key must come back with the same values."""
+
+    account_id: uuid.UUID
+    key: str
+    operation: LedgerOperation
+    amount: int | None
+    subject_id: uuid.UUID | None = None
+
+
 @dataclass
 class _Tx:
     """One attempt's connection, and what to announce once it has committed."""
@@ -385,7 +402,6 @@ class _Tx:
 _POOLS: dict[tuple[str, asyncio.AbstractEventLoop], asyncpg.Pool] = {}
 _POOL_LOCKS: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Lock] = {}
 
-T = TypeVar("T")
 _KEY = re.compile(r"^\S(.*\S)?$")
 
 
@@ -438,7 +454,7 @@ class Ledger:
     def _now(self) -> datetime | None:
         return self._clock() if self._clock else None
 
-    async def _transaction(self, attempt: Callable[[_Tx], Awaitable[T]]) -> T:
+    async def _transaction(self, attempt: Callable[[_Tx], Awaitable[Any]]) -> Any:
         """Run `attempt` in one transaction; commit unless it raises. It may return a
         LedgerError (committed, then raised: a recorded refusal) or _RETRY."""
         pool = await self._connections()
@@ -457,7 +473,7 @@ class Ledger:
                 continue
             if isinstance(outcome, LedgerError):
                 raise outcome
-            return cast(T, outcome)
+            return outcome
         raise RuntimeError("ledger operation kept racing; giving up")  # pragma: no cover
 
     async def _read(self, sql: str, params: dict[str, Any]) -> Any:
@@ -499,25 +515,17 @@ class Ledger:
                 balance=outcome.balance,
             )
 
-    async def _prior(
-        self,
-        tx: _Tx,
-        *,
-        account_id: uuid.UUID,
-        key: str,
-        operation: LedgerOperation,
-        amount: int | None,
-        subject_id: uuid.UUID | None = None,
-    ) -> Any:
+    async def _prior(self, tx: _Tx, request: _Request) -> Any:
         """The request already recorded under this key, after checking it is the same request;
         a recorded failure is raised again."""
-        prior = await _fetchrow(tx.conn, _PRIOR, {"account_id": account_id, "key": key})
+        key = request.key
+        prior = await _fetchrow(tx.conn, _PRIOR, {"account_id": request.account_id, "key": key})
         if prior is None:
             return None
         same = (
-            prior["operation"] == operation.value
-            and prior["amount"] == amount
-            and prior["subject_id"] == subject_id
+            prior["operation"] == request.operation.value
+            and prior["amount"] == request.amount
+            and prior["subject_id"] == request.subject_id
         )
         if not same:
             raise IdempotencyConflict(
@@ -529,28 +537,18 @@ class Ledger:
             raise error(f"{prior['error_message']} (recorded under key {key!r})")
         return prior
 
-    async def _fail(
-        self,
-        tx: _Tx,
-        error: LedgerError,
-        *,
-        account_id: uuid.UUID,
-        key: str,
-        operation: LedgerOperation,
-        amount: int | None,
-        subject_id: uuid.UUID | None = None,
-    ) -> LedgerError:
+    async def _fail(self, tx: _Tx, error: LedgerError, request: _Request) -> LedgerError:
         """Record the refusal under the key, so a retry with it keeps failing; the caller
         returns it to be raised once committed."""
         await _fetch(
             tx.conn,
             _RECORD_FAILURE,
             {
-                "account_id": account_id,
-                "key": key,
-                "operation": operation.value,
-                "amount": amount,
-                "subject_id": subject_id,
+                "account_id": request.account_id,
+                "key": request.key,
+                "operation": request.operation.value,
+                "amount": request.amount,
+                "subject_id": request.subject_id,
                 "error_type": error.error_type,
                 "error_message": str(error)[:500],
                 "now": self._now(),
@@ -714,14 +712,14 @@ class Ledger:
                     balance_after=row["balance"],
                 )
             # Refused: a replay, a missing account, or (debits only) not enough tokens.
-            fingerprint = {
-                "account_id": account_id,
-                "key": key,
-                "operation": operation,
-                "amount": amount,
-                "subject_id": reverses_id,
-            }
-            prior = await self._prior(tx, **fingerprint)
+            request = _Request(
+                account_id=account_id,
+                key=key,
+                operation=operation,
+                amount=amount,
+                subject_id=reverses_id,
+            )
+            prior = await self._prior(tx, request)
             if prior is not None:
                 return await self._entry_view(tx, prior["transaction_id"])
             await self._require_account(tx, account_id)
@@ -735,7 +733,7 @@ class Ledger:
                 InsufficientTokens(
                     f"{operation.value} of {amount} tokens refused: {available} available"
                 ),
-                **fingerprint,
+                request,
             )
 
         return await self._transaction(attempt)
@@ -823,16 +821,16 @@ class Ledger:
                 f"entry {transaction_id} is a {original['kind']} {original['direction']}; "
                 "only charges and settlements are refunded"
             )
-        fingerprint = {
-            "account_id": original["account_id"],
-            "key": key,
-            "operation": LedgerOperation.REFUND,
-            "amount": original["amount"],
-            "subject_id": transaction_id,
-        }
+        request = _Request(
+            account_id=original["account_id"],
+            key=key,
+            operation=LedgerOperation.REFUND,
+            amount=original["amount"],
+            subject_id=transaction_id,
+        )
 
         async def refused(tx: _Tx) -> EntryView | LedgerError | None:
-            prior = await self._prior(tx, **fingerprint)
+            prior = await self._prior(tx, request)
             if prior is not None:
                 return await self._entry_view(tx, prior["transaction_id"])
             refunded_by = await _fetchrow(
@@ -847,7 +845,7 @@ class Ledger:
                 EntryNotRefundable(
                     f"entry {transaction_id} was already refunded by {refunded_by['id']}"
                 ),
-                **fingerprint,
+                request,
             )
 
         for _ in range(_ATTEMPTS):
@@ -905,13 +903,10 @@ class Ledger:
                     status=HoldStatus.ACTIVE.value,
                     expires_at=row["expires_at"],
                 )
-            fingerprint = {
-                "account_id": account_id,
-                "key": key,
-                "operation": LedgerOperation.RESERVE,
-                "amount": amount,
-            }
-            prior = await self._prior(tx, **fingerprint)
+            request = _Request(
+                account_id=account_id, key=key, operation=LedgerOperation.RESERVE, amount=amount
+            )
+            prior = await self._prior(tx, request)
             if prior is not None:
                 hold = await _fetchrow(tx.conn, _HOLD, {"hold_id": prior["hold_id"], "now": None})
                 # The first answer: the hold as it was created.
@@ -925,7 +920,7 @@ class Ledger:
                 InsufficientTokens(
                     f"reservation of {amount} tokens refused: {available} available"
                 ),
-                **fingerprint,
+                request,
             )
 
         return await self._transaction(attempt)
@@ -970,14 +965,14 @@ class Ledger:
                     balance_after=row["balance"],
                 )
             hold = await self._hold_for_refusal(tx, hold_id)
-            fingerprint = {
-                "account_id": hold["account_id"],
-                "key": key,
-                "operation": LedgerOperation.SETTLE,
-                "amount": amount,
-                "subject_id": hold_id,
-            }
-            prior = await self._prior(tx, **fingerprint)
+            request = _Request(
+                account_id=hold["account_id"],
+                key=key,
+                operation=LedgerOperation.SETTLE,
+                amount=amount,
+                subject_id=hold_id,
+            )
+            prior = await self._prior(tx, request)
             if prior is not None:
                 return SettlementView(
                     hold_id=hold_id,
@@ -998,7 +993,7 @@ class Ledger:
                 )
             else:  # pragma: no cover - the statement refuses only for the reasons above
                 raise RuntimeError(f"settle of hold {hold_id} refused without a reason")
-            return await self._fail(tx, error, **fingerprint)
+            return await self._fail(tx, error, request)
 
         return await self._transaction(attempt)
 
@@ -1019,23 +1014,29 @@ class Ledger:
                     expires_at=row["expires_at"],
                 )
             hold = await self._hold_for_refusal(tx, hold_id)
-            fingerprint = {
-                "account_id": hold["account_id"],
-                "key": key,
-                "operation": LedgerOperation.RELEASE,
-                "amount": None,
-                "subject_id": hold_id,
-            }
-            prior = await self._prior(tx, **fingerprint)
+            request = _Request(
+                account_id=hold["account_id"],
+                key=key,
+                operation=LedgerOperation.RELEASE,
+                amount=None,
+                subject_id=hold_id,
+            )
+            prior = await self._prior(tx, request)
             if prior is not None:
                 return _hold(hold)
             if hold["status"] == HoldStatus.EXPIRED.value:
-                await _fetch(tx.conn, _RECORD_RELEASE_OF_EXPIRED, params)
-                return _hold(hold)
+                # Once, like any release: the partial unique index on resolved holds decides.
+                released = await _fetch(tx.conn, _RECORD_RELEASE_OF_EXPIRED, params)
+                if released:
+                    return _hold(hold)
             return await self._fail(
                 tx,
-                HoldNotActive(f"hold {hold_id} is {hold['status']}; it cannot be released"),
-                **fingerprint,
+                HoldNotActive(
+                    f"hold {hold_id} is {hold['status']}"
+                    + (" and was released already" if hold["status"] == "expired" else "")
+                    + "; it cannot be released"
+                ),
+                request,
             )
 
         return await self._transaction(attempt)
@@ -1045,6 +1046,36 @@ class Ledger:
         if row is None:
             raise HoldNotActive(f"no hold {hold_id}")
         return _hold(row)
+
+    async def alerts(self, account_id: uuid.UUID, *, open_only: bool = False) -> list[AlertView]:
+        """Low-balance alerts of an account, newest first."""
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            rows = await _fetch(
+                conn,
+                """
+                SELECT id, account_id, tenant_id, threshold, status, balance_at_alert,
+                       created_at, resolved_at
+                FROM token_alerts
+                WHERE account_id = CAST(:account_id AS uuid)
+                  AND (status = 'open' OR NOT CAST(:open_only AS boolean))
+                ORDER BY created_at DESC, threshold DESC
+                """,
+                {"account_id": account_id, "open_only": open_only},
+            )
+        return [
+            AlertView(
+                alert_id=row["id"],
+                account_id=row["account_id"],
+                tenant_id=row["tenant_id"],
+                threshold=row["threshold"],
+                status=row["status"],
+                balance_at_alert=row["balance_at_alert"],
+                created_at=row["created_at"],
+                resolved_at=row["resolved_at"],
+            )
+            for row in rows
+        ]
 
     async def expire_holds(self, *, batch_size: int = 1000) -> int:
         """Release every hold past its expiry (the scheduled sweep); returns how many."""

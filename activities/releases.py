@@ -29,6 +29,7 @@ from models import (
     DeploymentEnvironment,
     DeploymentPlan,
     DeploymentStatus,
+    IllegalTransition,
     Project,
     ensure_transition,
 )
@@ -62,6 +63,7 @@ ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
 ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
 NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
 NON_RETRYABLE_ERRORS = [
+    "IllegalTransition",
     # The deploy target's errors (activities.deploy_target), by class name.
     "DeployTargetError",
     "UnknownCommit",
@@ -104,7 +106,10 @@ def _transition(row: Deployment, status: DeploymentStatus) -> bool:
     """Move the row to `status` if allowed; False when it already moved on (a retry)."""
     if row.status is status:
         return False
-    ensure_transition(row.status, status)
+    try:
+        ensure_transition(row.status, status)
+    except IllegalTransition as exc:
+        raise ApplicationError(str(exc), type="IllegalTransition", non_retryable=True) from None
     now = utcnow()
     row.status = status
     row.updated_at = now
@@ -427,7 +432,10 @@ class ReleaseActivities:
             )
             await session.commit()
         return ReleaseOutcome(
-            commit_sha=result.commit_sha, previous_commit_sha=previous, log_url=log_url
+            commit_sha=result.commit_sha,
+            previous_commit_sha=previous,
+            log_url=log_url,
+            diff_url=row.diff_url,
         )
 
     @activity.defn(name="verify_deployment")

@@ -219,6 +219,17 @@ class TokenLedgerRequest(SQLModel, table=True):
     and how it ended. A failed request stays failed, so a retry cannot turn into a charge."""
 
     __tablename__ = "token_ledger_requests"
+    __table_args__ = (
+        # A hold is settled or released by one request, ever: TigerBeetle's post-or-void once.
+        sa.Index(
+            "uq_token_ledger_requests_hold_resolved_once",
+            "hold_id",
+            unique=True,
+            postgresql_where=sa.text(
+                "outcome = 'succeeded' AND operation IN ('settle', 'release')"
+            ),
+        ),
+    )
 
     # The key is the identity (TigerBeetle's ids): one index, and it is the unique one.
     account_id: uuid.UUID = Field(

@@ -18,6 +18,7 @@ or BENCH_N / BENCH_HUMAN. The dev server persists to SQLite (one connection); th
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import sys
@@ -202,9 +203,9 @@ async def human_run(
 
 
 def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: the smallest value at or above pct percent of them."""
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 async def bench(settings: Settings) -> int:
@@ -214,6 +215,7 @@ async def bench(settings: Settings) -> int:
     args = parser.parse_args(sys.argv[1:])
     if args.n < 1 or args.human < 1:
         raise SystemExit("--n and --human must be at least 1")
+    embedded_database, embedded_temporal = settings.embedded_database, settings.embedded_temporal
     async with embedded_stack(settings) as stack:
         settings = stack.settings
         client = await connect(settings)
@@ -242,9 +244,9 @@ async def bench(settings: Settings) -> int:
             stop.set()
             await serving
             await engine.dispose()
-    figures["database"] = "pgserver (embedded)" if stack.started.count("postgres") else "configured"
+    figures["database"] = "pgserver (embedded)" if embedded_database else "configured PostgreSQL"
     figures["temporal_persistence"] = (
-        "dev server, SQLite" if "temporal" in stack.started else "configured server"
+        "dev server, SQLite file" if embedded_temporal else "configured Temporal server"
     )
     print(json.dumps(figures), flush=True)
     return 0

@@ -18,11 +18,14 @@ Run it as a script to make one: `python -m scripts.sample_repo /tmp/storefront`.
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-SAMPLE_CHECK_COMMAND = "python3 check.py"
+# This interpreter by its absolute path: no PATH lookup (a pyenv shim alone costs ~0.2 s), and
+# -I keeps the worker's PYTHON* variables and user site out of the check.
+SAMPLE_CHECK_COMMAND = f"{shlex.quote(sys.executable)} -I check.py"
 
 SAFE_PROMPT = "set theme to dark"
 # A short request whose change is long: the estimate comes from the text, the cost from the diff.
@@ -134,7 +137,7 @@ def products() -> list[dict[str, object]]:
 
 def sample_files() -> dict[str, str]:
     return {
-        "README.md": "# Corner Shop\n\nThe storefront of a small shop. Run `python3 check.py`.\n",
+        "README.md": "# Corner Shop\n\nA small shop's storefront; `python3 check.py` checks it.\n",
         "config.json": json.dumps(CONFIG, indent=2) + "\n",
         "products.json": json.dumps(products(), indent=2) + "\n",
         "check.py": CHECK_PY,

@@ -301,3 +301,17 @@ async def test_an_edited_file_keeps_its_mode(repo: Path) -> None:
     proposal = await plan(repo, SAFE_PROMPT)
     assert "old mode" not in proposal.diff
     assert "index " in proposal.diff and " 100755\n" in proposal.diff
+
+
+async def test_keys_are_matched_regardless_of_case(repo: Path) -> None:
+    proposal = await plan(repo, "Set Checkout.Payment_Provider to paypal")
+    assert 'Set checkout.payment_provider to "paypal"' in proposal.diff_summary
+    assert '+    "payment_provider": "paypal",' in proposal.diff.splitlines()
+
+
+async def test_a_config_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    repo = create_sample_repo(tmp_path / "storefront")
+    (repo / "config.json").write_text("{not json")
+    git(repo, "commit", "--quiet", "--no-gpg-sign", "-am", "broken config")
+    with pytest.raises(ChangeRequestInvalid, match=r"config\.json is not valid JSON"):
+        await plan(repo, SAFE_PROMPT)

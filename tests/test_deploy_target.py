@@ -1,6 +1,7 @@
 """The built-in GitDeployTarget: environment branches, the release log, checks, rollbacks."""
 
 import asyncio
+import itertools
 import json
 import subprocess
 import uuid
@@ -15,6 +16,7 @@ from activities.deploy_target import (
     ReleaseConflict,
     UnknownCommit,
     _append_json_line,
+    _write_json,
 )
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
@@ -115,28 +117,31 @@ async def test_releasing_again_for_the_same_deployment_changes_nothing(
         )
 
 
-async def test_a_release_interrupted_after_logging_is_finished_by_its_retry(
-    repo: Path, target: GitDeployTarget
+@pytest.mark.parametrize("logged", [False, True])
+async def test_a_release_interrupted_before_moving_the_branch_is_finished_by_its_retry(
+    repo: Path, target: GitDeployTarget, logged: bool
 ) -> None:
     main = git(repo, "rev-parse", "main")
     deployment_id = uuid.uuid4()
-    # The first attempt logged the release and died before moving the branch.
-    _append_json_line(
-        target.release_log(repo),
-        {
-            "deployment_id": str(deployment_id),
-            "environment": "staging",
-            "action": "release",
-            "commit_sha": main,
-            "previous_commit_sha": None,
-        },
-    )
+    # The first attempt recorded the release (and maybe logged it), then died.
+    entry: dict[str, str | None] = {
+        "at": "2026-01-01T00:00:00+00:00",
+        "deployment_id": str(deployment_id),
+        "environment": "staging",
+        "action": "release",
+        "commit_sha": main,
+        "previous_commit_sha": None,
+    }
+    _write_json(target.release_record(repo, deployment_id, "staging"), entry)
+    if logged:
+        _append_json_line(target.release_log(repo), entry)
     result = await target.release(
         repo=repo, environment="staging", commit_sha=main, deployment_id=deployment_id
     )
     assert (result.commit_sha, result.previous_commit_sha) == (main, None)
     assert git(repo, "rev-parse", "env/staging") == main
-    assert len(release_log(target, repo)) == 1
+    # Logged exactly once either way.
+    assert [e["deployment_id"] for e in release_log(target, repo)] == [str(deployment_id)]
 
 
 async def test_rollback_releases_the_earlier_commit(repo: Path, target: GitDeployTarget) -> None:
@@ -295,3 +300,46 @@ async def test_unknown_commits_and_bad_environment_names_are_refused(
         )
     assert git(repo, "for-each-ref", "--format=%(refname)") == "refs/heads/main"
     assert not target.release_log(repo).exists()
+
+
+async def test_concurrent_releases_of_one_repository_are_logged_one_by_one(
+    repo: Path, target: GitDeployTarget
+) -> None:
+    commits = [git(repo, "rev-parse", "main"), await change(repo, SAFE_PROMPT)]
+    results = await asyncio.gather(
+        *(
+            target.release(
+                repo=repo,
+                environment=environment,
+                commit_sha=commits[i % 2],
+                deployment_id=uuid.uuid4(),
+            )
+            for i in range(8)
+            for environment in ("staging", "production")
+        )
+    )
+    entries = release_log(target, repo)
+    assert len(entries) == 16
+    for environment in ("staging", "production"):
+        # Each release saw the one before it in the same environment as its previous.
+        chain = [e for e in entries if e["environment"] == environment]
+        for before, after in itertools.pairwise(chain):
+            assert after["previous_commit_sha"] == before["commit_sha"]
+        assert git(repo, "rev-parse", f"env/{environment}") == chain[-1]["commit_sha"]
+    assert {r.commit_sha for r in results} == set(commits)
+
+
+async def test_a_check_leaves_no_background_process_behind(
+    repo: Path, target: GitDeployTarget, tmp_path: Path
+) -> None:
+    marker = tmp_path / "leaked"
+    result = await target.verify(
+        repo=repo,
+        environment="staging",
+        commit_sha="main",
+        check_command=f"(sleep 1 && touch {marker}) > /dev/null 2>&1 & echo done",
+        deployment_id=uuid.uuid4(),
+    )
+    assert result.ok
+    await asyncio.sleep(1.2)
+    assert not marker.exists()

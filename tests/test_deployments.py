@@ -2,8 +2,10 @@
 rollback of a failed verification, operator rollbacks, the per-environment lane, cancellation."""
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,10 +16,12 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 from temporalio import workflow
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
+from activities.change_engine import GitChangeEngine
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -31,6 +35,11 @@ from models import (
     Tenant,
 )
 from models.db import SessionFactory
+from scripts.sample_repo import (
+    FAILS_IN_PRODUCTION_PROMPT,
+    SAMPLE_CHECK_COMMAND,
+    create_sample_repo,
+)
 from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
 from workflows.contracts.deployment import (
@@ -40,9 +49,10 @@ from workflows.contracts.deployment import (
     DeploymentState,
     RollbackRequest,
     deployment_workflow_id,
+    lane_workflow_id,
     rollback_workflow_id,
 )
-from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
+from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
 from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 
 STAGING = DeploymentEnvironment.STAGING
@@ -194,13 +204,13 @@ async def make_plan(
         return plan
 
 
-@pytest_asyncio.fixture
-async def stage(
-    client: Client, sessions: SessionFactory, task_queue: str, repo: Path
+@contextlib.asynccontextmanager
+async def staged(
+    client: Client, sessions: SessionFactory, task_queue: str, repo: Path, check_command: str
 ) -> AsyncIterator[Stage]:
     tenant = await make_tenant(sessions)
     project = await make_project(
-        sessions, tenant=tenant, repo_url=str(repo), check_command="python3 check.py"
+        sessions, tenant=tenant, repo_url=str(repo), check_command=check_command
     )
     plan = await make_plan(sessions, tenant=tenant, project=project)
     deploy_task_queue = f"{task_queue}-deploy"
@@ -210,27 +220,19 @@ async def stage(
         yield Stage(client, sessions, task_queue, deploy_task_queue, tenant, project, plan, repo)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 20.0, dump=None) -> None:
+@pytest_asyncio.fixture
+async def stage(
+    client: Client, sessions: SessionFactory, task_queue: str, repo: Path
+) -> AsyncIterator[Stage]:
+    async with staged(client, sessions, task_queue, repo, "python3 check.py") as stage:
+        yield stage
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
     """Poll a workflow's query until it holds (the server pushes no event to wait on)."""
-    try:
-      async with asyncio.timeout(within_s):
+    async with asyncio.timeout(within_s):
         while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-    except TimeoutError:
-        if dump: await dump()
-        raise
-
-
-async def dump(stage, handles):
-    from workflows.contracts.deployment import lane_workflow_id
-    lane = stage.client.get_workflow_handle(lane_workflow_id(stage.project.id, STAGING))
-    print("LANE", (await lane.describe()).status)
-    async for e in lane.fetch_history_events():
-        print("  ", e.event_id, e.event_type, e.event_time.ToDatetime().time())
-    for h in handles:
-        print("STATE", h.id, await state_of(h))
-        async for e in h.fetch_history_events():
-            print("  ", e.event_id, e.event_type, e.event_time.ToDatetime().time())
 
 
 async def state_of(handle: WorkflowHandle[DeploymentWorkflow, DeploymentResult]) -> DeploymentState:
@@ -289,6 +291,46 @@ async def test_failed_verification_restores_the_last_good_release_as_a_verified_
     assert attributes.get(ENVIRONMENT) == environment.value
     assert attributes.get(TENANT_ID) == str(stage.tenant.id)
     assert attributes.get(PROJECT_ID) == str(stage.project.id)
+
+
+async def test_a_storefront_change_that_fails_only_in_production_is_rolled_back_there(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path
+) -> None:
+    shop = create_sample_repo(tmp_path / "corner-shop")
+    base = git(shop, "rev-parse", "main")
+    engine = GitChangeEngine()
+    proposal = await engine.plan(repo=shop, base_branch="main", prompt=FAILS_IN_PRODUCTION_PROMPT)
+    change = await engine.apply(
+        repo=shop, proposal=proposal, prompt=FAILS_IN_PRODUCTION_PROMPT, branch="change/debug"
+    )
+    async with staged(client, sessions, task_queue, shop, SAMPLE_CHECK_COMMAND) as stage:
+        assert (await stage.deploy(base, PRODUCTION)).status is DeploymentStatus.SUCCEEDED
+
+        staging = await stage.deploy(change.commit_sha, STAGING)
+        production = await stage.deploy(change.commit_sha, PRODUCTION)
+
+    assert staging.status is DeploymentStatus.SUCCEEDED
+    assert production.status is DeploymentStatus.FAILED
+    assert production.rollback_status is DeploymentStatus.SUCCEEDED
+    assert live_commit(shop, STAGING) == change.commit_sha
+    assert live_commit(shop, PRODUCTION) == base
+
+
+async def test_a_commit_the_target_cannot_release_fails_and_leaves_the_last_good_release(
+    stage: Stage,
+) -> None:
+    good = commit(stage.repo, "good", healthy=True)
+    await stage.deploy(good)
+
+    failed = await stage.deploy("0" * 40)
+
+    assert failed.status is DeploymentStatus.FAILED
+    assert "release failed" in failed.verification_output
+    assert failed.rollback_status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == good
+    assert await stage.jobs(failed.deployment_id) == [
+        (ChangeJobKind.DEPLOY, ChangeJobStatus.FAILED)
+    ]
 
 
 async def test_first_deployment_that_fails_restores_the_default_branch(stage: Stage) -> None:
@@ -421,7 +463,7 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
             async def in_place(h=handle, p=position) -> bool:
                 return (await state_of(h)).queue_position == p
 
-            await eventually(in_place, dump=lambda: dump(stage, handles))
+            await eventually(in_place)
         # The first holds the lane (its check waits on the gate); the others wait their turn.
         assert (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
         assert [(await state_of(h)).status for h in handles[1:]] == [DeploymentStatus.QUEUED] * 2
@@ -446,6 +488,30 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
     )
 
 
+async def test_a_deployment_that_stopped_running_while_queued_is_skipped_not_waited_for(
+    stage: Stage, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate-open"
+    v1, v2, v3 = (commit(stage.repo, f"v{n}", healthy=True, gate=str(gate)) for n in (1, 2, 3))
+    handles = []
+    for position, sha in enumerate((v1, v2, v3)):
+        handle = await stage.start(stage.deployment(sha))
+        handles.append(handle)
+
+        async def in_place(h=handle, p=position) -> bool:
+            return (await state_of(h)).queue_position == p
+
+        await eventually(in_place)
+
+    # Terminated (no compensation, no goodbye to the lane) while second in line.
+    await handles[1].terminate("operator killed it")
+    gate.touch()
+
+    assert (await handles[0].result()).status is DeploymentStatus.SUCCEEDED
+    assert (await handles[2].result()).status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == v3
+
+
 # --- cancellation ---
 
 
@@ -465,9 +531,9 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
     async def queued_behind() -> bool:
         return (await state_of(waiting)).queue_position == 1
 
-    await eventually(verifying, dump=lambda: dump(stage, [mid_deploy]))
+    await eventually(verifying)
     waiting = await stage.start(stage.deployment(v3))
-    await eventually(queued_behind, dump=lambda: dump(stage, [mid_deploy, waiting]))
+    await eventually(queued_behind)
     assert live_commit(stage.repo, STAGING) == stuck
 
     # Cancelled while waiting: it leaves the queue without touching the environment.
@@ -500,3 +566,63 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
     after = await stage.deploy(v3)
     assert after.status is DeploymentStatus.SUCCEEDED
     assert live_commit(stage.repo, STAGING) == v3
+
+
+# --- determinism ---
+
+HISTORIES = Path(__file__).parent / "histories"
+WORKFLOW_TYPES = ("DeploymentWorkflow", "RollbackWorkflow", "DeploymentLaneWorkflow")
+
+
+def recorded_history(path: Path) -> WorkflowHistory:
+    recording = json.loads(path.read_text())
+    return WorkflowHistory.from_json(recording["workflow_id"], recording["history"])
+
+
+async def test_recorded_deployment_histories_replay_with_the_current_code(stage: Stage) -> None:
+    """Histories recorded with earlier code (tests/histories) and fresh ones must replay: a
+    nondeterministic change to the deployment workflows fails here. Re-record deliberately
+    with CHANGEFLOW_RECORD_HISTORIES=1."""
+    good = commit(stage.repo, "good", healthy=True)
+    bad = commit(stage.repo, "bad", healthy=False)
+    first = await stage.deploy(good)
+    failed = await stage.deploy(bad)
+    second = await stage.deploy(commit(stage.repo, "good again", healthy=True))
+    rollback_id = uuid.uuid4()
+    await stage.client.execute_workflow(
+        RollbackWorkflow.run,
+        RollbackRequest(
+            tenant_id=stage.tenant.id,
+            target_deployment_id=first.deployment_id,
+            deploy_task_queue=stage.deploy_task_queue,
+        ),
+        id=rollback_workflow_id(rollback_id),
+        task_queue=stage.task_queue,
+    )
+    fresh = {
+        "DeploymentWorkflow-succeeded": deployment_workflow_id(second.deployment_id),
+        "DeploymentWorkflow-auto-rollback": deployment_workflow_id(failed.deployment_id),
+        "RollbackWorkflow-operator": rollback_workflow_id(rollback_id),
+        "DeploymentLaneWorkflow-idle": lane_workflow_id(stage.project.id, STAGING),
+    }
+    histories = {
+        name: await stage.client.get_workflow_handle(workflow_id).fetch_history()
+        for name, workflow_id in fresh.items()
+    }
+    if os.environ.get("CHANGEFLOW_RECORD_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        for name, history in histories.items():
+            recording = {"workflow_id": history.workflow_id, "history": history.to_json_dict()}
+            (HISTORIES / f"{name}.json").write_text(json.dumps(recording))
+    recorded = sorted(path for kind in WORKFLOW_TYPES for path in HISTORIES.glob(f"{kind}-*.json"))
+    assert {path.name.split("-")[0] for path in recorded} == set(WORKFLOW_TYPES)
+
+    replayer = Replayer(
+        workflows=[DeploymentWorkflow, RollbackWorkflow, DeploymentLaneWorkflow],
+        data_converter=pydantic_data_converter,
+    )
+    for history in [
+        *histories.values(),
+        *(recorded_history(path) for path in recorded),
+    ]:
+        await replayer.replay_workflow(history)

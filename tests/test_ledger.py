@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import func, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 from structlog.testing import capture_logs
 
 from activities.ledger import (
@@ -50,9 +50,11 @@ class Clock:
         self.now += delta
 
 
-async def funded(sessions: SessionFactory, balance: int, **tenant: object) -> TokenAccount:
+async def funded(
+    sessions: SessionFactory, balance: int, *, plan_tier: PlanTier = PlanTier.GROWTH
+) -> TokenAccount:
     return await make_funded_account(
-        sessions, tenant=await make_tenant(sessions, **tenant), balance=balance
+        sessions, tenant=await make_tenant(sessions, plan_tier=plan_tier), balance=balance
     )
 
 
@@ -424,6 +426,9 @@ async def test_expiry_restores_availability_and_refuses_a_late_settle(
     assert (await ledger.hold(hold.hold_id)).status == HoldStatus.EXPIRED
     # Releasing an expired hold (a workflow's compensation) is harmless and succeeds.
     assert (await ledger.release(hold.hold_id, key="release")).status == HoldStatus.EXPIRED
+    assert (await ledger.release(hold.hold_id, key="release")).status == HoldStatus.EXPIRED
+    with pytest.raises(HoldNotActive, match="released already"):
+        await ledger.release(hold.hold_id, key="release-again")
     assert (await ledger.charge(account.id, 900, key="charge")).balance_after == 100
     await assert_reconciles(sessions)
 
@@ -515,7 +520,7 @@ async def open_and_resolved(sessions: SessionFactory, account_id: uuid.UUID) -> 
             await session.exec(
                 select(TokenAlert)
                 .where(TokenAlert.account_id == account_id)
-                .order_by(TokenAlert.created_at, TokenAlert.threshold.desc())  # type: ignore[attr-defined]
+                .order_by(col(TokenAlert.created_at), col(TokenAlert.threshold).desc())
             )
         ).all()
     return [(a.threshold, a.status) for a in rows]
@@ -561,6 +566,12 @@ async def test_a_downward_crossing_raises_one_alert_and_recovery_resolves_it(
     await ledger.charge(account.id, balance - high + 1, key="cross-again")
     alerts = await open_and_resolved(sessions, account.id)
     assert alerts.count((high, AlertStatus.OPEN)) == 1 and len(alerts) == 3
+    # What a service reads.
+    open_now = await ledger.alerts(account.id, open_only=True)
+    assert [(a.threshold, a.status, a.balance_at_alert) for a in open_now] == [
+        (high, "open", high - 1)
+    ]
+    assert len(await ledger.alerts(account.id)) == 3
 
 
 async def test_racing_charges_across_a_threshold_raise_exactly_one_alert(

@@ -18,12 +18,12 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
+    register_on_time_skipping_server,
     request_row,
     settlements,
     submit,
 )
 from tests.workers import running_workers
-from workers.devstack import register_search_attributes
 from workers.lifecycle_client import LifecycleClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -35,14 +35,16 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
     shop = await make_shop(sessions, tmp_path, policy=human_policy(plan_ttl_seconds=3600))
     client = time_skipping_env.client
     # The time-skipping server starts without our custom search attributes.
-    await register_search_attributes(client, client.namespace)
+    await register_on_time_skipping_server(client)
     queue = f"expiry-{uuid.uuid4()}"
     lifecycle = LifecycleClient(client, task_queue=queue, deploy_task_queue=f"{queue}-deploy")
     async with running_workers(
         client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        result = await lifecycle.wait_for_outcome(request_id)
+        # Handles the client looks up by id do not skip time by themselves.
+        async with time_skipping_env.time_skipping_unlocked():
+            result = await lifecycle.wait_for_outcome(request_id)
 
     assert result.status is PromptStatus.EXPIRED
     assert "3600 seconds" in result.reason

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         LeaveLane,
         PlanRollback,
         RecordDeployment,
+        ReleaseOutcome,
         ReleaseStep,
         RollbackRequest,
         TransitionDeployment,
@@ -50,6 +51,8 @@ with workflow.unsafe.imports_passed_through():
 
 _BOOKKEEPING: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
+    # A cancelled workflow waits for the write in flight, so compensation sees its result.
+    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     "retry_policy": RetryPolicy(
         maximum_interval=timedelta(seconds=10),
         maximum_attempts=20,
@@ -61,10 +64,6 @@ _RELEASE_RETRY = RetryPolicy(
     maximum_attempts=5,
     non_retryable_error_types=NON_RETRYABLE_ERRORS,
 )
-
-# How often the lane checks that its holder still runs (a terminated holder never releases).
-LANE_HOLDER_CHECK = timedelta(minutes=1)
-LANE_HISTORY_LIMIT = 5_000
 
 
 def _cancelled(err: BaseException) -> bool:
@@ -119,23 +118,29 @@ class DeploymentLaneWorkflow:
 
     @workflow.run
     async def run(self, lane: LaneInput) -> LaneState:
+        workflow.upsert_search_attributes(
+            [
+                sa.PROJECT_ID.value_set(str(lane.project_id)),
+                sa.ENVIRONMENT.value_set(lane.environment.value),
+            ]
+        )
         while True:
             if not self._inbox:
                 if self._holder is None and not self._waiting:
                     return self.state()
                 if self._should_continue_as_new():
                     workflow.continue_as_new(
-                        LaneInput(
-                            project_id=lane.project_id,
-                            environment=lane.environment,
-                            holder=self._holder,
-                            waiting=self._waiting,
-                            handed_out=self._handed_out,
+                        lane.model_copy(
+                            update={
+                                "holder": self._holder,
+                                "waiting": self._waiting,
+                                "handed_out": self._handed_out,
+                            }
                         )
                     )
                 try:
                     await workflow.wait_condition(
-                        lambda: bool(self._inbox), timeout=LANE_HOLDER_CHECK
+                        lambda: bool(self._inbox), timeout=timedelta(seconds=lane.holder_check_s)
                     )
                 except TimeoutError:
                     # Re-telling the holder its turn fails when it is gone; then move on.
@@ -166,11 +171,11 @@ class DeploymentLaneWorkflow:
         while True:
             if self._holder is None and self._waiting:
                 self._holder = self._waiting.pop(0)
-                self._handed_out += 1
             if self._holder and self._told.get(self._holder.deployment_workflow_id) != 0:
                 if not await self._tell(self._holder, 0):
                     self._holder = None
                     continue
+                self._handed_out += 1
             gone = []
             for position, waiter in enumerate(list(self._waiting), start=1):
                 if self._told.get(waiter.deployment_workflow_id) == position:
@@ -200,7 +205,7 @@ class DeploymentLaneWorkflow:
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > LANE_HISTORY_LIMIT
+            or info.get_current_history_length() > self._lane.history_limit
         )
 
     def _details(self) -> str:
@@ -296,15 +301,21 @@ class DeploymentWorkflow:
                 )
 
     async def _wait_for_turn(self) -> None:
-        while self._lane_position != 0:
-            told = self._lane_position
-            await workflow.wait_condition(lambda told=told: self._lane_position != told)  # type: ignore[misc]
-            self._state.queue_position = self._lane_position
-            if self._lane_position:
-                await self._progress(
-                    DeploymentStatus.QUEUED, f"waiting: {self._lane_position} ahead in the lane"
-                )
-        self._state.queue_position = 0
+        """Until the lane says 0; a position may arrive before enter_deployment_lane returns."""
+        reported: int | None = None
+        while True:
+            position = self._lane_position
+            if position is not None and position != reported:
+                reported = self._state.queue_position = position
+                if position:
+                    await self._progress(
+                        DeploymentStatus.QUEUED, f"waiting: {position} ahead in the lane"
+                    )
+            if position == 0:
+                return
+            await workflow.wait_condition(
+                lambda seen=position: self._lane_position != seen  # type: ignore[misc]
+            )
 
     async def _deploy(self) -> DeploymentResult:
         input = self._input
@@ -313,26 +324,7 @@ class DeploymentWorkflow:
         await self._progress(
             DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}"
         )
-        try:
-            await self._release(step)
-        except ActivityError as err:
-            if _cancelled(err):
-                raise
-            # The target could not release (e.g. an unknown commit): a failed deployment.
-            detail = f"release failed: {_failure_message(err)}"
-            await workflow.execute_activity_method(
-                ReleaseActivities.mark_deployment,
-                TransitionDeployment(
-                    deployment_id=input.deployment_id,
-                    status=DeploymentStatus.FAILED,
-                    detail=detail,
-                ),
-                **_BOOKKEEPING,
-            )
-            outcome = VerificationOutcome(ok=False, output=detail, log_url="", duration_s=0)
-        else:
-            await self._progress(DeploymentStatus.VERIFYING, f"verifying {env}")
-            outcome = await self._verify(step)
+        released, outcome = await self._release_and_verify(step)
         result = DeploymentResult(
             deployment_id=input.deployment_id,
             environment=input.environment,
@@ -340,7 +332,8 @@ class DeploymentWorkflow:
             commit_sha=input.commit_sha,
             verified=outcome.ok,
             verification_output=outcome.output,
-            log_url=outcome.log_url or None,
+            log_url=outcome.log_url or (released.log_url if released else None),
+            diff_url=released.diff_url if released else None,
         )
         await self._progress(result.status, "verified" if outcome.ok else "verification failed")
         if not outcome.ok and input.auto_rollback:
@@ -395,31 +388,50 @@ class DeploymentWorkflow:
 
     async def _run_rollback(self, step: ReleaseStep) -> DeploymentStatus:
         self._state.rollback_status = DeploymentStatus.IN_PROGRESS
-        try:
-            await self._release(step)
-        except ActivityError as err:
-            if _cancelled(err):
-                raise
-            await workflow.execute_activity_method(
-                ReleaseActivities.mark_deployment,
-                TransitionDeployment(
-                    deployment_id=step.deployment_id,
-                    status=DeploymentStatus.FAILED,
-                    detail=f"rollback release failed: {_failure_message(err)}",
-                ),
-                **_BOOKKEEPING,
-            )
-            self._state.rollback_status = DeploymentStatus.FAILED
-            return DeploymentStatus.FAILED
-        self._state.rollback_status = DeploymentStatus.VERIFYING
-        outcome = await self._verify(step)
+        _, outcome = await self._release_and_verify(step)
         status = DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED
         self._state.rollback_status = status
         await self._progress(
             DeploymentStatus.FAILED,
-            "rolled back" if outcome.ok else "the rollback failed its verification too",
+            "rolled back" if outcome.ok else "the rollback failed too",
         )
         return status
+
+    async def _release_and_verify(
+        self, step: ReleaseStep
+    ) -> tuple[ReleaseOutcome | None, VerificationOutcome]:
+        """Release, then verify. A release or check that cannot run (after its retries) fails
+        the deployment like a failed check: the environment cannot be trusted either way."""
+        is_rollback = step.deployment_id != self._input.deployment_id
+        try:
+            released = await self._release(step)
+        except ActivityError as err:
+            if _cancelled(err):
+                raise
+            return None, await self._fail(step, f"release failed: {_failure_message(err)}")
+        if is_rollback:
+            self._state.rollback_status = DeploymentStatus.VERIFYING
+        else:
+            await self._progress(
+                DeploymentStatus.VERIFYING, f"verifying {self._input.environment.value}"
+            )
+        try:
+            return released, await self._verify(step)
+        except ActivityError as err:
+            if _cancelled(err):
+                raise
+            detail = f"verification could not run: {_failure_message(err)}"
+            return released, await self._fail(step, detail)
+
+    async def _fail(self, step: ReleaseStep, detail: str) -> VerificationOutcome:
+        await workflow.execute_activity_method(
+            ReleaseActivities.mark_deployment,
+            TransitionDeployment(
+                deployment_id=step.deployment_id, status=DeploymentStatus.FAILED, detail=detail
+            ),
+            **_BOOKKEEPING,
+        )
+        return VerificationOutcome(ok=False, output=detail, log_url="", duration_s=0)
 
     async def _compensate(self) -> None:
         """After a cancellation: finish an automatic rollback already under way, or restore
@@ -440,8 +452,8 @@ class DeploymentWorkflow:
         )
         await self._progress(view.status, "cancelled")
 
-    async def _release(self, step: ReleaseStep) -> None:
-        await workflow.execute_activity_method(
+    async def _release(self, step: ReleaseStep) -> ReleaseOutcome:
+        return await workflow.execute_activity_method(
             ReleaseActivities.release_deployment,
             step,
             task_queue=self._input.deploy_task_queue,

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalPolicyView,
         ApprovalRecord,
         ApproveRequest,
-        DeploymentState,
+        DeploymentSummary,
         HoldState,
         LifecycleErrorType,
         OpenApproval,
@@ -79,8 +79,10 @@ NON_RETRYABLE = [
     "IllegalTransition",
 ]
 RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE)
-DB_TIMEOUT = timedelta(minutes=1)
+# Short: a worker that dies mid-step has its step retried elsewhere after this long.
+DB_TIMEOUT = timedelta(seconds=30)
 ENGINE_TIMEOUT = timedelta(minutes=15)
+ENGINE_HEARTBEAT = timedelta(seconds=30)
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -136,7 +138,7 @@ class PromptRequestWorkflow:
         self._tokens_settled = 0
         self._commit_sha: str | None = None
         self._holds: list[HoldState] = []
-        self._deployments: dict[uuid.UUID, DeploymentState] = {}
+        self._deployments: dict[uuid.UUID, DeploymentSummary] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
         self._finished = False
 
@@ -229,6 +231,7 @@ class PromptRequestWorkflow:
                 revision=revision,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
+            heartbeat_timeout=ENGINE_HEARTBEAT,
             retry_policy=RETRY,
         )
         if planned.open:
@@ -555,7 +558,7 @@ class PromptRequestWorkflow:
     def deployment_progress(self, progress: DeploymentProgress) -> None:
         state = self._deployments.get(progress.deployment_id)
         if state is None:
-            state = DeploymentState(
+            state = DeploymentSummary(
                 deployment_id=progress.deployment_id,
                 environment=progress.environment,
                 status=progress.status,
@@ -609,6 +612,7 @@ class PromptRequestWorkflow:
                 plan_ttl_seconds=policy.plan_ttl_seconds,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
+            heartbeat_timeout=ENGINE_HEARTBEAT,
             retry_policy=RETRY,
         )
         self._applied = True
@@ -627,7 +631,7 @@ class PromptRequestWorkflow:
             else PromptStatus.DEPLOYING_PRODUCTION
         )
         self._set_step(f"deploying {self._commit_sha[:10]} to {environment.value}")
-        state = DeploymentState(
+        state = DeploymentSummary(
             deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
         )
         self._deployments[deployment_id] = state
@@ -671,7 +675,7 @@ class PromptRequestWorkflow:
         if result.rollback_deployment_id is not None:
             self._deployments.setdefault(
                 result.rollback_deployment_id,
-                DeploymentState(
+                DeploymentSummary(
                     deployment_id=result.rollback_deployment_id,
                     environment=environment,
                     status=result.rollback_status or DeploymentStatus.SUCCEEDED,

@@ -75,3 +75,14 @@ class SweepExpiredHolds(BaseModel):
 
 class SweepResult(BaseModel):
     expired: int
+
+
+class AlertView(BaseModel):
+    alert_id: uuid.UUID
+    account_id: uuid.UUID
+    tenant_id: uuid.UUID
+    threshold: int
+    status: str  # open | resolved
+    balance_at_alert: int
+    created_at: datetime
+    resolved_at: datetime | None

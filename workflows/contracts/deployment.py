@@ -75,7 +75,6 @@ class RollbackRequest(BaseModel):
     # The new rollback deployment's id; the workflow id is f"rollback-{deployment_id}".
     # Left unset, the workflow derives one deterministically.
     deployment_id: uuid.UUID | None = None
-    parent_workflow_id: str | None = None
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
 
 
@@ -100,6 +99,10 @@ class LaneInput(BaseModel):
     holder: LaneRequest | None = None
     waiting: list[LaneRequest] = Field(default_factory=list)
     handed_out: int = 0
+    # How often the lane checks that its holder still runs (a terminated one never releases).
+    holder_check_s: float = Field(default=60.0, gt=0)
+    # History length after which the lane continues as new.
+    history_limit: int = Field(default=5_000, ge=50)
 
 
 class LaneTurn(BaseModel):
@@ -218,6 +221,7 @@ class ReleaseOutcome(BaseModel):
     commit_sha: str
     previous_commit_sha: str | None
     log_url: str
+    diff_url: str | None = None
 
 
 class VerificationOutcome(BaseModel):

@@ -110,7 +110,7 @@ class ApprovalRecord(BaseModel):
     reason: str = ""
 
 
-class DeploymentState(BaseModel):
+class DeploymentSummary(BaseModel):
     deployment_id: uuid.UUID
     environment: DeploymentEnvironment
     status: DeploymentStatus
@@ -142,7 +142,7 @@ class PromptRequestStatus(BaseModel):
     step: str = ""
     plan: PlanSummary | None = None
     approvals: list[ApprovalRecord] = Field(default_factory=list)
-    deployments: list[DeploymentState] = Field(default_factory=list)
+    deployments: list[DeploymentSummary] = Field(default_factory=list)
     holds: list[HoldState] = Field(default_factory=list)
     token_estimate: int = 0
     tokens_used: int = 0
@@ -160,7 +160,7 @@ class PromptRequestResult(BaseModel):
     commit_sha: str | None = None
     tokens_used: int = 0
     tokens_settled: int = 0
-    deployments: list[DeploymentState] = Field(default_factory=list)
+    deployments: list[DeploymentSummary] = Field(default_factory=list)
 
 
 # --- Delivery activities (internal to the lifecycle). ---

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:44:45.286969
+Create Date: 2026-11-26 12:53:19.000967
 """
 
 from collections.abc import Sequence
@@ -1047,6 +1047,13 @@ def upgrade() -> None:
             "account_id", "idempotency_key", name=op.f("pk_token_ledger_requests")
         ),
     )
+    op.create_index(
+        "uq_token_ledger_requests_hold_resolved_once",
+        "token_ledger_requests",
+        ["hold_id"],
+        unique=True,
+        postgresql_where=sa.text("outcome = 'succeeded' AND operation IN ('settle', 'release')"),
+    )
     op.create_table(
         "change_jobs",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -1157,6 +1164,11 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_change_jobs_plan_id"), table_name="change_jobs")
     op.drop_index(op.f("ix_change_jobs_deployment_id"), table_name="change_jobs")
     op.drop_table("change_jobs")
+    op.drop_index(
+        "uq_token_ledger_requests_hold_resolved_once",
+        table_name="token_ledger_requests",
+        postgresql_where=sa.text("outcome = 'succeeded' AND operation IN ('settle', 'release')"),
+    )
     op.drop_table("token_ledger_requests")
     op.drop_index(
         "uq_token_alerts_open_threshold",

@@ -1,0 +1,145 @@
+"""A worker process killed with SIGKILL in the middle of a lifecycle: a fresh process picks the
+lifecycle up and it completes, charging the tenant exactly once."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from models import PromptStatus
+from models.db import SessionFactory
+from scripts.sample_repo import SAFE_PROMPT
+from tests.lifecycle_support import (
+    FUNDS,
+    balance,
+    holds,
+    human_policy,
+    make_shop,
+    settlements,
+    submit,
+    wait_for_status,
+)
+from workers.lifecycle_client import LifecycleClient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """`python -m workers` as an operator runs it, configured by environment variables."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workers"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def worker_env(
+    database_url: str, temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        CHANGEFLOW_TASK_QUEUE=task_queue,
+        CHANGEFLOW_DEPLOY_TASK_QUEUE=f"{task_queue}-deploy",
+        CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspace"),
+        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
+        CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="1",
+        CHANGEFLOW_LOG_FORMAT="json",
+    )
+    yield env
+
+
+async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    lifecycle = LifecycleClient(
+        client, task_queue=task_queue, deploy_task_queue=f"{task_queue}-deploy"
+    )
+    first = WorkerProcess(worker_env, tmp_path / "worker-1.log")
+    second = WorkerProcess(worker_env, tmp_path / "worker-2.log")
+    first.start()
+    try:
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        status = await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: s.status is PromptStatus.AWAITING_APPROVAL,
+            within=120,
+        )
+        assert status.plan is not None
+        for admin in shop.admins:
+            await lifecycle.approve(
+                request_id, user_id=admin.id, content_hash=status.plan.content_hash
+            )
+        # The approval set applying and deploying in motion: kill the worker in the middle.
+        await asyncio.sleep(0.3)
+        first.kill()
+        mid_flight = await lifecycle_status_without_worker(client, request_id)
+
+        second.start()
+        async with asyncio.timeout(240):
+            result = await lifecycle.wait_for_outcome(request_id)
+    finally:
+        first.stop()
+        second.stop()
+
+    assert mid_flight is not PromptStatus.COMPLETED
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert len(await settlements(sessions, shop)) == 1
+    assert len(await holds(sessions, shop)) == 1
+    assert await balance(sessions, shop.account) == FUNDS - result.tokens_used
+
+
+async def lifecycle_status_without_worker(client: Client, request_id: object) -> PromptStatus:
+    """Where the lifecycle stood when its worker died, read from the PromptStatus search
+    attribute (no worker is needed to answer it)."""
+    from workflows.contracts.lifecycle import workflow_id_for
+    from workflows.search_attributes import PROMPT_STATUS
+
+    description = await client.get_workflow_handle(
+        workflow_id_for(request_id)  # type: ignore[arg-type]
+    ).describe()
+    return PromptStatus(description.typed_search_attributes.get(PROMPT_STATUS))
