@@ -2,11 +2,12 @@
 
 Modelled on TigerBeetle's transfers (ids as idempotency keys, pending transfers that post or
 void at most once, balance limits) and Stripe's idempotency keys. Each operation is one
-database transaction whose fast path is one SQL statement: a conditional UPDATE of the account
-row (the row lock serialises writers of one account and the WHERE clause enforces the floor),
-then the entry, the idempotency record and any alert, all in one round trip. Unique
-constraints are the backstop for races between processes; a violation retries the operation,
-which then finds the winner's record and returns its result.
+database transaction. Its fast path is one SQL statement, and so one round trip: a conditional
+UPDATE of the account row (the row lock serialises writers of one account and the WHERE clause
+enforces the floor), then the entry, the idempotency record and any alert. Refusals take the
+slow path, an explicit transaction that finds out why and records it. Unique constraints are
+the backstop for races between processes; a violation retries the operation, which then finds
+the winner's record and returns its result.
 """
 
 from __future__ import annotations
@@ -392,10 +393,27 @@ class _Request:
 
 @dataclass
 class _Tx:
-    """One attempt's connection, and what to announce once it has committed."""
+    """One attempt's connection, and what to announce once it has committed.
+
+    The fast path is a single statement, which PostgreSQL runs as a transaction of its own:
+    one round trip, no BEGIN or COMMIT. Anything that needs more than one statement (the
+    refusals, opening an account) calls `begin()` first.
+    """
 
     conn: asyncpg.Connection
     announcements: list[_Outcome] = field(default_factory=list)
+    transaction: Any = None
+
+    async def begin(self) -> None:
+        if self.transaction is None:
+            self.transaction = self.conn.transaction()
+            await self.transaction.start()
+
+
+async def no_session_state(conn: asyncpg.Connection) -> None:
+    """The ledger's connections carry no session state (no LISTEN, advisory locks, SET), so
+    the pool's reset query, a round trip per release, is skipped; asyncpg still ends any
+    open transaction before this runs."""
 
 
 # One pool per database and event loop, shared by every Ledger built on it.
@@ -446,7 +464,14 @@ class Ledger:
             async with _POOL_LOCKS.setdefault(key, asyncio.Lock()):
                 if (pool := _POOLS.get(key)) is None:
                     pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=self._pool_size
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._pool_size,
+                        # Every statement here touches a handful of rows by key, so one
+                        # generic plan fits all; re-planning the CTEs per call cost more
+                        # than executing them.
+                        server_settings={"plan_cache_mode": __import__("os").environ.get("PCM", "force_generic_plan")},
+                        reset=no_session_state,
                     )
                     _POOLS[key] = pool
         return pool
@@ -455,14 +480,21 @@ class Ledger:
         return self._clock() if self._clock else None
 
     async def _transaction(self, attempt: Callable[[_Tx], Awaitable[Any]]) -> Any:
-        """Run `attempt` in one transaction; commit unless it raises. It may return a
-        LedgerError (committed, then raised: a recorded refusal) or _RETRY."""
+        """Run `attempt` as one transaction (see _Tx); commit unless it raises. It may return
+        a LedgerError (committed, then raised: a recorded refusal) or _RETRY."""
         pool = await self._connections()
         for n in range(_ATTEMPTS):
             try:
-                async with pool.acquire() as conn, conn.transaction():
+                async with pool.acquire() as conn:
                     tx = _Tx(conn)
-                    outcome: Any = await attempt(tx)
+                    try:
+                        outcome: Any = await attempt(tx)
+                    except BaseException:
+                        if tx.transaction is not None:
+                            await tx.transaction.rollback()
+                        raise
+                    if tx.transaction is not None:
+                        await tx.transaction.commit()
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate in _RETRYABLE_SQLSTATES and n < _ATTEMPTS - 1:
                     continue
@@ -596,6 +628,7 @@ class Ledger:
         tier = plan_tier.value if plan_tier else None
 
         async def attempt(tx: _Tx) -> TokenAccount:
+            await tx.begin()
             await _fetch(
                 tx.conn,
                 """
@@ -712,6 +745,7 @@ class Ledger:
                     balance_after=row["balance"],
                 )
             # Refused: a replay, a missing account, or (debits only) not enough tokens.
+            await tx.begin()
             request = _Request(
                 account_id=account_id,
                 key=key,
@@ -830,6 +864,7 @@ class Ledger:
         )
 
         async def refused(tx: _Tx) -> EntryView | LedgerError | None:
+            await tx.begin()
             prior = await self._prior(tx, request)
             if prior is not None:
                 return await self._entry_view(tx, prior["transaction_id"])
@@ -903,6 +938,7 @@ class Ledger:
                     status=HoldStatus.ACTIVE.value,
                     expires_at=row["expires_at"],
                 )
+            await tx.begin()
             request = _Request(
                 account_id=account_id, key=key, operation=LedgerOperation.RESERVE, amount=amount
             )
@@ -964,6 +1000,7 @@ class Ledger:
                     transaction_id=row["transaction_id"],
                     balance_after=row["balance"],
                 )
+            await tx.begin()
             hold = await self._hold_for_refusal(tx, hold_id)
             request = _Request(
                 account_id=hold["account_id"],
@@ -1013,6 +1050,7 @@ class Ledger:
                     status=HoldStatus.RELEASED.value,
                     expires_at=row["expires_at"],
                 )
+            await tx.begin()
             hold = await self._hold_for_refusal(tx, hold_id)
             request = _Request(
                 account_id=hold["account_id"],

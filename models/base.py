@@ -86,7 +86,11 @@ def json_field(default_factory: Any = dict) -> Any:
 def enum_field(
     enum_cls: type[enum.Enum], default: Any = ..., *, index: bool = False, nullable: bool = False
 ) -> Any:
-    return Field(default=default, sa_type=enum_type(enum_cls), nullable=nullable, index=index)  # type: ignore[call-overload]
+    sa_type = enum_type(enum_cls)
+    if nullable:
+        # Otherwise the ORM treats an explicit None as "unset" and the default wins.
+        sa_type = sa_type.evaluates_none()
+    return Field(default=default, sa_type=sa_type, nullable=nullable, index=index)  # type: ignore[call-overload]
 
 
 def tokens_field(default: int = 0) -> Any:

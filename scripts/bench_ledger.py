@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from activities.ledger import Ledger
+from activities.ledger import Ledger, no_session_state
 from models.db import asyncpg_dsn, create_engine, session_factory
 from models.migrate import upgrade
 from workers.devstack import create_database, drop_database, start_postgres
@@ -141,7 +141,10 @@ async def bench(url: str) -> dict[str, Any]:
 
     engine = create_engine(url, pool_size=CLIENTS)
     ledger = Ledger(session_factory(engine), pool_size=CLIENTS)
-    pool = await asyncpg.create_pool(dsn, min_size=CLIENTS, max_size=CLIENTS)
+    # The baseline's pool is tuned like the ledger's: no reset query on release.
+    pool = await asyncpg.create_pool(
+        dsn, min_size=CLIENTS, max_size=CLIENTS, reset=no_session_state
+    )
     assert pool is not None
     run = uuid.uuid4().hex[:8]
     rng = random.Random(7)

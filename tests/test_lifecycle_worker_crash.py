@@ -120,8 +120,18 @@ async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(
         mid_flight = await lifecycle_status_without_worker(client, request_id)
 
         second.start()
-        async with asyncio.timeout(240):
-            result = await lifecycle.wait_for_outcome(request_id)
+        try:
+            async with asyncio.timeout(90):
+                result = await lifecycle.wait_for_outcome(request_id)
+        except TimeoutError:
+            from workflows.contracts.lifecycle import workflow_id_for
+            async for ex in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+                d = await client.get_workflow_handle(ex.id, run_id=ex.run_id).describe()
+                print("WF", ex.id, ex.workflow_type, d.status, d.raw_description.pending_activities, d.raw_description.pending_children)
+            h = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
+            for e in h.events[-12:]:
+                print(str(e)[:400].replace("\n", " "))
+            raise
     finally:
         first.stop()
         second.stop()

@@ -232,6 +232,7 @@ class DeploymentWorkflow:
         )
         self._lane_position: int | None = None
         self._rollback_step: ReleaseStep | None = None
+        self._compensating = False
 
     @workflow.signal(name="lane_turn")
     def lane_turn(self, turn: LaneTurn) -> None:
@@ -266,6 +267,7 @@ class DeploymentWorkflow:
                 ),
                 **_BOOKKEEPING,
             )
+            self._checkpoint()
             await self._progress(DeploymentStatus.QUEUED, "waiting for its turn")
             in_lane = True
             await workflow.execute_activity_method(
@@ -279,6 +281,7 @@ class DeploymentWorkflow:
                 ),
                 **_BOOKKEEPING,
             )
+            self._checkpoint()
             await self._wait_for_turn()
             return await self._deploy()
         except BaseException as err:
@@ -380,6 +383,7 @@ class DeploymentWorkflow:
         self._rollback_step = self._step(
             rollback_id, good.commit_sha, "auto-rollback", input.deployment_id
         )
+        self._checkpoint()
         await self._progress(
             DeploymentStatus.FAILED, f"rolling back to {good.commit_sha[:12]} ({good.source})"
         )
@@ -431,11 +435,13 @@ class DeploymentWorkflow:
             ),
             **_BOOKKEEPING,
         )
+        self._checkpoint()
         return VerificationOutcome(ok=False, output=detail, log_url="", duration_s=0)
 
     async def _compensate(self) -> None:
         """After a cancellation: finish an automatic rollback already under way, or restore
         what the environment ran before this deployment."""
+        self._compensating = True
         if self._rollback_step is not None:
             resumed = self._rollback_step.model_copy(update={"step": "auto-rollback-resumed"})
             await self._run_rollback(resumed)
@@ -453,7 +459,7 @@ class DeploymentWorkflow:
         await self._progress(view.status, "cancelled")
 
     async def _release(self, step: ReleaseStep) -> ReleaseOutcome:
-        return await workflow.execute_activity_method(
+        released = await workflow.execute_activity_method(
             ReleaseActivities.release_deployment,
             step,
             task_queue=self._input.deploy_task_queue,
@@ -462,9 +468,11 @@ class DeploymentWorkflow:
             # Compensation must not race a release still running on a worker.
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        self._checkpoint()
+        return released
 
     async def _verify(self, step: ReleaseStep) -> VerificationOutcome:
-        return await workflow.execute_activity_method(
+        verified = await workflow.execute_activity_method(
             ReleaseActivities.verify_deployment,
             step,
             task_queue=self._input.deploy_task_queue,
@@ -473,6 +481,14 @@ class DeploymentWorkflow:
             retry_policy=_RELEASE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+        # No checkpoint: a verified deployment is finished, and a failed one rolls back anyway.
+        return verified
+
+    def _checkpoint(self) -> None:
+        """An activity that finished despite a cancellation request returns its result and
+        the request is not raised again; check for it so the deployment still compensates."""
+        if not self._compensating and workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError("deployment cancelled")
 
     def _step(
         self,
@@ -562,6 +578,8 @@ class RollbackWorkflow:
                 # Surface the refusal itself as this workflow's typed failure.
                 raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
             raise
+        if workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError("rollback cancelled before it started")
         self._state.environment = plan.environment
         self._state.commit_sha = plan.commit_sha
         self._state.rollback_of = plan.live_deployment_id

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:53:19.000967
+Create Date: 2026-11-26 12:58:19.991371
 """
 
 from collections.abc import Sequence
