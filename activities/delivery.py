@@ -42,6 +42,7 @@ from models import (
     RiskLevel,
     Tenant,
     User,
+    UserRole,
     ensure_transition,
     is_terminal,
 )
@@ -368,7 +369,7 @@ class DeliveryActivities:
 
     async def _roster(self, session: AsyncSession, tenant_id: uuid.UUID) -> dict[uuid.UUID, str]:
         users = await session.exec(select(User.id, User.role).where(User.tenant_id == tenant_id))
-        return {user_id: role.value for user_id, role in users.all()}
+        return {user_id: UserRole(role).value for user_id, role in users.all()}
 
     @activity.defn
     async def open_approval(self, req: OpenApproval) -> None:

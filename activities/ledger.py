@@ -217,11 +217,16 @@ _HOLD_KEY_FREE = """NOT EXISTS (
     SELECT 1 FROM token_ledger_requests r
     WHERE r.account_id = token_holds.account_id AND r.idempotency_key = :key)"""
 
+# "Active", said so that the planner cannot use the partial indexes on status = 'active' (a
+# check constraint keeps the two in step): with a generic plan it would scan a partial index,
+# dead entries included, instead of fetching the hold by its primary key.
+_UNRESOLVED = "resolved_at IS NULL"
+
 _SETTLE = f"""
 WITH hold AS (
     UPDATE token_holds
     SET status = 'settled', settled_amount = CAST(:amount AS bigint), resolved_at = {NOW}
-    WHERE id = CAST(:hold_id AS uuid) AND status = 'active' AND expires_at > {NOW}
+    WHERE id = CAST(:hold_id AS uuid) AND {_UNRESOLVED} AND expires_at > {NOW}
       AND amount >= CAST(:amount AS bigint) AND {_HOLD_KEY_FREE}
     RETURNING account_id, amount, expires_at
 ), acct AS (
@@ -261,7 +266,7 @@ _RELEASE = f"""
 WITH hold AS (
     UPDATE token_holds
     SET status = 'released', resolved_at = {NOW}
-    WHERE id = CAST(:hold_id AS uuid) AND status = 'active' AND {_HOLD_KEY_FREE}
+    WHERE id = CAST(:hold_id AS uuid) AND {_UNRESOLVED} AND {_HOLD_KEY_FREE}
     RETURNING account_id, amount, expires_at
 ), acct AS (
     UPDATE token_accounts a
@@ -470,7 +475,7 @@ class Ledger:
                         # Every statement here touches a handful of rows by key, so one
                         # generic plan fits all; re-planning the CTEs per call cost more
                         # than executing them.
-                        server_settings={"plan_cache_mode": __import__("os").environ.get("PCM", "force_generic_plan")},
+                        server_settings={"plan_cache_mode": "force_generic_plan"},
                         reset=no_session_state,
                     )
                     _POOLS[key] = pool

@@ -59,6 +59,7 @@ T = TypeVar("T")
 # Error types (ApplicationError.type), all non-retryable.
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
 PROJECT_NOT_FOUND = "ProjectNotFound"
+PLAN_NOT_FOUND = "PlanNotFound"
 ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
 ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
 NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
@@ -71,6 +72,7 @@ NON_RETRYABLE_ERRORS = [
     "ReleaseConflict",
     DEPLOYMENT_NOT_FOUND,
     PROJECT_NOT_FOUND,
+    PLAN_NOT_FOUND,
     ROLLBACK_TARGET_NEVER_SUCCEEDED,
     ROLLBACK_TARGET_IS_LIVE,
     NO_RELEASE_TO_RESTORE,
@@ -103,7 +105,7 @@ def _not_found(what: str, kind: str = DEPLOYMENT_NOT_FOUND) -> ApplicationError:
 
 
 def _transition(row: Deployment, status: DeploymentStatus) -> bool:
-    """Move the row to `status` if allowed; False when it already moved on (a retry)."""
+    """Move the row to `status` (allowed moves only); False when it is there already (a retry)."""
     if row.status is status:
         return False
     try:
@@ -195,6 +197,12 @@ class ReleaseActivities:
                     raise _not_found(
                         f"no project {request.project_id} for tenant {request.tenant_id}",
                         PROJECT_NOT_FOUND,
+                    )
+                plan = await session.get(DeploymentPlan, request.plan_id)
+                if plan is None or plan.tenant_id != request.tenant_id:
+                    raise _not_found(
+                        f"no plan {request.plan_id} for tenant {request.tenant_id}",
+                        PLAN_NOT_FOUND,
                     )
                 row = Deployment(
                     id=request.deployment_id,
@@ -399,18 +407,22 @@ class ReleaseActivities:
             previous = row.previous_commit_sha
         try:
             if step.job_kind is ChangeJobKind.ROLLBACK:
-                result = await self._target.rollback(
-                    repo=repo,
-                    environment=row.environment.value,
-                    to_commit_sha=step.commit_sha,
-                    deployment_id=row.id,
+                result = await _heartbeating(
+                    self._target.rollback(
+                        repo=repo,
+                        environment=row.environment.value,
+                        to_commit_sha=step.commit_sha,
+                        deployment_id=row.id,
+                    )
                 )
             else:
-                result = await self._target.release(
-                    repo=repo,
-                    environment=row.environment.value,
-                    commit_sha=step.commit_sha,
-                    deployment_id=row.id,
+                result = await _heartbeating(
+                    self._target.release(
+                        repo=repo,
+                        environment=row.environment.value,
+                        commit_sha=step.commit_sha,
+                        deployment_id=row.id,
+                    )
                 )
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)

@@ -187,6 +187,11 @@ class TokenHold(SQLModel, table=True):
             "settled_amount IS NULL OR settled_amount BETWEEN 0 AND amount",
             name="ck_token_holds_settled_within_amount",
         ),
+        # An active hold is exactly an unresolved one (the ledger relies on either test).
+        sa.CheckConstraint(
+            "(status = 'active') = (resolved_at IS NULL)",
+            name="ck_token_holds_active_unresolved",
+        ),
         # The sweep and the per-account availability check look only at live holds.
         sa.Index(
             "ix_token_holds_active_expiry",

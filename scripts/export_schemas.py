@@ -71,6 +71,7 @@ def collect(workflow_classes: list[type]) -> tuple[dict[str, Any], dict[str, typ
             named = {name: note(h.fn) for name, h in handlers.items() if name is not None}
             if named:
                 entry[kind] = dict(sorted(named.items()))
+        assert definition.name is not None, f"{cls.__name__} is a dynamic workflow"
         index[definition.name] = entry
     return dict(sorted(index.items())), dict(sorted(models.items()))
 

@@ -345,6 +345,26 @@ async def test_first_deployment_that_fails_restores_the_default_branch(stage: St
     assert live_commit(stage.repo, STAGING) == main_head
 
 
+async def test_a_deployment_of_an_unknown_plan_or_foreign_project_is_refused_and_writes_nothing(
+    stage: Stage,
+) -> None:
+    good = commit(stage.repo, "good", healthy=True)
+    stranger = await make_tenant(stage.sessions, name="Other Shop")
+    refusals = []
+    for deployment in [
+        stage.deployment(good).model_copy(update={"plan_id": uuid.uuid4()}),
+        stage.deployment(good).model_copy(update={"tenant_id": stranger.id}),
+    ]:
+        with pytest.raises(WorkflowFailureError) as refused:
+            await (await stage.start(deployment)).result()
+        cause = refused.value.cause
+        assert isinstance(cause, ApplicationError) and cause.non_retryable
+        refusals.append(cause.type)
+
+    assert refusals == ["PlanNotFound", "ProjectNotFound"]
+    assert await stage.deployments() == []
+
+
 # --- operator rollbacks ---
 
 

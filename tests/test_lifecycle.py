@@ -24,7 +24,6 @@ from tests.lifecycle_support import (
     FUNDS,
     balance,
     holds,
-    human_policy,
     make_shop,
     request_row,
     settlements,

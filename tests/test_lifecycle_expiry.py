@@ -2,6 +2,7 @@
 server: the hour passes at once)."""
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.lifecycle_support import (
     request_row,
     settlements,
     submit,
+    wait_for_status,
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
@@ -42,9 +44,12 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
         client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        # Handles the client looks up by id do not skip time by themselves.
-        async with time_skipping_env.time_skipping_unlocked():
-            result = await lifecycle.wait_for_outcome(request_id)
+        waiting = await wait_for_status(
+            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
+        )
+        assert waiting.holds[0].status == "active"
+        await time_skipping_env.sleep(timedelta(hours=1, seconds=1))
+        result = await lifecycle.wait_for_outcome(request_id)
 
     assert result.status is PromptStatus.EXPIRED
     assert "3600 seconds" in result.reason

@@ -306,6 +306,14 @@ async def test_cancelling_during_planning_persists_cancelled_and_holds_nothing(
     assert result.status is PromptStatus.CANCELLED
     row = await request_row(sessions, request_id)
     assert row is not None and row.status is PromptStatus.CANCELLED
+    async with sessions() as session:
+        plans = (
+            await session.exec(
+                select(DeploymentPlan).where(DeploymentPlan.prompt_request_id == request_id)
+            )
+        ).all()
+    # The plan the engine finished after the cancellation is stored, but cancelled with it.
+    assert [p.approval_status for p in plans] == [PlanApprovalStatus.CANCELLED]
     assert await holds(sessions, shop) == []
     assert await balance(sessions, shop.account) == FUNDS
 

@@ -197,6 +197,6 @@ async def test_a_nondeterministic_change_of_the_lifecycle_fails_the_replay(
         await replayer.replay_workflow(_history(lifecycle_history))
 
 
-def test_histories_are_valid_json() -> None:
+async def test_histories_are_valid_json() -> None:
     for path in HISTORIES.glob("*.json"):
         assert json.loads(path.read_text())["history"]["events"]

@@ -170,7 +170,7 @@ class LifecycleClient:
 
     async def cancel(self, prompt_request_id: uuid.UUID, *, reason: str = "") -> None:
         """Ask the lifecycle to stop; it releases its hold and rolls back a half-done deploy."""
-        await self._handle(prompt_request_id).cancel(reason=reason or None)
+        await self._handle(prompt_request_id).cancel(reason=reason)
 
     async def status(self, prompt_request_id: uuid.UUID) -> PromptRequestStatus:
         """Current state; also answers after the lifecycle ended."""

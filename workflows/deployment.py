@@ -70,6 +70,13 @@ def _cancelled(err: BaseException) -> bool:
     return isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
 
 
+def _raise_refusal(err: ActivityError) -> None:
+    """Surface an activity's typed refusal (bad input) as this workflow's own failure."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.non_retryable:
+        raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+
+
 def _failure_message(err: BaseException) -> str:
     cause = err.cause if isinstance(err, ActivityError | ChildWorkflowError) else None
     return str(cause or err)
@@ -253,20 +260,24 @@ class DeploymentWorkflow:
         )
         in_lane = False
         try:
-            await workflow.execute_activity_method(
-                ReleaseActivities.record_deployment,
-                RecordDeployment(
-                    deployment_id=input.deployment_id,
-                    tenant_id=input.tenant_id,
-                    project_id=input.project_id,
-                    plan_id=input.plan_id,
-                    environment=input.environment,
-                    commit_sha=input.commit_sha,
-                    rollback_of=input.rollback_of,
-                    workflow_id=workflow.info().workflow_id,
-                ),
-                **_BOOKKEEPING,
-            )
+            try:
+                await workflow.execute_activity_method(
+                    ReleaseActivities.record_deployment,
+                    RecordDeployment(
+                        deployment_id=input.deployment_id,
+                        tenant_id=input.tenant_id,
+                        project_id=input.project_id,
+                        plan_id=input.plan_id,
+                        environment=input.environment,
+                        commit_sha=input.commit_sha,
+                        rollback_of=input.rollback_of,
+                        workflow_id=workflow.info().workflow_id,
+                    ),
+                    **_BOOKKEEPING,
+                )
+            except ActivityError as err:
+                _raise_refusal(err)
+                raise
             self._checkpoint()
             await self._progress(DeploymentStatus.QUEUED, "waiting for its turn")
             in_lane = True
@@ -464,6 +475,8 @@ class DeploymentWorkflow:
             step,
             task_queue=self._input.deploy_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
+            # A release on a worker that died is retried after this, not after 5 minutes.
+            heartbeat_timeout=timedelta(seconds=30),
             retry_policy=_RELEASE_RETRY,
             # Compensation must not race a release still running on a worker.
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -573,10 +586,7 @@ class RollbackWorkflow:
                 **_BOOKKEEPING,
             )
         except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.non_retryable:
-                # Surface the refusal itself as this workflow's typed failure.
-                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+            _raise_refusal(err)
             raise
         if workflow.cancellation_reason() is not None:
             raise asyncio.CancelledError("rollback cancelled before it started")

@@ -495,6 +495,8 @@ class PromptRequestWorkflow:
         self._check_decider(rejection.user_id, rejection.content_hash)
 
     async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
+        # Two deciding updates validated in one activation: the first one decides.
+        closes = closes and not self._deciding
         if closes:
             self._deciding = True
         await workflow.execute_activity_method(

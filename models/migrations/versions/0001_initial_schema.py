@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 12:58:19.991371
+Create Date: 2026-11-26 13:03:56.055430
 """
 
 from collections.abc import Sequence
@@ -490,6 +490,10 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "(status = 'active') = (resolved_at IS NULL)",
+            name=op.f("ck_token_holds_ck_token_holds_active_unresolved"),
+        ),
         sa.CheckConstraint(
             "amount > 0", name=op.f("ck_token_holds_ck_token_holds_amount_positive")
         ),
