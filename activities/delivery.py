@@ -157,7 +157,9 @@ async def _plan(session: AsyncSession, plan_id: uuid.UUID) -> DeploymentPlan:
         )
     ).one_or_none()
     if plan is None:
-        raise ApplicationError(f"plan {plan_id} does not exist", type="PlanNotFound")
+        raise ApplicationError(
+            f"plan {plan_id} does not exist", type="PlanNotFound", non_retryable=True
+        )
     return plan
 
 
@@ -379,7 +381,7 @@ class DeliveryActivities:
             plan = await _plan(session, req.plan_id)
             if request is None or is_terminal(request.status):
                 return
-            plan.hold_id = req.hold_id
+            plan.hold_id = req.hold_id or plan.hold_id
             if req.auto_approved:
                 _move_plan(plan, PlanApprovalStatus.AUTO_APPROVED)
                 _move(request, PromptStatus.APPROVED)

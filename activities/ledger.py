@@ -7,13 +7,12 @@ UPDATE of the account row (the row lock serialises writers of one account and th
 enforces the floor), then the entry, the idempotency record and any alert. Refusals take the
 slow path, an explicit transaction that finds out why and records it. Unique constraints are
 the backstop for races between processes; a violation retries the operation, which then finds
-the winner's record and returns its result.
+the winner's record and returns its result. The statements are in activities/ledger_sql.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +24,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
+from activities import ledger_sql as sql
 from models.billing import (
     TIER_ALLOWANCES,
     HoldStatus,
@@ -113,266 +113,6 @@ _ERRORS_BY_TYPE: dict[str, type[LedgerError]] = {
 _RETRY = object()
 
 
-# --- SQL ----------------------------------------------------------------------------------
-
-# DB time unless the ledger was given a clock (tests drive expiry with one).
-NOW = "coalesce(CAST(:now AS timestamptz), now())"
-
-_THRESHOLDS = ", ".join(
-    f"('{tier.value}', CAST({threshold} AS bigint))"
-    for tier, allowance in TIER_ALLOWANCES.items()
-    for threshold in allowance.low_balance_thresholds
-)
-# One alert per downward crossing: the row lock makes old = new + amount exact, and the partial
-# unique index keeps a second open alert for the same threshold out.
-_RAISE_ALERTS = f"""
-alerts AS (
-    INSERT INTO token_alerts
-        (id, account_id, tenant_id, threshold, status, balance_at_alert, transaction_id, created_at)
-    SELECT gen_random_uuid(), acct.id, acct.tenant_id, t.threshold, 'open', acct.balance,
-           CAST(:tx_id AS uuid), {NOW}
-    FROM acct JOIN (VALUES {_THRESHOLDS}) AS t(tier, threshold) ON t.tier = acct.plan_tier
-    WHERE acct.balance < t.threshold AND acct.balance + CAST(:amount AS bigint) >= t.threshold
-    ON CONFLICT (account_id, threshold) WHERE status = 'open' DO NOTHING
-    RETURNING threshold
-)"""
-_RESOLVE_ALERTS = f"""
-alerts AS (
-    UPDATE token_alerts SET status = 'resolved', resolved_at = {NOW}
-    FROM acct
-    WHERE token_alerts.account_id = acct.id AND token_alerts.status = 'open'
-      AND token_alerts.threshold <= acct.balance
-    RETURNING token_alerts.threshold
-)"""
-_NO_PRIOR = """NOT EXISTS (
-    SELECT 1 FROM token_ledger_requests
-    WHERE account_id = CAST(:account_id AS uuid) AND idempotency_key = :key)"""
-
-
-def _entry_sql(*, direction: str, conditional: bool) -> str:
-    """Debit or credit the balance, append the entry and its idempotency record."""
-    sign = "-" if direction == "debit" else "+"
-    floor_check = "AND balance - held - CAST(:amount AS bigint) >= floor" if conditional else ""
-    alerts = _RAISE_ALERTS if direction == "debit" else _RESOLVE_ALERTS
-    return f"""
-WITH acct AS (
-    UPDATE token_accounts
-    SET balance = balance {sign} CAST(:amount AS bigint),
-        last_sequence = last_sequence + 1, updated_at = {NOW}
-    WHERE id = CAST(:account_id AS uuid) {floor_check} AND {_NO_PRIOR}
-    RETURNING id, tenant_id, plan_tier, balance, last_sequence
-), entry AS (
-    INSERT INTO token_transactions
-        (id, account_id, tenant_id, direction, kind, amount, balance_after, sequence,
-         idempotency_key, reverses_id, description, meta, created_at)
-    SELECT CAST(:tx_id AS uuid), id, tenant_id, '{direction}', :kind, CAST(:amount AS bigint),
-           balance, last_sequence, :key, CAST(:reverses_id AS uuid), :description,
-           CAST('{{}}' AS json), {NOW}
-    FROM acct
-    RETURNING id
-), request AS (
-    INSERT INTO token_ledger_requests
-        (account_id, idempotency_key, operation, amount, subject_id, outcome,
-         transaction_id, result_balance, created_at)
-    SELECT acct.id, :key, :operation, CAST(:amount AS bigint),
-           CAST(:reverses_id AS uuid), 'succeeded', entry.id, acct.balance, {NOW}
-    FROM acct, entry
-), {alerts}
-SELECT acct.tenant_id, acct.plan_tier, acct.balance,
-       ARRAY(SELECT threshold FROM alerts) AS thresholds
-FROM acct
-"""
-
-
-_DEBIT = _entry_sql(direction="debit", conditional=True)
-_CREDIT = _entry_sql(direction="credit", conditional=False)
-
-_RESERVE = f"""
-WITH acct AS (
-    UPDATE token_accounts
-    SET held = held + CAST(:amount AS bigint), updated_at = {NOW}
-    WHERE id = CAST(:account_id AS uuid)
-      AND balance - held - CAST(:amount AS bigint) >= floor AND {_NO_PRIOR}
-    RETURNING id, tenant_id, balance
-), hold AS (
-    INSERT INTO token_holds
-        (id, account_id, tenant_id, amount, status, idempotency_key, expires_at, description,
-         created_at)
-    SELECT CAST(:hold_id AS uuid), id, tenant_id, CAST(:amount AS bigint), 'active', :key,
-           {NOW} + make_interval(secs => CAST(:ttl AS double precision)), :description, {NOW}
-    FROM acct
-    RETURNING id, expires_at
-), request AS (
-    INSERT INTO token_ledger_requests
-        (account_id, idempotency_key, operation, amount, outcome, hold_id, result_balance,
-         created_at)
-    SELECT acct.id, :key, 'reserve', CAST(:amount AS bigint), 'succeeded',
-           hold.id, acct.balance, {NOW}
-    FROM acct, hold
-)
-SELECT hold.expires_at FROM hold
-"""
-
-_HOLD_KEY_FREE = """NOT EXISTS (
-    SELECT 1 FROM token_ledger_requests r
-    WHERE r.account_id = token_holds.account_id AND r.idempotency_key = :key)"""
-
-# "Active", said so that the planner cannot use the partial indexes on status = 'active' (a
-# check constraint keeps the two in step): with a generic plan it would scan a partial index,
-# dead entries included, instead of fetching the hold by its primary key.
-_UNRESOLVED = "resolved_at IS NULL"
-
-_SETTLE = f"""
-WITH hold AS (
-    UPDATE token_holds
-    SET status = 'settled', settled_amount = CAST(:amount AS bigint), resolved_at = {NOW}
-    WHERE id = CAST(:hold_id AS uuid) AND {_UNRESOLVED} AND expires_at > {NOW}
-      AND amount >= CAST(:amount AS bigint) AND {_HOLD_KEY_FREE}
-    RETURNING account_id, amount, expires_at
-), acct AS (
-    UPDATE token_accounts a
-    SET balance = a.balance - CAST(:amount AS bigint), held = a.held - hold.amount,
-        last_sequence = a.last_sequence + CASE WHEN CAST(:amount AS bigint) > 0 THEN 1 ELSE 0 END,
-        updated_at = {NOW}
-    FROM hold
-    WHERE a.id = hold.account_id
-    RETURNING a.id, a.tenant_id, a.plan_tier, a.balance, a.last_sequence
-), entry AS (
-    INSERT INTO token_transactions
-        (id, account_id, tenant_id, direction, kind, amount, balance_after, sequence,
-         idempotency_key, hold_id, description, meta, created_at)
-    SELECT CAST(:tx_id AS uuid), id, tenant_id, 'debit', 'settlement', CAST(:amount AS bigint),
-           balance, last_sequence, :key, CAST(:hold_id AS uuid), :description,
-           CAST('{{}}' AS json), {NOW}
-    FROM acct
-    WHERE CAST(:amount AS bigint) > 0
-    RETURNING id
-), request AS (
-    INSERT INTO token_ledger_requests
-        (account_id, idempotency_key, operation, amount, subject_id, outcome, hold_id,
-         transaction_id, result_balance, created_at)
-    SELECT acct.id, :key, 'settle', CAST(:amount AS bigint),
-           CAST(:hold_id AS uuid), 'succeeded', CAST(:hold_id AS uuid),
-           (SELECT id FROM entry), acct.balance, {NOW}
-    FROM acct
-), {_RAISE_ALERTS}
-SELECT acct.id AS account_id, acct.tenant_id, acct.plan_tier, acct.balance,
-       hold.amount AS held, (SELECT id FROM entry) AS transaction_id,
-       ARRAY(SELECT threshold FROM alerts) AS thresholds
-FROM acct, hold
-"""
-
-_RELEASE = f"""
-WITH hold AS (
-    UPDATE token_holds
-    SET status = 'released', resolved_at = {NOW}
-    WHERE id = CAST(:hold_id AS uuid) AND {_UNRESOLVED} AND {_HOLD_KEY_FREE}
-    RETURNING account_id, amount, expires_at
-), acct AS (
-    UPDATE token_accounts a
-    SET held = a.held - hold.amount, updated_at = {NOW}
-    FROM hold
-    WHERE a.id = hold.account_id
-    RETURNING a.id, a.balance
-), request AS (
-    INSERT INTO token_ledger_requests
-        (account_id, idempotency_key, operation, subject_id, outcome, hold_id,
-         result_balance, created_at)
-    SELECT acct.id, :key, 'release', CAST(:hold_id AS uuid), 'succeeded',
-           CAST(:hold_id AS uuid), acct.balance, {NOW}
-    FROM acct
-)
-SELECT acct.id AS account_id, hold.amount, hold.expires_at FROM acct, hold
-"""
-
-# Expiry releases what a hold kept aside; SKIP LOCKED lets several sweepers share the work.
-_EXPIRE = f"""
-WITH expired AS (
-    UPDATE token_holds SET status = 'expired', resolved_at = {NOW}
-    WHERE id IN (
-        SELECT id FROM token_holds
-        WHERE status = 'active' AND expires_at <= {NOW} {{account_filter}}
-        ORDER BY expires_at
-        LIMIT :batch_size
-        FOR UPDATE SKIP LOCKED)
-    RETURNING account_id, amount
-), per_account AS (
-    SELECT account_id, sum(amount) AS amount FROM expired GROUP BY account_id
-), acct AS (
-    UPDATE token_accounts a SET held = a.held - per_account.amount, updated_at = {NOW}
-    FROM per_account WHERE a.id = per_account.account_id
-    RETURNING a.id
-)
-SELECT count(*) FROM expired
-"""
-_EXPIRE_ALL = _EXPIRE.replace("{account_filter}", "")
-_EXPIRE_ACCOUNT = _EXPIRE.replace("{account_filter}", "AND account_id = CAST(:account_id AS uuid)")
-
-_RECORD_RELEASE_OF_EXPIRED = f"""
-INSERT INTO token_ledger_requests
-    (account_id, idempotency_key, operation, subject_id, outcome, hold_id, created_at)
-SELECT account_id, :key, 'release', id, 'succeeded', id, {NOW}
-FROM token_holds h WHERE id = CAST(:hold_id AS uuid)
-  AND NOT EXISTS (
-      SELECT 1 FROM token_ledger_requests r
-      WHERE r.hold_id = h.id AND r.outcome = 'succeeded'
-        AND r.operation IN ('settle', 'release'))
-RETURNING hold_id
-"""
-
-_RECORD_FAILURE = f"""
-INSERT INTO token_ledger_requests
-    (account_id, idempotency_key, operation, amount, subject_id, outcome, error_type,
-     error_message, created_at)
-VALUES (CAST(:account_id AS uuid), :key, :operation, CAST(:amount AS bigint),
-        CAST(:subject_id AS uuid), 'failed', :error_type, :error_message, {NOW})
-"""
-
-_PRIOR = """
-SELECT operation, amount, subject_id, outcome, error_type, error_message, transaction_id,
-       hold_id, result_balance
-FROM token_ledger_requests
-WHERE account_id = CAST(:account_id AS uuid) AND idempotency_key = :key
-"""
-
-_ENTRY = """
-SELECT id, account_id, tenant_id, direction, kind, amount, balance_after, reverses_id
-FROM token_transactions WHERE id = CAST(:id AS uuid)
-"""
-
-_HOLD = f"""
-SELECT h.id, h.account_id, h.amount, h.status, h.expires_at, h.settled_amount,
-       h.expires_at <= {NOW} AS expired
-FROM token_holds h WHERE h.id = CAST(:hold_id AS uuid)
-"""
-
-
-# --- the ledger ---------------------------------------------------------------------------
-
-
-@functools.cache
-def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
-    """':name' parameters to asyncpg's '$n', once per statement."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return re.sub(r"(?<![:\w]):([a-z_]+)", number, sql), tuple(names)
-
-
-async def _fetch(conn: asyncpg.Connection, sql: str, params: dict[str, Any]) -> list[Any]:
-    query, names = _positional(sql)
-    return await conn.fetch(query, *(params[name] for name in names))
-
-
-async def _fetchrow(conn: asyncpg.Connection, sql: str, params: dict[str, Any]) -> Any:
-    query, names = _positional(sql)
-    return await conn.fetchrow(query, *(params[name] for name in names))
-
-
 @dataclass
 class _Outcome:
     """What a committed write tells the operator about: alerts raised or resolved."""
@@ -451,7 +191,7 @@ class Ledger:
     ) -> None:
         engine = sessions.kw["bind"]
         self._dsn = asyncpg_dsn(engine.url.render_as_string(hide_password=False))
-        self._pool_size = pool_size or engine.pool.size()
+        self._pool_size = pool_size or getattr(engine.pool, "size", lambda: 10)()
         self._clock = clock
 
     async def close(self) -> None:
@@ -513,10 +253,10 @@ class Ledger:
             return outcome
         raise RuntimeError("ledger operation kept racing; giving up")  # pragma: no cover
 
-    async def _read(self, sql: str, params: dict[str, Any]) -> Any:
+    async def _read(self, statement: str, params: dict[str, Any]) -> Any:
         pool = await self._connections()
         async with pool.acquire() as conn:
-            return await _fetchrow(conn, sql, params)
+            return await sql.fetchrow(conn, statement, params)
 
     @staticmethod
     def _check(amount: int | None, key: str, *, allow_zero: bool = False) -> None:
@@ -556,7 +296,9 @@ class Ledger:
         """The request already recorded under this key, after checking it is the same request;
         a recorded failure is raised again."""
         key = request.key
-        prior = await _fetchrow(tx.conn, _PRIOR, {"account_id": request.account_id, "key": key})
+        prior = await sql.fetchrow(
+            tx.conn, sql.PRIOR, {"account_id": request.account_id, "key": key}
+        )
         if prior is None:
             return None
         same = (
@@ -577,9 +319,9 @@ class Ledger:
     async def _fail(self, tx: _Tx, error: LedgerError, request: _Request) -> LedgerError:
         """Record the refusal under the key, so a retry with it keeps failing; the caller
         returns it to be raised once committed."""
-        await _fetch(
+        await sql.fetch(
             tx.conn,
-            _RECORD_FAILURE,
+            sql.RECORD_FAILURE,
             {
                 "account_id": request.account_id,
                 "key": request.key,
@@ -594,15 +336,15 @@ class Ledger:
         return error
 
     async def _expire_for(self, tx: _Tx, account_id: uuid.UUID) -> int:
-        row = await _fetchrow(
+        row = await sql.fetchrow(
             tx.conn,
-            _EXPIRE_ACCOUNT,
+            sql.EXPIRE_ACCOUNT,
             {"account_id": account_id, "batch_size": 10_000, "now": self._now()},
         )
         return int(row[0])
 
     async def _available(self, tx: _Tx, account_id: uuid.UUID) -> int:
-        row = await _fetchrow(
+        row = await sql.fetchrow(
             tx.conn,
             "SELECT balance - held - floor FROM token_accounts WHERE id = CAST(:id AS uuid)",
             {"id": account_id},
@@ -610,7 +352,7 @@ class Ledger:
         return int(row[0])
 
     async def _require_account(self, tx: _Tx, account_id: uuid.UUID) -> None:
-        found = await _fetchrow(
+        found = await sql.fetchrow(
             tx.conn,
             "SELECT 1 FROM token_accounts WHERE id = CAST(:id AS uuid)",
             {"id": account_id},
@@ -619,7 +361,7 @@ class Ledger:
             raise AccountNotFound(f"no token account {account_id}")
 
     async def _entry_view(self, tx: _Tx, transaction_id: uuid.UUID) -> EntryView:
-        return _entry(await _fetchrow(tx.conn, _ENTRY, {"id": transaction_id}))
+        return _entry(await sql.fetchrow(tx.conn, sql.ENTRY, {"id": transaction_id}))
 
     # -- accounts --
 
@@ -634,7 +376,7 @@ class Ledger:
 
         async def attempt(tx: _Tx) -> TokenAccount:
             await tx.begin()
-            await _fetch(
+            await sql.fetch(
                 tx.conn,
                 """
                 INSERT INTO token_accounts
@@ -655,7 +397,7 @@ class Ledger:
     async def _account_row(
         conn: asyncpg.Connection, *, tenant_id: uuid.UUID, tier: str | None
     ) -> TokenAccount:
-        row = await _fetchrow(
+        row = await sql.fetchrow(
             conn,
             """
             SELECT a.* FROM token_accounts a JOIN tenants t ON t.id = a.tenant_id
@@ -685,7 +427,7 @@ class Ledger:
             SELECT a.id, a.tenant_id, a.plan_tier, a.balance, a.floor,
                    (SELECT COALESCE(sum(h.amount), 0) FROM token_holds h
                     WHERE h.account_id = a.id AND h.status = 'active'
-                      AND h.expires_at > {NOW}) AS held
+                      AND h.expires_at > {sql.NOW}) AS held
             FROM token_accounts a WHERE a.id = CAST(:account_id AS uuid)
             """,
             {"account_id": account_id, "now": self._now()},
@@ -718,7 +460,7 @@ class Ledger:
         reverses_id: uuid.UUID | None = None,
     ) -> EntryView:
         self._check(amount, key)
-        statement = _DEBIT if debit else _CREDIT
+        statement = sql.DEBIT if debit else sql.CREDIT
 
         async def attempt(tx: _Tx) -> EntryView | LedgerError | object:
             tx_id = uuid.uuid4()
@@ -733,7 +475,7 @@ class Ledger:
                 "description": description[:500],
                 "now": self._now(),
             }
-            row = await _fetchrow(tx.conn, statement, params)
+            row = await sql.fetchrow(tx.conn, statement, params)
             if row is not None:
                 outcome = _Outcome(account_id, row["tenant_id"], row["plan_tier"], row["balance"])
                 if debit:
@@ -852,7 +594,7 @@ class Ledger:
         """A new credit entry reversing a debit (charge or settlement) in full, at most once
         per original: a partial unique index on reverses_id decides races."""
         self._check(None, key)
-        original = await self._read(_ENTRY, {"id": transaction_id})
+        original = await self._read(sql.ENTRY, {"id": transaction_id})
         if original is None:
             raise EntryNotRefundable(f"no ledger entry {transaction_id}")
         if original["direction"] != "debit" or original["kind"] not in ("charge", "settlement"):
@@ -873,7 +615,7 @@ class Ledger:
             prior = await self._prior(tx, request)
             if prior is not None:
                 return await self._entry_view(tx, prior["transaction_id"])
-            refunded_by = await _fetchrow(
+            refunded_by = await sql.fetchrow(
                 tx.conn,
                 "SELECT id FROM token_transactions WHERE reverses_id = CAST(:id AS uuid)",
                 {"id": transaction_id},
@@ -934,7 +676,7 @@ class Ledger:
                 "description": description[:500],
                 "now": self._now(),
             }
-            row = await _fetchrow(tx.conn, _RESERVE, params)
+            row = await sql.fetchrow(tx.conn, sql.RESERVE, params)
             if row is not None:
                 return HoldView(
                     hold_id=hold_id,
@@ -949,7 +691,9 @@ class Ledger:
             )
             prior = await self._prior(tx, request)
             if prior is not None:
-                hold = await _fetchrow(tx.conn, _HOLD, {"hold_id": prior["hold_id"], "now": None})
+                hold = await sql.fetchrow(
+                    tx.conn, sql.HOLD, {"hold_id": prior["hold_id"], "now": None}
+                )
                 # The first answer: the hold as it was created.
                 return _hold(hold, status=HoldStatus.ACTIVE.value)
             await self._require_account(tx, account_id)
@@ -967,7 +711,7 @@ class Ledger:
         return await self._transaction(attempt)
 
     async def _hold_for_refusal(self, tx: _Tx, hold_id: uuid.UUID) -> Any:
-        hold = await _fetchrow(tx.conn, _HOLD, {"hold_id": hold_id, "now": self._now()})
+        hold = await sql.fetchrow(tx.conn, sql.HOLD, {"hold_id": hold_id, "now": self._now()})
         if hold is None:
             raise HoldNotActive(f"no hold {hold_id}")
         return hold
@@ -987,7 +731,7 @@ class Ledger:
                 "description": description[:500],
                 "now": self._now(),
             }
-            row = await _fetchrow(tx.conn, _SETTLE, params)
+            row = await sql.fetchrow(tx.conn, sql.SETTLE, params)
             if row is not None:
                 tx.announcements.append(
                     _Outcome(
@@ -1046,7 +790,7 @@ class Ledger:
 
         async def attempt(tx: _Tx) -> HoldView | LedgerError:
             params = {"hold_id": hold_id, "key": key, "now": self._now()}
-            row = await _fetchrow(tx.conn, _RELEASE, params)
+            row = await sql.fetchrow(tx.conn, sql.RELEASE, params)
             if row is not None:
                 return HoldView(
                     hold_id=hold_id,
@@ -1069,7 +813,7 @@ class Ledger:
                 return _hold(hold)
             if hold["status"] == HoldStatus.EXPIRED.value:
                 # Once, like any release: the partial unique index on resolved holds decides.
-                released = await _fetch(tx.conn, _RECORD_RELEASE_OF_EXPIRED, params)
+                released = await sql.fetch(tx.conn, sql.RECORD_RELEASE_OF_EXPIRED, params)
                 if released:
                     return _hold(hold)
             return await self._fail(
@@ -1085,7 +829,7 @@ class Ledger:
         return await self._transaction(attempt)
 
     async def hold(self, hold_id: uuid.UUID) -> HoldView:
-        row = await self._read(_HOLD, {"hold_id": hold_id, "now": self._now()})
+        row = await self._read(sql.HOLD, {"hold_id": hold_id, "now": self._now()})
         if row is None:
             raise HoldNotActive(f"no hold {hold_id}")
         return _hold(row)
@@ -1094,7 +838,7 @@ class Ledger:
         """Low-balance alerts of an account, newest first."""
         pool = await self._connections()
         async with pool.acquire() as conn:
-            rows = await _fetch(
+            rows = await sql.fetch(
                 conn,
                 """
                 SELECT id, account_id, tenant_id, threshold, status, balance_at_alert,
@@ -1126,8 +870,8 @@ class Ledger:
         while True:
 
             async def sweep(tx: _Tx) -> int:
-                row = await _fetchrow(
-                    tx.conn, _EXPIRE_ALL, {"batch_size": batch_size, "now": self._now()}
+                row = await sql.fetchrow(
+                    tx.conn, sql.EXPIRE_ALL, {"batch_size": batch_size, "now": self._now()}
                 )
                 return int(row[0])
 

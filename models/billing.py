@@ -181,7 +181,6 @@ class TokenHold(SQLModel, table=True):
 
     __tablename__ = "token_holds"
     __table_args__ = (
-        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_token_holds_account_key"),
         sa.CheckConstraint("amount > 0", name="ck_token_holds_amount_positive"),
         sa.CheckConstraint(
             "settled_amount IS NULL OR settled_amount BETWEEN 0 AND amount",
@@ -211,6 +210,7 @@ class TokenHold(SQLModel, table=True):
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="RESTRICT", index=False)
     amount: int = tokens_field()
     status: HoldStatus = enum_field(HoldStatus, HoldStatus.ACTIVE)
+    # The reserve request's key; its uniqueness lives in token_ledger_requests' primary key.
     idempotency_key: str = Field(max_length=300)
     expires_at: datetime = Field(sa_type=sa.DateTime(timezone=True), nullable=False)  # type: ignore[call-overload]
     settled_amount: int | None = Field(default=None, sa_type=sa.BigInteger, nullable=True)  # type: ignore[call-overload]

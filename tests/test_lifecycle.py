@@ -6,12 +6,14 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
+from activities.deploy_target import GitDeployTarget
 from models import (
     Approval,
     ChangeJob,
     ChangeJobKind,
     ChangeJobStatus,
     Deployment,
+    DeploymentEnvironment,
     DeploymentPlan,
     DeploymentStatus,
     PlanApprovalStatus,
@@ -133,3 +135,41 @@ async def test_high_risk_request_waits_for_two_distinct_approvers(
     assert {a.user_id for a in approvals} == {first.id, second.id}
     assert {a.content_hash for a in approvals} == {content_hash}
     assert len(await settlements(sessions, shop)) == 1
+
+
+async def test_an_operator_rolls_production_back_to_an_earlier_lifecycle_through_the_client(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    target = GitDeployTarget(tmp_path / "workspace")
+    repo = Path(shop.project.repo_url)
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        first = await lifecycle.wait_for_outcome(await submit(lifecycle, shop, SAFE_PROMPT))
+        second = await lifecycle.wait_for_outcome(
+            await submit(lifecycle, shop, "set store_name to Corner Shop Two")
+        )
+        assert await target.current_release(repo=repo, environment="production") == (
+            second.commit_sha
+        )
+        [first_production] = [
+            d for d in first.deployments if d.environment is DeploymentEnvironment.PRODUCTION
+        ]
+        rollback_id = await lifecycle.roll_back(
+            tenant_id=shop.tenant.id,
+            target_deployment_id=first_production.deployment_id,
+            requested_by=shop.admins[0].id,
+            reason="the new name confuses customers",
+        )
+        rollback = await lifecycle.rollback_result(rollback_id)
+
+    assert rollback.deployment_id == rollback_id
+    assert rollback.status is DeploymentStatus.SUCCEEDED
+    assert rollback.commit_sha == first.commit_sha
+    assert await target.current_release(repo=repo, environment="production") == first.commit_sha

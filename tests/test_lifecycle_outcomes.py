@@ -396,3 +396,42 @@ async def test_cancelling_mid_deploy_rolls_back_the_half_done_release(
     assert result.tokens_used > 0
     assert len(await settlements(sessions, shop)) == 1
     assert await balance(sessions, shop.account) == FUNDS - result.tokens_used
+
+
+async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    gate = Gate()
+    target = GatedTarget(tmp_path / "workspace", gate)
+    releases = ReleaseActivities(sessions=sessions, target=target, client=client)
+    async with running_workers(
+        client,
+        sessions,
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        replace=[releases.verify_deployment],
+    ):
+        first = await submit(lifecycle, shop, SAFE_PROMPT)
+        await asyncio.wait_for(gate.reached.wait(), 60)  # the first holds the staging lane
+        second = await submit(lifecycle, shop, "set store_name to Corner Shop Two")
+        waiting = await wait_for_status(
+            lifecycle,
+            second,
+            lambda s: any(d.queue_position == 1 for d in s.deployments),
+        )
+        holding = await lifecycle.status(first)
+        gate.opened.set()
+        results = [await lifecycle.wait_for_outcome(r) for r in (first, second)]
+
+    [queued] = waiting.deployments
+    assert queued.environment is DeploymentEnvironment.STAGING
+    assert queued.status is DeploymentStatus.QUEUED
+    assert "ahead" in waiting.step
+    assert [d.queue_position for d in holding.deployments] == [0]
+    assert [r.status for r in results] == [PromptStatus.COMPLETED] * 2

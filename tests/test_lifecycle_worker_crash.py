@@ -125,8 +125,13 @@ async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(
         second.start()
         # Steps the dead worker held are retried after their heartbeat or start-to-close
         # timeouts (30 s at most on the lifecycle's path).
-        async with asyncio.timeout(180):
-            result = await lifecycle.wait_for_outcome(request_id)
+        try:
+            async with asyncio.timeout(180):
+                result = await lifecycle.wait_for_outcome(request_id)
+        except TimeoutError:
+            pytest.fail(
+                f"the lifecycle did not complete:\n{await pending_work(client, task_queue)}"
+            )
     finally:
         first.stop()
         second.stop()
@@ -145,3 +150,19 @@ async def lifecycle_status_without_worker(client: Client, request_id: uuid.UUID)
     status = description.typed_search_attributes.get(PROMPT_STATUS)
     assert status is not None
     return PromptStatus(status)
+
+
+async def pending_work(client: Client, task_queue: str) -> str:
+    """What each workflow of the test still waits for, to explain a stuck lifecycle."""
+    lines = []
+    async for execution in client.list_workflows(f"TaskQueue = '{task_queue}'"):
+        description = await client.get_workflow_handle(
+            execution.id, run_id=execution.run_id
+        ).describe()
+        raw = description.raw_description
+        activities = [
+            f"{a.activity_type.name} attempt {a.attempt} state {a.state} {a.last_failure.message}"
+            for a in raw.pending_activities
+        ]
+        lines.append(f"{execution.id} {description.status}: {activities}")
+    return "\n".join(lines)

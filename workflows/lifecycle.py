@@ -132,7 +132,6 @@ class PromptRequestWorkflow:
         self._revision: ReviseRequest | None = None
         self._approval_rounds = 0
         self._applied = False
-        self._approved_tokens = 0
         self._approved_before_apply = 0
         self._tokens_used = 0
         self._tokens_settled = 0
@@ -176,7 +175,7 @@ class PromptRequestWorkflow:
             # The work cost more than approved beyond the tolerance: price it again and ask.
             self._adopt_plan(applied.repriced_plan)
             self._set_status(PromptStatus.AWAITING_APPROVAL, "overspent the approved estimate")
-            extra = self._tokens_used - self._approved_tokens
+            extra = self._tokens_used - self._held()
             await self._hold(extra, revision=applied.repriced_plan.revision)
             await self._seek_approval(allow_auto=False)
             await self._persist_status(PromptStatus.DEPLOYING_STAGING)
@@ -251,6 +250,8 @@ class PromptRequestWorkflow:
         await self._hold(plan.token_estimate, revision=plan.revision)
 
     async def _hold(self, amount: int, *, revision: int) -> None:
+        if amount <= 0:
+            return  # nothing to reserve (an estimate of zero tokens)
         self._set_step(f"reserving {amount} tokens")
         try:
             await self._shielded(self._reserve(amount, revision))
@@ -276,7 +277,10 @@ class PromptRequestWorkflow:
             retry_policy=RETRY,
         )
         self._holds.append(HoldState(hold_id=hold.hold_id, amount=hold.amount, status="active"))
-        self._approved_tokens += hold.amount
+
+    def _held(self) -> int:
+        """Tokens on active holds: what the approved plan may use."""
+        return sum(hold.amount for hold in self._holds if hold.status == "active")
 
     def _chargeable(self) -> int:
         """Tokens to charge when the request ends early: the applied work, up to what was held
@@ -398,7 +402,7 @@ class PromptRequestWorkflow:
             OpenApproval(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
-                hold_id=self._holds[-1].hold_id,
+                hold_id=self._holds[-1].hold_id if self._holds else None,
                 auto_approved=auto,
             ),
             start_to_close_timeout=DB_TIMEOUT,
@@ -603,13 +607,13 @@ class PromptRequestWorkflow:
         plan = self._require_plan()
         policy = self._require_policy()
         self._set_step("applying the change")
-        self._approved_before_apply = self._approved_tokens
+        self._approved_before_apply = self._held()
         applied = await workflow.execute_activity_method(
             DeliveryActivities.apply_change,
             ApplyChange(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
-                approved_tokens=self._approved_tokens,
+                approved_tokens=self._approved_before_apply,
                 overspend_tolerance_pct=policy.overspend_tolerance_pct,
                 plan_ttl_seconds=policy.plan_ttl_seconds,
             ),

@@ -204,7 +204,7 @@ class PlannedRevision(BaseModel):
 class OpenApproval(BaseModel):
     prompt_request_id: uuid.UUID
     plan_id: uuid.UUID
-    hold_id: uuid.UUID
+    hold_id: uuid.UUID | None
     auto_approved: bool
 
 

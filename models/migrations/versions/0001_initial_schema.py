@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 13:03:56.055430
+Create Date: 2026-11-26 13:06:31.463010
 """
 
 from collections.abc import Sequence
@@ -514,7 +514,6 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_token_holds")),
-        sa.UniqueConstraint("account_id", "idempotency_key", name="uq_token_holds_account_key"),
     )
     op.create_index(
         "ix_token_holds_active_account",
