@@ -30,7 +30,9 @@ async def start_job(
 ) -> ChangeJob:
     """Mark the job RUNNING and count one more attempt; creates the row on the first attempt."""
     now = utcnow()
-    await session.execute(
+    # Core statement on the session's connection: upserts are not ORM queries.
+    connection = await session.connection()
+    await connection.execute(
         insert(ChangeJob)
         .values(
             id=uuid.uuid4(),
