@@ -395,7 +395,9 @@ class DeliveryActivities:
         async with self._sessions() as session:
             request = await _locked_request(session, req.prompt_request_id)
             plan = await _plan(session, req.plan_id)
-            await session.execute(
+            # A Core upsert on the session's connection: a replayed decision inserts nothing.
+            connection = await session.connection()
+            await connection.execute(
                 insert(Approval)
                 .values(
                     id=uuid.uuid4(),

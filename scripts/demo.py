@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import update
-from sqlmodel import col
 from temporalio.client import Client
 
 from activities.ledger import Ledger
@@ -112,14 +110,6 @@ async def seed_shop(
         session.add(tenant)
         await session.flush()
         session.add_all([requester, approver, policy, project])
-        await session.flush()
-        if human_approval:
-            # The ORM leaves a None out of its INSERT, so the column default (LOW) would win.
-            await session.exec(
-                update(ApprovalPolicy)
-                .where(col(ApprovalPolicy.tenant_id) == tenant.id)
-                .values(auto_approve_max_risk=None)
-            )
         await session.commit()
     ledger = Ledger(sessions)
     account = await ledger.open_account(tenant.id)

@@ -11,8 +11,11 @@ import pytest_asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 import models  # noqa: F401  (registers every table)
@@ -90,8 +93,25 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
     )
+    await _add_search_attributes(env.client)
     yield env
     await env.shutdown()
+
+
+async def _add_search_attributes(client: Client) -> None:
+    """The time-skipping server starts without our search attributes and cannot list them:
+    add each one, taking "already exists" as done."""
+    for key in SEARCH_ATTRIBUTES:
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD},
+                )
+            )
+        except RPCError as err:
+            if err.status is not RPCStatusCode.ALREADY_EXISTS and "exist" not in str(err):
+                raise
 
 
 @pytest.fixture

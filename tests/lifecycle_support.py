@@ -8,10 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmodel import select
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from models import (
     ApprovalPolicy,
@@ -31,7 +27,6 @@ from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_funded_account, make_project, make_tenant, make_user
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.lifecycle import PromptRequestStatus
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 FUNDS = 100_000
 
@@ -65,12 +60,7 @@ async def make_shop(
     account = await make_funded_account(sessions, tenant=tenant, balance=balance)
     if policy is not None:
         policy.tenant_id = tenant.id
-        auto_approve_max_risk = policy.auto_approve_max_risk
         async with sessions() as session:
-            session.add(policy)
-            await session.commit()
-            # The ORM fills a None column from its default on insert; "never" needs an UPDATE.
-            policy.auto_approve_max_risk = auto_approve_max_risk
             session.add(policy)
             await session.commit()
     return Shop(tenant, project, requester, admins, viewer, account)
@@ -147,19 +137,3 @@ async def settlements(sessions: SessionFactory, shop: Shop) -> list[TokenTransac
         for e in await entries(sessions, shop.account)
         if e.kind is TokenTransactionKind.SETTLEMENT
     ]
-
-
-async def register_on_time_skipping_server(client: Client) -> None:
-    """The time-skipping server starts without our search attributes and cannot list them:
-    add each one, taking "already exists" as done."""
-    for key in SEARCH_ATTRIBUTES:
-        try:
-            await client.operator_service.add_search_attributes(
-                AddSearchAttributesRequest(
-                    namespace=client.namespace,
-                    search_attributes={key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD},
-                )
-            )
-        except RPCError as err:
-            if err.status is not RPCStatusCode.ALREADY_EXISTS and "exist" not in str(err):
-                raise

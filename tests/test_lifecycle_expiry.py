@@ -19,7 +19,6 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
-    register_on_time_skipping_server,
     request_row,
     settlements,
     submit,
@@ -37,7 +36,6 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
     shop = await make_shop(sessions, tmp_path, policy=human_policy(plan_ttl_seconds=3600))
     client = time_skipping_env.client
     # The time-skipping server starts without our custom search attributes.
-    await register_on_time_skipping_server(client)
     queue = f"expiry-{uuid.uuid4()}"
     lifecycle = LifecycleClient(client, task_queue=queue, deploy_task_queue=f"{queue}-deploy")
     async with running_workers(
