@@ -3,8 +3,11 @@ the embedded pgserver), the Temporal dev server with our search attributes, and 
 time-skipping test server for long waits."""
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -32,7 +35,7 @@ from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     """A fresh, migrated database for this session; dropped (or its server stopped) at the end."""
     admin_url = os.environ.get("TEST_DATABASE_URL")
     if admin_url:
@@ -42,10 +45,14 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
         asyncio_run_in_thread(drop_database(admin_url, name))
     else:
-        server, url = start_postgres(tmp_path_factory.mktemp("pgserver"), "changeflow_test")
+        # Not under pytest's basetemp: another pytest run on this machine prunes old basetemps,
+        # and would delete the data folder under a running server.
+        data_dir = Path(tempfile.mkdtemp(prefix="changeflow-test-pg-"))
+        server, url = start_postgres(data_dir, "changeflow_test")
         upgrade(url)
         yield url
         server.cleanup()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session")
