@@ -31,6 +31,7 @@ from workers.devstack import (
     drop_database,
     start_postgres,
 )
+from workers.lifecycle_client import LifecycleClient
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 
@@ -124,3 +125,15 @@ async def _add_search_attributes(client: Client) -> None:
 @pytest.fixture
 def task_queue() -> str:
     return f"test-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def deploy_queue(task_queue: str) -> str:
+    """The deploy task queue paired with `task_queue`."""
+    return f"{task_queue}-deploy"
+
+
+@pytest.fixture
+def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
+    """The typed lifecycle client, on this test's queues."""
+    return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)

@@ -38,16 +38,6 @@ from workers.lifecycle_client import LifecycleClient
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture
-def deploy_queue(task_queue: str) -> str:
-    return f"{task_queue}-deploy"
-
-
-@pytest.fixture
-def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
-    return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)
-
-
 async def test_low_risk_request_is_approved_by_policy_and_reaches_production(
     client: Client,
     sessions: SessionFactory,

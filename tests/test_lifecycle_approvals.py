@@ -38,16 +38,6 @@ UPDATE_EVENTS = {
 }
 
 
-@pytest.fixture
-def deploy_queue(task_queue: str) -> str:
-    return f"{task_queue}-deploy"
-
-
-@pytest.fixture
-def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
-    return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)
-
-
 async def history_events(client: Client, request_id: uuid.UUID) -> list[EventType.ValueType]:
     history = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
     return [event.event_type for event in history.events]

@@ -49,16 +49,6 @@ from workflows.contracts.lifecycle import LifecycleErrorType
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture
-def deploy_queue(task_queue: str) -> str:
-    return f"{task_queue}-deploy"
-
-
-@pytest.fixture
-def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
-    return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)
-
-
 class Gate:
     """Holds a step until the test opens it; tells the test when the step is reached."""
 
