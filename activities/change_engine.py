@@ -150,7 +150,7 @@ async def resolve_commit(repo: Path, revision: str) -> str | None:
 
 
 async def ensure_repository(repo: Path) -> None:
-    if not await asyncio.to_thread(Path(repo).is_dir):
+    if not Path(repo).is_dir():  # noqa: ASYNC240 (one stat: cheaper than a hop to a thread)
         raise RepositoryError(f"repository {repo} does not exist")
     code, _ = await run_git(repo, "rev-parse", "--git-dir", check=False)
     if code != 0:
@@ -639,9 +639,9 @@ class GitChangeEngine:
 
     async def plan(self, *, repo: Path, base_branch: str, prompt: str) -> ChangeProposal:
         instructions = parse_prompt(prompt)
-        await ensure_repository(repo)
         base_commit = await resolve_commit(repo, base_branch)
         if base_commit is None:
+            await ensure_repository(repo)  # only a failure pays for finding out why
             raise RepositoryError(f"{repo} has no branch or commit {base_branch!r}")
         built = await self._build(repo, base_commit, instructions)
         risk_level, risk_reasons = assess_risk(built.diff)
@@ -659,17 +659,15 @@ class GitChangeEngine:
         self, *, repo: Path, proposal: ChangeProposal, prompt: str, branch: str
     ) -> AppliedChange:
         instructions = parse_prompt(prompt)
-        await ensure_repository(repo)
         if not await valid_branch_name(repo, branch):
             raise ChangeRequestInvalid(f"{branch!r} is not a valid branch name")
-        if await resolve_commit(repo, proposal.base_commit) != proposal.base_commit:
-            raise RepositoryError(f"{repo} has no commit {proposal.base_commit}")
+        base_date = await self._commit_date(repo, proposal.base_commit)
         built = await self._build(repo, proposal.base_commit, instructions)
         if built.diff != proposal.diff:
             raise ChangeRequestInvalid(
                 "the prompt no longer produces the proposed diff on its base commit; plan again"
             )
-        commit = await self._commit(repo, proposal.base_commit, built, prompt)
+        commit = await self._commit(repo, proposal.base_commit, base_date, built, prompt)
         await self._advance_branch(repo, branch, commit, proposal.base_commit)
         return AppliedChange(commit_sha=commit, tokens_used=tokens_used(prompt, built.diff))
 
@@ -699,10 +697,11 @@ class GitChangeEngine:
                 env=index,
             )
             tree = await git_text(repo, "write-tree", env=index)
-        diff = (await run_git(repo, *DIFF_OPTIONS, base_commit, tree))[1].decode()
+        # Line counts and the patch in one call: numstat lines, a blank line, the patch.
+        _, out = await run_git(repo, *DIFF_OPTIONS, "--numstat", "--patch", base_commit, tree)
+        numstat, _, diff = out.decode().partition("\n\n")
         if not diff:
             raise ChangeRequestInvalid("the prompt changes nothing in the repository")
-        numstat = await git_text(repo, *DIFF_OPTIONS, "--numstat", base_commit, tree)
         files: list[str] = []
         added = removed = 0
         for row in numstat.splitlines():
@@ -713,9 +712,22 @@ class GitChangeEngine:
         summary.append(f"{len(files)} file(s) changed, +{added} -{removed} lines.")
         return BuiltChange(tree, diff, summary, files, instructions)
 
-    async def _commit(self, repo: Path, base_commit: str, built: BuiltChange, prompt: str) -> str:
+    async def _commit_date(self, repo: Path, base_commit: str) -> str:
+        """The base commit's date, after checking the base is that commit (one git call)."""
+        code, out = await run_git(
+            repo, "log", "-1", "--no-walk", "--format=%H %ct", "--end-of-options",
+            f"{base_commit}^{{commit}}", "--", check=False,
+        )  # fmt: skip
+        sha, _, date = out.decode().strip().partition(" ")
+        if code != 0 or sha != base_commit:
+            await ensure_repository(repo)  # only a failure pays for finding out why
+            raise RepositoryError(f"{repo} has no commit {base_commit}")
+        return date
+
+    async def _commit(
+        self, repo: Path, base_commit: str, date: str, built: BuiltChange, prompt: str
+    ) -> str:
         # Fixed identity and the base's date: the same change is the same commit, every time.
-        date = await git_text(repo, "show", "-s", "--format=%ct", base_commit)
         identity = {
             "GIT_AUTHOR_NAME": ENGINE_NAME,
             "GIT_AUTHOR_EMAIL": ENGINE_EMAIL,

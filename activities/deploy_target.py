@@ -132,8 +132,10 @@ class GitDeployTarget:
 
     async def current_release(self, *, repo: Path, environment: str) -> str | None:
         ref = environment_ref(environment)
-        await _ensure_repository(repo)
-        return await resolve_commit(repo, ref)
+        current = await resolve_commit(repo, ref)
+        if current is None:  # never released, or no repository at all: find out which
+            await _ensure_repository(repo)
+        return current
 
     async def release(
         self, *, repo: Path, environment: str, commit_sha: str, deployment_id: uuid.UUID
@@ -154,13 +156,12 @@ class GitDeployTarget:
         action: str,
     ) -> ReleaseResult:
         ref = environment_ref(environment)
-        await _ensure_repository(repo)
-        commit = await _resolve(repo, commit_sha)
         log_path = self.release_log(repo)
         record_path = self.release_record(repo, deployment_id, environment)
         async with self._project_lock(repo):
+            # The commit and the environment's release, read in one git call.
+            commit, current = await _resolve_with(repo, commit_sha, ref)
             earlier = await asyncio.to_thread(_read_json, record_path)
-            current = await resolve_commit(repo, ref)
             if earlier is not None:
                 entry = earlier
                 if entry["commit_sha"] != commit:
@@ -229,7 +230,6 @@ class GitDeployTarget:
         deployment_id: uuid.UUID,
     ) -> VerificationResult:
         environment_ref(environment)
-        await _ensure_repository(repo)
         commit = await _resolve(repo, commit_sha)
         project_dir = self.project_dir(repo)
         name = f"{deployment_id}-{environment}"
@@ -344,10 +344,39 @@ async def _ensure_repository(repo: Path) -> None:
 
 
 async def _resolve(repo: Path, commit_sha: str) -> str:
+    """The full commit id; only a failure pays for checking the repository itself."""
     commit = await resolve_commit(repo, commit_sha) if commit_sha.strip() else None
     if commit is None:
+        await _ensure_repository(repo)
         raise UnknownCommit(f"{repo} has no commit {commit_sha!r}")
     return commit
+
+
+async def _resolve_with(repo: Path, commit_sha: str, ref: str) -> tuple[str, str | None]:
+    """The full commit id of `commit_sha` and what `ref` points at (None: nothing), in one
+    git call."""
+    if not commit_sha.strip() or "\n" in commit_sha:
+        return await _resolve(repo, commit_sha), None  # refused there
+    question = f"{commit_sha}^{{commit}}\n{ref}^{{commit}}\n"
+    code, out = await run_git(
+        repo, "cat-file", "--batch-check", stdin=question.encode(), check=False
+    )
+    if code != 0:
+        await _ensure_repository(repo)
+        raise DeployTargetError(f"git cat-file failed in {repo}")
+    found = [_commit_of(line) for line in out.decode().splitlines()]
+    if len(found) != 2:
+        raise DeployTargetError(f"unexpected answer from git cat-file in {repo}: {out!r}")
+    commit, current = found
+    if commit is None:
+        raise UnknownCommit(f"{repo} has no commit {commit_sha!r}")
+    return commit, current
+
+
+def _commit_of(line: str) -> str | None:
+    """The id in a `git cat-file --batch-check` answer about a commit, None when missing."""
+    sha, _, kind = line.partition(" ")
+    return sha if kind.startswith("commit ") and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

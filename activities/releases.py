@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import RepositoryError, resolve_commit
@@ -35,6 +36,7 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
+from workflows import search_attributes as sa
 from workflows.contracts.deployment import (
     DeploymentView,
     EnterLane,
@@ -42,6 +44,7 @@ from workflows.contracts.deployment import (
     LaneInput,
     LaneRelease,
     LaneRequest,
+    LaneTurn,
     LastGoodRelease,
     LeaveLane,
     PlanRollback,
@@ -238,20 +241,32 @@ class ReleaseActivities:
             await session.commit()
             return _view(row)
 
-    # --- The lane (lifecycle queue): signal-with-start, so the lane exists when it is needed ---
+    # --- The lane (lifecycle queue): sent with start, so the lane exists when it is needed ---
 
     @activity.defn(name="enter_deployment_lane")
-    async def enter_deployment_lane(self, request: EnterLane) -> None:
-        await self._signal_lane(
-            request.project_id,
-            request.environment,
-            request.lane_task_queue,
-            "request",
+    async def enter_deployment_lane(self, request: EnterLane) -> LaneTurn | None:
+        """Queue up in the lane (starting it if need be) and return the position the lane
+        gave: 0 is the turn, so an uncontended deployment waits for no signal. (None only in
+        histories of the signal-only version.)"""
+        lane: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            LANE_WORKFLOW,
+            LaneInput(project_id=request.project_id, environment=request.environment),
+            id=lane_workflow_id(request.project_id, request.environment),
+            task_queue=request.lane_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=_lane_attributes(request.project_id, request.environment),
+            static_summary=_lane_summary(request.project_id, request.environment),
+        )
+        turn: LaneTurn = await self._client.execute_update_with_start_workflow(
+            "enter",
             LaneRequest(
                 deployment_workflow_id=request.deployment_workflow_id,
                 deployment_id=request.deployment_id,
             ),
+            start_workflow_operation=lane,
+            result_type=LaneTurn,
         )
+        return turn
 
     @activity.defn(name="leave_deployment_lane")
     async def leave_deployment_lane(self, request: LeaveLane) -> None:
@@ -278,7 +293,8 @@ class ReleaseActivities:
             task_queue=task_queue,
             start_signal=signal,
             start_signal_args=[payload],
-            static_summary=f"Deployment lane of project {project_id} ({environment.value})",
+            search_attributes=_lane_attributes(project_id, environment),
+            static_summary=_lane_summary(project_id, environment),
         )
 
     # --- Operator rollback (lifecycle queue) ---
@@ -662,6 +678,22 @@ class ReleaseActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
+
+
+def _lane_attributes(
+    project_id: uuid.UUID, environment: DeploymentEnvironment
+) -> TypedSearchAttributes:
+    """The lane's search attributes, set at start so the lane need not upsert them."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.PROJECT_ID, str(project_id)),
+            SearchAttributePair(sa.ENVIRONMENT, environment.value),
+        ]
+    )
+
+
+def _lane_summary(project_id: uuid.UUID, environment: DeploymentEnvironment) -> str:
+    return f"Deployment lane of project {project_id} ({environment.value})"
 
 
 def _target_error(exc: DeployTargetError) -> ApplicationError:

@@ -8,12 +8,18 @@
 """
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -66,6 +72,27 @@ _RELEASE_RETRY = RetryPolicy(
 )
 
 
+def _upsert_missing(*attributes: tuple[SearchAttributeKey[str], str]) -> None:
+    """Upsert the search attributes the workflow was not started with: starters that know
+    them (the lifecycle, the lane's callers) set them at start, which costs no event and no
+    extra visibility write."""
+    given = workflow.info().typed_search_attributes
+    missing = [key.value_set(value) for key, value in attributes if given.get(key) != value]
+    if missing:
+        workflow.upsert_search_attributes(missing)
+
+
+def deployment_search_attributes(input: DeploymentInput) -> TypedSearchAttributes:
+    """What a parent starts a DeploymentWorkflow with (see _upsert_missing)."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.TENANT_ID, str(input.tenant_id)),
+            SearchAttributePair(sa.PROJECT_ID, str(input.project_id)),
+            SearchAttributePair(sa.ENVIRONMENT, input.environment.value),
+        ]
+    )
+
+
 def _cancelled(err: BaseException) -> bool:
     return isinstance(err, asyncio.CancelledError) or is_cancelled_exception(err)
 
@@ -86,9 +113,10 @@ def _failure_message(err: BaseException) -> str:
 class DeploymentLaneWorkflow:
     """One deployment at a time per project and environment, first come first served.
 
-    Deployments ask with the `request` signal and give the lane back with `release` (both
-    sent by signal-with-start, so the lane exists whenever it is needed). The lane tells each
-    its position with a `lane_turn` signal; position 0 is the turn. A request is never dropped;
+    Deployments ask with the `enter` update (or the older `request` signal) and give the lane
+    back with the `release` signal, sent with start, so the lane exists whenever it is needed.
+    The lane tells each its position, first as the update's answer, then by `lane_turn`
+    signals whenever it changes; position 0 is the turn. A request is never dropped;
     a holder or waiter that no longer runs is skipped. The lane ends when idle and continues
     as new when its history grows.
     """
@@ -102,6 +130,8 @@ class DeploymentLaneWorkflow:
         self._inbox: list[LaneRequest | LaneRelease] = []
         # Positions already told, so a handoff signals only those whose position changed.
         self._told: dict[str, int] = {}
+        # Requests that came by the `enter` update: their first position is its answer.
+        self._answer_by_update: set[str] = set()
         if self._holder:
             self._told[self._holder.deployment_workflow_id] = 0
         for i, waiter in enumerate(self._waiting, start=1):
@@ -115,6 +145,18 @@ class DeploymentLaneWorkflow:
     def release(self, release: LaneRelease) -> None:
         self._inbox.append(release)
 
+    @workflow.update(name="enter")
+    async def enter(self, request: LaneRequest) -> LaneTurn:
+        """Like the `request` signal, but the position comes back as the answer (sent by
+        update-with-start): a deployment that gets the lane at once needs no `lane_turn`
+        signal. Later changes of its position are signalled as usual."""
+        wf_id = request.deployment_workflow_id
+        if wf_id not in self._told:  # a retried request is answered with what it was told
+            self._answer_by_update.add(wf_id)
+            self._inbox.append(request)
+            await workflow.wait_condition(lambda: wf_id in self._told)
+        return LaneTurn(queue_position=self._told[wf_id])
+
     @workflow.query(name="state")
     def state(self) -> LaneState:
         return LaneState(
@@ -125,17 +167,15 @@ class DeploymentLaneWorkflow:
 
     @workflow.run
     async def run(self, lane: LaneInput) -> LaneState:
-        workflow.upsert_search_attributes(
-            [
-                sa.PROJECT_ID.value_set(str(lane.project_id)),
-                sa.ENVIRONMENT.value_set(lane.environment.value),
-            ]
+        _upsert_missing(
+            (sa.PROJECT_ID, str(lane.project_id)), (sa.ENVIRONMENT, lane.environment.value)
         )
         while True:
             if not self._inbox:
                 if self._holder is None and not self._waiting:
                     return self.state()
                 if self._should_continue_as_new():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
                     workflow.continue_as_new(
                         lane.model_copy(
                             update={
@@ -195,6 +235,10 @@ class DeploymentLaneWorkflow:
 
     async def _tell(self, who: LaneRequest, position: int) -> bool:
         """Signal a deployment its position; False when it no longer runs."""
+        if who.deployment_workflow_id in self._answer_by_update:
+            self._answer_by_update.discard(who.deployment_workflow_id)
+            self._told[who.deployment_workflow_id] = position  # the `enter` update answers
+            return True
         try:
             await workflow.get_external_workflow_handle(who.deployment_workflow_id).signal(
                 "lane_turn", LaneTurn(queue_position=position)
@@ -240,6 +284,9 @@ class DeploymentWorkflow:
         self._lane_position: int | None = None
         self._rollback_step: ReleaseStep | None = None
         self._compensating = False
+        # Progress reports the parent has not been sent yet, and their sender (see _progress).
+        self._unsent: list[DeploymentProgress] = []
+        self._progress_sent: asyncio.Task[None] | None = None
 
     @workflow.signal(name="lane_turn")
     def lane_turn(self, turn: LaneTurn) -> None:
@@ -251,37 +298,32 @@ class DeploymentWorkflow:
 
     @workflow.run
     async def run(self, input: DeploymentInput) -> DeploymentResult:
-        workflow.upsert_search_attributes(
-            [
-                sa.TENANT_ID.value_set(str(input.tenant_id)),
-                sa.PROJECT_ID.value_set(str(input.project_id)),
-                sa.ENVIRONMENT.value_set(input.environment.value),
-            ]
+        _upsert_missing(
+            (sa.TENANT_ID, str(input.tenant_id)),
+            (sa.PROJECT_ID, str(input.project_id)),
+            (sa.ENVIRONMENT, input.environment.value),
         )
         in_lane = False
+        entering: workflow.ActivityHandle[LaneTurn | None] | None = None
         try:
-            try:
-                await workflow.execute_activity_method(
-                    ReleaseActivities.record_deployment,
-                    RecordDeployment(
-                        deployment_id=input.deployment_id,
-                        tenant_id=input.tenant_id,
-                        project_id=input.project_id,
-                        plan_id=input.plan_id,
-                        environment=input.environment,
-                        commit_sha=input.commit_sha,
-                        rollback_of=input.rollback_of,
-                        workflow_id=workflow.info().workflow_id,
-                    ),
-                    **_BOOKKEEPING,
-                )
-            except ActivityError as err:
-                _raise_refusal(err)
-                raise
-            self._checkpoint()
-            await self._progress(DeploymentStatus.QUEUED, "waiting for its turn")
+            # Recorded and queued up at once: the row is written while the lane answers. The
+            # turn is only used once the row exists.
+            recording = workflow.start_activity_method(
+                ReleaseActivities.record_deployment,
+                RecordDeployment(
+                    deployment_id=input.deployment_id,
+                    tenant_id=input.tenant_id,
+                    project_id=input.project_id,
+                    plan_id=input.plan_id,
+                    environment=input.environment,
+                    commit_sha=input.commit_sha,
+                    rollback_of=input.rollback_of,
+                    workflow_id=workflow.info().workflow_id,
+                ),
+                **_BOOKKEEPING,
+            )
             in_lane = True
-            await workflow.execute_activity_method(
+            entering = workflow.start_activity_method(
                 ReleaseActivities.enter_deployment_lane,
                 EnterLane(
                     project_id=input.project_id,
@@ -292,6 +334,18 @@ class DeploymentWorkflow:
                 ),
                 **_BOOKKEEPING,
             )
+            try:
+                await recording
+            except ActivityError as err:
+                _raise_refusal(err)
+                raise
+            self._checkpoint()
+            # The parent started this deployment as QUEUED: only a place in the queue is news.
+            self._progress(DeploymentStatus.QUEUED, "waiting for its turn", tell_parent=False)
+            turn = await entering
+            # The lane's answer; a `lane_turn` signal that came meanwhile is newer news.
+            if turn is not None and self._lane_position is None:
+                self._lane_position = turn.queue_position
             self._checkpoint()
             await self._wait_for_turn()
             return await self._deploy()
@@ -303,6 +357,10 @@ class DeploymentWorkflow:
         finally:
             if in_lane:
                 self._state.queue_position = None
+                if entering is not None and not entering.done():
+                    # Leave only after entering, or the lane would queue a deployment gone.
+                    with contextlib.suppress(ActivityError):
+                        await entering
                 await workflow.execute_activity_method(
                     ReleaseActivities.leave_deployment_lane,
                     LeaveLane(
@@ -313,6 +371,8 @@ class DeploymentWorkflow:
                     ),
                     **_BOOKKEEPING,
                 )
+            if self._progress_sent is not None:
+                await self._progress_sent  # the parent hears the outcome before the result
 
     async def _wait_for_turn(self) -> None:
         """Until the lane says 0; a position may arrive before enter_deployment_lane returns."""
@@ -322,7 +382,7 @@ class DeploymentWorkflow:
             if position is not None and position != reported:
                 reported = self._state.queue_position = position
                 if position:
-                    await self._progress(
+                    self._progress(
                         DeploymentStatus.QUEUED, f"waiting: {position} ahead in the lane"
                     )
             if position == 0:
@@ -335,9 +395,7 @@ class DeploymentWorkflow:
         input = self._input
         step = self._step(input.deployment_id, input.commit_sha, "release", input.rollback_of)
         env = input.environment.value
-        await self._progress(
-            DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}"
-        )
+        self._progress(DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}")
         released, outcome = await self._release_and_verify(step)
         result = DeploymentResult(
             deployment_id=input.deployment_id,
@@ -349,8 +407,14 @@ class DeploymentWorkflow:
             log_url=outcome.log_url or (released.log_url if released else None),
             diff_url=released.diff_url if released else None,
         )
-        await self._progress(result.status, "verified" if outcome.ok else "verification failed")
-        if not outcome.ok and input.auto_rollback:
+        rolls_back = not outcome.ok and input.auto_rollback
+        self._progress(
+            result.status,
+            "verified" if outcome.ok else "verification failed",
+            # The last word: a parent that started this child reads it from the result.
+            tell_parent=rolls_back or not self._parent_gets_result(),
+        )
+        if rolls_back:
             await self._auto_rollback(result)
         return result
 
@@ -372,7 +436,7 @@ class DeploymentWorkflow:
             if _cancelled(err):
                 raise
             workflow.logger.warning("nothing to roll back to: %s", _failure_message(err))
-            await self._progress(DeploymentStatus.FAILED, "no earlier release to restore")
+            self._progress(DeploymentStatus.FAILED, "no earlier release to restore")
             return
         rollback_id = workflow.uuid4()
         result.rollback_deployment_id = rollback_id
@@ -395,7 +459,7 @@ class DeploymentWorkflow:
             rollback_id, good.commit_sha, "auto-rollback", input.deployment_id
         )
         self._checkpoint()
-        await self._progress(
+        self._progress(
             DeploymentStatus.FAILED, f"rolling back to {good.commit_sha[:12]} ({good.source})"
         )
         result.rollback_status = await self._run_rollback(self._rollback_step)
@@ -406,7 +470,7 @@ class DeploymentWorkflow:
         _, outcome = await self._release_and_verify(step)
         status = DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED
         self._state.rollback_status = status
-        await self._progress(
+        self._progress(
             DeploymentStatus.FAILED,
             "rolled back" if outcome.ok else "the rollback failed too",
         )
@@ -427,9 +491,7 @@ class DeploymentWorkflow:
         if is_rollback:
             self._state.rollback_status = DeploymentStatus.VERIFYING
         else:
-            await self._progress(
-                DeploymentStatus.VERIFYING, f"verifying {self._input.environment.value}"
-            )
+            self._progress(DeploymentStatus.VERIFYING, f"verifying {self._input.environment.value}")
         try:
             return released, await self._verify(step)
         except ActivityError as err:
@@ -467,7 +529,7 @@ class DeploymentWorkflow:
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=_RELEASE_RETRY,
         )
-        await self._progress(view.status, "cancelled")
+        self._progress(view.status, "cancelled")
 
     async def _release(self, step: ReleaseStep) -> ReleaseOutcome:
         released = await workflow.execute_activity_method(
@@ -523,28 +585,51 @@ class DeploymentWorkflow:
             step=name,
         )
 
-    async def _progress(self, status: DeploymentStatus, detail: str) -> None:
-        """Persisted state is already written; now tell the UI and the parent."""
+    def _parent_gets_result(self) -> bool:
+        """Whether the workflow told of progress is this deployment's own parent, which gets
+        the outcome as the child's result; an observer that did not start it hears it only by
+        signal."""
+        parent = workflow.info().parent
+        return parent is not None and parent.workflow_id == self._input.parent_workflow_id
+
+    def _progress(self, status: DeploymentStatus, detail: str, *, tell_parent: bool = True) -> None:
+        """Persisted state is already written; now tell the UI and the parent.
+
+        Signals go out in the background, one after the other so the parent hears them in
+        order; the deployment does not wait a round trip per report, and the run waits for the
+        last one before it returns. A status report still waiting to be sent is replaced by a
+        newer one (the parent only needs the latest); places in the queue are always told.
+        """
         self._state.status = status
         self._state.step = detail
         workflow.set_current_details(f"{self._input.environment.value}: {detail}")
         parent = self._input.parent_workflow_id
-        if not parent:
+        if not parent or not tell_parent:
             return
-        try:
-            await workflow.get_external_workflow_handle(parent).signal(
-                "deployment_progress",
-                DeploymentProgress(
-                    deployment_id=self._input.deployment_id,
-                    environment=self._input.environment,
-                    status=status,
-                    queue_position=self._state.queue_position,
-                    detail=detail,
-                ),
-            )
-        except Exception:
-            # Progress is informational; a parent that has gone does not stop a deployment.
-            workflow.logger.info("parent %s did not take the progress signal", parent)
+        report = DeploymentProgress(
+            deployment_id=self._input.deployment_id,
+            environment=self._input.environment,
+            status=status,
+            queue_position=self._state.queue_position,
+            detail=detail,
+        )
+        if self._unsent and not self._unsent[-1].queue_position:
+            self._unsent[-1] = report
+        else:
+            self._unsent.append(report)
+        if self._progress_sent is None or self._progress_sent.done():
+            self._progress_sent = asyncio.create_task(self._send_progress(parent))
+
+    async def _send_progress(self, parent: str) -> None:
+        while self._unsent:
+            report = self._unsent.pop(0)
+            try:
+                await workflow.get_external_workflow_handle(parent).signal(
+                    "deployment_progress", report
+                )
+            except Exception:
+                # Progress is informational; a parent that has gone does not stop a deployment.
+                workflow.logger.info("parent %s did not take the progress signal", parent)
 
 
 @workflow.defn(name="RollbackWorkflow")
@@ -600,26 +685,35 @@ class RollbackWorkflow:
             ]
         )
         reason = f": {request.reason}" if request.reason else ""
-        return await workflow.execute_child_workflow(
+        deployment = DeploymentInput(
+            deployment_id=deployment_id,
+            tenant_id=plan.tenant_id,
+            project_id=plan.project_id,
+            plan_id=plan.plan_id,
+            prompt_request_id=plan.prompt_request_id,
+            environment=plan.environment,
+            commit_sha=plan.commit_sha,
+            rollback_of=plan.live_deployment_id,
+            parent_workflow_id=workflow.info().workflow_id,
+            deploy_task_queue=request.deploy_task_queue,
+        )
+        result = await workflow.execute_child_workflow(
             DeploymentWorkflow.run,
-            DeploymentInput(
-                deployment_id=deployment_id,
-                tenant_id=plan.tenant_id,
-                project_id=plan.project_id,
-                plan_id=plan.plan_id,
-                prompt_request_id=plan.prompt_request_id,
-                environment=plan.environment,
-                commit_sha=plan.commit_sha,
-                rollback_of=plan.live_deployment_id,
-                parent_workflow_id=workflow.info().workflow_id,
-                deploy_task_queue=request.deploy_task_queue,
-            ),
+            deployment,
             id=deployment_workflow_id(deployment_id),
+            search_attributes=deployment_search_attributes(deployment),
             static_summary=(
                 f"Rollback of {plan.environment.value} to {plan.commit_sha[:12]} "
                 f"(deployment {request.target_deployment_id}){reason}"
             ),
         )
+        # The child's last word comes as its result, not as a progress signal.
+        self._state.status = result.status
+        self._state.step = "verified" if result.verified else "verification failed"
+        if result.rollback_status is not None:
+            self._state.step += f"; rollback {result.rollback_status.value}"
+        self._state.queue_position = None
+        return result
 
     def _id_from_workflow_id(self) -> uuid.UUID | None:
         prefix = "rollback-"

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -56,7 +56,13 @@ with workflow.unsafe.imports_passed_through():
         ReviseRequest,
         SetRequestStatus,
     )
-    from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, RISK_LEVEL, TENANT_ID
+    from workflows.search_attributes import (
+        ENVIRONMENT,
+        PROJECT_ID,
+        PROMPT_STATUS,
+        RISK_LEVEL,
+        TENANT_ID,
+    )
 
 T = TypeVar("T")
 
@@ -145,13 +151,19 @@ class PromptRequestWorkflow:
 
     @workflow.run
     async def run(self, request: PromptRequestInput) -> PromptRequestResult:
-        workflow.upsert_search_attributes(
-            [
-                TENANT_ID.value_set(str(request.tenant_id)),
-                PROJECT_ID.value_set(str(request.project_id)),
-                PROMPT_STATUS.value_set(self._status.value),
-            ]
-        )
+        # The client starts the request with these; upsert only what it did not set.
+        given = workflow.info().typed_search_attributes
+        missing = [
+            key.value_set(value)
+            for key, value in (
+                (TENANT_ID, str(request.tenant_id)),
+                (PROJECT_ID, str(request.project_id)),
+                (PROMPT_STATUS, self._status.value),
+            )
+            if given.get(key) != value
+        ]
+        if missing:
+            workflow.upsert_search_attributes(missing)
         try:
             try:
                 result = await self._lifecycle()
@@ -182,9 +194,17 @@ class PromptRequestWorkflow:
         self._set_status(PromptStatus.DEPLOYING_STAGING)
 
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
+            persisting: asyncio.Future[None] | None = None
             if environment is DeploymentEnvironment.PRODUCTION:
-                await self._persist_status(PromptStatus.DEPLOYING_PRODUCTION)
+                # Persisted while the production deployment starts: neither waits for the
+                # other, and the outcome is only acted on once the status is written.
+                # _deploy shows the status itself.
+                persisting = asyncio.ensure_future(
+                    self._persist_status(PromptStatus.DEPLOYING_PRODUCTION, announce=False)
+                )
             outcome = await self._deploy(environment)
+            if persisting is not None:
+                await persisting
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
 
@@ -656,6 +676,14 @@ class PromptRequestWorkflow:
                     deploy_task_queue=self._input.deploy_task_queue,
                 ),
                 id=f"deployment-{deployment_id}",
+                # Started with its search attributes, so it need not upsert them.
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(TENANT_ID, str(self._input.tenant_id)),
+                        SearchAttributePair(PROJECT_ID, str(self._input.project_id)),
+                        SearchAttributePair(ENVIRONMENT, environment.value),
+                    ]
+                ),
                 result_type=DeploymentResult,
                 static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
             )
@@ -717,7 +745,10 @@ class PromptRequestWorkflow:
         *,
         plan_status: PlanApprovalStatus | None = None,
         tokens_used: int | None = None,
+        announce: bool = True,
     ) -> None:
+        """Write the request's status; with announce, also show it (status query, search
+        attribute) once written."""
         await self._shielded(
             workflow.execute_activity_method(
                 DeliveryActivities.set_request_status,
@@ -732,7 +763,8 @@ class PromptRequestWorkflow:
                 retry_policy=RETRY,
             )
         )
-        self._set_status(status, reason)
+        if announce:
+            self._set_status(status, reason)
 
     async def _end(
         self,
