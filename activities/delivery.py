@@ -6,14 +6,11 @@ workflow needs one round trip per step. All are safe to retry: rows are found by
 (request id, plan revision, approver) before anything is written again.
 """
 
-import asyncio
-import contextlib
 import hashlib
 import uuid
-from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
@@ -27,6 +24,7 @@ from activities.change_engine import (
     ChangeProposal,
     ChangeRequestInvalid,
 )
+from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from models import (
     Approval,
@@ -62,8 +60,6 @@ from workflows.contracts.lifecycle import (
     SetRequestStatus,
 )
 
-T = TypeVar("T")
-
 _OPEN_PLAN_STATES = (
     PlanApprovalStatus.PENDING,
     PlanApprovalStatus.APPROVED,
@@ -72,23 +68,6 @@ _OPEN_PLAN_STATES = (
 
 
 HEARTBEAT_EVERY_S = 5.0
-
-
-async def heartbeating(work: Awaitable[T]) -> T:
-    """Await slow engine work while heartbeating, so a dead worker's attempt is retried
-    after the heartbeat timeout instead of the whole start-to-close timeout."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
-            if done:
-                return task.result()
-            activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
@@ -278,7 +257,8 @@ class DeliveryActivities:
                     repo=Path(project.repo_url),
                     base_branch=project.default_branch,
                     prompt=req.prompt,
-                )
+                ),
+                every_s=HEARTBEAT_EVERY_S,
             )
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)
@@ -466,7 +446,8 @@ class DeliveryActivities:
                     proposal=proposal,
                     prompt=plan.prompt,
                     branch=f"changeflow/{request.id}",
-                )
+                ),
+                every_s=HEARTBEAT_EVERY_S,
             )
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)

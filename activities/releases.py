@@ -8,9 +8,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import RepositoryError, resolve_commit
 from activities.deploy_target import DeployTarget, DeployTargetError
+from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from models import (
     ChangeJob,
@@ -56,8 +57,6 @@ from workflows.contracts.deployment import (
     VerificationOutcome,
     lane_workflow_id,
 )
-
-T = TypeVar("T")
 
 # Error types (ApplicationError.type), all non-retryable.
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
@@ -139,22 +138,6 @@ async def _default_branch_head(project: Project) -> str | None:
 
 def _file_url(path: str) -> str:
     return Path(os.path.abspath(path)).as_uri()
-
-
-async def _heartbeating(work: Awaitable[T]) -> T:
-    """Await `work` while heartbeating, so a cancelled workflow reaches a long check."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
-            if done:
-                return task.result()
-            activity.heartbeat()
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 class ReleaseActivities:
@@ -423,22 +406,24 @@ class ReleaseActivities:
             previous = row.previous_commit_sha
         try:
             if step.job_kind is ChangeJobKind.ROLLBACK:
-                result = await _heartbeating(
+                result = await heartbeating(
                     self._target.rollback(
                         repo=repo,
                         environment=row.environment.value,
                         to_commit_sha=step.commit_sha,
                         deployment_id=row.id,
-                    )
+                    ),
+                    every_s=HEARTBEAT_EVERY_S,
                 )
             else:
-                result = await _heartbeating(
+                result = await heartbeating(
                     self._target.release(
                         repo=repo,
                         environment=row.environment.value,
                         commit_sha=step.commit_sha,
                         deployment_id=row.id,
-                    )
+                    ),
+                    every_s=HEARTBEAT_EVERY_S,
                 )
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
@@ -492,14 +477,15 @@ class ReleaseActivities:
             await session.commit()
         try:
             if check_command.strip():
-                result = await _heartbeating(
+                result = await heartbeating(
                     self._target.verify(
                         repo=repo,
                         environment=row.environment.value,
                         commit_sha=step.commit_sha,
                         check_command=check_command,
                         deployment_id=row.id,
-                    )
+                    ),
+                    every_s=HEARTBEAT_EVERY_S,
                 )
                 ok, output, duration = result.ok, result.output, result.duration_s
                 log_url: str | None = _file_url(result.log_path)

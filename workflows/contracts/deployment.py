@@ -82,7 +82,8 @@ class RollbackRequest(BaseModel):
 
 
 class LaneRequest(BaseModel):
-    """A deployment asking for its turn; sent by signal-with-start to the lane workflow."""
+    """A deployment asking for its turn: the lane's `enter` update (by update-with-start) or its
+    `request` signal."""
 
     deployment_workflow_id: str
     deployment_id: uuid.UUID
@@ -106,7 +107,8 @@ class LaneInput(BaseModel):
 
 
 class LaneTurn(BaseModel):
-    """Sent by the lane to a waiting deployment: its position (0 = its turn)."""
+    """A deployment's position in the lane (0 = its turn): the answer of `enter`, then signalled
+    to a waiting deployment whenever it moves up."""
 
     queue_position: int
 
