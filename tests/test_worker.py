@@ -39,6 +39,9 @@ from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
 from workers.devstack import register_search_attributes
+from workers.registry import Dependencies
+from workers.settings import Settings
+from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.deployment import DeploymentInput
 from workflows.deployment import DeploymentWorkflow
 
@@ -297,5 +300,34 @@ async def test_sigterm_lets_an_in_flight_activity_finish_instead_of_losing_it(
         deploy_task_queue=worker.deploy_task_queue,
     ):
         result = await handle.result()
+    assert result.status == DeploymentStatus.SUCCEEDED
+    assert result.verified
+
+
+async def test_one_queue_for_everything_serves_workflows_and_deploy_activities_together(
+    client, sessions, task_queue, tmp_path
+):
+    """A small fleet may set the deploy queue to the lifecycle queue: one Worker then serves
+    both sets of activities, instead of two Workers failing each other's activity tasks."""
+    settings = Settings(
+        task_queue=task_queue, deploy_task_queue=task_queue, workspace_dir=tmp_path / "ws"
+    )
+    deps = Dependencies(settings=settings, sessions=sessions, client=client)
+    workers = build_workers(client, deps)
+    assert [w.task_queue for w in workers] == [task_queue]
+
+    deployment = await slow_deployment(sessions, tmp_path, task_queue)
+    stop = asyncio.Event()
+    serving_task = asyncio.create_task(run_until_stopped(workers, stop))
+    try:
+        result = await client.execute_workflow(
+            DeploymentWorkflow.run,
+            deployment,
+            id=f"deployment-{deployment.deployment_id}",
+            task_queue=task_queue,
+        )
+    finally:
+        stop.set()
+        await serving_task
     assert result.status == DeploymentStatus.SUCCEEDED
     assert result.verified

@@ -39,18 +39,24 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
         "interceptors": [LogContextInterceptor()],
     }
     workers: list[Worker] = []
+    # One queue for everything (a small fleet): one Worker must register all activities, or
+    # two Workers polling the same queue would each fail the other's activities.
+    single_queue = settings.task_queue == settings.deploy_task_queue
     if settings.serve_lifecycle:
+        activities = registry.lifecycle_activities(deps)
+        if single_queue:
+            activities += registry.deploy_activities(deps)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.task_queue,
                 workflows=registry.workflows(),
-                activities=registry.lifecycle_activities(deps),
+                activities=activities,
                 max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
                 **common,  # type: ignore[arg-type]
             )
         )
-    if settings.serve_deploy:
+    if settings.serve_deploy and not (single_queue and settings.serve_lifecycle):
         workers.append(
             Worker(
                 client,
