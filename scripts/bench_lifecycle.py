@@ -24,7 +24,6 @@ import statistics
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,7 +352,6 @@ async def measure(
 def main() -> None:
     os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "WARNING")
     # pgserver asks platformdirs for a runtime folder; its fallback is fine and not news.
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     run_entry_point(bench, prog="bench-lifecycle")
 
 

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +296,6 @@ def main() -> None:
     # The demo's own lines are the point; the worker's logs stay quiet unless asked for.
     os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "WARNING")
     # pgserver asks platformdirs for a runtime folder; its fallback is fine and not news.
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     run_entry_point(demo, prog="demo")
 
 

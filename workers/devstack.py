@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,11 @@ def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[A
 
     Returns the server handle (keep it alive while using the database) and a URL.
     """
-    import pgserver  # imported late: it does work at import time
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR
+        # (servers, CI) it falls back to /tmp and warns, which is noise for our users.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver  # imported late: it does work at import time
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
