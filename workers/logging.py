@@ -12,6 +12,8 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+import temporalio.activity
+import temporalio.workflow
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -110,6 +112,10 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value)
+    # temporalio's workflow/activity loggers already attach their context as a structured
+    # extra (temporal_workflow / temporal_activity); don't also format it into the message.
+    temporalio.workflow.logger.workflow_info_on_message = False
+    temporalio.activity.logger.activity_info_on_message = False
     # Chatty libraries stay at WARNING unless we are debugging.
     debugging = settings.log_level == LogLevel.DEBUG
     for name in ("sqlalchemy.engine", "alembic", "asyncio", "pgserver"):
