@@ -153,12 +153,14 @@ class ChargeInput(BaseModel):
 @activity.defn(name="test_logging_charge")
 async def charge(request: ChargeInput) -> None:
     structlog.get_logger("changeflow.billing").info("charging", amount=request.amount)
+    activity.logger.info("charge sent")
 
 
 @workflow.defn(name="TestLoggingChargeWorkflow", sandboxed=False)
 class ChargeWorkflow:
     @workflow.run
     async def run(self, request: ChargeInput) -> None:
+        workflow.logger.info("charge requested")
         await workflow.execute_activity(
             charge, request, start_to_close_timeout=timedelta(seconds=10)
         )
@@ -193,3 +195,11 @@ async def test_the_worker_interceptor_binds_workflow_activity_attempt_and_tenant
     assert line["attempt"] == 1
     assert line["tenant_id"] == str(tenant_id)
     assert line["amount"] == 40
+
+    # Temporal's own loggers carry their context as a field, not appended to the message.
+    (sent,) = [r for r in records(out) if r["event"].startswith("charge sent")]
+    assert sent["event"] == "charge sent"
+    assert sent["temporal_activity"]["workflow_id"] == workflow_id
+    (requested,) = [r for r in records(out) if r["event"].startswith("charge requested")]
+    assert requested["event"] == "charge requested"
+    assert requested["temporal_workflow"]["workflow_id"] == workflow_id
