@@ -260,7 +260,11 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
             + f"; {result.tokens_used} tokens used, {result.tokens_settled} charged"
         )
         print(f"   Web UI: {workflow_link(settings, workflow_id_for(result.prompt_request_id))}")
+        # An automatic rollback is listed too; it is printed with the deployment it undid.
+        rollbacks = {d.rollback_deployment_id for d in result.deployments}
         for d in result.deployments:
+            if d.deployment_id in rollbacks:
+                continue
             link = workflow_link(settings, f"deployment-{d.deployment_id}")
             print(f"     {d.environment.value}: {link}")
             if d.rollback_deployment_id:
