@@ -14,6 +14,7 @@ from models import (
     PlanTier,
     Project,
     PromptRequest,
+    PromptStatus,
     Tenant,
     TokenAccount,
     TokenTransaction,
@@ -26,7 +27,7 @@ from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_funded_account, make_project, make_tenant, make_user
 from workers.lifecycle_client import LifecycleClient
-from workflows.contracts.lifecycle import PromptRequestStatus
+from workflows.contracts.lifecycle import PlanSummary, PromptRequestStatus
 
 FUNDS = 100_000
 
@@ -137,3 +138,14 @@ async def settlements(sessions: SessionFactory, shop: Shop) -> list[TokenTransac
         for e in await entries(sessions, shop.account)
         if e.kind is TokenTransactionKind.SETTLEMENT
     ]
+
+
+async def plan_awaiting_approval(
+    lifecycle: LifecycleClient, request_id: uuid.UUID, *, within: float = 60
+) -> tuple[PromptRequestStatus, PlanSummary]:
+    """Wait until the request awaits approval; returns its status and the plan to decide on."""
+    status = await wait_for_status(
+        lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL, within=within
+    )
+    assert status.plan is not None, status
+    return status, status.plan

@@ -27,10 +27,10 @@ from tests.lifecycle_support import (
     balance,
     holds,
     make_shop,
+    plan_awaiting_approval,
     request_row,
     settlements,
     submit,
-    wait_for_status,
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
@@ -103,12 +103,10 @@ async def test_high_risk_request_waits_for_two_distinct_approvers(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, HIGH_RISK_PROMPT)
-        status = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
-        assert status.plan is not None and status.plan.approvals_required == 2
+        status, plan = await plan_awaiting_approval(lifecycle, request_id)
+        assert plan.approvals_required == 2
         assert [h.status for h in status.holds] == ["active"]
-        content_hash = status.plan.content_hash
+        content_hash = plan.content_hash
 
         first, second = shop.admins
         after_one = await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)

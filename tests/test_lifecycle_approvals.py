@@ -19,10 +19,10 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
+    plan_awaiting_approval,
     request_row,
     settlements,
     submit,
-    wait_for_status,
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
@@ -58,11 +58,8 @@ async def test_refused_decisions_leave_no_trace_in_history(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        status = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
-        assert status.plan is not None
-        current = status.plan.content_hash
+        _, plan = await plan_awaiting_approval(lifecycle, request_id)
+        current = plan.content_hash
         events_before = await history_events(client, request_id)
 
         refusals = {
@@ -106,11 +103,8 @@ async def test_rejection_carries_its_reason_and_releases_the_hold(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, HIGH_RISK_PROMPT)
-        status = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
-        assert status.plan is not None
-        content_hash = status.plan.content_hash
+        _, plan = await plan_awaiting_approval(lifecycle, request_id)
+        content_hash = plan.content_hash
         await lifecycle.approve(request_id, user_id=shop.admins[0].id, content_hash=content_hash)
         await lifecycle.reject(
             request_id,
@@ -144,18 +138,14 @@ async def test_late_approval_after_the_plan_was_approved_is_harmless(
     lifecycle: LifecycleClient,
     tmp_path: Path,
 ) -> None:
-    third = None
     shop = await make_shop(sessions, tmp_path, policy=human_policy())
     third = await make_user(sessions, tenant=shop.tenant, role=UserRole.CLIENT_ADMIN)
     async with running_workers(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        status = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
-        assert status.plan is not None
-        content_hash = status.plan.content_hash
+        _, plan = await plan_awaiting_approval(lifecycle, request_id)
+        content_hash = plan.content_hash
         for admin in shop.admins:
             await lifecycle.approve(request_id, user_id=admin.id, content_hash=content_hash)
         with pytest.raises(LifecycleRefused):
@@ -182,24 +172,21 @@ async def test_revising_the_prompt_replans_voids_approvals_and_swaps_the_hold(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        first = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
-        assert first.plan is not None
+        _, first_plan = await plan_awaiting_approval(lifecycle, request_id)
         await lifecycle.approve(
-            request_id, user_id=shop.admins[0].id, content_hash=first.plan.content_hash
+            request_id, user_id=shop.admins[0].id, content_hash=first_plan.content_hash
         )
         revised = await lifecycle.revise(
             request_id, user_id=shop.requester.id, prompt="set store_name to Corner Shop Deluxe"
         )
         assert revised.plan is not None and revised.plan.revision == 2
-        assert revised.plan.content_hash != first.plan.content_hash
+        assert revised.plan.content_hash != first_plan.content_hash
         assert revised.approvals == []
         assert [h.status for h in revised.holds] == ["released", "active"]
         # An approval of the first revision is now stale.
         with pytest.raises(LifecycleRefused) as stale:
             await lifecycle.approve(
-                request_id, user_id=shop.admins[1].id, content_hash=first.plan.content_hash
+                request_id, user_id=shop.admins[1].id, content_hash=first_plan.content_hash
             )
         assert stale.value.error_type == LifecycleErrorType.STALE_PLAN_HASH
         for admin in shop.admins:

@@ -19,10 +19,10 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
+    plan_awaiting_approval,
     request_row,
     settlements,
     submit,
-    wait_for_status,
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
@@ -42,9 +42,7 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
         client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        waiting = await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
+        waiting, _ = await plan_awaiting_approval(lifecycle, request_id)
         assert waiting.holds[0].status == "active"
         await time_skipping_env.sleep(timedelta(hours=1, seconds=1))
         result = await lifecycle.wait_for_outcome(request_id)

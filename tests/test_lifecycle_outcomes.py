@@ -37,6 +37,7 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
+    plan_awaiting_approval,
     request_row,
     settlements,
     submit,
@@ -321,9 +322,7 @@ async def test_cancelling_while_awaiting_approval_releases_the_hold(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        await wait_for_status(
-            lifecycle, request_id, lambda s: s.status is PromptStatus.AWAITING_APPROVAL
-        )
+        await plan_awaiting_approval(lifecycle, request_id)
         await lifecycle.cancel(request_id)
         result = await lifecycle.wait_for_outcome(request_id)
 

@@ -23,9 +23,9 @@ from tests.lifecycle_support import (
     holds,
     human_policy,
     make_shop,
+    plan_awaiting_approval,
     settlements,
     submit,
-    wait_for_status,
 )
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.lifecycle import workflow_id_for
@@ -106,17 +106,9 @@ async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(
     first.start()
     try:
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        status = await wait_for_status(
-            lifecycle,
-            request_id,
-            lambda s: s.status is PromptStatus.AWAITING_APPROVAL,
-            within=120,
-        )
-        assert status.plan is not None
+        _, plan = await plan_awaiting_approval(lifecycle, request_id, within=120)
         for admin in shop.admins:
-            await lifecycle.approve(
-                request_id, user_id=admin.id, content_hash=status.plan.content_hash
-            )
+            await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan.content_hash)
         # The approval set applying and deploying in motion: kill the worker in the middle.
         await asyncio.sleep(0.3)
         first.kill()
