@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ from workers.devstack import (
 )
 from workers.lifecycle_client import LifecycleClient
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +81,8 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binary("temporal"),
+        # The SDK's 5 s default is too short on a busy two-core machine.
+        dev_server_startup_timeout=SERVER_STARTUP_TIMEOUT,
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_extra_args=[
             # Fast visibility so tests that list workflows see them at once.
@@ -100,6 +105,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
+        test_server_startup_timeout=SERVER_STARTUP_TIMEOUT,
     )
     await _add_search_attributes(env.client)
     yield env

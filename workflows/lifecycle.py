@@ -385,16 +385,11 @@ class PromptRequestWorkflow:
             self._approval_rounds += 1  # a pending revise update answers now
             if auto:
                 return
-            self._set_step(
-                f"awaiting {plan.approvals_required} approval(s) of {plan.content_hash[:12]}"
-            )
-            ttl = policy.plan_ttl_seconds
-            if plan.expires_at is not None:
-                ttl = max(0, int((plan.expires_at - workflow.now()).total_seconds()))
+            self._show_approval_progress()
             try:
                 await workflow.wait_condition(
                     lambda: self._decision is not None or self._revision is not None,
-                    timeout=timedelta(seconds=ttl),
+                    timeout=self._time_to_expiry(plan, policy),
                     timeout_summary="plan expiry",
                 )
             except TimeoutError:
@@ -415,6 +410,20 @@ class PromptRequestWorkflow:
                 await self._close_holds(charge=self._chargeable())
                 raise RequestEnded(self._result())
             await self._apply_revision()
+
+    def _time_to_expiry(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta:
+        """Until the plan's own expires_at, to the microsecond: a request never expires before
+        the time its plan shows. A timer needs a positive duration."""
+        if plan.expires_at is None:
+            return timedelta(seconds=policy.plan_ttl_seconds)
+        return max(plan.expires_at - workflow.now(), timedelta(milliseconds=1))
+
+    def _show_approval_progress(self) -> None:
+        plan = self._require_plan()
+        approved = sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
+        self._set_step(
+            f"{approved} of {plan.approvals_required} approvals of {plan.content_hash[:12]}"
+        )
 
     async def _open_approval(self, plan: PlanSummary, auto: bool) -> None:
         await workflow.execute_activity_method(
@@ -450,7 +459,12 @@ class PromptRequestWorkflow:
     def _check_decider(self, user_id: uuid.UUID, content_hash: str) -> None:
         """Refusals shared by approve and reject. Validators: no I/O, no history on refusal."""
         plan = self._plan
-        if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None or self._deciding:
+        if self._deciding:
+            raise _refusal(
+                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                "another decision has just settled this plan; it no longer awaits approval",
+            )
+        if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None:
             raise _refusal(
                 LifecycleErrorType.NOT_AWAITING_APPROVAL,
                 f"the request is {self._status.value}, not awaiting approval",
@@ -493,6 +507,8 @@ class PromptRequestWorkflow:
         self._approvals.append(record)
         closes = len(self._approvals) >= plan.approvals_required
         await self._record(plan, record, closes)
+        if not closes:
+            self._show_approval_progress()
         return self.status()
 
     @approve.validator
@@ -545,6 +561,11 @@ class PromptRequestWorkflow:
             )
             self._decision = record.decision
             self._deciding = False
+            # The update's answer shows the state reached, not the one it started from.
+            if record.decision is ApprovalDecision.APPROVE:
+                self._set_status(PromptStatus.APPROVED)
+            else:
+                self._set_status(PromptStatus.REJECTED, record.reason or "")
 
     @workflow.update
     async def revise(self, revision: ReviseRequest) -> PromptRequestStatus:
@@ -703,6 +724,7 @@ class PromptRequestWorkflow:
             raise asyncio.CancelledError("cancelled while deploying")
         state.status = result.status
         state.queue_position = None
+        state.detail = _outcome_detail(result)
         state.rollback_deployment_id = result.rollback_deployment_id
         state.rollback_status = result.rollback_status
         state.log_url = result.log_url
@@ -775,6 +797,8 @@ class PromptRequestWorkflow:
         tokens_used: int | None = None,
     ) -> None:
         await self._persist_status(status, reason, plan_status=plan_status, tokens_used=tokens_used)
+        if plan_status is not None and self._plan is not None:
+            self._plan.approval_status = plan_status
         raise RequestEnded(self._result())
 
     async def _compensate_cancellation(self) -> None:
@@ -798,6 +822,8 @@ class PromptRequestWorkflow:
                 plan_status=PlanApprovalStatus.CANCELLED,
                 tokens_used=self._tokens_used if self._applied else None,
             )
+            if self._plan is not None and self._plan.approval_status is PlanApprovalStatus.PENDING:
+                self._plan.approval_status = PlanApprovalStatus.CANCELLED
         self._set_step("cancelled")
 
     async def _drain_steps(self) -> None:
@@ -854,6 +880,14 @@ class PromptRequestWorkflow:
     def _require_policy(self) -> ApprovalPolicyView:
         assert self._policy is not None, "no policy yet"
         return self._policy
+
+
+def _outcome_detail(result: DeploymentResult) -> str:
+    if result.verified:
+        return "verified"
+    if result.rollback_status is None:
+        return "verification failed"
+    return f"verification failed; rollback {result.rollback_status.value}"
 
 
 def _refusal(kind: LifecycleErrorType, message: str) -> ApplicationError:
