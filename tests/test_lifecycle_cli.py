@@ -238,7 +238,7 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
     assert await rows_written(sessions) == {}
 
 
-async def test_a_malformed_or_blank_decision_by_cli_is_refused_typed_and_writes_nothing(
+async def test_a_malformed_blank_or_late_decision_by_cli_is_refused_and_writes_nothing(
     client: Client,
     temporal_env: WorkflowEnvironment,
     sessions: SessionFactory,
@@ -277,6 +277,24 @@ async def test_a_malformed_or_blank_decision_by_cli_is_refused_typed_and_writes_
             assert returncode != 0
             refusals[name, tuple(payload)] = err
         status = await lifecycle.status(request_id)
+        async with sessions() as session:
+            decisions = await session.exec(select(func.count()).select_from(Approval))
+            decisions_recorded = decisions.one()
+        # A decision after the end is answered by the server, untyped (see the README).
+        await temporal(address, "workflow", "cancel", "--workflow-id", workflow_id)
+        await temporal_outcome(address, "workflow", "result", "--workflow-id", workflow_id)
+        returncode, _, late = await temporal_outcome(
+            address,
+            "workflow",
+            "update",
+            "execute",
+            "--workflow-id",
+            workflow_id,
+            "--name",
+            "approve",
+            "--input",
+            json.dumps({"user_id": admin, "content_hash": plan.content_hash}),
+        )
 
     assert "InvalidRequest" in refusals["approve", ("user_id", "content_hash")]
     assert "user_id" in refusals["approve", ("user_id", "content_hash")]
@@ -285,6 +303,6 @@ async def test_a_malformed_or_blank_decision_by_cli_is_refused_typed_and_writes_
     assert "EmptyReason" in refusals["reject", ("user_id", "content_hash")]
     assert all("retryable: true" not in err.lower() for err in refusals.values())
     assert status.status is PromptStatus.AWAITING_APPROVAL and status.approvals == []
-    async with sessions() as session:
-        decisions = await session.exec(select(func.count()).select_from(Approval))
-        assert decisions.one() == 0
+    assert decisions_recorded == 0
+    assert returncode != 0
+    assert "workflow execution already completed" in late
