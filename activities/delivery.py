@@ -47,7 +47,6 @@ from models import (
 from models.base import utcnow
 from models.db import SessionFactory
 from workflows.contracts.lifecycle import (
-    MAX_PROMPT_CHARS,
     AppliedChangeView,
     ApplyChange,
     ApprovalPolicyView,
@@ -58,6 +57,8 @@ from workflows.contracts.lifecycle import (
     PlanSummary,
     RecordDecision,
     SetRequestStatus,
+    check_prompt,
+    refused,
 )
 
 _OPEN_PLAN_STATES = (
@@ -68,21 +69,6 @@ _OPEN_PLAN_STATES = (
 
 
 HEARTBEAT_EVERY_S = 5.0
-
-
-def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=True)
-
-
-def check_prompt(prompt: str) -> None:
-    """Refuse a prompt the change engine cannot be asked about. Shared with the validators."""
-    if not prompt.strip():
-        raise refused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise refused(
-            LifecycleErrorType.PROMPT_TOO_LONG,
-            f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed",
-        )
 
 
 def content_hash(*, prompt_request_id: uuid.UUID, revision: int, diff: str, tokens: int) -> str:

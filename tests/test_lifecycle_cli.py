@@ -7,20 +7,39 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlmodel import func, select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from models import PromptStatus
+from models.billing import TokenHold, TokenLedgerRequest, TokenTransaction
 from models.db import SessionFactory
+from models.delivery import Approval, ChangeJob, Deployment, DeploymentPlan, PromptRequest
 from scripts.sample_repo import SAFE_PROMPT
-from tests.lifecycle_support import human_policy, make_shop, settlements
+from tests.lifecycle_support import (
+    human_policy,
+    make_shop,
+    plan_awaiting_approval,
+    settlements,
+    submit,
+)
 from tests.workers import running_workers
 from workers.devstack import binary
+from workers.lifecycle_client import LifecycleClient
+from workflows.contracts.submitted import INVALID_REQUEST
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def temporal(address: str, *args: str) -> str:
+    returncode, out, err = await temporal_outcome(address, *args)
+    assert returncode == 0, err
+    return out
+
+
+async def temporal_outcome(address: str, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a `temporal` command, which may fail."""
     process = await asyncio.create_subprocess_exec(
         binary("temporal"),
         *args,
@@ -32,8 +51,8 @@ async def temporal(address: str, *args: str) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return out.decode()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 async def test_start_approve_and_read_status_with_the_temporal_cli(
@@ -114,3 +133,176 @@ async def test_start_approve_and_read_status_with_the_temporal_cli(
     assert result["status"] == "COMPLETED"
     assert result["result"]["status"] == PromptStatus.COMPLETED.value
     assert len(await settlements(sessions, shop)) == 1
+
+
+async def rows_written(sessions: SessionFactory) -> dict[str, int]:
+    """How many rows each table a lifecycle or a deployment writes holds, where not none."""
+    counts: dict[str, int] = {}
+    async with sessions() as session:
+        for model in (
+            PromptRequest,
+            DeploymentPlan,
+            Approval,
+            Deployment,
+            ChangeJob,
+            TokenHold,
+            TokenTransaction,
+            TokenLedgerRequest,
+        ):
+            rows = await session.exec(select(func.count()).select_from(model))
+            if count := rows.one():
+                counts[model.__name__] = count
+    return counts
+
+
+SOME_UUID = "0b4f6c1e-2f8e-4a59-9d33-5d0f1f3f2a10"
+START = {
+    "prompt_request_id": SOME_UUID,
+    "tenant_id": SOME_UUID,
+    "project_id": SOME_UUID,
+    "requested_by": SOME_UUID,
+    "prompt": "set theme to dark",
+}
+DEPLOYMENT = {
+    "deployment_id": SOME_UUID,
+    "tenant_id": SOME_UUID,
+    "project_id": SOME_UUID,
+    "plan_id": SOME_UUID,
+    "environment": "staging",
+    "commit_sha": "0123456789abcdef",
+}
+
+
+@pytest.mark.parametrize(
+    ("workflow_type", "start_input", "field"),
+    [
+        ("PromptRequestWorkflow", {**START, "tenant_id": "not-a-uuid"}, "tenant_id"),
+        ("PromptRequestWorkflow", {k: v for k, v in START.items() if k != "prompt"}, "prompt"),
+        ("PromptRequestWorkflow", {**START, "prompt": 123}, "prompt"),
+        ("PromptRequestWorkflow", "set theme to dark", "(input)"),
+        ("DeploymentWorkflow", {**DEPLOYMENT, "environment": "moon"}, "environment"),
+        (
+            "RollbackWorkflow",
+            {"tenant_id": SOME_UUID, "target_deployment_id": 7},
+            "target_deployment_id",
+        ),
+        ("LedgerSweepWorkflow", {"batch_size": 0}, "batch_size"),
+    ],
+)
+async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_request(
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    task_queue: str,
+    workflow_type: str,
+    start_input: object,
+    field: str,
+) -> None:
+    address = client.service_client.config.target_host
+    workflow_id = f"malformed-{uuid.uuid4()}"
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=f"{task_queue}-deploy"
+    ):
+        await temporal(
+            address,
+            "workflow",
+            "start",
+            "--type",
+            workflow_type,
+            "--task-queue",
+            task_queue,
+            "--workflow-id",
+            workflow_id,
+            "--input",
+            json.dumps(start_input),
+        )
+        # Bounded only so that a regression (a workflow task failing in a loop) fails the test
+        # instead of hanging it.
+        async with asyncio.timeout(30):
+            returncode, out, err = await temporal_outcome(
+                address, "workflow", "result", "--workflow-id", workflow_id
+            )
+    assert returncode != 0, err
+    result = json.loads(out)
+    assert result["status"] == "FAILED"
+    failure = result["closeEvent"]["workflowExecutionFailedEventAttributes"]["failure"]
+    assert failure["applicationFailureInfo"]["type"] == INVALID_REQUEST
+    assert failure["applicationFailureInfo"]["nonRetryable"] is True
+    assert f"{field}: " in failure["message"]
+    [problems] = failure["applicationFailureInfo"]["details"]
+    assert field in {problem["field"] for problem in problems}
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    events = {event.event_type for event in history.events}
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in events
+    assert await rows_written(sessions) == {}
+
+
+async def test_a_malformed_blank_or_late_decision_by_cli_is_refused_and_writes_nothing(
+    client: Client,
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    task_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    address = client.service_client.config.target_host
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=f"{task_queue}-deploy"
+    ):
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        _, plan = await plan_awaiting_approval(lifecycle, request_id)
+        workflow_id = f"prompt-request-{request_id}"
+        admin = str(shop.admins[0].id)
+        refusals = {}
+        for name, payload in (
+            ("approve", {"user_id": "not-a-uuid", "content_hash": plan.content_hash}),
+            ("approve", {"user_id": admin}),
+            ("reject", {"user_id": admin, "content_hash": plan.content_hash, "reason": "  "}),
+            ("reject", {"user_id": admin, "content_hash": plan.content_hash}),
+        ):
+            returncode, _, err = await temporal_outcome(
+                address,
+                "workflow",
+                "update",
+                "execute",
+                "--workflow-id",
+                workflow_id,
+                "--name",
+                name,
+                "--input",
+                json.dumps(payload),
+            )
+            assert returncode != 0
+            refusals[name, tuple(payload)] = err
+        status = await lifecycle.status(request_id)
+        async with sessions() as session:
+            decisions = await session.exec(select(func.count()).select_from(Approval))
+            decisions_recorded = decisions.one()
+        # A decision after the end is answered by the server, untyped (see the README).
+        await temporal(address, "workflow", "cancel", "--workflow-id", workflow_id)
+        await temporal_outcome(address, "workflow", "result", "--workflow-id", workflow_id)
+        returncode, _, late = await temporal_outcome(
+            address,
+            "workflow",
+            "update",
+            "execute",
+            "--workflow-id",
+            workflow_id,
+            "--name",
+            "approve",
+            "--input",
+            json.dumps({"user_id": admin, "content_hash": plan.content_hash}),
+        )
+
+    assert "InvalidRequest" in refusals["approve", ("user_id", "content_hash")]
+    assert "user_id" in refusals["approve", ("user_id", "content_hash")]
+    assert "content_hash" in refusals["approve", ("user_id",)]
+    assert "EmptyReason" in refusals["reject", ("user_id", "content_hash", "reason")]
+    assert "EmptyReason" in refusals["reject", ("user_id", "content_hash")]
+    assert all("retryable: true" not in err.lower() for err in refusals.values())
+    assert status.status is PromptStatus.AWAITING_APPROVAL and status.approvals == []
+    assert decisions_recorded == 0
+    assert returncode != 0
+    assert "workflow execution already completed" in late

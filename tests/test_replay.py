@@ -28,6 +28,7 @@ from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
 from workflows.contracts.billing import SweepExpiredHolds
 from workflows.contracts.lifecycle import PromptRequestInput, PromptRequestResult
+from workflows.contracts.submitted import Submitted
 from workflows.lifecycle import PromptRequestWorkflow
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -174,8 +175,8 @@ class PromptRequestWorkflowWithAPause(PromptRequestWorkflow):
     """A careless edit: a pause before reserving the hold adds a timer the history lacks."""
 
     @workflow.run
-    async def run(self, request: PromptRequestInput) -> PromptRequestResult:
-        return await super().run(request)
+    async def run(self, submitted: Submitted[PromptRequestInput] = None) -> PromptRequestResult:
+        return await super().run(submitted)
 
     async def _hold_estimate(self) -> None:
         await workflow.sleep(1)

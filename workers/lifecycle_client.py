@@ -6,13 +6,18 @@
     await lifecycle.approve(request_id, user_id=approver, content_hash=status.plan.content_hash)
     result = await lifecycle.wait_for_outcome(request_id)
 
-Refusals (a validator saying no, a request refused at start) raise `LifecycleRefused`, whose
-`error_type` is the ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType).
+Refusals (a validator saying no, a request refused at start, a payload the workflow would
+refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_type` is the
+ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType). A decision on a
+request that has ended is refused as `RequestClosed` (the server answers such an update with an
+untyped "workflow execution already completed").
 """
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -34,7 +39,6 @@ from workflows.contracts.deployment import (
     RollbackRequest,
 )
 from workflows.contracts.lifecycle import (
-    MAX_PROMPT_CHARS,
     WORKFLOW_TYPE,
     ApproveRequest,
     LifecycleErrorType,
@@ -43,8 +47,11 @@ from workflows.contracts.lifecycle import (
     PromptRequestStatus,
     RejectRequest,
     ReviseRequest,
+    check_prompt,
+    check_reason,
     workflow_id_for,
 )
+from workflows.contracts.submitted import parse_input
 from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, TENANT_ID
 
 
@@ -64,6 +71,20 @@ def _refusal(err: BaseException) -> LifecycleRefused | None:
             return LifecycleRefused(cause.type or "ApplicationError", cause.message)
         cause = cause.__cause__
     return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _payload(model: type[M], *checks: Callable[[M], None], **fields: object) -> M:
+    """The payload, refused here as the workflow would refuse it: never a raw ValidationError."""
+    try:
+        payload = parse_input(model, fields)
+        for check in checks:
+            check(payload)
+    except ApplicationError as err:
+        raise LifecycleRefused(err.type or "ApplicationError", err.message) from None
+    return payload
 
 
 class LifecycleClient:
@@ -94,25 +115,21 @@ class LifecycleClient:
     ) -> uuid.UUID:
         """Start a lifecycle; returns the prompt request id. An empty or oversized prompt is
         refused here already; tenant, project and user are checked by the workflow."""
-        if not prompt.strip():
-            raise LifecycleRefused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise LifecycleRefused(
-                LifecycleErrorType.PROMPT_TOO_LONG,
-                f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}",
-            )
         request_id = prompt_request_id or uuid.uuid4()
+        request = _payload(
+            PromptRequestInput,
+            lambda request: check_prompt(request.prompt),
+            prompt_request_id=request_id,
+            tenant_id=tenant_id,
+            project_id=project_id,
+            requested_by=user_id,
+            prompt=prompt,
+            deploy_task_queue=self._deploy_task_queue,
+        )
         first_line = prompt.strip().splitlines()[0][:120]
         await self._client.start_workflow(
             WORKFLOW_TYPE,
-            PromptRequestInput(
-                prompt_request_id=request_id,
-                tenant_id=tenant_id,
-                project_id=project_id,
-                requested_by=user_id,
-                prompt=prompt,
-                deploy_task_queue=self._deploy_task_queue,
-            ),
+            request,
             id=workflow_id_for(request_id),
             task_queue=self._task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -149,7 +166,7 @@ class LifecycleClient:
         return await self._update(
             prompt_request_id,
             "approve",
-            ApproveRequest(user_id=user_id, content_hash=content_hash, comment=comment),
+            _payload(ApproveRequest, user_id=user_id, content_hash=content_hash, comment=comment),
         )
 
     async def reject(
@@ -158,14 +175,27 @@ class LifecycleClient:
         return await self._update(
             prompt_request_id,
             "reject",
-            RejectRequest(user_id=user_id, content_hash=content_hash, reason=reason),
+            _payload(
+                RejectRequest,
+                lambda rejection: check_reason(rejection.reason),
+                user_id=user_id,
+                content_hash=content_hash,
+                reason=reason,
+            ),
         )
 
     async def revise(
         self, prompt_request_id: uuid.UUID, *, user_id: uuid.UUID, prompt: str
     ) -> PromptRequestStatus:
         return await self._update(
-            prompt_request_id, "revise", ReviseRequest(user_id=user_id, prompt=prompt)
+            prompt_request_id,
+            "revise",
+            _payload(
+                ReviseRequest,
+                lambda revision: check_prompt(revision.prompt),
+                user_id=user_id,
+                prompt=prompt,
+            ),
         )
 
     async def cancel(self, prompt_request_id: uuid.UUID, *, reason: str = "") -> None:

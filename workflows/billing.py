@@ -9,12 +9,17 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from workflows.contracts.billing import SweepExpiredHolds, SweepResult
+    from workflows.contracts.submitted import Submitted, parse_input
 
 
 @workflow.defn
 class LedgerSweepWorkflow:
     @workflow.run
-    async def run(self, request: SweepExpiredHolds) -> SweepResult:
+    async def run(self, submitted: Submitted[SweepExpiredHolds] = None) -> SweepResult:
+        # No input sweeps with the defaults; a malformed one ends at once as InvalidRequest.
+        request = (
+            SweepExpiredHolds() if submitted is None else parse_input(SweepExpiredHolds, submitted)
+        )
         result = await workflow.execute_activity_method(
             BillingActivities.sweep_expired_holds,
             request,

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         VerificationOutcome,
         deployment_workflow_id,
     )
+    from workflows.contracts.submitted import Submitted, parse_input
 
 _BOOKKEEPING: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
@@ -102,6 +103,16 @@ def _raise_refusal(err: ActivityError) -> None:
     cause = err.cause
     if isinstance(cause, ApplicationError) and cause.non_retryable:
         raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+
+
+def _refused_state(refused: ApplicationError) -> DeploymentState:
+    """The `status` answer of a deployment whose input never decoded: failed, and why."""
+    return DeploymentState(
+        deployment_id=None,
+        environment=None,
+        status=DeploymentStatus.FAILED,
+        step=f"refused: {refused.message}",
+    )
 
 
 def _failure_message(err: BaseException) -> str:
@@ -271,16 +282,23 @@ class DeploymentWorkflow:
     passes on. Cancellation restores what the environment ran before."""
 
     @workflow.init
-    def __init__(self, input: DeploymentInput) -> None:
-        self._input = input
-        self._state = DeploymentState(
-            deployment_id=input.deployment_id,
-            environment=input.environment,
-            status=DeploymentStatus.QUEUED,
-            step="recording the deployment",
-            commit_sha=input.commit_sha,
-            rollback_of=input.rollback_of,
-        )
+    def __init__(self, submitted: Submitted[DeploymentInput] = None) -> None:
+        # Raising here would fail the workflow task in a loop: run() ends with the refusal.
+        self._refused: ApplicationError | None = None
+        try:
+            input = self._input = parse_input(DeploymentInput, submitted)
+        except ApplicationError as refused:
+            self._refused = refused
+            self._state = _refused_state(refused)
+        else:
+            self._state = DeploymentState(
+                deployment_id=input.deployment_id,
+                environment=input.environment,
+                status=DeploymentStatus.QUEUED,
+                step="recording the deployment",
+                commit_sha=input.commit_sha,
+                rollback_of=input.rollback_of,
+            )
         self._lane_position: int | None = None
         self._rollback_step: ReleaseStep | None = None
         self._compensating = False
@@ -297,7 +315,10 @@ class DeploymentWorkflow:
         return self._state
 
     @workflow.run
-    async def run(self, input: DeploymentInput) -> DeploymentResult:
+    async def run(self, submitted: Submitted[DeploymentInput] = None) -> DeploymentResult:
+        if self._refused is not None:
+            raise self._refused
+        input = self._input
         _upsert_missing(
             (sa.TENANT_ID, str(input.tenant_id)),
             (sa.PROJECT_ID, str(input.project_id)),
@@ -639,13 +660,21 @@ class RollbackWorkflow:
     lane, verified like any other."""
 
     @workflow.init
-    def __init__(self, request: RollbackRequest) -> None:
-        self._state = DeploymentState(
-            deployment_id=request.deployment_id,
-            environment=None,
-            status=DeploymentStatus.QUEUED,
-            step="checking the rollback target",
-        )
+    def __init__(self, submitted: Submitted[RollbackRequest] = None) -> None:
+        # Raising here would fail the workflow task in a loop: run() ends with the refusal.
+        self._refused: ApplicationError | None = None
+        try:
+            request = self._request = parse_input(RollbackRequest, submitted)
+        except ApplicationError as refused:
+            self._refused = refused
+            self._state = _refused_state(refused)
+        else:
+            self._state = DeploymentState(
+                deployment_id=request.deployment_id,
+                environment=None,
+                status=DeploymentStatus.QUEUED,
+                step="checking the rollback target",
+            )
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -658,7 +687,10 @@ class RollbackWorkflow:
         return self._state
 
     @workflow.run
-    async def run(self, request: RollbackRequest) -> DeploymentResult:
+    async def run(self, submitted: Submitted[RollbackRequest] = None) -> DeploymentResult:
+        if self._refused is not None:
+            raise self._refused
+        request = self._request
         deployment_id = request.deployment_id or self._id_from_workflow_id() or workflow.uuid4()
         self._state.deployment_id = deployment_id
         workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])

@@ -35,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         DeploymentResult,
     )
     from workflows.contracts.lifecycle import (
-        MAX_PROMPT_CHARS,
         AppliedChangeView,
         ApplyChange,
         ApprovalPolicyView,
@@ -55,7 +54,10 @@ with workflow.unsafe.imports_passed_through():
         RejectRequest,
         ReviseRequest,
         SetRequestStatus,
+        check_prompt,
+        check_reason,
     )
+    from workflows.contracts.submitted import Submitted, parse_input
     from workflows.search_attributes import (
         ENVIRONMENT,
         PROJECT_ID,
@@ -123,8 +125,13 @@ class RequestEnded(Exception):
 @workflow.defn(name="PromptRequestWorkflow")
 class PromptRequestWorkflow:
     @workflow.init
-    def __init__(self, request: PromptRequestInput) -> None:
-        self._input = request
+    def __init__(self, submitted: Submitted[PromptRequestInput] = None) -> None:
+        # Raising here would fail the workflow task in a loop: run() ends with the refusal.
+        self._refused: ApplicationError | None = None
+        try:
+            self._input = parse_input(PromptRequestInput, submitted)
+        except ApplicationError as refused:
+            self._refused = refused
         self._status = PromptStatus.RECEIVED
         self._reason = ""
         self._step = "received"
@@ -150,7 +157,10 @@ class PromptRequestWorkflow:
     # ---------------------------------------------------------------- the run
 
     @workflow.run
-    async def run(self, request: PromptRequestInput) -> PromptRequestResult:
+    async def run(self, submitted: Submitted[PromptRequestInput] = None) -> PromptRequestResult:
+        if self._refused is not None:
+            raise self._refused_at_submission(self._refused)
+        request = self._input
         # The client starts the request with these; upsert only what it did not set.
         given = workflow.info().typed_search_attributes
         missing = [
@@ -217,12 +227,19 @@ class PromptRequestWorkflow:
     async def _plan_revision(self, prompt: str, *, revision: int) -> None:
         self._set_step(f"planning revision {revision}")
         try:
+            # Here, not only in the activity: no payload carries a prompt that is refused.
+            check_prompt(prompt)
+        except ApplicationError as refusal:
+            raise self._refused_at_submission(refusal) from None
+        try:
             planned = await self._shielded(self._run_plan(prompt, revision))
         except ActivityError as err:
             kind = error_type(err)
             if kind in REQUEST_REFUSALS:
                 # Nothing was persisted: the request itself is refused, with the same type.
-                raise ApplicationError(error_message(err), type=kind, non_retryable=True) from err
+                raise self._refused_at_submission(
+                    ApplicationError(error_message(err), type=kind, non_retryable=True)
+                ) from err
             if kind in (
                 LifecycleErrorType.CHANGE_REQUEST_INVALID,
                 LifecycleErrorType.REPOSITORY_ERROR,
@@ -493,7 +510,8 @@ class PromptRequestWorkflow:
             )
 
     @workflow.update
-    async def approve(self, approval: ApproveRequest) -> PromptRequestStatus:
+    async def approve(self, submitted: Submitted[ApproveRequest]) -> PromptRequestStatus:
+        approval = parse_input(ApproveRequest, submitted)
         plan = self._require_plan()
         if any(a.user_id == approval.user_id for a in self._approvals):
             return self.status()  # a repeated approval changes nothing
@@ -512,11 +530,13 @@ class PromptRequestWorkflow:
         return self.status()
 
     @approve.validator
-    def _validate_approve(self, approval: ApproveRequest) -> None:
+    def _validate_approve(self, submitted: Submitted[ApproveRequest]) -> None:
+        approval = parse_input(ApproveRequest, submitted)
         self._check_decider(approval.user_id, approval.content_hash)
 
     @workflow.update
-    async def reject(self, rejection: RejectRequest) -> PromptRequestStatus:
+    async def reject(self, submitted: Submitted[RejectRequest]) -> PromptRequestStatus:
+        rejection = parse_input(RejectRequest, submitted)
         plan = self._require_plan()
         record = ApprovalRecord(
             user_id=rejection.user_id,
@@ -531,7 +551,9 @@ class PromptRequestWorkflow:
         return self.status()
 
     @reject.validator
-    def _validate_reject(self, rejection: RejectRequest) -> None:
+    def _validate_reject(self, submitted: Submitted[RejectRequest]) -> None:
+        rejection = parse_input(RejectRequest, submitted)
+        check_reason(rejection.reason)
         self._check_decider(rejection.user_id, rejection.content_hash)
 
     async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
@@ -568,7 +590,8 @@ class PromptRequestWorkflow:
                 self._set_status(PromptStatus.REJECTED, record.reason or "")
 
     @workflow.update
-    async def revise(self, revision: ReviseRequest) -> PromptRequestStatus:
+    async def revise(self, submitted: Submitted[ReviseRequest]) -> PromptRequestStatus:
+        revision = parse_input(ReviseRequest, submitted)
         rounds_before = self._approval_rounds
         self._revision = revision
         await workflow.wait_condition(
@@ -577,7 +600,8 @@ class PromptRequestWorkflow:
         return self.status()
 
     @revise.validator
-    def _validate_revise(self, revision: ReviseRequest) -> None:
+    def _validate_revise(self, submitted: Submitted[ReviseRequest]) -> None:
+        revision = parse_input(ReviseRequest, submitted)
         if (
             self._status is not PromptStatus.AWAITING_APPROVAL
             or self._deciding
@@ -593,13 +617,7 @@ class PromptRequestWorkflow:
                 LifecycleErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {revision.user_id} is not a member of this request's tenant",
             )
-        if not revision.prompt.strip():
-            raise _refusal(LifecycleErrorType.EMPTY_PROMPT, "the amended prompt is empty")
-        if len(revision.prompt) > MAX_PROMPT_CHARS:
-            raise _refusal(
-                LifecycleErrorType.PROMPT_TOO_LONG,
-                f"the amended prompt has more than {MAX_PROMPT_CHARS} characters",
-            )
+        check_prompt(revision.prompt)
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -623,6 +641,8 @@ class PromptRequestWorkflow:
 
     @workflow.query
     def status(self) -> PromptRequestStatus:
+        if self._refused is not None:
+            raise self._refused  # the input never decoded: there is no request to describe
         plan = self._plan
         return PromptRequestStatus(
             prompt_request_id=self._input.prompt_request_id,
@@ -845,6 +865,12 @@ class PromptRequestWorkflow:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         return await asyncio.shield(task)
+
+    def _refused_at_submission(self, refusal: ApplicationError) -> ApplicationError:
+        """The request ends refused (the workflow fails with `refusal`): its status query and
+        search attribute say failed instead of planning forever; nothing was written."""
+        self._set_status(PromptStatus.FAILED, refusal.message)
+        return refusal
 
     def _set_status(self, status: PromptStatus, reason: str = "") -> None:
         if status is not self._status:

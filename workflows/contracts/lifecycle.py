@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime
 
 from pydantic import BaseModel, Field
+from temporalio.exceptions import ApplicationError
 
 from models.delivery import (
     ApprovalDecision,
@@ -24,9 +25,11 @@ from models.delivery import (
     RiskLevel,
 )
 from workflows.contracts.deployment import DEFAULT_DEPLOY_TASK_QUEUE
+from workflows.contracts.submitted import INVALID_REQUEST
 
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
+MAX_REASON_CHARS = 2000
 
 
 def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
@@ -46,11 +49,36 @@ class LifecycleErrorType(enum.StrEnum):
     NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
     EMPTY_PROMPT = "EmptyPrompt"
     PROMPT_TOO_LONG = "PromptTooLong"
+    EMPTY_REASON = "EmptyReason"
     CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
     REPOSITORY_ERROR = "RepositoryError"
     REQUEST_CLOSED = "RequestClosed"
     # Raised by the ledger's reserve_tokens; listed so callers find every type in one place.
     INSUFFICIENT_TOKENS = "InsufficientTokens"
+    # A start input or update payload that does not fit its model (workflows.contracts.submitted).
+    INVALID_REQUEST = INVALID_REQUEST
+
+
+def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind.value, non_retryable=True)
+
+
+def check_prompt(prompt: str) -> None:
+    """Refuse a prompt the change engine cannot be asked about: checked by the typed client,
+    by the workflow before any activity carries the prompt, and by the planning activity."""
+    if not prompt.strip():
+        raise refused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise refused(
+            LifecycleErrorType.PROMPT_TOO_LONG,
+            f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed",
+        )
+
+
+def check_reason(reason: str) -> None:
+    """A rejection says why: a blank reason is refused (its length is the model's rule)."""
+    if not reason.strip():
+        raise refused(LifecycleErrorType.EMPTY_REASON, "a rejection needs a reason")
 
 
 # --- The workflow's public payloads. ---
@@ -78,7 +106,13 @@ class ApproveRequest(BaseModel):
 class RejectRequest(BaseModel):
     user_id: uuid.UUID
     content_hash: str
-    reason: str = Field(min_length=1, max_length=2000)
+    # Checked by the validator (check_reason), so that a blank one is a typed refusal like an
+    # empty prompt, not a payload that does not decode.
+    reason: str = Field(
+        default="",
+        max_length=MAX_REASON_CHARS,
+        description="Required: a missing, empty or blank reason is refused as EmptyReason.",
+    )
 
 
 class ReviseRequest(BaseModel):
