@@ -24,35 +24,12 @@ from tests.lifecycle_support import (
     settlements,
     submit,
 )
+from tests.temporal_cli import temporal, temporal_outcome
 from tests.workers import running_workers
-from workers.devstack import binary
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.submitted import INVALID_REQUEST
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def temporal(address: str, *args: str) -> str:
-    returncode, out, err = await temporal_outcome(address, *args)
-    assert returncode == 0, err
-    return out
-
-
-async def temporal_outcome(address: str, *args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of a `temporal` command, which may fail."""
-    process = await asyncio.create_subprocess_exec(
-        binary("temporal"),
-        *args,
-        "--address",
-        address,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_start_approve_and_read_status_with_the_temporal_cli(

@@ -1,7 +1,6 @@
 """An operator's rollback with the `temporal` CLI alone: the RollbackWorkflow recipe of
 workflows/schemas/README.md, run for real, and its typed refusals."""
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -14,26 +13,11 @@ from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptSt
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import make_shop, submit
+from tests.temporal_cli import temporal_outcome
 from tests.workers import running_workers
-from workers.devstack import binary
 from workers.lifecycle_client import LifecycleClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-async def temporal_cli(address: str, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        binary("temporal"),
-        *args,
-        "--address",
-        address,
-        "--output",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate()
-    return process.returncode or 0, out.decode(), err.decode()
 
 
 async def start_rollback(
@@ -42,7 +26,7 @@ async def start_rollback(
     """The README's recipe: start RollbackWorkflow, then wait for its result."""
     deployment_id = uuid.uuid4()
     workflow_id = f"rollback-{deployment_id}"
-    code, _, err = await temporal_cli(
+    code, _, err = await temporal_outcome(
         address,
         "workflow",
         "start",
@@ -63,7 +47,9 @@ async def start_rollback(
         ),
     )
     assert code == 0, err
-    code, out, err = await temporal_cli(address, "workflow", "result", "--workflow-id", workflow_id)
+    code, out, err = await temporal_outcome(
+        address, "workflow", "result", "--workflow-id", workflow_id
+    )
     return workflow_id, code, out + err
 
 
@@ -77,7 +63,7 @@ async def production_deployments(sessions: SessionFactory) -> list[Deployment]:
         return list(rows.all())
 
 
-async def test_an_operator_rolls_production_back_with_the_temporal_cli(
+async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
     client: Client,
     sessions: SessionFactory,
     task_queue: str,
