@@ -242,14 +242,18 @@ class ReleaseActivities:
             search_attributes=_lane_attributes(request.project_id, request.environment),
             static_summary=_lane_summary(request.project_id, request.environment),
         )
-        turn: LaneTurn = await self._client.execute_update_with_start_workflow(
-            "enter",
-            LaneRequest(
-                deployment_workflow_id=request.deployment_workflow_id,
-                deployment_id=request.deployment_id,
+        # The update waits for the lane's answer: heartbeating while it is outstanding.
+        turn: LaneTurn = await heartbeating(
+            self._client.execute_update_with_start_workflow(
+                "enter",
+                LaneRequest(
+                    deployment_workflow_id=request.deployment_workflow_id,
+                    deployment_id=request.deployment_id,
+                ),
+                start_workflow_operation=lane,
+                result_type=LaneTurn,
             ),
-            start_workflow_operation=lane,
-            result_type=LaneTurn,
+            every_s=HEARTBEAT_EVERY_S,
         )
         return turn
 

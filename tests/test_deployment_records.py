@@ -11,7 +11,9 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
 
+from activities import releases as releases_module
 from activities.deploy_target import VerificationResult
 from activities.releases import ROLLBACK_TARGET_NEVER_SUCCEEDED, ReleaseActivities
 from models import (
@@ -27,11 +29,14 @@ from models import (
 from models.db import SessionFactory
 from tests.factories import make_project, make_tenant
 from workflows.contracts.deployment import (
+    EnterLane,
     PlanRollback,
     RecordDeployment,
     ReleaseStep,
     TransitionDeployment,
+    lane_workflow_id,
 )
+from workflows.deployment import DeploymentLaneWorkflow
 
 
 class HeldCheck:
@@ -240,3 +245,47 @@ async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows
 
     assert refused.value.type == ROLLBACK_TARGET_NEVER_SUCCEEDED
     assert (await rows.deployment(never.deployment_id)).verified_at is None
+
+
+async def test_entering_the_lane_heartbeats_while_the_lane_has_not_answered(
+    client: Client, rows: Rows, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No worker runs the lane on this queue yet, so its answer does not come: the attempt must
+    # keep heartbeating while it waits (a dead worker's attempt then times out within seconds).
+    monkeypatch.setattr(releases_module, "HEARTBEAT_EVERY_S", 0.05)
+    env = attempt(1)
+    beats = 0
+    three_beats = asyncio.Event()
+
+    def on_heartbeat(*_: object) -> None:
+        nonlocal beats
+        beats += 1
+        if beats >= 3:
+            three_beats.set()
+
+    env.on_heartbeat = on_heartbeat
+    project_id = uuid.uuid4()
+    entering = asyncio.ensure_future(
+        env.run(
+            rows.releases.enter_deployment_lane,
+            EnterLane(
+                project_id=project_id,
+                environment=DeploymentEnvironment.STAGING,
+                deployment_workflow_id=env.info.workflow_id,
+                deployment_id=uuid.uuid4(),
+                lane_task_queue=task_queue,
+            ),
+        )
+    )
+    try:
+        await asyncio.wait_for(three_beats.wait(), 30)
+        assert not entering.done()
+        # Once the lane runs, the same attempt gets its answer.
+        async with Worker(client, task_queue=task_queue, workflows=[DeploymentLaneWorkflow]):
+            turn = await asyncio.wait_for(entering, 30)
+    finally:
+        await client.get_workflow_handle(
+            lane_workflow_id(project_id, DeploymentEnvironment.STAGING)
+        ).terminate()
+
+    assert turn is not None and turn.queue_position == 0
