@@ -8,6 +8,10 @@
 
 Refusals (a validator saying no, a request refused at start) raise `LifecycleRefused`, whose
 `error_type` is the ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType).
+
+A plain `asyncio.run` script that used a Temporal client can abort at interpreter exit with
+`Fatal Python error: PyGILState_Release` (temporalio/sdk-python#300); leave it through
+`workers.cli.run_script(main())`, which flushes output and ends with `os._exit(code)`.
 """
 
 import uuid
