@@ -11,9 +11,28 @@ from typing import Any
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
 
 from models import ChangeJob, ChangeJobKind, ChangeJobStatus, ensure_transition
 from models.base import utcnow
+
+# An earlier attempt may have ended the job (a check handed back by a worker that stopped,
+# a retryable failure); the retry's own outcome is the one the record must show.
+_REOPENED_BY_A_RETRY = (ChangeJobStatus.CANCELLED, ChangeJobStatus.FAILED)
+
+
+def _is_retry() -> bool:
+    return activity.in_activity() and activity.info().attempt > 1
+
+
+def cancelled_by_workflow() -> bool:
+    """Whether the running activity's cancellation is the workflow's decision, as opposed to
+    its worker shutting down or the server timing the attempt out (a retry follows those, so
+    the job stays open for it)."""
+    if activity.is_worker_shutdown():
+        return False
+    details = activity.cancellation_details()
+    return details is None or (details.cancel_requested and not details.worker_shutdown)
 
 
 async def start_job(
@@ -28,7 +47,8 @@ async def start_job(
     deployment_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
 ) -> ChangeJob:
-    """Mark the job RUNNING and count one more attempt; creates the row on the first attempt."""
+    """Mark the job RUNNING and count one more attempt; creates the row on the first attempt.
+    A retried activity attempt reopens the job an earlier attempt ended cancelled or failed."""
     now = utcnow()
     # Core statement on the session's connection: upserts are not ORM queries.
     connection = await session.connection()
@@ -54,12 +74,16 @@ async def start_job(
     job = (
         await session.exec(select(ChangeJob).where(ChangeJob.job_key == job_key).with_for_update())
     ).one()
-    if job.status in (ChangeJobStatus.QUEUED, ChangeJobStatus.RUNNING):
+    reopen = job.status in _REOPENED_BY_A_RETRY and _is_retry()
+    if job.status in (ChangeJobStatus.QUEUED, ChangeJobStatus.RUNNING) or reopen:
         ensure_transition(job.status, ChangeJobStatus.RUNNING)
         job.status = ChangeJobStatus.RUNNING
         job.attempts += 1
         job.started_at = job.started_at or now
         job.updated_at = now
+        if reopen:
+            job.error = None
+            job.finished_at = None
     return job
 
 

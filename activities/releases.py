@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.change_engine import RepositoryError, resolve_commit
 from activities.deploy_target import DeployTarget, DeployTargetError
 from activities.heartbeats import heartbeating
-from activities.jobs import finish_job, start_job
+from activities.jobs import cancelled_by_workflow, finish_job, start_job
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -121,6 +121,8 @@ def _transition(row: Deployment, status: DeploymentStatus) -> bool:
         row.started_at = row.started_at or now
     if status in (DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED):
         row.finished_at = now
+    if status is DeploymentStatus.SUCCEEDED:
+        row.verified_at = now
     return True
 
 
@@ -240,14 +242,18 @@ class ReleaseActivities:
             search_attributes=_lane_attributes(request.project_id, request.environment),
             static_summary=_lane_summary(request.project_id, request.environment),
         )
-        turn: LaneTurn = await self._client.execute_update_with_start_workflow(
-            "enter",
-            LaneRequest(
-                deployment_workflow_id=request.deployment_workflow_id,
-                deployment_id=request.deployment_id,
+        # The update waits for the lane's answer: heartbeating while it is outstanding.
+        turn: LaneTurn = await heartbeating(
+            self._client.execute_update_with_start_workflow(
+                "enter",
+                LaneRequest(
+                    deployment_workflow_id=request.deployment_workflow_id,
+                    deployment_id=request.deployment_id,
+                ),
+                start_workflow_operation=lane,
+                result_type=LaneTurn,
             ),
-            start_workflow_operation=lane,
-            result_type=LaneTurn,
+            every_s=HEARTBEAT_EVERY_S,
         )
         return turn
 
@@ -293,7 +299,7 @@ class ReleaseActivities:
                 )
             if target.project_id is None or target.commit_sha is None:
                 raise _not_found(f"deployment {target.id} has no project or commit any more")
-            if not await self._ever_succeeded(session, target):
+            if target.verified_at is None:
                 raise ApplicationError(
                     f"deployment {target.id} never succeeded (status {target.status.value}); "
                     "only a verified release can be restored",
@@ -492,11 +498,15 @@ class ReleaseActivities:
             else:
                 ok, output, duration, log_url = True, "no check command configured", 0.0, None
         except asyncio.CancelledError:
-            async with self._sessions() as session:
-                await finish_job(
-                    session, job_key=job_key, status=ChangeJobStatus.CANCELLED, error="cancelled"
-                )
-                await session.commit()
+            if cancelled_by_workflow():
+                async with self._sessions() as session:
+                    await finish_job(
+                        session,
+                        job_key=job_key,
+                        status=ChangeJobStatus.CANCELLED,
+                        error="cancelled",
+                    )
+                    await session.commit()
             raise
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
@@ -612,19 +622,6 @@ class ReleaseActivities:
                 PROJECT_NOT_FOUND,
             )
         return Path(project.repo_url)
-
-    async def _ever_succeeded(self, session: AsyncSession, row: Deployment) -> bool:
-        """SUCCEEDED now, or verified healthy before a later rollback undid it."""
-        if row.status is DeploymentStatus.SUCCEEDED:
-            return True
-        verified = await session.exec(
-            select(ChangeJob.id).where(
-                ChangeJob.deployment_id == row.id,
-                ChangeJob.kind == ChangeJobKind.VALIDATION,
-                ChangeJob.status == ChangeJobStatus.SUCCEEDED,
-            )
-        )
-        return verified.first() is not None
 
     async def _live(
         self, session: AsyncSession, project_id: uuid.UUID, environment: DeploymentEnvironment

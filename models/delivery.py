@@ -217,6 +217,9 @@ class Deployment(SQLModel, table=True):
     queued_at: datetime = created_at_field()
     started_at: datetime | None = timestamp_field()
     finished_at: datetime | None = timestamp_field()
+    # When verification passed (SUCCEEDED); kept when a later rollback undoes the release, so
+    # "did this deployment ever succeed" is the deployment's own history.
+    verified_at: datetime | None = timestamp_field()
     updated_at: datetime = updated_at_field()
 
     plan: DeploymentPlan = Relationship(back_populates="deployments")

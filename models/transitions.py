@@ -93,8 +93,9 @@ TRANSITIONS: Mapping[type[enum.Enum], Mapping[enum.Enum, frozenset[enum.Enum]]] 
             {ChangeJobStatus.SUCCEEDED, ChangeJobStatus.FAILED, ChangeJobStatus.CANCELLED}
         ),
         ChangeJobStatus.SUCCEEDED: frozenset(),
-        ChangeJobStatus.FAILED: frozenset(),
-        ChangeJobStatus.CANCELLED: frozenset(),
+        # A retried activity attempt reopens the job its earlier attempt ended.
+        ChangeJobStatus.FAILED: frozenset({ChangeJobStatus.RUNNING}),
+        ChangeJobStatus.CANCELLED: frozenset({ChangeJobStatus.RUNNING}),
     },
     ConnectorStatus: {
         ConnectorStatus.PENDING: frozenset(

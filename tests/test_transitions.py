@@ -143,3 +143,12 @@ def test_every_state_is_reachable_from_the_start_and_every_lifecycle_can_end(enu
     assert reachable(start) == set(enum_cls)
     for state in enum_cls:
         assert any(is_terminal(s) for s in reachable(state)), f"{state} can never finish"
+
+
+@pytest.mark.parametrize("ended", [ChangeJobStatus.CANCELLED, ChangeJobStatus.FAILED])
+def test_a_retried_attempt_may_reopen_a_job_an_earlier_attempt_ended(ended):
+    ensure_transition(ended, ChangeJobStatus.RUNNING)
+    with pytest.raises(IllegalTransition):
+        ensure_transition(ended, ChangeJobStatus.SUCCEEDED)
+    with pytest.raises(IllegalTransition):
+        ensure_transition(ChangeJobStatus.SUCCEEDED, ChangeJobStatus.RUNNING)

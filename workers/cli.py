@@ -5,13 +5,17 @@ turn bad configuration into one clear line and exit code 2, and leave with os._e
         run_entry_point(_main)          # async def _main(settings: Settings) -> int | None
 
 os._exit because a process that used a Temporal client can abort at interpreter exit
-(temporalio/sdk-python#300), turning success into exit code 134.
+(temporalio/sdk-python#300, `Fatal Python error: PyGILState_Release`), turning success into exit
+code 134. A plain script of another service (no changeflow settings) leaves the same way:
+
+    run_script(main())                  # main: any coroutine returning int | None
 """
 
 import asyncio
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -24,6 +28,30 @@ EXIT_BAD_CONFIGURATION = 2
 EXIT_INTERRUPTED = 130
 
 AsyncMain = Callable[[Settings], Coroutine[Any, Any, int | None]]
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush what the process wrote, then leave without the interpreter's exit (see above)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_script(main: Coroutine[Any, Any, int | None]) -> NoReturn:
+    """`asyncio.run(main)` for a script that used a Temporal client: its return value is the
+    exit code (None is 0), an uncaught error is printed and exits 1."""
+    code = EXIT_FAILURE
+    try:
+        code = asyncio.run(main) or EXIT_OK
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        exit_process(code)
 
 
 def run_entry_point(main: AsyncMain, *, prog: str | None = None) -> NoReturn:
@@ -44,10 +72,7 @@ def run_entry_point(main: AsyncMain, *, prog: str | None = None) -> NoReturn:
         logging.getLogger(prog).exception("unexpected_error")
         code = EXIT_FAILURE
     finally:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_process(code)
 
 
 def run(main: AsyncMain) -> int:

@@ -1,16 +1,26 @@
-"""Bind log context around every activity, so each line an activity (or the libraries it calls)
+"""Around every activity: bind log context, so each line an activity (or the libraries it calls)
 logs says which workflow, activity, attempt and tenant it belongs to, without the activity
-formatting any of that into its messages."""
+formatting any of that into its messages; and bound the failure it hands to Temporal."""
 
 from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
     Interceptor,
 )
+
+from workflows.contracts.failures import (
+    FAILURE_CAUSES_KEPT,
+    FAILURE_LINES_KEPT,
+    FAILURE_PART_CHARS,
+    MAX_FAILURE_MESSAGE_CHARS,
+)
+
+log = structlog.get_logger(__name__)
 
 
 def tenant_of(args: Any) -> str | None:
@@ -46,3 +56,82 @@ class LogContextInterceptor(Interceptor):
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _BindActivityContext(next)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _first_lines(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return _cut(" ".join(lines[:FAILURE_LINES_KEPT]), FAILURE_PART_CHARS)
+
+
+def _underlying(exc: BaseException) -> BaseException | None:
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
+
+
+def short_failure_message(exc: BaseException, message: str | None = None) -> str:
+    """The error's first lines, then its causes' ("caused by Type: first lines"), bounded."""
+    parts = [_cut(message, FAILURE_PART_CHARS) if message is not None else _first_lines(exc)]
+    cause = _underlying(exc)
+    for _ in range(FAILURE_CAUSES_KEPT):
+        if cause is None:
+            break
+        text = _first_lines(cause)
+        if text not in parts[-1]:  # wrappers often repeat their cause's text
+            parts.append(
+                f"caused by {type(cause).__name__}: {text}" if text else type(cause).__name__
+            )
+        cause = _underlying(cause)
+    return _cut("; ".join(p for p in parts if p) or type(exc).__name__, MAX_FAILURE_MESSAGE_CHARS)
+
+
+def bounded_failure(exc: Exception) -> Exception:
+    """What Temporal gets for an activity's exception: typed errors keep their type and retry
+    rule with a bounded message; any other error becomes a retryable ApplicationError named
+    after its class (so retry policies' non-retryable types still match). Neither carries the
+    traceback or the cause chain, only their short messages."""
+    if isinstance(exc, ApplicationError):
+        message = short_failure_message(exc, exc.message)
+        if message == exc.message and _underlying(exc) is None:
+            return exc
+        return ApplicationError(
+            message,
+            *exc.details,
+            type=exc.type,
+            non_retryable=exc.non_retryable,
+            next_retry_delay=exc.next_retry_delay,
+            category=exc.category,
+        )
+    if isinstance(exc, FailureError):
+        return exc  # Temporal's own (cancellation, timeouts): the SDK relies on their kind
+    return ApplicationError(short_failure_message(exc), type=type(exc).__name__)
+
+
+class _BoundFailures(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        try:
+            return await self.next.execute_activity(input)
+        except Exception as exc:
+            bounded = bounded_failure(exc)
+            if bounded is exc:
+                raise
+            # The whole story stays here; the history gets the short one.
+            log.warning("activity failed", error_type=type(exc).__name__, exc_info=exc)
+            raise bounded from None
+
+
+class BoundedFailureInterceptor(Interceptor):
+    """Worker interceptor: an activity's failure reaches Temporal short and readable."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _BoundFailures(next)
+
+
+def worker_interceptors() -> list[Interceptor]:
+    """Every worker's interceptors; the log context is bound outermost, so the failure line
+    logged inside it carries the activity's context."""
+    return [LogContextInterceptor(), BoundedFailureInterceptor()]

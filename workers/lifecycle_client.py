@@ -11,6 +11,10 @@ refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_t
 ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType). A decision on a
 request that has ended is refused as `RequestClosed` (the server answers such an update with an
 untyped "workflow execution already completed").
+
+A plain `asyncio.run` script that used a Temporal client can abort at interpreter exit with
+`Fatal Python error: PyGILState_Release` (temporalio/sdk-python#300); leave it through
+`workers.cli.run_script(main())`, which flushes output and ends with `os._exit(code)`.
 """
 
 import uuid

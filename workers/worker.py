@@ -22,7 +22,7 @@ from models.db import create_engine, session_factory
 from workers import registry
 from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
-from workers.interceptors import LogContextInterceptor
+from workers.interceptors import worker_interceptors
 from workers.registry import Dependencies
 from workers.schedules import LEDGER_SWEEP_SCHEDULE_ID, ensure_sweep_schedule
 from workers.settings import ConfigurationError, Settings
@@ -36,7 +36,7 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
     common = {
         "max_concurrent_activities": settings.max_concurrent_activities,
         "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
-        "interceptors": [LogContextInterceptor()],
+        "interceptors": worker_interceptors(),
     }
     workers: list[Worker] = []
     # One queue for everything (a small fleet): one Worker must register all activities, or

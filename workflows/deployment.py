@@ -66,6 +66,9 @@ _BOOKKEEPING: dict[str, Any] = {
         non_retryable_error_types=NON_RETRYABLE_ERRORS,
     ),
 }
+# Entering the lane waits on the lane's answer; its heartbeat lets a dead worker's attempt be
+# retried within seconds instead of after the whole start-to-close timeout.
+_LANE_ENTRY: dict[str, Any] = {**_BOOKKEEPING, "heartbeat_timeout": timedelta(seconds=10)}
 _RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
@@ -353,7 +356,7 @@ class DeploymentWorkflow:
                     deployment_id=input.deployment_id,
                     lane_task_queue=workflow.info().task_queue,
                 ),
-                **_BOOKKEEPING,
+                **_LANE_ENTRY,
             )
             try:
                 await recording

@@ -1,0 +1,291 @@
+"""Deployment records stay true when a worker stops mid-step: the retried attempt reopens and
+counts on its job, and whether a deployment ever succeeded is its own history, not a job row."""
+
+import asyncio
+import dataclasses
+import uuid
+
+import pytest
+from sqlmodel import col, delete, select
+from temporalio.activity import ActivityCancellationDetails
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Worker
+
+from activities import releases as releases_module
+from activities.deploy_target import VerificationResult
+from activities.releases import ROLLBACK_TARGET_NEVER_SUCCEEDED, ReleaseActivities
+from models import (
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    PromptRequest,
+)
+from models.db import SessionFactory
+from tests.factories import make_project, make_tenant
+from workflows.contracts.deployment import (
+    EnterLane,
+    PlanRollback,
+    RecordDeployment,
+    ReleaseStep,
+    TransitionDeployment,
+    lane_workflow_id,
+)
+from workflows.deployment import DeploymentLaneWorkflow
+
+
+class HeldCheck:
+    """A deploy target whose check passes, held open while `open` is clear (a long check)."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.reached = asyncio.Event()
+
+    async def verify(self, **_: object) -> VerificationResult:
+        self.reached.set()
+        await self.open.wait()
+        return VerificationResult(ok=True, output="ok", log_path="/tmp/check.log", duration_s=0.1)
+
+
+def attempt(n: int) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=n, workflow_id=f"deploy-{n}-{uuid.uuid4()}")
+    return env
+
+
+def same_workflow(env: ActivityEnvironment, n: int) -> ActivityEnvironment:
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(env.info, attempt=n)
+    return retry
+
+
+class Rows:
+    def __init__(self, sessions: SessionFactory, releases: ReleaseActivities) -> None:
+        self.sessions = sessions
+        self.releases = releases
+
+    async def plan(self) -> DeploymentPlan:
+        tenant = await make_tenant(self.sessions)
+        project = await make_project(
+            self.sessions, tenant=tenant, repo_url="/nonexistent/repo", check_command="true"
+        )
+        async with self.sessions() as session:
+            request = PromptRequest(tenant_id=tenant.id, project_id=project.id, prompt="p")
+            session.add(request)
+            await session.flush()
+            plan = DeploymentPlan(tenant_id=tenant.id, prompt_request_id=request.id)
+            session.add(plan)
+            await session.commit()
+        self.project_id = project.id
+        return plan
+
+    async def released(
+        self, plan: DeploymentPlan, commit_sha: str, rollback_of: uuid.UUID | None = None
+    ) -> ReleaseStep:
+        """A deployment released and waiting for its verification."""
+        deployment_id = uuid.uuid4()
+        await ActivityEnvironment().run(
+            self.releases.record_deployment,
+            RecordDeployment(
+                deployment_id=deployment_id,
+                tenant_id=plan.tenant_id,
+                project_id=self.project_id,
+                plan_id=plan.id,
+                environment=DeploymentEnvironment.PRODUCTION,
+                commit_sha=commit_sha,
+                rollback_of=rollback_of,
+                workflow_id="deploy",
+            ),
+        )
+        await ActivityEnvironment().run(
+            self.releases.mark_deployment,
+            TransitionDeployment(deployment_id=deployment_id, status=DeploymentStatus.IN_PROGRESS),
+        )
+        return ReleaseStep(
+            deployment_id=deployment_id,
+            tenant_id=plan.tenant_id,
+            project_id=self.project_id,
+            plan_id=plan.id,
+            environment=DeploymentEnvironment.PRODUCTION,
+            commit_sha=commit_sha,
+            step="verify",
+        )
+
+    async def validation_job(self, deployment_id: uuid.UUID) -> ChangeJob:
+        async with self.sessions() as session:
+            return (
+                await session.exec(
+                    select(ChangeJob).where(
+                        ChangeJob.deployment_id == deployment_id,
+                        ChangeJob.kind == ChangeJobKind.VALIDATION,
+                    )
+                )
+            ).one()
+
+    async def deployment(self, deployment_id: uuid.UUID) -> Deployment:
+        async with self.sessions() as session:
+            row = await session.get(Deployment, deployment_id)
+            assert row is not None
+            return row
+
+
+@pytest.fixture
+def check() -> HeldCheck:
+    return HeldCheck()
+
+
+@pytest.fixture
+def rows(sessions: SessionFactory, client: Client, check: HeldCheck) -> Rows:
+    releases = ReleaseActivities(sessions=sessions, target=check, client=client)  # type: ignore[arg-type]
+    return Rows(sessions, releases)
+
+
+async def cancel_mid_check(
+    rows: Rows, check: HeldCheck, step: ReleaseStep, *, worker_shutdown: bool
+) -> ActivityEnvironment:
+    """Attempt 1 of the check is cancelled while the check runs: by its worker shutting down
+    past the grace period, or by the workflow asking."""
+    first = attempt(1)
+    check.open.clear()
+    running = asyncio.ensure_future(first.run(rows.releases.verify_deployment, step))
+    await asyncio.wait_for(check.reached.wait(), 10)
+    if worker_shutdown:
+        first.worker_shutdown()
+        first.cancel(ActivityCancellationDetails(worker_shutdown=True))
+    else:
+        first.cancel(ActivityCancellationDetails(cancel_requested=True))
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    check.open.set()
+    return first
+
+
+async def test_a_check_handed_back_by_a_stopping_worker_is_counted_and_recorded_by_its_retry(
+    rows: Rows, check: HeldCheck
+) -> None:
+    step = await rows.released(await rows.plan(), "a1")
+    first = await cancel_mid_check(rows, check, step, worker_shutdown=True)
+
+    # The stopping worker's cancellation is not the workflow's: the job stays open for the retry.
+    job = await rows.validation_job(step.deployment_id)
+    assert (job.status, job.attempts) == (ChangeJobStatus.RUNNING, 1)
+
+    outcome = await same_workflow(first, 2).run(rows.releases.verify_deployment, step)
+
+    assert outcome.ok
+    job = await rows.validation_job(step.deployment_id)
+    assert (job.status, job.attempts, job.error) == (ChangeJobStatus.SUCCEEDED, 2, None)
+    assert (await rows.deployment(step.deployment_id)).status is DeploymentStatus.SUCCEEDED
+
+
+async def test_a_retry_reopens_the_job_an_earlier_attempt_left_cancelled(
+    rows: Rows, check: HeldCheck
+) -> None:
+    step = await rows.released(await rows.plan(), "a1")
+    # Cancelled as the workflow asking cancels it (and as a stopping worker's did before): the
+    # job ends cancelled with one attempt.
+    first = await cancel_mid_check(rows, check, step, worker_shutdown=False)
+    job = await rows.validation_job(step.deployment_id)
+    assert (job.status, job.attempts) == (ChangeJobStatus.CANCELLED, 1)
+
+    await same_workflow(first, 2).run(rows.releases.verify_deployment, step)
+
+    job = await rows.validation_job(step.deployment_id)
+    assert (job.status, job.attempts, job.error) == (ChangeJobStatus.SUCCEEDED, 2, None)
+    assert job.finished_at is not None
+
+
+async def test_rolling_back_to_a_deployment_trusts_its_own_verification_not_its_job_rows(
+    rows: Rows, sessions: SessionFactory
+) -> None:
+    plan = await rows.plan()
+    earlier = await rows.released(plan, "a1")
+    await attempt(1).run(rows.releases.verify_deployment, earlier)
+    # A later rollback undoes it; then its job rows are gone (or say anything at all).
+    undo = await rows.released(plan, "c0", rollback_of=earlier.deployment_id)
+    await attempt(1).run(rows.releases.verify_deployment, undo)
+    undone = await rows.deployment(earlier.deployment_id)
+    assert undone.status is DeploymentStatus.ROLLED_BACK
+    assert undone.verified_at is not None
+    async with sessions() as session:
+        await session.exec(  # type: ignore[call-overload]
+            delete(ChangeJob).where(col(ChangeJob.deployment_id) == earlier.deployment_id)
+        )
+        await session.commit()
+
+    rollback = await ActivityEnvironment().run(
+        rows.releases.plan_rollback,
+        PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=earlier.deployment_id),
+    )
+
+    assert (rollback.commit_sha, rollback.live_deployment_id) == ("a1", undo.deployment_id)
+
+
+async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows) -> None:
+    plan = await rows.plan()
+    live = await rows.released(plan, "b2")
+    await attempt(1).run(rows.releases.verify_deployment, live)
+    never = await rows.released(plan, "a1")
+    await ActivityEnvironment().run(
+        rows.releases.mark_deployment,
+        TransitionDeployment(deployment_id=never.deployment_id, status=DeploymentStatus.FAILED),
+    )
+
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(
+            rows.releases.plan_rollback,
+            PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=never.deployment_id),
+        )
+
+    assert refused.value.type == ROLLBACK_TARGET_NEVER_SUCCEEDED
+    assert (await rows.deployment(never.deployment_id)).verified_at is None
+
+
+async def test_entering_the_lane_heartbeats_while_the_lane_has_not_answered(
+    client: Client, rows: Rows, task_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No worker runs the lane on this queue yet, so its answer does not come: the attempt must
+    # keep heartbeating while it waits (a dead worker's attempt then times out within seconds).
+    monkeypatch.setattr(releases_module, "HEARTBEAT_EVERY_S", 0.05)
+    env = attempt(1)
+    beats = 0
+    three_beats = asyncio.Event()
+
+    def on_heartbeat(*_: object) -> None:
+        nonlocal beats
+        beats += 1
+        if beats >= 3:
+            three_beats.set()
+
+    env.on_heartbeat = on_heartbeat
+    project_id = uuid.uuid4()
+    entering = asyncio.ensure_future(
+        env.run(
+            rows.releases.enter_deployment_lane,
+            EnterLane(
+                project_id=project_id,
+                environment=DeploymentEnvironment.STAGING,
+                deployment_workflow_id=env.info.workflow_id,
+                deployment_id=uuid.uuid4(),
+                lane_task_queue=task_queue,
+            ),
+        )
+    )
+    try:
+        await asyncio.wait_for(three_beats.wait(), 30)
+        assert not entering.done()
+        # Once the lane runs, the same attempt gets its answer.
+        async with Worker(client, task_queue=task_queue, workflows=[DeploymentLaneWorkflow]):
+            turn = await asyncio.wait_for(entering, 30)
+    finally:
+        await client.get_workflow_handle(
+            lane_workflow_id(project_id, DeploymentEnvironment.STAGING)
+        ).terminate()
+
+    assert turn is not None and turn.queue_position == 0
