@@ -108,6 +108,9 @@ def repo(tmp_path: Path) -> Path:
     git(path, "config", "user.name", "Tests")
     (path / "check.py").write_text(CHECK_PY)
     commit(path, "initial storefront", healthy=True)
+    # Releases are made on a work branch: main is the project's default branch, which only a
+    # verified production release advances (and production refuses a commit main is ahead of).
+    git(path, "checkout", "-q", "-b", "work")
     return path
 
 

@@ -2,8 +2,6 @@
 the default branch equal to production: real repositories (the sample storefront)."""
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,49 +17,14 @@ from activities.change_engine import (
     same_changed_lines,
 )
 from scripts.sample_repo import create_sample_repo
+from tests.lifecycle_support import git, push_config
 
 engine = GitChangeEngine()
-
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "Someone",
-    "GIT_AUTHOR_EMAIL": "someone@example.com",
-    "GIT_COMMITTER_NAME": "Someone",
-    "GIT_COMMITTER_EMAIL": "someone@example.com",
-}
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return create_sample_repo(tmp_path / "storefront")
-
-
-def git(repo: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        input=stdin,
-        env={**os.environ, **IDENTITY},
-    ).stdout.strip()
-
-
-def push_config(repo: Path, **changes: object) -> str:
-    """Someone commits an edit of config.json straight onto main (no work tree touched)."""
-    config = json.loads(git(repo, "show", "main:config.json"))
-    config.update(changes)
-    blob = git(repo, "hash-object", "-w", "--stdin", stdin=json.dumps(config, indent=2) + "\n")
-    index = {"GIT_INDEX_FILE": str(repo / ".git" / "push-index")}
-    env = {**os.environ, **IDENTITY, **index}
-    run = {"check": True, "capture_output": True, "text": True, "env": env}
-    subprocess.run(["git", "-C", str(repo), "read-tree", "main"], **run)  # type: ignore[call-overload]
-    subprocess.run(  # type: ignore[call-overload]
-        ["git", "-C", str(repo), "update-index", "--cacheinfo", f"100644,{blob},config.json"], **run
-    )
-    tree = subprocess.run(["git", "-C", str(repo), "write-tree"], **run).stdout.strip()  # type: ignore[call-overload]
-    commit = git(repo, "commit-tree", tree, "-p", "main", "-m", "a push")
-    git(repo, "update-ref", "refs/heads/main", commit)
-    return commit
 
 
 def config_at(repo: Path, revision: str) -> dict[str, object]:
@@ -173,7 +136,7 @@ async def test_a_rebase_onto_part_of_the_change_has_other_changed_lines(repo: Pa
 async def test_a_conflicting_push_is_a_rebase_conflict_naming_the_file(repo: Path) -> None:
     proposal = await plan(repo, "set theme to dark")
     push_config(repo, theme="blue")
-    with pytest.raises(RebaseConflict, match="config.json"):
+    with pytest.raises(RebaseConflict, match=r"config\.json"):
         await engine.apply(
             repo=repo, proposal=proposal, prompt="set theme to dark", branch="change", onto="main"
         )
