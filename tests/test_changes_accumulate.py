@@ -11,6 +11,8 @@ import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
 
+from activities.change_engine import AppliedChange, ChangeProposal, GitChangeEngine
+from activities.delivery import DeliveryActivities
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT
@@ -32,7 +34,11 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
-from workflows.contracts.lifecycle import LifecycleErrorType, PromptRequestResult
+from workflows.contracts.lifecycle import (
+    MAX_REBASE_ROUNDS,
+    LifecycleErrorType,
+    PromptRequestResult,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -357,3 +363,57 @@ async def test_an_operator_rollback_reverts_main_so_the_next_change_does_not_bri
     ) == ("dark", 50, "Corner Shop Plus")
     assert merges(shop) == ""
     assert_default_branch_is_production(shop)
+
+
+class PushedAfterEveryApply(GitChangeEngine):
+    """Someone pushes to main right after every apply: production always finds it moved."""
+
+    def __init__(self) -> None:
+        self.pushes = 0
+
+    async def apply(
+        self,
+        *,
+        repo: Path,
+        proposal: ChangeProposal,
+        prompt: str,
+        branch: str,
+        onto: str | None = None,
+    ) -> AppliedChange:
+        applied = await super().apply(
+            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto
+        )
+        self.pushes += 1
+        push_config(repo, store_name=f"Corner Shop {self.pushes}")
+        return applied
+
+
+async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_rebases(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    engine = PushedAfterEveryApply()
+    delivery = DeliveryActivities(sessions, engine)
+    async with running_workers(
+        client,
+        sessions,
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        replace=[delivery.apply_change],
+    ):
+        result = await outcome(lifecycle, await submit(lifecycle, shop, "set theme to dark"))
+
+    assert result.status is PromptStatus.FAILED
+    assert f"not shipped after {MAX_REBASE_ROUNDS} rebases" in result.reason
+    assert engine.pushes == MAX_REBASE_ROUNDS
+    refused = [d for d in result.deployments if d.environment is DeploymentEnvironment.PRODUCTION]
+    assert len(refused) == MAX_REBASE_ROUNDS
+    assert all(d.status is DeploymentStatus.FAILED for d in refused)
+    # Production never ran the change; main holds the pushes only.
+    assert git(shop.project.repo_url, "branch", "--list", "env/production") == ""
+    assert config_on(shop, "main")["theme"] == "light"
