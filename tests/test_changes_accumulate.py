@@ -409,7 +409,7 @@ async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_r
         result = await outcome(lifecycle, await submit(lifecycle, shop, "set theme to dark"))
 
     assert result.status is PromptStatus.FAILED
-    assert f"not shipped after {MAX_REBASE_ROUNDS} rebases" in result.reason
+    assert f"not shipped after {MAX_REBASE_ROUNDS} applies" in result.reason
     assert engine.pushes == MAX_REBASE_ROUNDS
     refused = [d for d in result.deployments if d.environment is DeploymentEnvironment.PRODUCTION]
     assert len(refused) == MAX_REBASE_ROUNDS

@@ -192,7 +192,7 @@ class PromptRequestWorkflow:
                 await self._close_holds(charge=self._tokens_used, beyond_holds=True)
                 await self._end(
                     PromptStatus.FAILED,
-                    f"the default branch kept moving: not shipped after {rounds} rebases",
+                    f"the default branch kept moving: not shipped after {rounds} applies",
                     tokens_used=self._tokens_used,
                 )
             rounds += 1
