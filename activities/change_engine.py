@@ -60,18 +60,29 @@ class ChangeProposal(BaseModel):
     risk_reasons: list[str]
     token_estimate: int  # from the prompt text
     base_commit: str
+    # The commit already made of this diff on base_commit (a rebased plan): applied as it is.
+    commit_sha: str | None = None
 
 
 class AppliedChange(BaseModel):
     commit_sha: str  # commit on `branch` implementing the proposal
     tokens_used: int  # what the work actually cost
+    # The commit's parent and its diff against it: the proposal's own unless it was rebased.
+    base_commit: str = ""
+    diff: str = ""
 
 
 class ChangeEngine(Protocol):
     async def plan(self, *, repo: Path, base_branch: str, prompt: str) -> ChangeProposal: ...
 
     async def apply(
-        self, *, repo: Path, proposal: ChangeProposal, prompt: str, branch: str
+        self,
+        *,
+        repo: Path,
+        proposal: ChangeProposal,
+        prompt: str,
+        branch: str,
+        onto: str | None = None,
     ) -> AppliedChange: ...
 
 
@@ -85,6 +96,10 @@ class ChangeRequestInvalid(ChangeEngineError):
 
 class RepositoryError(ChangeEngineError):
     """The repository is missing or unusable, or a branch holds something unexpected."""
+
+
+class RebaseConflict(ChangeEngineError):
+    """The approved change does not apply cleanly to the branch it must be committed on."""
 
 
 # --- git -----------------------------------------------------------------------------------
@@ -171,6 +186,84 @@ async def move_ref(repo: Path, ref: str, new: str, old: str | None) -> bool:
     return code == 0
 
 
+async def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    """Whether `descendant` holds `ancestor` (a commit is its own ancestor)."""
+    code, _ = await run_git(repo, "merge-base", "--is-ancestor", ancestor, descendant, check=False)
+    return code == 0
+
+
+async def tree_of(repo: Path, commit: str) -> str:
+    return await git_text(repo, "rev-parse", "--verify", "--end-of-options", f"{commit}^{{tree}}")
+
+
+def engine_identity(date: str) -> dict[str, str]:
+    """The engine's fixed identity at `date` (unix seconds): the same change is the same commit."""
+    return {
+        "GIT_AUTHOR_NAME": ENGINE_NAME,
+        "GIT_AUTHOR_EMAIL": ENGINE_EMAIL,
+        "GIT_AUTHOR_DATE": f"{date} +0000",
+        "GIT_COMMITTER_NAME": ENGINE_NAME,
+        "GIT_COMMITTER_EMAIL": ENGINE_EMAIL,
+        "GIT_COMMITTER_DATE": f"{date} +0000",
+    }
+
+
+async def commit_date(repo: Path, commit: str) -> str:
+    return await git_text(repo, "log", "-1", "--no-walk", "--format=%ct", commit, "--")
+
+
+async def commit_tree(repo: Path, tree: str, parent: str, message: str) -> str:
+    """A commit of `tree` on `parent` by the engine, dated like its parent (deterministic)."""
+    return await git_text(
+        repo,
+        "commit-tree",
+        "--no-gpg-sign",
+        tree,
+        "-p",
+        parent,
+        stdin=message.encode(),
+        env=engine_identity(await commit_date(repo, parent)),
+    )
+
+
+CAS_ATTEMPTS = 5
+
+
+async def fast_forward(repo: Path, branch: str, commit: str) -> bool:
+    """Advance `branch` to `commit` by compare-and-swap when the commit descends from it.
+
+    True once the branch holds the commit (already, or now); False when the branch has moved
+    to something the commit does not descend from, and was left alone.
+    """
+    ref = f"refs/heads/{branch}"
+    for _ in range(CAS_ATTEMPTS):
+        current = await resolve_commit(repo, ref)
+        if current is not None and await is_ancestor(repo, commit, current):
+            return True
+        if current is not None and not await is_ancestor(repo, current, commit):
+            return False
+        if await move_ref(repo, ref, commit, current):
+            return True
+    raise RepositoryError(f"branch {branch} kept moving while it was advanced")
+
+
+async def restore_tree(repo: Path, branch: str, commit: str, message: str) -> str:
+    """Make `branch` hold `commit`'s tree by a new commit on top of it (a revert that keeps the
+    history), by compare-and-swap; nothing when it holds that tree already. Returns the head."""
+    ref = f"refs/heads/{branch}"
+    tree = await tree_of(repo, commit)
+    for _ in range(CAS_ATTEMPTS):
+        current = await resolve_commit(repo, ref)
+        if current is None:
+            raise RepositoryError(f"{repo} has no branch {branch}")
+        if await tree_of(repo, current) == tree:
+            return current
+        revert = await commit_tree(repo, tree, current, message)
+        if await move_ref(repo, ref, revert, current):
+            return revert
+    raise RepositoryError(f"branch {branch} kept moving while it was restored")
+
+
 # --- risk ----------------------------------------------------------------------------------
 
 
@@ -180,6 +273,20 @@ class FileDiff:
     status: str = "modified"  # added | deleted | modified | renamed
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+
+
+def changed_lines(diff: str) -> list[tuple[str, str, list[str], list[str]]]:
+    """What a diff changes, per file: path, status, the removed and the added lines in order.
+
+    Context lines and hunk positions are left out: a change that only moved because the lines
+    around it changed is the same change (a clean rebase), one whose own lines differ is not.
+    """
+    return [(f.path, f.status, f.removed, f.added) for f in parse_unified_diff(diff)]
+
+
+def same_changed_lines(approved: str, rebased: str) -> bool:
+    """Whether a rebased diff changes exactly what the approved diff changed."""
+    return changed_lines(approved) == changed_lines(rebased)
 
 
 def parse_unified_diff(diff: str) -> list[FileDiff]:
@@ -656,20 +763,92 @@ class GitChangeEngine:
         )
 
     async def apply(
-        self, *, repo: Path, proposal: ChangeProposal, prompt: str, branch: str
+        self,
+        *,
+        repo: Path,
+        proposal: ChangeProposal,
+        prompt: str,
+        branch: str,
+        onto: str | None = None,
     ) -> AppliedChange:
+        """Commit the proposal on `branch`. With `onto` (the default branch) and that branch
+        moved past the proposal's base, the change is rebased onto its head (3-way, no work
+        tree); the result carries the diff actually committed, to compare with the approved."""
         instructions = parse_prompt(prompt)
         if not await valid_branch_name(repo, branch):
             raise ChangeRequestInvalid(f"{branch!r} is not a valid branch name")
+        approved = await self._approved_commit(repo, proposal, prompt, instructions)
+        tokens = tokens_used(prompt, proposal.diff)
+        head = await resolve_commit(repo, f"refs/heads/{onto}") if onto else None
+        if onto and head is None:
+            raise RepositoryError(f"{repo} has no branch {onto!r}")
+        if head is None or head == proposal.base_commit:
+            await self._advance_branch(repo, branch, approved, proposal.base_commit)
+            return AppliedChange(
+                commit_sha=approved,
+                tokens_used=tokens,
+                base_commit=proposal.base_commit,
+                diff=proposal.diff,
+            )
+        commit, diff = await self._rebase(repo, approved, head, onto or "")
+        await self._point_branch(repo, branch, commit)
+        return AppliedChange(commit_sha=commit, tokens_used=tokens, base_commit=head, diff=diff)
+
+    async def _approved_commit(
+        self, repo: Path, proposal: ChangeProposal, prompt: str, instructions: list[Instruction]
+    ) -> str:
+        """The commit of the approved diff on its base: the plan's own when it is that (a
+        rebased plan's), otherwise built again from the prompt, which must give the same diff."""
         base_date = await self._commit_date(repo, proposal.base_commit)
+        if proposal.commit_sha and await resolve_commit(repo, proposal.commit_sha):
+            parents = await git_text(
+                repo, "rev-list", "--parents", "-n", "1", proposal.commit_sha, "--"
+            )
+            on_base = parents.split()[1:] == [proposal.base_commit]
+            if on_base and await self._diff(repo, proposal.base_commit, proposal.commit_sha) == (
+                proposal.diff
+            ):
+                return proposal.commit_sha
         built = await self._build(repo, proposal.base_commit, instructions)
         if built.diff != proposal.diff:
             raise ChangeRequestInvalid(
                 "the prompt no longer produces the proposed diff on its base commit; plan again"
             )
-        commit = await self._commit(repo, proposal.base_commit, base_date, built, prompt)
-        await self._advance_branch(repo, branch, commit, proposal.base_commit)
-        return AppliedChange(commit_sha=commit, tokens_used=tokens_used(prompt, built.diff))
+        return await self._commit(repo, proposal.base_commit, base_date, built, prompt)
+
+    async def _rebase(self, repo: Path, approved: str, head: str, onto: str) -> tuple[str, str]:
+        """`approved` replayed on `head`: a 3-way merge in git's object store (merge-tree
+        writes no index and no work tree), committed like the approved one on the new parent."""
+        code, out = await run_git(
+            repo, "merge-tree", "--write-tree", "--no-messages", "--name-only", head, approved,
+            check=False,
+        )  # fmt: skip
+        if code == 1:
+            conflicted = sorted(set(out.decode().splitlines()[1:]) - {""})
+            raise RebaseConflict(
+                f"the approved change conflicts with {onto} at {head[:12]} "
+                f"in {', '.join(conflicted) or 'the repository'}"
+            )
+        if code != 0:
+            raise GitCommandFailed(("merge-tree",), code, out.decode(errors="replace"))
+        tree = out.decode().splitlines()[0].strip()
+        if tree == await tree_of(repo, head):
+            raise ChangeRequestInvalid(f"{onto} at {head[:12]} already holds this change")
+        message = (await run_git(repo, "log", "-1", "--format=%B", approved, "--"))[1].decode()
+        commit = await commit_tree(repo, tree, head, message)
+        return commit, await self._diff(repo, head, commit)
+
+    async def _diff(self, repo: Path, old: str, new: str) -> str:
+        return (await run_git(repo, *DIFF_OPTIONS, "--patch", old, new))[1].decode()
+
+    async def _point_branch(self, repo: Path, branch: str, commit: str) -> None:
+        """The request's own branch follows its rebased change; only this request writes it."""
+        ref = f"refs/heads/{branch}"
+        for _ in range(CAS_ATTEMPTS):
+            current = await resolve_commit(repo, ref)
+            if current == commit or await move_ref(repo, ref, commit, current):
+                return
+        raise RepositoryError(f"branch {branch} kept moving while the change was committed")
 
     async def _build(
         self, repo: Path, base_commit: str, instructions: list[Instruction]
@@ -728,14 +907,7 @@ class GitChangeEngine:
         self, repo: Path, base_commit: str, date: str, built: BuiltChange, prompt: str
     ) -> str:
         # Fixed identity and the base's date: the same change is the same commit, every time.
-        identity = {
-            "GIT_AUTHOR_NAME": ENGINE_NAME,
-            "GIT_AUTHOR_EMAIL": ENGINE_EMAIL,
-            "GIT_AUTHOR_DATE": f"{date} +0000",
-            "GIT_COMMITTER_NAME": ENGINE_NAME,
-            "GIT_COMMITTER_EMAIL": ENGINE_EMAIL,
-            "GIT_COMMITTER_DATE": f"{date} +0000",
-        }
+        identity = engine_identity(date)
         title = built.summary[0][:72]
         body = "\n".join(built.summary)
         message = f"{title}\n\n{body}\n\nRequested:\n{prompt.strip()}\n"

@@ -19,10 +19,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import (
+    AppliedChange,
     ChangeEngine,
     ChangeEngineError,
     ChangeProposal,
     ChangeRequestInvalid,
+    RebaseConflict,
+    assess_risk,
+    parse_unified_diff,
+    same_changed_lines,
 )
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
@@ -189,11 +194,12 @@ class DeliveryActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
-        kind = (
-            LifecycleErrorType.CHANGE_REQUEST_INVALID
-            if isinstance(exc, ChangeRequestInvalid)
-            else LifecycleErrorType.REPOSITORY_ERROR
-        )
+        if isinstance(exc, ChangeRequestInvalid):
+            kind = LifecycleErrorType.CHANGE_REQUEST_INVALID
+        elif isinstance(exc, RebaseConflict):
+            kind = LifecycleErrorType.REBASE_CONFLICT
+        else:
+            kind = LifecycleErrorType.REPOSITORY_ERROR
         raise refused(kind, str(exc)) from exc
 
     @activity.defn
@@ -388,13 +394,17 @@ class DeliveryActivities:
 
     @activity.defn
     async def apply_change(self, req: ApplyChange) -> AppliedChangeView:
-        """Have the change engine commit the approved plan (DEPLOYING_STAGING).
+        """Have the change engine commit the approved plan on the default branch's head
+        (DEPLOYING_STAGING), rebased when that branch moved past the plan's base.
 
-        When the work used more tokens than approved beyond the tolerance, the plan is
-        repriced as a new revision awaiting approval instead of going on.
+        When the work used more tokens than approved beyond the tolerance, or the rebased diff
+        changes other lines than the approved one, a new plan revision awaits approval instead
+        of going on: nothing ships that nobody approved.
         """
         workflow_id = activity.info().workflow_id
         job_key = f"{workflow_id}:apply:{req.plan_id}"
+        if req.round > 1:
+            job_key += f":round-{req.round}"
         async with self._sessions() as session:
             request = await _locked_request(session, req.prompt_request_id)
             plan = await _plan(session, req.plan_id)
@@ -403,7 +413,9 @@ class DeliveryActivities:
             project = await session.get(Project, request.project_id)
             if project is None:
                 raise refused(LifecycleErrorType.UNKNOWN_PROJECT, "the project was removed")
-            if request.status is PromptStatus.APPROVED:
+            # DEPLOYING_PRODUCTION: production refused a commit whose base moved; the rebased
+            # change goes through staging again.
+            if request.status in (PromptStatus.APPROVED, PromptStatus.DEPLOYING_PRODUCTION):
                 _move(request, PromptStatus.DEPLOYING_STAGING)
             await start_job(
                 session,
@@ -424,6 +436,7 @@ class DeliveryActivities:
             risk_reasons=list(plan.risk_reasons),
             token_estimate=plan.token_estimate,
             base_commit=plan.base_commit or "",
+            commit_sha=plan.commit_sha,
         )
         try:
             applied = await heartbeating(
@@ -432,6 +445,7 @@ class DeliveryActivities:
                     proposal=proposal,
                     prompt=plan.prompt,
                     branch=f"changeflow/{request.id}",
+                    onto=project.default_branch,
                 ),
                 every_s=HEARTBEAT_EVERY_S,
             )
@@ -451,26 +465,42 @@ class DeliveryActivities:
                 status=ChangeJobStatus.SUCCEEDED,
                 details={"commit_sha": applied.commit_sha, "tokens_used": applied.tokens_used},
             )
+            reasons = []
+            if req.round == 1 and applied.tokens_used > limit:
+                reasons.append(
+                    f"the work used {applied.tokens_used} tokens; {req.approved_tokens} were "
+                    "approved"
+                )
+            if applied.diff and not same_changed_lines(plan.diff, applied.diff):
+                reasons.append(
+                    f"rebased onto {project.default_branch} at {applied.base_commit[:12]}, the "
+                    "diff changes other lines than the approved one"
+                )
             repriced = None
-            if applied.tokens_used > limit:
-                repriced = await self._reprice(session, request, plan, applied.tokens_used, req)
+            if reasons:
+                repriced = await self._revise(session, request, plan, applied, reasons, req)
             await session.commit()
         return AppliedChangeView(
-            commit_sha=applied.commit_sha, tokens_used=applied.tokens_used, repriced_plan=repriced
+            commit_sha=applied.commit_sha,
+            tokens_used=applied.tokens_used,
+            repriced_plan=repriced,
+            reapproval_reason="; ".join(reasons),
         )
 
-    async def _reprice(
+    async def _revise(
         self,
         session: AsyncSession,
         request: PromptRequest,
         plan: DeploymentPlan,
-        tokens_used: int,
+        applied: AppliedChange,
+        reasons: list[str],
         req: ApplyChange,
     ) -> PlanSummary:
-        """A new revision of the same change at the amount actually used, awaiting approval."""
+        """A new revision of the change as committed (its diff, its base, its price), awaiting
+        approval; the approved revision is superseded."""
         policy = await _load_policy(session, plan.tenant_id)
         revision = plan.revision + 1
-        repriced = (
+        revised = (
             await session.exec(
                 select(DeploymentPlan).where(
                     DeploymentPlan.prompt_request_id == request.id,
@@ -478,36 +508,42 @@ class DeliveryActivities:
                 )
             )
         ).one_or_none()
-        if repriced is None:
+        if revised is None:
+            diff = applied.diff or plan.diff
+            tokens = max(plan.token_estimate, applied.tokens_used)
+            if diff == plan.diff:
+                risk_level, risk_reasons = plan.risk_level, list(plan.risk_reasons)
+                files, summary = list(plan.files_changed), plan.diff_summary
+            else:
+                risk_level, risk_reasons = assess_risk(diff)
+                files = [f.path for f in parse_unified_diff(diff)]
+                summary = f"{plan.diff_summary}\nRebased onto {applied.base_commit[:12]}."
             _move_plan(plan, PlanApprovalStatus.SUPERSEDED)
-            repriced = DeploymentPlan(
+            revised = DeploymentPlan(
                 tenant_id=plan.tenant_id,
                 prompt_request_id=plan.prompt_request_id,
                 revision=revision,
                 prompt=plan.prompt,
-                base_commit=plan.base_commit,
-                files_changed=list(plan.files_changed),
-                diff=plan.diff,
-                diff_summary=plan.diff_summary,
-                risk_level=plan.risk_level,
-                risk_reasons=[
-                    *plan.risk_reasons,
-                    f"the work used {tokens_used} tokens; {req.approved_tokens} were approved",
-                ],
-                token_estimate=tokens_used,
+                base_commit=applied.base_commit or plan.base_commit,
+                files_changed=files,
+                diff=diff,
+                diff_summary=summary,
+                risk_level=risk_level,
+                risk_reasons=[*risk_reasons, *reasons],
+                token_estimate=tokens,
                 content_hash=content_hash(
                     prompt_request_id=plan.prompt_request_id,
                     revision=revision,
-                    diff=plan.diff,
-                    tokens=tokens_used,
+                    diff=diff,
+                    tokens=tokens,
                 ),
-                commit_sha=plan.commit_sha,
+                commit_sha=applied.commit_sha,
                 expires_at=utcnow() + timedelta(seconds=req.plan_ttl_seconds),
             )
-            session.add(repriced)
-            _move(request, PromptStatus.AWAITING_APPROVAL, "overspent the approved estimate")
+            session.add(revised)
+            _move(request, PromptStatus.AWAITING_APPROVAL, "; ".join(reasons))
             await session.flush()
-        return plan_summary(repriced, policy)
+        return plan_summary(revised, policy)
 
     @activity.defn
     async def set_request_status(self, req: SetRequestStatus) -> None:

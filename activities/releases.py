@@ -19,7 +19,13 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.change_engine import RepositoryError, resolve_commit
+from activities.change_engine import (
+    RepositoryError,
+    fast_forward,
+    is_ancestor,
+    resolve_commit,
+    restore_tree,
+)
 from activities.deploy_target import DeployTarget, DeployTargetError
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
@@ -39,6 +45,7 @@ from models.base import utcnow
 from models.db import SessionFactory
 from workflows import search_attributes as sa
 from workflows.contracts.deployment import (
+    BASE_MOVED,
     DeploymentView,
     EnterLane,
     FindLastGoodRelease,
@@ -78,6 +85,7 @@ NON_RETRYABLE_ERRORS = [
     ROLLBACK_TARGET_NEVER_SUCCEEDED,
     ROLLBACK_TARGET_IS_LIVE,
     NO_RELEASE_TO_RESTORE,
+    BASE_MOVED,
 ]
 
 LANE_WORKFLOW = "DeploymentLaneWorkflow"
@@ -410,6 +418,11 @@ class ReleaseActivities:
             )
             await session.commit()
             previous = row.previous_commit_sha
+            project = await session.get(Project, row.project_id)
+        if row.environment is DeploymentEnvironment.PRODUCTION and step.job_kind is not (
+            ChangeJobKind.ROLLBACK
+        ):
+            await self._refuse_moved_base(repo, project, step, job_key)
         try:
             if step.job_kind is ChangeJobKind.ROLLBACK:
                 result = await heartbeating(
@@ -533,6 +546,9 @@ class ReleaseActivities:
                 details={"duration_s": duration, "ok": ok},
             )
             await session.commit()
+        if ok and row.environment is DeploymentEnvironment.PRODUCTION and project is not None:
+            # Still in the lane: the next production deployment sees the default branch moved.
+            await self._ship_to_default_branch(repo, project, row, step)
         return VerificationOutcome(
             ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url or "", duration_s=duration
         )
@@ -601,6 +617,48 @@ class ReleaseActivities:
             await finish_job(session, job_key=job_key, status=ChangeJobStatus.SUCCEEDED)
             await session.commit()
             return _view(row)
+
+    # --- the default branch follows production ---
+
+    async def _refuse_moved_base(
+        self, repo: Path, project: Project | None, step: ReleaseStep, job_key: str
+    ) -> None:
+        """A change must hold everything shipped before it: refuse, before releasing anything,
+        a commit that does not descend from the default branch (it moved since the commit)."""
+        if project is None:
+            return
+        head = await resolve_commit(repo, f"refs/heads/{project.default_branch}")
+        if head is None or await is_ancestor(repo, head, step.commit_sha):
+            return
+        message = (
+            f"{project.default_branch} moved to {head[:12]} since {step.commit_sha[:12]} was "
+            "committed; the change must be rebased onto it before it ships"
+        )
+        await self._fail_job(job_key, RuntimeError(message))
+        raise ApplicationError(message, type=BASE_MOVED, non_retryable=True)
+
+    async def _ship_to_default_branch(
+        self, repo: Path, project: Project, row: Deployment, step: ReleaseStep
+    ) -> None:
+        """After production verified: the default branch holds what production runs. A change
+        fast-forwards it; a rollback adds a revert commit of the restored tree (nothing when
+        the branch holds that tree already, as after an automatic rollback)."""
+        branch = project.default_branch
+        if step.job_kind is ChangeJobKind.ROLLBACK:
+            message = (
+                f"Revert {branch} to {step.commit_sha[:12]}, restored in production\n\n"
+                f"Production was rolled back by deployment {row.id}"
+                + (f" (undoing deployment {row.rollback_of_id})" if row.rollback_of_id else "")
+                + f"; {branch} now holds the tree production runs.\n"
+            )
+            await restore_tree(repo, branch, step.commit_sha, message)
+        elif not await fast_forward(repo, branch, step.commit_sha):
+            # Only a push from outside the lane gets here (releases refuse a moved base).
+            activity.logger.warning(
+                "%s moved past %s while it was verified; left as it is",
+                branch,
+                step.commit_sha[:12],
+            )
 
     # --- helpers ---
 

@@ -43,7 +43,10 @@ TRANSITIONS: Mapping[type[enum.Enum], Mapping[enum.Enum, frozenset[enum.Enum]]] 
         # Overspending the estimate pauses a deploying request for a fresh approval.
         P.DEPLOYING_STAGING: frozenset({P.DEPLOYING_PRODUCTION, P.ROLLED_BACK, P.AWAITING_APPROVAL})
         | _PROMPT_ABORTS,
-        P.DEPLOYING_PRODUCTION: frozenset({P.COMPLETED, P.ROLLED_BACK, P.AWAITING_APPROVAL})
+        # A default branch that moved before production sends the rebased change to staging.
+        P.DEPLOYING_PRODUCTION: frozenset(
+            {P.COMPLETED, P.ROLLED_BACK, P.AWAITING_APPROVAL, P.DEPLOYING_STAGING}
+        )
         | _PROMPT_ABORTS,
         P.COMPLETED: frozenset(),
         P.REJECTED: frozenset(),

@@ -2,10 +2,14 @@
 helpers to read what the lifecycle wrote."""
 
 import asyncio
+import json
+import os
+import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import select
 
@@ -149,3 +153,54 @@ async def plan_awaiting_approval(
     )
     assert status.plan is not None, status
     return status, status.plan
+
+
+# --- the project's repository: what ships, and what the default branch holds ---
+
+
+def git(repo: str | Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def config_on(shop: Shop, branch: str) -> dict[str, Any]:
+    """config.json as `branch` of the shop's repository holds it."""
+    return json.loads(git(shop.project.repo_url, "show", f"{branch}:config.json"))  # type: ignore[no-any-return]
+
+
+def assert_default_branch_is_production(shop: Shop) -> None:
+    """The invariant once no request of the project is in flight: the default branch holds
+    exactly the tree production runs, so the next plan starts from what ships."""
+    repo, main = shop.project.repo_url, shop.project.default_branch
+    assert git(repo, "rev-parse", f"{main}^{{tree}}") == git(
+        repo, "rev-parse", "env/production^{tree}"
+    ), git(repo, "log", "--oneline", "--graph", "--all")
+
+
+PUSHER = {
+    "GIT_AUTHOR_NAME": "Someone",
+    "GIT_AUTHOR_EMAIL": "someone@example.com",
+    "GIT_COMMITTER_NAME": "Someone",
+    "GIT_COMMITTER_EMAIL": "someone@example.com",
+}
+
+
+def push_config(repo: str | Path, branch: str = "main", **changes: object) -> str:
+    """Someone outside changeflow commits an edit of config.json onto `branch` (a push);
+    returns the new commit. Plumbing only: the repository has no work tree to edit."""
+    config = json.loads(git(repo, "show", f"{branch}:config.json"))
+    config.update(changes)
+    run: dict[str, Any] = {"check": True, "capture_output": True, "text": True}
+    env = {**os.environ, **PUSHER, "GIT_INDEX_FILE": str(Path(repo) / ".git" / "push-index")}
+
+    def plumb(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run(["git", "-C", str(repo), *args], input=stdin, env=env, **run)
+        return str(done.stdout).strip()
+
+    blob = plumb("hash-object", "-w", "--stdin", stdin=json.dumps(config, indent=2) + "\n")
+    plumb("read-tree", branch)
+    plumb("update-index", "--cacheinfo", f"100644,{blob},config.json")
+    commit = plumb("commit-tree", plumb("write-tree"), "-p", branch, "-m", "a push")
+    plumb("update-ref", f"refs/heads/{branch}", commit)
+    return commit

@@ -108,6 +108,9 @@ def repo(tmp_path: Path) -> Path:
     git(path, "config", "user.name", "Tests")
     (path / "check.py").write_text(CHECK_PY)
     commit(path, "initial storefront", healthy=True)
+    # Releases are made on a work branch: main is the project's default branch, which only a
+    # verified production release advances (and production refuses a commit main is ahead of).
+    git(path, "checkout", "-q", "-b", "work")
     return path
 
 
@@ -646,3 +649,31 @@ async def test_recorded_deployment_histories_replay_with_the_current_code(stage:
         *(recorded_history(path) for path in recorded),
     ]:
         await replayer.replay_workflow(history)
+
+
+# --- the default branch follows production ---
+
+
+async def test_production_refuses_a_commit_the_default_branch_moved_past_and_releases_nothing(
+    stage: Stage,
+) -> None:
+    good = commit(stage.repo, "good", healthy=True)
+    assert (await stage.deploy(good, PRODUCTION)).status is DeploymentStatus.SUCCEEDED
+    assert git(stage.repo, "rev-parse", "main") == good  # verified production advanced main
+    stale = commit(stage.repo, "made on good", healthy=True)
+    # Meanwhile main moved to a sibling of the stale commit (another change shipped).
+    sibling = git(stage.repo, "commit-tree", f"{good}^{{tree}}", "-p", good, "-m", "other")
+    git(stage.repo, "update-ref", "refs/heads/main", sibling)
+
+    refused = await stage.deploy(stale, PRODUCTION)
+
+    assert refused.status is DeploymentStatus.FAILED and refused.base_moved
+    assert "main moved" in refused.verification_output
+    assert refused.rollback_deployment_id is None  # nothing released, nothing to roll back
+    assert live_commit(stage.repo, PRODUCTION) == good
+    assert git(stage.repo, "rev-parse", "main") == sibling
+    assert await stage.jobs(refused.deployment_id) == [
+        (ChangeJobKind.DEPLOY, ChangeJobStatus.FAILED)
+    ]
+    # Staging is not guarded: its lane is not the one that advances main.
+    assert (await stage.deploy(stale, STAGING)).status is DeploymentStatus.SUCCEEDED

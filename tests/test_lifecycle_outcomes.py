@@ -71,9 +71,17 @@ class GatedEngine(GitChangeEngine):
         return await super().plan(repo=repo, base_branch=base_branch, prompt=prompt)
 
     async def apply(
-        self, *, repo: Path, proposal: ChangeProposal, prompt: str, branch: str
+        self,
+        *,
+        repo: Path,
+        proposal: ChangeProposal,
+        prompt: str,
+        branch: str,
+        onto: str | None = None,
     ) -> AppliedChange:
-        return await super().apply(repo=repo, proposal=proposal, prompt=prompt, branch=branch)
+        return await super().apply(
+            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto
+        )
 
 
 class GatedTarget(GitDeployTarget):

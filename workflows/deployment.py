@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from models.delivery import ChangeJobKind, DeploymentStatus
     from workflows import search_attributes as sa
     from workflows.contracts.deployment import (
+        BASE_MOVED,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
@@ -305,6 +306,8 @@ class DeploymentWorkflow:
         self._lane_position: int | None = None
         self._rollback_step: ReleaseStep | None = None
         self._compensating = False
+        # The release was refused because the project's default branch moved (BASE_MOVED).
+        self._base_moved = False
         # Progress reports the parent has not been sent yet, and their sender (see _progress).
         self._unsent: list[DeploymentProgress] = []
         self._progress_sent: asyncio.Task[None] | None = None
@@ -430,8 +433,10 @@ class DeploymentWorkflow:
             verification_output=outcome.output,
             log_url=outcome.log_url or (released.log_url if released else None),
             diff_url=released.diff_url if released else None,
+            base_moved=self._base_moved,
         )
-        rolls_back = not outcome.ok and input.auto_rollback
+        # A refused release released nothing: there is nothing to roll back.
+        rolls_back = not outcome.ok and input.auto_rollback and not self._base_moved
         self._progress(
             result.status,
             "verified" if outcome.ok else "verification failed",
@@ -511,6 +516,10 @@ class DeploymentWorkflow:
         except ActivityError as err:
             if _cancelled(err):
                 raise
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == BASE_MOVED:
+                self._base_moved = not is_rollback
+                return None, await self._fail(step, f"release refused: {cause.message}")
             return None, await self._fail(step, f"release failed: {_failure_message(err)}")
         if is_rollback:
             self._state.rollback_status = DeploymentStatus.VERIFYING

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentResult,
     )
     from workflows.contracts.lifecycle import (
+        MAX_REBASE_ROUNDS,
         AppliedChangeView,
         ApplyChange,
         ApprovalPolicyView,
@@ -192,17 +193,64 @@ class PromptRequestWorkflow:
         await self._hold_estimate()
         await self._seek_approval(allow_auto=True)
 
-        applied = await self._shielded(self._apply())
-        if applied.repriced_plan is not None:
-            # The work cost more than approved beyond the tolerance: price it again and ask.
-            self._adopt_plan(applied.repriced_plan)
-            self._set_status(PromptStatus.AWAITING_APPROVAL, "overspent the approved estimate")
-            extra = self._tokens_used - self._held()
-            await self._hold(extra, revision=applied.repriced_plan.revision)
-            await self._seek_approval(allow_auto=False)
-            await self._persist_status(PromptStatus.DEPLOYING_STAGING)
+        await self._approve_revision(await self._apply_change(round=1))
+        rounds = 1
+        while not await self._ship():
+            # Production refused the commit: the default branch moved since it was made (a
+            # change shipped first, or a push). Rebase onto it and go through staging again.
+            if rounds >= MAX_REBASE_ROUNDS:
+                await self._close_holds(charge=self._tokens_used, beyond_holds=True)
+                await self._end(
+                    PromptStatus.FAILED,
+                    f"the default branch kept moving: not shipped after {rounds} applies",
+                    tokens_used=self._tokens_used,
+                )
+            rounds += 1
+            await self._approve_revision(await self._apply_change(round=rounds))
+
+        await self._close_holds(charge=self._tokens_used, beyond_holds=True)
+        await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
+        return self._result()
+
+    async def _apply_change(self, *, round: int) -> AppliedChangeView:
+        """Commit the approved change on the default branch's head; a change that no longer
+        applies there (a rebase conflict) ends the request FAILED, charged as policy says."""
+        try:
+            return await self._shielded(self._apply(round))
+        except ActivityError as err:
+            if error_type(err) not in (
+                LifecycleErrorType.REBASE_CONFLICT,
+                LifecycleErrorType.CHANGE_REQUEST_INVALID,
+                LifecycleErrorType.REPOSITORY_ERROR,
+            ):
+                raise
+            await self._close_holds(charge=self._chargeable())
+            await self._end(
+                PromptStatus.FAILED,
+                error_message(err),
+                plan_status=PlanApprovalStatus.CANCELLED,
+                tokens_used=self._tokens_used if self._applied else None,
+            )
+            raise  # not reached: _end raises RequestEnded
+
+    async def _approve_revision(self, applied: AppliedChangeView) -> None:
+        """When applying made a new plan revision (overspent, or rebased onto other lines),
+        hold what it costs more and have it approved before anything ships."""
+        if applied.repriced_plan is None:
+            self._set_status(PromptStatus.DEPLOYING_STAGING)  # apply_change persisted it
+            return
+        reason = applied.reapproval_reason or "overspent the approved estimate"
+        self._adopt_plan(applied.repriced_plan)
+        self._set_status(PromptStatus.AWAITING_APPROVAL, reason)
+        extra = self._tokens_used - self._held()
+        await self._hold(extra, revision=applied.repriced_plan.revision)
+        await self._seek_approval(allow_auto=False)
+        await self._persist_status(PromptStatus.DEPLOYING_STAGING)
         self._set_status(PromptStatus.DEPLOYING_STAGING)
 
+    async def _ship(self) -> bool:
+        """Staging, then production; False when production refused the commit because the
+        default branch moved (nothing was released)."""
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
             persisting: asyncio.Future[None] | None = None
             if environment is DeploymentEnvironment.PRODUCTION:
@@ -215,12 +263,11 @@ class PromptRequestWorkflow:
             outcome = await self._deploy(environment)
             if persisting is not None:
                 await persisting
+            if outcome.base_moved:
+                return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
-
-        await self._close_holds(charge=self._tokens_used, beyond_holds=True)
-        await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
-        return self._result()
+        return True
 
     # ---------------------------------------------------------------- planning and holds
 
@@ -664,10 +711,10 @@ class PromptRequestWorkflow:
 
     # ---------------------------------------------------------------- applying and deploying
 
-    async def _apply(self) -> AppliedChangeView:
+    async def _apply(self, round: int) -> AppliedChangeView:
         plan = self._require_plan()
         policy = self._require_policy()
-        self._set_step("applying the change")
+        self._set_step("applying the change" if round == 1 else f"rebasing (round {round})")
         self._approved_before_apply = self._held()
         applied = await workflow.execute_activity_method(
             DeliveryActivities.apply_change,
@@ -677,13 +724,15 @@ class PromptRequestWorkflow:
                 approved_tokens=self._approved_before_apply,
                 overspend_tolerance_pct=policy.overspend_tolerance_pct,
                 plan_ttl_seconds=policy.plan_ttl_seconds,
+                round=round,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
             retry_policy=RETRY,
         )
+        if not self._applied:  # the work was done once; a rebase costs nothing more
+            self._tokens_used = applied.tokens_used
         self._applied = True
-        self._tokens_used = applied.tokens_used
         self._commit_sha = applied.commit_sha
         self._set_status(PromptStatus.DEPLOYING_STAGING)
         return applied
@@ -911,6 +960,8 @@ class PromptRequestWorkflow:
 def _outcome_detail(result: DeploymentResult) -> str:
     if result.verified:
         return "verified"
+    if result.base_moved:
+        return "not released: the default branch moved; rebasing"
     if result.rollback_status is None:
         return "verification failed"
     return f"verification failed; rollback {result.rollback_status.value}"

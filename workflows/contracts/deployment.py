@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 from models.delivery import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
+# ApplicationError.type of a production release refused because its commit does not descend
+# from the project's default branch (it moved since the change was committed): not retryable.
+BASE_MOVED = "BaseMoved"
 
 
 class DeploymentInput(BaseModel):
@@ -48,6 +51,8 @@ class DeploymentResult(BaseModel):
     rollback_status: DeploymentStatus | None = None
     log_url: str | None = None
     diff_url: str | None = None
+    # Refused before release (BASE_MOVED): nothing was released, the change must be rebased.
+    base_moved: bool = False
 
 
 class DeploymentState(BaseModel):

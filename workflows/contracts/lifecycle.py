@@ -30,6 +30,8 @@ from workflows.contracts.submitted import INVALID_REQUEST
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
 MAX_REASON_CHARS = 2000
+# How often a change is rebased onto a default branch that moved before it reached production.
+MAX_REBASE_ROUNDS = 3
 
 
 def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
@@ -53,6 +55,8 @@ class LifecycleErrorType(enum.StrEnum):
     CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
     REPOSITORY_ERROR = "RepositoryError"
     REQUEST_CLOSED = "RequestClosed"
+    # The approved change does not apply to the project's default branch as it is now.
+    REBASE_CONFLICT = "RebaseConflict"
     # Raised by the ledger's reserve_tokens; listed so callers find every type in one place.
     INSUFFICIENT_TOKENS = "InsufficientTokens"
     # A start input or update payload that does not fit its model (workflows.contracts.submitted).
@@ -260,13 +264,17 @@ class ApplyChange(BaseModel):
     approved_tokens: int
     overspend_tolerance_pct: int
     plan_ttl_seconds: int
+    # 1 for the first apply; later rounds rebase onto a default branch that moved meanwhile.
+    round: int = 1
 
 
 class AppliedChangeView(BaseModel):
     commit_sha: str
     tokens_used: int
-    # Set when the work overspent: a new plan revision priced at tokens_used, awaiting approval.
+    # Set when the work overspent, or its rebase changed other lines than approved: a new plan
+    # revision (priced at tokens_used, of the diff committed), awaiting approval.
     repriced_plan: PlanSummary | None = None
+    reapproval_reason: str = ""
 
 
 class SetRequestStatus(BaseModel):
