@@ -97,7 +97,8 @@ class Rows:
                 tenant_id=plan.tenant_id,
                 project_id=self.project_id,
                 plan_id=plan.id,
-                environment=DeploymentEnvironment.PRODUCTION,
+                # Staging: production would also move the (absent) repository's default branch.
+                environment=DeploymentEnvironment.STAGING,
                 commit_sha=commit_sha,
                 rollback_of=rollback_of,
                 workflow_id="deploy",
@@ -112,7 +113,7 @@ class Rows:
             tenant_id=plan.tenant_id,
             project_id=self.project_id,
             plan_id=plan.id,
-            environment=DeploymentEnvironment.PRODUCTION,
+            environment=DeploymentEnvironment.STAGING,
             commit_sha=commit_sha,
             step="verify",
         )
