@@ -96,6 +96,10 @@ class EntryNotRefundable(LedgerError):
     error_type = "EntryNotRefundable"
 
 
+class InvalidPeriod(LedgerError):
+    error_type = "InvalidPeriod"
+
+
 _ERRORS_BY_TYPE: dict[str, type[LedgerError]] = {
     cls.error_type: cls
     for cls in (
@@ -105,6 +109,7 @@ _ERRORS_BY_TYPE: dict[str, type[LedgerError]] = {
         AccountNotFound,
         InvalidAmount,
         EntryNotRefundable,
+        InvalidPeriod,
     )
 }
 
@@ -166,6 +171,13 @@ _POOLS: dict[tuple[str, asyncio.AbstractEventLoop], asyncpg.Pool] = {}
 _POOL_LOCKS: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Lock] = {}
 
 _KEY = re.compile(r"^\S(.*\S)?$")
+# A grant period is a calendar month, 'YYYY-MM': anything else would be a new key, a new grant.
+_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def whole_tokens(value: object) -> bool:
+    """Token amounts are integers; a bool is an int to Python, but never an amount."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def current_period(now: datetime | None = None) -> str:
@@ -262,7 +274,7 @@ class Ledger:
     def _check(amount: int | None, key: str, *, allow_zero: bool = False) -> None:
         if amount is not None:
             low = 0 if allow_zero else 1
-            if not isinstance(amount, int) or not low <= amount <= MAX_AMOUNT:
+            if not whole_tokens(amount) or not low <= amount <= MAX_AMOUNT:
                 raise InvalidAmount(f"amount must be an integer in [{low}, {MAX_AMOUNT}]")
         if not key or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
             raise InvalidAmount(
@@ -370,7 +382,7 @@ class Ledger:
     ) -> TokenAccount:
         """The tenant's account for a tier (its current tier by default); opening twice
         returns the same account."""
-        if not isinstance(floor, int) or floor > 0:
+        if not whole_tokens(floor) or floor > 0:
             raise InvalidAmount("an account's floor is a whole number of tokens, at most zero")
         tier = plan_tier.value if plan_tier else None
 
@@ -537,7 +549,9 @@ class Ledger:
     ) -> EntryView:
         """The tier's grant for a period (a calendar month by default), at most once per
         period: the key is derived from the period, so a second grant replays the first."""
-        period = period or current_period(self._now())
+        period = current_period(self._now()) if period is None else period
+        if not isinstance(period, str) or not _PERIOD.fullmatch(period):
+            raise InvalidPeriod(f"a grant period is a calendar month 'YYYY-MM', not {period!r}")
         if amount is None:
             row = await self._read(
                 "SELECT plan_tier FROM token_accounts WHERE id = CAST(:id AS uuid)",
@@ -576,7 +590,7 @@ class Ledger:
     ) -> EntryView:
         """An operator's correction: a credit (delta > 0) or a debit (delta < 0) that still
         respects the floor."""
-        if not isinstance(delta, int) or delta == 0:
+        if not whole_tokens(delta) or delta == 0:
             raise InvalidAmount("an adjustment needs a non-zero integer delta")
         return await self._write_entry(
             account_id=account_id,

@@ -2,11 +2,13 @@
 the floor under concurrency."""
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -19,6 +21,7 @@ from activities.ledger import (
     IdempotencyConflict,
     InsufficientTokens,
     InvalidAmount,
+    InvalidPeriod,
     Ledger,
 )
 from activities.reconciliation import reconcile
@@ -33,6 +36,7 @@ from models.billing import (
 )
 from models.db import SessionFactory
 from tests.factories import make_funded_account, make_tenant
+from workflows.contracts.billing import ChargeTokens, ReserveTokens, SettleHold
 
 HOUR = timedelta(hours=1)
 
@@ -479,6 +483,59 @@ async def test_a_tier_grants_its_allowance_once_per_period(sessions: SessionFact
     assert november[0].amount == allowance and november[0].kind == "grant"
     assert december.balance_after == 2 * allowance
     assert (await ledger.balance(account.id)).balance == 2 * allowance
+
+
+async def test_a_malformed_grant_period_is_refused_not_granted_again(
+    sessions: SessionFactory,
+) -> None:
+    account = await funded(sessions, 0, plan_tier=PlanTier.STARTER)
+    ledger = Ledger(sessions)
+    await ledger.grant(account.id, period="2026-12")
+    rows = await counts(sessions, account.id)
+
+    for period in ("2026-13", "2026-00", "2026-12-01", "2026-1", "", " 2026-12", "December"):
+        with pytest.raises(InvalidPeriod):
+            await ledger.grant(account.id, period=period)
+
+    assert await counts(sessions, account.id) == rows
+    allowance = TIER_ALLOWANCES[PlanTier.STARTER].grant_per_period
+    assert (await ledger.balance(account.id)).balance == allowance
+
+
+async def test_a_bool_or_a_fraction_is_never_an_amount(sessions: SessionFactory) -> None:
+    account = await funded(sessions, 1_000)
+    ledger = Ledger(sessions)
+    hold = await ledger.reserve(account.id, 10, key="hold", ttl=timedelta(hours=1))
+    rows = await counts(sessions, account.id)
+
+    for not_an_amount in (True, False, 5.0, "5"):
+        for call in (
+            ledger.charge(account.id, not_an_amount, key="k"),  # type: ignore[arg-type]
+            ledger.top_up(account.id, not_an_amount, key="k"),  # type: ignore[arg-type]
+            ledger.reserve(account.id, not_an_amount, key="k", ttl=timedelta(hours=1)),  # type: ignore[arg-type]
+            ledger.settle(hold.hold_id, not_an_amount, key="k"),  # type: ignore[arg-type]
+            ledger.adjust(account.id, not_an_amount, key="k"),  # type: ignore[arg-type]
+            ledger.grant(account.id, period="2026-12", amount=not_an_amount),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(InvalidAmount):
+                await call
+        with pytest.raises(InvalidAmount):
+            await ledger.open_account(uuid.uuid4(), floor=not_an_amount)  # type: ignore[arg-type]
+
+    assert await counts(sessions, account.id) == rows
+
+
+@pytest.mark.parametrize("model", [ReserveTokens, ChargeTokens, SettleHold])
+@pytest.mark.parametrize("not_an_amount", [True, 5.0, "5"])
+def test_ledger_payloads_refuse_a_bool_or_a_fraction_as_an_amount(
+    model: type[BaseModel], not_an_amount: object
+) -> None:
+    fields = {"tenant_id": uuid.uuid4(), "hold_id": uuid.uuid4(), "step": "s"}
+    assert model.model_validate({**fields, "amount": 5}).amount == 5  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError):
+        model.model_validate({**fields, "amount": not_an_amount})
+    with pytest.raises(ValidationError):
+        model.model_validate_json(json.dumps({**fields, "amount": not_an_amount}, default=str))
 
 
 async def test_adjustments_credit_and_debit_within_the_floor(sessions: SessionFactory) -> None:

@@ -3,13 +3,18 @@ the calling workflow's id with `step`, so retries, replays and worker restarts r
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
+
+# Strict: JSON `true`, `5.0` or `"5"` is refused, not read as a number of tokens.
+Tokens = Annotated[StrictInt, Field(ge=0)]
+PositiveTokens = Annotated[StrictInt, Field(gt=0)]
 
 
 class ReserveTokens(BaseModel):
     tenant_id: uuid.UUID
-    amount: int = Field(gt=0)
+    amount: PositiveTokens
     step: str = Field(min_length=1, max_length=100)
     ttl_seconds: int = Field(default=8 * 24 * 3600, gt=0)
     description: str = ""
@@ -25,7 +30,7 @@ class HoldView(BaseModel):
 
 class SettleHold(BaseModel):
     hold_id: uuid.UUID
-    amount: int = Field(ge=0)
+    amount: Tokens
     step: str = Field(min_length=1, max_length=100)
     description: str = ""
 
@@ -45,7 +50,7 @@ class ReleaseHold(BaseModel):
 
 class ChargeTokens(BaseModel):
     tenant_id: uuid.UUID
-    amount: int = Field(gt=0)
+    amount: PositiveTokens
     step: str = Field(min_length=1, max_length=100)
     description: str = ""
 
