@@ -12,6 +12,8 @@ from activities.ledger import Ledger, LedgerError
 from workflows.contracts.billing import (
     ChargeTokens,
     EntryView,
+    GrantPlanTokens,
+    GrantResult,
     HoldView,
     ReleaseHold,
     ReserveTokens,
@@ -83,6 +85,13 @@ class BillingActivities:
             )
 
         return await _refusals_are_final(charge())
+
+    @activity.defn
+    async def grant_plan_tokens(self, request: GrantPlanTokens) -> GrantResult:
+        """Idempotent per account and period: a retried or repeated run grants nothing more."""
+        assert request.period is not None, "the workflow names the period"
+        accounts = await _refusals_are_final(self._ledger.grant_all(period=request.period))
+        return GrantResult(period=request.period, accounts=accounts)
 
     @activity.defn
     async def sweep_expired_holds(self, request: SweepExpiredHolds) -> SweepResult:

@@ -570,6 +570,16 @@ class Ledger:
             description=f"plan grant for {period}",
         )
 
+    async def grant_all(self, *, period: str) -> int:
+        """Every account's tier grant for `period`, each at most once (see grant); returns how
+        many accounts hold it."""
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch("SELECT id FROM token_accounts ORDER BY id")
+        for row in rows:
+            await self.grant(row["id"], period=period)
+        return len(rows)
+
     async def charge(
         self, account_id: uuid.UUID, amount: int, *, key: str, description: str = ""
     ) -> EntryView:

@@ -26,7 +26,7 @@ from tests.lifecycle_support import human_policy, make_shop, submit, wait_for_st
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
-from workflows.contracts.billing import SweepExpiredHolds
+from workflows.contracts.billing import GrantPlanTokens, SweepExpiredHolds
 from workflows.contracts.lifecycle import PromptRequestInput, PromptRequestResult
 from workflows.contracts.submitted import Submitted
 from workflows.lifecycle import PromptRequestWorkflow
@@ -116,6 +116,15 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
         )
         await sweep.result()
         stories[sweep.id] = "LedgerSweepWorkflow-sweep"
+
+        grants = await client.start_workflow(
+            "PlanGrantWorkflow",
+            GrantPlanTokens(),
+            id=f"plan-grants-{uuid.uuid4()}",
+            task_queue=queue,
+        )
+        await grants.result()
+        stories[grants.id] = "PlanGrantWorkflow-grants"
 
         async for execution in client.list_workflows(
             f"WorkflowType = 'DeploymentLaneWorkflow' AND TaskQueue = '{queue}'"

@@ -26,12 +26,13 @@ class Dependencies:
 
 def workflows() -> list[type]:
     """Workflow classes; all run on settings.task_queue."""
-    from workflows.billing import LedgerSweepWorkflow
+    from workflows.billing import LedgerSweepWorkflow, PlanGrantWorkflow
     from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
     from workflows.lifecycle import PromptRequestWorkflow
 
     return [
         LedgerSweepWorkflow,
+        PlanGrantWorkflow,
         DeploymentLaneWorkflow,
         DeploymentWorkflow,
         RollbackWorkflow,
@@ -59,6 +60,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         billing.release_hold,
         billing.charge_tokens,
         billing.sweep_expired_holds,
+        billing.grant_plan_tokens,
         *_releases(deps).lifecycle_activities(),
     ]
 

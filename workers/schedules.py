@@ -8,17 +8,22 @@ from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
+    ScheduleCalendarSpec,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
+    ScheduleRange,
     ScheduleSpec,
 )
 
-from workflows.billing import LedgerSweepWorkflow
-from workflows.contracts.billing import SweepExpiredHolds
+from workflows.billing import LedgerSweepWorkflow, PlanGrantWorkflow
+from workflows.contracts.billing import GrantPlanTokens, SweepExpiredHolds
 
 LEDGER_SWEEP_SCHEDULE_ID = "changeflow-ledger-sweep"
 LEDGER_SWEEP_INTERVAL = timedelta(minutes=1)
+PLAN_GRANT_SCHEDULE_ID = "changeflow-plan-grants"
+# A scheduler or fleet down over a month's start still grants that month when it is back.
+PLAN_GRANT_CATCHUP = timedelta(days=62)
 
 
 async def ensure_sweep_schedule(
@@ -39,6 +44,43 @@ async def ensure_sweep_schedule(
     )
     try:
         await client.create_schedule(LEDGER_SWEEP_SCHEDULE_ID, schedule)
+    except ScheduleAlreadyRunningError:
+        return False
+    return True
+
+
+async def ensure_plan_grant_schedule(client: Client, task_queue: str) -> bool:
+    """Create the monthly plan-tier grant schedule unless it exists; True if it was created.
+
+    It runs at 00:05 UTC on the first of every month and once at creation (so a new
+    installation grants the current month). Missed runs are caught up, each once and in
+    order (BUFFER_ALL), each granting the month it was due in; a grant is idempotent per
+    account and month.
+    """
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            PlanGrantWorkflow.run,
+            GrantPlanTokens(),
+            id=f"{PLAN_GRANT_SCHEDULE_ID}-run",
+            task_queue=task_queue,
+            execution_timeout=timedelta(hours=1),
+        ),
+        spec=ScheduleSpec(
+            calendars=[
+                ScheduleCalendarSpec(
+                    day_of_month=[ScheduleRange(1)],
+                    hour=[ScheduleRange(0)],
+                    minute=[ScheduleRange(5)],
+                    comment="plan-tier grants, first of the month (UTC)",
+                )
+            ]
+        ),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.BUFFER_ALL, catchup_window=PLAN_GRANT_CATCHUP
+        ),
+    )
+    try:
+        await client.create_schedule(PLAN_GRANT_SCHEDULE_ID, schedule, trigger_immediately=True)
     except ScheduleAlreadyRunningError:
         return False
     return True

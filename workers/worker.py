@@ -24,7 +24,12 @@ from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
 from workers.registry import Dependencies
-from workers.schedules import LEDGER_SWEEP_SCHEDULE_ID, ensure_sweep_schedule
+from workers.schedules import (
+    LEDGER_SWEEP_SCHEDULE_ID,
+    PLAN_GRANT_SCHEDULE_ID,
+    ensure_plan_grant_schedule,
+    ensure_sweep_schedule,
+)
 from workers.settings import ConfigurationError, Settings
 
 log = structlog.get_logger(__name__)
@@ -124,8 +129,11 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
     check_serves_something(settings)
     client = await connect(settings)
     await check_namespace(client, settings.temporal_namespace)
-    if settings.serve_lifecycle and await ensure_sweep_schedule(client, settings.task_queue):
-        log.info("schedule_created", schedule_id=LEDGER_SWEEP_SCHEDULE_ID)
+    if settings.serve_lifecycle:
+        if await ensure_sweep_schedule(client, settings.task_queue):
+            log.info("schedule_created", schedule_id=LEDGER_SWEEP_SCHEDULE_ID)
+        if await ensure_plan_grant_schedule(client, settings.task_queue):
+            log.info("schedule_created", schedule_id=PLAN_GRANT_SCHEDULE_ID)
     engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
     try:
         deps = Dependencies(settings=settings, sessions=session_factory(engine), client=client)

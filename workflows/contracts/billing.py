@@ -82,6 +82,18 @@ class SweepResult(BaseModel):
     expired: int
 
 
+class GrantPlanTokens(BaseModel):
+    """Grant every account its plan tier's tokens for a period (a calendar month, 'YYYY-MM');
+    without one, the period the run was scheduled in."""
+
+    period: str | None = None
+
+
+class GrantResult(BaseModel):
+    period: str
+    accounts: int  # accounts that hold the period's grant (granted now or before)
+
+
 class AlertView(BaseModel):
     alert_id: uuid.UUID
     account_id: uuid.UUID
