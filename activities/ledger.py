@@ -571,11 +571,15 @@ class Ledger:
         )
 
     async def grant_all(self, *, period: str) -> int:
-        """Every account's tier grant for `period`, each at most once (see grant); returns how
-        many accounts hold it."""
+        """Every tenant's grant for `period` on the account of its current tier, each at most
+        once (see grant); returns how many accounts hold it. An account of a tier the tenant
+        has left gets nothing more."""
         pool = await self._connections()
         async with pool.acquire() as conn:
-            rows = await conn.fetch("SELECT id FROM token_accounts ORDER BY id")
+            rows = await conn.fetch(
+                "SELECT a.id FROM token_accounts a JOIN tenants t"
+                " ON t.id = a.tenant_id AND t.plan_tier = a.plan_tier ORDER BY a.id"
+            )
         for row in rows:
             await self.grant(row["id"], period=period)
         return len(rows)

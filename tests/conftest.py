@@ -2,9 +2,11 @@
 the embedded pgserver), the Temporal dev server with our search attributes, and the
 time-skipping test server for long waits."""
 
+import asyncio
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -12,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
@@ -30,6 +34,7 @@ from workers.devstack import (
     binary,
     create_database,
     drop_database,
+    register_search_attributes,
     start_postgres,
 )
 from workers.lifecycle_client import LifecycleClient
@@ -143,3 +148,32 @@ def deploy_queue(task_queue: str) -> str:
 def lifecycle(client: Client, task_queue: str, deploy_queue: str) -> LifecycleClient:
     """The typed lifecycle client, on this test's queues."""
     return LifecycleClient(client, task_queue=task_queue, deploy_task_queue=deploy_queue)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[Client]:
+    """A client on a fresh namespace of the session's dev server, search attributes included."""
+    namespace = f"worker-test-{uuid.uuid4().hex[:8]}"
+    service = temporal_env.client.workflow_service
+    await service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    client = await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=namespace,
+        data_converter=pydantic_data_converter,
+    )
+    deadline = time.monotonic() + 30
+    while True:  # a new namespace takes a moment to reach every service of the server
+        try:
+            await service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+            await register_search_attributes(client, namespace)
+            await client.list_workflows().fetch_next_page()
+            break
+        except RPCError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    yield client

@@ -62,6 +62,8 @@ async def test_every_account_gets_its_tier_grant_once_per_month_and_a_missed_mon
     growth = await make_funded_account(
         sessions, tenant=await make_tenant(sessions, plan_tier=PlanTier.GROWTH), balance=0
     )
+    # The growth tenant's account from the tier it left gets no grant any more.
+    left_tier = await Ledger(sessions).open_account(growth.tenant_id, plan_tier=PlanTier.STARTER)
     this_month = current_period()
     allowance = {
         starter.id: TIER_ALLOWANCES[PlanTier.STARTER].grant_per_period,
@@ -85,6 +87,7 @@ async def test_every_account_gets_its_tier_grant_once_per_month_and_a_missed_mon
     ledger = Ledger(sessions)
     for account_id, amount in allowance.items():
         assert (await ledger.balance(account_id)).balance == 2 * amount
+    assert (await ledger.balance(left_tier.id)).balance == 0
 
 
 @pytest.mark.parametrize("period", ["2026-13", "2026-12-01", "12-2026"])
@@ -103,8 +106,10 @@ async def test_a_malformed_period_fails_the_run_typed_and_grants_nothing(
 
 
 async def test_the_grant_schedule_is_monthly_catches_up_and_grants_the_current_month_at_once(
-    client: Client, sessions: SessionFactory, task_queue: str
+    namespace_client: Client, sessions: SessionFactory, task_queue: str
 ) -> None:
+    # A namespace of its own: worker processes of other tests create the same schedule.
+    client = namespace_client
     account = await make_funded_account(
         sessions, tenant=await make_tenant(sessions, plan_tier=PlanTier.STARTER), balance=0
     )

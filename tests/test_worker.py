@@ -14,31 +14,23 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from google.protobuf.duration_pb2 import Duration
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import (
-    DescribeNamespaceRequest,
     DescribeTaskQueueRequest,
-    RegisterNamespaceRequest,
 )
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from models import DeploymentEnvironment, DeploymentPlan, DeploymentStatus, PromptRequest
 from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
-from workers.devstack import register_search_attributes
 from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped
@@ -48,35 +40,6 @@ from workflows.deployment import DeploymentWorkflow
 ROOT = Path(__file__).resolve().parent.parent
 # Long enough to send SIGTERM while it runs, short enough for a test.
 SLOW_CHECK_SECONDS = 4
-
-
-@pytest_asyncio.fixture(scope="module")
-async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[Client]:
-    """A client on a fresh namespace of the session's dev server, search attributes included."""
-    namespace = f"worker-test-{uuid.uuid4().hex[:8]}"
-    service = temporal_env.client.workflow_service
-    await service.register_namespace(
-        RegisterNamespaceRequest(
-            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
-        )
-    )
-    client = await Client.connect(
-        temporal_env.client.service_client.config.target_host,
-        namespace=namespace,
-        data_converter=pydantic_data_converter,
-    )
-    deadline = time.monotonic() + 30
-    while True:  # a new namespace takes a moment to reach every service of the server
-        try:
-            await service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
-            await register_search_attributes(client, namespace)
-            await client.list_workflows().fetch_next_page()
-            break
-        except RPCError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)
-    yield client
 
 
 @dataclass
