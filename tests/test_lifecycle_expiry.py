@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from models import DeploymentPlan, PlanApprovalStatus, PromptStatus
@@ -26,6 +27,7 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
+from workflows.contracts.lifecycle import workflow_id_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -42,13 +44,22 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
         client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
-        waiting, _ = await plan_awaiting_approval(lifecycle, request_id)
+        waiting, waiting_plan = await plan_awaiting_approval(lifecycle, request_id)
         assert waiting.holds[0].status == "active"
         await time_skipping_env.sleep(timedelta(hours=1, seconds=1))
         result = await lifecycle.wait_for_outcome(request_id)
+        after = await lifecycle.status(request_id)
+        history = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
 
     assert result.status is PromptStatus.EXPIRED
     assert "3600 seconds" in result.reason
+    # The status query says what the row says, and the plan expired not a moment early.
+    assert after.status is PromptStatus.EXPIRED
+    assert after.plan is not None and after.plan.approval_status is PlanApprovalStatus.EXPIRED
+    fired = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED]
+    assert waiting_plan.expires_at is not None and len(fired) == 1
+    expires_at = waiting_plan.expires_at
+    assert fired[0].event_time.ToDatetime(tzinfo=expires_at.tzinfo) >= expires_at
     row = await request_row(sessions, request_id)
     assert row is not None and row.status is PromptStatus.EXPIRED
     async with sessions() as session:
