@@ -141,7 +141,11 @@ class Progress:
     def show(self, status: PromptRequestStatus) -> None:
         step = f" - {status.step}" if status.step and status.step != status.status.value else ""
         self.say(f"{status.status.value}{step}")
+        # A restoring deployment is reported as its failed one's rollback, not on its own.
+        rollbacks = {d.rollback_deployment_id for d in status.deployments}
         for d in status.deployments:
+            if d.deployment_id in rollbacks:
+                continue
             position = f" (queue position {d.queue_position})" if d.queue_position else ""
             self.say(f"{d.environment.value} deployment: {d.status.value}{position}")
             if d.rollback_deployment_id is not None and d.rollback_status is not None:
