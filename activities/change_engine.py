@@ -924,15 +924,12 @@ class GitChangeEngine:
 
     async def _advance_branch(self, repo: Path, branch: str, commit: str, base: str) -> None:
         ref = f"refs/heads/{branch}"
-        for _ in range(5):
+        for _ in range(CAS_ATTEMPTS):
             current = await resolve_commit(repo, ref)
             if current == commit:
                 return
             if current is not None:
-                code, _ = await run_git(
-                    repo, "merge-base", "--is-ancestor", commit, current, check=False
-                )
-                if code == 0:
+                if await is_ancestor(repo, commit, current):
                     return  # the branch already holds the change (and moved on since)
                 if current != base:
                     raise RepositoryError(

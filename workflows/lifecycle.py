@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         SetRequestStatus,
         check_prompt,
         check_reason,
+        refused,
     )
     from workflows.contracts.submitted import Submitted, parse_input
     from workflows.search_attributes import (
@@ -131,8 +132,8 @@ class PromptRequestWorkflow:
         self._refused: ApplicationError | None = None
         try:
             self._input = parse_input(PromptRequestInput, submitted)
-        except ApplicationError as refused:
-            self._refused = refused
+        except ApplicationError as refusal:
+            self._refused = refusal
         self._status = PromptStatus.RECEIVED
         self._reason = ""
         self._step = "received"
@@ -524,33 +525,33 @@ class PromptRequestWorkflow:
         """Refusals shared by approve and reject. Validators: no I/O, no history on refusal."""
         plan = self._plan
         if self._deciding:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.NOT_AWAITING_APPROVAL,
                 "another decision has just settled this plan; it no longer awaits approval",
             )
         if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.NOT_AWAITING_APPROVAL,
                 f"the request is {self._status.value}, not awaiting approval",
             )
         role = self._roster.get(user_id)
         if role is None:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {user_id} is not a member of this request's tenant",
             )
         if user_id == self._input.requested_by:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
             )
         policy = self._require_policy()
         if role not in policy.approver_roles:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.ROLE_MAY_NOT_APPROVE,
                 f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
             )
         if content_hash != plan.content_hash:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.STALE_PLAN_HASH,
                 f"plan hash {content_hash[:12]} is stale; the current plan is "
                 f"revision {plan.revision} with hash {plan.content_hash}",
@@ -655,12 +656,12 @@ class PromptRequestWorkflow:
             or self._revision is not None
             or self._applied
         ):
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.NOT_AWAITING_APPROVAL,
                 "only a plan awaiting approval before the change is applied can be revised",
             )
         if revision.user_id not in self._roster:
-            raise _refusal(
+            raise refused(
                 LifecycleErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {revision.user_id} is not a member of this request's tenant",
             )
@@ -965,7 +966,3 @@ def _outcome_detail(result: DeploymentResult) -> str:
     if result.rollback_status is None:
         return "verification failed"
     return f"verification failed; rollback {result.rollback_status.value}"
-
-
-def _refusal(kind: LifecycleErrorType, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=True)
