@@ -228,6 +228,38 @@ class Deployment(SQLModel, table=True):
     )
 
 
+class DeploymentLaneEntry(SQLModel, table=True):
+    """A deployment workflow's place in the lane of its project and environment.
+
+    Deployments of one lane run one at a time in arrival order: the holder is the entry with
+    the lowest `seq` that has not left. Entries are numbered under a per-lane advisory lock
+    (activities/lane.py), so arrival order is commit order. Rows stay after leaving, as the
+    lane's history.
+    """
+
+    __tablename__ = "deployment_lane_entries"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "environment", "seq", name="uq_lane_entries_seq"),
+        sa.Index(
+            "ix_lane_entries_waiting",
+            "project_id",
+            "environment",
+            "seq",
+            postgresql_where=sa.text("left_at IS NULL"),
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    project_id: uuid.UUID = fk_field("projects.id", ondelete="CASCADE", index=False)
+    environment: DeploymentEnvironment = enum_field(DeploymentEnvironment)
+    seq: int = Field(sa_type=sa.BigInteger, nullable=False)  # type: ignore[call-overload]
+    # One place per deployment workflow: its automatic rollback runs inside the same turn.
+    workflow_id: str = Field(max_length=300, unique=True)
+    deployment_id: uuid.UUID = fk_field("deployments.id", ondelete="CASCADE", index=False)
+    entered_at: datetime = created_at_field()
+    left_at: datetime | None = timestamp_field()
+
+
 class ChangeJob(SQLModel, table=True):
     """One unit of work (AI change, validation, deploy, rollback) with its attempts and timings."""
 

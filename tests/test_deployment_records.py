@@ -8,14 +8,13 @@ import uuid
 import pytest
 from sqlmodel import col, delete, select
 from temporalio.activity import ActivityCancellationDetails
-from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
-from temporalio.worker import Worker
 
-from activities import releases as releases_module
 from activities.deploy_target import VerificationResult
-from activities.releases import ROLLBACK_TARGET_NEVER_SUCCEEDED, ReleaseActivities
+from activities.deployments import DeploymentActivities
+from activities.releases import ReleaseActivities
+from activities.rollbacks import ROLLBACK_TARGET_NEVER_SUCCEEDED, RollbackActivities
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -29,14 +28,11 @@ from models import (
 from models.db import SessionFactory
 from tests.factories import make_project, make_tenant
 from workflows.contracts.deployment import (
-    EnterLane,
     PlanRollback,
     RecordDeployment,
     ReleaseStep,
     TransitionDeployment,
-    lane_workflow_id,
 )
-from workflows.deployment import DeploymentLaneWorkflow
 
 
 class HeldCheck:
@@ -69,6 +65,8 @@ class Rows:
     def __init__(self, sessions: SessionFactory, releases: ReleaseActivities) -> None:
         self.sessions = sessions
         self.releases = releases
+        self.deployments = DeploymentActivities(sessions)
+        self.rollbacks = RollbackActivities(sessions)
 
     async def plan(self) -> DeploymentPlan:
         tenant = await make_tenant(self.sessions)
@@ -91,7 +89,7 @@ class Rows:
         """A deployment released and waiting for its verification."""
         deployment_id = uuid.uuid4()
         await ActivityEnvironment().run(
-            self.releases.record_deployment,
+            self.deployments.record_deployment,
             RecordDeployment(
                 deployment_id=deployment_id,
                 tenant_id=plan.tenant_id,
@@ -105,7 +103,7 @@ class Rows:
             ),
         )
         await ActivityEnvironment().run(
-            self.releases.mark_deployment,
+            self.deployments.mark_deployment,
             TransitionDeployment(deployment_id=deployment_id, status=DeploymentStatus.IN_PROGRESS),
         )
         return ReleaseStep(
@@ -142,8 +140,8 @@ def check() -> HeldCheck:
 
 
 @pytest.fixture
-def rows(sessions: SessionFactory, client: Client, check: HeldCheck) -> Rows:
-    releases = ReleaseActivities(sessions=sessions, target=check, client=client)  # type: ignore[arg-type]
+def rows(sessions: SessionFactory, check: HeldCheck) -> Rows:
+    releases = ReleaseActivities(sessions=sessions, target=check)  # type: ignore[arg-type]
     return Rows(sessions, releases)
 
 
@@ -221,7 +219,7 @@ async def test_rolling_back_to_a_deployment_trusts_its_own_verification_not_its_
         await session.commit()
 
     rollback = await ActivityEnvironment().run(
-        rows.releases.plan_rollback,
+        rows.rollbacks.plan_rollback,
         PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=earlier.deployment_id),
     )
 
@@ -234,59 +232,15 @@ async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows
     await attempt(1).run(rows.releases.verify_deployment, live)
     never = await rows.released(plan, "a1")
     await ActivityEnvironment().run(
-        rows.releases.mark_deployment,
+        rows.deployments.mark_deployment,
         TransitionDeployment(deployment_id=never.deployment_id, status=DeploymentStatus.FAILED),
     )
 
     with pytest.raises(ApplicationError) as refused:
         await ActivityEnvironment().run(
-            rows.releases.plan_rollback,
+            rows.rollbacks.plan_rollback,
             PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=never.deployment_id),
         )
 
     assert refused.value.type == ROLLBACK_TARGET_NEVER_SUCCEEDED
     assert (await rows.deployment(never.deployment_id)).verified_at is None
-
-
-async def test_entering_the_lane_heartbeats_while_the_lane_has_not_answered(
-    client: Client, rows: Rows, task_queue: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # No worker runs the lane on this queue yet, so its answer does not come: the attempt must
-    # keep heartbeating while it waits (a dead worker's attempt then times out within seconds).
-    monkeypatch.setattr(releases_module, "HEARTBEAT_EVERY_S", 0.05)
-    env = attempt(1)
-    beats = 0
-    three_beats = asyncio.Event()
-
-    def on_heartbeat(*_: object) -> None:
-        nonlocal beats
-        beats += 1
-        if beats >= 3:
-            three_beats.set()
-
-    env.on_heartbeat = on_heartbeat
-    project_id = uuid.uuid4()
-    entering = asyncio.ensure_future(
-        env.run(
-            rows.releases.enter_deployment_lane,
-            EnterLane(
-                project_id=project_id,
-                environment=DeploymentEnvironment.STAGING,
-                deployment_workflow_id=env.info.workflow_id,
-                deployment_id=uuid.uuid4(),
-                lane_task_queue=task_queue,
-            ),
-        )
-    )
-    try:
-        await asyncio.wait_for(three_beats.wait(), 30)
-        assert not entering.done()
-        # Once the lane runs, the same attempt gets its answer.
-        async with Worker(client, task_queue=task_queue, workflows=[DeploymentLaneWorkflow]):
-            turn = await asyncio.wait_for(entering, 30)
-    finally:
-        await client.get_workflow_handle(
-            lane_workflow_id(project_id, DeploymentEnvironment.STAGING)
-        ).terminate()
-
-    assert turn is not None and turn.queue_position == 0

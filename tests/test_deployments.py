@@ -49,10 +49,9 @@ from workflows.contracts.deployment import (
     DeploymentState,
     RollbackRequest,
     deployment_workflow_id,
-    lane_workflow_id,
     rollback_workflow_id,
 )
-from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
+from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
 from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 
 STAGING = DeploymentEnvironment.STAGING
@@ -503,9 +502,10 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
         assert earlier.finished_at and later.started_at
         assert earlier.finished_at <= later.started_at
     assert live_commit(stage.repo, STAGING) == commits[2]
-    # The last one heard its place in the queue shrink: 2 ahead, then 1, then its turn.
+    # The last one told its parent its place once (2 ahead); the queue sent it nothing but its
+    # turn, so no report of a place came between.
     third = [p.queue_position for p in received if p.deployment_id == results[2].deployment_id]
-    assert [p for p in third if p] == [2, 1]
+    assert [p for p in third if p] == [2]
     assert [p.status for p in received if p.deployment_id == results[2].deployment_id][-1] is (
         DeploymentStatus.SUCCEEDED
     )
@@ -533,6 +533,31 @@ async def test_a_deployment_that_stopped_running_while_queued_is_skipped_not_wai
     assert (await handles[0].result()).status is DeploymentStatus.SUCCEEDED
     assert (await handles[2].result()).status is DeploymentStatus.SUCCEEDED
     assert live_commit(stage.repo, STAGING) == v3
+
+
+async def test_a_holder_terminated_mid_release_is_found_by_the_next_waiters_look(
+    stage: Stage, tmp_path: Path
+) -> None:
+    gate = tmp_path / "never-opens"
+    stuck = commit(stage.repo, "stuck", healthy=True, gate=str(gate))
+    after = commit(stage.repo, "after", healthy=True)
+    holder = await stage.start(stage.deployment(stuck))
+
+    async def verifying() -> bool:
+        return (await state_of(holder)).status is DeploymentStatus.VERIFYING
+
+    await eventually(verifying)
+    waiter = await stage.start(stage.deployment(after, lane_check_s=0.5))
+
+    async def second_in_line() -> bool:
+        return (await state_of(waiter)).queue_position == 1
+
+    await eventually(second_in_line)
+    # Terminated: no compensation and no leaving; only the waiter's look at the lane finds it.
+    await holder.terminate("operator killed it")
+
+    assert (await waiter.result()).status is DeploymentStatus.SUCCEEDED
+    assert live_commit(stage.repo, STAGING) == after
 
 
 # --- cancellation ---
@@ -594,7 +619,7 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
 # --- determinism ---
 
 HISTORIES = Path(__file__).parent / "histories"
-WORKFLOW_TYPES = ("DeploymentWorkflow", "RollbackWorkflow", "DeploymentLaneWorkflow")
+WORKFLOW_TYPES = ("DeploymentWorkflow", "RollbackWorkflow")
 
 
 def recorded_history(path: Path) -> WorkflowHistory:
@@ -626,7 +651,6 @@ async def test_recorded_deployment_histories_replay_with_the_current_code(stage:
         "DeploymentWorkflow-succeeded": deployment_workflow_id(second.deployment_id),
         "DeploymentWorkflow-auto-rollback": deployment_workflow_id(failed.deployment_id),
         "RollbackWorkflow-operator": rollback_workflow_id(rollback_id),
-        "DeploymentLaneWorkflow-idle": lane_workflow_id(stage.project.id, STAGING),
     }
     histories = {
         name: await stage.client.get_workflow_handle(workflow_id).fetch_history()
@@ -641,7 +665,7 @@ async def test_recorded_deployment_histories_replay_with_the_current_code(stage:
     assert {path.name.split("-")[0] for path in recorded} == set(WORKFLOW_TYPES)
 
     replayer = Replayer(
-        workflows=[DeploymentWorkflow, RollbackWorkflow, DeploymentLaneWorkflow],
+        workflows=[DeploymentWorkflow, RollbackWorkflow],
         data_converter=pydantic_data_converter,
     )
     for history in [

@@ -360,7 +360,7 @@ async def test_cancelling_mid_deploy_rolls_back_the_half_done_release(
     shop = await make_shop(sessions, tmp_path)
     gate = Gate()
     target = GatedTarget(tmp_path / "workspace", gate)
-    releases = ReleaseActivities(sessions=sessions, target=target, client=client)
+    releases = ReleaseActivities(sessions=sessions, target=target)
     async with running_workers(
         client,
         sessions,
@@ -406,7 +406,7 @@ async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
     shop = await make_shop(sessions, tmp_path)
     gate = Gate()
     target = GatedTarget(tmp_path / "workspace", gate)
-    releases = ReleaseActivities(sessions=sessions, target=target, client=client)
+    releases = ReleaseActivities(sessions=sessions, target=target)
     async with running_workers(
         client,
         sessions,

@@ -126,12 +126,6 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
         await grants.result()
         stories[grants.id] = "PlanGrantWorkflow-grants"
 
-        async for execution in client.list_workflows(
-            f"WorkflowType = 'DeploymentLaneWorkflow' AND TaskQueue = '{queue}'"
-        ):
-            stories.setdefault(execution.id, "DeploymentLaneWorkflow-lifecycle")
-            break
-
         # Same recording format as tests/test_deployments.py, which records its own stories.
         HISTORIES.mkdir(exist_ok=True)
         for workflow_id, story in stories.items():

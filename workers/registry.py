@@ -3,15 +3,12 @@ tests and the benchmarks all register from here, so nothing is forgotten in one 
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio.client import Client
 
 from models.db import SessionFactory
 from workers.settings import Settings
-
-if TYPE_CHECKING:
-    from activities.releases import ReleaseActivities
 
 
 @dataclass
@@ -20,20 +17,19 @@ class Dependencies:
 
     settings: Settings
     sessions: SessionFactory
-    # For activities that start or signal workflows (deployment lanes).
+    # For activities that signal or describe workflows (the deployment lane).
     client: Client
 
 
 def workflows() -> list[type]:
     """Workflow classes; all run on settings.task_queue."""
     from workflows.billing import LedgerSweepWorkflow, PlanGrantWorkflow
-    from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
+    from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
     from workflows.lifecycle import PromptRequestWorkflow
 
     return [
         LedgerSweepWorkflow,
         PlanGrantWorkflow,
-        DeploymentLaneWorkflow,
         DeploymentWorkflow,
         RollbackWorkflow,
         PromptRequestWorkflow,
@@ -45,7 +41,10 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from activities.billing import BillingActivities
     from activities.change_engine import GitChangeEngine
     from activities.delivery import DeliveryActivities
+    from activities.deployments import DeploymentActivities
+    from activities.lane import LaneActivities
     from activities.ledger import Ledger
+    from activities.rollbacks import RollbackActivities
 
     billing = BillingActivities(Ledger(deps.sessions))
     delivery = DeliveryActivities(deps.sessions, GitChangeEngine())
@@ -61,21 +60,20 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         billing.charge_tokens,
         billing.sweep_expired_holds,
         billing.grant_plan_tokens,
-        *_releases(deps).lifecycle_activities(),
+        *DeploymentActivities(deps.sessions).activities(),
+        *LaneActivities(deps.sessions, deps.client).activities(),
+        *RollbackActivities(deps.sessions).lifecycle_activities(),
     ]
 
 
 def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Slow activities (release, verify, roll back) for settings.deploy_task_queue."""
-    return [*_releases(deps).deploy_activities()]
-
-
-def _releases(deps: Dependencies) -> "ReleaseActivities":
     from activities.deploy_target import GitDeployTarget
     from activities.releases import ReleaseActivities
+    from activities.rollbacks import RollbackActivities
 
-    return ReleaseActivities(
-        sessions=deps.sessions,
-        target=GitDeployTarget(deps.settings.resolved_workspace_dir),
-        client=deps.client,
-    )
+    target = GitDeployTarget(deps.settings.resolved_workspace_dir)
+    return [
+        *ReleaseActivities(sessions=deps.sessions, target=target).activities(),
+        *RollbackActivities(deps.sessions).deploy_activities(),
+    ]

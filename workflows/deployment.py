@@ -1,14 +1,13 @@
 """Deployments: one release of a commit to one environment, verified, rolled back when it fails.
 
-- `DeploymentLaneWorkflow` (id `deployment-lane-<project>-<environment>`) is a FIFO mutex:
-  deployments of one project and environment run one at a time in arrival order.
-- `DeploymentWorkflow` (id `deployment-<uuid>`) records the Deployment, waits its turn, releases,
-  verifies and on failure restores the last good release as a rollback Deployment.
+- `DeploymentWorkflow` (id `deployment-<uuid>`) records the Deployment with its place in the
+  lane of its project and environment (activities/lane.py: one at a time, in arrival order),
+  waits its turn, releases, verifies and on failure restores the last good release as a
+  rollback Deployment before it gives the lane back.
 - `RollbackWorkflow` (id `rollback-<uuid>`) is an operator's rollback to an earlier release.
 """
 
 import asyncio
-import contextlib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -29,21 +28,20 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.releases import NON_RETRYABLE_ERRORS, ReleaseActivities
+    from activities.deployments import NON_RETRYABLE_ERRORS, DeploymentActivities
+    from activities.lane import LaneActivities
+    from activities.releases import ReleaseActivities
+    from activities.rollbacks import RollbackActivities
     from models.delivery import ChangeJobKind, DeploymentStatus
     from workflows import search_attributes as sa
     from workflows.contracts.deployment import (
         BASE_MOVED,
+        CheckLane,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
         DeploymentState,
-        EnterLane,
         FindLastGoodRelease,
-        LaneInput,
-        LaneRelease,
-        LaneRequest,
-        LaneState,
         LaneTurn,
         LeaveLane,
         PlanRollback,
@@ -57,6 +55,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.submitted import Submitted, parse_input
 
+# Short, idempotent database work: local activities (no round trip through the server), and
+# the few such activities that run elsewhere.
 _BOOKKEEPING: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     # A cancelled workflow waits for the write in flight, so compensation sees its result.
@@ -67,9 +67,8 @@ _BOOKKEEPING: dict[str, Any] = {
         non_retryable_error_types=NON_RETRYABLE_ERRORS,
     ),
 }
-# Entering the lane waits on the lane's answer; its heartbeat lets a dead worker's attempt be
-# retried within seconds instead of after the whole start-to-close timeout.
-_LANE_ENTRY: dict[str, Any] = {**_BOOKKEEPING, "heartbeat_timeout": timedelta(seconds=10)}
+# A waiter looks at its place at most this far apart, however long the queue ahead.
+_LANE_CHECK_CAP = timedelta(minutes=30)
 _RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
@@ -124,161 +123,6 @@ def _failure_message(err: BaseException) -> str:
     return str(cause or err)
 
 
-@workflow.defn(name="DeploymentLaneWorkflow")
-class DeploymentLaneWorkflow:
-    """One deployment at a time per project and environment, first come first served.
-
-    Deployments ask with the `enter` update (or the older `request` signal) and give the lane
-    back with the `release` signal, sent with start, so the lane exists whenever it is needed.
-    The lane tells each its position, first as the update's answer, then by `lane_turn`
-    signals whenever it changes; position 0 is the turn. A request is never dropped;
-    a holder or waiter that no longer runs is skipped. The lane ends when idle and continues
-    as new when its history grows.
-    """
-
-    @workflow.init
-    def __init__(self, lane: LaneInput) -> None:
-        self._lane = lane
-        self._holder: LaneRequest | None = lane.holder
-        self._waiting: list[LaneRequest] = list(lane.waiting)
-        self._handed_out = lane.handed_out
-        self._inbox: list[LaneRequest | LaneRelease] = []
-        # Positions already told, so a handoff signals only those whose position changed.
-        self._told: dict[str, int] = {}
-        # Requests that came by the `enter` update: their first position is its answer.
-        self._answer_by_update: set[str] = set()
-        if self._holder:
-            self._told[self._holder.deployment_workflow_id] = 0
-        for i, waiter in enumerate(self._waiting, start=1):
-            self._told[waiter.deployment_workflow_id] = i
-
-    @workflow.signal(name="request")
-    def request(self, request: LaneRequest) -> None:
-        self._inbox.append(request)
-
-    @workflow.signal(name="release")
-    def release(self, release: LaneRelease) -> None:
-        self._inbox.append(release)
-
-    @workflow.update(name="enter")
-    async def enter(self, request: LaneRequest) -> LaneTurn:
-        """Like the `request` signal, but the position comes back as the answer (sent by
-        update-with-start): a deployment that gets the lane at once needs no `lane_turn`
-        signal. Later changes of its position are signalled as usual."""
-        wf_id = request.deployment_workflow_id
-        if wf_id not in self._told:  # a retried request is answered with what it was told
-            self._answer_by_update.add(wf_id)
-            self._inbox.append(request)
-            await workflow.wait_condition(lambda: wf_id in self._told)
-        return LaneTurn(queue_position=self._told[wf_id])
-
-    @workflow.query(name="state")
-    def state(self) -> LaneState:
-        return LaneState(
-            holder=self._holder.deployment_workflow_id if self._holder else None,
-            waiting=[w.deployment_workflow_id for w in self._waiting],
-            handed_out=self._handed_out,
-        )
-
-    @workflow.run
-    async def run(self, lane: LaneInput) -> LaneState:
-        _upsert_missing(
-            (sa.PROJECT_ID, str(lane.project_id)), (sa.ENVIRONMENT, lane.environment.value)
-        )
-        while True:
-            if not self._inbox:
-                if self._holder is None and not self._waiting:
-                    return self.state()
-                if self._should_continue_as_new():
-                    await workflow.wait_condition(workflow.all_handlers_finished)
-                    workflow.continue_as_new(
-                        lane.model_copy(
-                            update={
-                                "holder": self._holder,
-                                "waiting": self._waiting,
-                                "handed_out": self._handed_out,
-                            }
-                        )
-                    )
-                try:
-                    await workflow.wait_condition(
-                        lambda: bool(self._inbox), timeout=timedelta(seconds=lane.holder_check_s)
-                    )
-                except TimeoutError:
-                    # Re-telling the holder its turn fails when it is gone; then move on.
-                    if self._holder and not await self._tell(self._holder, 0):
-                        self._holder = None
-            while self._inbox:
-                self._apply(self._inbox.pop(0))
-            await self._announce()
-            workflow.set_current_details(self._details())
-
-    def _apply(self, message: LaneRequest | LaneRelease) -> None:
-        wf_id = message.deployment_workflow_id
-        if isinstance(message, LaneRequest):
-            known = (self._holder and self._holder.deployment_workflow_id == wf_id) or any(
-                w.deployment_workflow_id == wf_id for w in self._waiting
-            )
-            if not known:  # a retried request is the same request
-                self._waiting.append(message)
-            return
-        if self._holder and self._holder.deployment_workflow_id == wf_id:
-            self._holder = None
-        else:  # left while still waiting (cancelled)
-            self._waiting = [w for w in self._waiting if w.deployment_workflow_id != wf_id]
-        self._told.pop(wf_id, None)
-
-    async def _announce(self) -> None:
-        """Hand the lane to the next waiter and tell everyone whose position changed."""
-        while True:
-            if self._holder is None and self._waiting:
-                self._holder = self._waiting.pop(0)
-            if self._holder and self._told.get(self._holder.deployment_workflow_id) != 0:
-                if not await self._tell(self._holder, 0):
-                    self._holder = None
-                    continue
-                self._handed_out += 1
-            gone = []
-            for position, waiter in enumerate(list(self._waiting), start=1):
-                if self._told.get(waiter.deployment_workflow_id) == position:
-                    continue
-                if not await self._tell(waiter, position):
-                    gone.append(waiter)
-            if not gone:
-                return
-            self._waiting = [w for w in self._waiting if w not in gone]
-
-    async def _tell(self, who: LaneRequest, position: int) -> bool:
-        """Signal a deployment its position; False when it no longer runs."""
-        if who.deployment_workflow_id in self._answer_by_update:
-            self._answer_by_update.discard(who.deployment_workflow_id)
-            self._told[who.deployment_workflow_id] = position  # the `enter` update answers
-            return True
-        try:
-            await workflow.get_external_workflow_handle(who.deployment_workflow_id).signal(
-                "lane_turn", LaneTurn(queue_position=position)
-            )
-        except Exception:
-            workflow.logger.warning(
-                "deployment %s no longer runs; skipped in the lane", who.deployment_workflow_id
-            )
-            self._told.pop(who.deployment_workflow_id, None)
-            return False
-        self._told[who.deployment_workflow_id] = position
-        return True
-
-    def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > self._lane.history_limit
-        )
-
-    def _details(self) -> str:
-        holder = self._holder.deployment_workflow_id if self._holder else "nobody"
-        return f"held by {holder}; {len(self._waiting)} waiting"
-
-
 @workflow.defn(name="DeploymentWorkflow")
 class DeploymentWorkflow:
     """QUEUED -> (its turn in the lane) -> IN_PROGRESS -> VERIFYING -> SUCCEEDED or FAILED;
@@ -303,7 +147,8 @@ class DeploymentWorkflow:
                 commit_sha=input.commit_sha,
                 rollback_of=input.rollback_of,
             )
-        self._lane_position: int | None = None
+        # The `lane_turn` signal came: the deployment ahead left.
+        self._my_turn = False
         self._rollback_step: ReleaseStep | None = None
         self._compensating = False
         # The release was refused because the project's default branch moved (BASE_MOVED).
@@ -314,7 +159,7 @@ class DeploymentWorkflow:
 
     @workflow.signal(name="lane_turn")
     def lane_turn(self, turn: LaneTurn) -> None:
-        self._lane_position = turn.queue_position
+        self._my_turn = self._my_turn or turn.queue_position == 0
 
     @workflow.query(name="status")
     def status(self) -> DeploymentState:
@@ -330,51 +175,36 @@ class DeploymentWorkflow:
             (sa.PROJECT_ID, str(input.project_id)),
             (sa.ENVIRONMENT, input.environment.value),
         )
+        lane_place = CheckLane(
+            project_id=input.project_id,
+            environment=input.environment,
+            workflow_id=workflow.info().workflow_id,
+        )
         in_lane = False
-        entering: workflow.ActivityHandle[LaneTurn | None] | None = None
         try:
-            # Recorded and queued up at once: the row is written while the lane answers. The
-            # turn is only used once the row exists.
-            recording = workflow.start_activity_method(
-                ReleaseActivities.record_deployment,
-                RecordDeployment(
-                    deployment_id=input.deployment_id,
-                    tenant_id=input.tenant_id,
-                    project_id=input.project_id,
-                    plan_id=input.plan_id,
-                    environment=input.environment,
-                    commit_sha=input.commit_sha,
-                    rollback_of=input.rollback_of,
-                    workflow_id=workflow.info().workflow_id,
-                ),
-                **_BOOKKEEPING,
-            )
+            # The row and its place in the lane, in one local transaction.
             in_lane = True
-            entering = workflow.start_activity_method(
-                ReleaseActivities.enter_deployment_lane,
-                EnterLane(
-                    project_id=input.project_id,
-                    environment=input.environment,
-                    deployment_workflow_id=workflow.info().workflow_id,
-                    deployment_id=input.deployment_id,
-                    lane_task_queue=workflow.info().task_queue,
-                ),
-                **_LANE_ENTRY,
-            )
             try:
-                await recording
+                recorded = await workflow.execute_local_activity_method(
+                    DeploymentActivities.record_deployment,
+                    RecordDeployment(
+                        deployment_id=input.deployment_id,
+                        tenant_id=input.tenant_id,
+                        project_id=input.project_id,
+                        plan_id=input.plan_id,
+                        environment=input.environment,
+                        commit_sha=input.commit_sha,
+                        rollback_of=input.rollback_of,
+                        workflow_id=workflow.info().workflow_id,
+                        enter_lane=True,
+                    ),
+                    **_BOOKKEEPING,
+                )
             except ActivityError as err:
                 _raise_refusal(err)
                 raise
             self._checkpoint()
-            # The parent started this deployment as QUEUED: only a place in the queue is news.
-            self._progress(DeploymentStatus.QUEUED, "waiting for its turn", tell_parent=False)
-            turn = await entering
-            # The lane's answer; a `lane_turn` signal that came meanwhile is newer news.
-            if turn is not None and self._lane_position is None:
-                self._lane_position = turn.queue_position
-            self._checkpoint()
-            await self._wait_for_turn()
+            await self._wait_for_turn(lane_place, recorded.queue_position)
             return await self._deploy()
         except BaseException as err:
             if not _cancelled(err):
@@ -384,39 +214,34 @@ class DeploymentWorkflow:
         finally:
             if in_lane:
                 self._state.queue_position = None
-                if entering is not None and not entering.done():
-                    # Leave only after entering, or the lane would queue a deployment gone.
-                    with contextlib.suppress(ActivityError):
-                        await entering
-                await workflow.execute_activity_method(
-                    ReleaseActivities.leave_deployment_lane,
-                    LeaveLane(
-                        project_id=input.project_id,
-                        environment=input.environment,
-                        deployment_workflow_id=workflow.info().workflow_id,
-                        lane_task_queue=workflow.info().task_queue,
-                    ),
+                await workflow.execute_local_activity_method(
+                    LaneActivities.leave_deployment_lane,
+                    LeaveLane(**lane_place.model_dump()),
                     **_BOOKKEEPING,
                 )
             if self._progress_sent is not None:
                 await self._progress_sent  # the parent hears the outcome before the result
 
-    async def _wait_for_turn(self) -> None:
-        """Until the lane says 0; a position may arrive before enter_deployment_lane returns."""
-        reported: int | None = None
-        while True:
-            position = self._lane_position
-            if position is not None and position != reported:
-                reported = self._state.queue_position = position
-                if position:
-                    self._progress(
-                        DeploymentStatus.QUEUED, f"waiting: {position} ahead in the lane"
-                    )
-            if position == 0:
-                return
-            await workflow.wait_condition(
-                lambda seen=position: self._lane_position != seen  # type: ignore[misc]
+    async def _wait_for_turn(self, place: CheckLane, position: int | None) -> None:
+        """Until the lane's turn: the `lane_turn` signal when the one ahead leaves, or a look
+        at the lane on a timer that grows with the position (the queue is told nothing)."""
+        while not self._my_turn and position != 0:
+            if position is None:  # the place was taken away: the lane is not held
+                raise ApplicationError("the deployment lost its place in the lane")
+            if position != self._state.queue_position:
+                self._state.queue_position = position
+                self._progress(DeploymentStatus.QUEUED, f"waiting: {position} ahead in the lane")
+            look_after = min(
+                timedelta(seconds=self._input.lane_check_s) * position, _LANE_CHECK_CAP
             )
+            try:
+                await workflow.wait_condition(lambda: self._my_turn, timeout=look_after)
+            except TimeoutError:
+                checked = await workflow.execute_local_activity_method(
+                    LaneActivities.check_deployment_lane, place, **_BOOKKEEPING
+                )
+                position = checked.queue_position
+        self._state.queue_position = 0
 
     async def _deploy(self) -> DeploymentResult:
         input = self._input
@@ -452,7 +277,7 @@ class DeploymentWorkflow:
         input = self._input
         try:
             good = await workflow.execute_activity_method(
-                ReleaseActivities.find_last_good_release,
+                RollbackActivities.find_last_good_release,
                 FindLastGoodRelease(
                     project_id=input.project_id,
                     environment=input.environment,
@@ -470,8 +295,8 @@ class DeploymentWorkflow:
         rollback_id = workflow.uuid4()
         result.rollback_deployment_id = rollback_id
         self._state.rollback_deployment_id = rollback_id
-        await workflow.execute_activity_method(
-            ReleaseActivities.record_deployment,
+        await workflow.execute_local_activity_method(
+            DeploymentActivities.record_deployment,
             RecordDeployment(
                 deployment_id=rollback_id,
                 tenant_id=input.tenant_id,
@@ -534,8 +359,8 @@ class DeploymentWorkflow:
             return released, await self._fail(step, detail)
 
     async def _fail(self, step: ReleaseStep, detail: str) -> VerificationOutcome:
-        await workflow.execute_activity_method(
-            ReleaseActivities.mark_deployment,
+        await workflow.execute_local_activity_method(
+            DeploymentActivities.mark_deployment,
             TransitionDeployment(
                 deployment_id=step.deployment_id, status=DeploymentStatus.FAILED, detail=detail
             ),
@@ -707,8 +532,8 @@ class RollbackWorkflow:
         self._state.deployment_id = deployment_id
         workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])
         try:
-            plan = await workflow.execute_activity_method(
-                ReleaseActivities.plan_rollback,
+            plan = await workflow.execute_local_activity_method(
+                RollbackActivities.plan_rollback,
                 PlanRollback(
                     tenant_id=request.tenant_id, target_deployment_id=request.target_deployment_id
                 ),

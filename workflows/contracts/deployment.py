@@ -1,5 +1,5 @@
-"""Payloads of the deployment workflows (DeploymentWorkflow, RollbackWorkflow, the per-project
-and environment lane) and of the release activities behind them."""
+"""Payloads of the deployment workflows (DeploymentWorkflow, RollbackWorkflow) and of the
+lane and release activities behind them."""
 
 import uuid
 
@@ -29,6 +29,9 @@ class DeploymentInput(BaseModel):
     parent_workflow_id: str | None = None
     auto_rollback: bool = True
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
+    # A waiter looks at its place after this many seconds times its position (the turn itself
+    # comes by signal); the look also skips a holder that was terminated and never left.
+    lane_check_s: float = Field(default=60.0, gt=0)
 
 
 class DeploymentProgress(BaseModel):
@@ -83,61 +86,28 @@ class RollbackRequest(BaseModel):
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
 
 
-# --- The lane: one deployment at a time per project and environment, in arrival order. ---
-
-
-class LaneRequest(BaseModel):
-    """A deployment asking for its turn: the lane's `enter` update (by update-with-start) or its
-    `request` signal."""
-
-    deployment_workflow_id: str
-    deployment_id: uuid.UUID
-
-
-class LaneRelease(BaseModel):
-    deployment_workflow_id: str
-
-
-class LaneInput(BaseModel):
-    project_id: uuid.UUID
-    environment: DeploymentEnvironment
-    # Carried across continue-as-new.
-    holder: LaneRequest | None = None
-    waiting: list[LaneRequest] = Field(default_factory=list)
-    handed_out: int = 0
-    # How often the lane checks that its holder still runs (a terminated one never releases).
-    holder_check_s: float = Field(default=60.0, gt=0)
-    # History length after which the lane continues as new.
-    history_limit: int = Field(default=5_000, ge=50)
+# --- The lane (activities/lane.py): one deployment at a time per project and environment. ---
 
 
 class LaneTurn(BaseModel):
-    """A deployment's position in the lane (0 = its turn): the answer of `enter`, then signalled
-    to a waiting deployment whenever it moves up."""
+    """A deployment's position in its lane: 0 = its turn, n = n deployments ahead, None = not
+    in the lane. The `lane_turn` signal always says 0."""
 
-    queue_position: int
-
-
-class LaneState(BaseModel):
-    holder: str | None
-    waiting: list[str]
-    handed_out: int
-
-
-class EnterLane(BaseModel):
-    project_id: uuid.UUID
-    environment: DeploymentEnvironment
-    deployment_workflow_id: str
-    deployment_id: uuid.UUID
-    # The lane runs on the task queue of the workflows that use it.
-    lane_task_queue: str
+    queue_position: int | None
 
 
 class LeaveLane(BaseModel):
     project_id: uuid.UUID
     environment: DeploymentEnvironment
-    deployment_workflow_id: str
-    lane_task_queue: str
+    workflow_id: str
+
+
+class CheckLane(BaseModel):
+    """A waiting deployment asks where it stands (and skips a holder that no longer runs)."""
+
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    workflow_id: str
 
 
 # --- Release activities. ---
@@ -154,6 +124,8 @@ class RecordDeployment(BaseModel):
     commit_sha: str
     rollback_of: uuid.UUID | None = None
     workflow_id: str
+    # Take a place in the lane in the same transaction (not for a rollback inside a turn).
+    enter_lane: bool = False
 
 
 class DeploymentView(BaseModel):
@@ -169,6 +141,8 @@ class DeploymentView(BaseModel):
     log_url: str | None = None
     diff_url: str | None = None
     verification_output: str | None = None
+    # Set when the row was recorded with enter_lane: its place in the lane (0 = its turn).
+    queue_position: int | None = None
 
 
 class TransitionDeployment(BaseModel):
@@ -244,7 +218,3 @@ def deployment_workflow_id(deployment_id: uuid.UUID) -> str:
 
 def rollback_workflow_id(deployment_id: uuid.UUID) -> str:
     return f"rollback-{deployment_id}"
-
-
-def lane_workflow_id(project_id: uuid.UUID, environment: DeploymentEnvironment) -> str:
-    return f"deployment-lane-{project_id}-{environment.value}"

@@ -1,0 +1,143 @@
+"""Rollback planning: what an operator's rollback restores, and the last good release an
+automatic rollback or a compensation falls back to. Reads only; writes nothing."""
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import deployments
+from activities.change_engine import RepositoryError, resolve_commit
+from activities.deployments import not_found
+from models import Deployment, DeploymentPlan, DeploymentStatus, Project
+from models.db import SessionFactory
+from workflows.contracts.deployment import (
+    FindLastGoodRelease,
+    LastGoodRelease,
+    PlanRollback,
+    RollbackPlan,
+)
+
+ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
+ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
+NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
+
+
+async def _default_branch_head(project: Project) -> str | None:
+    if not project.repo_url:
+        return None
+    with contextlib.suppress(RepositoryError, OSError):
+        return await resolve_commit(Path(project.repo_url), project.default_branch)
+    return None
+
+
+async def last_good_release(
+    sessions: SessionFactory, request: FindLastGoodRelease
+) -> LastGoodRelease:
+    """The release to restore: the last SUCCEEDED deployment of the project and environment;
+    before any, what the environment branch held, else the project's default branch."""
+    async with sessions() as session:
+        query = (
+            select(Deployment)
+            .where(
+                Deployment.project_id == request.project_id,
+                Deployment.environment == request.environment,
+                Deployment.status == DeploymentStatus.SUCCEEDED,
+                col(Deployment.commit_sha).is_not(None),
+            )
+            .order_by(col(Deployment.finished_at).desc())
+            .limit(1)
+        )
+        if request.exclude_deployment_id:
+            query = query.where(Deployment.id != request.exclude_deployment_id)
+        good = (await session.exec(query)).first()
+        if good is not None and good.commit_sha:
+            return LastGoodRelease(
+                commit_sha=good.commit_sha, deployment_id=good.id, source="last succeeded"
+            )
+        if request.exclude_deployment_id:
+            failed = await session.get(Deployment, request.exclude_deployment_id)
+            if failed is not None and failed.previous_commit_sha:
+                return LastGoodRelease(
+                    commit_sha=failed.previous_commit_sha,
+                    deployment_id=None,
+                    source="environment branch before the failed release",
+                )
+        project = await session.get(Project, request.project_id)
+    if project is not None:
+        head = await _default_branch_head(project)
+        if head:
+            return LastGoodRelease(
+                commit_sha=head,
+                deployment_id=None,
+                source=f"default branch {project.default_branch}",
+            )
+    raise ApplicationError(
+        f"no earlier release of project {request.project_id} in "
+        f"{request.environment.value} to restore",
+        type=NO_RELEASE_TO_RESTORE,
+        non_retryable=True,
+    )
+
+
+class RollbackActivities:
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    def lifecycle_activities(self) -> list[Callable[..., Any]]:
+        return [self.plan_rollback]
+
+    def deploy_activities(self) -> list[Callable[..., Any]]:
+        """The fallback reads the project's repository: it runs where the repositories are."""
+        return [self.find_last_good_release]
+
+    @activity.defn(name="plan_rollback")
+    async def plan_rollback(self, request: PlanRollback) -> RollbackPlan:
+        """Check an operator's rollback target and find what is live; writes nothing."""
+        async with self._sessions() as session:
+            target = await session.get(Deployment, request.target_deployment_id)
+            if target is None or target.tenant_id != request.tenant_id:
+                raise not_found(
+                    f"no deployment {request.target_deployment_id} for tenant {request.tenant_id}"
+                )
+            if target.project_id is None or target.commit_sha is None:
+                raise not_found(f"deployment {target.id} has no project or commit any more")
+            if target.verified_at is None:
+                raise ApplicationError(
+                    f"deployment {target.id} never succeeded (status {target.status.value}); "
+                    "only a verified release can be restored",
+                    type=ROLLBACK_TARGET_NEVER_SUCCEEDED,
+                    non_retryable=True,
+                )
+            live = await deployments.live(session, target.project_id, target.environment)
+            if live is None:
+                raise ApplicationError(
+                    f"nothing is live in {target.environment.value} to roll back",
+                    type=NO_RELEASE_TO_RESTORE,
+                    non_retryable=True,
+                )
+            if live.commit_sha == target.commit_sha:
+                raise ApplicationError(
+                    f"the release of deployment {target.id} ({target.commit_sha}) is already "
+                    f"live in {target.environment.value} (deployment {live.id})",
+                    type=ROLLBACK_TARGET_IS_LIVE,
+                    non_retryable=True,
+                )
+            plan = await session.get(DeploymentPlan, target.plan_id)
+            return RollbackPlan(
+                tenant_id=target.tenant_id,
+                project_id=target.project_id,
+                plan_id=target.plan_id,
+                prompt_request_id=plan.prompt_request_id if plan else None,
+                environment=target.environment,
+                commit_sha=target.commit_sha,
+                live_deployment_id=live.id,
+            )
+
+    @activity.defn(name="find_last_good_release")
+    async def find_last_good_release(self, request: FindLastGoodRelease) -> LastGoodRelease:
+        return await last_good_release(self._sessions, request)
