@@ -16,7 +16,7 @@ import structlog
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from models.db import create_engine, session_factory
 from workers import registry
@@ -39,6 +39,10 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
     """One Worker per task queue this process serves (CHANGEFLOW_SERVE_LIFECYCLE/_DEPLOY)."""
     settings = deps.settings
     common = {
+        # Pollers follow the backlog (the server tells when tasks wait): a burst of approvals
+        # or a long deployment queue is not held back by a fixed handful of polls.
+        "workflow_task_poller_behavior": PollerBehaviorAutoscaling(),
+        "activity_task_poller_behavior": PollerBehaviorAutoscaling(),
         "max_concurrent_activities": settings.max_concurrent_activities,
         "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
         "interceptors": worker_interceptors(),
