@@ -16,7 +16,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import (
     AppliedChange,
@@ -51,11 +50,11 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
+from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.lifecycle import (
     AppliedChangeView,
     ApplyChange,
     ApprovalPolicyView,
-    LifecycleErrorType,
     OpenApproval,
     PlannedRevision,
     PlanRequest,
@@ -63,7 +62,6 @@ from workflows.contracts.lifecycle import (
     RecordDecision,
     SetRequestStatus,
     check_prompt,
-    refused,
 )
 
 _OPEN_PLAN_STATES = (
@@ -127,9 +125,7 @@ async def _plan(session: AsyncSession, plan_id: uuid.UUID) -> DeploymentPlan:
         )
     ).one_or_none()
     if plan is None:
-        raise ApplicationError(
-            f"plan {plan_id} does not exist", type="PlanNotFound", non_retryable=True
-        )
+        raise refused(ErrorType.PLAN_NOT_FOUND, f"plan {plan_id} does not exist")
     return plan
 
 
@@ -166,23 +162,19 @@ class DeliveryActivities:
     ) -> tuple[Project, PromptRequest | None]:
         """The project, after refusing an unknown tenant, project or user and a bad prompt."""
         if await session.get(Tenant, req.tenant_id) is None:
-            raise refused(
-                LifecycleErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist"
-            )
+            raise refused(ErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist")
         project = await session.get(Project, req.project_id)
         if project is None or project.tenant_id != req.tenant_id:
             raise refused(
-                LifecycleErrorType.UNKNOWN_PROJECT,
+                ErrorType.UNKNOWN_PROJECT,
                 f"project {req.project_id} does not exist in tenant {req.tenant_id}",
             )
         user = await session.get(User, req.requested_by)
         if user is None:
-            raise refused(
-                LifecycleErrorType.UNKNOWN_USER, f"user {req.requested_by} does not exist"
-            )
+            raise refused(ErrorType.UNKNOWN_USER, f"user {req.requested_by} does not exist")
         if user.tenant_id != req.tenant_id:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {req.requested_by} belongs to another tenant",
             )
         check_prompt(req.prompt)
@@ -195,11 +187,11 @@ class DeliveryActivities:
             )
             await session.commit()
         if isinstance(exc, ChangeRequestInvalid):
-            kind = LifecycleErrorType.CHANGE_REQUEST_INVALID
+            kind = ErrorType.CHANGE_REQUEST_INVALID
         elif isinstance(exc, RebaseConflict):
-            kind = LifecycleErrorType.REBASE_CONFLICT
+            kind = ErrorType.REBASE_CONFLICT
         else:
-            kind = LifecycleErrorType.REPOSITORY_ERROR
+            kind = ErrorType.REPOSITORY_ERROR
         raise refused(kind, str(exc)) from exc
 
     @activity.defn
@@ -409,10 +401,10 @@ class DeliveryActivities:
             request = await _locked_request(session, req.prompt_request_id)
             plan = await _plan(session, req.plan_id)
             if request is None or request.project_id is None:
-                raise refused(LifecycleErrorType.REQUEST_CLOSED, "the request has no project")
+                raise refused(ErrorType.REQUEST_CLOSED, "the request has no project")
             project = await session.get(Project, request.project_id)
             if project is None:
-                raise refused(LifecycleErrorType.UNKNOWN_PROJECT, "the project was removed")
+                raise refused(ErrorType.UNKNOWN_PROJECT, "the project was removed")
             # DEPLOYING_PRODUCTION: production refused a commit whose base moved; the rebased
             # change goes through staging again.
             if request.status in (PromptStatus.APPROVED, PromptStatus.DEPLOYING_PRODUCTION):

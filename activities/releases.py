@@ -45,7 +45,6 @@ from models.base import utcnow
 from models.db import SessionFactory
 from workflows import search_attributes as sa
 from workflows.contracts.deployment import (
-    BASE_MOVED,
     DeploymentView,
     EnterLane,
     FindLastGoodRelease,
@@ -64,29 +63,7 @@ from workflows.contracts.deployment import (
     VerificationOutcome,
     lane_workflow_id,
 )
-
-# Error types (ApplicationError.type), all non-retryable.
-DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
-PROJECT_NOT_FOUND = "ProjectNotFound"
-PLAN_NOT_FOUND = "PlanNotFound"
-ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
-ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
-NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
-NON_RETRYABLE_ERRORS = [
-    "IllegalTransition",
-    # The deploy target's errors (activities.deploy_target), by class name.
-    "DeployTargetError",
-    "UnknownCommit",
-    "InvalidEnvironment",
-    "ReleaseConflict",
-    DEPLOYMENT_NOT_FOUND,
-    PROJECT_NOT_FOUND,
-    PLAN_NOT_FOUND,
-    ROLLBACK_TARGET_NEVER_SUCCEEDED,
-    ROLLBACK_TARGET_IS_LIVE,
-    NO_RELEASE_TO_RESTORE,
-    BASE_MOVED,
-]
+from workflows.contracts.errors import ErrorType
 
 LANE_WORKFLOW = "DeploymentLaneWorkflow"
 HEARTBEAT_EVERY_S = 2.0
@@ -110,7 +87,7 @@ def _view(row: Deployment) -> DeploymentView:
     )
 
 
-def _not_found(what: str, kind: str = DEPLOYMENT_NOT_FOUND) -> ApplicationError:
+def _not_found(what: str, kind: str = ErrorType.DEPLOYMENT_NOT_FOUND) -> ApplicationError:
     return ApplicationError(what, type=kind, non_retryable=True)
 
 
@@ -121,7 +98,9 @@ def _transition(row: Deployment, status: DeploymentStatus) -> bool:
     try:
         ensure_transition(row.status, status)
     except IllegalTransition as exc:
-        raise ApplicationError(str(exc), type="IllegalTransition", non_retryable=True) from None
+        raise ApplicationError(
+            str(exc), type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True
+        ) from None
     now = utcnow()
     row.status = status
     row.updated_at = now
@@ -192,13 +171,13 @@ class ReleaseActivities:
                 if project is None or project.tenant_id != request.tenant_id:
                     raise _not_found(
                         f"no project {request.project_id} for tenant {request.tenant_id}",
-                        PROJECT_NOT_FOUND,
+                        ErrorType.PROJECT_NOT_FOUND,
                     )
                 plan = await session.get(DeploymentPlan, request.plan_id)
                 if plan is None or plan.tenant_id != request.tenant_id:
                     raise _not_found(
                         f"no plan {request.plan_id} for tenant {request.tenant_id}",
-                        PLAN_NOT_FOUND,
+                        ErrorType.PLAN_NOT_FOUND,
                     )
                 row = Deployment(
                     id=request.deployment_id,
@@ -311,21 +290,21 @@ class ReleaseActivities:
                 raise ApplicationError(
                     f"deployment {target.id} never succeeded (status {target.status.value}); "
                     "only a verified release can be restored",
-                    type=ROLLBACK_TARGET_NEVER_SUCCEEDED,
+                    type=ErrorType.ROLLBACK_TARGET_NEVER_SUCCEEDED,
                     non_retryable=True,
                 )
             live = await self._live(session, target.project_id, target.environment)
             if live is None:
                 raise ApplicationError(
                     f"nothing is live in {target.environment.value} to roll back",
-                    type=NO_RELEASE_TO_RESTORE,
+                    type=ErrorType.NO_RELEASE_TO_RESTORE,
                     non_retryable=True,
                 )
             if live.commit_sha == target.commit_sha:
                 raise ApplicationError(
                     f"the release of deployment {target.id} ({target.commit_sha}) is already "
                     f"live in {target.environment.value} (deployment {live.id})",
-                    type=ROLLBACK_TARGET_IS_LIVE,
+                    type=ErrorType.ROLLBACK_TARGET_IS_LIVE,
                     non_retryable=True,
                 )
             plan = await session.get(DeploymentPlan, target.plan_id)
@@ -384,7 +363,7 @@ class ReleaseActivities:
         raise ApplicationError(
             f"no earlier release of project {request.project_id} in "
             f"{request.environment.value} to restore",
-            type=NO_RELEASE_TO_RESTORE,
+            type=ErrorType.NO_RELEASE_TO_RESTORE,
             non_retryable=True,
         )
 
@@ -635,7 +614,7 @@ class ReleaseActivities:
             "committed; the change must be rebased onto it before it ships"
         )
         await self._fail_job(job_key, RuntimeError(message))
-        raise ApplicationError(message, type=BASE_MOVED, non_retryable=True)
+        raise ApplicationError(message, type=ErrorType.BASE_MOVED, non_retryable=True)
 
     async def _ship_to_default_branch(
         self, repo: Path, project: Project, row: Deployment, step: ReleaseStep
@@ -677,7 +656,7 @@ class ReleaseActivities:
         if project is None or not project.repo_url:
             raise _not_found(
                 f"deployment {row.id} has no project repository to release from",
-                PROJECT_NOT_FOUND,
+                ErrorType.PROJECT_NOT_FOUND,
             )
         return Path(project.repo_url)
 

@@ -15,7 +15,7 @@ from temporalio.worker import Worker
 
 from activities import releases as releases_module
 from activities.deploy_target import VerificationResult
-from activities.releases import ROLLBACK_TARGET_NEVER_SUCCEEDED, ReleaseActivities
+from activities.releases import ReleaseActivities
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -36,6 +36,7 @@ from workflows.contracts.deployment import (
     TransitionDeployment,
     lane_workflow_id,
 )
+from workflows.contracts.errors import ErrorType
 from workflows.deployment import DeploymentLaneWorkflow
 
 
@@ -244,7 +245,7 @@ async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows
             PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=never.deployment_id),
         )
 
-    assert refused.value.type == ROLLBACK_TARGET_NEVER_SUCCEEDED
+    assert refused.value.type == ErrorType.ROLLBACK_TARGET_NEVER_SUCCEEDED
     assert (await rows.deployment(never.deployment_id)).verified_at is None
 
 

@@ -27,7 +27,7 @@ from tests.lifecycle_support import (
 from tests.temporal_cli import temporal, temporal_outcome
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
-from workflows.contracts.submitted import INVALID_REQUEST
+from workflows.contracts.errors import ErrorType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -203,7 +203,7 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
     result = json.loads(out)
     assert result["status"] == "FAILED"
     failure = result["closeEvent"]["workflowExecutionFailedEventAttributes"]["failure"]
-    assert failure["applicationFailureInfo"]["type"] == INVALID_REQUEST
+    assert failure["applicationFailureInfo"]["type"] == ErrorType.INVALID_REQUEST
     assert failure["applicationFailureInfo"]["nonRetryable"] is True
     assert f"{field}: " in failure["message"]
     [problems] = failure["applicationFailureInfo"]["details"]

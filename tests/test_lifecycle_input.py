@@ -34,10 +34,10 @@ from tests.test_lifecycle_cli import rows_written
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.deployment import DeploymentState
+from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import (
     MAX_PROMPT_CHARS,
     MAX_REASON_CHARS,
-    LifecycleErrorType,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
@@ -87,11 +87,11 @@ async def test_a_blank_or_missing_rejection_reason_is_a_typed_refusal(
         status = await lifecycle.status(request_id)
 
     assert by_client == {
-        "   ": LifecycleErrorType.EMPTY_REASON,
-        "": LifecycleErrorType.EMPTY_REASON,
-        "xxx": LifecycleErrorType.INVALID_REQUEST,
+        "   ": ErrorType.EMPTY_REASON,
+        "": ErrorType.EMPTY_REASON,
+        "xxx": ErrorType.INVALID_REQUEST,
     }
-    assert by_workflow == [LifecycleErrorType.EMPTY_REASON] * 3
+    assert by_workflow == [ErrorType.EMPTY_REASON] * 3
     assert status.status is PromptStatus.AWAITING_APPROVAL
     assert status.approvals == []
     row = await request_row(sessions, request_id)
@@ -131,8 +131,8 @@ async def activities_scheduled(handle: WorkflowHandle[object, PromptRequestResul
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        (ONE_MEGABYTE_PROMPT, LifecycleErrorType.PROMPT_TOO_LONG),
-        (" \n ", LifecycleErrorType.EMPTY_PROMPT),
+        (ONE_MEGABYTE_PROMPT, ErrorType.PROMPT_TOO_LONG),
+        (" \n ", ErrorType.EMPTY_PROMPT),
     ],
 )
 async def test_a_prompt_over_the_limits_is_refused_before_any_activity_carries_it(
@@ -143,7 +143,7 @@ async def test_a_prompt_over_the_limits_is_refused_before_any_activity_carries_i
     lifecycle: LifecycleClient,
     tmp_path: Path,
     prompt: str,
-    expected: LifecycleErrorType,
+    expected: ErrorType,
 ) -> None:
     assert len(ONE_MEGABYTE_PROMPT) > MAX_PROMPT_CHARS
     shop = await make_shop(sessions, tmp_path)
@@ -209,7 +209,7 @@ async def test_a_request_refused_at_submission_ends_with_a_terminal_status(
         )
     ]
 
-    assert refused.value.error_type == LifecycleErrorType.UNKNOWN_TENANT
+    assert refused.value.error_type == ErrorType.UNKNOWN_TENANT
     assert status.status is PromptStatus.FAILED
     assert status.reason == refused.value.message
     assert described.typed_search_attributes.get(PROMPT_STATUS) == PromptStatus.FAILED.value

@@ -8,7 +8,7 @@
 
 Refusals (a validator saying no, a request refused at start, a payload the workflow would
 refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_type` is the
-ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType). A decision on a
+ApplicationError type (see workflows.contracts.errors.ErrorType). A decision on a
 request that has ended is refused as `RequestClosed` (the server answers such an update with an
 untyped "workflow execution already completed").
 
@@ -42,10 +42,10 @@ from workflows.contracts.deployment import (
     DeploymentResult,
     RollbackRequest,
 )
+from workflows.contracts.errors import ErrorType, application_error
 from workflows.contracts.lifecycle import (
     WORKFLOW_TYPE,
     ApproveRequest,
-    LifecycleErrorType,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
@@ -69,12 +69,10 @@ class LifecycleRefused(Exception):
 
 
 def _refusal(err: BaseException) -> LifecycleRefused | None:
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return LifecycleRefused(cause.type or "ApplicationError", cause.message)
-        cause = cause.__cause__
-    return None
+    cause = application_error(err)
+    if cause is None:
+        return None
+    return LifecycleRefused(cause.type or "ApplicationError", cause.message)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -154,7 +152,7 @@ class LifecycleClient:
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 raise LifecycleRefused(
-                    LifecycleErrorType.REQUEST_CLOSED,
+                    ErrorType.REQUEST_CLOSED,
                     f"prompt request {prompt_request_id} has ended or does not exist: {err}",
                 ) from err
             raise

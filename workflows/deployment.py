@@ -29,11 +29,10 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.releases import NON_RETRYABLE_ERRORS, ReleaseActivities
+    from activities.releases import ReleaseActivities
     from models.delivery import ChangeJobKind, DeploymentStatus
     from workflows import search_attributes as sa
     from workflows.contracts.deployment import (
-        BASE_MOVED,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
@@ -55,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         VerificationOutcome,
         deployment_workflow_id,
     )
+    from workflows.contracts.errors import NON_RETRYABLE_ERROR_TYPES, ErrorType
     from workflows.contracts.submitted import Submitted, parse_input
 
 _BOOKKEEPING: dict[str, Any] = {
@@ -64,7 +64,7 @@ _BOOKKEEPING: dict[str, Any] = {
     "retry_policy": RetryPolicy(
         maximum_interval=timedelta(seconds=10),
         maximum_attempts=20,
-        non_retryable_error_types=NON_RETRYABLE_ERRORS,
+        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
     ),
 }
 # Entering the lane waits on the lane's answer; its heartbeat lets a dead worker's attempt be
@@ -73,7 +73,7 @@ _LANE_ENTRY: dict[str, Any] = {**_BOOKKEEPING, "heartbeat_timeout": timedelta(se
 _RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE_ERRORS,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
 
@@ -517,7 +517,7 @@ class DeploymentWorkflow:
             if _cancelled(err):
                 raise
             cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == BASE_MOVED:
+            if isinstance(cause, ApplicationError) and cause.type == ErrorType.BASE_MOVED:
                 self._base_moved = not is_rollback
                 return None, await self._fail(step, f"release refused: {cause.message}")
             return None, await self._fail(step, f"release failed: {_failure_message(err)}")

@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.delivery import DeliveryActivities
+    from models.billing import HoldStatus
     from models.delivery import (
         ApprovalDecision,
         DeploymentEnvironment,
@@ -34,6 +35,13 @@ with workflow.unsafe.imports_passed_through():
         DeploymentProgress,
         DeploymentResult,
     )
+    from workflows.contracts.errors import (
+        NON_RETRYABLE_ERROR_TYPES,
+        ErrorType,
+        error_message,
+        error_type,
+        refused,
+    )
     from workflows.contracts.lifecycle import (
         MAX_REBASE_ROUNDS,
         AppliedChangeView,
@@ -43,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
         ApproveRequest,
         DeploymentSummary,
         HoldState,
-        LifecycleErrorType,
         OpenApproval,
         PlannedRevision,
         PlanRequest,
@@ -57,7 +64,6 @@ with workflow.unsafe.imports_passed_through():
         SetRequestStatus,
         check_prompt,
         check_reason,
-        refused,
     )
     from workflows.contracts.submitted import Submitted, parse_input
     from workflows.search_attributes import (
@@ -70,50 +76,24 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-INSUFFICIENT_TOKENS = "InsufficientTokens"
 # Refusals of the request itself: the workflow fails with the same typed error.
 REQUEST_REFUSALS = {
-    LifecycleErrorType.UNKNOWN_TENANT,
-    LifecycleErrorType.UNKNOWN_PROJECT,
-    LifecycleErrorType.UNKNOWN_USER,
-    LifecycleErrorType.USER_OF_ANOTHER_TENANT,
-    LifecycleErrorType.EMPTY_PROMPT,
-    LifecycleErrorType.PROMPT_TOO_LONG,
+    ErrorType.UNKNOWN_TENANT,
+    ErrorType.UNKNOWN_PROJECT,
+    ErrorType.UNKNOWN_USER,
+    ErrorType.USER_OF_ANOTHER_TENANT,
+    ErrorType.EMPTY_PROMPT,
+    ErrorType.PROMPT_TOO_LONG,
 }
-NON_RETRYABLE = [
-    *(t.value for t in LifecycleErrorType),
-    "IdempotencyConflict",
-    "HoldNotActive",
-    "AccountNotFound",
-    "InvalidAmount",
-    "IllegalTransition",
-]
-RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE)
+RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
+)
 # Short: a worker that dies mid-step has its step retried elsewhere after this long.
 DB_TIMEOUT = timedelta(seconds=30)
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
-
-
-def error_type(err: BaseException) -> str | None:
-    """The ApplicationError type behind an activity or child failure."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.type
-        cause = cause.__cause__
-    return None
-
-
-def error_message(err: BaseException) -> str:
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        cause = cause.__cause__
-    return str(err)
 
 
 class RequestEnded(Exception):
@@ -220,9 +200,9 @@ class PromptRequestWorkflow:
             return await self._shielded(self._apply(round))
         except ActivityError as err:
             if error_type(err) not in (
-                LifecycleErrorType.REBASE_CONFLICT,
-                LifecycleErrorType.CHANGE_REQUEST_INVALID,
-                LifecycleErrorType.REPOSITORY_ERROR,
+                ErrorType.REBASE_CONFLICT,
+                ErrorType.CHANGE_REQUEST_INVALID,
+                ErrorType.REPOSITORY_ERROR,
             ):
                 raise
             await self._close_holds(charge=self._chargeable())
@@ -286,20 +266,16 @@ class PromptRequestWorkflow:
             if kind in REQUEST_REFUSALS:
                 # Nothing was persisted: the request itself is refused, with the same type.
                 raise self._refused_at_submission(
-                    ApplicationError(error_message(err), type=kind, non_retryable=True)
+                    refused(ErrorType(kind), error_message(err))
                 ) from err
             if kind in (
-                LifecycleErrorType.CHANGE_REQUEST_INVALID,
-                LifecycleErrorType.REPOSITORY_ERROR,
+                ErrorType.CHANGE_REQUEST_INVALID,
+                ErrorType.REPOSITORY_ERROR,
             ):
                 await self._end(PromptStatus.FAILED, error_message(err))
             raise
         if not planned.open:
-            raise ApplicationError(
-                "the request was closed while it was planned",
-                type=LifecycleErrorType.REQUEST_CLOSED,
-                non_retryable=True,
-            )
+            raise refused(ErrorType.REQUEST_CLOSED, "the request was closed while it was planned")
 
     async def _run_plan(self, prompt: str, revision: int) -> PlannedRevision:
         request = self._input
@@ -341,7 +317,7 @@ class PromptRequestWorkflow:
         try:
             await self._shielded(self._reserve(amount, revision))
         except ActivityError as err:
-            if error_type(err) != INSUFFICIENT_TOKENS:
+            if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             reason = f"insufficient tokens: {error_message(err)}"
             await self._close_holds(charge=self._chargeable())
@@ -361,11 +337,13 @@ class PromptRequestWorkflow:
             start_to_close_timeout=DB_TIMEOUT,
             retry_policy=RETRY,
         )
-        self._holds.append(HoldState(hold_id=hold.hold_id, amount=hold.amount, status="active"))
+        self._holds.append(
+            HoldState(hold_id=hold.hold_id, amount=hold.amount, status=HoldStatus.ACTIVE)
+        )
 
     def _held(self) -> int:
         """Tokens on active holds: what the approved plan may use."""
-        return sum(hold.amount for hold in self._holds if hold.status == "active")
+        return sum(hold.amount for hold in self._holds if hold.status is HoldStatus.ACTIVE)
 
     def _chargeable(self) -> int:
         """Tokens to charge when the request ends early: the applied work, up to what was held
@@ -382,7 +360,7 @@ class PromptRequestWorkflow:
         """
         remaining = charge
         for index, hold in enumerate(self._holds):
-            if hold.status != "active":
+            if hold.status is not HoldStatus.ACTIVE:
                 continue
             amount = min(remaining, hold.amount)
             remaining -= amount
@@ -405,7 +383,7 @@ class PromptRequestWorkflow:
                 retry_policy=RETRY,
             )
         except ActivityError as err:
-            if error_type(err) != INSUFFICIENT_TOKENS:
+            if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             # The account's floor wins over the tolerance: the rest goes uncharged.
             workflow.logger.warning("tokens beyond the estimate left uncharged: %s", err)
@@ -427,7 +405,7 @@ class PromptRequestWorkflow:
                 start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=RETRY,
             )
-            hold.status, hold.settled = "settled", settlement.settled
+            hold.status, hold.settled = HoldStatus.SETTLED, settlement.settled
             self._tokens_settled += settlement.settled
         else:
             await workflow.execute_activity_method(
@@ -436,7 +414,7 @@ class PromptRequestWorkflow:
                 start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=RETRY,
             )
-            hold.status = "released"
+            hold.status = HoldStatus.RELEASED
 
     # ---------------------------------------------------------------- approval
 
@@ -526,33 +504,33 @@ class PromptRequestWorkflow:
         plan = self._plan
         if self._deciding:
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 "another decision has just settled this plan; it no longer awaits approval",
             )
         if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None:
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 f"the request is {self._status.value}, not awaiting approval",
             )
         role = self._roster.get(user_id)
         if role is None:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {user_id} is not a member of this request's tenant",
             )
         if user_id == self._input.requested_by:
             raise refused(
-                LifecycleErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
+                ErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
             )
         policy = self._require_policy()
         if role not in policy.approver_roles:
             raise refused(
-                LifecycleErrorType.ROLE_MAY_NOT_APPROVE,
+                ErrorType.ROLE_MAY_NOT_APPROVE,
                 f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
             )
         if content_hash != plan.content_hash:
             raise refused(
-                LifecycleErrorType.STALE_PLAN_HASH,
+                ErrorType.STALE_PLAN_HASH,
                 f"plan hash {content_hash[:12]} is stale; the current plan is "
                 f"revision {plan.revision} with hash {plan.content_hash}",
             )
@@ -657,12 +635,12 @@ class PromptRequestWorkflow:
             or self._applied
         ):
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 "only a plan awaiting approval before the change is applied can be revised",
             )
         if revision.user_id not in self._roster:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {revision.user_id} is not a member of this request's tenant",
             )
         check_prompt(revision.prompt)

@@ -8,9 +8,6 @@ from pydantic import BaseModel, Field
 from models.delivery import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
-# ApplicationError.type of a production release refused because its commit does not descend
-# from the project's default branch (it moved since the change was committed): not retryable.
-BASE_MOVED = "BaseMoved"
 
 
 class DeploymentInput(BaseModel):

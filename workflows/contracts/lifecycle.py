@@ -6,16 +6,15 @@ Public contract (workflow id ``prompt-request-<prompt_request_id>``, type
 (``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
 a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
 ``PromptRequestResult``. Cancel with Temporal's cancel. Refusals and failures carry an
-``ApplicationError`` whose ``type`` is a ``LifecycleErrorType`` value (or ``InsufficientTokens``).
+``ApplicationError`` whose ``type`` is an ``ErrorType`` value (workflows.contracts.errors).
 """
 
-import enum
 import uuid
 from datetime import datetime
 
 from pydantic import BaseModel, Field
-from temporalio.exceptions import ApplicationError
 
+from models.billing import HoldStatus
 from models.delivery import (
     ApprovalDecision,
     DeploymentEnvironment,
@@ -25,7 +24,7 @@ from models.delivery import (
     RiskLevel,
 )
 from workflows.contracts.deployment import DEFAULT_DEPLOY_TASK_QUEUE
-from workflows.contracts.submitted import INVALID_REQUEST
+from workflows.contracts.errors import ErrorType, refused
 
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
@@ -38,43 +37,14 @@ def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
     return f"prompt-request-{prompt_request_id}"
 
 
-class LifecycleErrorType(enum.StrEnum):
-    """``ApplicationError.type`` of every refusal and failure; none is worth retrying."""
-
-    UNKNOWN_TENANT = "UnknownTenant"
-    UNKNOWN_PROJECT = "UnknownProject"
-    UNKNOWN_USER = "UnknownUser"
-    USER_OF_ANOTHER_TENANT = "UserOfAnotherTenant"
-    ROLE_MAY_NOT_APPROVE = "RoleMayNotApprove"
-    SELF_APPROVAL = "SelfApproval"
-    STALE_PLAN_HASH = "StalePlanHash"
-    NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
-    EMPTY_PROMPT = "EmptyPrompt"
-    PROMPT_TOO_LONG = "PromptTooLong"
-    EMPTY_REASON = "EmptyReason"
-    CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
-    REPOSITORY_ERROR = "RepositoryError"
-    REQUEST_CLOSED = "RequestClosed"
-    # The approved change does not apply to the project's default branch as it is now.
-    REBASE_CONFLICT = "RebaseConflict"
-    # Raised by the ledger's reserve_tokens; listed so callers find every type in one place.
-    INSUFFICIENT_TOKENS = "InsufficientTokens"
-    # A start input or update payload that does not fit its model (workflows.contracts.submitted).
-    INVALID_REQUEST = INVALID_REQUEST
-
-
-def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=True)
-
-
 def check_prompt(prompt: str) -> None:
     """Refuse a prompt the change engine cannot be asked about: checked by the typed client,
     by the workflow before any activity carries the prompt, and by the planning activity."""
     if not prompt.strip():
-        raise refused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
+        raise refused(ErrorType.EMPTY_PROMPT, "the prompt is empty")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise refused(
-            LifecycleErrorType.PROMPT_TOO_LONG,
+            ErrorType.PROMPT_TOO_LONG,
             f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed",
         )
 
@@ -82,7 +52,7 @@ def check_prompt(prompt: str) -> None:
 def check_reason(reason: str) -> None:
     """A rejection says why: a blank reason is refused (its length is the model's rule)."""
     if not reason.strip():
-        raise refused(LifecycleErrorType.EMPTY_REASON, "a rejection needs a reason")
+        raise refused(ErrorType.EMPTY_REASON, "a rejection needs a reason")
 
 
 # --- The workflow's public payloads. ---
@@ -163,8 +133,7 @@ class DeploymentSummary(BaseModel):
 class HoldState(BaseModel):
     hold_id: uuid.UUID
     amount: int
-    # active, settled or released.
-    status: str
+    status: HoldStatus
     settled: int = 0
 
 
