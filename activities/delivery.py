@@ -51,6 +51,7 @@ from models import (
 from models.base import utcnow
 from models.db import SessionFactory
 from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.ids import apply_job_key, plan_job_key
 from workflows.contracts.lifecycle import (
     AppliedChangeView,
     ApplyChange,
@@ -202,7 +203,7 @@ class DeliveryActivities:
         and cannot do I/O themselves.
         """
         workflow_id = activity.info().workflow_id
-        job_key = f"{workflow_id}:plan:{req.revision}"
+        job_key = plan_job_key(workflow_id, req.revision)
         async with self._sessions() as session:
             project, request = await self._validated(session, req)
             if request is None:
@@ -394,9 +395,7 @@ class DeliveryActivities:
         of going on: nothing ships that nobody approved.
         """
         workflow_id = activity.info().workflow_id
-        job_key = f"{workflow_id}:apply:{req.plan_id}"
-        if req.round > 1:
-            job_key += f":round-{req.round}"
+        job_key = apply_job_key(workflow_id, req.plan_id, req.round)
         async with self._sessions() as session:
             request = await _locked_request(session, req.prompt_request_id)
             plan = await _plan(session, req.plan_id)

@@ -61,9 +61,9 @@ from workflows.contracts.deployment import (
     RollbackPlan,
     TransitionDeployment,
     VerificationOutcome,
-    lane_workflow_id,
 )
 from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import lane_workflow_id
 
 LANE_WORKFLOW = "DeploymentLaneWorkflow"
 HEARTBEAT_EVERY_S = 2.0

@@ -41,7 +41,8 @@ from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped, stop_on_signals
-from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus, workflow_id_for
+from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus
 
 DEMO_FUNDS = 50_000
 LIFECYCLE_TIMEOUT_S = 180
@@ -263,16 +264,17 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
             + (f": {result.reason}" if result.reason else "")
             + f"; {result.tokens_used} tokens used, {result.tokens_settled} charged"
         )
-        print(f"   Web UI: {workflow_link(settings, workflow_id_for(result.prompt_request_id))}")
+        request_link = workflow_link(settings, prompt_request_workflow_id(result.prompt_request_id))
+        print(f"   Web UI: {request_link}")
         # An automatic rollback is listed too; it is printed with the deployment it undid.
         rollbacks = {d.rollback_deployment_id for d in result.deployments}
         for d in result.deployments:
             if d.deployment_id in rollbacks:
                 continue
-            link = workflow_link(settings, f"deployment-{d.deployment_id}")
+            link = workflow_link(settings, deployment_workflow_id(d.deployment_id))
             print(f"     {d.environment.value}: {link}")
             if d.rollback_deployment_id:
-                rollback_id = f"deployment-{d.rollback_deployment_id}"
+                rollback_id = deployment_workflow_id(d.rollback_deployment_id)
                 print(
                     f"     {d.environment.value} rollback: {workflow_link(settings, rollback_id)}"
                 )

@@ -34,9 +34,9 @@ from workflows.contracts.deployment import (
     RecordDeployment,
     ReleaseStep,
     TransitionDeployment,
-    lane_workflow_id,
 )
 from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import lane_workflow_id
 from workflows.deployment import DeploymentLaneWorkflow
 
 

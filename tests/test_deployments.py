@@ -48,10 +48,8 @@ from workflows.contracts.deployment import (
     DeploymentResult,
     DeploymentState,
     RollbackRequest,
-    deployment_workflow_id,
-    lane_workflow_id,
-    rollback_workflow_id,
 )
+from workflows.contracts.ids import deployment_workflow_id, lane_workflow_id, rollback_workflow_id
 from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
 from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 

@@ -19,8 +19,8 @@ from workflows.contracts.deployment import (
     LaneRequest,
     LaneState,
     LaneTurn,
-    lane_workflow_id,
 )
+from workflows.contracts.ids import lane_workflow_id
 from workflows.deployment import DeploymentLaneWorkflow
 
 

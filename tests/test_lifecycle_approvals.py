@@ -27,7 +27,7 @@ from tests.lifecycle_support import (
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
-from workflows.contracts.lifecycle import workflow_id_for
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -40,7 +40,9 @@ UPDATE_EVENTS = {
 
 
 async def history_events(client: Client, request_id: uuid.UUID) -> list[EventType.ValueType]:
-    history = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
+    history = await client.get_workflow_handle(
+        prompt_request_workflow_id(request_id)
+    ).fetch_history()
     return [event.event_type for event in history.events]
 
 

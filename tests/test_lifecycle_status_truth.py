@@ -15,14 +15,14 @@ from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_appro
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
-from workflows.contracts.lifecycle import workflow_id_for
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def current_details(client: Client, request_id: uuid.UUID) -> str:
     """What the Web UI shows as the workflow's current details."""
-    metadata = await client.get_workflow_handle(workflow_id_for(request_id)).query(
+    metadata = await client.get_workflow_handle(prompt_request_workflow_id(request_id)).query(
         "__temporal_workflow_metadata"
     )
     return str(metadata.current_details)

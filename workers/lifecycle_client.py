@@ -43,6 +43,7 @@ from workflows.contracts.deployment import (
     RollbackRequest,
 )
 from workflows.contracts.errors import ErrorType, application_error
+from workflows.contracts.ids import prompt_request_workflow_id, rollback_workflow_id
 from workflows.contracts.lifecycle import (
     WORKFLOW_TYPE,
     ApproveRequest,
@@ -53,7 +54,6 @@ from workflows.contracts.lifecycle import (
     ReviseRequest,
     check_prompt,
     check_reason,
-    workflow_id_for,
 )
 from workflows.contracts.submitted import parse_input
 from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, TENANT_ID
@@ -103,7 +103,7 @@ class LifecycleClient:
 
     def _handle(self, prompt_request_id: uuid.UUID) -> WorkflowHandle[Any, PromptRequestResult]:
         return self._client.get_workflow_handle(
-            workflow_id_for(prompt_request_id), result_type=PromptRequestResult
+            prompt_request_workflow_id(prompt_request_id), result_type=PromptRequestResult
         )
 
     async def submit(
@@ -132,7 +132,7 @@ class LifecycleClient:
         await self._client.start_workflow(
             WORKFLOW_TYPE,
             request,
-            id=workflow_id_for(request_id),
+            id=prompt_request_workflow_id(request_id),
             task_queue=self._task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=_initial_attributes(tenant_id, project_id),
@@ -242,7 +242,7 @@ class LifecycleClient:
         reason: str = "",
     ) -> uuid.UUID:
         """Start an operator's rollback to an earlier successful deployment; returns the new
-        rollback deployment's id (its workflow id is rollback-<id>)."""
+        rollback deployment's id (its workflow id is ids.rollback_workflow_id)."""
         deployment_id = uuid.uuid4()
         await self._client.start_workflow(
             "RollbackWorkflow",
@@ -254,7 +254,7 @@ class LifecycleClient:
                 deployment_id=deployment_id,
                 deploy_task_queue=self._deploy_task_queue,
             ),
-            id=f"rollback-{deployment_id}",
+            id=rollback_workflow_id(deployment_id),
             task_queue=self._task_queue,
             static_summary=f"Rollback to deployment {target_deployment_id}",
         )
@@ -262,7 +262,7 @@ class LifecycleClient:
 
     async def rollback_result(self, deployment_id: uuid.UUID) -> DeploymentResult:
         handle = self._client.get_workflow_handle(
-            f"rollback-{deployment_id}", result_type=DeploymentResult
+            rollback_workflow_id(deployment_id), result_type=DeploymentResult
         )
         try:
             return await handle.result()

@@ -52,9 +52,9 @@ with workflow.unsafe.imports_passed_through():
         RollbackRequest,
         TransitionDeployment,
         VerificationOutcome,
-        deployment_workflow_id,
     )
     from workflows.contracts.errors import NON_RETRYABLE_ERROR_TYPES, ErrorType
+    from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
 
 _BOOKKEEPING: dict[str, Any] = {
@@ -703,7 +703,11 @@ class RollbackWorkflow:
         if self._refused is not None:
             raise self._refused
         request = self._request
-        deployment_id = request.deployment_id or self._id_from_workflow_id() or workflow.uuid4()
+        deployment_id = (
+            request.deployment_id
+            or deployment_id_of_rollback(workflow.info().workflow_id)
+            or workflow.uuid4()
+        )
         self._state.deployment_id = deployment_id
         workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])
         try:
@@ -758,13 +762,3 @@ class RollbackWorkflow:
             self._state.step += f"; rollback {result.rollback_status.value}"
         self._state.queue_position = None
         return result
-
-    def _id_from_workflow_id(self) -> uuid.UUID | None:
-        prefix = "rollback-"
-        workflow_id = workflow.info().workflow_id
-        if workflow_id.startswith(prefix):
-            try:
-                return uuid.UUID(workflow_id.removeprefix(prefix))
-            except ValueError:
-                return None
-        return None

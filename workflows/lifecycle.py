@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         error_type,
         refused,
     )
+    from workflows.contracts.ids import deployment_workflow_id
     from workflows.contracts.lifecycle import (
         MAX_REBASE_ROUNDS,
         AppliedChangeView,
@@ -744,7 +745,7 @@ class PromptRequestWorkflow:
                     parent_workflow_id=workflow.info().workflow_id,
                     deploy_task_queue=self._input.deploy_task_queue,
                 ),
-                id=f"deployment-{deployment_id}",
+                id=deployment_workflow_id(deployment_id),
                 # Started with its search attributes, so it need not upsert them.
                 search_attributes=TypedSearchAttributes(
                     [

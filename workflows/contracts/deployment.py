@@ -11,7 +11,7 @@ DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
 
 
 class DeploymentInput(BaseModel):
-    """Start of a DeploymentWorkflow; its workflow id is f"deployment-{deployment_id}"."""
+    """Start of a DeploymentWorkflow; its workflow id is ids.deployment_workflow_id."""
 
     deployment_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -74,7 +74,7 @@ class RollbackRequest(BaseModel):
     target_deployment_id: uuid.UUID
     requested_by: uuid.UUID | None = None
     reason: str = ""
-    # The new rollback deployment's id; the workflow id is f"rollback-{deployment_id}".
+    # The new rollback deployment's id; the workflow id is ids.rollback_workflow_id.
     # Left unset, the workflow derives one deterministically.
     deployment_id: uuid.UUID | None = None
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
@@ -233,15 +233,3 @@ class VerificationOutcome(BaseModel):
     output: str
     log_url: str
     duration_s: float
-
-
-def deployment_workflow_id(deployment_id: uuid.UUID) -> str:
-    return f"deployment-{deployment_id}"
-
-
-def rollback_workflow_id(deployment_id: uuid.UUID) -> str:
-    return f"rollback-{deployment_id}"
-
-
-def lane_workflow_id(project_id: uuid.UUID, environment: DeploymentEnvironment) -> str:
-    return f"deployment-lane-{project_id}-{environment.value}"

@@ -1,7 +1,7 @@
 """Payloads of the prompt lifecycle: PromptRequestWorkflow's input, result, updates and status
 query, and the delivery activities behind it.
 
-Public contract (workflow id ``prompt-request-<prompt_request_id>``, type
+Public contract (workflow id ``ids.prompt_request_workflow_id``, type
 ``PromptRequestWorkflow``): start with ``PromptRequestInput``; updates ``approve``
 (``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
 a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
@@ -31,10 +31,6 @@ MAX_PROMPT_CHARS = 4000
 MAX_REASON_CHARS = 2000
 # How often a change is rebased onto a default branch that moved before it reached production.
 MAX_REBASE_ROUNDS = 3
-
-
-def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
-    return f"prompt-request-{prompt_request_id}"
 
 
 def check_prompt(prompt: str) -> None:
