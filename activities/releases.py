@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.client import Client, WithStartWorkflowOperation
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import (
@@ -43,7 +43,7 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
-from workflows import search_attributes as sa
+from workflows.contracts import search_attributes
 from workflows.contracts.deployment import (
     DeploymentView,
     EnterLane,
@@ -226,7 +226,9 @@ class ReleaseActivities:
             id=lane_workflow_id(request.project_id, request.environment),
             task_queue=request.lane_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=_lane_attributes(request.project_id, request.environment),
+            search_attributes=search_attributes.lane_attributes(
+                request.project_id, request.environment
+            ),
             static_summary=_lane_summary(request.project_id, request.environment),
         )
         # The update waits for the lane's answer: heartbeating while it is outstanding.
@@ -269,7 +271,7 @@ class ReleaseActivities:
             task_queue=task_queue,
             start_signal=signal,
             start_signal_args=[payload],
-            search_attributes=_lane_attributes(project_id, environment),
+            search_attributes=search_attributes.lane_attributes(project_id, environment),
             static_summary=_lane_summary(project_id, environment),
         )
 
@@ -698,18 +700,6 @@ class ReleaseActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
-
-
-def _lane_attributes(
-    project_id: uuid.UUID, environment: DeploymentEnvironment
-) -> TypedSearchAttributes:
-    """The lane's search attributes, set at start so the lane need not upsert them."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.PROJECT_ID, str(project_id)),
-            SearchAttributePair(sa.ENVIRONMENT, environment.value),
-        ]
-    )
 
 
 def _lane_summary(project_id: uuid.UUID, environment: DeploymentEnvironment) -> str:

@@ -50,8 +50,8 @@ from workflows.contracts.deployment import (
     RollbackRequest,
 )
 from workflows.contracts.ids import deployment_workflow_id, lane_workflow_id, rollback_workflow_id
+from workflows.contracts.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 from workflows.deployment import DeploymentLaneWorkflow, DeploymentWorkflow, RollbackWorkflow
-from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 
 STAGING = DeploymentEnvironment.STAGING
 PRODUCTION = DeploymentEnvironment.PRODUCTION

@@ -43,7 +43,7 @@ from workflows.contracts.lifecycle import (
     PromptRequestResult,
     PromptRequestStatus,
 )
-from workflows.search_attributes import PROMPT_STATUS
+from workflows.contracts.search_attributes import PROMPT_STATUS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

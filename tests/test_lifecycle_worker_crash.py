@@ -30,7 +30,7 @@ from tests.lifecycle_support import (
 )
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import prompt_request_workflow_id
-from workflows.search_attributes import PROMPT_STATUS
+from workflows.contracts.search_attributes import PROMPT_STATUS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -28,11 +28,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -55,8 +51,8 @@ from workflows.contracts.lifecycle import (
     check_prompt,
     check_reason,
 )
+from workflows.contracts.search_attributes import prompt_request_attributes
 from workflows.contracts.submitted import parse_input
-from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, TENANT_ID
 
 
 class LifecycleRefused(Exception):
@@ -135,7 +131,7 @@ class LifecycleClient:
             id=prompt_request_workflow_id(request_id),
             task_queue=self._task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=_initial_attributes(tenant_id, project_id),
+            search_attributes=prompt_request_attributes(tenant_id, project_id),
             static_summary=f"Prompt request {request_id}: {first_line}",
         )
         return request_id
@@ -268,13 +264,3 @@ class LifecycleClient:
             return await handle.result()
         except WorkflowFailureError as err:
             raise (_refusal(err) or err) from err
-
-
-def _initial_attributes(tenant_id: uuid.UUID, project_id: uuid.UUID) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(TENANT_ID, str(tenant_id)),
-            SearchAttributePair(PROJECT_ID, str(project_id)),
-            SearchAttributePair(PROMPT_STATUS, PromptStatus.RECEIVED.value),
-        ]
-    )

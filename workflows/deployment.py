@@ -16,8 +16,6 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
     TypedSearchAttributes,
 )
 from temporalio.exceptions import (
@@ -31,7 +29,7 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from activities.releases import ReleaseActivities
     from models.delivery import ChangeJobKind, DeploymentStatus
-    from workflows import search_attributes as sa
+    from workflows.contracts import search_attributes
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -77,25 +75,11 @@ _RELEASE_RETRY = RetryPolicy(
 )
 
 
-def _upsert_missing(*attributes: tuple[SearchAttributeKey[str], str]) -> None:
-    """Upsert the search attributes the workflow was not started with: starters that know
-    them (the lifecycle, the lane's callers) set them at start, which costs no event and no
-    extra visibility write."""
+def _upsert_missing(wanted: TypedSearchAttributes) -> None:
     given = workflow.info().typed_search_attributes
-    missing = [key.value_set(value) for key, value in attributes if given.get(key) != value]
+    missing = search_attributes.missing_from(given, wanted)
     if missing:
         workflow.upsert_search_attributes(missing)
-
-
-def deployment_search_attributes(input: DeploymentInput) -> TypedSearchAttributes:
-    """What a parent starts a DeploymentWorkflow with (see _upsert_missing)."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.TENANT_ID, str(input.tenant_id)),
-            SearchAttributePair(sa.PROJECT_ID, str(input.project_id)),
-            SearchAttributePair(sa.ENVIRONMENT, input.environment.value),
-        ]
-    )
 
 
 def _cancelled(err: BaseException) -> bool:
@@ -182,9 +166,7 @@ class DeploymentLaneWorkflow:
 
     @workflow.run
     async def run(self, lane: LaneInput) -> LaneState:
-        _upsert_missing(
-            (sa.PROJECT_ID, str(lane.project_id)), (sa.ENVIRONMENT, lane.environment.value)
-        )
+        _upsert_missing(search_attributes.lane_attributes(lane.project_id, lane.environment))
         while True:
             if not self._inbox:
                 if self._holder is None and not self._waiting:
@@ -326,9 +308,9 @@ class DeploymentWorkflow:
             raise self._refused
         input = self._input
         _upsert_missing(
-            (sa.TENANT_ID, str(input.tenant_id)),
-            (sa.PROJECT_ID, str(input.project_id)),
-            (sa.ENVIRONMENT, input.environment.value),
+            search_attributes.deployment_attributes(
+                input.tenant_id, input.project_id, input.environment
+            )
         )
         in_lane = False
         entering: workflow.ActivityHandle[LaneTurn | None] | None = None
@@ -709,7 +691,9 @@ class RollbackWorkflow:
             or workflow.uuid4()
         )
         self._state.deployment_id = deployment_id
-        workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])
+        workflow.upsert_search_attributes(
+            [search_attributes.TENANT_ID.value_set(str(request.tenant_id))]
+        )
         try:
             plan = await workflow.execute_activity_method(
                 ReleaseActivities.plan_rollback,
@@ -728,8 +712,8 @@ class RollbackWorkflow:
         self._state.rollback_of = plan.live_deployment_id
         workflow.upsert_search_attributes(
             [
-                sa.PROJECT_ID.value_set(str(plan.project_id)),
-                sa.ENVIRONMENT.value_set(plan.environment.value),
+                search_attributes.PROJECT_ID.value_set(str(plan.project_id)),
+                search_attributes.ENVIRONMENT.value_set(plan.environment.value),
             ]
         )
         reason = f": {request.reason}" if request.reason else ""
@@ -749,7 +733,9 @@ class RollbackWorkflow:
             DeploymentWorkflow.run,
             deployment,
             id=deployment_workflow_id(deployment_id),
-            search_attributes=deployment_search_attributes(deployment),
+            search_attributes=search_attributes.deployment_attributes(
+                deployment.tenant_id, deployment.project_id, deployment.environment
+            ),
             static_summary=(
                 f"Rollback of {plan.environment.value} to {plan.commit_sha[:12]} "
                 f"(deployment {request.target_deployment_id}){reason}"

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -66,14 +66,14 @@ with workflow.unsafe.imports_passed_through():
         check_prompt,
         check_reason,
     )
-    from workflows.contracts.submitted import Submitted, parse_input
-    from workflows.search_attributes import (
-        ENVIRONMENT,
-        PROJECT_ID,
+    from workflows.contracts.search_attributes import (
         PROMPT_STATUS,
         RISK_LEVEL,
-        TENANT_ID,
+        deployment_attributes,
+        missing_from,
+        prompt_request_attributes,
     )
+    from workflows.contracts.submitted import Submitted, parse_input
 
 T = TypeVar("T")
 
@@ -145,16 +145,10 @@ class PromptRequestWorkflow:
             raise self._refused_at_submission(self._refused)
         request = self._input
         # The client starts the request with these; upsert only what it did not set.
-        given = workflow.info().typed_search_attributes
-        missing = [
-            key.value_set(value)
-            for key, value in (
-                (TENANT_ID, str(request.tenant_id)),
-                (PROJECT_ID, str(request.project_id)),
-                (PROMPT_STATUS, self._status.value),
-            )
-            if given.get(key) != value
-        ]
+        missing = missing_from(
+            workflow.info().typed_search_attributes,
+            prompt_request_attributes(request.tenant_id, request.project_id, self._status),
+        )
         if missing:
             workflow.upsert_search_attributes(missing)
         try:
@@ -747,12 +741,8 @@ class PromptRequestWorkflow:
                 ),
                 id=deployment_workflow_id(deployment_id),
                 # Started with its search attributes, so it need not upsert them.
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(TENANT_ID, str(self._input.tenant_id)),
-                        SearchAttributePair(PROJECT_ID, str(self._input.project_id)),
-                        SearchAttributePair(ENVIRONMENT, environment.value),
-                    ]
+                search_attributes=deployment_attributes(
+                    self._input.tenant_id, self._input.project_id, environment
                 ),
                 result_type=DeploymentResult,
                 static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
