@@ -62,7 +62,6 @@ from workflows.contracts.lifecycle import (
     PlanSummary,
     RecordDecision,
     SetRequestStatus,
-    check_prompt,
 )
 
 _OPEN_PLAN_STATES = (
@@ -161,7 +160,8 @@ class DeliveryActivities:
     async def _validated(
         self, session: AsyncSession, req: PlanRequest
     ) -> tuple[Project, PromptRequest | None]:
-        """The project, after refusing an unknown tenant, project or user and a bad prompt."""
+        """The project, after refusing an unknown tenant, project or user (the prompt was
+        checked by the workflow)."""
         if await session.get(Tenant, req.tenant_id) is None:
             raise refused(ErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist")
         project = await session.get(Project, req.project_id)
@@ -178,7 +178,6 @@ class DeliveryActivities:
                 ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {req.requested_by} belongs to another tenant",
             )
-        check_prompt(req.prompt)
         return project, await _locked_request(session, req.prompt_request_id)
 
     async def _engine_failed(self, job_key: str, exc: ChangeEngineError) -> NoReturn:

@@ -83,8 +83,6 @@ REQUEST_REFUSALS = {
     ErrorType.UNKNOWN_PROJECT,
     ErrorType.UNKNOWN_USER,
     ErrorType.USER_OF_ANOTHER_TENANT,
-    ErrorType.EMPTY_PROMPT,
-    ErrorType.PROMPT_TOO_LONG,
 }
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
@@ -165,6 +163,12 @@ class PromptRequestWorkflow:
 
     async def _lifecycle(self) -> PromptRequestResult:
         request = self._input
+        try:
+            # Checked here (a revision's prompt by its validator), so that no activity payload
+            # ever carries a prompt that is refused.
+            check_prompt(request.prompt)
+        except ApplicationError as refusal:
+            raise self._refused_at_submission(refusal) from None
         await self._plan_revision(request.prompt, revision=1)
         await self._hold_estimate()
         await self._seek_approval(allow_auto=True)
@@ -249,11 +253,6 @@ class PromptRequestWorkflow:
 
     async def _plan_revision(self, prompt: str, *, revision: int) -> None:
         self._set_step(f"planning revision {revision}")
-        try:
-            # Here, not only in the activity: no payload carries a prompt that is refused.
-            check_prompt(prompt)
-        except ApplicationError as refusal:
-            raise self._refused_at_submission(refusal) from None
         try:
             planned = await self._shielded(self._run_plan(prompt, revision))
         except ActivityError as err:

@@ -34,8 +34,9 @@ MAX_REBASE_ROUNDS = 3
 
 
 def check_prompt(prompt: str) -> None:
-    """Refuse a prompt the change engine cannot be asked about: checked by the typed client,
-    by the workflow before any activity carries the prompt, and by the planning activity."""
+    """Refuse a prompt the change engine cannot be asked about: the one prompt rule, applied by
+    the typed client before it starts anything and by the workflow (its start, the revise
+    validator) before any activity carries the prompt."""
     if not prompt.strip():
         raise refused(ErrorType.EMPTY_PROMPT, "the prompt is empty")
     if len(prompt) > MAX_PROMPT_CHARS:
