@@ -1,9 +1,12 @@
 """Delivery activities of the prompt lifecycle: persist and validate the request, plan it through
 the change engine, open and record approvals, apply the change, move the request's status.
 
-Each activity does its work and persists the state change it causes in the same call, so the
-workflow needs one round trip per step. All are safe to retry: rows are found by natural keys
-(request id, plan revision, approver) before anything is written again.
+The workflow decides every status; each activity persists the status it is given, refused by
+models.transitions when the move is not allowed, in the same call as the work it goes with, so
+the workflow needs one round trip per step. All are safe to retry: rows are found by natural
+keys (request id, plan revision, approver) before anything is written again. The short,
+database-only ones (open_approval, record_decision, set_request_status) run as local
+activities of the workflow's worker.
 """
 
 import hashlib
@@ -32,7 +35,6 @@ from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from models import (
     Approval,
-    ApprovalDecision,
     ApprovalPolicy,
     ChangeJobKind,
     ChangeJobStatus,
@@ -218,7 +220,7 @@ class DeliveryActivities:
             if is_terminal(request.status):
                 # Closed (cancelled) before planning began: nothing more to do.
                 return await self._closed(session, req)
-            _move(request, PromptStatus.PLANNING)
+            _move(request, req.status)
             request.prompt = req.prompt
             for old in await self._open_plans(session, req.prompt_request_id):
                 if old.revision < req.revision:
@@ -259,7 +261,7 @@ class DeliveryActivities:
                 )
             ).one_or_none()
             if plan is None:
-                if request is None or request.status is not PromptStatus.PLANNING:
+                if request is None or request.status is not req.status:
                     # Cancelled while the engine worked: store no plan.
                     await finish_job(session, job_key=job_key, status=ChangeJobStatus.CANCELLED)
                     return await self._closed(session, req)
@@ -348,9 +350,7 @@ class DeliveryActivities:
             plan.hold_id = req.hold_id or plan.hold_id
             if req.auto_approved:
                 _move_plan(plan, PlanApprovalStatus.AUTO_APPROVED)
-                _move(request, PromptStatus.APPROVED)
-            else:
-                _move(request, PromptStatus.AWAITING_APPROVAL)
+            _move(request, req.status, req.reason)
             await session.commit()
 
     @activity.defn
@@ -375,23 +375,22 @@ class DeliveryActivities:
                 )
                 .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
             )
-            if req.closes_plan and request is not None and not is_terminal(request.status):
-                if req.decision is ApprovalDecision.APPROVE:
-                    _move_plan(plan, PlanApprovalStatus.APPROVED)
-                    _move(request, PromptStatus.APPROVED)
-                else:
-                    _move_plan(plan, PlanApprovalStatus.REJECTED)
-                    _move(request, PromptStatus.REJECTED, req.reason)
+            if request is not None and not is_terminal(request.status):
+                if req.plan_status is not None:
+                    _move_plan(plan, req.plan_status)
+                if req.status is not None:
+                    _move(request, req.status, req.status_reason)
             await session.commit()
 
     @activity.defn
     async def apply_change(self, req: ApplyChange) -> AppliedChangeView:
-        """Have the change engine commit the approved plan on the default branch's head
-        (DEPLOYING_STAGING), rebased when that branch moved past the plan's base.
+        """Move the request to the status it is given, then have the change engine commit the
+        approved plan on the default branch's head, rebased when that branch moved past the
+        plan's base.
 
         When the work used more tokens than approved beyond the tolerance, or the rebased diff
-        changes other lines than the approved one, a new plan revision awaits approval instead
-        of going on: nothing ships that nobody approved.
+        changes other lines than the approved one, a new plan revision is stored and returned
+        with the reason: the workflow has it approved before anything ships.
         """
         workflow_id = activity.info().workflow_id
         job_key = apply_job_key(workflow_id, req.plan_id, req.round)
@@ -403,10 +402,7 @@ class DeliveryActivities:
             project = await session.get(Project, request.project_id)
             if project is None:
                 raise refused(ErrorType.UNKNOWN_PROJECT, "the project was removed")
-            # DEPLOYING_PRODUCTION: production refused a commit whose base moved; the rebased
-            # change goes through staging again.
-            if request.status in (PromptStatus.APPROVED, PromptStatus.DEPLOYING_PRODUCTION):
-                _move(request, PromptStatus.DEPLOYING_STAGING)
+            _move(request, req.status)
             await start_job(
                 session,
                 job_key=job_key,
@@ -531,7 +527,6 @@ class DeliveryActivities:
                 expires_at=utcnow() + timedelta(seconds=req.plan_ttl_seconds),
             )
             session.add(revised)
-            _move(request, PromptStatus.AWAITING_APPROVAL, "; ".join(reasons))
             await session.flush()
         return plan_summary(revised, policy)
 

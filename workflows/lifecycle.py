@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         PlanApprovalStatus,
         PromptStatus,
     )
+    from models.transitions import is_terminal
     from workflows.contracts.billing import ChargeTokens, ReleaseHold, ReserveTokens, SettleHold
     from workflows.contracts.deployment import (
         DeploymentInput,
@@ -89,8 +90,17 @@ RETRY = RetryPolicy(
 )
 # Short: a worker that dies mid-step has its step retried elsewhere after this long.
 DB_TIMEOUT = timedelta(seconds=30)
+# Short, idempotent database steps (ledger operations, status and approval rows) run as local
+# activities: no task queue round trip, no extra workflow task. They are registered on the
+# workflow's worker (workers/registry.py, lifecycle_activities) and keyed like activities, so a
+# retry after a crash lands on the same row or ledger key.
+DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy": RETRY}
+# A local activity's failure reaches the workflow as its ApplicationError, not wrapped in an
+# ActivityError as an activity task's does.
+LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
+APPROVED_BY_POLICY = "approved by policy"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -217,32 +227,20 @@ class PromptRequestWorkflow:
         """When applying made a new plan revision (overspent, or rebased onto other lines),
         hold what it costs more and have it approved before anything ships."""
         if applied.repriced_plan is None:
-            self._set_status(PromptStatus.DEPLOYING_STAGING)  # apply_change persisted it
-            return
-        reason = applied.reapproval_reason or "overspent the approved estimate"
+            return  # apply_change persisted DEPLOYING_STAGING with its work
         self._adopt_plan(applied.repriced_plan)
-        self._set_status(PromptStatus.AWAITING_APPROVAL, reason)
+        # The reason is persisted with the approval it asks for (open_approval).
+        self._set_status(PromptStatus.AWAITING_APPROVAL, applied.reapproval_reason)
         extra = self._tokens_used - self._held()
         await self._hold(extra, revision=applied.repriced_plan.revision)
         await self._seek_approval(allow_auto=False)
         await self._persist_status(PromptStatus.DEPLOYING_STAGING)
-        self._set_status(PromptStatus.DEPLOYING_STAGING)
 
     async def _ship(self) -> bool:
         """Staging, then production; False when production refused the commit because the
         default branch moved (nothing was released)."""
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
-            persisting: asyncio.Future[None] | None = None
-            if environment is DeploymentEnvironment.PRODUCTION:
-                # Persisted while the production deployment starts: neither waits for the
-                # other, and the outcome is only acted on once the status is written.
-                # _deploy shows the status itself.
-                persisting = asyncio.ensure_future(
-                    self._persist_status(PromptStatus.DEPLOYING_PRODUCTION, announce=False)
-                )
             outcome = await self._deploy(environment)
-            if persisting is not None:
-                await persisting
             if outcome.base_moved:
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
@@ -283,6 +281,7 @@ class PromptRequestWorkflow:
                 requested_by=request.requested_by,
                 prompt=prompt,
                 revision=revision,
+                status=PromptStatus.PLANNING,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
@@ -310,7 +309,7 @@ class PromptRequestWorkflow:
         self._set_step(f"reserving {amount} tokens")
         try:
             await self._shielded(self._reserve(amount, revision))
-        except ActivityError as err:
+        except LOCAL_STEP_FAILURES as err:
             if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             reason = f"insufficient tokens: {error_message(err)}"
@@ -319,7 +318,7 @@ class PromptRequestWorkflow:
 
     async def _reserve(self, amount: int, revision: int) -> None:
         policy = self._require_policy()
-        hold = await workflow.execute_activity_method(
+        hold = await workflow.execute_local_activity_method(
             BillingActivities.reserve_tokens,
             ReserveTokens(
                 tenant_id=self._input.tenant_id,
@@ -328,8 +327,7 @@ class PromptRequestWorkflow:
                 ttl_seconds=policy.plan_ttl_seconds + HOLD_MARGIN_SECONDS,
                 description=f"prompt request {self._input.prompt_request_id} r{revision}",
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
         self._holds.append(
             HoldState(hold_id=hold.hold_id, amount=hold.amount, status=HoldStatus.ACTIVE)
@@ -364,7 +362,7 @@ class PromptRequestWorkflow:
 
     async def _charge_beyond_holds(self, amount: int) -> None:
         try:
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 BillingActivities.charge_tokens,
                 ChargeTokens(
                     tenant_id=self._input.tenant_id,
@@ -373,10 +371,9 @@ class PromptRequestWorkflow:
                     description=f"prompt request {self._input.prompt_request_id}: "
                     "work beyond the estimate, within the tolerance",
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
-        except ActivityError as err:
+        except LOCAL_STEP_FAILURES as err:
             if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             # The account's floor wins over the tolerance: the rest goes uncharged.
@@ -388,7 +385,7 @@ class PromptRequestWorkflow:
         hold = self._holds[index]
         if amount > 0:
             self._set_step(f"settling {amount} tokens")
-            settlement = await workflow.execute_activity_method(
+            settlement = await workflow.execute_local_activity_method(
                 BillingActivities.settle_hold,
                 SettleHold(
                     hold_id=hold.hold_id,
@@ -396,17 +393,15 @@ class PromptRequestWorkflow:
                     step=f"settle:{index}",
                     description=f"prompt request {self._input.prompt_request_id}",
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
             hold.status, hold.settled = HoldStatus.SETTLED, settlement.settled
             self._tokens_settled += settlement.settled
         else:
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 BillingActivities.release_hold,
                 ReleaseHold(hold_id=hold.hold_id, step=f"release:{index}"),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
             hold.status = HoldStatus.RELEASED
 
@@ -463,22 +458,27 @@ class PromptRequestWorkflow:
         )
 
     async def _open_approval(self, plan: PlanSummary, auto: bool) -> None:
-        await workflow.execute_activity_method(
+        if auto:
+            status, reason = PromptStatus.APPROVED, APPROVED_BY_POLICY
+        else:
+            # A repriced plan keeps the reason it needs approving again for.
+            status = PromptStatus.AWAITING_APPROVAL
+            reason = self._reason if self._status is PromptStatus.AWAITING_APPROVAL else ""
+        await workflow.execute_local_activity_method(
             DeliveryActivities.open_approval,
             OpenApproval(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
                 hold_id=self._holds[-1].hold_id if self._holds else None,
                 auto_approved=auto,
+                status=status,
+                reason=reason,
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
         if auto:
             plan.approval_status = PlanApprovalStatus.AUTO_APPROVED
-            self._set_status(PromptStatus.APPROVED, "approved by policy")
-        elif self._status is not PromptStatus.AWAITING_APPROVAL:
-            self._set_status(PromptStatus.AWAITING_APPROVAL)
+        self._set_status(status, reason)
 
     async def _apply_revision(self) -> None:
         """Plan the amended prompt; earlier approvals are void and the hold is swapped."""
@@ -581,7 +581,14 @@ class PromptRequestWorkflow:
         closes = closes and not self._deciding
         if closes:
             self._deciding = True
-        await workflow.execute_activity_method(
+        plan_status, status, status_reason = None, None, ""
+        if closes:
+            approved = record.decision is ApprovalDecision.APPROVE
+            plan_status = PlanApprovalStatus.APPROVED if approved else PlanApprovalStatus.REJECTED
+            status = PromptStatus.APPROVED if approved else PromptStatus.REJECTED
+            # A rejection's reason is the request's; an approval's comment stays with it.
+            status_reason = "" if approved else record.reason
+        await workflow.execute_local_activity_method(
             DeliveryActivities.record_decision,
             RecordDecision(
                 prompt_request_id=self._input.prompt_request_id,
@@ -590,24 +597,18 @@ class PromptRequestWorkflow:
                 decision=record.decision,
                 content_hash=record.content_hash,
                 reason=record.reason,
-                closes_plan=closes,
+                plan_status=plan_status,
+                status=status,
+                status_reason=status_reason,
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
-        if closes:
-            plan.approval_status = (
-                PlanApprovalStatus.APPROVED
-                if record.decision is ApprovalDecision.APPROVE
-                else PlanApprovalStatus.REJECTED
-            )
+        if plan_status is not None and status is not None:
+            plan.approval_status = plan_status
             self._decision = record.decision
             self._deciding = False
             # The update's answer shows the state reached, not the one it started from.
-            if record.decision is ApprovalDecision.APPROVE:
-                self._set_status(PromptStatus.APPROVED)
-            else:
-                self._set_status(PromptStatus.REJECTED, record.reason or "")
+            self._set_status(status, status_reason)
 
     @workflow.update
     async def revise(self, submitted: Submitted[ReviseRequest]) -> PromptRequestStatus:
@@ -698,6 +699,7 @@ class PromptRequestWorkflow:
                 overspend_tolerance_pct=policy.overspend_tolerance_pct,
                 plan_ttl_seconds=policy.plan_ttl_seconds,
                 round=round,
+                status=PromptStatus.DEPLOYING_STAGING,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
@@ -724,8 +726,9 @@ class PromptRequestWorkflow:
             deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
         )
         self._deployments[deployment_id] = state
+        persisting: asyncio.Future[None] | None = None
         try:
-            result = await workflow.execute_child_workflow(
+            child = await workflow.start_child_workflow(
                 "DeploymentWorkflow",
                 DeploymentInput(
                     deployment_id=deployment_id,
@@ -746,6 +749,13 @@ class PromptRequestWorkflow:
                 result_type=DeploymentResult,
                 static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
             )
+            if environment is DeploymentEnvironment.PRODUCTION:
+                # Written beside the running deployment, not before it starts (staging's status
+                # came with apply_change); the outcome is acted on once it is written.
+                persisting = asyncio.ensure_future(
+                    self._persist_status(PromptStatus.DEPLOYING_PRODUCTION, announce=False)
+                )
+            result = await child
         except ChildWorkflowError as err:
             if workflow.cancellation_reason() is not None:
                 raise asyncio.CancelledError("cancelled while deploying") from err
@@ -757,6 +767,8 @@ class PromptRequestWorkflow:
                 verified=False,
                 verification_output=error_message(err),
             )
+        if persisting is not None:
+            await persisting
         if workflow.cancellation_reason() is not None:
             # The child finished its own compensation and returned instead of raising.
             raise asyncio.CancelledError("cancelled while deploying")
@@ -810,7 +822,7 @@ class PromptRequestWorkflow:
         """Write the request's status; with announce, also show it (status query, search
         attribute) once written."""
         await self._shielded(
-            workflow.execute_activity_method(
+            workflow.execute_local_activity_method(
                 DeliveryActivities.set_request_status,
                 SetRequestStatus(
                     prompt_request_id=self._input.prompt_request_id,
@@ -819,8 +831,7 @@ class PromptRequestWorkflow:
                     plan_status=plan_status,
                     tokens_used=tokens_used,
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
         )
         if announce:
@@ -843,14 +854,7 @@ class PromptRequestWorkflow:
         """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""
         self._set_step("cancelling")
         await self._drain_steps()
-        if self._status in (
-            PromptStatus.COMPLETED,
-            PromptStatus.REJECTED,
-            PromptStatus.EXPIRED,
-            PromptStatus.FAILED,
-            PromptStatus.ROLLED_BACK,
-            PromptStatus.CANCELLED,
-        ):
+        if is_terminal(self._status):
             return
         await self._close_holds(charge=self._chargeable())
         if self._status is not PromptStatus.RECEIVED:  # RECEIVED: nothing was ever persisted

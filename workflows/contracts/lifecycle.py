@@ -192,6 +192,8 @@ class PlanRequest(BaseModel):
     requested_by: uuid.UUID
     prompt: str
     revision: int = Field(default=1, ge=1)
+    # The status the request is in while it is planned (the workflow decides it).
+    status: PromptStatus = PromptStatus.PLANNING
 
 
 class PlannedRevision(BaseModel):
@@ -210,6 +212,9 @@ class OpenApproval(BaseModel):
     plan_id: uuid.UUID
     hold_id: uuid.UUID | None
     auto_approved: bool
+    # The request's status from now on (approved by policy, or awaiting people) and why.
+    status: PromptStatus
+    reason: str = ""
 
 
 class RecordDecision(BaseModel):
@@ -219,8 +224,11 @@ class RecordDecision(BaseModel):
     decision: ApprovalDecision
     content_hash: str
     reason: str = ""
-    # This decision settles the plan: enough approvals, or a rejection.
-    closes_plan: bool
+    # Set when this decision settles the plan (enough approvals, or a rejection): the statuses
+    # the plan and the request move to.
+    plan_status: PlanApprovalStatus | None = None
+    status: PromptStatus | None = None
+    status_reason: str = ""
 
 
 class ApplyChange(BaseModel):
@@ -232,6 +240,8 @@ class ApplyChange(BaseModel):
     plan_ttl_seconds: int
     # 1 for the first apply; later rounds rebase onto a default branch that moved meanwhile.
     round: int = 1
+    # The request's status while the change is applied and deployed to staging.
+    status: PromptStatus = PromptStatus.DEPLOYING_STAGING
 
 
 class AppliedChangeView(BaseModel):
