@@ -28,6 +28,7 @@ from activities.ledger import Ledger
 from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
 from models.db import SessionFactory, create_engine, session_factory
 from models.delivery import PromptStatus
+from models.transitions import is_terminal
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     SAFE_PROMPT,
@@ -46,14 +47,6 @@ from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStat
 
 DEMO_FUNDS = 50_000
 LIFECYCLE_TIMEOUT_S = 180
-TERMINAL = {
-    PromptStatus.COMPLETED,
-    PromptStatus.REJECTED,
-    PromptStatus.EXPIRED,
-    PromptStatus.CANCELLED,
-    PromptStatus.FAILED,
-    PromptStatus.ROLLED_BACK,
-}
 
 
 @dataclass
@@ -199,7 +192,7 @@ async def run_lifecycle(
                     request_id, user_id=shop.approver.id, content_hash=plan.content_hash
                 )
                 continue
-            if status.status in TERMINAL:
+            if is_terminal(status.status):
                 break
             await asyncio.sleep(0.2)
         return await outcome
