@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.ledger import Ledger, LedgerError
 from workflows.contracts.billing import (
@@ -22,6 +21,7 @@ from workflows.contracts.billing import (
     SweepExpiredHolds,
     SweepResult,
 )
+from workflows.contracts.errors import refused
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ async def _refusals_are_final(operation: Awaitable[T]) -> T:
     try:
         return await operation
     except LedgerError as exc:
-        raise ApplicationError(str(exc), type=exc.error_type, non_retryable=True) from exc
+        raise refused(exc.error_type, str(exc)) from exc
 
 
 class BillingActivities:

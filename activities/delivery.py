@@ -1,9 +1,12 @@
 """Delivery activities of the prompt lifecycle: persist and validate the request, plan it through
 the change engine, open and record approvals, apply the change, move the request's status.
 
-Each activity does its work and persists the state change it causes in the same call, so the
-workflow needs one round trip per step. All are safe to retry: rows are found by natural keys
-(request id, plan revision, approver) before anything is written again.
+The workflow decides every status; each activity persists the status it is given, refused by
+models.transitions when the move is not allowed, in the same call as the work it goes with, so
+the workflow needs one round trip per step. All are safe to retry: rows are found by natural
+keys (request id, plan revision, approver) before anything is written again. The short,
+database-only ones (open_approval, record_decision, set_request_status) run as local
+activities of the workflow's worker.
 """
 
 import hashlib
@@ -16,7 +19,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import (
     AppliedChange,
@@ -33,7 +35,6 @@ from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from models import (
     Approval,
-    ApprovalDecision,
     ApprovalPolicy,
     ChangeJobKind,
     ChangeJobStatus,
@@ -51,19 +52,18 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
+from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.ids import apply_job_key, plan_job_key
 from workflows.contracts.lifecycle import (
     AppliedChangeView,
     ApplyChange,
     ApprovalPolicyView,
-    LifecycleErrorType,
     OpenApproval,
     PlannedRevision,
     PlanRequest,
     PlanSummary,
     RecordDecision,
     SetRequestStatus,
-    check_prompt,
-    refused,
 )
 
 _OPEN_PLAN_STATES = (
@@ -127,9 +127,7 @@ async def _plan(session: AsyncSession, plan_id: uuid.UUID) -> DeploymentPlan:
         )
     ).one_or_none()
     if plan is None:
-        raise ApplicationError(
-            f"plan {plan_id} does not exist", type="PlanNotFound", non_retryable=True
-        )
+        raise refused(ErrorType.PLAN_NOT_FOUND, f"plan {plan_id} does not exist")
     return plan
 
 
@@ -164,28 +162,24 @@ class DeliveryActivities:
     async def _validated(
         self, session: AsyncSession, req: PlanRequest
     ) -> tuple[Project, PromptRequest | None]:
-        """The project, after refusing an unknown tenant, project or user and a bad prompt."""
+        """The project, after refusing an unknown tenant, project or user (the prompt was
+        checked by the workflow)."""
         if await session.get(Tenant, req.tenant_id) is None:
-            raise refused(
-                LifecycleErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist"
-            )
+            raise refused(ErrorType.UNKNOWN_TENANT, f"tenant {req.tenant_id} does not exist")
         project = await session.get(Project, req.project_id)
         if project is None or project.tenant_id != req.tenant_id:
             raise refused(
-                LifecycleErrorType.UNKNOWN_PROJECT,
+                ErrorType.UNKNOWN_PROJECT,
                 f"project {req.project_id} does not exist in tenant {req.tenant_id}",
             )
         user = await session.get(User, req.requested_by)
         if user is None:
-            raise refused(
-                LifecycleErrorType.UNKNOWN_USER, f"user {req.requested_by} does not exist"
-            )
+            raise refused(ErrorType.UNKNOWN_USER, f"user {req.requested_by} does not exist")
         if user.tenant_id != req.tenant_id:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {req.requested_by} belongs to another tenant",
             )
-        check_prompt(req.prompt)
         return project, await _locked_request(session, req.prompt_request_id)
 
     async def _engine_failed(self, job_key: str, exc: ChangeEngineError) -> NoReturn:
@@ -195,11 +189,11 @@ class DeliveryActivities:
             )
             await session.commit()
         if isinstance(exc, ChangeRequestInvalid):
-            kind = LifecycleErrorType.CHANGE_REQUEST_INVALID
+            kind = ErrorType.CHANGE_REQUEST_INVALID
         elif isinstance(exc, RebaseConflict):
-            kind = LifecycleErrorType.REBASE_CONFLICT
+            kind = ErrorType.REBASE_CONFLICT
         else:
-            kind = LifecycleErrorType.REPOSITORY_ERROR
+            kind = ErrorType.REPOSITORY_ERROR
         raise refused(kind, str(exc)) from exc
 
     @activity.defn
@@ -210,7 +204,7 @@ class DeliveryActivities:
         and cannot do I/O themselves.
         """
         workflow_id = activity.info().workflow_id
-        job_key = f"{workflow_id}:plan:{req.revision}"
+        job_key = plan_job_key(workflow_id, req.revision)
         async with self._sessions() as session:
             project, request = await self._validated(session, req)
             if request is None:
@@ -226,7 +220,7 @@ class DeliveryActivities:
             if is_terminal(request.status):
                 # Closed (cancelled) before planning began: nothing more to do.
                 return await self._closed(session, req)
-            _move(request, PromptStatus.PLANNING)
+            _move(request, req.status)
             request.prompt = req.prompt
             for old in await self._open_plans(session, req.prompt_request_id):
                 if old.revision < req.revision:
@@ -267,7 +261,7 @@ class DeliveryActivities:
                 )
             ).one_or_none()
             if plan is None:
-                if request is None or request.status is not PromptStatus.PLANNING:
+                if request is None or request.status is not req.status:
                     # Cancelled while the engine worked: store no plan.
                     await finish_job(session, job_key=job_key, status=ChangeJobStatus.CANCELLED)
                     return await self._closed(session, req)
@@ -356,9 +350,7 @@ class DeliveryActivities:
             plan.hold_id = req.hold_id or plan.hold_id
             if req.auto_approved:
                 _move_plan(plan, PlanApprovalStatus.AUTO_APPROVED)
-                _move(request, PromptStatus.APPROVED)
-            else:
-                _move(request, PromptStatus.AWAITING_APPROVAL)
+            _move(request, req.status, req.reason)
             await session.commit()
 
     @activity.defn
@@ -383,40 +375,34 @@ class DeliveryActivities:
                 )
                 .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
             )
-            if req.closes_plan and request is not None and not is_terminal(request.status):
-                if req.decision is ApprovalDecision.APPROVE:
-                    _move_plan(plan, PlanApprovalStatus.APPROVED)
-                    _move(request, PromptStatus.APPROVED)
-                else:
-                    _move_plan(plan, PlanApprovalStatus.REJECTED)
-                    _move(request, PromptStatus.REJECTED, req.reason)
+            if request is not None and not is_terminal(request.status):
+                if req.plan_status is not None:
+                    _move_plan(plan, req.plan_status)
+                if req.status is not None:
+                    _move(request, req.status, req.status_reason)
             await session.commit()
 
     @activity.defn
     async def apply_change(self, req: ApplyChange) -> AppliedChangeView:
-        """Have the change engine commit the approved plan on the default branch's head
-        (DEPLOYING_STAGING), rebased when that branch moved past the plan's base.
+        """Move the request to the status it is given, then have the change engine commit the
+        approved plan on the default branch's head, rebased when that branch moved past the
+        plan's base.
 
         When the work used more tokens than approved beyond the tolerance, or the rebased diff
-        changes other lines than the approved one, a new plan revision awaits approval instead
-        of going on: nothing ships that nobody approved.
+        changes other lines than the approved one, a new plan revision is stored and returned
+        with the reason: the workflow has it approved before anything ships.
         """
         workflow_id = activity.info().workflow_id
-        job_key = f"{workflow_id}:apply:{req.plan_id}"
-        if req.round > 1:
-            job_key += f":round-{req.round}"
+        job_key = apply_job_key(workflow_id, req.plan_id, req.round)
         async with self._sessions() as session:
             request = await _locked_request(session, req.prompt_request_id)
             plan = await _plan(session, req.plan_id)
             if request is None or request.project_id is None:
-                raise refused(LifecycleErrorType.REQUEST_CLOSED, "the request has no project")
+                raise refused(ErrorType.REQUEST_CLOSED, "the request has no project")
             project = await session.get(Project, request.project_id)
             if project is None:
-                raise refused(LifecycleErrorType.UNKNOWN_PROJECT, "the project was removed")
-            # DEPLOYING_PRODUCTION: production refused a commit whose base moved; the rebased
-            # change goes through staging again.
-            if request.status in (PromptStatus.APPROVED, PromptStatus.DEPLOYING_PRODUCTION):
-                _move(request, PromptStatus.DEPLOYING_STAGING)
+                raise refused(ErrorType.UNKNOWN_PROJECT, "the project was removed")
+            _move(request, req.status)
             await start_job(
                 session,
                 job_key=job_key,
@@ -541,7 +527,6 @@ class DeliveryActivities:
                 expires_at=utcnow() + timedelta(seconds=req.plan_ttl_seconds),
             )
             session.add(revised)
-            _move(request, PromptStatus.AWAITING_APPROVAL, "; ".join(reasons))
             await session.flush()
         return plan_summary(revised, policy)
 

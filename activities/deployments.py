@@ -29,32 +29,9 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
-from workflows.contracts.deployment import (
-    BASE_MOVED,
-    DeploymentView,
-    RecordDeployment,
-    TransitionDeployment,
-)
+from workflows.contracts.deployment import DeploymentView, RecordDeployment, TransitionDeployment
+from workflows.contracts.errors import ErrorType, refused
 
-DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
-PROJECT_NOT_FOUND = "ProjectNotFound"
-PLAN_NOT_FOUND = "PlanNotFound"
-# Every error type the deployment activities raise; none gets better by retrying.
-NON_RETRYABLE_ERRORS = [
-    "IllegalTransition",
-    # The deploy target's errors (activities.deploy_target), by class name.
-    "DeployTargetError",
-    "UnknownCommit",
-    "InvalidEnvironment",
-    "ReleaseConflict",
-    DEPLOYMENT_NOT_FOUND,
-    PROJECT_NOT_FOUND,
-    PLAN_NOT_FOUND,
-    "RollbackTargetNeverSucceeded",
-    "RollbackTargetIsLive",
-    "NoReleaseToRestore",
-    BASE_MOVED,
-]
 MAX_OUTPUT_CHARS = 20_000
 # The statuses a deployment's own run ends in (ROLLED_BACK comes later, from another one).
 ENDS_A_RUN = frozenset(
@@ -80,8 +57,8 @@ def view(row: Deployment, queue_position: int | None = None) -> DeploymentView:
     )
 
 
-def not_found(what: str, kind: str = DEPLOYMENT_NOT_FOUND) -> ApplicationError:
-    return ApplicationError(what, type=kind, non_retryable=True)
+def not_found(what: str, kind: ErrorType = ErrorType.DEPLOYMENT_NOT_FOUND) -> ApplicationError:
+    return refused(kind, what)
 
 
 def transition(row: Deployment, status: DeploymentStatus) -> bool:
@@ -91,7 +68,7 @@ def transition(row: Deployment, status: DeploymentStatus) -> bool:
     try:
         ensure_transition(row.status, status)
     except IllegalTransition as exc:
-        raise ApplicationError(str(exc), type="IllegalTransition", non_retryable=True) from None
+        raise refused(ErrorType.ILLEGAL_TRANSITION, str(exc)) from None
     now = utcnow()
     row.status = status
     row.updated_at = now
@@ -120,7 +97,8 @@ async def repository(session: AsyncSession, row: Deployment) -> Path:
     project = await session.get(Project, row.project_id) if row.project_id else None
     if project is None or not project.repo_url:
         raise not_found(
-            f"deployment {row.id} has no project repository to release from", PROJECT_NOT_FOUND
+            f"deployment {row.id} has no project repository to release from",
+            ErrorType.PROJECT_NOT_FOUND,
         )
     return Path(project.repo_url)
 
@@ -176,13 +154,13 @@ class DeploymentActivities:
                 if project is None or project.tenant_id != request.tenant_id:
                     raise not_found(
                         f"no project {request.project_id} for tenant {request.tenant_id}",
-                        PROJECT_NOT_FOUND,
+                        ErrorType.PROJECT_NOT_FOUND,
                     )
                 plan = await session.get(DeploymentPlan, request.plan_id)
                 if plan is None or plan.tenant_id != request.tenant_id:
                     raise not_found(
                         f"no plan {request.plan_id} for tenant {request.tenant_id}",
-                        PLAN_NOT_FOUND,
+                        ErrorType.PLAN_NOT_FOUND,
                     )
                 row = Deployment(
                     id=request.deployment_id,

@@ -42,6 +42,7 @@ from workflows.contracts.billing import (
     HoldView,
     SettlementView,
 )
+from workflows.contracts.errors import ErrorType
 
 log = structlog.get_logger("changeflow.ledger")
 
@@ -69,35 +70,35 @@ _ATTEMPTS = 5
 class LedgerError(Exception):
     """A domain refusal. `error_type` is the ApplicationError type activities raise."""
 
-    error_type = "LedgerError"
+    error_type: ErrorType = ErrorType.LEDGER_ERROR
 
 
 class InsufficientTokens(LedgerError):
-    error_type = "InsufficientTokens"
+    error_type = ErrorType.INSUFFICIENT_TOKENS
 
 
 class IdempotencyConflict(LedgerError):
-    error_type = "IdempotencyConflict"
+    error_type = ErrorType.IDEMPOTENCY_CONFLICT
 
 
 class HoldNotActive(LedgerError):
-    error_type = "HoldNotActive"
+    error_type = ErrorType.HOLD_NOT_ACTIVE
 
 
 class AccountNotFound(LedgerError):
-    error_type = "AccountNotFound"
+    error_type = ErrorType.ACCOUNT_NOT_FOUND
 
 
 class InvalidAmount(LedgerError):
-    error_type = "InvalidAmount"
+    error_type = ErrorType.INVALID_AMOUNT
 
 
 class EntryNotRefundable(LedgerError):
-    error_type = "EntryNotRefundable"
+    error_type = ErrorType.ENTRY_NOT_REFUNDABLE
 
 
 class InvalidPeriod(LedgerError):
-    error_type = "InvalidPeriod"
+    error_type = ErrorType.INVALID_PERIOD
 
 
 _ERRORS_BY_TYPE: dict[str, type[LedgerError]] = {
@@ -340,7 +341,7 @@ class Ledger:
                 "operation": request.operation.value,
                 "amount": request.amount,
                 "subject_id": request.subject_id,
-                "error_type": error.error_type,
+                "error_type": error.error_type.value,
                 "error_message": str(error)[:500],
                 "now": self._now(),
             },
@@ -710,7 +711,7 @@ class Ledger:
                     hold_id=hold_id,
                     account_id=account_id,
                     amount=amount,
-                    status=HoldStatus.ACTIVE.value,
+                    status=HoldStatus.ACTIVE,
                     expires_at=row["expires_at"],
                 )
             await tx.begin()
@@ -723,7 +724,7 @@ class Ledger:
                     tx.conn, sql.HOLD, {"hold_id": prior["hold_id"], "now": None}
                 )
                 # The first answer: the hold as it was created.
-                return _hold(hold, status=HoldStatus.ACTIVE.value)
+                return _hold(hold, status=HoldStatus.ACTIVE)
             await self._require_account(tx, account_id)
             if await self._expire_for(tx, account_id):
                 return _RETRY
@@ -824,7 +825,7 @@ class Ledger:
                     hold_id=hold_id,
                     account_id=row["account_id"],
                     amount=row["amount"],
-                    status=HoldStatus.RELEASED.value,
+                    status=HoldStatus.RELEASED,
                     expires_at=row["expires_at"],
                 )
             await tx.begin()
@@ -848,7 +849,11 @@ class Ledger:
                 tx,
                 HoldNotActive(
                     f"hold {hold_id} is {hold['status']}"
-                    + (" and was released already" if hold["status"] == "expired" else "")
+                    + (
+                        " and was released already"
+                        if hold["status"] == HoldStatus.EXPIRED.value
+                        else ""
+                    )
                     + "; it cannot be released"
                 ),
                 request,
@@ -923,11 +928,11 @@ def _entry(row: Any) -> EntryView:
     )
 
 
-def _hold(row: Any, *, status: str | None = None) -> HoldView:
+def _hold(row: Any, *, status: HoldStatus | None = None) -> HoldView:
     return HoldView(
         hold_id=row["id"],
         account_id=row["account_id"],
         amount=row["amount"],
-        status=status or row["status"],
+        status=status or HoldStatus(row["status"]),
         expires_at=row["expires_at"],
     )

@@ -39,13 +39,13 @@ from models import (
 from models.base import utcnow
 from models.db import SessionFactory
 from workflows.contracts.deployment import (
-    BASE_MOVED,
     DeploymentView,
     FindLastGoodRelease,
     ReleaseOutcome,
     ReleaseStep,
     VerificationOutcome,
 )
+from workflows.contracts.errors import ErrorType, refused
 
 HEARTBEAT_EVERY_S = 2.0
 
@@ -315,7 +315,7 @@ class ReleaseActivities:
             "committed; the change must be rebased onto it before it ships"
         )
         await self._fail_job(job_key, RuntimeError(message))
-        raise ApplicationError(message, type=BASE_MOVED, non_retryable=True)
+        raise refused(ErrorType.BASE_MOVED, message)
 
     async def _ship_to_default_branch(
         self, repo: Path, project: Project, row: Deployment, step: ReleaseStep

@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlmodel import col, select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities import deployments
 from activities.change_engine import RepositoryError, resolve_commit
@@ -21,10 +20,7 @@ from workflows.contracts.deployment import (
     PlanRollback,
     RollbackPlan,
 )
-
-ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
-ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
-NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
+from workflows.contracts.errors import ErrorType, refused
 
 
 async def _default_branch_head(project: Project) -> str | None:
@@ -76,11 +72,10 @@ async def last_good_release(
                 deployment_id=None,
                 source=f"default branch {project.default_branch}",
             )
-    raise ApplicationError(
+    raise refused(
+        ErrorType.NO_RELEASE_TO_RESTORE,
         f"no earlier release of project {request.project_id} in "
         f"{request.environment.value} to restore",
-        type=NO_RELEASE_TO_RESTORE,
-        non_retryable=True,
     )
 
 
@@ -107,25 +102,22 @@ class RollbackActivities:
             if target.project_id is None or target.commit_sha is None:
                 raise not_found(f"deployment {target.id} has no project or commit any more")
             if target.verified_at is None:
-                raise ApplicationError(
+                raise refused(
+                    ErrorType.ROLLBACK_TARGET_NEVER_SUCCEEDED,
                     f"deployment {target.id} never succeeded (status {target.status.value}); "
                     "only a verified release can be restored",
-                    type=ROLLBACK_TARGET_NEVER_SUCCEEDED,
-                    non_retryable=True,
                 )
             live = await deployments.live(session, target.project_id, target.environment)
             if live is None:
-                raise ApplicationError(
+                raise refused(
+                    ErrorType.NO_RELEASE_TO_RESTORE,
                     f"nothing is live in {target.environment.value} to roll back",
-                    type=NO_RELEASE_TO_RESTORE,
-                    non_retryable=True,
                 )
             if live.commit_sha == target.commit_sha:
-                raise ApplicationError(
+                raise refused(
+                    ErrorType.ROLLBACK_TARGET_IS_LIVE,
                     f"the release of deployment {target.id} ({target.commit_sha}) is already "
                     f"live in {target.environment.value} (deployment {live.id})",
-                    type=ROLLBACK_TARGET_IS_LIVE,
-                    non_retryable=True,
                 )
             plan = await session.get(DeploymentPlan, target.plan_id)
             return RollbackPlan(

@@ -44,7 +44,8 @@ from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped
-from workflows.contracts.lifecycle import PromptRequestResult, workflow_id_for
+from workflows.contracts.ids import prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult
 
 RUN_TIMEOUT_S = 600
 
@@ -284,7 +285,7 @@ async def measure(
     warm = await submit_and_wait(lifecycle, auto, auto.project.id)
     if warm.status is not PromptStatus.COMPLETED:
         raise RuntimeError(f"the warm-up lifecycle ended {warm.status}: {warm.reason}")
-    shape = await lifecycle_shape(client, workflow_id_for(warm.prompt_request_id))
+    shape = await lifecycle_shape(client, prompt_request_workflow_id(warm.prompt_request_id))
     say(
         f"a lifecycle: {shape.activities} activities in the prompt workflow, {shape.children} "
         f"deployment children of ~{shape.child_activities} activities "
@@ -300,7 +301,7 @@ async def measure(
     lifecycle_tps = args.n / lifecycle_s
     say(f"{args.n} auto-approved lifecycles: {lifecycle_s:.2f}s, {lifecycle_tps:.2f}/s")
     breakdown = await activity_breakdown(
-        client, [workflow_id_for(r.prompt_request_id) for r in results]
+        client, [prompt_request_workflow_id(r.prompt_request_id) for r in results]
     )
     say("   activity                         runs/lifecycle  mean queued  mean running")
     for name, t in sorted(breakdown.items(), key=lambda item: -item[1].running_s):

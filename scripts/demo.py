@@ -28,6 +28,7 @@ from activities.ledger import Ledger
 from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
 from models.db import SessionFactory, create_engine, session_factory
 from models.delivery import PromptStatus
+from models.transitions import is_terminal
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     SAFE_PROMPT,
@@ -41,18 +42,11 @@ from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped, stop_on_signals
-from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus, workflow_id_for
+from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus
 
 DEMO_FUNDS = 50_000
 LIFECYCLE_TIMEOUT_S = 180
-TERMINAL = {
-    PromptStatus.COMPLETED,
-    PromptStatus.REJECTED,
-    PromptStatus.EXPIRED,
-    PromptStatus.CANCELLED,
-    PromptStatus.FAILED,
-    PromptStatus.ROLLED_BACK,
-}
 
 
 @dataclass
@@ -198,7 +192,7 @@ async def run_lifecycle(
                     request_id, user_id=shop.approver.id, content_hash=plan.content_hash
                 )
                 continue
-            if status.status in TERMINAL:
+            if is_terminal(status.status):
                 break
             await asyncio.sleep(0.2)
         return await outcome
@@ -263,16 +257,17 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
             + (f": {result.reason}" if result.reason else "")
             + f"; {result.tokens_used} tokens used, {result.tokens_settled} charged"
         )
-        print(f"   Web UI: {workflow_link(settings, workflow_id_for(result.prompt_request_id))}")
+        request_link = workflow_link(settings, prompt_request_workflow_id(result.prompt_request_id))
+        print(f"   Web UI: {request_link}")
         # An automatic rollback is listed too; it is printed with the deployment it undid.
         rollbacks = {d.rollback_deployment_id for d in result.deployments}
         for d in result.deployments:
             if d.deployment_id in rollbacks:
                 continue
-            link = workflow_link(settings, f"deployment-{d.deployment_id}")
+            link = workflow_link(settings, deployment_workflow_id(d.deployment_id))
             print(f"     {d.environment.value}: {link}")
             if d.rollback_deployment_id:
-                rollback_id = f"deployment-{d.rollback_deployment_id}"
+                rollback_id = deployment_workflow_id(d.rollback_deployment_id)
                 print(
                     f"     {d.environment.value} rollback: {workflow_link(settings, rollback_id)}"
                 )

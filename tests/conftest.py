@@ -38,7 +38,7 @@ from workers.devstack import (
     start_postgres,
 )
 from workers.lifecycle_client import LifecycleClient
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 

@@ -17,7 +17,7 @@ from models import PlanTier
 from models.db import SessionFactory
 from tests.factories import make_funded_account, make_tenant
 from workers import registry
-from workers.schedules import LEDGER_SWEEP_SCHEDULE_ID, ensure_sweep_schedule
+from workers.schedules import ensure_sweep_schedule
 from workers.settings import Settings
 from workflows.billing import LedgerSweepWorkflow
 from workflows.contracts.billing import (
@@ -30,6 +30,7 @@ from workflows.contracts.billing import (
     SettlementView,
     SweepExpiredHolds,
 )
+from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID
 
 
 class Scenario(BaseModel):

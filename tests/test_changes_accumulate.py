@@ -34,9 +34,9 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
+from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import (
     MAX_REBASE_ROUNDS,
-    LifecycleErrorType,
     PromptRequestResult,
 )
 
@@ -238,7 +238,7 @@ async def test_a_rebase_that_changes_other_lines_goes_back_for_approval(
             await lifecycle.approve(
                 request_id, user_id=shop.admins[0].id, content_hash=approved.content_hash
             )
-        assert stale.value.error_type == LifecycleErrorType.STALE_PLAN_HASH
+        assert stale.value.error_type == ErrorType.STALE_PLAN_HASH
         # Nothing of the unapproved rebase has shipped.
         assert git(repo, "rev-parse", "main") == pushed
         assert git(repo, "branch", "--list", "env/production") == ""

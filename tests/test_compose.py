@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from workers.settings import Settings, env_name, load_settings
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

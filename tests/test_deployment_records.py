@@ -14,7 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.deploy_target import VerificationResult
 from activities.deployments import DeploymentActivities
 from activities.releases import ReleaseActivities
-from activities.rollbacks import ROLLBACK_TARGET_NEVER_SUCCEEDED, RollbackActivities
+from activities.rollbacks import RollbackActivities
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -33,6 +33,7 @@ from workflows.contracts.deployment import (
     ReleaseStep,
     TransitionDeployment,
 )
+from workflows.contracts.errors import ErrorType
 
 
 class HeldCheck:
@@ -242,5 +243,5 @@ async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows
             PlanRollback(tenant_id=plan.tenant_id, target_deployment_id=never.deployment_id),
         )
 
-    assert refused.value.type == ROLLBACK_TARGET_NEVER_SUCCEEDED
+    assert refused.value.type == ErrorType.ROLLBACK_TARGET_NEVER_SUCCEEDED
     assert (await rows.deployment(never.deployment_id)).verified_at is None

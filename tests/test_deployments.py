@@ -48,11 +48,10 @@ from workflows.contracts.deployment import (
     DeploymentResult,
     DeploymentState,
     RollbackRequest,
-    deployment_workflow_id,
-    rollback_workflow_id,
 )
+from workflows.contracts.ids import deployment_workflow_id, rollback_workflow_id
+from workflows.contracts.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
-from workflows.search_attributes import ENVIRONMENT, PROJECT_ID, TENANT_ID
 
 STAGING = DeploymentEnvironment.STAGING
 PRODUCTION = DeploymentEnvironment.PRODUCTION

@@ -27,7 +27,7 @@ from workers.devstack import (
     stop_process,
 )
 from workers.settings import ConfigurationError, Settings
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 pytestmark = pytest.mark.embedded
 

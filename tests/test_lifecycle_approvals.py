@@ -26,7 +26,8 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
-from workflows.contracts.lifecycle import LifecycleErrorType, workflow_id_for
+from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -39,7 +40,9 @@ UPDATE_EVENTS = {
 
 
 async def history_events(client: Client, request_id: uuid.UUID) -> list[EventType.ValueType]:
-    history = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
+    history = await client.get_workflow_handle(
+        prompt_request_workflow_id(request_id)
+    ).fetch_history()
     return [event.event_type for event in history.events]
 
 
@@ -63,10 +66,10 @@ async def test_refused_decisions_leave_no_trace_in_history(
         events_before = await history_events(client, request_id)
 
         refusals = {
-            LifecycleErrorType.SELF_APPROVAL: (shop.requester.id, current),
-            LifecycleErrorType.USER_OF_ANOTHER_TENANT: (other_shop.admins[0].id, current),
-            LifecycleErrorType.ROLE_MAY_NOT_APPROVE: (operator.id, current),
-            LifecycleErrorType.STALE_PLAN_HASH: (shop.admins[0].id, "0" * 64),
+            ErrorType.SELF_APPROVAL: (shop.requester.id, current),
+            ErrorType.USER_OF_ANOTHER_TENANT: (other_shop.admins[0].id, current),
+            ErrorType.ROLE_MAY_NOT_APPROVE: (operator.id, current),
+            ErrorType.STALE_PLAN_HASH: (shop.admins[0].id, "0" * 64),
         }
         for expected, (user_id, content_hash) in refusals.items():
             with pytest.raises(LifecycleRefused) as refused:
@@ -76,7 +79,7 @@ async def test_refused_decisions_leave_no_trace_in_history(
             await lifecycle.reject(
                 request_id, user_id=shop.viewer.id, content_hash=current, reason="no"
             )
-        assert refused.value.error_type == LifecycleErrorType.ROLE_MAY_NOT_APPROVE
+        assert refused.value.error_type == ErrorType.ROLE_MAY_NOT_APPROVE
 
         events_after = await history_events(client, request_id)
         assert events_after == events_before
@@ -118,7 +121,7 @@ async def test_rejection_carries_its_reason_and_releases_the_hold(
             await lifecycle.approve(
                 request_id, user_id=shop.admins[1].id, content_hash=content_hash
             )
-        assert late.value.error_type == LifecycleErrorType.REQUEST_CLOSED
+        assert late.value.error_type == ErrorType.REQUEST_CLOSED
 
     assert result.status is PromptStatus.REJECTED
     assert result.reason == "a migration before the sale is too risky"
@@ -188,7 +191,7 @@ async def test_revising_the_prompt_replans_voids_approvals_and_swaps_the_hold(
             await lifecycle.approve(
                 request_id, user_id=shop.admins[1].id, content_hash=first_plan.content_hash
             )
-        assert stale.value.error_type == LifecycleErrorType.STALE_PLAN_HASH
+        assert stale.value.error_type == ErrorType.STALE_PLAN_HASH
         for admin in shop.admins:
             await lifecycle.approve(
                 request_id, user_id=admin.id, content_hash=revised.plan.content_hash

@@ -27,7 +27,8 @@ from tests.lifecycle_support import (
 from tests.temporal_cli import temporal, temporal_outcome
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
-from workflows.contracts.submitted import INVALID_REQUEST
+from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -42,7 +43,7 @@ async def test_start_approve_and_read_status_with_the_temporal_cli(
     shop = await make_shop(sessions, tmp_path, policy=human_policy())
     address = client.service_client.config.target_host
     request_id = uuid.uuid4()
-    workflow_id = f"prompt-request-{request_id}"
+    workflow_id = prompt_request_workflow_id(request_id)
     start_input = {
         "prompt_request_id": str(request_id),
         "tenant_id": str(shop.tenant.id),
@@ -203,7 +204,7 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
     result = json.loads(out)
     assert result["status"] == "FAILED"
     failure = result["closeEvent"]["workflowExecutionFailedEventAttributes"]["failure"]
-    assert failure["applicationFailureInfo"]["type"] == INVALID_REQUEST
+    assert failure["applicationFailureInfo"]["type"] == ErrorType.INVALID_REQUEST
     assert failure["applicationFailureInfo"]["nonRetryable"] is True
     assert f"{field}: " in failure["message"]
     [problems] = failure["applicationFailureInfo"]["details"]
@@ -230,7 +231,7 @@ async def test_a_malformed_blank_or_late_decision_by_cli_is_refused_and_writes_n
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
         _, plan = await plan_awaiting_approval(lifecycle, request_id)
-        workflow_id = f"prompt-request-{request_id}"
+        workflow_id = prompt_request_workflow_id(request_id)
         admin = str(shop.admins[0].id)
         refusals = {}
         for name, payload in (

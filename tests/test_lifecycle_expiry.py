@@ -27,7 +27,7 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
-from workflows.contracts.lifecycle import workflow_id_for
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -49,7 +49,9 @@ async def test_an_undecided_plan_expires_and_releases_its_hold(
         await time_skipping_env.sleep(timedelta(hours=1, seconds=1))
         result = await lifecycle.wait_for_outcome(request_id)
         after = await lifecycle.status(request_id)
-        history = await client.get_workflow_handle(workflow_id_for(request_id)).fetch_history()
+        history = await client.get_workflow_handle(
+            prompt_request_workflow_id(request_id)
+        ).fetch_history()
 
     assert result.status is PromptStatus.EXPIRED
     assert "3600 seconds" in result.reason

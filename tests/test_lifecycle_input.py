@@ -34,16 +34,16 @@ from tests.test_lifecycle_cli import rows_written
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.deployment import DeploymentState
+from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import (
     MAX_PROMPT_CHARS,
     MAX_REASON_CHARS,
-    LifecycleErrorType,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
-    workflow_id_for,
 )
-from workflows.search_attributes import PROMPT_STATUS
+from workflows.contracts.search_attributes import PROMPT_STATUS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -72,7 +72,7 @@ async def test_a_blank_or_missing_rejection_reason_is_a_typed_refusal(
                 await lifecycle.reject(request_id, reason=reason, **decider)
             by_client[reason[:3]] = refused.value.error_type
         # And the workflow's validator refuses what another client sends.
-        handle = client.get_workflow_handle(workflow_id_for(request_id))
+        handle = client.get_workflow_handle(prompt_request_workflow_id(request_id))
         by_workflow = []
         for payload in (
             {**decider, "reason": " \n\t"},
@@ -87,11 +87,11 @@ async def test_a_blank_or_missing_rejection_reason_is_a_typed_refusal(
         status = await lifecycle.status(request_id)
 
     assert by_client == {
-        "   ": LifecycleErrorType.EMPTY_REASON,
-        "": LifecycleErrorType.EMPTY_REASON,
-        "xxx": LifecycleErrorType.INVALID_REQUEST,
+        "   ": ErrorType.EMPTY_REASON,
+        "": ErrorType.EMPTY_REASON,
+        "xxx": ErrorType.INVALID_REQUEST,
     }
-    assert by_workflow == [LifecycleErrorType.EMPTY_REASON] * 3
+    assert by_workflow == [ErrorType.EMPTY_REASON] * 3
     assert status.status is PromptStatus.AWAITING_APPROVAL
     assert status.approvals == []
     row = await request_row(sessions, request_id)
@@ -112,7 +112,7 @@ async def start_directly(
             requested_by=shop.requester.id,
             prompt=prompt,
         ),
-        id=workflow_id_for(request_id),
+        id=prompt_request_workflow_id(request_id),
         task_queue=task_queue,
         result_type=PromptRequestResult,
         search_attributes=TypedSearchAttributes(
@@ -131,8 +131,8 @@ async def activities_scheduled(handle: WorkflowHandle[object, PromptRequestResul
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        (ONE_MEGABYTE_PROMPT, LifecycleErrorType.PROMPT_TOO_LONG),
-        (" \n ", LifecycleErrorType.EMPTY_PROMPT),
+        (ONE_MEGABYTE_PROMPT, ErrorType.PROMPT_TOO_LONG),
+        (" \n ", ErrorType.EMPTY_PROMPT),
     ],
 )
 async def test_a_prompt_over_the_limits_is_refused_before_any_activity_carries_it(
@@ -143,7 +143,7 @@ async def test_a_prompt_over_the_limits_is_refused_before_any_activity_carries_i
     lifecycle: LifecycleClient,
     tmp_path: Path,
     prompt: str,
-    expected: LifecycleErrorType,
+    expected: ErrorType,
 ) -> None:
     assert len(ONE_MEGABYTE_PROMPT) > MAX_PROMPT_CHARS
     shop = await make_shop(sessions, tmp_path)
@@ -159,7 +159,7 @@ async def test_a_prompt_over_the_limits_is_refused_before_any_activity_carries_i
             prompt_request_id=request_id,
         )
     with pytest.raises(RPCError) as never_started:
-        await client.get_workflow_handle(workflow_id_for(request_id)).describe()
+        await client.get_workflow_handle(prompt_request_workflow_id(request_id)).describe()
     async with running_workers(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
@@ -200,7 +200,7 @@ async def test_a_request_refused_at_submission_ends_with_a_terminal_status(
         with pytest.raises(LifecycleRefused) as refused:
             await lifecycle.wait_for_outcome(request_id)
         status = await lifecycle.status(request_id)
-    handle = client.get_workflow_handle(workflow_id_for(request_id))
+    handle = client.get_workflow_handle(prompt_request_workflow_id(request_id))
     described = await handle.describe()
     listed = [
         execution.id
@@ -209,7 +209,7 @@ async def test_a_request_refused_at_submission_ends_with_a_terminal_status(
         )
     ]
 
-    assert refused.value.error_type == LifecycleErrorType.UNKNOWN_TENANT
+    assert refused.value.error_type == ErrorType.UNKNOWN_TENANT
     assert status.status is PromptStatus.FAILED
     assert status.reason == refused.value.message
     assert described.typed_search_attributes.get(PROMPT_STATUS) == PromptStatus.FAILED.value

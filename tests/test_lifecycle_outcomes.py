@@ -45,7 +45,7 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
-from workflows.contracts.lifecycle import LifecycleErrorType
+from workflows.contracts.errors import ErrorType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -105,9 +105,9 @@ async def request_rows(sessions: SessionFactory, shop: Shop) -> list[PromptReque
 @pytest.mark.parametrize(
     ("who", "expected"),
     [
-        ("unknown tenant", LifecycleErrorType.UNKNOWN_TENANT),
-        ("project of another tenant", LifecycleErrorType.UNKNOWN_PROJECT),
-        ("user of another tenant", LifecycleErrorType.USER_OF_ANOTHER_TENANT),
+        ("unknown tenant", ErrorType.UNKNOWN_TENANT),
+        ("project of another tenant", ErrorType.UNKNOWN_PROJECT),
+        ("user of another tenant", ErrorType.USER_OF_ANOTHER_TENANT),
     ],
 )
 async def test_a_request_that_names_the_wrong_tenant_project_or_user_is_refused(
@@ -118,7 +118,7 @@ async def test_a_request_that_names_the_wrong_tenant_project_or_user_is_refused(
     lifecycle: LifecycleClient,
     tmp_path: Path,
     who: str,
-    expected: LifecycleErrorType,
+    expected: ErrorType,
 ) -> None:
     shop = await make_shop(sessions, tmp_path)
     other = await make_shop(sessions, tmp_path, name="Other Shop")
@@ -148,10 +148,10 @@ async def test_an_empty_or_oversized_prompt_is_refused_before_anything_starts(
     shop = await make_shop(sessions, tmp_path)
     with pytest.raises(LifecycleRefused) as empty:
         await submit(lifecycle, shop, "   ")
-    assert empty.value.error_type == LifecycleErrorType.EMPTY_PROMPT
+    assert empty.value.error_type == ErrorType.EMPTY_PROMPT
     with pytest.raises(LifecycleRefused) as too_long:
         await submit(lifecycle, shop, "set theme to dark " * 500)
-    assert too_long.value.error_type == LifecycleErrorType.PROMPT_TOO_LONG
+    assert too_long.value.error_type == ErrorType.PROMPT_TOO_LONG
 
 
 async def test_insufficient_tokens_end_the_request_with_the_reason_and_no_charge(

@@ -14,14 +14,15 @@ from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
-from workflows.contracts.lifecycle import LifecycleErrorType, workflow_id_for
+from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def current_details(client: Client, request_id: uuid.UUID) -> str:
     """What the Web UI shows as the workflow's current details."""
-    metadata = await client.get_workflow_handle(workflow_id_for(request_id)).query(
+    metadata = await client.get_workflow_handle(prompt_request_workflow_id(request_id)).query(
         "__temporal_workflow_metadata"
     )
     return str(metadata.current_details)
@@ -92,7 +93,7 @@ async def test_a_racing_approval_is_told_the_plan_was_already_decided(
     answers = [o for o in outcomes if not isinstance(o, BaseException)]
     assert len(answers) == 1 and answers[0].status is PromptStatus.APPROVED
     assert len(refusals) == 1 and isinstance(refusals[0], LifecycleRefused), refusals
-    assert refusals[0].error_type == LifecycleErrorType.NOT_AWAITING_APPROVAL
+    assert refusals[0].error_type == ErrorType.NOT_AWAITING_APPROVAL
     # The refusal says what happened: never "awaiting_approval, not awaiting approval".
     message = str(refusals[0])
     assert "awaiting_approval, not" not in message

@@ -29,8 +29,8 @@ from tests.lifecycle_support import (
     submit,
 )
 from workers.lifecycle_client import LifecycleClient
-from workflows.contracts.lifecycle import workflow_id_for
-from workflows.search_attributes import PROMPT_STATUS
+from workflows.contracts.ids import prompt_request_workflow_id
+from workflows.contracts.search_attributes import PROMPT_STATUS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -145,7 +145,9 @@ async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(
 async def lifecycle_status_without_worker(client: Client, request_id: uuid.UUID) -> PromptStatus:
     """Where the lifecycle stood when its worker died, read from the PromptStatus search
     attribute (no worker is needed to answer it)."""
-    description = await client.get_workflow_handle(workflow_id_for(request_id)).describe()
+    description = await client.get_workflow_handle(
+        prompt_request_workflow_id(request_id)
+    ).describe()
     status = description.typed_search_attributes.get(PROMPT_STATUS)
     assert status is not None
     return PromptStatus(status)

@@ -17,9 +17,10 @@ from models import PlanTier, TokenTransaction, TokenTransactionKind
 from models.billing import TIER_ALLOWANCES
 from models.db import SessionFactory
 from tests.factories import make_funded_account, make_tenant
-from workers.schedules import PLAN_GRANT_SCHEDULE_ID, ensure_plan_grant_schedule
+from workers.schedules import ensure_plan_grant_schedule
 from workflows.billing import PlanGrantWorkflow
 from workflows.contracts.billing import GrantPlanTokens, GrantResult
+from workflows.contracts.ids import PLAN_GRANT_SCHEDULE_ID
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

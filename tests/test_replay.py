@@ -27,6 +27,11 @@ from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
 from workflows.contracts.billing import GrantPlanTokens, SweepExpiredHolds
+from workflows.contracts.ids import (
+    deployment_workflow_id,
+    prompt_request_workflow_id,
+    rollback_workflow_id,
+)
 from workflows.contracts.lifecycle import PromptRequestInput, PromptRequestResult
 from workflows.contracts.submitted import Submitted
 from workflows.lifecycle import PromptRequestWorkflow
@@ -66,14 +71,16 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
             )
         approved = await lifecycle.wait_for_outcome(request_id)
         assert approved.status.value == "completed", approved.reason
-        stories[f"prompt-request-{request_id}"] = "PromptRequestWorkflow-approved-after-revision"
+        stories[prompt_request_workflow_id(request_id)] = (
+            "PromptRequestWorkflow-approved-after-revision"
+        )
         _name_deployments(stories, approved, "approved")
 
         # Production verification fails and is rolled back automatically.
         request_id = await submit(lifecycle, automatic, FAILS_IN_PRODUCTION_PROMPT)
         rolled_back = await lifecycle.wait_for_outcome(request_id)
         assert rolled_back.status.value == "rolled_back", rolled_back.reason
-        stories[f"prompt-request-{request_id}"] = "PromptRequestWorkflow-rolled-back"
+        stories[prompt_request_workflow_id(request_id)] = "PromptRequestWorkflow-rolled-back"
         _name_deployments(stories, rolled_back, "auto-rollback")
 
         # Cancelled while awaiting approval.
@@ -84,7 +91,7 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
         await lifecycle.cancel(request_id)
         cancelled = await lifecycle.wait_for_outcome(request_id)
         assert cancelled.status.value == "cancelled"
-        stories[f"prompt-request-{request_id}"] = "PromptRequestWorkflow-cancelled"
+        stories[prompt_request_workflow_id(request_id)] = "PromptRequestWorkflow-cancelled"
 
         # A later change reaches production; then an operator restores the first release.
         request_id = await submit(lifecycle, reviewed, SAFE_PROMPT)
@@ -106,7 +113,7 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
             reason="recorded for replay",
         )
         await lifecycle.rollback_result(rollback_id)
-        stories[f"rollback-{rollback_id}"] = "RollbackWorkflow-lifecycle-client"
+        stories[rollback_workflow_id(rollback_id)] = "RollbackWorkflow-lifecycle-client"
 
         sweep = await client.start_workflow(
             "LedgerSweepWorkflow",
@@ -137,7 +144,7 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
 def _name_deployments(stories: dict[str, str], result: PromptRequestResult, story: str) -> None:
     for deployment in result.deployments:
         if deployment.environment.value == "production":
-            stories[f"deployment-{deployment.deployment_id}"] = (
+            stories[deployment_workflow_id(deployment.deployment_id)] = (
                 f"DeploymentWorkflow-lifecycle-{story}"
             )
             return

@@ -16,6 +16,7 @@ from tests.lifecycle_support import make_shop, submit
 from tests.temporal_cli import temporal_outcome
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
+from workflows.contracts.ids import rollback_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -25,7 +26,7 @@ async def start_rollback(
 ) -> tuple[str, int, str]:
     """The README's recipe: start RollbackWorkflow, then wait for its result."""
     deployment_id = uuid.uuid4()
-    workflow_id = f"rollback-{deployment_id}"
+    workflow_id = rollback_workflow_id(deployment_id)
     code, _, err = await temporal_outcome(
         address,
         "workflow",
@@ -89,7 +90,7 @@ async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
         assert result["status"] == "COMPLETED"
         assert result["result"]["status"] == DeploymentStatus.SUCCEEDED.value
         assert result["result"]["commit_sha"] == first.commit_sha
-        assert workflow_id == f"rollback-{result['result']['deployment_id']}"
+        assert workflow_id == rollback_workflow_id(result["result"]["deployment_id"])
 
         # The first release is live again: rolling back to it is refused, typed.
         _, code, out = await start_rollback(address, task_queue, shop.tenant.id, first.id)

@@ -3,7 +3,7 @@ import uuid
 from temporalio import workflow
 from temporalio.worker import Worker
 
-from workflows.search_attributes import TENANT_ID
+from workflows.contracts.search_attributes import TENANT_ID
 
 
 @workflow.defn(sandboxed=False)

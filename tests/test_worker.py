@@ -35,6 +35,7 @@ from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.deployment import DeploymentInput
+from workflows.contracts.ids import deployment_workflow_id
 from workflows.deployment import DeploymentWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +222,7 @@ async def test_sigterm_lets_an_in_flight_activity_finish_instead_of_losing_it(
 ):
     worker = start_worker()
     deployment = await slow_deployment(sessions, tmp_path, worker.deploy_task_queue)
-    workflow_id = f"deployment-{deployment.deployment_id}"
+    workflow_id = deployment_workflow_id(deployment.deployment_id)
     await wait_for(lambda: serving(namespace_client, worker), "pollers on both task queues")
     handle = await namespace_client.start_workflow(
         DeploymentWorkflow.run, deployment, id=workflow_id, task_queue=worker.task_queue
@@ -286,7 +287,7 @@ async def test_one_queue_for_everything_serves_workflows_and_deploy_activities_t
         result = await client.execute_workflow(
             DeploymentWorkflow.run,
             deployment,
-            id=f"deployment-{deployment.deployment_id}",
+            id=deployment_workflow_id(deployment.deployment_id),
             task_queue=task_queue,
         )
     finally:

@@ -30,7 +30,7 @@ from models.db import asyncpg_dsn
 from models.migrate import upgrade
 from workers.client import connect
 from workers.settings import ConfigurationError, Settings
-from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@
 
 Refusals (a validator saying no, a request refused at start, a payload the workflow would
 refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_type` is the
-ApplicationError type (see workflows.contracts.lifecycle.LifecycleErrorType). A decision on a
+ApplicationError type (see workflows.contracts.errors.ErrorType). A decision on a
 request that has ended is refused as `RequestClosed` (the server answers such an update with an
 untyped "workflow execution already completed").
 
@@ -28,11 +28,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDReusePolicy,
-)
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -42,10 +38,11 @@ from workflows.contracts.deployment import (
     DeploymentResult,
     RollbackRequest,
 )
+from workflows.contracts.errors import ErrorType, application_error
+from workflows.contracts.ids import prompt_request_workflow_id, rollback_workflow_id
 from workflows.contracts.lifecycle import (
     WORKFLOW_TYPE,
     ApproveRequest,
-    LifecycleErrorType,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
@@ -53,10 +50,9 @@ from workflows.contracts.lifecycle import (
     ReviseRequest,
     check_prompt,
     check_reason,
-    workflow_id_for,
 )
+from workflows.contracts.search_attributes import prompt_request_attributes
 from workflows.contracts.submitted import parse_input
-from workflows.search_attributes import PROJECT_ID, PROMPT_STATUS, TENANT_ID
 
 
 class LifecycleRefused(Exception):
@@ -69,12 +65,10 @@ class LifecycleRefused(Exception):
 
 
 def _refusal(err: BaseException) -> LifecycleRefused | None:
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return LifecycleRefused(cause.type or "ApplicationError", cause.message)
-        cause = cause.__cause__
-    return None
+    cause = application_error(err)
+    if cause is None:
+        return None
+    return LifecycleRefused(cause.type or "ApplicationError", cause.message)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -105,7 +99,7 @@ class LifecycleClient:
 
     def _handle(self, prompt_request_id: uuid.UUID) -> WorkflowHandle[Any, PromptRequestResult]:
         return self._client.get_workflow_handle(
-            workflow_id_for(prompt_request_id), result_type=PromptRequestResult
+            prompt_request_workflow_id(prompt_request_id), result_type=PromptRequestResult
         )
 
     async def submit(
@@ -134,10 +128,10 @@ class LifecycleClient:
         await self._client.start_workflow(
             WORKFLOW_TYPE,
             request,
-            id=workflow_id_for(request_id),
+            id=prompt_request_workflow_id(request_id),
             task_queue=self._task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=_initial_attributes(tenant_id, project_id),
+            search_attributes=prompt_request_attributes(tenant_id, project_id),
             static_summary=f"Prompt request {request_id}: {first_line}",
         )
         return request_id
@@ -154,7 +148,7 @@ class LifecycleClient:
         except RPCError as err:
             if err.status is RPCStatusCode.NOT_FOUND:
                 raise LifecycleRefused(
-                    LifecycleErrorType.REQUEST_CLOSED,
+                    ErrorType.REQUEST_CLOSED,
                     f"prompt request {prompt_request_id} has ended or does not exist: {err}",
                 ) from err
             raise
@@ -244,7 +238,7 @@ class LifecycleClient:
         reason: str = "",
     ) -> uuid.UUID:
         """Start an operator's rollback to an earlier successful deployment; returns the new
-        rollback deployment's id (its workflow id is rollback-<id>)."""
+        rollback deployment's id (its workflow id is ids.rollback_workflow_id)."""
         deployment_id = uuid.uuid4()
         await self._client.start_workflow(
             "RollbackWorkflow",
@@ -256,7 +250,7 @@ class LifecycleClient:
                 deployment_id=deployment_id,
                 deploy_task_queue=self._deploy_task_queue,
             ),
-            id=f"rollback-{deployment_id}",
+            id=rollback_workflow_id(deployment_id),
             task_queue=self._task_queue,
             static_summary=f"Rollback to deployment {target_deployment_id}",
         )
@@ -264,19 +258,9 @@ class LifecycleClient:
 
     async def rollback_result(self, deployment_id: uuid.UUID) -> DeploymentResult:
         handle = self._client.get_workflow_handle(
-            f"rollback-{deployment_id}", result_type=DeploymentResult
+            rollback_workflow_id(deployment_id), result_type=DeploymentResult
         )
         try:
             return await handle.result()
         except WorkflowFailureError as err:
             raise (_refusal(err) or err) from err
-
-
-def _initial_attributes(tenant_id: uuid.UUID, project_id: uuid.UUID) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(TENANT_ID, str(tenant_id)),
-            SearchAttributePair(PROJECT_ID, str(project_id)),
-            SearchAttributePair(PROMPT_STATUS, PromptStatus.RECEIVED.value),
-        ]
-    )

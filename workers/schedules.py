@@ -18,10 +18,13 @@ from temporalio.client import (
 
 from workflows.billing import LedgerSweepWorkflow, PlanGrantWorkflow
 from workflows.contracts.billing import GrantPlanTokens, SweepExpiredHolds
+from workflows.contracts.ids import (
+    LEDGER_SWEEP_SCHEDULE_ID,
+    PLAN_GRANT_SCHEDULE_ID,
+    scheduled_run_workflow_id,
+)
 
-LEDGER_SWEEP_SCHEDULE_ID = "changeflow-ledger-sweep"
 LEDGER_SWEEP_INTERVAL = timedelta(minutes=1)
-PLAN_GRANT_SCHEDULE_ID = "changeflow-plan-grants"
 # A scheduler or fleet down over a month's start still grants that month when it is back.
 PLAN_GRANT_CATCHUP = timedelta(days=62)
 
@@ -34,7 +37,7 @@ async def ensure_sweep_schedule(
         action=ScheduleActionStartWorkflow(
             LedgerSweepWorkflow.run,
             SweepExpiredHolds(),
-            id=f"{LEDGER_SWEEP_SCHEDULE_ID}-run",
+            id=scheduled_run_workflow_id(LEDGER_SWEEP_SCHEDULE_ID),
             task_queue=task_queue,
             execution_timeout=timedelta(minutes=10),
         ),
@@ -61,7 +64,7 @@ async def ensure_plan_grant_schedule(client: Client, task_queue: str) -> bool:
         action=ScheduleActionStartWorkflow(
             PlanGrantWorkflow.run,
             GrantPlanTokens(),
-            id=f"{PLAN_GRANT_SCHEDULE_ID}-run",
+            id=scheduled_run_workflow_id(PLAN_GRANT_SCHEDULE_ID),
             task_queue=task_queue,
             execution_timeout=timedelta(hours=1),
         ),

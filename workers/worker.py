@@ -24,13 +24,9 @@ from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
 from workers.registry import Dependencies
-from workers.schedules import (
-    LEDGER_SWEEP_SCHEDULE_ID,
-    PLAN_GRANT_SCHEDULE_ID,
-    ensure_plan_grant_schedule,
-    ensure_sweep_schedule,
-)
+from workers.schedules import ensure_plan_grant_schedule, ensure_sweep_schedule
 from workers.settings import ConfigurationError, Settings
+from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDULE_ID
 
 log = structlog.get_logger(__name__)
 

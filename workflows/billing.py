@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
         SweepExpiredHolds,
         SweepResult,
     )
+    from workflows.contracts.errors import NON_RETRYABLE_ERROR_TYPES
     from workflows.contracts.submitted import Submitted, parse_input
 
 
@@ -58,7 +59,7 @@ class PlanGrantWorkflow:
             GrantPlanTokens(period=period),
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=RetryPolicy(
-                maximum_attempts=10, non_retryable_error_types=["InvalidPeriod"]
+                maximum_attempts=10, non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
             ),
         )
         workflow.logger.info("granted %s to %d accounts", result.period, result.accounts)

@@ -15,27 +15,23 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
     TypedSearchAttributes,
 )
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
-    ChildWorkflowError,
     is_cancelled_exception,
 )
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.deployments import NON_RETRYABLE_ERRORS, DeploymentActivities
+    from activities.deployments import DeploymentActivities
     from activities.lane import LaneActivities
     from activities.releases import ReleaseActivities
     from activities.rollbacks import RollbackActivities
     from models.delivery import ChangeJobKind, DeploymentStatus
-    from workflows import search_attributes as sa
+    from workflows.contracts import search_attributes
     from workflows.contracts.deployment import (
-        BASE_MOVED,
         CheckLane,
         DeploymentInput,
         DeploymentProgress,
@@ -51,8 +47,15 @@ with workflow.unsafe.imports_passed_through():
         RollbackRequest,
         TransitionDeployment,
         VerificationOutcome,
-        deployment_workflow_id,
     )
+    from workflows.contracts.errors import (
+        NON_RETRYABLE_ERROR_TYPES,
+        ErrorType,
+        application_error,
+        error_message,
+        error_type,
+    )
+    from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
 
 # Short, idempotent database work: local activities (no round trip through the server), and
@@ -64,7 +67,7 @@ _BOOKKEEPING: dict[str, Any] = {
     "retry_policy": RetryPolicy(
         maximum_interval=timedelta(seconds=10),
         maximum_attempts=20,
-        non_retryable_error_types=NON_RETRYABLE_ERRORS,
+        non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
     ),
 }
 # A waiter looks at its place at most this far apart, however long the queue ahead.
@@ -72,29 +75,15 @@ _LANE_CHECK_CAP = timedelta(minutes=30)
 _RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE_ERRORS,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 
 
-def _upsert_missing(*attributes: tuple[SearchAttributeKey[str], str]) -> None:
-    """Upsert the search attributes the workflow was not started with: starters that know
-    them (the lifecycle, the lane's callers) set them at start, which costs no event and no
-    extra visibility write."""
+def _upsert_missing(wanted: TypedSearchAttributes) -> None:
     given = workflow.info().typed_search_attributes
-    missing = [key.value_set(value) for key, value in attributes if given.get(key) != value]
+    missing = search_attributes.missing_from(given, wanted)
     if missing:
         workflow.upsert_search_attributes(missing)
-
-
-def deployment_search_attributes(input: DeploymentInput) -> TypedSearchAttributes:
-    """What a parent starts a DeploymentWorkflow with (see _upsert_missing)."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(sa.TENANT_ID, str(input.tenant_id)),
-            SearchAttributePair(sa.PROJECT_ID, str(input.project_id)),
-            SearchAttributePair(sa.ENVIRONMENT, input.environment.value),
-        ]
-    )
 
 
 def _cancelled(err: BaseException) -> bool:
@@ -103,8 +92,8 @@ def _cancelled(err: BaseException) -> bool:
 
 def _raise_refusal(err: ActivityError) -> None:
     """Surface an activity's typed refusal (bad input) as this workflow's own failure."""
-    cause = err.cause
-    if isinstance(cause, ApplicationError) and cause.non_retryable:
+    cause = application_error(err.cause) if err.cause else None
+    if cause is not None and cause.non_retryable:
         raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
 
 
@@ -116,11 +105,6 @@ def _refused_state(refused: ApplicationError) -> DeploymentState:
         status=DeploymentStatus.FAILED,
         step=f"refused: {refused.message}",
     )
-
-
-def _failure_message(err: BaseException) -> str:
-    cause = err.cause if isinstance(err, ActivityError | ChildWorkflowError) else None
-    return str(cause or err)
 
 
 @workflow.defn(name="DeploymentWorkflow")
@@ -171,9 +155,9 @@ class DeploymentWorkflow:
             raise self._refused
         input = self._input
         _upsert_missing(
-            (sa.TENANT_ID, str(input.tenant_id)),
-            (sa.PROJECT_ID, str(input.project_id)),
-            (sa.ENVIRONMENT, input.environment.value),
+            search_attributes.deployment_attributes(
+                input.tenant_id, input.project_id, input.environment
+            )
         )
         lane_place = CheckLane(
             project_id=input.project_id,
@@ -289,7 +273,7 @@ class DeploymentWorkflow:
         except ActivityError as err:
             if _cancelled(err):
                 raise
-            workflow.logger.warning("nothing to roll back to: %s", _failure_message(err))
+            workflow.logger.warning("nothing to roll back to: %s", error_message(err))
             self._progress(DeploymentStatus.FAILED, "no earlier release to restore")
             return
         rollback_id = workflow.uuid4()
@@ -341,11 +325,10 @@ class DeploymentWorkflow:
         except ActivityError as err:
             if _cancelled(err):
                 raise
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == BASE_MOVED:
+            if error_type(err) == ErrorType.BASE_MOVED:
                 self._base_moved = not is_rollback
-                return None, await self._fail(step, f"release refused: {cause.message}")
-            return None, await self._fail(step, f"release failed: {_failure_message(err)}")
+                return None, await self._fail(step, f"release refused: {error_message(err)}")
+            return None, await self._fail(step, f"release failed: {error_message(err)}")
         if is_rollback:
             self._state.rollback_status = DeploymentStatus.VERIFYING
         else:
@@ -355,7 +338,7 @@ class DeploymentWorkflow:
         except ActivityError as err:
             if _cancelled(err):
                 raise
-            detail = f"verification could not run: {_failure_message(err)}"
+            detail = f"verification could not run: {error_message(err)}"
             return released, await self._fail(step, detail)
 
     async def _fail(self, step: ReleaseStep, detail: str) -> VerificationOutcome:
@@ -528,9 +511,15 @@ class RollbackWorkflow:
         if self._refused is not None:
             raise self._refused
         request = self._request
-        deployment_id = request.deployment_id or self._id_from_workflow_id() or workflow.uuid4()
+        deployment_id = (
+            request.deployment_id
+            or deployment_id_of_rollback(workflow.info().workflow_id)
+            or workflow.uuid4()
+        )
         self._state.deployment_id = deployment_id
-        workflow.upsert_search_attributes([sa.TENANT_ID.value_set(str(request.tenant_id))])
+        workflow.upsert_search_attributes(
+            [search_attributes.TENANT_ID.value_set(str(request.tenant_id))]
+        )
         try:
             plan = await workflow.execute_local_activity_method(
                 RollbackActivities.plan_rollback,
@@ -549,8 +538,8 @@ class RollbackWorkflow:
         self._state.rollback_of = plan.live_deployment_id
         workflow.upsert_search_attributes(
             [
-                sa.PROJECT_ID.value_set(str(plan.project_id)),
-                sa.ENVIRONMENT.value_set(plan.environment.value),
+                search_attributes.PROJECT_ID.value_set(str(plan.project_id)),
+                search_attributes.ENVIRONMENT.value_set(plan.environment.value),
             ]
         )
         reason = f": {request.reason}" if request.reason else ""
@@ -570,7 +559,9 @@ class RollbackWorkflow:
             DeploymentWorkflow.run,
             deployment,
             id=deployment_workflow_id(deployment_id),
-            search_attributes=deployment_search_attributes(deployment),
+            search_attributes=search_attributes.deployment_attributes(
+                deployment.tenant_id, deployment.project_id, deployment.environment
+            ),
             static_summary=(
                 f"Rollback of {plan.environment.value} to {plan.commit_sha[:12]} "
                 f"(deployment {request.target_deployment_id}){reason}"
@@ -583,13 +574,3 @@ class RollbackWorkflow:
             self._state.step += f"; rollback {result.rollback_status.value}"
         self._state.queue_position = None
         return result
-
-    def _id_from_workflow_id(self) -> uuid.UUID | None:
-        prefix = "rollback-"
-        workflow_id = workflow.info().workflow_id
-        if workflow_id.startswith(prefix):
-            try:
-                return uuid.UUID(workflow_id.removeprefix(prefix))
-            except ValueError:
-                return None
-        return None

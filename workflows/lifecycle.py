@@ -15,12 +15,13 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.delivery import DeliveryActivities
+    from models.billing import HoldStatus
     from models.delivery import (
         ApprovalDecision,
         DeploymentEnvironment,
@@ -28,12 +29,21 @@ with workflow.unsafe.imports_passed_through():
         PlanApprovalStatus,
         PromptStatus,
     )
+    from models.transitions import is_terminal
     from workflows.contracts.billing import ChargeTokens, ReleaseHold, ReserveTokens, SettleHold
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
     )
+    from workflows.contracts.errors import (
+        NON_RETRYABLE_ERROR_TYPES,
+        ErrorType,
+        error_message,
+        error_type,
+        refused,
+    )
+    from workflows.contracts.ids import deployment_workflow_id
     from workflows.contracts.lifecycle import (
         MAX_REBASE_ROUNDS,
         AppliedChangeView,
@@ -43,7 +53,6 @@ with workflow.unsafe.imports_passed_through():
         ApproveRequest,
         DeploymentSummary,
         HoldState,
-        LifecycleErrorType,
         OpenApproval,
         PlannedRevision,
         PlanRequest,
@@ -57,63 +66,43 @@ with workflow.unsafe.imports_passed_through():
         SetRequestStatus,
         check_prompt,
         check_reason,
-        refused,
     )
-    from workflows.contracts.submitted import Submitted, parse_input
-    from workflows.search_attributes import (
-        ENVIRONMENT,
-        PROJECT_ID,
+    from workflows.contracts.search_attributes import (
         PROMPT_STATUS,
         RISK_LEVEL,
-        TENANT_ID,
+        deployment_attributes,
+        missing_from,
+        prompt_request_attributes,
     )
+    from workflows.contracts.submitted import Submitted, parse_input
 
 T = TypeVar("T")
 
-INSUFFICIENT_TOKENS = "InsufficientTokens"
 # Refusals of the request itself: the workflow fails with the same typed error.
 REQUEST_REFUSALS = {
-    LifecycleErrorType.UNKNOWN_TENANT,
-    LifecycleErrorType.UNKNOWN_PROJECT,
-    LifecycleErrorType.UNKNOWN_USER,
-    LifecycleErrorType.USER_OF_ANOTHER_TENANT,
-    LifecycleErrorType.EMPTY_PROMPT,
-    LifecycleErrorType.PROMPT_TOO_LONG,
+    ErrorType.UNKNOWN_TENANT,
+    ErrorType.UNKNOWN_PROJECT,
+    ErrorType.UNKNOWN_USER,
+    ErrorType.USER_OF_ANOTHER_TENANT,
 }
-NON_RETRYABLE = [
-    *(t.value for t in LifecycleErrorType),
-    "IdempotencyConflict",
-    "HoldNotActive",
-    "AccountNotFound",
-    "InvalidAmount",
-    "IllegalTransition",
-]
-RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE)
+RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
+)
 # Short: a worker that dies mid-step has its step retried elsewhere after this long.
 DB_TIMEOUT = timedelta(seconds=30)
+# Short, idempotent database steps (ledger operations, status and approval rows) run as local
+# activities: no task queue round trip, no extra workflow task. They are registered on the
+# workflow's worker (workers/registry.py, lifecycle_activities) and keyed like activities, so a
+# retry after a crash lands on the same row or ledger key.
+DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy": RETRY}
+# A local activity's failure reaches the workflow as its ApplicationError, not wrapped in an
+# ActivityError as an activity task's does.
+LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
+APPROVED_BY_POLICY = "approved by policy"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
-
-
-def error_type(err: BaseException) -> str | None:
-    """The ApplicationError type behind an activity or child failure."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.type
-        cause = cause.__cause__
-    return None
-
-
-def error_message(err: BaseException) -> str:
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError):
-            return cause.message
-        cause = cause.__cause__
-    return str(err)
 
 
 class RequestEnded(Exception):
@@ -164,16 +153,10 @@ class PromptRequestWorkflow:
             raise self._refused_at_submission(self._refused)
         request = self._input
         # The client starts the request with these; upsert only what it did not set.
-        given = workflow.info().typed_search_attributes
-        missing = [
-            key.value_set(value)
-            for key, value in (
-                (TENANT_ID, str(request.tenant_id)),
-                (PROJECT_ID, str(request.project_id)),
-                (PROMPT_STATUS, self._status.value),
-            )
-            if given.get(key) != value
-        ]
+        missing = missing_from(
+            workflow.info().typed_search_attributes,
+            prompt_request_attributes(request.tenant_id, request.project_id, self._status),
+        )
         if missing:
             workflow.upsert_search_attributes(missing)
         try:
@@ -190,6 +173,12 @@ class PromptRequestWorkflow:
 
     async def _lifecycle(self) -> PromptRequestResult:
         request = self._input
+        try:
+            # Checked here (a revision's prompt by its validator), so that no activity payload
+            # ever carries a prompt that is refused.
+            check_prompt(request.prompt)
+        except ApplicationError as refusal:
+            raise self._refused_at_submission(refusal) from None
         await self._plan_revision(request.prompt, revision=1)
         await self._hold_estimate()
         await self._seek_approval(allow_auto=True)
@@ -220,9 +209,9 @@ class PromptRequestWorkflow:
             return await self._shielded(self._apply(round))
         except ActivityError as err:
             if error_type(err) not in (
-                LifecycleErrorType.REBASE_CONFLICT,
-                LifecycleErrorType.CHANGE_REQUEST_INVALID,
-                LifecycleErrorType.REPOSITORY_ERROR,
+                ErrorType.REBASE_CONFLICT,
+                ErrorType.CHANGE_REQUEST_INVALID,
+                ErrorType.REPOSITORY_ERROR,
             ):
                 raise
             await self._close_holds(charge=self._chargeable())
@@ -238,32 +227,20 @@ class PromptRequestWorkflow:
         """When applying made a new plan revision (overspent, or rebased onto other lines),
         hold what it costs more and have it approved before anything ships."""
         if applied.repriced_plan is None:
-            self._set_status(PromptStatus.DEPLOYING_STAGING)  # apply_change persisted it
-            return
-        reason = applied.reapproval_reason or "overspent the approved estimate"
+            return  # apply_change persisted DEPLOYING_STAGING with its work
         self._adopt_plan(applied.repriced_plan)
-        self._set_status(PromptStatus.AWAITING_APPROVAL, reason)
+        # The reason is persisted with the approval it asks for (open_approval).
+        self._set_status(PromptStatus.AWAITING_APPROVAL, applied.reapproval_reason)
         extra = self._tokens_used - self._held()
         await self._hold(extra, revision=applied.repriced_plan.revision)
         await self._seek_approval(allow_auto=False)
         await self._persist_status(PromptStatus.DEPLOYING_STAGING)
-        self._set_status(PromptStatus.DEPLOYING_STAGING)
 
     async def _ship(self) -> bool:
         """Staging, then production; False when production refused the commit because the
         default branch moved (nothing was released)."""
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
-            persisting: asyncio.Future[None] | None = None
-            if environment is DeploymentEnvironment.PRODUCTION:
-                # Persisted while the production deployment starts: neither waits for the
-                # other, and the outcome is only acted on once the status is written.
-                # _deploy shows the status itself.
-                persisting = asyncio.ensure_future(
-                    self._persist_status(PromptStatus.DEPLOYING_PRODUCTION, announce=False)
-                )
             outcome = await self._deploy(environment)
-            if persisting is not None:
-                await persisting
             if outcome.base_moved:
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
@@ -275,31 +252,22 @@ class PromptRequestWorkflow:
     async def _plan_revision(self, prompt: str, *, revision: int) -> None:
         self._set_step(f"planning revision {revision}")
         try:
-            # Here, not only in the activity: no payload carries a prompt that is refused.
-            check_prompt(prompt)
-        except ApplicationError as refusal:
-            raise self._refused_at_submission(refusal) from None
-        try:
             planned = await self._shielded(self._run_plan(prompt, revision))
         except ActivityError as err:
             kind = error_type(err)
             if kind in REQUEST_REFUSALS:
                 # Nothing was persisted: the request itself is refused, with the same type.
                 raise self._refused_at_submission(
-                    ApplicationError(error_message(err), type=kind, non_retryable=True)
+                    refused(ErrorType(kind), error_message(err))
                 ) from err
             if kind in (
-                LifecycleErrorType.CHANGE_REQUEST_INVALID,
-                LifecycleErrorType.REPOSITORY_ERROR,
+                ErrorType.CHANGE_REQUEST_INVALID,
+                ErrorType.REPOSITORY_ERROR,
             ):
                 await self._end(PromptStatus.FAILED, error_message(err))
             raise
         if not planned.open:
-            raise ApplicationError(
-                "the request was closed while it was planned",
-                type=LifecycleErrorType.REQUEST_CLOSED,
-                non_retryable=True,
-            )
+            raise refused(ErrorType.REQUEST_CLOSED, "the request was closed while it was planned")
 
     async def _run_plan(self, prompt: str, revision: int) -> PlannedRevision:
         request = self._input
@@ -313,6 +281,7 @@ class PromptRequestWorkflow:
                 requested_by=request.requested_by,
                 prompt=prompt,
                 revision=revision,
+                status=PromptStatus.PLANNING,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
@@ -340,8 +309,8 @@ class PromptRequestWorkflow:
         self._set_step(f"reserving {amount} tokens")
         try:
             await self._shielded(self._reserve(amount, revision))
-        except ActivityError as err:
-            if error_type(err) != INSUFFICIENT_TOKENS:
+        except LOCAL_STEP_FAILURES as err:
+            if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             reason = f"insufficient tokens: {error_message(err)}"
             await self._close_holds(charge=self._chargeable())
@@ -349,7 +318,7 @@ class PromptRequestWorkflow:
 
     async def _reserve(self, amount: int, revision: int) -> None:
         policy = self._require_policy()
-        hold = await workflow.execute_activity_method(
+        hold = await workflow.execute_local_activity_method(
             BillingActivities.reserve_tokens,
             ReserveTokens(
                 tenant_id=self._input.tenant_id,
@@ -358,14 +327,15 @@ class PromptRequestWorkflow:
                 ttl_seconds=policy.plan_ttl_seconds + HOLD_MARGIN_SECONDS,
                 description=f"prompt request {self._input.prompt_request_id} r{revision}",
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
-        self._holds.append(HoldState(hold_id=hold.hold_id, amount=hold.amount, status="active"))
+        self._holds.append(
+            HoldState(hold_id=hold.hold_id, amount=hold.amount, status=HoldStatus.ACTIVE)
+        )
 
     def _held(self) -> int:
         """Tokens on active holds: what the approved plan may use."""
-        return sum(hold.amount for hold in self._holds if hold.status == "active")
+        return sum(hold.amount for hold in self._holds if hold.status is HoldStatus.ACTIVE)
 
     def _chargeable(self) -> int:
         """Tokens to charge when the request ends early: the applied work, up to what was held
@@ -382,7 +352,7 @@ class PromptRequestWorkflow:
         """
         remaining = charge
         for index, hold in enumerate(self._holds):
-            if hold.status != "active":
+            if hold.status is not HoldStatus.ACTIVE:
                 continue
             amount = min(remaining, hold.amount)
             remaining -= amount
@@ -392,7 +362,7 @@ class PromptRequestWorkflow:
 
     async def _charge_beyond_holds(self, amount: int) -> None:
         try:
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 BillingActivities.charge_tokens,
                 ChargeTokens(
                     tenant_id=self._input.tenant_id,
@@ -401,11 +371,10 @@ class PromptRequestWorkflow:
                     description=f"prompt request {self._input.prompt_request_id}: "
                     "work beyond the estimate, within the tolerance",
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
-        except ActivityError as err:
-            if error_type(err) != INSUFFICIENT_TOKENS:
+        except LOCAL_STEP_FAILURES as err:
+            if error_type(err) != ErrorType.INSUFFICIENT_TOKENS:
                 raise
             # The account's floor wins over the tolerance: the rest goes uncharged.
             workflow.logger.warning("tokens beyond the estimate left uncharged: %s", err)
@@ -416,7 +385,7 @@ class PromptRequestWorkflow:
         hold = self._holds[index]
         if amount > 0:
             self._set_step(f"settling {amount} tokens")
-            settlement = await workflow.execute_activity_method(
+            settlement = await workflow.execute_local_activity_method(
                 BillingActivities.settle_hold,
                 SettleHold(
                     hold_id=hold.hold_id,
@@ -424,19 +393,17 @@ class PromptRequestWorkflow:
                     step=f"settle:{index}",
                     description=f"prompt request {self._input.prompt_request_id}",
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
-            hold.status, hold.settled = "settled", settlement.settled
+            hold.status, hold.settled = HoldStatus.SETTLED, settlement.settled
             self._tokens_settled += settlement.settled
         else:
-            await workflow.execute_activity_method(
+            await workflow.execute_local_activity_method(
                 BillingActivities.release_hold,
                 ReleaseHold(hold_id=hold.hold_id, step=f"release:{index}"),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
-            hold.status = "released"
+            hold.status = HoldStatus.RELEASED
 
     # ---------------------------------------------------------------- approval
 
@@ -491,22 +458,27 @@ class PromptRequestWorkflow:
         )
 
     async def _open_approval(self, plan: PlanSummary, auto: bool) -> None:
-        await workflow.execute_activity_method(
+        if auto:
+            status, reason = PromptStatus.APPROVED, APPROVED_BY_POLICY
+        else:
+            # A repriced plan keeps the reason it needs approving again for.
+            status = PromptStatus.AWAITING_APPROVAL
+            reason = self._reason if self._status is PromptStatus.AWAITING_APPROVAL else ""
+        await workflow.execute_local_activity_method(
             DeliveryActivities.open_approval,
             OpenApproval(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
                 hold_id=self._holds[-1].hold_id if self._holds else None,
                 auto_approved=auto,
+                status=status,
+                reason=reason,
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
         if auto:
             plan.approval_status = PlanApprovalStatus.AUTO_APPROVED
-            self._set_status(PromptStatus.APPROVED, "approved by policy")
-        elif self._status is not PromptStatus.AWAITING_APPROVAL:
-            self._set_status(PromptStatus.AWAITING_APPROVAL)
+        self._set_status(status, reason)
 
     async def _apply_revision(self) -> None:
         """Plan the amended prompt; earlier approvals are void and the hold is swapped."""
@@ -526,33 +498,33 @@ class PromptRequestWorkflow:
         plan = self._plan
         if self._deciding:
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 "another decision has just settled this plan; it no longer awaits approval",
             )
         if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None:
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 f"the request is {self._status.value}, not awaiting approval",
             )
         role = self._roster.get(user_id)
         if role is None:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {user_id} is not a member of this request's tenant",
             )
         if user_id == self._input.requested_by:
             raise refused(
-                LifecycleErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
+                ErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
             )
         policy = self._require_policy()
         if role not in policy.approver_roles:
             raise refused(
-                LifecycleErrorType.ROLE_MAY_NOT_APPROVE,
+                ErrorType.ROLE_MAY_NOT_APPROVE,
                 f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
             )
         if content_hash != plan.content_hash:
             raise refused(
-                LifecycleErrorType.STALE_PLAN_HASH,
+                ErrorType.STALE_PLAN_HASH,
                 f"plan hash {content_hash[:12]} is stale; the current plan is "
                 f"revision {plan.revision} with hash {plan.content_hash}",
             )
@@ -609,7 +581,14 @@ class PromptRequestWorkflow:
         closes = closes and not self._deciding
         if closes:
             self._deciding = True
-        await workflow.execute_activity_method(
+        plan_status, status, status_reason = None, None, ""
+        if closes:
+            approved = record.decision is ApprovalDecision.APPROVE
+            plan_status = PlanApprovalStatus.APPROVED if approved else PlanApprovalStatus.REJECTED
+            status = PromptStatus.APPROVED if approved else PromptStatus.REJECTED
+            # A rejection's reason is the request's; an approval's comment stays with it.
+            status_reason = "" if approved else record.reason
+        await workflow.execute_local_activity_method(
             DeliveryActivities.record_decision,
             RecordDecision(
                 prompt_request_id=self._input.prompt_request_id,
@@ -618,24 +597,18 @@ class PromptRequestWorkflow:
                 decision=record.decision,
                 content_hash=record.content_hash,
                 reason=record.reason,
-                closes_plan=closes,
+                plan_status=plan_status,
+                status=status,
+                status_reason=status_reason,
             ),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=RETRY,
+            **DB_STEP,
         )
-        if closes:
-            plan.approval_status = (
-                PlanApprovalStatus.APPROVED
-                if record.decision is ApprovalDecision.APPROVE
-                else PlanApprovalStatus.REJECTED
-            )
+        if plan_status is not None and status is not None:
+            plan.approval_status = plan_status
             self._decision = record.decision
             self._deciding = False
             # The update's answer shows the state reached, not the one it started from.
-            if record.decision is ApprovalDecision.APPROVE:
-                self._set_status(PromptStatus.APPROVED)
-            else:
-                self._set_status(PromptStatus.REJECTED, record.reason or "")
+            self._set_status(status, status_reason)
 
     @workflow.update
     async def revise(self, submitted: Submitted[ReviseRequest]) -> PromptRequestStatus:
@@ -657,12 +630,12 @@ class PromptRequestWorkflow:
             or self._applied
         ):
             raise refused(
-                LifecycleErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.NOT_AWAITING_APPROVAL,
                 "only a plan awaiting approval before the change is applied can be revised",
             )
         if revision.user_id not in self._roster:
             raise refused(
-                LifecycleErrorType.USER_OF_ANOTHER_TENANT,
+                ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {revision.user_id} is not a member of this request's tenant",
             )
         check_prompt(revision.prompt)
@@ -726,6 +699,7 @@ class PromptRequestWorkflow:
                 overspend_tolerance_pct=policy.overspend_tolerance_pct,
                 plan_ttl_seconds=policy.plan_ttl_seconds,
                 round=round,
+                status=PromptStatus.DEPLOYING_STAGING,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
@@ -752,8 +726,9 @@ class PromptRequestWorkflow:
             deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
         )
         self._deployments[deployment_id] = state
+        persisting: asyncio.Future[None] | None = None
         try:
-            result = await workflow.execute_child_workflow(
+            child = await workflow.start_child_workflow(
                 "DeploymentWorkflow",
                 DeploymentInput(
                     deployment_id=deployment_id,
@@ -766,18 +741,21 @@ class PromptRequestWorkflow:
                     parent_workflow_id=workflow.info().workflow_id,
                     deploy_task_queue=self._input.deploy_task_queue,
                 ),
-                id=f"deployment-{deployment_id}",
+                id=deployment_workflow_id(deployment_id),
                 # Started with its search attributes, so it need not upsert them.
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(TENANT_ID, str(self._input.tenant_id)),
-                        SearchAttributePair(PROJECT_ID, str(self._input.project_id)),
-                        SearchAttributePair(ENVIRONMENT, environment.value),
-                    ]
+                search_attributes=deployment_attributes(
+                    self._input.tenant_id, self._input.project_id, environment
                 ),
                 result_type=DeploymentResult,
                 static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
             )
+            if environment is DeploymentEnvironment.PRODUCTION:
+                # Written beside the running deployment, not before it starts (staging's status
+                # came with apply_change); the outcome is acted on once it is written.
+                persisting = asyncio.ensure_future(
+                    self._persist_status(PromptStatus.DEPLOYING_PRODUCTION, announce=False)
+                )
+            result = await child
         except ChildWorkflowError as err:
             if workflow.cancellation_reason() is not None:
                 raise asyncio.CancelledError("cancelled while deploying") from err
@@ -789,6 +767,8 @@ class PromptRequestWorkflow:
                 verified=False,
                 verification_output=error_message(err),
             )
+        if persisting is not None:
+            await persisting
         if workflow.cancellation_reason() is not None:
             # The child finished its own compensation and returned instead of raising.
             raise asyncio.CancelledError("cancelled while deploying")
@@ -842,7 +822,7 @@ class PromptRequestWorkflow:
         """Write the request's status; with announce, also show it (status query, search
         attribute) once written."""
         await self._shielded(
-            workflow.execute_activity_method(
+            workflow.execute_local_activity_method(
                 DeliveryActivities.set_request_status,
                 SetRequestStatus(
                     prompt_request_id=self._input.prompt_request_id,
@@ -851,8 +831,7 @@ class PromptRequestWorkflow:
                     plan_status=plan_status,
                     tokens_used=tokens_used,
                 ),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=RETRY,
+                **DB_STEP,
             )
         )
         if announce:
@@ -875,14 +854,7 @@ class PromptRequestWorkflow:
         """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""
         self._set_step("cancelling")
         await self._drain_steps()
-        if self._status in (
-            PromptStatus.COMPLETED,
-            PromptStatus.REJECTED,
-            PromptStatus.EXPIRED,
-            PromptStatus.FAILED,
-            PromptStatus.ROLLED_BACK,
-            PromptStatus.CANCELLED,
-        ):
+        if is_terminal(self._status):
             return
         await self._close_holds(charge=self._chargeable())
         if self._status is not PromptStatus.RECEIVED:  # RECEIVED: nothing was ever persisted

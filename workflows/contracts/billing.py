@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictInt
 
+from models.billing import HoldStatus
+
 # Strict: JSON `true`, `5.0` or `"5"` is refused, not read as a number of tokens.
 Tokens = Annotated[StrictInt, Field(ge=0)]
 PositiveTokens = Annotated[StrictInt, Field(gt=0)]
@@ -24,7 +26,7 @@ class HoldView(BaseModel):
     hold_id: uuid.UUID
     account_id: uuid.UUID
     amount: int
-    status: str
+    status: HoldStatus
     expires_at: datetime
 
 

@@ -8,13 +8,10 @@ from pydantic import BaseModel, Field
 from models.delivery import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
-# ApplicationError.type of a production release refused because its commit does not descend
-# from the project's default branch (it moved since the change was committed): not retryable.
-BASE_MOVED = "BaseMoved"
 
 
 class DeploymentInput(BaseModel):
-    """Start of a DeploymentWorkflow; its workflow id is f"deployment-{deployment_id}"."""
+    """Start of a DeploymentWorkflow; its workflow id is ids.deployment_workflow_id."""
 
     deployment_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -80,7 +77,7 @@ class RollbackRequest(BaseModel):
     target_deployment_id: uuid.UUID
     requested_by: uuid.UUID | None = None
     reason: str = ""
-    # The new rollback deployment's id; the workflow id is f"rollback-{deployment_id}".
+    # The new rollback deployment's id; the workflow id is ids.rollback_workflow_id.
     # Left unset, the workflow derives one deterministically.
     deployment_id: uuid.UUID | None = None
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
@@ -210,11 +207,3 @@ class VerificationOutcome(BaseModel):
     output: str
     log_url: str
     duration_s: float
-
-
-def deployment_workflow_id(deployment_id: uuid.UUID) -> str:
-    return f"deployment-{deployment_id}"
-
-
-def rollback_workflow_id(deployment_id: uuid.UUID) -> str:
-    return f"rollback-{deployment_id}"

@@ -1,21 +1,20 @@
 """Payloads of the prompt lifecycle: PromptRequestWorkflow's input, result, updates and status
 query, and the delivery activities behind it.
 
-Public contract (workflow id ``prompt-request-<prompt_request_id>``, type
+Public contract (workflow id ``ids.prompt_request_workflow_id``, type
 ``PromptRequestWorkflow``): start with ``PromptRequestInput``; updates ``approve``
 (``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
 a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
 ``PromptRequestResult``. Cancel with Temporal's cancel. Refusals and failures carry an
-``ApplicationError`` whose ``type`` is a ``LifecycleErrorType`` value (or ``InsufficientTokens``).
+``ApplicationError`` whose ``type`` is an ``ErrorType`` value (workflows.contracts.errors).
 """
 
-import enum
 import uuid
 from datetime import datetime
 
 from pydantic import BaseModel, Field
-from temporalio.exceptions import ApplicationError
 
+from models.billing import HoldStatus
 from models.delivery import (
     ApprovalDecision,
     DeploymentEnvironment,
@@ -25,7 +24,7 @@ from models.delivery import (
     RiskLevel,
 )
 from workflows.contracts.deployment import DEFAULT_DEPLOY_TASK_QUEUE
-from workflows.contracts.submitted import INVALID_REQUEST
+from workflows.contracts.errors import ErrorType, refused
 
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
@@ -34,47 +33,15 @@ MAX_REASON_CHARS = 2000
 MAX_REBASE_ROUNDS = 3
 
 
-def workflow_id_for(prompt_request_id: uuid.UUID) -> str:
-    return f"prompt-request-{prompt_request_id}"
-
-
-class LifecycleErrorType(enum.StrEnum):
-    """``ApplicationError.type`` of every refusal and failure; none is worth retrying."""
-
-    UNKNOWN_TENANT = "UnknownTenant"
-    UNKNOWN_PROJECT = "UnknownProject"
-    UNKNOWN_USER = "UnknownUser"
-    USER_OF_ANOTHER_TENANT = "UserOfAnotherTenant"
-    ROLE_MAY_NOT_APPROVE = "RoleMayNotApprove"
-    SELF_APPROVAL = "SelfApproval"
-    STALE_PLAN_HASH = "StalePlanHash"
-    NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
-    EMPTY_PROMPT = "EmptyPrompt"
-    PROMPT_TOO_LONG = "PromptTooLong"
-    EMPTY_REASON = "EmptyReason"
-    CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
-    REPOSITORY_ERROR = "RepositoryError"
-    REQUEST_CLOSED = "RequestClosed"
-    # The approved change does not apply to the project's default branch as it is now.
-    REBASE_CONFLICT = "RebaseConflict"
-    # Raised by the ledger's reserve_tokens; listed so callers find every type in one place.
-    INSUFFICIENT_TOKENS = "InsufficientTokens"
-    # A start input or update payload that does not fit its model (workflows.contracts.submitted).
-    INVALID_REQUEST = INVALID_REQUEST
-
-
-def refused(kind: LifecycleErrorType, message: str) -> ApplicationError:
-    return ApplicationError(message, type=kind.value, non_retryable=True)
-
-
 def check_prompt(prompt: str) -> None:
-    """Refuse a prompt the change engine cannot be asked about: checked by the typed client,
-    by the workflow before any activity carries the prompt, and by the planning activity."""
+    """Refuse a prompt the change engine cannot be asked about: the one prompt rule, applied by
+    the typed client before it starts anything and by the workflow (its start, the revise
+    validator) before any activity carries the prompt."""
     if not prompt.strip():
-        raise refused(LifecycleErrorType.EMPTY_PROMPT, "the prompt is empty")
+        raise refused(ErrorType.EMPTY_PROMPT, "the prompt is empty")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise refused(
-            LifecycleErrorType.PROMPT_TOO_LONG,
+            ErrorType.PROMPT_TOO_LONG,
             f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed",
         )
 
@@ -82,7 +49,7 @@ def check_prompt(prompt: str) -> None:
 def check_reason(reason: str) -> None:
     """A rejection says why: a blank reason is refused (its length is the model's rule)."""
     if not reason.strip():
-        raise refused(LifecycleErrorType.EMPTY_REASON, "a rejection needs a reason")
+        raise refused(ErrorType.EMPTY_REASON, "a rejection needs a reason")
 
 
 # --- The workflow's public payloads. ---
@@ -163,8 +130,7 @@ class DeploymentSummary(BaseModel):
 class HoldState(BaseModel):
     hold_id: uuid.UUID
     amount: int
-    # active, settled or released.
-    status: str
+    status: HoldStatus
     settled: int = 0
 
 
@@ -226,6 +192,8 @@ class PlanRequest(BaseModel):
     requested_by: uuid.UUID
     prompt: str
     revision: int = Field(default=1, ge=1)
+    # The status the request is in while it is planned (the workflow decides it).
+    status: PromptStatus = PromptStatus.PLANNING
 
 
 class PlannedRevision(BaseModel):
@@ -244,6 +212,9 @@ class OpenApproval(BaseModel):
     plan_id: uuid.UUID
     hold_id: uuid.UUID | None
     auto_approved: bool
+    # The request's status from now on (approved by policy, or awaiting people) and why.
+    status: PromptStatus
+    reason: str = ""
 
 
 class RecordDecision(BaseModel):
@@ -253,8 +224,11 @@ class RecordDecision(BaseModel):
     decision: ApprovalDecision
     content_hash: str
     reason: str = ""
-    # This decision settles the plan: enough approvals, or a rejection.
-    closes_plan: bool
+    # Set when this decision settles the plan (enough approvals, or a rejection): the statuses
+    # the plan and the request move to.
+    plan_status: PlanApprovalStatus | None = None
+    status: PromptStatus | None = None
+    status_reason: str = ""
 
 
 class ApplyChange(BaseModel):
@@ -266,6 +240,8 @@ class ApplyChange(BaseModel):
     plan_ttl_seconds: int
     # 1 for the first apply; later rounds rebase onto a default branch that moved meanwhile.
     round: int = 1
+    # The request's status while the change is applied and deployed to staging.
+    status: PromptStatus = PromptStatus.DEPLOYING_STAGING
 
 
 class AppliedChangeView(BaseModel):

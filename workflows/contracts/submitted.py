@@ -11,10 +11,10 @@ latter into one typed, non-retryable `InvalidRequest` that names the fields.
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError
-from temporalio.exceptions import ApplicationError
 from typing_extensions import TypeAliasType
 
-INVALID_REQUEST = "InvalidRequest"
+from workflows.contracts.errors import ErrorType, refused
+
 # Enough to name what is wrong without carrying a huge input's every problem in the failure.
 MAX_PROBLEMS_NAMED = 10
 
@@ -47,9 +47,8 @@ def parse_input(model: type[M], submitted: object) -> M:
     more = len(problems) - MAX_PROBLEMS_NAMED
     if more > 0:
         named += f"; and {more} more"
-    raise ApplicationError(
+    raise refused(
+        ErrorType.INVALID_REQUEST,
         f"invalid {model.__name__}: {named}",
         problems[:MAX_PROBLEMS_NAMED],
-        type=INVALID_REQUEST,
-        non_retryable=True,
     )

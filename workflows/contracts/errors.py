@@ -1,0 +1,93 @@
+"""Every typed error of the product: the `type` of the ApplicationError an activity or a workflow
+raises, in one enum, with the one builder of such an error and the one reader of it.
+
+Every type here is a refusal or a failure that retrying cannot mend, so the retry policies'
+non-retryable lists are this enum (NON_RETRYABLE_ERROR_TYPES), never a list kept by hand.
+"""
+
+import enum
+
+from temporalio.exceptions import ApplicationError
+
+
+class ErrorType(enum.StrEnum):
+    # --- a request to the prompt lifecycle
+    UNKNOWN_TENANT = "UnknownTenant"
+    UNKNOWN_PROJECT = "UnknownProject"
+    UNKNOWN_USER = "UnknownUser"
+    USER_OF_ANOTHER_TENANT = "UserOfAnotherTenant"
+    ROLE_MAY_NOT_APPROVE = "RoleMayNotApprove"
+    SELF_APPROVAL = "SelfApproval"
+    STALE_PLAN_HASH = "StalePlanHash"
+    NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
+    EMPTY_PROMPT = "EmptyPrompt"
+    PROMPT_TOO_LONG = "PromptTooLong"
+    EMPTY_REASON = "EmptyReason"
+    REQUEST_CLOSED = "RequestClosed"
+    # A start input or update payload that does not fit its model (workflows.contracts.submitted).
+    INVALID_REQUEST = "InvalidRequest"
+
+    # --- the change engine
+    CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
+    REPOSITORY_ERROR = "RepositoryError"
+    # The approved change does not apply to the project's default branch as it is now.
+    REBASE_CONFLICT = "RebaseConflict"
+
+    # --- the token ledger (activities.ledger's exceptions carry these)
+    LEDGER_ERROR = "LedgerError"
+    INSUFFICIENT_TOKENS = "InsufficientTokens"
+    IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
+    HOLD_NOT_ACTIVE = "HoldNotActive"
+    ACCOUNT_NOT_FOUND = "AccountNotFound"
+    INVALID_AMOUNT = "InvalidAmount"
+    ENTRY_NOT_REFUNDABLE = "EntryNotRefundable"
+    INVALID_PERIOD = "InvalidPeriod"
+
+    # --- deployments and rollbacks
+    DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+    PROJECT_NOT_FOUND = "ProjectNotFound"
+    PLAN_NOT_FOUND = "PlanNotFound"
+    ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
+    ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
+    NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
+    # A production release refused because its commit does not descend from the project's
+    # default branch (it moved since the change was committed).
+    BASE_MOVED = "BaseMoved"
+
+    # --- the deploy target (activities.deploy_target's exceptions, by class name)
+    DEPLOY_TARGET_ERROR = "DeployTargetError"
+    UNKNOWN_COMMIT = "UnknownCommit"
+    INVALID_ENVIRONMENT = "InvalidEnvironment"
+    RELEASE_CONFLICT = "ReleaseConflict"
+
+    # --- a state change models.transitions does not allow (its exception's class name)
+    ILLEGAL_TRANSITION = "IllegalTransition"
+
+
+NON_RETRYABLE_ERROR_TYPES: list[str] = [kind.value for kind in ErrorType]
+
+
+def refused(kind: ErrorType, message: str, *details: object) -> ApplicationError:
+    """The typed, non-retryable ApplicationError of `kind`."""
+    return ApplicationError(message, *details, type=kind.value, non_retryable=True)
+
+
+def application_error(err: BaseException) -> ApplicationError | None:
+    """The ApplicationError behind an activity, child or workflow failure: the first one down
+    its cause chain (the error itself included), or None."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            return cause
+        cause = cause.__cause__
+    return None
+
+
+def error_type(err: BaseException) -> str | None:
+    found = application_error(err)
+    return found.type if found else None
+
+
+def error_message(err: BaseException) -> str:
+    found = application_error(err)
+    return found.message if found else str(err)

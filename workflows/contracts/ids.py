@@ -1,0 +1,52 @@
+"""Every workflow id and schedule id of the product, built and parsed here only.
+
+Ids are deterministic so that starting a workflow twice finds the first one (id reuse
+policies, update-with-start) and so that anyone holding the domain id can find its workflow.
+"""
+
+import uuid
+
+PROMPT_REQUEST_PREFIX = "prompt-request-"
+DEPLOYMENT_PREFIX = "deployment-"
+ROLLBACK_PREFIX = "rollback-"
+
+LEDGER_SWEEP_SCHEDULE_ID = "changeflow-ledger-sweep"
+PLAN_GRANT_SCHEDULE_ID = "changeflow-plan-grants"
+
+
+def prompt_request_workflow_id(prompt_request_id: uuid.UUID) -> str:
+    return f"{PROMPT_REQUEST_PREFIX}{prompt_request_id}"
+
+
+def deployment_workflow_id(deployment_id: uuid.UUID) -> str:
+    return f"{DEPLOYMENT_PREFIX}{deployment_id}"
+
+
+def rollback_workflow_id(deployment_id: uuid.UUID) -> str:
+    return f"{ROLLBACK_PREFIX}{deployment_id}"
+
+
+def deployment_id_of_rollback(workflow_id: str) -> uuid.UUID | None:
+    """The rollback deployment's id in a rollback workflow id; None for any other id."""
+    if not workflow_id.startswith(ROLLBACK_PREFIX):
+        return None
+    try:
+        return uuid.UUID(workflow_id.removeprefix(ROLLBACK_PREFIX))
+    except ValueError:
+        return None
+
+
+def scheduled_run_workflow_id(schedule_id: str) -> str:
+    """The id of the runs a schedule starts (Temporal appends each run's time to it)."""
+    return f"{schedule_id}-run"
+
+
+def plan_job_key(workflow_id: str | None, revision: int) -> str:
+    """The ChangeJob of planning one revision: a retried planning finds its job."""
+    return f"{workflow_id}:plan:{revision}"
+
+
+def apply_job_key(workflow_id: str | None, plan_id: uuid.UUID, round: int) -> str:
+    """The ChangeJob of applying one plan in one round (round 1 keeps its historic key)."""
+    key = f"{workflow_id}:apply:{plan_id}"
+    return key if round == 1 else f"{key}:round-{round}"
