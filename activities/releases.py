@@ -19,14 +19,9 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 
-from activities.change_engine import (
-    RepositoryError,
-    fast_forward,
-    is_ancestor,
-    resolve_commit,
-    restore_tree,
-)
+from activities.change_engine import RepositoryError
 from activities.deploy_target import DeployTarget, DeployTargetError
+from activities.git_store import fast_forward, is_ancestor, resolve_commit, restore_tree
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
 from models import (

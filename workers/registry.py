@@ -43,8 +43,8 @@ def workflows() -> list[type]:
 def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities
-    from activities.change_engine import GitChangeEngine
     from activities.delivery import DeliveryActivities
+    from activities.git_change_engine import GitChangeEngine
     from activities.ledger import Ledger
 
     billing = BillingActivities(Ledger(deps.sessions))
