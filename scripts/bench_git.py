@@ -49,13 +49,17 @@ DIFF = ("-c", "core.quotepath=off", "diff", "--no-color", "--no-ext-diff", "--no
 
 
 async def git(
-    repo: Path, *args: str, stdin: bytes | None = None, check: bool = True, **env: str
+    repo: Path,
+    *args: str,
+    stdin: bytes | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> str:
     process = await asyncio.create_subprocess_exec(
         "git", "-C", str(repo), *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", **env},
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1", **(env or {})},
     )  # fmt: skip
     out, err = await process.communicate(stdin)
     if check and process.returncode:
@@ -104,7 +108,7 @@ async def cli_build(repo: Path, base: str) -> tuple[str, str, list[str]]:
     summary = carry_out(cast(Workspace, ws), parse_prompt(SAFE_PROMPT))
     with tempfile.TemporaryDirectory(prefix="bench-index-") as scratch:
         index = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        await git(repo, "read-tree", base, **index)
+        await git(repo, "read-tree", base, env=index)
         entries = []
         for path, text in sorted(ws.edits.items()):
             assert text is not None
@@ -112,8 +116,8 @@ async def cli_build(repo: Path, base: str) -> tuple[str, str, list[str]]:
                              stdin=text.encode())  # fmt: skip
             entries.append(f"{ws.mode(path)} {blob.strip()}\t{path}\0")
         await git(repo, "update-index", "-z", "--index-info",
-                  stdin="".join(entries).encode(), **index)  # fmt: skip
-        tree = (await git(repo, "write-tree", **index)).strip()
+                  stdin="".join(entries).encode(), env=index)  # fmt: skip
+        tree = (await git(repo, "write-tree", env=index)).strip()
     numstat, _, diff = (await git(repo, *DIFF, "--numstat", "--patch", base, tree)).partition(
         "\n\n"
     )
@@ -139,7 +143,7 @@ async def cli_apply(repo: Path, base: str, branch: str) -> str:
                 for what, value in (("NAME", ENGINE_NAME), ("EMAIL", ENGINE_EMAIL),
                                     ("DATE", f"{date} +0000"))}  # fmt: skip
     commit = (await git(repo, "commit-tree", "--no-gpg-sign", tree, "-p", base,
-                        stdin=message.encode(), **identity)).strip()  # fmt: skip
+                        stdin=message.encode(), env=identity)).strip()  # fmt: skip
     await git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
     await git(repo, "update-ref", f"refs/heads/{branch}", commit, "0" * 40)
     return commit
