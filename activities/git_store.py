@@ -388,13 +388,15 @@ def _objects_dir(r: pygit2.Repository) -> Path:
 def _checkout(project: pygit2.Repository, commit: str, directory: Path) -> None:
     target = commit_at(project, commit)
     # Like `git clone --shared --no-checkout` and a detached checkout: a repository of its own
-    # that borrows the project's objects (the project is only read), HEAD at the commit.
-    checkout = pygit2.init_repository(str(directory))
-    alternates = Path(checkout.path) / "objects" / "info" / "alternates"
-    alternates.parent.mkdir(parents=True, exist_ok=True)
-    alternates.write_text(f"{_objects_dir(project)}\n")
+    # that borrows the project's objects (the project is only read), HEAD at the commit. Its
+    # git dir is written directly: `init` would first probe the file system with test files.
+    git_dir = directory / ".git"
+    (git_dir / "objects" / "info").mkdir(parents=True)
+    (git_dir / "refs" / "heads").mkdir(parents=True)
+    (git_dir / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
+    (git_dir / "objects" / "info" / "alternates").write_text(f"{_objects_dir(project)}\n")
+    (git_dir / "HEAD").write_text(f"{target.id}\n")
     checkout = pygit2.Repository(str(directory), RepositoryOpenFlag.NO_SEARCH)
-    checkout.set_head(target.id)
     checkout.checkout_tree(checkout[target.id], strategy=pygit2.enums.CheckoutStrategy.FORCE)
 
 
