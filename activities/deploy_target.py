@@ -373,7 +373,7 @@ async def _release_diff(repo: Path, previous: str | None, commit: str) -> str:
         target = r[commit]
         assert isinstance(target, pygit2.Commit)
         if previous is not None:
-            return diff_trees(r, r[previous].peel(pygit2.Tree).id, target.tree_id).patch
+            return diff_trees(r, previous, commit).patch
         if target.parents:
             own = diff_trees(r, target.parents[0].tree_id, target.tree_id)
         else:
