@@ -41,11 +41,18 @@ def git_raw(
     return run.stdout
 
 
-async def apply(repo: Path, prompt: str, branch: str = "change", onto: str | None = None) -> str:
+async def apply(
+    repo: Path, prompt: str, branch: str = "change", push: dict[str, str] | None = None
+) -> str:
+    """Plan `prompt` on main and commit it on `branch`; with `push`, someone pushes that config
+    change to main in between, and the change is rebased onto it."""
     proposal = await engine.plan(repo=repo, base_branch="main", prompt=prompt)
+    if push is not None:
+        push_config(repo, **push)
     applied = await engine.apply(
-        repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto
+        repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto="main"
     )
+    assert (applied.base_commit == proposal.base_commit) == (push is None)
     return applied.commit_sha
 
 
@@ -89,18 +96,19 @@ async def test_a_commit_is_its_own_ancestor_and_a_missing_one_is_nobodys(repo: P
 
 
 async def test_the_same_change_on_the_same_base_is_the_same_commit_in_any_run(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = create_sample_repo(tmp_path / "one")
     second = create_sample_repo(tmp_path / "two")
     assert git(first, "rev-parse", "main") == git(second, "rev-parse", "main")
     prompt = "set theme to dark; add a page faq"
     assert await apply(first, prompt) == await apply(second, prompt)
-    # Rebased onto the same push, too.
-    push_config(first, store_name="Corner Shop & Co")
-    push_config(second, store_name="Corner Shop & Co")
-    assert await apply(first, prompt, "rebased", onto="main") == await apply(
-        second, prompt, "rebased", onto="main"
+    # Rebased onto the same push (made at the same second in both), too.
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "1800000000 +0000")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "1800000000 +0000")
+    push = {"store_name": "Corner Shop & Co"}
+    assert await apply(first, prompt, "rebased", push) == await apply(
+        second, prompt, "rebased", push
     )
 
 
@@ -121,6 +129,30 @@ async def test_a_commit_is_byte_for_byte_what_git_commit_tree_makes(repo: Path) 
         repo, "commit-tree", f"{commit}^{{tree}}", "-p", "main", stdin=message, env=env
     )
     assert by_git.decode().strip() == commit
+
+
+async def test_a_rebased_commit_is_the_one_the_git_cli_made_before(repo: Path) -> None:
+    """merge-tree, then commit-tree of `git log --format=%B` (one newline more) on the head:
+    a rebase retried across the move to pygit2 makes the same commit."""
+    prompt = "set theme to dark"
+    approved = await apply(repo, prompt)
+    rebased = await apply(repo, prompt, "rebased", push={"store_name": "Corner Shop & Co"})
+    head = git(repo, "rev-parse", f"{rebased}^")
+    tree = git(repo, "merge-tree", "--write-tree", head, approved)
+    date = git(repo, "log", "-1", "--format=%ct", head)
+    identity = {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (
+            ("NAME", ENGINE_NAME),
+            ("EMAIL", ENGINE_EMAIL),
+            ("DATE", f"{date} +0000"),
+        )
+    }
+    message = git_raw(repo, "log", "-1", "--format=%B", approved)
+    env = {"PATH": "/usr/bin:/bin", **identity}
+    by_git = git_raw(repo, "commit-tree", tree, "-p", head, stdin=message, env=env)
+    assert by_git.decode().strip() == rebased
 
 
 # --- the 3-way rebase --------------------------------------------------------------------
