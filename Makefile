@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo dev test lint bench-ledger bench-lifecycle reconcile migrate clean
+.PHONY: install demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench-ledger: $(STAMP)
 
 bench-lifecycle: $(STAMP)
 	$(PY) -m scripts.bench_lifecycle
+
+bench-git: $(STAMP)
+	$(PY) -m scripts.bench_git
 
 clean:
 	rm -rf $(VENV) .changeflow *.egg-info

@@ -27,12 +27,11 @@ from activities.change_engine import (
     ChangeProposal,
     ChangeRequestInvalid,
     RebaseConflict,
-    assess_risk,
-    parse_unified_diff,
-    same_changed_lines,
 )
+from activities.diffs import parse_unified_diff, same_changed_lines
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
+from activities.risk import assess_risk
 from models import (
     Approval,
     ApprovalPolicy,

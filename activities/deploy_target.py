@@ -27,14 +27,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import pygit2
 from pydantic import BaseModel
 
-from activities.change_engine import (
-    RepositoryError,
+from activities.change_engine import RepositoryError
+from activities.git_store import (
+    checkout_commit,
+    diff_from_empty,
+    diff_trees,
     ensure_repository,
+    in_repository,
     move_ref,
+    peel_commit,
+    reference_target,
     resolve_commit,
-    run_git,
 )
 from models.base import utcnow
 
@@ -159,7 +165,7 @@ class GitDeployTarget:
         log_path = self.release_log(repo)
         record_path = self.release_record(repo, deployment_id, environment)
         async with self._project_lock(repo):
-            # The commit and the environment's release, read in one git call.
+            # The commit and the environment's release, read in one visit to the repository.
             commit, current = await _resolve_with(repo, commit_sha, ref)
             earlier = await asyncio.to_thread(_read_json, record_path)
             if earlier is not None:
@@ -211,13 +217,9 @@ class GitDeployTarget:
         previous: str | None,
         commit: str,
     ) -> Path:
-        if previous is None:
-            args: tuple[str, ...] = ("show", "--no-color", "--format=commit %H%n%n%B", commit)
-        else:
-            args = ("diff", "--no-color", "--no-ext-diff", "--full-index", previous, commit)
-        _, diff = await run_git(repo, *args)
+        diff = await _release_diff(repo, previous, commit)
         path = self.project_dir(repo) / "diffs" / f"{deployment_id}-{environment}.diff"
-        await asyncio.to_thread(_write_bytes, path, diff)
+        await asyncio.to_thread(_write_bytes, path, diff.encode())
         return path
 
     async def verify(
@@ -255,20 +257,12 @@ class GitDeployTarget:
             duration_s=round(time.monotonic() - started, 3),
         )
 
-    async def _checkout(self, repo: Path, commit: str, checkout: Path) -> None:
-        # A shared clone borrows the repository's objects: quick, and the repository is only read.
-        await asyncio.to_thread(shutil.rmtree, checkout, True)  # a previous attempt's leftovers
-        checkout.parent.mkdir(parents=True, exist_ok=True)
-        await run_git(
-            checkout.parent,
-            "clone",
-            "--quiet",
-            "--shared",
-            "--no-checkout",
-            str(await asyncio.to_thread(Path(repo).resolve)),
-            str(checkout),
-        )
-        await run_git(checkout, "checkout", "--quiet", "--detach", commit)
+    async def _checkout(self, repo: Path, commit: str, directory: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, directory, True)  # a previous attempt's leftovers
+        try:
+            await checkout_commit(repo, commit, directory)
+        except RepositoryError as exc:
+            raise DeployTargetError(str(exc)) from None
 
     async def _run_check(
         self,
@@ -354,29 +348,39 @@ async def _resolve(repo: Path, commit_sha: str) -> str:
 
 async def _resolve_with(repo: Path, commit_sha: str, ref: str) -> tuple[str, str | None]:
     """The full commit id of `commit_sha` and what `ref` points at (None: nothing), in one
-    git call."""
-    if not commit_sha.strip() or "\n" in commit_sha:
+    visit to the repository."""
+    if not commit_sha.strip():
         return await _resolve(repo, commit_sha), None  # refused there
-    question = f"{commit_sha}^{{commit}}\n{ref}^{{commit}}\n"
-    code, out = await run_git(
-        repo, "cat-file", "--batch-check", stdin=question.encode(), check=False
-    )
-    if code != 0:
-        await _ensure_repository(repo)
-        raise DeployTargetError(f"git cat-file failed in {repo}")
-    found = [_commit_of(line) for line in out.decode().splitlines()]
-    if len(found) != 2:
-        raise DeployTargetError(f"unexpected answer from git cat-file in {repo}: {out!r}")
-    commit, current = found
+
+    def read(r: pygit2.Repository) -> tuple[str | None, str | None]:
+        commit = peel_commit(r, commit_sha)
+        return (str(commit.id) if commit is not None else None), reference_target(r, ref)
+
+    try:
+        commit, current = await in_repository(repo, read)
+    except RepositoryError as exc:
+        raise DeployTargetError(str(exc)) from None
     if commit is None:
         raise UnknownCommit(f"{repo} has no commit {commit_sha!r}")
     return commit, current
 
 
-def _commit_of(line: str) -> str | None:
-    """The id in a `git cat-file --batch-check` answer about a commit, None when missing."""
-    sha, _, kind = line.partition(" ")
-    return sha if kind.startswith("commit ") and re.fullmatch(r"[0-9a-f]{40,64}", sha) else None
+async def _release_diff(repo: Path, previous: str | None, commit: str) -> str:
+    """What a release changes in its environment: the diff from the previous release, or for a
+    first release the commit itself (`git show`: its message, then its own diff)."""
+
+    def describe(r: pygit2.Repository) -> str:
+        target = r[commit]
+        assert isinstance(target, pygit2.Commit)
+        if previous is not None:
+            return diff_trees(r, previous, commit).patch
+        if target.parents:
+            own = diff_trees(r, target.parents[0].tree_id, target.tree_id)
+        else:
+            own = diff_from_empty(r, target.tree_id)
+        return f"commit {commit}\n\n{target.message}\n\n{own.patch}"
+
+    return await in_repository(repo, describe)
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.change_engine import fast_forward, is_ancestor, resolve_commit, restore_tree
 from activities.deploy_target import DeployTarget, DeployTargetError
 from activities.deployments import (
     MAX_OUTPUT_CHARS,
@@ -25,6 +24,7 @@ from activities.deployments import (
     transition,
     view,
 )
+from activities.git_store import fast_forward, is_ancestor, resolve_commit, restore_tree
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
 from activities.rollbacks import last_good_release

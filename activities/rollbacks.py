@@ -10,8 +10,9 @@ from sqlmodel import col, select
 from temporalio import activity
 
 from activities import deployments
-from activities.change_engine import RepositoryError, resolve_commit
+from activities.change_engine import RepositoryError
 from activities.deployments import not_found
+from activities.git_store import resolve_commit
 from models import Deployment, DeploymentPlan, DeploymentStatus, Project
 from models.db import SessionFactory
 from workflows.contracts.deployment import (

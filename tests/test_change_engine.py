@@ -7,14 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.change_engine import (
-    MAX_PROMPT_CHARS,
-    ChangeProposal,
-    ChangeRequestInvalid,
-    GitChangeEngine,
-    RepositoryError,
-    assess_risk,
-)
+from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RepositoryError
+from activities.git_change_engine import GitChangeEngine
+from activities.risk import assess_risk
 from models.delivery import RiskLevel
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
@@ -24,6 +19,7 @@ from scripts.sample_repo import (
     SAFE_PROMPT,
     create_sample_repo,
 )
+from workflows.contracts.lifecycle import MAX_PROMPT_CHARS
 
 engine = GitChangeEngine()
 

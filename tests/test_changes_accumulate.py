@@ -11,8 +11,9 @@ import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from activities.change_engine import AppliedChange, ChangeProposal, GitChangeEngine
+from activities.change_engine import AppliedChange, ChangeProposal
 from activities.delivery import DeliveryActivities
+from activities.git_change_engine import GitChangeEngine
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from activities.change_engine import GitChangeEngine
 from activities.deploy_target import (
     GitDeployTarget,
     InvalidEnvironment,
@@ -18,6 +17,7 @@ from activities.deploy_target import (
     _append_json_line,
     _write_json,
 )
+from activities.git_change_engine import GitChangeEngine
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     FAILS_IN_STAGING_PROMPT,

@@ -21,7 +21,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Replayer, Worker
 
-from activities.change_engine import GitChangeEngine
+from activities.git_change_engine import GitChangeEngine
 from models import (
     ChangeJob,
     ChangeJobKind,

@@ -9,9 +9,10 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.change_engine import AppliedChange, ChangeProposal, GitChangeEngine
+from activities.change_engine import AppliedChange, ChangeProposal
 from activities.delivery import DeliveryActivities
 from activities.deploy_target import GitDeployTarget, VerificationResult
+from activities.git_change_engine import GitChangeEngine
 from activities.releases import ReleaseActivities
 from models import (
     Deployment,

@@ -10,8 +10,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.change_engine import GitChangeEngine
 from activities.delivery import DeliveryActivities
+from activities.git_change_engine import GitChangeEngine
 from models import IllegalTransition, PromptRequest, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT

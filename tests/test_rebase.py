@@ -6,16 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from activities.change_engine import (
-    ChangeProposal,
-    ChangeRequestInvalid,
-    GitChangeEngine,
-    RebaseConflict,
-    changed_lines,
-    fast_forward,
-    restore_tree,
-    same_changed_lines,
-)
+from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RebaseConflict
+from activities.diffs import changed_lines, same_changed_lines
+from activities.git_change_engine import GitChangeEngine
+from activities.git_store import fast_forward, restore_tree
 from scripts.sample_repo import create_sample_repo
 from tests.lifecycle_support import git, push_config
 

@@ -39,9 +39,9 @@ def workflows() -> list[type]:
 def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities
-    from activities.change_engine import GitChangeEngine
     from activities.delivery import DeliveryActivities
     from activities.deployments import DeploymentActivities
+    from activities.git_change_engine import GitChangeEngine
     from activities.lane import LaneActivities
     from activities.ledger import Ledger
     from activities.rollbacks import RollbackActivities
