@@ -10,7 +10,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from models.delivery import RiskLevel
+from models.lifecycle import RiskLevel
 
 
 class ChangeProposal(BaseModel):

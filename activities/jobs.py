@@ -1,4 +1,4 @@
-"""ChangeJob bookkeeping shared by the delivery and release activities.
+"""ChangeJob bookkeeping shared by the lifecycle and release activities.
 
 A job's key is derived from the workflow id and the step, so the attempt that retries an
 activity finds and updates its own row instead of adding another.

@@ -3,7 +3,7 @@
 import re
 
 from activities.diffs import parse_unified_diff
-from models.delivery import RiskLevel
+from models.lifecycle import RiskLevel
 
 SENSITIVE_PATH = re.compile(r"checkout|payment|billing|stripe|paypal|adyen|invoice", re.I)
 SENSITIVE_CONFIG_KEY = re.compile(

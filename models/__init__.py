@@ -13,7 +13,7 @@ from models.commerce import (
     OrderSource,
     OrderStatus,
 )
-from models.delivery import (
+from models.lifecycle import (
     Approval,
     ApprovalDecision,
     ApprovalPolicy,

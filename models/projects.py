@@ -19,7 +19,7 @@ from models.base import (
 )
 
 if TYPE_CHECKING:
-    from models.delivery import PromptRequest
+    from models.lifecycle import PromptRequest
     from models.tenancy import Tenant
 
 

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 from models.billing import TokenDirection
 from models.commerce import ModuleExecutionStatus, OrderStatus
-from models.delivery import ChangeJobStatus, DeploymentStatus, PlanApprovalStatus, PromptStatus
+from models.lifecycle import ChangeJobStatus, DeploymentStatus, PlanApprovalStatus, PromptStatus
 from models.projects import ConnectorStatus
 from models.tenancy import PlanTier, UserRole
 

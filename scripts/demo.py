@@ -27,7 +27,7 @@ from temporalio.client import Client
 from activities.ledger import Ledger
 from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
 from models.db import SessionFactory, create_engine, session_factory
-from models.delivery import PromptStatus
+from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,

@@ -10,7 +10,7 @@ import pytest
 from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RepositoryError
 from activities.git_change_engine import GitChangeEngine
 from activities.risk import assess_risk
-from models.delivery import RiskLevel
+from models.lifecycle import RiskLevel
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     FAILS_IN_STAGING_PROMPT,

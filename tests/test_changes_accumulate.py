@@ -12,8 +12,8 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from activities.change_engine import AppliedChange, ChangeProposal
-from activities.delivery import DeliveryActivities
 from activities.git_change_engine import GitChangeEngine
+from activities.lifecycle import LifecycleActivities
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT
@@ -399,13 +399,13 @@ async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_r
 ) -> None:
     shop = await make_shop(sessions, tmp_path)
     engine = PushedAfterEveryApply()
-    delivery = DeliveryActivities(sessions, engine)
+    lifecycle = LifecycleActivities(sessions, engine)
     async with running_workers(
         client,
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[delivery.apply_change],
+        replace=[lifecycle.apply_change],
     ):
         result = await outcome(lifecycle, await submit(lifecycle, shop, "set theme to dark"))
 

@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from models import PromptStatus
 from models.billing import TokenHold, TokenLedgerRequest, TokenTransaction
 from models.db import SessionFactory
-from models.delivery import Approval, ChangeJob, Deployment, DeploymentPlan, PromptRequest
+from models.lifecycle import Approval, ChangeJob, Deployment, DeploymentPlan, PromptRequest
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import (
     human_policy,

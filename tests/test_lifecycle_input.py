@@ -20,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models import PromptStatus
 from models.db import SessionFactory
-from models.delivery import DeploymentStatus
+from models.lifecycle import DeploymentStatus
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import (
     Shop,

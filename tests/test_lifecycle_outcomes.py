@@ -10,9 +10,9 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from activities.change_engine import AppliedChange, ChangeProposal
-from activities.delivery import DeliveryActivities
 from activities.deploy_target import GitDeployTarget, VerificationResult
 from activities.git_change_engine import GitChangeEngine
+from activities.lifecycle import LifecycleActivities
 from activities.releases import ReleaseActivities
 from models import (
     Deployment,
@@ -289,13 +289,13 @@ async def test_cancelling_during_planning_persists_cancelled_and_holds_nothing(
 ) -> None:
     shop = await make_shop(sessions, tmp_path)
     gate = Gate()
-    delivery = DeliveryActivities(sessions, GatedEngine(gate))
+    lifecycle = LifecycleActivities(sessions, GatedEngine(gate))
     async with running_workers(
         client,
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[delivery.plan_request],
+        replace=[lifecycle.plan_request],
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
         await asyncio.wait_for(gate.reached.wait(), 30)

@@ -10,8 +10,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from activities.delivery import DeliveryActivities
 from activities.git_change_engine import GitChangeEngine
+from activities.lifecycle import LifecycleActivities
 from models import IllegalTransition, PromptRequest, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
@@ -82,15 +82,15 @@ async def test_a_status_activity_persists_the_status_it_is_given_and_refuses_an_
     async with sessions() as session:
         session.add(request)
         await session.commit()
-    delivery = DeliveryActivities(sessions, GitChangeEngine())
+    lifecycle = LifecycleActivities(sessions, GitChangeEngine())
 
     with pytest.raises(IllegalTransition):
         await ActivityEnvironment().run(
-            delivery.set_request_status,
+            lifecycle.set_request_status,
             SetRequestStatus(prompt_request_id=request.id, status=PromptStatus.COMPLETED),
         )
     await ActivityEnvironment().run(
-        delivery.set_request_status,
+        lifecycle.set_request_status,
         SetRequestStatus(
             prompt_request_id=request.id, status=PromptStatus.FAILED, reason="the engine is down"
         ),

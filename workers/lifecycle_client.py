@@ -32,7 +32,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.delivery import PromptStatus
+from models.lifecycle import PromptStatus
 from workflows.contracts.deployment import (
     DEFAULT_DEPLOY_TASK_QUEUE,
     DeploymentResult,

@@ -39,21 +39,21 @@ def workflows() -> list[type]:
 def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities
-    from activities.delivery import DeliveryActivities
     from activities.deployments import DeploymentActivities
     from activities.git_change_engine import GitChangeEngine
     from activities.lane import LaneActivities
     from activities.ledger import Ledger
+    from activities.lifecycle import LifecycleActivities
     from activities.rollbacks import RollbackActivities
 
     billing = BillingActivities(Ledger(deps.sessions))
-    delivery = DeliveryActivities(deps.sessions, GitChangeEngine())
+    lifecycle = LifecycleActivities(deps.sessions, GitChangeEngine())
     return [
-        delivery.plan_request,
-        delivery.open_approval,
-        delivery.record_decision,
-        delivery.apply_change,
-        delivery.set_request_status,
+        lifecycle.plan_request,
+        lifecycle.open_approval,
+        lifecycle.record_decision,
+        lifecycle.apply_change,
+        lifecycle.set_request_status,
         billing.reserve_tokens,
         billing.settle_hold,
         billing.release_hold,

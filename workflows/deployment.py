@@ -29,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.lane import LaneActivities
     from activities.releases import ReleaseActivities
     from activities.rollbacks import RollbackActivities
-    from models.delivery import ChangeJobKind, DeploymentStatus
+    from models.lifecycle import ChangeJobKind, DeploymentStatus
     from workflows.contracts import search_attributes
     from workflows.contracts.deployment import (
         CheckLane,

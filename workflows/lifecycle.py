@@ -20,9 +20,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
-    from activities.delivery import DeliveryActivities
+    from activities.lifecycle import LifecycleActivities
     from models.billing import HoldStatus
-    from models.delivery import (
+    from models.lifecycle import (
         ApprovalDecision,
         DeploymentEnvironment,
         DeploymentStatus,
@@ -273,7 +273,7 @@ class PromptRequestWorkflow:
         request = self._input
         self._set_status(PromptStatus.PLANNING)
         planned = await workflow.execute_activity_method(
-            DeliveryActivities.plan_request,
+            LifecycleActivities.plan_request,
             PlanRequest(
                 prompt_request_id=request.prompt_request_id,
                 tenant_id=request.tenant_id,
@@ -465,7 +465,7 @@ class PromptRequestWorkflow:
             status = PromptStatus.AWAITING_APPROVAL
             reason = self._reason if self._status is PromptStatus.AWAITING_APPROVAL else ""
         await workflow.execute_local_activity_method(
-            DeliveryActivities.open_approval,
+            LifecycleActivities.open_approval,
             OpenApproval(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
@@ -589,7 +589,7 @@ class PromptRequestWorkflow:
             # A rejection's reason is the request's; an approval's comment stays with it.
             status_reason = "" if approved else record.reason
         await workflow.execute_local_activity_method(
-            DeliveryActivities.record_decision,
+            LifecycleActivities.record_decision,
             RecordDecision(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
@@ -691,7 +691,7 @@ class PromptRequestWorkflow:
         self._set_step("applying the change" if round == 1 else f"rebasing (round {round})")
         self._approved_before_apply = self._held()
         applied = await workflow.execute_activity_method(
-            DeliveryActivities.apply_change,
+            LifecycleActivities.apply_change,
             ApplyChange(
                 prompt_request_id=self._input.prompt_request_id,
                 plan_id=plan.plan_id,
@@ -823,7 +823,7 @@ class PromptRequestWorkflow:
         attribute) once written."""
         await self._shielded(
             workflow.execute_local_activity_method(
-                DeliveryActivities.set_request_status,
+                LifecycleActivities.set_request_status,
                 SetRequestStatus(
                     prompt_request_id=self._input.prompt_request_id,
                     status=status,

@@ -5,7 +5,7 @@ import uuid
 
 from pydantic import BaseModel, Field
 
-from models.delivery import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
+from models.lifecycle import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
 

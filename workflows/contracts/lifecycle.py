@@ -1,5 +1,5 @@
 """Payloads of the prompt lifecycle: PromptRequestWorkflow's input, result, updates and status
-query, and the delivery activities behind it.
+query, and the lifecycle activities behind it.
 
 Public contract (workflow id ``ids.prompt_request_workflow_id``, type
 ``PromptRequestWorkflow``): start with ``PromptRequestInput``; updates ``approve``
@@ -15,7 +15,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from models.billing import HoldStatus
-from models.delivery import (
+from models.lifecycle import (
     ApprovalDecision,
     DeploymentEnvironment,
     DeploymentStatus,

@@ -17,7 +17,7 @@ from temporalio.common import (
     TypedSearchAttributes,
 )
 
-from models.delivery import DeploymentEnvironment, PromptStatus
+from models.lifecycle import DeploymentEnvironment, PromptStatus
 
 TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")

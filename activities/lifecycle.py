@@ -153,7 +153,7 @@ def _move_plan(plan: DeploymentPlan, status: PlanApprovalStatus) -> None:
         plan.updated_at = plan.decided_at
 
 
-class DeliveryActivities:
+class LifecycleActivities:
     def __init__(self, sessions: SessionFactory, engine: ChangeEngine) -> None:
         self._sessions = sessions
         self._engine = engine
