@@ -35,6 +35,7 @@ from workflows.search_attributes import PROMPT_STATUS, TENANT_ID
 LANE_WORKFLOW_TYPE = "DeploymentLaneWorkflow"
 # What the server says when a per-workflow or per-namespace limit refuses a request.
 LIMIT_REFUSAL = re.compile(r"resource.?exhausted|limit", re.IGNORECASE)
+GENERIC_REFUSAL_LINE = 'error="Update-with-Start could not be executed."'
 SUBMIT_CONCURRENCY = 50
 HISTORY_CONCURRENCY = 16
 APPROVE_RETRY_DELAY_S = 1.0
@@ -137,12 +138,16 @@ class Drain:
     approval_to_completion_s: list[float] = field(default_factory=list)
     first_approval: float | None = None
     last_completion: float | None = None
-    completed: int = 0
+    completed_ids: list[uuid.UUID] = field(default_factory=list)
     not_completed: dict[str, int] = field(default_factory=dict)  # ended otherwise, by status
     approve_limit_refusals: int = 0
     approve_other_errors: int = 0
     timed_out: bool = False
     elapsed_s: float = 0.0
+
+    @property
+    def completed(self) -> int:
+        return len(self.completed_ids)
 
     @property
     def per_s(self) -> float:
@@ -194,7 +199,7 @@ async def drain(
         result = await lifecycle.wait_for_outcome(request_id)
         done = time.monotonic()
         if result.status is PromptStatus.COMPLETED:
-            figures.completed += 1
+            figures.completed_ids.append(request_id)
             figures.approval_to_completion_s.append(done - sent)
             figures.last_completion = done
         else:
@@ -252,6 +257,9 @@ class PhaseHistories:
     workflow_task_timeouts: int = 0
     activity_retries: int = 0
     activity_limit_retries: int = 0  # retried after a failure naming a server limit
+    lane_workflow_tasks: int = 0
+    # Each prompt request's own workflows (itself and its children), lanes apart.
+    tasks_by_request: dict[uuid.UUID, int] = field(default_factory=dict)
     deployment_ids: list[str] = field(default_factory=list)
     lane_ids: list[str] = field(default_factory=list)
 
@@ -269,15 +277,16 @@ def failure_mentions_limit(failure: Failure) -> bool:
 
 async def count_history(
     client: Client, totals: PhaseHistories, workflow_id: str, run_id: str | None = None
-) -> list[str]:
-    """Add one workflow run's history to the totals; returns the children it started."""
+) -> tuple[int, list[str]]:
+    """Add one workflow run's history to the totals; returns its workflow tasks and the
+    children it started."""
     history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
-    children: list[str] = []
+    tasks, children = 0, []
     totals.workflows += 1
     for event in history.events:
         kind = event.event_type
         if kind == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
-            totals.workflow_tasks += 1
+            tasks += 1
         elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
             totals.workflow_task_timeouts += 1
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
@@ -290,7 +299,19 @@ async def count_history(
             children.append(
                 event.start_child_workflow_execution_initiated_event_attributes.workflow_id
             )
-    return children
+    totals.workflow_tasks += tasks
+    return tasks, children
+
+
+async def count_lifecycle(client: Client, totals: PhaseHistories, request_id: uuid.UUID) -> None:
+    """A prompt request's workflow and its descendants (deployments, and theirs)."""
+    pending, tasks = [workflow_id_for(request_id)], 0
+    while pending:
+        workflow_tasks, children = await count_history(client, totals, pending.pop())
+        tasks += workflow_tasks
+        pending.extend(children)
+        totals.deployment_ids.extend(children)
+    totals.tasks_by_request[request_id] = tasks
 
 
 async def phase_histories(
@@ -299,14 +320,10 @@ async def phase_histories(
     """Every workflow of the phase: the prompt requests, their children (deployments, and
     theirs), and every run of a deployment lane started since `since`, if lanes exist."""
     totals = PhaseHistories()
-    pending = [workflow_id_for(r) for r in request_ids]
-    while pending:
-        started = await bounded(
-            HISTORY_CONCURRENCY,
-            [functools.partial(count_history, client, totals, w) for w in pending],
-        )
-        pending = [child for children in started for child in children]
-        totals.deployment_ids.extend(pending)
+    await bounded(
+        HISTORY_CONCURRENCY,
+        [functools.partial(count_lifecycle, client, totals, r) for r in request_ids],
+    )
     window = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     lanes = [
         (lane.id, lane.run_id)
@@ -316,10 +333,11 @@ async def phase_histories(
     ]
     totals.lane_runs = len(lanes)
     totals.lane_ids = sorted({workflow_id for workflow_id, _ in lanes})
-    await bounded(
+    lane_tasks = await bounded(
         HISTORY_CONCURRENCY,
         [functools.partial(count_history, client, totals, w, r) for w, r in lanes],
     )
+    totals.lane_workflow_tasks = sum(tasks for tasks, _ in lane_tasks)
     return totals
 
 
@@ -331,11 +349,16 @@ def log_offset(log: Path | None) -> int:
 
 
 def server_log_limit_errors(log: Path | None, offset: int) -> int | None:
-    """Lines the dev server logged since `offset` that report a limit refusal (None when the
-    server's log is not ours to read: a configured or an already running server)."""
+    """Limit refusals the dev server logged since `offset` (None when the server's log is not
+    ours to read: a configured or an already running server). A refused update-with-start is
+    logged twice, its cause and then a generic line; the generic one is not counted again."""
     if log is None or not log.exists():
         return None
     with log.open("rb") as handle:
         handle.seek(offset)
         text = handle.read().decode(errors="replace")
-    return sum(1 for line in text.splitlines() if LIMIT_REFUSAL.search(line))
+    return sum(
+        1
+        for line in text.splitlines()
+        if LIMIT_REFUSAL.search(line) and GENERIC_REFUSAL_LINE not in line
+    )

@@ -32,11 +32,13 @@ The last line printed is one JSON object:
   rss_after_close_mb (memory not given back shows as rss_after_close_mb above rss_before_mb);
 - drain, drain_completed, drain_not_completed (by status), drain_timed_out, drain_s,
   queued_drain_per_s, approve_p50_s / _p95_s, drain_approval_to_completion_p50_s,
-  workflow_tasks_per_lifecycle (over the drained lifecycles; a timed-out drain's unfinished
-  ones count with the tasks they had), drain_workflows, drain_lane_runs,
-  workflow_task_timeouts, activity_retries;
-- server_limit_errors = server_log_limit_errors (null when the dev server's log is not ours)
-  + approve_limit_refusals + activity_limit_retries;
+  workflow_tasks_per_lifecycle (over the drained lifecycles, lanes included; a timed-out
+  drain's unfinished ones count with the tasks they had, and are then terminated),
+  workflow_tasks_per_completed_lifecycle (a completed one's own workflows, lanes apart),
+  lane_workflow_tasks, drain_workflows, drain_lane_runs, workflow_task_timeouts,
+  activity_retries;
+- server_limit_errors = server_log_limit_errors (refusals the dev server logged; null when its
+  log is not ours) + approve_limit_refusals + activity_limit_retries (seen by the client);
 - database, temporal_persistence, dev_server_persistence (SQLite file or in-memory).
 Options (or environment variables): --n N (BENCH_N, 20), --human M (BENCH_HUMAN, 10),
 --parked P (BENCH_PARKED, 500), --drain D (BENCH_DRAIN, 500, at most P), --projects K
@@ -45,6 +47,7 @@ Options (or environment variables): --n N (BENCH_N, 20), --human M (BENCH_HUMAN,
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -55,6 +58,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
@@ -276,20 +280,24 @@ def parse_sizes(argv: list[str]) -> Sizes:
     """An option given wins, then its environment variable, then --quick's or the default."""
     parser = argparse.ArgumentParser(prog="bench-lifecycle")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a test's run)")
-    for name in ENVIRONMENT:
-        kind = float if name == "drain_timeout" else int
+    kinds: dict[str, type[int] | type[float]] = {name: int for name in ENVIRONMENT}
+    kinds["drain_timeout"] = float
+    for name, kind in kinds.items():
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
     args = parser.parse_args(argv)
-    base = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    chosen: dict[str, float] = {}
+    chosen: dict[str, Any] = {}
     for name, variable in ENVIRONMENT.items():
         value = getattr(args, name)
         if value is None and os.environ.get(variable):
-            value = float(os.environ[variable])
-        chosen[name] = getattr(base, name) if value is None else value
-    sizes = Sizes(
-        **{k: v if k == "drain_timeout" else int(v) for k, v in chosen.items()}  # type: ignore[arg-type]
-    )
+            try:
+                value = kinds[name](os.environ[variable])
+            except ValueError:
+                raise SystemExit(
+                    f"{variable} must be a number, not {os.environ[variable]!r}"
+                ) from None
+        if value is not None:
+            chosen[name] = value
+    sizes = dataclasses.replace(QUICK_SIZES if args.quick else DEFAULT_SIZES, **chosen)
     if min(sizes.n, sizes.human, sizes.parked, sizes.drain, sizes.projects) < 1:
         raise SystemExit("--n, --human, --parked, --drain and --projects must be at least 1")
     if sizes.drain > sizes.parked:
@@ -302,7 +310,7 @@ def parse_sizes(argv: list[str]) -> Sizes:
 def dev_server_persistence(settings: Settings, stack: EmbeddedStack) -> str:
     """What start_temporal gave the dev server: its SQLite file (--db-filename)."""
     if not settings.embedded_temporal:
-        return "configured Temporal server (not the dev server)"
+        return "configured Temporal server (its persistence is not known here)"
     if "temporal" in stack.started:
         return f"SQLite file {settings.data_dir.resolve() / 'temporal.db'}"
     return "an already running dev server (persistence unknown)"
@@ -604,6 +612,12 @@ async def measure_parked_and_drain(run: Run, server_log: Path | None) -> dict[st
         if figures.approval_to_completion_s
         else None,
         "workflow_tasks_per_lifecycle": round(histories.workflow_tasks / sizes.drain, 1),
+        "workflow_tasks_per_completed_lifecycle": round(
+            statistics.mean(histories.tasks_by_request[r] for r in figures.completed_ids), 1
+        )
+        if figures.completed_ids
+        else None,
+        "lane_workflow_tasks": histories.lane_workflow_tasks,
         "drain_workflows": histories.workflows,
         "drain_lane_runs": histories.lane_runs,
         "workflow_task_timeouts": histories.workflow_task_timeouts,
