@@ -1,22 +1,53 @@
 """`make bench-lifecycle`: what the lifecycle's durable bookkeeping costs beyond Temporal itself.
 
-On the embedded stack (or the configured servers), in one run on the same servers:
+On the embedded stack (or the configured servers), in one run on the same servers. The
+lifecycle's worker is `python -m workers`, a process of its own configured like an operator's
+(environment variables); the two baselines are served by another (scripts/bench_worker.py) with
+the same concurrency limits, so the benchmark's client shares an interpreter with neither.
 1. one warm-up lifecycle, whose histories give the shape of a lifecycle: activities of the
    prompt workflow, its child deployment workflows and their activities;
 2. N auto-approved lifecycles at once, each on its own project (deployments of one project
    queue behind each other by design; separate projects measure throughput, not that queue);
 3. N bare workflows of the same shape (the same number of activities, as many child workflows
    with as many activities each) whose activities do nothing: no database, no git, no checks;
-4. M human-approved lifecycles at once, timing approval (the update sent) to the staging
-   deployment's start (its started_at in PostgreSQL).
+4. N minimal lifecycles at once (scripts/bench_minimal.py): the fixed lifecycle a team would
+   hand-write without our bookkeeping, 4 no-op activities and 2 children of 2 each;
+5. M human-approved lifecycles at once, timing approval (the update sent) to the staging
+   deployment's start (its started_at in PostgreSQL);
+6. parked: P human-approved lifecycles over K projects submitted until each waits for approval,
+   reading the worker process's resident memory (VmRSS) before, once they are parked, and after
+   they have all ended;
+7. queued drain: D of the parked ones approved all at once (the rest rejected), within a time
+   allowed: approve round trips, lifecycles completed per second from the first approval to the
+   last completion, and what the queue cost in histories (WorkflowTaskCompleted over the
+   prompt requests, their deployments, and every run of a deployment lane if lanes exist) and
+   in limit refusals (the dev server's log, failed approvals, activities retried after one).
 
-The last line printed is one JSON object: both throughputs, lifecycle_vs_bare_ratio, and the
-approval-to-staging-start latency p50/p95. Options: --n N (default 20), --human M (default 10),
-or BENCH_N / BENCH_HUMAN. The dev server persists to SQLite (one connection); the JSON says so.
+The last line printed is one JSON object:
+- n, human_runs, activities_per_lifecycle (the prompt workflow's plus its children's);
+- lifecycle_throughput_per_s, bare_throughput_per_s, lifecycle_vs_bare_ratio;
+- minimal_throughput_per_s, minimal_activities_per_lifecycle, lifecycle_vs_minimal_ratio;
+- approval_to_staging_start_p50_s / _p95_s;
+- parked, parked_projects, park_s, rss_before_mb, parked_worker_rss_mb, parked_worker_kb_each,
+  rss_after_close_mb (memory not given back shows as rss_after_close_mb above rss_before_mb);
+- drain, drain_completed, drain_not_completed (by status), drain_timed_out, drain_s,
+  queued_drain_per_s, approve_p50_s / _p95_s, drain_approval_to_completion_p50_s,
+  workflow_tasks_per_lifecycle (over the drained lifecycles, lanes included; a timed-out
+  drain's unfinished ones count with the tasks they had, and are then terminated),
+  workflow_tasks_per_completed_lifecycle (a completed one's own workflows, lanes apart),
+  lane_workflow_tasks, drain_workflows, drain_lane_runs, workflow_task_timeouts,
+  activity_retries;
+- server_limit_errors = server_log_limit_errors (refusals the dev server logged; null when its
+  log is not ours) + approve_limit_refusals + activity_limit_retries (seen by the client);
+- database, temporal_persistence, dev_server_persistence (SQLite file or in-memory).
+Options (or environment variables): --n N (BENCH_N, 20), --human M (BENCH_HUMAN, 10),
+--parked P (BENCH_PARKED, 500), --drain D (BENCH_DRAIN, 500, at most P), --projects K
+(BENCH_PROJECTS, 10), --drain-timeout S (BENCH_DRAIN_TIMEOUT, 540); --quick for a tiny run.
 """
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -25,29 +56,45 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from models import Deployment, DeploymentEnvironment, Project, PromptStatus
 from models.db import SessionFactory, create_engine, session_factory
-from scripts.bench_bare import BareChildWorkflow, BareShape, BareWorkflow, bare_step
+from scripts.bench_bare import BareShape, BareWorkflow
+from scripts.bench_drain import (
+    drain,
+    end_what_still_runs,
+    log_offset,
+    park,
+    phase_histories,
+    plan_hashes,
+    reject_all,
+    server_log_limit_errors,
+)
+from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
+from scripts.bench_processes import WorkerProcess, watch, worker_env
 from scripts.demo import DemoShop, seed_shop
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
 from workers.cli import run_entry_point
 from workers.client import connect
-from workers.devstack import embedded_stack
+from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient
-from workers.registry import Dependencies
 from workers.settings import Settings
-from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
-RUN_TIMEOUT_S = 600
+# Everything but the drain, which has a time of its own (--drain-timeout).
+RUN_TIMEOUT_S = 900
+PARK_TIMEOUT_S = 120  # plus a second per parked lifecycle
+RSS_SETTLE_S = 3.0
+# The parked tenant's holds: hundreds of lifecycles waiting at once, each holding its estimate.
+PARKED_FUNDS = 1_000_000_000
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -208,79 +255,175 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
-async def bench(settings: Settings) -> int:
+@dataclass(frozen=True)
+class Sizes:
+    n: int
+    human: int
+    parked: int
+    drain: int
+    projects: int
+    drain_timeout: float
+
+
+DEFAULT_SIZES = Sizes(n=20, human=10, parked=500, drain=500, projects=10, drain_timeout=540)
+QUICK_SIZES = Sizes(n=3, human=2, parked=4, drain=3, projects=2, drain_timeout=240)
+ENVIRONMENT = {
+    "n": "BENCH_N",
+    "human": "BENCH_HUMAN",
+    "parked": "BENCH_PARKED",
+    "drain": "BENCH_DRAIN",
+    "projects": "BENCH_PROJECTS",
+    "drain_timeout": "BENCH_DRAIN_TIMEOUT",
+}
+
+
+def parse_sizes(argv: list[str]) -> Sizes:
+    """An option given wins, then its environment variable, then --quick's or the default."""
     parser = argparse.ArgumentParser(prog="bench-lifecycle")
-    parser.add_argument("--n", type=int, default=int(os.environ.get("BENCH_N", "20")))
-    parser.add_argument("--human", type=int, default=int(os.environ.get("BENCH_HUMAN", "10")))
-    args = parser.parse_args(sys.argv[1:])
-    if args.n < 1 or args.human < 1:
-        raise SystemExit("--n and --human must be at least 1")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a test's run)")
+    kinds: dict[str, type[int] | type[float]] = {name: int for name in ENVIRONMENT}
+    kinds["drain_timeout"] = float
+    for name, kind in kinds.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    args = parser.parse_args(argv)
+    chosen: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        value = getattr(args, name)
+        if value is None and os.environ.get(variable):
+            try:
+                value = kinds[name](os.environ[variable])
+            except ValueError:
+                raise SystemExit(
+                    f"{variable} must be a number, not {os.environ[variable]!r}"
+                ) from None
+        if value is not None:
+            chosen[name] = value
+    sizes = dataclasses.replace(QUICK_SIZES if args.quick else DEFAULT_SIZES, **chosen)
+    if min(sizes.n, sizes.human, sizes.parked, sizes.drain, sizes.projects) < 1:
+        raise SystemExit("--n, --human, --parked, --drain and --projects must be at least 1")
+    if sizes.drain > sizes.parked:
+        raise SystemExit("--drain approves parked lifecycles: it cannot exceed --parked")
+    if sizes.drain_timeout <= 0:
+        raise SystemExit("--drain-timeout must be positive")
+    return sizes
+
+
+def dev_server_persistence(settings: Settings, stack: EmbeddedStack) -> str:
+    """What start_temporal gave the dev server: its SQLite file (--db-filename)."""
+    if not settings.embedded_temporal:
+        return "configured Temporal server (its persistence is not known here)"
+    if "temporal" in stack.started:
+        return f"SQLite file {settings.data_dir.resolve() / 'temporal.db'}"
+    return "an already running dev server (persistence unknown)"
+
+
+async def bench(settings: Settings) -> int:
+    sizes = parse_sizes(sys.argv[1:])
     embedded_database, embedded_temporal = settings.embedded_database, settings.embedded_temporal
-    cache_bytecode(settings.data_dir.resolve() / "pycache")
+    server_log = settings.data_dir.resolve() / "temporal.log" if embedded_temporal else None
     async with embedded_stack(settings) as stack:
+        if "temporal" not in stack.started:
+            server_log = None  # another process's server: its log is not this run's
+        persistence = dev_server_persistence(settings, stack)
         settings = stack.settings
         client = await connect(settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
         sessions = session_factory(engine)
-        repo_dir = settings.data_dir.resolve() / "bench" / uuid.uuid4().hex[:8]
-        stop = asyncio.Event()
-        deps = Dependencies(settings=settings, sessions=sessions, client=client)
-        bare_queue = f"{settings.task_queue}-bench-bare"
-        workers = [
-            *build_workers(client, deps),
-            Worker(
-                client,
-                task_queue=bare_queue,
-                workflows=[BareWorkflow, BareChildWorkflow],
-                activities=[bare_step],
-                max_concurrent_activities=settings.max_concurrent_activities,
-                max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
-            ),
-        ]
-        serving = asyncio.create_task(run_until_stopped(workers, stop))
+        run_id = uuid.uuid4().hex[:8]
+        bench_dir = settings.data_dir.resolve() / "bench" / run_id
+        queues = BaselineQueues(
+            bare=f"{settings.task_queue}-bench-bare", minimal=f"{settings.task_queue}-bench-minimal"
+        )
+        env = worker_env(settings)
+        lifecycle_worker = WorkerProcess(
+            "lifecycle", ["-m", "workers"], env, bench_dir / "lifecycle-worker.log"
+        )
+        baseline_worker = WorkerProcess(
+            "baseline",
+            [
+                "-m",
+                "scripts.bench_worker",
+                "--bare-queue",
+                queues.bare,
+                "--minimal-queue",
+                queues.minimal,
+            ],
+            env,
+            bench_dir / "baseline-worker.log",
+        )
+        run = Run(settings, client, sessions, bench_dir, queues, sizes, lifecycle_worker)
+        measuring = asyncio.create_task(measure(run, server_log))
+        watching = asyncio.create_task(watch([lifecycle_worker, baseline_worker]))
         try:
-            async with asyncio.timeout(RUN_TIMEOUT_S):
-                figures = await measure(settings, client, sessions, repo_dir, bare_queue, args)
+            async with asyncio.timeout(RUN_TIMEOUT_S + sizes.drain_timeout):
+                done, _ = await asyncio.wait(
+                    [measuring, watching], return_when=asyncio.FIRST_COMPLETED
+                )
+            if watching in done:
+                watching.result()  # raises: a worker process exited
+            figures = measuring.result()
         finally:
-            stop.set()
-            await serving
+            for task in (measuring, watching):
+                task.cancel()
+            await asyncio.gather(
+                asyncio.to_thread(lifecycle_worker.stop), asyncio.to_thread(baseline_worker.stop)
+            )
             await engine.dispose()
     figures["database"] = "pgserver (embedded)" if embedded_database else "configured PostgreSQL"
     figures["temporal_persistence"] = (
         "dev server, SQLite file" if embedded_temporal else "configured Temporal server"
     )
+    figures["dev_server_persistence"] = persistence
     print(json.dumps(figures), flush=True)
     return 0
-
-
-def cache_bytecode(folder: Path) -> None:
-    """Workflow sandboxes import the workflow modules afresh for every workflow run. Under
-    PYTHONDONTWRITEBYTECODE each of those imports compiles the source again, which a deployed
-    worker with compiled bytecode never does; both the lifecycle and the bare workflows get the
-    cache, kept under the data folder rather than in the source tree."""
-    sys.pycache_prefix = str(folder)
-    sys.dont_write_bytecode = False
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def measure(
-    settings: Settings,
-    client: Client,
-    sessions: SessionFactory,
-    repo_dir: Path,
-    bare_queue: str,
-    args: argparse.Namespace,
-) -> dict[str, object]:
-    lifecycle = LifecycleClient(
-        client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
-    )
-    auto = await seed_shop(sessions, repo_dir, name="Bench Auto", human_approval=False)
-    human = await seed_shop(sessions, repo_dir, name="Bench Human", human_approval=True)
-    auto_projects = await add_projects(sessions, auto, repo_dir, args.n)
-    human_projects = await add_projects(sessions, human, repo_dir, args.human)
+@dataclass
+class BaselineQueues:
+    bare: str
+    minimal: str
+
+
+@dataclass
+class Run:
+    settings: Settings
+    client: Client
+    sessions: SessionFactory
+    bench_dir: Path
+    queues: BaselineQueues
+    sizes: Sizes
+    lifecycle_worker: WorkerProcess
+
+    @property
+    def lifecycle(self) -> LifecycleClient:
+        return LifecycleClient(
+            self.client,
+            task_queue=self.settings.task_queue,
+            deploy_task_queue=self.settings.deploy_task_queue,
+        )
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+async def measure(run: Run, server_log: Path | None) -> dict[str, object]:
+    figures: dict[str, object] = {}
+    throughput = await measure_throughput(run)
+    figures.update(throughput)
+    figures.update(await measure_approval_latency(run))
+    figures.update(await measure_parked_and_drain(run, server_log))
+    return figures
+
+
+async def measure_throughput(run: Run) -> dict[str, object]:
+    n, client, lifecycle, repo_dir = run.sizes.n, run.client, run.lifecycle, run.bench_dir
+    auto = await seed_shop(run.sessions, repo_dir, name="Bench Auto", human_approval=False)
+    auto_projects = await add_projects(run.sessions, auto, repo_dir, n)
 
     warm = await submit_and_wait(lifecycle, auto, auto.project.id)
     if warm.status is not PromptStatus.COMPLETED:
@@ -298,15 +441,15 @@ async def measure(
     failed = [r for r in results if r.status is not PromptStatus.COMPLETED]
     if failed:
         raise RuntimeError(f"{len(failed)} lifecycles did not complete: {failed[0].reason}")
-    lifecycle_tps = args.n / lifecycle_s
-    say(f"{args.n} auto-approved lifecycles: {lifecycle_s:.2f}s, {lifecycle_tps:.2f}/s")
+    lifecycle_tps = n / lifecycle_s
+    say(f"{n} auto-approved lifecycles: {lifecycle_s:.2f}s, {lifecycle_tps:.2f}/s")
     breakdown = await activity_breakdown(
         client, [prompt_request_workflow_id(r.prompt_request_id) for r in results]
     )
     say("   activity                         runs/lifecycle  mean queued  mean running")
     for name, t in sorted(breakdown.items(), key=lambda item: -item[1].running_s):
         say(
-            f"   {name:<32} {t.count / args.n:>14.1f} {t.queued_s / t.count:>11.3f}s"
+            f"   {name:<32} {t.count / n:>14.1f} {t.queued_s / t.count:>11.3f}s"
             f" {t.running_s / t.count:>12.3f}s"
         )
 
@@ -317,36 +460,176 @@ async def measure(
         children=shape.children,
         child_activities=shape.child_activities,
     )
-    started = time.monotonic()
-    await asyncio.gather(
-        *(
-            client.execute_workflow(
-                BareWorkflow.run,
-                bare_shape,
-                id=f"bench-bare-{run_id}-{i}",
-                task_queue=bare_queue,
-            )
-            for i in range(args.n)
-        )
-    )
-    bare_s = time.monotonic() - started
-    bare_tps = args.n / bare_s
-    say(f"{args.n} bare workflows of the same shape: {bare_s:.2f}s, {bare_tps:.2f}/s")
 
-    latencies = await asyncio.gather(
-        *(human_run(lifecycle, sessions, human, p.id) for p in human_projects)
+    async def bare(i: int | str) -> None:
+        await client.execute_workflow(
+            BareWorkflow.run,
+            bare_shape,
+            id=f"bench-bare-{run_id}-{i}",
+            task_queue=run.queues.bare,
+        )
+
+    async def minimal(i: int | str) -> None:
+        await client.execute_workflow(
+            MinimalLifecycleWorkflow.run,
+            run_id,
+            id=f"bench-minimal-{run_id}-{i}",
+            task_queue=run.queues.minimal,
+        )
+
+    # Warm-ups: the baselines' worker has started and imported its workflows before timing.
+    await asyncio.gather(bare("warm-up"), minimal("warm-up"))
+    started = time.monotonic()
+    await asyncio.gather(*(bare(i) for i in range(n)))
+    bare_tps = n / (time.monotonic() - started)
+    say(f"{n} bare workflows of the same shape: {bare_tps:.2f}/s")
+    started = time.monotonic()
+    await asyncio.gather(*(minimal(i) for i in range(n)))
+    minimal_tps = n / (time.monotonic() - started)
+    say(
+        f"{n} minimal lifecycles ({MINIMAL_ACTIVITIES} activities, 2 children): {minimal_tps:.2f}/s"
     )
-    p50, p95 = statistics.median(latencies), percentile(latencies, 95)
-    say(f"{args.human} human-approved: approval to staging start p50 {p50:.3f}s, p95 {p95:.3f}s")
     return {
-        "n": args.n,
-        "human_runs": args.human,
+        "n": n,
         "activities_per_lifecycle": shape.total_activities,
         "lifecycle_throughput_per_s": round(lifecycle_tps, 3),
         "bare_throughput_per_s": round(bare_tps, 3),
-        "lifecycle_vs_bare_ratio": round(lifecycle_tps / bare_tps, 3),
+        "lifecycle_vs_bare_ratio": ratio(lifecycle_tps, bare_tps),
+        "minimal_activities_per_lifecycle": MINIMAL_ACTIVITIES,
+        "minimal_throughput_per_s": round(minimal_tps, 3),
+        "lifecycle_vs_minimal_ratio": ratio(lifecycle_tps, minimal_tps),
+    }
+
+
+async def measure_approval_latency(run: Run) -> dict[str, object]:
+    human = await seed_shop(run.sessions, run.bench_dir, name="Bench Human", human_approval=True)
+    projects = await add_projects(run.sessions, human, run.bench_dir, run.sizes.human)
+    latencies = await asyncio.gather(
+        *(human_run(run.lifecycle, run.sessions, human, p.id) for p in projects)
+    )
+    p50, p95 = statistics.median(latencies), percentile(latencies, 95)
+    say(
+        f"{run.sizes.human} human-approved: approval to staging start p50 {p50:.3f}s, "
+        f"p95 {p95:.3f}s"
+    )
+    return {
+        "human_runs": run.sizes.human,
         "approval_to_staging_start_p50_s": round(p50, 3),
         "approval_to_staging_start_p95_s": round(p95, 3),
+    }
+
+
+def megabytes(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+async def settled_rss(worker: WorkerProcess) -> float | None:
+    """The worker's resident memory after a moment without new work."""
+    await asyncio.sleep(RSS_SETTLE_S)
+    return worker.rss_mb()
+
+
+async def measure_parked_and_drain(run: Run, server_log: Path | None) -> dict[str, object]:
+    sizes, client, lifecycle = run.sizes, run.client, run.lifecycle
+    shop = await seed_shop(
+        run.sessions, run.bench_dir, name="Bench Parked", human_approval=True, funds=PARKED_FUNDS
+    )
+    extra = await add_projects(run.sessions, shop, run.bench_dir, sizes.projects - 1)
+    project_ids = [shop.project.id, *(p.id for p in extra)]
+
+    rss_before = await settled_rss(run.lifecycle_worker)
+    log_start = log_offset(server_log)
+    phase_start = datetime.now(UTC)
+    started = time.monotonic()
+    request_ids = await park(
+        client,
+        lifecycle,
+        shop,
+        project_ids,
+        sizes.parked,
+        timeout_s=PARK_TIMEOUT_S + sizes.parked,
+    )
+    park_s = time.monotonic() - started
+    rss_parked = await settled_rss(run.lifecycle_worker)
+    each_kb = (
+        (rss_parked - rss_before) * 1024 / sizes.parked
+        if rss_parked is not None and rss_before is not None
+        else None
+    )
+    say(
+        f"{sizes.parked} parked over {sizes.projects} projects in {park_s:.1f}s: worker "
+        f"{megabytes(rss_before)} -> {megabytes(rss_parked)} MB"
+    )
+
+    hashes = await plan_hashes(run.sessions, request_ids)
+    drained = request_ids[: sizes.drain]
+    await reject_all(lifecycle, shop, {r: hashes[r] for r in request_ids[sizes.drain :]})
+    figures = await drain(
+        lifecycle, shop, {r: hashes[r] for r in drained}, timeout_s=sizes.drain_timeout
+    )
+    say(
+        f"{sizes.drain} approved at once: {figures.completed} completed in "
+        f"{figures.elapsed_s:.1f}s ({figures.per_s:.2f}/s)"
+        + (" (ran out of time)" if figures.timed_out else "")
+    )
+    terminated = 0
+    if figures.timed_out:
+        terminated = await end_what_still_runs(
+            client, [prompt_request_workflow_id(r) for r in drained]
+        )
+    histories = await phase_histories(client, drained, phase_start)
+    if figures.timed_out:
+        await end_what_still_runs(client, histories.deployment_ids + histories.lane_ids)
+    rss_after = await settled_rss(run.lifecycle_worker)
+    log_errors = server_log_limit_errors(server_log, log_start)
+    limit_errors = (
+        (log_errors or 0) + figures.approve_limit_refusals + histories.activity_limit_retries
+    )
+    say(
+        f"   {histories.workflow_tasks / sizes.drain:.1f} workflow tasks per lifecycle over "
+        f"{histories.workflows} workflows ({histories.lane_runs} lane runs); "
+        f"{limit_errors} limit refusals; worker after close {megabytes(rss_after)} MB"
+    )
+    return {
+        "parked": sizes.parked,
+        "parked_projects": sizes.projects,
+        "park_s": round(park_s, 1),
+        "rss_before_mb": megabytes(rss_before),
+        "parked_worker_rss_mb": megabytes(rss_parked),
+        "parked_worker_kb_each": None if each_kb is None else round(each_kb, 1),
+        "rss_after_close_mb": megabytes(rss_after),
+        "drain": sizes.drain,
+        "drain_completed": figures.completed,
+        "drain_not_completed": figures.not_completed,
+        "drain_timed_out": figures.timed_out,
+        "drain_terminated": terminated,
+        "drain_s": round(figures.elapsed_s, 1),
+        "queued_drain_per_s": round(figures.per_s, 3),
+        "approve_p50_s": round(statistics.median(figures.approve_s), 3)
+        if figures.approve_s
+        else None,
+        "approve_p95_s": round(percentile(figures.approve_s, 95), 3) if figures.approve_s else None,
+        "drain_approval_to_completion_p50_s": round(
+            statistics.median(figures.approval_to_completion_s), 1
+        )
+        if figures.approval_to_completion_s
+        else None,
+        "workflow_tasks_per_lifecycle": round(histories.workflow_tasks / sizes.drain, 1),
+        "workflow_tasks_per_completed_lifecycle": round(
+            statistics.mean(histories.tasks_by_request[r] for r in figures.completed_ids), 1
+        )
+        if figures.completed_ids
+        else None,
+        "lane_workflow_tasks": histories.lane_workflow_tasks,
+        "drain_workflows": histories.workflows,
+        "drain_lane_runs": histories.lane_runs,
+        "workflow_task_timeouts": histories.workflow_task_timeouts,
+        "activity_retries": histories.activity_retries,
+        "server_log_limit_errors": log_errors,
+        "approve_limit_refusals": figures.approve_limit_refusals,
+        "approve_other_errors": figures.approve_other_errors,
+        "activity_limit_retries": histories.activity_limit_retries,
+        "server_limit_errors": limit_errors,
     }
 
 
