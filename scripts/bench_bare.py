@@ -19,6 +19,9 @@ class BareShape(BaseModel):
     activities: int
     children: int = 0
     child_activities: int = 0
+    # Of the same shape as the lifecycle's: as many local activities as it runs.
+    local_activities: int = 0
+    child_local_activities: int = 0
 
 
 @activity.defn(name="bench_bare_step")
@@ -26,17 +29,28 @@ async def bare_step(step: BareStep) -> BareStep:
     return step
 
 
+async def _local_steps(shape: BareShape, count: int) -> int:
+    for i in range(count):
+        await workflow.execute_local_activity(
+            bare_step,
+            BareStep(run_id=shape.run_id, step=-1 - i),
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+    return count
+
+
 @workflow.defn(name="BenchBareChildWorkflow")
 class BareChildWorkflow:
     @workflow.run
     async def run(self, shape: BareShape) -> int:
+        done = await _local_steps(shape, shape.local_activities)
         for i in range(shape.activities):
             await workflow.execute_activity(
                 bare_step,
                 BareStep(run_id=shape.run_id, step=i),
                 start_to_close_timeout=timedelta(seconds=30),
             )
-        return shape.activities
+        return done + shape.activities
 
 
 @workflow.defn(name="BenchBareWorkflow")
@@ -45,7 +59,7 @@ class BareWorkflow:
 
     @workflow.run
     async def run(self, shape: BareShape) -> int:
-        done = 0
+        done = await _local_steps(shape, shape.local_activities)
         for i in range(shape.activities):
             await workflow.execute_activity(
                 bare_step,
@@ -56,7 +70,11 @@ class BareWorkflow:
         for c in range(shape.children):
             done += await workflow.execute_child_workflow(
                 BareChildWorkflow.run,
-                BareShape(run_id=shape.run_id, activities=shape.child_activities),
+                BareShape(
+                    run_id=shape.run_id,
+                    activities=shape.child_activities,
+                    local_activities=shape.child_local_activities,
+                ),
                 id=f"{workflow.info().workflow_id}-child-{c}",
             )
         return done

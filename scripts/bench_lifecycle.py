@@ -91,6 +91,8 @@ from workflows.contracts.lifecycle import PromptRequestResult
 
 # Everything but the drain, which has a time of its own (--drain-timeout).
 RUN_TIMEOUT_S = 900
+# The marker the SDK records for a local activity's result.
+LOCAL_ACTIVITY_MARKER = "core_local_activity"
 PARK_TIMEOUT_S = 120  # plus a second per parked lifecycle
 RSS_SETTLE_S = 3.0
 # The parked tenant's holds: hundreds of lifecycles waiting at once, each holding its estimate.
@@ -102,34 +104,48 @@ PARKED_FUNDS = 1_000_000_000
 
 @dataclass
 class Shape:
+    """Activities (task-queue and local) of a prompt workflow and of its average child."""
+
     activities: int
     children: int
     child_activities: int
+    local_activities: int = 0
+    child_local_activities: int = 0
 
     @property
     def total_activities(self) -> int:
-        return self.activities + self.children * self.child_activities
+        return self.total_local_activities + self.activities + self.children * self.child_activities
+
+    @property
+    def total_local_activities(self) -> int:
+        return self.local_activities + self.children * self.child_local_activities
 
 
 async def lifecycle_shape(client: Client, workflow_id: str) -> Shape:
     """Activities of the workflow, and its children with their (average) activities."""
 
-    async def count(wid: str) -> tuple[int, list[str]]:
+    async def count(wid: str) -> tuple[tuple[int, int], list[str]]:
         history = await client.get_workflow_handle(wid).fetch_history()
-        activities, children = 0, []
+        activities, local, children = 0, 0, []
         for event in history.events:
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                 activities += 1
+            elif (
+                event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+                and event.marker_recorded_event_attributes.marker_name == LOCAL_ACTIVITY_MARKER
+            ):
+                local += 1
             elif event.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
                 children.append(
                     event.start_child_workflow_execution_initiated_event_attributes.workflow_id
                 )
-        return activities, children
+        return (activities, local), children
 
-    activities, children = await count(workflow_id)
+    (activities, local), children = await count(workflow_id)
     child_counts = [(await count(c))[0] for c in children]
-    per_child = round(statistics.mean(child_counts)) if child_counts else 0
-    return Shape(activities, len(children), per_child)
+    per_child = round(statistics.mean(a for a, _ in child_counts)) if child_counts else 0
+    local_per_child = round(statistics.mean(n for _, n in child_counts)) if child_counts else 0
+    return Shape(activities, len(children), per_child, local, local_per_child)
 
 
 @dataclass
@@ -430,9 +446,9 @@ async def measure_throughput(run: Run) -> dict[str, object]:
         raise RuntimeError(f"the warm-up lifecycle ended {warm.status}: {warm.reason}")
     shape = await lifecycle_shape(client, prompt_request_workflow_id(warm.prompt_request_id))
     say(
-        f"a lifecycle: {shape.activities} activities in the prompt workflow, {shape.children} "
-        f"deployment children of ~{shape.child_activities} activities "
-        f"({shape.total_activities} in all)"
+        f"a lifecycle: {shape.activities} activities and {shape.local_activities} local ones in "
+        f"the prompt workflow, {shape.children} deployment children of ~{shape.child_activities}"
+        f" and ~{shape.child_local_activities} local ({shape.total_activities} in all)"
     )
 
     started = time.monotonic()
@@ -459,6 +475,8 @@ async def measure_throughput(run: Run) -> dict[str, object]:
         activities=shape.activities,
         children=shape.children,
         child_activities=shape.child_activities,
+        local_activities=shape.local_activities,
+        child_local_activities=shape.child_local_activities,
     )
 
     async def bare(i: int | str) -> None:
@@ -492,6 +510,7 @@ async def measure_throughput(run: Run) -> dict[str, object]:
     return {
         "n": n,
         "activities_per_lifecycle": shape.total_activities,
+        "local_activities_per_lifecycle": shape.total_local_activities,
         "lifecycle_throughput_per_s": round(lifecycle_tps, 3),
         "bare_throughput_per_s": round(bare_tps, 3),
         "lifecycle_vs_bare_ratio": ratio(lifecycle_tps, bare_tps),

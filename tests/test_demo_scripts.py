@@ -69,13 +69,21 @@ async def test_the_bare_baseline_has_the_shape_it_was_given(
         workflow_id = f"bench-bare-{uuid.uuid4()}"
         done = await client.execute_workflow(
             BareWorkflow.run,
-            BareShape(run_id="t", activities=3, children=2, child_activities=4),
+            BareShape(
+                run_id="t",
+                activities=3,
+                children=2,
+                child_activities=4,
+                local_activities=1,
+                child_local_activities=2,
+            ),
             id=workflow_id,
             task_queue=task_queue,
         )
-        assert done == 3 + 2 * 4
+        assert done == 1 + 3 + 2 * (2 + 4)
         # The benchmark reads a lifecycle's shape from histories the same way.
-        assert await lifecycle_shape(client, workflow_id) == Shape(3, 2, 4)
+        shape = await lifecycle_shape(client, workflow_id)
+        assert shape == Shape(3, 2, 4, 1, 2) and shape.total_activities == 16
         breakdown = await activity_breakdown(client, [workflow_id])
         assert breakdown["bench_bare_step"].count == 11
 
