@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import col, select
 from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -507,6 +508,19 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
     assert [p for p in third if p] == [2]
     assert [p.status for p in received if p.deployment_id == results[2].deployment_id][-1] is (
         DeploymentStatus.SUCCEEDED
+    )
+    # O(1) messages per deployment: the first was told nothing, each later one only its turn.
+    turns = [await lane_turns(h) for h in handles]
+    assert turns == [0, 1, 1]
+
+
+async def lane_turns(handle: WorkflowHandle[DeploymentWorkflow, DeploymentResult]) -> int:
+    history = await handle.fetch_history()
+    return sum(
+        1
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        and event.workflow_execution_signaled_event_attributes.signal_name == "lane_turn"
     )
 
 
