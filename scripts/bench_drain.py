@@ -298,10 +298,11 @@ async def count_history(
                 totals.activity_retries += attrs.attempt - 1
                 if attrs.HasField("last_failure") and failure_mentions_limit(attrs.last_failure):
                     totals.activity_limit_retries += 1
-        elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
-            children.append(
-                event.start_child_workflow_execution_initiated_event_attributes.workflow_id
-            )
+        elif kind == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+            # Started ones only: a parent ended by the drain's timeout may have initiated one
+            # that never ran.
+            started = event.child_workflow_execution_started_event_attributes
+            children.append(started.workflow_execution.workflow_id)
     totals.workflow_tasks += tasks
     return tasks, children
 
