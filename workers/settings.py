@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     serve_deploy: bool = True
     max_concurrent_activities: int = Field(default=50, ge=1)
     max_concurrent_workflow_tasks: int = Field(default=50, ge=1)
+    # Workflows kept in memory between tasks. Past it, the least recently used one is evicted
+    # and replayed from its history at its next task: a lifecycle parked for days at approval
+    # costs the worker nothing, and memory stays bounded however many wait.
+    max_cached_workflows: int = Field(default=500, ge=0)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
 
     log_level: LogLevel = LogLevel.INFO

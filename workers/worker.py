@@ -58,6 +58,7 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
                 workflows=registry.workflows(),
                 activities=activities,
                 max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+                max_cached_workflows=settings.max_cached_workflows,
                 **common,  # type: ignore[arg-type]
             )
         )
