@@ -65,7 +65,7 @@ REQUEST_OVERHEAD_TOKENS = 16
 # A retry carries the failed answer back: at most this many bytes per answer token, plus the
 # reason. Only the estimate uses it; each call's cap comes from the bytes actually sent.
 BYTES_PER_ANSWER_TOKEN = 4
-REASON_ALLOWANCE_TOKENS = 500
+REASON_ALLOWANCE_TOKENS = 1000
 # Below this, a call could not answer a block: the budget is spent.
 MIN_ANSWER_TOKENS = 32
 MAX_LISTED_FILES = 2000
