@@ -37,8 +37,8 @@ from tests.model_engine_support import (
     reported_usage,
     use_model_engine,
 )
-from tests.model_stand_in import RunningStandIn, StandIn, edit_block
 from tests.model_stand_in import Reply as R
+from tests.model_stand_in import RunningStandIn, StandIn, edit_block
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings
