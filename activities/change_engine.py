@@ -2,9 +2,12 @@
 
 A `ChangeEngine` plans a change (a unified diff on a base commit, its risk and token estimate)
 and applies an approved one as a commit on a branch; the errors below are the only failures it
-reports. The built-in engine is `activities.git_change_engine.GitChangeEngine`.
+reports. The built-in engine is `activities.git_change_engine.GitChangeEngine`; the model engine
+is `activities.model_engine.ModelChangeEngine`.
 """
 
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,8 +36,20 @@ class AppliedChange(BaseModel):
     diff: str = ""
 
 
+@dataclass(frozen=True)
+class ChangeStep:
+    """Which request and plan revision the engine works for: the key of what an engine that
+    pays for outside calls records (activities.model_calls)."""
+
+    tenant_id: uuid.UUID
+    prompt_request_id: uuid.UUID
+    revision: int
+
+
 class ChangeEngine(Protocol):
-    async def plan(self, *, repo: Path, base_branch: str, prompt: str) -> ChangeProposal: ...
+    async def plan(
+        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+    ) -> ChangeProposal: ...
 
     async def apply(
         self,
@@ -44,6 +59,7 @@ class ChangeEngine(Protocol):
         prompt: str,
         branch: str,
         onto: str | None = None,
+        step: ChangeStep | None = None,
     ) -> AppliedChange: ...
 
 

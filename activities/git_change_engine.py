@@ -16,6 +16,7 @@ from activities.change_engine import (
     AppliedChange,
     ChangeProposal,
     ChangeRequestInvalid,
+    ChangeStep,
     RepositoryError,
 )
 from activities.git_store import (
@@ -56,7 +57,9 @@ class Committed:
 class GitChangeEngine:
     """The built-in engine: deterministic edits of the repository for a documented prompt set."""
 
-    async def plan(self, *, repo: Path, base_branch: str, prompt: str) -> ChangeProposal:
+    async def plan(
+        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+    ) -> ChangeProposal:
         instructions = parse_prompt(prompt)
 
         def build(r: pygit2.Repository) -> tuple[str, BuiltChange]:
@@ -85,25 +88,16 @@ class GitChangeEngine:
         prompt: str,
         branch: str,
         onto: str | None = None,
+        step: ChangeStep | None = None,
     ) -> AppliedChange:
         """Commit the proposal on `branch`. With `onto` (the default branch) and that branch
         moved past the proposal's base, the change is rebased onto its head (3-way, no work
         tree); the result carries the diff actually committed, to compare with the approved."""
         instructions = parse_prompt(prompt)
-        if not valid_branch_name(branch):
-            raise ChangeRequestInvalid(f"{branch!r} is not a valid branch name")
 
         def commit(r: pygit2.Repository) -> Committed:
             approved = _approved_commit(r, proposal, prompt, instructions)
-            head = reference_target(r, f"refs/heads/{onto}") if onto else None
-            if onto and head is None:
-                raise RepositoryError(f"{repo} has no branch {onto!r}")
-            if head is None or head == proposal.base_commit:
-                _advance_branch(r, branch, str(approved.id), proposal.base_commit)
-                return Committed(str(approved.id), proposal.base_commit, proposal.diff)
-            rebased, diff = _rebase(r, approved, commit_at(r, head), onto or "")
-            point_branch(r, branch, rebased)
-            return Committed(rebased, head, diff)
+            return publish(r, approved, proposal, branch=branch, onto=onto)
 
         done = await in_repository(repo, commit)
         return AppliedChange(
@@ -112,6 +106,39 @@ class GitChangeEngine:
             base_commit=done.base_commit,
             diff=done.diff,
         )
+
+
+def publish(
+    r: pygit2.Repository,
+    approved: pygit2.Commit,
+    proposal: ChangeProposal,
+    *,
+    branch: str,
+    onto: str | None,
+) -> Committed:
+    """Put the approved commit on `branch`: as it is when `onto` has not moved past the
+    proposal's base, rebased onto `onto`'s head otherwise."""
+    if not valid_branch_name(branch):
+        raise ChangeRequestInvalid(f"{branch!r} is not a valid branch name")
+    head = reference_target(r, f"refs/heads/{onto}") if onto else None
+    if onto and head is None:
+        raise RepositoryError(f"the repository has no branch {onto!r}")
+    if head is None or head == proposal.base_commit:
+        _advance_branch(r, branch, str(approved.id), proposal.base_commit)
+        return Committed(str(approved.id), proposal.base_commit, proposal.diff)
+    rebased, diff = _rebase(r, approved, commit_at(r, head), onto or "")
+    point_branch(r, branch, rebased)
+    return Committed(rebased, head, diff)
+
+
+def reuse_made_commit(r: pygit2.Repository, proposal: ChangeProposal) -> pygit2.Commit | None:
+    """The commit a rebased plan already made of its diff on its base, if it still is that."""
+    if proposal.commit_sha and (made := peel_commit(r, proposal.commit_sha)) is not None:
+        base = commit_at(r, proposal.base_commit)
+        on_base = [str(parent) for parent in made.parent_ids] == [proposal.base_commit]
+        if on_base and diff_trees(r, base.tree_id, made.tree_id).patch == proposal.diff:
+            return made
+    return None
 
 
 def _build(
@@ -133,10 +160,8 @@ def _approved_commit(
     """The commit of the approved diff on its base: the plan's own when it is that (a rebased
     plan's), otherwise built again from the prompt, which must give the same diff."""
     base = commit_at(r, proposal.base_commit)
-    if proposal.commit_sha and (made := peel_commit(r, proposal.commit_sha)) is not None:
-        on_base = [str(parent) for parent in made.parent_ids] == [proposal.base_commit]
-        if on_base and diff_trees(r, base.tree_id, made.tree_id).patch == proposal.diff:
-            return made
+    if (made := reuse_made_commit(r, proposal)) is not None:
+        return made
     built = _build(r, base, instructions)
     if built.diff != proposal.diff:
         raise ChangeRequestInvalid(

@@ -26,15 +26,18 @@ from activities.change_engine import (
     ChangeEngineError,
     ChangeProposal,
     ChangeRequestInvalid,
+    ChangeStep,
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
+from activities.model_client import ModelRefused
 from activities.risk import assess_risk
 from models import (
     Approval,
     ApprovalPolicy,
+    ChangeEngineKind,
     ChangeJobKind,
     ChangeJobStatus,
     DeploymentPlan,
@@ -154,9 +157,29 @@ def _move_plan(plan: DeploymentPlan, status: PlanApprovalStatus) -> None:
 
 
 class LifecycleActivities:
-    def __init__(self, sessions: SessionFactory, engine: ChangeEngine) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        engine: ChangeEngine,
+        *,
+        engines: dict[ChangeEngineKind, ChangeEngine] | None = None,
+    ) -> None:
+        """`engine` serves projects that choose none; `engines` the projects that do
+        (Project.change_engine)."""
         self._sessions = sessions
         self._engine = engine
+        self._engines = engines or {}
+
+    def _engine_of(self, project: Project) -> ChangeEngine:
+        if project.change_engine is None:
+            return self._engine
+        engine = self._engines.get(project.change_engine)
+        if engine is None:
+            raise refused(
+                ErrorType.REPOSITORY_ERROR,
+                f"this worker has no {project.change_engine.value} change engine",
+            )
+        return engine
 
     async def _validated(
         self, session: AsyncSession, req: PlanRequest
@@ -187,7 +210,9 @@ class LifecycleActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
-        if isinstance(exc, ChangeRequestInvalid):
+        if isinstance(exc, ModelRefused):
+            kind = exc.kind
+        elif isinstance(exc, ChangeRequestInvalid):
             kind = ErrorType.CHANGE_REQUEST_INVALID
         elif isinstance(exc, RebaseConflict):
             kind = ErrorType.REBASE_CONFLICT
@@ -238,10 +263,11 @@ class LifecycleActivities:
 
         try:
             proposal = await heartbeating(
-                self._engine.plan(
+                self._engine_of(project).plan(
                     repo=Path(project.repo_url),
                     base_branch=project.default_branch,
                     prompt=req.prompt,
+                    step=ChangeStep(req.tenant_id, req.prompt_request_id, req.revision),
                 ),
                 every_s=HEARTBEAT_EVERY_S,
             )
@@ -425,12 +451,13 @@ class LifecycleActivities:
         )
         try:
             applied = await heartbeating(
-                self._engine.apply(
+                self._engine_of(project).apply(
                     repo=Path(project.repo_url),
                     proposal=proposal,
                     prompt=plan.prompt,
                     branch=f"changeflow/{request.id}",
                     onto=project.default_branch,
+                    step=ChangeStep(plan.tenant_id, request.id, plan.revision),
                 ),
                 every_s=HEARTBEAT_EVERY_S,
             )

@@ -30,7 +30,8 @@ from models.lifecycle import (
     PromptStatus,
     RiskLevel,
 )
-from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
+from models.model_calls import ModelCall, ModelCallOutcome
+from models.projects import ChangeEngineKind, Connector, ConnectorKind, ConnectorStatus, Project
 from models.tenancy import PlanTier, Tenant, User, UserRole
 from models.transitions import TRANSITIONS, IllegalTransition, ensure_transition, is_terminal
 
@@ -57,6 +58,7 @@ __all__ = [
     "Approval",
     "ApprovalDecision",
     "ApprovalPolicy",
+    "ChangeEngineKind",
     "ChangeJob",
     "ChangeJobKind",
     "ChangeJobStatus",
@@ -70,6 +72,8 @@ __all__ = [
     "DeploymentPlan",
     "DeploymentStatus",
     "IllegalTransition",
+    "ModelCall",
+    "ModelCallOutcome",
     "ModuleExecution",
     "ModuleExecutionStatus",
     "ModuleKind",

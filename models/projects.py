@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from models.tenancy import Tenant
 
 
+class ChangeEngineKind(enum.StrEnum):
+    """Which change engine plans a project's requests (activities.change_engine)."""
+
+    RULE = "rule"  # the built-in, offline rule engine
+    MODEL = "model"  # an OpenAI-compatible model endpoint (activities.model_engine)
+
+
 class ConnectorKind(enum.StrEnum):
     SHOPIFY = "shopify"
     GITHUB = "github"
@@ -51,6 +58,8 @@ class Project(SQLModel, table=True):
     default_branch: str = Field(default="main", max_length=200)
     # Run in a checkout of the released commit to verify a deployment; exit 0 means healthy.
     check_command: str = Field(default="", max_length=1000)
+    # Unset: the deployment's default (Settings.change_engine).
+    change_engine: ChangeEngineKind | None = enum_field(ChangeEngineKind, None, nullable=True)
     created_at: datetime = created_at_field()
     updated_at: datetime = updated_at_field()
 

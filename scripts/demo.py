@@ -4,6 +4,9 @@
    production, verified, tokens settled.
 2. A change that passes staging but fails production's check: rolled back automatically to the
    release before it.
+3. A free-text change made by the model engine, against a LOCAL STAND-IN of an OpenAI-compatible
+   server (tests/model_stand_in.py: scripted answers, real protocol; not a model), printing the
+   edits, the usage the server reported and the tokens charged.
 
 Starts (or joins) the embedded PostgreSQL and Temporal dev server, migrates, seeds a demo tenant
 (people, approval policy, a funded token account, a project whose repository is a sample
@@ -22,10 +25,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pydantic import SecretStr
+from sqlmodel import col, select
 from temporalio.client import Client
 
 from activities.ledger import Ledger
-from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
+from models import (
+    ApprovalPolicy,
+    ChangeEngineKind,
+    ModelCall,
+    ModelCallOutcome,
+    PlanTier,
+    Project,
+    RiskLevel,
+    Tenant,
+    User,
+    UserRole,
+)
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
@@ -35,6 +51,7 @@ from scripts.sample_repo import (
     SAMPLE_CHECK_COMMAND,
     create_sample_repo,
 )
+from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from workers.cli import run_entry_point
 from workers.client import connect
 from workers.devstack import embedded_stack
@@ -46,6 +63,12 @@ from workflows.contracts.ids import deployment_workflow_id, prompt_request_workf
 from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus
 
 DEMO_FUNDS = 50_000
+MODEL_PROMPT = "Tell visitors on the about page that we ship to the whole EU."
+MODEL_ANSWER = edit_block(
+    "pages/about.md",
+    "A family shop since 1998.\n",
+    "A family shop since 1998.\nWe ship to the whole EU.\n",
+)
 LIFECYCLE_TIMEOUT_S = 180
 
 
@@ -200,8 +223,20 @@ async def run_lifecycle(
 
 async def demo(settings: Settings) -> int:
     keep_running = "--keep-running" in sys.argv[1:]
+    stand_in = RunningStandIn(
+        StandIn(api_key="sk-local-stand-in", script=[Reply(MODEL_ANSWER, when="whole EU")])
+    )
     async with embedded_stack(settings) as stack:
-        settings = stack.settings
+        settings = stack.settings.model_copy(
+            update={
+                "model_base_url": stand_in.base_url,
+                "model_name": stand_in.stand_in.model,
+                "model_api_key": SecretStr("sk-local-stand-in"),
+                # The estimate bounds every allowed answer at one token a byte: two answers
+                # keep the hold within the demo tenant's funds.
+                "model_edit_attempts": 2,
+            }
+        )
         client: Client = await connect(settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
         sessions = session_factory(engine)
@@ -218,6 +253,7 @@ async def demo(settings: Settings) -> int:
             stop.set()
             await serving
             await engine.dispose()
+            stand_in.stop()
     return code
 
 
@@ -274,6 +310,7 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
             if d.log_url:
                 print(f"       verification log {d.log_url}")
         print(flush=True)
+    model_result = await run_model_change(settings, lifecycle, sessions, shop)
     after = await ledger.balance(shop.account_id)
     print(
         f"Token balance: {before.balance:,} before, {after.balance:,} after "
@@ -284,15 +321,69 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
     rolled_back = any(
         d.environment.value == "production" and d.rollback_deployment_id for d in second.deployments
     )
-    ok = first.status is PromptStatus.COMPLETED and rolled_back
+    ok = (
+        first.status is PromptStatus.COMPLETED
+        and rolled_back
+        and model_result.status is PromptStatus.COMPLETED
+    )
     if not ok:
         print(
-            "demo: unexpected outcome - the first lifecycle should complete and the second "
-            "should be rolled back in production",
+            "demo: unexpected outcome - the first and third lifecycles should complete and the "
+            "second should be rolled back in production",
             file=sys.stderr,
         )
     sys.stdout.flush()
     return 0 if ok else 1
+
+
+async def run_model_change(
+    settings: Settings, lifecycle: LifecycleClient, sessions: SessionFactory, shop: DemoShop
+) -> PromptRequestResult:
+    """The project switches to the model engine; the endpoint is the local stand-in."""
+    async with sessions() as session:
+        project = await session.get(Project, shop.project.id)
+        assert project is not None
+        project.change_engine = ChangeEngineKind.MODEL
+        await session.commit()
+    print(
+        f"3) a free-text change by the model engine: {MODEL_PROMPT!r}\n"
+        f"   endpoint {settings.model_base_url}: a LOCAL STAND-IN of an OpenAI-compatible "
+        "server with scripted answers, not a model",
+        flush=True,
+    )
+    progress = Progress()
+    result = await run_lifecycle(
+        lifecycle, shop, MODEL_PROMPT, on_status=progress.show, say=progress.say
+    )
+    async with sessions() as session:
+        calls = list(
+            (
+                await session.exec(
+                    select(ModelCall)
+                    .where(ModelCall.prompt_request_id == result.prompt_request_id)
+                    .order_by(col(ModelCall.revision), col(ModelCall.call_number))
+                )
+            ).all()
+        )
+    for call in calls:
+        progress.say(
+            f"model call {call.call_number} ({call.outcome.value}, max_tokens {call.max_tokens}): "
+            f"{call.prompt_tokens} prompt + {call.completion_tokens} completion tokens reported"
+        )
+    answered = [c for c in calls if c.outcome is ModelCallOutcome.ANSWERED]
+    if answered:
+        print("   the edits it answered:")
+        for line in answered[-1].answer.splitlines():
+            print(f"     | {line}")
+    progress.say(
+        f"finished {result.status.value}"
+        + (f": {result.reason}" if result.reason else "")
+        + f"; {sum(c.tokens_charged for c in calls)} tokens reported, "
+        f"{result.tokens_settled} charged"
+    )
+    link = workflow_link(settings, prompt_request_workflow_id(result.prompt_request_id))
+    print(f"   Web UI: {link}\n", flush=True)
+    return result
 
 
 def main() -> None:

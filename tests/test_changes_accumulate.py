@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from activities.change_engine import AppliedChange, ChangeProposal
+from activities.change_engine import AppliedChange, ChangeProposal, ChangeStep
 from activities.git_change_engine import GitChangeEngine
 from activities.lifecycle import LifecycleActivities
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
@@ -380,9 +380,10 @@ class PushedAfterEveryApply(GitChangeEngine):
         prompt: str,
         branch: str,
         onto: str | None = None,
+        step: ChangeStep | None = None,
     ) -> AppliedChange:
         applied = await super().apply(
-            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto
+            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto, step=step
         )
         self.pushes += 1
         push_config(repo, store_name=f"Corner Shop {self.pushes}")
@@ -399,13 +400,13 @@ async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_r
 ) -> None:
     shop = await make_shop(sessions, tmp_path)
     engine = PushedAfterEveryApply()
-    lifecycle = LifecycleActivities(sessions, engine)
+    gated = LifecycleActivities(sessions, engine)
     async with running_workers(
         client,
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[lifecycle.apply_change],
+        replace=[gated.apply_change],
     ):
         result = await outcome(lifecycle, await submit(lifecycle, shop, "set theme to dark"))
 

@@ -9,7 +9,7 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.change_engine import AppliedChange, ChangeProposal
+from activities.change_engine import AppliedChange, ChangeProposal, ChangeStep
 from activities.deploy_target import GitDeployTarget, VerificationResult
 from activities.git_change_engine import GitChangeEngine
 from activities.lifecycle import LifecycleActivities
@@ -67,9 +67,11 @@ class GatedEngine(GitChangeEngine):
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
 
-    async def plan(self, *, repo: Path, base_branch: str, prompt: str) -> ChangeProposal:
+    async def plan(
+        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+    ) -> ChangeProposal:
         await self.gate.pass_through()
-        return await super().plan(repo=repo, base_branch=base_branch, prompt=prompt)
+        return await super().plan(repo=repo, base_branch=base_branch, prompt=prompt, step=step)
 
     async def apply(
         self,
@@ -79,9 +81,10 @@ class GatedEngine(GitChangeEngine):
         prompt: str,
         branch: str,
         onto: str | None = None,
+        step: ChangeStep | None = None,
     ) -> AppliedChange:
         return await super().apply(
-            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto
+            repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto=onto, step=step
         )
 
 
@@ -289,13 +292,13 @@ async def test_cancelling_during_planning_persists_cancelled_and_holds_nothing(
 ) -> None:
     shop = await make_shop(sessions, tmp_path)
     gate = Gate()
-    lifecycle = LifecycleActivities(sessions, GatedEngine(gate))
+    gated = LifecycleActivities(sessions, GatedEngine(gate))
     async with running_workers(
         client,
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[lifecycle.plan_request],
+        replace=[gated.plan_request],
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
         await asyncio.wait_for(gate.reached.wait(), 30)

@@ -57,8 +57,9 @@ def redact_secrets(
 
 def remember_secrets(settings: Settings) -> None:
     """Register the configured secret values so the log chain masks them anywhere."""
-    if settings.temporal_api_key is not None:
-        _known_secrets.add(settings.temporal_api_key.get_secret_value())
+    for key in (settings.temporal_api_key, settings.model_api_key):
+        if key is not None:
+            _known_secrets.add(key.get_secret_value())
     if settings.database_url is not None:
         try:
             password = make_url(settings.database_url.get_secret_value()).password

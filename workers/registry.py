@@ -39,15 +39,26 @@ def workflows() -> list[type]:
 def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities
+    from activities.change_engine import ChangeEngine
     from activities.deployments import DeploymentActivities
     from activities.git_change_engine import GitChangeEngine
     from activities.lane import LaneActivities
     from activities.ledger import Ledger
     from activities.lifecycle import LifecycleActivities
+    from activities.model_engine import ModelChangeEngine
     from activities.rollbacks import RollbackActivities
+    from models.projects import ChangeEngineKind
 
     billing = BillingActivities(Ledger(deps.sessions))
-    lifecycle = LifecycleActivities(deps.sessions, GitChangeEngine())
+    # The model engine's client is made on its first call: a worker whose projects never
+    # choose it opens no connection.
+    engines: dict[ChangeEngineKind, ChangeEngine] = {
+        ChangeEngineKind.RULE: GitChangeEngine(),
+        ChangeEngineKind.MODEL: ModelChangeEngine(deps.settings, deps.sessions),
+    }
+    lifecycle = LifecycleActivities(
+        deps.sessions, engines[deps.settings.change_engine], engines=engines
+    )
     return [
         lifecycle.plan_request,
         lifecycle.open_approval,

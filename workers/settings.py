@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from models.projects import ChangeEngineKind
+
 
 class ConfigurationError(Exception):
     """Settings that cannot work; the message says which and why, in one paragraph."""
@@ -91,6 +93,22 @@ class Settings(BaseSettings):
     web_ui_url: str | None = None
     # Where git deploy targets keep their working checkouts and logs.
     workspace_dir: Path | None = None
+
+    # The change engine of projects that do not choose one (Project.change_engine).
+    change_engine: ChangeEngineKind = ChangeEngineKind.RULE
+    # The model engine's endpoint: any OpenAI-compatible chat-completions server.
+    model_base_url: str = "https://api.openai.com/v1"
+    model_name: str = "gpt-4o-mini"
+    model_api_key: SecretStr | None = None
+    # Per call (the SDK's own retries are off: Temporal retries the activity).
+    model_timeout_seconds: float = Field(default=120.0, gt=0)
+    # The most one call may answer; each call's cap is lowered to fit the plan's token budget.
+    model_max_tokens: int = Field(default=1024, ge=16)
+    # Answers whose edits may be tried: a failing edit goes back with its reason this - 1 times.
+    model_edit_attempts: int = Field(default=3, ge=1, le=10)
+    # Bytes of file content given to the model, and the largest file it may edit.
+    model_context_bytes: int = Field(default=48_000, ge=1000)
+    model_max_file_bytes: int = Field(default=100_000, ge=1000)
 
     @field_validator("log_level", mode="before")
     @classmethod

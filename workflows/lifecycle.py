@@ -85,6 +85,15 @@ REQUEST_REFUSALS = {
     ErrorType.UNKNOWN_USER,
     ErrorType.USER_OF_ANOTHER_TENANT,
 }
+# The change engine could not plan: the request ends failed with the reason (before its hold).
+PLANNING_FAILURES = {
+    ErrorType.CHANGE_REQUEST_INVALID,
+    ErrorType.REPOSITORY_ERROR,
+    ErrorType.MODEL_AUTH_FAILED,
+    ErrorType.MODEL_NOT_FOUND,
+    ErrorType.MODEL_CONTEXT_EXCEEDED,
+    ErrorType.MODEL_REQUEST_REFUSED,
+}
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
 )
@@ -260,10 +269,7 @@ class PromptRequestWorkflow:
                 raise self._refused_at_submission(
                     refused(ErrorType(kind), error_message(err))
                 ) from err
-            if kind in (
-                ErrorType.CHANGE_REQUEST_INVALID,
-                ErrorType.REPOSITORY_ERROR,
-            ):
+            if kind in PLANNING_FAILURES:
                 await self._end(PromptStatus.FAILED, error_message(err))
             raise
         if not planned.open:

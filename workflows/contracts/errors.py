@@ -32,6 +32,11 @@ class ErrorType(enum.StrEnum):
     REPOSITORY_ERROR = "RepositoryError"
     # The approved change does not apply to the project's default branch as it is now.
     REBASE_CONFLICT = "RebaseConflict"
+    # The model engine's endpoint refused the call (429, 5xx and timeouts are retried instead).
+    MODEL_AUTH_FAILED = "ModelAuthFailed"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    MODEL_CONTEXT_EXCEEDED = "ModelContextExceeded"
+    MODEL_REQUEST_REFUSED = "ModelRequestRefused"
 
     # --- the token ledger (activities.ledger's exceptions carry these)
     LEDGER_ERROR = "LedgerError"

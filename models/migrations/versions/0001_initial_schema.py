@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-02 15:02:17.815920
+Create Date: 2026-12-02 15:37:53.491708
 """
 
 from collections.abc import Sequence
@@ -134,6 +134,18 @@ def upgrade() -> None:
         sa.Column("repo_url", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
         sa.Column("default_branch", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("check_command", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
+        sa.Column(
+            "change_engine",
+            sa.Enum(
+                "rule",
+                "model",
+                name="changeenginekind_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=True,
+        ),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -616,6 +628,64 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_deployment_plans_tenant_id"), "deployment_plans", ["tenant_id"], unique=False
     )
+    op.create_table(
+        "model_calls",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("prompt_request_id", sa.Uuid(), nullable=False),
+        sa.Column("revision", sa.Integer(), nullable=False),
+        sa.Column("call_number", sa.Integer(), nullable=False),
+        sa.Column("base_commit", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("request_digest", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("model", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("max_tokens", sa.Integer(), nullable=False),
+        sa.Column(
+            "outcome",
+            sa.Enum(
+                "answered",
+                "broken",
+                name="modelcalloutcome_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("answer", sa.Text(), nullable=False),
+        sa.Column("finish_reason", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("prompt_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("completion_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("tokens_charged", sa.BigInteger(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "tokens_charged > 0", name=op.f("ck_model_calls_tokens_charged_positive")
+        ),
+        sa.ForeignKeyConstraint(
+            ["prompt_request_id"],
+            ["prompt_requests.id"],
+            name=op.f("fk_model_calls_prompt_request_id_prompt_requests"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_model_calls_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_model_calls")),
+        sa.UniqueConstraint(
+            "prompt_request_id", "revision", "call_number", name="uq_model_calls_step"
+        ),
+    )
+    op.create_index(
+        op.f("ix_model_calls_prompt_request_id"), "model_calls", ["prompt_request_id"], unique=False
+    )
+    op.create_index(op.f("ix_model_calls_tenant_id"), "model_calls", ["tenant_id"], unique=False)
     op.create_table(
         "module_executions",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -1264,6 +1334,9 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_module_executions_status"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_connector_id"), table_name="module_executions")
     op.drop_table("module_executions")
+    op.drop_index(op.f("ix_model_calls_tenant_id"), table_name="model_calls")
+    op.drop_index(op.f("ix_model_calls_prompt_request_id"), table_name="model_calls")
+    op.drop_table("model_calls")
     op.drop_index(op.f("ix_deployment_plans_tenant_id"), table_name="deployment_plans")
     op.drop_index(op.f("ix_deployment_plans_prompt_request_id"), table_name="deployment_plans")
     op.drop_table("deployment_plans")

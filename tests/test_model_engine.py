@@ -1,0 +1,344 @@
+"""The model engine through the real lifecycle: real workers, Temporal and PostgreSQL, and a
+local stand-in of an OpenAI-compatible endpoint (tests/model_stand_in.py) that counts its calls
+and reports usage, so each charge can be compared with what the server reported."""
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+
+from activities.model_engine import input_bound
+from models import ModelCallOutcome, PromptStatus
+from models.db import SessionFactory
+from tests.lifecycle_support import (
+    FUNDS,
+    Shop,
+    balance,
+    config_on,
+    git,
+    holds,
+    make_shop,
+    plan_awaiting_approval,
+    settlements,
+    submit,
+)
+from tests.model_engine_support import (
+    ABOUT_LINE,
+    API_KEY,
+    THEME_DARK,
+    decoded_payloads,
+    model_calls,
+    model_settings,
+    reported_usage,
+    use_model_engine,
+)
+from tests.model_stand_in import Reply as R
+from tests.model_stand_in import RunningStandIn, StandIn, edit_block
+from tests.workers import running_workers
+from workers.lifecycle_client import LifecycleClient
+from workers.settings import Settings
+from workflows.contracts.ids import prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+THEME_PROMPT = "Our shop should look darker: please switch the storefront to the dark theme."
+ABOUT_PROMPT = "Tell visitors on the about page that we are open every day."
+THEME_EDIT = edit_block("config.json", *THEME_DARK)
+ABOUT_EDIT = edit_block("pages/about.md", *ABOUT_LINE)
+
+
+@pytest.fixture
+def stand_in() -> Iterator[StandIn]:
+    model = StandIn(api_key=API_KEY)
+    server = RunningStandIn(model)
+    model.base_url = server.base_url  # type: ignore[attr-defined]
+    yield model
+    server.stop()
+
+
+@pytest.fixture
+def settings(stand_in: StandIn, task_queue: str, deploy_queue: str, tmp_path: Path) -> Settings:
+    return model_settings(
+        stand_in.base_url,  # type: ignore[attr-defined]
+        task_queue,
+        deploy_queue,
+        tmp_path / "workspace",
+    )
+
+
+@pytest_asyncio.fixture
+async def shop(sessions: SessionFactory, tmp_path: Path) -> Shop:
+    shop = await make_shop(sessions, tmp_path)
+    await use_model_engine(sessions, shop)
+    return shop
+
+
+@pytest_asyncio.fixture
+async def workers(
+    client: Client, sessions: SessionFactory, settings: Settings
+) -> AsyncIterator[None]:
+    async with running_workers(client, sessions, settings):
+        yield
+
+
+async def outcome(lifecycle: LifecycleClient, request_id: uuid.UUID) -> PromptRequestResult:
+    async with asyncio.timeout(60):
+        return await lifecycle.wait_for_outcome(request_id)
+
+
+async def charged(sessions: SessionFactory, shop: Shop) -> int:
+    return sum(entry.amount for entry in await settlements(sessions, shop))
+
+
+async def test_free_text_requests_ship_through_the_model_engine_and_accumulate_on_main(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    stand_in.script = [R(THEME_EDIT, when="dark theme"), R(ABOUT_EDIT, when="open every day")]
+
+    first = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+    second = await outcome(lifecycle, await submit(lifecycle, shop, ABOUT_PROMPT))
+
+    assert (first.status, second.status) == (PromptStatus.COMPLETED, PromptStatus.COMPLETED)
+    repo = shop.project.repo_url
+    assert config_on(shop, "main")["theme"] == "dark"
+    assert "open every day" in git(repo, "show", "main:pages/about.md")
+    assert git(repo, "rev-parse", "main^{tree}") == git(repo, "rev-parse", "env/production^{tree}")
+    # The second plan started from the first change: its context held the dark theme.
+    assert '"theme": "dark"' in stand_in.requests[1]["messages"][1]["content"]
+    # Charged exactly what the server reported, once per call, the rest of each hold released.
+    usage = reported_usage(stand_in, [THEME_EDIT, ABOUT_EDIT])
+    assert first.tokens_used + second.tokens_used == usage
+    assert await charged(sessions, shop) == usage
+    assert await balance(sessions, shop.account) == FUNDS - usage
+    for request in (first, second):
+        [call] = await model_calls(sessions, request.prompt_request_id)
+        assert call.tokens_charged == call.prompt_tokens + call.completion_tokens > 0
+        estimate = (await lifecycle.status(request.prompt_request_id)).token_estimate
+        assert input_bound(stand_in.requests[0]["messages"]) + call.max_tokens <= estimate
+    assert all(body["stream"] and body["stream_options"] for body in stand_in.requests)
+    assert stand_in.calls == 2  # applying never asked the model again
+
+
+async def test_an_edit_that_does_not_apply_goes_back_with_its_reason_and_the_next_one_ships(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    wrong = edit_block("config.json", '  "theme": "blue",\n', '  "theme": "dark",\n')
+    stand_in.script = [R(wrong, when="dark theme"), R(THEME_EDIT, when="did not apply")]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert config_on(shop, "main")["theme"] == "dark"
+    assert stand_in.calls == 2
+    retry = stand_in.requests[1]["messages"]
+    assert retry[-2] == {"role": "assistant", "content": wrong}
+    assert "the SEARCH text does not occur in config.json" in retry[-1]["content"]
+    assert result.tokens_used == reported_usage(stand_in, [wrong, THEME_EDIT])
+    assert await charged(sessions, shop) == result.tokens_used
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("../outside.txt", "is not a file path inside the repository"),
+        (".git/config", "is not a file path inside the repository"),
+        ("/etc/passwd", "is not a file path inside the repository"),
+    ],
+)
+async def test_an_edit_of_a_path_outside_the_repository_fails_the_request_uncharged(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+    path: str,
+    why: str,
+) -> None:
+    stand_in.script = [R(edit_block(path, "", "owned\n"), times=5)]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.FAILED
+    assert why in result.reason
+    assert stand_in.calls == 1  # refused, not argued with
+    assert await holds(sessions, shop) == []
+    assert await balance(sessions, shop.account) == FUNDS
+    assert git(shop.project.repo_url, "branch", "--list", "changeflow/*") == ""
+
+
+async def test_an_oversized_file_is_refused(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    settings: Settings,
+) -> None:
+    stand_in.script = [R(edit_block("pages/big.md", "", "x" * 1500 + "\n"))]
+    strict = settings.model_copy(update={"model_max_file_bytes": 1000})
+
+    async with running_workers(client, sessions, strict):
+        result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.FAILED
+    assert "pages/big.md would exceed 1000 bytes" in result.reason
+    assert stand_in.calls == 1
+
+
+async def test_a_broken_stream_is_charged_its_cap_once_and_asked_again(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    stand_in.script = [R(THEME_EDIT, when="dark theme", break_after_chunks=2), R(THEME_EDIT)]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    broken, answered = await model_calls(sessions, result.prompt_request_id)
+    assert broken.outcome is ModelCallOutcome.BROKEN
+    cap = input_bound(stand_in.requests[0]["messages"]) + broken.max_tokens
+    assert broken.tokens_charged == cap
+    assert answered.outcome is ModelCallOutcome.ANSWERED
+    # The same question again: the broken call left nothing in the conversation.
+    assert stand_in.requests[1]["messages"] == stand_in.requests[0]["messages"]
+    reported = answered.prompt_tokens + answered.completion_tokens
+    assert result.tokens_used == cap + reported
+    assert await charged(sessions, shop) == cap + reported
+    assert stand_in.calls == 2
+
+
+async def test_usage_beyond_the_hold_and_tolerance_pauses_for_approval_and_charges_it(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    # A server that counts far more tokens than the engine's bound assumes.
+    stand_in.script = [R(THEME_EDIT, completion_tokens=90_000)]
+
+    request_id = await submit(lifecycle, shop, THEME_PROMPT)
+    try:
+        status, plan = await plan_awaiting_approval(lifecycle, request_id, within=30)
+    except TimeoutError:
+        raise AssertionError(await lifecycle.status(request_id)) from None
+
+    assert "the work used" in status.reason
+    assert plan.revision == 2 and plan.token_estimate > 90_000
+    for admin in shop.admins[: plan.approvals_required]:
+        await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan.content_hash)
+    result = await outcome(lifecycle, request_id)
+    assert result.status is PromptStatus.COMPLETED
+    [call] = await model_calls(sessions, request_id)
+    assert result.tokens_used == call.tokens_charged == call.prompt_tokens + 90_000
+    assert await charged(sessions, shop) == result.tokens_used
+    assert stand_in.calls == 1
+
+
+async def test_every_call_is_capped_by_the_budget_and_a_cut_answer_is_sent_back(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    settings: Settings,
+) -> None:
+    long_answer = "Let me explain at length first. " * 40 + THEME_EDIT
+    stand_in.script = [R(long_answer, when="dark theme"), R(THEME_EDIT, when="cut off")]
+    small = settings.model_copy(update={"model_max_tokens": 100, "model_edit_attempts": 2})
+
+    async with running_workers(client, sessions, small):
+        result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+        estimate = (await lifecycle.status(result.prompt_request_id)).token_estimate
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    first, second = stand_in.requests
+    assert first["max_tokens"] == second["max_tokens"] == 100
+    assert "the answer was cut off at 100 tokens" in second["messages"][-1]["content"]
+    calls = await model_calls(sessions, result.prompt_request_id)
+    assert calls[0].finish_reason == "length"
+    # Each call's cap leaves room for what was charged before it and its own input.
+    assert calls[0].tokens_charged + input_bound(second["messages"]) + 100 <= estimate
+
+
+async def test_a_refused_api_key_fails_the_request_with_model_auth_failed_and_no_hold(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    stand_in.api_key = "sk-another-key"
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.FAILED
+    assert "refused the API key" in result.reason and "CHANGEFLOW_MODEL_API_KEY" in result.reason
+    assert await holds(sessions, shop) == []
+    assert await balance(sessions, shop.account) == FUNDS
+    assert stand_in.calls == 0  # refused before the stand-in counted a request
+
+
+async def test_429_with_retry_after_is_retried_by_temporal_then_ships(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    stand_in.script = [
+        R(status=429, error_message="Rate limit reached", retry_after="1"),
+        R(THEME_EDIT),
+    ]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert stand_in.calls == 2
+    [call] = await model_calls(sessions, result.prompt_request_id)  # the 429 cost nothing
+    assert result.tokens_used == call.tokens_charged
+
+
+async def test_the_api_key_prompt_and_answer_are_in_no_history_and_no_log(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    marker = "a-marker-only-the-model-says"
+    answer = f"{marker}\n{THEME_EDIT}"
+    stand_in.script = [R(answer)]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    handle = client.get_workflow_handle(prompt_request_workflow_id(result.prompt_request_id))
+    history = decoded_payloads((await handle.fetch_history()).to_json())
+    assert "theme" in history  # the payloads were decoded
+    assert API_KEY not in history and marker not in history
+    captured = capsys.readouterr()
+    logs = caplog.text + captured.out + captured.err
+    assert logs  # something was logged
+    assert API_KEY not in logs and marker not in logs and "dark theme" not in logs
