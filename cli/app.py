@@ -572,6 +572,7 @@ async def _after(
     wait: bool,
     timeout: float,  # noqa: ASYNC109 - the --timeout the person gave, passed on to follow()
     past_plan: str | None = None,
+    until_ended: bool = False,
 ) -> Outcome:
     """The status now, or (with --wait) once a person must act or the lifecycle ended."""
     code = 0
@@ -581,6 +582,7 @@ async def _after(
             status.prompt_request_id,
             progress,
             past_plan=past_plan,
+            until_ended=until_ended,
             timeout_s=timeout,
         )
         if followed is None:
@@ -780,7 +782,9 @@ def request_cancel(
         status = await _status(stack, request_id)
         await (await stack.lifecycle()).cancel(request_id, reason=reason)
         progress.print(f"cancellation of {request_id} requested")
-        outcome = await _after(stack, progress, status, wait=wait, timeout=timeout)
+        outcome = await _after(
+            stack, progress, status, wait=wait, timeout=timeout, until_ended=True
+        )
         # Cancelling is what was asked: a lifecycle that ends cancelled is done.
         if wait and outcome.data.status is PromptStatus.CANCELLED:
             outcome.code = 0

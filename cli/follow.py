@@ -33,11 +33,12 @@ def visible_changes(status: PromptRequestStatus) -> list[str]:
     return lines
 
 
-def settled(status: PromptRequestStatus, past_plan: str | None) -> bool:
-    """Nothing more happens without a person: ended, or a plan other than `past_plan` waits."""
+def settled(status: PromptRequestStatus, past_plan: str | None, *, until_ended: bool) -> bool:
+    """Nothing more happens without a person: ended, or a plan other than `past_plan` waits
+    (unless `until_ended`)."""
     if is_terminal(status.status):
         return True
-    return (
+    return not until_ended and (
         status.status is PromptStatus.AWAITING_APPROVAL
         and status.plan is not None
         and status.plan.content_hash != past_plan
@@ -50,6 +51,7 @@ async def follow(
     console: Console,
     *,
     past_plan: str | None = None,
+    until_ended: bool = False,
     timeout_s: float,
 ) -> PromptRequestStatus | None:
     """The settled status, or None when `timeout_s` passed first."""
@@ -71,7 +73,7 @@ async def follow(
                         highlight=False,
                     )
                     spinner.update(f"following the lifecycle: {escape(line)}")
-            if settled(status, past_plan):
+            if settled(status, past_plan, until_ended=until_ended):
                 return status
             await asyncio.sleep(POLL_INTERVAL_S)
     return None

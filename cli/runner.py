@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from activities.ledger import LedgerError
 from cli.stack import Stack
@@ -64,8 +65,8 @@ def run(json_output: bool, work: Callable[[Stack, Console], Awaitable[Outcome]])
     """Run `work` with a stack and exit with its code (see the module's table)."""
     out = Console(soft_wrap=True)
     # Progress goes to stderr under --json, so stdout stays one JSON document.
-    progress = Console(stderr=True) if json_output else out
-    err = Console(stderr=True)
+    progress = Console(stderr=True, soft_wrap=True) if json_output else out
+    err = Console(stderr=True, soft_wrap=True)
     try:
         settings = load_settings()
         configure_logging(settings)
@@ -99,5 +100,5 @@ def _fail(json_output: bool, err: Console, error_type: str, message: str, code: 
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         label = "refused" if code == EXIT_REFUSED else "configuration"
-        err.print(f"[bold red]{label}[/]: {error_type}: {message}", highlight=False)
+        err.print(f"[bold red]{label}[/]: {error_type}: {escape(message)}", highlight=False)
     raise typer.Exit(code)

@@ -71,12 +71,13 @@ async def create_tenant(
     if not name.strip():
         raise Refused(ErrorType.INVALID_REQUEST, "a tenant needs a name")
     tenant = Tenant(name=name.strip(), slug=_check_slug(slug or slugify(name)), plan_tier=plan_tier)
+    taken = f"a tenant with slug {tenant.slug!r} exists"  # a rollback expires the row
     session.add(tenant)
     try:
         await session.flush()
     except IntegrityError:
         await session.rollback()
-        raise Refused(ErrorType.SLUG_TAKEN, f"a tenant with slug {tenant.slug!r} exists") from None
+        raise Refused(ErrorType.SLUG_TAKEN, taken) from None
     session.add(ApprovalPolicy(tenant_id=tenant.id))
     await session.commit()
     return tenant
@@ -127,14 +128,13 @@ async def add_user(
         display_name=display_name or email.split("@")[0],
         role=_client_role(role),
     )
+    taken = f"tenant {tenant.slug} already has a user {user.email!r}"
     session.add(user)
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise Refused(
-            ErrorType.EMAIL_TAKEN, f"tenant {tenant.slug} already has a user {email.lower()!r}"
-        ) from None
+        raise Refused(ErrorType.EMAIL_TAKEN, taken) from None
     return user
 
 
@@ -262,14 +262,13 @@ async def create_project(
         default_branch=default_branch,
         check_command=check_command,
     )
+    taken = f"tenant {tenant.slug} already has a project {project.slug!r}"
     session.add(project)
     try:
         await session.commit()
     except IntegrityError:
         await session.rollback()
-        raise Refused(
-            ErrorType.SLUG_TAKEN, f"tenant {tenant.slug} already has a project {project.slug!r}"
-        ) from None
+        raise Refused(ErrorType.SLUG_TAKEN, taken) from None
     return project
 
 
