@@ -76,7 +76,8 @@ def _row(value: Any) -> dict[str, Any]:
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     table = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
-        table.add_column(column)
+        # Ids are copied into the next command: never cut.
+        table.add_column(column, no_wrap=column == "id", overflow="fold")
     for cells in rows:
         table.add_row(*(escape("" if cell is None else str(cell)) for cell in cells))
     return table
@@ -534,8 +535,18 @@ async def _user_id(stack: Stack, tenant_id: uuid.UUID, reference: str) -> uuid.U
         return (await tenancy.find_user(session, found, reference)).id
 
 
-def render_status(out: Console, status: PromptRequestStatus) -> None:
+async def _people(stack: Stack, tenant_id: uuid.UUID) -> dict[uuid.UUID, str]:
+    """Who is who in a status: user id -> email."""
+    async with (await stack.sessions())() as session:
+        found = await tenancy.find_tenant(session, str(tenant_id))
+        return {u.id: u.email for u in await tenancy.list_users(session=session, tenant=found)}
+
+
+def render_status(
+    out: Console, status: PromptRequestStatus, people: dict[uuid.UUID, str] | None = None
+) -> None:
     """The request and its plan: risk and reasons, estimate, diff summary, approvals so far."""
+    people = people or {}
     out.print(f"request {status.prompt_request_id}: [bold]{status.status.value}[/]", end="")
     out.print(f" - {escape(status.reason)}" if status.reason else "")
     plan = status.plan
@@ -554,7 +565,8 @@ def render_status(out: Console, status: PromptRequestStatus) -> None:
         out.print(f"  approvals {given} of {plan.approvals_required}")
         for a in approvals:
             reason = f": {escape(a.reason)}" if a.reason else ""
-            out.print(f"    {a.decision.value} by {a.user_id} at {_when(a.at)}{reason}")
+            who = people.get(a.user_id, str(a.user_id))
+            out.print(f"    {a.decision.value} by {who} at {_when(a.at)}{reason}")
     for d in status.deployments:
         rollback = f", rollback {d.rollback_status.value}" if d.rollback_status else ""
         out.print(f"  {d.environment.value}: {d.status.value}{rollback} ({d.deployment_id})")
@@ -593,7 +605,8 @@ async def _after(
             code = EXIT_NOT_COMPLETED
         status = followed
     final = status
-    return Outcome(final, lambda out: render_status(out, final), code)
+    people = await _people(stack, final.tenant_id)
+    return Outcome(final, lambda out: render_status(out, final, people), code)
 
 
 @request_app.command("submit")
@@ -740,7 +753,8 @@ def request_reject(
             request_id, user_id=rejecter, content_hash=_full_hash(status, plan), reason=reason
         )
         final = status
-        return Outcome(final, lambda out: render_status(out, final))
+        people = await _people(stack, final.tenant_id)
+        return Outcome(final, lambda out: render_status(out, final, people))
 
     run(json_output, work)
 
