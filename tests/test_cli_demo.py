@@ -24,4 +24,3 @@ def test_without_a_terminal_or_in_ci_the_demo_exits_by_itself() -> None:
 def test_flags_force_either_way() -> None:
     assert keeps_running(["--keep-running"], {"CI": "true"}, None, None)
     assert not keeps_running(["--exit"], {}, Terminal(), Terminal())
-
