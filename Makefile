@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
+.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
 
 install: $(STAMP)
 
@@ -32,6 +32,20 @@ lock: | $(UV)
 # CI: fails when pyproject.toml and uv.lock disagree.
 lock-check: | $(UV)
 	$(UV) lock --check
+
+# promtool from Debian's prometheus package, unpacked into .tools (nothing installed or started).
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(TOOLS)/prometheus/usr/bin/promtool)
+
+$(TOOLS)/prometheus/usr/bin/promtool:
+	@mkdir -p $(TOOLS)/prometheus
+	@cd $(TOOLS) && { apt-get download -qq prometheus 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -qq prometheus; }; }
+	@dpkg-deb -x $$(ls $(TOOLS)/prometheus_*.deb | head -n 1) $(TOOLS)/prometheus
+
+# The alert rules are valid PromQL and fire (or not) as ops/prometheus/alerts.test.yml says.
+check-alerts: | $(PROMTOOL)
+	$(PROMTOOL) check rules ops/prometheus/alerts.yml
+	$(PROMTOOL) test rules ops/prometheus/alerts.test.yml
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo

@@ -322,6 +322,16 @@ def test_every_alert_rule_is_complete_and_uses_only_exported_metrics() -> None:
         LIFECYCLE_OLDEST_AGE,
     ):
         assert metric in by_metric, metric
+    # Each rule has promtool unit tests (`make check-alerts`, run by CI) that make it fire.
+    unit_tests = yaml.safe_load((ROOT / "ops" / "prometheus" / "alerts.test.yml").read_text())
+    firing = {
+        case["alertname"]
+        for test in unit_tests["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert firing == set(names)
+    assert "make check-alerts" in (ROOT / ".ci" / "run").read_text()
     # Product metrics are spelled as the code defines them.
     product = {name for name in rule_metrics() | dashboard_metrics() if "changeflow" in name}
     assert product <= known_metrics()
