@@ -32,6 +32,7 @@ from models import (
     TokenTransaction,
 )
 from workers.cli import exit_process
+from workers.tracing import flush_traces
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import PromptRequestStatus
 
@@ -906,4 +907,5 @@ def main() -> None:
     except BaseException:
         traceback.print_exc()
     finally:
+        flush_traces()
         exit_process(code)
