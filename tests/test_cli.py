@@ -96,7 +96,9 @@ async def refused(env: dict[str, str], error_type: str, *args: str) -> dict[str,
 
 async def corner_shop(env: dict[str, str], repo_dir: Path, *, approvals: int = 1) -> str:
     """A tenant set up as the README's first run does; returns its slug."""
-    created = (await ok(env, "tenant", "create", "Corner Shop", "--json")).json
+    created = (
+        await ok(env, "tenant", "create", "Corner Shop", "--plan-tier", "growth", "--json")
+    ).json
     slug: str = created["slug"]
     await ok(env, "user", "add", "alice@corner.example", "-t", slug, "--name", "Alice")
     await ok(env, "user", "add", "bob@corner.example", "-t", slug, "--role", "client_admin")
@@ -265,10 +267,19 @@ async def test_refusals_name_their_type_and_exit_1(
     await refused(env, "UnknownRequest", "request", "show", str(uuid.uuid4()))
     await refused(env, "EmptyPrompt", "request", "submit", "  ", "-t", slug,
                   "--project", "storefront", "-u", "alice@corner.example")  # fmt: skip
-    # Nothing above changed the tenant.
+    await refused(env, "InvalidPeriod", "tokens", "grant", "-t", slug, "--period", "2026-13")
+    # A plan grant is once per period: the second replays the first.
+    first = (await ok(env, "tokens", "grant", "-t", slug, "--period", "2026-01", "--json")).json
+    again = (await ok(env, "tokens", "grant", "-t", slug, "--period", "2026-01", "--json")).json
+    assert first == again and first["amount"] == 2_000_000  # the growth tier's grant
+    viewer = (await ok(env, "user", "set-role", "carol@corner.example", "client_viewer",
+                       "-t", slug, "--json")).json  # fmt: skip
+    assert viewer["role"] == "client_viewer"
+    # Nothing above changed the tenant otherwise.
     users = (await ok(env, "user", "list", "-t", slug, "--json")).json
     assert {u["email"]: u["role"] for u in users}["bob@corner.example"] == "client_admin"
-    assert (await ok(env, "tokens", "balance", "-t", slug, "--json")).json["balance"] == 50_000
+    balance = (await ok(env, "tokens", "balance", "-t", slug, "--json")).json
+    assert balance["balance"] == 50_000 + 2_000_000
 
 
 async def test_configuration_that_cannot_work_exits_2(env: dict[str, str]) -> None:
