@@ -19,6 +19,7 @@ from rich.table import Table
 from sqlmodel import col, select
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.ledger import current_period
 from cli import tenancy
 from cli.follow import follow
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
@@ -420,7 +421,8 @@ def tokens_grant(
 
     async def work(stack: Stack, _: Console) -> Outcome:
         entry = await (await stack.ledger()).grant(await _account_id(stack, tenant), period=period)
-        return Outcome(_row(entry), lambda out: out.print(_entry_line(entry, "grant:<period>")))
+        key = f"grant:{period or current_period()}"
+        return Outcome(_row(entry), lambda out: out.print(_entry_line(entry, key)))
 
     run(json_output, work)
 
