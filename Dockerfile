@@ -1,16 +1,26 @@
 # The changeflow worker image: `changeflow-worker` serving both task queues, configured only by
 # environment variables (see docker-compose.yml and the README's configuration table).
+# Dependencies are installed from uv.lock exactly, as `make install` does.
 FROM python:3.11-slim AS build
 
+ARG UV_VERSION=0.13.9
+RUN pip install --no-cache-dir --disable-pip-version-check "uv==${UV_VERSION}"
+ENV UV_PROJECT_ENVIRONMENT=/opt/changeflow \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy
+
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: a code change does not reinstall them.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-install-project --python /usr/local/bin/python
 COPY models ./models
 COPY activities ./activities
 COPY workflows ./workflows
 COPY workers ./workers
 COPY scripts ./scripts
-RUN python -m venv /opt/changeflow \
-    && /opt/changeflow/bin/pip install --no-cache-dir --disable-pip-version-check .
+COPY cli ./cli
+RUN uv sync --frozen --no-editable --python /usr/local/bin/python
 
 FROM python:3.11-slim
 

@@ -1,18 +1,51 @@
 # Every target installs what is missing by itself: a fresh machine needs only Python 3.11+.
+# Installs follow uv.lock exactly (`uv sync --frozen`); a second run installs nothing.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# uv comes from the package registry into a folder of its own (uv sync owns .venv and would
+# remove it from there), unless one is on the PATH already.
+TOOLS := .tools
+UV_VERSION := 0.13.9
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
+# Never fetch a Python build: the interpreter is the machine's.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
+.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+$(TOOLS)/bin/uv:
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(UV) sync --frozen --extra dev --python $(PYTHON) --quiet
 	@touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: resolve again and commit uv.lock.
+lock: | $(UV)
+	$(UV) lock
+
+# CI: fails when pyproject.toml and uv.lock disagree.
+lock-check: | $(UV)
+	$(UV) lock --check
+
+# promtool from Debian's prometheus package, unpacked into .tools (nothing installed or started).
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(TOOLS)/prometheus/usr/bin/promtool)
+
+$(TOOLS)/prometheus/usr/bin/promtool:
+	@mkdir -p $(TOOLS)/prometheus
+	@cd $(TOOLS) && { apt-get download -qq prometheus 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -qq prometheus; }; }
+	@dpkg-deb -x $$(ls $(TOOLS)/prometheus_*.deb | head -n 1) $(TOOLS)/prometheus
+
+# The alert rules are valid PromQL and fire (or not) as ops/prometheus/alerts.test.yml says.
+check-alerts: | $(PROMTOOL)
+	$(PROMTOOL) check rules ops/prometheus/alerts.yml
+	$(PROMTOOL) test rules ops/prometheus/alerts.test.yml
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo
@@ -44,7 +77,7 @@ bench-git: $(STAMP)
 	$(PY) -m scripts.bench_git
 
 clean:
-	rm -rf $(VENV) .changeflow *.egg-info
+	rm -rf $(VENV) $(TOOLS) .changeflow *.egg-info
 
 # While nothing has shipped, the schema is one revision regenerated from the models.
 initial-migration: $(STAMP)

@@ -11,8 +11,10 @@
 Starts (or joins) the embedded PostgreSQL and Temporal dev server, migrates, seeds a demo tenant
 (people, approval policy, a funded token account, a project whose repository is a sample
 storefront under the data folder), runs a worker in this process, then prints the Web UI links
-and the token balance before and after. `--keep-running` keeps the stack and the worker up
-afterwards (Ctrl-C stops them), so the links stay live; so does a `make dev` running already.
+and the token balance before and after. On a terminal the stack and the worker keep running
+afterwards (Ctrl-C stops them), so the links stay live; without one (CI, a pipe) the demo exits
+by itself, and its last line is the command that brings the links back with the same data.
+`--keep-running` / `--exit` force either; a `make dev` running already keeps them live too.
 """
 
 import asyncio
@@ -20,9 +22,10 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import quote
 
 from pydantic import SecretStr
@@ -221,8 +224,27 @@ async def run_lifecycle(
         return await outcome
 
 
+# Printed last when the demo stops its stack: `make dev` reopens the same data folder.
+LINKS_AGAIN = "The Web UI links above work again, with the same data, after: make dev"
+
+
+def keeps_running(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    stdin: TextIO | None = sys.stdin,
+    stdout: TextIO | None = sys.stdout,
+) -> bool:
+    """Keep the stack up for someone clicking the links: a person at a terminal, not CI."""
+    if "--exit" in argv:
+        return False
+    if "--keep-running" in argv:
+        return True
+    at_terminal = all(stream is not None and stream.isatty() for stream in (stdin, stdout))
+    return at_terminal and not env.get("CI")
+
+
 async def demo(settings: Settings) -> int:
-    keep_running = "--keep-running" in sys.argv[1:]
+    keep_running = keeps_running(sys.argv[1:], os.environ)
     stand_in = RunningStandIn(
         StandIn(api_key="sk-local-stand-in", script=[Reply(MODEL_ANSWER, when="whole EU")])
     )
@@ -247,13 +269,19 @@ async def demo(settings: Settings) -> int:
         try:
             code = await show(settings, client, sessions)
             if keep_running and code == 0:
-                print("\nThe stack and the worker keep running; Ctrl-C stops them.", flush=True)
+                print(
+                    "\nThe stack and the worker keep running, so the links stay live; "
+                    "try `.venv/bin/changeflow tenant list` in another shell. Ctrl-C stops them.",
+                    flush=True,
+                )
                 await stop.wait()
         finally:
             stop.set()
             await serving
             await engine.dispose()
             stand_in.stop()
+    if "temporal" in stack.started:
+        print(f"\n{LINKS_AGAIN}", flush=True)
     return code
 
 

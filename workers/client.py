@@ -15,7 +15,9 @@ from temporalio.runtime import (
 )
 from temporalio.service import TLSConfig
 
+from workers.metrics import HISTOGRAM_BUCKETS
 from workers.settings import ConfigurationError, Settings
+from workers.tracing import tracing_interceptors
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -48,7 +50,15 @@ def runtime_for(settings: Settings) -> Runtime:
 @functools.cache
 def _runtime(metrics_port: int | None) -> Runtime:
     # One per process and port: each runtime owns a thread pool and the port can bind once.
-    metrics = PrometheusConfig(bind_address=f"0.0.0.0:{metrics_port}") if metrics_port else None
+    metrics = (
+        PrometheusConfig(
+            bind_address=f"0.0.0.0:{metrics_port}",
+            # The product metrics' buckets in seconds (workers/metrics.py); the SDK's keep theirs.
+            histogram_bucket_overrides=HISTOGRAM_BUCKETS,
+        )
+        if metrics_port
+        else None
+    )
     return Runtime(
         telemetry=TelemetryConfig(
             logging=LoggingConfig(
@@ -61,7 +71,8 @@ def _runtime(metrics_port: int | None) -> Runtime:
 
 
 async def connect(settings: Settings, *, address: str | None = None) -> Client:
-    """A client using the pydantic converter every payload of ours needs."""
+    """A client using the pydantic converter every payload of ours needs, traced when an OTLP
+    endpoint is configured (workers/tracing.py)."""
     target = address or settings.temporal_address
     if target is None:
         raise ConfigurationError("TEMPORAL_ADDRESS is not set and no embedded server is running")
@@ -80,6 +91,7 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
             tls=tls_config(settings),
             data_converter=pydantic_data_converter,
             runtime=runtime,
+            interceptors=tracing_interceptors(),
         )
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot reach Temporal at {target}: {exc}") from None

@@ -20,12 +20,14 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from models.db import create_engine, session_factory
 from workers import registry
-from workers.client import connect
+from workers.client import connect, runtime_for
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
+from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
 from workers.registry import Dependencies
 from workers.schedules import ensure_plan_grant_schedule, ensure_sweep_schedule
 from workers.settings import ConfigurationError, Settings
+from workers.tracing import flush_traces
 from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDULE_ID
 
 log = structlog.get_logger(__name__)
@@ -41,7 +43,8 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
         "activity_task_poller_behavior": PollerBehaviorAutoscaling(),
         "max_concurrent_activities": settings.max_concurrent_activities,
         "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
-        "interceptors": worker_interceptors(),
+        # Tracing comes with the client (workers/client.py); a worker uses its interceptors too.
+        "interceptors": [*worker_interceptors(), ProductMetricsInterceptor()],
     }
     workers: list[Worker] = []
     # One queue for everything (a small fleet): one Worker must register all activities, or
@@ -146,8 +149,15 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
             task_queues=[w.task_queue for w in workers],
             embedded=stack.started,
         )
+        sampling = None
+        if settings.metrics_port and settings.serve_lifecycle:
+            meter = runtime_for(settings).metric_meter
+            sampling = asyncio.create_task(sample_until_stopped(deps.sessions, meter, stop))
         await run_until_stopped(workers, stop)
+        if sampling is not None:
+            await sampling
     finally:
+        flush_traces()
         await engine.dispose()
 
 

@@ -26,6 +26,12 @@ class ErrorType(enum.StrEnum):
     REQUEST_CLOSED = "RequestClosed"
     # A start input or update payload that does not fit its model (workflows.contracts.submitted).
     INVALID_REQUEST = "InvalidRequest"
+    UNKNOWN_REQUEST = "UnknownRequest"
+
+    # --- an operator's tenancy command (the changeflow console)
+    SLUG_TAKEN = "SlugTaken"
+    EMAIL_TAKEN = "EmailTaken"
+    INVALID_POLICY = "InvalidPolicy"
 
     # --- the change engine
     CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"
