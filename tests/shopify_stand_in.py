@@ -127,10 +127,13 @@ class LeakyBucket:
     maximum: float = 2000.0
     restore_rate: float = 100.0
     available: float = 2000.0
-    at: float = field(default_factory=time.monotonic)
+    clock: Any = time.monotonic
+    at: float = -1.0
 
     def level(self) -> float:
-        now = time.monotonic()
+        now = self.clock()
+        if self.at < 0:
+            self.at = now
         self.available = min(self.maximum, self.available + (now - self.at) * self.restore_rate)
         self.at = now
         return self.available
@@ -360,10 +363,10 @@ class ShopifyStandIn:
                 self.throttled += 1
                 return 200, {}, self._throttled(requested)
             self.bucket.available -= requested
-            self.queries.append(variables)
-        stream = "orders" if re.search(r"\borders\(", document) else (
-            "customers" if re.search(r"\bcustomers\(", document) else "shop"
-        )
+            stream = "orders" if re.search(r"\borders\(", document) else (
+                "customers" if re.search(r"\bcustomers\(", document) else "shop"
+            )
+            self.queries.append({"stream": stream, **variables})
         if self.before_page is not None and stream != "shop":
             self.before_page(stream)
         with self.lock:
@@ -386,7 +389,7 @@ class ShopifyStandIn:
                     }
                 nodes, info = self._page(stream, first, variables, document)
                 data = {stream: {"nodes": nodes, "pageInfo": info}}
-                actual = 2 + len(nodes) * self._node_cost(stream, document)
+                actual = 2 + sum(self._actual_node_cost(stream, node) for node in nodes)
             # The bucket is refunded down to what the query actually cost.
             self.bucket.available = min(self.bucket.maximum, self.bucket.available + requested - actual)
             return 200, {}, {"data": data, "extensions": {"cost": self._cost(requested, actual)}}
@@ -398,6 +401,11 @@ class ShopifyStandIn:
         line_items = int(found.group(1)) if found else 0
         # The order, 4 money bags of 2 objects, the customer, and the line item connection.
         return 1 + 8 + 1 + (2 + line_items * 3 if found else 0)
+
+    def _actual_node_cost(self, stream: str, node: dict[str, Any]) -> float:
+        if stream == "customers":
+            return 1
+        return 1 + 8 + 1 + 2 + 3 * len(node["lineItems"]["nodes"])
 
     def _requested(self, document: str, variables: dict[str, Any]) -> float:
         if re.search(r"\borders\(", document):
