@@ -158,7 +158,8 @@ class ShopifyStandIn:
         # Calls that arrived while the bucket could not cover them (a client that did not wait).
         self.uncovered_calls = 0
         self.queries: list[dict[str, Any]] = []
-        # Called with the stream before a page is answered (tests kill a worker from here).
+        # Called with the stream and variables before a page is answered (tests kill a
+        # worker from here).
         self.before_page: Any = None
         self.clock = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3650)
         # Records Shopify's search index has not caught up with yet: not returned by queries.
@@ -368,7 +369,7 @@ class ShopifyStandIn:
             )
             self.queries.append({"stream": stream, **variables})
         if self.before_page is not None and stream != "shop":
-            self.before_page(stream)
+            self.before_page(stream, variables)
         with self.lock:
             if stream == "shop":
                 data: dict[str, Any] = {

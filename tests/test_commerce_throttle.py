@@ -55,7 +55,7 @@ async def test_forced_throttling_both_ways_is_waited_out_not_failed(
     shop.retry_after_seconds = 1.0
     pages = 0
 
-    def throttle_midway(stream: str) -> None:
+    def throttle_midway(stream: str, variables: dict[str, object]) -> None:
         nonlocal pages
         pages += 1
         if pages == 2:
