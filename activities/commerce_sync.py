@@ -18,7 +18,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from activities.connectors import ConnectorError, Connections
+from activities.connectors import Connections, ConnectorError
 from activities.shopify import ShopifyError, minor_units
 from models.base import utcnow
 from models.commerce import (
@@ -120,9 +120,7 @@ def order_row(
                 "sku": item.get("sku"),
                 "quantity": item.get("quantity", 0),
                 "unit_price_cents": minor_units(
-                    ((item.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get(
-                        "amount"
-                    ),
+                    ((item.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get("amount"),
                     currency,
                 ),
             }
@@ -158,7 +156,7 @@ async def upsert(
         stmt = insert(table).values(batch)
         replaced = {k: stmt.excluded[k] for k in batch[0] if k not in ("id", "tenant_id")}
         stored = table.__table__.c  # type: ignore[union-attr]
-        stmt = stmt.on_conflict_do_update(
+        statement: Any = stmt.on_conflict_do_update(
             index_elements=["tenant_id", "source", "external_id"],
             set_={**replaced, "updated_at": sa.func.now()},
             where=sa.or_(
@@ -166,7 +164,7 @@ async def upsert(
                 stored.source_updated_at < stmt.excluded.source_updated_at,
             ),
         ).returning(sa.literal_column("xmax = 0").label("inserted"))
-        written = (await (await session.connection()).execute(stmt)).scalars().all()
+        written = (await (await session.connection()).execute(statement)).scalars().all()
         inserted = sum(1 for flag in written if flag)
         counts.inserted += inserted
         counts.updated += len(written) - inserted
@@ -238,7 +236,9 @@ class CommerceSyncActivities:
     async def close_module_execution(self, request: CloseModuleExecution) -> None:
         """Persist the outcome the workflow decided."""
         async with self._sessions() as session, session.begin():
-            execution = await session.get(ModuleExecution, request.execution_id, with_for_update=True)
+            execution = await session.get(
+                ModuleExecution, request.execution_id, with_for_update=True
+            )
             if execution is None:
                 raise refused(ErrorType.INVALID_REQUEST, f"no module run {request.execution_id}")
             if execution.status is request.status:
@@ -339,7 +339,9 @@ class CommerceSyncActivities:
                 session, Customer, [customer_row(connector.tenant_id, n) for n in nodes]
             )
         # An order's customer as the order shows it; a newer customers-stream row wins.
-        embedded = [customer_row(connector.tenant_id, n["customer"]) for n in nodes if n.get("customer")]
+        embedded = [
+            customer_row(connector.tenant_id, n["customer"]) for n in nodes if n.get("customer")
+        ]
         customers: dict[str, uuid.UUID] = {}
         if embedded:
             await upsert(session, Customer, embedded)
@@ -360,6 +362,8 @@ class CommerceSyncActivities:
 
 async def _cursors(session: AsyncSession, connector_id: uuid.UUID) -> dict[str, Any]:
     rows = (
-        await session.exec(select(SyncCheckpoint).where(SyncCheckpoint.connector_id == connector_id))
+        await session.exec(
+            select(SyncCheckpoint).where(SyncCheckpoint.connector_id == connector_id)
+        )
     ).all()
     return {row.stream: row.cursor.isoformat() for row in rows}

@@ -167,7 +167,7 @@ class ConnectorService:
         connector_id: uuid.UUID,
         status: ConnectorStatus | None,
         *,
-        last_error: str | None | object = _KEEP,
+        last_error: str | object | None = _KEEP,
         config_update: dict[str, Any] | None = None,
     ) -> Connector:
         async with self._sessions() as session, session.begin():
@@ -176,7 +176,9 @@ class ConnectorService:
                 raise ConnectorError(ErrorType.CONNECTOR_NOT_FOUND, f"no connector {connector_id}")
             # A disabled connector stays disabled whatever a test or a sync says.
             outcome = status in (ConnectorStatus.ACTIVE, ConnectorStatus.ERROR)
-            if status is not None and not (connector.status is ConnectorStatus.DISABLED and outcome):
+            if status is not None and not (
+                connector.status is ConnectorStatus.DISABLED and outcome
+            ):
                 try:
                     ensure_transition(connector.status, status)
                 except IllegalTransition as err:

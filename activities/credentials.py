@@ -17,11 +17,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from models.commerce import ConnectorCredential
 from models.db import SessionFactory
 from models.projects import Connector
-from sqlmodel.ext.asyncio.session import AsyncSession
 from workflows.contracts.errors import ErrorType
 
 NONCE_BYTES = 12
@@ -137,7 +137,9 @@ class CredentialStore:
             await (await session.connection()).execute(
                 stmt.on_conflict_do_update(
                     index_elements=["connector_id", "field"],
-                    set_={k: stmt.excluded[k] for k in ("key_id", "nonce", "ciphertext", "expires_at")}
+                    set_={
+                        k: stmt.excluded[k] for k in ("key_id", "nonce", "ciphertext", "expires_at")
+                    }
                     | {"updated_at": stmt.excluded.updated_at},
                 )
             )

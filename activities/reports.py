@@ -103,7 +103,9 @@ class ReportActivities:
             try:
                 zoneinfo.ZoneInfo(tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-                raise refused(ErrorType.INVALID_REPORT_PERIOD, f"unknown time zone {tz!r}") from None
+                raise refused(
+                    ErrorType.INVALID_REPORT_PERIOD, f"unknown time zone {tz!r}"
+                ) from None
             params: dict[str, Any] = {
                 "tenant": request.tenant_id,
                 "first_day": first,
@@ -113,7 +115,9 @@ class ReportActivities:
             }
 
             async def rows(sql: str) -> list[Any]:
-                return list((await (await session.connection()).execute(sa.text(sql), params)).all())
+                return list(
+                    (await (await session.connection()).execute(sa.text(sql), params)).all()
+                )
 
             daily = [
                 DailyRevenue(
@@ -128,7 +132,9 @@ class ReportActivities:
                 for r in await rows(DAILY)
             ]
             channels = [
-                ChannelSales(channel=r.channel, currency=r.currency, orders=r.orders, net_cents=r.net)
+                ChannelSales(
+                    channel=r.channel, currency=r.currency, orders=r.orders, net_cents=r.net
+                )
                 for r in await rows(BY_CHANNEL)
             ]
             averages = [

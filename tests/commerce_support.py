@@ -52,7 +52,9 @@ def _secret(value: Any) -> Any:
     return value if isinstance(value, SecretStr) else SecretStr(value)
 
 
-def connector_service(settings: Settings, sessions: SessionFactory, client: Client) -> ConnectorService:
+def connector_service(
+    settings: Settings, sessions: SessionFactory, client: Client
+) -> ConnectorService:
     deps = Dependencies(settings=settings, sessions=sessions, client=client)
     store, connections = credential_store(deps)
     return ConnectorService(sessions, store, connections)

@@ -19,7 +19,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -178,8 +178,9 @@ class ShopifyStandIn:
     async def settle(self) -> None:
         """Wait until the second of the last edit is over: a sync started now reads it (a
         window ends at the whole second before its start)."""
-        while datetime.now(UTC).replace(microsecond=0) <= self.clock:
-            await asyncio.sleep(0.05)
+        delay = (self.clock + timedelta(seconds=1) - datetime.now(UTC)).total_seconds()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def add_customer(self, *, email: str | None = None, name: str = "Ana Lima") -> ShopCustomer:
         with self.lock:
@@ -331,7 +332,10 @@ class ShopifyStandIn:
             return (
                 401,
                 {},
-                {"errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"},
+                {
+                    "errors": "[API] Invalid API key or access token "
+                    "(unrecognized login or wrong password)"
+                },
             )
         try:
             request = json.loads(raw)
@@ -344,28 +348,39 @@ class ShopifyStandIn:
                 self.throttle_next -= 1
                 self.throttled += 1
                 if self.throttle_mode == "429":
-                    return 429, {"Retry-After": str(self.retry_after_seconds)}, {
-                        "errors": "Exceeded 2 calls per second for api client. Reduce request rates"
-                    }
+                    return (
+                        429,
+                        {"Retry-After": str(self.retry_after_seconds)},
+                        {
+                            "errors": "Exceeded 2 calls per second for api client. "
+                            "Reduce request rates"
+                        },
+                    )
                 return 200, {}, self._throttled(self._requested(document, variables))
             requested = self._requested(document, variables)
             if requested > MAX_QUERY_COST:
-                return 200, {}, {
-                    "errors": [
-                        {
-                            "message": f"Query cost is {requested:.0f}, which exceeds the single "
-                            f"query max cost limit ({MAX_QUERY_COST}).",
-                            "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested},
-                        }
-                    ]
-                }
+                return (
+                    200,
+                    {},
+                    {
+                        "errors": [
+                            {
+                                "message": f"Query cost is {requested:.0f}, which exceeds "
+                                f"the single query max cost limit ({MAX_QUERY_COST}).",
+                                "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested},
+                            }
+                        ]
+                    },
+                )
             if self.bucket.level() < requested:
                 self.uncovered_calls += 1
                 self.throttled += 1
                 return 200, {}, self._throttled(requested)
             self.bucket.available -= requested
-            stream = "orders" if re.search(r"\borders\(", document) else (
-                "customers" if re.search(r"\bcustomers\(", document) else "shop"
+            stream = (
+                "orders"
+                if re.search(r"\borders\(", document)
+                else ("customers" if re.search(r"\bcustomers\(", document) else "shop")
             )
             self.queries.append({"stream": stream, **variables})
         if self.before_page is not None and stream != "shop":
@@ -384,15 +399,25 @@ class ShopifyStandIn:
             else:
                 first = int(variables.get("first") or 0)
                 if not 1 <= first <= 250:
-                    return 200, {}, {
-                        "errors": [{"message": "first must be between 1 and 250",
-                                    "extensions": {"code": "BAD_REQUEST"}}]
-                    }
+                    return (
+                        200,
+                        {},
+                        {
+                            "errors": [
+                                {
+                                    "message": "first must be between 1 and 250",
+                                    "extensions": {"code": "BAD_REQUEST"},
+                                }
+                            ]
+                        },
+                    )
                 nodes, info = self._page(stream, first, variables, document)
                 data = {stream: {"nodes": nodes, "pageInfo": info}}
                 actual = 2 + sum(self._actual_node_cost(stream, node) for node in nodes)
             # The bucket is refunded down to what the query actually cost.
-            self.bucket.available = min(self.bucket.maximum, self.bucket.available + requested - actual)
+            self.bucket.available = min(
+                self.bucket.maximum, self.bucket.available + requested - actual
+            )
             return 200, {}, {"data": data, "extensions": {"cost": self._cost(requested, actual)}}
 
     def _node_cost(self, stream: str, document: str) -> float:
@@ -475,7 +500,9 @@ class ShopifyStandIn:
             for r in page
         ]
         end = (
-            base64.b64encode(json.dumps([page[-1].updated_at.isoformat(), page[-1].id]).encode()).decode()
+            base64.b64encode(
+                json.dumps([page[-1].updated_at.isoformat(), page[-1].id]).encode()
+            ).decode()
             if page
             else None
         )

@@ -246,7 +246,11 @@ async def test_a_connector_of_one_tenant_never_writes_another_tenants_rows(
         settings = commerce_settings(task_queue, tmp_path)
         mine = await connect_shop(sessions, settings, client, shop)
         theirs = await connect_shop(
-            sessions, settings, client, other_shop, token="shpat_other_tenant",
+            sessions,
+            settings,
+            client,
+            other_shop,
+            token="shpat_other_tenant",
             tenant=await make_tenant(sessions, name="Other Tenant"),
         )
         async with running_workers(client, sessions, settings):

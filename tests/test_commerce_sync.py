@@ -88,12 +88,18 @@ async def test_a_sync_after_the_shop_changed_updates_rows_and_adds_new_ones_with
         await sync(client, connected.connector.id, task_queue)
         before = await orders_of(sessions, connected.tenant.id)
 
-        ids = [o for o in shop.orders if not shop.orders[o].cancelled_at and not shop.orders[o].refunded]
+        ids = [
+            o
+            for o in shop.orders
+            if not shop.orders[o].cancelled_at and not shop.orders[o].refunded
+        ]
         refunded, cancelled, edited = ids[0], ids[1], ids[2]
         shop.refund(refunded, Decimal("7.50"))
         shop.cancel(cancelled)
         shop.edit(edited, fulfilled=True, channel="pos")
-        added = [shop.add_order(customer=shop.add_customer(email="new@example.com")) for _ in range(3)]
+        added = [
+            shop.add_order(customer=shop.add_customer(email="new@example.com")) for _ in range(3)
+        ]
         await shop.settle()
 
         result = await sync(client, connected.connector.id, task_queue)

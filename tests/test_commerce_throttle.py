@@ -3,8 +3,8 @@ the bucket cannot cover the query, and survives forced throttling (200 + THROTTL
 Retry-After) without the sync failing or writing anything twice."""
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx

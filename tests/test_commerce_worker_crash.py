@@ -93,7 +93,9 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
             connection = await session.connection()
             checkpoint = (
                 await connection.execute(
-                    text("SELECT cursor FROM sync_checkpoints WHERE connector_id = :c AND stream = 'orders'"),
+                    text(
+                        "SELECT cursor FROM sync_checkpoints WHERE connector_id = :c AND stream = 'orders'"
+                    ),
                     {"c": connected.connector.id},
                 )
             ).scalar_one()
@@ -113,7 +115,9 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
         connection = await session.connection()
         rows = (
             await connection.execute(
-                text("SELECT count(*), count(DISTINCT external_id) FROM orders WHERE tenant_id = :t"),
+                text(
+                    "SELECT count(*), count(DISTINCT external_id) FROM orders WHERE tenant_id = :t"
+                ),
                 {"t": connected.tenant.id},
             )
         ).one()

@@ -23,8 +23,8 @@ with workflow.unsafe.imports_passed_through():
         ReportInput,
         ReportResult,
         StartOrderSync,
-        SyncTriggered,
         SyncCounts,
+        SyncTriggered,
         SyncWindow,
         total,
     )
@@ -45,13 +45,11 @@ RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
-BOOKKEEPING = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": RETRY}
-# A window can wait out a long throttle; the heartbeat proves it is alive meanwhile.
-WINDOW = {
-    "start_to_close_timeout": timedelta(minutes=30),
-    "heartbeat_timeout": timedelta(seconds=20),
-    "retry_policy": RETRY,
-}
+BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+# A window can wait out a long throttle; its heartbeats prove it is alive meanwhile, and a
+# worker that died is noticed within the heartbeat timeout.
+WINDOW_TIMEOUT = timedelta(minutes=30)
+WINDOW_HEARTBEAT = timedelta(seconds=20)
 # The errors that mean the connector itself is wrong, not this run.
 CONNECTOR_FAULTS = frozenset(
     {
@@ -75,7 +73,10 @@ class OrderSyncWorkflow:
 
     @workflow.query
     def progress(self) -> dict[str, object]:
-        return {"windows": self._windows, "cursors": {k: v.isoformat() for k, v in self._cursors.items()}}
+        return {
+            "windows": self._windows,
+            "cursors": {k: v.isoformat() for k, v in self._cursors.items()},
+        }
 
     @workflow.run
     async def run(self, submitted: Submitted[OrderSyncInput]) -> OrderSyncResult:
@@ -91,7 +92,8 @@ class OrderSyncWorkflow:
                     module=ModuleKind.ORDER_SYNC,
                     run_key=module_run_key(info.workflow_id, info.first_execution_run_id),
                 ),
-                **BOOKKEEPING,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=RETRY,
             )
             execution_id = opened.execution_id
         counts = request.counts
@@ -115,11 +117,16 @@ class OrderSyncWorkflow:
                     window = await workflow.execute_activity_method(
                         CommerceSyncActivities.sync_window,
                         SyncWindow(connector_id=request.connector_id, stream=stream, until=until),
-                        **WINDOW,
+                        start_to_close_timeout=WINDOW_TIMEOUT,
+                        heartbeat_timeout=WINDOW_HEARTBEAT,
+                        retry_policy=RETRY,
                     )
                     self._windows += 1
                     self._cursors[stream.value] = window.cursor
-                    counts = {**counts, stream: counts.get(stream, SyncCounts()).plus(window.counts)}
+                    counts = {
+                        **counts,
+                        stream: counts.get(stream, SyncCounts()).plus(window.counts),
+                    }
                     if window.done:
                         break
                 done.append(stream)
@@ -130,7 +137,8 @@ class OrderSyncWorkflow:
                 await workflow.execute_activity_method(
                     ConnectorActivities.record_connector_failure,
                     ConnectorFailure(connector_id=request.connector_id, error=message),
-                    **BOOKKEEPING,
+                    start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                    retry_policy=RETRY,
                 )
             await workflow.execute_activity_method(
                 CommerceSyncActivities.close_module_execution,
@@ -141,9 +149,10 @@ class OrderSyncWorkflow:
                     error=message,
                     result=_per_stream(counts),
                 ),
-                **BOOKKEEPING,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=RETRY,
             )
-            if cause is not None:
+            if cause is not None and cause.type in NON_RETRYABLE_ERROR_TYPES:
                 raise refused(ErrorType(cause.type), message) from err
             raise
         await workflow.execute_activity_method(
@@ -154,7 +163,8 @@ class OrderSyncWorkflow:
                 counts=total(counts),
                 result=_per_stream(counts),
             ),
-            **BOOKKEEPING,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=RETRY,
         )
         return OrderSyncResult(
             execution_id=execution_id,
@@ -207,7 +217,8 @@ class ReportWorkflow:
                 module=ModuleKind.REPORT,
                 run_key=module_run_key(info.workflow_id, info.first_execution_run_id),
             ),
-            **BOOKKEEPING,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=RETRY,
         )
         if request.first_day is None or request.last_day is None:
             yesterday: date = (workflow.now() - timedelta(days=1)).date()
@@ -232,7 +243,8 @@ class ReportWorkflow:
                     status=ModuleExecutionStatus.FAILED,
                     error=error_message(err),
                 ),
-                **BOOKKEEPING,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=RETRY,
             )
             raise
         await workflow.execute_activity_method(
@@ -242,6 +254,7 @@ class ReportWorkflow:
                 status=ModuleExecutionStatus.SUCCEEDED,
                 result={"report": report.model_dump(mode="json")},
             ),
-            **BOOKKEEPING,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=RETRY,
         )
         return ReportResult(execution_id=opened.execution_id, report=report)
