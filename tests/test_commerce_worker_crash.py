@@ -5,6 +5,7 @@ import asyncio
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,6 +72,7 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
     first = WorkerProcess(env, tmp_path / "worker-1.log")
     second = WorkerProcess(env, tmp_path / "worker-2.log")
     killed_at_query = -1
+    killed = threading.Event()
     # Kill on the first orders window that starts after the 200th order: half are stored.
     midway = sorted(o.updated_at for o in shop.orders.values())[200]
 
@@ -80,21 +82,21 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
             killed_at_query = len(shop.queries)
             assert first.process is not None
             first.process.send_signal(signal.SIGKILL)
+            killed.set()
 
     shop.before_page = kill_midway
     first.start()
     try:
         running = asyncio.create_task(sync(client, connected.connector.id, task_queue))
-        async with asyncio.timeout(120):
-            while killed_at_query < 0:
-                await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(killed.wait, 120), "the sync never reached midway"
         first.process.wait(timeout=10)  # type: ignore[union-attr]
         async with sessions() as session:
             connection = await session.connection()
             checkpoint = (
                 await connection.execute(
                     text(
-                        "SELECT cursor FROM sync_checkpoints WHERE connector_id = :c AND stream = 'orders'"
+                        "SELECT cursor FROM sync_checkpoints "
+                        "WHERE connector_id = :c AND stream = 'orders'"
                     ),
                     {"c": connected.connector.id},
                 )
