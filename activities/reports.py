@@ -12,6 +12,7 @@ import csv
 import io
 import uuid
 import zoneinfo
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,19 +94,23 @@ class ReportActivities:
 
     @activity.defn
     async def compute_report(self, request: ReportInput) -> Report:
-        first, last = request.first_day, request.last_day
-        if first is None or last is None or first > last:
-            raise refused(
-                ErrorType.INVALID_REPORT_PERIOD, f"a report period runs forward: {first}..{last}"
-            )
         async with self._sessions() as session:
             tz = request.timezone or await self._shop_timezone(session, request.tenant_id)
             try:
-                zoneinfo.ZoneInfo(tz)
+                zone = zoneinfo.ZoneInfo(tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 raise refused(
                     ErrorType.INVALID_REPORT_PERIOD, f"unknown time zone {tz!r}"
                 ) from None
+            first, last = request.first_day, request.last_day
+            if (first is None or last is None) and request.as_of is not None:
+                yesterday = (request.as_of.astimezone(zone) - timedelta(days=1)).date()
+                first, last = first or yesterday, last or yesterday
+            if first is None or last is None or first > last:
+                raise refused(
+                    ErrorType.INVALID_REPORT_PERIOD,
+                    f"a report period runs forward: {first}..{last}",
+                )
             params: dict[str, Any] = {
                 "tenant": request.tenant_id,
                 "first_day": first,

@@ -1,7 +1,7 @@
 """The commerce modules' workflows: a connector's order and customer sync, its scheduled
 trigger, and a tenant's report. Each run is recorded as one ModuleExecution."""
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.connectors import ConnectorActivities
     from activities.reports import ReportActivities
     from models.commerce import ModuleExecutionStatus, ModuleKind, SyncStream
+    from workflows.billing import SCHEDULED_START_TIME
     from workflows.contracts.commerce import (
         SYNC_STREAMS,
         CloseModuleExecution,
@@ -221,13 +222,10 @@ class ReportWorkflow:
             retry_policy=RETRY,
         )
         if request.first_day is None or request.last_day is None:
-            yesterday: date = (workflow.now() - timedelta(days=1)).date()
-            request = request.model_copy(
-                update={
-                    "first_day": request.first_day or yesterday,
-                    "last_day": request.last_day or yesterday,
-                }
-            )
+            # The day before the run was due (a late catch-up still reports its own day); the
+            # activity reads it in the shop's zone.
+            due = workflow.info().typed_search_attributes.get(SCHEDULED_START_TIME)
+            request = request.model_copy(update={"as_of": due or workflow.now()})
         try:
             report = await workflow.execute_activity_method(
                 ReportActivities.compute_report,

@@ -112,12 +112,14 @@ class SyncTriggered(BaseModel):
 
 class ReportInput(BaseModel):
     """Start input of ReportWorkflow: a tenant's figures for the days first_day..last_day in
-    the shop's time zone (the connector's, else `timezone`, else UTC). Without dates: yesterday."""
+    the shop's time zone (`timezone`, else the tenant's Shopify connector's, else UTC). Without
+    dates: the day before `as_of` (the workflow sets it to when the run was due)."""
 
     tenant_id: uuid.UUID
     first_day: date | None = None
     last_day: date | None = None
     timezone: str | None = None
+    as_of: datetime | None = None
     top_customers: int = Field(default=10, ge=1, le=100)
 
 
