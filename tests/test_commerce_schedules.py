@@ -4,7 +4,7 @@ Schedule reports yesterday in the shop's time zone. Syncs can also be started by
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
