@@ -4,7 +4,7 @@ trigger, and a tenant's report. Each run is recorded as one ModuleExecution."""
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         refused,
     )
     from workflows.contracts.ids import module_run_key, order_sync_workflow_id
+    from workflows.contracts.search_attributes import commerce_attributes, missing_from
     from workflows.contracts.submitted import Submitted, parse_input
 
 # Transient failures (the shop down, the database restarting) are retried for a long while;
@@ -97,6 +98,7 @@ class OrderSyncWorkflow:
                 retry_policy=RETRY,
             )
             execution_id = opened.execution_id
+            _findable(commerce_attributes(opened.tenant_id, request.connector_id))
         counts = request.counts
         done = list(request.streams_done)
         try:
@@ -177,6 +179,13 @@ class OrderSyncWorkflow:
         )
 
 
+def _findable(wanted: TypedSearchAttributes) -> None:
+    """Set the run's search attributes its starter did not (a CLI start, a Schedule)."""
+    updates = missing_from(workflow.info().typed_search_attributes, wanted)
+    if updates:
+        workflow.upsert_search_attributes(updates)
+
+
 def _per_stream(counts: dict[SyncStream, SyncCounts]) -> dict[str, object]:
     return {"streams": {stream.value: c.model_dump() for stream, c in counts.items()}}
 
@@ -221,6 +230,7 @@ class ReportWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=RETRY,
         )
+        _findable(commerce_attributes(request.tenant_id))
         if request.first_day is None or request.last_day is None:
             # The day before the run was due (a late catch-up still reports its own day); the
             # activity reads it in the shop's zone.
