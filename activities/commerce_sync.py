@@ -7,6 +7,7 @@ record indexed late at the boundary is not missed; the upsert only replaces a st
 a strictly newer one, so what is re-read is counted as unchanged, never twice.
 """
 
+import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -44,8 +45,8 @@ from workflows.contracts.commerce import (
 )
 from workflows.contracts.errors import ErrorType, refused
 
-# Rows per INSERT statement: under asyncpg's 32767 bind parameters with every order column.
-UPSERT_BATCH = 1000
+# Rows per INSERT statement (arrays: no bind-parameter limit; bounded for memory).
+UPSERT_BATCH = 5000
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -144,28 +145,66 @@ def _latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(newest.values())
 
 
+def _array_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL array type a column's values travel in (JSON as text, cast back)."""
+    kind = column.type
+    if isinstance(kind, sa.Uuid):
+        return "uuid[]"
+    if isinstance(kind, sa.DateTime):
+        return "timestamptz[]"
+    if isinstance(kind, sa.Integer):
+        return "bigint[]"
+    return "text[]"
+
+
+def upsert_statement(table: type[Customer] | type[Order], columns: list[str]) -> str:
+    """One INSERT of unnested column arrays: new records in, stored ones replaced only by a
+    strictly newer one (by the source's updated_at); RETURNING says which rows were inserted."""
+    sa_table: sa.Table = table.__table__  # type: ignore[union-attr]
+    name = sa_table.name
+    types = [_array_type(sa_table.c[c]) for c in columns]
+    selected = [
+        f"u.{c}::json" if isinstance(sa_table.c[c].type, sa.JSON) else f"u.{c}" for c in columns
+    ]
+    replaced = [c for c in columns if c not in ("id", "tenant_id", "source", "external_id")]
+    return (
+        f"INSERT INTO {name} ({', '.join(columns)}, created_at, updated_at) "
+        f"SELECT {', '.join(selected)}, now(), now() "
+        f"FROM unnest({', '.join(f'${i + 1}::{t}' for i, t in enumerate(types))}) "
+        f"AS u({', '.join(columns)}) "
+        "ON CONFLICT (tenant_id, source, external_id) DO UPDATE SET "
+        f"{', '.join(f'{c} = excluded.{c}' for c in replaced)}, updated_at = now() "
+        f"WHERE {name}.source_updated_at IS NULL "
+        f"OR {name}.source_updated_at < excluded.source_updated_at "
+        "RETURNING (xmax = 0)"
+    )
+
+
 async def upsert(
     session: AsyncSession, table: type[Customer] | type[Order], rows: list[dict[str, Any]]
 ) -> SyncCounts:
     """Insert new records and replace stored ones by strictly newer ones, keyed by (tenant,
-    source, external id); counts inserted, updated and unchanged."""
+    source, external id), in the session's transaction; counts inserted, updated, unchanged."""
     rows = _latest(rows)
     counts = SyncCounts(fetched=len(rows))
+    if not rows:
+        return counts
+    columns = list(rows[0])
+    json_columns = {c for c in columns if c == "line_items"}
+    statement = upsert_statement(table, columns)
+    # The session's own connection (its transaction), spoken to by asyncpg directly: one
+    # statement per batch, the columns as arrays.
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
     for start in range(0, len(rows), UPSERT_BATCH):
         batch = rows[start : start + UPSERT_BATCH]
-        stmt = insert(table).values(batch)
-        replaced = {k: stmt.excluded[k] for k in batch[0] if k not in ("id", "tenant_id")}
-        stored = table.__table__.c  # type: ignore[union-attr]
-        statement: Any = stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "source", "external_id"],
-            set_={**replaced, "updated_at": sa.func.now()},
-            where=sa.or_(
-                stored.source_updated_at.is_(None),
-                stored.source_updated_at < stmt.excluded.source_updated_at,
-            ),
-        ).returning(sa.literal_column("xmax = 0").label("inserted"))
-        written = (await (await session.connection()).execute(statement)).scalars().all()
-        inserted = sum(1 for flag in written if flag)
+        arrays = [
+            [json.dumps(r[c]) for r in batch] if c in json_columns else [r[c] for r in batch]
+            for c in columns
+        ]
+        written = await driver.fetch(statement, *arrays)
+        inserted = sum(1 for record in written if record[0])
         counts.inserted += inserted
         counts.updated += len(written) - inserted
     counts.unchanged = counts.fetched - counts.inserted - counts.updated

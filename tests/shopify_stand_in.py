@@ -13,6 +13,7 @@ as the client uses it, faithful where it matters.
 
 import asyncio
 import base64
+import bisect
 import json
 import random
 import re
@@ -165,6 +166,7 @@ class ShopifyStandIn:
         # Records Shopify's search index has not caught up with yet: not returned by queries.
         self.unindexed: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
+        self._index: dict[str, tuple[list[Any], list[tuple[datetime, str]]]] = {}
         self._next_id = 1000
 
     # --- the shop's data
@@ -184,6 +186,7 @@ class ShopifyStandIn:
 
     def add_customer(self, *, email: str | None = None, name: str = "Ana Lima") -> ShopCustomer:
         with self.lock:
+            self._index.clear()
             self._next_id += 1
             first, _, last = name.partition(" ")
             customer = ShopCustomer(
@@ -208,6 +211,7 @@ class ShopifyStandIn:
         created_at: datetime | None = None,
     ) -> ShopOrder:
         with self.lock:
+            self._index.clear()
             self._next_id += 1
             moment = self.tick()
             order = ShopOrder(
@@ -229,6 +233,7 @@ class ShopifyStandIn:
         """Orders spread over past days (37 minutes apart), in several currencies and
         channels, some refunded or cancelled, most with a customer (a few without email)."""
         with self.lock:
+            self._index.clear()
             spacing = timedelta(minutes=37)
             now = datetime.now(UTC).replace(microsecond=0)
             first = start or now - spacing * orders - timedelta(hours=1)
@@ -260,6 +265,7 @@ class ShopifyStandIn:
 
     def edit(self, order_id: str, **changes: Any) -> ShopOrder:
         with self.lock:
+            self._index.clear()
             order = self.orders[order_id]
             for key, value in changes.items():
                 setattr(order, key, value)
@@ -268,6 +274,7 @@ class ShopifyStandIn:
 
     def refund(self, order_id: str, amount: Decimal, *, at_same_time: bool = False) -> ShopOrder:
         with self.lock:
+            self._index.clear()
             order = self.orders[order_id]
             order.refunded = min(order.total, order.refunded + amount)
             if not at_same_time:
@@ -276,6 +283,7 @@ class ShopifyStandIn:
 
     def cancel(self, order_id: str, *, at_same_time: bool = False) -> ShopOrder:
         with self.lock:
+            self._index.clear()
             order = self.orders[order_id]
             order.refunded = order.total
             order.cancelled_at = order.updated_at if at_same_time else self.tick()
@@ -288,6 +296,9 @@ class ShopifyStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without this, Nagle's algorithm and the
+            # client's delayed ACK add 40 ms to every keep-alive response.
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -314,7 +325,7 @@ class ShopifyStandIn:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def stop(self) -> None:
         if self._server is not None:
@@ -465,34 +476,47 @@ class ShopifyStandIn:
             "extensions": {"cost": self._cost(requested, None)},
         }
 
+    def _by_update(self, stream: str) -> tuple[list[Any], list[tuple[datetime, str]]]:
+        """The stream's records sorted by (updated_at, id), kept until the shop changes."""
+        if stream not in self._index:
+            table: dict[str, Any] = self.orders if stream == "orders" else self.customers
+            ordered = sorted(table.values(), key=lambda r: (r.updated_at, r.id))
+            self._index[stream] = (ordered, [(r.updated_at, r.id) for r in ordered])
+        return self._index[stream]
+
     def _page(
         self, stream: str, first: int, variables: dict[str, Any], document: str
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        records: list[Any] = [
-            r
-            for r in (self.orders if stream == "orders" else self.customers).values()
-            if r.id not in self.unindexed
-        ]
+        low: tuple[datetime, str] | None = None
+        low_inclusive = True
+        high: datetime | None = None
         for match in BOUND.finditer(variables.get("query") or ""):
             at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
-            op = match["op"]
-            records = [
-                r
-                for r in records
-                if (op == ">=" and r.updated_at >= at)
-                or (op == ">" and r.updated_at > at)
-                or (op == "<" and r.updated_at < at)
-                or (op == "<=" and r.updated_at <= at)
-            ]
-        if "sortKey: UPDATED_AT" in document:
-            records.sort(key=lambda r: (r.updated_at, r.id))
-        else:
-            records.sort(key=lambda r: r.id)
+            if match["op"] in (">=", ">"):
+                low, low_inclusive = (at, ""), match["op"] == ">="
+            elif match["op"] == "<":
+                high = at
+            else:  # <=
+                high = at + timedelta(microseconds=1)
+        if low is not None and not low_inclusive:
+            low = (low[0] + timedelta(microseconds=1), "")
         after = variables.get("after")
         if after:
             last_at, last_id = json.loads(base64.b64decode(after))
-            key = (datetime.fromisoformat(last_at), last_id)
-            records = [r for r in records if (r.updated_at, r.id) > key]
+            cursor = (datetime.fromisoformat(last_at), last_id + "\x00")
+            low = max(low, cursor) if low else cursor
+        if "sortKey: UPDATED_AT" not in document:
+            raise ValueError("the stand-in serves pages sorted by UPDATED_AT only")
+        ordered, keys = self._by_update(stream)
+        records = []
+        for record in ordered[bisect.bisect_left(keys, low) if low else 0 :]:
+            if high is not None and record.updated_at >= high:
+                break
+            if record.id in self.unindexed:
+                continue
+            records.append(record)
+            if len(records) > first:
+                break
         page = records[:first]
         found = LINE_ITEMS_FIRST.search(document)
         nodes = [
