@@ -99,8 +99,6 @@ class Settings(BaseSettings):
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)
-    # A sync continues as new after this many windows, keeping its history short.
-    sync_windows_per_run: int = Field(default=200, ge=1)
 
     @field_validator("log_level", mode="before")
     @classmethod
