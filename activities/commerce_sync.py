@@ -34,7 +34,7 @@ from models.commerce import (
 )
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorStatus
-from models.transitions import ensure_transition
+from models.transitions import IllegalTransition, ensure_transition
 from workflows.contracts.commerce import (
     CloseModuleExecution,
     ModuleExecutionOpened,
@@ -282,7 +282,10 @@ class CommerceSyncActivities:
                 raise refused(ErrorType.INVALID_REQUEST, f"no module run {request.execution_id}")
             if execution.status is request.status:
                 return
-            ensure_transition(execution.status, request.status)
+            try:
+                ensure_transition(execution.status, request.status)
+            except IllegalTransition as err:
+                raise refused(ErrorType.ILLEGAL_TRANSITION, str(err)) from None
             execution.status = request.status
             execution.fetched = request.counts.fetched
             execution.inserted = request.counts.inserted

@@ -3,12 +3,13 @@ a sync after the shop changed, a sync with nothing new, and a record the shop's 
 returned late at a window boundary."""
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from models.commerce import ModuleExecutionStatus, ModuleKind, OrderStatus, SyncStream
 from models.db import SessionFactory
@@ -24,6 +25,9 @@ from tests.commerce_support import (
 )
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
+from workflows.commerce import OrderSyncWorkflow
+from workflows.contracts.commerce import OrderSyncInput
+from workflows.contracts.ids import order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -165,3 +169,38 @@ async def test_an_order_the_shop_indexed_late_at_the_boundary_is_not_missed(
 
     assert late.id in await orders_of(sessions, connected.tenant.id)
     assert result.counts[SyncStream.ORDERS].inserted == 1
+
+
+async def test_a_cancelled_sync_is_recorded_cancelled_and_keeps_its_committed_windows(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=20, customers=4)
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    reached_orders = threading.Event()
+    release = threading.Event()
+
+    def hold_orders(stream: str, variables: dict[str, str]) -> None:
+        if stream == "orders":
+            reached_orders.set()
+            release.wait(30)
+
+    shop.before_page = hold_orders
+    async with running_workers(client, sessions, settings):
+        handle = await client.start_workflow(
+            OrderSyncWorkflow.run,
+            OrderSyncInput(connector_id=connected.connector.id),
+            id=order_sync_workflow_id(connected.connector.id),
+            task_queue=task_queue,
+        )
+        assert await asyncio.to_thread(reached_orders.wait, 60)
+        await handle.cancel()
+        release.set()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    [execution] = await executions_of(sessions, connected.tenant.id)
+    assert execution.status is ModuleExecutionStatus.CANCELLED
+    # The customers stream committed before the cancellation stays.
+    assert len(await customers_of(sessions, connected.tenant.id)) == 4
+    assert execution.cursor_after.get("customers")

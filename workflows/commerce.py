@@ -5,7 +5,11 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ActivityError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -134,6 +138,20 @@ class OrderSyncWorkflow:
                         break
                 done.append(stream)
         except ActivityError as err:
+            if is_cancelled_exception(err):
+                # Cancelled by an operator: the record says so; committed windows stay.
+                await workflow.execute_activity_method(
+                    CommerceSyncActivities.close_module_execution,
+                    CloseModuleExecution(
+                        execution_id=execution_id,
+                        status=ModuleExecutionStatus.CANCELLED,
+                        counts=total(counts),
+                        result=_per_stream(counts),
+                    ),
+                    start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                    retry_policy=RETRY,
+                )
+                raise
             cause = application_error(err)
             message = error_message(err)
             if cause is not None and cause.type in CONNECTOR_FAULTS:
