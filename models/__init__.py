@@ -5,6 +5,7 @@ Importing this package registers every table on ``SQLModel.metadata``.
 
 from models.billing import TokenAccount, TokenDirection, TokenTransaction, TokenTransactionKind
 from models.commerce import (
+    ConnectorCredential,
     Customer,
     ModuleExecution,
     ModuleExecutionStatus,
@@ -12,6 +13,8 @@ from models.commerce import (
     Order,
     OrderSource,
     OrderStatus,
+    SyncCheckpoint,
+    SyncStream,
 )
 from models.lifecycle import (
     Approval,
@@ -63,6 +66,7 @@ __all__ = [
     "ChangeJobKind",
     "ChangeJobStatus",
     "Connector",
+    "ConnectorCredential",
     "ConnectorKind",
     "ConnectorStatus",
     "Customer",
@@ -86,6 +90,8 @@ __all__ = [
     "PromptRequest",
     "PromptStatus",
     "RiskLevel",
+    "SyncCheckpoint",
+    "SyncStream",
     "Tenant",
     "TokenAccount",
     "TokenDirection",

@@ -1,4 +1,5 @@
-"""Commerce records synced from a tenant's channels: module runs, customers and orders."""
+"""Commerce records synced from a tenant's channels: module runs, customers, orders, the sync
+checkpoints and the connectors' encrypted credentials."""
 
 import enum
 import uuid
@@ -48,6 +49,15 @@ class OrderStatus(enum.StrEnum):
     REFUNDED = "refunded"
 
 
+class SyncStream(enum.StrEnum):
+    ORDERS = "orders"
+    CUSTOMERS = "customers"
+
+
+def _money() -> Any:
+    return Field(default=0, sa_type=sa.BigInteger, nullable=False)  # type: ignore[call-overload]
+
+
 class ModuleExecution(SQLModel, table=True):
     __tablename__ = "module_executions"
 
@@ -58,23 +68,75 @@ class ModuleExecution(SQLModel, table=True):
     status: ModuleExecutionStatus = enum_field(
         ModuleExecutionStatus, ModuleExecutionStatus.QUEUED, index=True
     )
+    # The workflow run that owns this record: a retried start finds it instead of adding one.
+    workflow_id: str = Field(default="", max_length=300)
+    run_key: str = Field(default="", max_length=400, unique=True)
     records_processed: int = Field(default=0)
+    fetched: int = Field(default=0)
+    inserted: int = Field(default=0)
+    updated: int = Field(default=0)
+    unchanged: int = Field(default=0)
+    # Per stream, the updated_at cursor (ISO 8601) when the run began and when it ended.
+    cursor_before: dict[str, Any] = json_field()
+    cursor_after: dict[str, Any] = json_field()
     error: str | None = Field(default=None)
+    # A report's figures, or other module-specific output.
     meta: dict[str, Any] = json_field()
     started_at: datetime | None = timestamp_field()
     finished_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()
 
 
+class SyncCheckpoint(SQLModel, table=True):
+    """How far a connector's stream is synced: everything updated before `cursor` is stored.
+    Written in the same transaction as the window's upserts it accounts for."""
+
+    __tablename__ = "sync_checkpoints"
+
+    connector_id: uuid.UUID = Field(
+        foreign_key="connectors.id", ondelete="CASCADE", primary_key=True
+    )
+    stream: str = Field(max_length=32, primary_key=True)  # a SyncStream
+    cursor: datetime = timestamp_field(nullable=False)
+    updated_at: datetime = updated_at_field()
+
+
+class ConnectorCredential(SQLModel, table=True):
+    """One secret field of a connector, AES-GCM encrypted under the key ring's `key_id`; the
+    associated data binds it to (tenant, connector, field)."""
+
+    __tablename__ = "connector_credentials"
+
+    connector_id: uuid.UUID = Field(
+        foreign_key="connectors.id", ondelete="CASCADE", primary_key=True
+    )
+    field: str = Field(max_length=64, primary_key=True)
+    key_id: str = Field(max_length=64)
+    nonce: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
+    ciphertext: bytes = Field(sa_type=sa.LargeBinary)  # type: ignore[call-overload]
+    # A token that expires (Shopify's client-credentials grant) is refreshed before this.
+    expires_at: datetime | None = timestamp_field()
+    updated_at: datetime = updated_at_field()
+
+
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
-    __table_args__ = (sa.UniqueConstraint("tenant_id", "email", name="uq_customers_tenant_email"),)
+    # Keyed by the source's id: a customer may have no email, and two sources may know one.
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant_id", "source", "external_id", name="uq_customers_tenant_source_external"
+        ),
+    )
 
     id: uuid.UUID = id_field()
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")
-    email: str = Field(max_length=320)
+    source: OrderSource = enum_field(OrderSource, OrderSource.MANUAL)
+    external_id: str = Field(max_length=200)
+    email: str | None = Field(default=None, max_length=320)
     name: str = Field(default="", max_length=200)
     phone: str | None = Field(default=None, max_length=50)
+    # The source's own updated_at: an upsert never replaces a newer record by an older one.
+    source_updated_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = updated_at_field()
 
@@ -91,14 +153,27 @@ class Order(SQLModel, table=True):
 
     id: uuid.UUID = id_field()
     tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")
+    connector_id: uuid.UUID | None = fk_field("connectors.id", ondelete="SET NULL", nullable=True)
     # An order is a sales record: it stays when the customer profile is erased.
     customer_id: uuid.UUID | None = fk_field("customers.id", ondelete="SET NULL", nullable=True)
     source: OrderSource = enum_field(OrderSource)
     external_id: str = Field(max_length=200)
+    name: str = Field(default="", max_length=100)
+    # The sales channel within the source (Shopify's sourceName: web, pos, a marketplace).
+    channel: str = Field(default="", max_length=100)
     status: OrderStatus = enum_field(OrderStatus, OrderStatus.PENDING)
-    total_cents: int = Field(default=0, sa_type=sa.BigInteger)  # type: ignore[call-overload]
+    # Amounts in minor units of `currency`: total = subtotal (after discounts) + shipping +
+    # taxes as placed; net = total - refunded.
+    subtotal_cents: int = _money()
+    discount_cents: int = _money()
+    refunded_cents: int = _money()
+    total_cents: int = _money()
+    net_cents: int = _money()
     currency: str = Field(default="USD", max_length=3)
+    line_items: list[dict[str, Any]] = json_field(list)
     placed_at: datetime | None = timestamp_field()
+    cancelled_at: datetime | None = timestamp_field()
+    source_updated_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = updated_at_field()
 

@@ -80,9 +80,12 @@ class Connector(SQLModel, table=True):
     kind: ConnectorKind = enum_field(ConnectorKind)
     name: str = Field(default="", max_length=200)
     status: ConnectorStatus = enum_field(ConnectorStatus, ConnectorStatus.PENDING)
+    # Non-secret settings (a shop's domain); secrets live in connector_credentials, encrypted.
     config: dict[str, Any] = json_field()
     # A reference into a secret store, never the secret itself.
     secret_ref: str | None = Field(default=None, max_length=500)
+    # How often the connector's scheduled sync runs.
+    sync_interval_seconds: int = Field(default=900, ge=60)
     last_error: str | None = Field(default=None)
     last_synced_at: datetime | None = timestamp_field()
     created_at: datetime = created_at_field()

@@ -123,13 +123,16 @@ async def test_an_order_is_unique_per_tenant_source_and_external_id(sessions):
         await add(sessions, order(tenant, OrderSource.SHOPIFY))
 
 
-async def test_a_customer_is_unique_per_tenant_and_email(sessions):
+async def test_a_customer_is_unique_per_tenant_source_and_external_id(sessions):
     tenant = await make_tenant(sessions)
     other = await make_tenant(sessions, name="Other Shop")
-    await add(sessions, Customer(tenant_id=tenant.id, email="ana@example.com"))
-    await add(sessions, Customer(tenant_id=other.id, email="ana@example.com"))
-    with pytest.raises(IntegrityError, match="uq_customers_tenant_email"):
-        await add(sessions, Customer(tenant_id=tenant.id, email="ana@example.com"))
+    await add(sessions, Customer(tenant_id=tenant.id, external_id="c1", email="ana@example.com"))
+    await add(sessions, Customer(tenant_id=other.id, external_id="c1", email="ana@example.com"))
+    # A customer may have no email, and two of one tenant may share one.
+    await add(sessions, Customer(tenant_id=tenant.id, external_id="c2"))
+    await add(sessions, Customer(tenant_id=tenant.id, external_id="c3", email="ana@example.com"))
+    with pytest.raises(IntegrityError, match="uq_customers_tenant_source_external"):
+        await add(sessions, Customer(tenant_id=tenant.id, external_id="c1"))
 
 
 async def test_deleting_a_tenant_takes_its_users_and_projects_with_it(sessions):
@@ -176,7 +179,7 @@ async def test_a_connector_outlives_its_project_as_a_tenant_wide_connector(sessi
 
 async def test_an_order_outlives_the_erased_customer(sessions):
     tenant = await make_tenant(sessions)
-    customer = Customer(tenant_id=tenant.id, email="bo@example.com")
+    customer = Customer(tenant_id=tenant.id, external_id="c1", email="bo@example.com")
     order = Order(
         tenant_id=tenant.id, customer_id=customer.id, source=OrderSource.MANUAL, external_id="7"
     )

@@ -3,12 +3,16 @@ tests and the benchmarks all register from here, so nothing is forgotten in one 
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 
 from models.db import SessionFactory
 from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from activities.connectors import Connections
+    from activities.credentials import CredentialStore
 
 
 @dataclass
@@ -24,6 +28,7 @@ class Dependencies:
 def workflows() -> list[type]:
     """Workflow classes; all run on settings.task_queue."""
     from workflows.billing import LedgerSweepWorkflow, PlanGrantWorkflow
+    from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, ReportWorkflow
     from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
     from workflows.lifecycle import PromptRequestWorkflow
 
@@ -33,6 +38,9 @@ def workflows() -> list[type]:
         DeploymentWorkflow,
         RollbackWorkflow,
         PromptRequestWorkflow,
+        OrderSyncWorkflow,
+        OrderSyncTriggerWorkflow,
+        ReportWorkflow,
     ]
 
 
@@ -74,7 +82,48 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *DeploymentActivities(deps.sessions).activities(),
         *LaneActivities(deps.sessions, deps.client).activities(),
         *RollbackActivities(deps.sessions).lifecycle_activities(),
+        *commerce_activities(deps),
     ]
+
+
+def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
+    """Connector syncs and reports, on settings.task_queue."""
+    from datetime import timedelta
+
+    from activities.commerce_sync import CommerceSyncActivities
+    from activities.connectors import ConnectorActivities, ConnectorService
+    from activities.reports import ReportActivities
+
+    s = deps.settings
+    store, connections = credential_store(deps)
+    return [
+        *CommerceSyncActivities(
+            deps.sessions,
+            connections,
+            window=timedelta(hours=s.sync_window_hours),
+            overlap=timedelta(seconds=s.sync_overlap_seconds),
+            initial_lookback=timedelta(days=s.sync_initial_days),
+        ).activities(),
+        ConnectorActivities(
+            ConnectorService(deps.sessions, store, connections)
+        ).record_connector_failure,
+        ReportActivities(deps.sessions).compute_report,
+    ]
+
+
+def credential_store(deps: Dependencies) -> tuple["CredentialStore", "Connections"]:
+    """The connectors' credential store under the settings' key ring, and their clients."""
+    from activities.connectors import Connections
+    from activities.credentials import CredentialStore, KeyRing
+
+    s = deps.settings
+    ring = (
+        KeyRing.parse(s.credential_keys.get_secret_value(), s.credential_key_id)
+        if s.credential_keys is not None
+        else None
+    )
+    store = CredentialStore(deps.sessions, ring)
+    return store, Connections(store, api_version=s.shopify_api_version)
 
 
 def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:

@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     model_context_bytes: int = Field(default=48_000, ge=1000)
     model_max_file_bytes: int = Field(default=100_000, ge=1000)
 
+    # The key ring that encrypts connectors' credentials: "id:base64-32-bytes" entries separated
+    # by commas. The first (or credential_key_id's) encrypts; every one decrypts.
+    credential_keys: SecretStr | None = None
+    credential_key_id: str | None = None
+    shopify_api_version: str = "2025-07"
+    # An incremental sync reads the shop in windows of updated_at this long, each re-reading
+    # this much before the last checkpoint (late index writes at the boundary).
+    sync_window_hours: float = Field(default=24.0, gt=0)
+    sync_overlap_seconds: float = Field(default=300.0, ge=0)
+    # A first sync starts this far back.
+    sync_initial_days: int = Field(default=3650, ge=1)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

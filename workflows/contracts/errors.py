@@ -71,6 +71,19 @@ class ErrorType(enum.StrEnum):
     INVALID_ENVIRONMENT = "InvalidEnvironment"
     RELEASE_CONFLICT = "ReleaseConflict"
 
+    # --- connectors and the commerce modules
+    CONNECTOR_NOT_FOUND = "ConnectorNotFound"
+    # A sync of a connector that is not active (pending, disabled or in error).
+    CONNECTOR_NOT_ACTIVE = "ConnectorNotActive"
+    INVALID_CONNECTOR_CONFIG = "InvalidConnectorConfig"
+    # The outside system refused the stored credentials (Shopify's 401/403).
+    INVALID_CREDENTIALS = "InvalidCredentials"
+    # No stored credential, or none the key ring can decrypt.
+    CREDENTIAL_UNAVAILABLE = "CredentialUnavailable"
+    # The outside system answered something the client cannot read (a GraphQL error).
+    SOURCE_PROTOCOL_ERROR = "SourceProtocolError"
+    INVALID_REPORT_PERIOD = "InvalidReportPeriod"
+
     # --- a state change models.transitions does not allow (its exception's class name)
     ILLEGAL_TRANSITION = "IllegalTransition"
 

@@ -5,10 +5,15 @@ policies, update-with-start) and so that anyone holding the domain id can find i
 """
 
 import uuid
+from datetime import date
 
 PROMPT_REQUEST_PREFIX = "prompt-request-"
 DEPLOYMENT_PREFIX = "deployment-"
 ROLLBACK_PREFIX = "rollback-"
+ORDER_SYNC_PREFIX = "order-sync-"
+REPORT_PREFIX = "report-"
+ORDER_SYNC_SCHEDULE_PREFIX = "changeflow-order-sync-"
+REPORT_SCHEDULE_PREFIX = "changeflow-report-"
 
 LEDGER_SWEEP_SCHEDULE_ID = "changeflow-ledger-sweep"
 PLAN_GRANT_SCHEDULE_ID = "changeflow-plan-grants"
@@ -34,6 +39,29 @@ def deployment_id_of_rollback(workflow_id: str) -> uuid.UUID | None:
         return uuid.UUID(workflow_id.removeprefix(ROLLBACK_PREFIX))
     except ValueError:
         return None
+
+
+def order_sync_workflow_id(connector_id: uuid.UUID) -> str:
+    """One sync of a connector at a time: every start of its sync uses this id."""
+    return f"{ORDER_SYNC_PREFIX}{connector_id}"
+
+
+def order_sync_schedule_id(connector_id: uuid.UUID) -> str:
+    return f"{ORDER_SYNC_SCHEDULE_PREFIX}{connector_id}"
+
+
+def report_workflow_id(tenant_id: uuid.UUID, first_day: date, last_day: date) -> str:
+    """One report of a tenant and period at a time."""
+    return f"{REPORT_PREFIX}{tenant_id}-{first_day.isoformat()}-{last_day.isoformat()}"
+
+
+def report_schedule_id(tenant_id: uuid.UUID) -> str:
+    return f"{REPORT_SCHEDULE_PREFIX}{tenant_id}"
+
+
+def module_run_key(workflow_id: str, first_run_id: str) -> str:
+    """The ModuleExecution of one module run, across its continue-as-new runs and retries."""
+    return f"{workflow_id}:{first_run_id}"
 
 
 def scheduled_run_workflow_id(schedule_id: str) -> str:

@@ -24,8 +24,9 @@ PROJECT_ID = SearchAttributeKey.for_keyword("ProjectId")
 PROMPT_STATUS = SearchAttributeKey.for_keyword("PromptStatus")
 RISK_LEVEL = SearchAttributeKey.for_keyword("RiskLevel")
 ENVIRONMENT = SearchAttributeKey.for_keyword("Environment")
+CONNECTOR_ID = SearchAttributeKey.for_keyword("ConnectorId")
 
-ALL = (TENANT_ID, PROJECT_ID, PROMPT_STATUS, RISK_LEVEL, ENVIRONMENT)
+ALL = (TENANT_ID, PROJECT_ID, PROMPT_STATUS, RISK_LEVEL, ENVIRONMENT, CONNECTOR_ID)
 
 
 def prompt_request_attributes(
@@ -50,6 +51,16 @@ def deployment_attributes(
             SearchAttributePair(ENVIRONMENT, environment.value),
         ]
     )
+
+
+def commerce_attributes(
+    tenant_id: uuid.UUID, connector_id: uuid.UUID | None = None
+) -> TypedSearchAttributes:
+    """A commerce module run: its tenant, and the connector it syncs."""
+    pairs = [SearchAttributePair(TENANT_ID, str(tenant_id))]
+    if connector_id is not None:
+        pairs.append(SearchAttributePair(CONNECTOR_ID, str(connector_id)))
+    return TypedSearchAttributes(pairs)
 
 
 def missing_from(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-02 15:37:53.491708
+Create Date: 2026-12-02 16:32:39.733660
 """
 
 from collections.abc import Sequence
@@ -100,9 +100,25 @@ def upgrade() -> None:
         "customers",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
-        sa.Column("email", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+        sa.Column(
+            "source",
+            sa.Enum(
+                "shopify",
+                "woocommerce",
+                "pos",
+                "manual",
+                name="ordersource_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("external_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("email", sqlmodel.sql.sqltypes.AutoString(length=320), nullable=True),
         sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("phone", sqlmodel.sql.sqltypes.AutoString(length=50), nullable=True),
+        sa.Column("source_updated_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
@@ -122,7 +138,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customers")),
-        sa.UniqueConstraint("tenant_id", "email", name="uq_customers_tenant_email"),
+        sa.UniqueConstraint(
+            "tenant_id", "source", "external_id", name="uq_customers_tenant_source_external"
+        ),
     )
     op.create_index(op.f("ix_customers_tenant_id"), "customers", ["tenant_id"], unique=False)
     op.create_table(
@@ -298,6 +316,7 @@ def upgrade() -> None:
         ),
         sa.Column("config", sa.JSON(), nullable=False),
         sa.Column("secret_ref", sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+        sa.Column("sync_interval_seconds", sa.Integer(), nullable=False),
         sa.Column("last_error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
@@ -328,75 +347,6 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_connectors_project_id"), "connectors", ["project_id"], unique=False)
     op.create_index(op.f("ix_connectors_tenant_id"), "connectors", ["tenant_id"], unique=False)
-    op.create_table(
-        "orders",
-        sa.Column("id", sa.Uuid(), nullable=False),
-        sa.Column("tenant_id", sa.Uuid(), nullable=False),
-        sa.Column("customer_id", sa.Uuid(), nullable=True),
-        sa.Column(
-            "source",
-            sa.Enum(
-                "shopify",
-                "woocommerce",
-                "pos",
-                "manual",
-                name="ordersource_enum",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
-            nullable=False,
-        ),
-        sa.Column("external_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column(
-            "status",
-            sa.Enum(
-                "pending",
-                "paid",
-                "fulfilled",
-                "cancelled",
-                "refunded",
-                name="orderstatus_enum",
-                native_enum=False,
-                create_constraint=True,
-                length=32,
-            ),
-            nullable=False,
-        ),
-        sa.Column("total_cents", sa.BigInteger(), nullable=False),
-        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
-        sa.Column("placed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.Column(
-            "updated_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.ForeignKeyConstraint(
-            ["customer_id"],
-            ["customers.id"],
-            name=op.f("fk_orders_customer_id_customers"),
-            ondelete="SET NULL",
-        ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"],
-            ["tenants.id"],
-            name=op.f("fk_orders_tenant_id_tenants"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
-        sa.UniqueConstraint(
-            "tenant_id", "source", "external_id", name="uq_orders_tenant_source_external"
-        ),
-    )
-    op.create_index(op.f("ix_orders_customer_id"), "orders", ["customer_id"], unique=False)
-    op.create_index(op.f("ix_orders_tenant_id"), "orders", ["tenant_id"], unique=False)
     op.create_table(
         "prompt_requests",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -540,6 +490,28 @@ def upgrade() -> None:
         ["expires_at"],
         unique=False,
         postgresql_where=sa.text("status = 'active'"),
+    )
+    op.create_table(
+        "connector_credentials",
+        sa.Column("connector_id", sa.Uuid(), nullable=False),
+        sa.Column("field", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("key_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("nonce", sa.LargeBinary(), nullable=False),
+        sa.Column("ciphertext", sa.LargeBinary(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["connector_id"],
+            ["connectors.id"],
+            name=op.f("fk_connector_credentials_connector_id_connectors"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("connector_id", "field", name=op.f("pk_connector_credentials")),
     )
     op.create_table(
         "deployment_plans",
@@ -719,7 +691,15 @@ def upgrade() -> None:
             ),
             nullable=False,
         ),
+        sa.Column("workflow_id", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column("run_key", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
         sa.Column("records_processed", sa.Integer(), nullable=False),
+        sa.Column("fetched", sa.Integer(), nullable=False),
+        sa.Column("inserted", sa.Integer(), nullable=False),
+        sa.Column("updated", sa.Integer(), nullable=False),
+        sa.Column("unchanged", sa.Integer(), nullable=False),
+        sa.Column("cursor_before", sa.JSON(), nullable=False),
+        sa.Column("cursor_after", sa.JSON(), nullable=False),
         sa.Column("error", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("meta", sa.JSON(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
@@ -743,6 +723,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_module_executions")),
+        sa.UniqueConstraint("run_key", name=op.f("uq_module_executions_run_key")),
     )
     op.create_index(
         op.f("ix_module_executions_connector_id"),
@@ -755,6 +736,111 @@ def upgrade() -> None:
     )
     op.create_index(
         op.f("ix_module_executions_tenant_id"), "module_executions", ["tenant_id"], unique=False
+    )
+    op.create_table(
+        "orders",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("connector_id", sa.Uuid(), nullable=True),
+        sa.Column("customer_id", sa.Uuid(), nullable=True),
+        sa.Column(
+            "source",
+            sa.Enum(
+                "shopify",
+                "woocommerce",
+                "pos",
+                "manual",
+                name="ordersource_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("external_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column("channel", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "pending",
+                "paid",
+                "fulfilled",
+                "cancelled",
+                "refunded",
+                name="orderstatus_enum",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("subtotal_cents", sa.BigInteger(), nullable=False),
+        sa.Column("discount_cents", sa.BigInteger(), nullable=False),
+        sa.Column("refunded_cents", sa.BigInteger(), nullable=False),
+        sa.Column("total_cents", sa.BigInteger(), nullable=False),
+        sa.Column("net_cents", sa.BigInteger(), nullable=False),
+        sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
+        sa.Column("line_items", sa.JSON(), nullable=False),
+        sa.Column("placed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("source_updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["connector_id"],
+            ["connectors.id"],
+            name=op.f("fk_orders_connector_id_connectors"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["customer_id"],
+            ["customers.id"],
+            name=op.f("fk_orders_customer_id_customers"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_orders_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_orders")),
+        sa.UniqueConstraint(
+            "tenant_id", "source", "external_id", name="uq_orders_tenant_source_external"
+        ),
+    )
+    op.create_index(op.f("ix_orders_connector_id"), "orders", ["connector_id"], unique=False)
+    op.create_index(op.f("ix_orders_customer_id"), "orders", ["customer_id"], unique=False)
+    op.create_index(op.f("ix_orders_tenant_id"), "orders", ["tenant_id"], unique=False)
+    op.create_table(
+        "sync_checkpoints",
+        sa.Column("connector_id", sa.Uuid(), nullable=False),
+        sa.Column("stream", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("cursor", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["connector_id"],
+            ["connectors.id"],
+            name=op.f("fk_sync_checkpoints_connector_id_connectors"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("connector_id", "stream", name=op.f("pk_sync_checkpoints")),
     )
     op.create_table(
         "token_transactions",
@@ -1330,6 +1416,11 @@ def downgrade() -> None:
     )
     op.drop_index(op.f("ix_token_transactions_tenant_id"), table_name="token_transactions")
     op.drop_table("token_transactions")
+    op.drop_table("sync_checkpoints")
+    op.drop_index(op.f("ix_orders_tenant_id"), table_name="orders")
+    op.drop_index(op.f("ix_orders_customer_id"), table_name="orders")
+    op.drop_index(op.f("ix_orders_connector_id"), table_name="orders")
+    op.drop_table("orders")
     op.drop_index(op.f("ix_module_executions_tenant_id"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_status"), table_name="module_executions")
     op.drop_index(op.f("ix_module_executions_connector_id"), table_name="module_executions")
@@ -1340,6 +1431,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_deployment_plans_tenant_id"), table_name="deployment_plans")
     op.drop_index(op.f("ix_deployment_plans_prompt_request_id"), table_name="deployment_plans")
     op.drop_table("deployment_plans")
+    op.drop_table("connector_credentials")
     op.drop_index(
         "ix_token_holds_active_expiry",
         table_name="token_holds",
@@ -1356,9 +1448,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_prompt_requests_status"), table_name="prompt_requests")
     op.drop_index(op.f("ix_prompt_requests_project_id"), table_name="prompt_requests")
     op.drop_table("prompt_requests")
-    op.drop_index(op.f("ix_orders_tenant_id"), table_name="orders")
-    op.drop_index(op.f("ix_orders_customer_id"), table_name="orders")
-    op.drop_table("orders")
     op.drop_index(op.f("ix_connectors_tenant_id"), table_name="connectors")
     op.drop_index(op.f("ix_connectors_project_id"), table_name="connectors")
     op.drop_table("connectors")

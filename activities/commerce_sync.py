@@ -1,0 +1,411 @@
+"""The order and customer sync's activities: one window of one stream per call, its upserts
+and its checkpoint in one transaction, and the ModuleExecution record of the run.
+
+Windows are half-open on the source's updated_at, [cursor - overlap, cursor + window), and the
+next cursor is the window's end. The overlap re-reads a little before the checkpoint, so a
+record indexed late at the boundary is not missed; the upsert only replaces a stored record by
+a strictly newer one, so what is re-read is counted as unchanged, never twice.
+"""
+
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+
+from activities.connectors import Connections, ConnectorError
+from activities.shopify import ShopifyError, minor_units
+from models.base import utcnow
+from models.commerce import (
+    Customer,
+    ModuleExecution,
+    ModuleExecutionStatus,
+    Order,
+    OrderSource,
+    OrderStatus,
+    SyncCheckpoint,
+    SyncStream,
+)
+from models.db import SessionFactory
+from models.projects import Connector, ConnectorStatus
+from models.transitions import IllegalTransition, ensure_transition
+from workflows.contracts.commerce import (
+    CloseModuleExecution,
+    ModuleExecutionOpened,
+    OpenModuleExecution,
+    SyncCounts,
+    SyncWindow,
+    WindowSynced,
+)
+from workflows.contracts.errors import ErrorType, refused
+
+# Rows per INSERT statement (arrays: no bind-parameter limit; bounded for memory).
+UPSERT_BATCH = 5000
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _name(node: dict[str, Any]) -> str:
+    return " ".join(p for p in (node.get("firstName"), node.get("lastName")) if p)[:200]
+
+
+def customer_row(tenant_id: uuid.UUID, node: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "source": OrderSource.SHOPIFY.value,
+        "external_id": node["id"],
+        "email": node.get("email") or None,
+        "name": _name(node),
+        "phone": node.get("phone"),
+        "source_updated_at": _when(node.get("updatedAt")),
+    }
+
+
+def order_status(node: dict[str, Any]) -> OrderStatus:
+    """The source is the truth: whatever state it reports, seen before or not."""
+    if node.get("cancelledAt"):
+        return OrderStatus.CANCELLED
+    financial = node.get("displayFinancialStatus")
+    if financial == "REFUNDED":
+        return OrderStatus.REFUNDED
+    if financial in ("PAID", "PARTIALLY_REFUNDED", "PARTIALLY_PAID"):
+        if node.get("displayFulfillmentStatus") == "FULFILLED":
+            return OrderStatus.FULFILLED
+        return OrderStatus.PAID
+    return OrderStatus.PENDING
+
+
+def order_row(
+    tenant_id: uuid.UUID,
+    connector_id: uuid.UUID,
+    node: dict[str, Any],
+    customers: dict[str, uuid.UUID],
+) -> dict[str, Any]:
+    currency = node.get("currencyCode") or "USD"
+
+    def money(key: str) -> int:
+        return minor_units(((node.get(key) or {}).get("shopMoney") or {}).get("amount"), currency)
+
+    total, refunded = money("totalPriceSet"), money("totalRefundedSet")
+    customer = node.get("customer") or {}
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "connector_id": connector_id,
+        "customer_id": customers.get(customer.get("id", "")),
+        "source": OrderSource.SHOPIFY.value,
+        "external_id": node["id"],
+        "name": (node.get("name") or "")[:100],
+        "channel": (node.get("sourceName") or "")[:100],
+        "status": order_status(node).value,
+        "subtotal_cents": money("subtotalPriceSet"),
+        "discount_cents": money("totalDiscountsSet"),
+        "refunded_cents": refunded,
+        "total_cents": total,
+        "net_cents": total - refunded,
+        "currency": currency,
+        "line_items": [
+            {
+                "id": item["id"],
+                "title": item.get("title", ""),
+                "sku": item.get("sku"),
+                "quantity": item.get("quantity", 0),
+                "unit_price_cents": minor_units(
+                    ((item.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get("amount"),
+                    currency,
+                ),
+            }
+            for item in ((node.get("lineItems") or {}).get("nodes") or [])
+        ],
+        "placed_at": _when(node.get("processedAt") or node.get("createdAt")),
+        "cancelled_at": _when(node.get("cancelledAt")),
+        "source_updated_at": _when(node.get("updatedAt")),
+    }
+
+
+def _latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per external id, the newest: one statement may not touch a row twice."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        seen = newest.get(row["external_id"])
+        if seen is None or (row["source_updated_at"] or _NEVER) > (
+            seen["source_updated_at"] or _NEVER
+        ):
+            newest[row["external_id"]] = row
+    return list(newest.values())
+
+
+def _array_type(column: sa.Column[Any]) -> str:
+    """The PostgreSQL array type a column's values travel in (JSON as text, cast back)."""
+    kind = column.type
+    if isinstance(kind, sa.Uuid):
+        return "uuid[]"
+    if isinstance(kind, sa.DateTime):
+        return "timestamptz[]"
+    if isinstance(kind, sa.Integer):
+        return "bigint[]"
+    return "text[]"
+
+
+def upsert_statement(table: type[Customer] | type[Order], columns: list[str]) -> str:
+    """One INSERT of unnested column arrays: new records in, stored ones replaced only by a
+    strictly newer one (by the source's updated_at); RETURNING says which rows were inserted."""
+    sa_table: sa.Table = table.__table__  # type: ignore[union-attr]
+    name = sa_table.name
+    types = [_array_type(sa_table.c[c]) for c in columns]
+    selected = [
+        f"u.{c}::json" if isinstance(sa_table.c[c].type, sa.JSON) else f"u.{c}" for c in columns
+    ]
+    replaced = [c for c in columns if c not in ("id", "tenant_id", "source", "external_id")]
+    return (
+        f"INSERT INTO {name} ({', '.join(columns)}, created_at, updated_at) "
+        f"SELECT {', '.join(selected)}, now(), now() "
+        f"FROM unnest({', '.join(f'${i + 1}::{t}' for i, t in enumerate(types))}) "
+        f"AS u({', '.join(columns)}) "
+        "ON CONFLICT (tenant_id, source, external_id) DO UPDATE SET "
+        f"{', '.join(f'{c} = excluded.{c}' for c in replaced)}, updated_at = now() "
+        f"WHERE {name}.source_updated_at IS NULL "
+        f"OR {name}.source_updated_at < excluded.source_updated_at "
+        "RETURNING (xmax = 0)"
+    )
+
+
+async def upsert(
+    session: AsyncSession, table: type[Customer] | type[Order], rows: list[dict[str, Any]]
+) -> SyncCounts:
+    """Insert new records and replace stored ones by strictly newer ones, keyed by (tenant,
+    source, external id), in the session's transaction; counts inserted, updated, unchanged."""
+    rows = _latest(rows)
+    counts = SyncCounts(fetched=len(rows))
+    if not rows:
+        return counts
+    columns = list(rows[0])
+    json_columns = {c for c in columns if c == "line_items"}
+    statement = upsert_statement(table, columns)
+    # The session's own connection (its transaction), spoken to by asyncpg directly: one
+    # statement per batch, the columns as arrays.
+    raw = await (await session.connection()).get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    for start in range(0, len(rows), UPSERT_BATCH):
+        batch = rows[start : start + UPSERT_BATCH]
+        arrays = [
+            [json.dumps(r[c]) for r in batch] if c in json_columns else [r[c] for r in batch]
+            for c in columns
+        ]
+        written = await driver.fetch(statement, *arrays)
+        inserted = sum(1 for record in written if record[0])
+        counts.inserted += inserted
+        counts.updated += len(written) - inserted
+    counts.unchanged = counts.fetched - counts.inserted - counts.updated
+    return counts
+
+
+class CommerceSyncActivities:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        connections: Connections,
+        *,
+        window: timedelta,
+        overlap: timedelta,
+        initial_lookback: timedelta,
+    ) -> None:
+        self._sessions = sessions
+        self._connections = connections
+        self._window = window
+        self._overlap = overlap
+        self._initial_lookback = initial_lookback
+
+    def activities(self) -> list[Any]:
+        return [self.open_module_execution, self.sync_window, self.close_module_execution]
+
+    @activity.defn
+    async def open_module_execution(self, request: OpenModuleExecution) -> ModuleExecutionOpened:
+        """The run's record, created once per run key (a retried call finds it), running."""
+        async with self._sessions() as session, session.begin():
+            tenant_id = request.tenant_id
+            cursors: dict[str, Any] = {}
+            if request.connector_id is not None:
+                connector = await session.get(Connector, request.connector_id)
+                if connector is None:
+                    raise refused(
+                        ErrorType.CONNECTOR_NOT_FOUND, f"no connector {request.connector_id}"
+                    )
+                tenant_id = connector.tenant_id
+                cursors = await _cursors(session, connector.id)
+            if tenant_id is None:
+                raise refused(ErrorType.UNKNOWN_TENANT, "a module run needs a tenant")
+            stmt = (
+                insert(ModuleExecution)
+                .values(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant_id,
+                    connector_id=request.connector_id,
+                    module=request.module.value,
+                    status=ModuleExecutionStatus.RUNNING.value,
+                    workflow_id=activity.info().workflow_id,
+                    run_key=request.run_key,
+                    cursor_before=cursors,
+                    cursor_after={},
+                    meta={},
+                    started_at=utcnow(),
+                )
+                .on_conflict_do_nothing(index_elements=["run_key"])
+            )
+            await (await session.connection()).execute(stmt)
+            execution = (
+                await session.exec(
+                    select(ModuleExecution).where(ModuleExecution.run_key == request.run_key)
+                )
+            ).one()
+        return ModuleExecutionOpened(execution_id=execution.id, tenant_id=tenant_id)
+
+    @activity.defn
+    async def close_module_execution(self, request: CloseModuleExecution) -> None:
+        """Persist the outcome the workflow decided."""
+        async with self._sessions() as session, session.begin():
+            execution = await session.get(
+                ModuleExecution, request.execution_id, with_for_update=True
+            )
+            if execution is None:
+                raise refused(ErrorType.INVALID_REQUEST, f"no module run {request.execution_id}")
+            if execution.status is request.status:
+                return
+            try:
+                ensure_transition(execution.status, request.status)
+            except IllegalTransition as err:
+                raise refused(ErrorType.ILLEGAL_TRANSITION, str(err)) from None
+            execution.status = request.status
+            execution.fetched = request.counts.fetched
+            execution.inserted = request.counts.inserted
+            execution.updated = request.counts.updated
+            execution.unchanged = request.counts.unchanged
+            execution.records_processed = request.counts.fetched
+            execution.error = request.error
+            execution.meta = {**execution.meta, **request.result}
+            if execution.connector_id is not None:
+                execution.cursor_after = await _cursors(session, execution.connector_id)
+            execution.finished_at = utcnow()
+            session.add(execution)
+
+    @activity.defn
+    async def sync_window(self, request: SyncWindow) -> WindowSynced:
+        """Fetch one window of one stream and store it with its checkpoint, atomically."""
+        async with self._sessions() as session:
+            connector = await session.get(Connector, request.connector_id)
+            checkpoint = await session.get(
+                SyncCheckpoint, (request.connector_id, request.stream.value)
+            )
+        if connector is None:
+            raise refused(ErrorType.CONNECTOR_NOT_FOUND, f"no connector {request.connector_id}")
+        if connector.status is not ConnectorStatus.ACTIVE:
+            raise refused(
+                ErrorType.CONNECTOR_NOT_ACTIVE,
+                f"connector {connector.id} is {connector.status.value}, not active"
+                + (f": {connector.last_error}" if connector.last_error else ""),
+            )
+        # Whole seconds: Shopify's updated_at and its search syntax have no finer precision.
+        until = request.until.replace(microsecond=0)
+        cursor = checkpoint.cursor if checkpoint else until - self._initial_lookback
+        if cursor >= until:
+            return WindowSynced(
+                stream=request.stream,
+                window_start=cursor,
+                window_end=cursor,
+                counts=SyncCounts(),
+                cursor=cursor,
+                done=True,
+            )
+        start = cursor - self._overlap if checkpoint else cursor
+        end = min(cursor + self._window, until)
+        nodes: list[dict[str, Any]] = []
+        try:
+            async with self._connections.shopify(
+                connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
+            ) as shop:
+                async for page in shop.pages(request.stream.value, start, end):
+                    nodes.extend(page)
+                    activity.heartbeat(len(nodes))
+        except (ShopifyError, ConnectorError) as err:
+            raise refused(err.error_type, str(err)) from None
+        async with self._sessions() as session, session.begin():
+            counts = await self._store(session, connector, request.stream, nodes)
+            stmt = insert(SyncCheckpoint).values(
+                connector_id=connector.id, stream=request.stream.value, cursor=end
+            )
+            await (await session.connection()).execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["connector_id", "stream"],
+                    set_={
+                        "cursor": sa.func.greatest(SyncCheckpoint.cursor, stmt.excluded.cursor),
+                        "updated_at": sa.func.now(),
+                    },
+                )
+            )
+            await (await session.connection()).execute(
+                sa.update(Connector)
+                .where(col(Connector.id) == connector.id)
+                .values(last_synced_at=sa.func.now())
+            )
+        return WindowSynced(
+            stream=request.stream,
+            window_start=start,
+            window_end=end,
+            counts=counts,
+            cursor=end,
+            done=end >= until,
+        )
+
+    async def _store(
+        self,
+        session: AsyncSession,
+        connector: Connector,
+        stream: SyncStream,
+        nodes: list[dict[str, Any]],
+    ) -> SyncCounts:
+        if not nodes:
+            return SyncCounts()
+        if stream is SyncStream.CUSTOMERS:
+            return await upsert(
+                session, Customer, [customer_row(connector.tenant_id, n) for n in nodes]
+            )
+        # An order's customer as the order shows it; a newer customers-stream row wins.
+        embedded = [
+            customer_row(connector.tenant_id, n["customer"]) for n in nodes if n.get("customer")
+        ]
+        customers: dict[str, uuid.UUID] = {}
+        if embedded:
+            await upsert(session, Customer, embedded)
+            found = await (await session.connection()).execute(
+                sa.select(Customer.external_id, Customer.id).where(  # type: ignore[call-overload]
+                    Customer.tenant_id == connector.tenant_id,
+                    Customer.source == OrderSource.SHOPIFY,
+                    col(Customer.external_id).in_({row["external_id"] for row in embedded}),
+                )
+            )
+            customers = {external: cid for external, cid in found.all()}
+        return await upsert(
+            session,
+            Order,
+            [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
+        )
+
+
+async def _cursors(session: AsyncSession, connector_id: uuid.UUID) -> dict[str, Any]:
+    rows = (
+        await session.exec(
+            select(SyncCheckpoint).where(SyncCheckpoint.connector_id == connector_id)
+        )
+    ).all()
+    return {row.stream: row.cursor.isoformat() for row in rows}

@@ -1,0 +1,226 @@
+"""Connector operations: create, test (a real call to the outside system), enable, disable,
+rotate credentials. Statuses move by models.transitions; a failed test leaves the connector
+in `error` with a readable last_error. Credentials are handed in by the operator's code, never
+through Temporal; workflows reach a connector only by id (ConnectorActivities)."""
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from temporalio import activity
+
+from activities.credentials import CredentialError, CredentialStore
+from activities.shopify import Bucket, ShopifyClient, ShopifyError, ShopifyUnavailable
+from models.base import utcnow
+from models.db import SessionFactory
+from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
+from models.tenancy import Tenant
+from models.transitions import IllegalTransition, ensure_transition
+from workflows.contracts.commerce import ConnectorFailure
+from workflows.contracts.errors import ErrorType, refused
+
+# What each kind needs: non-secret config keys and secret credential fields.
+REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",)}
+REQUIRED_CREDENTIALS = {ConnectorKind.SHOPIFY: ("access_token",)}
+HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+_KEEP = object()
+
+
+class ConnectorError(Exception):
+    """A refused connector operation; `error_type` names the rule."""
+
+    def __init__(self, error_type: ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class Connections:
+    """Opens a client to a connector's outside system with its decrypted credentials."""
+
+    def __init__(self, store: CredentialStore, *, api_version: str) -> None:
+        self._store = store
+        self._api_version = api_version
+        self._buckets: dict[uuid.UUID, Bucket] = {}
+
+    @contextlib.asynccontextmanager
+    async def shopify(
+        self, connector: Connector, **client_options: Any
+    ) -> AsyncIterator[ShopifyClient]:
+        if connector.kind is not ConnectorKind.SHOPIFY:
+            raise ConnectorError(
+                ErrorType.INVALID_CONNECTOR_CONFIG,
+                f"connector {connector.id} is a {connector.kind.value} connector, not shopify",
+            )
+        try:
+            secrets = await self._store.read(connector)
+        except CredentialError as err:
+            raise ConnectorError(err.error_type, str(err)) from None
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+            yield ShopifyClient(
+                http,
+                shop_url=str(connector.config["shop_url"]),
+                access_token=secrets["access_token"],
+                api_version=self._api_version,
+                bucket=self._buckets.setdefault(connector.id, Bucket()),
+                **client_options,
+            )
+
+
+class ConnectorService:
+    def __init__(self, sessions: SessionFactory, store: CredentialStore, connections: Connections):
+        self._sessions = sessions
+        self._store = store
+        self._connections = connections
+
+    async def get(self, connector_id: uuid.UUID) -> Connector:
+        async with self._sessions() as session:
+            connector = await session.get(Connector, connector_id)
+        if connector is None:
+            raise ConnectorError(ErrorType.CONNECTOR_NOT_FOUND, f"no connector {connector_id}")
+        return connector
+
+    async def create(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        kind: ConnectorKind,
+        config: dict[str, Any],
+        credentials: dict[str, str],
+        name: str = "",
+        project_id: uuid.UUID | None = None,
+        sync_interval_seconds: int = 900,
+    ) -> Connector:
+        """A pending connector with its credentials encrypted, in one transaction."""
+        _check_fields(kind, config, credentials)
+        async with self._sessions() as session, session.begin():
+            if await session.get(Tenant, tenant_id) is None:
+                raise ConnectorError(ErrorType.UNKNOWN_TENANT, f"no tenant {tenant_id}")
+            if project_id is not None:
+                project = await session.get(Project, project_id)
+                if project is None or project.tenant_id != tenant_id:
+                    raise ConnectorError(
+                        ErrorType.UNKNOWN_PROJECT, f"tenant {tenant_id} has no project {project_id}"
+                    )
+            connector = Connector(
+                tenant_id=tenant_id,
+                project_id=project_id,
+                kind=kind,
+                name=name or kind.value,
+                config=config,
+                sync_interval_seconds=sync_interval_seconds,
+                secret_ref="connector_credentials",
+            )
+            session.add(connector)
+            await session.flush()
+            await self._store.write(session, connector, credentials)
+        return connector
+
+    async def test(self, connector_id: uuid.UUID) -> Connector:
+        """Call the outside system with the stored credentials. Success makes a pending or
+        failed connector active (and records what the shop says of itself); a refusal leaves
+        it in error with the reason. A disabled connector is tested but stays disabled."""
+        connector = await self.get(connector_id)
+        try:
+            async with self._connections.shopify(connector) as shop:
+                about = await shop.shop()
+        except (ShopifyError, ConnectorError) as err:
+            return await self._set_status(connector_id, ConnectorStatus.ERROR, last_error=str(err))
+        except ShopifyUnavailable as err:
+            # The shop is down, not the credentials wrong: recorded, the status unchanged.
+            return await self._set_status(connector_id, None, last_error=str(err))
+        facts = {
+            "shop_name": about.get("name"),
+            "timezone": about.get("ianaTimezone"),
+            "currency": about.get("currencyCode"),
+        }
+        return await self._set_status(
+            connector_id, ConnectorStatus.ACTIVE, last_error=None, config_update=facts
+        )
+
+    async def enable(self, connector_id: uuid.UUID) -> Connector:
+        """A disabled connector back to pending, then tested."""
+        connector = await self.get(connector_id)
+        if connector.status is ConnectorStatus.DISABLED:
+            await self._set_status(connector_id, ConnectorStatus.PENDING, last_error=None)
+        return await self.test(connector_id)
+
+    async def disable(self, connector_id: uuid.UUID) -> Connector:
+        return await self._set_status(connector_id, ConnectorStatus.DISABLED)
+
+    async def rotate(self, connector_id: uuid.UUID, credentials: dict[str, str]) -> Connector:
+        """Replace the credentials (encrypted, atomically) and test the new ones."""
+        connector = await self.get(connector_id)
+        _check_fields(connector.kind, connector.config, credentials)
+        async with self._sessions() as session, session.begin():
+            await self._store.write(session, connector, credentials)
+        if connector.status is ConnectorStatus.DISABLED:
+            return await self.get(connector_id)
+        return await self.test(connector_id)
+
+    async def record_failure(self, connector_id: uuid.UUID, error: str) -> Connector:
+        return await self._set_status(connector_id, ConnectorStatus.ERROR, last_error=error)
+
+    async def _set_status(
+        self,
+        connector_id: uuid.UUID,
+        status: ConnectorStatus | None,
+        *,
+        last_error: str | object | None = _KEEP,
+        config_update: dict[str, Any] | None = None,
+    ) -> Connector:
+        async with self._sessions() as session, session.begin():
+            connector = await session.get(Connector, connector_id, with_for_update=True)
+            if connector is None:
+                raise ConnectorError(ErrorType.CONNECTOR_NOT_FOUND, f"no connector {connector_id}")
+            # A disabled connector stays disabled whatever a test or a sync says.
+            outcome = status in (ConnectorStatus.ACTIVE, ConnectorStatus.ERROR)
+            if status is not None and not (
+                connector.status is ConnectorStatus.DISABLED and outcome
+            ):
+                try:
+                    ensure_transition(connector.status, status)
+                except IllegalTransition as err:
+                    raise ConnectorError(ErrorType.ILLEGAL_TRANSITION, str(err)) from None
+                connector.status = status
+            if last_error is not _KEEP:
+                connector.last_error = last_error  # type: ignore[assignment]
+            if config_update:
+                connector.config = {**connector.config, **config_update}
+            connector.updated_at = utcnow()
+            session.add(connector)
+        return connector
+
+
+def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict[str, str]) -> None:
+    if kind not in REQUIRED_CONFIG:
+        raise ConnectorError(
+            ErrorType.INVALID_CONNECTOR_CONFIG, f"{kind.value} connectors are not supported yet"
+        )
+    missing = [k for k in REQUIRED_CONFIG[kind] if not config.get(k)]
+    missing += [k for k in REQUIRED_CREDENTIALS[kind] if not credentials.get(k)]
+    if missing:
+        raise ConnectorError(
+            ErrorType.INVALID_CONNECTOR_CONFIG,
+            f"a {kind.value} connector needs {', '.join(missing)}",
+        )
+    url = str(config.get("shop_url", ""))
+    if not url.startswith(("https://", "http://")):
+        raise ConnectorError(
+            ErrorType.INVALID_CONNECTOR_CONFIG, "shop_url must be https://<shop>.myshopify.com"
+        )
+
+
+class ConnectorActivities:
+    """What workflows may do to a connector: record a failure the workflow decided on."""
+
+    def __init__(self, service: ConnectorService) -> None:
+        self._service = service
+
+    @activity.defn
+    async def record_connector_failure(self, request: ConnectorFailure) -> None:
+        try:
+            await self._service.record_failure(request.connector_id, request.error)
+        except ConnectorError as err:
+            raise refused(err.error_type, str(err)) from None

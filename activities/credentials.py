@@ -1,0 +1,181 @@
+"""Connector credentials encrypted at rest: AES-GCM under a key ring from settings.
+
+The current key encrypts, any key of the ring decrypts. The associated data binds each
+ciphertext to its tenant, connector and field, so a ciphertext copied to another row does not
+decrypt. Secrets leave this module only as the return value of `read`, inside the activity
+that needs them; they never travel in Temporal payloads and never appear in error messages.
+"""
+
+import base64
+import binascii
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from models.commerce import ConnectorCredential
+from models.db import SessionFactory
+from models.projects import Connector
+from workflows.contracts.errors import ErrorType
+
+NONCE_BYTES = 12
+
+
+class CredentialError(Exception):
+    """A credential that is missing, or that no key of the ring can decrypt."""
+
+    error_type = ErrorType.CREDENTIAL_UNAVAILABLE
+
+
+class KeyRingError(ValueError):
+    """A key ring that cannot work; the message names the entry, never a key."""
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    keys: dict[str, bytes]
+    current: str
+
+    def __post_init__(self) -> None:
+        if self.current not in self.keys:
+            raise KeyRingError(f"the current key id {self.current!r} is not in the key ring")
+        for key_id, key in self.keys.items():
+            if len(key) != 32:
+                raise KeyRingError(f"key {key_id!r} must be 32 bytes (AES-256), not {len(key)}")
+
+    @classmethod
+    def parse(cls, spec: str, current: str | None = None) -> "KeyRing":
+        """'id:base64key,id2:base64key'; the first entry is current unless `current` names one."""
+        keys: dict[str, bytes] = {}
+        for entry in filter(None, (part.strip() for part in spec.split(","))):
+            key_id, sep, encoded = entry.partition(":")
+            if not sep or not key_id:
+                raise KeyRingError("each key ring entry is 'id:base64-key'")
+            try:
+                keys[key_id] = base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                raise KeyRingError(f"key {key_id!r} is not valid base64") from None
+        if not keys:
+            raise KeyRingError("the key ring is empty")
+        return cls(keys=keys, current=current or next(iter(keys)))
+
+    @staticmethod
+    def new_key() -> str:
+        return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+
+
+def associated_data(tenant_id: uuid.UUID, connector_id: uuid.UUID, field: str) -> bytes:
+    return f"changeflow/connector-credential/v1|{tenant_id}|{connector_id}|{field}".encode()
+
+
+class CredentialStore:
+    def __init__(self, sessions: SessionFactory, keys: KeyRing | None) -> None:
+        self._sessions = sessions
+        self._key_ring = keys
+
+    @property
+    def _keys(self) -> KeyRing:
+        if self._key_ring is None:
+            raise CredentialError(
+                "no credential key ring is configured (set CHANGEFLOW_CREDENTIAL_KEYS)"
+            )
+        return self._key_ring
+
+    def _seal(self, connector: Connector, field: str, value: str) -> tuple[str, bytes, bytes]:
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(self._keys.keys[self._keys.current]).encrypt(
+            nonce, value.encode(), associated_data(connector.tenant_id, connector.id, field)
+        )
+        return self._keys.current, nonce, sealed
+
+    def _open(self, connector: Connector, row: ConnectorCredential) -> str:
+        key = self._keys.keys.get(row.key_id)
+        if key is None:
+            raise CredentialError(
+                f"credential {row.field!r} of connector {connector.id} is encrypted under key "
+                f"{row.key_id!r}, which the key ring does not hold"
+            )
+        try:
+            plain = AESGCM(key).decrypt(
+                row.nonce,
+                row.ciphertext,
+                associated_data(connector.tenant_id, connector.id, row.field),
+            )
+        except InvalidTag:
+            raise CredentialError(
+                f"credential {row.field!r} of connector {connector.id} does not decrypt "
+                "(tampered, or copied from another connector)"
+            ) from None
+        return plain.decode()
+
+    async def write(
+        self,
+        session: AsyncSession,
+        connector: Connector,
+        values: dict[str, str],
+        *,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Store `values` encrypted, replacing those fields, in the caller's transaction."""
+        for field, value in values.items():
+            key_id, nonce, sealed = self._seal(connector, field, value)
+            row = {
+                "connector_id": connector.id,
+                "field": field,
+                "key_id": key_id,
+                "nonce": nonce,
+                "ciphertext": sealed,
+                "expires_at": expires_at,
+            }
+            stmt = insert(ConnectorCredential).values(**row)
+            await (await session.connection()).execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["connector_id", "field"],
+                    set_={
+                        k: stmt.excluded[k] for k in ("key_id", "nonce", "ciphertext", "expires_at")
+                    }
+                    | {"updated_at": stmt.excluded.updated_at},
+                )
+            )
+
+    async def read(self, connector: Connector) -> dict[str, str]:
+        async with self._sessions() as session:
+            rows = (
+                await session.exec(
+                    select(ConnectorCredential).where(
+                        ConnectorCredential.connector_id == connector.id
+                    )
+                )
+            ).all()
+        if not rows:
+            raise CredentialError(f"connector {connector.id} has no stored credentials")
+        return {row.field: self._open(connector, row) for row in rows}
+
+    async def reencrypt_all(self, *, batch_size: int = 500) -> int:
+        """Re-encrypt every credential not under the current key; returns how many moved.
+        Each batch is one transaction, so a crash leaves every row readable by the ring."""
+        moved = 0
+        while True:
+            async with self._sessions() as session, session.begin():
+                pairs = (
+                    await session.exec(
+                        select(ConnectorCredential, Connector)
+                        .join(Connector, Connector.id == ConnectorCredential.connector_id)  # type: ignore[arg-type]
+                        .where(ConnectorCredential.key_id != self._keys.current)
+                        .limit(batch_size)
+                        .with_for_update(of=ConnectorCredential, skip_locked=True)  # type: ignore[arg-type]
+                    )
+                ).all()
+                for row, connector in pairs:
+                    plain = self._open(connector, row)
+                    row.key_id, row.nonce, row.ciphertext = self._seal(connector, row.field, plain)
+                    session.add(row)
+            moved += len(pairs)
+            if len(pairs) < batch_size:
+                return moved

@@ -1,0 +1,266 @@
+"""The Shopify Admin GraphQL client the connectors use: one POST per query to
+/admin/api/<version>/graphql.json with X-Shopify-Access-Token, cursor pagination, and Shopify's
+rate limits honoured, never treated as failures.
+
+Rate limits: every response's `extensions.cost.throttleStatus` says how full the leaky bucket
+is; before a call the bucket cannot cover, the client waits (cost - available) / restoreRate.
+A THROTTLED error (HTTP 200 or 429) and a Retry-After header make it wait and ask again.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from workflows.contracts.errors import ErrorType
+
+# Nodes per page: Shopify caps `first` at 250 and a query's requested cost at 1000 points
+# (a connection costs 2 + first x its node's cost; an order with 10 line items is 42).
+PAGE_SIZE = {"customers": 250, "orders": 20}
+# A throttle longer than this is a shop in trouble, not a rate limit: the activity fails and
+# Temporal retries it later.
+MAX_THROTTLE_WAIT_SECONDS = 600.0
+WAIT_SLICE_SECONDS = 5.0
+
+# ISO 4217 currencies without minor units (Shopify sends "1500.0" JPY).
+ZERO_DECIMAL_CURRENCIES = frozenset(
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "ISK",
+        "JPY",
+        "KMF",
+        "KRW",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
+)
+
+
+class ShopifyError(Exception):
+    error_type: ErrorType = ErrorType.SOURCE_PROTOCOL_ERROR
+
+
+class ShopifyAuthError(ShopifyError):
+    """The shop refused the token (401/403): the connector's credentials are wrong."""
+
+    error_type = ErrorType.INVALID_CREDENTIALS
+
+
+class ShopifyNotFound(ShopifyError):
+    """No shop at the configured address."""
+
+    error_type = ErrorType.INVALID_CONNECTOR_CONFIG
+
+
+class ShopifyUnavailable(Exception):
+    """A transient failure (5xx, network, a throttle that will not end): retry later."""
+
+
+def minor_units(amount: str | None, currency: str) -> int:
+    if amount is None:
+        return 0
+    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+    return int((Decimal(amount) * (10**exponent)).to_integral_value())
+
+
+def window_query(start: datetime, end: datetime) -> str:
+    """Shopify's search syntax for start <= updated_at < end (quoted ISO 8601, UTC)."""
+    return (
+        f"updated_at:>='{start.strftime('%Y-%m-%dT%H:%M:%SZ')}' "
+        f"AND updated_at:<'{end.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
+    )
+
+
+@dataclass
+class Bucket:
+    """The client's view of the shop's leaky bucket, from the last response."""
+
+    maximum: float = 1000.0
+    available: float = 1000.0
+    restore_rate: float = 50.0
+    seen_at: float = 0.0
+    costs: dict[str, float] = field(default_factory=dict)
+
+    def available_at(self, now: float) -> float:
+        return min(self.maximum, self.available + self.restore_rate * (now - self.seen_at))
+
+    def wait_for(self, cost: float, now: float) -> float:
+        missing = min(cost, self.maximum) - self.available_at(now)
+        return max(0.0, missing / self.restore_rate) if self.restore_rate > 0 else 0.0
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ShopifyClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        shop_url: str,
+        access_token: str,
+        api_version: str,
+        bucket: Bucket | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        on_wait: Callable[[float], None] = lambda seconds: None,
+    ) -> None:
+        self._http = http
+        self._url = f"{shop_url.rstrip('/')}/admin/api/{api_version}/graphql.json"
+        self._token = access_token
+        self._sleep = sleep
+        self._clock = clock
+        self._on_wait = on_wait
+        # Shared by the clients of one shop in a process: the next call knows the last state.
+        self.bucket = bucket or Bucket(seen_at=clock())
+        self.waited_seconds = 0.0
+
+    async def _wait(self, seconds: float, waited: float) -> float:
+        if waited + seconds > MAX_THROTTLE_WAIT_SECONDS:
+            raise ShopifyUnavailable(f"the shop stayed throttled for over {waited:.0f}s")
+        self.waited_seconds += seconds
+        left = seconds
+        # In slices, each announced (the activity heartbeats), so a long wait stays alive.
+        while left > 0:
+            step = min(left, WAIT_SLICE_SECONDS)
+            self._on_wait(left)
+            await self._sleep(step)
+            left -= step
+        return waited + seconds
+
+    async def query(self, name: str, document: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """The `data` of one GraphQL query, waiting out the shop's rate limit."""
+        waited = 0.0
+        while True:
+            # A query of unknown cost waits for a full bucket, so it is never refused.
+            cost = self.bucket.costs.get(name, self.bucket.maximum)
+            pause = self.bucket.wait_for(cost, self._clock())
+            if pause > 0:
+                waited = await self._wait(pause, waited)
+            try:
+                response = await self._http.post(
+                    self._url,
+                    headers={"X-Shopify-Access-Token": self._token},
+                    json={"query": document, "variables": variables},
+                )
+            except httpx.TransportError as err:
+                raise ShopifyUnavailable(f"cannot reach the shop: {type(err).__name__}") from None
+            if response.status_code == 429:
+                retry_after = float(response.headers.get("Retry-After", "1") or 1)
+                waited = await self._wait(retry_after, waited)
+                continue
+            if response.status_code in (401, 403):
+                raise ShopifyAuthError(
+                    f"the shop refused the access token (HTTP {response.status_code}); "
+                    "check the token and its scopes (read_orders, read_customers)"
+                )
+            if response.status_code == 404:
+                raise ShopifyNotFound(f"no Shopify Admin API at {self._url} (HTTP 404)")
+            if response.status_code >= 500:
+                raise ShopifyUnavailable(f"the shop answered HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise ShopifyError(f"the shop answered HTTP {response.status_code}")
+            try:
+                body = response.json()
+            except json.JSONDecodeError:
+                raise ShopifyError("the shop's answer is not JSON") from None
+            throttled = self._read_cost(name, body)
+            errors = body.get("errors") or []
+            if any((e.get("extensions") or {}).get("code") == "THROTTLED" for e in errors):
+                waited = await self._wait(max(throttled, 0.5), waited)
+                continue
+            if errors:
+                messages = "; ".join(str(e.get("message", e)) for e in errors)[:500]
+                raise ShopifyError(f"the shop refused the query {name}: {messages}")
+            data = body.get("data")
+            if not isinstance(data, dict):
+                raise ShopifyError(f"the shop's answer to {name} has no data")
+            return data
+
+    def _read_cost(self, name: str, body: dict[str, Any]) -> float:
+        """Update the bucket from `extensions.cost`; the wait a throttled call needs."""
+        cost = (body.get("extensions") or {}).get("cost") or {}
+        status = cost.get("throttleStatus")
+        if not status:
+            return 1.0
+        self.bucket.maximum = float(status["maximumAvailable"])
+        self.bucket.available = float(status["currentlyAvailable"])
+        self.bucket.restore_rate = float(status["restoreRate"]) or self.bucket.restore_rate
+        self.bucket.seen_at = self._clock()
+        requested = float(cost.get("requestedQueryCost") or self.bucket.maximum)
+        self.bucket.costs[name] = requested
+        return self.bucket.wait_for(requested, self.bucket.seen_at)
+
+    async def shop(self) -> dict[str, Any]:
+        data = await self.query("shop", SHOP_QUERY, {})
+        return dict(data["shop"])
+
+    async def pages(
+        self, stream: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every node of `stream` with start <= updated_at < end, oldest update first."""
+        document = STREAM_QUERIES[stream]
+        after: str | None = None
+        while True:
+            data = await self.query(
+                stream,
+                document,
+                {"first": PAGE_SIZE[stream], "after": after, "query": window_query(start, end)},
+            )
+            connection = data[stream]
+            yield list(connection["nodes"])
+            info = connection["pageInfo"]
+            if not info["hasNextPage"]:
+                return
+            after = info["endCursor"]
+
+
+SHOP_QUERY = "query Shop { shop { name myshopifyDomain ianaTimezone currencyCode } }"
+
+_MONEY = "shopMoney { amount currencyCode }"
+
+ORDERS_QUERY = f"""
+query Orders($first: Int!, $after: String, $query: String) {{
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {{
+    pageInfo {{ hasNextPage endCursor }}
+    nodes {{
+      id name createdAt processedAt updatedAt cancelledAt sourceName currencyCode
+      displayFinancialStatus displayFulfillmentStatus
+      subtotalPriceSet {{ {_MONEY} }}
+      totalDiscountsSet {{ {_MONEY} }}
+      totalRefundedSet {{ {_MONEY} }}
+      totalPriceSet {{ {_MONEY} }}
+      customer {{ id email firstName lastName phone updatedAt }}
+      lineItems(first: 10) {{
+        nodes {{ id title sku quantity originalUnitPriceSet {{ {_MONEY} }} }}
+      }}
+    }}
+  }}
+}}
+"""
+
+CUSTOMERS_QUERY = """
+query Customers($first: Int!, $after: String, $query: String) {
+  customers(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    pageInfo { hasNextPage endCursor }
+    nodes { id email firstName lastName phone updatedAt }
+  }
+}
+"""
+
+STREAM_QUERIES = {"orders": ORDERS_QUERY, "customers": CUSTOMERS_QUERY}

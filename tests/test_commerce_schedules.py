@@ -1,0 +1,156 @@
+"""Schedules of the commerce modules: a sync Schedule exists exactly while its connector is
+active and its runs never start a second sync of one connector; a tenant's daily report
+Schedule reports yesterday in the shop's time zone. Syncs can also be started by hand."""
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+from temporalio.client import Client, ScheduleOverlapPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from models.commerce import ModuleExecution, ModuleExecutionStatus, ModuleKind
+from models.db import SessionFactory
+from tests.commerce_support import (
+    TOKEN,
+    commerce_settings,
+    connect_shop,
+    executions_of,
+    orders_of,
+)
+from tests.shopify_stand_in import ShopifyStandIn
+from tests.workers import running_workers
+from workers.schedules import apply_connector_schedule, reconcile_commerce_schedules
+from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow
+from workflows.contracts.commerce import OrderSyncInput, StartOrderSync
+from workflows.contracts.ids import (
+    order_sync_schedule_id,
+    order_sync_workflow_id,
+    report_schedule_id,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def shop() -> Iterator[ShopifyStandIn]:
+    stand_in = ShopifyStandIn(token=TOKEN)
+    stand_in.start()
+    stand_in.seed(orders=15, customers=3)
+    yield stand_in
+    stand_in.stop()
+
+
+async def until(check: Callable[[], Awaitable[T]], within_s: float = 60.0) -> T:
+    """The first truthy answer of `check`, polled (the rows are written by workflows)."""
+    async with asyncio.timeout(within_s):
+        while not (found := await check()):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    return found
+
+
+async def test_a_connector_schedule_follows_its_state_and_its_runs_sync(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    schedule = client.get_schedule_handle(order_sync_schedule_id(connected.connector.id))
+    try:
+        async with running_workers(client, sessions, settings):
+            done = await reconcile_commerce_schedules(client, sessions, task_queue)
+            assert done["created"] >= 1
+            described = await schedule.describe()
+            assert described.schedule.policy.overlap is ScheduleOverlapPolicy.SKIP
+            interval = described.schedule.spec.intervals[0].every
+            assert interval == timedelta(seconds=connected.connector.sync_interval_seconds)
+
+            await schedule.trigger()
+
+            async def synced() -> bool:
+                runs = await executions_of(sessions, connected.tenant.id)
+                return any(r.status is ModuleExecutionStatus.SUCCEEDED for r in runs)
+
+            await until(synced)
+            assert len(await orders_of(sessions, connected.tenant.id)) == 15
+
+        disabled = await connected.service.disable(connected.connector.id)
+        assert await apply_connector_schedule(client, disabled, task_queue) == "deleted"
+        with pytest.raises(RPCError):
+            await schedule.describe()
+    finally:
+        await client.get_schedule_handle(report_schedule_id(connected.tenant.id)).delete()
+
+
+async def test_a_trigger_while_a_sync_runs_starts_no_second_one(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    release = threading.Event()
+    shop.before_page = lambda stream, variables: release.wait(30)
+    async with running_workers(client, sessions, settings):
+        running = await client.start_workflow(
+            OrderSyncWorkflow.run,
+            OrderSyncInput(connector_id=connected.connector.id),
+            id=order_sync_workflow_id(connected.connector.id),
+            task_queue=task_queue,
+        )
+        triggered = await client.execute_workflow(
+            OrderSyncTriggerWorkflow.run,
+            StartOrderSync(connector_id=connected.connector.id),
+            id=f"trigger-{connected.connector.id}",
+            task_queue=task_queue,
+        )
+        # By hand, too: the one workflow id refuses a second start.
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await client.start_workflow(
+                OrderSyncWorkflow.run,
+                OrderSyncInput(connector_id=connected.connector.id),
+                id=order_sync_workflow_id(connected.connector.id),
+                task_queue=task_queue,
+            )
+        release.set()
+        await running.result()
+    assert triggered.started is False
+    assert len(await executions_of(sessions, connected.tenant.id)) == 1
+
+
+async def test_the_daily_report_schedule_reports_yesterday_in_the_shops_zone(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    report_schedule = client.get_schedule_handle(report_schedule_id(connected.tenant.id))
+    try:
+        async with running_workers(client, sessions, settings):
+            await reconcile_commerce_schedules(client, sessions, task_queue)
+            described = await report_schedule.describe()
+            assert described.schedule.spec.time_zone_name == "America/New_York"
+            await report_schedule.trigger()
+
+            async def reported() -> list[ModuleExecution]:
+                return [
+                    r
+                    for r in await executions_of(sessions, connected.tenant.id)
+                    if r.module is ModuleKind.REPORT and r.status is ModuleExecutionStatus.SUCCEEDED
+                ]
+
+            [run] = await until(reported)
+    finally:
+        await report_schedule.delete()
+        await client.get_schedule_handle(order_sync_schedule_id(connected.connector.id)).delete()
+    yesterday = (
+        datetime.now(UTC).astimezone(ZoneInfo("America/New_York")) - timedelta(days=1)
+    ).date()
+    assert (
+        run.meta["report"]["first_day"] == run.meta["report"]["last_day"] == yesterday.isoformat()
+    )
+    assert run.meta["report"]["timezone"] == "America/New_York"

@@ -1,0 +1,176 @@
+"""Payloads of the commerce modules: connector syncs and reports. None carries a secret: a
+workflow names its connector by id and the activity loads and decrypts the credentials."""
+
+import uuid
+from datetime import date, datetime
+
+from pydantic import BaseModel, Field
+
+from models.commerce import ModuleExecutionStatus, ModuleKind, SyncStream
+
+# Customers first, so each order's customer is current when the order links to it.
+SYNC_STREAMS: tuple[SyncStream, ...] = (SyncStream.CUSTOMERS, SyncStream.ORDERS)
+# Windows one run handles before it continues as new (its history stays short).
+DEFAULT_WINDOWS_PER_RUN = 200
+
+
+class SyncCounts(BaseModel):
+    fetched: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def plus(self, other: "SyncCounts") -> "SyncCounts":
+        return SyncCounts(
+            fetched=self.fetched + other.fetched,
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            unchanged=self.unchanged + other.unchanged,
+        )
+
+
+class OrderSyncInput(BaseModel):
+    """Start input of OrderSyncWorkflow (id `order-sync-<connector_id>`). Only connector_id is
+    given by a starter; the rest is carried across continue-as-new."""
+
+    connector_id: uuid.UUID
+    windows_per_run: int = Field(default=DEFAULT_WINDOWS_PER_RUN, ge=1, le=10_000)
+    # Set by the first run: the sync reads what the shop held up to this moment.
+    until: datetime | None = None
+    execution_id: uuid.UUID | None = None
+    counts: dict[SyncStream, SyncCounts] = {}
+    streams_done: list[SyncStream] = []
+
+
+def total(counts: dict[SyncStream, SyncCounts]) -> SyncCounts:
+    result = SyncCounts()
+    for part in counts.values():
+        result = result.plus(part)
+    return result
+
+
+class OrderSyncResult(BaseModel):
+    execution_id: uuid.UUID
+    connector_id: uuid.UUID
+    status: ModuleExecutionStatus
+    counts: dict[SyncStream, SyncCounts]
+    cursors: dict[str, datetime]
+    windows: int
+
+
+class OpenModuleExecution(BaseModel):
+    tenant_id: uuid.UUID | None = None
+    connector_id: uuid.UUID | None = None
+    module: ModuleKind
+    run_key: str
+
+
+class ModuleExecutionOpened(BaseModel):
+    execution_id: uuid.UUID
+    tenant_id: uuid.UUID
+
+
+class CloseModuleExecution(BaseModel):
+    execution_id: uuid.UUID
+    status: ModuleExecutionStatus
+    counts: SyncCounts = SyncCounts()
+    error: str | None = None
+    result: dict[str, object] = {}
+
+
+class SyncWindow(BaseModel):
+    connector_id: uuid.UUID
+    stream: SyncStream
+    until: datetime
+
+
+class WindowSynced(BaseModel):
+    stream: SyncStream
+    window_start: datetime
+    window_end: datetime
+    counts: SyncCounts
+    # The checkpoint after this window; the stream is done when it reached `until`.
+    cursor: datetime
+    done: bool
+
+
+class ConnectorFailure(BaseModel):
+    connector_id: uuid.UUID
+    error: str
+
+
+class StartOrderSync(BaseModel):
+    """Input of the scheduled trigger: it starts the connector's sync unless one is running."""
+
+    connector_id: uuid.UUID
+
+
+class SyncTriggered(BaseModel):
+    workflow_id: str
+    started: bool
+
+
+class ReportInput(BaseModel):
+    """Start input of ReportWorkflow: a tenant's figures for the days first_day..last_day in
+    the shop's time zone (`timezone`, else the tenant's Shopify connector's, else UTC). Without
+    dates: the day before `as_of` (the workflow sets it to when the run was due)."""
+
+    tenant_id: uuid.UUID
+    first_day: date | None = None
+    last_day: date | None = None
+    timezone: str | None = None
+    as_of: datetime | None = None
+    top_customers: int = Field(default=10, ge=1, le=100)
+
+
+class DailyRevenue(BaseModel):
+    day: date
+    currency: str
+    orders: int
+    gross_cents: int
+    discount_cents: int
+    refunded_cents: int
+    net_cents: int
+
+
+class ChannelSales(BaseModel):
+    channel: str
+    currency: str
+    orders: int
+    net_cents: int
+
+
+class CustomerAverage(BaseModel):
+    currency: str
+    new_customer_orders: int
+    new_customer_aov_cents: int
+    returning_customer_orders: int
+    returning_customer_aov_cents: int
+
+
+class TopCustomer(BaseModel):
+    customer_id: uuid.UUID
+    name: str
+    email: str | None
+    currency: str
+    orders: int
+    net_cents: int
+
+
+class Report(BaseModel):
+    tenant_id: uuid.UUID
+    first_day: date
+    last_day: date
+    timezone: str
+    daily: list[DailyRevenue]
+    by_channel: list[ChannelSales]
+    average_order_value: list[CustomerAverage]
+    top_customers: list[TopCustomer]
+    # Of the customers who ordered in the period, the share with two or more orders ever.
+    repeat_purchase_rate: float
+    customers: int
+
+
+class ReportResult(BaseModel):
+    execution_id: uuid.UUID
+    report: Report
