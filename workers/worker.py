@@ -25,7 +25,11 @@ from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
 from workers.registry import Dependencies
-from workers.schedules import ensure_plan_grant_schedule, ensure_sweep_schedule
+from workers.schedules import (
+    ensure_plan_grant_schedule,
+    ensure_sweep_schedule,
+    reconcile_commerce_schedules,
+)
 from workers.settings import ConfigurationError, Settings
 from workers.tracing import flush_traces
 from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDULE_ID
@@ -141,6 +145,13 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
     engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
     try:
         deps = Dependencies(settings=settings, sessions=session_factory(engine), client=client)
+        if settings.serve_lifecycle:
+            # Connectors changed while no worker ran still get (or lose) their sync Schedules.
+            reconciled = await reconcile_commerce_schedules(
+                client, deps.sessions, settings.task_queue
+            )
+            if reconciled:
+                log.info("commerce_schedules_reconciled", **reconciled)
         workers = build_workers(client, deps)
         log.info(
             "worker_started",
