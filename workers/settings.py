@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # and replayed from its history at its next task: a lifecycle parked for days at approval
     # costs the worker nothing, and memory stays bounded however many wait.
     max_cached_workflows: int = Field(default=500, ge=0)
+    # How long a workflow task waits on this worker's own (sticky) queue before any worker may
+    # take it. A burst (hundreds of approvals at once) keeps tasks there longer than Temporal's
+    # 5 s; timing out only moves them to the shared queue to be replayed from scratch. The price:
+    # after a worker crash its workflows resume up to this much later.
+    sticky_timeout_seconds: float = Field(default=30.0, gt=0)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
 
     log_level: LogLevel = LogLevel.INFO

@@ -66,10 +66,9 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
                 activities=activities,
                 max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
                 max_cached_workflows=settings.max_cached_workflows,
-                # A burst (hundreds of approvals at once) queues workflow tasks on this worker's
-                # sticky queue for longer than the default 5 s; timing them out there only moves
-                # them to the shared queue, to be replayed from scratch on the same busy fleet.
-                sticky_queue_schedule_to_start_timeout=timedelta(seconds=30),
+                sticky_queue_schedule_to_start_timeout=timedelta(
+                    seconds=settings.sticky_timeout_seconds
+                ),
                 **common,  # type: ignore[arg-type]
             )
         )
