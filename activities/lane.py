@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from models import DeploymentEnvironment, DeploymentLaneEntry
 from models.base import utcnow
 from models.db import SessionFactory
-from workflows.contracts.deployment import CheckLane, LaneTurn, LeaveLane
+from workflows.contracts.deployment import LanePlace, LaneTurn
 
 TURN_SIGNAL = "lane_turn"
 
@@ -122,7 +122,7 @@ class LaneActivities:
         return [self.leave_deployment_lane, self.check_deployment_lane]
 
     @activity.defn(name="leave_deployment_lane")
-    async def leave_deployment_lane(self, request: LeaveLane) -> None:
+    async def leave_deployment_lane(self, request: LanePlace) -> None:
         """Give the lane back and hand the turn to the next deployment (one signal).
 
         A retry after the commit hands the turn again: a second `lane_turn` to the same holder
@@ -132,7 +132,7 @@ class LaneActivities:
             await self._hand_turn(request.project_id, request.environment)
 
     @activity.defn(name="check_deployment_lane")
-    async def check_deployment_lane(self, request: CheckLane) -> LaneTurn:
+    async def check_deployment_lane(self, request: LanePlace) -> LaneTurn:
         """A waiter's periodic look at its place. A holder whose workflow no longer runs (it
         was terminated, so it never left) is removed, and the lane moves on."""
         while True:
@@ -146,8 +146,7 @@ class LaneActivities:
                 place = await position(session, entry)
             if await self._runs(head_workflow_id):
                 return LaneTurn(queue_position=place)
-            activity.logger.warning("deployment %s no longer runs; skipped", head_workflow_id)
-            await self._leave(request.project_id, request.environment, head_workflow_id)
+            await self._skip_gone(request.project_id, request.environment, head_workflow_id)
             # The new head may be another waiter, asleep until its own check: wake it.
             await self._hand_turn(request.project_id, request.environment)
 
@@ -186,8 +185,14 @@ class LaneActivities:
             except RPCError as err:
                 if err.status is not RPCStatusCode.NOT_FOUND:
                     raise
-            activity.logger.warning("deployment %s no longer runs; skipped", head.workflow_id)
-            await self._leave(project_id, environment, head.workflow_id)
+            await self._skip_gone(project_id, environment, head.workflow_id)
+
+    async def _skip_gone(
+        self, project_id: uuid.UUID, environment: DeploymentEnvironment, workflow_id: str
+    ) -> None:
+        """Take a deployment that no longer runs out of the lane, as if it had left."""
+        activity.logger.warning("deployment %s no longer runs; skipped", workflow_id)
+        await self._leave(project_id, environment, workflow_id)
 
     async def _runs(self, workflow_id: str) -> bool:
         try:

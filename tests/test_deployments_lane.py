@@ -17,7 +17,7 @@ from activities.lane import LaneActivities
 from models import DeploymentEnvironment, DeploymentLaneEntry, DeploymentPlan, PromptRequest
 from models.db import SessionFactory
 from tests.factories import make_project, make_tenant
-from workflows.contracts.deployment import CheckLane, LaneTurn, LeaveLane, RecordDeployment
+from workflows.contracts.deployment import LanePlace, LaneTurn, RecordDeployment
 
 STAGING = DeploymentEnvironment.STAGING
 
@@ -70,13 +70,13 @@ class Lane:
         )
         return recorded.queue_position
 
-    def place(self, workflow_id: str) -> CheckLane:
-        return CheckLane(project_id=self.project_id, environment=STAGING, workflow_id=workflow_id)
+    def place(self, workflow_id: str) -> LanePlace:
+        return LanePlace(project_id=self.project_id, environment=STAGING, workflow_id=workflow_id)
 
     async def leave(self, workflow_id: str) -> None:
         await ActivityEnvironment().run(
             self.activities.leave_deployment_lane,
-            LeaveLane(**self.place(workflow_id).model_dump()),
+            self.place(workflow_id),
         )
 
     async def check(self, workflow_id: str) -> int | None:

@@ -32,14 +32,13 @@ with workflow.unsafe.imports_passed_through():
     from models.lifecycle import ChangeJobKind, DeploymentStatus
     from workflows.contracts import search_attributes
     from workflows.contracts.deployment import (
-        CheckLane,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
         DeploymentState,
         FindLastGoodRelease,
+        LanePlace,
         LaneTurn,
-        LeaveLane,
         PlanRollback,
         RecordDeployment,
         ReleaseOutcome,
@@ -159,7 +158,7 @@ class DeploymentWorkflow:
                 input.tenant_id, input.project_id, input.environment
             )
         )
-        lane_place = CheckLane(
+        lane_place = LanePlace(
             project_id=input.project_id,
             environment=input.environment,
             workflow_id=workflow.info().workflow_id,
@@ -200,13 +199,13 @@ class DeploymentWorkflow:
                 self._state.queue_position = None
                 await workflow.execute_local_activity_method(
                     LaneActivities.leave_deployment_lane,
-                    LeaveLane(**lane_place.model_dump()),
+                    lane_place,
                     **_BOOKKEEPING,
                 )
             if self._progress_sent is not None:
                 await self._progress_sent  # the parent hears the outcome before the result
 
-    async def _wait_for_turn(self, place: CheckLane, position: int | None) -> None:
+    async def _wait_for_turn(self, place: LanePlace, position: int | None) -> None:
         """Until the lane's turn: the `lane_turn` signal when the one ahead leaves, or a look
         at the lane on a timer that grows with the position (the queue is told nothing)."""
         while not self._my_turn and position != 0:

@@ -93,14 +93,9 @@ class LaneTurn(BaseModel):
     queue_position: int | None
 
 
-class LeaveLane(BaseModel):
-    project_id: uuid.UUID
-    environment: DeploymentEnvironment
-    workflow_id: str
-
-
-class CheckLane(BaseModel):
-    """A waiting deployment asks where it stands (and skips a holder that no longer runs)."""
+class LanePlace(BaseModel):
+    """A deployment workflow's place in the lane of its project and environment: what it leaves,
+    and what a waiter looks up (skipping a holder that no longer runs)."""
 
     project_id: uuid.UUID
     environment: DeploymentEnvironment
