@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git reconcile migrate clean
+.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync reconcile migrate clean
 
 install: $(STAMP)
 
@@ -75,6 +75,9 @@ bench-lifecycle: $(STAMP)
 
 bench-git: $(STAMP)
 	$(PY) -m scripts.bench_git
+
+bench-sync: $(STAMP)
+	$(PY) -m scripts.bench_sync
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .changeflow *.egg-info

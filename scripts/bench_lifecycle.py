@@ -8,16 +8,20 @@ the same concurrency limits, so the benchmark's client shares an interpreter wit
    prompt workflow, its child deployment workflows and their activities;
 2. N auto-approved lifecycles at once, each on its own project (deployments of one project
    queue behind each other by design; separate projects measure throughput, not that queue);
-3. N bare workflows of the same shape (the same number of activities, as many child workflows
+3. N auto-approved lifecycles at once whose changes the model engine makes, against the local
+   stand-in of an OpenAI-compatible server (tests/model_stand_in.py: scripted answers given at
+   once, real protocol; not a model), on projects of their own: what the engine itself costs
+   (context, streaming, its exactly-once call record, real usage charged) beside the rule engine;
+4. N bare workflows of the same shape (the same number of activities, as many child workflows
    with as many activities each) whose activities do nothing: no database, no git, no checks;
-4. N minimal lifecycles at once (scripts/bench_minimal.py): the fixed lifecycle a team would
+5. N minimal lifecycles at once (scripts/bench_minimal.py): the fixed lifecycle a team would
    hand-write without our bookkeeping, 4 no-op activities and 2 children of 2 each;
-5. M human-approved lifecycles at once, timing approval (the update sent) to the staging
+6. M human-approved lifecycles at once, timing approval (the update sent) to the staging
    deployment's start (its started_at in PostgreSQL);
-6. parked: P human-approved lifecycles over K projects submitted until each waits for approval,
+7. parked: P human-approved lifecycles over K projects submitted until each waits for approval,
    reading the worker process's resident memory (VmRSS) before, once they are parked, and after
    they have all ended;
-7. queued drain: D of the parked ones approved all at once (the rest rejected), within a time
+8. queued drain: D of the parked ones approved all at once (the rest rejected), within a time
    allowed: approve round trips, lifecycles completed per second from the first approval to the
    last completion, and what the queue cost in histories (WorkflowTaskCompleted over the
    prompt requests, their deployments, and every run of a deployment lane if lanes exist) and
@@ -27,6 +31,8 @@ The last line printed is one JSON object:
 - n, human_runs, activities_per_lifecycle (the prompt workflow's plus its children's);
 - lifecycle_throughput_per_s, bare_throughput_per_s, lifecycle_vs_bare_ratio;
 - minimal_throughput_per_s, minimal_activities_per_lifecycle, lifecycle_vs_minimal_ratio;
+- model_throughput_per_s, model_calls_per_lifecycle, model_tokens_charged_per_lifecycle,
+  model_vs_rule_ratio (the model engine's lifecycles per second over the rule engine's);
 - approval_to_staging_start_p50_s / _p95_s;
 - parked, parked_projects, park_s, rss_before_mb, parked_worker_rss_mb, parked_worker_kb_each,
   rss_after_close_mb (memory not given back shows as rss_after_close_mb above rss_before_mb);
@@ -64,7 +70,15 @@ from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from models import Deployment, DeploymentEnvironment, Project, PromptStatus
+from models import (
+    ChangeEngineKind,
+    Deployment,
+    DeploymentEnvironment,
+    ModelCall,
+    Project,
+    PromptRequest,
+    PromptStatus,
+)
 from models.db import SessionFactory, create_engine, session_factory
 from scripts.bench_bare import BareShape, BareWorkflow
 from scripts.bench_drain import (
@@ -79,13 +93,14 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
-from scripts.demo import DemoShop, seed_shop
+from scripts.demo import MODEL_ANSWER, MODEL_PROMPT, DemoShop, seed_shop
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
+from tests.model_stand_in import Reply, RunningStandIn, StandIn
 from workers.cli import run_entry_point
 from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
+from workers.settings import Settings, env_name
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -190,7 +205,13 @@ async def activity_breakdown(client: Client, workflow_ids: list[str]) -> dict[st
     return times
 
 
-async def add_projects(sessions: SessionFactory, shop: DemoShop, repo_dir: Path, n: int) -> list:
+async def add_projects(
+    sessions: SessionFactory,
+    shop: DemoShop,
+    repo_dir: Path,
+    n: int,
+    change_engine: ChangeEngineKind | None = None,
+) -> list:
     """n more projects of the shop, each on its own sample repository."""
     projects = []
     for _ in range(n):
@@ -203,6 +224,7 @@ async def add_projects(sessions: SessionFactory, shop: DemoShop, repo_dir: Path,
                 slug=f"storefront-{suffix}",
                 repo_url=str(repo),
                 check_command=SAMPLE_CHECK_COMMAND,
+                change_engine=change_engine,
             )
         )
     async with sessions() as session:
@@ -212,13 +234,13 @@ async def add_projects(sessions: SessionFactory, shop: DemoShop, repo_dir: Path,
 
 
 async def submit_and_wait(
-    lifecycle: LifecycleClient, shop: DemoShop, project_id: uuid.UUID
+    lifecycle: LifecycleClient, shop: DemoShop, project_id: uuid.UUID, prompt: str = SAFE_PROMPT
 ) -> PromptRequestResult:
     request_id = await lifecycle.submit(
         tenant_id=shop.tenant.id,
         project_id=project_id,
         user_id=shop.requester.id,
-        prompt=SAFE_PROMPT,
+        prompt=prompt,
     )
     return await lifecycle.wait_for_outcome(request_id)
 
@@ -337,6 +359,13 @@ async def bench(settings: Settings) -> int:
     sizes = parse_sizes(sys.argv[1:])
     embedded_database, embedded_temporal = settings.embedded_database, settings.embedded_temporal
     server_log = settings.data_dir.resolve() / "temporal.log" if embedded_temporal else None
+    # Started before the worker, whose environment points its model engine here.
+    stand_in = RunningStandIn(
+        StandIn(
+            api_key=STAND_IN_API_KEY,
+            script=[Reply(MODEL_ANSWER, when="whole EU", times=MODEL_ANSWERS)],
+        )
+    )
     async with embedded_stack(settings) as stack:
         if "temporal" not in stack.started:
             server_log = None  # another process's server: its log is not this run's
@@ -350,7 +379,7 @@ async def bench(settings: Settings) -> int:
         queues = BaselineQueues(
             bare=f"{settings.task_queue}-bench-bare", minimal=f"{settings.task_queue}-bench-minimal"
         )
-        env = worker_env(settings)
+        env = worker_env(settings) | model_stand_in_env(stand_in)
         lifecycle_worker = WorkerProcess(
             "lifecycle", ["-m", "workers"], env, bench_dir / "lifecycle-worker.log"
         )
@@ -385,6 +414,7 @@ async def bench(settings: Settings) -> int:
                 asyncio.to_thread(lifecycle_worker.stop), asyncio.to_thread(baseline_worker.stop)
             )
             await engine.dispose()
+            stand_in.stop()
     figures["database"] = "pgserver (embedded)" if embedded_database else "configured PostgreSQL"
     figures["temporal_persistence"] = (
         "dev server, SQLite file" if embedded_temporal else "configured Temporal server"
@@ -392,6 +422,21 @@ async def bench(settings: Settings) -> int:
     figures["dev_server_persistence"] = persistence
     print(json.dumps(figures), flush=True)
     return 0
+
+
+STAND_IN_API_KEY = "sk-local-stand-in"
+MODEL_ANSWERS = 1_000_000  # the same answer to every model-engine lifecycle of the run
+
+
+def model_stand_in_env(stand_in: RunningStandIn) -> dict[str, str]:
+    """The worker's model engine talks to the stand-in, as the demo's does (two answers bound
+    the estimate, as there)."""
+    return {
+        env_name("model_base_url"): stand_in.base_url,
+        env_name("model_name"): stand_in.stand_in.model,
+        env_name("model_api_key"): STAND_IN_API_KEY,
+        env_name("model_edit_attempts"): "2",
+    }
 
 
 def say(text: str) -> None:
@@ -431,6 +476,9 @@ async def measure(run: Run, server_log: Path | None) -> dict[str, object]:
     figures: dict[str, object] = {}
     throughput = await measure_throughput(run)
     figures.update(throughput)
+    rule_tps = throughput["lifecycle_throughput_per_s"]
+    assert isinstance(rule_tps, float)
+    figures.update(await measure_model_engine(run, rule_tps))
     figures.update(await measure_approval_latency(run))
     figures.update(await measure_parked_and_drain(run, server_log))
     return figures
@@ -517,6 +565,57 @@ async def measure_throughput(run: Run) -> dict[str, object]:
         "minimal_activities_per_lifecycle": MINIMAL_ACTIVITIES,
         "minimal_throughput_per_s": round(minimal_tps, 3),
         "lifecycle_vs_minimal_ratio": ratio(lifecycle_tps, minimal_tps),
+    }
+
+
+async def measure_model_engine(run: Run, rule_tps: float) -> dict[str, object]:
+    """N auto-approved lifecycles at once through the model engine, one project each."""
+    n, lifecycle, repo_dir = run.sizes.n, run.lifecycle, run.bench_dir
+    shop = await seed_shop(
+        run.sessions, repo_dir, name="Bench Model", human_approval=False, funds=PARKED_FUNDS
+    )
+    projects = await add_projects(
+        run.sessions, shop, repo_dir, n + 1, change_engine=ChangeEngineKind.MODEL
+    )
+    warm = await submit_and_wait(lifecycle, shop, projects[0].id, MODEL_PROMPT)
+    if warm.status is not PromptStatus.COMPLETED:
+        raise RuntimeError(
+            f"the model engine's warm-up lifecycle ended {warm.status}: {warm.reason}"
+        )
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(submit_and_wait(lifecycle, shop, p.id, MODEL_PROMPT) for p in projects[1:])
+    )
+    model_s = time.monotonic() - started
+    failed = [r for r in results if r.status is not PromptStatus.COMPLETED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} model-engine lifecycles failed: {failed[0].reason}")
+    ids = [r.prompt_request_id for r in results]
+    async with run.sessions() as session:
+        calls = len(
+            (
+                await session.exec(
+                    select(ModelCall).where(col(ModelCall.prompt_request_id).in_(ids))
+                )
+            ).all()
+        )
+        charged = sum(
+            r.tokens_used or 0
+            for r in (
+                await session.exec(select(PromptRequest).where(col(PromptRequest.id).in_(ids)))
+            ).all()
+        )
+    model_tps = n / model_s
+    say(
+        f"{n} auto-approved lifecycles by the model engine (local stand-in server, instant "
+        f"answers): {model_s:.2f}s, {model_tps:.2f}/s, {calls / n:.1f} model calls and "
+        f"{charged / n:.0f} tokens charged each"
+    )
+    return {
+        "model_throughput_per_s": round(model_tps, 3),
+        "model_calls_per_lifecycle": round(calls / n, 2),
+        "model_tokens_charged_per_lifecycle": round(charged / n, 1),
+        "model_vs_rule_ratio": ratio(model_tps, rule_tps),
     }
 
 

@@ -170,6 +170,10 @@ async def test_a_quick_bench_run_prints_every_figure_as_its_last_line(
     assert figures["activities_per_lifecycle"] > figures["minimal_activities_per_lifecycle"] == 8
     for key in ("lifecycle_vs_bare_ratio", "lifecycle_vs_minimal_ratio", "queued_drain_per_s"):
         assert figures[key] > 0
+    # The model engine's lifecycles ran against the stand-in: one call each, real usage charged.
+    assert figures["model_vs_rule_ratio"] > 0
+    assert figures["model_calls_per_lifecycle"] == 1
+    assert figures["model_tokens_charged_per_lifecycle"] > 0
     assert (figures["parked"], figures["parked_projects"]) == (QUICK_SIZES.parked, 2)
     assert figures["drain_completed"] == figures["drain"] == QUICK_SIZES.drain
     assert figures["drain_timed_out"] is False
