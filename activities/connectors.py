@@ -6,13 +6,20 @@ through Temporal; workflows reach a connector only by id (ConnectorActivities)."
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from temporalio import activity
 
 from activities.credentials import CredentialError, CredentialStore
-from activities.shopify import Bucket, ShopifyClient, ShopifyError, ShopifyUnavailable
+from activities.shopify import (
+    Bucket,
+    ShopifyClient,
+    ShopifyError,
+    ShopifyUnavailable,
+    client_credentials_token,
+)
 from models.base import utcnow
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
@@ -23,7 +30,12 @@ from workflows.contracts.errors import ErrorType, refused
 
 # What each kind needs: non-secret config keys and secret credential fields.
 REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",)}
-REQUIRED_CREDENTIALS = {ConnectorKind.SHOPIFY: ("access_token",)}
+# Any one of these sets of secret fields will do: Shopify's access token (a custom app's, or an
+# offline token), or an app's client id and secret, exchanged for 24-hour tokens as they expire.
+CREDENTIAL_SETS = {ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret"))}
+# A token this close to its expiry is replaced before the call, so no call starts with a token
+# that lapses mid-sync.
+REFRESH_MARGIN = timedelta(minutes=10)
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _KEEP = object()
 
@@ -54,18 +66,47 @@ class Connections:
                 f"connector {connector.id} is a {connector.kind.value} connector, not shopify",
             )
         try:
-            secrets = await self._store.read(connector)
+            secrets = await self._store.read_expiring(connector)
         except CredentialError as err:
             raise ConnectorError(err.error_type, str(err)) from None
+        shop_url = str(connector.config["shop_url"])
         async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
             yield ShopifyClient(
                 http,
-                shop_url=str(connector.config["shop_url"]),
-                access_token=secrets["access_token"],
+                shop_url=shop_url,
+                access_token=await self._access_token(connector, secrets, http, shop_url),
                 api_version=self._api_version,
                 bucket=self._buckets.setdefault(connector.id, Bucket()),
                 **client_options,
             )
+
+    async def _access_token(
+        self,
+        connector: Connector,
+        secrets: dict[str, tuple[str, datetime | None]],
+        http: httpx.AsyncClient,
+        shop_url: str,
+    ) -> str:
+        """The stored token while it is good; otherwise a new one from the app's client
+        credentials, stored encrypted with its expiry before it is used. Two workers refreshing
+        at once each store a valid token; the last one stored is kept."""
+        token, expires_at = secrets.get("access_token", ("", None))
+        if "client_id" not in secrets or "client_secret" not in secrets:
+            return token
+        if token and expires_at is not None and expires_at - utcnow() > REFRESH_MARGIN:
+            return token
+        issued = await client_credentials_token(
+            http,
+            shop_url=shop_url,
+            client_id=secrets["client_id"][0],
+            client_secret=secrets["client_secret"][0],
+        )
+        await self._store.replace(
+            connector,
+            {"access_token": issued.access_token},
+            expires_at=utcnow() + timedelta(seconds=issued.expires_in_seconds),
+        )
+        return issued.access_token
 
 
 class ConnectorService:
@@ -199,7 +240,9 @@ def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict
             ErrorType.INVALID_CONNECTOR_CONFIG, f"{kind.value} connectors are not supported yet"
         )
     missing = [k for k in REQUIRED_CONFIG[kind] if not config.get(k)]
-    missing += [k for k in REQUIRED_CREDENTIALS[kind] if not credentials.get(k)]
+    sets = CREDENTIAL_SETS[kind]
+    if not any(all(credentials.get(k) for k in fields) for fields in sets):
+        missing.append(" or ".join(" and ".join(fields) for fields in sets))
     if missing:
         raise ConnectorError(
             ErrorType.INVALID_CONNECTOR_CONFIG,

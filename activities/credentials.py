@@ -144,7 +144,18 @@ class CredentialStore:
                 )
             )
 
+    async def replace(
+        self, connector: Connector, values: dict[str, str], *, expires_at: datetime | None = None
+    ) -> None:
+        """`write` in a transaction of its own: the fields change together or not at all."""
+        async with self._sessions() as session, session.begin():
+            await self.write(session, connector, values, expires_at=expires_at)
+
     async def read(self, connector: Connector) -> dict[str, str]:
+        return {field: value for field, (value, _) in (await self.read_expiring(connector)).items()}
+
+    async def read_expiring(self, connector: Connector) -> dict[str, tuple[str, datetime | None]]:
+        """Each field's value and when it expires (None: it does not)."""
         async with self._sessions() as session:
             rows = (
                 await session.exec(
@@ -155,7 +166,7 @@ class CredentialStore:
             ).all()
         if not rows:
             raise CredentialError(f"connector {connector.id} has no stored credentials")
-        return {row.field: self._open(connector, row) for row in rows}
+        return {row.field: (self._open(connector, row), row.expires_at) for row in rows}
 
     async def reencrypt_all(self, *, batch_size: int = 500) -> int:
         """Re-encrypt every credential not under the current key; returns how many moved.

@@ -107,6 +107,45 @@ class Bucket:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class IssuedToken:
+    access_token: str
+    expires_in_seconds: int
+
+
+async def client_credentials_token(
+    http: httpx.AsyncClient, *, shop_url: str, client_id: str, client_secret: str
+) -> IssuedToken:
+    """An access token by the client-credentials grant (an app of the shop's own organization):
+    `POST /admin/oauth/access_token`; Shopify's answer carries `expires_in` (24 h)."""
+    url = f"{shop_url.rstrip('/')}/admin/oauth/access_token"
+    try:
+        response = await http.post(
+            url,
+            json={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": client_secret,
+            },
+        )
+    except httpx.TransportError as err:
+        raise ShopifyUnavailable(f"cannot reach the shop: {type(err).__name__}") from None
+    if response.status_code in (400, 401, 403):
+        raise ShopifyAuthError(
+            f"the shop refused the app's client credentials (HTTP {response.status_code}); "
+            "check the client id and secret of the app and that it is installed on the shop"
+        )
+    if response.status_code >= 500 or response.status_code == 429:
+        raise ShopifyUnavailable(f"the shop answered HTTP {response.status_code}")
+    try:
+        body = response.json()
+        return IssuedToken(str(body["access_token"]), int(body.get("expires_in") or 0))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ShopifyError(
+            f"the shop's token answer is not a token (HTTP {response.status_code})"
+        ) from None
+
+
 class ShopifyClient:
     def __init__(
         self,

@@ -75,6 +75,7 @@ async def connect_shop(
     stand_in: ShopifyStandIn,
     *,
     token: str = TOKEN,
+    credentials: dict[str, str] | None = None,
     tenant: Tenant | None = None,
 ) -> ConnectedShop:
     """A tenant whose Shopify connector was created and tested, as an operator does it."""
@@ -85,7 +86,7 @@ async def connect_shop(
         kind=ConnectorKind.SHOPIFY,
         name="Main shop",
         config={"shop_url": stand_in.url},
-        credentials={"access_token": token},
+        credentials=credentials or {"access_token": token},
     )
     tested = await service.test(created.id)
     return ConnectedShop(tenant=tenant, connector=tested, service=service, stand_in=stand_in)

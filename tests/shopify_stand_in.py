@@ -15,6 +15,7 @@ import asyncio
 import base64
 import bisect
 import json
+import math
 import random
 import re
 import threading
@@ -145,6 +146,12 @@ class ShopifyStandIn:
 
     def __init__(self, *, token: str = "shpat_test_token", seed: int = 7) -> None:
         self.tokens = {token}
+        # Apps that may use the client-credentials grant (client id -> secret); the tokens they
+        # get expire after token_lifetime_s (Shopify: 86,399 s).
+        self.apps: dict[str, str] = {}
+        self.token_lifetime_s = 86_399
+        self.token_expiry: dict[str, float] = {}
+        self.grants = 0
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
         self.customers: dict[str, ShopCustomer] = {}
@@ -336,10 +343,12 @@ class ShopifyStandIn:
     def answer(
         self, path: str, headers: dict[str, str], raw: bytes
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
+        if path == "/admin/oauth/access_token":
+            return self._grant(raw)
         if not PATH.match(path):
             return 404, {}, {"errors": "Not Found"}
         token = next((v for k, v in headers.items() if k.lower() == "x-shopify-access-token"), "")
-        if token not in self.tokens:
+        if token not in self.tokens or self.token_expiry.get(token, math.inf) <= time.monotonic():
             return (
                 401,
                 {},
@@ -430,6 +439,26 @@ class ShopifyStandIn:
                 self.bucket.maximum, self.bucket.available + requested - actual
             )
             return 200, {}, {"data": data, "extensions": {"cost": self._cost(requested, actual)}}
+
+    def _grant(self, raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """The client-credentials grant: a new token for a known app and its secret."""
+        try:
+            request = json.loads(raw)
+            client_id, secret = request["client_id"], request["client_secret"]
+            grant_ok = request["grant_type"] == "client_credentials"
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return 400, {}, {"error": "invalid_request"}
+        if not grant_ok:
+            return 400, {}, {"error": "unsupported_grant_type"}
+        if self.apps.get(client_id) != secret:
+            return 400, {}, {"error": "invalid_client"}
+        token = new_token()
+        with self.lock:
+            self.grants += 1
+            self.tokens.add(token)
+            self.token_expiry[token] = time.monotonic() + self.token_lifetime_s
+        scope = "read_orders,read_customers"
+        return 200, {}, {"access_token": token, "scope": scope, "expires_in": self.token_lifetime_s}
 
     def _node_cost(self, stream: str, document: str) -> float:
         if stream == "customers":

@@ -101,6 +101,68 @@ async def test_a_token_revoked_in_the_shop_fails_the_sync_and_rotation_mends_the
     assert statuses == [ModuleExecutionStatus.FAILED, ModuleExecutionStatus.SUCCEEDED]
 
 
+async def test_an_apps_client_credentials_get_tokens_refreshed_before_they_expire(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    shop.tokens, shop.apps = set(), {"app-client-id": "app-client-secret"}
+    app = {"client_id": "app-client-id", "client_secret": "app-client-secret"}
+    connected = await connect_shop(sessions, settings, client, shop, credentials=app)
+    assert connected.connector.status is ConnectorStatus.ACTIVE
+    assert shop.grants == 1
+    [first_token] = shop.tokens
+
+    async with sessions() as session:
+        stored = (
+            await session.exec(
+                select(ConnectorCredential).where(
+                    ConnectorCredential.connector_id == connected.connector.id,
+                    ConnectorCredential.field == "access_token",
+                )
+            )
+        ).one()
+    assert stored.expires_at is not None and first_token.encode() not in stored.ciphertext
+
+    async with running_workers(client, sessions, settings):
+        first = await sync(client, connected.connector.id, task_queue)
+        assert (first.status, shop.grants) == (ModuleExecutionStatus.SUCCEEDED, 1)  # reused
+        # A day later: the stored token has expired, and the shop no longer takes it.
+        async with sessions() as session, session.begin():
+            await session.exec(
+                text(
+                    "UPDATE connector_credentials SET expires_at = now() - interval '1 minute' "
+                    "WHERE connector_id = :id AND field = 'access_token'"
+                ).bindparams(id=connected.connector.id)
+            )
+        shop.tokens.discard(first_token)
+        shop.add_order()
+        await shop.settle()
+        second = await sync(client, connected.connector.id, task_queue)
+        history = await client.get_workflow_handle(
+            order_sync_workflow_id(connected.connector.id)
+        ).fetch_history()
+
+    assert second.status is ModuleExecutionStatus.SUCCEEDED and shop.grants == 2
+    assert len(await orders_of(sessions, connected.tenant.id)) == 13
+    raw = history.to_json()
+    assert all(secret not in raw for secret in [*shop.tokens, "app-client-secret"])
+    assert (await connector_row(sessions, connected.connector.id)).status is ConnectorStatus.ACTIVE
+
+
+async def test_a_wrong_client_secret_leaves_the_connector_in_error_without_echoing_it(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.apps = {"app-client-id": "app-client-secret"}
+    wrong = {"client_id": "app-client-id", "client_secret": "not-the-secret"}
+    connected = await connect_shop(
+        sessions, commerce_settings(task_queue, tmp_path), client, shop, credentials=wrong
+    )
+    assert connected.connector.status is ConnectorStatus.ERROR
+    assert "client credentials" in (connected.connector.last_error or "")
+    assert "not-the-secret" not in (connected.connector.last_error or "")
+    assert shop.grants == 0
+
+
 async def test_disable_and_enable_follow_the_transitions(
     client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
 ) -> None:
