@@ -66,7 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
@@ -93,14 +93,13 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
-from scripts.demo import MODEL_ANSWER, MODEL_PROMPT, DemoShop, seed_shop
+from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
-from tests.model_stand_in import Reply, RunningStandIn, StandIn
 from workers.cli import run_entry_point
 from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings, env_name
+from workers.settings import Settings
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -112,6 +111,7 @@ PARK_TIMEOUT_S = 120  # plus a second per parked lifecycle
 RSS_SETTLE_S = 3.0
 # The parked tenant's holds: hundreds of lifecycles waiting at once, each holding its estimate.
 PARKED_FUNDS = 1_000_000_000
+MODEL_ANSWERS = 1_000_000  # the same answer to every model-engine lifecycle of the run
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -245,6 +245,22 @@ async def submit_and_wait(
     return await lifecycle.wait_for_outcome(request_id)
 
 
+async def completed_at_once(
+    lifecycle: LifecycleClient, shop: DemoShop, projects: list[Project], prompt: str
+) -> tuple[list[PromptRequestResult], float]:
+    """One lifecycle per project, all at once; their results and the seconds they took.
+    Raises unless every one completed."""
+    started = time.monotonic()
+    results = await asyncio.gather(
+        *(submit_and_wait(lifecycle, shop, p.id, prompt) for p in projects)
+    )
+    seconds = time.monotonic() - started
+    failed = [r for r in results if r.status is not PromptStatus.COMPLETED]
+    if failed:
+        raise RuntimeError(f"{len(failed)} lifecycles did not complete: {failed[0].reason}")
+    return results, seconds
+
+
 async def human_run(
     lifecycle: LifecycleClient, sessions: SessionFactory, shop: DemoShop, project_id: uuid.UUID
 ) -> float:
@@ -359,18 +375,13 @@ async def bench(settings: Settings) -> int:
     sizes = parse_sizes(sys.argv[1:])
     embedded_database, embedded_temporal = settings.embedded_database, settings.embedded_temporal
     server_log = settings.data_dir.resolve() / "temporal.log" if embedded_temporal else None
-    # Started before the worker, whose environment points its model engine here.
-    stand_in = RunningStandIn(
-        StandIn(
-            api_key=STAND_IN_API_KEY,
-            script=[Reply(MODEL_ANSWER, when="whole EU", times=MODEL_ANSWERS)],
-        )
-    )
+    # Started before the worker, whose settings point its model engine here.
+    stand_in = model_stand_in(answers=MODEL_ANSWERS)
     async with embedded_stack(settings) as stack:
         if "temporal" not in stack.started:
             server_log = None  # another process's server: its log is not this run's
         persistence = dev_server_persistence(settings, stack)
-        settings = stack.settings
+        settings = stack.settings.model_copy(update=stand_in_model_settings(stand_in))
         client = await connect(settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
         sessions = session_factory(engine)
@@ -379,7 +390,7 @@ async def bench(settings: Settings) -> int:
         queues = BaselineQueues(
             bare=f"{settings.task_queue}-bench-bare", minimal=f"{settings.task_queue}-bench-minimal"
         )
-        env = worker_env(settings) | model_stand_in_env(stand_in)
+        env = worker_env(settings)
         lifecycle_worker = WorkerProcess(
             "lifecycle", ["-m", "workers"], env, bench_dir / "lifecycle-worker.log"
         )
@@ -422,21 +433,6 @@ async def bench(settings: Settings) -> int:
     figures["dev_server_persistence"] = persistence
     print(json.dumps(figures), flush=True)
     return 0
-
-
-STAND_IN_API_KEY = "sk-local-stand-in"
-MODEL_ANSWERS = 1_000_000  # the same answer to every model-engine lifecycle of the run
-
-
-def model_stand_in_env(stand_in: RunningStandIn) -> dict[str, str]:
-    """The worker's model engine talks to the stand-in, as the demo's does (two answers bound
-    the estimate, as there)."""
-    return {
-        env_name("model_base_url"): stand_in.base_url,
-        env_name("model_name"): stand_in.stand_in.model,
-        env_name("model_api_key"): STAND_IN_API_KEY,
-        env_name("model_edit_attempts"): "2",
-    }
 
 
 def say(text: str) -> None:
@@ -499,12 +495,7 @@ async def measure_throughput(run: Run) -> dict[str, object]:
         f" and ~{shape.child_local_activities} local ({shape.total_activities} in all)"
     )
 
-    started = time.monotonic()
-    results = await asyncio.gather(*(submit_and_wait(lifecycle, auto, p.id) for p in auto_projects))
-    lifecycle_s = time.monotonic() - started
-    failed = [r for r in results if r.status is not PromptStatus.COMPLETED]
-    if failed:
-        raise RuntimeError(f"{len(failed)} lifecycles did not complete: {failed[0].reason}")
+    results, lifecycle_s = await completed_at_once(lifecycle, auto, auto_projects, SAFE_PROMPT)
     lifecycle_tps = n / lifecycle_s
     say(f"{n} auto-approved lifecycles: {lifecycle_s:.2f}s, {lifecycle_tps:.2f}/s")
     breakdown = await activity_breakdown(
@@ -582,28 +573,24 @@ async def measure_model_engine(run: Run, rule_tps: float) -> dict[str, object]:
         raise RuntimeError(
             f"the model engine's warm-up lifecycle ended {warm.status}: {warm.reason}"
         )
-    started = time.monotonic()
-    results = await asyncio.gather(
-        *(submit_and_wait(lifecycle, shop, p.id, MODEL_PROMPT) for p in projects[1:])
-    )
-    model_s = time.monotonic() - started
-    failed = [r for r in results if r.status is not PromptStatus.COMPLETED]
-    if failed:
-        raise RuntimeError(f"{len(failed)} model-engine lifecycles failed: {failed[0].reason}")
+    results, model_s = await completed_at_once(lifecycle, shop, projects[1:], MODEL_PROMPT)
     ids = [r.prompt_request_id for r in results]
     async with run.sessions() as session:
-        calls = len(
+        calls = (
+            await session.exec(
+                select(func.count()).where(col(ModelCall.prompt_request_id).in_(ids))
+            )
+        ).one()
+        # SUM over an integer column comes back as a Decimal (or None for no rows).
+        charged = int(
             (
                 await session.exec(
-                    select(ModelCall).where(col(ModelCall.prompt_request_id).in_(ids))
+                    select(func.sum(col(PromptRequest.tokens_used))).where(
+                        col(PromptRequest.id).in_(ids)
+                    )
                 )
-            ).all()
-        )
-        charged = sum(
-            r.tokens_used or 0
-            for r in (
-                await session.exec(select(PromptRequest).where(col(PromptRequest.id).in_(ids)))
-            ).all()
+            ).one()
+            or 0
         )
     model_tps = n / model_s
     say(

@@ -12,8 +12,9 @@ from pathlib import Path
 from workers.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the resolved stack decided, handed to the worker processes; anything else (TLS, API key,
-# which queues to serve) reaches them from this process's own environment unchanged.
+# What the resolved stack (and the benchmark) decided, handed to the worker processes; anything
+# else (TLS, Temporal's API key, which queues to serve) reaches them from this process's own
+# environment unchanged.
 HANDED_DOWN = (
     "database_url",
     "db_pool_size",
@@ -24,6 +25,11 @@ HANDED_DOWN = (
     "max_concurrent_activities",
     "max_concurrent_workflow_tasks",
     "graceful_shutdown_seconds",
+    # The model engine's endpoint (the benchmark's local stand-in).
+    "model_base_url",
+    "model_name",
+    "model_api_key",
+    "model_edit_attempts",
 )
 STOP_TIMEOUT_S = 60
 

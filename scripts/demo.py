@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import quote
 
 from pydantic import SecretStr
@@ -73,6 +73,30 @@ MODEL_ANSWER = edit_block(
     "A family shop since 1998.\nWe ship to the whole EU.\n",
 )
 LIFECYCLE_TIMEOUT_S = 180
+STAND_IN_API_KEY = "sk-local-stand-in"
+
+
+def model_stand_in(answers: int = 1) -> RunningStandIn:
+    """The local stand-in of an OpenAI-compatible server, answering MODEL_PROMPT `answers`
+    times with MODEL_ANSWER."""
+    return RunningStandIn(
+        StandIn(
+            api_key=STAND_IN_API_KEY,
+            script=[Reply(MODEL_ANSWER, when="whole EU", times=answers)],
+        )
+    )
+
+
+def stand_in_model_settings(stand_in: RunningStandIn) -> dict[str, Any]:
+    """Settings that point the model engine at the stand-in."""
+    return {
+        "model_base_url": stand_in.base_url,
+        "model_name": stand_in.stand_in.model,
+        "model_api_key": SecretStr(STAND_IN_API_KEY),
+        # The estimate bounds every allowed answer at one token a byte: two answers keep the
+        # hold within the demo tenant's funds.
+        "model_edit_attempts": 2,
+    }
 
 
 @dataclass
@@ -245,20 +269,9 @@ def keeps_running(
 
 async def demo(settings: Settings) -> int:
     keep_running = keeps_running(sys.argv[1:], os.environ)
-    stand_in = RunningStandIn(
-        StandIn(api_key="sk-local-stand-in", script=[Reply(MODEL_ANSWER, when="whole EU")])
-    )
+    stand_in = model_stand_in()
     async with embedded_stack(settings) as stack:
-        settings = stack.settings.model_copy(
-            update={
-                "model_base_url": stand_in.base_url,
-                "model_name": stand_in.stand_in.model,
-                "model_api_key": SecretStr("sk-local-stand-in"),
-                # The estimate bounds every allowed answer at one token a byte: two answers
-                # keep the hold within the demo tenant's funds.
-                "model_edit_attempts": 2,
-            }
-        )
+        settings = stack.settings.model_copy(update=stand_in_model_settings(stand_in))
         client: Client = await connect(settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
         sessions = session_factory(engine)
