@@ -337,6 +337,12 @@ class CommerceSyncActivities:
                 async for page in shop.pages(request.stream.value, start, end):
                     nodes.extend(page)
                     activity.heartbeat(len(nodes))
+                if not nodes:
+                    # A quiet stretch (a first sync's years before the shop opened, a
+                    # shop closed for a season): the checkpoint steps to the next update
+                    # instead of walking it window by window.
+                    following = await shop.next_update(request.stream.value, end)
+                    end = until if following is None else min(until, max(end, following))
         except (ShopifyError, ConnectorError) as err:
             raise refused(err.error_type, str(err)) from None
         async with self._sessions() as session, session.begin():

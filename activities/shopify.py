@@ -71,19 +71,30 @@ class ShopifyUnavailable(Exception):
     """A transient failure (5xx, network, a throttle that will not end): retry later."""
 
 
+def currency_exponent(currency: str) -> int:
+    """Digits after the decimal point of the currency's minor unit (JPY has none)."""
+    return 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+
+
 def minor_units(amount: str | None, currency: str) -> int:
     if amount is None:
         return 0
-    exponent = 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
-    return int((Decimal(amount) * (10**exponent)).to_integral_value())
+    return int((Decimal(amount) * (10 ** currency_exponent(currency))).to_integral_value())
+
+
+def format_money(minor: int, currency: str) -> str:
+    """An amount in minor units as people write it: 1,234.50 USD, 1,200 JPY."""
+    exponent = currency_exponent(currency)
+    return f"{minor / 10**exponent:,.{exponent}f} {currency}"
+
+
+def _search_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def window_query(start: datetime, end: datetime) -> str:
     """Shopify's search syntax for start <= updated_at < end (quoted ISO 8601, UTC)."""
-    return (
-        f"updated_at:>='{start.strftime('%Y-%m-%dT%H:%M:%SZ')}' "
-        f"AND updated_at:<'{end.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
-    )
+    return f"updated_at:>='{_search_time(start)}' AND updated_at:<'{_search_time(end)}'"
 
 
 @dataclass
@@ -268,6 +279,19 @@ class ShopifyClient:
                 return
             after = info["endCursor"]
 
+    async def next_update(self, stream: str, at: datetime) -> datetime | None:
+        """When the first record of `stream` updated at or after `at` was updated; None when
+        there is none. One call of minimal cost, so a sync steps over quiet stretches."""
+        data = await self.query(
+            f"{stream}_next",
+            NEXT_UPDATE_QUERIES[stream],
+            {"first": 1, "query": f"updated_at:>='{_search_time(at)}'"},
+        )
+        nodes = data[stream]["nodes"]
+        if not nodes:
+            return None
+        return datetime.fromisoformat(str(nodes[0]["updatedAt"]).replace("Z", "+00:00"))
+
 
 SHOP_QUERY = "query Shop { shop { name myshopifyDomain ianaTimezone currencyCode } }"
 
@@ -303,3 +327,12 @@ query Customers($first: Int!, $after: String, $query: String) {
 """
 
 STREAM_QUERIES = {"orders": ORDERS_QUERY, "customers": CUSTOMERS_QUERY}
+
+NEXT_UPDATE_QUERIES = {
+    stream: f"""
+query Next($first: Int!, $query: String) {{
+  {stream}(first: $first, query: $query, sortKey: UPDATED_AT) {{ nodes {{ updatedAt }} }}
+}}
+"""
+    for stream in STREAM_QUERIES
+}

@@ -7,6 +7,10 @@
 3. A free-text change made by the model engine, against a LOCAL STAND-IN of an OpenAI-compatible
    server (tests/model_stand_in.py: scripted answers, real protocol; not a model), printing the
    edits, the usage the server reported and the tokens charged.
+4. The tenant's shop, a LOCAL STAND-IN of Shopify's Admin GraphQL API (tests/shopify_stand_in.py):
+   a connector is created and tested, a first sync brings its orders and customers, the shop
+   changes, an incremental sync brings only the change, and a report is computed from the rows
+   (scripts/demo_commerce.py).
 
 Starts (or joins) the embedded PostgreSQL and Temporal dev server, migrates, seeds a demo tenant
 (people, approval policy, a funded token account, a project whose repository is a sample
@@ -26,7 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
 
 from pydantic import SecretStr
 from sqlmodel import col, select
@@ -48,6 +51,7 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
+from scripts.demo_commerce import demo_credential_keys, run_commerce
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     SAFE_PROMPT,
@@ -160,15 +164,6 @@ async def seed_shop(
     return DemoShop(tenant, project, requester, approver, account.id)
 
 
-def workflow_link(settings: Settings, workflow_id: str) -> str:
-    return f"{settings.ui_url}/namespaces/{settings.temporal_namespace}/workflows/{workflow_id}"
-
-
-def tenant_link(settings: Settings, tenant_id: uuid.UUID) -> str:
-    query = quote(f'TenantId="{tenant_id}"')
-    return f"{settings.ui_url}/namespaces/{settings.temporal_namespace}/workflows?query={query}"
-
-
 class Progress:
     """Prints a line whenever the lifecycle's visible state changes."""
 
@@ -271,7 +266,9 @@ async def demo(settings: Settings) -> int:
     keep_running = keeps_running(sys.argv[1:], os.environ)
     stand_in = model_stand_in()
     async with embedded_stack(settings) as stack:
-        settings = stack.settings.model_copy(update=stand_in_model_settings(stand_in))
+        settings = stack.settings.model_copy(
+            update=stand_in_model_settings(stand_in) | demo_credential_keys(stack.settings)
+        )
         client: Client = await connect(settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
         sessions = session_factory(engine)
@@ -334,30 +331,30 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
             + (f": {result.reason}" if result.reason else "")
             + f"; {result.tokens_used} tokens used, {result.tokens_settled} charged"
         )
-        request_link = workflow_link(settings, prompt_request_workflow_id(result.prompt_request_id))
+        request_link = settings.workflow_url(prompt_request_workflow_id(result.prompt_request_id))
         print(f"   Web UI: {request_link}")
         # An automatic rollback is listed too; it is printed with the deployment it undid.
         rollbacks = {d.rollback_deployment_id for d in result.deployments}
         for d in result.deployments:
             if d.deployment_id in rollbacks:
                 continue
-            link = workflow_link(settings, deployment_workflow_id(d.deployment_id))
+            link = settings.workflow_url(deployment_workflow_id(d.deployment_id))
             print(f"     {d.environment.value}: {link}")
             if d.rollback_deployment_id:
                 rollback_id = deployment_workflow_id(d.rollback_deployment_id)
-                print(
-                    f"     {d.environment.value} rollback: {workflow_link(settings, rollback_id)}"
-                )
+                print(f"     {d.environment.value} rollback: {settings.workflow_url(rollback_id)}")
             if d.log_url:
                 print(f"       verification log {d.log_url}")
         print(flush=True)
     model_result = await run_model_change(settings, lifecycle, sessions, shop)
+    commerce = await run_commerce(settings, client, sessions, shop.tenant.id)
     after = await ledger.balance(shop.account_id)
     print(
         f"Token balance: {before.balance:,} before, {after.balance:,} after "
         f"({before.balance - after.balance:,} charged, {after.held:,} still held)"
     )
-    print(f"Everything of this tenant in the Web UI: {tenant_link(settings, shop.tenant.id)}")
+    tenant_query = f'TenantId="{shop.tenant.id}"'
+    print(f"Everything of this tenant in the Web UI: {settings.workflows_url(tenant_query)}")
     first, second = results
     rolled_back = any(
         d.environment.value == "production" and d.rollback_deployment_id for d in second.deployments
@@ -366,11 +363,13 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
         first.status is PromptStatus.COMPLETED
         and rolled_back
         and model_result.status is PromptStatus.COMPLETED
+        and commerce.ok
     )
     if not ok:
         print(
-            "demo: unexpected outcome - the first and third lifecycles should complete and the "
-            "second should be rolled back in production",
+            "demo: unexpected outcome - the first and third lifecycles should complete, the "
+            "second should be rolled back in production, and the incremental sync should bring "
+            "exactly the shop's change (1 new order, 2 changed)",
             file=sys.stderr,
         )
     sys.stdout.flush()
@@ -422,7 +421,7 @@ async def run_model_change(
         + f"; {sum(c.tokens_charged for c in calls)} tokens reported, "
         f"{result.tokens_settled} charged"
     )
-    link = workflow_link(settings, prompt_request_workflow_id(result.prompt_request_id))
+    link = settings.workflow_url(prompt_request_workflow_id(result.prompt_request_id))
     print(f"   Web UI: {link}\n", flush=True)
     return result
 

@@ -49,12 +49,13 @@ def shop() -> Iterator[ShopifyStandIn]:
 async def test_commerce_histories_replay_and_a_long_sync_continues_as_new(
     client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
 ) -> None:
-    settings = commerce_settings(task_queue, tmp_path)
+    # Hourly windows: the 90 orders (37 minutes apart) span some 56 windows.
+    settings = commerce_settings(task_queue, tmp_path, sync_window_hours=1.0)
     connected = await connect_shop(sessions, settings, client, shop)
     broken = await connect_shop(sessions, settings, client, shop)
     fresh: dict[str, tuple[str, str | None]] = {}
     async with running_workers(client, sessions, settings):
-        # 30 daily windows per stream, 7 per run: the sync continues as new several times.
+        # 7 windows per run: the sync continues as new several times.
         result = await sync(client, connected.connector.id, task_queue, windows_per_run=7)
         sync_id = order_sync_workflow_id(connected.connector.id)
         runs = [run async for run in client.list_workflows(f"WorkflowId = '{sync_id}'")]

@@ -5,6 +5,7 @@ returned late at a window boundary."""
 import asyncio
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -204,3 +205,32 @@ async def test_a_cancelled_sync_is_recorded_cancelled_and_keeps_its_committed_wi
     # The customers stream committed before the cancellation stays.
     assert len(await customers_of(sessions, connected.tenant.id)) == 4
     assert execution.cursor_after.get("customers")
+
+
+async def test_a_first_sync_of_a_shop_with_years_of_quiet_steps_over_them(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    """Ten years of daily windows would be 3,650 calls per stream; a sync reads only where
+    the shop has updates: one order six years ago, one last year, one today."""
+    now = shop.tick()
+    for days_ago in (6 * 365, 400, 0):
+        order = shop.add_order()
+        order.created_at = order.updated_at = now - timedelta(days=days_ago)
+    await shop.settle()
+    settings = commerce_settings(task_queue, tmp_path, sync_initial_days=3650)
+    connected = await connect_shop(sessions, settings, client, shop)
+    calls_before = shop.calls
+    async with running_workers(client, sessions, settings):
+        result = await sync(client, connected.connector.id, task_queue)
+        assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
+        # The shop changes; the next sync reads from its checkpoint, not from ten years ago.
+        changed = shop.refund(next(iter(shop.orders)), Decimal("1.00"))
+        await shop.settle()
+        again = await sync(client, connected.connector.id, task_queue)
+
+    assert result.counts[SyncStream.ORDERS].inserted == 3
+    # Per stream: a window and a look-ahead per quiet stretch, a window per order's day.
+    assert result.windows <= 10 and shop.calls - calls_before < 40
+    assert again.counts[SyncStream.ORDERS].updated == 1
+    rows = await orders_of(sessions, connected.tenant.id)
+    assert rows[changed.id].refunded_cents == cents(changed.refunded, changed.currency)

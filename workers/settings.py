@@ -5,6 +5,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -161,6 +162,15 @@ class Settings(BaseSettings):
     @property
     def ui_url(self) -> str:
         return self.web_ui_url or f"http://localhost:{self.dev_ui_port}"
+
+    def workflow_url(self, workflow_id: str) -> str:
+        """A workflow's page in the Web UI."""
+        return f"{self.workflows_url()}/{quote(workflow_id, safe='')}"
+
+    def workflows_url(self, query: str | None = None) -> str:
+        """The namespace's workflow list in the Web UI, filtered by a visibility query."""
+        url = f"{self.ui_url}/namespaces/{self.temporal_namespace}/workflows"
+        return f"{url}?query={quote(query)}" if query else url
 
     @property
     def resolved_workspace_dir(self) -> Path:
