@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     # after a worker crash its workflows resume up to this much later.
     sticky_timeout_seconds: float = Field(default=30.0, gt=0)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+    # Worker Versioning: this process serves one version (deployment name + build id) of a
+    # Worker Deployment, and each workflow type's versioning behaviour decides whether its
+    # runs stay on the version they started on. Off by default (a single fleet, tests, the
+    # demo); see the README's rollout steps. The build id defaults to the package version
+    # and the git commit when known.
+    worker_versioning: bool = False
+    worker_deployment_name: str = Field(default="changeflow", pattern=r"^[^.\s]+$")
+    worker_build_id: str | None = None
 
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.AUTO

@@ -32,6 +32,7 @@ from workers.schedules import (
 )
 from workers.settings import ConfigurationError, Settings
 from workers.tracing import flush_traces
+from workers.versioning import deployment_config
 from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDULE_ID
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,8 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
         "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
         # Tracing comes with the client (workers/client.py); a worker uses its interceptors too.
         "interceptors": [*worker_interceptors(), ProductMetricsInterceptor()],
+        # Both queues belong to the one Worker Deployment version this process runs.
+        "deployment_config": deployment_config(settings),
     }
     workers: list[Worker] = []
     # One queue for everything (a small fleet): one Worker must register all activities, or

@@ -5,7 +5,7 @@ account its plan tier's tokens once per period."""
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey, VersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -19,7 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts.submitted import Submitted, parse_input
 
 
-@workflow.defn
+# Minutes long: pinned to the version it started on (workers/versioning.py).
+@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
 class LedgerSweepWorkflow:
     @workflow.run
     async def run(self, submitted: Submitted[SweepExpiredHolds] = None) -> SweepResult:
@@ -42,7 +43,7 @@ class LedgerSweepWorkflow:
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 
-@workflow.defn
+@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
 class PlanGrantWorkflow:
     @workflow.run
     async def run(self, submitted: Submitted[GrantPlanTokens] = None) -> GrantResult:

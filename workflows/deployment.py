@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
     TypedSearchAttributes,
+    VersioningBehavior,
 )
 from temporalio.exceptions import (
     ActivityError,
@@ -106,7 +107,9 @@ def _refused_state(refused: ApplicationError) -> DeploymentState:
     )
 
 
-@workflow.defn(name="DeploymentWorkflow")
+# A release and its check, minutes long: pinned to the version it started on, so a
+# rollout never changes its code mid-release (workers/versioning.py).
+@workflow.defn(name="DeploymentWorkflow", versioning_behavior=VersioningBehavior.PINNED)
 class DeploymentWorkflow:
     """QUEUED -> (its turn in the lane) -> IN_PROGRESS -> VERIFYING -> SUCCEEDED or FAILED;
     a failure restores the last good release as a verified rollback Deployment before the lane
@@ -472,7 +475,7 @@ class DeploymentWorkflow:
                 workflow.logger.info("parent %s did not take the progress signal", parent)
 
 
-@workflow.defn(name="RollbackWorkflow")
+@workflow.defn(name="RollbackWorkflow", versioning_behavior=VersioningBehavior.PINNED)
 class RollbackWorkflow:
     """An operator restores the release of an earlier SUCCEEDED deployment (a rollback
     included): a new Deployment whose rollback_of is the deployment live now, through the same
