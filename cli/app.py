@@ -9,18 +9,18 @@ codes are in cli/runner.py.
 import os
 import traceback
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from sqlmodel import col, select
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import current_period
 from cli import tenancy
+from cli.common import Json, TenantRef, as_row, rich_table, timestamp
+from cli.connectors import connector_app, report_command
 from cli.follow import follow
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
@@ -39,7 +39,8 @@ from workflows.contracts.lifecycle import PromptRequestStatus
 
 app = typer.Typer(
     name="changeflow",
-    help="Tenants, people, policy, projects, tokens, change requests and deployments.",
+    help="Tenants, people, policy, projects, tokens, change requests, deployments, connectors "
+    "and reports.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -59,34 +60,16 @@ for sub, name in [
     (tokens_app, "tokens"),
     (request_app, "request"),
     (deployment_app, "deployment"),
+    (connector_app, "connector"),
 ]:
     app.add_typer(sub, name=name)
+report_command(app)
 
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-TenantRef = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id or slug.")]
 Wait = Annotated[
     bool, typer.Option("--wait", help="Follow the lifecycle until a person must act or it ends.")
 ]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait follows at most.")]
 DEFAULT_WAIT_S = 600.0
-
-
-def _row(value: Any) -> dict[str, Any]:
-    return value.model_dump(mode="json")  # type: ignore[no-any-return]
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column in columns:
-        # Ids are copied into the next command: never cut.
-        table.add_column(column, no_wrap=column == "id", overflow="fold")
-    for cells in rows:
-        table.add_row(*(escape("" if cell is None else str(cell)) for cell in cells))
-    return table
-
-
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
 # --- tenants ------------------------------------------------------------------------------
@@ -107,7 +90,7 @@ def tenant_create(
                 session=session, name=name, slug=slug, plan_tier=plan_tier
             )
         account = await (await stack.ledger()).open_account(tenant.id)
-        data = {**_row(tenant), "token_account_id": str(account.id)}
+        data = {**as_row(tenant), "token_account_id": str(account.id)}
         return Outcome(
             data,
             lambda out: out.print(
@@ -127,8 +110,8 @@ def tenant_list(json_output: Json = False) -> None:
             tenants = await tenancy.list_tenants(session=session)
         rows = [[t.slug, t.name, t.plan_tier.value, t.id] for t in tenants]
         return Outcome(
-            [_row(t) for t in tenants],
-            lambda out: out.print(_table("Tenants", ["slug", "name", "tier", "id"], rows)),
+            [as_row(t) for t in tenants],
+            lambda out: out.print(rich_table("Tenants", ["slug", "name", "tier", "id"], rows)),
         )
 
     run(json_output, work)
@@ -149,11 +132,11 @@ def tenant_show(
         ledger = await stack.ledger()
         balance = await ledger.balance((await ledger.account_for_tenant(found.id)).id)
         data = {
-            **_row(found),
-            "users": [_row(u) for u in users],
-            "projects": [_row(p) for p in projects],
-            "policy": _row(policy),
-            "balance": _row(balance),
+            **as_row(found),
+            "users": [as_row(u) for u in users],
+            "projects": [as_row(p) for p in projects],
+            "policy": as_row(policy),
+            "balance": as_row(balance),
         }
 
         def render(out: Console) -> None:
@@ -190,7 +173,7 @@ def user_add(
                 session=session, tenant=found, email=email, display_name=name, role=role
             )
         return Outcome(
-            _row(user),
+            as_row(user),
             lambda out: out.print(f"user {user.email} ({user.role.value}) added: id {user.id}"),
         )
 
@@ -207,8 +190,8 @@ def user_list(tenant: TenantRef, json_output: Json = False) -> None:
             users = await tenancy.list_users(session=session, tenant=found)
         rows = [[u.email, u.display_name, u.role.value, u.id] for u in users]
         return Outcome(
-            [_row(u) for u in users],
-            lambda out: out.print(_table("Users", ["email", "name", "role", "id"], rows)),
+            [as_row(u) for u in users],
+            lambda out: out.print(rich_table("Users", ["email", "name", "role", "id"], rows)),
         )
 
     run(json_output, work)
@@ -230,7 +213,7 @@ def user_set_role(
                 session=session, tenant=found, reference=user, role=role
             )
         return Outcome(
-            _row(changed), lambda out: out.print(f"{changed.email} is now {changed.role.value}")
+            as_row(changed), lambda out: out.print(f"{changed.email} is now {changed.role.value}")
         )
 
     run(json_output, work)
@@ -256,7 +239,7 @@ def policy_show(tenant: TenantRef, json_output: Json = False) -> None:
     async def work(stack: Stack, _: Console) -> Outcome:
         async with (await stack.sessions())() as session:
             policy = await tenancy.policy_of(session, await tenancy.find_tenant(session, tenant))
-        return Outcome(_row(policy), lambda out: _render_policy(out, policy))
+        return Outcome(as_row(policy), lambda out: _render_policy(out, policy))
 
     run(json_output, work)
 
@@ -308,7 +291,7 @@ def policy_set(
         async with (await stack.sessions())() as session:
             found = await tenancy.find_tenant(session, tenant)
             policy = await tenancy.set_policy(session=session, tenant=found, change=change)
-        return Outcome(_row(policy), lambda out: _render_policy(out, policy))
+        return Outcome(as_row(policy), lambda out: _render_policy(out, policy))
 
     run(json_output, work)
 
@@ -343,7 +326,7 @@ def project_create(
                 check_command=check_command,
             )
         return Outcome(
-            _row(project),
+            as_row(project),
             lambda out: out.print(f"project {project.slug} created: id {project.id}"),
         )
 
@@ -360,9 +343,9 @@ def project_list(tenant: TenantRef, json_output: Json = False) -> None:
             projects = await tenancy.list_projects(session=session, tenant=found)
         rows = [[p.slug, p.name, p.repo_url, p.default_branch, p.id] for p in projects]
         return Outcome(
-            [_row(p) for p in projects],
+            [as_row(p) for p in projects],
             lambda out: out.print(
-                _table("Projects", ["slug", "name", "repository", "branch", "id"], rows)
+                rich_table("Projects", ["slug", "name", "repository", "branch", "id"], rows)
             ),
         )
 
@@ -388,7 +371,7 @@ def project_show(
             out.print(f"  repository     {escape(found.repo_url)} ({found.default_branch})")
             out.print(f"  check command  {escape(found.check_command or '-')}")
 
-        return Outcome(_row(found), render)
+        return Outcome(as_row(found), render)
 
     run(json_output, work)
 
@@ -422,7 +405,7 @@ def tokens_grant(
     async def work(stack: Stack, _: Console) -> Outcome:
         entry = await (await stack.ledger()).grant(await _account_id(stack, tenant), period=period)
         key = f"grant:{period or current_period()}"
-        return Outcome(_row(entry), lambda out: out.print(_entry_line(entry, key)))
+        return Outcome(as_row(entry), lambda out: out.print(_entry_line(entry, key)))
 
     run(json_output, work)
 
@@ -449,7 +432,7 @@ def tokens_top_up(
             description=description,
         )
         return Outcome(
-            {**_row(entry), "idempotency_key": idempotency_key},
+            {**as_row(entry), "idempotency_key": idempotency_key},
             lambda out: out.print(_entry_line(entry, idempotency_key)),
         )
 
@@ -463,7 +446,7 @@ def tokens_balance(tenant: TenantRef, json_output: Json = False) -> None:
     async def work(stack: Stack, _: Console) -> Outcome:
         balance = await (await stack.ledger()).balance(await _account_id(stack, tenant))
         return Outcome(
-            _row(balance),
+            as_row(balance),
             lambda out: out.print(
                 f"balance {balance.balance:,}, held {balance.held:,}, "
                 f"available {balance.available:,} ({balance.plan_tier})"
@@ -495,7 +478,7 @@ def tokens_history(
         rows = [
             [
                 e.sequence,
-                _when(e.created_at),
+                timestamp(e.created_at),
                 e.kind.value,
                 ("+" if e.direction.value == "credit" else "-") + f"{e.amount:,}",
                 f"{e.balance_after:,}",
@@ -504,9 +487,9 @@ def tokens_history(
             for e in entries
         ]
         return Outcome(
-            [_row(e) for e in entries],
+            [as_row(e) for e in entries],
             lambda out: out.print(
-                _table("Ledger", ["#", "at", "kind", "amount", "balance", "description"], rows)
+                rich_table("Ledger", ["#", "at", "kind", "amount", "balance", "description"], rows)
             ),
         )
 
@@ -559,7 +542,7 @@ def render_status(
         out.print(f"  risk      {plan.risk_level.value}: {escape(reasons)}")
         out.print(f"  estimate  {plan.token_estimate:,} tokens")
         if plan.expires_at:
-            out.print(f"  expires   {_when(plan.expires_at)} UTC")
+            out.print(f"  expires   {timestamp(plan.expires_at)} UTC")
         out.print(f"  files     {escape(', '.join(plan.files_changed) or '-')}")
         for line in plan.diff_summary.splitlines():
             out.print(f"    {escape(line)}", highlight=False)
@@ -569,7 +552,7 @@ def render_status(
         for a in approvals:
             reason = f": {escape(a.reason)}" if a.reason else ""
             who = people.get(a.user_id, str(a.user_id))
-            out.print(f"    {a.decision.value} by {who} at {_when(a.at)}{reason}")
+            out.print(f"    {a.decision.value} by {who} at {timestamp(a.at)}{reason}")
     for d in status.deployments:
         rollback = f", rollback {d.rollback_status.value}" if d.rollback_status else ""
         out.print(f"  {d.environment.value}: {d.status.value}{rollback} ({d.deployment_id})")
@@ -667,12 +650,12 @@ def request_list(
                 )
             ).all()
         rows = [
-            [r.id, _when(r.created_at), r.status.value, r.prompt.splitlines()[0][:60]]
+            [r.id, timestamp(r.created_at), r.status.value, r.prompt.splitlines()[0][:60]]
             for r in requests
         ]
         return Outcome(
-            [_row(r) for r in requests],
-            lambda out: out.print(_table("Requests", ["id", "at", "status", "prompt"], rows)),
+            [as_row(r) for r in requests],
+            lambda out: out.print(rich_table("Requests", ["id", "at", "status", "prompt"], rows)),
         )
 
     run(json_output, work)
@@ -837,7 +820,7 @@ def deployment_list(
         rows = [
             [
                 d.id,
-                _when(d.queued_at),
+                timestamp(d.queued_at),
                 d.environment.value,
                 d.status.value,
                 (d.commit_sha or "")[:12],
@@ -846,9 +829,11 @@ def deployment_list(
             for d in deployments
         ]
         return Outcome(
-            [_row(d) for d in deployments],
+            [as_row(d) for d in deployments],
             lambda out: out.print(
-                _table("Deployments", ["id", "queued", "environment", "status", "commit", ""], rows)
+                rich_table(
+                    "Deployments", ["id", "queued", "environment", "status", "commit", ""], rows
+                )
             ),
         )
 
@@ -884,7 +869,7 @@ def deployment_rollback(
             return Outcome(data, lambda out: out.print(f"rollback {rollback_id} started"))
         progress.print(f"rollback {rollback_id} started; waiting for it")
         result = await lifecycle.rollback_result(rollback_id)
-        data["result"] = _row(result)
+        data["result"] = as_row(result)
         code = 0 if result.status.value == "succeeded" else EXIT_NOT_COMPLETED
         return Outcome(
             data,

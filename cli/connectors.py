@@ -1,0 +1,348 @@
+"""`changeflow connector ...` and `changeflow report`: a tenant's shop connected, tested,
+enabled, disabled, its credentials rotated and its sync run, through ConnectorService and the
+connector's Schedule (workers/schedules.py); a report through ReportWorkflow.
+
+Secrets never go on the command line (a process list shows it): they come from the
+environment (SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET) or, at a
+terminal, a hidden prompt.
+"""
+
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from sqlmodel import col, select
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.connectors import ConnectorService
+from activities.reports import daily_revenue_csv
+from activities.shopify import format_money
+from cli import tenancy
+from cli.common import Json, TenantRef, as_row, rich_table, timestamp
+from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
+from cli.stack import Stack
+from cli.tenancy import Refused
+from models.projects import Connector, ConnectorKind, ConnectorStatus
+from workers.registry import Dependencies, credential_store
+from workers.schedules import apply_connector_schedule
+from workflows.commerce import OrderSyncWorkflow, ReportWorkflow
+from workflows.contracts.commerce import (
+    OrderSyncInput,
+    ReportInput,
+    ReportResult,
+    total,
+)
+from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id
+
+connector_app = typer.Typer(
+    help="A tenant's connections to outside systems (Shopify).", no_args_is_help=True
+)
+
+ConnectorId = Annotated[uuid.UUID, typer.Argument(help="The connector's id.")]
+RUN_TIMEOUT = timedelta(minutes=30)
+
+
+async def _service(stack: Stack) -> ConnectorService:
+    sessions = await stack.sessions()
+    deps = Dependencies(settings=stack.settings, sessions=sessions, client=None)  # type: ignore[arg-type]
+    store, connections = credential_store(deps)
+    return ConnectorService(sessions, store, connections)
+
+
+def shopify_credentials(env: dict[str, str], at_terminal: bool) -> dict[str, str]:
+    """The secret fields from the environment, else (at a terminal) a hidden prompt."""
+    if env.get("SHOPIFY_ACCESS_TOKEN"):
+        return {"access_token": env["SHOPIFY_ACCESS_TOKEN"]}
+    if env.get("SHOPIFY_CLIENT_ID") and env.get("SHOPIFY_CLIENT_SECRET"):
+        return {
+            "client_id": env["SHOPIFY_CLIENT_ID"],
+            "client_secret": env["SHOPIFY_CLIENT_SECRET"],
+        }
+    if at_terminal:
+        return {"access_token": typer.prompt("Admin API access token", hide_input=True)}
+    raise Refused(
+        ErrorType.INVALID_CONNECTOR_CONFIG,
+        "set SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET",
+    )
+
+
+def _secrets() -> dict[str, str]:
+    return shopify_credentials(dict(os.environ), sys.stdin.isatty())
+
+
+async def _schedule(stack: Stack, connector: Connector) -> str:
+    """The connector's sync Schedule made to match its status."""
+    return await apply_connector_schedule(
+        await stack.client(), connector, stack.settings.task_queue
+    )
+
+
+def _connector_data(connector: Connector, schedule: str | None = None) -> dict[str, Any]:
+    data = as_row(connector)
+    if schedule is not None:
+        data["schedule"] = schedule
+    return data
+
+
+def _say(connector: Connector, schedule: str | None = None) -> Any:
+    def render(out: Console) -> None:
+        out.print(
+            f"connector [bold]{escape(connector.name)}[/] {connector.id}: "
+            f"{connector.status.value}"
+            + (f" ({escape(connector.last_error)})" if connector.last_error else "")
+        )
+        if schedule and schedule != "none":
+            out.print(f"sync schedule {schedule} (every {connector.sync_interval_seconds} s)")
+
+    return render
+
+
+@connector_app.command("create")
+def connector_create(
+    tenant: TenantRef,
+    shop_url: Annotated[str, typer.Option(help="https://<shop>.myshopify.com")],
+    name: Annotated[str, typer.Option(help="A name people recognise.")] = "Shopify",
+    project: Annotated[str | None, typer.Option(help="Scope to a project (id or slug).")] = None,
+    interval: Annotated[int, typer.Option(help="Seconds between scheduled syncs.")] = 900,
+    json_output: Json = False,
+) -> None:
+    """Connect a Shopify shop: credentials stored encrypted, tested against the shop, and a
+    sync Schedule once it is active."""
+    credentials = _secrets()
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        await stack.client()  # Temporal is needed for the Schedule: fail before writing.
+        async with (await stack.sessions())() as session:
+            found = await tenancy.find_tenant(session, tenant)
+            project_id = (
+                (await tenancy.find_project(session, found, project)).id if project else None
+            )
+        service = await _service(stack)
+        created = await service.create(
+            tenant_id=found.id,
+            kind=ConnectorKind.SHOPIFY,
+            name=name,
+            config={"shop_url": shop_url},
+            credentials=credentials,
+            project_id=project_id,
+            sync_interval_seconds=interval,
+        )
+        tested = await service.test(created.id)
+        schedule = await _schedule(stack, tested)
+        code = 0 if tested.status is ConnectorStatus.ACTIVE else EXIT_NOT_COMPLETED
+        return Outcome(_connector_data(tested, schedule), _say(tested, schedule), code)
+
+    run(json_output, work)
+
+
+@connector_app.command("list")
+def connector_list(tenant: TenantRef, json_output: Json = False) -> None:
+    """A tenant's connectors and when each last synced."""
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        async with (await stack.sessions())() as session:
+            found = await tenancy.find_tenant(session, tenant)
+            connectors = (
+                await session.exec(
+                    select(Connector)
+                    .where(Connector.tenant_id == found.id)
+                    .order_by(col(Connector.created_at))
+                )
+            ).all()
+        rows = [
+            [c.id, c.name, c.kind.value, c.status.value, timestamp(c.last_synced_at), c.last_error]
+            for c in connectors
+        ]
+        columns = ["id", "name", "kind", "status", "last synced", "last error"]
+        return Outcome(
+            [as_row(c) for c in connectors],
+            lambda out: out.print(rich_table(f"Connectors of {found.slug}", columns, rows)),
+        )
+
+    run(json_output, work)
+
+
+Operation = Callable[[ConnectorService, uuid.UUID], Awaitable[Connector]]
+
+
+def _connector_command(name: str, help_text: str, operation: Operation, schedule: bool) -> None:
+    """A command that runs one ConnectorService operation and, when it may change the status,
+    makes the connector's Schedule match it."""
+
+    @connector_app.command(name, help=help_text)
+    def command(connector_id: ConnectorId, json_output: Json = False) -> None:
+        async def work(stack: Stack, _: Console) -> Outcome:
+            connector = await operation(await _service(stack), connector_id)
+            applied = await _schedule(stack, connector) if schedule else None
+            return Outcome(_connector_data(connector, applied), _say(connector, applied))
+
+        run(json_output, work)
+
+
+_connector_command(
+    "show", "A connector's status, settings and last error.", ConnectorService.get, False
+)
+_connector_command(
+    "test",
+    "Call the shop with the stored credentials: active, or error.",
+    ConnectorService.test,
+    True,
+)
+_connector_command(
+    "enable",
+    "A disabled connector back on, tested, its Schedule restored.",
+    ConnectorService.enable,
+    True,
+)
+_connector_command(
+    "disable", "Stop syncing: disabled, and its Schedule removed.", ConnectorService.disable, True
+)
+
+
+@connector_app.command("rotate")
+def connector_rotate(connector_id: ConnectorId, json_output: Json = False) -> None:
+    """Replace the credentials (from the environment or a prompt), encrypted, and test them."""
+    credentials = _secrets()
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        connector = await (await _service(stack)).rotate(connector_id, credentials)
+        schedule = await _schedule(stack, connector)
+        return Outcome(_connector_data(connector, schedule), _say(connector, schedule))
+
+    run(json_output, work)
+
+
+@connector_app.command("sync")
+def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None:
+    """Run the connector's sync now and wait for it: counts per stream and the new cursors.
+    A sync already running (scheduled, or started by a webhook) is followed instead."""
+
+    async def work(stack: Stack, progress: Console) -> Outcome:
+        client = await stack.client()
+        workflow_id = order_sync_workflow_id(connector_id)
+        try:
+            handle = await client.start_workflow(
+                OrderSyncWorkflow.run,
+                OrderSyncInput(connector_id=connector_id),
+                id=workflow_id,
+                task_queue=stack.settings.task_queue,
+                execution_timeout=RUN_TIMEOUT,
+            )
+        except WorkflowAlreadyStartedError:
+            progress.print(f"a sync of {connector_id} is running already; following it")
+            handle = client.get_workflow_handle_for(OrderSyncWorkflow.run, workflow_id)
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as err:
+            cause = err.cause
+            message = str(getattr(cause, "message", "") or cause or err)
+            raise Refused(ErrorType.CONNECTOR_NOT_ACTIVE, f"the sync failed: {message}") from None
+
+        def render(out: Console) -> None:
+            for stream, c in sorted(result.counts.items()):
+                out.print(
+                    f"{stream.value}: {c.fetched} fetched, {c.inserted} inserted, "
+                    f"{c.updated} updated, {c.unchanged} unchanged"
+                )
+            whole = total(result.counts)
+            out.print(
+                f"sync {result.status.value}: {whole.fetched} read in {result.windows} windows"
+            )
+
+        return Outcome(as_row(result), render)
+
+    run(json_output, work)
+
+
+def report_command(app: typer.Typer) -> None:
+    """`changeflow report`: registered on the top-level app."""
+
+    @app.command("report")
+    def report(
+        tenant: TenantRef,
+        first_day: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+        last_day: Annotated[
+            str | None, typer.Option("--to", help="Last day (default: --from).")
+        ] = None,
+        timezone: Annotated[
+            str | None, typer.Option(help="IANA zone (default: the shop's).")
+        ] = None,
+        csv_path: Annotated[
+            Path | None, typer.Option("--csv", help="Write the daily revenue as CSV here.")
+        ] = None,
+        json_output: Json = False,
+    ) -> None:
+        """A tenant's revenue, channels, order values and customers for a period, in the
+        shop's time zone (ReportWorkflow; the run is recorded as a ModuleExecution)."""
+        first, last = _day(first_day), _day(last_day or first_day)
+
+        async def work(stack: Stack, _: Console) -> Outcome:
+            async with (await stack.sessions())() as session:
+                found = await tenancy.find_tenant(session, tenant)
+            client = await stack.client()
+            result: ReportResult = await client.execute_workflow(
+                ReportWorkflow.run,
+                ReportInput(tenant_id=found.id, first_day=first, last_day=last, timezone=timezone),
+                id=f"{report_workflow_id(found.id, first, last)}-{uuid.uuid4().hex[:8]}",
+                task_queue=stack.settings.task_queue,
+                execution_timeout=RUN_TIMEOUT,
+            )
+            if csv_path is not None:
+                await asyncio.to_thread(csv_path.write_text, daily_revenue_csv(result.report))
+            return Outcome(as_row(result), lambda out: _render_report(out, result, csv_path))
+
+        run(json_output, work)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _render_report(out: Console, result: ReportResult, csv_path: Path | None) -> None:
+    report = result.report
+    out.print(f"{report.first_day} .. {report.last_day} ({report.timezone})")
+    out.print(
+        rich_table(
+            "Daily revenue",
+            ["day", "orders", "gross", "discounts", "refunds", "net"],
+            [
+                [
+                    d.day,
+                    d.orders,
+                    format_money(d.gross_cents, d.currency),
+                    format_money(d.discount_cents, d.currency),
+                    format_money(d.refunded_cents, d.currency),
+                    format_money(d.net_cents, d.currency),
+                ]
+                for d in report.daily
+            ],
+        )
+    )
+    out.print(
+        rich_table(
+            "By channel",
+            ["channel", "orders", "net"],
+            [
+                [c.channel, c.orders, format_money(c.net_cents, c.currency)]
+                for c in report.by_channel
+            ],
+        )
+    )
+    out.print(
+        f"repeat-purchase rate {report.repeat_purchase_rate:.0%} of {report.customers} customers"
+    )
+    if csv_path is not None:
+        out.print(f"daily revenue written to {csv_path}")
