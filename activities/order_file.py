@@ -107,7 +107,10 @@ class OrderRow(BaseModel):
             "subtotal": self.subtotal,
             "discount": self.discount,
             "refunded": self.refunded,
-            **{f"line_items.{i}.unit_price": item.unit_price for i, item in enumerate(self.line_items)},
+            **{
+                f"line_items.{i}.unit_price": item.unit_price
+                for i, item in enumerate(self.line_items)
+            },
         }
         for field, amount in amounts.items():
             if amount is not None and amount != amount.quantize(Decimal(1).scaleb(-places)):

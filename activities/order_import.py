@@ -154,17 +154,20 @@ class OrderImportActivities:
     async def _store(
         self, session: AsyncSession, staged: OrderImportFile, batch: list[OrderRow]
     ) -> SyncCounts:
-        place = {"tenant_id": staged.tenant_id, "source": staged.source}
+        tenant_id, source, version = staged.tenant_id, staged.source, staged.created_at
         customers = await upsert_customers(
             session,
             [
                 c
                 for row in batch
-                if (c := customer_values(row, **place, version=staged.created_at)) is not None
+                if (c := customer_values(row, tenant_id=tenant_id, source=source, version=version))
+                is not None
             ],
         )
         rows = [
-            order_values(row, **place, customers=customers, version=staged.created_at)
+            order_values(
+                row, tenant_id=tenant_id, source=source, customers=customers, version=version
+            )
             for row in batch
         ]
         stored = {

@@ -6,10 +6,12 @@ embedded stack `make dev` runs under CHANGEFLOW_DATA_DIR. Every command takes --
 codes are in cli/runner.py.
 """
 
+import asyncio
 import os
 import traceback
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -17,16 +19,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlmodel import col, select
+from temporalio.client import WorkflowFailureError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import current_period
+from activities.order_file import ImportFileError, ImportFormat, decode, parse_orders, source_name
+from activities.order_import import stage_order_file
 from cli import tenancy
 from cli.follow import follow
-from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
+from cli.runner import EXIT_NOT_COMPLETED, EXIT_REFUSED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
 from models import (
     Deployment,
+    ModuleExecution,
+    OrderImportFile,
     PlanTier,
     PromptRequest,
     PromptStatus,
@@ -34,8 +43,12 @@ from models import (
 )
 from workers.cli import exit_process
 from workers.tracing import flush_traces
+from workflows.contracts.commerce import OrderImportInput
 from workflows.contracts.errors import ErrorType
+from workflows.contracts.ids import order_import_workflow_id
 from workflows.contracts.lifecycle import PromptRequestStatus
+from workflows.contracts.search_attributes import commerce_attributes
+from workflows.order_import import OrderImportWorkflow
 
 app = typer.Typer(
     name="changeflow",
@@ -51,6 +64,7 @@ project_app = typer.Typer(help="A tenant's repositories.", no_args_is_help=True)
 tokens_app = typer.Typer(help="A tenant's token account, through the ledger.", no_args_is_help=True)
 request_app = typer.Typer(help="Change requests: the prompt lifecycle.", no_args_is_help=True)
 deployment_app = typer.Typer(help="Deployments and operators' rollbacks.", no_args_is_help=True)
+commerce_app = typer.Typer(help="Commerce records: order imports.", no_args_is_help=True)
 for sub, name in [
     (tenant_app, "tenant"),
     (user_app, "user"),
@@ -59,6 +73,7 @@ for sub, name in [
     (tokens_app, "tokens"),
     (request_app, "request"),
     (deployment_app, "deployment"),
+    (commerce_app, "commerce"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -894,6 +909,145 @@ def deployment_rollback(
             ),
             code,
         )
+
+    run(json_output, work)
+
+
+# --- commerce -----------------------------------------------------------------------------
+
+
+def _import_outcome(
+    staged: OrderImportFile, workflow_id: str, started: bool, execution: ModuleExecution | None
+) -> dict[str, Any]:
+    meta = execution.meta if execution is not None else {}
+    return {
+        "workflow_id": workflow_id,
+        "import_id": staged.id,
+        "tenant_id": staged.tenant_id,
+        "source": staged.source,
+        "filename": staged.filename,
+        "format": staged.format,
+        "sha256": staged.sha256,
+        # False: this content was imported before (or is being imported), nothing new started.
+        "started": started,
+        "execution_id": execution.id if execution else None,
+        "status": execution.status.value if execution else "starting",
+        "counts": {
+            "fetched": execution.fetched if execution else 0,
+            "inserted": execution.inserted if execution else 0,
+            "updated": execution.updated if execution else 0,
+            "unchanged": execution.unchanged if execution else 0,
+        },
+        "rows": meta.get("rows"),
+        "row_errors": meta.get("row_errors", []),
+        "row_error_count": meta.get("row_error_count", 0),
+        "error": execution.error if execution else None,
+    }
+
+
+def _render_import(out: Console, data: dict[str, Any]) -> None:
+    again = "" if data["started"] else " (this file was imported before: nothing new started)"
+    out.print(
+        f"import of {escape(data['filename'])} ({data['source']}, {data['format']}): "
+        f"[bold]{data['status']}[/]{again}"
+    )
+    c = data["counts"]
+    rows = f"{data['rows']} rows: " if data["rows"] is not None else ""
+    out.print(
+        f"  {rows}{c['inserted']} inserted, {c['updated']} updated, {c['unchanged']} unchanged, "
+        f"{data['row_error_count']} with errors"
+    )
+    for e in data["row_errors"]:
+        out.print(f"  row {e['row']} {escape(e['field'] or '-')}: {escape(e['message'])}")
+    if data["row_error_count"] > len(data["row_errors"]):
+        out.print(f"  ... {data['row_error_count'] - len(data['row_errors'])} more")
+    if data["error"]:
+        out.print(f"  error: {escape(data['error'])}")
+    out.print(f"  workflow {data['workflow_id']}")
+
+
+@commerce_app.command("import-orders")
+def commerce_import_orders(
+    file: Annotated[Path, typer.Argument(help="A CSV or JSON order file (README: the columns).")],
+    tenant: TenantRef,
+    source: Annotated[
+        str, typer.Option(help="The file's origin (pos, etsy...): its orders' channel and keys.")
+    ],
+    file_format: Annotated[
+        ImportFormat | None,
+        typer.Option("--format", help="csv or json; by default the file's extension."),
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the import to end.")] = False,
+    timeout: Timeout = DEFAULT_WAIT_S,
+    json_output: Json = False,
+) -> None:
+    """Import orders and their customers from a file, once per file content."""
+
+    async def work(stack: Stack, progress: Console) -> Outcome:
+        try:
+            source_label = source_name(source)
+            fmt = file_format or ImportFormat(file.suffix.lower().lstrip("."))
+        except ValueError:
+            raise Refused(
+                ErrorType.INVALID_IMPORT_FILE,
+                f"cannot tell the format of {file.name}: give --format csv or --format json",
+            ) from None
+        except ImportFileError as err:
+            raise Refused(ErrorType.INVALID_REQUEST, str(err)) from None
+        try:
+            content = decode(file.read_bytes())
+            # The whole file is checked before anything is written: a bad one stages nothing.
+            parse_orders(content, fmt)
+        except OSError as err:
+            raise Refused(ErrorType.INVALID_IMPORT_FILE, f"cannot read {file}: {err}") from None
+        except ImportFileError as err:
+            raise Refused(ErrorType.INVALID_IMPORT_FILE, str(err)) from None
+        async with (await stack.sessions())() as session, session.begin():
+            found = await tenancy.find_tenant(session, tenant)
+            staged = await stage_order_file(
+                session=session,
+                tenant_id=found.id,
+                source=source_label,
+                fmt=fmt,
+                filename=file.name,
+                content=content,
+            )
+        workflow_id = order_import_workflow_id(found.id, staged.source, staged.sha256)
+        client = await stack.client()
+        try:
+            handle = await client.start_workflow(
+                OrderImportWorkflow.run,
+                OrderImportInput(tenant_id=found.id, import_id=staged.id),
+                id=workflow_id,
+                task_queue=stack.settings.task_queue,
+                # The same content again is the same import; a failed one may run again.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                search_attributes=commerce_attributes(found.id),
+            )
+            started = True
+        except WorkflowAlreadyStartedError:
+            handle = client.get_workflow_handle(workflow_id)
+            started = False
+        progress.print(f"import {staged.id} {'started' if started else 'found'}: {workflow_id}")
+        code = 0
+        if wait:
+            try:
+                await asyncio.wait_for(handle.result(), timeout)
+            except WorkflowFailureError:
+                code = EXIT_REFUSED  # the record below says why
+            except TimeoutError:
+                progress.print(f"[yellow]still running after {timeout:.0f} s[/]")
+                code = EXIT_NOT_COMPLETED
+        async with (await stack.sessions())() as session:
+            execution = (
+                await session.exec(
+                    select(ModuleExecution)
+                    .where(ModuleExecution.workflow_id == workflow_id)
+                    .order_by(col(ModuleExecution.created_at).desc())
+                )
+            ).first()
+        data = _import_outcome(staged, workflow_id, started, execution)
+        return Outcome(data, lambda out: _render_import(out, data), code)
 
     run(json_output, work)
 

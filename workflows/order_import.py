@@ -115,8 +115,9 @@ def _no_valid_row(imported: OrdersImported) -> str:
     if imported.rows == 0:
         return "the file has no order rows"
     first = imported.row_errors[0]
+    more = imported.row_error_count - 1
     return (
         f"none of the file's {imported.rows} rows is valid "
-        f"(row {first.row}, {first.field or 'row'}: {first.message}"
-        + (f"; and {imported.row_error_count - 1} more errors)" if imported.row_error_count > 1 else ")")
+        f"(row {first.row} {first.field or '-'}: {first.message}"
+        + (f"; {more} more errors)" if more else ")")
     )
