@@ -111,6 +111,7 @@ class OrderImportActivities:
         except ImportFileError as err:
             raise refused(ErrorType.INVALID_IMPORT_FILE, str(err)) from None
         start = execution.records_processed
+        activity.heartbeat(start)
         while start < len(parsed.valid):
             batch = parsed.valid[start : start + self._batch_rows]
             async with self._sessions() as session, session.begin():

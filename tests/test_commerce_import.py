@@ -3,6 +3,7 @@ operator runs it, against real PostgreSQL and Temporal with workers serving the 
 good rows kept, bad rows reported, a file imported once, an edited file updating only what
 changed, a retried import counting every row once, and reports seeing the import's channel."""
 
+import asyncio
 import csv
 import io
 import json
@@ -42,6 +43,7 @@ from tests.commerce_support import (
 from tests.factories import make_tenant
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_cli import Ran, changeflow, env  # noqa: F401  (env: the CLI's fixture)
+from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env  # noqa: F401
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import OrderImportInput, OrderImportResult, ReportInput
@@ -563,3 +565,81 @@ async def test_an_import_of_another_tenants_staged_file_is_refused(
     assert await orders_of(sessions, mine.id) == await orders_of(sessions, theirs.id) == {}
     (record,) = await imports_of(sessions, mine.id)
     assert record.status is ModuleExecutionStatus.FAILED
+
+
+async def test_an_import_survives_its_worker_being_killed_and_counts_every_row_once(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    tmp_path: Path,
+    worker_env: dict[str, str],  # noqa: F811
+) -> None:
+    """A worker process SIGKILLed between batches: a fresh one resumes after the last
+    committed batch; every order is stored once and counted once as inserted."""
+    tenant = await make_tenant(sessions)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        {
+            "external_id": f"K-{n}",
+            "placed_at": (start + timedelta(minutes=n)).isoformat(),
+            "currency": "USD",
+            "total": f"{n % 90 + 1}.25",
+            "customer_external_id": f"buyer-{n % 40}",
+        }
+        for n in range(1500)
+    ]
+    # Slow inserts of this tenant's orders (2 ms a row), so the kill lands mid-import.
+    slow = f"import_slow_{uuid.uuid4().hex[:8]}"
+    await sql(
+        sessions,
+        f"""CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.tenant_id = '{tenant.id}' THEN PERFORM pg_sleep(0.002); END IF;
+              RETURN NEW;
+            END $$""",
+        f"CREATE TRIGGER {slow} BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION {slow}()",
+    )
+    small_batches = {**worker_env, "CHANGEFLOW_IMPORT_BATCH_ROWS": "50"}
+    first = WorkerProcess(small_batches, tmp_path / "worker-1.log")
+    second = WorkerProcess(small_batches, tmp_path / "worker-2.log")
+    first.start()
+    try:
+        running = asyncio.create_task(
+            import_file(client, sessions, task_queue, tenant.id, as_csv(rows))
+        )
+        async with asyncio.timeout(120):
+            # The database is what to watch: nothing signals a committed batch.
+            while (done := await rows_committed(sessions, tenant.id)) < 300:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        first.kill()
+        at_kill = await rows_committed(sessions, tenant.id)
+        second.start()
+        async with asyncio.timeout(180):
+            result = await running
+    finally:
+        first.stop()
+        second.stop()
+        await sql(sessions, f"DROP TRIGGER {slow} ON orders", f"DROP FUNCTION {slow}()")
+
+    assert 300 <= done <= at_kill < 1500, "the kill came in the middle of the import"
+    assert result.counts.model_dump() == {
+        "fetched": 1500,
+        "inserted": 1500,
+        "updated": 0,
+        "unchanged": 0,
+    }
+    stored = await orders_of(sessions, tenant.id)
+    assert len(stored) == 1500 and set(stored) == {f"pos/K-{n}" for n in range(1500)}
+    assert len(await customers_of(sessions, tenant.id)) == 40
+    (record,) = await imports_of(sessions, tenant.id)
+    assert (record.status, record.inserted, record.unchanged) == (
+        ModuleExecutionStatus.SUCCEEDED,
+        1500,
+        0,
+    )
+
+
+async def rows_committed(sessions: SessionFactory, tenant_id: uuid.UUID) -> int:
+    """The rows an import of the tenant committed so far, by its record's progress."""
+    records = await imports_of(sessions, tenant_id)
+    return records[0].records_processed if records else 0

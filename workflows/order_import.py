@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
 
 # A large file is many batches; each heartbeats, so a worker that died is noticed soon.
 IMPORT_TIMEOUT = timedelta(minutes=30)
-IMPORT_HEARTBEAT = timedelta(seconds=60)
+IMPORT_HEARTBEAT = timedelta(seconds=20)
 
 
 @workflow.defn
