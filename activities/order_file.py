@@ -145,9 +145,10 @@ class ParsedOrders:
 
 
 def source_name(value: str) -> str:
+    """The import source's name as keys and ids use it; ValueError when it cannot be one."""
     name = value.strip().lower()
     if not SOURCE_NAME.fullmatch(name):
-        raise ImportFileError(
+        raise ValueError(
             f"source {value!r} must be lower-case letters, digits, '-' or '_' (at most 40)"
         )
     return name

@@ -986,14 +986,15 @@ def commerce_import_orders(
     async def work(stack: Stack, progress: Console) -> Outcome:
         try:
             source_label = source_name(source)
+        except ValueError as err:
+            raise Refused(ErrorType.INVALID_REQUEST, str(err)) from None
+        try:
             fmt = file_format or ImportFormat(file.suffix.lower().lstrip("."))
         except ValueError:
             raise Refused(
                 ErrorType.INVALID_IMPORT_FILE,
                 f"cannot tell the format of {file.name}: give --format csv or --format json",
             ) from None
-        except ImportFileError as err:
-            raise Refused(ErrorType.INVALID_REQUEST, str(err)) from None
         try:
             content = decode(file.read_bytes())
             # The whole file is checked before anything is written: a bad one stages nothing.

@@ -356,6 +356,7 @@ async def test_a_bad_file_is_refused_and_writes_nothing(
     header = await cli(env, str(no_currency), "-t", tenant.slug, "--source", "pos", "--json")
     broken = await cli(env, str(not_json), "-t", tenant.slug, "--source", "pos")
     unknown = await cli(env, str(binary), "-t", tenant.slug, "--source", "pos", "--json")
+    bad_source = await cli(env, str(not_json), "-t", tenant.slug, "--source", "my shop", "--json")
     forced = await cli(
         env, str(binary), "-t", tenant.slug, "--source", "pos", "--format", "csv", "--json"
     )
@@ -366,6 +367,7 @@ async def test_a_bad_file_is_refused_and_writes_nothing(
     assert broken.code == 1 and "InvalidImportFile: the file is not valid JSON" in broken.err
     assert unknown.code == 1 and "give --format csv" in unknown.json["error"]["message"]
     assert forced.code == 1 and "not UTF-8" in forced.json["error"]["message"]
+    assert bad_source.code == 1 and bad_source.json["error"]["type"] == ErrorType.INVALID_REQUEST
     assert await staged_files(sessions, tenant.id) == []
     assert await executions_of(sessions, tenant.id) == []
     assert await orders_of(sessions, tenant.id) == {}
