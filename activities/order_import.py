@@ -171,18 +171,16 @@ class OrderImportActivities:
             )
             for row in batch
         ]
-        stored = {
-            order.external_id: order
-            for order in (
-                await session.exec(
-                    select(Order).where(
-                        Order.tenant_id == staged.tenant_id,
-                        Order.source == OrderSource.IMPORT,
-                        col(Order.external_id).in_([r["external_id"] for r in rows]),
-                    )
-                )
-            ).all()
-        }
+        # The compared columns only: no ORM objects to build for rows that did not change.
+        table: sa.Table = Order.__table__  # type: ignore[attr-defined]
+        found = await (await session.connection()).execute(
+            sa.select(*(table.c[c] for c in ("external_id", *_COMPARED))).where(
+                table.c.tenant_id == staged.tenant_id,
+                table.c.source == OrderSource.IMPORT,
+                table.c.external_id.in_([r["external_id"] for r in rows]),
+            )
+        )
+        stored = {row.external_id: row for row in found}
         changed = [r for r in rows if not _same(stored.get(r["external_id"]), r)]
         counts = await upsert(session, Order, changed)
         return SyncCounts(
@@ -193,5 +191,5 @@ class OrderImportActivities:
         )
 
 
-def _same(stored: Order | None, row: dict[str, Any]) -> bool:
+def _same(stored: sa.Row[Any] | None, row: dict[str, Any]) -> bool:
     return stored is not None and all(getattr(stored, c) == row[c] for c in _COMPARED)
