@@ -211,6 +211,24 @@ async def upsert(
     return counts
 
 
+async def upsert_customers(
+    session: AsyncSession, rows: list[dict[str, Any]]
+) -> dict[str, uuid.UUID]:
+    """Upsert customer rows of one tenant and source (see upsert) and return the stored ids
+    of their external ids, for the orders that link to them."""
+    if not rows:
+        return {}
+    await upsert(session, Customer, rows)
+    found = await (await session.connection()).execute(
+        sa.select(Customer.external_id, Customer.id).where(  # type: ignore[call-overload]
+            Customer.tenant_id == rows[0]["tenant_id"],
+            Customer.source == OrderSource(rows[0]["source"]),
+            col(Customer.external_id).in_({row["external_id"] for row in rows}),
+        )
+    )
+    return {external: cid for external, cid in found.all()}
+
+
 class CommerceSyncActivities:
     def __init__(
         self,
@@ -390,17 +408,7 @@ class CommerceSyncActivities:
         embedded = [
             customer_row(connector.tenant_id, n["customer"]) for n in nodes if n.get("customer")
         ]
-        customers: dict[str, uuid.UUID] = {}
-        if embedded:
-            await upsert(session, Customer, embedded)
-            found = await (await session.connection()).execute(
-                sa.select(Customer.external_id, Customer.id).where(  # type: ignore[call-overload]
-                    Customer.tenant_id == connector.tenant_id,
-                    Customer.source == OrderSource.SHOPIFY,
-                    col(Customer.external_id).in_({row["external_id"] for row in embedded}),
-                )
-            )
-            customers = {external: cid for external, cid in found.all()}
+        customers = await upsert_customers(session, embedded)
         return await upsert(
             session,
             Order,

@@ -19,8 +19,18 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import current_period
 from cli import tenancy
-from cli.common import Json, TenantRef, as_row, rich_table, timestamp
-from cli.connectors import connector_app, report_command
+from cli.commerce import commerce_app
+from cli.common import (
+    DEFAULT_WAIT_S,
+    Json,
+    TenantRef,
+    Timeout,
+    Wait,
+    as_row,
+    rich_table,
+    timestamp,
+)
+from cli.connectors import connector_app
 from cli.follow import follow
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
@@ -61,15 +71,9 @@ for sub, name in [
     (request_app, "request"),
     (deployment_app, "deployment"),
     (connector_app, "connector"),
+    (commerce_app, "commerce"),
 ]:
     app.add_typer(sub, name=name)
-report_command(app)
-
-Wait = Annotated[
-    bool, typer.Option("--wait", help="Follow the lifecycle until a person must act or it ends.")
-]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait follows at most.")]
-DEFAULT_WAIT_S = 600.0
 
 
 # --- tenants ------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ from rich.table import Table
 
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
 TenantRef = Annotated[str, typer.Option("--tenant", "-t", help="Tenant id or slug.")]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Follow the lifecycle until a person must act or it ends.")
+]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds --wait follows at most.")]
+DEFAULT_WAIT_S = 600.0
 
 
 def as_row(value: Any) -> dict[str, Any]:

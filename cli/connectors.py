@@ -7,13 +7,11 @@ environment (SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRE
 terminal, a hidden prompt.
 """
 
-import asyncio
 import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -24,8 +22,6 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.connectors import ConnectorService
-from activities.reports import daily_revenue_csv
-from activities.shopify import format_money
 from cli import tenancy
 from cli.common import Json, TenantRef, as_row, rich_table, timestamp
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
@@ -34,15 +30,13 @@ from cli.tenancy import Refused
 from models.projects import Connector, ConnectorKind, ConnectorStatus
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
-from workflows.commerce import OrderSyncWorkflow, ReportWorkflow
+from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import (
     OrderSyncInput,
-    ReportInput,
-    ReportResult,
     total,
 )
 from workflows.contracts.errors import ErrorType
-from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id
+from workflows.contracts.ids import order_sync_workflow_id
 
 connector_app = typer.Typer(
     help="A tenant's connections to outside systems (Shopify).", no_args_is_help=True
@@ -262,87 +256,3 @@ def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None
         return Outcome(as_row(result), render)
 
     run(json_output, work)
-
-
-def report_command(app: typer.Typer) -> None:
-    """`changeflow report`: registered on the top-level app."""
-
-    @app.command("report")
-    def report(
-        tenant: TenantRef,
-        first_day: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
-        last_day: Annotated[
-            str | None, typer.Option("--to", help="Last day (default: --from).")
-        ] = None,
-        timezone: Annotated[
-            str | None, typer.Option(help="IANA zone (default: the shop's).")
-        ] = None,
-        csv_path: Annotated[
-            Path | None, typer.Option("--csv", help="Write the daily revenue as CSV here.")
-        ] = None,
-        json_output: Json = False,
-    ) -> None:
-        """A tenant's revenue, channels, order values and customers for a period, in the
-        shop's time zone (ReportWorkflow; the run is recorded as a ModuleExecution)."""
-        first, last = _day(first_day), _day(last_day or first_day)
-
-        async def work(stack: Stack, _: Console) -> Outcome:
-            async with (await stack.sessions())() as session:
-                found = await tenancy.find_tenant(session, tenant)
-            client = await stack.client()
-            result: ReportResult = await client.execute_workflow(
-                ReportWorkflow.run,
-                ReportInput(tenant_id=found.id, first_day=first, last_day=last, timezone=timezone),
-                id=f"{report_workflow_id(found.id, first, last)}-{uuid.uuid4().hex[:8]}",
-                task_queue=stack.settings.task_queue,
-                execution_timeout=RUN_TIMEOUT,
-            )
-            if csv_path is not None:
-                await asyncio.to_thread(csv_path.write_text, daily_revenue_csv(result.report))
-            return Outcome(as_row(result), lambda out: _render_report(out, result, csv_path))
-
-        run(json_output, work)
-
-
-def _day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a day (YYYY-MM-DD)") from None
-
-
-def _render_report(out: Console, result: ReportResult, csv_path: Path | None) -> None:
-    report = result.report
-    out.print(f"{report.first_day} .. {report.last_day} ({report.timezone})")
-    out.print(
-        rich_table(
-            "Daily revenue",
-            ["day", "orders", "gross", "discounts", "refunds", "net"],
-            [
-                [
-                    d.day,
-                    d.orders,
-                    format_money(d.gross_cents, d.currency),
-                    format_money(d.discount_cents, d.currency),
-                    format_money(d.refunded_cents, d.currency),
-                    format_money(d.net_cents, d.currency),
-                ]
-                for d in report.daily
-            ],
-        )
-    )
-    out.print(
-        rich_table(
-            "By channel",
-            ["channel", "orders", "net"],
-            [
-                [c.channel, c.orders, format_money(c.net_cents, c.currency)]
-                for c in report.by_channel
-            ],
-        )
-    )
-    out.print(
-        f"repeat-purchase rate {report.repeat_purchase_rate:.0%} of {report.customers} customers"
-    )
-    if csv_path is not None:
-        out.print(f"daily revenue written to {csv_path}")

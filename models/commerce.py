@@ -1,5 +1,5 @@
 """Commerce records synced from a tenant's channels: module runs, customers, orders, the sync
-checkpoints and the connectors' encrypted credentials."""
+checkpoints, the connectors' encrypted credentials and the order files staged for import."""
 
 import enum
 import uuid
@@ -24,6 +24,7 @@ class ModuleKind(enum.StrEnum):
     ORDER_SYNC = "order_sync"
     CUSTOMER_SYNC = "customer_sync"
     REPORT = "report"
+    ORDER_IMPORT = "order_import"
 
 
 class ModuleExecutionStatus(enum.StrEnum):
@@ -39,6 +40,9 @@ class OrderSource(enum.StrEnum):
     WOOCOMMERCE = "woocommerce"
     POS = "pos"
     MANUAL = "manual"
+    # Orders and customers from an imported file (a POS or marketplace export); their
+    # external ids are "<import source>/<id in the file>", so two sources never collide.
+    IMPORT = "import"
 
 
 class OrderStatus(enum.StrEnum):
@@ -117,6 +121,29 @@ class ConnectorCredential(SQLModel, table=True):
     # A token that expires (Shopify's client-credentials grant) is refreshed before this.
     expires_at: datetime | None = timestamp_field()
     updated_at: datetime = updated_at_field()
+
+
+class OrderImportFile(SQLModel, table=True):
+    """An order file as the CLI read it, staged so that a worker on another machine can import
+    it. One row per (tenant, import source, content): staging the same file again finds it."""
+
+    __tablename__ = "order_import_files"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant_id", "source", "sha256", name="uq_order_import_files_tenant_source_sha256"
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")
+    # The import source's name (pos, etsy, ...): the orders' channel unless a row names one.
+    source: str = Field(max_length=40)
+    sha256: str = Field(max_length=64)
+    format: str = Field(max_length=8)  # an ImportFormat
+    filename: str = Field(default="", max_length=300)
+    size_bytes: int = Field(default=0)
+    content: str = Field(sa_type=sa.Text)  # type: ignore[call-overload]
+    created_at: datetime = created_at_field()
 
 
 class Customer(SQLModel, table=True):

@@ -31,6 +31,7 @@ def workflows() -> list[type]:
     from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, ReportWorkflow
     from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
     from workflows.lifecycle import PromptRequestWorkflow
+    from workflows.order_import import OrderImportWorkflow
 
     return [
         LedgerSweepWorkflow,
@@ -41,6 +42,7 @@ def workflows() -> list[type]:
         OrderSyncWorkflow,
         OrderSyncTriggerWorkflow,
         ReportWorkflow,
+        OrderImportWorkflow,
     ]
 
 
@@ -87,11 +89,12 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
 
 
 def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
-    """Connector syncs and reports, on settings.task_queue."""
+    """Connector syncs, order file imports and reports, on settings.task_queue."""
     from datetime import timedelta
 
     from activities.commerce_sync import CommerceSyncActivities
     from activities.connectors import ConnectorActivities, ConnectorService
+    from activities.order_import import OrderImportActivities
     from activities.reports import ReportActivities
 
     s = deps.settings
@@ -108,6 +111,7 @@ def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
             ConnectorService(deps.sessions, store, connections)
         ).record_connector_failure,
         ReportActivities(deps.sessions).compute_report,
+        *OrderImportActivities(deps.sessions, batch_rows=s.import_batch_rows).activities(),
     ]
 
 

@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)
+    # An order file import commits this many rows per transaction (with its progress).
+    import_batch_rows: int = Field(default=1000, ge=1, le=5000)
 
     @field_validator("log_level", mode="before")
     @classmethod

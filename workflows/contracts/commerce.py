@@ -1,5 +1,6 @@
-"""Payloads of the commerce modules: connector syncs and reports. None carries a secret: a
-workflow names its connector by id and the activity loads and decrypts the credentials."""
+"""Payloads of the commerce modules: connector syncs, order file imports and reports. None
+carries a secret: a workflow names its connector by id and the activity loads and decrypts the
+credentials; none carries a file's content: an import names its staged file by id."""
 
 import uuid
 from datetime import date, datetime
@@ -108,6 +109,53 @@ class StartOrderSync(BaseModel):
 class SyncTriggered(BaseModel):
     workflow_id: str
     started: bool
+
+
+# Row errors an import's record and result list; the count says how many there were in all.
+MAX_ROW_ERRORS = 100
+
+
+class OrderImportInput(BaseModel):
+    """Start input of OrderImportWorkflow (id `order-import-<tenant>-<source>-<sha256>`): a file
+    staged in PostgreSQL by `changeflow commerce import-orders`, by its id."""
+
+    tenant_id: uuid.UUID
+    import_id: uuid.UUID
+
+
+class ImportOrders(BaseModel):
+    """The import activity's input: the staged file and the run's record, which holds the
+    progress (rows committed, counts) so a retried activity resumes after the last batch."""
+
+    import_id: uuid.UUID
+    execution_id: uuid.UUID
+
+
+class RowError(BaseModel):
+    """Why one row of a file was not imported. `row` is the row's number as a spreadsheet shows
+    it (the CSV header is row 1), or its 1-based position in a JSON array."""
+
+    row: int
+    field: str
+    message: str
+
+
+class OrdersImported(BaseModel):
+    # fetched = the file's valid rows; inserted + updated + unchanged = fetched.
+    counts: SyncCounts
+    rows: int
+    row_errors: list[RowError]
+    row_error_count: int
+
+
+class OrderImportResult(BaseModel):
+    execution_id: uuid.UUID
+    import_id: uuid.UUID
+    status: ModuleExecutionStatus
+    counts: SyncCounts
+    rows: int
+    row_errors: list[RowError]
+    row_error_count: int
 
 
 class ReportInput(BaseModel):

@@ -83,6 +83,11 @@ class ErrorType(enum.StrEnum):
     # The outside system answered something the client cannot read (a GraphQL error).
     SOURCE_PROTOCOL_ERROR = "SourceProtocolError"
     INVALID_REPORT_PERIOD = "InvalidReportPeriod"
+    # An order file that is not CSV or JSON as documented (no header, a required column
+    # missing, not UTF-8): nothing of it is imported.
+    INVALID_IMPORT_FILE = "InvalidImportFile"
+    # An order file read to its end without one row that could be imported.
+    NO_VALID_IMPORT_ROW = "NoValidImportRow"
 
     # --- a state change models.transitions does not allow (its exception's class name)
     ILLEGAL_TRANSITION = "IllegalTransition"

@@ -12,6 +12,7 @@ DEPLOYMENT_PREFIX = "deployment-"
 ROLLBACK_PREFIX = "rollback-"
 ORDER_SYNC_PREFIX = "order-sync-"
 REPORT_PREFIX = "report-"
+ORDER_IMPORT_PREFIX = "order-import-"
 ORDER_SYNC_SCHEDULE_PREFIX = "changeflow-order-sync-"
 REPORT_SCHEDULE_PREFIX = "changeflow-report-"
 
@@ -53,6 +54,12 @@ def order_sync_schedule_id(connector_id: uuid.UUID) -> str:
 def report_workflow_id(tenant_id: uuid.UUID, first_day: date, last_day: date) -> str:
     """One report of a tenant and period at a time."""
     return f"{REPORT_PREFIX}{tenant_id}-{first_day.isoformat()}-{last_day.isoformat()}"
+
+
+def order_import_workflow_id(tenant_id: uuid.UUID, source: str, sha256: str) -> str:
+    """One import of a file's content per tenant and import source: the same file twice is
+    one import."""
+    return f"{ORDER_IMPORT_PREFIX}{tenant_id}-{source}-{sha256}"
 
 
 def report_schedule_id(tenant_id: uuid.UUID) -> str:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-02 16:32:39.733660
+Create Date: 2026-12-03 16:25:03.815515
 """
 
 from collections.abc import Sequence
@@ -107,6 +107,7 @@ def upgrade() -> None:
                 "woocommerce",
                 "pos",
                 "manual",
+                "import",
                 name="ordersource_enum",
                 native_enum=False,
                 create_constraint=True,
@@ -143,6 +144,36 @@ def upgrade() -> None:
         ),
     )
     op.create_index(op.f("ix_customers_tenant_id"), "customers", ["tenant_id"], unique=False)
+    op.create_table(
+        "order_import_files",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("source", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("sha256", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("format", sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
+        sa.Column("filename", sqlmodel.sql.sqltypes.AutoString(length=300), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("content", sa.Text(), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_order_import_files_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_order_import_files")),
+        sa.UniqueConstraint(
+            "tenant_id", "source", "sha256", name="uq_order_import_files_tenant_source_sha256"
+        ),
+    )
+    op.create_index(
+        op.f("ix_order_import_files_tenant_id"), "order_import_files", ["tenant_id"], unique=False
+    )
     op.create_table(
         "projects",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -669,6 +700,7 @@ def upgrade() -> None:
                 "order_sync",
                 "customer_sync",
                 "report",
+                "order_import",
                 name="modulekind_enum",
                 native_enum=False,
                 create_constraint=True,
@@ -750,6 +782,7 @@ def upgrade() -> None:
                 "woocommerce",
                 "pos",
                 "manual",
+                "import",
                 name="ordersource_enum",
                 native_enum=False,
                 create_constraint=True,
@@ -1457,6 +1490,8 @@ def downgrade() -> None:
     op.drop_table("token_accounts")
     op.drop_index(op.f("ix_projects_tenant_id"), table_name="projects")
     op.drop_table("projects")
+    op.drop_index(op.f("ix_order_import_files_tenant_id"), table_name="order_import_files")
+    op.drop_table("order_import_files")
     op.drop_index(op.f("ix_customers_tenant_id"), table_name="customers")
     op.drop_table("customers")
     op.drop_table("approval_policies")
