@@ -112,9 +112,9 @@ def connector_create(
 ) -> None:
     """Connect a Shopify shop: credentials stored encrypted, tested against the shop, and a
     sync Schedule once it is active."""
-    credentials = _secrets()
 
     async def work(stack: Stack, _: Console) -> Outcome:
+        credentials = _secrets()
         await stack.client()  # Temporal is needed for the Schedule: fail before writing.
         async with (await stack.sessions())() as session:
             found = await tenancy.find_tenant(session, tenant)
@@ -206,10 +206,9 @@ _connector_command(
 @connector_app.command("rotate")
 def connector_rotate(connector_id: ConnectorId, json_output: Json = False) -> None:
     """Replace the credentials (from the environment or a prompt), encrypted, and test them."""
-    credentials = _secrets()
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        connector = await (await _service(stack)).rotate(connector_id, credentials)
+        connector = await (await _service(stack)).rotate(connector_id, _secrets())
         schedule = await _schedule(stack, connector)
         return Outcome(_connector_data(connector, schedule), _say(connector, schedule))
 

@@ -1,14 +1,9 @@
 """`changeflow`, run as a person runs it (a process of its own), against the session's real
 PostgreSQL and Temporal dev server, with workers serving this test's task queues."""
 
-import asyncio
-import json
-import os
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -17,81 +12,17 @@ from temporalio.client import Client
 from models import Deployment, DeploymentEnvironment, DeploymentStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT, create_sample_repo
+from tests.cli_support import changeflow, command_env, ok, refused
 from tests.workers import running_workers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-ROOT = Path(__file__).resolve().parent.parent
-COMMAND_TIMEOUT_S = 120
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 @pytest.fixture
 def env(
     client: Client, database_url: str, task_queue: str, deploy_queue: str, tmp_path: Path
 ) -> dict[str, str]:
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    environment.update(
-        PYTHONPATH=str(ROOT),
-        DATABASE_URL=database_url,
-        TEMPORAL_ADDRESS=client.service_client.config.target_host,
-        TEMPORAL_NAMESPACE=client.namespace,
-        CHANGEFLOW_TASK_QUEUE=task_queue,
-        CHANGEFLOW_DEPLOY_TASK_QUEUE=deploy_queue,
-        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
-        CHANGEFLOW_LOG_FORMAT="json",
-    )
-    return environment
-
-
-async def changeflow(env: dict[str, str], *args: str) -> Ran:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli",
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
-    assert process.returncode is not None
-    return Ran(process.returncode, out.decode(), err.decode())
-
-
-async def ok(env: dict[str, str], *args: str) -> Ran:
-    ran = await changeflow(env, *args)
-    assert ran.code == 0, f"changeflow {' '.join(args)} exited {ran.code}: {ran.out}{ran.err}"
-    return ran
-
-
-async def refused(env: dict[str, str], error_type: str, *args: str) -> dict[str, str]:
-    """Runs the command twice: for people (stderr names the type) and with --json."""
-    human = await changeflow(env, *args)
-    assert human.code == 1, human.out + human.err
-    assert f"refused: {error_type}: " in human.err
-    scripted = await changeflow(env, *args, "--json")
-    assert scripted.code == 1
-    error: dict[str, str] = scripted.json["error"]
-    assert error["type"] == error_type
-    assert f"refused: {error_type}: {error['message']}" in human.err
-    return error
+    return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")
 
 
 async def corner_shop(env: dict[str, str], repo_dir: Path, *, approvals: int = 1) -> str:

@@ -21,7 +21,7 @@ from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.workers import test_settings
 from workers.lifecycle_client import LifecycleClient
-from workers.registry import Dependencies, workflows
+from workers.registry import Dependencies, versioned_workflows, workflows
 from workers.settings import Settings
 from workers.versioning import default_build_id, deployment_config
 from workers.worker import build_workers, run_until_stopped
@@ -32,15 +32,21 @@ LONG_WAITING = {"PromptRequestWorkflow"}
 
 def test_every_workflow_type_chose_its_versioning_behaviour() -> None:
     behaviours = {
-        (d := _Definition.must_from_class(cls)).name: d.versioning_behavior for cls in workflows()
+        (d := _Definition.must_from_class(cls)).name: d.versioning_behavior
+        for cls in versioned_workflows()
     }
-    assert VersioningBehavior.UNSPECIFIED not in behaviours.values(), behaviours
+    assert set(behaviours) == {_Definition.must_from_class(c).name for c in workflows()}
     # Runs that wait for people span deploys; the rest finish on the version they began on.
     for name, behaviour in behaviours.items():
         expected = (
             VersioningBehavior.AUTO_UPGRADE if name in LONG_WAITING else VersioningBehavior.PINNED
         )
         assert behaviour is expected, name
+    # An unversioned worker registers the plain classes: the server refuses a behaviour there.
+    assert all(
+        _Definition.must_from_class(cls).versioning_behavior is VersioningBehavior.UNSPECIFIED
+        for cls in workflows()
+    )
 
 
 def test_versioning_is_off_by_default_and_names_the_build_when_on() -> None:

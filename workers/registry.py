@@ -46,6 +46,17 @@ def workflows() -> list[type]:
     ]
 
 
+def versioned_workflows() -> list[type]:
+    """The workflow classes with their Worker Versioning behaviours (workflows/versioned.py),
+    for a worker serving a Worker Deployment version."""
+    from workflows.versioned import VERSIONED
+
+    missing = [cls.__name__ for cls in workflows() if cls not in VERSIONED]
+    if missing:
+        raise RuntimeError(f"no versioning behaviour chosen for {', '.join(missing)}")
+    return [VERSIONED[cls] for cls in workflows()]
+
+
 def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities

@@ -1,16 +1,8 @@
 """Worker Versioning: which Worker Deployment version this process serves.
 
 A rollout starts workers of a new build id beside the old ones, smoke-tests it with pinned
-runs, ramps and then makes it current (README, Operations). Each workflow type says in its
-`@workflow.defn` what happens to its runs across that change:
-
-- PINNED: a run stays on the version it started on, so it never meets code other than its
-  own and needs no patch. For runs that end within minutes (a deployment, a sync run, a
-  report, a ledger sweep); the old version drains as they finish.
-- AUTO_UPGRADE: a run moves to the current version at its next task. For runs that wait days
-  (a change request at approval, a deployment lane): pinning them would keep every old
-  version alive for as long as the slowest approver. Their code changes need
-  `workflow.patched` or must replay the recorded histories (tests/test_replay.py).
+runs, ramps and then makes it current (README, "Upgrading workers"). How each workflow type's
+runs cross that change is chosen in workflows/versioned.py.
 """
 
 import subprocess
@@ -56,5 +48,5 @@ def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     """The Worker's deployment options; None while versioning is off."""
     if not settings.worker_versioning:
         return None
-    # No default behaviour: a workflow type that does not choose one fails to register.
+    # No default behaviour: every workflow type chose one (workflows/versioned.py).
     return WorkerDeploymentConfig(version=deployment_version(settings), use_worker_versioning=True)

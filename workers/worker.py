@@ -65,7 +65,11 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
             Worker(
                 client,
                 task_queue=settings.task_queue,
-                workflows=registry.workflows(),
+                workflows=(
+                    registry.versioned_workflows()
+                    if settings.worker_versioning
+                    else registry.workflows()
+                ),
                 activities=activities,
                 max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
                 max_cached_workflows=settings.max_cached_workflows,

@@ -5,7 +5,7 @@ account its plan tier's tokens once per period."""
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, VersioningBehavior
+from temporalio.common import RetryPolicy, SearchAttributeKey
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -19,8 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts.submitted import Submitted, parse_input
 
 
-# Minutes long: pinned to the version it started on (workers/versioning.py).
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class LedgerSweepWorkflow:
     @workflow.run
     async def run(self, submitted: Submitted[SweepExpiredHolds] = None) -> SweepResult:
@@ -43,7 +42,7 @@ class LedgerSweepWorkflow:
 SCHEDULED_START_TIME = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 
 
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class PlanGrantWorkflow:
     @workflow.run
     async def run(self, submitted: Submitted[GrantPlanTokens] = None) -> GrantResult:

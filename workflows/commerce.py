@@ -4,7 +4,7 @@ trigger, and a tenant's report. Each run is recorded as one ModuleExecution."""
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes, VersioningBehavior
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import (
     ActivityError,
     WorkflowAlreadyStartedError,
@@ -66,9 +66,7 @@ CONNECTOR_FAULTS = frozenset(
 )
 
 
-# Runs are bounded (windows_per_run, then continue-as-new): each is pinned to the version it
-# started on, and the next run starts on the current one (workers/versioning.py).
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class OrderSyncWorkflow:
     """Id `order-sync-<connector_id>`: one sync of a connector at a time. Reads the connector's
     customers, then its orders, window by window up to the moment the sync began; each
@@ -210,7 +208,7 @@ def _per_stream(counts: dict[SyncStream, SyncCounts]) -> dict[str, object]:
     return {"streams": {stream.value: c.model_dump() for stream, c in counts.items()}}
 
 
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class OrderSyncTriggerWorkflow:
     """What a connector's Schedule starts: the connector's OrderSyncWorkflow under its one id,
     left running on its own; a sync already running is left alone (never two at once)."""
@@ -231,7 +229,7 @@ class OrderSyncTriggerWorkflow:
         return SyncTriggered(workflow_id=workflow_id, started=True)
 
 
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class ReportWorkflow:
     """A tenant's sales report for a period, computed in SQL and stored with its
     ModuleExecution. Started on demand or by the tenant's daily Schedule (yesterday)."""

@@ -16,7 +16,6 @@ from temporalio import workflow
 from temporalio.common import (
     RetryPolicy,
     TypedSearchAttributes,
-    VersioningBehavior,
 )
 from temporalio.exceptions import (
     ActivityError,
@@ -107,9 +106,7 @@ def _refused_state(refused: ApplicationError) -> DeploymentState:
     )
 
 
-# A release and its check, minutes long: pinned to the version it started on, so a
-# rollout never changes its code mid-release (workers/versioning.py).
-@workflow.defn(name="DeploymentWorkflow", versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn(name="DeploymentWorkflow")
 class DeploymentWorkflow:
     """QUEUED -> (its turn in the lane) -> IN_PROGRESS -> VERIFYING -> SUCCEEDED or FAILED;
     a failure restores the last good release as a verified rollback Deployment before the lane
@@ -475,7 +472,7 @@ class DeploymentWorkflow:
                 workflow.logger.info("parent %s did not take the progress signal", parent)
 
 
-@workflow.defn(name="RollbackWorkflow", versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn(name="RollbackWorkflow")
 class RollbackWorkflow:
     """An operator restores the release of an earlier SUCCEEDED deployment (a rollback
     included): a new Deployment whose rollback_of is the deployment live now, through the same

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -122,10 +122,7 @@ class RequestEnded(Exception):
         self.result = result
 
 
-# Waits days for people: moves to the current version at its next task after a rollout
-# (pinning would keep every old version alive for the slowest approver), so its code changes
-# need workflow.patched or must replay the recorded histories (workers/versioning.py).
-@workflow.defn(name="PromptRequestWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+@workflow.defn(name="PromptRequestWorkflow")
 class PromptRequestWorkflow:
     @workflow.init
     def __init__(self, submitted: Submitted[PromptRequestInput] = None) -> None:

@@ -4,7 +4,6 @@ import uuid
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import VersioningBehavior
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -36,8 +35,7 @@ IMPORT_TIMEOUT = timedelta(minutes=30)
 IMPORT_HEARTBEAT = timedelta(seconds=20)
 
 
-# One file's import, minutes long: pinned to the version it started on (workers/versioning.py).
-@workflow.defn(versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn
 class OrderImportWorkflow:
     """Id `order-import-<tenant>-<source>-<sha256>`: a file's content is imported once. Valid
     rows are kept even when others are invalid; a file without one valid row fails."""

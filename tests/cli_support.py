@@ -1,0 +1,84 @@
+"""Running `changeflow` as a person runs it: a process of its own, its exit code, its output."""
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND_TIMEOUT_S = 120
+
+
+def command_env(
+    client: Client, database_url: str, task_queue: str, deploy_queue: str, data_dir: Path
+) -> dict[str, str]:
+    """The environment a person's shell would give the command: this test's servers and queues,
+    nothing of the test process's own CHANGEFLOW_/TEMPORAL_ settings."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
+    }
+    environment.update(
+        PYTHONPATH=str(ROOT),
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=client.service_client.config.target_host,
+        TEMPORAL_NAMESPACE=client.namespace,
+        CHANGEFLOW_TASK_QUEUE=task_queue,
+        CHANGEFLOW_DEPLOY_TASK_QUEUE=deploy_queue,
+        CHANGEFLOW_DATA_DIR=str(data_dir),
+        CHANGEFLOW_LOG_FORMAT="json",
+    )
+    return environment
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def changeflow(env: dict[str, str], *args: str) -> Ran:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        *args,
+        env=env,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())
+
+
+async def ok(env: dict[str, str], *args: str) -> Ran:
+    ran = await changeflow(env, *args)
+    assert ran.code == 0, f"changeflow {' '.join(args)} exited {ran.code}: {ran.out}{ran.err}"
+    return ran
+
+
+async def refused(env: dict[str, str], error_type: str, *args: str) -> dict[str, str]:
+    """Runs the command twice: for people (stderr names the type) and with --json."""
+    human = await changeflow(env, *args)
+    assert human.code == 1, human.out + human.err
+    assert f"refused: {error_type}: " in human.err
+    scripted = await changeflow(env, *args, "--json")
+    assert scripted.code == 1
+    error: dict[str, str] = scripted.json["error"]
+    assert error["type"] == error_type
+    assert f"refused: {error_type}: {error['message']}" in human.err
+    return error
