@@ -15,6 +15,7 @@ from models.commerce import (
     OrderStatus,
     SyncCheckpoint,
     SyncStream,
+    WebhookDelivery,
 )
 from models.lifecycle import (
     Approval,
@@ -99,6 +100,7 @@ __all__ = [
     "TokenTransactionKind",
     "User",
     "UserRole",
+    "WebhookDelivery",
     "ensure_transition",
     "is_terminal",
 ]
