@@ -126,6 +126,11 @@ class Settings(BaseSettings):
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)
+    # The webhooks endpoint (changeflow-webhooks): where it listens, and the largest body it
+    # reads (Shopify's order payloads are well under a megabyte).
+    webhooks_host: str = "127.0.0.1"
+    webhooks_port: int = Field(default=8088, ge=1, le=65535)
+    webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
 
     @field_validator("log_level", mode="before")
     @classmethod
