@@ -188,7 +188,7 @@ async def _record(
             topic=delivery.topic,
         )
         .on_conflict_do_nothing(index_elements=["connector_id", "webhook_id"])
-        .returning(WebhookDelivery.id)  # type: ignore[arg-type]
+        .returning(WebhookDelivery.id)  # type: ignore[call-overload]
     )
     inserted = (await (await session.connection()).execute(stmt)).first()
     return inserted is not None
