@@ -52,7 +52,7 @@ class TemporalHandOff:
         # otherwise a sync starts with it.
         await self._client.start_workflow(
             OrderSyncWorkflow.run,
-            OrderSyncInput(connector_id=connector_id),
+            OrderSyncInput(connector_id=connector_id, requested=True),
             id=order_sync_workflow_id(connector_id),
             task_queue=self._task_queue,
             start_signal=OrderSyncWorkflow.request_sync.__name__,

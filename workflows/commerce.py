@@ -97,6 +97,11 @@ class OrderSyncWorkflow:
         request = parse_input(OrderSyncInput, submitted)
         info = workflow.info()
         until = request.until or workflow.now()
+        if request.until is None and request.requested:
+            # A read ends at the whole second before `until` (Shopify's precision): a change
+            # in the second a webhook reported it would be missed. Wait the second out.
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+            await workflow.sleep(until - workflow.now())
         execution_id = request.execution_id
         if execution_id is None:
             opened = await workflow.execute_activity_method(
@@ -213,7 +218,9 @@ class OrderSyncWorkflow:
             # However many requests came meanwhile: one more sync, a new module run.
             workflow.continue_as_new(
                 OrderSyncInput(
-                    connector_id=request.connector_id, windows_per_run=request.windows_per_run
+                    connector_id=request.connector_id,
+                    windows_per_run=request.windows_per_run,
+                    requested=True,
                 )
             )
         return OrderSyncResult(

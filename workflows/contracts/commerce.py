@@ -40,7 +40,10 @@ class OrderSyncInput(BaseModel):
     execution_id: uuid.UUID | None = None
     counts: dict[SyncStream, SyncCounts] = {}
     streams_done: list[SyncStream] = []
-    # A sync was requested (a webhook) after this one began reading: run once more at the end.
+    # Started by a sync request (a webhook): the change it reports may lie in this very second,
+    # so the sync waits the second out and reads it whole.
+    requested: bool = False
+    # A sync was requested after this one began reading: run once more at the end.
     sync_again: bool = False
 
 
