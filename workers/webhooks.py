@@ -11,6 +11,7 @@ sync Schedule. The rules live in activities/shopify_webhooks.py; this module wir
 """
 
 import argparse
+import asyncio
 import uuid
 
 import structlog
@@ -31,6 +32,7 @@ from workers.devstack import embedded_stack
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
 from workers.settings import ConfigurationError, Settings
+from workers.worker import stop_on_signals
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput, SyncRequested
 from workflows.contracts.ids import order_sync_workflow_id
@@ -157,6 +159,9 @@ async def serve(settings: Settings) -> int:
                 route=SHOPIFY_ROUTE,
                 task_queue=settings.task_queue,
             )
+            # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once
+            # it has stopped; these handlers take that one, so the process leaves cleanly.
+            stop_on_signals(asyncio.Event())
             await server.serve()
             log.info("webhooks_stopped")
         finally:
