@@ -21,8 +21,10 @@ import pytest
 import pytest_asyncio
 from sqlmodel import func, select
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from models.commerce import ModuleExecutionStatus, OrderStatus, WebhookDelivery
 from models.db import SessionFactory
@@ -54,6 +56,7 @@ from workers.registry import Dependencies
 from workers.schedules import apply_connector_schedule
 from workers.settings import Settings
 from workers.webhooks import shopify_webhooks, webhook_app
+from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -250,6 +253,12 @@ async def test_a_burst_of_deliveries_during_a_sync_makes_one_follow_up_sync_not_
         [WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.CONTINUED_AS_NEW]
     )
     assert await deliveries(sessions, connector_id) == 9
+    # Both runs, the signals and the continue-as-new, replay against the current code.
+    query = f'WorkflowId = "{order_sync_workflow_id(connector_id)}"'
+    replayed = await Replayer(
+        workflows=[OrderSyncWorkflow], data_converter=pydantic_data_converter
+    ).replay_workflows(client.list_workflows(query).map_histories())
+    assert replayed.replay_failures == {}
 
 
 async def _when(

@@ -97,7 +97,13 @@ def webhook_app(webhooks: ShopifyWebhooks, *, max_body_bytes: int) -> Starlette:
         try:
             outcome = await webhooks.receive(delivery)
         except DeliveryRefused as err:
-            log.warning("webhook_refused", status=err.status, reason=str(err))
+            log.warning(
+                "webhook_refused",
+                status=err.status,
+                reason=str(err),
+                connector_id=delivery.connector_id,
+                topic=delivery.topic,
+            )
             return JSONResponse({"error": str(err)}, status_code=err.status)
         return JSONResponse({"outcome": outcome.value})
 
