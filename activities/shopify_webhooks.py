@@ -107,7 +107,10 @@ class ShopifyWebhooks:
         if secret is None or not signature_matches(secret, delivery.body, delivery.signature):
             raise DeliveryRefused(401, "the webhook signature does not verify")
         bound = log.bind(
-            connector_id=str(connector.id), topic=delivery.topic, webhook_id=delivery.webhook_id
+            connector_id=str(connector.id),
+            topic=delivery.topic,
+            webhook_id=delivery.webhook_id,
+            shop_domain=delivery.shop_domain,
         )
         if not 0 < len(delivery.webhook_id) <= MAX_WEBHOOK_ID:
             raise DeliveryRefused(400, "X-Shopify-Webhook-Id is missing or too long")

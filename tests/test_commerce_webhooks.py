@@ -26,9 +26,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from activities.connectors import ConnectorService
+from activities.shopify_webhooks import (
+    Outcome,
+    ShopifyDelivery,
+    ShopifyWebhooks,
+    shopify_signature,
+)
 from models.commerce import ModuleExecutionStatus, OrderStatus, WebhookDelivery
 from models.db import SessionFactory
-from models.projects import ConnectorStatus
+from models.projects import Connector, ConnectorStatus
 from tests.commerce_support import (
     TOKEN,
     ConnectedShop,
@@ -52,11 +59,12 @@ from tests.shopify_stand_in import (
 from tests.test_lifecycle_worker_crash import ROOT
 from tests.test_metrics import free_port
 from tests.workers import running_workers
-from workers.registry import Dependencies
+from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
 from workers.settings import Settings
 from workers.webhooks import shopify_webhooks, webhook_app
 from workflows.commerce import OrderSyncWorkflow
+from workflows.contracts.commerce import SyncRequested
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -527,3 +535,53 @@ async def test_the_webhooks_process_refuses_to_start_without_a_key_ring() -> Non
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 2
     assert "CHANGEFLOW_CREDENTIAL_KEYS is not set" in stderr.decode()
+
+
+async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retry_is_accepted(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    shop: ShopifyStandIn,
+    connected: ConnectedShop,
+) -> None:
+    deps = Dependencies(settings=settings, sessions=sessions, client=client)
+    store, connections = credential_store(deps)
+    handed_off: list[SyncRequested] = []
+
+    async def temporal_down(connector_id: uuid.UUID, request: SyncRequested) -> None:
+        raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+
+    async def temporal_up(connector_id: uuid.UUID, request: SyncRequested) -> None:
+        handed_off.append(request)
+
+    async def schedule_untouched(connector: Connector) -> None:
+        raise AssertionError("no schedule change expected")
+
+    def intake(
+        request_sync: Callable[[uuid.UUID, SyncRequested], Awaitable[None]],
+    ) -> ShopifyWebhooks:
+        return ShopifyWebhooks(
+            sessions,
+            store,
+            ConnectorService(sessions, store, connections),
+            request_sync=request_sync,
+            connector_disabled=schedule_untouched,
+        )
+
+    body = json.dumps(order_payload(next(iter(shop.orders.values())))).encode()
+    delivery = ShopifyDelivery(
+        connector_id=str(connected.connector.id),
+        topic="orders/updated",
+        webhook_id="delivery-1",
+        signature=shopify_signature(WEBHOOK_SECRET, body),
+        shop_domain="stand-in.myshopify.com",
+        body=body,
+    )
+    with pytest.raises(RPCError):
+        await intake(temporal_down).receive(delivery)
+    assert await deliveries(sessions, connected.connector.id) == 0
+
+    assert await intake(temporal_up).receive(delivery) is Outcome.SYNC_REQUESTED
+    assert await intake(temporal_up).receive(delivery) is Outcome.DUPLICATE
+    assert handed_off == [SyncRequested(topic="orders/updated", webhook_id="delivery-1")]
+    assert await deliveries(sessions, connected.connector.id) == 1
