@@ -56,6 +56,7 @@ from tests.shopify_stand_in import (
     refund_payload,
     shop_payload,
 )
+from tests.temporal_cli import temporal
 from tests.test_lifecycle_worker_crash import ROOT
 from tests.test_metrics import free_port
 from tests.workers import running_workers
@@ -585,3 +586,39 @@ async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retr
     assert await intake(temporal_up).receive(delivery) is Outcome.DUPLICATE
     assert handed_off == [SyncRequested(topic="orders/updated", webhook_id="delivery-1")]
     assert await deliveries(sessions, connected.connector.id) == 1
+
+
+async def test_a_sync_is_requested_with_the_temporal_cli_as_the_schemas_readme_shows(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    shop: ShopifyStandIn,
+    connected: ConnectedShop,
+) -> None:
+    address = client.service_client.config.target_host
+    connector_id = str(connected.connector.id)
+    workflow_id = order_sync_workflow_id(connected.connector.id)
+    async with running_workers(client, sessions, settings):
+        await temporal(
+            address,
+            "workflow",
+            "signal-with-start",
+            "--type",
+            "OrderSyncWorkflow",
+            "--task-queue",
+            settings.task_queue,
+            "--workflow-id",
+            workflow_id,
+            "--input",
+            json.dumps({"connector_id": connector_id, "requested": True}),
+            "--signal-name",
+            "request_sync",
+            "--signal-input",
+            json.dumps({"topic": "orders/updated"}),
+        )
+        result = json.loads(
+            await temporal(address, "workflow", "result", "--workflow-id", workflow_id)
+        )
+    assert result["result"]["status"] == "succeeded"
+    assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
+    assert len(await executions_of(sessions, connected.tenant.id)) == 1
