@@ -502,10 +502,13 @@ async def test_the_webhooks_process_syncs_on_a_delivery_and_never_shows_the_secr
             url_of(connector_id, base), "orders/updated", {}, signed_with="x"
         )
         assert forged.status_code == 401
+        started = time.monotonic()
         answer = await sender.send(
             url_of(connector_id, base), "orders/updated", order_payload(order)
         )
+        answered_in = time.monotonic() - started
         assert answer.status_code == 200 and answer.json() == {"outcome": "sync_requested"}
+        assert answered_in < 2.0, f"answered in {answered_in:.2f}s; Shopify waits 5 s"
         await sync_finished(client, connector_id)
         history = await client.get_workflow_handle(
             order_sync_workflow_id(connector_id)
