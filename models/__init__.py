@@ -16,6 +16,7 @@ from models.commerce import (
     OrderStatus,
     SyncCheckpoint,
     SyncStream,
+    WebhookDelivery,
 )
 from models.lifecycle import (
     Approval,
@@ -101,6 +102,7 @@ __all__ = [
     "TokenTransactionKind",
     "User",
     "UserRole",
+    "WebhookDelivery",
     "ensure_transition",
     "is_terminal",
 ]

@@ -205,3 +205,22 @@ class Order(SQLModel, table=True):
     updated_at: datetime = updated_at_field()
 
     customer: Customer | None = Relationship(back_populates="orders")
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One accepted webhook delivery of a connector, by the source's delivery id (Shopify's
+    X-Shopify-Webhook-Id). The unique key is the de-duplication: a redelivery inserts nothing
+    and so starts nothing."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "connector_id", "webhook_id", name="uq_webhook_deliveries_connector_webhook"
+        ),
+    )
+
+    id: uuid.UUID = id_field()
+    connector_id: uuid.UUID = fk_field("connectors.id", ondelete="CASCADE", index=False)
+    webhook_id: str = Field(max_length=200)
+    topic: str = Field(max_length=100)
+    received_at: datetime = created_at_field()

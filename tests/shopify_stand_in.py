@@ -8,12 +8,17 @@ as the client uses it, faithful where it matters.
   to the actual cost), a query the bucket cannot cover answered 200 with a THROTTLED error;
   switchable forced throttling: 200 + THROTTLED, or 429 with Retry-After;
 - seeded orders with refunds, cancellations, several currencies, channels and customers, and
-  edits between syncs that bump updated_at as Shopify does.
+  edits between syncs that bump updated_at as Shopify does;
+- a webhook sender (WebhookSender) that posts a topic's JSON payload with Shopify's headers,
+  signed with the app's secret, and can redeliver (same webhook id), send out of order, or
+  send a badly signed delivery.
 """
 
 import asyncio
 import base64
 import bisect
+import hashlib
+import hmac
 import json
 import math
 import random
@@ -26,6 +31,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import httpx
 
 PATH = re.compile(r"^/admin/api/(?P<version>\d{4}-\d{2}|unstable)/graphql\.json$")
 BOUND = re.compile(r"updated_at:(?P<op>>=|<|>|<=)'(?P<at>[^']+)'")
@@ -564,3 +571,128 @@ class ShopifyStandIn:
 
 def new_token() -> str:
     return f"shpat_{uuid.uuid4().hex}"
+
+
+# --- webhooks: what Shopify posts to an app's endpoint when the shop changes
+SHOP_DOMAIN = "stand-in.myshopify.com"
+
+
+def _numeric_id(gid: str) -> int:
+    return int(gid.rsplit("/", 1)[-1])
+
+
+def order_payload(order: ShopOrder) -> dict[str, Any]:
+    """An order as the REST-style webhook body carries it (orders/create, orders/updated)."""
+    return {
+        "id": _numeric_id(order.id),
+        "admin_graphql_api_id": order.id,
+        "name": order.name,
+        "created_at": _iso(order.created_at),
+        "updated_at": _iso(order.updated_at),
+        "cancelled_at": _iso(order.cancelled_at) if order.cancelled_at else None,
+        "currency": order.currency,
+        "source_name": order.channel,
+        "financial_status": order.financial_status().lower(),
+        "subtotal_price": str(order.subtotal),
+        "total_discounts": str(order.discount),
+        "total_price": str(order.total),
+        "customer": customer_payload(order.customer) if order.customer else None,
+        "line_items": [
+            {"title": title, "quantity": quantity, "price": str(price)}
+            for title, quantity, price in order.line_items
+        ],
+    }
+
+
+def customer_payload(customer: ShopCustomer) -> dict[str, Any]:
+    return {
+        "id": _numeric_id(customer.id),
+        "admin_graphql_api_id": customer.id,
+        "email": customer.email,
+        "first_name": customer.first_name,
+        "last_name": customer.last_name,
+        "updated_at": _iso(customer.updated_at),
+    }
+
+
+def refund_payload(order: ShopOrder, amount: Decimal) -> dict[str, Any]:
+    return {
+        "id": random.randrange(10**9),
+        "order_id": _numeric_id(order.id),
+        "created_at": _iso(order.updated_at),
+        "transactions": [{"kind": "refund", "amount": str(amount), "currency": order.currency}],
+    }
+
+
+def shop_payload() -> dict[str, Any]:
+    """The body of app/uninstalled: the shop itself."""
+    return {"id": 548380009, "name": "Stand-in Shop", "myshopify_domain": SHOP_DOMAIN}
+
+
+@dataclass
+class SentWebhook:
+    url: str
+    topic: str
+    webhook_id: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class WebhookSender:
+    """Posts webhooks the way Shopify does: the topic's JSON body, X-Shopify-Hmac-Sha256 the
+    base64 HMAC-SHA256 of the raw body under the app's secret, and the other X-Shopify headers.
+    `transport` lets a test post to an ASGI app in-process (httpx.ASGITransport)."""
+
+    def __init__(
+        self,
+        secret: str,
+        *,
+        shop_domain: str = SHOP_DOMAIN,
+        api_version: str = "2025-07",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.secret = secret
+        self.shop_domain = shop_domain
+        self.api_version = api_version
+        self.transport = transport
+        self.sent: list[SentWebhook] = []
+
+    def sign(self, body: bytes, secret: str | None = None) -> str:
+        key = (secret or self.secret).encode()
+        return base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
+
+    async def send(
+        self,
+        url: str,
+        topic: str,
+        payload: dict[str, Any],
+        *,
+        signed_with: str | None = None,
+        signature: str | None = None,
+    ) -> httpx.Response:
+        """One new delivery (a fresh webhook id). `signed_with` signs with another secret,
+        `signature` sends that header verbatim ("" leaves it out): badly signed deliveries."""
+        body = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+            "X-Shopify-Shop-Domain": self.shop_domain,
+            "X-Shopify-API-Version": self.api_version,
+            "X-Shopify-Triggered-At": datetime.now(UTC).isoformat(),
+            "X-Shopify-Event-Id": str(uuid.uuid4()),
+        }
+        hmac_header = self.sign(body, signed_with) if signature is None else signature
+        if hmac_header:
+            headers["X-Shopify-Hmac-Sha256"] = hmac_header
+        delivery = SentWebhook(url, topic, headers["X-Shopify-Webhook-Id"], body, headers)
+        self.sent.append(delivery)
+        return await self._post(delivery)
+
+    async def redeliver(self, delivery: SentWebhook) -> httpx.Response:
+        """The same delivery again (Shopify's retry, or a duplicate): same id, same body."""
+        return await self._post(delivery)
+
+    async def _post(self, delivery: SentWebhook) -> httpx.Response:
+        async with httpx.AsyncClient(transport=self.transport, timeout=30.0) as http:
+            return await http.post(delivery.url, content=delivery.body, headers=delivery.headers)

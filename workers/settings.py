@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     sync_initial_days: int = Field(default=3650, ge=1)
     # An order file import commits this many rows per transaction (with its progress).
     import_batch_rows: int = Field(default=1000, ge=1, le=5000)
+    # The webhooks endpoint (changeflow-webhooks): where it listens, and the largest body it
+    # reads (Shopify's order payloads are well under a megabyte).
+    webhooks_host: str = "127.0.0.1"
+    webhooks_port: int = Field(default=8088, ge=1, le=65535)
+    webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
 
     @field_validator("log_level", mode="before")
     @classmethod

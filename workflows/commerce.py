@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ReportResult,
         StartOrderSync,
         SyncCounts,
+        SyncRequested,
         SyncTriggered,
         SyncWindow,
         total,
@@ -76,6 +77,13 @@ class OrderSyncWorkflow:
     def __init__(self) -> None:
         self._windows = 0
         self._cursors: dict[str, datetime] = {}
+        self._last_request: datetime | None = None
+
+    @workflow.signal
+    def request_sync(self, request: SyncRequested) -> None:
+        # Workflow time, not the sender's clock: a request that started this run (signal-with-
+        # start) is handled at the run's own start time, so only later ones ask for another run.
+        self._last_request = workflow.now()
 
     @workflow.query
     def progress(self) -> dict[str, object]:
@@ -89,6 +97,11 @@ class OrderSyncWorkflow:
         request = parse_input(OrderSyncInput, submitted)
         info = workflow.info()
         until = request.until or workflow.now()
+        if request.until is None and request.requested:
+            # A read ends at the whole second before `until` (Shopify's precision): a change
+            # in the second a webhook reported it would be missed. Wait the second out.
+            until = until.replace(microsecond=0) + timedelta(seconds=1)
+            await workflow.sleep(until - workflow.now())
         execution_id = request.execution_id
         if execution_id is None:
             opened = await workflow.execute_activity_method(
@@ -96,7 +109,14 @@ class OrderSyncWorkflow:
                 OpenModuleExecution(
                     connector_id=request.connector_id,
                     module=ModuleKind.ORDER_SYNC,
-                    run_key=module_run_key(info.workflow_id, info.first_execution_run_id),
+                    # A sync continued as new to run again (sync_again) is a module run of its
+                    # own: keyed by its own run id, not the first run's.
+                    run_key=module_run_key(
+                        info.workflow_id,
+                        info.first_execution_run_id
+                        if info.continued_run_id is None
+                        else info.run_id,
+                    ),
                 ),
                 start_to_close_timeout=BOOKKEEPING_TIMEOUT,
                 retry_policy=RETRY,
@@ -105,6 +125,12 @@ class OrderSyncWorkflow:
             _findable(commerce_attributes(opened.tenant_id, request.connector_id))
         counts = request.counts
         done = list(request.streams_done)
+
+        def sync_again() -> bool:
+            return request.sync_again or (
+                self._last_request is not None and self._last_request > until
+            )
+
         try:
             for stream in SYNC_STREAMS:
                 if stream in done:
@@ -118,6 +144,7 @@ class OrderSyncWorkflow:
                                     "execution_id": execution_id,
                                     "counts": counts,
                                     "streams_done": done,
+                                    "sync_again": sync_again(),
                                 }
                             )
                         )
@@ -187,6 +214,15 @@ class OrderSyncWorkflow:
             start_to_close_timeout=BOOKKEEPING_TIMEOUT,
             retry_policy=RETRY,
         )
+        if sync_again():
+            # However many requests came meanwhile: one more sync, a new module run.
+            workflow.continue_as_new(
+                OrderSyncInput(
+                    connector_id=request.connector_id,
+                    windows_per_run=request.windows_per_run,
+                    requested=True,
+                )
+            )
         return OrderSyncResult(
             execution_id=execution_id,
             connector_id=request.connector_id,

@@ -41,6 +41,11 @@ class OrderSyncInput(BaseModel):
     execution_id: uuid.UUID | None = None
     counts: dict[SyncStream, SyncCounts] = {}
     streams_done: list[SyncStream] = []
+    # Started by a sync request (a webhook): the change it reports may lie in this very second,
+    # so the sync waits the second out and reads it whole.
+    requested: bool = False
+    # A sync was requested after this one began reading: run once more at the end.
+    sync_again: bool = False
 
 
 def total(counts: dict[SyncStream, SyncCounts]) -> SyncCounts:
@@ -104,6 +109,16 @@ class StartOrderSync(BaseModel):
     """Input of the scheduled trigger: it starts the connector's sync unless one is running."""
 
     connector_id: uuid.UUID
+
+
+class SyncRequested(BaseModel):
+    """Signal `request_sync` of OrderSyncWorkflow, sent with signal-with-start by the webhooks
+    endpoint: the source says something changed. It carries no data of the change: the sync
+    reads the source, so a burst, a duplicate or an out-of-order delivery ends in the same
+    rows. A request that arrives while a sync is reading makes it run once more at its end."""
+
+    topic: str
+    webhook_id: str = ""
 
 
 class SyncTriggered(BaseModel):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 16:25:03.815515
+Create Date: 2026-12-03 17:07:55.354796
 """
 
 from collections.abc import Sequence
@@ -975,6 +975,29 @@ def upgrade() -> None:
         postgresql_where=sa.text("reverses_id IS NOT NULL"),
     )
     op.create_table(
+        "webhook_deliveries",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("connector_id", sa.Uuid(), nullable=False),
+        sa.Column("webhook_id", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("topic", sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
+        sa.Column(
+            "received_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["connector_id"],
+            ["connectors.id"],
+            name=op.f("fk_webhook_deliveries_connector_id_connectors"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
+        sa.UniqueConstraint(
+            "connector_id", "webhook_id", name="uq_webhook_deliveries_connector_webhook"
+        ),
+    )
+    op.create_table(
         "approvals",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
@@ -1437,6 +1460,7 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_approvals_tenant_id"), table_name="approvals")
     op.drop_index(op.f("ix_approvals_plan_id"), table_name="approvals")
     op.drop_table("approvals")
+    op.drop_table("webhook_deliveries")
     op.drop_index(
         "uq_token_transactions_reverses_once",
         table_name="token_transactions",

@@ -1,0 +1,190 @@
+"""`changeflow-webhooks`: the HTTP endpoint Shopify delivers webhooks to, a Starlette app on
+uvicorn in its own process, configured like the workers (DATABASE_URL, TEMPORAL_ADDRESS,
+CHANGEFLOW_*; CHANGEFLOW_WEBHOOKS_HOST/PORT).
+
+    POST /webhooks/shopify/<connector_id>
+
+It answers within Shopify's 5 s because it only hands the event on: signal-with-start of the
+connector's OrderSyncWorkflow (its one id), so a burst of deliveries makes one sync and at
+most one follow-up, never N syncs. app/uninstalled disables the connector and removes its
+sync Schedule. The rules live in activities/shopify_webhooks.py; this module wires them.
+"""
+
+import argparse
+import asyncio
+import uuid
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from temporalio.client import Client
+
+from activities.connectors import ConnectorService
+from activities.shopify_webhooks import DeliveryRefused, ShopifyDelivery, ShopifyWebhooks
+from models.db import create_engine, session_factory
+from models.projects import Connector
+from workers.cli import run_entry_point
+from workers.client import connect
+from workers.devstack import embedded_stack
+from workers.registry import Dependencies, credential_store
+from workers.schedules import apply_connector_schedule
+from workers.settings import ConfigurationError, Settings
+from workers.worker import stop_on_signals
+from workflows.commerce import OrderSyncWorkflow
+from workflows.contracts.commerce import OrderSyncInput, SyncRequested
+from workflows.contracts.ids import order_sync_workflow_id
+
+log = structlog.get_logger(__name__)
+
+SHOPIFY_ROUTE = "/webhooks/shopify/{connector_id}"
+
+
+class TemporalHandOff:
+    """What a delivery sets going in Temporal; each call may be repeated without harm."""
+
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+
+    async def request_sync(self, connector_id: uuid.UUID, request: SyncRequested) -> None:
+        # Signal-with-start: a running sync takes the signal (and runs once more at its end),
+        # otherwise a sync starts with it.
+        await self._client.start_workflow(
+            OrderSyncWorkflow.run,
+            OrderSyncInput(connector_id=connector_id, requested=True),
+            id=order_sync_workflow_id(connector_id),
+            task_queue=self._task_queue,
+            start_signal=OrderSyncWorkflow.request_sync.__name__,
+            start_signal_args=[request],
+        )
+
+    async def connector_disabled(self, connector: Connector) -> None:
+        await apply_connector_schedule(self._client, connector, self._task_queue)
+
+
+def shopify_webhooks(deps: Dependencies) -> ShopifyWebhooks:
+    store, connections = credential_store(deps)
+    hand_off = TemporalHandOff(deps.client, deps.settings.task_queue)
+    return ShopifyWebhooks(
+        deps.sessions,
+        store,
+        ConnectorService(deps.sessions, store, connections),
+        request_sync=hand_off.request_sync,
+        connector_disabled=hand_off.connector_disabled,
+    )
+
+
+def webhook_app(webhooks: ShopifyWebhooks, *, max_body_bytes: int) -> Starlette:
+    async def shopify(request: Request) -> Response:
+        try:
+            body = await _body(request, max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if body is None:
+            return JSONResponse({"error": "the body is too large"}, status_code=413)
+        headers = request.headers
+        delivery = ShopifyDelivery(
+            connector_id=request.path_params["connector_id"],
+            topic=headers.get("x-shopify-topic", ""),
+            webhook_id=headers.get("x-shopify-webhook-id", ""),
+            signature=headers.get("x-shopify-hmac-sha256", ""),
+            shop_domain=headers.get("x-shopify-shop-domain", ""),
+            body=body,
+        )
+        try:
+            outcome = await webhooks.receive(delivery)
+        except DeliveryRefused as err:
+            log.warning(
+                "webhook_refused",
+                status=err.status,
+                reason=str(err),
+                connector_id=delivery.connector_id,
+                topic=delivery.topic,
+            )
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        return JSONResponse({"outcome": outcome.value})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route(SHOPIFY_ROUTE, shopify, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+        ]
+    )
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The raw body, exactly as signed; None past `limit` bytes (read no further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def serve(settings: Settings) -> int:
+    """Resolve the stack like a worker does, then serve until SIGTERM or Ctrl-C."""
+    if settings.credential_keys is None:
+        raise ConfigurationError(
+            "CHANGEFLOW_CREDENTIAL_KEYS is not set: the webhooks endpoint cannot read the "
+            "connectors' signing secrets"
+        )
+    async with embedded_stack(settings, migrate=settings.embedded_database) as stack:
+        client = await connect(stack.settings)
+        engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
+        try:
+            deps = Dependencies(
+                settings=stack.settings, sessions=session_factory(engine), client=client
+            )
+            app = webhook_app(
+                shopify_webhooks(deps), max_body_bytes=settings.webhooks_max_body_bytes
+            )
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    host=settings.webhooks_host,
+                    port=settings.webhooks_port,
+                    # Our logging (workers/logging.py) is configured already; uvicorn's own
+                    # access log would repeat each delivery without its outcome.
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                )
+            )
+            log.info(
+                "webhooks_started",
+                url=f"http://{settings.webhooks_host}:{settings.webhooks_port}",
+                route=SHOPIFY_ROUTE,
+                task_queue=settings.task_queue,
+            )
+            # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once
+            # it has stopped; these handlers take that one, so the process leaves cleanly.
+            stop_on_signals(asyncio.Event())
+            await server.serve()
+            log.info("webhooks_stopped")
+        finally:
+            await engine.dispose()
+    return 0
+
+
+def main() -> None:
+    argparse.ArgumentParser(
+        prog="changeflow-webhooks",
+        description="Serve the Shopify webhooks endpoint, POST /webhooks/shopify/<connector_id>, "
+        "on CHANGEFLOW_WEBHOOKS_HOST:CHANGEFLOW_WEBHOOKS_PORT until SIGTERM or Ctrl-C. "
+        "Configured by environment variables like the workers: DATABASE_URL, TEMPORAL_ADDRESS, "
+        "CHANGEFLOW_CREDENTIAL_KEYS, CHANGEFLOW_TASK_QUEUE, CHANGEFLOW_*.",
+    ).parse_args()
+    run_entry_point(serve, prog="changeflow-webhooks")
+
+
+if __name__ == "__main__":
+    main()
