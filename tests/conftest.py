@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 import models  # noqa: F401  (registers every table)
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
+from tests.cli_support import command_env
 from workers.devstack import (
     asyncio_run_in_thread,
     binary,
@@ -177,3 +178,11 @@ async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[C
                 raise
             await asyncio.sleep(0.5)
     yield client
+
+
+@pytest.fixture
+def env(
+    client: Client, database_url: str, task_queue: str, deploy_queue: str, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a `changeflow` process run by a test (tests/cli_support.py)."""
+    return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")

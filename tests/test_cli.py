@@ -12,17 +12,10 @@ from temporalio.client import Client
 from models import Deployment, DeploymentEnvironment, DeploymentStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT, create_sample_repo
-from tests.cli_support import changeflow, command_env, ok, refused
+from tests.cli_support import changeflow, ok, refused
 from tests.workers import running_workers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def env(
-    client: Client, database_url: str, task_queue: str, deploy_queue: str, tmp_path: Path
-) -> dict[str, str]:
-    return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")
 
 
 async def corner_shop(env: dict[str, str], repo_dir: Path, *, approvals: int = 1) -> str:

@@ -31,6 +31,7 @@ from models.commerce import (
     OrderStatus,
 )
 from models.db import SessionFactory
+from tests.cli_support import Ran, changeflow
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -42,7 +43,6 @@ from tests.commerce_support import (
 )
 from tests.factories import make_tenant
 from tests.shopify_stand_in import ShopifyStandIn
-from tests.test_cli import Ran, changeflow, env  # noqa: F401  (env: the CLI's fixture)
 from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env  # noqa: F401
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
@@ -138,7 +138,7 @@ def as_csv(rows: list[dict[str, str]]) -> str:
     return out.getvalue()
 
 
-async def cli(env: dict[str, str], *args: str) -> Ran:  # noqa: F811
+async def cli(env: dict[str, str], *args: str) -> Ran:
     return await changeflow(env, "commerce", "import-orders", *args)
 
 
@@ -198,7 +198,7 @@ async def test_a_csv_import_keeps_the_good_rows_reports_the_bad_and_runs_once_pe
     sessions: SessionFactory,
     task_queue: str,
     tmp_path: Path,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     me = await make_tenant(sessions, name="Corner Shop")
     other = await make_tenant(sessions, name="Other Shop")
@@ -290,7 +290,7 @@ async def test_a_json_file_imports_and_names_its_bad_rows(
     sessions: SessionFactory,
     task_queue: str,
     tmp_path: Path,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     tenant = await make_tenant(sessions)
     orders = [
@@ -343,7 +343,7 @@ async def test_a_json_file_imports_and_names_its_bad_rows(
 async def test_a_bad_file_is_refused_and_writes_nothing(
     sessions: SessionFactory,
     tmp_path: Path,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     tenant = await make_tenant(sessions)
     no_currency = tmp_path / "export.csv"
@@ -378,7 +378,7 @@ async def test_a_file_without_one_valid_row_fails_with_a_readable_error(
     sessions: SessionFactory,
     task_queue: str,
     tmp_path: Path,
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
 ) -> None:
     tenant = await make_tenant(sessions)
     path = tmp_path / "bad-rows.csv"

@@ -14,20 +14,13 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from models.db import SessionFactory
-from tests.cli_support import changeflow, command_env, ok, refused
+from tests.cli_support import changeflow, ok, refused
 from tests.commerce_support import TOKEN, commerce_settings
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_schedule_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def env(
-    client: Client, database_url: str, task_queue: str, deploy_queue: str, tmp_path: Path
-) -> dict[str, str]:
-    return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")
 
 
 @pytest.fixture
