@@ -83,6 +83,8 @@ class ErrorType(enum.StrEnum):
     # The outside system answered something the client cannot read (a GraphQL error).
     SOURCE_PROTOCOL_ERROR = "SourceProtocolError"
     INVALID_REPORT_PERIOD = "InvalidReportPeriod"
+    # A notification webhook answered a 4xx other than 408/429: retrying would not help.
+    WEBHOOK_REJECTED = "WebhookRejected"
 
     # --- a state change models.transitions does not allow (its exception's class name)
     ILLEGAL_TRANSITION = "IllegalTransition"

@@ -12,6 +12,7 @@ DEPLOYMENT_PREFIX = "deployment-"
 ROLLBACK_PREFIX = "rollback-"
 ORDER_SYNC_PREFIX = "order-sync-"
 REPORT_PREFIX = "report-"
+NOTIFICATION_PREFIX = "notification-"
 ORDER_SYNC_SCHEDULE_PREFIX = "changeflow-order-sync-"
 REPORT_SCHEDULE_PREFIX = "changeflow-report-"
 
@@ -78,3 +79,9 @@ def apply_job_key(workflow_id: str | None, plan_id: uuid.UUID, round: int) -> st
     """The ChangeJob of applying one plan in one round (round 1 keeps its historic key)."""
     key = f"{workflow_id}:apply:{plan_id}"
     return key if round == 1 else f"{key}:round-{round}"
+
+
+def notification_workflow_id(prompt_request_id: uuid.UUID, event: str, sequence: int) -> str:
+    """One tenant notification: also its event id, the same across delivery retries, so the
+    receiver can de-duplicate. `sequence` tells apart the lifecycle's notices of one kind."""
+    return f"{NOTIFICATION_PREFIX}{prompt_request_id}-{event}-{sequence}"
