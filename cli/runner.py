@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from activities.connectors import ConnectorError
 from activities.ledger import LedgerError
 from cli.stack import Stack
 from cli.tenancy import Refused
@@ -56,7 +57,7 @@ def jsonable(value: Any) -> Any:
 def _refusal(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, Refused | LifecycleRefused):
         return exc.error_type, exc.message
-    if isinstance(exc, LedgerError):
+    if isinstance(exc, LedgerError | ConnectorError):
         return str(exc.error_type), str(exc)
     return None
 
