@@ -123,7 +123,7 @@ class NotificationActivities:
             notification = notification.model_copy(
                 update={
                     "web_ui_url": workflow_url(
-                        self._ui_url, info.workflow_namespace, notification.workflow_id
+                        self._ui_url, info.namespace, notification.workflow_id
                     )
                 }
             )
