@@ -333,9 +333,13 @@ async def test_notify_set_show_test_and_remove_from_the_command(
     sessions: SessionFactory,
     tmp_path: Path,
 ) -> None:
-    env["CHANGEFLOW_CREDENTIAL_KEYS"] = key_spec("k1")
     shop = await make_shop(sessions, tmp_path)
     tenant = shop.tenant.slug
+    # Without a key ring the secret cannot be stored encrypted: refused, nothing written.
+    keyless = await changeflow(env, "notify", "set", "-t", tenant, "--url", "http://x", "--json")
+    assert keyless.code == 1 and keyless.json["error"]["type"] == "CredentialUnavailable"
+    assert (await ok(env, "notify", "show", "-t", tenant, "--json")).json is None
+    env["CHANGEFLOW_CREDENTIAL_KEYS"] = key_spec("k1")
     async with webhook_receiver("unknown yet") as receiver:
         set_ = (
             await ok(env, "notify", "set", "--tenant", tenant, "--url", receiver.url, "--json")
