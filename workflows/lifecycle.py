@@ -468,20 +468,25 @@ class PromptRequestWorkflow:
     async def _await_decision(self, plan: PlanSummary, policy: ApprovalPolicyView) -> None:
         """Until a decision or a revision arrives; TimeoutError when the plan expires first.
         A tenant with a webhook and a reminder setting is reminded on the way."""
-        decided = lambda: self._decision is not None or self._revision is not None  # noqa: E731
         reminder = self._time_to_reminder(plan, policy)
         if reminder is not None:
             try:
                 await workflow.wait_condition(
-                    decided, timeout=reminder, timeout_summary="approval reminder"
+                    self._decided, timeout=reminder, timeout_summary="approval reminder"
                 )
                 return
             except TimeoutError:
                 if not self._deciding:  # a deciding approval arrived with the reminder time
                     self._notify_waiting(NotificationEvent.APPROVAL_REMINDER)
         await workflow.wait_condition(
-            decided, timeout=self._time_to_expiry(plan, policy), timeout_summary="plan expiry"
+            self._decided, timeout=self._time_to_expiry(plan, policy), timeout_summary="plan expiry"
         )
+
+    def _decided(self) -> bool:
+        return self._decision is not None or self._revision is not None
+
+    def _approvals_so_far(self) -> int:
+        return sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
 
     def _time_to_reminder(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta | None:
         """Until the reminder is due; None when none is sent (no webhook, no setting, or a plan
@@ -500,7 +505,7 @@ class PromptRequestWorkflow:
 
     def _show_approval_progress(self) -> None:
         plan = self._require_plan()
-        approved = sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
+        approved = self._approvals_so_far()
         self._set_step(
             f"{approved} of {plan.approvals_required} approvals of {plan.content_hash[:12]}"
         )
@@ -546,7 +551,6 @@ class PromptRequestWorkflow:
         if not self._require_policy().notifies:
             return
         plan = self._require_plan()
-        approved = sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
         self._notify(
             event,
             approval=ApprovalNotice(
@@ -557,7 +561,7 @@ class PromptRequestWorkflow:
                 risk_reasons=list(plan.risk_reasons),
                 token_estimate=plan.token_estimate,
                 approvals_required=plan.approvals_required,
-                approvals_so_far=approved,
+                approvals_so_far=self._approvals_so_far(),
                 expires_at=plan.expires_at,
             ),
         )
