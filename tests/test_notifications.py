@@ -251,8 +251,9 @@ async def test_a_webhook_that_refuses_with_a_4xx_is_not_retried(
 
 
 async def test_a_reminder_comes_before_expiry_then_the_request_ended_expired(
-    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, tmp_path: Path
+    own_time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, tmp_path: Path
 ) -> None:
+    time_skipping_env = own_time_skipping_env
     client = time_skipping_env.client
     queue = f"remind-{uuid.uuid4()}"
     settings = commerce_settings(queue, tmp_path)
