@@ -1,7 +1,7 @@
 """Connector operations: create, test (a real call to the outside system), enable, disable,
-rotate credentials. Statuses move by models.transitions; a failed test leaves the connector
-in `error` with a readable last_error. Credentials are handed in by the operator's code, never
-through Temporal; workflows reach a connector only by id (ConnectorActivities)."""
+rotate credentials, reconfigure. Statuses move by models.transitions; a failed test leaves the
+connector in `error` with a readable last_error. Credentials are handed in by the operator's
+code, never through Temporal; workflows reach a connector only by id (ConnectorActivities)."""
 
 import contextlib
 import uuid
@@ -20,6 +20,12 @@ from activities.shopify import (
     ShopifyUnavailable,
     client_credentials_token,
 )
+from activities.webhook_client import (
+    WEBHOOK_TIMEOUT,
+    WebhookClient,
+    WebhookRejected,
+    WebhookUnavailable,
+)
 from models.base import utcnow
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
@@ -27,12 +33,22 @@ from models.tenancy import Tenant
 from models.transitions import IllegalTransition, ensure_transition
 from workflows.contracts.commerce import ConnectorFailure
 from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.notifications import NotificationEvent, TenantNotification
 
 # What each kind needs: non-secret config keys and secret credential fields.
-REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",)}
+REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",), ConnectorKind.WEBHOOK: ("url",)}
 # Any one of these sets of secret fields will do: Shopify's access token (a custom app's, or an
 # offline token), or an app's client id and secret, exchanged for 24-hour tokens as they expire.
-CREDENTIAL_SETS = {ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret"))}
+# A tenant's notification webhook: the secret its events are signed with.
+CREDENTIAL_SETS = {
+    ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret")),
+    ConnectorKind.WEBHOOK: (("signing_secret",),),
+}
+# The config key holding each kind's URL, and what a valid one looks like.
+URL_FIELDS = {
+    ConnectorKind.SHOPIFY: ("shop_url", "https://<shop>.myshopify.com"),
+    ConnectorKind.WEBHOOK: ("url", "an http:// or https:// URL"),
+}
 # A token this close to its expiry is replaced before the call, so no call starts with a token
 # that lapses mid-sync.
 REFRESH_MARGIN = timedelta(minutes=10)
@@ -78,6 +94,23 @@ class Connections:
                 api_version=self._api_version,
                 bucket=self._buckets.setdefault(connector.id, Bucket()),
                 **client_options,
+            )
+
+    @contextlib.asynccontextmanager
+    async def webhook(self, connector: Connector) -> AsyncIterator[WebhookClient]:
+        """A client that posts events to a notification webhook, signed with its secret."""
+        if connector.kind is not ConnectorKind.WEBHOOK:
+            raise ConnectorError(
+                ErrorType.INVALID_CONNECTOR_CONFIG,
+                f"connector {connector.id} is a {connector.kind.value} connector, not webhook",
+            )
+        try:
+            secrets = await self._store.read(connector)
+        except CredentialError as err:
+            raise ConnectorError(err.error_type, str(err)) from None
+        async with httpx.AsyncClient(timeout=WEBHOOK_TIMEOUT) as http:
+            yield WebhookClient(
+                http, url=str(connector.config["url"]), secret=secrets["signing_secret"]
             )
 
     async def _access_token(
@@ -163,6 +196,8 @@ class ConnectorService:
         failed connector active (and records what the shop says of itself); a refusal leaves
         it in error with the reason. A disabled connector is tested but stays disabled."""
         connector = await self.get(connector_id)
+        if connector.kind is ConnectorKind.WEBHOOK:
+            return await self._ping(connector)
         try:
             async with self._connections.shopify(connector) as shop:
                 about = await shop.shop()
@@ -179,6 +214,44 @@ class ConnectorService:
         return await self._set_status(
             connector_id, ConnectorStatus.ACTIVE, last_error=None, config_update=facts
         )
+
+    async def _ping(self, connector: Connector) -> Connector:
+        """A webhook's test: one signed `ping` event. A receiver that is down (or answers 5xx)
+        leaves the connector in error too: nothing else would tell the operator."""
+        ping = TenantNotification(
+            id=f"ping-{uuid.uuid4()}",
+            type=NotificationEvent.PING,
+            created_at=utcnow(),
+            tenant_id=connector.tenant_id,
+        )
+        try:
+            async with self._connections.webhook(connector) as hook:
+                await hook.send(ping)
+        except (WebhookRejected, WebhookUnavailable, ConnectorError) as err:
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=str(err))
+        return await self._set_status(connector.id, ConnectorStatus.ACTIVE, last_error=None)
+
+    async def reconfigure(
+        self, connector_id: uuid.UUID, *, config: dict[str, Any], credentials: dict[str, str]
+    ) -> Connector:
+        """New settings and credentials together, in one transaction; untested until `test`.
+        A disabled connector comes back pending."""
+        connector = await self.get(connector_id)
+        config = {**connector.config, **config}
+        _check_fields(connector.kind, config, credentials)
+        async with self._sessions() as session, session.begin():
+            row = await session.get(Connector, connector_id, with_for_update=True)
+            if row is None:
+                raise ConnectorError(ErrorType.CONNECTOR_NOT_FOUND, f"no connector {connector_id}")
+            if row.status is ConnectorStatus.DISABLED:
+                ensure_transition(row.status, ConnectorStatus.PENDING)
+                row.status = ConnectorStatus.PENDING
+            row.config = config
+            row.last_error = None
+            row.updated_at = utcnow()
+            session.add(row)
+            await self._store.write(session, row, credentials)
+        return await self.get(connector_id)
 
     async def enable(self, connector_id: uuid.UUID) -> Connector:
         """A disabled connector back to pending, then tested."""
@@ -248,11 +321,9 @@ def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict
             ErrorType.INVALID_CONNECTOR_CONFIG,
             f"a {kind.value} connector needs {', '.join(missing)}",
         )
-    url = str(config.get("shop_url", ""))
-    if not url.startswith(("https://", "http://")):
-        raise ConnectorError(
-            ErrorType.INVALID_CONNECTOR_CONFIG, "shop_url must be https://<shop>.myshopify.com"
-        )
+    field, looks_like = URL_FIELDS[kind]
+    if not str(config.get(field, "")).startswith(("https://", "http://")):
+        raise ConnectorError(ErrorType.INVALID_CONNECTOR_CONFIG, f"{field} must be {looks_like}")
 
 
 class ConnectorActivities:

@@ -40,6 +40,9 @@ from models import (
     ChangeEngineKind,
     ChangeJobKind,
     ChangeJobStatus,
+    Connector,
+    ConnectorKind,
+    ConnectorStatus,
     DeploymentPlan,
     PlanApprovalStatus,
     Project,
@@ -87,9 +90,11 @@ def content_hash(*, prompt_request_id: uuid.UUID, revision: int, diff: str, toke
     return digest.hexdigest()
 
 
-def policy_view(policy: ApprovalPolicy | None) -> ApprovalPolicyView:
+def policy_view(policy: ApprovalPolicy | None, *, notifies: bool = False) -> ApprovalPolicyView:
     policy = policy or ApprovalPolicy(tenant_id=uuid.UUID(int=0))  # the defaults
     return ApprovalPolicyView(
+        reminder_before_seconds=policy.reminder_before_seconds,
+        notifies=notifies,
         approver_roles=list(policy.approver_roles),
         approvals_required=dict(policy.approvals_required),
         auto_approve_max_risk=policy.auto_approve_max_risk,
@@ -137,7 +142,16 @@ async def _load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalP
     policy = (
         await session.exec(select(ApprovalPolicy).where(ApprovalPolicy.tenant_id == tenant_id))
     ).one_or_none()
-    return policy_view(policy)
+    webhook = (
+        await session.exec(
+            select(Connector.id).where(
+                Connector.tenant_id == tenant_id,
+                Connector.kind == ConnectorKind.WEBHOOK,
+                Connector.status != ConnectorStatus.DISABLED,
+            )
+        )
+    ).first()
+    return policy_view(policy, notifies=webhook is not None)
 
 
 def _move(request: PromptRequest, status: PromptStatus, reason: str | None = None) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from activities.connectors import ConnectorError
+from activities.credentials import CredentialError
 from activities.ledger import LedgerError
 from cli.stack import Stack
 from cli.tenancy import Refused
@@ -57,7 +58,7 @@ def jsonable(value: Any) -> Any:
 def _refusal(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, Refused | LifecycleRefused):
         return exc.error_type, exc.message
-    if isinstance(exc, LedgerError | ConnectorError):
+    if isinstance(exc, LedgerError | ConnectorError | CredentialError):
         return str(exc.error_type), str(exc)
     return None
 

@@ -8,6 +8,7 @@ from typing import Any
 from temporalio.client import Client
 
 from activities.ledger import Ledger
+from activities.notifications import TenantWebhooks
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
 from workers.client import connect
@@ -47,6 +48,15 @@ class Stack:
         if self._ledger is None:
             self._ledger = Ledger(await self.sessions(), pool_size=2)
         return self._ledger
+
+    async def webhooks(self) -> TenantWebhooks:
+        """Tenants' notification webhooks, their secrets under the settings' key ring."""
+        from activities.connectors import ConnectorService
+        from workers.registry import connector_clients
+
+        sessions = await self.sessions()
+        store, connections = connector_clients(self.settings, sessions)
+        return TenantWebhooks(sessions, ConnectorService(sessions, store, connections))
 
     async def client(self) -> Client:
         if self._client is None:

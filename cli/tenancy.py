@@ -163,6 +163,8 @@ class PolicyChange(BaseModel):
     never_auto_approve: bool = False
     plan_ttl_seconds: int | None = Field(default=None, ge=60)
     overspend_tolerance_pct: int | None = Field(default=None, ge=0, le=1000)
+    reminder_before_seconds: int | None = Field(default=None, ge=60)
+    no_reminder: bool = False
 
     @field_validator("approver_roles")
     @classmethod
@@ -221,6 +223,10 @@ async def set_policy(
         policy.plan_ttl_seconds = parsed.plan_ttl_seconds
     if parsed.overspend_tolerance_pct is not None:
         policy.overspend_tolerance_pct = parsed.overspend_tolerance_pct
+    if parsed.no_reminder:
+        policy.reminder_before_seconds = None
+    elif parsed.reminder_before_seconds is not None:
+        policy.reminder_before_seconds = parsed.reminder_before_seconds
     session.add(policy)
     await session.commit()
     return policy

@@ -112,6 +112,9 @@ class ApprovalPolicy(SQLModel, table=True):
     plan_ttl_seconds: int = Field(default=7 * 24 * 3600)
     # Percent above the estimate that the work may use before it needs a fresh approval.
     overspend_tolerance_pct: int = Field(default=20)
+    # A tenant with a notification webhook is reminded of a waiting plan this long before it
+    # expires; None sends no reminder.
+    reminder_before_seconds: int | None = Field(default=None)
     created_at: datetime = created_at_field()
     updated_at: datetime = updated_at_field()
 

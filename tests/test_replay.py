@@ -20,9 +20,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
+from activities.notifications import TenantWebhooks, new_signing_secret
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
+from tests.commerce_support import commerce_settings, connector_service
 from tests.lifecycle_support import human_policy, make_shop, submit, wait_for_status
+from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
@@ -49,10 +52,34 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
     lifecycle = LifecycleClient(client, task_queue=queue, deploy_task_queue=f"{queue}-deploy")
     reviewed = await make_shop(sessions, tmp_path, policy=human_policy(), name="Reviewed Shop")
     automatic = await make_shop(sessions, tmp_path, name="Automatic Shop")
+    # Told by its webhook, reminded 2 s into a 6 s approval window, then told it expired.
+    notified = await make_shop(
+        sessions,
+        tmp_path,
+        policy=human_policy(plan_ttl_seconds=6, reminder_before_seconds=4),
+        name="Notified Shop",
+    )
+    settings = commerce_settings(queue, tmp_path / "workspace")
+    secret = new_signing_secret()
     stories: dict[str, str] = {}
-    async with running_workers(
-        client, sessions, task_queue=queue, deploy_task_queue=f"{queue}-deploy"
+    async with (
+        webhook_receiver(secret) as receiver,
+        running_workers(client, sessions, settings, deploy_task_queue=f"{queue}-deploy"),
     ):
+        webhooks = TenantWebhooks(sessions, connector_service(settings, sessions, client))
+        await webhooks.set(notified.tenant.id, url=receiver.url, secret=secret)
+        request_id = await submit(lifecycle, notified, SAFE_PROMPT)
+        expired = await lifecycle.wait_for_outcome(request_id)
+        assert expired.status.value == "expired", expired.reason
+        await receiver.wait_for("request.ended")
+        assert [r.event_type for r in receiver.delivered] == [
+            "approval.requested",
+            "approval.reminder",
+            "request.ended",
+        ]
+        stories[prompt_request_workflow_id(request_id)] = "PromptRequestWorkflow-notified-expired"
+        stories[receiver.delivered[0].event_id] = "TenantNotificationWorkflow-delivered"
+
         # Two people approve, after a revision voided the first approval.
         request_id = await submit(lifecycle, reviewed, SAFE_PROMPT)
         status = await wait_for_status(

@@ -31,6 +31,7 @@ def workflows() -> list[type]:
     from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, ReportWorkflow
     from workflows.deployment import DeploymentWorkflow, RollbackWorkflow
     from workflows.lifecycle import PromptRequestWorkflow
+    from workflows.notifications import TenantNotificationWorkflow
     from workflows.order_import import OrderImportWorkflow
 
     return [
@@ -39,6 +40,7 @@ def workflows() -> list[type]:
         DeploymentWorkflow,
         RollbackWorkflow,
         PromptRequestWorkflow,
+        TenantNotificationWorkflow,
         OrderSyncWorkflow,
         OrderSyncTriggerWorkflow,
         ReportWorkflow,
@@ -96,7 +98,18 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *LaneActivities(deps.sessions, deps.client).activities(),
         *RollbackActivities(deps.sessions).lifecycle_activities(),
         *commerce_activities(deps),
+        *notification_activities(deps),
     ]
+
+
+def notification_activities(deps: Dependencies) -> list[Callable[..., Any]]:
+    """Delivery of tenant notifications to their webhooks, on settings.task_queue."""
+    from activities.notifications import NotificationActivities
+
+    _, connections = credential_store(deps)
+    return NotificationActivities(
+        deps.sessions, connections, ui_url=deps.settings.ui_url
+    ).activities()
 
 
 def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
@@ -128,16 +141,23 @@ def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
 
 def credential_store(deps: Dependencies) -> tuple["CredentialStore", "Connections"]:
     """The connectors' credential store under the settings' key ring, and their clients."""
+    return connector_clients(deps.settings, deps.sessions)
+
+
+def connector_clients(
+    settings: Settings, sessions: SessionFactory
+) -> tuple["CredentialStore", "Connections"]:
+    """credential_store for code with no Temporal client (the `changeflow` command)."""
     from activities.connectors import Connections
     from activities.credentials import CredentialStore, KeyRing
 
-    s = deps.settings
+    s = settings
     ring = (
         KeyRing.parse(s.credential_keys.get_secret_value(), s.credential_key_id)
         if s.credential_keys is not None
         else None
     )
-    store = CredentialStore(deps.sessions, ring)
+    store = CredentialStore(sessions, ring)
     return store, Connections(store, api_version=s.shopify_api_version)
 
 

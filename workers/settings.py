@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from models.projects import ChangeEngineKind
+from workflows.contracts.ids import web_ui_workflow_url, web_ui_workflows_url
 
 
 class ConfigurationError(Exception):
@@ -180,11 +181,11 @@ class Settings(BaseSettings):
 
     def workflow_url(self, workflow_id: str) -> str:
         """A workflow's page in the Web UI."""
-        return f"{self.workflows_url()}/{quote(workflow_id, safe='')}"
+        return web_ui_workflow_url(self.ui_url, self.temporal_namespace, workflow_id)
 
     def workflows_url(self, query: str | None = None) -> str:
         """The namespace's workflow list in the Web UI, filtered by a visibility query."""
-        url = f"{self.ui_url}/namespaces/{self.temporal_namespace}/workflows"
+        url = web_ui_workflows_url(self.ui_url, self.temporal_namespace)
         return f"{url}?query={quote(query)}" if query else url
 
     @property

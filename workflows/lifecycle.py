@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -43,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         error_type,
         refused,
     )
-    from workflows.contracts.ids import deployment_workflow_id
+    from workflows.contracts.ids import deployment_workflow_id, notification_workflow_id
     from workflows.contracts.lifecycle import (
         MAX_REBASE_ROUNDS,
         AppliedChangeView,
@@ -66,6 +71,13 @@ with workflow.unsafe.imports_passed_through():
         SetRequestStatus,
         check_prompt,
         check_reason,
+    )
+    from workflows.contracts.notifications import (
+        NOTIFICATION_WORKFLOW_TYPE,
+        ApprovalNotice,
+        EndedNotice,
+        NotificationEvent,
+        TenantNotification,
     )
     from workflows.contracts.search_attributes import (
         PROMPT_STATUS,
@@ -152,6 +164,11 @@ class PromptRequestWorkflow:
         self._holds: list[HoldState] = []
         self._deployments: dict[uuid.UUID, DeploymentSummary] = {}
         self._inflight: set[asyncio.Task[Any]] = set()
+        # Notices to the tenant's webhook being started; `request.ended` follows only a request
+        # that told the tenant something.
+        self._notices: set[asyncio.Task[None]] = set()
+        self._notices_sent = 0
+        self._notified = False
         self._finished = False
 
     # ---------------------------------------------------------------- the run
@@ -175,8 +192,10 @@ class PromptRequestWorkflow:
                 result = ended.result
         except asyncio.CancelledError:
             await self._compensate_cancellation()
+            await self._announce_end()
             await self._drain_handlers()
             raise
+        await self._announce_end()
         await self._drain_handlers()
         return result
 
@@ -424,12 +443,9 @@ class PromptRequestWorkflow:
             if auto:
                 return
             self._show_approval_progress()
+            self._notify_waiting(NotificationEvent.APPROVAL_REQUESTED)
             try:
-                await workflow.wait_condition(
-                    lambda: self._decision is not None or self._revision is not None,
-                    timeout=self._time_to_expiry(plan, policy),
-                    timeout_summary="plan expiry",
-                )
+                await self._await_decision(plan, policy)
             except TimeoutError:
                 if not self._deciding:
                     await self._close_holds(charge=self._chargeable())
@@ -449,6 +465,37 @@ class PromptRequestWorkflow:
                 raise RequestEnded(self._result())
             await self._apply_revision()
 
+    async def _await_decision(self, plan: PlanSummary, policy: ApprovalPolicyView) -> None:
+        """Until a decision or a revision arrives; TimeoutError when the plan expires first.
+        A tenant with a webhook and a reminder setting is reminded on the way."""
+        reminder = self._time_to_reminder(plan, policy)
+        if reminder is not None:
+            try:
+                await workflow.wait_condition(
+                    self._decided, timeout=reminder, timeout_summary="approval reminder"
+                )
+                return
+            except TimeoutError:
+                if not self._deciding:  # a deciding approval arrived with the reminder time
+                    self._notify_waiting(NotificationEvent.APPROVAL_REMINDER)
+        await workflow.wait_condition(
+            self._decided, timeout=self._time_to_expiry(plan, policy), timeout_summary="plan expiry"
+        )
+
+    def _decided(self) -> bool:
+        return self._decision is not None or self._revision is not None
+
+    def _approvals_so_far(self) -> int:
+        return sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
+
+    def _time_to_reminder(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta | None:
+        """Until the reminder is due; None when none is sent (no webhook, no setting, or a plan
+        that expires sooner than the reminder's lead: it was just announced)."""
+        if not policy.notifies or policy.reminder_before_seconds is None:
+            return None
+        due = self._time_to_expiry(plan, policy) - timedelta(seconds=policy.reminder_before_seconds)
+        return due if due > timedelta(0) else None
+
     def _time_to_expiry(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta:
         """Until the plan's own expires_at, to the microsecond: a request never expires before
         the time its plan shows. A timer needs a positive duration."""
@@ -458,7 +505,7 @@ class PromptRequestWorkflow:
 
     def _show_approval_progress(self) -> None:
         plan = self._require_plan()
-        approved = sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
+        approved = self._approvals_so_far()
         self._set_step(
             f"{approved} of {plan.approvals_required} approvals of {plan.content_hash[:12]}"
         )
@@ -496,6 +543,87 @@ class PromptRequestWorkflow:
         await self._plan_revision(revision.prompt, revision=plan.revision + 1)
         self._revision = None
         await self._hold_estimate()
+
+    # ---------------------------------------------------------------- notifications
+
+    def _notify_waiting(self, event: NotificationEvent) -> None:
+        """Tell the tenant's webhook what waits for approval, when the tenant has one."""
+        if not self._require_policy().notifies:
+            return
+        plan = self._require_plan()
+        self._notify(
+            event,
+            approval=ApprovalNotice(
+                plan_id=plan.plan_id,
+                revision=plan.revision,
+                summary=plan.diff_summary,
+                risk_level=plan.risk_level,
+                risk_reasons=list(plan.risk_reasons),
+                token_estimate=plan.token_estimate,
+                approvals_required=plan.approvals_required,
+                approvals_so_far=self._approvals_so_far(),
+                expires_at=plan.expires_at,
+            ),
+        )
+        self._notified = True
+
+    async def _announce_end(self) -> None:
+        """The last message of a request that notified its tenant, then every notice started:
+        each is a workflow of its own, which the lifecycle does not wait to see delivered."""
+        if self._notified and is_terminal(self._status):
+            self._notify(
+                NotificationEvent.REQUEST_ENDED,
+                ended=EndedNotice(status=self._status, reason=self._reason),
+            )
+        while self._notices:
+            await next(iter(self._notices))
+
+    def _notify(
+        self,
+        event: NotificationEvent,
+        *,
+        approval: ApprovalNotice | None = None,
+        ended: EndedNotice | None = None,
+    ) -> None:
+        """Start the delivery of one notice beside the lifecycle, which goes on at once.
+
+        Delivery is a TenantNotificationWorkflow child, abandoned (workflows/notifications.py
+        says why): its retries never block the approval wait, its failure never reaches this
+        workflow, and it goes on after this one completes or is cancelled.
+        """
+        self._notices_sent += 1
+        request = self._input
+        notice_id = notification_workflow_id(
+            request.prompt_request_id, event.value, self._notices_sent
+        )
+        notification = TenantNotification(
+            id=notice_id,
+            type=event,
+            created_at=workflow.now(),
+            tenant_id=request.tenant_id,
+            project_id=request.project_id,
+            prompt_request_id=request.prompt_request_id,
+            workflow_id=workflow.info().workflow_id,
+            approval=approval,
+            ended=ended,
+        )
+
+        async def start() -> None:
+            try:
+                await workflow.start_child_workflow(
+                    NOTIFICATION_WORKFLOW_TYPE,
+                    notification,
+                    id=notice_id,
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    cancellation_type=workflow.ChildWorkflowCancellationType.ABANDON,
+                    static_summary=f"{event.value} to the tenant's webhook",
+                )
+            except WorkflowAlreadyStartedError:
+                pass  # this notice was started before (a reset replays it): not sent twice
+
+        task = asyncio.ensure_future(start())
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     # ---------------------------------------------------------------- updates
 

@@ -20,7 +20,7 @@ import dataclasses
 from temporalio.common import VersioningBehavior
 from temporalio.workflow import _Definition
 
-from workflows import billing, commerce, deployment, lifecycle, order_import
+from workflows import billing, commerce, deployment, lifecycle, notifications, order_import
 
 BEHAVIOURS: dict[type, VersioningBehavior] = {
     lifecycle.PromptRequestWorkflow: VersioningBehavior.AUTO_UPGRADE,
@@ -32,6 +32,8 @@ BEHAVIOURS: dict[type, VersioningBehavior] = {
     commerce.OrderSyncTriggerWorkflow: VersioningBehavior.PINNED,
     commerce.ReportWorkflow: VersioningBehavior.PINNED,
     order_import.OrderImportWorkflow: VersioningBehavior.PINNED,
+    # One notice, retried for minutes at most.
+    notifications.TenantNotificationWorkflow: VersioningBehavior.PINNED,
     billing.LedgerSweepWorkflow: VersioningBehavior.PINNED,
     billing.PlanGrantWorkflow: VersioningBehavior.PINNED,
 }

@@ -88,6 +88,8 @@ class ErrorType(enum.StrEnum):
     INVALID_IMPORT_FILE = "InvalidImportFile"
     # An order file read to its end without one row that could be imported.
     NO_VALID_IMPORT_ROW = "NoValidImportRow"
+    # A notification webhook answered a 4xx other than 408/429: retrying would not help.
+    WEBHOOK_REJECTED = "WebhookRejected"
 
     # --- a state change models.transitions does not allow (its exception's class name)
     ILLEGAL_TRANSITION = "IllegalTransition"

@@ -6,6 +6,7 @@ policies, update-with-start) and so that anyone holding the domain id can find i
 
 import uuid
 from datetime import date
+from urllib.parse import quote
 
 PROMPT_REQUEST_PREFIX = "prompt-request-"
 DEPLOYMENT_PREFIX = "deployment-"
@@ -13,6 +14,7 @@ ROLLBACK_PREFIX = "rollback-"
 ORDER_SYNC_PREFIX = "order-sync-"
 REPORT_PREFIX = "report-"
 ORDER_IMPORT_PREFIX = "order-import-"
+NOTIFICATION_PREFIX = "notification-"
 ORDER_SYNC_SCHEDULE_PREFIX = "changeflow-order-sync-"
 REPORT_SCHEDULE_PREFIX = "changeflow-report-"
 
@@ -85,3 +87,18 @@ def apply_job_key(workflow_id: str | None, plan_id: uuid.UUID, round: int) -> st
     """The ChangeJob of applying one plan in one round (round 1 keeps its historic key)."""
     key = f"{workflow_id}:apply:{plan_id}"
     return key if round == 1 else f"{key}:round-{round}"
+
+
+def notification_workflow_id(prompt_request_id: uuid.UUID, event: str, sequence: int) -> str:
+    """One tenant notification: also its event id, the same across delivery retries, so the
+    receiver can de-duplicate. `sequence` tells apart the lifecycle's notices of one kind."""
+    return f"{NOTIFICATION_PREFIX}{prompt_request_id}-{event}-{sequence}"
+
+
+def web_ui_workflows_url(ui_url: str, namespace: str) -> str:
+    """The Web UI's workflow list of a namespace; a workflow's page is below it."""
+    return f"{ui_url.rstrip('/')}/namespaces/{namespace}/workflows"
+
+
+def web_ui_workflow_url(ui_url: str, namespace: str, workflow_id: str) -> str:
+    return f"{web_ui_workflows_url(ui_url, namespace)}/{quote(workflow_id, safe='')}"

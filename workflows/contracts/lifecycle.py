@@ -176,6 +176,10 @@ class ApprovalPolicyView(BaseModel):
     auto_approve_max_risk: RiskLevel | None
     plan_ttl_seconds: int
     overspend_tolerance_pct: int
+    reminder_before_seconds: int | None = None
+    # The tenant has a notification webhook: the lifecycle tells it what waits for approval.
+    # Known with the policy, so a tenant without one costs the lifecycle no extra step.
+    notifies: bool = False
 
     def required_for(self, risk: RiskLevel) -> int:
         return max(1, self.approvals_required.get(risk.value, 1))

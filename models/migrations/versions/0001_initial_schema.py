@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 17:07:55.354796
+Create Date: 2026-12-03 17:16:41.278042
 """
 
 from collections.abc import Sequence
@@ -75,6 +75,7 @@ def upgrade() -> None:
         ),
         sa.Column("plan_ttl_seconds", sa.Integer(), nullable=False),
         sa.Column("overspend_tolerance_pct", sa.Integer(), nullable=False),
+        sa.Column("reminder_before_seconds", sa.Integer(), nullable=True),
         sa.Column(
             "created_at",
             sa.DateTime(timezone=True),
