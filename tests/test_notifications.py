@@ -20,9 +20,9 @@ from activities.webhook_signature import SignatureError, sign, verify_signature
 from models import PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
+from tests.cli_support import changeflow, ok
 from tests.commerce_support import commerce_settings, connector_service, key_spec
 from tests.lifecycle_support import Shop, human_policy, make_shop, plan_awaiting_approval, submit
-from tests.test_cli import changeflow, env, ok  # noqa: F401  (env: the CLI's fixture)
 from tests.webhook_receiver import WebhookReceiver, webhook_receiver
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
@@ -330,7 +330,7 @@ async def test_a_tenant_without_a_webhook_gets_nothing_and_starts_no_notificatio
 
 
 async def test_notify_set_show_test_and_remove_from_the_command(
-    env: dict[str, str],  # noqa: F811
+    env: dict[str, str],
     sessions: SessionFactory,
     tmp_path: Path,
 ) -> None:
