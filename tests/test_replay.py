@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, submit, wait_for_status
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
@@ -164,7 +164,7 @@ def _history(path: Path) -> WorkflowHistory:
 
 
 def _replayer(workflow_classes: list[type]) -> Replayer:
-    return Replayer(workflows=workflow_classes, data_converter=pydantic_data_converter)
+    return Replayer(workflows=workflow_classes, data_converter=DATA_CONVERTER)
 
 
 async def test_every_workflow_type_has_a_recorded_history(recorded: list[Path]) -> None:
@@ -201,7 +201,7 @@ async def test_a_nondeterministic_change_of_the_lifecycle_fails_the_replay(
     # Unsandboxed: the sandbox would re-import this test module, which is not workflow code.
     replayer = Replayer(
         workflows=[*others, PromptRequestWorkflowWithAPause],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         workflow_runner=UnsandboxedWorkflowRunner(),
     )
     with pytest.raises(NondeterminismError):
