@@ -116,8 +116,8 @@ def check_codec_server_settings(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> int:
-    check_codec_server_settings(settings)
     app = CodecServer(settings)
+    check_codec_server_settings(settings)
     if settings.codec_server_token is None:
         log.warning("codec_server_unauthenticated", detail="CHANGEFLOW_CODEC_SERVER_TOKEN unset")
     config = uvicorn.Config(
