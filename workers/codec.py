@@ -56,17 +56,17 @@ class EncryptionCodec(PayloadCodec):
         self._current = AESGCM(keys.keys[keys.current])
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self._seal(payload) for payload in payloads]
+        return [self.encrypt(payload) for payload in payloads]
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [
-            self._open(payload)
+            self.decrypt(payload)
             if payload.metadata.get("encoding") == ENCRYPTED_ENCODING
             else payload
             for payload in payloads
         ]
 
-    def _seal(self, payload: Payload) -> Payload:
+    def encrypt(self, payload: Payload) -> Payload:
         nonce = os.urandom(NONCE_BYTES)
         return Payload(
             metadata={
@@ -76,7 +76,7 @@ class EncryptionCodec(PayloadCodec):
             data=nonce + self._current.encrypt(nonce, payload.SerializeToString(), None),
         )
 
-    def _open(self, payload: Payload) -> Payload:
+    def decrypt(self, payload: Payload) -> Payload:
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode(errors="replace")
         key = self._keys.keys.get(key_id)
         if key is None:
