@@ -27,6 +27,7 @@ from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_appro
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
 from workers import codec as codec_module
+from workers.client import connect
 from workers.codec import (
     DEVELOPMENT_KEY_RING,
     ENCRYPTED_ENCODING,
@@ -106,11 +107,17 @@ async def test_a_plaintext_payload_passes_through_decoding() -> None:
     assert await codec.decode([original]) == [original]
 
 
-async def test_without_keys_development_uses_the_documented_ring_and_warns_once() -> None:
+async def test_without_keys_development_uses_the_documented_ring_and_warns_once(
+    client: Client,
+) -> None:
+    settings = Settings(temporal_address=client.service_client.config.target_host)
     codec_module._warn_development_key_ring.cache_clear()
     with capture_logs() as logs:
-        rings = [payload_key_ring(Settings()) for _ in range(3)]
-    assert all(ring is DEVELOPMENT_KEY_RING for ring in rings)
+        clients = [await connect(settings) for _ in range(3)]
+    [sealed] = await clients[0].data_converter.encode([PROMPT])
+
+    assert payload_key_ring(settings) is DEVELOPMENT_KEY_RING
+    assert sealed.metadata["encryption-key-id"] == DEVELOPMENT_KEY_RING.current.encode()
     assert [entry["event"] for entry in logs] == ["payload_development_key_ring"]
 
 

@@ -14,7 +14,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import TLSConfig
 
-from workers.codec import data_converter
+from workers.codec import data_converter, warn_about_development_keys
 from workers.metrics import HISTOGRAM_BUCKETS
 from workers.settings import ConfigurationError, Settings
 from workers.tracing import tracing_interceptors
@@ -86,7 +86,7 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
             f"cannot serve metrics on port {settings.metrics_port}: {exc}"
         ) from None
     try:
-        return await Client.connect(
+        client = await Client.connect(
             target,
             namespace=settings.temporal_namespace,
             api_key=api_key,
@@ -97,3 +97,5 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
         )
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot reach Temporal at {target}: {exc}") from None
+    warn_about_development_keys(settings)
+    return client

@@ -94,7 +94,7 @@ class EncryptionCodec(PayloadCodec):
 
 
 def payload_key_ring(settings: Settings) -> KeyRing:
-    """The configured ring; without one, the development ring (warned once), never in production."""
+    """The configured ring; without one, the development ring, never in production."""
     if settings.payload_keys is not None:
         try:
             return KeyRing.parse(settings.payload_keys.get_secret_value(), settings.payload_key_id)
@@ -109,8 +109,14 @@ def payload_key_ring(settings: Settings) -> KeyRing:
         raise ConfigurationError(
             "CHANGEFLOW_PAYLOAD_KEY_ID is set but CHANGEFLOW_PAYLOAD_KEYS is not"
         )
-    _warn_development_key_ring()
     return DEVELOPMENT_KEY_RING
+
+
+def warn_about_development_keys(settings: Settings) -> None:
+    """One warning per process that uses the development ring; called once it is in use, so a
+    start that fails anyway still ends with its one line of error."""
+    if settings.payload_keys is None:
+        _warn_development_key_ring()
 
 
 @functools.cache

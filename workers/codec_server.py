@@ -20,7 +20,12 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
 from workers.cli import run_entry_point
-from workers.codec import EncryptionCodec, PayloadDecryptionError, payload_key_ring
+from workers.codec import (
+    EncryptionCodec,
+    PayloadDecryptionError,
+    payload_key_ring,
+    warn_about_development_keys,
+)
 from workers.settings import ConfigurationError, Settings
 
 log = structlog.get_logger(__name__)
@@ -118,6 +123,7 @@ def check_codec_server_settings(settings: Settings) -> None:
 async def serve(settings: Settings) -> int:
     app = CodecServer(settings)
     check_codec_server_settings(settings)
+    warn_about_development_keys(settings)
     if settings.codec_server_token is None:
         log.warning("codec_server_unauthenticated", detail="CHANGEFLOW_CODEC_SERVER_TOKEN unset")
     config = uvicorn.Config(
