@@ -20,9 +20,11 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Replayer
 
 from models.db import SessionFactory
 from models.lifecycle import DeploymentPlan
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
@@ -38,6 +40,7 @@ from workers.codec import (
 )
 from workers.keyring import KeyRing
 from workers.lifecycle_client import LifecycleClient
+from workers.registry import workflows
 from workers.settings import ConfigurationError, RuntimeEnv, Settings
 from workflows.contracts.ids import prompt_request_workflow_id
 
@@ -210,6 +213,8 @@ async def test_a_lifecycles_history_holds_no_prompt_diff_or_reason_in_plaintext(
     # Search attributes are plaintext by design: lifecycles stay listable by tenant.
     assert str(shop.tenant.id).encode() in raw
     assert ENCRYPTED_ENCODING in raw
+    # The encrypted history replays with the project's converter (raises on nondeterminism).
+    await Replayer(workflows=workflows(), data_converter=DATA_CONVERTER).replay_workflow(history)
 
 
 async def test_a_failure_message_and_stack_trace_are_encrypted_and_decode_back() -> None:
