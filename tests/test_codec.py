@@ -24,7 +24,7 @@ from temporalio.worker import Replayer
 
 from models.db import SessionFactory
 from models.lifecycle import DeploymentPlan
-from tests.conftest import DATA_CONVERTER
+from tests.conftest import DATA_CONVERTER, free_port
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
@@ -38,6 +38,7 @@ from workers.codec import (
     data_converter,
     payload_key_ring,
 )
+from workers.devstack import embedded_stack, port_open
 from workers.keyring import KeyRing
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
@@ -312,3 +313,32 @@ async def test_the_codec_server_answers_the_web_uis_cors_preflight_and_no_other_
     # A 401 still carries CORS headers, so the Web UI can show why instead of a network error.
     assert refused.status_code == 401
     assert refused.headers["access-control-allow-origin"] == ui_origin
+
+
+async def test_the_embedded_stack_starts_the_codec_server_and_the_web_ui_decodes_through_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        dev_temporal_port=free_port(),
+        dev_ui_port=free_port(),
+        codec_server_port=free_port(),
+    )
+    [sealed] = await EncryptionCodec(DEVELOPMENT_KEY_RING).encode([plaintext({"prompt": PROMPT})])
+    async with embedded_stack(settings, migrate=False) as stack, httpx.AsyncClient() as http:
+        ui_settings = (await http.get(f"{settings.ui_url}/api/v1/settings")).json()
+        # What the Web UI's browser code does with that endpoint: a preflight, then the POST.
+        origin = {"Origin": settings.ui_url}
+        preflight = await http.options(f"{settings.codec_server_url}/decode", headers=origin)
+        decoded = await http.post(
+            f"{settings.codec_server_url}/decode", json=payloads_json(sealed), headers=origin
+        )
+        started = list(stack.started)
+
+    assert ui_settings["Codec"]["Endpoint"] == settings.codec_server_url
+    assert started == ["temporal", "codec-server"]
+    assert preflight.headers["access-control-allow-origin"] == settings.ui_url
+    [opened] = json_format.ParseDict(decoded.json(), Payloads()).payloads
+    assert json.loads(opened.data) == {"prompt": PROMPT}
+    assert not port_open("127.0.0.1", settings.codec_server_port), "stopped with the stack"
