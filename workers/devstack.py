@@ -1,5 +1,6 @@
 """The embedded stack for laptops and the demo: pgserver PostgreSQL and the Temporal dev server,
-both from pip wheels. A second start reuses whatever is already running."""
+both from pip wheels, and the codec server its Web UI decodes payloads through. A second start
+reuses whatever is already running."""
 
 import asyncio
 import contextlib
