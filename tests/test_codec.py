@@ -43,6 +43,7 @@ from workers.keyring import KeyRing
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
 from workers.settings import ConfigurationError, RuntimeEnv, Settings
+from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -234,6 +235,19 @@ async def test_a_failure_message_and_stack_trace_are_encrypted_and_decode_back()
     assert not Failure.FromString(stored).stack_trace
     assert failure.application_failure_info.type == "PolicyRefused"  # types stay readable
     assert isinstance(decoded, ApplicationError) and SECRET_WORDS in decoded.message
+
+
+async def test_a_typed_refusal_keeps_its_message_readable_and_its_stack_trace_encrypted() -> None:
+    converter = data_converter(Settings())
+    try:
+        raise refused(ErrorType.STALE_PLAN_HASH, "plan hash 0123456789ab is stale")
+    except ApplicationError as exc:
+        failure = Failure()
+        await converter.encode_failure(exc, failure)
+
+    assert failure.message == "plan hash 0123456789ab is stale"
+    assert not failure.stack_trace and b"test_codec.py" not in failure.SerializeToString()
+    assert failure.encoded_attributes.metadata["encoding"] == ENCRYPTED_ENCODING
 
 
 def payloads_json(*payloads: Payload) -> dict[str, object]:

@@ -220,9 +220,11 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
     failure = result["closeEvent"]["workflowExecutionFailedEventAttributes"]["failure"]
     assert failure["applicationFailureInfo"]["type"] == ErrorType.INVALID_REQUEST
     assert failure["applicationFailureInfo"]["nonRetryable"] is True
-    # The message travels encrypted in the failure's encoded attributes; the codec opens them.
-    assert failure["message"] == "Encoded failure"
-    assert f"{field}: " in failure["encodedAttributes"]["message"]
+    # A typed refusal's message stays readable; its stack trace is in the encoded attributes,
+    # which the codec server decoded.
+    assert f"{field}: " in failure["message"]
+    assert failure["encodedAttributes"]["message"] == failure["message"]
+    assert "stack_trace" in failure["encodedAttributes"]
     [problems] = failure["applicationFailureInfo"]["details"]
     assert field in {problem["field"] for problem in problems}
     history = await client.get_workflow_handle(workflow_id).fetch_history()

@@ -21,15 +21,19 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
+    PayloadConverter,
 )
+from temporalio.exceptions import ApplicationError
 
 from workers.keyring import KeyRing, KeyRingError
 from workers.settings import ConfigurationError, Settings
+from workflows.contracts.errors import ErrorType
 
 log = structlog.get_logger(__name__)
 
@@ -128,11 +132,28 @@ def _warn_development_key_ring() -> None:
     )
 
 
+class EncryptedFailureConverter(DefaultFailureConverterWithEncodedAttributes):
+    """Failure messages and stack traces move into the failure's encoded attributes, which the
+    codec encrypts. A typed refusal's message also stays readable: our code words it from ids,
+    statuses and rule names, never from what a tenant wrote, and a failed query reaches its
+    caller as the message text alone (the server passes on nothing else)."""
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, ApplicationError) and exception.type in _REFUSAL_TYPES:
+            failure.message = exception.message
+
+
+_REFUSAL_TYPES = frozenset(ErrorType)
+
+
 def data_converter(settings: Settings) -> DataConverter:
     """Our pydantic JSON payloads, encrypted, with failure messages and stack traces encrypted
-    too (moved into the failure's encoded attributes)."""
+    too (EncryptedFailureConverter)."""
     return dataclasses.replace(
         pydantic_data_converter,
         payload_codec=EncryptionCodec(payload_key_ring(settings)),
-        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+        failure_converter_class=EncryptedFailureConverter,
     )
