@@ -1,5 +1,6 @@
-"""`make dev`: the embedded stack (PostgreSQL and the Temporal dev server with its Web UI) and
-a worker serving every task queue, in this one process, until Ctrl-C.
+"""`make dev`: the embedded stack (PostgreSQL, the Temporal dev server with its Web UI, and the
+codec server it decodes payloads through) and a worker serving every task queue, in this one
+process, until Ctrl-C.
 
 Prints the addresses other processes (scripts, a second worker, psql, the temporal CLI) can use.
 A second `make dev` joins what is already running instead of failing on taken ports.
@@ -24,10 +25,13 @@ def banner(stack: EmbeddedStack) -> str:
         [
             "",
             f"  Temporal Web UI   {settings.ui_url}/namespaces/{settings.temporal_namespace}",
+            f"  Codec server      {settings.codec_server_url} (the Web UI decodes through it)",
             "  Use from another shell:",
             f"    export DATABASE_URL='{database_url}'",
             f"    export TEMPORAL_ADDRESS={stack.temporal_address}",
             f"    export TEMPORAL_NAMESPACE={settings.temporal_namespace}",
+            f"    export TEMPORAL_CODEC_ENDPOINT={settings.codec_server_url}"
+            "   # the temporal CLI decodes",
             f"  Task queues       {settings.task_queue}, {settings.deploy_task_queue}",
             "  Ctrl-C stops the worker and whatever this process started.",
             "",

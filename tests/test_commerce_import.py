@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities.order_file import ImportFormat
@@ -41,6 +40,7 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
+from tests.conftest import DATA_CONVERTER
 from tests.factories import make_tenant
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env  # noqa: F401
@@ -534,7 +534,7 @@ async def test_a_retried_import_activity_counts_every_row_once(
     if os.environ.get("CHANGEFLOW_RECORD_HISTORIES"):
         recording = {"workflow_id": history.workflow_id, "history": history.to_json_dict()}
         path.write_text(json.dumps(recording))
-    replayer = Replayer(workflows=[OrderImportWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[OrderImportWorkflow], data_converter=DATA_CONVERTER)
     await replayer.replay_workflow(history)
     recording = json.loads(path.read_text())
     await replayer.replay_workflow(

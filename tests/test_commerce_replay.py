@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from models.commerce import ModuleExecutionStatus
@@ -25,6 +24,7 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
+from tests.conftest import DATA_CONVERTER
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, ReportWorkflow
@@ -121,7 +121,7 @@ async def test_commerce_histories_replay_and_a_long_sync_continues_as_new(
     assert {path.name.split("-")[0] for path in recorded} == set(WORKFLOW_TYPES)
     replayer = Replayer(
         workflows=[OrderSyncWorkflow, OrderSyncTriggerWorkflow, ReportWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     for history in histories.values():
         await replayer.replay_workflow(history)

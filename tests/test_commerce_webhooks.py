@@ -21,7 +21,6 @@ import pytest
 import pytest_asyncio
 from sqlmodel import func, select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -47,6 +46,7 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
+from tests.conftest import DATA_CONVERTER
 from tests.shopify_stand_in import (
     SentWebhook,
     ShopifyStandIn,
@@ -265,7 +265,7 @@ async def test_a_burst_of_deliveries_during_a_sync_makes_one_follow_up_sync_not_
     # Both runs, the signals and the continue-as-new, replay against the current code.
     query = f'WorkflowId = "{order_sync_workflow_id(connector_id)}"'
     replayed = await Replayer(
-        workflows=[OrderSyncWorkflow], data_converter=pydantic_data_converter
+        workflows=[OrderSyncWorkflow], data_converter=DATA_CONVERTER
     ).replay_workflows(client.list_workflows(query).map_histories())
     assert replayed.replay_failures == {}
 

@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
+from workers.codec import payload_key_ring
+from workers.codec_server import check_codec_server_settings
+from workers.keyring import KeyRing
 from workers.settings import Settings, env_name, load_settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
@@ -18,7 +21,11 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 # Compose's ${NAME:-default} and ${NAME:?error} interpolation, as `docker compose` resolves it
 # with only the required variables set.
 _VARIABLE = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
-REQUIRED = {"POSTGRES_PASSWORD": "pg-s3cret-pass"}
+REQUIRED = {
+    "POSTGRES_PASSWORD": "pg-s3cret-pass",
+    "CHANGEFLOW_PAYLOAD_KEYS": f"compose-1:{KeyRing.new_key()}",
+    "CHANGEFLOW_CODEC_SERVER_TOKEN": "codec-s3cret-token",
+}
 
 
 def _resolve(match: re.Match[str]) -> str:
@@ -101,7 +108,9 @@ def test_every_custom_search_attribute_is_created_as_a_keyword():
     assert "temporal operator namespace create" in setup
 
 
-@pytest.mark.parametrize("service", ["postgresql", "temporal", "temporal-ui", "worker"])
+@pytest.mark.parametrize(
+    "service", ["postgresql", "temporal", "temporal-ui", "worker", "codec-server"]
+)
 def test_long_running_services_have_health_checks(service):
     check = SERVICES[service]["healthcheck"]
     assert check["test"][0] in {"CMD", "CMD-SHELL"}
@@ -187,3 +196,32 @@ def test_docker_waits_longer_than_the_graceful_shutdown_before_killing_the_worke
 def test_the_worker_scales_out_without_host_port_clashes():
     assert "ports" not in SERVICES["worker"]
     assert "container_name" not in SERVICES["worker"]
+
+
+@pytest.mark.parametrize("service", ["worker", "codec-server"])
+def test_the_worker_and_the_codec_server_run_as_production_with_the_same_payload_keys(
+    service, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    env = environment(service)
+    known = {env_name(field) for field in Settings.model_fields}
+    assert set(env) <= known, set(env) - known
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+    if service == "codec-server":
+        check_codec_server_settings(settings)  # a token is set
+
+    assert settings.production
+    assert payload_key_ring(settings).current == "compose-1"
+
+
+def test_the_web_ui_decodes_through_the_codec_server_it_is_allowed_to_call():
+    codec = environment("codec-server")
+    endpoint = environment("temporal-ui")["TEMPORAL_CODEC_ENDPOINT"]
+    assert endpoint.endswith(f":{codec['CHANGEFLOW_CODEC_SERVER_PORT']}")
+    assert f"{codec['CHANGEFLOW_CODEC_SERVER_PORT']}:" in SERVICES["codec-server"]["ports"][0]
+    assert environment("temporal-ui")["TEMPORAL_CORS_ORIGINS"] in codec[
+        "CHANGEFLOW_CODEC_CORS_ORIGINS"
+    ].split(",")

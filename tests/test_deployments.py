@@ -18,7 +18,6 @@ from sqlmodel import col, select
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Replayer, Worker
 
@@ -41,6 +40,7 @@ from scripts.sample_repo import (
     SAMPLE_CHECK_COMMAND,
     create_sample_repo,
 )
+from tests.conftest import DATA_CONVERTER
 from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
 from workflows.contracts.deployment import (
@@ -679,7 +679,7 @@ async def test_recorded_deployment_histories_replay_with_the_current_code(stage:
 
     replayer = Replayer(
         workflows=[DeploymentWorkflow, RollbackWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
     )
     for history in [
         *histories.values(),

@@ -2,6 +2,7 @@
 documented in workflows/schemas/README.md, run for real."""
 
 import asyncio
+import base64
 import json
 import uuid
 from pathlib import Path
@@ -24,8 +25,9 @@ from tests.lifecycle_support import (
     settlements,
     submit,
 )
-from tests.temporal_cli import temporal, temporal_outcome
+from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
 from tests.workers import running_workers
+from workers.codec import ENCRYPTED_ENCODING
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 async def test_start_approve_and_read_status_with_the_temporal_cli(
     client: Client,
+    codec_endpoint: CodecEndpoint,
     temporal_env: WorkflowEnvironment,
     sessions: SessionFactory,
     task_queue: str,
@@ -83,6 +86,7 @@ async def test_start_approve_and_read_status_with_the_temporal_cli(
                         workflow_id,
                         "--name",
                         "status",
+                        codec=codec_endpoint,
                     )
                 )
                 status = query["queryResult"][0]
@@ -103,12 +107,19 @@ async def test_start_approve_and_read_status_with_the_temporal_cli(
                 json.dumps(
                     {"user_id": str(admin.id), "content_hash": status["plan"]["content_hash"]}
                 ),
+                codec=codec_endpoint,  # encrypts the decision; the start above went plaintext
             )
         result = json.loads(
-            await temporal(address, "workflow", "result", "--workflow-id", workflow_id)
+            await temporal(
+                address, "workflow", "result", "--workflow-id", workflow_id, codec=codec_endpoint
+            )
         )
+        # Without the codec server the CLI reads what Temporal holds: ciphertext.
+        sealed = await temporal(address, "workflow", "result", "--workflow-id", workflow_id)
 
     assert result["status"] == "COMPLETED"
+    assert SAFE_PROMPT not in sealed and "theme" not in sealed
+    assert ENCRYPTED_ENCODING_BASE64 in sealed
     assert result["result"]["status"] == PromptStatus.COMPLETED.value
     assert len(await settlements(sessions, shop)) == 1
 
@@ -133,6 +144,8 @@ async def rows_written(sessions: SessionFactory) -> dict[str, int]:
     return counts
 
 
+# How the CLI's JSON shows the metadata of an encrypted payload (bytes are base64).
+ENCRYPTED_ENCODING_BASE64 = base64.b64encode(ENCRYPTED_ENCODING).decode()
 SOME_UUID = "0b4f6c1e-2f8e-4a59-9d33-5d0f1f3f2a10"
 START = {
     "prompt_request_id": SOME_UUID,
@@ -169,6 +182,7 @@ DEPLOYMENT = {
 )
 async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_request(
     client: Client,
+    codec_endpoint: CodecEndpoint,
     temporal_env: WorkflowEnvironment,
     sessions: SessionFactory,
     task_queue: str,
@@ -198,7 +212,7 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
         # instead of hanging it.
         async with asyncio.timeout(30):
             returncode, out, err = await temporal_outcome(
-                address, "workflow", "result", "--workflow-id", workflow_id
+                address, "workflow", "result", "--workflow-id", workflow_id, codec=codec_endpoint
             )
     assert returncode != 0, err
     result = json.loads(out)
@@ -206,7 +220,11 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
     failure = result["closeEvent"]["workflowExecutionFailedEventAttributes"]["failure"]
     assert failure["applicationFailureInfo"]["type"] == ErrorType.INVALID_REQUEST
     assert failure["applicationFailureInfo"]["nonRetryable"] is True
+    # A typed refusal's message stays readable; its stack trace is in the encoded attributes,
+    # which the codec server decoded.
     assert f"{field}: " in failure["message"]
+    assert failure["encodedAttributes"]["message"] == failure["message"]
+    assert "stack_trace" in failure["encodedAttributes"]
     [problems] = failure["applicationFailureInfo"]["details"]
     assert field in {problem["field"] for problem in problems}
     history = await client.get_workflow_handle(workflow_id).fetch_history()
@@ -218,6 +236,7 @@ async def test_a_malformed_start_input_ends_the_workflow_at_once_as_invalid_requ
 
 async def test_a_malformed_blank_or_late_decision_by_cli_is_refused_and_writes_nothing(
     client: Client,
+    codec_endpoint: CodecEndpoint,
     temporal_env: WorkflowEnvironment,
     sessions: SessionFactory,
     task_queue: str,
@@ -251,6 +270,7 @@ async def test_a_malformed_blank_or_late_decision_by_cli_is_refused_and_writes_n
                 name,
                 "--input",
                 json.dumps(payload),
+                codec=codec_endpoint,
             )
             assert returncode != 0
             refusals[name, tuple(payload)] = err

@@ -16,7 +16,6 @@ import pytest
 import pytest_asyncio
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
@@ -24,6 +23,7 @@ from activities.notifications import TenantWebhooks, new_signing_secret
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.commerce_support import commerce_settings, connector_service
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, submit, wait_for_status
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
@@ -191,7 +191,7 @@ def _history(path: Path) -> WorkflowHistory:
 
 
 def _replayer(workflow_classes: list[type]) -> Replayer:
-    return Replayer(workflows=workflow_classes, data_converter=pydantic_data_converter)
+    return Replayer(workflows=workflow_classes, data_converter=DATA_CONVERTER)
 
 
 async def test_every_workflow_type_has_a_recorded_history(recorded: list[Path]) -> None:
@@ -228,7 +228,7 @@ async def test_a_nondeterministic_change_of_the_lifecycle_fails_the_replay(
     # Unsandboxed: the sandbox would re-import this test module, which is not workflow code.
     replayer = Replayer(
         workflows=[*others, PromptRequestWorkflowWithAPause],
-        data_converter=pydantic_data_converter,
+        data_converter=DATA_CONVERTER,
         workflow_runner=UnsandboxedWorkflowRunner(),
     )
     with pytest.raises(NondeterminismError):

@@ -13,7 +13,7 @@ from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptSt
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import make_shop, submit
-from tests.temporal_cli import temporal_outcome
+from tests.temporal_cli import CodecEndpoint, temporal_outcome
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import rollback_workflow_id
@@ -22,9 +22,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def start_rollback(
-    address: str, task_queue: str, tenant_id: uuid.UUID, target: uuid.UUID
+    address: str, task_queue: str, tenant_id: uuid.UUID, target: uuid.UUID, codec: CodecEndpoint
 ) -> tuple[str, int, str]:
-    """The README's recipe: start RollbackWorkflow, then wait for its result."""
+    """The README's recipe: start RollbackWorkflow, then wait for its result, both through the
+    codec server."""
     deployment_id = uuid.uuid4()
     workflow_id = rollback_workflow_id(deployment_id)
     code, _, err = await temporal_outcome(
@@ -46,10 +47,11 @@ async def start_rollback(
                 "deploy_task_queue": f"{task_queue}-deploy",
             }
         ),
+        codec=codec,
     )
     assert code == 0, err
     code, out, err = await temporal_outcome(
-        address, "workflow", "result", "--workflow-id", workflow_id
+        address, "workflow", "result", "--workflow-id", workflow_id, codec=codec
     )
     return workflow_id, code, out + err
 
@@ -66,6 +68,7 @@ async def production_deployments(sessions: SessionFactory) -> list[Deployment]:
 
 async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
     client: Client,
+    codec_endpoint: CodecEndpoint,
     sessions: SessionFactory,
     task_queue: str,
     deploy_queue: str,
@@ -84,7 +87,9 @@ async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
         first, second = await production_deployments(sessions)
 
         # Back to the first release: a new, verified deployment that undoes the second.
-        workflow_id, code, out = await start_rollback(address, task_queue, shop.tenant.id, first.id)
+        workflow_id, code, out = await start_rollback(
+            address, task_queue, shop.tenant.id, first.id, codec_endpoint
+        )
         assert code == 0, out
         result = json.loads(out)
         assert result["status"] == "COMPLETED"
@@ -93,12 +98,18 @@ async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
         assert workflow_id == rollback_workflow_id(result["result"]["deployment_id"])
 
         # The first release is live again: rolling back to it is refused, typed.
-        _, code, out = await start_rollback(address, task_queue, shop.tenant.id, first.id)
+        _, code, out = await start_rollback(
+            address, task_queue, shop.tenant.id, first.id, codec_endpoint
+        )
         assert code != 0 and "RollbackTargetIsLive" in out, out
         # A deployment that does not exist, or belongs to another tenant.
-        _, code, out = await start_rollback(address, task_queue, shop.tenant.id, uuid.uuid4())
+        _, code, out = await start_rollback(
+            address, task_queue, shop.tenant.id, uuid.uuid4(), codec_endpoint
+        )
         assert code != 0 and "DeploymentNotFound" in out, out
-        _, code, out = await start_rollback(address, task_queue, uuid.uuid4(), second.id)
+        _, code, out = await start_rollback(
+            address, task_queue, uuid.uuid4(), second.id, codec_endpoint
+        )
         assert code != 0 and "DeploymentNotFound" in out, out
 
     rows = {row.id: row for row in await production_deployments(sessions)}

@@ -4,7 +4,6 @@ import functools
 import logging
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -15,6 +14,7 @@ from temporalio.runtime import (
 )
 from temporalio.service import TLSConfig
 
+from workers.codec import data_converter, warn_about_development_keys
 from workers.metrics import HISTOGRAM_BUCKETS
 from workers.settings import ConfigurationError, Settings
 from workers.tracing import tracing_interceptors
@@ -71,11 +71,13 @@ def _runtime(metrics_port: int | None) -> Runtime:
 
 
 async def connect(settings: Settings, *, address: str | None = None) -> Client:
-    """A client using the pydantic converter every payload of ours needs, traced when an OTLP
-    endpoint is configured (workers/tracing.py)."""
+    """A client using the pydantic converter every payload of ours needs, encrypted by the
+    payload key ring (workers/codec.py), traced when an OTLP endpoint is configured
+    (workers/tracing.py)."""
     target = address or settings.temporal_address
     if target is None:
         raise ConfigurationError("TEMPORAL_ADDRESS is not set and no embedded server is running")
+    converter = data_converter(settings)
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     try:
         runtime = runtime_for(settings)
@@ -84,14 +86,16 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
             f"cannot serve metrics on port {settings.metrics_port}: {exc}"
         ) from None
     try:
-        return await Client.connect(
+        client = await Client.connect(
             target,
             namespace=settings.temporal_namespace,
             api_key=api_key,
             tls=tls_config(settings),
-            data_converter=pydantic_data_converter,
+            data_converter=converter,
             runtime=runtime,
             interceptors=tracing_interceptors(),
         )
     except RuntimeError as exc:
         raise ConfigurationError(f"cannot reach Temporal at {target}: {exc}") from None
+    warn_about_development_keys(settings)
+    return client

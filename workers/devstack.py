@@ -1,11 +1,14 @@
 """The embedded stack for laptops and the demo: pgserver PostgreSQL and the Temporal dev server,
-both from pip wheels. A second start reuses whatever is already running."""
+both from pip wheels, and the codec server its Web UI decodes payloads through. A second start
+reuses whatever is already running."""
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 import warnings
@@ -105,6 +108,63 @@ def asyncio_run_in_thread(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
+def start_codec_server(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """Start `changeflow-codec-server` for the embedded Web UI, or reuse one on the port."""
+    if port_open("127.0.0.1", settings.codec_server_port):
+        log.info("codec_server_reused", url=settings.codec_server_url)
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.data_dir / "codec-server.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers.codec_server"],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=codec_server_environment(settings),
+        start_new_session=True,
+    )
+    _wait_for_port(
+        process,
+        settings.codec_server_port,
+        "the codec server",
+        settings.data_dir / "codec-server.log",
+    )
+    log.info("codec_server_started", url=settings.codec_server_url)
+    return process
+
+
+def codec_server_environment(settings: Settings) -> dict[str, str]:
+    """This process's environment, plus the codec server settings it was given in code."""
+    env = {**os.environ, "CHANGEFLOW_CODEC_SERVER_PORT": str(settings.codec_server_port)}
+    for name, value in (
+        ("CHANGEFLOW_PAYLOAD_KEYS", settings.payload_keys),
+        ("CHANGEFLOW_CODEC_SERVER_TOKEN", settings.codec_server_token),
+    ):
+        if value is not None:
+            env[name] = value.get_secret_value()
+    for name, plain in (
+        ("CHANGEFLOW_PAYLOAD_KEY_ID", settings.payload_key_id),
+        ("CHANGEFLOW_CODEC_CORS_ORIGINS", settings.codec_cors_origins),
+        ("CHANGEFLOW_WEB_UI_URL", settings.web_ui_url),
+        ("CHANGEFLOW_DEV_UI_PORT", str(settings.dev_ui_port)),
+    ):
+        if plain is not None:
+            env[name] = plain
+    return env
+
+
+def _wait_for_port(
+    process: subprocess.Popen[bytes], port: int, name: str, log_path: Path, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not port_open("127.0.0.1", port):
+        if process.poll() is not None:
+            raise ConfigurationError(f"{name} exited with {process.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise ConfigurationError(f"{name} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def start_temporal(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, str]:
     """Start the dev server with state in data_dir/temporal.db, or reuse one on the port."""
     address = f"127.0.0.1:{settings.dev_temporal_port}"
@@ -130,23 +190,21 @@ def start_temporal(settings: Settings) -> tuple[subprocess.Popen[bytes] | None, 
             settings.temporal_namespace,
             "--log-level",
             "warn",
+            # The Web UI decodes payloads through our codec server (workers/codec_server.py).
+            "--ui-codec-endpoint",
+            settings.codec_server_url,
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         # Its own session: Ctrl-C reaches us, and we stop it in order after the worker.
         start_new_session=True,
     )
-    deadline = time.monotonic() + 60
-    while not port_open("127.0.0.1", settings.dev_temporal_port):
-        if process.poll() is not None:
-            raise ConfigurationError(
-                f"the Temporal dev server exited with {process.returncode}; "
-                f"see {settings.data_dir / 'temporal.log'}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise ConfigurationError("the Temporal dev server did not answer within 60 s")
-        time.sleep(0.2)
+    _wait_for_port(
+        process,
+        settings.dev_temporal_port,
+        "the Temporal dev server",
+        settings.data_dir / "temporal.log",
+    )
     log.info("temporal_dev_server_started", address=address, ui=settings.ui_url)
     return process, address
 
@@ -196,6 +254,7 @@ class EmbeddedStack:
     temporal_address: str
     _postgres: Any = None
     _temporal: subprocess.Popen[bytes] | None = None
+    _codec_server: subprocess.Popen[bytes] | None = None
     started: list[str] = field(default_factory=list)
 
 
@@ -207,13 +266,15 @@ async def embedded_stack(
 
     Waits until both answer, migrates, and on exit stops only what it started.
     """
-    postgres = temporal = None
+    postgres = temporal = codec_server = None
     try:
         if settings.database_url is None:
             postgres, database_url = await asyncio.to_thread(start_postgres, settings.data_dir)
         else:
             database_url = settings.database_url.get_secret_value()
         if settings.temporal_address is None:
+            # Before the dev server, whose Web UI is told to decode through it.
+            codec_server = await asyncio.to_thread(start_codec_server, settings)
             temporal, temporal_address = await asyncio.to_thread(start_temporal, settings)
         else:
             temporal_address = settings.temporal_address
@@ -226,11 +287,15 @@ async def embedded_stack(
         if settings.temporal_address is None:
             client = await connect(resolved)
             await register_search_attributes(client, settings.temporal_namespace)
-        stack = EmbeddedStack(resolved, database_url, temporal_address, postgres, temporal)
-        stack.started = [n for n, p in (("postgres", postgres), ("temporal", temporal)) if p]
+        stack = EmbeddedStack(
+            resolved, database_url, temporal_address, postgres, temporal, codec_server
+        )
+        started = (("postgres", postgres), ("temporal", temporal), ("codec-server", codec_server))
+        stack.started = [name for name, process in started if process]
         yield stack
     finally:
         stop_process(temporal)
+        stop_process(codec_server)
         if postgres is not None:
             await asyncio.to_thread(postgres.cleanup)
 

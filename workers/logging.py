@@ -57,7 +57,7 @@ def redact_secrets(
 
 def remember_secrets(settings: Settings) -> None:
     """Register the configured secret values so the log chain masks them anywhere."""
-    for key in (settings.temporal_api_key, settings.model_api_key):
+    for key in (settings.temporal_api_key, settings.model_api_key, settings.codec_server_token):
         if key is not None:
             _known_secrets.add(key.get_secret_value())
     if settings.database_url is not None:

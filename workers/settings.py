@@ -34,6 +34,12 @@ class LogLevel(StrEnum):
     CRITICAL = "CRITICAL"
 
 
+class RuntimeEnv(StrEnum):
+    DEVELOPMENT = "development"
+    # Refuses the development fallbacks: a public payload key ring, an open codec server.
+    PRODUCTION = "production"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHANGEFLOW_",
@@ -130,6 +136,22 @@ class Settings(BaseSettings):
     credential_keys: SecretStr | None = None
     credential_key_id: str | None = None
     shopify_api_version: str = "2025-07"
+
+    runtime_env: RuntimeEnv = Field(
+        default=RuntimeEnv.DEVELOPMENT, validation_alias="CHANGEFLOW_ENV"
+    )
+    # The key ring that encrypts every payload written to Temporal (workers/codec.py), in the
+    # credential ring's format; the first (or payload_key_id's) encrypts, every one decrypts.
+    # Unset outside production: the development key ring of workers/codec.py, with a warning.
+    payload_keys: SecretStr | None = None
+    payload_key_id: str | None = None
+    # The codec server (workers/codec_server.py) the Web UI and the temporal CLI decode with.
+    codec_server_host: str = "127.0.0.1"
+    codec_server_port: int = Field(default=8234, ge=1, le=65535)
+    # Callers send "Authorization: Bearer <token>"; unset (development only) checks nothing.
+    codec_server_token: SecretStr | None = None
+    # Browser origins allowed to call it (comma-separated); unset: the Web UI's (ui_url).
+    codec_cors_origins: str | None = None
     # An incremental sync reads the shop in windows of updated_at this long, each re-reading
     # this much before the last checkpoint (late index writes at the boundary).
     sync_window_hours: float = Field(default=24.0, gt=0)
@@ -187,6 +209,25 @@ class Settings(BaseSettings):
         """The namespace's workflow list in the Web UI, filtered by a visibility query."""
         url = web_ui_workflows_url(self.ui_url, self.temporal_namespace)
         return f"{url}?query={quote(query)}" if query else url
+
+    @property
+    def production(self) -> bool:
+        return self.runtime_env is RuntimeEnv.PRODUCTION
+
+    @property
+    def codec_server_url(self) -> str:
+        host = (
+            "127.0.0.1" if self.codec_server_host in ("0.0.0.0", "::") else self.codec_server_host
+        )
+        return f"http://{host}:{self.codec_server_port}"
+
+    @property
+    def codec_allowed_origins(self) -> list[str]:
+        if self.codec_cors_origins is None and self.web_ui_url is None:
+            # The embedded Web UI answers under either name of the loopback address.
+            return [f"http://{host}:{self.dev_ui_port}" for host in ("localhost", "127.0.0.1")]
+        spec = self.codec_cors_origins or self.ui_url
+        return [origin.strip().rstrip("/") for origin in spec.split(",") if origin.strip()]
 
     @property
     def resolved_workspace_dir(self) -> Path:

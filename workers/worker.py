@@ -21,6 +21,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from models.db import create_engine, session_factory
 from workers import registry
 from workers.client import connect, runtime_for
+from workers.codec import payload_key_ring
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
@@ -137,6 +138,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     (the compose file's migrate job); the embedded one is migrated on start.
     """
     check_serves_something(settings)
+    payload_key_ring(settings)  # a production configuration without keys stops here, not later
     async with embedded_stack(settings, migrate=settings.embedded_database) as stack:
         await serve_stack(stack, stop)
 
