@@ -120,6 +120,22 @@ async def record_histories(client: Client, sessions: SessionFactory, tmp_path: P
         assert cancelled.status.value == "cancelled"
         stories[prompt_request_workflow_id(request_id)] = "PromptRequestWorkflow-cancelled"
 
+        # Rejected by an approver, with a reason.
+        request_id = await submit(lifecycle, reviewed, SAFE_PROMPT)
+        status = await wait_for_status(
+            lifecycle, request_id, lambda s: s.status.value == "awaiting_approval"
+        )
+        assert status.plan is not None
+        await lifecycle.reject(
+            request_id,
+            user_id=admin.id,
+            content_hash=status.plan.content_hash,
+            reason="recorded for replay",
+        )
+        rejected = await lifecycle.wait_for_outcome(request_id)
+        assert rejected.status.value == "rejected"
+        stories[prompt_request_workflow_id(request_id)] = "PromptRequestWorkflow-rejected"
+
         # A later change reaches production; then an operator restores the first release.
         request_id = await submit(lifecycle, reviewed, SAFE_PROMPT)
         status = await wait_for_status(
