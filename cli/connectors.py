@@ -3,8 +3,8 @@ enabled, disabled, its credentials rotated and its sync run, through ConnectorSe
 connector's Schedule (workers/schedules.py); a report through ReportWorkflow.
 
 Secrets never go on the command line (a process list shows it): they come from the
-environment (SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET) or, at a
-terminal, a hidden prompt.
+environment (SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET; and
+SHOPIFY_WEBHOOK_SECRET for webhooks) or, at a terminal, a hidden prompt.
 """
 
 import os
@@ -54,20 +54,25 @@ async def _service(stack: Stack) -> ConnectorService:
 
 
 def shopify_credentials(env: dict[str, str], at_terminal: bool) -> dict[str, str]:
-    """The secret fields from the environment, else (at a terminal) a hidden prompt."""
+    """The secret fields from the environment, else (at a terminal) a hidden prompt; the
+    webhooks' signing secret (SHOPIFY_WEBHOOK_SECRET) rides along when given."""
     if env.get("SHOPIFY_ACCESS_TOKEN"):
-        return {"access_token": env["SHOPIFY_ACCESS_TOKEN"]}
-    if env.get("SHOPIFY_CLIENT_ID") and env.get("SHOPIFY_CLIENT_SECRET"):
-        return {
+        credentials = {"access_token": env["SHOPIFY_ACCESS_TOKEN"]}
+    elif env.get("SHOPIFY_CLIENT_ID") and env.get("SHOPIFY_CLIENT_SECRET"):
+        credentials = {
             "client_id": env["SHOPIFY_CLIENT_ID"],
             "client_secret": env["SHOPIFY_CLIENT_SECRET"],
         }
-    if at_terminal:
-        return {"access_token": typer.prompt("Admin API access token", hide_input=True)}
-    raise Refused(
-        ErrorType.INVALID_CONNECTOR_CONFIG,
-        "set SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET",
-    )
+    elif at_terminal:
+        credentials = {"access_token": typer.prompt("Admin API access token", hide_input=True)}
+    else:
+        raise Refused(
+            ErrorType.INVALID_CONNECTOR_CONFIG,
+            "set SHOPIFY_ACCESS_TOKEN, or SHOPIFY_CLIENT_ID and SHOPIFY_CLIENT_SECRET",
+        )
+    if env.get("SHOPIFY_WEBHOOK_SECRET"):
+        credentials["webhook_secret"] = env["SHOPIFY_WEBHOOK_SECRET"]
+    return credentials
 
 
 def _secrets() -> dict[str, str]:
