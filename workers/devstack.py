@@ -198,6 +198,32 @@ class EmbeddedStack:
     _temporal: subprocess.Popen[bytes] | None = None
     started: list[str] = field(default_factory=list)
 
+    async def restart_temporal(self, down_s: float = 0) -> None:
+        """Stop the dev server this stack started and start it again on the same port and
+        state file (--db-filename): every workflow survives, as it would a server upgrade."""
+        if self._temporal is None:
+            raise ConfigurationError("this stack did not start the Temporal dev server")
+        await asyncio.to_thread(stop_process, self._temporal)
+        await asyncio.sleep(down_s)
+        self._temporal, _ = await asyncio.to_thread(start_temporal, self.settings)
+
+    async def restart_postgres(self, down_s: float = 0) -> None:
+        """Stop the embedded PostgreSQL (fast shutdown: sessions are cut) and start it again
+        on the same data folder and socket."""
+        if self._postgres is None:
+            raise ConfigurationError("this stack did not start the embedded PostgreSQL")
+        await asyncio.to_thread(_pg_ctl, self._postgres, "-w", "-m", "fast", "stop")
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self._postgres.ensure_postgres_running)
+        await check_database(self.database_url, connect_timeout_s=30)
+
+
+def _pg_ctl(server: Any, *args: str) -> None:
+    """pg_ctl on pgserver's data folder, as the user pgserver runs it as (not root)."""
+    from pgserver._commands import pg_ctl  # pgserver's own wrapper: its binaries, its user
+
+    pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=60)
+
 
 @contextlib.asynccontextmanager
 async def embedded_stack(
