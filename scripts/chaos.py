@@ -60,8 +60,8 @@ from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workers.settings import Settings, env_name
 from workflows.contracts.errors import ErrorType
-from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus
 from workflows.contracts.ids import prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus
 from workflows.contracts.search_attributes import PROMPT_STATUS
 
 DEFAULT_LIFECYCLES = 60
@@ -567,7 +567,9 @@ def say(text: str) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "WARNING")
+    # This process's client retries through the outages on purpose: the SDK's warnings about
+    # each retried call would bury the run's own lines (the workers log at WARNING).
+    os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "ERROR")
     run_entry_point(chaos, prog="chaos")
 
 

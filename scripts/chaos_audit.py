@@ -29,14 +29,13 @@ from models import (
     Deployment,
     DeploymentEnvironment,
     DeploymentStatus,
-    HoldStatus,
     Project,
     PromptRequest,
     PromptStatus,
-    TokenHold,
     TokenTransaction,
     TokenTransactionKind,
 )
+from models.billing import HoldStatus, TokenHold
 from models.db import SessionFactory
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult

@@ -24,6 +24,7 @@ from workers.client import connect, runtime_for
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
+from workers.outages import database_probe, temporal_probe, watch_outages
 from workers.registry import Dependencies
 from workers.schedules import (
     ensure_plan_grant_schedule,
@@ -167,7 +168,17 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
         if settings.metrics_port and settings.serve_lifecycle:
             meter = runtime_for(settings).metric_meter
             sampling = asyncio.create_task(sample_until_stopped(deps.sessions, meter, stop))
-        await run_until_stopped(workers, stop)
+        # The workers ride out a server's outage by themselves; this says so once per outage.
+        watching = asyncio.create_task(
+            watch_outages(
+                {"postgresql": database_probe(engine), "temporal": temporal_probe(client)}, stop
+            )
+        )
+        try:
+            await run_until_stopped(workers, stop)
+        finally:
+            stop.set()
+            await watching
         if sampling is not None:
             await sampling
     finally:
