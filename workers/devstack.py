@@ -234,6 +234,7 @@ async def embedded_stack(
     Waits until both answer, migrates, and on exit stops only what it started.
     """
     postgres = temporal = None
+    stack: EmbeddedStack | None = None
     try:
         if settings.database_url is None:
             postgres, database_url = await asyncio.to_thread(start_postgres, settings.data_dir)
@@ -256,7 +257,8 @@ async def embedded_stack(
         stack.started = [n for n, p in (("postgres", postgres), ("temporal", temporal)) if p]
         yield stack
     finally:
-        stop_process(temporal)
+        # The stack's own handle: a restart (restart_temporal) replaced the process.
+        stop_process(stack._temporal if stack is not None else temporal)
         if postgres is not None:
             await asyncio.to_thread(postgres.cleanup)
 
