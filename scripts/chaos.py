@@ -42,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
@@ -381,6 +384,27 @@ class Figures:
     outage_log_lines: list[int] = field(default_factory=list)
 
 
+async def polling(client: Client, task_queue: str, pids: list[int]) -> bool:
+    """Whether a worker process of each pid polls the queue (its identity is pid@host)."""
+    answer = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=client.namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    seen = {poller.identity.split("@", 1)[0] for poller in answer.pollers}
+    return all(str(pid) in seen for pid in pids)
+
+
+async def until_polling(clock: Clock, client: Client, task_queue: str, pids: list[int]) -> None:
+    """Wait until these worker processes serve: started, imported, connected."""
+    while True:
+        if await retrying(clock, lambda: polling(client, task_queue, pids)):
+            return
+        await asyncio.sleep(POLL_S)
+
+
 def log_lines(path: Path) -> int:
     try:
         with path.open("rb") as log:
@@ -395,6 +419,8 @@ async def inflict(
     workers: Workers,
     figures: Figures,
     started: float,
+    clock: Clock,
+    client: Client,
 ) -> None:
     """The faults at their times, one after another: no kill while a server is down (a fresh
     worker cannot start without its servers; the witness shows that running ones ride it out)."""
@@ -406,9 +432,12 @@ async def inflict(
             victim = workers.processes[fault.worker]
             victim.process.send_signal(signal.SIGKILL)
             await asyncio.to_thread(victim.process.wait)
-            workers.start(fault.worker)
+            revived = workers.start(fault.worker)
             figures.kills += 1
             say(f"[{time.monotonic() - started:6.1f}s] SIGKILL {victim.name} (pid {victim.pid})")
+            # Serving again before the next fault: a fault at a process still starting up
+            # would test the start, not the ride through an outage.
+            await until_polling(clock, client, stack.settings.task_queue, [revived.pid])
             continue
         before = log_lines(witness_log)
         say(f"[{time.monotonic() - started:6.1f}s] restarting {fault.what}")
@@ -489,10 +518,14 @@ async def chaos(settings: Settings) -> int:
         env = worker_env(settings)
         env[env_name("graceful_shutdown_seconds")] = "2"
         env[env_name("sticky_timeout_seconds")] = str(STICKY_TIMEOUT_S)
+        # A restarted worker may start while a server is down: it waits instead of exiting
+        # (with no supervisor here to start it again).
+        env[env_name("startup_wait_seconds")] = "120"
         workers = Workers(env, folder)
         for index in range(WORKERS):
             workers.start(index)
         witness = workers.processes[0]
+        await until_polling(clock, client, settings.task_queue, [p.pid for p in workers.processes])
         lifecycle = LifecycleClient(
             client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
         )
@@ -504,7 +537,9 @@ async def chaos(settings: Settings) -> int:
         driving = asyncio.gather(
             *(drive(clock, client, lifecycle, shops[r.planned.tenant][0], r) for r in runs)
         )
-        faulting = asyncio.create_task(inflict(faults, stack, workers, figures, started))
+        faulting = asyncio.create_task(
+            inflict(faults, stack, workers, figures, started, clock, client)
+        )
         try:
             await driving
         except Deadline:

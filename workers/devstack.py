@@ -9,10 +9,10 @@ import subprocess
 import sysconfig
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -35,6 +35,8 @@ from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 log = structlog.get_logger(__name__)
 
 EMBEDDED_DATABASE = "changeflow"
+
+T = TypeVar("T")
 
 
 def binary(name: str) -> str:
@@ -244,7 +246,9 @@ async def embedded_stack(
             temporal, temporal_address = await asyncio.to_thread(start_temporal, settings)
         else:
             temporal_address = settings.temporal_address
-        await check_database(database_url)
+        await until_reachable(
+            "postgresql", lambda: check_database(database_url), settings.startup_wait_seconds
+        )
         if migrate:
             await asyncio.to_thread(upgrade, database_url)
         resolved = settings.model_copy(
@@ -261,6 +265,24 @@ async def embedded_stack(
         stop_process(stack._temporal if stack is not None else temporal)
         if postgres is not None:
             await asyncio.to_thread(postgres.cleanup)
+
+
+async def until_reachable(what: str, attempt: Callable[[], Awaitable[T]], within_s: float) -> T:
+    """attempt() until it stops raising ConfigurationError (a server that does not answer),
+    for up to within_s: a server restarting while this process starts is waited for, with
+    one log line. Without time to wait, the first error is the answer."""
+    deadline = time.monotonic() + within_s
+    waiting = False
+    while True:
+        try:
+            return await attempt()
+        except ConfigurationError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                log.warning("waiting_for_dependency", dependency=what, error=str(exc)[:200])
+                waiting = True
+            await asyncio.sleep(1)
 
 
 async def check_database(url: str, connect_timeout_s: float = 10) -> None:

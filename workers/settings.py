@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # after a worker crash its workflows resume up to this much later.
     sticky_timeout_seconds: float = Field(default=30.0, gt=0)
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+    # How long a starting process waits for PostgreSQL and Temporal to answer (one log line
+    # says it waits). 0: an unreachable server at start is a configuration error, at once; a
+    # fleet without a supervisor that restarts it sets this to ride out a server's restart.
+    startup_wait_seconds: float = Field(default=0.0, ge=0)
 
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.AUTO

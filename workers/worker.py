@@ -21,7 +21,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from models.db import create_engine, session_factory
 from workers import registry
 from workers.client import connect, runtime_for
-from workers.devstack import EmbeddedStack, embedded_stack
+from workers.devstack import EmbeddedStack, embedded_stack, until_reachable
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
 from workers.outages import database_probe, temporal_probe, watch_outages
@@ -139,7 +139,9 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
     """Serve every task queue against a resolved stack until `stop` is set."""
     settings = stack.settings
     check_serves_something(settings)
-    client = await connect(settings)
+    client = await until_reachable(
+        "temporal", lambda: connect(settings), settings.startup_wait_seconds
+    )
     await check_namespace(client, settings.temporal_namespace)
     if settings.serve_lifecycle:
         if await ensure_sweep_schedule(client, settings.task_queue):
