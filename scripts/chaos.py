@@ -76,8 +76,8 @@ FUNDS = 1_000_000_000  # no lifecycle of the run is refused for want of tokens
 TEMPORAL_DOWN_S = 3.0
 POSTGRES_DOWN_S = 5.0
 # Outages come while lifecycles are in flight: seconds after the first submission.
-TEMPORAL_RESTART_WINDOW = (4.0, 10.0)
-POSTGRES_RESTART_WINDOW = (14.0, 24.0)
+TEMPORAL_RESTART_WINDOW = (3.0, 8.0)
+POSTGRES_RESTART_WINDOW = (10.0, 18.0)
 # How long one client call may wait (a query no worker answers, a server that is down).
 CALL_TIMEOUT_S = 15.0
 POLL_S = 0.5
@@ -534,11 +534,15 @@ async def chaos(settings: Settings) -> int:
             f", {WORKERS} workers, seed {options.seed}, data {settings.data_dir}"
         )
         started = time.monotonic()
+        inflicting = (stack, workers, figures, started, clock, client)
         driving = asyncio.gather(
             *(drive(clock, client, lifecycle, shops[r.planned.tenant][0], r) for r in runs)
         )
-        faulting = asyncio.create_task(
-            inflict(faults, stack, workers, figures, started, clock, client)
+        # Kills and restarts each on their own clock: a worker restarted by a kill may start
+        # while a server is down (it waits for it, CHANGEFLOW_STARTUP_WAIT_SECONDS).
+        killing = asyncio.create_task(inflict([f for f in faults if f.what == "kill"], *inflicting))
+        restarting = asyncio.create_task(
+            inflict([f for f in faults if f.what != "kill"], *inflicting)
         )
         try:
             await driving
@@ -549,8 +553,17 @@ async def chaos(settings: Settings) -> int:
             )
             driving.cancel()
         finally:
-            faulting.cancel()
-            await asyncio.gather(faulting, return_exceptions=True)
+            killing.cancel()
+        # Both restarts happen in every run, even one whose lifecycles all ended first.
+        for task in (killing, restarting):
+            try:
+                async with asyncio.timeout(max(1.0, clock.deadline - time.monotonic())):
+                    await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:
+                restarting.cancel()
+                violations.append(f"fault: {type(exc).__name__}: {exc}")
         say(f"[{time.monotonic() - started:6.1f}s] every lifecycle ended; auditing")
         violations += workers.exited()
         if workers.processes[0] is not witness or witness.process.poll() is not None:
