@@ -3,11 +3,13 @@ restarts end with no violation; and the auditor reports what a broken run would 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from models import DeploymentEnvironment, DeploymentStatus, PromptStatus
 from scripts.chaos import Options, plan_run
@@ -25,14 +27,34 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def test_a_small_chaos_run_ends_without_violations(tmp_path: Path) -> None:
+def test_a_small_chaos_run_ends_without_violations() -> None:
+    # Under the repository, not pytest's basetemp: pgserver's server runs as its own user,
+    # which cannot enter root's private temporary folders to stop and start it.
+    data_dir = ROOT / ".changeflow" / f"chaos-test-{uuid.uuid4().hex[:8]}"
+    try:
+        figures, run = run_chaos(data_dir)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert figures["violations"] == 0
+    assert figures["lifecycles"] == 6
+    assert figures["kills"] == 1
+    assert figures["restarts"] == 2
+    # Every kind of lifecycle ran and ended as its kind should (a cancel may come too late).
+    kinds = {key.split(":")[0] for key in figures["outcomes"]}
+    assert kinds == {"auto", "human", "rollback", "cancel", "reject"}
+    assert figures["outcomes"]["rollback:rolled_back"] >= 1
+    assert figures["outcomes"]["reject:rejected"] >= 1
+
+
+def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
     }
     env.update(
-        CHANGEFLOW_DATA_DIR=str(tmp_path / "chaos"),
+        CHANGEFLOW_DATA_DIR=str(data_dir),
         CHAOS_LIFECYCLES="6",
         CHAOS_KILLS="1",
         CHAOS_DEADLINE_S="240",
@@ -47,17 +69,7 @@ def test_a_small_chaos_run_ends_without_violations(tmp_path: Path) -> None:
     )
     lines = run.stdout.strip().splitlines()
     assert lines, run.stderr[-3000:]
-    figures = json.loads(lines[-1])
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert figures["violations"] == 0
-    assert figures["lifecycles"] == 6
-    assert figures["kills"] == 1
-    assert figures["restarts"] == 2
-    # Every kind of lifecycle ran and ended as its kind should (a cancel may come too late).
-    kinds = {key.split(":")[0] for key in figures["outcomes"]}
-    assert kinds == {"auto", "human", "rollback", "cancel", "reject"}
-    assert figures["outcomes"]["rollback:rolled_back"] >= 1
-    assert figures["outcomes"]["reject:rejected"] >= 1
+    return json.loads(lines[-1]), run
 
 
 def test_a_seed_makes_the_same_choices() -> None:
