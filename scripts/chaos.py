@@ -45,7 +45,12 @@ from typing import TypeVar
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -236,7 +241,14 @@ async def retrying(clock: Clock, call: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(CALL_TIMEOUT_S):
                 return await call()
-        except (RPCError, TimeoutError, OSError, RuntimeError):
+        except (
+            RPCError,
+            TimeoutError,
+            OSError,
+            RuntimeError,
+            WorkflowQueryFailedError,
+            WorkflowUpdateRPCTimeoutOrCancelledError,
+        ):
             # RuntimeError: the SDK's "query failed" and connection errors; the rest of what
             # the SDK raises for an unreachable server or a query nobody answered.
             await asyncio.sleep(delay)
@@ -522,68 +534,76 @@ async def chaos(settings: Settings) -> int:
         # (with no supervisor here to start it again).
         env[env_name("startup_wait_seconds")] = "120"
         workers = Workers(env, folder)
-        for index in range(WORKERS):
-            workers.start(index)
-        witness = workers.processes[0]
-        await until_polling(clock, client, settings.task_queue, [p.pid for p in workers.processes])
-        lifecycle = LifecycleClient(
-            client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
-        )
-        say(
-            f"chaos: {len(runs)} lifecycles ({', '.join(f'{k} {count(runs, k)}' for k in KINDS)})"
-            f", {WORKERS} workers, seed {options.seed}, data {settings.data_dir}"
-        )
-        started = time.monotonic()
-        inflicting = (stack, workers, figures, started, clock, client)
-        driving = asyncio.gather(
-            *(drive(clock, client, lifecycle, shops[r.planned.tenant][0], r) for r in runs)
-        )
-        # Kills and restarts each on their own clock: a worker restarted by a kill may start
-        # while a server is down (it waits for it, CHANGEFLOW_STARTUP_WAIT_SECONDS).
-        killing = asyncio.create_task(inflict([f for f in faults if f.what == "kill"], *inflicting))
-        restarting = asyncio.create_task(
-            inflict([f for f in faults if f.what != "kill"], *inflicting)
-        )
         try:
-            await driving
-        except Deadline:
-            violations.append(
-                f"timeout: {sum(r.result is None for r in runs)} lifecycles had not ended "
-                f"after {options.deadline_s:.0f} s"
+            for index in range(WORKERS):
+                workers.start(index)
+            witness = workers.processes[0]
+            await until_polling(
+                clock, client, settings.task_queue, [p.pid for p in workers.processes]
             )
-            driving.cancel()
-        finally:
-            killing.cancel()
-        # Both restarts happen in every run, even one whose lifecycles all ended first.
-        for task in (killing, restarting):
+            lifecycle = LifecycleClient(
+                client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
+            )
+            mix = ", ".join(f"{k} {count(runs, k)}" for k in KINDS)
+            say(
+                f"chaos: {len(runs)} lifecycles ({mix}), {WORKERS} workers, seed {options.seed}"
+                f", data {settings.data_dir}"
+            )
+            started = time.monotonic()
+            inflicting = (stack, workers, figures, started, clock, client)
+            driving = asyncio.gather(
+                *(drive(clock, client, lifecycle, shops[r.planned.tenant][0], r) for r in runs)
+            )
+            # Kills and restarts each on their own clock: a worker restarted by a kill may start
+            # while a server is down (it waits for it, CHANGEFLOW_STARTUP_WAIT_SECONDS).
+            killing = asyncio.create_task(
+                inflict([f for f in faults if f.what == "kill"], *inflicting)
+            )
+            restarting = asyncio.create_task(
+                inflict([f for f in faults if f.what != "kill"], *inflicting)
+            )
             try:
-                async with asyncio.timeout(max(1.0, clock.deadline - time.monotonic())):
-                    await task
-            except asyncio.CancelledError:
-                pass
-            except Exception as exc:
-                restarting.cancel()
-                violations.append(f"fault: {type(exc).__name__}: {exc}")
-        say(f"[{time.monotonic() - started:6.1f}s] every lifecycle ended; auditing")
-        violations += workers.exited()
-        if workers.processes[0] is not witness or witness.process.poll() is not None:
-            violations.append(f"witness: worker-0 (pid {witness.pid}) did not survive the run")
-        for lines in figures.outage_log_lines:
-            if lines > OUTAGE_LOG_LINES_ALLOWED:
-                violations.append(f"log_flood: the witness logged {lines} lines in one outage")
-        if not any(v.startswith("timeout") for v in violations):
-            violations += await retrying(
-                clock,
-                lambda: audit(
-                    sessions,
-                    [
-                        Expected(r.request_id, r.planned.kind, r.result, r.tenant_id)
-                        for r in runs
-                        if r.result is not None
-                    ],
-                ),
-            )
-        await asyncio.gather(*(asyncio.to_thread(p.stop) for p in workers.processes))
+                await driving
+            except Deadline:
+                violations.append(
+                    f"timeout: {sum(r.result is None for r in runs)} lifecycles had not ended "
+                    f"after {options.deadline_s:.0f} s"
+                )
+                driving.cancel()
+            finally:
+                killing.cancel()
+            # Both restarts happen in every run, even one whose lifecycles all ended first.
+            for task in (killing, restarting):
+                try:
+                    async with asyncio.timeout(max(1.0, clock.deadline - time.monotonic())):
+                        await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:
+                    restarting.cancel()
+                    violations.append(f"fault: {type(exc).__name__}: {exc}")
+            say(f"[{time.monotonic() - started:6.1f}s] every lifecycle ended; auditing")
+            violations += workers.exited()
+            if workers.processes[0] is not witness or witness.process.poll() is not None:
+                violations.append(f"witness: worker-0 (pid {witness.pid}) did not survive the run")
+            for lines in figures.outage_log_lines:
+                if lines > OUTAGE_LOG_LINES_ALLOWED:
+                    violations.append(f"log_flood: the witness logged {lines} lines in one outage")
+            if not any(v.startswith("timeout") for v in violations):
+                violations += await retrying(
+                    clock,
+                    lambda: audit(
+                        sessions,
+                        [
+                            Expected(r.request_id, r.planned.kind, r.result, r.tenant_id)
+                            for r in runs
+                            if r.result is not None
+                        ],
+                    ),
+                )
+        finally:
+            # Stopped whatever happened: no worker outlives the run.
+            await asyncio.gather(*(asyncio.to_thread(p.stop) for p in workers.processes))
         await engine.dispose()
     for violation in violations:
         print(f"VIOLATION {violation}", flush=True)

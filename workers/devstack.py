@@ -222,7 +222,8 @@ class EmbeddedStack:
 
 def _pg_ctl(server: Any, *args: str) -> None:
     """pg_ctl on pgserver's data folder, as the user pgserver runs it as (not root)."""
-    from pgserver._commands import pg_ctl  # pgserver's own wrapper: its binaries, its user
+    # pgserver's own wrapper (its binaries, its user), made at import: one per binary.
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
     pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=60)
 

@@ -8,10 +8,10 @@ model when it fits and to its plain JSON value when it does not, and `parse_inpu
 latter into one typed, non-retryable `InvalidRequest` that names the fields.
 """
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Self, TypeVar
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError, model_validator
-from typing_extensions import Self, TypeAliasType
+from typing_extensions import TypeAliasType
 
 from workflows.contracts.errors import ErrorType, refused
 
