@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
@@ -360,6 +360,30 @@ async def decide(
     run.decided.append("reject" if reject else "approve")
 
 
+def chains(runs: list[Driven]) -> list[list[Driven]]:
+    """The lifecycles that run one after another: those editing one line of one project (two
+    at once would conflict, a FAILED end that is no fault's doing). Each chain of a project
+    edits a line of its own, so a project still has two lifecycles at once, whose deployments
+    queue in its lanes and rebase onto each other."""
+    grouped: dict[object, list[Driven]] = {}
+    for run in runs:
+        p = run.planned
+        key = (p.tenant, p.project, p.chain) if p.project is not None else run.request_id
+        grouped.setdefault(key, []).append(run)
+    return list(grouped.values())
+
+
+async def drive_chain(
+    clock: Clock,
+    client: Client,
+    lifecycle: LifecycleClient,
+    shops: list[tuple[DemoShop, list[Any]]],
+    chain: list[Driven],
+) -> None:
+    for run in chain:
+        await drive(clock, client, lifecycle, shops[run.planned.tenant][0], run)
+
+
 # --- the faults ---------------------------------------------------------------------------
 
 
@@ -552,7 +576,7 @@ async def chaos(settings: Settings) -> int:
             started = time.monotonic()
             inflicting = (stack, workers, figures, started, clock, client)
             driving = asyncio.gather(
-                *(drive(clock, client, lifecycle, shops[r.planned.tenant][0], r) for r in runs)
+                *(drive_chain(clock, client, lifecycle, shops, chain) for chain in chains(runs))
             )
             # Kills and restarts each on their own clock: a worker restarted by a kill may start
             # while a server is down (it waits for it, CHANGEFLOW_STARTUP_WAIT_SECONDS).
