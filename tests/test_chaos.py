@@ -118,7 +118,12 @@ def test_the_auditor_reports_outcomes_the_database_does_not_share() -> None:
     differs = record(row_status=PromptStatus.DEPLOYING_PRODUCTION)
     no_row = record(row_status=None)
     wrong_kind = record(kind="reject")  # a rejected plan that shipped anyway
-    found = outcome_violations([record(), differs, no_row, wrong_kind])
+    outpaced = record(
+        workflow_status=PromptStatus.FAILED,
+        row_status=PromptStatus.FAILED,
+        reason="the default branch kept moving: not shipped after 3 applies",
+    )
+    found = outcome_violations([record(), differs, no_row, wrong_kind, outpaced])
     assert found == [
         f"outcome: request {differs.request_id}: workflow ended completed, its row says "
         "deploying_production",
