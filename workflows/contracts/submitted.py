@@ -33,6 +33,7 @@ class PublicInput(BaseModel):
                 raise ValueError(f"{name} contains a NUL character")
         return self
 
+
 # left_to_right: the model first, so a payload that fits decodes exactly as it always did.
 Submitted = TypeAliasType(
     "Submitted",
