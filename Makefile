@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync reconcile migrate clean
+.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos reconcile migrate clean
 
 install: $(STAMP)
 
@@ -78,6 +78,10 @@ bench-git: $(STAMP)
 
 bench-sync: $(STAMP)
 	$(PY) -m scripts.bench_sync
+
+# Lifecycles under faults (killed workers, restarted servers), then an audit: see scripts/chaos.py.
+chaos: $(STAMP)
+	$(PY) -m scripts.chaos
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .changeflow *.egg-info

@@ -171,7 +171,9 @@ async def no_session_state(conn: asyncpg.Connection) -> None:
 _POOLS: dict[tuple[str, asyncio.AbstractEventLoop], asyncpg.Pool] = {}
 _POOL_LOCKS: dict[tuple[str, asyncio.AbstractEventLoop], asyncio.Lock] = {}
 
-_KEY = re.compile(r"^\S(.*\S)?$")
+# Printable, no surrounding whitespace: PostgreSQL text cannot hold a NUL, and a key with
+# control characters is a caller's bug to name, not a row to write.
+_KEY = re.compile(r"^[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$")
 # A grant period is a calendar month, 'YYYY-MM': anything else would be a new key, a new grant.
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
@@ -272,15 +274,19 @@ class Ledger:
             return await sql.fetchrow(conn, statement, params)
 
     @staticmethod
-    def _check(amount: int | None, key: str, *, allow_zero: bool = False) -> None:
-        if amount is not None:
-            low = 0 if allow_zero else 1
-            if not whole_tokens(amount) or not low <= amount <= MAX_AMOUNT:
-                raise InvalidAmount(f"amount must be an integer in [{low}, {MAX_AMOUNT}]")
-        if not key or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
+    def _check(amount: object, key: object, *, allow_zero: bool = False) -> None:
+        """An amount (an int, never a bool, None or a float) in range, and a usable key."""
+        low = 0 if allow_zero else 1
+        if not whole_tokens(amount) or not low <= amount <= MAX_AMOUNT:  # type: ignore[operator]
+            raise InvalidAmount(f"amount must be an integer in [{low}, {MAX_AMOUNT}]")
+        Ledger._check_key(key)
+
+    @staticmethod
+    def _check_key(key: object) -> None:
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH or not _KEY.match(key):
             raise InvalidAmount(
-                f"idempotency key must be 1..{MAX_KEY_LENGTH} characters without "
-                "surrounding whitespace"
+                f"idempotency key must be a string of 1..{MAX_KEY_LENGTH} printable characters "
+                "without surrounding whitespace"
             )
 
     def _announce(self, outcome: _Outcome) -> None:
@@ -622,7 +628,7 @@ class Ledger:
     ) -> EntryView:
         """A new credit entry reversing a debit (charge or settlement) in full, at most once
         per original: a partial unique index on reverses_id decides races."""
-        self._check(None, key)
+        self._check_key(key)
         original = await self._read(sql.ENTRY, {"id": transaction_id})
         if original is None:
             raise EntryNotRefundable(f"no ledger entry {transaction_id}")
@@ -815,7 +821,7 @@ class Ledger:
     async def release(self, hold_id: uuid.UUID, *, key: str) -> HoldView:
         """Void a hold: its tokens become available again. Releasing a hold that already
         expired succeeds without a change (the tokens are free either way)."""
-        self._check(None, key)
+        self._check_key(key)
 
         async def attempt(tx: _Tx) -> HoldView | LedgerError:
             params = {"hold_id": hold_id, "key": key, "now": self._now()}

@@ -12,10 +12,10 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -38,6 +38,8 @@ from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 log = structlog.get_logger(__name__)
 
 EMBEDDED_DATABASE = "changeflow"
+
+T = TypeVar("T")
 
 
 def binary(name: str) -> str:
@@ -257,6 +259,33 @@ class EmbeddedStack:
     _codec_server: subprocess.Popen[bytes] | None = None
     started: list[str] = field(default_factory=list)
 
+    async def restart_temporal(self, down_s: float = 0) -> None:
+        """Stop the dev server this stack started and start it again on the same port and
+        state file (--db-filename): every workflow survives, as it would a server upgrade."""
+        if self._temporal is None:
+            raise ConfigurationError("this stack did not start the Temporal dev server")
+        await asyncio.to_thread(stop_process, self._temporal)
+        await asyncio.sleep(down_s)
+        self._temporal, _ = await asyncio.to_thread(start_temporal, self.settings)
+
+    async def restart_postgres(self, down_s: float = 0) -> None:
+        """Stop the embedded PostgreSQL (fast shutdown: sessions are cut) and start it again
+        on the same data folder and socket."""
+        if self._postgres is None:
+            raise ConfigurationError("this stack did not start the embedded PostgreSQL")
+        await asyncio.to_thread(_pg_ctl, self._postgres, "-w", "-m", "fast", "stop")
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self._postgres.ensure_postgres_running)
+        await check_database(self.database_url, connect_timeout_s=30)
+
+
+def _pg_ctl(server: Any, *args: str) -> None:
+    """pg_ctl on pgserver's data folder, as the user pgserver runs it as (not root)."""
+    # pgserver's own wrapper (its binaries, its user), made at import: one per binary.
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
+
+    pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=60)
+
 
 @contextlib.asynccontextmanager
 async def embedded_stack(
@@ -267,6 +296,7 @@ async def embedded_stack(
     Waits until both answer, migrates, and on exit stops only what it started.
     """
     postgres = temporal = codec_server = None
+    stack: EmbeddedStack | None = None
     try:
         if settings.database_url is None:
             postgres, database_url = await asyncio.to_thread(start_postgres, settings.data_dir)
@@ -278,7 +308,9 @@ async def embedded_stack(
             temporal, temporal_address = await asyncio.to_thread(start_temporal, settings)
         else:
             temporal_address = settings.temporal_address
-        await check_database(database_url)
+        await until_reachable(
+            "postgresql", lambda: check_database(database_url), settings.startup_wait_seconds
+        )
         if migrate:
             await asyncio.to_thread(upgrade, database_url)
         resolved = settings.model_copy(
@@ -294,10 +326,29 @@ async def embedded_stack(
         stack.started = [name for name, process in started if process]
         yield stack
     finally:
-        stop_process(temporal)
+        # The stack's own handle: a restart (restart_temporal) replaced the process.
+        stop_process(stack._temporal if stack is not None else temporal)
         stop_process(codec_server)
         if postgres is not None:
             await asyncio.to_thread(postgres.cleanup)
+
+
+async def until_reachable(what: str, attempt: Callable[[], Awaitable[T]], within_s: float) -> T:
+    """attempt() until it stops raising ConfigurationError (a server that does not answer),
+    for up to within_s: a server restarting while this process starts is waited for, with
+    one log line. Without time to wait, the first error is the answer."""
+    deadline = time.monotonic() + within_s
+    waiting = False
+    while True:
+        try:
+            return await attempt()
+        except ConfigurationError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                log.warning("waiting_for_dependency", dependency=what, error=str(exc)[:200])
+                waiting = True
+            await asyncio.sleep(1)
 
 
 async def check_database(url: str, connect_timeout_s: float = 10) -> None:

@@ -2,11 +2,14 @@
 logs says which workflow, activity, attempt and tenant it belongs to, without the activity
 formatting any of that into its messages; and bound the failure it hands to Temporal."""
 
+import errno
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory, FailureError
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -89,6 +92,33 @@ def short_failure_message(exc: BaseException, message: str | None = None) -> str
     return _cut("; ".join(p for p in parts if p) or type(exc).__name__, MAX_FAILURE_MESSAGE_CHARS)
 
 
+# A server that is down or going down, as the database drivers say it.
+_UNREACHABLE = (
+    ConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    sqlalchemy.exc.InterfaceError,
+)
+
+
+def server_unreachable(exc: BaseException) -> bool:
+    """The error (or one of its causes) says a server is down: a connection refused or cut, or
+    a socket that is not there (an OSError without a file name: no file operation failed)."""
+    seen: BaseException | None = exc
+    for _ in range(FAILURE_CAUSES_KEPT + 2):
+        if seen is None:
+            return False
+        if isinstance(seen, _UNREACHABLE) or (
+            isinstance(seen, OSError)
+            and seen.errno in (errno.ENOENT, errno.ECONNREFUSED)
+            and seen.filename is None
+        ):
+            return True
+        seen = _underlying(seen)
+    return False
+
+
 def bounded_failure(exc: Exception) -> Exception:
     """What Temporal gets for an activity's exception: typed errors keep their type and retry
     rule with a bounded message; any other error becomes a retryable ApplicationError named
@@ -108,7 +138,14 @@ def bounded_failure(exc: Exception) -> Exception:
         )
     if isinstance(exc, FailureError):
         return exc  # Temporal's own (cancellation, timeouts): the SDK relies on their kind
-    return ApplicationError(short_failure_message(exc), type=type(exc).__name__)
+    # An outage fails every attempt until the server is back: benign (the SDK logs it at
+    # debug), since workers/outages.py logs the outage itself once.
+    category = (
+        ApplicationErrorCategory.BENIGN
+        if server_unreachable(exc)
+        else ApplicationErrorCategory.UNSPECIFIED
+    )
+    return ApplicationError(short_failure_message(exc), type=type(exc).__name__, category=category)
 
 
 class _BoundFailures(ActivityInboundInterceptor):
@@ -120,7 +157,13 @@ class _BoundFailures(ActivityInboundInterceptor):
             if bounded is exc:
                 raise
             # The whole story stays here; the history gets the short one.
-            log.warning("activity failed", error_type=type(exc).__name__, exc_info=exc)
+            benign = (
+                isinstance(bounded, ApplicationError)
+                and bounded.category is ApplicationErrorCategory.BENIGN
+            )
+            (log.debug if benign else log.warning)(
+                "activity failed", error_type=type(exc).__name__, exc_info=exc
+            )
             raise bounded from None
 
 

@@ -70,6 +70,10 @@ def remember_secrets(settings: Settings) -> None:
     _known_secrets.discard("")
 
 
+def _drop_call_retries(record: logging.LogRecord) -> bool:
+    return not record.name.endswith("temporalio_client::retry")
+
+
 def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """JSON off a terminal, console on one (or as CHANGEFLOW_LOG_FORMAT says)."""
     stream = stream or sys.stderr
@@ -117,6 +121,11 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     # extra (temporal_workflow / temporal_activity); don't also format it into the message.
     temporalio.workflow.logger.workflow_info_on_message = False
     temporalio.activity.logger.activity_info_on_message = False
+    # Core's note on each retried call to an unreachable server would flood an outage's log;
+    # the outage itself is logged once (workers/outages.py).
+    core = logging.getLogger("temporalio.core")
+    if _drop_call_retries not in core.filters:
+        core.addFilter(_drop_call_retries)
     # Chatty libraries stay at WARNING unless we are debugging.
     debugging = settings.log_level == LogLevel.DEBUG
     for name in ("sqlalchemy.engine", "alembic", "asyncio", "pgserver"):

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     worker_versioning: bool = False
     worker_deployment_name: str = Field(default="changeflow", pattern=r"^[^.\s]+$")
     worker_build_id: str | None = None
+    # How long a starting process waits for PostgreSQL and Temporal to answer (one log line
+    # says it waits). 0: an unreachable server at start is a configuration error, at once; a
+    # fleet without a supervisor that restarts it sets this to ride out a server's restart.
+    startup_wait_seconds: float = Field(default=0.0, ge=0)
 
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.AUTO

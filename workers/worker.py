@@ -22,9 +22,10 @@ from models.db import create_engine, session_factory
 from workers import registry
 from workers.client import connect, runtime_for
 from workers.codec import payload_key_ring
-from workers.devstack import EmbeddedStack, embedded_stack
+from workers.devstack import EmbeddedStack, embedded_stack, until_reachable
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
+from workers.outages import database_probe, temporal_probe, watch_outages
 from workers.registry import Dependencies
 from workers.schedules import (
     ensure_plan_grant_schedule,
@@ -147,7 +148,9 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
     """Serve every task queue against a resolved stack until `stop` is set."""
     settings = stack.settings
     check_serves_something(settings)
-    client = await connect(settings)
+    client = await until_reachable(
+        "temporal", lambda: connect(settings), settings.startup_wait_seconds
+    )
     await check_namespace(client, settings.temporal_namespace)
     if settings.serve_lifecycle:
         if await ensure_sweep_schedule(client, settings.task_queue):
@@ -176,7 +179,17 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
         if settings.metrics_port and settings.serve_lifecycle:
             meter = runtime_for(settings).metric_meter
             sampling = asyncio.create_task(sample_until_stopped(deps.sessions, meter, stop))
-        await run_until_stopped(workers, stop)
+        # The workers ride out a server's outage by themselves; this says so once per outage.
+        watching = asyncio.create_task(
+            watch_outages(
+                {"postgresql": database_probe(engine), "temporal": temporal_probe(client)}, stop
+            )
+        )
+        try:
+            await run_until_stopped(workers, stop)
+        finally:
+            stop.set()
+            await watching
         if sampling is not None:
             await sampling
     finally:

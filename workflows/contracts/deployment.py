@@ -6,6 +6,7 @@ import uuid
 from pydantic import BaseModel, Field
 
 from models.lifecycle import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
+from workflows.contracts.submitted import PublicInput
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
 
@@ -70,7 +71,7 @@ class DeploymentState(BaseModel):
     rollback_status: DeploymentStatus | None = None
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(PublicInput):
     """An operator's request to restore the release of an earlier SUCCEEDED deployment."""
 
     tenant_id: uuid.UUID

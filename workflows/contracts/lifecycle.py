@@ -25,6 +25,7 @@ from models.lifecycle import (
 )
 from workflows.contracts.deployment import DEFAULT_DEPLOY_TASK_QUEUE
 from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.submitted import PublicInput
 
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
@@ -55,7 +56,7 @@ def check_reason(reason: str) -> None:
 # --- The workflow's public payloads. ---
 
 
-class PromptRequestInput(BaseModel):
+class PromptRequestInput(PublicInput):
     """Start of a PromptRequestWorkflow. Validation happens in the workflow, so a bad request
     ends with a typed error instead of a payload the worker cannot decode."""
 
@@ -67,14 +68,14 @@ class PromptRequestInput(BaseModel):
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
 
 
-class ApproveRequest(BaseModel):
+class ApproveRequest(PublicInput):
     user_id: uuid.UUID
     # The plan's content hash as the approver saw it; a different one is refused as stale.
     content_hash: str
     comment: str = ""
 
 
-class RejectRequest(BaseModel):
+class RejectRequest(PublicInput):
     user_id: uuid.UUID
     content_hash: str
     # Checked by the validator (check_reason), so that a blank one is a typed refusal like an
@@ -86,7 +87,7 @@ class RejectRequest(BaseModel):
     )
 
 
-class ReviseRequest(BaseModel):
+class ReviseRequest(PublicInput):
     """An amended prompt: the request is planned again and earlier approvals are void."""
 
     user_id: uuid.UUID

@@ -8,9 +8,9 @@ model when it fits and to its plain JSON value when it does not, and `parse_inpu
 latter into one typed, non-retryable `InvalidRequest` that names the fields.
 """
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Self, TypeVar
 
-from pydantic import BaseModel, Field, JsonValue, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError, model_validator
 from typing_extensions import TypeAliasType
 
 from workflows.contracts.errors import ErrorType, refused
@@ -19,6 +19,20 @@ from workflows.contracts.errors import ErrorType, refused
 MAX_PROBLEMS_NAMED = 10
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class PublicInput(BaseModel):
+    """A payload from outside. No text in it may hold a NUL character: PostgreSQL text cannot
+    store one, so the step that writes it would fail on every retry instead of the payload
+    being refused once, here."""
+
+    @model_validator(mode="after")
+    def _no_nul_characters(self) -> Self:
+        for name, value in self:
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{name} contains a NUL character")
+        return self
+
 
 # left_to_right: the model first, so a payload that fits decodes exactly as it always did.
 Submitted = TypeAliasType(

@@ -1,0 +1,277 @@
+"""The auditor of `make chaos`: what a run's lifecycles must have left behind, whatever faults
+they met. Each check reads the database (and the repositories) once and names every violation
+it finds, one line each; no violation is an empty list.
+
+- outcome: each workflow's result is its PromptRequest row's status and tokens, and fits what
+  the driver did (an approved change completes, a rejected one is rejected, a change failing
+  production is rolled back; a cancelled one may have finished first);
+- settlement: exactly one settlement entry per request that used tokens, none for the others;
+- hold: no hold is left active;
+- ledger: every account reconciles (activities.reconciliation);
+- branch: each environment branch of each project points at the commit of the environment's
+  last succeeded deployment (none: no branch);
+- overlap: no two deployments of one project and environment ran at the same time (a
+  deployment's own automatic rollback runs inside its turn and is not another deployment).
+"""
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import col, select
+
+from activities.deploy_target import environment_ref
+from activities.git_store import resolve_commit
+from activities.reconciliation import reconcile
+from models import (
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentStatus,
+    Project,
+    PromptRequest,
+    PromptStatus,
+    TokenTransaction,
+    TokenTransactionKind,
+)
+from models.billing import HoldStatus, TokenHold
+from models.db import SessionFactory
+from workflows.contracts.ids import prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult
+
+# What the driver's handling of each kind of lifecycle allows it to end as.
+ALLOWED_OUTCOMES: dict[str, set[PromptStatus] | None] = {
+    "auto": {PromptStatus.COMPLETED},
+    "human": {PromptStatus.COMPLETED},
+    "rollback": {PromptStatus.ROLLED_BACK},
+    "reject": {PromptStatus.REJECTED},
+    "cancel": None,  # any end: the cancel may arrive after the lifecycle finished
+}
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A lifecycle of the run: its kind and the result its workflow gave."""
+
+    request_id: uuid.UUID
+    kind: str
+    result: PromptRequestResult
+    tenant_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as Temporal (the result) and the database (row, settlements) tell it."""
+
+    request_id: uuid.UUID
+    kind: str
+    workflow_status: PromptStatus
+    workflow_tokens_used: int
+    row_status: PromptStatus | None  # None: no row
+    row_tokens_used: int
+    settlements: int
+    reason: str = ""
+
+
+# A change that could not catch up with its project's default branch (other changes kept
+# shipping first) ends FAILED by design, whatever the driver did.
+KEPT_MOVING = "the default branch kept moving"
+
+
+@dataclass(frozen=True)
+class DeploymentSpan:
+    deployment_id: uuid.UUID
+    project_id: uuid.UUID
+    environment: DeploymentEnvironment
+    status: DeploymentStatus
+    commit_sha: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    rollback_of_id: uuid.UUID | None = None
+
+
+def outcome_violations(records: list[RequestRecord]) -> list[str]:
+    found = []
+    for r in records:
+        if r.row_status is None:
+            found.append(f"outcome: request {r.request_id} has no row")
+            continue
+        if r.row_status is not r.workflow_status:
+            found.append(
+                f"outcome: request {r.request_id}: workflow ended {r.workflow_status.value}, "
+                f"its row says {r.row_status.value}"
+            )
+        if r.row_tokens_used != r.workflow_tokens_used:
+            found.append(
+                f"outcome: request {r.request_id}: workflow used {r.workflow_tokens_used} "
+                f"tokens, its row says {r.row_tokens_used}"
+            )
+        allowed = ALLOWED_OUTCOMES[r.kind]
+        outpaced = r.workflow_status is PromptStatus.FAILED and KEPT_MOVING in r.reason
+        if allowed is not None and r.workflow_status not in allowed and not outpaced:
+            found.append(
+                f"outcome: request {r.request_id} ({r.kind}) ended {r.workflow_status.value}, "
+                f"expected {' or '.join(sorted(s.value for s in allowed))}"
+            )
+    return found
+
+
+def settlement_violations(records: list[RequestRecord]) -> list[str]:
+    found = []
+    for r in records:
+        expected = 1 if r.workflow_tokens_used > 0 else 0
+        if r.settlements != expected:
+            found.append(
+                f"settlement: request {r.request_id} used {r.workflow_tokens_used} tokens "
+                f"and has {r.settlements} settlements, expected {expected}"
+            )
+    return found
+
+
+def overlap_violations(spans: list[DeploymentSpan]) -> list[str]:
+    """Deployments of one lane (project, environment) whose [started, finished] intersect."""
+    lanes: dict[tuple[uuid.UUID, DeploymentEnvironment], list[DeploymentSpan]] = defaultdict(list)
+    for span in spans:
+        if span.started_at is not None:
+            lanes[(span.project_id, span.environment)].append(span)
+    found = []
+    for (project_id, environment), lane in lanes.items():
+        lane.sort(key=lambda s: s.started_at or datetime.min)
+        for i, first in enumerate(lane):
+            for second in lane[i + 1 :]:
+                assert first.started_at is not None and second.started_at is not None
+                if first.finished_at is not None and second.started_at >= first.finished_at:
+                    break  # sorted by start: no later one overlaps `first` either
+                if second.rollback_of_id == first.deployment_id:
+                    continue  # its own rollback, inside its turn
+                found.append(
+                    f"overlap: {environment.value} of project {project_id}: deployment "
+                    f"{first.deployment_id} ({first.started_at:%H:%M:%S.%f}-"
+                    f"{_time(first.finished_at)}) and {second.deployment_id} "
+                    f"({second.started_at:%H:%M:%S.%f}-{_time(second.finished_at)})"
+                )
+    return found
+
+
+def _time(at: datetime | None) -> str:
+    return f"{at:%H:%M:%S.%f}" if at else "unfinished"
+
+
+def expected_heads(
+    spans: list[DeploymentSpan],
+) -> dict[tuple[uuid.UUID, DeploymentEnvironment], str | None]:
+    """Per lane, the commit of its last succeeded deployment (by finish)."""
+    heads: dict[tuple[uuid.UUID, DeploymentEnvironment], tuple[datetime, str | None]] = {}
+    for span in spans:
+        if span.status is not DeploymentStatus.SUCCEEDED or span.finished_at is None:
+            continue
+        lane = (span.project_id, span.environment)
+        if lane not in heads or heads[lane][0] < span.finished_at:
+            heads[lane] = (span.finished_at, span.commit_sha)
+    return {lane: commit for lane, (_, commit) in heads.items()}
+
+
+def branch_violations(
+    expected: dict[tuple[uuid.UUID, DeploymentEnvironment], str | None],
+    actual: dict[tuple[uuid.UUID, DeploymentEnvironment], str | None],
+) -> list[str]:
+    found = []
+    for lane in sorted(set(expected) | set(actual), key=lambda k: (str(k[0]), k[1].value)):
+        want, have = expected.get(lane), actual.get(lane)
+        if want != have:
+            project_id, environment = lane
+            found.append(
+                f"branch: env/{environment.value} of project {project_id} is at {have}, its "
+                f"last succeeded deployment released {want}"
+            )
+    return found
+
+
+async def audit(sessions: SessionFactory, expected: list[Expected]) -> list[str]:
+    """Every violation the run left, one line each."""
+    tenants = {e.tenant_id for e in expected}
+    async with sessions() as session:
+        rows = {
+            r.id: r
+            for r in (
+                await session.exec(
+                    select(PromptRequest).where(
+                        col(PromptRequest.id).in_([e.request_id for e in expected])
+                    )
+                )
+            ).all()
+        }
+        settlements: dict[str, int] = defaultdict(int)
+        for entry in (
+            await session.exec(
+                select(TokenTransaction).where(
+                    TokenTransaction.kind == TokenTransactionKind.SETTLEMENT,
+                    col(TokenTransaction.tenant_id).in_(tenants),
+                )
+            )
+        ).all():
+            # Ledger keys of a workflow's steps start with its workflow id (activities.billing).
+            settlements[entry.idempotency_key.rsplit(":", 2)[0]] += 1
+        active_holds = (
+            await session.exec(
+                select(TokenHold).where(
+                    TokenHold.status == HoldStatus.ACTIVE, col(TokenHold.tenant_id).in_(tenants)
+                )
+            )
+        ).all()
+        deployments = (
+            await session.exec(select(Deployment).where(col(Deployment.tenant_id).in_(tenants)))
+        ).all()
+        projects = (
+            await session.exec(select(Project).where(col(Project.tenant_id).in_(tenants)))
+        ).all()
+    records = [
+        RequestRecord(
+            request_id=e.request_id,
+            kind=e.kind,
+            workflow_status=e.result.status,
+            workflow_tokens_used=e.result.tokens_used,
+            row_status=row.status if (row := rows.get(e.request_id)) else None,
+            row_tokens_used=row.tokens_used if row else 0,
+            settlements=settlements.get(prompt_request_workflow_id(e.request_id), 0),
+            reason=e.result.reason,
+        )
+        for e in expected
+    ]
+    spans = [
+        DeploymentSpan(
+            deployment_id=d.id,
+            project_id=d.project_id,
+            environment=d.environment,
+            status=d.status,
+            commit_sha=d.commit_sha,
+            started_at=d.started_at,
+            finished_at=d.finished_at,
+            rollback_of_id=d.rollback_of_id,
+        )
+        for d in deployments
+        if d.project_id is not None
+    ]
+    actual = {
+        (p.id, environment): await resolve_commit(
+            Path(p.repo_url), environment_ref(environment.value)
+        )
+        for p in projects
+        for environment in DeploymentEnvironment
+    }
+    actual = {lane: head for lane, head in actual.items() if head is not None}
+    reports = await reconcile(sessions)
+    return [
+        *outcome_violations(records),
+        *settlement_violations(records),
+        *(f"hold: hold {h.id} of tenant {h.tenant_id} is still active" for h in active_holds),
+        *(
+            f"ledger: account {r.account_id}: {finding}"
+            for r in reports
+            if r.tenant_id in tenants
+            for finding in r.drift
+        ),
+        *branch_violations(expected_heads(spans), actual),
+        *overlap_violations(spans),
+    ]
