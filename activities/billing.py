@@ -14,6 +14,7 @@ from workflows.contracts.billing import (
     GrantPlanTokens,
     GrantResult,
     HoldView,
+    ReleaseForgottenHolds,
     ReleaseHold,
     ReserveTokens,
     SettleHold,
@@ -66,6 +67,26 @@ class BillingActivities:
                 description=request.description,
             )
         )
+
+    @activity.defn
+    async def release_forgotten_holds(self, request: ReleaseForgottenHolds) -> list[HoldView]:
+        """Release this workflow's active holds other than `known`: a reservation whose answer
+        was lost (its worker or the database went away after the commit) left one that the
+        workflow never learnt of. Each release is keyed by its hold, so a retry releases once."""
+        workflow_id = activity.info().workflow_id
+        holds = await self._ledger.active_holds_by_key(request.tenant_id, f"{workflow_id}:")
+        released = []
+        for hold in holds:
+            if hold.hold_id in request.known:
+                continue
+            released.append(
+                await _refusals_are_final(
+                    self._ledger.release(
+                        hold.hold_id, key=idempotency_key(f"release-forgotten:{hold.hold_id}")
+                    )
+                )
+            )
+        return released
 
     @activity.defn
     async def release_hold(self, request: ReleaseHold) -> HoldView:

@@ -438,6 +438,25 @@ class Ledger:
         async with pool.acquire() as conn:
             return await self._account_row(conn, tenant_id=tenant_id, tier=None)
 
+    async def active_holds_by_key(self, tenant_id: uuid.UUID, key_prefix: str) -> list[HoldView]:
+        """A tenant's unresolved holds whose reservation key starts with `key_prefix` (the
+        holds one workflow reserved: its keys start with its workflow id)."""
+        self._check_key(key_prefix)
+        pool = await self._connections()
+        async with pool.acquire() as conn:
+            rows = await sql.fetch(
+                conn,
+                """
+                SELECT h.id, h.account_id, h.amount, h.status, h.expires_at
+                FROM token_holds h
+                WHERE h.tenant_id = CAST(:tenant_id AS uuid) AND h.resolved_at IS NULL
+                  AND starts_with(h.idempotency_key, :prefix)
+                ORDER BY h.created_at
+                """,
+                {"tenant_id": tenant_id, "prefix": key_prefix},
+            )
+        return [_hold(row) for row in rows]
+
     async def balance(self, account_id: uuid.UUID) -> BalanceView:
         """Balance and availability now; holds past their expiry no longer count, swept or
         not."""

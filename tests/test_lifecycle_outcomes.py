@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
+from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
+from activities.billing import BillingActivities
 from activities.change_engine import AppliedChange, ChangeProposal, ChangeStep
 from activities.deploy_target import GitDeployTarget, VerificationResult
 from activities.git_change_engine import GitChangeEngine
+from activities.ledger import Ledger
 from activities.lifecycle import LifecycleActivities
 from activities.releases import ReleaseActivities
 from models import (
@@ -46,6 +50,7 @@ from tests.lifecycle_support import (
 )
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
+from workflows.contracts.billing import HoldView, ReserveTokens
 from workflows.contracts.errors import ErrorType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -436,3 +441,54 @@ async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
     assert "ahead" in waiting.step
     assert [d.queue_position for d in holding.deployments] == [0]
     assert [r.status for r in results] == [PromptStatus.COMPLETED] * 2
+
+
+class ReserveThenLoseTheAnswer(BillingActivities):
+    """The first reservation commits its hold, then its step fails as if the answer was lost
+    (the worker or the database went away after the commit); later calls are the real one."""
+
+    def __init__(self, ledger: Ledger, reached: asyncio.Event, go_on: asyncio.Event) -> None:
+        super().__init__(ledger)
+        self.reached, self.go_on, self.calls = reached, go_on, 0
+
+    @activity.defn(name="reserve_tokens")
+    async def reserve_tokens(self, request: ReserveTokens) -> HoldView:
+        self.calls += 1
+        hold = await super().reserve_tokens(request)
+        if self.calls == 1:
+            self.reached.set()
+            await self.go_on.wait()
+            raise ApplicationError("connection lost after commit", non_retryable=True)
+        return hold
+
+
+async def test_a_request_cancelled_while_its_hold_is_reserved_leaves_no_hold_active(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    reached, go_on = asyncio.Event(), asyncio.Event()
+    billing = ReserveThenLoseTheAnswer(Ledger(sessions), reached, go_on)
+    async with running_workers(
+        client,
+        sessions,
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        replace=[billing.reserve_tokens],
+    ):
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        await asyncio.wait_for(reached.wait(), 60)
+        await lifecycle.cancel(request_id, reason="changed my mind")
+        go_on.set()
+        result = await lifecycle.wait_for_outcome(request_id)
+
+    assert result.status is PromptStatus.CANCELLED
+    # The hold whose answer was lost: found by the workflow's keys, and released.
+    assert billing.calls == 1
+    [hold] = await holds(sessions, shop)
+    assert hold.status is HoldStatus.RELEASED
+    assert await balance(sessions, shop.account) == FUNDS

@@ -91,6 +91,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         billing.reserve_tokens,
         billing.settle_hold,
         billing.release_hold,
+        billing.release_forgotten_holds,
         billing.charge_tokens,
         billing.sweep_expired_holds,
         billing.grant_plan_tokens,

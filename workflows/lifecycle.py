@@ -35,7 +35,13 @@ with workflow.unsafe.imports_passed_through():
         PromptStatus,
     )
     from models.transitions import is_terminal
-    from workflows.contracts.billing import ChargeTokens, ReleaseHold, ReserveTokens, SettleHold
+    from workflows.contracts.billing import (
+        ChargeTokens,
+        ReleaseForgottenHolds,
+        ReleaseHold,
+        ReserveTokens,
+        SettleHold,
+    )
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -119,6 +125,9 @@ DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy":
 # A local activity's failure reaches the workflow as its ApplicationError, not wrapped in an
 # ActivityError as an activity task's does.
 LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
+# Patch id: a cancellation also releases holds the run never learnt of (histories recorded
+# before it replay without the step).
+RELEASE_FORGOTTEN_HOLDS = "release-forgotten-holds"
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
@@ -991,6 +1000,8 @@ class PromptRequestWorkflow:
         if is_terminal(self._status):
             return
         await self._close_holds(charge=self._chargeable())
+        if workflow.patched(RELEASE_FORGOTTEN_HOLDS):
+            await self._shielded(self._release_forgotten_holds())
         if self._status is not PromptStatus.RECEIVED:  # RECEIVED: nothing was ever persisted
             await self._persist_status(
                 PromptStatus.CANCELLED,
@@ -1001,6 +1012,17 @@ class PromptRequestWorkflow:
             if self._plan is not None and self._plan.approval_status is PlanApprovalStatus.PENDING:
                 self._plan.approval_status = PlanApprovalStatus.CANCELLED
         self._set_step("cancelled")
+
+    async def _release_forgotten_holds(self) -> None:
+        """A reservation cut off after its commit (a worker killed, the database restarted)
+        made a hold this run never learnt of: the ledger finds it by this workflow's keys."""
+        await workflow.execute_local_activity_method(
+            BillingActivities.release_forgotten_holds,
+            ReleaseForgottenHolds(
+                tenant_id=self._input.tenant_id, known=[hold.hold_id for hold in self._holds]
+            ),
+            **DB_STEP,
+        )
 
     async def _drain_steps(self) -> None:
         while self._inflight:

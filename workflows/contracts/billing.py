@@ -50,6 +50,12 @@ class ReleaseHold(BaseModel):
     step: str = Field(min_length=1, max_length=100)
 
 
+class ReleaseForgottenHolds(BaseModel):
+    tenant_id: uuid.UUID
+    # The holds the workflow knows of (it settles or releases those itself).
+    known: list[uuid.UUID] = []
+
+
 class ChargeTokens(BaseModel):
     tenant_id: uuid.UUID
     amount: PositiveTokens
