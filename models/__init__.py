@@ -32,6 +32,7 @@ from models.lifecycle import (
     PromptRequest,
     PromptStatus,
     RiskLevel,
+    UsedDecisionToken,
 )
 from models.model_calls import ModelCall, ModelCallOutcome
 from models.projects import ChangeEngineKind, Connector, ConnectorKind, ConnectorStatus, Project
@@ -85,6 +86,7 @@ __all__ = [
     "OrderSource",
     "OrderStatus",
     "PlanApprovalStatus",
+    "UsedDecisionToken",
     "PlanTier",
     "Project",
     "PromptRequest",

@@ -33,6 +33,20 @@ class LogLevel(StrEnum):
     CRITICAL = "CRITICAL"
 
 
+class DecisionTokenMode(StrEnum):
+    # Every decision (approve, reject, revise, rollback, cancel) must carry a valid token.
+    REQUIRED = "required"
+    # A decision without a token is judged by its user id alone (one that carries a token is
+    # still verified): for tests and tools that do not care.
+    OFF = "off"
+
+
+# Without CHANGEFLOW_DECISION_JWKS the workers trust the development signer's keys
+# (scripts/decision_signer.py) under the data folder, and say so in a warning.
+DEV_DECISION_ISSUER = "changeflow-dev-signer"
+DEV_DECISION_SIGNER_DIR = "decision-signer"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHANGEFLOW_",
@@ -136,6 +150,16 @@ class Settings(BaseSettings):
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)
 
+    # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
+    # of the identity service's public keys; issuer and audience must match the token's.
+    decision_tokens: DecisionTokenMode = DecisionTokenMode.REQUIRED
+    decision_jwks: str | None = None
+    decision_issuer: str = DEV_DECISION_ISSUER
+    decision_audience: str = "changeflow"
+    # A token living longer than this (exp - iat) is refused, however it was signed.
+    decision_token_max_lifetime_seconds: int = Field(default=600, ge=10, le=3600)
+    decision_token_leeway_seconds: int = Field(default=5, ge=0, le=60)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -159,6 +183,14 @@ class Settings(BaseSettings):
             raise ValueError("names no database (expected postgresql://.../dbname)")
         return value
 
+    @field_validator("decision_jwks")
+    @classmethod
+    def _check_decision_jwks(cls, value: str | None) -> str | None:
+        # Keys fetched over plain http could be swapped on the way: only https or a file.
+        if value is not None and value.startswith("http://"):
+            raise ValueError("must be an https:// URL or a file path, not http://")
+        return value
+
     @property
     def embedded_database(self) -> bool:
         return self.database_url is None
@@ -179,6 +211,17 @@ class Settings(BaseSettings):
         """The namespace's workflow list in the Web UI, filtered by a visibility query."""
         url = f"{self.ui_url}/namespaces/{self.temporal_namespace}/workflows"
         return f"{url}?query={quote(query)}" if query else url
+
+    @property
+    def uses_dev_decision_signer(self) -> bool:
+        return self.decision_jwks is None
+
+    @property
+    def resolved_decision_jwks(self) -> str:
+        """Where the workers read decision keys: the setting, or the development signer's."""
+        if self.decision_jwks is not None:
+            return self.decision_jwks
+        return str(self.data_dir / DEV_DECISION_SIGNER_DIR / "jwks.json")
 
     @property
     def resolved_workspace_dir(self) -> Path:
