@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import jwt
+import structlog
 
 from workers.settings import Settings
 from workflows.contracts.decisions import ACTIONS_ON_A_PLAN, DECISION_CLAIMS, DecisionAction
 from workflows.contracts.errors import ErrorType, refused
+
+log = structlog.get_logger(__name__)
 
 ALGORITHMS = ["EdDSA", "ES256", "RS256"]
 
@@ -92,6 +95,12 @@ class DecisionTokenVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DecisionTokenVerifier":
+        if settings.uses_dev_decision_signer and settings.decision_tokens == "required":
+            log.warning(
+                "decision_tokens_trust_the_development_signer",
+                jwks=settings.resolved_decision_jwks,
+                hint="set CHANGEFLOW_DECISION_JWKS to the identity service's keys in production",
+            )
         return cls(
             JwksKeys(settings.resolved_decision_jwks),
             issuer=settings.decision_issuer,

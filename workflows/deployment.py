@@ -26,6 +26,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.decisions import DecisionActivities
     from activities.deployments import DeploymentActivities
     from activities.lane import LaneActivities
     from activities.releases import ReleaseActivities
@@ -55,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         error_message,
         error_type,
     )
+    from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
 
@@ -523,6 +525,19 @@ class RollbackWorkflow:
             [search_attributes.TENANT_ID.value_set(str(request.tenant_id))]
         )
         try:
+            # The operator's signed decision counts before anything is planned or released.
+            await workflow.execute_local_activity_method(
+                DecisionActivities.verify_decision,
+                VerifyDecision(
+                    tenant_id=request.tenant_id,
+                    request=request.target_deployment_id,
+                    action=DecisionAction.ROLLBACK,
+                    user_id=request.requested_by,
+                    token=request.token,
+                    used_by=workflow.info().workflow_id,
+                ),
+                **_BOOKKEEPING,
+            )
             plan = await workflow.execute_local_activity_method(
                 RollbackActivities.plan_rollback,
                 PlanRollback(

@@ -107,7 +107,8 @@ class CancelRequest(BaseModel):
     """The `authorize_cancel` update: a signed cancel decision, verified and recorded by the
     workflow before the typed client sends Temporal's cancel."""
 
-    user_id: uuid.UUID
+    # None only with tokens off (an operator's cancel naming nobody).
+    user_id: uuid.UUID | None = None
     token: str | None = None
 
 
