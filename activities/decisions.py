@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
@@ -121,7 +121,7 @@ class DecisionActivities:
                 created_at=utcnow(),
             )
             .on_conflict_do_nothing(index_elements=["jti"])
-            .returning(UsedDecisionToken.jti)  # type: ignore[arg-type]
+            .returning(col(UsedDecisionToken.jti))
         )
         if inserted.first() is not None:
             return

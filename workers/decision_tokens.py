@@ -216,4 +216,3 @@ def check_claims(
     for ok, kind, message in checks:
         if not ok:
             raise refused(kind, message)
-

@@ -41,12 +41,12 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.lifecycle import PromptStatus
+from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.deployment import (
     DEFAULT_DEPLOY_TASK_QUEUE,
     DeploymentResult,
     RollbackRequest,
 )
-from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.errors import ErrorType, application_error
 from workflows.contracts.ids import prompt_request_workflow_id, rollback_workflow_id
 from workflows.contracts.lifecycle import (

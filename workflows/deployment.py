@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.rollbacks import RollbackActivities
     from models.lifecycle import ChangeJobKind, DeploymentStatus
     from workflows.contracts import search_attributes
+    from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -56,7 +57,6 @@ with workflow.unsafe.imports_passed_through():
         error_message,
         error_type,
     )
-    from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
 

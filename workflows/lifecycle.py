@@ -32,16 +32,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.transitions import is_terminal
     from workflows.contracts.billing import ChargeTokens, ReleaseHold, ReserveTokens, SettleHold
+    from workflows.contracts.decisions import DecisionAction, VerifyDecision, unverified_tenant
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
     )
-    from workflows.contracts.decisions import DecisionAction, VerifyDecision, unverified_tenant
     from workflows.contracts.errors import (
         NON_RETRYABLE_ERROR_TYPES,
-        application_error,
         ErrorType,
+        application_error,
         error_message,
         error_type,
         refused,
@@ -577,7 +577,7 @@ class PromptRequestWorkflow:
             )
         except LOCAL_STEP_FAILURES as err:
             cause = application_error(err)
-            if cause is None or not cause.non_retryable:
+            if cause is None or cause.type is None or not cause.non_retryable:
                 raise
             raise refused(ErrorType(cause.type), cause.message) from None
 

@@ -6,7 +6,8 @@ Public contract (workflow id ``ids.prompt_request_workflow_id``, type
 (``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
 a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
 ``PromptRequestResult``. Cancel with Temporal's cancel (the typed client first has the
-``authorize_cancel`` update, ``CancelRequest``, verify its signed token). Refusals and failures carry an
+``authorize_cancel`` update, ``CancelRequest``, verify its signed token). Decisions carry
+a signed token (workflows.contracts.decisions). Refusals and failures carry an
 ``ApplicationError`` whose ``type`` is an ``ErrorType`` value (workflows.contracts.errors).
 """
 
