@@ -61,7 +61,8 @@ class DevelopmentSigner:
         issued_at: float | None = None,
         **overrides: object,
     ) -> str:
-        """A signed decision token; `overrides` replace or add claims (tests forge with them)."""
+        """A signed decision token; `overrides` replace, add or (None) remove claims: tests
+        forge bad tokens with them."""
         now = int(time.time() if issued_at is None else issued_at)
         claims: dict[str, object] = {
             "iss": self.issuer,
@@ -77,6 +78,7 @@ class DevelopmentSigner:
         if plan_hash is not None:
             claims["plan_hash"] = plan_hash
         claims.update(overrides)
+        claims = {name: value for name, value in claims.items() if value is not None}
         return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.kid})
 
 

@@ -525,7 +525,15 @@ class RollbackWorkflow:
             [search_attributes.TENANT_ID.value_set(str(request.tenant_id))]
         )
         try:
-            # The operator's signed decision counts before anything is planned or released.
+            plan = await workflow.execute_local_activity_method(
+                RollbackActivities.plan_rollback,
+                PlanRollback(
+                    tenant_id=request.tenant_id, target_deployment_id=request.target_deployment_id
+                ),
+                **_BOOKKEEPING,
+            )
+            # The operator's signed decision counts before anything is released (planning only
+            # read: a target of another tenant is refused there without using the token).
             await workflow.execute_local_activity_method(
                 DecisionActivities.verify_decision,
                 VerifyDecision(
@@ -535,13 +543,6 @@ class RollbackWorkflow:
                     user_id=request.requested_by,
                     token=request.token,
                     used_by=workflow.info().workflow_id,
-                ),
-                **_BOOKKEEPING,
-            )
-            plan = await workflow.execute_local_activity_method(
-                RollbackActivities.plan_rollback,
-                PlanRollback(
-                    tenant_id=request.tenant_id, target_deployment_id=request.target_deployment_id
                 ),
                 **_BOOKKEEPING,
             )
