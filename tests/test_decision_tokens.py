@@ -2,6 +2,10 @@
 request, action and plan, was never used, and the user may decide now (the roster in the
 database at decision time). Every refusal is typed and records nothing."""
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -98,6 +102,20 @@ async def accepted_updates(client: Client, request_id: uuid.UUID) -> list[str]:
     return succeeded
 
 
+def hs256(token: str, *, secret: bytes, kid: str) -> str:
+    """The token's claims re-signed with HMAC under a public value: the key confusion attack
+    (PyJWT itself refuses to make one)."""
+
+    def segment(value: object) -> str:
+        raw = json.dumps(value, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    signed = f"{segment({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{segment(claims)}"
+    mac = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
 async def awaiting(lifecycle: LifecycleClient, shop: Shop) -> tuple[uuid.UUID, str]:
     request_id = await submit(lifecycle, shop, SAFE_PROMPT)
     _, plan = await plan_awaiting_approval(lifecycle, request_id)
@@ -159,12 +177,7 @@ async def test_each_bad_token_is_a_typed_refusal_that_records_nothing(
             ErrorType.BAD_TOKEN_SIGNATURE,
         ),
         "HS256 keyed with the public JWKS": (
-            jwt.encode(
-                jwt.decode(genuine, options={"verify_signature": False}),
-                key=public_jwk,
-                algorithm="HS256",
-                headers={"kid": signer.kid},
-            ),
+            hs256(genuine, secret=public_jwk.encode(), kid=signer.kid),
             ErrorType.BAD_TOKEN_SIGNATURE,
         ),
         "expired": (token(issued_at=time.time() - 400), ErrorType.TOKEN_EXPIRED),
@@ -216,7 +229,7 @@ async def test_a_token_works_once(
         user=reviser.id, tenant=shop.tenant.id, request=request_id, action=DecisionAction.REVISE
     )
     await lifecycle.revise(
-        request_id, user_id=reviser.id, prompt="set theme to light", token=once
+        request_id, user_id=reviser.id, prompt="set store_name to Revised", token=once
     )
     revised = await wait_for_status(
         lifecycle,
@@ -226,7 +239,7 @@ async def test_a_token_works_once(
     )
     with pytest.raises(LifecycleRefused) as refusal:
         await lifecycle.revise(
-            request_id, user_id=reviser.id, prompt="set theme to dark", token=once
+            request_id, user_id=reviser.id, prompt="set store_name to Again", token=once
         )
 
     assert refusal.value.error_type == ErrorType.TOKEN_REUSED
