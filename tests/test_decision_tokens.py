@@ -116,8 +116,10 @@ def hs256(token: str, *, secret: bytes, kid: str) -> str:
     return f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
 
 
-async def awaiting(lifecycle: LifecycleClient, shop: Shop) -> tuple[uuid.UUID, str]:
-    request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+async def awaiting(
+    lifecycle: LifecycleClient, shop: Shop, prompt: str = SAFE_PROMPT
+) -> tuple[uuid.UUID, str]:
+    request_id = await submit(lifecycle, shop, prompt)
     _, plan = await plan_awaiting_approval(lifecycle, request_id)
     return request_id, plan.content_hash
 
@@ -309,15 +311,17 @@ async def test_no_decision_on_another_tenants_request_succeeds(
         deploy_task_queue=settings.deploy_task_queue,
         signer=signer,
     )
-    # The victim ships once (a production deployment to roll back to), then waits again.
-    shipped_id, shipped_hash = await awaiting(signed, victim)
-    await signed.approve(shipped_id, user_id=victim.admins[0].id, content_hash=shipped_hash)
-    shipped = await signed.wait_for_outcome(shipped_id)
-    assert shipped.status is PromptStatus.COMPLETED, shipped.reason
+    # The victim ships twice (an earlier production release to roll back to), then waits.
+    shipped = []
+    for prompt in (SAFE_PROMPT, "set store_name to Victim Two"):
+        shipped_id, shipped_hash = await awaiting(signed, victim, prompt)
+        await signed.approve(shipped_id, user_id=victim.admins[0].id, content_hash=shipped_hash)
+        shipped.append(await signed.wait_for_outcome(shipped_id))
+        assert shipped[-1].status is PromptStatus.COMPLETED, shipped[-1].reason
     [production] = [
-        d for d in shipped.deployments if d.environment is DeploymentEnvironment.PRODUCTION
+        d for d in shipped[0].deployments if d.environment is DeploymentEnvironment.PRODUCTION
     ]
-    request_id, plan_hash = await awaiting(signed, victim)
+    request_id, plan_hash = await awaiting(signed, victim, "set store_name to Victim Three")
     rows_before = await decision_rows(sessions)
 
     def token(tenant: uuid.UUID, action: DecisionAction, request: uuid.UUID = request_id) -> str:
