@@ -195,9 +195,7 @@ async def test_each_bad_token_is_a_typed_refusal_that_records_nothing(
     refusals = {}
     for name, (bad, _) in cases.items():
         with pytest.raises(LifecycleRefused) as refusal:
-            await lifecycle.approve(
-                request_id, user_id=admin.id, content_hash=plan_hash, token=bad
-            )
+            await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan_hash, token=bad)
         refusals[name] = refusal.value.error_type
         assert bad is None or bad not in refusal.value.message  # a token is never echoed
     assert refusals == {name: kind for name, (_, kind) in cases.items()}
@@ -236,8 +234,11 @@ async def test_a_token_works_once(
     revised = await wait_for_status(
         lifecycle,
         request_id,
-        lambda s: s.status is PromptStatus.AWAITING_APPROVAL and s.plan is not None
-        and s.plan.revision == 2,
+        lambda s: (
+            s.status is PromptStatus.AWAITING_APPROVAL
+            and s.plan is not None
+            and s.plan.revision == 2
+        ),
     )
     with pytest.raises(LifecycleRefused) as refusal:
         await lifecycle.revise(
