@@ -35,7 +35,7 @@ from tests.lifecycle_support import (
 from tests.workers import running_workers, test_settings
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workers.registry import Dependencies
-from workers.settings import DecisionTokenMode, Settings
+from workers.settings import ConfigurationError, DecisionTokenMode, Settings, load_settings
 from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
@@ -471,3 +471,10 @@ async def test_an_operators_rollback_needs_its_token_and_uses_it_once(
             token=once,
         )
     assert refusal.value.error_type == ErrorType.TOKEN_REUSED
+
+
+async def test_decision_keys_over_plain_http_are_refused_at_start() -> None:
+    with pytest.raises(ConfigurationError) as refusal:
+        load_settings(decision_jwks="http://id.corner.example/jwks.json")
+    assert "CHANGEFLOW_DECISION_JWKS" in str(refusal.value)
+    assert "https" in str(refusal.value)
