@@ -114,6 +114,9 @@ LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
+# Decisions verified by an activity before they count (workflow.patched: runs waiting for
+# approval across the rollout replay their earlier decisions unverified).
+VERIFIED_DECISIONS_PATCH = "verified-decisions"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -559,6 +562,8 @@ class PromptRequestWorkflow:
     ) -> None:
         """The decision counts only after this: its token verified, its user allowed now and
         the token's id recorded as used (activities/decisions.py). Refused: nothing recorded."""
+        if not workflow.patched(VERIFIED_DECISIONS_PATCH):
+            return  # a run that took decisions before they were verified replays as it ran
         update = workflow.current_update_info()
         try:
             await workflow.execute_local_activity_method(
