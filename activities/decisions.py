@@ -8,6 +8,7 @@ recorded, so a refused decision burns nothing; a retry of the same use (same wor
 update) finds its own row and passes, a second use of the token is TokenReused.
 """
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +55,8 @@ class DecisionActivities:
     async def verify_decision(self, req: VerifyDecision) -> VerifiedDecision:
         claims: DecisionClaims | None = None
         if req.token is not None:
-            claims = self._verifier.verify(req.token)
+            # Reading the JWKS (a file, or an https fetch) blocks: off the event loop.
+            claims = await asyncio.to_thread(self._verifier.verify, req.token)
             check_claims(
                 claims,
                 tenant_id=req.tenant_id,
