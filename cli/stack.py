@@ -10,11 +10,11 @@ from temporalio.client import Client
 from activities.ledger import Ledger
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
-from scripts.decision_signer import DevelopmentSigner
+from scripts.decision_signer import development_signer
 from workers.client import connect
 from workers.devstack import check_database, port_open, start_postgres
 from workers.lifecycle_client import LifecycleClient
-from workers.settings import ConfigurationError, DecisionTokenMode, Settings
+from workers.settings import ConfigurationError, Settings
 
 
 class Stack:
@@ -65,19 +65,13 @@ class Stack:
         return self._client
 
     async def lifecycle(self) -> LifecycleClient:
-        s = self.settings
-        # Workers that trust the development signer get its tokens; otherwise a decision
-        # carries the --token it was given (the identity service's).
-        dev_signing = s.decision_tokens is DecisionTokenMode.REQUIRED and s.uses_dev_decision_signer
+        # Without --token, a decision is signed by the development signer when the workers
+        # trust it; otherwise it carries the identity service's token it was given.
         return LifecycleClient(
             await self.client(),
-            task_queue=s.task_queue,
-            deploy_task_queue=s.deploy_task_queue,
-            signer=DevelopmentSigner.for_data_dir(
-                s.data_dir, issuer=s.decision_issuer, audience=s.decision_audience
-            )
-            if dev_signing
-            else None,
+            task_queue=self.settings.task_queue,
+            deploy_task_queue=self.settings.deploy_task_queue,
+            signer=development_signer(self.settings),
         )
 
     async def __aenter__(self) -> "Stack":

@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from workers.settings import DEV_DECISION_SIGNER_DIR, load_settings
+from workers.settings import DEV_DECISION_SIGNER_DIR, DecisionTokenMode, Settings, load_settings
 from workflows.contracts.decisions import DecisionAction
 
 DEFAULT_LIFETIME_SECONDS = 300
@@ -80,6 +80,18 @@ class DevelopmentSigner:
         claims.update(overrides)
         claims = {name: value for name, value in claims.items() if value is not None}
         return jwt.encode(claims, self._key, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+def development_signer(settings: Settings) -> DevelopmentSigner | None:
+    """The signer for tools of a development stack (the changeflow command, the demo, the
+    benchmarks): only when its workers require tokens and trust this signer's keys."""
+    if settings.decision_tokens is not DecisionTokenMode.REQUIRED:
+        return None
+    if not settings.uses_dev_decision_signer:
+        return None
+    return DevelopmentSigner.for_data_dir(
+        settings.data_dir, issuer=settings.decision_issuer, audience=settings.decision_audience
+    )
 
 
 def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
