@@ -223,7 +223,9 @@ async def test_a_rollback_restores_an_earlier_release_and_cancel_and_reject_end_
                       "-u", "bob@corner.example")  # fmt: skip
 
         third = (await ok(env, *submit[:2], "set theme to light", *submit[2:])).json
+        # A signed cancel names who cancels (-u): the requester may.
         cancelled = await ok(env, "request", "cancel", third["prompt_request_id"],
+                             "-u", "alice@corner.example",
                              "--reason", "changed my mind", "--wait", "--json")  # fmt: skip
         assert cancelled.json["status"] == "cancelled"
 
