@@ -138,7 +138,7 @@ async def _plan(session: AsyncSession, plan_id: uuid.UUID) -> DeploymentPlan:
     return plan
 
 
-async def _load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalPolicyView:
+async def load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalPolicyView:
     policy = (
         await session.exec(select(ApprovalPolicy).where(ApprovalPolicy.tenant_id == tenant_id))
     ).one_or_none()
@@ -290,7 +290,7 @@ class LifecycleActivities:
 
         async with self._sessions() as session:
             request = await _locked_request(session, req.prompt_request_id)
-            policy = await _load_policy(session, req.tenant_id)
+            policy = await load_policy(session, req.tenant_id)
             plan = (
                 await session.exec(
                     select(DeploymentPlan).where(
@@ -343,7 +343,7 @@ class LifecycleActivities:
 
     async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
         await session.commit()
-        policy = await _load_policy(session, req.tenant_id)
+        policy = await load_policy(session, req.tenant_id)
         placeholder = PlanSummary(
             plan_id=uuid.UUID(int=0),
             revision=req.revision,
@@ -524,7 +524,7 @@ class LifecycleActivities:
     ) -> PlanSummary:
         """A new revision of the change as committed (its diff, its base, its price), awaiting
         approval; the approved revision is superseded."""
-        policy = await _load_policy(session, plan.tenant_id)
+        policy = await load_policy(session, plan.tenant_id)
         revision = plan.revision + 1
         revised = (
             await session.exec(

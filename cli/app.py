@@ -714,6 +714,9 @@ PlanHash = Annotated[
     ),
 ]
 Person = Annotated[str, typer.Option("--user", "-u", help="Who decides: id or email.")]
+# Without --token, the development signer signs when the workers trust it (no
+# CHANGEFLOW_DECISION_JWKS); in production the identity service's token is passed here.
+Token = Annotated[str | None, typer.Option("--token", help="The decision's signed token (a JWT).")]
 
 
 @request_app.command("approve")
@@ -722,6 +725,7 @@ def request_approve(
     user: Person,
     plan: PlanHash = None,
     comment: Annotated[str, typer.Option(help="A note kept with the approval.")] = "",
+    token: Token = None,
     wait: Wait = False,
     timeout: Timeout = DEFAULT_WAIT_S,
     json_output: Json = False,
@@ -733,7 +737,11 @@ def request_approve(
         status = await _status(stack, request_id)
         approver = await _user_id(stack, status.tenant_id, user)
         status = await (await stack.lifecycle()).approve(
-            request_id, user_id=approver, content_hash=_full_hash(status, plan), comment=comment
+            request_id,
+            user_id=approver,
+            content_hash=_full_hash(status, plan),
+            comment=comment,
+            token=token,
         )
         return await _after(stack, progress, status, wait=wait, timeout=timeout)
 
@@ -746,6 +754,7 @@ def request_reject(
     user: Person,
     reason: Annotated[str, typer.Option(help="Why; the requester reads it.")],
     plan: PlanHash = None,
+    token: Token = None,
     json_output: Json = False,
 ) -> None:
     """Reject the plan waiting for approval; the request ends."""
@@ -755,7 +764,11 @@ def request_reject(
         status = await _status(stack, request_id)
         rejecter = await _user_id(stack, status.tenant_id, user)
         status = await (await stack.lifecycle()).reject(
-            request_id, user_id=rejecter, content_hash=_full_hash(status, plan), reason=reason
+            request_id,
+            user_id=rejecter,
+            content_hash=_full_hash(status, plan),
+            reason=reason,
+            token=token,
         )
         final = status
         people = await _people(stack, final.tenant_id)
@@ -769,6 +782,7 @@ def request_revise(
     request: Annotated[str, typer.Argument(help="Request id.")],
     prompt: Annotated[str, typer.Argument(help="The revised change, in plain words.")],
     user: Person,
+    token: Token = None,
     wait: Wait = False,
     timeout: Timeout = DEFAULT_WAIT_S,
     json_output: Json = False,
@@ -779,7 +793,9 @@ def request_revise(
         request_id = _request_id(request)
         before = await _status(stack, request_id)
         reviser = await _user_id(stack, before.tenant_id, user)
-        status = await (await stack.lifecycle()).revise(request_id, user_id=reviser, prompt=prompt)
+        status = await (await stack.lifecycle()).revise(
+            request_id, user_id=reviser, prompt=prompt, token=token
+        )
         past = before.plan.content_hash if before.plan else None
         return await _after(stack, progress, status, wait=wait, timeout=timeout, past_plan=past)
 
@@ -790,6 +806,8 @@ def request_revise(
 def request_cancel(
     request: Annotated[str, typer.Argument(help="Request id.")],
     reason: Annotated[str, typer.Option(help="Why, kept with the request.")] = "",
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Who cancels.")] = None,
+    token: Token = None,
     wait: Wait = False,
     timeout: Timeout = DEFAULT_WAIT_S,
     json_output: Json = False,
@@ -799,7 +817,10 @@ def request_cancel(
     async def work(stack: Stack, progress: Console) -> Outcome:
         request_id = _request_id(request)
         status = await _status(stack, request_id)
-        await (await stack.lifecycle()).cancel(request_id, reason=reason)
+        canceller = await _user_id(stack, status.tenant_id, user) if user else None
+        await (await stack.lifecycle()).cancel(
+            request_id, reason=reason, user_id=canceller, token=token
+        )
         progress.print(f"cancellation of {request_id} requested")
         outcome = await _after(
             stack, progress, status, wait=wait, timeout=timeout, until_ended=True
@@ -864,6 +885,7 @@ def deployment_rollback(
     deployment: Annotated[str, typer.Argument(help="The earlier deployment to restore.")],
     user: Annotated[str | None, typer.Option("--user", "-u", help="Who asks: id or email.")] = None,
     reason: Annotated[str, typer.Option(help="Why, kept with the rollback.")] = "",
+    token: Token = None,
     wait: Wait = False,
     json_output: Json = False,
 ) -> None:
@@ -882,6 +904,7 @@ def deployment_rollback(
             target_deployment_id=target_id,
             requested_by=requested_by,
             reason=reason,
+            token=token,
         )
         data: dict[str, Any] = {"rollback_deployment_id": str(rollback_id)}
         if not wait:

@@ -11,6 +11,7 @@ from activities.ledger import Ledger
 from activities.notifications import TenantWebhooks
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
+from scripts.decision_signer import development_signer
 from workers.client import connect
 from workers.devstack import check_database, port_open, start_postgres
 from workers.lifecycle_client import LifecycleClient
@@ -74,10 +75,13 @@ class Stack:
         return self._client
 
     async def lifecycle(self) -> LifecycleClient:
+        # Without --token, a decision is signed by the development signer when the workers
+        # trust it; otherwise it carries the identity service's token it was given.
         return LifecycleClient(
             await self.client(),
             task_queue=self.settings.task_queue,
             deploy_task_queue=self.settings.deploy_task_queue,
+            signer=development_signer(self.settings),
         )
 
     async def __aenter__(self) -> "Stack":

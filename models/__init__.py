@@ -34,6 +34,7 @@ from models.lifecycle import (
     PromptRequest,
     PromptStatus,
     RiskLevel,
+    UsedDecisionToken,
 )
 from models.model_calls import ModelCall, ModelCallOutcome
 from models.projects import ChangeEngineKind, Connector, ConnectorKind, ConnectorStatus, Project
@@ -100,6 +101,7 @@ __all__ = [
     "TokenDirection",
     "TokenTransaction",
     "TokenTransactionKind",
+    "UsedDecisionToken",
     "User",
     "UserRole",
     "WebhookDelivery",

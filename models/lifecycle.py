@@ -197,6 +197,24 @@ class Approval(SQLModel, table=True):
     created_at: datetime = created_at_field()
 
 
+class UsedDecisionToken(SQLModel, table=True):
+    """A decision token's id once it counted (activities/decisions.py): a token works once.
+    The unique jti is the rule; used_by tells a retry of the same use from a reuse."""
+
+    __tablename__ = "used_decision_tokens"
+
+    jti: str = Field(primary_key=True, max_length=200)
+    tenant_id: uuid.UUID = fk_field("tenants.id", ondelete="CASCADE")
+    user_id: uuid.UUID = fk_field("users.id", ondelete="CASCADE")
+    action: str = Field(max_length=20)
+    # The prompt request (or, for a rollback, the target deployment) the token was for.
+    request: uuid.UUID
+    # Workflow id and update id of the use.
+    used_by: str = Field(max_length=400)
+    expires_at: datetime = timestamp_field(nullable=False)
+    created_at: datetime = created_at_field()
+
+
 class Deployment(SQLModel, table=True):
     __tablename__ = "deployments"
 

@@ -93,6 +93,7 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
+from scripts.decision_signer import development_signer
 from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
 from workers.cli import run_entry_point
@@ -461,6 +462,7 @@ class Run:
             self.client,
             task_queue=self.settings.task_queue,
             deploy_task_queue=self.settings.deploy_task_queue,
+            signer=development_signer(self.settings),
         )
 
 

@@ -51,6 +51,7 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
+from scripts.decision_signer import development_signer
 from scripts.demo_commerce import demo_credential_keys, run_commerce
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
@@ -297,7 +298,11 @@ async def demo(settings: Settings) -> int:
 
 async def show(settings: Settings, client: Client, sessions: SessionFactory) -> int:
     lifecycle = LifecycleClient(
-        client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
+        client,
+        task_queue=settings.task_queue,
+        deploy_task_queue=settings.deploy_task_queue,
+        # The approver's decisions are signed by the development signer its workers trust.
+        signer=development_signer(settings),
     )
     shop = await seed_shop(sessions, settings.data_dir.resolve() / "demo")
     ledger = Ledger(sessions)

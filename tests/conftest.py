@@ -52,6 +52,11 @@ SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
 DATA_CONVERTER = data_converter(load_settings())
 
+# Tests that do not care about signed decisions run with them off (a decision that carries a
+# token is still verified); tests/test_decision_tokens.py, the CLI recipe and the demo turn
+# them on with the development signer. Set here so worker and CLI subprocesses inherit it.
+os.environ.setdefault("CHANGEFLOW_DECISION_TOKENS", "off")
+
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:

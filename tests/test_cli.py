@@ -14,8 +14,21 @@ from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT, create_sample_repo
 from tests.cli_support import changeflow, ok, refused
 from tests.workers import running_workers
+from workers.settings import DecisionTokenMode, Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def signed_decisions(env: dict[str, str]) -> Settings:
+    """Workers as in production: decisions need tokens, and (no CHANGEFLOW_DECISION_JWKS)
+    they trust the development signer under the command's data folder, which the command
+    signs with."""
+    return Settings(
+        task_queue=env["CHANGEFLOW_TASK_QUEUE"],
+        deploy_task_queue=env["CHANGEFLOW_DEPLOY_TASK_QUEUE"],
+        decision_tokens=DecisionTokenMode.REQUIRED,
+        data_dir=Path(env["CHANGEFLOW_DATA_DIR"]),
+    )
 
 
 async def corner_shop(env: dict[str, str], repo_dir: Path, *, approvals: int = 1) -> str:
@@ -62,12 +75,7 @@ async def test_a_newcomer_goes_from_nothing_to_a_deployed_change_with_the_comman
         "carol@corner.example": "client_admin",
     }
 
-    async with running_workers(
-        client,
-        sessions,
-        task_queue=env["CHANGEFLOW_TASK_QUEUE"],
-        deploy_task_queue=env["CHANGEFLOW_DEPLOY_TASK_QUEUE"],
-    ):
+    async with running_workers(client, sessions, signed_decisions(env)):
         submitted = await ok(env, "request", "submit", SAFE_PROMPT, "-t", slug,
                              "--project", "storefront", "-u", "alice@corner.example",
                              "--wait", "--json")  # fmt: skip
@@ -119,12 +127,7 @@ async def test_a_rollback_restores_an_earlier_release_and_cancel_and_reject_end_
     slug = await corner_shop(env, tmp_path)
     submit = ("request", "submit", "-t", slug, "--project", "storefront",
               "-u", "alice@corner.example", "--wait", "--json")  # fmt: skip
-    async with running_workers(
-        client,
-        sessions,
-        task_queue=env["CHANGEFLOW_TASK_QUEUE"],
-        deploy_task_queue=env["CHANGEFLOW_DEPLOY_TASK_QUEUE"],
-    ):
+    async with running_workers(client, sessions, signed_decisions(env)):
         first = (await ok(env, *submit[:2], SAFE_PROMPT, *submit[2:])).json["prompt_request_id"]
         await ok(env, "request", "approve", first, "-u", "bob@corner.example", "--wait")
 
@@ -144,7 +147,9 @@ async def test_a_rollback_restores_an_earlier_release_and_cancel_and_reject_end_
                       "-u", "bob@corner.example")  # fmt: skip
 
         third = (await ok(env, *submit[:2], "set theme to light", *submit[2:])).json
+        # A signed cancel names who cancels (-u): the requester may.
         cancelled = await ok(env, "request", "cancel", third["prompt_request_id"],
+                             "-u", "alice@corner.example",
                              "--reason", "changed my mind", "--wait", "--json")  # fmt: skip
         assert cancelled.json["status"] == "cancelled"
 

@@ -4,6 +4,8 @@ documented in workflows/schemas/README.md, run for real."""
 import asyncio
 import base64
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
-from tests.workers import running_workers
+from tests.workers import running_workers, test_settings
 from workers.codec import ENCRYPTED_ENCODING
 from workers.lifecycle_client import LifecycleClient
+from workers.settings import DecisionTokenMode
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 
@@ -122,6 +125,90 @@ async def test_start_approve_and_read_status_with_the_temporal_cli(
     assert ENCRYPTED_ENCODING_BASE64 in sealed
     assert result["result"]["status"] == PromptStatus.COMPLETED.value
     assert len(await settlements(sessions, shop)) == 1
+
+
+async def decision_token(data_dir: Path, *args: str) -> str:
+    """A token from the development signer's CLI, as the schemas README shows."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scripts.decision_signer",
+        "issue",
+        *args,
+        env={**os.environ, "CHANGEFLOW_DATA_DIR": str(data_dir)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+async def test_signed_approvals_with_the_temporal_cli(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path
+) -> None:
+    """The README's recipe with tokens required: a token from the development signer's CLI
+    approves once; no token, or the same token again, is a typed refusal."""
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    address = client.service_client.config.target_host
+    settings = test_settings(
+        task_queue=task_queue,
+        deploy_task_queue=f"{task_queue}-deploy",
+        workspace_dir=tmp_path / "workspace",
+    ).model_copy(update={"decision_tokens": DecisionTokenMode.REQUIRED, "data_dir": tmp_path})
+    typed = LifecycleClient(client, task_queue=task_queue, deploy_task_queue=f"{task_queue}-deploy")
+    async with running_workers(client, sessions, settings):
+        request_id = await submit(typed, shop, SAFE_PROMPT)
+        _, plan = await plan_awaiting_approval(typed, request_id)
+        workflow_id = prompt_request_workflow_id(request_id)
+
+        async def approve(admin_id: uuid.UUID, token: str | None) -> tuple[int, str, str]:
+            payload = {"user_id": str(admin_id), "content_hash": plan.content_hash}
+            if token is not None:
+                payload["token"] = token
+            return await temporal_outcome(
+                address,
+                "workflow",
+                "update",
+                "execute",
+                "--workflow-id",
+                workflow_id,
+                "--name",
+                "approve",
+                "--input",
+                json.dumps(payload),
+            )
+
+        first, second = shop.admins
+        tokens = [
+            await decision_token(
+                tmp_path,
+                "--user",
+                str(admin.id),
+                "--tenant",
+                str(shop.tenant.id),
+                "--request",
+                str(request_id),
+                "--action",
+                "approve",
+                "--plan-hash",
+                plan.content_hash,
+            )
+            for admin in shop.admins
+        ]
+        unsigned = await approve(first.id, None)
+        assert unsigned[0] != 0 and ErrorType.TOKEN_REQUIRED in unsigned[1] + unsigned[2]
+        assert (await approve(first.id, tokens[0]))[0] == 0
+        # A token names its user: the second admin cannot decide with the first one's.
+        replayed = await approve(second.id, tokens[0])
+        assert replayed[0] != 0 and ErrorType.WRONG_USER in replayed[1] + replayed[2]
+        assert (await approve(second.id, tokens[1]))[0] == 0
+        result = await typed.wait_for_outcome(request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    async with sessions() as session:
+        approvals = (await session.exec(select(Approval))).all()
+    assert {a.user_id for a in approvals} == {first.id, second.id}
 
 
 async def rows_written(sessions: SessionFactory) -> dict[str, int]:

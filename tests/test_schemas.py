@@ -28,7 +28,7 @@ def test_the_index_names_every_handler_of_the_prompt_lifecycle() -> None:
     index = json.loads(render()["index.json"])
     lifecycle = index["PromptRequestWorkflow"]
     assert lifecycle["run"] == {"input": ["PromptRequestInput"], "output": ["PromptRequestResult"]}
-    assert set(lifecycle["updates"]) == {"approve", "reject", "revise"}
+    assert set(lifecycle["updates"]) == {"approve", "reject", "revise", "authorize_cancel"}
     assert lifecycle["queries"]["status"]["output"] == ["PromptRequestStatus"]
     assert lifecycle["signals"]["deployment_progress"]["input"] == ["DeploymentProgress"]
     for workflow_type in ("DeploymentWorkflow", "RollbackWorkflow"):

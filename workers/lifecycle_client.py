@@ -3,8 +3,16 @@
     lifecycle = LifecycleClient(client, task_queue=settings.task_queue)
     request_id = await lifecycle.submit(tenant_id=..., project_id=..., user_id=..., prompt=...)
     status = await lifecycle.status(request_id)
-    await lifecycle.approve(request_id, user_id=approver, content_hash=status.plan.content_hash)
+    await lifecycle.approve(
+        request_id, user_id=approver, content_hash=status.plan.content_hash, token=token
+    )
     result = await lifecycle.wait_for_outcome(request_id)
+
+Decisions (approve, reject, revise, cancel, roll_back) carry a signed decision token
+(workflows/contracts/decisions.py) that the platform's identity service issued for that user,
+tenant, request and action: pass it as `token=`. A client built with a `signer` (the
+development signer, scripts/decision_signer.py) issues one itself for a call without.
+`status(..., tenant_id=...)` refuses another tenant's request as UnknownRequest.
 
 Refusals (a validator saying no, a request refused at start, a payload the workflow would
 refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_type` is the
@@ -19,7 +27,7 @@ A plain `asyncio.run` script that used a Temporal client can abort at interprete
 
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 from temporalio.client import (
@@ -33,6 +41,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.lifecycle import PromptStatus
+from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.deployment import (
     DEFAULT_DEPLOY_TASK_QUEUE,
     DeploymentResult,
@@ -43,6 +52,7 @@ from workflows.contracts.ids import prompt_request_workflow_id, rollback_workflo
 from workflows.contracts.lifecycle import (
     WORKFLOW_TYPE,
     ApproveRequest,
+    CancelRequest,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
@@ -85,6 +95,20 @@ def _payload(model: type[M], *checks: Callable[[M], None], **fields: object) -> 
     return payload
 
 
+class DecisionSigner(Protocol):
+    """Issues decision tokens (scripts.decision_signer.DevelopmentSigner is one)."""
+
+    def issue(
+        self,
+        *,
+        user: uuid.UUID,
+        tenant: uuid.UUID,
+        request: uuid.UUID,
+        action: DecisionAction,
+        plan_hash: str | None = None,
+    ) -> str: ...
+
+
 class LifecycleClient:
     def __init__(
         self,
@@ -92,10 +116,31 @@ class LifecycleClient:
         *,
         task_queue: str = "changeflow-lifecycle",
         deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE,
+        signer: DecisionSigner | None = None,
     ) -> None:
         self._client = client
         self._task_queue = task_queue
         self._deploy_task_queue = deploy_task_queue
+        self._signer = signer
+
+    async def _token(
+        self,
+        token: str | None,
+        *,
+        user_id: uuid.UUID | None,
+        action: DecisionAction,
+        request: uuid.UUID,
+        tenant_id: uuid.UUID | None = None,
+        plan_hash: str | None = None,
+    ) -> str | None:
+        """The given token, or one from the signer (the request's own tenant), or None."""
+        if token is not None or self._signer is None or user_id is None:
+            return token
+        if tenant_id is None:
+            tenant_id = (await self.status(request)).tenant_id
+        return self._signer.issue(
+            user=user_id, tenant=tenant_id, request=request, action=action, plan_hash=plan_hash
+        )
 
     def _handle(self, prompt_request_id: uuid.UUID) -> WorkflowHandle[Any, PromptRequestResult]:
         return self._client.get_workflow_handle(
@@ -160,16 +205,43 @@ class LifecycleClient:
         user_id: uuid.UUID,
         content_hash: str,
         comment: str = "",
+        token: str | None = None,
     ) -> PromptRequestStatus:
+        token = await self._token(
+            token,
+            user_id=user_id,
+            action=DecisionAction.APPROVE,
+            request=prompt_request_id,
+            plan_hash=content_hash,
+        )
         return await self._update(
             prompt_request_id,
             "approve",
-            _payload(ApproveRequest, user_id=user_id, content_hash=content_hash, comment=comment),
+            _payload(
+                ApproveRequest,
+                user_id=user_id,
+                content_hash=content_hash,
+                comment=comment,
+                token=token,
+            ),
         )
 
     async def reject(
-        self, prompt_request_id: uuid.UUID, *, user_id: uuid.UUID, content_hash: str, reason: str
+        self,
+        prompt_request_id: uuid.UUID,
+        *,
+        user_id: uuid.UUID,
+        content_hash: str,
+        reason: str,
+        token: str | None = None,
     ) -> PromptRequestStatus:
+        token = await self._token(
+            token,
+            user_id=user_id,
+            action=DecisionAction.REJECT,
+            request=prompt_request_id,
+            plan_hash=content_hash,
+        )
         return await self._update(
             prompt_request_id,
             "reject",
@@ -179,12 +251,21 @@ class LifecycleClient:
                 user_id=user_id,
                 content_hash=content_hash,
                 reason=reason,
+                token=token,
             ),
         )
 
     async def revise(
-        self, prompt_request_id: uuid.UUID, *, user_id: uuid.UUID, prompt: str
+        self,
+        prompt_request_id: uuid.UUID,
+        *,
+        user_id: uuid.UUID,
+        prompt: str,
+        token: str | None = None,
     ) -> PromptRequestStatus:
+        token = await self._token(
+            token, user_id=user_id, action=DecisionAction.REVISE, request=prompt_request_id
+        )
         return await self._update(
             prompt_request_id,
             "revise",
@@ -193,18 +274,48 @@ class LifecycleClient:
                 lambda revision: check_prompt(revision.prompt),
                 user_id=user_id,
                 prompt=prompt,
+                token=token,
             ),
         )
 
-    async def cancel(self, prompt_request_id: uuid.UUID, *, reason: str = "") -> None:
-        """Ask the lifecycle to stop; it releases its hold and rolls back a half-done deploy."""
-        await self._handle(prompt_request_id).cancel(reason=reason)
+    async def cancel(
+        self,
+        prompt_request_id: uuid.UUID,
+        *,
+        reason: str = "",
+        user_id: uuid.UUID | None = None,
+        token: str | None = None,
+    ) -> None:
+        """Ask the lifecycle to stop; it releases its hold and rolls back a half-done deploy.
+        The workflow first verifies the signed cancel decision (its `authorize_cancel`
+        update); only then is Temporal's cancel sent."""
+        token = await self._token(
+            token, user_id=user_id, action=DecisionAction.CANCEL, request=prompt_request_id
+        )
+        await self._update(
+            prompt_request_id,
+            "authorize_cancel",
+            _payload(CancelRequest, user_id=user_id, token=token),
+        )
+        by = f" by {user_id}" if user_id else ""
+        await self._handle(prompt_request_id).cancel(
+            reason=f"cancelled{by}: {reason}" if reason and by else reason
+        )
 
-    async def status(self, prompt_request_id: uuid.UUID) -> PromptRequestStatus:
-        """Current state; also answers after the lifecycle ended."""
-        return await self._handle(prompt_request_id).query(
+    async def status(
+        self, prompt_request_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+    ) -> PromptRequestStatus:
+        """Current state; also answers after the lifecycle ended. With tenant_id, another
+        tenant's request is refused as UnknownRequest (without saying it exists)."""
+        status = await self._handle(prompt_request_id).query(
             "status", result_type=PromptRequestStatus
         )
+        if tenant_id is not None and status.tenant_id != tenant_id:
+            raise LifecycleRefused(
+                ErrorType.UNKNOWN_REQUEST,
+                f"tenant {tenant_id} has no prompt request {prompt_request_id}",
+            )
+        return status
 
     async def wait_for_outcome(self, prompt_request_id: uuid.UUID) -> PromptRequestResult:
         """The final result. A cancelled lifecycle answers CANCELLED; a request refused at
@@ -236,9 +347,18 @@ class LifecycleClient:
         target_deployment_id: uuid.UUID,
         requested_by: uuid.UUID | None = None,
         reason: str = "",
+        token: str | None = None,
     ) -> uuid.UUID:
         """Start an operator's rollback to an earlier successful deployment; returns the new
-        rollback deployment's id (its workflow id is ids.rollback_workflow_id)."""
+        rollback deployment's id (its workflow id is ids.rollback_workflow_id). The token's
+        request is the target deployment's id."""
+        token = await self._token(
+            token,
+            user_id=requested_by,
+            action=DecisionAction.ROLLBACK,
+            request=target_deployment_id,
+            tenant_id=tenant_id,
+        )
         deployment_id = uuid.uuid4()
         await self._client.start_workflow(
             "RollbackWorkflow",
@@ -247,6 +367,7 @@ class LifecycleClient:
                 target_deployment_id=target_deployment_id,
                 requested_by=requested_by,
                 reason=reason,
+                token=token,
                 deployment_id=deployment_id,
                 deploy_task_queue=self._deploy_task_queue,
             ),

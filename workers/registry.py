@@ -63,6 +63,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     """Short activities (database, ledger, planning) for settings.task_queue."""
     from activities.billing import BillingActivities
     from activities.change_engine import ChangeEngine
+    from activities.decisions import DecisionActivities
     from activities.deployments import DeploymentActivities
     from activities.git_change_engine import GitChangeEngine
     from activities.lane import LaneActivities
@@ -71,6 +72,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from activities.model_engine import ModelChangeEngine
     from activities.rollbacks import RollbackActivities
     from models.projects import ChangeEngineKind
+    from workers.decision_tokens import DecisionTokenVerifier
 
     billing = BillingActivities(Ledger(deps.sessions))
     # The model engine's client is made on its first call: a worker whose projects never
@@ -96,6 +98,11 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         billing.sweep_expired_holds,
         billing.grant_plan_tokens,
         *DeploymentActivities(deps.sessions).activities(),
+        *DecisionActivities(
+            deps.sessions,
+            DecisionTokenVerifier.from_settings(deps.settings),
+            deps.settings.decision_tokens,
+        ).activities(),
         *LaneActivities(deps.sessions, deps.client).activities(),
         *RollbackActivities(deps.sessions).lifecycle_activities(),
         *commerce_activities(deps),

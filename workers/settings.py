@@ -40,6 +40,20 @@ class RuntimeEnv(StrEnum):
     PRODUCTION = "production"
 
 
+class DecisionTokenMode(StrEnum):
+    # Every decision (approve, reject, revise, rollback, cancel) must carry a valid token.
+    REQUIRED = "required"
+    # A decision without a token is judged by its user id alone (one that carries a token is
+    # still verified): for tests and tools that do not care.
+    OFF = "off"
+
+
+# Without CHANGEFLOW_DECISION_JWKS the workers trust the development signer's keys
+# (scripts/decision_signer.py) under the data folder, and say so in a warning.
+DEV_DECISION_ISSUER = "changeflow-dev-signer"
+DEV_DECISION_SIGNER_DIR = "decision-signer"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHANGEFLOW_",
@@ -170,6 +184,16 @@ class Settings(BaseSettings):
     webhooks_port: int = Field(default=8088, ge=1, le=65535)
     webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
 
+    # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
+    # of the identity service's public keys; issuer and audience must match the token's.
+    decision_tokens: DecisionTokenMode = DecisionTokenMode.REQUIRED
+    decision_jwks: str | None = None
+    decision_issuer: str = DEV_DECISION_ISSUER
+    decision_audience: str = "changeflow"
+    # A token living longer than this (exp - iat) is refused, however it was signed.
+    decision_token_max_lifetime_seconds: int = Field(default=600, ge=10, le=3600)
+    decision_token_leeway_seconds: int = Field(default=5, ge=0, le=60)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -191,6 +215,14 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a postgresql:// URL, not {url.get_backend_name()}://")
         if not url.database:
             raise ValueError("names no database (expected postgresql://.../dbname)")
+        return value
+
+    @field_validator("decision_jwks")
+    @classmethod
+    def _check_decision_jwks(cls, value: str | None) -> str | None:
+        # Keys fetched over plain http could be swapped on the way: only https or a file.
+        if value is not None and value.startswith("http://"):
+            raise ValueError("must be an https:// URL or a file path, not http://")
         return value
 
     @property
@@ -232,6 +264,17 @@ class Settings(BaseSettings):
             return [f"http://{host}:{self.dev_ui_port}" for host in ("localhost", "127.0.0.1")]
         spec = self.codec_cors_origins or self.ui_url
         return [origin.strip().rstrip("/") for origin in spec.split(",") if origin.strip()]
+
+    @property
+    def uses_dev_decision_signer(self) -> bool:
+        return self.decision_jwks is None
+
+    @property
+    def resolved_decision_jwks(self) -> str:
+        """Where the workers read decision keys: the setting, or the development signer's."""
+        if self.decision_jwks is not None:
+            return self.decision_jwks
+        return str(self.data_dir / DEV_DECISION_SIGNER_DIR / "jwks.json")
 
     @property
     def resolved_workspace_dir(self) -> Path:

@@ -25,12 +25,14 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from activities.decisions import DecisionActivities
     from activities.deployments import DeploymentActivities
     from activities.lane import LaneActivities
     from activities.releases import ReleaseActivities
     from activities.rollbacks import RollbackActivities
     from models.lifecycle import ChangeJobKind, DeploymentStatus
     from workflows.contracts import search_attributes
+    from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -524,6 +526,20 @@ class RollbackWorkflow:
                 RollbackActivities.plan_rollback,
                 PlanRollback(
                     tenant_id=request.tenant_id, target_deployment_id=request.target_deployment_id
+                ),
+                **_BOOKKEEPING,
+            )
+            # The operator's signed decision counts before anything is released (planning only
+            # read: a target of another tenant is refused there without using the token).
+            await workflow.execute_local_activity_method(
+                DecisionActivities.verify_decision,
+                VerifyDecision(
+                    tenant_id=request.tenant_id,
+                    request=request.target_deployment_id,
+                    action=DecisionAction.ROLLBACK,
+                    user_id=request.requested_by,
+                    token=request.token,
+                    used_by=workflow.info().workflow_id,
                 ),
                 **_BOOKKEEPING,
             )

@@ -25,6 +25,7 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
+    from activities.decisions import DecisionActivities
     from activities.lifecycle import LifecycleActivities
     from models.billing import HoldStatus
     from models.lifecycle import (
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         ReserveTokens,
         SettleHold,
     )
+    from workflows.contracts.decisions import DecisionAction, VerifyDecision, unverified_tenant
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -50,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts.errors import (
         NON_RETRYABLE_ERROR_TYPES,
         ErrorType,
+        application_error,
         error_message,
         error_type,
         refused,
@@ -62,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalPolicyView,
         ApprovalRecord,
         ApproveRequest,
+        CancelRequest,
         DeploymentSummary,
         HoldState,
         OpenApproval,
@@ -131,6 +135,9 @@ RELEASE_FORGOTTEN_HOLDS = "release-forgotten-holds"
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
+# Decisions verified by an activity before they count (workflow.patched: runs waiting for
+# approval across the rollout replay their earlier decisions unverified).
+VERIFIED_DECISIONS_PATCH = "verified-decisions"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -636,8 +643,12 @@ class PromptRequestWorkflow:
 
     # ---------------------------------------------------------------- updates
 
-    def _check_decider(self, user_id: uuid.UUID, content_hash: str) -> None:
-        """Refusals shared by approve and reject. Validators: no I/O, no history on refusal."""
+    def _check_decider(self, user_id: uuid.UUID, content_hash: str, token: str | None) -> None:
+        """Refusals shared by approve and reject. Validators: no I/O, no history on refusal.
+
+        A decision with a token for this tenant has its roster and role judged at decision
+        time by verify_decision (a role revoked or granted since planning counts); one
+        without is judged by the roster loaded with the plan."""
         plan = self._plan
         if self._deciding:
             raise refused(
@@ -650,7 +661,8 @@ class PromptRequestWorkflow:
                 f"the request is {self._status.value}, not awaiting approval",
             )
         role = self._roster.get(user_id)
-        if role is None:
+        judged_now = self._names_this_tenant(token)
+        if role is None and not judged_now:
             raise refused(
                 ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {user_id} is not a member of this request's tenant",
@@ -660,7 +672,7 @@ class PromptRequestWorkflow:
                 ErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
             )
         policy = self._require_policy()
-        if role not in policy.approver_roles:
+        if not judged_now and role not in policy.approver_roles:
             raise refused(
                 ErrorType.ROLE_MAY_NOT_APPROVE,
                 f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
@@ -672,12 +684,55 @@ class PromptRequestWorkflow:
                 f"revision {plan.revision} with hash {plan.content_hash}",
             )
 
+    def _names_this_tenant(self, token: str | None) -> bool:
+        return unverified_tenant(token) == str(self._input.tenant_id)
+
+    async def _verify_decision(
+        self,
+        action: DecisionAction,
+        user_id: uuid.UUID | None,
+        token: str | None,
+        plan_hash: str | None = None,
+    ) -> None:
+        """The decision counts only after this: its token verified, its user allowed now and
+        the token's id recorded as used (activities/decisions.py). Refused: nothing recorded."""
+        if not workflow.patched(VERIFIED_DECISIONS_PATCH):
+            return  # a run that took decisions before they were verified replays as it ran
+        update = workflow.current_update_info()
+        try:
+            await workflow.execute_local_activity_method(
+                DecisionActivities.verify_decision,
+                VerifyDecision(
+                    tenant_id=self._input.tenant_id,
+                    request=self._input.prompt_request_id,
+                    action=action,
+                    user_id=user_id,
+                    token=token,
+                    plan_hash=plan_hash,
+                    requested_by=self._input.requested_by,
+                    used_by=f"{workflow.info().workflow_id}/{update.id if update else ''}",
+                ),
+                **DB_STEP,
+            )
+        except LOCAL_STEP_FAILURES as err:
+            cause = application_error(err)
+            if cause is None or cause.type is None or not cause.non_retryable:
+                raise
+            raise refused(ErrorType(cause.type), cause.message) from None
+
     @workflow.update
     async def approve(self, submitted: Submitted[ApproveRequest]) -> PromptRequestStatus:
         approval = parse_input(ApproveRequest, submitted)
-        plan = self._require_plan()
         if any(a.user_id == approval.user_id for a in self._approvals):
             return self.status()  # a repeated approval changes nothing
+        await self._verify_decision(
+            DecisionAction.APPROVE, approval.user_id, approval.token, approval.content_hash
+        )
+        # The plan may have moved on while the decision was verified.
+        self._check_decider(approval.user_id, approval.content_hash, approval.token)
+        plan = self._require_plan()
+        if any(a.user_id == approval.user_id for a in self._approvals):
+            return self.status()
         record = ApprovalRecord(
             user_id=approval.user_id,
             decision=ApprovalDecision.APPROVE,
@@ -695,11 +750,15 @@ class PromptRequestWorkflow:
     @approve.validator
     def _validate_approve(self, submitted: Submitted[ApproveRequest]) -> None:
         approval = parse_input(ApproveRequest, submitted)
-        self._check_decider(approval.user_id, approval.content_hash)
+        self._check_decider(approval.user_id, approval.content_hash, approval.token)
 
     @workflow.update
     async def reject(self, submitted: Submitted[RejectRequest]) -> PromptRequestStatus:
         rejection = parse_input(RejectRequest, submitted)
+        await self._verify_decision(
+            DecisionAction.REJECT, rejection.user_id, rejection.token, rejection.content_hash
+        )
+        self._check_decider(rejection.user_id, rejection.content_hash, rejection.token)
         plan = self._require_plan()
         record = ApprovalRecord(
             user_id=rejection.user_id,
@@ -717,7 +776,7 @@ class PromptRequestWorkflow:
     def _validate_reject(self, submitted: Submitted[RejectRequest]) -> None:
         rejection = parse_input(RejectRequest, submitted)
         check_reason(rejection.reason)
-        self._check_decider(rejection.user_id, rejection.content_hash)
+        self._check_decider(rejection.user_id, rejection.content_hash, rejection.token)
 
     async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
         # Two deciding updates validated in one activation: the first one decides.
@@ -756,6 +815,8 @@ class PromptRequestWorkflow:
     @workflow.update
     async def revise(self, submitted: Submitted[ReviseRequest]) -> PromptRequestStatus:
         revision = parse_input(ReviseRequest, submitted)
+        await self._verify_decision(DecisionAction.REVISE, revision.user_id, revision.token)
+        self._check_reviser(revision)
         rounds_before = self._approval_rounds
         self._revision = revision
         await workflow.wait_condition(
@@ -765,7 +826,9 @@ class PromptRequestWorkflow:
 
     @revise.validator
     def _validate_revise(self, submitted: Submitted[ReviseRequest]) -> None:
-        revision = parse_input(ReviseRequest, submitted)
+        self._check_reviser(parse_input(ReviseRequest, submitted))
+
+    def _check_reviser(self, revision: ReviseRequest) -> None:
         if (
             self._status is not PromptStatus.AWAITING_APPROVAL
             or self._deciding
@@ -776,12 +839,35 @@ class PromptRequestWorkflow:
                 ErrorType.NOT_AWAITING_APPROVAL,
                 "only a plan awaiting approval before the change is applied can be revised",
             )
-        if revision.user_id not in self._roster:
+        if revision.user_id not in self._roster and not self._names_this_tenant(revision.token):
             raise refused(
                 ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {revision.user_id} is not a member of this request's tenant",
             )
         check_prompt(revision.prompt)
+
+    @workflow.update
+    async def authorize_cancel(self, submitted: Submitted[CancelRequest]) -> PromptRequestStatus:
+        """A signed cancel decision, verified before the typed client sends Temporal's cancel
+        (a cancel itself carries no payload)."""
+        cancel = parse_input(CancelRequest, submitted)
+        await self._verify_decision(DecisionAction.CANCEL, cancel.user_id, cancel.token)
+        return self.status()
+
+    @authorize_cancel.validator
+    def _validate_authorize_cancel(self, submitted: Submitted[CancelRequest]) -> None:
+        cancel = parse_input(CancelRequest, submitted)
+        if is_terminal(self._status) or self._finished:
+            raise refused(ErrorType.REQUEST_CLOSED, f"the request is {self._status.value}")
+        if (
+            cancel.user_id is not None
+            and cancel.user_id not in self._roster
+            and not self._names_this_tenant(cancel.token)
+        ):
+            raise refused(
+                ErrorType.USER_OF_ANOTHER_TENANT,
+                f"user {cancel.user_id} is not a member of this request's tenant",
+            )
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:

@@ -78,6 +78,9 @@ class RollbackRequest(PublicInput):
     target_deployment_id: uuid.UUID
     requested_by: uuid.UUID | None = None
     reason: str = ""
+    # A signed decision token (action rollback, request = target_deployment_id) naming
+    # requested_by; required unless the workers run with CHANGEFLOW_DECISION_TOKENS=off.
+    token: str | None = None
     # The new rollback deployment's id; the workflow id is ids.rollback_workflow_id.
     # Left unset, the workflow derives one deterministically.
     deployment_id: uuid.UUID | None = None

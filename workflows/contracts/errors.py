@@ -28,6 +28,23 @@ class ErrorType(enum.StrEnum):
     INVALID_REQUEST = "InvalidRequest"
     UNKNOWN_REQUEST = "UnknownRequest"
 
+    # --- a decision's signed token (workers/decision_tokens.py, activities/decisions.py)
+    TOKEN_REQUIRED = "TokenRequired"
+    # Not a JWT, an algorithm outside the allowed asymmetric ones, or a required claim missing.
+    MALFORMED_TOKEN = "MalformedToken"
+    BAD_TOKEN_SIGNATURE = "BadTokenSignature"
+    TOKEN_EXPIRED = "TokenExpired"
+    # exp - iat longer than the configured maximum: a long-lived token is refused outright.
+    TOKEN_LIFETIME_TOO_LONG = "TokenLifetimeTooLong"
+    WRONG_AUDIENCE = "WrongAudience"
+    WRONG_ISSUER = "WrongIssuer"
+    WRONG_ACTION = "WrongAction"
+    WRONG_REQUEST = "WrongRequest"
+    WRONG_TENANT = "WrongTenant"
+    # The token names another user than the decision's payload.
+    WRONG_USER = "WrongUser"
+    TOKEN_REUSED = "TokenReused"
+
     # --- an operator's tenancy command (the changeflow console)
     SLUG_TAKEN = "SlugTaken"
     EMAIL_TAKEN = "EmailTaken"

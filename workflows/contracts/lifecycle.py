@@ -5,7 +5,9 @@ Public contract (workflow id ``ids.prompt_request_workflow_id``, type
 ``PromptRequestWorkflow``): start with ``PromptRequestInput``; updates ``approve``
 (``ApproveRequest``), ``reject`` (``RejectRequest``) and ``revise`` (``ReviseRequest``) each answer
 a ``PromptRequestStatus``; query ``status`` answers a ``PromptRequestStatus``; the result is a
-``PromptRequestResult``. Cancel with Temporal's cancel. Refusals and failures carry an
+``PromptRequestResult``. Cancel with Temporal's cancel (the typed client first has the
+``authorize_cancel`` update, ``CancelRequest``, verify its signed token). Decisions carry
+a signed token (workflows.contracts.decisions). Refusals and failures carry an
 ``ApplicationError`` whose ``type`` is an ``ErrorType`` value (workflows.contracts.errors).
 """
 
@@ -73,6 +75,9 @@ class ApproveRequest(PublicInput):
     # The plan's content hash as the approver saw it; a different one is refused as stale.
     content_hash: str
     comment: str = ""
+    # A signed decision token (workflows.contracts.decisions) naming this user as `sub`;
+    # required unless the workers run with CHANGEFLOW_DECISION_TOKENS=off. Single use.
+    token: str | None = None
 
 
 class RejectRequest(PublicInput):
@@ -85,6 +90,9 @@ class RejectRequest(PublicInput):
         max_length=MAX_REASON_CHARS,
         description="Required: a missing, empty or blank reason is refused as EmptyReason.",
     )
+    # A signed decision token (workflows.contracts.decisions) naming this user as `sub`;
+    # required unless the workers run with CHANGEFLOW_DECISION_TOKENS=off. Single use.
+    token: str | None = None
 
 
 class ReviseRequest(PublicInput):
@@ -92,6 +100,18 @@ class ReviseRequest(PublicInput):
 
     user_id: uuid.UUID
     prompt: str
+    # A signed decision token (workflows.contracts.decisions) naming this user as `sub`;
+    # required unless the workers run with CHANGEFLOW_DECISION_TOKENS=off. Single use.
+    token: str | None = None
+
+
+class CancelRequest(BaseModel):
+    """The `authorize_cancel` update: a signed cancel decision, verified and recorded by the
+    workflow before the typed client sends Temporal's cancel."""
+
+    # None only with tokens off (an operator's cancel naming nobody).
+    user_id: uuid.UUID | None = None
+    token: str | None = None
 
 
 class PlanSummary(BaseModel):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 17:16:41.278042
+Create Date: 2026-12-03 17:43:23.090152
 """
 
 from collections.abc import Sequence
@@ -522,6 +522,44 @@ def upgrade() -> None:
         ["expires_at"],
         unique=False,
         postgresql_where=sa.text("status = 'active'"),
+    )
+    op.create_table(
+        "used_decision_tokens",
+        sa.Column("jti", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("action", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+        sa.Column("request", sa.Uuid(), nullable=False),
+        sa.Column("used_by", sqlmodel.sql.sqltypes.AutoString(length=400), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_used_decision_tokens_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_used_decision_tokens_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("jti", name=op.f("pk_used_decision_tokens")),
+    )
+    op.create_index(
+        op.f("ix_used_decision_tokens_tenant_id"),
+        "used_decision_tokens",
+        ["tenant_id"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_used_decision_tokens_user_id"), "used_decision_tokens", ["user_id"], unique=False
     )
     op.create_table(
         "connector_credentials",
@@ -1490,6 +1528,9 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_deployment_plans_prompt_request_id"), table_name="deployment_plans")
     op.drop_table("deployment_plans")
     op.drop_table("connector_credentials")
+    op.drop_index(op.f("ix_used_decision_tokens_user_id"), table_name="used_decision_tokens")
+    op.drop_index(op.f("ix_used_decision_tokens_tenant_id"), table_name="used_decision_tokens")
+    op.drop_table("used_decision_tokens")
     op.drop_index(
         "ix_token_holds_active_expiry",
         table_name="token_holds",
