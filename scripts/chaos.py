@@ -60,6 +60,7 @@ from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
 from scripts.bench_processes import WorkerProcess, worker_env
 from scripts.chaos_audit import Expected, audit
+from scripts.decision_signer import development_signer
 from scripts.demo import DemoShop, seed_shop
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT
 from workers.cli import run_entry_point
@@ -305,7 +306,10 @@ async def drive(
             status is PromptStatus.AWAITING_APPROVAL
             or time.monotonic() - submitted >= planned.cancel_after_s
         ):
-            await retrying(clock, lambda: lifecycle.cancel(run.request_id, reason="chaos"))
+            await retrying(
+                clock,
+                lambda: lifecycle.cancel(run.request_id, reason="chaos", user_id=shop.requester.id),
+            )
             run.decided.append("cancel")
             break
         if status is PromptStatus.AWAITING_APPROVAL:
@@ -566,7 +570,11 @@ async def chaos(settings: Settings) -> int:
                 clock, client, settings.task_queue, [p.pid for p in workers.processes]
             )
             lifecycle = LifecycleClient(
-                client, task_queue=settings.task_queue, deploy_task_queue=settings.deploy_task_queue
+                client,
+                task_queue=settings.task_queue,
+                deploy_task_queue=settings.deploy_task_queue,
+                # Decisions are signed by the development signer its workers trust.
+                signer=development_signer(settings),
             )
             mix = ", ".join(f"{k} {count(runs, k)}" for k in KINDS)
             say(
