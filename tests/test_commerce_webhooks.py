@@ -56,7 +56,7 @@ from tests.shopify_stand_in import (
     refund_payload,
     shop_payload,
 )
-from tests.temporal_cli import temporal
+from tests.temporal_cli import CodecEndpoint, temporal
 from tests.test_lifecycle_worker_crash import ROOT
 from tests.test_metrics import free_port
 from tests.workers import running_workers
@@ -597,6 +597,7 @@ async def test_a_sync_is_requested_with_the_temporal_cli_as_the_schemas_readme_s
     settings: Settings,
     shop: ShopifyStandIn,
     connected: ConnectedShop,
+    codec_endpoint: CodecEndpoint,
 ) -> None:
     address = client.service_client.config.target_host
     connector_id = str(connected.connector.id)
@@ -620,7 +621,9 @@ async def test_a_sync_is_requested_with_the_temporal_cli_as_the_schemas_readme_s
             json.dumps({"topic": "orders/updated"}),
         )
         result = json.loads(
-            await temporal(address, "workflow", "result", "--workflow-id", workflow_id)
+            await temporal(
+                address, "workflow", "result", "--workflow-id", workflow_id, codec=codec_endpoint
+            )
         )
     assert result["result"]["status"] == "succeeded"
     assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)

@@ -145,7 +145,11 @@ async def decision_token(data_dir: Path, *args: str) -> str:
 
 
 async def test_signed_approvals_with_the_temporal_cli(
-    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    tmp_path: Path,
+    codec_endpoint: CodecEndpoint,
 ) -> None:
     """The README's recipe with tokens required: a token from the development signer's CLI
     approves once; no token, or the same token again, is a typed refusal."""
@@ -177,6 +181,7 @@ async def test_signed_approvals_with_the_temporal_cli(
                 "approve",
                 "--input",
                 json.dumps(payload),
+                codec=codec_endpoint,  # the update's answer is encrypted
             )
 
         first, second = shop.admins

@@ -487,8 +487,9 @@ async def test_a_request_cancelled_while_its_hold_is_reserved_leaves_no_hold_act
         result = await lifecycle.wait_for_outcome(request_id)
 
     assert result.status is PromptStatus.CANCELLED
-    # The hold whose answer was lost: found by the workflow's keys, and released.
-    assert billing.calls == 1
+    # The hold whose answer was lost: found by the workflow's keys, and released (a replay
+    # may ask the ledger again under the same key: still the one hold).
+    assert billing.calls >= 1
     [hold] = await holds(sessions, shop)
     assert hold.status is HoldStatus.RELEASED
     assert await balance(sessions, shop.account) == FUNDS

@@ -87,6 +87,9 @@ def worker_env(
         CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
         CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="1",
         CHANGEFLOW_LOG_FORMAT="json",
+        # About crashes, not signatures: decisions by user id, as in the other tests
+        # (tests/conftest.py; tests/test_decision_tokens.py covers the tokens).
+        CHANGEFLOW_DECISION_TOKENS="off",
     )
     yield env
 
