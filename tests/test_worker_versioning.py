@@ -9,7 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from temporalio.api.workflowservice.v1 import SetWorkerDeploymentCurrentVersionRequest
+from temporalio.api.enums.v1 import RoutingConfigUpdateState
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior
 from temporalio.service import RPCError
@@ -76,7 +80,8 @@ async def fleet(
 
 
 async def make_current(client: Client, deployment: str, build_id: str) -> None:
-    """`temporal worker deployment set-current-version`, once the version's pollers arrived."""
+    """`temporal worker deployment set-current-version`, once the version's pollers arrived,
+    then until the task queues route to it (the server propagates the change)."""
     async with asyncio.timeout(60):
         while True:
             try:
@@ -85,9 +90,19 @@ async def make_current(client: Client, deployment: str, build_id: str) -> None:
                         namespace=client.namespace, deployment_name=deployment, build_id=build_id
                     )
                 )
-                return
+                break
             except RPCError:
                 await asyncio.sleep(0.5)
+        while True:
+            described = await client.workflow_service.describe_worker_deployment(
+                DescribeWorkerDeploymentRequest(
+                    namespace=client.namespace, deployment_name=deployment
+                )
+            )
+            state = described.worker_deployment_info.routing_config_update_state
+            if state == RoutingConfigUpdateState.ROUTING_CONFIG_UPDATE_STATE_COMPLETED:
+                return
+            await asyncio.sleep(0.2)
 
 
 async def build_ids_of(client: Client, workflow_id: str) -> list[str]:
