@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.enums.v1 import EventType, PendingActivityState, TaskQueueType
@@ -33,7 +34,7 @@ from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
 from workers.registry import Dependencies
 from workers.settings import Settings
-from workers.worker import build_workers, run_until_stopped
+from workers.worker import build_workers, reconcile_schedules_once, run_until_stopped
 from workflows.contracts.deployment import DeploymentInput
 from workflows.contracts.ids import deployment_workflow_id
 from workflows.deployment import DeploymentWorkflow
@@ -295,3 +296,16 @@ async def test_one_queue_for_everything_serves_workflows_and_deploy_activities_t
         await serving_task
     assert result.status == DeploymentStatus.SUCCEEDED
     assert result.verified
+
+
+async def test_a_database_cut_off_during_the_start_up_reconciliation_does_not_stop_the_worker(
+    client: Client,
+) -> None:
+    """Seen in `make chaos`: a worker restarted while PostgreSQL restarted exited with the
+    connection closed mid-query. The Schedules are housekeeping: the worker serves anyway."""
+
+    def sessions() -> Any:
+        raise OSError("connection was closed in the middle of operation")
+
+    deps = Dependencies(settings=Settings(), sessions=sessions, client=client)  # type: ignore[arg-type]
+    await reconcile_schedules_once(client, deps, "changeflow-lifecycle")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -132,6 +133,19 @@ async def check_namespace(client: Client, namespace: str) -> None:
         raise
 
 
+async def reconcile_schedules_once(client: Client, deps: Dependencies, task_queue: str) -> None:
+    """Connectors changed while no worker ran still get (or lose) their sync Schedules. Best
+    effort: a database or Temporal cut off mid-way (a restart as this process starts) is logged
+    and the worker serves anyway; the next start, and every connector operation, apply them."""
+    try:
+        reconciled = await reconcile_commerce_schedules(client, deps.sessions, task_queue)
+    except (SQLAlchemyError, OSError, RPCError) as err:
+        log.warning("commerce_schedules_not_reconciled", error=type(err).__name__)
+        return
+    if reconciled:
+        log.info("commerce_schedules_reconciled", **reconciled)
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Resolve the stack (configured, or embedded), then serve until `stop` is set.
 
@@ -161,12 +175,7 @@ async def serve_stack(stack: EmbeddedStack, stop: asyncio.Event) -> None:
     try:
         deps = Dependencies(settings=settings, sessions=session_factory(engine), client=client)
         if settings.serve_lifecycle:
-            # Connectors changed while no worker ran still get (or lose) their sync Schedules.
-            reconciled = await reconcile_commerce_schedules(
-                client, deps.sessions, settings.task_queue
-            )
-            if reconciled:
-                log.info("commerce_schedules_reconciled", **reconciled)
+            await reconcile_schedules_once(client, deps, settings.task_queue)
         workers = build_workers(client, deps)
         log.info(
             "worker_started",
