@@ -28,7 +28,7 @@ from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
 from models.projects import Connector, ConnectorKind, ConnectorStatus
-from workers.registry import Dependencies, credential_store
+from workers.registry import connector_clients
 from workers.schedules import apply_connector_schedule
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import (
@@ -48,8 +48,7 @@ RUN_TIMEOUT = timedelta(minutes=30)
 
 async def _service(stack: Stack) -> ConnectorService:
     sessions = await stack.sessions()
-    deps = Dependencies(settings=stack.settings, sessions=sessions, client=None)  # type: ignore[arg-type]
-    store, connections = credential_store(deps)
+    store, connections = connector_clients(stack.settings, sessions)
     return ConnectorService(sessions, store, connections)
 
 
