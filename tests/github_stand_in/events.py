@@ -19,11 +19,16 @@ class EventPayloads:
         sender = raw.pop("_sender", None)
         body = getattr(self, f"_{event}")(repository, raw)
         body["repository"] = self.shapes.repository(repository)
-        body["sender"] = self.shapes.user(sender or body.pop("_sender_login", None) or repository.owner)
+        body["sender"] = self.shapes.user(
+            sender or body.pop("_sender_login", None) or repository.owner
+        )
         body.pop("_sender_login", None)
         installation = self._installation(full_name)
         if installation is not None:
-            body["installation"] = {"id": installation, "node_id": node_id("Installation", installation)}
+            body["installation"] = {
+                "id": installation,
+                "node_id": node_id("Installation", installation),
+            }
         return body
 
     def _installation(self, full_name: str) -> int | None:
@@ -101,13 +106,15 @@ class EventPayloads:
         branches = [
             {
                 "name": ref.removeprefix("refs/heads/"),
-                "commit": {"sha": sha, "url": f"{self.shapes.base}/repos/{repository.full_name}/commits/{sha}"},
+                "commit": {
+                    "sha": sha,
+                    "url": f"{self.shapes.base}/repos/{repository.full_name}/commits/{sha}",
+                },
                 "protected": ref.removeprefix("refs/heads/") in repository.protections,
             }
             for ref, sha in bare.refs().items()
             if ref.startswith("refs/heads/") and sha == status.sha
         ]
-        facts = bare.commit_facts(status.sha)
         return {
             "id": status.id,
             "sha": status.sha,
@@ -117,21 +124,55 @@ class EventPayloads:
             "context": status.context,
             "description": status.description,
             "state": status.state,
-            "commit": {
-                "sha": status.sha,
-                "node_id": node_id("Commit", int(status.sha[:7], 16)),
-                "commit": {
-                    "message": facts["message"],
-                    "author": {"name": facts["author_name"], "email": facts["author_email"], "date": facts["timestamp"]},
-                    "committer": {"name": facts["committer_name"], "email": facts["committer_email"], "date": facts["timestamp"]},
-                },
-                "url": f"{self.shapes.base}/repos/{repository.full_name}/commits/{status.sha}",
-                "html_url": f"{self.shapes.base}/{repository.full_name}/commit/{status.sha}",
-            },
+            "commit": self._status_commit(repository, status.sha),
             "branches": branches,
             "created_at": iso(status.created_at),
             "updated_at": iso(status.updated_at),
             "_sender_login": status.creator,
+        }
+
+    def _status_commit(self, repository: Repository, sha: str) -> dict[str, Any]:
+        bare = repository.bare
+        facts = bare.commit_facts(sha)
+        api = f"{self.shapes.base}/repos/{repository.full_name}"
+        html = f"{self.shapes.base}/{repository.full_name}"
+        tree = bare.git("rev-parse", f"{sha}^{{tree}}")
+        parents = bare.git("log", "-1", "--format=%P", sha).split()
+        return {
+            "sha": sha,
+            "node_id": node_id("Commit", int(sha[:7], 16)),
+            "url": f"{api}/commits/{sha}",
+            "html_url": f"{html}/commit/{sha}",
+            "comments_url": f"{api}/commits/{sha}/comments",
+            "author": None,
+            "committer": None,
+            "parents": [
+                {"sha": p, "url": f"{api}/commits/{p}", "html_url": f"{html}/commit/{p}"}
+                for p in parents
+            ],
+            "commit": {
+                "message": facts["message"],
+                "author": {
+                    "name": facts["author_name"],
+                    "email": facts["author_email"],
+                    "date": facts["timestamp"],
+                },
+                "committer": {
+                    "name": facts["committer_name"],
+                    "email": facts["committer_email"],
+                    "date": facts["timestamp"],
+                },
+                "comment_count": 0,
+                "tree": {"sha": tree, "url": f"{api}/git/trees/{tree}"},
+                "url": f"{api}/git/commits/{sha}",
+                "verification": {
+                    "verified": False,
+                    "reason": "unsigned",
+                    "signature": None,
+                    "payload": None,
+                    "verified_at": None,
+                },
+            },
         }
 
     def _deployment(self, repository: Repository, raw: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ class GitAnswer:
 
 def challenge(message: str) -> GitAnswer:
     return GitAnswer(
-        401, [("WWW-Authenticate", 'Basic realm="GitHub"'), ("Content-Type", "text/plain")],
+        401,
+        [("WWW-Authenticate", 'Basic realm="GitHub"'), ("Content-Type", "text/plain")],
         message.encode(),
     )
 
@@ -50,7 +51,8 @@ class GitSmartHttp:
         except ApiError as error:
             if error.status == 401:
                 return challenge(
-                    "Invalid username or token. Password authentication is not supported for Git operations.\n"
+                    "Invalid username or token. "
+                    "Password authentication is not supported for Git operations.\n"
                 )
             return GitAnswer(404, [("Content-Type", "text/plain")], b"Repository not found.\n")
         except (ValueError, UnicodeDecodeError):
@@ -89,9 +91,7 @@ class GitSmartHttp:
 
     @staticmethod
     def _cgi(environment: dict[str, str], body: bytes) -> GitAnswer:
-        done = subprocess.run(
-            [GIT_HTTP_BACKEND], input=body, env=environment, capture_output=True
-        )
+        done = subprocess.run([GIT_HTTP_BACKEND], input=body, env=environment, capture_output=True)
         head, _, content = done.stdout.partition(b"\r\n\r\n")
         if not _:
             head, _, content = done.stdout.partition(b"\n\n")

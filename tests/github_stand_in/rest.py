@@ -2,6 +2,7 @@
 description, listed in FACTS.md), with GitHub's authentication rules, rate-limit headers and
 error bodies. Each handler is a plain function of the request; the state does the rules."""
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -23,6 +24,28 @@ from tests.github_stand_in.state import (
     not_found,
     validation_failed,
 )
+
+# A client names the REST API version it speaks in X-GitHub-Api-Version; without it GitHub
+# answers 2022-11-28. Version 2026-03-10 dropped these fields (found by comparing the two
+# descriptions, see FACTS.md).
+DEFAULT_VERSION = "2022-11-28"
+DROPPED_IN_2026_03_10 = {
+    "pull": ("assignee", "merge_commit_sha"),
+    "repository": ("has_downloads", "use_squash_pr_title_as_default"),
+}
+
+
+def for_version(body: Any, version: str) -> Any:
+    """The answer as `version` shapes it (every pull request and repository inside it)."""
+    if version != "2026-03-10":
+        return body
+    if isinstance(body, list):
+        return [for_version(item, version) for item in body]
+    if not isinstance(body, dict):
+        return body
+    kind = "pull" if "diff_url" in body else "repository" if "clone_url" in body else None
+    dropped = DROPPED_IN_2026_03_10.get(kind or "", ())
+    return {k: for_version(v, version) for k, v in body.items() if k not in dropped}
 
 
 @dataclass
@@ -58,7 +81,11 @@ ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = []  # method, path, handl
 
 
 def route(method: str, path: str, *, app_jwt: bool = False) -> Callable[[Handler], Handler]:
-    pattern = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}", lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", path) + "$")
+    pattern = re.compile(
+        "^"
+        + re.sub(r"\{(\w+)(:path)?\}", lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", path)
+        + "$"
+    )
 
     def register(handler: Handler) -> Handler:
         ROUTES.append((method, pattern, handler.__name__, app_jwt))
@@ -95,10 +122,31 @@ class RestApi:
                     headers = self.state.count_request(who, call.method, call.path)
                 with self.state.lock:
                     status, body = getattr(self, name)(call, who)
+                body = for_version(body, call.headers.get("x-github-api-version", DEFAULT_VERSION))
+                if call.method == "GET" and status == 200:
+                    return self._cacheable(call, who, body, headers)
                 return Answer(status, body, headers)
             except ApiError as error:
                 return Answer(error.status, error.body, {**headers, **error.headers})
         return None
+
+    def _cacheable(
+        self, call: Call, token: AccessToken, body: Any, headers: dict[str, str]
+    ) -> Answer:
+        """GitHub's GET answers may be cached for 60 s (a client with an HTTP cache does not ask
+        again within that time) and carry an ETag; a matching If-None-Match gets 304, which
+        does not count against the rate limit."""
+        etag = '"' + hashlib.md5(json.dumps(body, sort_keys=True).encode()).hexdigest() + '"'
+        headers = {
+            **headers,
+            "cache-control": "private, max-age=60, s-maxage=60",
+            "etag": etag,
+            "vary": "Accept, Authorization, Cookie, X-GitHub-OTP",
+        }
+        if call.headers.get("if-none-match") == etag:
+            headers |= self.state.refund_request(token)
+            return Answer(304, None, headers)
+        return Answer(200, body, headers)
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -128,21 +176,38 @@ class RestApi:
         except jwt.PyJWTError:
             raise ApiError(401, "A JSON web token could not be decoded") from None
         app = next(
-            (a for a in self.state.apps.values() if str(claims.get("iss")) in (str(a.id), a.client_id)),
+            (
+                a
+                for a in self.state.apps.values()
+                if str(claims.get("iss")) in (str(a.id), a.client_id)
+            ),
             None,
         )
         if app is None or header.get("alg") != "RS256":
             raise ApiError(401, "A JSON web token could not be decoded")
         try:
-            jwt.decode(value, app.public_key_pem, algorithms=["RS256"], options={"verify_exp": False, "verify_iat": False})
+            jwt.decode(
+                value,
+                app.public_key_pem,
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_iat": False},
+            )
         except jwt.PyJWTError:
             raise ApiError(401, "A JSON web token could not be decoded") from None
         now = datetime.now(UTC).timestamp()
         iat, exp = claims.get("iat"), claims.get("exp")
         if not isinstance(iat, int) or iat > now + 60:
-            raise ApiError(401, "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued")
+            raise ApiError(
+                401,
+                "'Issued at' claim ('iat') must be an Integer representing the time that the "
+                "assertion was issued",
+            )
         if not isinstance(exp, int) or exp <= now:
-            raise ApiError(401, "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires")
+            raise ApiError(
+                401,
+                "'Expiration time' claim ('exp') must be a numeric value representing the future "
+                "time at which the assertion expires",
+            )
         if exp - now > JWT_MAX_LIFETIME.total_seconds() + 30:
             raise ApiError(401, "'Expiration time' claim ('exp') is too far in the future")
         return app
@@ -246,8 +311,13 @@ class RestApi:
         if not body.get("title") and not body.get("issue"):
             raise ApiError(422, 'Invalid request.\n\n"title" wasn\'t supplied.')
         pull = self.state.create_pull(
-            repository, title=body["title"], head=body["head"], base=body["base"],
-            body=body.get("body"), draft=bool(body.get("draft", False)), user=token.login,
+            repository,
+            title=body["title"],
+            head=body["head"],
+            base=body["base"],
+            body=body.get("body"),
+            draft=bool(body.get("draft", False)),
+            user=token.login,
         )
         return 201, self.shapes.pull(pull)
 
@@ -258,13 +328,16 @@ class RestApi:
         head = call.query.get("head")
         base = call.query.get("base")
         pulls = [
-            p for p in self.state.pulls.values()
+            p
+            for p in self.state.pulls.values()
             if p.repository == repository.full_name
             and (state == "all" or p.state == state)
             and (head is None or f"{repository.owner}:{p.head_ref}" == head)
             and (base is None or p.base_ref == base)
         ]
-        pulls.sort(key=lambda p: p.created_at, reverse=call.query.get("direction", "desc") == "desc")
+        pulls.sort(
+            key=lambda p: p.created_at, reverse=call.query.get("direction", "desc") == "desc"
+        )
         return 200, [self.shapes.pull_simple(p) for p in self._page(call, pulls)]
 
     @route("GET", "/repos/{owner}/{repo}/pulls/{pull_number}")
@@ -292,10 +365,18 @@ class RestApi:
         pull = self.state.pull(repository, int(call.params["pull_number"]))
         body = call.json()
         pull = self.state.merge_pull(
-            pull, sha=body.get("sha"), method=body.get("merge_method", "merge"),
-            title=body.get("commit_title"), message=body.get("commit_message"), actor=token.login,
+            pull,
+            sha=body.get("sha"),
+            method=body.get("merge_method", "merge"),
+            title=body.get("commit_title"),
+            message=body.get("commit_message"),
+            actor=token.login,
         )
-        return 200, {"sha": pull.merge_commit_sha, "merged": True, "message": "Pull Request successfully merged"}
+        return 200, {
+            "sha": pull.merge_commit_sha,
+            "merged": True,
+            "message": "Pull Request successfully merged",
+        }
 
     # -- checks and statuses --------------------------------------------------------------
 
@@ -318,18 +399,25 @@ class RestApi:
         if "status" in call.query:
             runs = [r for r in runs if r.status == call.query["status"]]
         runs.sort(key=lambda r: r.id, reverse=True)
-        return 200, {"total_count": len(runs), "check_runs": [self.shapes.check_run(r) for r in self._page(call, runs)]}
+        return 200, {
+            "total_count": len(runs),
+            "check_runs": [self.shapes.check_run(r) for r in self._page(call, runs)],
+        }
 
     @route("GET", "/repos/{owner}/{repo}/commits/{ref:path}/status")
     def get_combined_status_for_ref(self, call: Call, token: AccessToken) -> tuple[int, Any]:
         repository = self.repository(call, token)
-        return 200, self.shapes.combined_status(repository, self._commit(repository, call.params["ref"]))
+        return 200, self.shapes.combined_status(
+            repository, self._commit(repository, call.params["ref"])
+        )
 
     @route("GET", "/repos/{owner}/{repo}/commits/{ref:path}/statuses")
     def list_commit_statuses_for_ref(self, call: Call, token: AccessToken) -> tuple[int, Any]:
         repository = self.repository(call, token)
         sha = self._commit(repository, call.params["ref"])
-        statuses = [s for s in self.state.statuses if s.repository == repository.full_name and s.sha == sha]
+        statuses = [
+            s for s in self.state.statuses if s.repository == repository.full_name and s.sha == sha
+        ]
         statuses.sort(key=lambda s: s.id, reverse=True)
         return 200, [self.shapes.status(s) for s in self._page(call, statuses)]
 
@@ -339,9 +427,13 @@ class RestApi:
         body = call.json()
         require(body, "state")
         status = self.state.set_status(
-            repository, call.params["sha"], context=body.get("context") or "default",
-            state=body["state"], description=body.get("description"),
-            target_url=body.get("target_url"), creator=token.login,
+            repository,
+            call.params["sha"],
+            context=body.get("context") or "default",
+            state=body["state"],
+            description=body.get("description"),
+            target_url=body.get("target_url"),
+            creator=token.login,
         )
         return 201, self.shapes.status(status)
 
@@ -353,20 +445,28 @@ class RestApi:
         body = call.json()
         require(body, "ref")
         deployment = self.state.create_deployment(
-            repository, ref=body["ref"], task=body.get("task", "deploy"),
-            environment=body.get("environment", "production"), payload=body.get("payload", {}),
-            description=body.get("description"), required_contexts=body.get("required_contexts"),
+            repository,
+            ref=body["ref"],
+            task=body.get("task", "deploy"),
+            environment=body.get("environment", "production"),
+            payload=body.get("payload", {}),
+            description=body.get("description"),
+            required_contexts=body.get("required_contexts"),
             production_environment=body.get("production_environment"),
-            transient_environment=bool(body.get("transient_environment", False)), creator=token.login,
+            transient_environment=bool(body.get("transient_environment", False)),
+            creator=token.login,
         )
         return 201, self.shapes.deployment(deployment)
 
     @route("GET", "/repos/{owner}/{repo}/deployments")
     def list_deployments(self, call: Call, token: AccessToken) -> tuple[int, Any]:
         repository = self.repository(call, token)
-        wanted = {k: call.query[k] for k in ("sha", "ref", "task", "environment") if k in call.query}
+        wanted = {
+            k: call.query[k] for k in ("sha", "ref", "task", "environment") if k in call.query
+        }
         found = [
-            d for d in self.state.deployments.values()
+            d
+            for d in self.state.deployments.values()
             if d.repository == repository.full_name
             and all(getattr(d, k) == v for k, v in wanted.items())
         ]
@@ -376,7 +476,9 @@ class RestApi:
     @route("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}")
     def get_deployment(self, call: Call, token: AccessToken) -> tuple[int, Any]:
         repository = self.repository(call, token)
-        return 200, self.shapes.deployment(self.state.deployment(repository, int(call.params["deployment_id"])))
+        return 200, self.shapes.deployment(
+            self.state.deployment(repository, int(call.params["deployment_id"]))
+        )
 
     @route("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses")
     def create_deployment_status(self, call: Call, token: AccessToken) -> tuple[int, Any]:
@@ -385,9 +487,12 @@ class RestApi:
         body = call.json()
         require(body, "state")
         status = self.state.add_deployment_status(
-            deployment, state=body["state"], description=body.get("description", ""),
+            deployment,
+            state=body["state"],
+            description=body.get("description", ""),
             log_url=body.get("log_url") or body.get("target_url") or "",
-            environment_url=body.get("environment_url", ""), environment=body.get("environment"),
+            environment_url=body.get("environment_url", ""),
+            environment=body.get("environment"),
             creator=token.login,
         )
         return 201, self.shapes.deployment_status(deployment, status)
@@ -397,7 +502,9 @@ class RestApi:
         repository = self.repository(call, token)
         deployment = self.state.deployment(repository, int(call.params["deployment_id"]))
         statuses = sorted(deployment.statuses, key=lambda s: s.id, reverse=True)
-        return 200, [self.shapes.deployment_status(deployment, s) for s in self._page(call, statuses)]
+        return 200, [
+            self.shapes.deployment_status(deployment, s) for s in self._page(call, statuses)
+        ]
 
     @staticmethod
     def _page(call: Call, items: list[Any]) -> list[Any]:

@@ -96,7 +96,14 @@ class GitHubStandIn:
             page = await run_in_threadpool(self._page, path)
             if page is not None:
                 return page
-            answer_status, content = 404, {"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"}
+            answer_status, content = (
+                404,
+                {
+                    "message": "Not Found",
+                    "documentation_url": "https://docs.github.com/rest",
+                    "status": "404",
+                },
+            )
             self.requests.append((request.method, path, answer_status))
             return JSONResponse(content, status_code=answer_status)
         self.requests.append((request.method, path, answer.status))

@@ -169,9 +169,23 @@ class Shapes:
 
     def minimal_repository(self, repository: Repository) -> dict[str, Any]:
         full = self.repository(repository)
-        keep = ("id", "node_id", "name", "full_name", "owner", "private", "html_url",
-                "description", "fork", "url", *REPOSITORY_URLS, "git_url", "ssh_url",
-                "clone_url", "hooks_url")
+        keep = (
+            "id",
+            "node_id",
+            "name",
+            "full_name",
+            "owner",
+            "private",
+            "html_url",
+            "description",
+            "fork",
+            "url",
+            *REPOSITORY_URLS,
+            "git_url",
+            "ssh_url",
+            "clone_url",
+            "hooks_url",
+        )
         return {name: full[name] for name in keep}
 
     def ref(self, repository: Repository, ref: str, sha: str) -> dict[str, Any]:
@@ -272,15 +286,29 @@ class Shapes:
     def pull_simple(self, pull: PullRequest) -> dict[str, Any]:
         """pull-request-simple: what the list endpoint returns."""
         full = self.pull(pull)
-        for extra in ("merged", "mergeable", "rebaseable", "mergeable_state", "merged_by",
-                      "comments", "review_comments", "maintainer_can_modify", "commits",
-                      "additions", "deletions", "changed_files"):
+        for extra in (
+            "merged",
+            "mergeable",
+            "rebaseable",
+            "mergeable_state",
+            "merged_by",
+            "comments",
+            "review_comments",
+            "maintainer_can_modify",
+            "commits",
+            "additions",
+            "deletions",
+            "changed_files",
+        ):
             full.pop(extra)
         return full
 
     def actions_app(self) -> dict[str, Any]:
         return self.integration_from(
-            GITHUB_ACTIONS_APP["id"], GITHUB_ACTIONS_APP["slug"], GITHUB_ACTIONS_APP["name"], "github"
+            GITHUB_ACTIONS_APP["id"],
+            GITHUB_ACTIONS_APP["slug"],
+            GITHUB_ACTIONS_APP["name"],
+            "github",
         )
 
     def integration(self, app: App) -> dict[str, Any]:
@@ -310,10 +338,11 @@ class Shapes:
             "id": run.id,
             "head_sha": run.head_sha,
             "node_id": node_id("CheckRun", run.id),
-            "external_id": run.external_id,
+            "external_id": run.external_id or str(run.id),
             "url": f"{api}/check-runs/{run.id}",
             "html_url": f"{self.base}/{run.repository}/runs/{run.id}",
-            "details_url": run.details_url,
+            # A CI without a page of its own links to the run on GitHub, as Actions does.
+            "details_url": run.details_url or f"{self.base}/{run.repository}/runs/{run.id}",
             "status": run.status,
             "conclusion": run.conclusion,
             "started_at": iso(run.started_at),
@@ -353,7 +382,11 @@ class Shapes:
         done = all(r.status == "completed" for r in runs)
         conclusions = {r.conclusion for r in runs}
         worst = next(
-            (c for c in ("failure", "timed_out", "cancelled", "action_required") if c in conclusions),
+            (
+                c
+                for c in ("failure", "timed_out", "cancelled", "action_required")
+                if c in conclusions
+            ),
             "success",
         )
         api = f"{self.base}/repos/{suite.repository}"
@@ -372,9 +405,22 @@ class Shapes:
             "created_at": iso(suite.created_at),
             "updated_at": iso(suite.updated_at),
             "latest_check_runs_count": len(runs),
+            "head_commit": self.simple_commit(suite.repository, suite.head_sha),
             "check_runs_url": f"{api}/check-suites/{suite.id}/check-runs",
             "rerequestable": True,
             "runs_rerequestable": True,
+        }
+
+    def simple_commit(self, full_name: str, sha: str) -> dict[str, Any]:
+        facts = self.state.repositories[full_name].bare.commit_facts(sha)
+        tree = self.state.repositories[full_name].bare.git("rev-parse", f"{sha}^{{tree}}")
+        return {
+            "id": sha,
+            "tree_id": tree,
+            "message": facts["message"],
+            "timestamp": facts["timestamp"],
+            "author": {"name": facts["author_name"], "email": facts["author_email"]},
+            "committer": {"name": facts["committer_name"], "email": facts["committer_email"]},
         }
 
     def status(self, status: CommitStatus) -> dict[str, Any]:

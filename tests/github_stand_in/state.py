@@ -8,6 +8,7 @@ from theirs.
 """
 
 import fnmatch
+import itertools
 import secrets
 import threading
 from collections.abc import Callable
@@ -74,11 +75,11 @@ def not_found() -> ApiError:
     return ApiError(404, "Not Found")
 
 
-def validation_failed(message: str, **error: Any) -> ApiError:
+def validation_failed(summary: str, **error: Any) -> ApiError:
     """GitHub's 422: {"message": "Validation Failed", "errors": [...]} or a plain message."""
     if error:
         return ApiError(422, "Validation Failed", errors=[error])
-    return ApiError(422, message)
+    return ApiError(422, summary)
 
 
 @dataclass
@@ -265,7 +266,9 @@ class RateWindow:
     resets_at: datetime
 
 
-Event = tuple[str, dict[str, Any]]  # (X-GitHub-Event, payload before repository/sender)
+# Ids are unique across stand-ins, as GitHub's are: a client's token cache keyed by app and
+# installation id must never mistake one test's installation for another's.
+_ids = itertools.count(1000)
 
 
 class GitHubState:
@@ -275,7 +278,6 @@ class GitHubState:
         self.root = root
         self.clock = clock or StandInClock()
         self.lock = threading.RLock()
-        self._next_id = 1000
         self.apps: dict[int, App] = {}
         self.installations: dict[int, Installation] = {}
         self.tokens: dict[str, AccessToken] = {}
@@ -295,9 +297,7 @@ class GitHubState:
     # -- identities -----------------------------------------------------------------------
 
     def new_id(self) -> int:
-        with self.lock:
-            self._next_id += 1
-            return self._next_id
+        return next(_ids)
 
     def create_app(self, *, slug: str = "changeflow", owner: str = "acme") -> App:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -399,7 +399,7 @@ class GitHubState:
         403/429 GitHub answers when a primary or an armed secondary limit refuses it."""
         with self.lock:
             now = self.clock.now()
-            key = f"installation:{token.installation_id}" if token.installation_id else token.login
+            key = _rate_key(token)
             window = self.rate_windows.get(key)
             if window is None or window.resets_at <= now:
                 window = self.rate_windows[key] = RateWindow(0, now + timedelta(hours=1))
@@ -423,9 +423,19 @@ class GitHubState:
                         "You have exceeded a secondary rate limit and have been temporarily "
                         "blocked from content creation. Please retry your request again later.",
                         documentation_url="https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-                        headers={**self._rate_headers(window), "retry-after": str(limit.retry_after)},
+                        headers={
+                            **self._rate_headers(window),
+                            "retry-after": str(limit.retry_after),
+                        },
                     )
             window.used += 1
+            return self._rate_headers(window)
+
+    def refund_request(self, token: AccessToken) -> dict[str, str]:
+        with self.lock:
+            key = _rate_key(token)
+            window = self.rate_windows[key]
+            window.used = max(window.used - 1, 0)
             return self._rate_headers(window)
 
     @staticmethod
@@ -440,8 +450,10 @@ class GitHubState:
 
     def exhaust_primary_limit(self, token: AccessToken) -> None:
         with self.lock:
-            key = f"installation:{token.installation_id}" if token.installation_id else token.login
-            self.rate_windows[key] = RateWindow(PRIMARY_LIMIT, self.clock.now() + timedelta(hours=1))
+            key = _rate_key(token)
+            self.rate_windows[key] = RateWindow(
+                PRIMARY_LIMIT, self.clock.now() + timedelta(hours=1)
+            )
 
     def arm_secondary_limit(
         self,
@@ -462,7 +474,12 @@ class GitHubState:
     # -- repositories and refs --------------------------------------------------------------
 
     def create_repository(
-        self, owner: str, name: str, *, default_branch: str = "main", files: dict[str, str] | None = None
+        self,
+        owner: str,
+        name: str,
+        *,
+        default_branch: str = "main",
+        files: dict[str, str] | None = None,
     ) -> Repository:
         """A bare repository with one commit holding `files` on the default branch."""
         path = self.root / owner / f"{name}.git"
@@ -563,14 +580,23 @@ class GitHubState:
             tree = _tree_with(bare, parent, files)
             commit = bare.commit_tree(tree, [parent] if parent else [], f"{message}\n")
             bare.move_ref(f"refs/heads/{branch}", commit, expected=parent or ZERO_SHA)
-            self.ref_moved(repository, f"refs/heads/{branch}", parent or ZERO_SHA, commit, pusher=author)
+            self.ref_moved(
+                repository, f"refs/heads/{branch}", parent or ZERO_SHA, commit, pusher=author
+            )
             return commit
 
     # -- pull requests ----------------------------------------------------------------------
 
     def create_pull(
-        self, repository: Repository, *, title: str, head: str, base: str, body: str | None,
-        draft: bool, user: str,
+        self,
+        repository: Repository,
+        *,
+        title: str,
+        head: str,
+        base: str,
+        body: str | None,
+        draft: bool,
+        user: str,
     ) -> PullRequest:
         with self.lock:
             head_branch = head.split(":", 1)[1] if ":" in head else head
@@ -587,11 +613,12 @@ class GitHubState:
                     and pull.head_ref == head_branch
                     and pull.base_ref == base
                 ):
+                    existing = f"{repository.owner}:{head_branch}"
                     raise validation_failed(
                         "",
                         resource="PullRequest",
                         code="custom",
-                        message=f"A pull request already exists for {repository.owner}:{head_branch}.",
+                        message=f"A pull request already exists for {existing}.",
                     )
             if repository.bare.is_ancestor(head_sha, base_sha):
                 raise validation_failed(
@@ -629,15 +656,15 @@ class GitHubState:
             raise not_found()
         return pull
 
-    def update_pull(
-        self, pull: PullRequest, changes: dict[str, Any], *, actor: str
-    ) -> PullRequest:
+    def update_pull(self, pull: PullRequest, changes: dict[str, Any], *, actor: str) -> PullRequest:
         with self.lock:
             repository = self.repositories[pull.repository]
             if "base" in changes and changes["base"] != pull.base_ref:
                 base_sha = repository.bare.resolve(f"refs/heads/{changes['base']}")
                 if base_sha is None:
-                    raise validation_failed("", resource="PullRequest", field="base", code="invalid")
+                    raise validation_failed(
+                        "", resource="PullRequest", field="base", code="invalid"
+                    )
                 pull.base_ref, pull.base_sha = changes["base"], base_sha
             for name in ("title", "body"):
                 if name in changes:
@@ -650,7 +677,9 @@ class GitHubState:
                 head = repository.bare.resolve(f"refs/heads/{pull.head_ref}")
                 if head is None:
                     raise validation_failed(
-                        "", resource="PullRequest", code="custom",
+                        "",
+                        resource="PullRequest",
+                        code="custom",
                         message="state cannot be changed. The head branch has been deleted.",
                     )
                 pull.state, pull.closed_at, pull.head_sha = "open", None, head
@@ -668,8 +697,14 @@ class GitHubState:
         self.emit_pull(pull, "closed", sender=actor)
 
     def merge_pull(
-        self, pull: PullRequest, *, sha: str | None, method: str, title: str | None,
-        message: str | None, actor: str,
+        self,
+        pull: PullRequest,
+        *,
+        sha: str | None,
+        method: str,
+        title: str | None,
+        message: str | None,
+        actor: str,
     ) -> PullRequest:
         """PUT /pulls/{n}/merge: the sha guard, branch protection, then a real merge commit (or
         squash) written with git and the base branch moved by compare-and-swap."""
@@ -685,13 +720,18 @@ class GitHubState:
             if sha is not None and sha != head:
                 raise ApiError(409, "Head branch was modified. Review and try the merge again.")
             if method not in ("merge", "squash"):
-                raise ApiError(405, f"{method.capitalize()} merges are not allowed on this repository.")
+                raise ApiError(
+                    405, f"{method.capitalize()} merges are not allowed on this repository."
+                )
             self._check_protection(repository, pull, head, base)
             tree = bare.merge_tree(base, head)
             if tree is None:
                 raise ApiError(405, "Pull Request is not mergeable")
             if method == "merge":
-                subject = title or f"Merge pull request #{pull.number} from {repository.owner}/{pull.head_ref}"
+                subject = (
+                    title
+                    or f"Merge pull request #{pull.number} from {repository.owner}/{pull.head_ref}"
+                )
                 body = message if message is not None else pull.title
                 merged = bare.commit_tree(tree, [base, head], f"{subject}\n\n{body}\n")
             else:
@@ -701,7 +741,9 @@ class GitHubState:
             try:
                 bare.move_ref(f"refs/heads/{pull.base_ref}", merged, expected=base)
             except GitRefusal:
-                raise ApiError(405, "Base branch was modified. Review and try the merge again.") from None
+                raise ApiError(
+                    405, "Base branch was modified. Review and try the merge again."
+                ) from None
             now = self.clock.now()
             pull.head_sha, pull.base_sha = head, base
             pull.merged_at = pull.closed_at = pull.updated_at = now
@@ -710,7 +752,9 @@ class GitHubState:
             self.ref_moved(repository, f"refs/heads/{pull.base_ref}", base, merged, pusher=actor)
             return pull
 
-    def _check_protection(self, repository: Repository, pull: PullRequest, head: str, base: str) -> None:
+    def _check_protection(
+        self, repository: Repository, pull: PullRequest, head: str, base: str
+    ) -> None:
         protection = repository.protections.get(pull.base_ref)
         if protection is None:
             return
@@ -751,7 +795,12 @@ class GitHubState:
                 self.report(repository, sha, script, head_branch=branch)
 
     def report(
-        self, repository: Repository, sha: str, script: CheckScript, *, head_branch: str | None = None
+        self,
+        repository: Repository,
+        sha: str,
+        script: CheckScript,
+        *,
+        head_branch: str | None = None,
     ) -> None:
         """Start one scripted check on commit `sha` now; it ends after `script.after` seconds
         of the stand-in's clock (or never, when its outcome is None)."""
@@ -759,35 +808,51 @@ class GitHubState:
             now = self.clock.now()
             if script.kind == "status":
                 self.set_status(
-                    repository, sha, context=script.name, state="pending",
-                    description="Waiting for the stand-in CI", target_url=script.details_url,
+                    repository,
+                    sha,
+                    context=script.name,
+                    state="pending",
+                    description="Waiting for the stand-in CI",
+                    target_url=script.details_url,
                     creator="stand-in-ci",
                 )
                 if script.outcome is not None:
                     outcome = script.outcome
-                    self._due.append((
-                        now + timedelta(seconds=script.after),
-                        lambda: self.set_status(
-                            repository, sha, context=script.name, state=outcome,
-                            description=f"The stand-in CI says {outcome}",
-                            target_url=script.details_url, creator="stand-in-ci",
-                        ),
-                    ))
+                    self._due.append(
+                        (
+                            now + timedelta(seconds=script.after),
+                            lambda: self.set_status(
+                                repository,
+                                sha,
+                                context=script.name,
+                                state=outcome,
+                                description=f"The stand-in CI says {outcome}",
+                                target_url=script.details_url,
+                                creator="stand-in-ci",
+                            ),
+                        )
+                    )
                 return
             suite = self._suite(repository, sha, head_branch)
             run = CheckRun(
-                id=self.new_id(), repository=repository.full_name, head_sha=sha,
-                name=script.name, suite_id=suite.id, details_url=script.details_url,
+                id=self.new_id(),
+                repository=repository.full_name,
+                head_sha=sha,
+                name=script.name,
+                suite_id=suite.id,
+                details_url=script.details_url,
                 started_at=now,
             )
             self.check_runs.append(run)
             self.emit(repository, "check_run", {"action": "created", "check_run": run})
             if script.outcome is not None:
                 outcome = script.outcome
-                self._due.append((
-                    now + timedelta(seconds=script.after),
-                    lambda: self.complete_check_run(run, outcome),
-                ))
+                self._due.append(
+                    (
+                        now + timedelta(seconds=script.after),
+                        lambda: self.complete_check_run(run, outcome),
+                    )
+                )
 
     def _suite(self, repository: Repository, sha: str, head_branch: str | None) -> CheckSuite:
         key = (repository.full_name, sha)
@@ -810,27 +875,48 @@ class GitHubState:
                 self.emit(repository, "check_suite", {"action": "completed", "check_suite": suite})
 
     def set_status(
-        self, repository: Repository, sha: str, *, context: str, state: str,
-        description: str | None, target_url: str | None, creator: str,
+        self,
+        repository: Repository,
+        sha: str,
+        *,
+        context: str,
+        state: str,
+        description: str | None,
+        target_url: str | None,
+        creator: str,
     ) -> CommitStatus:
         with self.lock:
             if state not in ("error", "failure", "pending", "success"):
-                raise validation_failed("", resource="Status", field="state", code="custom",
-                                        message="state is not included in the list")
+                raise validation_failed(
+                    "",
+                    resource="Status",
+                    field="state",
+                    code="custom",
+                    message="state is not included in the list",
+                )
             if repository.bare.resolve(sha) != sha:
                 raise validation_failed(f"No commit found for SHA: {sha}")
             now = self.clock.now()
             status = CommitStatus(
-                id=self.new_id(), repository=repository.full_name, sha=sha, context=context,
-                state=state, description=description, target_url=target_url, creator=creator,
-                created_at=now, updated_at=now,
+                id=self.new_id(),
+                repository=repository.full_name,
+                sha=sha,
+                context=context,
+                state=state,
+                description=description,
+                target_url=target_url,
+                creator=creator,
+                created_at=now,
+                updated_at=now,
             )
             self.statuses.append(status)
             self.emit(repository, "status", {"status": status})
             return status
 
     def runs_for(self, repository: Repository, sha: str) -> list[CheckRun]:
-        return [r for r in self.check_runs if r.repository == repository.full_name and r.head_sha == sha]
+        return [
+            r for r in self.check_runs if r.repository == repository.full_name and r.head_sha == sha
+        ]
 
     def latest_statuses(self, repository: Repository, sha: str) -> list[CommitStatus]:
         """The newest status of each context, newest first, as the combined status lists them."""
@@ -870,9 +956,18 @@ class GitHubState:
     # -- deployments ------------------------------------------------------------------------
 
     def create_deployment(
-        self, repository: Repository, *, ref: str, task: str, environment: str, payload: Any,
-        description: str | None, required_contexts: list[str] | None,
-        production_environment: bool | None, transient_environment: bool, creator: str,
+        self,
+        repository: Repository,
+        *,
+        ref: str,
+        task: str,
+        environment: str,
+        payload: Any,
+        description: str | None,
+        required_contexts: list[str] | None,
+        production_environment: bool | None,
+        transient_environment: bool,
+        creator: str,
     ) -> Deployment:
         with self.lock:
             sha = repository.bare.resolve(ref)
@@ -888,16 +983,33 @@ class GitHubState:
                     409,
                     f"Conflict: Commit status checks failed for {ref}.",
                     documentation_url="https://docs.github.com/rest/deployments/deployments#create-a-deployment",
-                    errors=[{"contexts": [{"context": c, "state": states.get(c, "missing")} for c in not_green],
-                             "resource": "Deployment", "field": "required_contexts", "code": "invalid"}],
+                    errors=[
+                        {
+                            "contexts": [
+                                {"context": c, "state": states.get(c, "missing")} for c in not_green
+                            ],
+                            "resource": "Deployment",
+                            "field": "required_contexts",
+                            "code": "invalid",
+                        }
+                    ],
                 )
             now = self.clock.now()
             deployment = Deployment(
-                id=self.new_id(), repository=repository.full_name, sha=sha, ref=ref, task=task,
-                environment=environment, payload=payload, description=description,
-                creator=creator, created_at=now, updated_at=now,
+                id=self.new_id(),
+                repository=repository.full_name,
+                sha=sha,
+                ref=ref,
+                task=task,
+                environment=environment,
+                payload=payload,
+                description=description,
+                creator=creator,
+                created_at=now,
+                updated_at=now,
                 production_environment=(
-                    production_environment if production_environment is not None
+                    production_environment
+                    if production_environment is not None
                     else environment == "production"
                 ),
                 transient_environment=transient_environment,
@@ -913,25 +1025,53 @@ class GitHubState:
         return deployment
 
     def add_deployment_status(
-        self, deployment: Deployment, *, state: str, description: str, log_url: str,
-        environment_url: str, environment: str | None, creator: str,
+        self,
+        deployment: Deployment,
+        *,
+        state: str,
+        description: str,
+        log_url: str,
+        environment_url: str,
+        environment: str | None,
+        creator: str,
     ) -> DeploymentStatus:
         with self.lock:
-            allowed = ("error", "failure", "inactive", "in_progress", "queued", "pending", "success")
+            allowed = (
+                "error",
+                "failure",
+                "inactive",
+                "in_progress",
+                "queued",
+                "pending",
+                "success",
+            )
             if state not in allowed:
-                raise validation_failed("", resource="DeploymentStatus", field="state", code="invalid")
+                raise validation_failed(
+                    "", resource="DeploymentStatus", field="state", code="invalid"
+                )
             status = DeploymentStatus(
-                id=self.new_id(), deployment_id=deployment.id, state=state,
-                description=description, log_url=log_url, environment_url=environment_url,
-                environment=environment or deployment.environment, creator=creator,
+                id=self.new_id(),
+                deployment_id=deployment.id,
+                state=state,
+                description=description,
+                log_url=log_url,
+                environment_url=environment_url,
+                environment=environment or deployment.environment,
+                creator=creator,
                 created_at=self.clock.now(),
             )
             deployment.statuses.append(status)
             deployment.updated_at = status.created_at
             repository = self.repositories[deployment.repository]
-            self.emit(repository, "deployment_status", {
-                "action": "created", "deployment_status": status, "deployment": deployment,
-            })
+            self.emit(
+                repository,
+                "deployment_status",
+                {
+                    "action": "created",
+                    "deployment_status": status,
+                    "deployment": deployment,
+                },
+            )
             return status
 
     # -- time and events --------------------------------------------------------------------
@@ -946,15 +1086,27 @@ class GitHubState:
                 change()
 
     def emit(
-        self, repository: Repository, event: str, payload: dict[str, Any], *, sender: str | None = None
+        self,
+        repository: Repository,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        sender: str | None = None,
     ) -> None:
         self.on_event(event, repository.full_name, {**payload, "_sender": sender})
 
-    def emit_pull(self, pull: PullRequest, action: str, *, sender: str, before: str | None = None) -> None:
+    def emit_pull(
+        self, pull: PullRequest, action: str, *, sender: str, before: str | None = None
+    ) -> None:
         payload: dict[str, Any] = {"action": action, "number": pull.number, "pull_request": pull}
         if before is not None:
             payload |= {"before": before, "after": pull.head_sha}
         self.emit(self.repositories[pull.repository], "pull_request", payload, sender=sender)
+
+
+def _rate_key(token: AccessToken) -> str:
+    """Installation tokens share their installation's hour; a person's tokens share theirs."""
+    return f"installation:{token.installation_id}" if token.installation_id else token.login
 
 
 def _tree_with(bare: BareRepository, parent: str | None, files: dict[str, str]) -> str:

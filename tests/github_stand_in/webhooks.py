@@ -58,7 +58,9 @@ class WebhookSender:
         self._wake = threading.Condition()
         self._busy = False
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="github-stand-in-webhooks", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="github-stand-in-webhooks", daemon=True
+        )
         self._thread.start()
 
     # -- producing ------------------------------------------------------------------------
@@ -81,7 +83,9 @@ class WebhookSender:
         with self._wake:
             self.held = True
 
-    def release(self, *, order: str = "as-produced", duplicate: bool = False, seed: int = 0) -> None:
+    def release(
+        self, *, order: str = "as-produced", duplicate: bool = False, seed: int = 0
+    ) -> None:
         """Send what was held: in order, reversed or shuffled, each twice if `duplicate` (the
         second with the same X-GitHub-Delivery, as a redelivery)."""
         with self._wake:
