@@ -35,6 +35,7 @@ from githubkit_schemas.latest.models import (
     PullRequestSimple,
     Status,
 )
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from tests.github_stand_in import CheckScript, GitHubStandIn, Protection, github_stand_in
 from tests.github_stand_in.state import App, Installation, Repository
@@ -820,3 +821,225 @@ async def test_webhook_payloads_parse_as_githubkits_webhook_models(
         ("deployment", "created"),
         ("deployment_status", "created"),
     } <= seen
+
+
+# -- the OpenAPI description -----------------------------------------------------------------
+
+OPENAPI = json.loads(
+    (Path(__file__).parent / "github_stand_in" / "openapi" / "github-subset.json").read_text()
+)
+
+
+class OpenApiCheck:
+    """Validates each answer against GitHub's description of its operation and status."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.checked: set[tuple[str, int]] = set()
+
+    async def call(
+        self, method: str, template: str, path: str, **options: object
+    ) -> httpx.Response:
+        response = await self.http.request(method, path, **options)  # type: ignore[arg-type]
+        operation = OPENAPI["paths"][template][method.lower()]
+        self.checked.add((operation["operationId"], response.status_code))
+        documented = operation["responses"].get(str(response.status_code))
+        if documented is None:
+            # Errors every endpoint may answer (auth, limits, hidden resources, validation) are
+            # not listed per operation; their body is still GitHub's basic error.
+            assert response.status_code in (401, 403, 404, 422, 429), (method, path, response.text)
+            documented = {
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/basic-error"}}
+                }
+            }
+        if "$ref" in documented:
+            documented = self.lookup(documented["$ref"])
+        content = documented.get("content", {}).get("application/json")
+        if content is None and response.status_code >= 400:
+            # A refusal documented without a body (delete-ref's 422) still answers GitHub's error.
+            content = {"schema": {"$ref": "#/components/schemas/basic-error"}}
+        if content is None:
+            assert response.content == b"", (method, path)
+            return response
+        schema = {**content["schema"], "components": OPENAPI["components"]}
+        OAS30Validator(schema, format_checker=oas30_format_checker).validate(response.json())
+        return response
+
+    @staticmethod
+    def lookup(pointer: str) -> dict[str, object]:
+        node = OPENAPI
+        for part in pointer.removeprefix("#/").split("/"):
+            node = node[part]
+        return node
+
+
+async def test_every_answer_matches_githubs_openapi_description(
+    world: World, tmp_path: Path
+) -> None:
+    """Each operation the stand-in serves, in its success and its refusals, against the cut of
+    GitHub's description in tests/github_stand_in/openapi (REST API version 2022-11-28)."""
+    hub, state = world.hub, world.hub.state
+    now = int(time.time())
+    app_jwt = jwt.encode(
+        {"iss": str(world.app.id), "iat": now - 60, "exp": now + 540},
+        world.app.private_key_pem,
+        "RS256",
+    )
+    head = commit_on_branch(
+        world, tmp_path / "w", "changeflow/r11", {"index.html": "<h1>11</h1>\n"}
+    )
+    stale = commit_on_branch(
+        world, tmp_path / "w2", "changeflow/r12", {"index.html": "<h1>12</h1>\n"}
+    )
+    main = state.repositories["acme/storefront"].bare.resolve("refs/heads/main")
+    repo = "/repos/acme/storefront"
+    version = {"X-GitHub-Api-Version": "2022-11-28"}
+
+    async with httpx.AsyncClient(
+        base_url=hub.url, headers={**version, "Authorization": f"Bearer {app_jwt}"}
+    ) as http:
+        check = OpenApiCheck(http)
+        await check.call("GET", "/app", "/app")
+        tokens = f"/app/installations/{world.installation.id}/access_tokens"
+        token = (
+            await check.call("POST", "/app/installations/{installation_id}/access_tokens", tokens)
+        ).json()["token"]
+        await check.call(
+            "POST",
+            "/app/installations/{installation_id}/access_tokens",
+            tokens,
+            headers={"Authorization": "Bearer not.a.jwt"},
+        )
+        missing = "/app/installations/1/access_tokens"
+        assert (
+            await check.call("POST", "/app/installations/{installation_id}/access_tokens", missing)
+        ).status_code == 404
+
+        http.headers["Authorization"] = f"token {token}"
+        await check.call("GET", "/repos/{owner}/{repo}", repo)
+        await check.call("GET", "/repos/{owner}/{repo}", "/repos/acme/nothing")
+
+        ref_one = "/repos/{owner}/{repo}/git/ref/{ref}"
+        ref_many = "/repos/{owner}/{repo}/git/refs/{ref}"
+        await check.call("GET", ref_one, f"{repo}/git/ref/heads/main")
+        await check.call("GET", ref_one, f"{repo}/git/ref/heads/nothing")
+        for expected in (201, 422):
+            created = await check.call(
+                "POST",
+                "/repos/{owner}/{repo}/git/refs",
+                f"{repo}/git/refs",
+                json={"ref": "refs/heads/t", "sha": main},
+            )
+            assert created.status_code == expected
+        assert (
+            await check.call("PATCH", ref_many, f"{repo}/git/refs/heads/t", json={"sha": stale})
+        ).status_code == 200
+        refused = await check.call(
+            "PATCH", ref_many, f"{repo}/git/refs/heads/t", json={"sha": head}
+        )
+        assert refused.status_code == 422
+        assert (await check.call("DELETE", ref_many, f"{repo}/git/refs/heads/t")).status_code == 204
+        assert (await check.call("DELETE", ref_many, f"{repo}/git/refs/heads/t")).status_code == 422
+
+        pulls, pull = "/repos/{owner}/{repo}/pulls", "/repos/{owner}/{repo}/pulls/{pull_number}"
+        merge = "/repos/{owner}/{repo}/pulls/{pull_number}/merge"
+        body = {"title": "Eleven", "head": "changeflow/r11", "base": "main", "body": "plan"}
+        assert (await check.call("POST", pulls, f"{repo}/pulls", json=body)).status_code == 201
+        assert (await check.call("POST", pulls, f"{repo}/pulls", json=body)).status_code == 422
+        await check.call("GET", pulls, f"{repo}/pulls", params={"state": "all"})
+        await check.call("GET", pull, f"{repo}/pulls/1")
+        await check.call("GET", pull, f"{repo}/pulls/99")
+        await check.call("PATCH", pull, f"{repo}/pulls/1", json={"body": "plan v2"})
+        assert (await check.call("GET", merge, f"{repo}/pulls/1/merge")).status_code == 404
+
+        checks = "/repos/{owner}/{repo}/commits/{ref}/check-runs"
+        state.report(world.repository, head, CheckScript("build", outcome="success"))
+        await check.call("GET", checks, f"{repo}/commits/{head}/check-runs")
+        await check.call(
+            "GET", "/repos/{owner}/{repo}/commits/{ref}/status", f"{repo}/commits/{head}/status"
+        )
+        status = await check.call(
+            "POST",
+            "/repos/{owner}/{repo}/statuses/{sha}",
+            f"{repo}/statuses/{head}",
+            json={"state": "success", "context": "ci", "target_url": "https://ci.example/1"},
+        )
+        assert status.status_code == 201
+        await check.call(
+            "POST",
+            "/repos/{owner}/{repo}/statuses/{sha}",
+            f"{repo}/statuses/{head}",
+            json={"state": "green"},
+        )
+        await check.call(
+            "GET", "/repos/{owner}/{repo}/commits/{ref}/statuses", f"{repo}/commits/{head}/statuses"
+        )
+
+        deployments = "/repos/{owner}/{repo}/deployments"
+        one, its_statuses = (
+            f"{deployments}/{{deployment_id}}",
+            f"{deployments}/{{deployment_id}}/statuses",
+        )
+        state.report(world.repository, stale, CheckScript("build", outcome=None))
+        gated = await check.call(
+            "POST",
+            deployments,
+            f"{repo}/deployments",
+            json={"ref": stale, "environment": "staging"},
+        )
+        assert gated.status_code == 409
+        created = await check.call(
+            "POST",
+            deployments,
+            f"{repo}/deployments",
+            json={
+                "ref": head,
+                "environment": "staging",
+                "required_contexts": [],
+                "auto_merge": False,
+            },
+        )
+        deployment_id = created.json()["id"]
+        await check.call("GET", deployments, f"{repo}/deployments")
+        await check.call("GET", one, f"{repo}/deployments/{deployment_id}")
+        await check.call("GET", one, f"{repo}/deployments/1")
+        await check.call(
+            "POST",
+            its_statuses,
+            f"{repo}/deployments/{deployment_id}/statuses",
+            json={
+                "state": "success",
+                "log_url": "https://changeflow.example/r11",
+                "environment_url": "https://staging.example",
+            },
+        )
+        await check.call(
+            "POST",
+            its_statuses,
+            f"{repo}/deployments/{deployment_id}/statuses",
+            json={"state": "nope"},
+        )
+        await check.call("GET", its_statuses, f"{repo}/deployments/{deployment_id}/statuses")
+
+        # Merge: the sha guard (409), protection (405), then the merge (200) and its check (204).
+        assert (
+            await check.call("PUT", merge, f"{repo}/pulls/1/merge", json={"sha": stale})
+        ).status_code == 409
+        state.protect(world.repository, "main", Protection(required_approvals=1))
+        assert (
+            await check.call("PUT", merge, f"{repo}/pulls/1/merge", json={"sha": head})
+        ).status_code == 405
+        state.pulls[("acme/storefront", 1)].approvals = 1
+        assert (
+            await check.call("PUT", merge, f"{repo}/pulls/1/merge", json={"sha": head})
+        ).status_code == 200
+        assert (await check.call("GET", merge, f"{repo}/pulls/1/merge")).status_code == 204
+        await check.call("GET", pull, f"{repo}/pulls/1")
+
+    served = {
+        operation["operationId"]
+        for path in OPENAPI["paths"].values()
+        for operation in path.values()
+    }
+    assert {operation for operation, _ in check.checked} == served
