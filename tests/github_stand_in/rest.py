@@ -208,7 +208,7 @@ class RestApi:
                 "'Expiration time' claim ('exp') must be a numeric value representing the future "
                 "time at which the assertion expires",
             )
-        if exp - now > JWT_MAX_LIFETIME.total_seconds() + 30:
+        if exp - now > JWT_MAX_LIFETIME.total_seconds():
             raise ApiError(401, "'Expiration time' claim ('exp') is too far in the future")
         return app
 

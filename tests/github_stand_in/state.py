@@ -66,8 +66,7 @@ class ApiError(Exception):
             **extra,
         }
         # Recent GitHub error bodies carry the status as a string as well.
-        if status in (401, 404):
-            self.body["status"] = str(status)
+        self.body["status"] = str(status)
         self.headers = headers or {}
 
 
