@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import jwt
+import pygit2
 import pytest
 from githubkit import AppAuthStrategy, GitHub, TokenAuthStrategy
 from githubkit import webhooks as github_webhooks
@@ -257,6 +258,41 @@ async def test_git_without_credentials_is_challenged_and_a_protected_branch_refu
     assert refused.returncode != 0
     assert "GH006: Protected branch update failed for refs/heads/main." in refused.stderr
     assert world.repository.bare.resolve("refs/heads/main") == before
+
+
+async def test_pygit2_the_products_transport_clones_and_pushes_and_sees_a_refusal(
+    world: World, tmp_path: Path
+) -> None:
+    """libgit2 (pygit2) speaks to the stand-in as to GitHub; a refused ref does not raise, it
+    arrives in push_update_reference with the server's reason."""
+    token = world.token()
+    refusals: list[tuple[str, str | None]] = []  # every ref's verdict
+
+    class Callbacks(pygit2.RemoteCallbacks):
+        def push_update_reference(self, refname: str, message: str | None) -> None:
+            refusals.append((refname, message))
+
+    callbacks = Callbacks(credentials=pygit2.UserPass("x-access-token", token))
+    mirror = pygit2.clone_repository(
+        world.hub.clone_url(world.repository),
+        str(tmp_path / "mirror.git"),
+        bare=True,
+        callbacks=callbacks,
+    )
+    main = mirror.references["refs/heads/main"].target
+    builder = mirror.TreeBuilder(mirror[main].tree)
+    builder.insert("x.txt", mirror.create_blob(b"x\n"), pygit2.GIT_FILEMODE_BLOB)
+    who = pygit2.Signature("changeflow", "changeflow@example.com")
+    commit = mirror.create_commit(None, who, who, "x", builder.write(), [main])
+    mirror.references.create("refs/heads/changeflow/r0", commit)
+    mirror.remotes["origin"].push(["refs/heads/changeflow/r0"], callbacks=callbacks)
+    assert world.repository.bare.resolve("refs/heads/changeflow/r0") == str(commit)
+    assert refusals == [("refs/heads/changeflow/r0", None)]  # None: accepted
+
+    world.hub.state.protect(world.repository, "main", Protection())
+    mirror.remotes["origin"].push(["refs/heads/changeflow/r0:refs/heads/main"], callbacks=callbacks)
+    assert refusals[1:] == [("refs/heads/main", "pre-receive hook declined")]
+    assert world.repository.bare.resolve("refs/heads/main") == str(main)
 
 
 # -- refs over REST --------------------------------------------------------------------------
