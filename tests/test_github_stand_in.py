@@ -39,7 +39,7 @@ from githubkit_schemas.latest.models import (
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
 from tests.github_stand_in import CheckScript, GitHubStandIn, Protection, github_stand_in
-from tests.github_stand_in.state import App, Installation, Repository
+from tests.github_stand_in.records import App, Installation, Repository
 
 
 @dataclass
@@ -668,8 +668,8 @@ async def test_rate_limit_headers_count_down_and_limits_answer_as_github_does(
     assert int(second.headers["x-ratelimit-reset"]) > time.time()
 
     commit_on_branch(world, tmp_path / "w", "changeflow/r9", {"index.html": "<h1>9</h1>\n"})
-    world.hub.state.arm_secondary_limit("POST", "/pulls", retry_after=30, status=403)
-    world.hub.state.arm_secondary_limit("POST", "/pulls", retry_after=5, status=429)
+    world.hub.state.limits.arm_secondary_limit("POST", "/pulls", retry_after=30, status=403)
+    world.hub.state.limits.arm_secondary_limit("POST", "/pulls", retry_after=5, status=429)
     for expected_status, expected_wait in ((403, 30), (429, 5)):
         with pytest.raises(SecondaryRateLimitExceeded) as limited:
             await github.rest.pulls.async_create(
@@ -684,7 +684,7 @@ async def test_rate_limit_headers_count_down_and_limits_answer_as_github_does(
     )
     assert created.status_code == 201
 
-    world.hub.state.exhaust_primary_limit(world.hub.state.tokens[token])
+    world.hub.state.limits.exhaust_primary_limit(world.hub.state.tokens[token])
     with pytest.raises(PrimaryRateLimitExceeded) as exhausted:
         await github.rest.repos.async_get("acme", "storefront")
     assert exhausted.value.response.headers["x-ratelimit-remaining"] == "0"

@@ -122,6 +122,31 @@ class BareRepository:
             "message": subject,
         }
 
+    def tree_with(self, parent: str | None, files: dict[str, str]) -> str:
+        """The tree of `parent` (None: empty) with `files` written over it, nested paths too."""
+        entries: dict[str, str] = {}
+        if parent:
+            for line in self.git("ls-tree", "-r", "--full-tree", parent).splitlines():
+                meta, path = line.split("\t", 1)
+                entries[path] = meta
+        for path, text in files.items():
+            entries[path] = f"100644 blob {self.git('hash-object', '-w', '--stdin', input=text)}"
+        return self._write_tree(entries)
+
+    def _write_tree(self, entries: dict[str, str]) -> str:
+        here: list[str] = []
+        below: dict[str, dict[str, str]] = {}
+        for path, meta in entries.items():
+            if "/" in path:
+                top, rest = path.split("/", 1)
+                below.setdefault(top, {})[rest] = meta
+            else:
+                here.append(f"{meta}\t{path}")
+        for directory, children in below.items():
+            here.append(f"040000 tree {self._write_tree(children)}\t{directory}")
+        listing = "\n".join(sorted(here, key=lambda entry: entry.split("\t")[1]))
+        return self.git("mktree", input=listing + "\n")
+
     def protect_refs(self, refs: set[str]) -> None:
         (self.path / "protected-refs").write_text("".join(f"{ref}\n" for ref in sorted(refs)))
 

@@ -5,8 +5,9 @@ built at the moment the event happens (the state changes afterwards)."""
 from typing import Any
 
 from tests.github_stand_in.bare_repo import ZERO_SHA
+from tests.github_stand_in.records import Repository
 from tests.github_stand_in.shapes import Shapes, iso, node_id
-from tests.github_stand_in.state import GitHubState, Repository
+from tests.github_stand_in.state import GitHubState
 
 
 class EventPayloads:

@@ -13,17 +13,17 @@ from typing import Any
 import jwt
 
 from tests.github_stand_in.bare_repo import ZERO_SHA, GitRefusal
-from tests.github_stand_in.shapes import Shapes
-from tests.github_stand_in.state import (
+from tests.github_stand_in.records import (
     JWT_MAX_LIFETIME,
     AccessToken,
     ApiError,
     App,
-    GitHubState,
     Repository,
     not_found,
     validation_failed,
 )
+from tests.github_stand_in.shapes import Shapes
+from tests.github_stand_in.state import GitHubState
 
 # A client names the REST API version it speaks in X-GitHub-Api-Version; without it GitHub
 # answers 2022-11-28. Version 2026-03-10 dropped these fields (found by comparing the two
@@ -119,7 +119,7 @@ class RestApi:
                     who: Any = self.authenticate_app(call)
                 else:
                     who = self.authenticate(call)
-                    headers = self.state.count_request(who, call.method, call.path)
+                    headers = self.state.limits.count_request(who, call.method, call.path)
                 with self.state.lock:
                     status, body = getattr(self, name)(call, who)
                 body = for_version(body, call.headers.get("x-github-api-version", DEFAULT_VERSION))
@@ -144,7 +144,7 @@ class RestApi:
             "vary": "Accept, Authorization, Cookie, X-GitHub-OTP",
         }
         if call.headers.get("if-none-match") == etag:
-            headers |= self.state.refund_request(token)
+            headers |= self.state.limits.refund_request(token)
             return Answer(304, None, headers)
         return Answer(200, body, headers)
 

@@ -22,9 +22,10 @@ from starlette.routing import Route
 
 from tests.github_stand_in.events import EventPayloads
 from tests.github_stand_in.git_http import GitSmartHttp
+from tests.github_stand_in.records import App, Installation, Repository, StandInClock
 from tests.github_stand_in.rest import Call, RestApi
 from tests.github_stand_in.shapes import Shapes
-from tests.github_stand_in.state import App, GitHubState, Installation, Repository, StandInClock
+from tests.github_stand_in.state import GitHubState
 from tests.github_stand_in.webhooks import WebhookSender
 
 PULL_PAGE = "/{owner}/{repo}/pull/{number}"

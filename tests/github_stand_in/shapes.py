@@ -8,7 +8,7 @@ from base64 import b64encode
 from datetime import datetime
 from typing import Any
 
-from tests.github_stand_in.state import (
+from tests.github_stand_in.records import (
     GITHUB_ACTIONS_APP,
     AccessToken,
     App,
@@ -17,10 +17,10 @@ from tests.github_stand_in.state import (
     CommitStatus,
     Deployment,
     DeploymentStatus,
-    GitHubState,
     PullRequest,
     Repository,
 )
+from tests.github_stand_in.state import GitHubState
 
 # URL templates every repository object lists (url suffix, template part).
 REPOSITORY_URLS = {
@@ -304,12 +304,7 @@ class Shapes:
         return full
 
     def actions_app(self) -> dict[str, Any]:
-        return self.integration_from(
-            GITHUB_ACTIONS_APP["id"],
-            GITHUB_ACTIONS_APP["slug"],
-            GITHUB_ACTIONS_APP["name"],
-            "github",
-        )
+        return self.integration_from(*GITHUB_ACTIONS_APP, "github")
 
     def integration(self, app: App) -> dict[str, Any]:
         shape = self.integration_from(app.id, app.slug, app.name, app.owner_login)

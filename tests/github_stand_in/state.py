@@ -8,12 +8,10 @@ from theirs.
 """
 
 import fnmatch
-import itertools
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,253 +19,28 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.github_stand_in.bare_repo import ZERO_SHA, BareRepository, GitRefusal
-
-INSTALLATION_TOKEN_LIFETIME = timedelta(hours=1)
-# The longest App JWT GitHub accepts: exp at most ten minutes after now.
-JWT_MAX_LIFETIME = timedelta(minutes=10)
-PRIMARY_LIMIT = 5000
-GITHUB_ACTIONS_APP = {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"}
-# Check-run conclusions and commit-status states that count as failing.
-FAILING_CONCLUSIONS = {"failure", "cancelled", "timed_out", "action_required", "startup_failure"}
-
-
-class StandInClock:
-    """GitHub's clock: the machine's time plus an offset a test can move forward. Token expiry
-    and scripted checks follow it; App JWTs are checked against the machine's time, which is
-    the clock the client signs them with."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def now(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += timedelta(seconds=seconds)
-
-
-class ApiError(Exception):
-    """An answer GitHub gives as an error: its status, message and extra body fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        documentation_url: str = "https://docs.github.com/rest",
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(f"{status} {message}")
-        self.status = status
-        self.body: dict[str, Any] = {
-            "message": message,
-            "documentation_url": documentation_url,
-            **extra,
-        }
-        # Recent GitHub error bodies carry the status as a string as well.
-        self.body["status"] = str(status)
-        self.headers = headers or {}
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "Not Found")
-
-
-def validation_failed(summary: str, **error: Any) -> ApiError:
-    """GitHub's 422: {"message": "Validation Failed", "errors": [...]} or a plain message."""
-    if error:
-        return ApiError(422, "Validation Failed", errors=[error])
-    return ApiError(422, summary)
-
-
-@dataclass
-class App:
-    id: int
-    slug: str
-    name: str
-    client_id: str
-    private_key_pem: str
-    public_key_pem: str
-    webhook_secret: str
-    owner_login: str
-
-
-@dataclass
-class Installation:
-    id: int
-    app_id: int
-    account_login: str
-    repositories: set[str]  # full names; installations here are always "selected"
-    permissions: dict[str, str]
-
-
-@dataclass
-class AccessToken:
-    value: str
-    kind: str  # "installation" or "pat"
-    login: str  # who acts: "<app slug>[bot]" or the PAT's owner
-    installation_id: int | None
-    expires_at: datetime | None
-    repositories: set[str] | None  # None: every repository the owner can see
-
-
-@dataclass
-class Protection:
-    """A branch protection rule, the parts that refuse a merge or a push."""
-
-    required_checks: list[str] = field(default_factory=list)
-    required_approvals: int = 0
-    strict: bool = False  # head must contain the base branch's head
-    allow_pushes: bool = False
-
-
-@dataclass
-class Repository:
-    id: int
-    owner: str
-    name: str
-    bare: BareRepository
-    default_branch: str
-    created_at: datetime
-    pushed_at: datetime
-    private: bool = True
-    protections: dict[str, Protection] = field(default_factory=dict)
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-
-@dataclass
-class PullRequest:
-    id: int
-    number: int
-    repository: str
-    title: str
-    body: str | None
-    head_ref: str
-    base_ref: str
-    user: str
-    created_at: datetime
-    updated_at: datetime
-    head_sha: str
-    base_sha: str
-    draft: bool = False
-    state: str = "open"
-    closed_at: datetime | None = None
-    merged_at: datetime | None = None
-    merge_commit_sha: str | None = None
-    merged_by: str | None = None
-    approvals: int = 0
-
-    @property
-    def merged(self) -> bool:
-        return self.merged_at is not None
-
-
-@dataclass
-class CheckRun:
-    id: int
-    repository: str
-    head_sha: str
-    name: str
-    suite_id: int
-    details_url: str | None
-    started_at: datetime
-    status: str = "in_progress"
-    conclusion: str | None = None
-    completed_at: datetime | None = None
-    external_id: str | None = None
-
-
-@dataclass
-class CheckSuite:
-    id: int
-    repository: str
-    head_sha: str
-    head_branch: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass
-class CommitStatus:
-    id: int
-    repository: str
-    sha: str
-    context: str
-    state: str
-    description: str | None
-    target_url: str | None
-    creator: str
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass
-class DeploymentStatus:
-    id: int
-    deployment_id: int
-    state: str
-    description: str
-    log_url: str
-    environment_url: str
-    environment: str
-    creator: str
-    created_at: datetime
-
-
-@dataclass
-class Deployment:
-    id: int
-    repository: str
-    sha: str
-    ref: str
-    task: str
-    environment: str
-    payload: Any
-    description: str | None
-    creator: str
-    created_at: datetime
-    updated_at: datetime
-    production_environment: bool
-    transient_environment: bool
-    statuses: list[DeploymentStatus] = field(default_factory=list)
-
-
-@dataclass
-class CheckScript:
-    """A CI the test scripts: on each new head of a matching branch, a check run (or a commit
-    status) named `name` appears pending and, `after` seconds later on the stand-in's clock,
-    ends as `outcome` (None: it never ends)."""
-
-    name: str
-    outcome: str | None = "success"
-    after: float = 0.0
-    kind: str = "check_run"  # or "status"
-    branches: str = "*"
-    details_url: str | None = None
-
-
-@dataclass
-class SecondaryLimit:
-    method: str
-    path_contains: str
-    times: int
-    retry_after: int
-    status: int
-
-
-@dataclass
-class RateWindow:
-    used: int
-    resets_at: datetime
-
-
-# Ids are unique across stand-ins, as GitHub's are: a client's token cache keyed by app and
-# installation id must never mistake one test's installation for another's.
-_ids = itertools.count(1000)
+from tests.github_stand_in.rate_limits import RateLimits
+from tests.github_stand_in.records import (
+    FAILING_CONCLUSIONS,
+    INSTALLATION_TOKEN_LIFETIME,
+    AccessToken,
+    ApiError,
+    App,
+    CheckRun,
+    CheckScript,
+    CheckSuite,
+    CommitStatus,
+    Deployment,
+    DeploymentStatus,
+    Installation,
+    Protection,
+    PullRequest,
+    Repository,
+    StandInClock,
+    new_id,
+    not_found,
+    validation_failed,
+)
 
 
 class GitHubState:
@@ -287,16 +60,12 @@ class GitHubState:
         self.statuses: list[CommitStatus] = []
         self.deployments: dict[int, Deployment] = {}
         self.check_scripts: dict[str, list[CheckScript]] = {}
-        self.secondary_limits: list[SecondaryLimit] = []
-        self.rate_windows: dict[str, RateWindow] = {}
-        self._due: list[tuple[datetime, Callable[[], None]]] = []
+        self.limits = RateLimits(self.clock, self.lock)
+        self._due: list[tuple[datetime, Callable[[], object]]] = []
         # Set by the server: where events go (the webhook sender).
         self.on_event: Callable[[str, str, dict[str, Any]], None] = lambda *_: None
 
     # -- identities -----------------------------------------------------------------------
-
-    def new_id(self) -> int:
-        return next(_ids)
 
     def create_app(self, *, slug: str = "changeflow", owner: str = "acme") -> App:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -313,7 +82,7 @@ class GitHubState:
             .decode()
         )
         app = App(
-            id=self.new_id(),
+            id=new_id(),
             slug=slug,
             name=slug.capitalize(),
             client_id=f"Iv1.{secrets.token_hex(8)}",
@@ -327,7 +96,7 @@ class GitHubState:
 
     def install(self, app: App, account: str, repositories: list[str]) -> Installation:
         installation = Installation(
-            id=self.new_id(),
+            id=new_id(),
             app_id=app.id,
             account_login=account,
             repositories=set(repositories),
@@ -391,85 +160,6 @@ class GitHubState:
                 if token.expires_at is not None:
                     token.expires_at = self.clock.now()
 
-    # -- rate limits ------------------------------------------------------------------------
-
-    def count_request(self, token: AccessToken, method: str, path: str) -> dict[str, str]:
-        """Count one request against the token's hour; the headers to answer with, or the
-        403/429 GitHub answers when a primary or an armed secondary limit refuses it."""
-        with self.lock:
-            now = self.clock.now()
-            key = _rate_key(token)
-            window = self.rate_windows.get(key)
-            if window is None or window.resets_at <= now:
-                window = self.rate_windows[key] = RateWindow(0, now + timedelta(hours=1))
-            if window.used >= PRIMARY_LIMIT:
-                who = (
-                    f"installation ID {token.installation_id}"
-                    if token.installation_id
-                    else f"user ID {abs(hash(token.login)) % 10**8}"
-                )
-                raise ApiError(
-                    403,
-                    f"API rate limit exceeded for {who}.",
-                    documentation_url="https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
-                    headers=self._rate_headers(window),
-                )
-            for limit in self.secondary_limits:
-                if limit.times > 0 and limit.method == method and limit.path_contains in path:
-                    limit.times -= 1
-                    raise ApiError(
-                        limit.status,
-                        "You have exceeded a secondary rate limit and have been temporarily "
-                        "blocked from content creation. Please retry your request again later.",
-                        documentation_url="https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-                        headers={
-                            **self._rate_headers(window),
-                            "retry-after": str(limit.retry_after),
-                        },
-                    )
-            window.used += 1
-            return self._rate_headers(window)
-
-    def refund_request(self, token: AccessToken) -> dict[str, str]:
-        with self.lock:
-            key = _rate_key(token)
-            window = self.rate_windows[key]
-            window.used = max(window.used - 1, 0)
-            return self._rate_headers(window)
-
-    @staticmethod
-    def _rate_headers(window: RateWindow) -> dict[str, str]:
-        return {
-            "x-ratelimit-limit": str(PRIMARY_LIMIT),
-            "x-ratelimit-remaining": str(max(PRIMARY_LIMIT - window.used, 0)),
-            "x-ratelimit-reset": str(int(window.resets_at.timestamp())),
-            "x-ratelimit-used": str(window.used),
-            "x-ratelimit-resource": "core",
-        }
-
-    def exhaust_primary_limit(self, token: AccessToken) -> None:
-        with self.lock:
-            key = _rate_key(token)
-            self.rate_windows[key] = RateWindow(
-                PRIMARY_LIMIT, self.clock.now() + timedelta(hours=1)
-            )
-
-    def arm_secondary_limit(
-        self,
-        method: str,
-        path_contains: str,
-        *,
-        times: int = 1,
-        retry_after: int = 60,
-        status: int = 403,
-    ) -> None:
-        """The next `times` requests `method` on a path containing `path_contains` are refused
-        with GitHub's secondary-limit answer (403 or 429, `retry-after`)."""
-        with self.lock:
-            self.secondary_limits.append(
-                SecondaryLimit(method, path_contains, times, retry_after, status)
-            )
-
     # -- repositories and refs --------------------------------------------------------------
 
     def create_repository(
@@ -485,12 +175,12 @@ class GitHubState:
         path.parent.mkdir(parents=True, exist_ok=True)
         bare = BareRepository.create(path, default_branch=default_branch)
         contents = files if files is not None else {"README.md": f"# {name}\n"}
-        tree = _tree_with(bare, None, contents)
+        tree = bare.tree_with(None, contents)
         commit = bare.commit_tree(tree, [], "Initial commit\n")
         bare.move_ref(f"refs/heads/{default_branch}", commit, expected=ZERO_SHA)
         now = self.clock.now()
         repository = Repository(
-            id=self.new_id(),
+            id=new_id(),
             owner=owner,
             name=name,
             bare=bare,
@@ -576,7 +266,7 @@ class GitHubState:
         with self.lock:
             bare = repository.bare
             parent = bare.resolve(f"refs/heads/{branch}")
-            tree = _tree_with(bare, parent, files)
+            tree = bare.tree_with(parent, files)
             commit = bare.commit_tree(tree, [parent] if parent else [], f"{message}\n")
             bare.move_ref(f"refs/heads/{branch}", commit, expected=parent or ZERO_SHA)
             self.ref_moved(
@@ -631,7 +321,7 @@ class GitHubState:
             )
             now = self.clock.now()
             pull = PullRequest(
-                id=self.new_id(),
+                id=new_id(),
                 number=number,
                 repository=repository.full_name,
                 title=title,
@@ -834,7 +524,7 @@ class GitHubState:
                 return
             suite = self._suite(repository, sha, head_branch)
             run = CheckRun(
-                id=self.new_id(),
+                id=new_id(),
                 repository=repository.full_name,
                 head_sha=sha,
                 name=script.name,
@@ -858,7 +548,7 @@ class GitHubState:
         if key not in self.check_suites:
             now = self.clock.now()
             self.check_suites[key] = CheckSuite(
-                self.new_id(), repository.full_name, sha, head_branch, now, now
+                new_id(), repository.full_name, sha, head_branch, now, now
             )
         return self.check_suites[key]
 
@@ -897,7 +587,7 @@ class GitHubState:
                 raise validation_failed(f"No commit found for SHA: {sha}")
             now = self.clock.now()
             status = CommitStatus(
-                id=self.new_id(),
+                id=new_id(),
                 repository=repository.full_name,
                 sha=sha,
                 context=context,
@@ -995,7 +685,7 @@ class GitHubState:
                 )
             now = self.clock.now()
             deployment = Deployment(
-                id=self.new_id(),
+                id=new_id(),
                 repository=repository.full_name,
                 sha=sha,
                 ref=ref,
@@ -1049,7 +739,7 @@ class GitHubState:
                     "", resource="DeploymentStatus", field="state", code="invalid"
                 )
             status = DeploymentStatus(
-                id=self.new_id(),
+                id=new_id(),
                 deployment_id=deployment.id,
                 state=state,
                 description=description,
@@ -1101,35 +791,3 @@ class GitHubState:
         if before is not None:
             payload |= {"before": before, "after": pull.head_sha}
         self.emit(self.repositories[pull.repository], "pull_request", payload, sender=sender)
-
-
-def _rate_key(token: AccessToken) -> str:
-    """Installation tokens share their installation's hour; a person's tokens share theirs."""
-    return f"installation:{token.installation_id}" if token.installation_id else token.login
-
-
-def _tree_with(bare: BareRepository, parent: str | None, files: dict[str, str]) -> str:
-    """The tree of `parent` with `files` written over it (top-level and nested paths)."""
-    entries: dict[str, str] = {}
-    if parent:
-        for line in bare.git("ls-tree", "-r", "--full-tree", parent).splitlines():
-            meta, path = line.split("\t", 1)
-            entries[path] = meta
-    for path, text in files.items():
-        blob = bare.git("hash-object", "-w", "--stdin", input=text)
-        entries[path] = f"100644 blob {blob}"
-    return _write_tree(bare, entries)
-
-
-def _write_tree(bare: BareRepository, entries: dict[str, str]) -> str:
-    here: list[str] = []
-    below: dict[str, dict[str, str]] = {}
-    for path, meta in entries.items():
-        if "/" in path:
-            top, rest = path.split("/", 1)
-            below.setdefault(top, {})[rest] = meta
-        else:
-            here.append(f"{meta}\t{path}")
-    for directory, children in below.items():
-        here.append(f"040000 tree {_write_tree(bare, children)}\t{directory}")
-    return bare.git("mktree", input="\n".join(sorted(here, key=lambda e: e.split("\t")[1])) + "\n")

@@ -163,6 +163,7 @@ class WebhookSender:
                     delivery = self._outbox.pop(0)
                     self._busy = True
                     url = self.url
+                    assert url is not None
                 try:
                     response = http.post(url, content=delivery.body, headers=self.headers(delivery))
                     status: int | None = response.status_code
