@@ -210,6 +210,15 @@ async def test_a_token_sees_only_its_repositories(world: World) -> None:
     assert hidden.value.response.status_code == 404
     assert hidden.value.response.json()["message"] == "Not Found"
 
+    # A person's fine-grained token sees what it was granted, the same way.
+    personal = world.hub.state.create_personal_token("alice", ["acme/secret"]).value
+    assert personal.startswith("github_pat_")
+    as_alice = world.token_client(personal)
+    assert (await as_alice.rest.repos.async_get("acme", "secret")).parsed_data.name == "secret"
+    with pytest.raises(RequestFailed) as not_granted:
+        await as_alice.rest.repos.async_get("acme", "storefront")
+    assert not_granted.value.response.status_code == 404
+
 
 # -- git over smart HTTP ---------------------------------------------------------------------
 
