@@ -151,4 +151,6 @@ class BareRepository:
         (self.path / "protected-refs").write_text("".join(f"{ref}\n" for ref in sorted(refs)))
 
     def size_kb(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) // 1024
+        """The repository's size in KiB as `git count-objects` sees it (loose plus packed)."""
+        counts = dict(line.split(": ", 1) for line in self.git("count-objects", "-v").splitlines())
+        return int(counts.get("size", "0")) + int(counts.get("size-pack", "0"))

@@ -81,11 +81,13 @@ ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = []  # method, path, handl
 
 
 def route(method: str, path: str, *, app_jwt: bool = False) -> Callable[[Handler], Handler]:
-    pattern = re.compile(
-        "^"
-        + re.sub(r"\{(\w+)(:path)?\}", lambda m: f"(?P<{m[1]}>{'.+' if m[2] else '[^/]+'})", path)
-        + "$"
-    )
+    def parameter(match: re.Match[str]) -> str:
+        name, rest_of_path = match[1], match[2]
+        # Numbers are digits (anything else is GitHub's 404); `:path` takes slashes (refs).
+        shape = ".+" if rest_of_path else r"\d+" if name.endswith(("_id", "_number")) else "[^/]+"
+        return f"(?P<{name}>{shape})"
+
+    pattern = re.compile("^" + re.sub(r"\{(\w+)(:path)?\}", parameter, path) + "$")
 
     def register(handler: Handler) -> Handler:
         ROUTES.append((method, pattern, handler.__name__, app_jwt))
