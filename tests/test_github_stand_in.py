@@ -250,6 +250,28 @@ async def test_git_clone_push_and_fetch_move_the_refs_the_rest_api_reports(
     assert pushes[0]["created"] is True and pushes[0]["head_commit"]["id"] == pushed
 
 
+async def test_a_push_with_a_lease_loses_when_someone_moved_the_branch(
+    world: World, tmp_path: Path
+) -> None:
+    """Compare-and-swap over smart HTTP: git's --force-with-lease against the server's ref."""
+    mine = tmp_path / "mine"
+    commit_on_branch(world, mine, "changeflow/r13", {"index.html": "<h1>13</h1>\n"})
+    leased = git("rev-parse", "HEAD", cwd=mine).stdout.strip()
+    theirs = world.hub.state.push_commit(world.repository, "changeflow/r13", {"x.txt": "theirs\n"})
+    (mine / "index.html").write_text("<h1>13 again</h1>\n")
+    git("commit", "--quiet", "-am", "revision", cwd=mine)
+    lost = git(
+        "push",
+        f"--force-with-lease=changeflow/r13:{leased}",
+        "origin",
+        "changeflow/r13",
+        cwd=mine,
+        check=False,
+    )
+    assert lost.returncode != 0 and "stale info" in lost.stderr
+    assert world.repository.bare.resolve("refs/heads/changeflow/r13") == theirs
+
+
 async def test_git_without_credentials_is_challenged_and_a_protected_branch_refuses_a_push(
     world: World, tmp_path: Path
 ) -> None:
