@@ -1110,3 +1110,15 @@ async def test_every_answer_matches_githubs_openapi_description(
         for operation in path.values()
     }
     assert {operation for operation, _ in check.checked} == served
+
+
+def test_no_product_package_imports_the_stand_in() -> None:
+    """The stand-in is a test fixture: the product's runtime packages never reach it."""
+    root = Path(__file__).parent.parent
+    importers = [
+        str(source.relative_to(root))
+        for package in ("models", "activities", "workflows", "workers", "cli")
+        for source in (root / package).rglob("*.py")
+        if "github_stand_in" in source.read_text()
+    ]
+    assert importers == []
