@@ -464,11 +464,15 @@ async def test_branch_protection_refuses_a_merge_until_its_review_and_check_pass
         405,
         "At least 1 approving review is required by reviewers with write access.",
     )
+    pull = (await github.rest.pulls.async_get("acme", "storefront", 1)).parsed_data
+    assert (pull.mergeable, pull.mergeable_state) == (True, "blocked")
     world.hub.state.pulls[("acme/storefront", 1)].approvals = 1
     assert await refusal() == (405, 'Required status check "ci/test" is expected.')
     world.hub.state.report(world.repository, head, CheckScript("ci/test", outcome="failure"))
     assert await refusal() == (405, 'Required status check "ci/test" is failing.')
     world.hub.state.report(world.repository, head, CheckScript("ci/test", outcome="success"))
+    pull = (await github.rest.pulls.async_get("acme", "storefront", 1)).parsed_data
+    assert pull.mergeable_state == "clean"
     merged = await github.rest.pulls.async_merge("acme", "storefront", 1, sha=head)
     assert merged.parsed_data.merged
 

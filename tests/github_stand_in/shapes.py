@@ -270,9 +270,7 @@ class Shapes:
             "merged": pull.merged,
             "mergeable": mergeable,
             "rebaseable": mergeable,
-            "mergeable_state": (
-                "unknown" if mergeable is None else "clean" if mergeable else "dirty"
-            ),
+            "mergeable_state": self._mergeable_state(pull, mergeable),
             "merged_by": self.user(pull.merged_by),
             "comments": 0,
             "review_comments": 0,
@@ -282,6 +280,19 @@ class Shapes:
             "deletions": 0,
             "changed_files": 0,
         }
+
+    def _mergeable_state(self, pull: PullRequest, mergeable: bool | None) -> str:
+        """GitHub's summary of why a pull request can or cannot merge now."""
+        if mergeable is None:
+            return "unknown"
+        if not mergeable:
+            return "dirty"
+        if pull.draft:
+            return "draft"
+        refusal = self.state.protection_refusal(pull)
+        if refusal is None:
+            return "clean"
+        return "behind" if refusal.startswith("Head branch is out of date") else "blocked"
 
     def pull_simple(self, pull: PullRequest) -> dict[str, Any]:
         """pull-request-simple: what the list endpoint returns."""

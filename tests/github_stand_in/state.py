@@ -441,6 +441,15 @@ class GitHubState:
             self.ref_moved(repository, f"refs/heads/{pull.base_ref}", base, merged, pusher=actor)
             return pull
 
+    def protection_refusal(self, pull: PullRequest) -> str | None:
+        """What branch protection would answer a merge of `pull` now (None: it allows it)."""
+        repository = self.repositories[pull.repository]
+        try:
+            self._check_protection(repository, pull, pull.head_sha, pull.base_sha)
+        except ApiError as refusal:
+            return str(refusal.body["message"])
+        return None
+
     def _check_protection(
         self, repository: Repository, pull: PullRequest, head: str, base: str
     ) -> None:
