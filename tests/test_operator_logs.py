@@ -109,7 +109,9 @@ async def test_the_watcher_reports_a_refusing_server_once_and_a_slow_one_never()
         stop.set()
         await watching
         server.close()
-    assert [(line["event"], line["dependency"]) for line in logs if line["log_level"] != "debug"] == [
+    assert [
+        (line["event"], line["dependency"]) for line in logs if line["log_level"] != "debug"
+    ] == [
         ("dependency_down", "down"),
         ("dependency_back", "down"),
     ]
