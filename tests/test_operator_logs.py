@@ -99,12 +99,13 @@ async def test_the_watcher_reports_a_refusing_server_once_and_a_slow_one_never()
     with capture_logs() as logs:
         watching = asyncio.create_task(watch_outages({"slow": slow, "down": refusing}, stop, rule))
         async with asyncio.timeout(30):
-            while not any(line["event"] == "dependency_down" for line in logs):
+            while not any(line["event"] == "dependency_down" for line in logs):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            while calls < 20:  # the slow one, late every other probe, for several spans
+            # The slow one, late every other probe, for several spans.
+            while calls < 20:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
-            while not any(line["event"] == "dependency_back" for line in logs):
+            while not any(line["event"] == "dependency_back" for line in logs):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         stop.set()
         await watching

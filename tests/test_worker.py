@@ -334,6 +334,12 @@ def consecutive_free_ports(count: int) -> int:
     raise AssertionError("no consecutive free ports")
 
 
+def start_process(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
@@ -373,14 +379,7 @@ async def test_the_webhooks_process_and_two_workers_start_on_one_host_with_one_e
     processes: dict[str, subprocess.Popen[str]] = {}
     try:
         for name, command in commands.items():
-            processes[name] = subprocess.Popen(
-                command,
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            processes[name] = start_process(command, env)
             if name == "worker 1":  # the first takes the span's first port
                 await wait_for(
                     lambda: asyncio.to_thread(answers, f"http://127.0.0.1:{metrics}/metrics"),

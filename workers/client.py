@@ -4,7 +4,6 @@ import functools
 import logging
 
 import structlog
-
 from temporalio.client import Client
 from temporalio.runtime import (
     LogForwardingConfig,
