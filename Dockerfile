@@ -1,5 +1,7 @@
-# The changeflow worker image: `changeflow-worker` serving both task queues, configured only by
-# environment variables (see docker-compose.yml and the README's configuration table).
+# The changeflow image: `changeflow-worker` (the entry point) serving both task queues, and
+# `changeflow-webhooks`, `changeflow-codec-server` and `changeflow` as other entry points of the
+# same image (docker-compose.yml); configured only by environment variables (the README's
+# configuration table). Projects' repositories go in /var/lib/changeflow/repositories.
 # Dependencies are installed from uv.lock exactly, as `make install` does.
 FROM python:3.11-slim AS build
 
@@ -29,8 +31,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 changeflow \
-    && mkdir -p /var/lib/changeflow \
-    && chown changeflow:changeflow /var/lib/changeflow
+    && mkdir -p /var/lib/changeflow/workspaces /var/lib/changeflow/repositories \
+    && chown -R changeflow:changeflow /var/lib/changeflow
 
 COPY --from=build /opt/changeflow /opt/changeflow
 ENV PATH=/opt/changeflow/bin:$PATH \

@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check check-alerts demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos reconcile migrate clean
+.PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos reconcile migrate clean
 
 install: $(STAMP)
 
@@ -46,6 +46,17 @@ $(TOOLS)/prometheus/usr/bin/promtool:
 check-alerts: | $(PROMTOOL)
 	$(PROMTOOL) check rules ops/prometheus/alerts.yml
 	$(PROMTOOL) test rules ops/prometheus/alerts.test.yml
+
+# docker-compose.yml is valid: `docker compose config` (with the env file ops/new-env.sh makes)
+# where Docker Compose is installed; its structure, the environment
+# each process needs, volumes, secrets and alert routing by tests/test_compose.py everywhere.
+check-compose: $(STAMP)
+	@if docker compose version >/dev/null 2>&1; then \
+		dir=$$(mktemp -d) && sh ops/new-env.sh > $$dir/.env \
+		&& docker compose --env-file $$dir/.env config --quiet && echo "docker compose config: ok"; \
+		status=$$?; rm -rf $$dir; exit $$status; \
+	else echo "docker compose is not installed: structural checks only"; fi
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_compose.py
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo

@@ -37,6 +37,16 @@ class ConnectorKind(enum.StrEnum):
     STRIPE = "stripe"
     WEBHOOK = "webhook"
 
+    @property
+    def syncs_orders(self) -> bool:
+        """Whether connectors of this kind have an order sync (and so a sync Schedule); a
+        notification webhook only receives events."""
+        return self in ORDER_SYNC_KINDS
+
+
+# The kinds with an order sync (workflows/commerce.py): Shopify only, so far.
+ORDER_SYNC_KINDS = frozenset({ConnectorKind.SHOPIFY})
+
 
 class ConnectorStatus(enum.StrEnum):
     PENDING = "pending"

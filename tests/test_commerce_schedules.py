@@ -13,10 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from temporalio.client import Client, ScheduleOverlapPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.notifications import TenantWebhooks, new_signing_secret
 from models.commerce import ModuleExecution, ModuleExecutionStatus, ModuleKind
 from models.db import SessionFactory
+from models.projects import ConnectorKind, ConnectorStatus
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -25,8 +27,11 @@ from tests.commerce_support import (
     orders_of,
 )
 from tests.shopify_stand_in import ShopifyStandIn
+from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
+from workers.registry import Dependencies
 from workers.schedules import apply_connector_schedule, reconcile_commerce_schedules
+from workers.worker import reconcile_schedules_once
 from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput, StartOrderSync
 from workflows.contracts.ids import (
@@ -86,6 +91,39 @@ async def test_a_connector_schedule_follows_its_state_and_its_runs_sync(
         with pytest.raises(RPCError):
             await schedule.describe()
     finally:
+        await client.get_schedule_handle(report_schedule_id(connected.tenant.id)).delete()
+
+
+async def test_a_notification_webhook_gets_no_sync_schedule_and_stays_active(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    webhooks = TenantWebhooks(sessions, connected.service)
+    secret = new_signing_secret()
+    async with webhook_receiver(secret) as receiver:
+        await webhooks.set(connected.tenant.id, url=receiver.url, secret=secret)
+        webhook = await webhooks.test(connected.tenant.id)
+    assert webhook.status is ConnectorStatus.ACTIVE
+    # What a worker of an earlier version made for it: a sync Schedule, as for a shop.
+    webhook_schedule = client.get_schedule_handle(order_sync_schedule_id(webhook.id))
+    as_a_shop = webhook.model_copy(update={"kind": ConnectorKind.SHOPIFY})
+    assert await apply_connector_schedule(client, as_a_shop, task_queue) == "created"
+    shop_schedule = client.get_schedule_handle(order_sync_schedule_id(connected.connector.id))
+    try:
+        # A worker starts: every connector's Schedule is matched to it.
+        deps = Dependencies(settings=settings, sessions=sessions, client=client)
+        await reconcile_schedules_once(client, deps, task_queue)
+
+        assert (await shop_schedule.describe()).id == shop_schedule.id
+        with pytest.raises(RPCError) as gone:
+            await webhook_schedule.describe()
+        assert gone.value.status is RPCStatusCode.NOT_FOUND
+        # And none comes back while the webhook is in use.
+        assert await apply_connector_schedule(client, webhook, task_queue) == "none"
+        assert (await webhooks.find(connected.tenant.id)).status is ConnectorStatus.ACTIVE
+    finally:
+        await shop_schedule.delete()
         await client.get_schedule_handle(report_schedule_id(connected.tenant.id)).delete()
 
 

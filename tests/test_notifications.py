@@ -123,6 +123,7 @@ async def test_approval_requested_arrives_signed_with_what_waits_then_the_end(
     assert approval["expires_at"] == plan.expires_at.isoformat().replace("+00:00", "Z")
     [ended] = receiver.of_type(ENDED)
     assert ended.verified and ended.event["ended"] == {"status": "completed", "reason": ""}
+    assert (event["sequence"], ended.event["sequence"]) == (1, 2)
     assert ended.event_id != requested.event_id
     # Nothing but the two events: no reminder without the policy setting.
     assert [r.event_type for r in receiver.received] == [REQUESTED, ENDED]
@@ -184,6 +185,41 @@ async def test_a_receiver_down_for_a_while_gets_one_event_after_retries(
     assert sorted(answers.count(200) for answers in by_id.values()) == [1, 1]
     assert sum(answers.count(503) for answers in by_id.values()) == 2
     assert len(receiver.of_type(REQUESTED)) == 1
+
+
+async def test_events_delivered_after_an_outage_carry_the_order_they_were_sent_in(
+    client: Client,
+    lifecycle: LifecycleClient,
+    sessions: SessionFactory,
+    task_queue: str,
+    tmp_path: Path,
+) -> None:
+    settings = commerce_settings(task_queue, tmp_path)
+    secret = new_signing_secret()
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    receiver = WebhookReceiver(secret=secret)
+    async with running_workers(
+        client, sessions, settings, deploy_task_queue=f"{task_queue}-deploy"
+    ):
+        await with_webhook(sessions, settings, client, shop, receiver.url, secret)
+        # Two requests while the receiver is down: each has its events retried on their own.
+        request_ids = [await submit(lifecycle, shop, SAFE_PROMPT) for _ in range(2)]
+        for request_id in request_ids:
+            await approve_all(lifecycle, shop, request_id)
+            await lifecycle.wait_for_outcome(request_id)
+        await receiver.start()
+        try:
+            await receiver.wait_for(REQUESTED, count=2)
+            await receiver.wait_for(ENDED, count=2)
+        finally:
+            await receiver.stop()
+
+    for request_id in request_ids:
+        events = [
+            r.event for r in receiver.delivered if r.event["prompt_request_id"] == str(request_id)
+        ]
+        # Whatever order they arrived in, the sequence restores the lifecycle's.
+        assert sorted((e["sequence"], e["type"]) for e in events) == [(1, REQUESTED), (2, ENDED)]
 
 
 async def test_a_receiver_down_for_good_does_not_hold_up_the_lifecycle(

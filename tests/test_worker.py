@@ -6,13 +6,16 @@ start (the ledger sweep schedule) cannot disturb other tests.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_project, make_tenant
 from tests.workers import running_workers
+from workers.keyring import KeyRing
 from workers.registry import Dependencies
 from workers.settings import Settings
 from workers.worker import build_workers, reconcile_schedules_once, run_until_stopped
@@ -309,3 +313,97 @@ async def test_a_database_cut_off_during_the_start_up_reconciliation_does_not_st
 
     deps = Dependencies(settings=Settings(), sessions=sessions, client=client)  # type: ignore[arg-type]
     await reconcile_schedules_once(client, deps, "changeflow-lifecycle")
+
+
+def consecutive_free_ports(count: int) -> int:
+    """The first of `count` consecutive ports nothing listens on."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("0.0.0.0", 0))
+            first = int(probe.getsockname()[1])
+        if first + count > 65535:
+            continue
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("0.0.0.0", port))
+            return first
+        except OSError:
+            continue
+    raise AssertionError("no consecutive free ports")
+
+
+def start_process(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+async def test_the_webhooks_process_and_two_workers_start_on_one_host_with_one_environment(
+    namespace_client: Client, database_url: str, tmp_path: Path
+) -> None:
+    """The README's one environment for every process of a host: each worker serves metrics
+    on the next free port of the span, the webhooks process on its own port."""
+    metrics = consecutive_free_ports(2)
+    webhooks_port, webhooks_metrics = consecutive_free_ports(1), consecutive_free_ports(1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=namespace_client.service_client.config.target_host,
+        TEMPORAL_NAMESPACE=namespace_client.namespace,
+        CHANGEFLOW_TASK_QUEUE=f"lifecycle-{uuid.uuid4()}",
+        CHANGEFLOW_DEPLOY_TASK_QUEUE=f"deploy-{uuid.uuid4()}",
+        CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspaces"),
+        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
+        CHANGEFLOW_LOG_FORMAT="json",
+        CHANGEFLOW_CREDENTIAL_KEYS=f"k1:{KeyRing.new_key()}",
+        CHANGEFLOW_METRICS_PORT=str(metrics),
+        CHANGEFLOW_METRICS_PORT_SPAN="2",
+        CHANGEFLOW_WEBHOOKS_PORT=str(webhooks_port),
+        CHANGEFLOW_WEBHOOKS_METRICS_PORT=str(webhooks_metrics),
+    )
+    commands = {
+        "worker 1": [sys.executable, "-m", "workers"],
+        "worker 2": [sys.executable, "-m", "workers"],
+        "webhooks": [sys.executable, "-m", "workers.webhooks"],
+    }
+    processes: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for name, command in commands.items():
+            processes[name] = start_process(command, env)
+            if name == "worker 1":  # the first takes the span's first port
+                await wait_for(
+                    lambda: asyncio.to_thread(answers, f"http://127.0.0.1:{metrics}/metrics"),
+                    "the first worker's metrics",
+                )
+        urls = [
+            f"http://127.0.0.1:{metrics}/metrics",
+            f"http://127.0.0.1:{metrics + 1}/metrics",
+            f"http://127.0.0.1:{webhooks_port}/healthz",
+            f"http://127.0.0.1:{webhooks_metrics}/metrics",
+        ]
+
+        async def all_up() -> bool:
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    assert process.stderr is not None
+                    raise AssertionError(
+                        f"{name} exited {process.returncode}: {process.stderr.read()}"
+                    )
+            return all([await asyncio.to_thread(answers, url) for url in urls])
+
+        await wait_for(all_up, "two workers and the webhooks process")
+    finally:
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        codes = {name: process.wait(60) for name, process in processes.items()}
+    assert codes == {name: 0 for name in commands}

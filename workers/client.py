@@ -3,6 +3,7 @@
 import functools
 import logging
 
+import structlog
 from temporalio.client import Client
 from temporalio.runtime import (
     LogForwardingConfig,
@@ -18,6 +19,8 @@ from workers.codec import data_converter, warn_about_development_keys
 from workers.metrics import HISTOGRAM_BUCKETS
 from workers.settings import ConfigurationError, Settings
 from workers.tracing import tracing_interceptors
+
+log = structlog.get_logger(__name__)
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -43,13 +46,34 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
 
 def runtime_for(settings: Settings) -> Runtime:
     """The process's Temporal runtime: Core's logs forwarded into our logging (so they are
-    structured and redacted like the rest) and, with a metrics port, a Prometheus endpoint."""
-    return _runtime(settings.metrics_port)
+    structured and redacted like the rest) and, with a metrics port, a Prometheus endpoint on
+    the first free port of CHANGEFLOW_METRICS_PORT's span."""
+    return _runtime(settings.metrics_port, settings.metrics_port_span)
 
 
 @functools.cache
-def _runtime(metrics_port: int | None) -> Runtime:
+def _runtime(first_port: int | None, span: int) -> Runtime:
     # One per process and port: each runtime owns a thread pool and the port can bind once.
+    if not first_port:
+        return _new_runtime(None)
+    last = min(first_port + span - 1, 65535)
+    for port in range(first_port, last + 1):
+        try:
+            runtime = _new_runtime(port)
+        except ValueError as exc:  # the bridge's "Address already in use"
+            if port == last:
+                taken = f"port {first_port}" if span == 1 else f"ports {first_port}-{last}"
+                raise ConfigurationError(
+                    f"cannot serve metrics on {taken}: {exc} (several workers on one host "
+                    "with one environment: set CHANGEFLOW_METRICS_PORT_SPAN to how many)"
+                ) from None
+            continue
+        log.info("metrics_serving", port=port, path="/metrics")
+        return runtime
+    raise AssertionError("unreachable: span >= 1")
+
+
+def _new_runtime(metrics_port: int | None) -> Runtime:
     metrics = (
         PrometheusConfig(
             bind_address=f"0.0.0.0:{metrics_port}",
@@ -79,12 +103,7 @@ async def connect(settings: Settings, *, address: str | None = None) -> Client:
         raise ConfigurationError("TEMPORAL_ADDRESS is not set and no embedded server is running")
     converter = data_converter(settings)
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
-    try:
-        runtime = runtime_for(settings)
-    except Exception as exc:  # the bridge raises plain exceptions, e.g. for a taken port
-        raise ConfigurationError(
-            f"cannot serve metrics on port {settings.metrics_port}: {exc}"
-        ) from None
+    runtime = runtime_for(settings)
     try:
         client = await Client.connect(
             target,

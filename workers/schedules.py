@@ -106,10 +106,12 @@ REPORT_HOUR = 1
 
 async def apply_connector_schedule(client: Client, connector: Connector, task_queue: str) -> str:
     """Make the connector's sync Schedule match its state: present (at its interval) while
-    it is active, absent otherwise. Returns what was done: created, updated, deleted, none."""
+    it is active and of a kind that syncs, absent otherwise (a webhook connector's Schedule
+    made by an earlier version is deleted). Returns what was done: created, updated, deleted,
+    none."""
     schedule_id = order_sync_schedule_id(connector.id)
     handle = client.get_schedule_handle(schedule_id)
-    if connector.status is not ConnectorStatus.ACTIVE:
+    if connector.status is not ConnectorStatus.ACTIVE or not connector.kind.syncs_orders:
         try:
             await handle.delete()
         except RPCError as err:

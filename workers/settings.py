@@ -122,8 +122,11 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.AUTO
-    # Prometheus metrics of the Temporal runtime; unset disables the endpoint.
+    # Prometheus metrics of a worker's Temporal runtime; unset disables the endpoint. Workers
+    # sharing one environment on one host take the first free port of
+    # metrics_port .. metrics_port + metrics_port_span - 1.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_port_span: int = Field(default=1, ge=1, le=1000)
 
     # The embedded stack keeps PostgreSQL data and Temporal state here.
     data_dir: Path = Path(".changeflow")
@@ -183,6 +186,8 @@ class Settings(BaseSettings):
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = Field(default=8088, ge=1, le=65535)
     webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    # The webhooks process's own metrics port (never the workers'); unset: no endpoint.
+    webhooks_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
     # of the identity service's public keys; issuer and audience must match the token's.

@@ -137,6 +137,10 @@ async def serve(settings: Settings) -> int:
             "CHANGEFLOW_CREDENTIAL_KEYS is not set: the webhooks endpoint cannot read the "
             "connectors' signing secrets"
         )
+    # Its own metrics port: with the workers' environment on their host, theirs is taken.
+    settings = settings.model_copy(
+        update={"metrics_port": settings.webhooks_metrics_port, "metrics_port_span": 1}
+    )
     async with embedded_stack(settings, migrate=settings.embedded_database) as stack:
         client = await connect(stack.settings)
         engine = create_engine(stack.database_url, pool_size=settings.db_pool_size)
@@ -181,7 +185,8 @@ def main() -> None:
         description="Serve the Shopify webhooks endpoint, POST /webhooks/shopify/<connector_id>, "
         "on CHANGEFLOW_WEBHOOKS_HOST:CHANGEFLOW_WEBHOOKS_PORT until SIGTERM or Ctrl-C. "
         "Configured by environment variables like the workers: DATABASE_URL, TEMPORAL_ADDRESS, "
-        "CHANGEFLOW_CREDENTIAL_KEYS, CHANGEFLOW_TASK_QUEUE, CHANGEFLOW_*.",
+        "CHANGEFLOW_CREDENTIAL_KEYS, CHANGEFLOW_TASK_QUEUE, CHANGEFLOW_*; metrics on "
+        "CHANGEFLOW_WEBHOOKS_METRICS_PORT (never the workers' CHANGEFLOW_METRICS_PORT).",
     ).parse_args()
     run_entry_point(serve, prog="changeflow-webhooks")
 

@@ -615,6 +615,7 @@ class PromptRequestWorkflow:
         notification = TenantNotification(
             id=notice_id,
             type=event,
+            sequence=self._notices_sent,
             created_at=workflow.now(),
             tenant_id=request.tenant_id,
             project_id=request.project_id,

@@ -53,6 +53,10 @@ class TenantNotification(BaseModel):
     # Stable across delivery retries (the delivery workflow's id): receivers de-duplicate on it.
     id: str
     type: NotificationEvent
+    # 1, 2, 3 ... per request, in the order the lifecycle sent its events (counted by the
+    # workflow, so the same on every retry and replay). Each event is delivered on its own,
+    # so after a receiver's outage they can arrive out of order: order them by this. 0: ping.
+    sequence: int = Field(default=0, ge=0)
     created_at: datetime
     tenant_id: uuid.UUID
     project_id: uuid.UUID | None = None
