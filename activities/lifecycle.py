@@ -204,6 +204,21 @@ def _new_plan(
     )
 
 
+def _replanned_view(plan: DeploymentPlan, policy: ApprovalPolicyView) -> AppliedChangeView:
+    """A revision planned again after a conflict, as apply_change answers it (not applied)."""
+    reason = next(
+        (r for r in plan.risk_reasons if r.startswith(REPLANNED_ON_NEW_BASE)),
+        REPLANNED_ON_NEW_BASE,
+    )
+    return AppliedChangeView(
+        commit_sha="",
+        tokens_used=0,
+        repriced_plan=plan_summary(plan, policy),
+        reapproval_reason=reason,
+        replanned=True,
+    )
+
+
 def _replan_failed(conflict: RebaseConflict, exc: ChangeEngineError) -> ChangeEngineError:
     """The engine's error of a re-plan, saying what it was planned again for."""
     message = f"{conflict}; planning it again on the new base failed: {exc}"
@@ -359,7 +374,6 @@ class LifecycleActivities:
             await session.commit()
         return PlannedRevision(plan=plan_summary(plan, policy), policy=policy, roster=roster)
 
-
     async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
         await session.commit()
         policy = await load_policy(session, req.tenant_id)
@@ -460,6 +474,12 @@ class LifecycleActivities:
             project = await session.get(Project, request.project_id)
             if project is None:
                 raise refused(ErrorType.UNKNOWN_PROJECT, "the project was removed")
+            if req.replan_on_conflict and plan.approval_status is PlanApprovalStatus.SUPERSEDED:
+                # An earlier attempt planned the request again: that revision is the answer,
+                # whatever the default branch holds now.
+                replanned = await self._revision(session, request.id, plan.revision + 1)
+                if replanned is not None and replanned.commit_sha is None:
+                    return _replanned_view(replanned, await load_policy(session, plan.tenant_id))
             _move(request, req.status)
             await start_job(
                 session,
@@ -539,9 +559,7 @@ class LifecycleActivities:
             moved_outside=moved_outside,
         )
 
-    async def _moved_outside(
-        self, project: Project, previous_base: str | None, base: str
-    ) -> bool:
+    async def _moved_outside(self, project: Project, previous_base: str | None, base: str) -> bool:
         """Whether the default branch went from `previous_base` to `base` by a commit that no
         production release of the project made (a push from outside changeflow, an operator
         rollback's revert commit): moves by other requests shipping are the lane's progress."""
@@ -630,13 +648,7 @@ class LifecycleActivities:
                     details={"plan_id": str(replanned.id), "replanned_after": str(conflict)},
                 )
             await session.commit()
-        return AppliedChangeView(
-            commit_sha="",
-            tokens_used=0,
-            repriced_plan=plan_summary(replanned, policy),
-            reapproval_reason=reason,
-            replanned=True,
-        )
+        return _replanned_view(replanned, policy)
 
     async def _revision(
         self, session: AsyncSession, request_id: uuid.UUID, revision: int
