@@ -9,7 +9,7 @@ import pytest
 from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RebaseConflict
 from activities.diffs import changed_lines, same_changed_lines
 from activities.git_change_engine import GitChangeEngine
-from activities.git_store import fast_forward, restore_tree
+from activities.git_store import fast_forward, first_parents_since, restore_tree
 from scripts.sample_repo import create_sample_repo
 from tests.lifecycle_support import git, push_config
 
@@ -287,3 +287,12 @@ async def test_a_true_conflict_made_again_on_the_head_still_conflicts(repo: Path
         await engine.apply(
             repo=repo, proposal=proposal, prompt="set theme to dark", branch="change", onto="main"
         )
+
+
+async def test_first_parents_since_lists_how_a_branch_moved(repo: Path) -> None:
+    base = git(repo, "rev-parse", "main")
+    first = push_config(repo, theme="dark")
+    second = push_config(repo, currency="GBP")
+    assert await first_parents_since(repo, base, second) == [second, first]
+    assert await first_parents_since(repo, base, base) == []
+    assert await first_parents_since(repo, second, base) is None  # not on the way: rewritten

@@ -260,3 +260,34 @@ async def test_ten_requests_on_one_project_approved_in_random_order_all_ship(
         used += row.tokens_used
     assert all(h.status is not HoldStatus.ACTIVE for h in await holds(sessions, shop))
     assert await balance(sessions, shop.account) == FUNDS - used
+
+
+async def test_five_pages_on_each_of_two_projects_all_ship_under_the_default_policy(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    """Submitted at once and approved by policy: each project's five pages end up listed and
+    written in production, every request completed (each page has its own file and its place
+    in `pages`; additions at one place are made again on the head, no approval needed)."""
+    shops = [await make_shop(sessions, tmp_path / name) for name in ("one", "two")]
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        requests = [
+            await submit(lifecycle, shop, f"add a page {page}") for shop in shops for page in PAGES
+        ]
+        results = await asyncio.gather(*(outcome(lifecycle, r, within=600) for r in requests))
+
+    assert [r.status for r in results] == [PromptStatus.COMPLETED] * len(requests), [
+        (r.status, r.reason) for r in results
+    ]
+    for shop in shops:
+        for branch in ("main", "env/production"):
+            assert sorted(config_on(shop, branch)["pages"]) == sorted(["home", "about", *PAGES])
+            for page in PAGES:
+                assert file_on(shop, branch, f"pages/{page}.md").startswith("# ")
+        assert_default_branch_is_production(shop)
