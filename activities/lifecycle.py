@@ -633,7 +633,11 @@ class LifecycleActivities:
             request = await _locked_request(session, approved.prompt_request_id)
             plan = await _plan(session, approved.id)
             policy = await load_policy(session, plan.tenant_id)
-            assert request is not None
+            if request is None or is_terminal(request.status):
+                # Cancelled while the engine worked: store no plan.
+                await finish_job(session, job_key=plan_key, status=ChangeJobStatus.CANCELLED)
+                await session.commit()
+                raise refused(ErrorType.REQUEST_CLOSED, "the request was closed while re-planned")
             replanned = await self._revision(session, request.id, revision)
             if replanned is None:
                 replanned = _new_plan(plan, revision, proposal, policy)
