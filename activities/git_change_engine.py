@@ -7,6 +7,7 @@ same commit (applying twice is a no-op). Risk comes from the diff (activities.ri
 from text lengths (activities.pricing).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from activities.change_engine import (
     ChangeProposal,
     ChangeRequestInvalid,
     ChangeStep,
+    RebaseConflict,
     RepositoryError,
 )
+from activities.diffs import same_changed_lines
 from activities.git_store import (
     CAS_ATTEMPTS,
     Workspace,
@@ -92,12 +95,22 @@ class GitChangeEngine:
     ) -> AppliedChange:
         """Commit the proposal on `branch`. With `onto` (the default branch) and that branch
         moved past the proposal's base, the change is rebased onto its head (3-way, no work
-        tree); the result carries the diff actually committed, to compare with the approved."""
+        tree); the result carries the diff actually committed, to compare with the approved.
+        When git's line merge conflicts, the instructions are carried out again on the head: a
+        result that changes the same lines as the approved diff is that change, rebased (two
+        additions at one place of a list conflict for git, not for the change)."""
         instructions = parse_prompt(prompt)
 
         def commit(r: pygit2.Repository) -> Committed:
             approved = _approved_commit(r, proposal, prompt, instructions)
-            return publish(r, approved, proposal, branch=branch, onto=onto)
+            return publish(
+                r,
+                approved,
+                proposal,
+                branch=branch,
+                onto=onto,
+                rebuild=lambda head: _build(r, head, instructions),
+            )
 
         done = await in_repository(repo, commit)
         return AppliedChange(
@@ -115,9 +128,11 @@ def publish(
     *,
     branch: str,
     onto: str | None,
+    rebuild: Callable[[pygit2.Commit], BuiltChange] | None = None,
 ) -> Committed:
     """Put the approved commit on `branch`: as it is when `onto` has not moved past the
-    proposal's base, rebased onto `onto`'s head otherwise."""
+    proposal's base, rebased onto `onto`'s head otherwise. `rebuild` makes the change anew on a
+    commit: the way out of a conflict when it changes the same lines as the approved diff."""
     if not valid_branch_name(branch):
         raise ChangeRequestInvalid(f"{branch!r} is not a valid branch name")
     head = reference_target(r, f"refs/heads/{onto}") if onto else None
@@ -126,7 +141,13 @@ def publish(
     if head is None or head == proposal.base_commit:
         _advance_branch(r, branch, str(approved.id), proposal.base_commit)
         return Committed(str(approved.id), proposal.base_commit, proposal.diff)
-    rebased, diff = _rebase(r, approved, commit_at(r, head), onto or "")
+    try:
+        rebased, diff = _rebase(r, approved, commit_at(r, head), onto or "")
+    except RebaseConflict:
+        made = rebuild and _rebuilt_on(r, approved, commit_at(r, head), proposal.diff, rebuild)
+        if not made:
+            raise
+        rebased, diff = made
     point_branch(r, branch, rebased)
     return Committed(rebased, head, diff)
 
@@ -184,6 +205,25 @@ def _rebase(
     # wrote it: rebased commits keep the ids they had before the engine ran git in process.
     commit = commit_tree(r, tree, head, approved.message + "\n")
     return commit, diff_trees(r, head.tree_id, tree).patch
+
+
+def _rebuilt_on(
+    r: pygit2.Repository,
+    approved: pygit2.Commit,
+    head: pygit2.Commit,
+    approved_diff: str,
+    rebuild: Callable[[pygit2.Commit], BuiltChange],
+) -> tuple[str, str] | None:
+    """The change made anew on `head`, committed like a rebase of `approved`, when it changes
+    the same lines as the approved diff; None otherwise (the merge's conflict stands)."""
+    try:
+        built = rebuild(head)
+    except ChangeRequestInvalid:
+        return None
+    if not same_changed_lines(approved_diff, built.diff):
+        return None
+    commit = commit_tree(r, built.tree, head, approved.message + "\n")
+    return commit, built.diff
 
 
 def _advance_branch(r: pygit2.Repository, branch: str, commit: str, base: str) -> None:

@@ -145,6 +145,26 @@ async def move_ref(repo: Path, ref: str, new: str, old: str | None) -> bool:
     return await in_repository(repo, lambda r: compare_and_swap(r, ref, new, old))
 
 
+def _first_parents(r: pygit2.Repository, old: str, new: str, limit: int) -> list[str] | None:
+    commit = peel_commit(r, new)
+    path: list[str] = []
+    while commit is not None and len(path) <= limit:
+        if str(commit.id) == old:
+            return path
+        path.append(str(commit.id))
+        commit = commit.parents[0] if commit.parents else None
+    return None
+
+
+async def first_parents_since(
+    repo: Path, old: str, new: str, *, limit: int = 1000
+) -> list[str] | None:
+    """The commits by which a branch went from `old` to `new` (newest first, `old` excluded),
+    following first parents; None when `old` is not on that path within `limit` commits (the
+    branch was rewritten, or moved that much)."""
+    return await in_repository(repo, lambda r: _first_parents(r, old, new, limit))
+
+
 async def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     """Whether `descendant` holds `ancestor` (a commit is its own ancestor)."""
     return await in_repository(repo, lambda r: descends(r, descendant, ancestor))

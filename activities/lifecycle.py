@@ -30,6 +30,7 @@ from activities.change_engine import (
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
+from activities.git_store import first_parents_since
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from activities.model_client import ModelRefused
@@ -43,7 +44,10 @@ from models import (
     Connector,
     ConnectorKind,
     ConnectorStatus,
+    Deployment,
+    DeploymentEnvironment,
     DeploymentPlan,
+    DeploymentStatus,
     PlanApprovalStatus,
     Project,
     PromptRequest,
@@ -60,6 +64,7 @@ from models.db import SessionFactory
 from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.ids import apply_job_key, plan_job_key
 from workflows.contracts.lifecycle import (
+    REPLANNED_ON_NEW_BASE,
     AppliedChangeView,
     ApplyChange,
     ApprovalPolicyView,
@@ -168,6 +173,58 @@ def _move_plan(plan: DeploymentPlan, status: PlanApprovalStatus) -> None:
         plan.approval_status = status
         plan.decided_at = utcnow()
         plan.updated_at = plan.decided_at
+
+
+def _new_plan(
+    of: PlanRequest | DeploymentPlan,
+    revision: int,
+    proposal: ChangeProposal,
+    policy: ApprovalPolicyView,
+) -> DeploymentPlan:
+    """A plan revision of the request `of` names (its tenant, request and prompt)."""
+    return DeploymentPlan(
+        tenant_id=of.tenant_id,
+        prompt_request_id=of.prompt_request_id,
+        revision=revision,
+        prompt=of.prompt,
+        base_commit=proposal.base_commit,
+        files_changed=list(proposal.files_changed),
+        diff=proposal.diff,
+        diff_summary=proposal.diff_summary,
+        risk_level=proposal.risk_level,
+        risk_reasons=list(proposal.risk_reasons),
+        token_estimate=proposal.token_estimate,
+        content_hash=content_hash(
+            prompt_request_id=of.prompt_request_id,
+            revision=revision,
+            diff=proposal.diff,
+            tokens=proposal.token_estimate,
+        ),
+        expires_at=utcnow() + timedelta(seconds=policy.plan_ttl_seconds),
+    )
+
+
+def _replanned_view(plan: DeploymentPlan, policy: ApprovalPolicyView) -> AppliedChangeView:
+    """A revision planned again after a conflict, as apply_change answers it (not applied)."""
+    reason = next(
+        (r for r in plan.risk_reasons if r.startswith(REPLANNED_ON_NEW_BASE)),
+        REPLANNED_ON_NEW_BASE,
+    )
+    return AppliedChangeView(
+        commit_sha="",
+        tokens_used=0,
+        repriced_plan=plan_summary(plan, policy),
+        reapproval_reason=reason,
+        replanned=True,
+    )
+
+
+def _replan_failed(conflict: RebaseConflict, exc: ChangeEngineError) -> ChangeEngineError:
+    """The engine's error of a re-plan, saying what it was planned again for."""
+    message = f"{conflict}; planning it again on the new base failed: {exc}"
+    if isinstance(exc, ModelRefused):
+        return ModelRefused(exc.kind, message)
+    return type(exc)(message)
 
 
 class LifecycleActivities:
@@ -304,7 +361,7 @@ class LifecycleActivities:
                     # Cancelled while the engine worked: store no plan.
                     await finish_job(session, job_key=job_key, status=ChangeJobStatus.CANCELLED)
                     return await self._closed(session, req)
-                plan = self._new_plan(req, proposal, policy)
+                plan = _new_plan(req, req.revision, proposal, policy)
                 session.add(plan)
                 await session.flush()
             await finish_job(
@@ -316,30 +373,6 @@ class LifecycleActivities:
             roster = await self._roster(session, req.tenant_id)
             await session.commit()
         return PlannedRevision(plan=plan_summary(plan, policy), policy=policy, roster=roster)
-
-    def _new_plan(
-        self, req: PlanRequest, proposal: ChangeProposal, policy: ApprovalPolicyView
-    ) -> DeploymentPlan:
-        return DeploymentPlan(
-            tenant_id=req.tenant_id,
-            prompt_request_id=req.prompt_request_id,
-            revision=req.revision,
-            prompt=req.prompt,
-            base_commit=proposal.base_commit,
-            files_changed=list(proposal.files_changed),
-            diff=proposal.diff,
-            diff_summary=proposal.diff_summary,
-            risk_level=proposal.risk_level,
-            risk_reasons=list(proposal.risk_reasons),
-            token_estimate=proposal.token_estimate,
-            content_hash=content_hash(
-                prompt_request_id=req.prompt_request_id,
-                revision=req.revision,
-                diff=proposal.diff,
-                tokens=proposal.token_estimate,
-            ),
-            expires_at=utcnow() + timedelta(seconds=policy.plan_ttl_seconds),
-        )
 
     async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
         await session.commit()
@@ -441,6 +474,12 @@ class LifecycleActivities:
             project = await session.get(Project, request.project_id)
             if project is None:
                 raise refused(ErrorType.UNKNOWN_PROJECT, "the project was removed")
+            if req.replan_on_conflict and plan.approval_status is PlanApprovalStatus.SUPERSEDED:
+                # An earlier attempt planned the request again: that revision is the answer,
+                # whatever the default branch holds now.
+                replanned = await self._revision(session, request.id, plan.revision + 1)
+                if replanned is not None and replanned.commit_sha is None:
+                    return _replanned_view(replanned, await load_policy(session, plan.tenant_id))
             _move(request, req.status)
             await start_job(
                 session,
@@ -475,8 +514,13 @@ class LifecycleActivities:
                 ),
                 every_s=HEARTBEAT_EVERY_S,
             )
+        except RebaseConflict as conflict:
+            if not req.replan_on_conflict:
+                await self._engine_failed(job_key, conflict)
+            return await self._replan(job_key, project, plan, conflict, req)
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)
+        moved_outside = await self._moved_outside(project, req.previous_base, applied.base_commit)
 
         limit = req.approved_tokens * (100 + req.overspend_tolerance_pct) // 100
         async with self._sessions() as session:
@@ -511,7 +555,116 @@ class LifecycleActivities:
             tokens_used=applied.tokens_used,
             repriced_plan=repriced,
             reapproval_reason="; ".join(reasons),
+            base_commit=applied.base_commit,
+            moved_outside=moved_outside,
         )
+
+    async def _moved_outside(self, project: Project, previous_base: str | None, base: str) -> bool:
+        """Whether the default branch went from `previous_base` to `base` by a commit that no
+        production release of the project made (a push from outside changeflow, an operator
+        rollback's revert commit): moves by other requests shipping are the lane's progress."""
+        if previous_base is None or not base or base == previous_base:
+            return False
+        commits = await first_parents_since(Path(project.repo_url), previous_base, base)
+        if commits is None:
+            return True
+        async with self._sessions() as session:
+            released = set(
+                (
+                    await session.exec(
+                        select(Deployment.commit_sha).where(
+                            Deployment.project_id == project.id,
+                            Deployment.environment == DeploymentEnvironment.PRODUCTION,
+                            col(Deployment.status).in_(
+                                (DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK)
+                            ),
+                            col(Deployment.commit_sha).in_(commits),
+                        )
+                    )
+                ).all()
+            )
+        return any(commit not in released for commit in commits)
+
+    async def _replan(
+        self,
+        apply_key: str,
+        project: Project,
+        approved: DeploymentPlan,
+        conflict: RebaseConflict,
+        req: ApplyChange,
+    ) -> AppliedChangeView:
+        """The approved change conflicts with the default branch's head: the change engine plans
+        the request again on that head, as a new revision awaiting approval (a model engine's
+        new calls are estimated like any plan's). Only a re-plan that fails fails the request."""
+        workflow_id = activity.info().workflow_id
+        revision = approved.revision + 1
+        reason = f"{REPLANNED_ON_NEW_BASE}: {conflict}"
+        plan_key = plan_job_key(workflow_id, revision)
+        async with self._sessions() as session:
+            await finish_job(
+                session, job_key=apply_key, status=ChangeJobStatus.FAILED, error=str(conflict)
+            )
+            replanned = await self._revision(session, approved.prompt_request_id, revision)
+            if replanned is None:
+                await start_job(
+                    session,
+                    job_key=plan_key,
+                    tenant_id=approved.tenant_id,
+                    kind=ChangeJobKind.AI_CHANGE,
+                    project_id=project.id,
+                    prompt_request_id=approved.prompt_request_id,
+                    details={"step": "re-plan", "revision": revision},
+                )
+            await session.commit()
+        if replanned is None:
+            try:
+                proposal = await heartbeating(
+                    self._engine_of(project).plan(
+                        repo=Path(project.repo_url),
+                        base_branch=project.default_branch,
+                        prompt=approved.prompt,
+                        step=ChangeStep(approved.tenant_id, approved.prompt_request_id, revision),
+                    ),
+                    every_s=HEARTBEAT_EVERY_S,
+                )
+            except ChangeEngineError as exc:
+                await self._engine_failed(plan_key, _replan_failed(conflict, exc))
+        async with self._sessions() as session:
+            request = await _locked_request(session, approved.prompt_request_id)
+            plan = await _plan(session, approved.id)
+            policy = await load_policy(session, plan.tenant_id)
+            if request is None or is_terminal(request.status):
+                # Cancelled while the engine worked: store no plan.
+                await finish_job(session, job_key=plan_key, status=ChangeJobStatus.CANCELLED)
+                await session.commit()
+                raise refused(ErrorType.REQUEST_CLOSED, "the request was closed while re-planned")
+            replanned = await self._revision(session, request.id, revision)
+            if replanned is None:
+                replanned = _new_plan(plan, revision, proposal, policy)
+                replanned.risk_reasons = [*replanned.risk_reasons, reason]
+                _move_plan(plan, PlanApprovalStatus.SUPERSEDED)
+                session.add(replanned)
+                await session.flush()
+                await finish_job(
+                    session,
+                    job_key=plan_key,
+                    status=ChangeJobStatus.SUCCEEDED,
+                    details={"plan_id": str(replanned.id), "replanned_after": str(conflict)},
+                )
+            await session.commit()
+        return _replanned_view(replanned, policy)
+
+    async def _revision(
+        self, session: AsyncSession, request_id: uuid.UUID, revision: int
+    ) -> DeploymentPlan | None:
+        return (
+            await session.exec(
+                select(DeploymentPlan).where(
+                    DeploymentPlan.prompt_request_id == request_id,
+                    DeploymentPlan.revision == revision,
+                )
+            )
+        ).one_or_none()
 
     async def _revise(
         self,

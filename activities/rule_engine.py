@@ -2,8 +2,10 @@
 carried out as edits of a commit's files:
 
 - `set <key> to <value>`: edit config.json; `<key>` may be dotted (`checkout.payment_provider`),
-  `<value>` is read as JSON when it parses (`true`, `5`, `"x"`) and as text otherwise.
-- `add a page <name>`: create pages/<name>.md and list it in config.json's `pages`;
+  `<value>` is read as JSON when it parses (`true`, `5`, `"x"`) and as text otherwise. A new
+  key goes in sorted position among its object's keys.
+- `add a page <name>`: create pages/<name>.md and list it in config.json's `pages` (in sorted
+  position);
   `add a page <name> listing every product` also lists every product of products.json.
 - `add a migration <name>`: the next numbered migrations/NNNN_<name>.sql (`drop_<table>` drops).
 - `remove the <name> test` / `skip the <name> test`: delete or skip tests/test_<name>.py.
@@ -130,10 +132,36 @@ def _set_config(ws: Workspace, i: Instruction) -> str:
     had, old = leaf in node, node.get(leaf)
     if had and old == value and type(old) is type(value):
         raise ChangeRequestInvalid(f"{key} is already {json.dumps(value)}")
-    node[leaf] = value
+    if had:
+        node[leaf] = value
+    else:
+        _insert_key(node, leaf, value)
     ws.write(CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     was = f" (was {json.dumps(old)})" if had else " (new setting)"
     return f"Set {key} to {json.dumps(value)} in {CONFIG_FILE}{was}."
+
+
+# Where an addition goes decides whether two changes planned from one base merge: git's 3-way
+# merge conflicts when both edit the same or adjacent lines. Appending always edits the last
+# line (its comma) and puts every addition in the same place; sorted position spreads them and
+# touches no existing line (except when the addition sorts last).
+
+
+def _sorted_position(existing: list[str], name: str) -> int:
+    """Where `name` goes among `existing`: before the first entry that sorts after it (the end
+    when none does), so a sorted list stays sorted."""
+    return next(
+        (at for at, entry in enumerate(existing) if entry.casefold() > name.casefold()),
+        len(existing),
+    )
+
+
+def _insert_key(node: dict[str, Any], key: str, value: Any) -> None:
+    """Add a new key to a JSON object in sorted position (objects keep their key order)."""
+    items = list(node.items())
+    items.insert(_sorted_position([k for k, _ in items], key), (key, value))
+    node.clear()
+    node.update(items)
 
 
 def _price(value: Any) -> str:
@@ -172,8 +200,10 @@ def _add_page(ws: Workspace, i: Instruction) -> str:
     summary = f"Add page {path}"
     if ws.exists(CONFIG_FILE):
         config = _read_json(ws, CONFIG_FILE)
-        if isinstance(config, dict) and isinstance(config.get("pages"), list):
-            config["pages"].append(name)
+        pages = config.get("pages") if isinstance(config, dict) else None
+        if isinstance(pages, list):
+            names = [p if isinstance(p, str) else "" for p in pages]
+            pages.insert(_sorted_position(names, name), name)
             ws.write(CONFIG_FILE, json.dumps(config, indent=2) + "\n")
             summary += f" and list it in {CONFIG_FILE}"
     return summary + "."

@@ -254,7 +254,7 @@ async def test_a_rebase_that_changes_other_lines_goes_back_for_approval(
     assert_default_branch_is_production(shop)
 
 
-async def test_a_rebase_conflict_fails_the_request_with_the_reason_and_no_charge(
+async def test_a_conflict_that_cannot_be_planned_again_fails_with_the_reason_and_no_charge(
     client: Client,
     sessions: SessionFactory,
     task_queue: str,
@@ -267,14 +267,19 @@ async def test_a_rebase_conflict_fails_the_request_with_the_reason_and_no_charge
     async with running_workers(
         client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
     ):
-        request_id = await submit(lifecycle, shop, "set theme to dark")
+        request_id = await submit(lifecycle, shop, "set checkout.payment_provider to adyen")
         _, plan = await plan_awaiting_approval(lifecycle, request_id)
-        pushed = push_config(repo, theme="light-blue")
+        # The section the change edits is gone: it conflicts, and planned again on the new
+        # head the prompt names nothing there (a conflict that can be planned again waits for
+        # a new approval instead: tests/test_requests_all_ship.py).
+        pushed = push_config(repo, checkout="disabled")
         await approve_by_both_admins(lifecycle, shop, request_id, plan.content_hash)
         result = await outcome(lifecycle, request_id)
 
     assert result.status is PromptStatus.FAILED
     assert "conflicts with main" in result.reason and "config.json" in result.reason
+    assert "planning it again on the new base failed" in result.reason
+    assert "checkout is not a section" in result.reason
     assert git(repo, "rev-parse", "main") == pushed
     assert git(repo, "branch", "--list", "env/*") == ""  # nothing was deployed
     assert await settlements(sessions, shop) == []
@@ -390,7 +395,7 @@ class PushedAfterEveryApply(GitChangeEngine):
         return applied
 
 
-async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_rebases(
+async def test_a_default_branch_that_outside_pushes_keep_moving_ends_the_request(
     client: Client,
     sessions: SessionFactory,
     task_queue: str,
@@ -411,8 +416,10 @@ async def test_a_default_branch_that_keeps_moving_ends_the_request_after_a_few_r
         result = await outcome(lifecycle, await submit(lifecycle, shop, "set theme to dark"))
 
     assert result.status is PromptStatus.FAILED
-    assert f"not shipped after {MAX_REBASE_ROUNDS} applies" in result.reason
-    assert engine.pushes == MAX_REBASE_ROUNDS
+    assert "no changeflow release made" in result.reason
+    assert f"not shipped after {MAX_REBASE_ROUNDS} such moves" in result.reason
+    # Each apply was followed by a push; the one that found the last push gives up.
+    assert engine.pushes == MAX_REBASE_ROUNDS + 1
     refused = [d for d in result.deployments if d.environment is DeploymentEnvironment.PRODUCTION]
     assert len(refused) == MAX_REBASE_ROUNDS
     assert all(d.status is DeploymentStatus.FAILED for d in refused)

@@ -22,10 +22,13 @@ from tests.lifecycle_support import (
     config_on,
     git,
     holds,
+    human_policy,
     make_shop,
     plan_awaiting_approval,
+    push_config,
     settlements,
     submit,
+    wait_for_status,
 )
 from tests.model_engine_support import (
     ABOUT_LINE,
@@ -43,7 +46,7 @@ from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings
 from workflows.contracts.ids import prompt_request_workflow_id
-from workflows.contracts.lifecycle import PromptRequestResult
+from workflows.contracts.lifecycle import REPLANNED_ON_NEW_BASE, PromptRequestResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -342,3 +345,60 @@ async def test_the_api_key_prompt_and_answer_are_in_no_history_and_no_log(
     logs = caplog.text + captured.out + captured.err
     assert logs  # something was logged
     assert API_KEY not in logs and marker not in logs and "dark theme" not in logs
+
+
+async def test_a_conflict_asks_the_model_again_on_the_new_base_holds_it_and_charges_that_plan(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    settings: Settings,
+    stand_in: StandIn,
+    tmp_path: Path,
+) -> None:
+    """Someone set the line the approved answer edits: the model is asked again on the new
+    head (a call of the new revision, estimated and held), the new diff waits for approval, and
+    the request ships charged what that revision's call cost."""
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    await use_model_engine(sessions, shop)
+    stand_in.script = [
+        R(THEME_EDIT, when="dark theme"),
+        R(edit_block("config.json", '  "theme": "blue",\n', '  "theme": "dark",\n')),
+    ]
+    async with running_workers(client, sessions, settings):
+        request_id = await submit(lifecycle, shop, THEME_PROMPT)
+        _, approved = await plan_awaiting_approval(lifecycle, request_id, within=30)
+        pushed = push_config(shop.project.repo_url, theme="blue")
+        for admin in shop.admins:
+            await lifecycle.approve(
+                request_id, user_id=admin.id, content_hash=approved.content_hash
+            )
+        waiting = await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: (
+                s.plan is not None
+                and s.plan.revision == 2
+                and s.status.value == "awaiting_approval"
+            ),
+            within=30,
+        )
+        assert waiting.reason.startswith(REPLANNED_ON_NEW_BASE), waiting.reason
+        replanned = waiting.plan
+        assert replanned is not None and stand_in.calls == 2
+        # The new call's estimate is held beside the first.
+        assert sum(h.amount for h in await holds(sessions, shop)) >= replanned.token_estimate
+        for admin in shop.admins:
+            await lifecycle.approve(
+                request_id, user_id=admin.id, content_hash=replanned.content_hash
+            )
+        result = await outcome(lifecycle, request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert git(shop.project.repo_url, "rev-parse", f"{result.commit_sha}^") == pushed
+    assert config_on(shop, "env/production")["theme"] == "dark"
+    [first] = [c for c in await model_calls(sessions, request_id) if c.revision == 1]
+    [second] = [c for c in await model_calls(sessions, request_id) if c.revision == 2]
+    assert result.tokens_used == second.tokens_charged > 0
+    assert await charged(sessions, shop) == result.tokens_used
+    assert stand_in.calls == 2  # applying never asked the model again
+    assert first.base_commit != second.base_commit == pushed

@@ -9,7 +9,7 @@ import pytest
 from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RebaseConflict
 from activities.diffs import changed_lines, same_changed_lines
 from activities.git_change_engine import GitChangeEngine
-from activities.git_store import fast_forward, restore_tree
+from activities.git_store import fast_forward, first_parents_since, restore_tree
 from scripts.sample_repo import create_sample_repo
 from tests.lifecycle_support import git, push_config
 
@@ -169,3 +169,130 @@ async def test_restore_tree_adds_one_revert_commit_on_top(repo: Path) -> None:
     assert git(repo, "rev-parse", f"{head}^{{tree}}") == git(repo, "rev-parse", f"{base}^{{tree}}")
     assert git(repo, "log", "-1", "--format=%s", head) == "Revert to the base"
     assert await restore_tree(repo, "main", base, "Revert to the base") == head  # idempotent
+
+
+# --- additions from one base merge: sorted placement, and the change made again on the head ---
+
+
+async def ship(repo: Path, prompt: str, proposal: ChangeProposal, branch: str) -> str:
+    """Apply onto main and advance main to it, as a verified production release does."""
+    applied = await engine.apply(
+        repo=repo, proposal=proposal, prompt=prompt, branch=branch, onto="main"
+    )
+    assert await fast_forward(repo, "main", applied.commit_sha)
+    return applied.commit_sha
+
+
+def added_lines_only(diff: str, path: str) -> list[str]:
+    [(file, _, removed, added)] = [c for c in changed_lines(diff) if c[0] == path]
+    assert removed == [], f"{file} had lines edited, not only added: {removed}"
+    return added
+
+
+async def test_a_new_key_goes_in_sorted_position_and_edits_no_existing_line(repo: Path) -> None:
+    proposal = await plan(repo, "set banner to Summer sale")
+    assert added_lines_only(proposal.diff, "config.json") == ['  "banner": "Summer sale",']
+    proposal = await plan(repo, "set checkout.gift_wrap to true")
+    assert added_lines_only(proposal.diff, "config.json") == ['    "gift_wrap": true,']
+    applied = await engine.apply(
+        repo=repo, proposal=proposal, prompt="set checkout.gift_wrap to true", branch="c"
+    )
+    checkout = config_at(repo, applied.commit_sha)["checkout"]
+    # Before the first key after it (the sample's keys are not sorted).
+    assert list(checkout) == ["gift_wrap", "payment_provider", "guest_checkout"]  # type: ignore[call-overload]
+
+
+async def test_a_page_is_listed_in_sorted_position(repo: Path) -> None:
+    # The sample lists ["home", "about"]: "contact" goes before the first name after it.
+    proposal = await plan(repo, "add a page contact")
+    assert added_lines_only(proposal.diff, "config.json") == ['    "contact",']
+    assert "pages/contact.md" in proposal.files_changed
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        ("set tagline to Fresh finds", "set banner to Summer sale"),  # apart: git merges
+        ("set banner to Summer sale", "set logo to shop.png"),  # one place: made again
+        ("add a page contact", "add a page faq"),
+        ("add a page contact", "set banner to Summer sale"),
+    ],
+    ids=["keys apart", "keys at one place", "two pages", "a page and a key"],
+)
+async def test_two_additions_planned_from_one_base_both_apply_with_their_approved_lines(
+    repo: Path, prompts: tuple[str, str]
+) -> None:
+    first, second = prompts
+    planned = [await plan(repo, first), await plan(repo, second)]
+    assert planned[0].base_commit == planned[1].base_commit
+    shipped = await ship(repo, first, planned[0], "first")
+    applied = await engine.apply(
+        repo=repo, proposal=planned[1], prompt=second, branch="second", onto="main"
+    )
+    assert git(repo, "rev-parse", f"{applied.commit_sha}^") == shipped
+    # The approved lines, nothing else: the request needs no new approval.
+    assert same_changed_lines(planned[1].diff, applied.diff)
+    both = {json.dumps(config_at(repo, applied.commit_sha), sort_keys=True)}
+    # The same result whichever ships first.
+    git(repo, "update-ref", "refs/heads/main", planned[0].base_commit)
+    shipped = await ship(repo, second, planned[1], "second-first")
+    other = await engine.apply(
+        repo=repo, proposal=planned[0], prompt=first, branch="first-second", onto="main"
+    )
+    assert same_changed_lines(planned[0].diff, other.diff)
+    both.add(json.dumps(config_at(repo, other.commit_sha), sort_keys=True))
+    assert len(both) == 1
+    for prompt in prompts:
+        if prompt.startswith("add a page"):
+            page = prompt.rsplit(" ", 1)[1]
+            assert git(repo, "cat-file", "-t", f"{other.commit_sha}:pages/{page}.md") == "blob"
+
+
+async def test_ten_additions_from_one_base_ship_one_after_another(repo: Path) -> None:
+    prompts = [
+        *(f"add a page {name}" for name in ("contact", "faq", "blog", "returns", "careers")),
+        *(
+            f"set {key} to {value}"
+            for key, value in (
+                ("banner", '"Sale"'),
+                ("logo", '"shop.png"'),
+                ("tagline", '"Fresh finds"'),
+                ("checkout.gift_wrap", "true"),
+                ("analytics_id", '"UA-1"'),
+            )
+        ),
+    ]
+    planned = [await plan(repo, p) for p in prompts]
+    for number, (prompt, proposal) in enumerate(zip(prompts, planned, strict=True)):
+        await ship(repo, prompt, proposal, f"change-{number}")
+    config = config_at(repo, "main")
+    assert sorted(config["pages"]) == sorted(  # type: ignore[call-overload]
+        ["home", "about", "contact", "faq", "blog", "returns", "careers"]
+    )
+    assert (config["banner"], config["logo"], config["tagline"], config["analytics_id"]) == (
+        "Sale",
+        "shop.png",
+        "Fresh finds",
+        "UA-1",
+    )
+    assert config["checkout"]["gift_wrap"] is True  # type: ignore[index]
+
+
+async def test_a_true_conflict_made_again_on_the_head_still_conflicts(repo: Path) -> None:
+    """The same line edited differently: made again, the change edits another line than the
+    approved one, so it is a conflict (the lifecycle plans it again for a new approval)."""
+    proposal = await plan(repo, "set theme to dark")
+    push_config(repo, theme="blue")
+    with pytest.raises(RebaseConflict, match=r"config\.json"):
+        await engine.apply(
+            repo=repo, proposal=proposal, prompt="set theme to dark", branch="change", onto="main"
+        )
+
+
+async def test_first_parents_since_lists_how_a_branch_moved(repo: Path) -> None:
+    base = git(repo, "rev-parse", "main")
+    first = push_config(repo, theme="dark")
+    second = push_config(repo, currency="GBP")
+    assert await first_parents_since(repo, base, second) == [second, first]
+    assert await first_parents_since(repo, base, base) == []
+    assert await first_parents_since(repo, second, base) is None  # not on the way: rewritten

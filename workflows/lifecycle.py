@@ -138,6 +138,19 @@ APPROVED_BY_POLICY = "approved by policy"
 # Decisions verified by an activity before they count (workflow.patched: runs waiting for
 # approval across the rollout replay their earlier decisions unverified).
 VERIFIED_DECISIONS_PATCH = "verified-decisions"
+# Patch ids: a conflict with the default branch plans the request again (runs before it
+# failed); a moving default branch never fails a request unless outside pushes move it (runs
+# before it gave up after MAX_REBASE_ROUNDS applies).
+REPLAN_ON_CONFLICT = "replan-on-conflict"
+SHIP_UNTIL_SHIPPED = "ship-until-shipped"
+# What applying can end a request with: the change itself is wrong (or planning it again on the
+# new base failed).
+APPLY_FAILURES = {
+    ErrorType.REBASE_CONFLICT,
+    ErrorType.CHANGE_REQUEST_INVALID,
+    ErrorType.REPOSITORY_ERROR,
+    *PLANNING_FAILURES,
+}
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -173,6 +186,13 @@ class PromptRequestWorkflow:
         self._revision: ReviseRequest | None = None
         self._approval_rounds = 0
         self._applied = False
+        # Applies so far (each a round of its own), and the head the last one applied onto.
+        self._applies = 0
+        self._base_commit: str | None = None
+        # The plan was made again after a conflict and is not applied yet.
+        self._replanned = False
+        # Times production refused the change because pushes from outside moved its base.
+        self._outside_moves = 0
         self._approved_before_apply = 0
         self._tokens_used = 0
         self._tokens_settled = 0
@@ -227,58 +247,84 @@ class PromptRequestWorkflow:
         await self._hold_estimate()
         await self._seek_approval(allow_auto=True)
 
-        await self._approve_revision(await self._apply_change(round=1))
-        rounds = 1
+        await self._approve_revision(await self._apply_change())
         while not await self._ship():
             # Production refused the commit: the default branch moved since it was made (a
             # change shipped first, or a push). Rebase onto it and go through staging again.
-            if rounds >= MAX_REBASE_ROUNDS:
+            if workflow.patched(SHIP_UNTIL_SHIPPED):
+                await self._restage()
+                continue
+            if self._applies >= MAX_REBASE_ROUNDS:
                 await self._close_holds(charge=self._tokens_used, beyond_holds=True)
                 await self._end(
                     PromptStatus.FAILED,
-                    f"the default branch kept moving: not shipped after {rounds} applies",
+                    f"the default branch kept moving: not shipped after {self._applies} applies",
                     tokens_used=self._tokens_used,
                 )
-            rounds += 1
-            await self._approve_revision(await self._apply_change(round=rounds))
+            await self._approve_revision(await self._apply_change())
 
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
         await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
         return self._result()
 
-    async def _apply_change(self, *, round: int) -> AppliedChangeView:
-        """Commit the approved change on the default branch's head; a change that no longer
-        applies there (a rebase conflict) ends the request FAILED, charged as policy says."""
-        try:
-            return await self._shielded(self._apply(round))
-        except ActivityError as err:
-            if error_type(err) not in (
-                ErrorType.REBASE_CONFLICT,
-                ErrorType.CHANGE_REQUEST_INVALID,
-                ErrorType.REPOSITORY_ERROR,
-            ):
-                raise
-            await self._close_holds(charge=self._chargeable())
+    async def _apply_change(self) -> AppliedChangeView:
+        """Commit the approved change on the default branch's head. A change that conflicts
+        there is planned again on it and goes back for approval, then is applied (again);
+        a change that cannot be applied or planned again ends the request FAILED, charged as
+        policy says. (Runs from before the re-plan end FAILED on a conflict.)"""
+        while True:
+            self._applies += 1
+            try:
+                applied = await self._shielded(self._apply(self._applies))
+            except ActivityError as err:
+                if error_type(err) not in APPLY_FAILURES:
+                    raise
+                await self._close_holds(charge=self._chargeable())
+                await self._end(
+                    PromptStatus.FAILED,
+                    error_message(err),
+                    plan_status=PlanApprovalStatus.CANCELLED,
+                    tokens_used=self._tokens_used if self._applied else None,
+                )
+                raise  # not reached: _end raises RequestEnded
+            if not applied.replanned:
+                return applied
+            self._replanned = True
+            await self._approve_revision(applied)
+
+    async def _restage(self) -> None:
+        """Rebase onto the default branch's new head and ship again, for as long as other
+        requests' releases move it: each refusal means one of them shipped, so the project
+        makes progress and this request's turn comes. Only pushes from outside changeflow
+        (commits no release made) count towards giving up."""
+        applied = await self._apply_change()
+        if applied.moved_outside:
+            self._outside_moves += 1
+        if self._outside_moves >= MAX_REBASE_ROUNDS:
+            await self._close_holds(charge=self._tokens_used, beyond_holds=True)
             await self._end(
                 PromptStatus.FAILED,
-                error_message(err),
-                plan_status=PlanApprovalStatus.CANCELLED,
-                tokens_used=self._tokens_used if self._applied else None,
+                "the default branch kept moving by commits no changeflow release made: "
+                f"not shipped after {self._outside_moves} such moves",
+                tokens_used=self._tokens_used,
             )
-            raise  # not reached: _end raises RequestEnded
+        await self._approve_revision(applied)
 
     async def _approve_revision(self, applied: AppliedChangeView) -> None:
-        """When applying made a new plan revision (overspent, or rebased onto other lines),
-        hold what it costs more and have it approved before anything ships."""
+        """When applying made a new plan revision (overspent, rebased onto other lines, or
+        planned again after a conflict), hold what it costs more and have it approved before
+        anything ships."""
         if applied.repriced_plan is None:
             return  # apply_change persisted DEPLOYING_STAGING with its work
         self._adopt_plan(applied.repriced_plan)
         # The reason is persisted with the approval it asks for (open_approval).
         self._set_status(PromptStatus.AWAITING_APPROVAL, applied.reapproval_reason)
-        extra = self._tokens_used - self._held()
-        await self._hold(extra, revision=applied.repriced_plan.revision)
+        # A re-plan's work is the new revision's: its estimate is what must be held.
+        needed = applied.repriced_plan.token_estimate if applied.replanned else self._tokens_used
+        await self._hold(needed - self._held(), revision=applied.repriced_plan.revision)
         await self._seek_approval(allow_auto=False)
-        await self._persist_status(PromptStatus.DEPLOYING_STAGING)
+        if not applied.replanned:  # a re-plan is applied next, which persists its status
+            await self._persist_status(PromptStatus.DEPLOYING_STAGING)
 
     async def _ship(self) -> bool:
         """Staging, then production; False when production refused the commit because the
@@ -579,6 +625,7 @@ class PromptRequestWorkflow:
                 approvals_required=plan.approvals_required,
                 approvals_so_far=self._approvals_so_far(),
                 expires_at=plan.expires_at,
+                reason=self._reason if self._status is PromptStatus.AWAITING_APPROVAL else "",
             ),
         )
         self._notified = True
@@ -920,6 +967,7 @@ class PromptRequestWorkflow:
         policy = self._require_policy()
         self._set_step("applying the change" if round == 1 else f"rebasing (round {round})")
         self._approved_before_apply = self._held()
+        replans = workflow.patched(REPLAN_ON_CONFLICT)
         applied = await workflow.execute_activity_method(
             LifecycleActivities.apply_change,
             ApplyChange(
@@ -930,13 +978,21 @@ class PromptRequestWorkflow:
                 plan_ttl_seconds=policy.plan_ttl_seconds,
                 round=round,
                 status=PromptStatus.DEPLOYING_STAGING,
+                replan_on_conflict=replans,
+                previous_base=self._base_commit if replans else None,
             ),
             start_to_close_timeout=ENGINE_TIMEOUT,
             heartbeat_timeout=ENGINE_HEARTBEAT,
             retry_policy=RETRY,
         )
-        if not self._applied:  # the work was done once; a rebase costs nothing more
+        if applied.replanned:
+            return applied  # nothing committed: the new revision is approved first
+        # The work was done once; a rebase costs nothing more. A re-plan's revision is the
+        # work that ships (what conflicted is not the tenant's to pay twice).
+        if not self._applied or self._replanned:
             self._tokens_used = applied.tokens_used
+        self._replanned = False
+        self._base_commit = applied.base_commit or None
         self._applied = True
         self._commit_sha = applied.commit_sha
         self._set_status(PromptStatus.DEPLOYING_STAGING)

@@ -32,8 +32,12 @@ from workflows.contracts.submitted import PublicInput
 WORKFLOW_TYPE = "PromptRequestWorkflow"
 MAX_PROMPT_CHARS = 4000
 MAX_REASON_CHARS = 2000
-# How often a change is rebased onto a default branch that moved before it reached production.
+# How often production may refuse a change because its default branch moved by commits that no
+# changeflow release made (pushes from outside) before the request gives up. Moves by other
+# requests shipping never count: a busy project re-stages the change on top until it ships.
 MAX_REBASE_ROUNDS = 3
+# The reason a re-planned request waits for approval again (and its notification says).
+REPLANNED_ON_NEW_BASE = "re-planned on the new base"
 
 
 def check_prompt(prompt: str) -> None:
@@ -267,6 +271,12 @@ class ApplyChange(BaseModel):
     round: int = 1
     # The request's status while the change is applied and deployed to staging.
     status: PromptStatus = PromptStatus.DEPLOYING_STAGING
+    # A conflict with the default branch's head plans the request again on that head (a new
+    # revision awaiting approval) instead of failing it.
+    replan_on_conflict: bool = False
+    # The head the previous round applied onto: the answer says whether the branch moved since
+    # by commits no production release made.
+    previous_base: str | None = None
 
 
 class AppliedChangeView(BaseModel):
@@ -276,6 +286,13 @@ class AppliedChangeView(BaseModel):
     # revision (priced at tokens_used, of the diff committed), awaiting approval.
     repriced_plan: PlanSummary | None = None
     reapproval_reason: str = ""
+    # The change conflicted with the head and was planned again there: repriced_plan is that
+    # revision, with no commit yet (commit_sha is empty); it is applied once approved.
+    replanned: bool = False
+    # The commit the change was applied onto, and whether the default branch reached it from
+    # previous_base by a commit no production release made (a push from outside).
+    base_commit: str = ""
+    moved_outside: bool = False
 
 
 class SetRequestStatus(BaseModel):

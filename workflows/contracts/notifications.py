@@ -38,6 +38,8 @@ class ApprovalNotice(BaseModel):
     approvals_required: int
     approvals_so_far: int
     expires_at: datetime | None
+    # Why a plan waits again after an approval (re-planned on the new base, overspent...).
+    reason: str = ""
 
 
 class EndedNotice(BaseModel):
