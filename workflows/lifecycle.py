@@ -138,6 +138,8 @@ APPROVED_BY_POLICY = "approved by policy"
 # Decisions verified by an activity before they count (workflow.patched: runs waiting for
 # approval across the rollout replay their earlier decisions unverified).
 VERIFIED_DECISIONS_PATCH = "verified-decisions"
+# Patch id: a plan that changes what verifies it is never approved by the system.
+NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -453,7 +455,13 @@ class PromptRequestWorkflow:
         while True:
             plan = self._require_plan()
             policy = self._require_policy()
-            auto = allow_auto and policy.auto_approves(plan.risk_level)
+            # Only plans rated since the rule existed carry the flag; the patch marks them.
+            changes_verification = bool(plan.changes_verification) and workflow.patched(
+                NEVER_AUTO_APPROVE_OWN_VERIFICATION
+            )
+            auto = allow_auto and policy.auto_approves(
+                plan.risk_level, changes_verification=changes_verification
+            )
             await self._shielded(self._open_approval(plan, auto))
             self._approval_rounds += 1  # a pending revise update answers now
             if auto:
