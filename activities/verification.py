@@ -18,6 +18,8 @@ import posixpath
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 
 from activities.diffs import FileDiff
 
@@ -222,53 +224,65 @@ def python_imports(path: str, text: str, read: Reader) -> list[str]:
     script (sys.path[0]), from the repository's root (the check's working directory), and
     relative imports from the file's own package. Calls of importlib.import_module and
     __import__ with a literal name count too."""
+    found: list[str] = []
+    for name, bases in _python_references(path, text).imports:
+        found += [p for p in module_paths(name, roots=bases, read=read) if p not in found]
+    return found
+
+
+def _script_literals(path: str, text: str, read: Reader) -> list[str]:
+    """Scripts a Python file names in a string (`subprocess.run([sys.executable, "x.py"])`)."""
+    found: list[str] = []
+    for base, literal in _python_references(path, text).scripts:
+        candidate = repository_path(literal, base)
+        if candidate and candidate not in found and read(candidate) is not None:
+            found.append(candidate)
+    return found
+
+
+@dataclass(frozen=True)
+class PythonReferences:
+    # (dotted module name, the directories it is looked up from)
+    imports: tuple[tuple[str, tuple[str, ...]], ...]
+    # (directory, string naming a script), looked up from the file's directory and the root
+    scripts: tuple[tuple[str, str], ...]
+
+
+@lru_cache(maxsize=256)
+def _python_references(path: str, text: str) -> PythonReferences:
+    """What a Python file imports and names, from one parse (cached: a check script is read
+    again for every plan, and in both trees of one)."""
     try:
         tree = ast.parse(text, filename=path)
     except (SyntaxError, ValueError):
-        return []
+        return PythonReferences((), ())
     here = posixpath.dirname(path)
-    roots = [here, ""] if here else [""]
-    found: list[str] = []
+    roots = (here, "") if here else ("",)
+    imports: list[tuple[str, tuple[str, ...]]] = []
+    scripts: list[tuple[str, str]] = []
     for node in ast.walk(tree):
-        names: list[tuple[str, list[str]]] = []
         if isinstance(node, ast.Import):
-            names = [(alias.name, roots) for alias in node.names]
+            imports += [(alias.name, roots) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             package = here
             for _ in range(node.level - 1):
                 package = posixpath.dirname(package)
-            bases = [package] if node.level else roots
+            bases = (package,) if node.level else roots
             module = node.module or ""
-            names = [(module, bases)] if module else []
-            names += [(f"{module}.{a.name}" if module else a.name, bases) for a in node.names]
+            if module:
+                imports.append((module, bases))
+            imports += [(f"{module}.{a.name}" if module else a.name, bases) for a in node.names]
         elif isinstance(node, ast.Call) and _is_import_call(node):
             argument = node.args[0]
             if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
-                names = [(argument.value, roots)]
-        for name, bases in names:
-            found += [p for p in module_paths(name, roots=bases, read=read) if p not in found]
-    return found
+                imports.append((argument.value, roots))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if SCRIPT_LITERAL.match(node.value):
+                scripts += [(base, node.value) for base in roots]
+    return PythonReferences(tuple(imports), tuple(scripts))
 
 
 def _is_import_call(node: ast.Call) -> bool:
     func = node.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     return name in ("import_module", "__import__", "run_module") and bool(node.args)
-
-
-def _script_literals(path: str, text: str, read: Reader) -> list[str]:
-    """Scripts a Python file names in a string (`subprocess.run([sys.executable, "x.py"])`)."""
-    try:
-        tree = ast.parse(text, filename=path)
-    except (SyntaxError, ValueError):
-        return []
-    here = posixpath.dirname(path)
-    found: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if SCRIPT_LITERAL.match(node.value):
-                for base in dict.fromkeys([here, ""]):
-                    candidate = repository_path(node.value, base)
-                    if candidate and candidate not in found and read(candidate) is not None:
-                        found.append(candidate)
-    return found
