@@ -48,7 +48,15 @@ class ChangeStep:
 
 class ChangeEngine(Protocol):
     async def plan(
-        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+        self,
+        *,
+        repo: Path,
+        base_branch: str,
+        prompt: str,
+        step: ChangeStep | None = None,
+        # The project's check command: the files it runs are part of the plan's risk
+        # (activities.risk), so a change cannot switch off its own verification unseen.
+        check_command: str = "",
     ) -> ChangeProposal: ...
 
     async def apply(

@@ -3,7 +3,8 @@
 It carries out the rule engine's instructions (activities.rule_engine) on the base commit's
 files and commits the result through activities.git_store: no working tree is touched, so
 concurrent plans of one repository cannot collide, and the same prompt on the same base is the
-same commit (applying twice is a no-op). Risk comes from the diff (activities.risk), tokens
+same commit (applying twice is a no-op). Risk comes from the diff and what verifies it
+(activities.risk), tokens
 from text lengths (activities.pricing).
 """
 
@@ -38,8 +39,9 @@ from activities.git_store import (
     valid_branch_name,
 )
 from activities.pricing import token_estimate, tokens_used
-from activities.risk import assess_risk
+from activities.risk import assess_change
 from activities.rule_engine import Instruction, carry_out, parse_prompt
+from models.lifecycle import RiskLevel
 
 
 @dataclass
@@ -61,18 +63,27 @@ class GitChangeEngine:
     """The built-in engine: deterministic edits of the repository for a documented prompt set."""
 
     async def plan(
-        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+        self,
+        *,
+        repo: Path,
+        base_branch: str,
+        prompt: str,
+        step: ChangeStep | None = None,
+        check_command: str = "",
     ) -> ChangeProposal:
         instructions = parse_prompt(prompt)
 
-        def build(r: pygit2.Repository) -> tuple[str, BuiltChange]:
+        def build(r: pygit2.Repository) -> tuple[str, BuiltChange, tuple[RiskLevel, list[str]]]:
             base = peel_commit(r, base_branch)
             if base is None:
                 raise RepositoryError(f"{repo} has no branch or commit {base_branch!r}")
-            return str(base.id), _build(r, base, instructions)
+            built = _build(r, base, instructions)
+            risk = assess_change(
+                r, built.diff, base=str(base.id), changed=built.tree, check_command=check_command
+            )
+            return str(base.id), built, risk
 
-        base_commit, built = await in_repository(repo, build)
-        risk_level, risk_reasons = assess_risk(built.diff)
+        base_commit, built, (risk_level, risk_reasons) = await in_repository(repo, build)
         return ChangeProposal(
             diff=built.diff,
             diff_summary="\n".join(built.summary),

@@ -328,6 +328,24 @@ class Workspace:
         return self.index.write_tree(self.r)
 
 
+def tree_reader(r: pygit2.Repository, treeish: pygit2.Oid | str) -> Callable[[str], str | None]:
+    """A reader of one tree's files by path: the text of a regular file (undecodable bytes
+    replaced), None for a path that is no regular file there."""
+    tree = r[treeish].peel(pygit2.Tree)
+
+    def read(path: str) -> str | None:
+        try:
+            entry = tree[path]
+        except (KeyError, ValueError):
+            return None
+        if entry.filemode not in REGULAR_FILE_MODES:
+            return None
+        blob = r[entry.id]
+        return blob.data.decode(errors="replace") if isinstance(blob, pygit2.Blob) else None
+
+    return read
+
+
 @dataclass
 class DiffStat:
     patch: str  # git's unified diff (`git diff --full-index --no-renames`)

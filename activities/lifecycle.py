@@ -12,6 +12,7 @@ activities of the workflow's worker.
 import hashlib
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,11 +31,11 @@ from activities.change_engine import (
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
-from activities.git_store import first_parents_since
+from activities.git_store import first_parents_since, in_repository
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from activities.model_client import ModelRefused
-from activities.risk import assess_risk
+from activities.risk import assess_change, changes_to_verification
 from models import (
     Approval,
     ApprovalPolicy,
@@ -121,6 +122,7 @@ def plan_summary(plan: DeploymentPlan, policy: ApprovalPolicyView) -> PlanSummar
         approval_status=plan.approval_status,
         approvals_required=policy.required_for(plan.risk_level),
         expires_at=plan.expires_at,
+        changes_verification=changes_to_verification(plan.risk_reasons),
     )
 
 
@@ -339,6 +341,7 @@ class LifecycleActivities:
                     base_branch=project.default_branch,
                     prompt=req.prompt,
                     step=ChangeStep(req.tenant_id, req.prompt_request_id, req.revision),
+                    check_command=project.check_command,
                 ),
                 every_s=HEARTBEAT_EVERY_S,
             )
@@ -548,7 +551,9 @@ class LifecycleActivities:
                 )
             repriced = None
             if reasons:
-                repriced = await self._revise(session, request, plan, applied, reasons, req)
+                repriced = await self._revise(
+                    session, request, plan, applied, reasons, req, project
+                )
             await session.commit()
         return AppliedChangeView(
             commit_sha=applied.commit_sha,
@@ -624,6 +629,7 @@ class LifecycleActivities:
                         base_branch=project.default_branch,
                         prompt=approved.prompt,
                         step=ChangeStep(approved.tenant_id, approved.prompt_request_id, revision),
+                        check_command=project.check_command,
                     ),
                     every_s=HEARTBEAT_EVERY_S,
                 )
@@ -674,6 +680,7 @@ class LifecycleActivities:
         applied: AppliedChange,
         reasons: list[str],
         req: ApplyChange,
+        project: Project,
     ) -> PlanSummary:
         """A new revision of the change as committed (its diff, its base, its price), awaiting
         approval; the approved revision is superseded."""
@@ -694,7 +701,14 @@ class LifecycleActivities:
                 risk_level, risk_reasons = plan.risk_level, list(plan.risk_reasons)
                 files, summary = list(plan.files_changed), plan.diff_summary
             else:
-                risk_level, risk_reasons = assess_risk(diff)
+                rate = partial(
+                    assess_change,
+                    diff=diff,
+                    base=applied.base_commit,
+                    changed=applied.commit_sha,
+                    check_command=project.check_command,
+                )
+                risk_level, risk_reasons = await in_repository(Path(project.repo_url), rate)
                 files = [f.path for f in parse_unified_diff(diff)]
                 summary = f"{plan.diff_summary}\nRebased onto {applied.base_commit[:12]}."
             _move_plan(plan, PlanApprovalStatus.SUPERSEDED)

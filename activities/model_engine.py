@@ -24,6 +24,7 @@ only when its diff is exactly the approved one: the model is never called after 
 
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pygit2
@@ -54,7 +55,7 @@ from activities.model_client import (
     ModelClient,
     StreamBroken,
 )
-from activities.risk import assess_risk
+from activities.risk import assess_change
 from models.db import SessionFactory
 from models.model_calls import ModelCall, ModelCallOutcome
 from workers.settings import Settings
@@ -126,7 +127,13 @@ class ModelChangeEngine:
         return sum(first + retry * retry_growth for retry in range(attempts))
 
     async def plan(
-        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+        self,
+        *,
+        repo: Path,
+        base_branch: str,
+        prompt: str,
+        step: ChangeStep | None = None,
+        check_command: str = "",
     ) -> ChangeProposal:
         if step is None:
             raise RepositoryError("the model engine plans only a recorded request's revision")
@@ -170,7 +177,14 @@ class ModelChangeEngine:
                     {"role": "user", "content": f"Your edits did not apply: {reason}"},
                 ]
                 continue
-            risk_level, risk_reasons = assess_risk(built.diff)
+            rate = partial(
+                assess_change,
+                diff=built.diff,
+                base=base_commit,
+                changed=built.tree,
+                check_command=check_command,
+            )
+            risk_level, risk_reasons = await in_repository(repo, rate)
             return ChangeProposal(
                 diff=built.diff,
                 diff_summary="\n".join(built.summary),

@@ -16,12 +16,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.connectors import Connections, ConnectorError, ConnectorService
+from activities.diffs import parse_unified_diff
+from activities.risk import changes_to_verification
 from activities.webhook_client import WebhookRejected, WebhookUnavailable
 from models.db import SessionFactory
+from models.lifecycle import DeploymentPlan
 from models.projects import Connector, ConnectorKind, ConnectorStatus
 from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.ids import web_ui_workflow_url
-from workflows.contracts.notifications import NotificationOutcome, TenantNotification
+from workflows.contracts.notifications import (
+    FileChange,
+    NotificationOutcome,
+    TenantNotification,
+)
 
 log = structlog.get_logger(__name__)
 WEBHOOK_NAME = "notifications"
@@ -114,6 +121,7 @@ class NotificationActivities:
         if webhook is None:
             bound.info("notification skipped: the tenant has no webhook")
             return NotificationOutcome(delivered=False, detail="no webhook configured")
+        notification = await self._with_plan_facts(notification)
         if notification.workflow_id:
             notification = notification.model_copy(
                 update={
@@ -135,6 +143,30 @@ class NotificationActivities:
             raise refused(err.error_type, str(err)) from None
         bound.info("notification delivered", status_code=code)
         return NotificationOutcome(delivered=True, attempts=info.attempt)
+
+    async def _with_plan_facts(self, notification: TenantNotification) -> TenantNotification:
+        """An approval notice with what its plan changes, from the plan's row: the files with
+        their line counts, and what it edits of its own verification."""
+        approval = notification.approval
+        if approval is None:
+            return notification
+        async with self._sessions() as session:
+            plan = (
+                await session.exec(
+                    select(DeploymentPlan).where(
+                        DeploymentPlan.id == approval.plan_id,
+                        DeploymentPlan.tenant_id == notification.tenant_id,
+                    )
+                )
+            ).one_or_none()
+        if plan is None:
+            return notification
+        files = [
+            FileChange(path=f.path, status=f.status, added=len(f.added), removed=len(f.removed))
+            for f in parse_unified_diff(plan.diff)
+        ]
+        facts = {"files": files, "changes_verification": changes_to_verification(plan.risk_reasons)}
+        return notification.model_copy(update={"approval": approval.model_copy(update=facts)})
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.notify_tenant]

@@ -1,8 +1,14 @@
-"""The risk of a change, from the facts of its unified diff alone (`assess_risk`)."""
+"""The risk of a change, from the facts of its unified diff and of what verifies it
+(`assess_risk`); every change engine rates its plans here (`assess_change`)."""
 
 import re
+from collections.abc import Sequence
+
+import pygit2
 
 from activities.diffs import parse_unified_diff
+from activities.git_store import tree_reader
+from activities.verification import TEST_PATH, Reader, verification_changes
 from models.lifecycle import RiskLevel
 
 SENSITIVE_PATH = re.compile(r"checkout|payment|billing|stripe|paypal|adyen|invoice", re.I)
@@ -16,9 +22,6 @@ DESTRUCTIVE_SQL = re.compile(
     r"\b(DROP\s+(TABLE|COLUMN|SCHEMA|DATABASE|INDEX)|TRUNCATE|DELETE\s+FROM|ALTER\s+TABLE\s+\S+\s+DROP)\b",
     re.I,
 )
-TEST_PATH = re.compile(
-    r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]+$|_test\.\w+$|\.(test|spec)\.\w+$", re.I
-)
 SKIP_MARKER = re.compile(
     r"pytest\.mark\.(skip|xfail)|unittest\.skip|\.skip\(|\bxit\(|\bxdescribe\(|@Disabled|t\.Skip\("
 )
@@ -28,17 +31,41 @@ LARGE_DIFF_LINES = 400
 HUGE_DIFF_LINES = 1000
 MANY_FILES = 20
 
+# The reason a change that touches what verifies it is given, one per file (activities.
+# verification says which files); `changes_to_verification` reads them back.
+CHANGES_VERIFICATION = "changes what verifies it: "
+MAX_VERIFICATION_REASONS = 20
 
-def assess_risk(diff: str) -> tuple[RiskLevel, list[str]]:
-    """The risk of a unified diff and the reasons for it, from the diff's facts alone.
 
+def assess_change(
+    r: pygit2.Repository, diff: str, *, base: str, changed: str, check_command: str
+) -> tuple[RiskLevel, list[str]]:
+    """The risk of `diff` from tree-ish `base` to tree-ish `changed` of a project whose
+    releases are verified by `check_command`: what the check runs is resolved in both trees."""
+    trees = [tree_reader(r, base), tree_reader(r, changed)]
+    return assess_risk(diff, check_command=check_command, trees=trees)
+
+
+def assess_risk(
+    diff: str, *, check_command: str = "", trees: Sequence[Reader] = ()
+) -> tuple[RiskLevel, list[str]]:
+    """The risk of a unified diff and the reasons for it, from the diff's facts and from what
+    verifies it (the check command's files resolved in `trees`, CI, tests, settings).
+
+    CRITICAL: changing what verifies the change (it could pass anything, so no other finding
+    matters), rewriting an existing migration, destructive SQL, or two HIGH findings at once.
     HIGH: checkout/payment paths or config keys, a new migration, a deleted test file, a diff of
-    more than HUGE_DIFF_LINES lines. CRITICAL: rewriting an existing migration, destructive
-    SQL, or two HIGH findings at once. MEDIUM: skipped or removed test cases, a deleted file,
+    more than HUGE_DIFF_LINES lines. MEDIUM: skipped or removed test cases, a deleted file,
     more than LARGE_DIFF_LINES lines or MANY_FILES files. Otherwise LOW.
     """
     findings: list[tuple[RiskLevel, str]] = []
     files = parse_unified_diff(diff)
+    verifiers = list(verification_changes(files, check_command=check_command, trees=trees).items())
+    for path, why in verifiers[:MAX_VERIFICATION_REASONS]:
+        findings.append((RiskLevel.CRITICAL, f"{CHANGES_VERIFICATION}{path} ({why})"))
+    if len(verifiers) > MAX_VERIFICATION_REASONS:
+        more = len(verifiers) - MAX_VERIFICATION_REASONS
+        findings.append((RiskLevel.CRITICAL, f"{CHANGES_VERIFICATION}{more} more files"))
     for f in files:
         if SENSITIVE_PATH.search(f.path):
             findings.append((RiskLevel.HIGH, f"touches checkout/payment code: {f.path}"))
@@ -89,3 +116,11 @@ def assess_risk(diff: str) -> tuple[RiskLevel, list[str]]:
         ]
     level = max((level for level, _ in findings), key=lambda level: level.rank)
     return level, [reason for _, reason in findings]
+
+
+def changes_to_verification(reasons: Sequence[str]) -> list[str]:
+    """What a plan changes of its own verification, from its risk reasons: "check.py (run by
+    the check command)", one per file; empty when it changes none of it."""
+    return [
+        r.removeprefix(CHANGES_VERIFICATION) for r in reasons if r.startswith(CHANGES_VERIFICATION)
+    ]

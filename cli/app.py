@@ -33,6 +33,7 @@ from cli.common import (
 from cli.connectors import connector_app
 from cli.follow import follow
 from cli.notify import notify_app
+from cli.review import plan_diff, render_review, review_data
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
@@ -684,11 +685,19 @@ def request_show(
     timeout: Timeout = DEFAULT_WAIT_S,
     json_output: Json = False,
 ) -> None:
-    """The request and its plan (risk and reasons, estimate, diff summary, approvals)."""
+    """The request and its plan: risk and reasons, estimate, approvals, and the diff (its files
+    and changed lines; coloured and paged on a terminal, whole under --json)."""
 
     async def work(stack: Stack, progress: Console) -> Outcome:
         status = await _status(stack, _request_id(request))
-        return await _after(stack, progress, status, wait=wait, timeout=timeout)
+        shown = await _after(stack, progress, status, wait=wait, timeout=timeout)
+        final: PromptRequestStatus = shown.data
+        diff = await plan_diff(await stack.sessions(), final)
+        return Outcome(
+            review_data(final, diff),
+            lambda out: render_review(out, final, diff, lambda: shown.render(out)),
+            shown.code,
+        )
 
     run(json_output, work)
 

@@ -1,9 +1,14 @@
 """Running `changeflow` as a person runs it: a process of its own, its exit code, its output."""
 
 import asyncio
+import fcntl
 import json
 import os
+import pty
+import re
+import struct
 import sys
+import termios
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +87,52 @@ async def refused(env: dict[str, str], error_type: str, *args: str) -> dict[str,
     assert error["type"] == error_type
     assert f"refused: {error_type}: {error['message']}" in human.err
     return error
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def without_colours(text: str) -> str:
+    """What a terminal shows of `text`, as plain characters (no escape sequences, no CRs)."""
+    return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n")
+
+
+async def changeflow_on_terminal(
+    env: dict[str, str], *args: str, rows: int, columns: int = 120
+) -> Ran:
+    """Runs the command on a pseudo-terminal of `rows` x `columns`, as in a person's shell:
+    stdin, stdout and stderr are the terminal, and `out` is everything it was sent, escape
+    sequences included (`err` stays empty)."""
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    shell = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "MANPAGER")}
+    shell["TERM"] = "xterm-256color"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", *args,
+            env=shell, cwd=ROOT, stdin=terminal, stdout=terminal, stderr=terminal,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+    shown = asyncio.create_task(asyncio.to_thread(_read_until_closed, main))
+    try:
+        code = await asyncio.wait_for(process.wait(), COMMAND_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        raise
+    finally:
+        sent = await shown  # the terminal closes once the process (and its pager) ended
+        os.close(main)
+    return Ran(code, sent.decode(errors="replace"), "")
+
+
+def _read_until_closed(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every process holding the terminal has ended
+            return b"".join(chunks)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

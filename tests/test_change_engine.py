@@ -86,9 +86,15 @@ async def plan(repo: Path, prompt: str) -> ChangeProposal:
             "adds database migration migrations/0002_create_loyalty_points.sql",
         ),
         ("add a migration drop_orders", RiskLevel.CRITICAL, "destructive SQL in migrations/"),
-        ("remove the pages test", RiskLevel.HIGH, "deletes test file tests/test_pages.py"),
+        # Tests verify the change: touching them is critical, whatever else is found.
+        ("remove the pages test", RiskLevel.CRITICAL, "deletes test file tests/test_pages.py"),
+        (
+            "remove the pages test",
+            RiskLevel.CRITICAL,
+            "changes what verifies it: tests/test_pages.py (a test file)",
+        ),
         ("remove the checkout test", RiskLevel.CRITICAL, "2 high-risk changes at once"),
-        ("skip the pages test", RiskLevel.MEDIUM, "skips tests in tests/test_pages.py"),
+        ("skip the pages test", RiskLevel.CRITICAL, "skips tests in tests/test_pages.py"),
     ],
 )
 async def test_risk_level_and_reasons_follow_from_the_diff(

@@ -73,10 +73,22 @@ class GatedEngine(GitChangeEngine):
         self.gate = gate
 
     async def plan(
-        self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
+        self,
+        *,
+        repo: Path,
+        base_branch: str,
+        prompt: str,
+        step: ChangeStep | None = None,
+        check_command: str = "",
     ) -> ChangeProposal:
         await self.gate.pass_through()
-        return await super().plan(repo=repo, base_branch=base_branch, prompt=prompt, step=step)
+        return await super().plan(
+            repo=repo,
+            base_branch=base_branch,
+            prompt=prompt,
+            step=step,
+            check_command=check_command,
+        )
 
     async def apply(
         self,

@@ -118,6 +118,11 @@ async def test_approval_requested_arrives_signed_with_what_waits_then_the_end(
     assert approval["risk_level"] == plan.risk_level.value
     assert approval["risk_reasons"] == plan.risk_reasons
     assert approval["token_estimate"] == plan.token_estimate == waiting.token_estimate
+    # What changes, file by file: "set theme to dark" rewrites one line of config.json.
+    assert approval["files"] == [
+        {"path": "config.json", "status": "modified", "added": 1, "removed": 1}
+    ]
+    assert approval["changes_verification"] == []
     assert (approval["approvals_required"], approval["approvals_so_far"]) == (2, 0)
     assert plan.expires_at is not None
     assert approval["expires_at"] == plan.expires_at.isoformat().replace("+00:00", "Z")

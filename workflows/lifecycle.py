@@ -151,6 +151,8 @@ APPLY_FAILURES = {
     ErrorType.REPOSITORY_ERROR,
     *PLANNING_FAILURES,
 }
+# Patch id: a plan that changes what verifies it is never approved by the system.
+NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -499,7 +501,13 @@ class PromptRequestWorkflow:
         while True:
             plan = self._require_plan()
             policy = self._require_policy()
-            auto = allow_auto and policy.auto_approves(plan.risk_level)
+            # Only plans rated since the rule existed carry the flag; the patch marks them.
+            changes_verification = bool(plan.changes_verification) and workflow.patched(
+                NEVER_AUTO_APPROVE_OWN_VERIFICATION
+            )
+            auto = allow_auto and policy.auto_approves(
+                plan.risk_level, changes_verification=changes_verification
+            )
             await self._shielded(self._open_approval(plan, auto))
             self._approval_rounds += 1  # a pending revise update answers now
             if auto:

@@ -130,6 +130,9 @@ class PlanSummary(BaseModel):
     approval_status: PlanApprovalStatus
     approvals_required: int
     expires_at: datetime | None = None
+    # What the change touches of its own verification ("check.py (run by the check command)",
+    # one per file; activities.risk): such a plan is never approved by the system.
+    changes_verification: list[str] = Field(default_factory=list)
 
 
 class ApprovalRecord(BaseModel):
@@ -209,7 +212,12 @@ class ApprovalPolicyView(BaseModel):
     def required_for(self, risk: RiskLevel) -> int:
         return max(1, self.approvals_required.get(risk.value, 1))
 
-    def auto_approves(self, risk: RiskLevel) -> bool:
+    def auto_approves(self, risk: RiskLevel, *, changes_verification: bool = False) -> bool:
+        """Whether the system approves a plan of this risk by itself. Never one that changes
+        what verifies it, whatever the ceiling: its own check could pass anything, so a person
+        must look (GitHub's coding agent waits for a person before workflow changes run)."""
+        if changes_verification:
+            return False
         limit = self.auto_approve_max_risk
         return limit is not None and risk.rank <= limit.rank
 

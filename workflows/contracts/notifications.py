@@ -26,6 +26,15 @@ class NotificationEvent(enum.StrEnum):
     PING = "ping"
 
 
+class FileChange(BaseModel):
+    """One file a plan changes, with its changed line counts."""
+
+    path: str
+    status: str  # added | deleted | modified | renamed
+    added: int
+    removed: int
+
+
 class ApprovalNotice(BaseModel):
     """What waits for approval (approval.requested and approval.reminder)."""
 
@@ -40,6 +49,11 @@ class ApprovalNotice(BaseModel):
     expires_at: datetime | None
     # Why a plan waits again after an approval (re-planned on the new base, overspent...).
     reason: str = ""
+    # Filled by the delivery activity from the plan's row (the diff stays out of histories).
+    files: list[FileChange] = Field(default_factory=list)
+    # What the change edits of its own verification ("check.py (run by the check command)"):
+    # when not empty, the system never approves it and people must read it.
+    changes_verification: list[str] = Field(default_factory=list)
 
 
 class EndedNotice(BaseModel):
