@@ -117,7 +117,8 @@ def parse_edits(answer: str, known_paths: list[str] | None = None) -> list[Edit]
         i += 1
     if not edits:
         raise EditFailed(
-            f"the answer holds no SEARCH/REPLACE block; every edit must be a block.\n{FORMAT_RULES}",
+            "the answer holds no SEARCH/REPLACE block; every edit must be a block.\n"
+            + FORMAT_RULES,
             _declined(answer),
         )
     return edits
@@ -273,7 +274,7 @@ def _lines(text: str) -> list[str]:
     return text.splitlines(keepends=True)
 
 
-def _only(starts: list[int]) -> int | None | str:
+def _only(starts: list[int]) -> int | str | None:
     if len(starts) > 1:
         return "ambiguous"
     return starts[0] if starts else None
@@ -282,7 +283,8 @@ def _only(starts: list[int]) -> int | None | str:
 def _match_trailing(have: list[str], part: list[str], new: list[str]) -> str | None:
     n = len(part)
     wanted = [p.rstrip() for p in part]
-    at = _only([i for i in range(len(have) - n + 1) if [h.rstrip() for h in have[i : i + n]] == wanted])
+    starts = range(len(have) - n + 1)
+    at = _only([i for i in starts if [h.rstrip() for h in have[i : i + n]] == wanted])
     if at is None or isinstance(at, str):
         return at
     return "".join(have[:at] + new + have[at + n :])

@@ -99,13 +99,18 @@ class ModelClient:
 
     async def complete(self, messages: list[dict[str, str]], *, max_tokens: int) -> ModelAnswer:
         try:
-            reply = await self._client.chat.completions.create(  # type: ignore[call-overload]
-                model=self.model, messages=messages, max_tokens=max_tokens, temperature=0
+            reply = await self._client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+                temperature=0,
             )
         except openai.APIStatusError as exc:
             raise _status_failure(exc, self._give_up_after_s) from None
         except openai.APITimeoutError:
-            raise _unavailable("the model endpoint did not answer in time", self._give_up_after_s)
+            raise _unavailable(
+                "the model endpoint did not answer in time", self._give_up_after_s
+            ) from None
         except openai.APIConnectionError as exc:
             # The SDK's HTTP stack (httpx or its fork httpx2): matched by the error's name.
             if type(exc.__cause__).__name__ == "ConnectError":

@@ -8,10 +8,10 @@ apply goes back with its reason until Settings.model_edit_attempts answers were 
 the engine never writes ends the plan.
 
 Tokens. The plan's estimate is its budget: the first call's prompt bound plus the max_tokens it
-may answer, and one retry at full size (the prompt again, the failed answer carried back, its
-reason, and max_tokens); later retries get what is left. The prompt bound is the server's own
-count where it has a tokenizer endpoint (activities.model_client.count_tokens), else UTF-8
-bytes times Settings.model_tokens_per_byte (1.0: a byte-level tokenizer never makes more
+may answer, and a retry of the same size plus the reason it carries back (the failed answer it
+carries shares the retry's max_tokens); later retries get what is left. The prompt bound is
+the server's own count where it has a tokenizer endpoint (model_client.count_tokens), else
+UTF-8 bytes times Settings.model_tokens_per_byte (1.0: a byte-level tokenizer never makes more
 tokens than bytes), plus a per-message allowance for the chat template. Each call's max_tokens
 is the smaller of Settings.model_max_tokens and what the budget has left after the calls before
 it and its own prompt bound, so the calls stay within the estimate, which the lifecycle holds.
@@ -138,14 +138,14 @@ class ModelChangeEngine:
         return input_bound(messages, self._settings.model_tokens_per_byte)
 
     def budget(self, first_bound: int) -> int:
-        """The estimate: the first call at full size and, when retries are allowed, one retry
-        carrying the failed answer and its reason back."""
-        cap = self._settings.model_max_tokens
-        first = first_bound + cap
+        """The estimate: the first call at full size and, when retries are allowed, a retry of
+        the same size plus the reason it carries back (the failed answer it carries shares the
+        retry's max_tokens: each call's cap is what the budget has left)."""
+        first = first_bound + self._settings.model_max_tokens
         if self._settings.model_edit_attempts == 1:
             return first
         reason = math.ceil(REASON_ALLOWANCE_BYTES * self._settings.model_tokens_per_byte)
-        return first + first + cap + reason + 2 * MESSAGE_OVERHEAD_TOKENS
+        return 2 * first + reason + 2 * MESSAGE_OVERHEAD_TOKENS
 
     async def plan(
         self, *, repo: Path, base_branch: str, prompt: str, step: ChangeStep | None = None
@@ -187,7 +187,9 @@ class ModelChangeEngine:
                 if call.finish_reason == "length":
                     reason = f"the answer was cut off at {call.max_tokens} tokens; be shorter. "
                     reason += failed.reason
-                    talk.last_summary = f"the model's answer was cut off at {call.max_tokens} tokens"
+                    talk.last_summary = (
+                        f"the model's answer was cut off at {call.max_tokens} tokens"
+                    )
                 talk.last_reason = reason
                 talk.messages = [
                     *talk.messages,

@@ -223,10 +223,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(answer, finish, usage if include_usage else None, reply)
         else:
             message = {"role": "assistant", "content": answer}
-            completion = _completion(message, finish, usage, stand_in.model)
+            whole = _completion(message, finish, usage, stand_in.model)
             if reply.break_after_chunks is not None:
-                return self._broken_json(completion)
-            self._json(200, completion)
+                return self._broken_json(whole)
+            self._json(200, whole)
 
     def _tokenize(self, body: dict[str, Any]) -> None:
         stand_in = self.server.stand_in

@@ -1,12 +1,12 @@
 """The model engine's parts on their own: the edit format on a real repository's commit, and
 the client's typed failures against the local stand-in."""
 
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pygit2
-import socket
 import pytest
 from pydantic import SecretStr
 from temporalio.exceptions import ApplicationError
@@ -28,6 +28,8 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
 KEY = "sk-unit-key"
 
 

@@ -375,8 +375,7 @@ class PromptRequestWorkflow:
                     "CHANGEFLOW_MODEL_BASE_URL at one, then submit again",
                 )
             self._set_step(
-                f"the model endpoint does not answer: attempt {failed}, "
-                f"next in {_duration(delay)}"
+                f"the model endpoint does not answer: attempt {failed}, next in {_duration(delay)}"
             )
             await workflow.sleep(delay, summary="model endpoint retry")
 
