@@ -96,6 +96,8 @@ class Conversation:
     """The messages of the next call, what was charged so far and how the last answer failed."""
 
     messages: list[dict[str, str]]
+    # The prompt bound of `messages` (counted once per question).
+    bound: int
     budget: int
     charged: int = 0
     answers: int = 0
@@ -161,9 +163,8 @@ class ModelChangeEngine:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": context},
         ]
-        talk = Conversation(
-            messages=messages, budget=self.budget(await self.prompt_bound(messages))
-        )
+        bound = await self.prompt_bound(messages)
+        talk = Conversation(messages=messages, bound=bound, budget=self.budget(bound))
         for number in range(1, len(recorded) + self._settings.model_edit_attempts * 2 + 2):
             call = recorded[number - 1] if number <= len(recorded) else None
             if call is None:
@@ -196,6 +197,7 @@ class ModelChangeEngine:
                     {"role": "assistant", "content": call.answer},
                     {"role": "user", "content": f"Your edits did not apply: {reason}"},
                 ]
+                talk.bound = await self.prompt_bound(talk.messages)
                 continue
             risk_level, risk_reasons = assess_risk(built.diff)
             return ChangeProposal(
@@ -216,7 +218,7 @@ class ModelChangeEngine:
     async def _call(
         self, step: ChangeStep, number: int, base_commit: str, talk: Conversation
     ) -> ModelCall:
-        bound = await self.prompt_bound(talk.messages)
+        bound = talk.bound
         cap = min(self._settings.model_max_tokens, talk.budget - talk.charged - bound)
         if cap < MIN_ANSWER_TOKENS:
             raise ChangeRequestInvalid(
