@@ -360,7 +360,7 @@ async def test_an_endpoint_where_nothing_listens_says_so_then_fails_model_unavai
     down = settings.model_copy(
         update={
             "model_base_url": f"http://127.0.0.1:{free_port()}/v1",
-            "model_unavailable_seconds": 6.0,
+            "model_unavailable_seconds": 15.0,
         }
     )
     async with running_workers(client, sessions, down):
@@ -374,6 +374,7 @@ async def test_an_endpoint_where_nothing_listens_says_so_then_fails_model_unavai
         result = await outcome(lifecycle, request_id)
 
     assert retrying.status is PromptStatus.PLANNING
+    assert retrying.reason == retrying.step  # `changeflow status` prints the reason
     assert result.status is PromptStatus.FAILED
     assert "does not answer" in result.reason and "(ModelUnavailable)" in result.reason
     assert result.reason.endswith("then submit again")

@@ -355,9 +355,13 @@ class PromptRequestWorkflow:
         ends FAILED with the ModelUnavailable reason."""
         since = workflow.now()
         failed = 0
+        waiting = ""
         while True:
             try:
-                return await self._plan_request(plan, PLAN_RETRY)
+                planned = await self._plan_request(plan, PLAN_RETRY)
+                if waiting and self._reason == waiting:
+                    self._reason = ""  # it answered: the wait is over
+                return planned
             except ActivityError as err:
                 down = application_error(err)
                 if down is None or down.type != MODEL_UNAVAILABLE:
@@ -374,9 +378,11 @@ class PromptRequestWorkflow:
                     "stopped (ModelUnavailable): start the model server or point "
                     "CHANGEFLOW_MODEL_BASE_URL at one, then submit again",
                 )
-            self._set_step(
+            # In the status's reason too, which `changeflow status` prints.
+            waiting = self._reason = (
                 f"the model endpoint does not answer: attempt {failed}, next in {_duration(delay)}"
             )
+            self._set_step(waiting)
             await workflow.sleep(delay, summary="model endpoint retry")
 
     def _adopt_plan(self, plan: PlanSummary) -> None:
