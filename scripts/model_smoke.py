@@ -36,7 +36,7 @@ import openai
 from sqlmodel import col, select
 
 from activities.ledger import Ledger
-from models import ChangeEngineKind, ModelCall, Project
+from models import ChangeEngineKind, ModelCall, ModelCallOutcome, Project
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
@@ -206,7 +206,8 @@ async def lifecycle_run(
     result = await run_lifecycle(lifecycle, shop, PROMPT, on_status=progress.show, say=progress.say)
     status = await lifecycle.status(result.prompt_request_id)
     reported = recorder.usage[first_call:]
-    calls = [c for c in await calls_of(sessions, result.prompt_request_id) if c.answer]
+    recorded = await calls_of(sessions, result.prompt_request_id)
+    calls = [c for c in recorded if c.outcome is ModelCallOutcome.ANSWERED]
     spent = before - (await ledger.balance(shop.account_id)).balance
     print(f"   outcome: {result.status.value}; reason: {result.reason or '-'}")
     for call, usage in zip(calls, reported, strict=False):
