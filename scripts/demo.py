@@ -88,6 +88,8 @@ def model_stand_in(answers: int = 1) -> RunningStandIn:
         StandIn(
             api_key=STAND_IN_API_KEY,
             script=[Reply(MODEL_ANSWER, when="whole EU", times=answers)],
+            # Like vLLM: a tokenizer endpoint, so the hold is the model's own count.
+            server="vllm",
         )
     )
 
@@ -98,9 +100,6 @@ def stand_in_model_settings(stand_in: RunningStandIn) -> dict[str, Any]:
         "model_base_url": stand_in.base_url,
         "model_name": stand_in.stand_in.model,
         "model_api_key": SecretStr(STAND_IN_API_KEY),
-        # The estimate bounds every allowed answer at one token a byte: two answers keep the
-        # hold within the demo tenant's funds.
-        "model_edit_attempts": 2,
     }
 
 

@@ -15,6 +15,7 @@ from temporalio.client import Client
 from activities.model_engine import input_bound
 from models import ModelCallOutcome, PromptStatus
 from models.db import SessionFactory
+from tests.conftest import free_port
 from tests.lifecycle_support import (
     FUNDS,
     Shop,
@@ -26,6 +27,7 @@ from tests.lifecycle_support import (
     make_shop,
     plan_awaiting_approval,
     push_config,
+    request_row,
     settlements,
     submit,
     wait_for_status,
@@ -40,8 +42,8 @@ from tests.model_engine_support import (
     reported_usage,
     use_model_engine,
 )
+from tests.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
 from tests.model_stand_in import Reply as R
-from tests.model_stand_in import RunningStandIn, StandIn, edit_block
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings
@@ -128,7 +130,8 @@ async def test_free_text_requests_ship_through_the_model_engine_and_accumulate_o
         assert call.tokens_charged == call.prompt_tokens + call.completion_tokens > 0
         estimate = (await lifecycle.status(request.prompt_request_id)).token_estimate
         assert input_bound(stand_in.requests[0]["messages"]) + call.max_tokens <= estimate
-    assert all(body["stream"] and body["stream_options"] for body in stand_in.requests)
+    # Not streamed: every server reports usage in a whole answer.
+    assert not any(body.get("stream") for body in stand_in.requests)
     assert stand_in.calls == 2  # applying never asked the model again
 
 
@@ -202,57 +205,184 @@ async def test_an_oversized_file_is_refused(
     assert stand_in.calls == 1
 
 
-async def test_a_broken_stream_is_charged_its_cap_once_and_asked_again(
+async def test_a_broken_answer_is_charged_its_question_once_and_asked_again(
     sessions: SessionFactory,
     lifecycle: LifecycleClient,
     shop: Shop,
     stand_in: StandIn,
     workers: None,
 ) -> None:
-    stand_in.script = [R(THEME_EDIT, when="dark theme", break_after_chunks=2), R(THEME_EDIT)]
+    stand_in.script = [R(THEME_EDIT, when="dark theme", break_after_chunks=0), R(THEME_EDIT)]
 
     result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
 
     assert result.status is PromptStatus.COMPLETED, result.reason
     broken, answered = await model_calls(sessions, result.prompt_request_id)
     assert broken.outcome is ModelCallOutcome.BROKEN
-    cap = input_bound(stand_in.requests[0]["messages"]) + broken.max_tokens
-    assert broken.tokens_charged == cap
+    # The server read the question; the answer never came: the question only, not the cap.
+    question = input_bound(stand_in.requests[0]["messages"])
+    assert broken.tokens_charged == question < question + broken.max_tokens
     assert answered.outcome is ModelCallOutcome.ANSWERED
     # The same question again: the broken call left nothing in the conversation.
     assert stand_in.requests[1]["messages"] == stand_in.requests[0]["messages"]
     reported = answered.prompt_tokens + answered.completion_tokens
-    assert result.tokens_used == cap + reported
-    assert await charged(sessions, shop) == cap + reported
+    assert result.tokens_used == question + reported
+    assert await charged(sessions, shop) == question + reported
     assert stand_in.calls == 2
 
 
-async def test_usage_beyond_the_hold_and_tolerance_pauses_for_approval_and_charges_it(
+async def test_usage_beyond_the_estimate_at_planning_is_the_price_of_the_first_approval(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    stand_in: StandIn,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # A server that counts far more tokens than the engine's bound assumes.
+    stand_in.script = [R(THEME_EDIT, completion_tokens=90_000)]
+    shop = await make_shop(sessions, tmp_path, policy=human_policy(), balance=200_000)
+    await use_model_engine(sessions, shop)
+
+    async with running_workers(client, sessions, settings):
+        request_id = await submit(lifecycle, shop, THEME_PROMPT)
+        _, plan = await plan_awaiting_approval(lifecycle, request_id, within=30)
+        [call] = await model_calls(sessions, request_id)
+        # The first approval asks for what the planning calls already used.
+        assert plan.revision == 1 and plan.token_estimate == call.tokens_charged
+        assert call.tokens_charged == call.prompt_tokens + 90_000
+        assert [h.amount for h in await holds(sessions, shop)] == [plan.token_estimate]
+        for admin in shop.admins[: plan.approvals_required]:
+            await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan.content_hash)
+        result = await outcome(lifecycle, request_id)
+        final = await lifecycle.status(request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert final.plan is not None and final.plan.revision == 1  # never sent back
+    assert result.tokens_used == call.tokens_charged
+    assert await charged(sessions, shop) == result.tokens_used
+    assert stand_in.calls == 1
+
+
+@pytest.mark.parametrize("server", ["llama-cpp-python", "vllm", "llama.cpp"])
+async def test_servers_as_they_behave_charge_their_reported_usage_within_a_tight_hold(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+    server: str,
+) -> None:
+    # llama-cpp-python streams no usage; all three count tokens at a tokenizer endpoint.
+    stand_in.server = server
+    stand_in.script = [R(ABOUT_EDIT, when="open every day")]
+
+    request_id = await submit(lifecycle, shop, ABOUT_PROMPT)
+    result = await outcome(lifecycle, request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert result.tokens_used == reported_usage(stand_in, [ABOUT_EDIT])
+    assert await charged(sessions, shop) == result.tokens_used
+    estimate = (await lifecycle.status(request_id)).token_estimate
+    # The hold is the server's own count of the question plus the answers allowed: at most 3x
+    # what a one-line change uses, and never less than it.
+    assert result.tokens_used <= estimate <= 3 * result.tokens_used, (estimate, result.tokens_used)
+
+
+@pytest.mark.parametrize("server", ["vllm", "llama.cpp", "llama-cpp-python", "ollama"])
+async def test_a_context_too_long_in_each_servers_words_fails_with_advice_and_no_hold(
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+    server: str,
+) -> None:
+    stand_in.server = server
+    stand_in.script = [R(context_exceeded=True, times=3)]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+
+    assert result.status is PromptStatus.FAILED
+    assert result.reason.startswith("the request is longer than the model's context")
+    assert result.reason.endswith("use a model with a longer context")
+    assert stand_in.calls == 1
+    assert await holds(sessions, shop) == []
+    assert await balance(sessions, shop.account) == FUNDS
+
+
+async def test_a_model_that_declines_is_reported_in_its_own_words(
     sessions: SessionFactory,
     lifecycle: LifecycleClient,
     shop: Shop,
     stand_in: StandIn,
     workers: None,
 ) -> None:
-    # A server that counts far more tokens than the engine's bound assumes.
-    stand_in.script = [R(THEME_EDIT, completion_tokens=90_000)]
+    stand_in.script = [R(NO_EDIT, times=5)]
 
-    request_id = await submit(lifecycle, shop, THEME_PROMPT)
-    try:
-        status, plan = await plan_awaiting_approval(lifecycle, request_id, within=30)
-    except TimeoutError:
-        raise AssertionError(await lifecycle.status(request_id)) from None
+    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
 
-    assert "the work used" in status.reason
-    assert plan.revision == 2 and plan.token_estimate > 90_000
-    for admin in shop.admins[: plan.approvals_required]:
-        await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan.content_hash)
-    result = await outcome(lifecycle, request_id)
-    assert result.status is PromptStatus.COMPLETED
-    [call] = await model_calls(sessions, request_id)
-    assert result.tokens_used == call.tokens_charged == call.prompt_tokens + 90_000
-    assert await charged(sessions, shop) == result.tokens_used
+    assert result.status is PromptStatus.FAILED
+    assert result.reason == (
+        "no edit of the model applied after 3 answer(s): the model made no edit; it answered: "
+        "\u201cI cannot make that change.\u201d"
+    )
+    # The model itself was told the format again.
+    assert "SEARCH/REPLACE" in stand_in.requests[1]["messages"][-1]["content"]
+    assert await balance(sessions, shop.account) == FUNDS  # a failed plan is the platform's
+
+
+async def test_an_answer_in_aiders_layout_ships_to_the_file_it_names(
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    stand_in: StandIn,
+    workers: None,
+) -> None:
+    answer = (Path(__file__).parent / "model_answers" / "bold_path_claude.md").read_text()
+    stand_in.script = [R(answer, when="open every day")]
+
+    result = await outcome(lifecycle, await submit(lifecycle, shop, ABOUT_PROMPT))
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    repo = shop.project.repo_url
+    assert "open every day" in git(repo, "show", "main:pages/about.md")
+    changed = git(repo, "diff", "--name-only", f"{result.commit_sha}~1", result.commit_sha or "")
+    assert changed == "pages/about.md"  # no file named after the fence's language tag
     assert stand_in.calls == 1
+
+
+async def test_an_endpoint_where_nothing_listens_says_so_then_fails_model_unavailable(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    shop: Shop,
+    settings: Settings,
+) -> None:
+    down = settings.model_copy(
+        update={
+            "model_base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "model_unavailable_seconds": 15.0,
+        }
+    )
+    async with running_workers(client, sessions, down):
+        request_id = await submit(lifecycle, shop, THEME_PROMPT)
+        retrying = await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: s.step.startswith("the model endpoint does not answer: attempt 2, next in"),
+            within=30,
+        )
+        result = await outcome(lifecycle, request_id)
+
+    assert retrying.status is PromptStatus.PLANNING
+    assert retrying.reason == retrying.step  # `changeflow status` prints the reason
+    assert result.status is PromptStatus.FAILED
+    assert "does not answer" in result.reason and "(ModelUnavailable)" in result.reason
+    assert result.reason.endswith("then submit again")
+    row = await request_row(sessions, request_id)
+    assert row is not None and row.status is PromptStatus.FAILED
+    assert await holds(sessions, shop) == []
+    assert await balance(sessions, shop.account) == FUNDS
 
 
 async def test_every_call_is_capped_by_the_budget_and_a_cut_answer_is_sent_back(

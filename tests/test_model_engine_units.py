@@ -1,6 +1,7 @@
 """The model engine's parts on their own: the edit format on a real repository's commit, and
 the client's typed failures against the local stand-in."""
 
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,13 +14,22 @@ from temporalio.exceptions import ApplicationError
 from activities.change_engine import ChangeRequestInvalid
 from activities.edit_format import EditFailed, apply_edits, parse_edits
 from activities.git_store import Workspace, open_repository
-from activities.model_client import MODEL_UNAVAILABLE, ModelClient, ModelRefused, StreamBroken
+from activities.model_client import ModelClient, ModelRefused, StreamBroken, brief
 from scripts.sample_repo import create_sample_repo
-from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
+from tests.model_stand_in import SERVERS, Reply, RunningStandIn, StandIn, edit_block
 from workers.settings import Settings
-from workflows.contracts.errors import ErrorType
+from workflows.contracts.errors import MODEL_UNAVAILABLE, ErrorType
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
+
+
+def free_port() -> int:
+    """A port where nothing listens (bound, read, released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 KEY = "sk-unit-key"
 
 
@@ -54,7 +64,7 @@ def test_an_empty_search_creates_a_new_file_only(workspace: Workspace) -> None:
     [
         ("no blocks at all", "holds no SEARCH/REPLACE block"),
         (edit_block("config.json", "absent\n", "x\n"), "does not occur in config.json"),
-        (edit_block("config.json", "\n", "x\n"), r"occurs \d+ times"),
+        (edit_block("config.json", "false,\n", "x\n"), r"occurs \d+ times"),
         (edit_block("pages/none.md", "a\n", "b\n"), "does not exist; to create it"),
     ],
 )
@@ -99,26 +109,76 @@ def served() -> Iterator[tuple[StandIn, Settings]]:
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
+@pytest.mark.parametrize("server", sorted(SERVERS))
 @ASYNC
-async def test_a_streamed_answer_carries_the_reported_usage(
-    served: tuple[StandIn, Settings],
+async def test_an_answer_carries_the_usage_the_server_reported_whatever_it_streams(
+    served: tuple[StandIn, Settings], server: str
 ) -> None:
+    # llama-cpp-python's server streams no usage; every server reports it in a whole answer.
     stand_in, settings = served
+    stand_in.server = server
     stand_in.script = [Reply("x" * 40, prompt_tokens=11, completion_tokens=7)]
     answer = await ModelClient(settings).complete(MESSAGES, max_tokens=100)
     assert (answer.text, answer.prompt_tokens, answer.completion_tokens) == ("x" * 40, 11, 7)
     assert answer.finish_reason == "stop"
-    assert stand_in.requests[0]["stream_options"] == {"include_usage": True}
+    assert not stand_in.requests[0].get("stream")
+
+
+@pytest.mark.parametrize("server", sorted(SERVERS))
+@ASYNC
+async def test_a_context_too_long_is_model_context_exceeded_in_every_servers_wording(
+    served: tuple[StandIn, Settings], server: str
+) -> None:
+    stand_in, settings = served
+    stand_in.server = server
+    stand_in.script = [Reply(context_exceeded=True)]
+    with pytest.raises(ModelRefused) as refused:
+        await ModelClient(settings).complete(MESSAGES, max_tokens=10)
+    assert refused.value.kind is ErrorType.MODEL_CONTEXT_EXCEEDED
+    message = str(refused.value)
+    assert "lower CHANGEFLOW_MODEL_CONTEXT_BYTES" in message and len(message) < 400
+
+
+@pytest.mark.parametrize(
+    ("server", "templated"),
+    [("vllm", True), ("llama.cpp", False), ("llama-cpp-python", False), ("openai", None)],
+)
+@ASYNC
+async def test_the_prompt_is_counted_by_the_servers_tokenizer_where_it_has_one(
+    served: tuple[StandIn, Settings], server: str, templated: bool | None
+) -> None:
+    stand_in, settings = served
+    stand_in.server = server
+    messages = [{"role": "system", "content": "s" * 400}, {"role": "user", "content": "u" * 40}]
+    counted = await ModelClient(settings).count_tokens(messages)
+    if templated is None:
+        assert counted is None  # no tokenizer endpoint: the engine counts bytes
+    elif templated:
+        assert counted == (stand_in.prompt_tokens(messages), True)
+    else:
+        assert counted == (110, False)  # the contents' tokens; the engine adds the template's
+
+
+@ASYNC
+async def test_an_endpoint_where_nothing_listens_is_retryable_model_unavailable() -> None:
+    settings = Settings(
+        model_base_url=f"http://127.0.0.1:{free_port()}/v1",
+        model_timeout_seconds=2,
+        model_unavailable_seconds=42,
+    )
+    client = ModelClient(settings)
+    with pytest.raises(ApplicationError) as failure:
+        await client.complete(MESSAGES, max_tokens=10)
+    assert failure.value.type == MODEL_UNAVAILABLE and not failure.value.non_retryable
+    assert failure.value.details == (42,)
+    assert "does not answer" in failure.value.message
+    assert await client.count_tokens(MESSAGES) is None
 
 
 @pytest.mark.parametrize(
     ("reply", "kind"),
     [
         (Reply(status=403, error_message="forbidden"), ErrorType.MODEL_AUTH_FAILED),
-        (
-            Reply(status=400, error_message="This model's maximum context length is 8192"),
-            ErrorType.MODEL_CONTEXT_EXCEEDED,
-        ),
         (Reply(status=400, error_message="temperature is odd"), ErrorType.MODEL_REQUEST_REFUSED),
     ],
 )
@@ -157,11 +217,18 @@ async def test_busy_servers_are_retryable_with_their_retry_after(
 
 
 @ASYNC
-async def test_a_stream_cut_mid_way_is_broken(served: tuple[StandIn, Settings]) -> None:
+async def test_a_connection_cut_mid_answer_is_broken(served: tuple[StandIn, Settings]) -> None:
     stand_in, settings = served
-    stand_in.script = [Reply("x" * 100, break_after_chunks=3)]
+    stand_in.script = [Reply("x" * 100, break_after_chunks=0)]
     with pytest.raises(StreamBroken):
         await ModelClient(settings).complete(MESSAGES, max_tokens=100)
+
+
+def test_a_long_server_message_is_cut_at_a_sentence_never_mid_word() -> None:
+    words = "The request is long. " * 20 + "Try a shorter one."
+    cut = brief(words, limit=100)
+    assert len(cut) <= 100 and cut.endswith("long.")
+    assert brief("word " * 60, limit=50).endswith("word …")
 
 
 @ASYNC

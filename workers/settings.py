@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     # Bytes of file content given to the model, and the largest file it may edit.
     model_context_bytes: int = Field(default=48_000, ge=1000)
     model_max_file_bytes: int = Field(default=100_000, ge=1000)
+    # How long planning waits for a model endpoint that does not answer before the request ends
+    # FAILED (ModelUnavailable).
+    model_unavailable_seconds: float = Field(default=600.0, gt=0)
+    # The most tokens a byte of the prompt can make, for servers without a tokenizer endpoint:
+    # 1.0 holds for every byte-level tokenizer; lower it only for a model known to need fewer.
+    model_tokens_per_byte: float = Field(default=1.0, gt=0, le=1)
 
     # The key ring that encrypts connectors' credentials: "id:base64-32-bytes" entries separated
     # by commas. The first (or credential_key_id's) encrypts; every one decrypts.

@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentResult,
     )
     from workflows.contracts.errors import (
+        MODEL_UNAVAILABLE,
         NON_RETRYABLE_ERROR_TYPES,
         ErrorType,
         application_error,
@@ -118,6 +119,13 @@ PLANNING_FAILURES = {
 }
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
+)
+# Planning retries a model endpoint that does not answer itself, so the status can say so
+# (workflow.patched: runs planning across the rollout keep retrying inside the activity).
+MODEL_UNAVAILABLE_PATCH = "model-unavailable-ends-planning"
+PLAN_RETRY = RetryPolicy(
+    maximum_interval=RETRY.maximum_interval,
+    non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, MODEL_UNAVAILABLE],
 )
 # Short: a worker that dies mid-step has its step retried elsewhere after this long.
 DB_TIMEOUT = timedelta(seconds=30)
@@ -361,26 +369,69 @@ class PromptRequestWorkflow:
     async def _run_plan(self, prompt: str, revision: int) -> PlannedRevision:
         request = self._input
         self._set_status(PromptStatus.PLANNING)
-        planned = await workflow.execute_activity_method(
-            LifecycleActivities.plan_request,
-            PlanRequest(
-                prompt_request_id=request.prompt_request_id,
-                tenant_id=request.tenant_id,
-                project_id=request.project_id,
-                requested_by=request.requested_by,
-                prompt=prompt,
-                revision=revision,
-                status=PromptStatus.PLANNING,
-            ),
-            start_to_close_timeout=ENGINE_TIMEOUT,
-            heartbeat_timeout=ENGINE_HEARTBEAT,
-            retry_policy=RETRY,
+        plan = PlanRequest(
+            prompt_request_id=request.prompt_request_id,
+            tenant_id=request.tenant_id,
+            project_id=request.project_id,
+            requested_by=request.requested_by,
+            prompt=prompt,
+            revision=revision,
+            status=PromptStatus.PLANNING,
         )
+        if workflow.patched(MODEL_UNAVAILABLE_PATCH):
+            planned = await self._plan_while_the_model_answers(plan)
+        else:
+            planned = await self._plan_request(plan, RETRY)
         if planned.open:
             self._policy = planned.policy
             self._roster = dict(planned.roster)
             self._adopt_plan(planned.plan)
         return planned
+
+    async def _plan_request(self, plan: PlanRequest, retry: RetryPolicy) -> PlannedRevision:
+        return await workflow.execute_activity_method(
+            LifecycleActivities.plan_request,
+            plan,
+            start_to_close_timeout=ENGINE_TIMEOUT,
+            heartbeat_timeout=ENGINE_HEARTBEAT,
+            retry_policy=retry,
+        )
+
+    async def _plan_while_the_model_answers(self, plan: PlanRequest) -> PlannedRevision:
+        """Plan, retrying here a model endpoint that does not answer, with the attempt in the
+        status; once the time the worker allows (the error's details) has passed, the request
+        ends FAILED with the ModelUnavailable reason."""
+        since = workflow.now()
+        failed = 0
+        waiting = ""
+        while True:
+            try:
+                planned = await self._plan_request(plan, PLAN_RETRY)
+                if waiting and self._reason == waiting:
+                    self._reason = ""  # it answered: the wait is over
+                return planned
+            except ActivityError as err:
+                down = application_error(err)
+                if down is None or down.type != MODEL_UNAVAILABLE:
+                    raise
+            failed += 1
+            give_up = timedelta(seconds=float(down.details[0] if down.details else 600))
+            backoff = timedelta(seconds=2 ** min(failed - 1, 5))
+            delay = down.next_retry_delay or min(backoff, PLAN_RETRY.maximum_interval or backoff)
+            waited = workflow.now() - since
+            if waited + delay > give_up:
+                await self._end(
+                    PromptStatus.FAILED,
+                    f"{down.message}; after {failed} attempts in {_duration(waited)} planning "
+                    "stopped (ModelUnavailable): start the model server or point "
+                    "CHANGEFLOW_MODEL_BASE_URL at one, then submit again",
+                )
+            # In the status's reason too, which `changeflow status` prints.
+            waiting = self._reason = (
+                f"the model endpoint does not answer: attempt {failed}, next in {_duration(delay)}"
+            )
+            self._set_step(waiting)
+            await workflow.sleep(delay, summary="model endpoint retry")
 
     def _adopt_plan(self, plan: PlanSummary) -> None:
         self._plan = plan
@@ -1245,3 +1296,8 @@ def _outcome_detail(result: DeploymentResult) -> str:
     if result.rollback_status is None:
         return "verification failed"
     return f"verification failed; rollback {result.rollback_status.value}"
+
+
+def _duration(span: timedelta) -> str:
+    seconds = round(span.total_seconds())
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"

@@ -114,6 +114,12 @@ class ErrorType(enum.StrEnum):
 
 NON_RETRYABLE_ERROR_TYPES: list[str] = [kind.value for kind in ErrorType]
 
+# Retryable, so not an ErrorType member: the model endpoint did not answer (refused connection,
+# timeout, 429, 5xx). Its details are (seconds planning may wait for the endpoint in all,); the
+# lifecycle retries planning itself, showing it in the status, and ends the request FAILED with
+# this type once that time has passed.
+MODEL_UNAVAILABLE = "ModelUnavailable"
+
 
 def refused(kind: ErrorType, message: str, *details: object) -> ApplicationError:
     """The typed, non-retryable ApplicationError of `kind`."""
