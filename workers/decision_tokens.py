@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 import structlog
+from temporalio.exceptions import ApplicationError
 
 from workers.settings import DecisionTokenMode, Settings
 from workflows.contracts.decisions import DecisionTrust
@@ -129,21 +130,30 @@ class DecisionTokenVerifier:
         return self._keys.blocks
 
     def trust(self, *, unknown_kid: str | None = None) -> DecisionTrust:
-        """The settings and keys a workflow judges tokens with."""
+        """The settings and keys a workflow judges tokens with; no keys while the JWKS cannot
+        be read (every token is then refused, as verify would refuse it)."""
+        try:
+            keys = self._keys.keys(unknown_kid=unknown_kid)
+        except ApplicationError as err:
+            log.warning("decision_jwks_unavailable", reason=err.message)
+            keys = []
+        return self._trust(keys)
+
+    def _trust(self, keys: list[dict[str, str]]) -> DecisionTrust:
         return DecisionTrust(
             tokens_required=self._tokens_required,
             issuer=self._issuer,
             audience=self._audience,
             max_lifetime_seconds=self._max_lifetime,
             leeway_seconds=self._leeway,
-            keys=self._keys.keys(unknown_kid=unknown_kid),
+            keys=keys,
         )
 
     def verify(self, token: str) -> DecisionClaims:
         """The token's claims once signature, issuer, audience and times are good now, by
         the keys as they are now."""
         kid = token_kid(token)
-        trust = self.trust(unknown_kid=kid)
+        trust = self._trust(self._keys.keys(unknown_kid=kid))
         if self._trusted is None or self._trusted.trust != trust:
             self._trusted = TrustedKeys(trust)
         if self._trusted.get(kid) is None:

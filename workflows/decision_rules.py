@@ -73,6 +73,11 @@ class TrustedKeys:
     def get(self, kid: str) -> jwt.PyJWK | None:
         return self._keys.get(kid)
 
+    @property
+    def held(self) -> bool:
+        """Whether there is any key at all."""
+        return bool(self._keys)
+
 
 def token_kid(token: str) -> str:
     """The key id a token names, once its header is readable and its algorithm allowed."""

@@ -160,6 +160,8 @@ JUDGED_BY_VALIDATORS_PATCH = "decisions-judged-by-validators"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
 # often: made-up key ids cost one handler run per interval, not one per call.
 KEY_RELOAD_INTERVAL = timedelta(minutes=5)
+# ...and this often while the run holds no key at all (the JWKS was not there yet).
+EMPTY_KEYS_RELOAD_INTERVAL = timedelta(seconds=10)
 # Someone the handler refused by the roster as it is now is refused by the validators for this
 # long, doubling with each refusal up to the cap (DeciderRefusals).
 REFUSED_DECIDER_WAIT = timedelta(minutes=1)
@@ -796,7 +798,9 @@ class PromptRequestWorkflow:
 
     def _may_reload_keys(self, now: datetime) -> bool:
         loaded = self._keys_loaded_at
-        return loaded is None or now - loaded >= KEY_RELOAD_INTERVAL
+        held = self._keys is not None and self._keys.held
+        interval = KEY_RELOAD_INTERVAL if held else EMPTY_KEYS_RELOAD_INTERVAL
+        return loaded is None or now - loaded >= interval
 
     async def _load_decision_keys(self, unknown_kid: str | None = None) -> None:
         trust = await workflow.execute_local_activity_method(
