@@ -511,6 +511,53 @@ async def test_no_decision_on_another_tenants_request_succeeds(
     assert status.plan is not None and status.plan.content_hash == plan_hash
     assert await decision_rows(sessions) == rows_before
     assert await accepted_updates(client, request_id) == []
+
+    # The tenant is checked before anything else: the victim's live release and a deployment
+    # that does not exist get one answer, as do the victim's request and one that does not.
+    [live] = [
+        d for d in shipped[1].deployments if d.environment is DeploymentEnvironment.PRODUCTION
+    ]
+    answers: dict[tuple[str, uuid.UUID], tuple[str, str]] = {}
+    for name, target in (("live", live.deployment_id), ("none", uuid.uuid4())):
+        for tenant in (attacker_shop.tenant.id, victim.tenant.id):
+            with pytest.raises(LifecycleRefused) as refusal:
+                await _rolled_back(
+                    lifecycle,
+                    tenant_id=tenant,
+                    target=target,
+                    requested_by=attacker.id,
+                    token=token(tenant, DecisionAction.ROLLBACK, target),
+                )
+            message = refusal.value.message.replace(str(target), "<target>")
+            answers[name, tenant] = (refusal.value.error_type, message)
+            assert shipped[1].commit_sha is not None and shipped[1].commit_sha not in message
+    for tenant in (attacker_shop.tenant.id, victim.tenant.id):
+        assert answers["live", tenant] == answers["none", tenant]
+        assert answers["live", tenant][0] == ErrorType.DEPLOYMENT_NOT_FOUND
+    statuses = []
+    for unknown in (request_id, uuid.uuid4()):
+        with pytest.raises(LifecycleRefused) as refusal:
+            await lifecycle.status(unknown, tenant_id=attacker_shop.tenant.id)
+        statuses.append(
+            (refusal.value.error_type, refusal.value.message.replace(str(unknown), "<id>"))
+        )
+    assert statuses[0] == statuses[1]
+    assert statuses[0][0] == ErrorType.UNKNOWN_REQUEST
+    with pytest.raises(LifecycleRefused) as refusal:
+        await lifecycle.status(uuid.uuid4())
+    assert refusal.value.error_type == ErrorType.UNKNOWN_REQUEST
+    # The victim's own operator is still told what is live.
+    with pytest.raises(LifecycleRefused) as refusal:
+        await _rolled_back(
+            signed,
+            tenant_id=victim.tenant.id,
+            target=live.deployment_id,
+            requested_by=victim.admins[0].id,
+            token=None,
+        )
+    assert refusal.value.error_type == ErrorType.ROLLBACK_TARGET_IS_LIVE
+    assert await decision_rows(sessions) == rows_before
+
     await signed.cancel(request_id, user_id=victim.admins[0].id, reason="done testing")
     assert (await signed.wait_for_outcome(request_id)).status is PromptStatus.CANCELLED
 
@@ -521,7 +568,7 @@ async def _rolled_back(
     tenant_id: uuid.UUID,
     target: uuid.UUID,
     requested_by: uuid.UUID,
-    token: str,
+    token: str | None,
 ) -> None:
     rollback_id = await lifecycle.roll_back(
         tenant_id=tenant_id, target_deployment_id=target, requested_by=requested_by, token=token

@@ -551,7 +551,8 @@ class RollbackWorkflow:
                         decision.model_copy(update={"spend": False}),
                         **_BOOKKEEPING,
                     )
-                except ActivityError as err:
+                except (ActivityError, ApplicationError) as err:
+                    # A local activity's refusal arrives as its ApplicationError.
                     if error_type(err) == ErrorType.USER_OF_ANOTHER_TENANT:
                         raise not_a_deployment_of(request) from None
                     raise
