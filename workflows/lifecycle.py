@@ -159,9 +159,9 @@ VERIFIED_DECISIONS_PATCH = "verified-decisions"
 JUDGED_BY_VALIDATORS_PATCH = "decisions-judged-by-validators"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
 # often: made-up key ids cost one handler run per interval, not one per call.
+# While the run holds no key at all (the JWKS was not there yet when it started), each key id
+# reloads them once.
 KEY_RELOAD_INTERVAL = timedelta(minutes=5)
-# ...and this often while the run holds no key at all (the JWKS was not there yet).
-EMPTY_KEYS_RELOAD_INTERVAL = timedelta(seconds=10)
 # Someone the handler refused by the roster as it is now is refused by the validators for this
 # long, doubling with each refusal up to the cap (DeciderRefusals).
 REFUSED_DECIDER_WAIT = timedelta(minutes=1)
@@ -212,6 +212,7 @@ class PromptRequestWorkflow:
         self._keys: TrustedKeys | None = None
         self._keys_loaded_at: datetime | None = None
         self._loading_keys = False
+        self._kids_sought: set[str] = set()
         self._spent_tokens: set[str] = set()
         self._refused_tokens: dict[str, tuple[ErrorType, str]] = {}
         self._refused_deciders = DeciderRefusals(REFUSED_DECIDER_WAIT, REFUSED_DECIDER_WAIT_CAP)
@@ -775,7 +776,7 @@ class PromptRequestWorkflow:
             return None
         kid = token_kid(token)
         if keys.get(kid) is None:
-            if self._may_reload_keys(now):
+            if self._may_reload_keys(now, kid):
                 return None
             raise no_such_key(kid)
         with _host_imports():
@@ -796,11 +797,11 @@ class PromptRequestWorkflow:
         self._refused_deciders.check(claims.user_id, now)
         return claims
 
-    def _may_reload_keys(self, now: datetime) -> bool:
+    def _may_reload_keys(self, now: datetime, kid: str) -> bool:
+        if self._keys is None or not self._keys.held:
+            return kid not in self._kids_sought
         loaded = self._keys_loaded_at
-        held = self._keys is not None and self._keys.held
-        interval = KEY_RELOAD_INTERVAL if held else EMPTY_KEYS_RELOAD_INTERVAL
-        return loaded is None or now - loaded >= interval
+        return loaded is None or now - loaded >= KEY_RELOAD_INTERVAL
 
     async def _load_decision_keys(self, unknown_kid: str | None = None) -> None:
         trust = await workflow.execute_local_activity_method(
@@ -830,6 +831,7 @@ class PromptRequestWorkflow:
         claims = None
         if self._keys is not None:
             if token is not None and self._keys.get(kid := token_kid(token)) is None:
+                self._kids_sought.add(kid)
                 await self._load_decision_keys(unknown_kid=kid)
             claims = self._judge(action, user_id, token, plan_hash)
         update = workflow.current_update_info()
