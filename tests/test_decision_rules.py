@@ -192,18 +192,21 @@ def test_who_may_decide() -> None:
 
 def test_a_refused_decider_waits_longer_each_time_up_to_the_cap() -> None:
     refusals = DeciderRefusals(timedelta(minutes=1), timedelta(minutes=5))
-    viewer, admin = uuid.uuid4(), uuid.uuid4()
+    viewer, admin, outsider = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    approve, reject = DecisionAction.APPROVE, DecisionAction.REJECT
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    refusals.check(viewer, at)  # never refused: nothing to say
+    refusals.check(viewer, approve, at)  # never refused: nothing to say
 
     waits = []
     now = at
     for _ in range(5):
-        refusals.remember(viewer, ErrorType.ROLE_MAY_NOT_APPROVE, "role 'client_viewer'", now)
+        refusals.remember(
+            viewer, approve, ErrorType.ROLE_MAY_NOT_APPROVE, "role 'client_viewer'", now
+        )
         start = now
         while True:
             try:
-                refusals.check(viewer, now)
+                refusals.check(viewer, reject, now)  # approve and reject: one rule
                 break
             except ApplicationError as refused:
                 assert refused.type == ErrorType.ROLE_MAY_NOT_APPROVE
@@ -211,7 +214,13 @@ def test_a_refused_decider_waits_longer_each_time_up_to_the_cap() -> None:
             now += timedelta(seconds=30)
         waits.append(now - start)
     assert waits == [timedelta(minutes=m) for m in (1, 2, 4, 5, 5)]
-    refusals.check(admin, at)  # one person's refusals are theirs only
+    refusals.remember(viewer, approve, ErrorType.ROLE_MAY_NOT_APPROVE, "role", now)
+    refusals.check(viewer, DecisionAction.REVISE, now)  # a viewer may still revise
+    refusals.check(admin, approve, now)  # one person's refusals are theirs only
+    refusals.remember(outsider, approve, ErrorType.USER_OF_ANOTHER_TENANT, "not a member", at)
+    assert refusal(lambda: refusals.check(outsider, DecisionAction.CANCEL, at)) == (
+        ErrorType.USER_OF_ANOTHER_TENANT
+    )
 
 
 def test_only_the_public_half_of_asymmetric_keys_is_trusted() -> None:

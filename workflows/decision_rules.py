@@ -269,25 +269,41 @@ class DeciderRefusals:
     """People a decision's handler refused by the roster as it is now (which only the database
     knows): the validator refuses them again, without a trace, for a while that doubles with
     each refusal, so that one identity cannot grow a history without bound, while a role
-    granted since is honoured once the while is over."""
+    granted since is honoured once the while is over. A refusal of a role or of the requester
+    holds for that kind of decision (a viewer may still revise); one of a user outside the
+    tenant holds for all."""
 
     def __init__(self, first: timedelta, cap: timedelta) -> None:
         self._first = first
         self._cap = cap
-        self._refused: dict[uuid.UUID, RefusedDecider] = {}
+        self._refused: dict[tuple[uuid.UUID, str], RefusedDecider] = {}
 
-    def remember(self, user_id: uuid.UUID, kind: ErrorType, message: str, now: datetime) -> None:
-        earlier = self._refused.get(user_id)
+    def remember(
+        self,
+        user_id: uuid.UUID,
+        action: DecisionAction,
+        kind: ErrorType,
+        message: str,
+        now: datetime,
+    ) -> None:
+        key = (user_id, "*" if kind is ErrorType.USER_OF_ANOTHER_TENANT else _kind_of(action))
+        earlier = self._refused.get(key)
         times = earlier.times + 1 if earlier else 1
         wait = min(self._first * 2 ** (times - 1), self._cap)
-        self._refused[user_id] = RefusedDecider(kind, message, times, now + wait)
+        self._refused[key] = RefusedDecider(kind, message, times, now + wait)
 
-    def check(self, user_id: uuid.UUID, now: datetime) -> None:
+    def check(self, user_id: uuid.UUID, action: DecisionAction, now: datetime) -> None:
         """Refuse a person refused a moment ago, with the same typed error."""
-        earlier = self._refused.get(user_id)
-        if earlier is not None and now < earlier.until:
-            raise refused(
-                earlier.kind,
-                f"{earlier.message} (refused {earlier.times} time(s); "
-                f"asked again before {earlier.until.isoformat(timespec='seconds')})",
-            )
+        for key in ((user_id, "*"), (user_id, _kind_of(action))):
+            earlier = self._refused.get(key)
+            if earlier is not None and now < earlier.until:
+                raise refused(
+                    earlier.kind,
+                    f"{earlier.message} (refused {earlier.times} time(s); "
+                    f"asked again before {earlier.until.isoformat(timespec='seconds')})",
+                )
+
+
+def _kind_of(action: DecisionAction) -> str:
+    """Approve and reject are judged by one rule (the approver roles)."""
+    return "plan" if action in ACTIONS_ON_A_PLAN else action.value

@@ -767,7 +767,7 @@ class PromptRequestWorkflow:
             return None
         now = workflow.now()
         if user_id is not None:
-            self._refused_deciders.check(user_id, now)
+            self._refused_deciders.check(user_id, action, now)
         if token is None:
             if keys.trust.tokens_required:
                 raise refused(
@@ -794,7 +794,7 @@ class PromptRequestWorkflow:
         earlier = self._refused_tokens.get(claims.jti)
         if earlier is not None:
             raise refused(*earlier)
-        self._refused_deciders.check(claims.user_id, now)
+        self._refused_deciders.check(claims.user_id, action, now)
         return claims
 
     def _may_reload_keys(self, now: datetime, kid: str) -> bool:
@@ -856,13 +856,14 @@ class PromptRequestWorkflow:
                 raise
             kind = ErrorType(cause.type)
             if self._keys is not None:
-                await self._remember_refusal(kind, cause.message, user_id, claims)
+                await self._remember_refusal(action, kind, cause.message, user_id, claims)
             raise refused(kind, cause.message) from None
         if verified.jti is not None:
             self._spent_tokens.add(verified.jti)
 
     async def _remember_refusal(
         self,
+        action: DecisionAction,
         kind: ErrorType,
         message: str,
         user_id: uuid.UUID | None,
@@ -871,7 +872,7 @@ class PromptRequestWorkflow:
         """What the handler refused is refused next time by the validators."""
         decider = claims.user_id if claims is not None else user_id
         if kind in DECIDER_REFUSALS and decider is not None:
-            self._refused_deciders.remember(decider, kind, message, workflow.now())
+            self._refused_deciders.remember(decider, action, kind, message, workflow.now())
         elif kind is ErrorType.TOKEN_REUSED and claims is not None:
             self._spent_tokens.add(claims.jti)
         elif claims is not None:
