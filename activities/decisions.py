@@ -1,11 +1,16 @@
-"""The `verify_decision` activity: a decision counts only once its token verified, its user is
-allowed to make it now (the roster as it is in the database at decision time, not as it was
-when the plan was made), and its token id was never used before.
+"""The decision activities of a workflow that receives decisions (lifecycle updates, the
+operator's rollback), run as local activities:
 
-Run as a local activity of the workflow that receives the decision (lifecycle updates, the
-operator's rollback). Order matters: everything that can refuse runs before the token id is
-recorded, so a refused decision burns nothing; a retry of the same use (same workflow and
-update) finds its own row and passes, a second use of the token is TokenReused.
+- `decision_trust`: the settings and public keys the workflow judges tokens with in its
+  validators (workflows/decision_rules.py), so that a token that is not genuine, or not for
+  this decision, is refused without a trace in the history;
+- `verify_decision`: what needs I/O, before a decision counts: the token checked again against
+  the keys as they are now, the user allowed to decide now (the roster as it is in the database
+  at decision time, not as it was when the plan was made), and the token id never used before.
+
+Order matters: everything that can refuse runs before the token id is recorded, so a refused
+decision burns nothing; a retry of the same use (same workflow and update) finds its own row
+and passes, a second use of the token is TokenReused.
 """
 
 import asyncio
@@ -19,25 +24,27 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from activities.lifecycle import load_policy
-from models import User, UserRole
+from models import ApprovalPolicy, User
 from models.base import utcnow
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from workers.decision_tokens import DecisionClaims, DecisionTokenVerifier, check_claims
+from workers.decision_tokens import DecisionTokenVerifier
 from workers.settings import DecisionTokenMode
 from workflows.contracts.decisions import (
-    ACTIONS_ON_A_PLAN,
-    DecisionAction,
+    DecisionTrust,
+    LoadDecisionTrust,
     VerifiedDecision,
     VerifyDecision,
 )
 from workflows.contracts.errors import ErrorType, refused
+from workflows.decision_rules import DecisionClaims, check_claims, check_decider
 
 log = structlog.get_logger(__name__)
 
-# Who may cancel a request or roll back a release: a tenant's people who act, not viewers.
-ACTING_ROLES = frozenset({UserRole.CLIENT_ADMIN, UserRole.CLIENT_OPERATOR, UserRole.FOUNDER})
+# A tenant without an ApprovalPolicy row has the model's default approver roles.
+DEFAULT_APPROVER_ROLES = ApprovalPolicy.model_fields["approver_roles"].get_default(
+    call_default_factory=True
+)
 
 
 class DecisionActivities:
@@ -49,14 +56,24 @@ class DecisionActivities:
         self._mode = mode
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.verify_decision]
+        return [self.verify_decision, self.decision_trust]
+
+    @activity.defn
+    async def decision_trust(self, req: LoadDecisionTrust) -> DecisionTrust:
+        if req.unknown_kid is not None:
+            log.info("decision_keys_reloaded", unknown_kid=req.unknown_kid)
+        if self._verifier.blocks:  # an https fetch: off the event loop
+            return await asyncio.to_thread(self._verifier.trust, unknown_kid=req.unknown_kid)
+        return self._verifier.trust(unknown_kid=req.unknown_kid)
 
     @activity.defn
     async def verify_decision(self, req: VerifyDecision) -> VerifiedDecision:
         claims: DecisionClaims | None = None
         if req.token is not None:
-            # Reading the JWKS (a file, or an https fetch) blocks: off the event loop.
-            claims = await asyncio.to_thread(self._verifier.verify, req.token)
+            if self._verifier.blocks:  # the JWKS may be fetched: off the event loop
+                claims = await asyncio.to_thread(self._verifier.verify, req.token)
+            else:
+                claims = self._verifier.verify(req.token)
             check_claims(
                 claims,
                 tenant_id=req.tenant_id,
@@ -74,7 +91,7 @@ class DecisionActivities:
             return VerifiedDecision(user_id=None)  # tokens off: an anonymous operator rollback
         async with self._sessions() as session:
             await self._check_roster(session, req, user_id)
-            if claims is not None:
+            if claims is not None and req.spend:
                 await self._use_token(session, req, claims)
             await session.commit()
         return VerifiedDecision(user_id=user_id, jti=claims.jti if claims else None)
@@ -82,28 +99,22 @@ class DecisionActivities:
     async def _check_roster(
         self, session: AsyncSession, req: VerifyDecision, user_id: uuid.UUID
     ) -> None:
-        user = (await session.exec(select(User).where(User.id == user_id))).one_or_none()
-        if user is None or user.tenant_id != req.tenant_id:
-            raise refused(
-                ErrorType.USER_OF_ANOTHER_TENANT,
-                f"user {user_id} is not a member of this request's tenant",
+        """The user's role now and the tenant's approver roles, in one query."""
+        found = (
+            await session.exec(
+                select(User.tenant_id, User.role, ApprovalPolicy.approver_roles)
+                .outerjoin(ApprovalPolicy, col(ApprovalPolicy.tenant_id) == req.tenant_id)
+                .where(User.id == user_id)
             )
-        if req.action in ACTIONS_ON_A_PLAN:
-            if user_id == req.requested_by:
-                raise refused(
-                    ErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
-                )
-            policy = await load_policy(session, req.tenant_id)
-            allowed = policy.approver_roles
-        elif req.action is DecisionAction.REVISE:
-            return  # any member of the tenant may amend the prompt (as the validator says)
-        else:
-            allowed = sorted(ACTING_ROLES)
-        if user.role.value not in allowed:
-            raise refused(
-                ErrorType.ROLE_MAY_NOT_APPROVE,
-                f"role {user.role.value!r} may not {req.action}; allowed: {', '.join(allowed)}",
-            )
+        ).one_or_none()
+        tenant, role, approver_roles = found if found is not None else (None, None, None)
+        check_decider(
+            action=req.action,
+            user_id=user_id,
+            role=str(role) if role is not None and tenant == req.tenant_id else None,
+            requested_by=req.requested_by,
+            approver_roles=DEFAULT_APPROVER_ROLES if approver_roles is None else approver_roles,
+        )
 
     async def _use_token(
         self, session: AsyncSession, req: VerifyDecision, claims: DecisionClaims

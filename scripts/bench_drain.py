@@ -182,12 +182,19 @@ async def drain(
         while True:
             try:
                 await lifecycle.approve(
-                    request_id, user_id=shop.approver.id, content_hash=content_hash
+                    request_id,
+                    user_id=shop.approver.id,
+                    content_hash=content_hash,
+                    # The approver's service knows its tenant: no status query to sign.
+                    tenant_id=shop.tenant.id,
                 )
                 break
             except LifecycleRefused as err:
                 # A retried approval whose first attempt was taken after all.
-                if err.error_type != ErrorType.NOT_AWAITING_APPROVAL:
+                if err.error_type not in (
+                    ErrorType.NOT_AWAITING_APPROVAL,
+                    ErrorType.ALREADY_APPROVED,
+                ):
                     raise
                 break
             except Exception as err:
@@ -224,7 +231,11 @@ async def reject_all(
 ) -> None:
     async def reject(request_id: uuid.UUID, content_hash: str) -> None:
         await lifecycle.reject(
-            request_id, user_id=shop.approver.id, content_hash=content_hash, reason="bench"
+            request_id,
+            user_id=shop.approver.id,
+            content_hash=content_hash,
+            reason="bench",
+            tenant_id=shop.tenant.id,
         )
         await lifecycle.wait_for_outcome(request_id)
 

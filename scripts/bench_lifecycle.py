@@ -285,7 +285,10 @@ async def human_run(
         await asyncio.sleep(0.2)
     approved_at = time.time()
     await lifecycle.approve(
-        request_id, user_id=shop.approver.id, content_hash=status.plan.content_hash
+        request_id,
+        user_id=shop.approver.id,
+        content_hash=status.plan.content_hash,
+        tenant_id=shop.tenant.id,
     )
     result = await lifecycle.wait_for_outcome(request_id)
     if result.status is not PromptStatus.COMPLETED:
@@ -310,6 +313,11 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
+# What a run measures (--phases): the throughput baselines (1-5, the model engine's needing the
+# rule engine's), the human-approved runs (6), parked and the queued drain (7-8).
+PHASES = ("throughput", "model", "human", "drain")
+
+
 @dataclass(frozen=True)
 class Sizes:
     n: int
@@ -318,6 +326,7 @@ class Sizes:
     drain: int
     projects: int
     drain_timeout: float
+    phases: tuple[str, ...] = PHASES
 
 
 DEFAULT_SIZES = Sizes(n=20, human=10, parked=500, drain=500, projects=10, drain_timeout=540)
@@ -336,6 +345,11 @@ def parse_sizes(argv: list[str]) -> Sizes:
     """An option given wins, then its environment variable, then --quick's or the default."""
     parser = argparse.ArgumentParser(prog="bench-lifecycle")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a test's run)")
+    parser.add_argument(
+        "--phases",
+        default=os.environ.get("BENCH_PHASES") or ",".join(PHASES),
+        help=f"comma-separated, of {', '.join(PHASES)} (BENCH_PHASES; default all)",
+    )
     kinds: dict[str, type[int] | type[float]] = {name: int for name in ENVIRONMENT}
     kinds["drain_timeout"] = float
     for name, kind in kinds.items():
@@ -353,6 +367,12 @@ def parse_sizes(argv: list[str]) -> Sizes:
                 ) from None
         if value is not None:
             chosen[name] = value
+    phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
+    if not phases or set(phases) - set(PHASES):
+        raise SystemExit(f"--phases takes a comma-separated choice of {', '.join(PHASES)}")
+    if "model" in phases and "throughput" not in phases:
+        raise SystemExit("--phases model is compared with throughput: give both")
+    chosen["phases"] = phases
     sizes = dataclasses.replace(QUICK_SIZES if args.quick else DEFAULT_SIZES, **chosen)
     if min(sizes.n, sizes.human, sizes.parked, sizes.drain, sizes.projects) < 1:
         raise SystemExit("--n, --human, --parked, --drain and --projects must be at least 1")
@@ -471,14 +491,18 @@ def ratio(a: float, b: float) -> float:
 
 
 async def measure(run: Run, server_log: Path | None) -> dict[str, object]:
-    figures: dict[str, object] = {}
-    throughput = await measure_throughput(run)
-    figures.update(throughput)
-    rule_tps = throughput["lifecycle_throughput_per_s"]
-    assert isinstance(rule_tps, float)
-    figures.update(await measure_model_engine(run, rule_tps))
-    figures.update(await measure_approval_latency(run))
-    figures.update(await measure_parked_and_drain(run, server_log))
+    figures: dict[str, object] = {"phases": list(run.sizes.phases)}
+    if "throughput" in run.sizes.phases:
+        throughput = await measure_throughput(run)
+        figures.update(throughput)
+        rule_tps = throughput["lifecycle_throughput_per_s"]
+        assert isinstance(rule_tps, float)
+        if "model" in run.sizes.phases:
+            figures.update(await measure_model_engine(run, rule_tps))
+    if "human" in run.sizes.phases:
+        figures.update(await measure_approval_latency(run))
+    if "drain" in run.sizes.phases:
+        figures.update(await measure_parked_and_drain(run, server_log))
     return figures
 
 

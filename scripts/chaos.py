@@ -354,6 +354,7 @@ async def decide(
             if refusal.error_type not in (
                 ErrorType.REQUEST_CLOSED,
                 ErrorType.NOT_AWAITING_APPROVAL,
+                ErrorType.ALREADY_APPROVED,
                 ErrorType.STALE_PLAN_HASH,
             ):
                 raise

@@ -118,7 +118,9 @@ async def test_a_newcomer_goes_from_nothing_to_a_deployed_change_with_the_comman
             ("staging", "succeeded"),
         ]
         live = next(d["id"] for d in deployments if d["environment"] == "production")
-        await refused(env, "RollbackTargetIsLive", "deployment", "rollback", live, "--wait")
+        # Who asks is checked before the target (an unsigned rollback is TokenRequired).
+        await refused(env, "RollbackTargetIsLive", "deployment", "rollback", live,
+                      "-u", "bob@corner.example", "--wait")  # fmt: skip
 
 
 async def test_a_rollback_restores_an_earlier_release_and_cancel_and_reject_end_requests(

@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import jwt
@@ -102,6 +102,13 @@ async def accepted_updates(client: Client, request_id: uuid.UUID) -> list[str]:
     return succeeded
 
 
+async def history_length(client: Client, request_id: uuid.UUID) -> int:
+    history = await client.get_workflow_handle(
+        prompt_request_workflow_id(request_id)
+    ).fetch_history()
+    return len(history.events)
+
+
 def hs256(token: str, *, secret: bytes, kid: str) -> str:
     """The token's claims re-signed with HMAC under a public value: the key confusion attack
     (PyJWT itself refuses to make one)."""
@@ -190,15 +197,21 @@ async def test_each_bad_token_is_a_typed_refusal_that_records_nothing(
         "for another request": (token(request=uuid.uuid4()), ErrorType.WRONG_REQUEST),
         "for another plan": (token(plan_hash="0" * 64), ErrorType.STALE_PLAN_HASH),
         "naming another user": (token(user=other_admin.id), ErrorType.WRONG_USER),
+        "for another tenant": (token(tenant=uuid.uuid4()), ErrorType.WRONG_TENANT),
         "without a jti": (token(jti=None), ErrorType.MALFORMED_TOKEN),
+        "issued in the future": (token(issued_at=time.time() + 120), ErrorType.MALFORMED_TOKEN),
     }
-    refusals = {}
+    events = await history_length(client, request_id)
+    refusals, grew = {}, {}
     for name, (bad, _) in cases.items():
         with pytest.raises(LifecycleRefused) as refusal:
             await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan_hash, token=bad)
         refusals[name] = refusal.value.error_type
         assert bad is None or bad not in refusal.value.message  # a token is never echoed
+        grew[name] = await history_length(client, request_id) - events
     assert refusals == {name: kind for name, (_, kind) in cases.items()}
+    # Each refusal came from the validator: not one event in the history.
+    assert grew == dict.fromkeys(cases, 0)
 
     status = await lifecycle.status(request_id)
     assert status.status is PromptStatus.AWAITING_APPROVAL
@@ -212,6 +225,115 @@ async def test_each_bad_token_is_a_typed_refusal_that_records_nothing(
     )
     assert [a.user_id for a in status.approvals] == [admin.id]
     assert await decision_rows(sessions) == (1, 1)
+
+
+async def test_one_identity_cannot_grow_a_history_with_refused_decisions(
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    signer: DevelopmentSigner,
+    workers: Dependencies,
+    tmp_path: Path,
+) -> None:
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())  # two approvals
+    request_id, plan_hash = await awaiting(lifecycle, shop)
+    admin = shop.admins[0]
+
+    def approval(user: User) -> str:
+        return signer.issue(
+            user=user.id,
+            tenant=shop.tenant.id,
+            request=request_id,
+            action=DecisionAction.APPROVE,
+            plan_hash=plan_hash,
+        )
+
+    async def refusal_of(decision: Awaitable[object]) -> str:
+        with pytest.raises(LifecycleRefused) as refusal:
+            await decision
+        return refusal.value.error_type
+
+    # A viewer sends one genuine token 40 times, then a fresh one: the roster as it is now is
+    # the database's, so the first reaches the handler; every later one is refused unseen.
+    before = await history_length(client, request_id)
+    once = approval(shop.viewer)
+    kinds = [
+        await refusal_of(
+            lifecycle.approve(
+                request_id, user_id=shop.viewer.id, content_hash=plan_hash, token=once
+            )
+        )
+    ]
+    after_first = await history_length(client, request_id)
+    for token in [once] * 39 + [approval(shop.viewer)]:
+        kinds.append(
+            await refusal_of(
+                lifecycle.approve(
+                    request_id, user_id=shop.viewer.id, content_hash=plan_hash, token=token
+                )
+            )
+        )
+    assert kinds == [ErrorType.ROLE_MAY_NOT_APPROVE] * 41
+    assert after_first > before
+    assert await history_length(client, request_id) == after_first
+
+    # Bad tokens on the other decisions leave nothing either.
+    stranger = DevelopmentSigner(tmp_path / "stranger", issuer=ISSUER, audience="changeflow")
+
+    def forged(action: DecisionAction) -> str:
+        return stranger.issue(
+            user=admin.id,
+            tenant=shop.tenant.id,
+            request=request_id,
+            action=action,
+            plan_hash=plan_hash,
+        )
+
+    others = [
+        await refusal_of(
+            lifecycle.reject(
+                request_id,
+                user_id=admin.id,
+                content_hash=plan_hash,
+                reason="no",
+                token=forged(DecisionAction.REJECT),
+            )
+        ),
+        await refusal_of(
+            lifecycle.revise(
+                request_id,
+                user_id=admin.id,
+                prompt="set store_name to Forged",
+                token=forged(DecisionAction.REVISE),
+            )
+        ),
+        await refusal_of(
+            lifecycle.cancel(request_id, user_id=admin.id, token=forged(DecisionAction.CANCEL))
+        ),
+        await refusal_of(lifecycle.cancel(request_id, user_id=admin.id, token=approval(admin))),
+    ]
+    assert others == [ErrorType.BAD_TOKEN_SIGNATURE] * 3 + [ErrorType.WRONG_ACTION]
+    assert await history_length(client, request_id) == after_first
+
+    # An approver approves once; the same token again, or a fresh one, is AlreadyApproved.
+    first = approval(admin)
+    status = await lifecycle.approve(
+        request_id, user_id=admin.id, content_hash=plan_hash, token=first
+    )
+    assert [a.user_id for a in status.approvals] == [admin.id]
+    approved = await history_length(client, request_id)
+    again = [
+        await refusal_of(
+            lifecycle.approve(request_id, user_id=admin.id, content_hash=plan_hash, token=token)
+        )
+        for token in (first, approval(admin))
+    ]
+    assert again == [ErrorType.ALREADY_APPROVED] * 2
+    assert await history_length(client, request_id) == approved
+    assert await decision_rows(sessions) == (1, 1)
+    status = await lifecycle.status(request_id)
+    assert status.status is PromptStatus.AWAITING_APPROVAL
+    assert [a.user_id for a in status.approvals] == [admin.id]
 
 
 async def test_a_token_works_once(
@@ -389,6 +511,53 @@ async def test_no_decision_on_another_tenants_request_succeeds(
     assert status.plan is not None and status.plan.content_hash == plan_hash
     assert await decision_rows(sessions) == rows_before
     assert await accepted_updates(client, request_id) == []
+
+    # The tenant is checked before anything else: the victim's live release and a deployment
+    # that does not exist get one answer, as do the victim's request and one that does not.
+    [live] = [
+        d for d in shipped[1].deployments if d.environment is DeploymentEnvironment.PRODUCTION
+    ]
+    answers: dict[tuple[str, uuid.UUID], tuple[str, str]] = {}
+    for name, target in (("live", live.deployment_id), ("none", uuid.uuid4())):
+        for tenant in (attacker_shop.tenant.id, victim.tenant.id):
+            with pytest.raises(LifecycleRefused) as refusal:
+                await _rolled_back(
+                    lifecycle,
+                    tenant_id=tenant,
+                    target=target,
+                    requested_by=attacker.id,
+                    token=token(tenant, DecisionAction.ROLLBACK, target),
+                )
+            message = refusal.value.message.replace(str(target), "<target>")
+            answers[name, tenant] = (refusal.value.error_type, message)
+            assert shipped[1].commit_sha is not None and shipped[1].commit_sha not in message
+    for tenant in (attacker_shop.tenant.id, victim.tenant.id):
+        assert answers["live", tenant] == answers["none", tenant]
+        assert answers["live", tenant][0] == ErrorType.DEPLOYMENT_NOT_FOUND
+    statuses = []
+    for unknown in (request_id, uuid.uuid4()):
+        with pytest.raises(LifecycleRefused) as refusal:
+            await lifecycle.status(unknown, tenant_id=attacker_shop.tenant.id)
+        statuses.append(
+            (refusal.value.error_type, refusal.value.message.replace(str(unknown), "<id>"))
+        )
+    assert statuses[0] == statuses[1]
+    assert statuses[0][0] == ErrorType.UNKNOWN_REQUEST
+    with pytest.raises(LifecycleRefused) as refusal:
+        await lifecycle.status(uuid.uuid4())
+    assert refusal.value.error_type == ErrorType.UNKNOWN_REQUEST
+    # The victim's own operator is still told what is live.
+    with pytest.raises(LifecycleRefused) as refusal:
+        await _rolled_back(
+            signed,
+            tenant_id=victim.tenant.id,
+            target=live.deployment_id,
+            requested_by=victim.admins[0].id,
+            token=None,
+        )
+    assert refusal.value.error_type == ErrorType.ROLLBACK_TARGET_IS_LIVE
+    assert await decision_rows(sessions) == rows_before
+
     await signed.cancel(request_id, user_id=victim.admins[0].id, reason="done testing")
     assert (await signed.wait_for_outcome(request_id)).status is PromptStatus.CANCELLED
 
@@ -399,7 +568,7 @@ async def _rolled_back(
     tenant_id: uuid.UUID,
     target: uuid.UUID,
     requested_by: uuid.UUID,
-    token: str,
+    token: str | None,
 ) -> None:
     rollback_id = await lifecycle.roll_back(
         tenant_id=tenant_id, target_deployment_id=target, requested_by=requested_by, token=token

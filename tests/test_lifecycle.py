@@ -33,7 +33,8 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
+from workers.lifecycle_client import LifecycleClient, LifecycleRefused
+from workflows.contracts.errors import ErrorType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -111,9 +112,11 @@ async def test_high_risk_request_waits_for_two_distinct_approvers(
         first, second = shop.admins
         after_one = await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)
         assert after_one.status is PromptStatus.AWAITING_APPROVAL
-        # The same person approving again is harmless: still one approval.
-        again = await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)
-        assert len(again.approvals) == 1
+        # The same person approving again is told so, and it changes nothing: one approval.
+        with pytest.raises(LifecycleRefused) as again:
+            await lifecycle.approve(request_id, user_id=first.id, content_hash=content_hash)
+        assert again.value.error_type == ErrorType.ALREADY_APPROVED
+        assert len((await lifecycle.status(request_id)).approvals) == 1
         await lifecycle.approve(request_id, user_id=second.id, content_hash=content_hash)
         result = await lifecycle.wait_for_outcome(request_id)
 

@@ -22,7 +22,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def start_rollback(
-    address: str, task_queue: str, tenant_id: uuid.UUID, target: uuid.UUID, codec: CodecEndpoint
+    address: str,
+    task_queue: str,
+    tenant_id: uuid.UUID,
+    target: uuid.UUID,
+    codec: CodecEndpoint,
+    requested_by: uuid.UUID | None = None,
 ) -> tuple[str, int, str]:
     """The README's recipe: start RollbackWorkflow, then wait for its result, both through the
     codec server."""
@@ -45,6 +50,7 @@ async def start_rollback(
                 "target_deployment_id": str(target),
                 "reason": "checkout broke after the theme change",
                 "deploy_task_queue": f"{task_queue}-deploy",
+                "requested_by": str(requested_by) if requested_by else None,
             }
         ),
         codec=codec,
@@ -54,6 +60,14 @@ async def start_rollback(
         address, "workflow", "result", "--workflow-id", workflow_id, codec=codec
     )
     return workflow_id, code, out + err
+
+
+def _failure(out: str) -> str:
+    """The failure's type and message as `temporal workflow result` prints them (the lines
+    naming the run differ from one run to the next)."""
+    return "\n".join(
+        line for line in out.splitlines() if "DeploymentNotFound" in line or "no deployment" in line
+    )
 
 
 async def production_deployments(sessions: SessionFactory) -> list[Deployment]:
@@ -111,6 +125,26 @@ async def test_an_operator_rolls_production_back_with_the_temporal_outcome(
             address, task_queue, uuid.uuid4(), second.id, codec_endpoint
         )
         assert code != 0 and "DeploymentNotFound" in out, out
+        # Someone of another tenant who names this tenant is checked first: this tenant's live
+        # deployment and one that does not exist get the same answer, which names neither.
+        rival = await make_shop(sessions, tmp_path, name="Rival Shop")
+        answers = []
+        for target in (first.id, uuid.uuid4()):
+            _, code, out = await start_rollback(
+                address,
+                task_queue,
+                shop.tenant.id,
+                target,
+                codec_endpoint,
+                requested_by=rival.admins[0].id,
+            )
+            assert code != 0, out
+            answers.append(
+                out.replace(str(target), "<target>").replace(str(shop.tenant.id), "<tenant>")
+            )
+        assert "DeploymentNotFound" in answers[0] and "RollbackTargetIsLive" not in answers[0]
+        assert first.commit_sha is not None and first.commit_sha not in answers[0]
+        assert _failure(answers[0]) == _failure(answers[1])
 
     rows = {row.id: row for row in await production_deployments(sessions)}
     assert rows[second.id].status is DeploymentStatus.ROLLED_BACK

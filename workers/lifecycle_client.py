@@ -11,8 +11,14 @@
 Decisions (approve, reject, revise, cancel, roll_back) carry a signed decision token
 (workflows/contracts/decisions.py) that the platform's identity service issued for that user,
 tenant, request and action: pass it as `token=`. A client built with a `signer` (the
-development signer, scripts/decision_signer.py) issues one itself for a call without.
-`status(..., tenant_id=...)` refuses another tenant's request as UnknownRequest.
+development signer, scripts/decision_signer.py) issues one itself for a call without; it
+signs for the request's tenant, which the client remembers from `submit` and `status` (or is
+given as `tenant_id=`), so a decision costs no extra status query.
+`status(..., tenant_id=...)` answers another tenant's request exactly as one that does not
+exist: UnknownRequest.
+
+A cancel's reason travels in the `authorize_cancel` update's encrypted payload; Temporal's own
+cancel is sent without one (the server keeps that reason in plain text).
 
 Refusals (a validator saying no, a request refused at start, a payload the workflow would
 refuse, checked here before it is sent) raise `LifecycleRefused`, whose `error_type` is the
@@ -82,6 +88,8 @@ def _refusal(err: BaseException) -> LifecycleRefused | None:
 
 
 M = TypeVar("M", bound=BaseModel)
+# How many requests' tenants a client keeps (the oldest is forgotten first).
+TENANTS_REMEMBERED = 10_000
 
 
 def _payload(model: type[M], *checks: Callable[[M], None], **fields: object) -> M:
@@ -122,6 +130,8 @@ class LifecycleClient:
         self._task_queue = task_queue
         self._deploy_task_queue = deploy_task_queue
         self._signer = signer
+        # Request -> its tenant (which never changes), for signing decisions.
+        self._tenants: dict[uuid.UUID, uuid.UUID] = {}
 
     async def _token(
         self,
@@ -137,7 +147,7 @@ class LifecycleClient:
         if token is not None or self._signer is None or user_id is None:
             return token
         if tenant_id is None:
-            tenant_id = (await self.status(request)).tenant_id
+            tenant_id = self._tenants.get(request) or (await self.status(request)).tenant_id
         return self._signer.issue(
             user=user_id, tenant=tenant_id, request=request, action=action, plan_hash=plan_hash
         )
@@ -179,7 +189,13 @@ class LifecycleClient:
             search_attributes=prompt_request_attributes(tenant_id, project_id),
             static_summary=f"Prompt request {request_id}: {first_line}",
         )
+        self._remember(request_id, tenant_id)
         return request_id
+
+    def _remember(self, request_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+        if len(self._tenants) >= TENANTS_REMEMBERED:
+            self._tenants.pop(next(iter(self._tenants)))
+        self._tenants[request_id] = tenant_id
 
     async def _update(
         self, prompt_request_id: uuid.UUID, name: str, payload: object
@@ -206,12 +222,14 @@ class LifecycleClient:
         content_hash: str,
         comment: str = "",
         token: str | None = None,
+        tenant_id: uuid.UUID | None = None,
     ) -> PromptRequestStatus:
         token = await self._token(
             token,
             user_id=user_id,
             action=DecisionAction.APPROVE,
             request=prompt_request_id,
+            tenant_id=tenant_id,
             plan_hash=content_hash,
         )
         return await self._update(
@@ -234,12 +252,14 @@ class LifecycleClient:
         content_hash: str,
         reason: str,
         token: str | None = None,
+        tenant_id: uuid.UUID | None = None,
     ) -> PromptRequestStatus:
         token = await self._token(
             token,
             user_id=user_id,
             action=DecisionAction.REJECT,
             request=prompt_request_id,
+            tenant_id=tenant_id,
             plan_hash=content_hash,
         )
         return await self._update(
@@ -262,9 +282,14 @@ class LifecycleClient:
         user_id: uuid.UUID,
         prompt: str,
         token: str | None = None,
+        tenant_id: uuid.UUID | None = None,
     ) -> PromptRequestStatus:
         token = await self._token(
-            token, user_id=user_id, action=DecisionAction.REVISE, request=prompt_request_id
+            token,
+            user_id=user_id,
+            action=DecisionAction.REVISE,
+            request=prompt_request_id,
+            tenant_id=tenant_id,
         )
         return await self._update(
             prompt_request_id,
@@ -285,36 +310,48 @@ class LifecycleClient:
         reason: str = "",
         user_id: uuid.UUID | None = None,
         token: str | None = None,
+        tenant_id: uuid.UUID | None = None,
     ) -> None:
         """Ask the lifecycle to stop; it releases its hold and rolls back a half-done deploy.
-        The workflow first verifies the signed cancel decision (its `authorize_cancel`
-        update); only then is Temporal's cancel sent."""
+        The workflow first verifies the signed cancel decision and keeps its reason (its
+        `authorize_cancel` update); only then is Temporal's cancel sent, with no reason."""
         token = await self._token(
-            token, user_id=user_id, action=DecisionAction.CANCEL, request=prompt_request_id
+            token,
+            user_id=user_id,
+            action=DecisionAction.CANCEL,
+            request=prompt_request_id,
+            tenant_id=tenant_id,
         )
         await self._update(
             prompt_request_id,
             "authorize_cancel",
-            _payload(CancelRequest, user_id=user_id, token=token),
+            _payload(CancelRequest, user_id=user_id, token=token, reason=reason),
         )
-        by = f" by {user_id}" if user_id else ""
-        await self._handle(prompt_request_id).cancel(
-            reason=f"cancelled{by}: {reason}" if reason and by else reason
-        )
+        await self._handle(prompt_request_id).cancel()
 
     async def status(
         self, prompt_request_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
     ) -> PromptRequestStatus:
-        """Current state; also answers after the lifecycle ended. With tenant_id, another
-        tenant's request is refused as UnknownRequest (without saying it exists)."""
-        status = await self._handle(prompt_request_id).query(
-            "status", result_type=PromptRequestStatus
+        """Current state; also answers after the lifecycle ended. A request that does not
+        exist is refused as UnknownRequest, and with tenant_id so is another tenant's, in the
+        same words: the answer never says that it exists."""
+        unknown = LifecycleRefused(
+            ErrorType.UNKNOWN_REQUEST,
+            f"tenant {tenant_id} has no prompt request {prompt_request_id}"
+            if tenant_id is not None
+            else f"there is no prompt request {prompt_request_id}",
         )
-        if tenant_id is not None and status.tenant_id != tenant_id:
-            raise LifecycleRefused(
-                ErrorType.UNKNOWN_REQUEST,
-                f"tenant {tenant_id} has no prompt request {prompt_request_id}",
+        try:
+            status = await self._handle(prompt_request_id).query(
+                "status", result_type=PromptRequestStatus
             )
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                raise unknown from None
+            raise
+        if tenant_id is not None and status.tenant_id != tenant_id:
+            raise unknown
+        self._remember(prompt_request_id, status.tenant_id)
         return status
 
     async def wait_for_outcome(self, prompt_request_id: uuid.UUID) -> PromptRequestResult:

@@ -73,6 +73,8 @@ _BOOKKEEPING: dict[str, Any] = {
 }
 # A waiter looks at its place at most this far apart, however long the queue ahead.
 _LANE_CHECK_CAP = timedelta(minutes=30)
+# Patch: an operator's rollback checks its decider's tenant before its target.
+ROLLBACK_DECIDER_FIRST_PATCH = "rollback-decider-first"
 _RELEASE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
@@ -96,6 +98,16 @@ def _raise_refusal(err: ActivityError) -> None:
     cause = application_error(err.cause) if err.cause else None
     if cause is not None and cause.non_retryable:
         raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+
+
+def not_a_deployment_of(request: RollbackRequest) -> ApplicationError:
+    """The one answer for a target that does not exist and one of a tenant the decider is not
+    of (plan_rollback's words)."""
+    return ApplicationError(
+        f"no deployment {request.target_deployment_id} for tenant {request.tenant_id}",
+        type=ErrorType.DEPLOYMENT_NOT_FOUND,
+        non_retryable=True,
+    )
 
 
 def _refused_state(refused: ApplicationError) -> DeploymentState:
@@ -521,7 +533,29 @@ class RollbackWorkflow:
         workflow.upsert_search_attributes(
             [search_attributes.TENANT_ID.value_set(str(request.tenant_id))]
         )
+        decision = VerifyDecision(
+            tenant_id=request.tenant_id,
+            request=request.target_deployment_id,
+            action=DecisionAction.ROLLBACK,
+            user_id=request.requested_by,
+            token=request.token,
+            used_by=workflow.info().workflow_id,
+        )
         try:
+            if workflow.patched(ROLLBACK_DECIDER_FIRST_PATCH):
+                # Who decides, and in which tenant, before anything about the target is said:
+                # another tenant's deployment is answered as one that does not exist.
+                try:
+                    await workflow.execute_local_activity_method(
+                        DecisionActivities.verify_decision,
+                        decision.model_copy(update={"spend": False}),
+                        **_BOOKKEEPING,
+                    )
+                except (ActivityError, ApplicationError) as err:
+                    # A local activity's refusal arrives as its ApplicationError.
+                    if error_type(err) == ErrorType.USER_OF_ANOTHER_TENANT:
+                        raise not_a_deployment_of(request) from None
+                    raise
             plan = await workflow.execute_local_activity_method(
                 RollbackActivities.plan_rollback,
                 PlanRollback(
@@ -529,19 +563,10 @@ class RollbackWorkflow:
                 ),
                 **_BOOKKEEPING,
             )
-            # The operator's signed decision counts before anything is released (planning only
-            # read: a target of another tenant is refused there without using the token).
+            # The operator's signed decision counts (its token spent) before anything is
+            # released, and only once the target was found good: a refused plan spends nothing.
             await workflow.execute_local_activity_method(
-                DecisionActivities.verify_decision,
-                VerifyDecision(
-                    tenant_id=request.tenant_id,
-                    request=request.target_deployment_id,
-                    action=DecisionAction.ROLLBACK,
-                    user_id=request.requested_by,
-                    token=request.token,
-                    used_by=workflow.info().workflow_id,
-                ),
-                **_BOOKKEEPING,
+                DecisionActivities.verify_decision, decision, **_BOOKKEEPING
             )
         except ActivityError as err:
             _raise_refusal(err)

@@ -9,9 +9,10 @@ shielded: cancelling the lifecycle cancels the running child, which rolls back i
 """
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -43,7 +44,12 @@ with workflow.unsafe.imports_passed_through():
         ReserveTokens,
         SettleHold,
     )
-    from workflows.contracts.decisions import DecisionAction, VerifyDecision, unverified_tenant
+    from workflows.contracts.decisions import (
+        DecisionAction,
+        LoadDecisionTrust,
+        VerifyDecision,
+        unverified_tenant,
+    )
     from workflows.contracts.deployment import (
         DeploymentInput,
         DeploymentProgress,
@@ -98,6 +104,16 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.decision_rules import (
+        DECIDER_REFUSALS,
+        DeciderRefusals,
+        DecisionClaims,
+        TrustedKeys,
+        check_claims,
+        no_such_key,
+        token_kid,
+        verify_token,
+    )
 
 T = TypeVar("T")
 
@@ -161,6 +177,27 @@ APPLY_FAILURES = {
 }
 # Patch id: a plan that changes what verifies it is never approved by the system.
 NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
+# Patch: the run holds the decision keys (loaded before planning) and its validators judge a
+# decision's token, so a refusal leaves no trace; runs started before it judge in the handler.
+JUDGED_BY_VALIDATORS_PATCH = "decisions-judged-by-validators"
+# A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
+# often: made-up key ids cost one handler run per interval, not one per call.
+# While the run holds no key at all (the JWKS was not there yet when it started), each key id
+# reloads them once.
+KEY_RELOAD_INTERVAL = timedelta(minutes=5)
+# Someone the handler refused by the roster as it is now is refused by the validators for this
+# long, doubling with each refusal up to the cap (DeciderRefusals).
+REFUSED_DECIDER_WAIT = timedelta(minutes=1)
+REFUSED_DECIDER_WAIT_CAP = timedelta(hours=1)
+# What the verify activity refuses that the run's keys should have refused: its keys or its
+# settings are out of date, and are loaded again.
+STALE_TRUST_REFUSALS = {
+    ErrorType.TOKEN_REQUIRED,
+    ErrorType.BAD_TOKEN_SIGNATURE,
+    ErrorType.WRONG_ISSUER,
+    ErrorType.WRONG_AUDIENCE,
+    ErrorType.TOKEN_LIFETIME_TOO_LONG,
+}
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
 
@@ -193,6 +230,17 @@ class PromptRequestWorkflow:
         self._decision: ApprovalDecision | None = None
         # A decision that settles the plan is being recorded: no revision may start meanwhile.
         self._deciding = False
+        # The decision keys (None: a run from before JUDGED_BY_VALIDATORS_PATCH, or not loaded
+        # yet while _loading_keys), token ids spent on a decision here, refusals to repeat.
+        self._keys: TrustedKeys | None = None
+        self._keys_loaded_at: datetime | None = None
+        self._loading_keys = False
+        self._kids_sought: set[str] = set()
+        self._spent_tokens: set[str] = set()
+        self._refused_tokens: dict[str, tuple[ErrorType, str]] = {}
+        self._refused_deciders = DeciderRefusals(REFUSED_DECIDER_WAIT, REFUSED_DECIDER_WAIT_CAP)
+        # The reason an authorized cancel gave (Temporal's own cancel carries none of ours).
+        self._cancel_reason = ""
         self._revision: ReviseRequest | None = None
         self._approval_rounds = 0
         self._applied = False
@@ -253,6 +301,9 @@ class PromptRequestWorkflow:
             check_prompt(request.prompt)
         except ApplicationError as refusal:
             raise self._refused_at_submission(refusal) from None
+        if workflow.patched(JUDGED_BY_VALIDATORS_PATCH):
+            self._loading_keys = True
+            await self._load_decision_keys()
         await self._plan_revision(request.prompt, revision=1)
         await self._hold_estimate()
         await self._seek_approval(allow_auto=True)
@@ -791,8 +842,83 @@ class PromptRequestWorkflow:
                 f"revision {plan.revision} with hash {plan.content_hash}",
             )
 
+    def _check_not_approved_by(self, user_id: uuid.UUID) -> None:
+        if self._approved_by(user_id):
+            plan = self._require_plan()
+            raise refused(
+                ErrorType.ALREADY_APPROVED,
+                f"user {user_id} already approved revision {plan.revision} of this plan",
+            )
+
+    def _approved_by(self, user_id: uuid.UUID) -> bool:
+        return any(
+            a.user_id == user_id and a.decision is ApprovalDecision.APPROVE for a in self._approvals
+        )
+
     def _names_this_tenant(self, token: str | None) -> bool:
         return unverified_tenant(token) == str(self._input.tenant_id)
+
+    def _judge(
+        self,
+        action: DecisionAction,
+        user_id: uuid.UUID | None,
+        token: str | None,
+        plan_hash: str | None = None,
+    ) -> DecisionClaims | None:
+        """What a decision's token and this run's memory refuse without I/O: for validators
+        (and the handler again, the state having moved on). Returns the token's claims; None
+        without a token, for a run without keys (its handler verifies all), or for a token
+        naming a key the handler may load first."""
+        keys = self._keys
+        if keys is None:
+            return None
+        now = workflow.now()
+        if user_id is not None:
+            self._refused_deciders.check(user_id, action, now)
+        if token is None:
+            if keys.trust.tokens_required:
+                raise refused(
+                    ErrorType.TOKEN_REQUIRED, f"a decision to {action} needs a signed token"
+                )
+            return None
+        kid = token_kid(token)
+        if keys.get(kid) is None:
+            if self._may_reload_keys(now, kid):
+                return None
+            raise no_such_key(kid)
+        with _host_imports():
+            claims = verify_token(token, keys, now)
+        check_claims(
+            claims,
+            tenant_id=self._input.tenant_id,
+            request=self._input.prompt_request_id,
+            action=action,
+            plan_hash=plan_hash,
+            user_id=user_id,
+        )
+        if claims.jti in self._spent_tokens:
+            raise refused(ErrorType.TOKEN_REUSED, "this decision token was already used")
+        earlier = self._refused_tokens.get(claims.jti)
+        if earlier is not None:
+            raise refused(*earlier)
+        self._refused_deciders.check(claims.user_id, action, now)
+        return claims
+
+    def _may_reload_keys(self, now: datetime, kid: str) -> bool:
+        if self._keys is None or not self._keys.held:
+            return kid not in self._kids_sought
+        loaded = self._keys_loaded_at
+        return loaded is None or now - loaded >= KEY_RELOAD_INTERVAL
+
+    async def _load_decision_keys(self, unknown_kid: str | None = None) -> None:
+        trust = await workflow.execute_local_activity_method(
+            DecisionActivities.decision_trust,
+            LoadDecisionTrust(unknown_kid=unknown_kid),
+            **DB_STEP,
+        )
+        with _host_imports():
+            self._keys = TrustedKeys(trust)
+        self._keys_loaded_at = workflow.now()
 
     async def _verify_decision(
         self,
@@ -801,13 +927,23 @@ class PromptRequestWorkflow:
         token: str | None,
         plan_hash: str | None = None,
     ) -> None:
-        """The decision counts only after this: its token verified, its user allowed now and
-        the token's id recorded as used (activities/decisions.py). Refused: nothing recorded."""
+        """The decision counts only after this: its token judged by the run's keys, then
+        verified again with the roster as it is now and the token's id recorded as used
+        (activities/decisions.py). Refused: nothing recorded, and what the activity refused is
+        remembered, so that its validator refuses it again without a trace."""
         if not workflow.patched(VERIFIED_DECISIONS_PATCH):
             return  # a run that took decisions before they were verified replays as it ran
+        if self._loading_keys:
+            await workflow.wait_condition(lambda: self._keys is not None)
+        claims = None
+        if self._keys is not None:
+            if token is not None and self._keys.get(kid := token_kid(token)) is None:
+                self._kids_sought.add(kid)
+                await self._load_decision_keys(unknown_kid=kid)
+            claims = self._judge(action, user_id, token, plan_hash)
         update = workflow.current_update_info()
         try:
-            await workflow.execute_local_activity_method(
+            verified = await workflow.execute_local_activity_method(
                 DecisionActivities.verify_decision,
                 VerifyDecision(
                     tenant_id=self._input.tenant_id,
@@ -825,20 +961,48 @@ class PromptRequestWorkflow:
             cause = application_error(err)
             if cause is None or cause.type is None or not cause.non_retryable:
                 raise
-            raise refused(ErrorType(cause.type), cause.message) from None
+            kind = ErrorType(cause.type)
+            if self._keys is not None:
+                await self._remember_refusal(action, kind, cause.message, user_id, claims)
+            raise refused(kind, cause.message) from None
+        if verified.jti is not None:
+            self._spent_tokens.add(verified.jti)
+
+    async def _remember_refusal(
+        self,
+        action: DecisionAction,
+        kind: ErrorType,
+        message: str,
+        user_id: uuid.UUID | None,
+        claims: DecisionClaims | None,
+    ) -> None:
+        """What the handler refused is refused next time by the validators."""
+        decider = claims.user_id if claims is not None else user_id
+        if kind in DECIDER_REFUSALS and decider is not None:
+            self._refused_deciders.remember(decider, action, kind, message, workflow.now())
+        elif kind is ErrorType.TOKEN_REUSED and claims is not None:
+            self._spent_tokens.add(claims.jti)
+        elif claims is not None:
+            self._refused_tokens[claims.jti] = (kind, message)
+        if kind in STALE_TRUST_REFUSALS:
+            await self._load_decision_keys()
 
     @workflow.update
     async def approve(self, submitted: Submitted[ApproveRequest]) -> PromptRequestStatus:
         approval = parse_input(ApproveRequest, submitted)
-        if any(a.user_id == approval.user_id for a in self._approvals):
-            return self.status()  # a repeated approval changes nothing
+        if self._approved_by(approval.user_id):
+            if self._keys is not None:
+                self._check_not_approved_by(approval.user_id)
+            return self.status()  # runs from before the patch: a repeat changed nothing
         await self._verify_decision(
             DecisionAction.APPROVE, approval.user_id, approval.token, approval.content_hash
         )
+        if self._keys is not None:
+            self._check_not_approved_by(approval.user_id)  # a twin approved meanwhile
         # The plan may have moved on while the decision was verified.
         self._check_decider(approval.user_id, approval.content_hash, approval.token)
         plan = self._require_plan()
-        if any(a.user_id == approval.user_id for a in self._approvals):
+        if self._approved_by(approval.user_id):
             return self.status()
         record = ApprovalRecord(
             user_id=approval.user_id,
@@ -857,7 +1021,9 @@ class PromptRequestWorkflow:
     @approve.validator
     def _validate_approve(self, submitted: Submitted[ApproveRequest]) -> None:
         approval = parse_input(ApproveRequest, submitted)
+        self._check_not_approved_by(approval.user_id)
         self._check_decider(approval.user_id, approval.content_hash, approval.token)
+        self._judge(DecisionAction.APPROVE, approval.user_id, approval.token, approval.content_hash)
 
     @workflow.update
     async def reject(self, submitted: Submitted[RejectRequest]) -> PromptRequestStatus:
@@ -884,6 +1050,9 @@ class PromptRequestWorkflow:
         rejection = parse_input(RejectRequest, submitted)
         check_reason(rejection.reason)
         self._check_decider(rejection.user_id, rejection.content_hash, rejection.token)
+        self._judge(
+            DecisionAction.REJECT, rejection.user_id, rejection.token, rejection.content_hash
+        )
 
     async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
         # Two deciding updates validated in one activation: the first one decides.
@@ -933,7 +1102,9 @@ class PromptRequestWorkflow:
 
     @revise.validator
     def _validate_revise(self, submitted: Submitted[ReviseRequest]) -> None:
-        self._check_reviser(parse_input(ReviseRequest, submitted))
+        revision = parse_input(ReviseRequest, submitted)
+        self._check_reviser(revision)
+        self._judge(DecisionAction.REVISE, revision.user_id, revision.token)
 
     def _check_reviser(self, revision: ReviseRequest) -> None:
         if (
@@ -959,6 +1130,10 @@ class PromptRequestWorkflow:
         (a cancel itself carries no payload)."""
         cancel = parse_input(CancelRequest, submitted)
         await self._verify_decision(DecisionAction.CANCEL, cancel.user_id, cancel.token)
+        # What the person typed travels here, encrypted, never as Temporal's cancel reason.
+        if cancel.reason:
+            by = f" by {cancel.user_id}" if cancel.user_id else ""
+            self._cancel_reason = f"cancelled{by}: {cancel.reason}"
         return self.status()
 
     @authorize_cancel.validator
@@ -975,6 +1150,7 @@ class PromptRequestWorkflow:
                 ErrorType.USER_OF_ANOTHER_TENANT,
                 f"user {cancel.user_id} is not a member of this request's tenant",
             )
+        self._judge(DecisionAction.CANCEL, cancel.user_id, cancel.token)
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -1207,7 +1383,7 @@ class PromptRequestWorkflow:
         if self._status is not PromptStatus.RECEIVED:  # RECEIVED: nothing was ever persisted
             await self._persist_status(
                 PromptStatus.CANCELLED,
-                workflow.cancellation_reason() or "cancelled",
+                self._cancel_reason or workflow.cancellation_reason() or "cancelled",
                 plan_status=PlanApprovalStatus.CANCELLED,
                 tokens_used=self._tokens_used if self._applied else None,
             )
@@ -1286,6 +1462,13 @@ class PromptRequestWorkflow:
     def _require_policy(self) -> ApprovalPolicyView:
         assert self._policy is not None, "no policy yet"
         return self._policy
+
+
+def _host_imports() -> contextlib.AbstractContextManager[None]:
+    """For calls into the cryptography library: its Rust core imports Python modules lazily
+    (an exception type when a signature fails), which inside the sandbox would be imported a
+    second time, and a Rust extension cannot be: the process aborts. Taken from the host."""
+    return workflow.unsafe.imports_passed_through()
 
 
 def _outcome_detail(result: DeploymentResult) -> str:

@@ -2,9 +2,11 @@
 payloads (activities/decisions.py verifies; workers/decision_tokens.py holds the JWT rules).
 
 A decision token is a JWT signed by the platform's identity service (in development by
-scripts/decision_signer.py) with the claims of DECISION_CLAIMS. The workflow never trusts it
-itself: its update handler asks `verify_decision` (an activity: keys, clock and database are
-I/O) before the decision counts.
+scripts/decision_signer.py) with the claims of DECISION_CLAIMS. A workflow that receives
+decisions holds the identity service's public keys (DecisionTrust, loaded by the
+`decision_trust` activity) so that its update validators check a token without I/O
+(workflows/decision_rules.py); the handler then has `verify_decision` check what needs the
+database (the roster now, the token id unused) before the decision counts.
 """
 
 import base64
@@ -45,6 +47,26 @@ class VerifyDecision(BaseModel):
     requested_by: uuid.UUID | None = None
     # Where the token is used (workflow id and update id): a retry of the same use is not reuse.
     used_by: str
+    # False: only check (the token is not spent); a rollback checks its decider first.
+    spend: bool = True
+
+
+class LoadDecisionTrust(BaseModel):
+    # The key id a decision named that the workflow's keys lack (a key rotated in), if any.
+    unknown_kid: str | None = None
+
+
+class DecisionTrust(BaseModel):
+    """What a workflow needs to judge a decision token by itself: the workers' settings and
+    the identity service's public keys as they were when loaded."""
+
+    tokens_required: bool
+    issuer: str
+    audience: str
+    max_lifetime_seconds: int
+    leeway_seconds: int
+    # JWKS keys, public members only (decision_rules.public_jwks).
+    keys: list[dict[str, str]]
 
 
 class VerifiedDecision(BaseModel):

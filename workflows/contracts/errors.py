@@ -20,6 +20,8 @@ class ErrorType(enum.StrEnum):
     SELF_APPROVAL = "SelfApproval"
     STALE_PLAN_HASH = "StalePlanHash"
     NOT_AWAITING_APPROVAL = "NotAwaitingApproval"
+    # The same person approves the same plan revision again (with any token).
+    ALREADY_APPROVED = "AlreadyApproved"
     EMPTY_PROMPT = "EmptyPrompt"
     PROMPT_TOO_LONG = "PromptTooLong"
     EMPTY_REASON = "EmptyReason"

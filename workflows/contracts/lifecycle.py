@@ -109,13 +109,17 @@ class ReviseRequest(PublicInput):
     token: str | None = None
 
 
-class CancelRequest(BaseModel):
+class CancelRequest(PublicInput):
     """The `authorize_cancel` update: a signed cancel decision, verified and recorded by the
-    workflow before the typed client sends Temporal's cancel."""
+    workflow before the typed client sends Temporal's cancel. The reason rides here (an
+    encrypted payload), never as the reason of Temporal's cancel, which the server keeps in
+    plain text."""
 
     # None only with tokens off (an operator's cancel naming nobody).
     user_id: uuid.UUID | None = None
     token: str | None = None
+    # Why, as the person gave it: the request's reason once the cancel is done.
+    reason: str = Field(default="", max_length=MAX_REASON_CHARS)
 
 
 class PlanSummary(BaseModel):
