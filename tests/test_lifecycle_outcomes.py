@@ -375,7 +375,7 @@ async def test_cancelling_mid_deploy_rolls_back_the_half_done_release(
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[releases.verify_deployment],
+        replace=[releases.run_check],
     ):
         request_id = await submit(lifecycle, shop, SAFE_PROMPT)
         await asyncio.wait_for(gate.reached.wait(), 60)
@@ -421,7 +421,7 @@ async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
         sessions,
         task_queue=task_queue,
         deploy_task_queue=deploy_queue,
-        replace=[releases.verify_deployment],
+        replace=[releases.run_check],
     ):
         first = await submit(lifecycle, shop, SAFE_PROMPT)
         await asyncio.wait_for(gate.reached.wait(), 60)  # the first holds the staging lane
