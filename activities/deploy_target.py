@@ -91,6 +91,8 @@ class DeployTarget(Protocol):
         self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
     ) -> ReleaseResult: ...
 
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None: ...
+
 
 class DeployTargetError(Exception):
     """Base of the target's errors; none of them gets better by retrying."""
@@ -159,6 +161,33 @@ class GitDeployTarget:
         self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
     ) -> ReleaseResult:
         return await self._release(repo, environment, to_commit_sha, deployment_id, "rollback")
+
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None:
+        """Undo an environment's first release: its branch is removed while it still points at
+        `commit_sha` (before that release the environment ran nothing)."""
+        ref = environment_ref(environment)
+
+        def remove(r: pygit2.Repository) -> None:
+            reference = r.references.get(ref)
+            if reference is not None and str(reference.target).startswith(commit_sha):
+                reference.delete()
+
+        async with self._project_lock(repo):
+            try:
+                await in_repository(repo, remove)
+            except RepositoryError as exc:
+                raise DeployTargetError(str(exc)) from None
+            await asyncio.to_thread(
+                _append_json_line,
+                self.release_log(repo),
+                {
+                    "at": utcnow().isoformat(),
+                    "environment": environment,
+                    "action": "withdraw",
+                    "commit_sha": commit_sha,
+                    "previous_commit_sha": None,
+                },
+            )
 
     async def _release(
         self,

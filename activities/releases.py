@@ -287,18 +287,20 @@ class ReleaseActivities:
                 return view(row)
             repo = await repository(session, row)
             restore = row.previous_commit_sha
+        first_release = False
         if restore is None:
             assert row.project_id is not None
-            restore = (
-                await last_good_release(
-                    self._sessions,
-                    FindLastGoodRelease(
-                        project_id=row.project_id,
-                        environment=row.environment,
-                        exclude_deployment_id=row.id,
-                    ),
-                )
-            ).commit_sha
+            good = await last_good_release(
+                self._sessions,
+                FindLastGoodRelease(
+                    project_id=row.project_id,
+                    environment=row.environment,
+                    exclude_deployment_id=row.id,
+                ),
+            )
+            # Nothing ever succeeded there and the release found no branch: it was the first.
+            first_release = good.deployment_id is None
+            restore = good.commit_sha
         job_key = _job_key(step, "compensation")
         async with self._sessions() as session:
             await start_job(
@@ -313,21 +315,28 @@ class ReleaseActivities:
                 details={"restore_commit_sha": restore, "reason": "cancelled mid-deploy"},
             )
             await session.commit()
+        log_path: str | None = None  # a withdrawal keeps the release's own log
         try:
-            result = await self._target.rollback(
-                repo=repo,
-                environment=row.environment.value,
-                to_commit_sha=restore,
-                # The target keys releases by deployment; the undo is a release of its own.
-                deployment_id=uuid.uuid5(row.id, "compensation"),
-            )
+            if first_release:  # as if it never ran: the environment has no branch again
+                await self._target.withdraw(
+                    repo=repo, environment=row.environment.value, commit_sha=step.commit_sha
+                )
+            else:
+                result = await self._target.rollback(
+                    repo=repo,
+                    environment=row.environment.value,
+                    to_commit_sha=restore,
+                    # The target keys releases by deployment; the undo is a release of its own.
+                    deployment_id=uuid.uuid5(row.id, "compensation"),
+                )
+                log_path = result.log_path
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
             raise _target_error(exc) from None
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
             transition(row, DeploymentStatus.ROLLED_BACK)
-            row.log_url = _file_url(result.log_path)
+            row.log_url = _file_url(log_path) if log_path else row.log_url
             await finish_job(session, job_key=job_key, status=ChangeJobStatus.SUCCEEDED)
             await session.commit()
             return view(row)
