@@ -432,7 +432,8 @@ class DeploymentWorkflow:
             ReleaseActivities.record_verdict,
             RecordVerdict(step=step, verdict=verdict),
             task_queue=self._input.deploy_task_queue,
-            start_to_close_timeout=timedelta(minutes=5),
+            # A few writes and a fast-forward: an attempt lost with its worker is retried soon.
+            start_to_close_timeout=timedelta(seconds=30),
             retry_policy=_RELEASE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
