@@ -6,7 +6,13 @@ releases an earlier one. Before the branch moves, a release is recorded under th
 deployment id (and appended, as one JSON line, to the project's release log), so a retried
 release finds its first attempt and finishes it instead of releasing twice. Verification runs the
 project's check command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a
-timeout; its output goes to a log file per deployment and environment.
+timeout; its output goes to a log file per deployment and environment. Its verdict is written
+beside the log once known, so a retry of the same deployment's check (its worker died before
+the verdict was reported) returns it instead of running the check again.
+
+A check runs in a process group of its own, recorded in a pidfile while it runs: a cancelled or
+timed-out check is killed with its whole group, a worker that dies takes its direct child with
+it (PR_SET_PDEATHSIG), and the retry kills whatever a dead attempt's check left running.
 
 The check command runs with a minimal environment (PATH, HOME, locale, TMPDIR and the
 CHANGEFLOW_ENVIRONMENT/COMMIT/DEPLOYMENT_ID variables): the worker's own secrets stay with it.
@@ -14,6 +20,7 @@ CHANGEFLOW_ENVIRONMENT/COMMIT/DEPLOYMENT_ID variables): the worker's own secrets
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -84,6 +91,8 @@ class DeployTarget(Protocol):
         self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
     ) -> ReleaseResult: ...
 
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None: ...
+
 
 class DeployTargetError(Exception):
     """Base of the target's errors; none of them gets better by retrying."""
@@ -152,6 +161,33 @@ class GitDeployTarget:
         self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
     ) -> ReleaseResult:
         return await self._release(repo, environment, to_commit_sha, deployment_id, "rollback")
+
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None:
+        """Undo an environment's first release: its branch is removed while it still points at
+        `commit_sha` (before that release the environment ran nothing)."""
+        ref = environment_ref(environment)
+
+        def remove(r: pygit2.Repository) -> None:
+            reference = r.references.get(ref)
+            if reference is not None and str(reference.target).startswith(commit_sha):
+                reference.delete()
+
+        async with self._project_lock(repo):
+            try:
+                await in_repository(repo, remove)
+            except RepositoryError as exc:
+                raise DeployTargetError(str(exc)) from None
+            await asyncio.to_thread(
+                _append_json_line,
+                self.release_log(repo),
+                {
+                    "at": utcnow().isoformat(),
+                    "environment": environment,
+                    "action": "withdraw",
+                    "commit_sha": commit_sha,
+                    "previous_commit_sha": None,
+                },
+            )
 
     async def _release(
         self,
@@ -241,21 +277,30 @@ class GitDeployTarget:
             output = "no check command is configured; nothing to verify\n"
             await asyncio.to_thread(_write_bytes, log_path, output.encode())
             return VerificationResult(ok=True, output=output, log_path=str(log_path), duration_s=0)
+        verdict_path = project_dir / "verdicts" / f"{name}-{commit}.json"
+        known = await asyncio.to_thread(_read_json, verdict_path)
+        if known is not None:  # an earlier attempt ran the check to its end: never run it twice
+            return VerificationResult.model_validate(known)
         checkout = project_dir / "checkouts" / name
+        pidfile = project_dir / "checks" / f"{name}.pid"
+        # A dead attempt's check may still run in the checkout this attempt recreates.
+        await asyncio.to_thread(_kill_leftover, pidfile)
         try:
             await self._checkout(repo, commit, checkout)
             ok = await self._run_check(
-                check_command, checkout, log_path, environment, commit, deployment_id
+                check_command, checkout, log_path, environment, commit, deployment_id, pidfile
             )
         finally:
             await asyncio.to_thread(shutil.rmtree, checkout, True)
         output = await asyncio.to_thread(_tail, log_path, self.output_limit)
-        return VerificationResult(
+        result = VerificationResult(
             ok=ok,
             output=output,
             log_path=str(log_path),
             duration_s=round(time.monotonic() - started, 3),
         )
+        await asyncio.to_thread(_write_json, verdict_path, result.model_dump())
+        return result
 
     async def _checkout(self, repo: Path, commit: str, directory: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, directory, True)  # a previous attempt's leftovers
@@ -272,6 +317,7 @@ class GitDeployTarget:
         environment: str,
         commit: str,
         deployment_id: uuid.UUID,
+        pidfile: Path,
     ) -> bool:
         env = {k: os.environ[k] for k in CHECK_ENV_PASSTHROUGH if k in os.environ}
         env |= {
@@ -292,7 +338,9 @@ class GitDeployTarget:
                 stderr=asyncio.subprocess.STDOUT,
                 # Its own process group: a timeout or cancellation kills the whole check.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+            await asyncio.to_thread(_write_pidfile, pidfile, process.pid)
             try:
                 code = await asyncio.wait_for(process.wait(), self.check_timeout_s)
                 footer = f"# exit code {code} after {time.monotonic() - started:.2f}s\n"
@@ -309,6 +357,7 @@ class GitDeployTarget:
             log.write(footer.encode())
         finally:
             log.close()
+            await asyncio.to_thread(pidfile.unlink, True)
         return code == 0
 
     @contextlib.asynccontextmanager
@@ -386,6 +435,51 @@ async def _release_diff(repo: Path, previous: str | None, commit: str) -> str:
 def _kill_group(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the forked check, before exec: the kernel kills it when the worker dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 on (after the command name), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start in clock ticks since boot (field 22): with the pid it names one
+    process, never a later one that reused the pid."""
+    stat = _stat(pid)
+    return int(stat[19]) if stat else None
+
+
+def _write_pidfile(path: Path, pid: int) -> None:
+    _write_json(path, {"pid": pid, "start": _process_start(pid)})
+
+
+def _kill_leftover(pidfile: Path) -> None:
+    """Kill what a dead attempt's check left running: the processes of its process group
+    (group id = the check's pid) that started no earlier than the check itself."""
+    leftover = _read_json(pidfile)
+    if leftover is None:
+        return
+    group, started = int(leftover["pid"]), leftover.get("start")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or started is None:
+            continue
+        stat = _stat(entry.name)
+        if stat and int(stat[2]) == group and int(stat[19]) >= int(started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+    pidfile.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -25,6 +25,10 @@ def _is_retry() -> bool:
     return activity.in_activity() and activity.info().attempt > 1
 
 
+def _attempt() -> int:
+    return activity.info().attempt if activity.in_activity() else 0
+
+
 def cancelled_by_workflow() -> bool:
     """Whether the running activity's cancellation is the workflow's decision, as opposed to
     its worker shutting down or the server timing the attempt out (a retry follows those, so
@@ -78,7 +82,8 @@ async def start_job(
     if job.status in (ChangeJobStatus.QUEUED, ChangeJobStatus.RUNNING) or reopen:
         ensure_transition(job.status, ChangeJobStatus.RUNNING)
         job.status = ChangeJobStatus.RUNNING
-        job.attempts += 1
+        # Attempts that never reached the database (it was down) count too.
+        job.attempts = max(job.attempts + 1, _attempt())
         job.started_at = job.started_at or now
         job.updated_at = now
         if reopen:

@@ -41,6 +41,7 @@ from models.db import SessionFactory
 from workflows.contracts.deployment import (
     DeploymentView,
     FindLastGoodRelease,
+    RecordVerdict,
     ReleaseOutcome,
     ReleaseStep,
     VerificationOutcome,
@@ -65,7 +66,13 @@ class ReleaseActivities:
 
     def activities(self) -> list[Callable[..., Any]]:
         """Work on the project's repository, for the deploy task queue."""
-        return [self.release_deployment, self.verify_deployment, self.compensate_deployment]
+        return [
+            self.release_deployment,
+            self.run_check,
+            self.record_verdict,
+            self.verify_deployment,
+            self.compensate_deployment,
+        ]
 
     @activity.defn(name="release_deployment")
     async def release_deployment(self, step: ReleaseStep) -> ReleaseOutcome:
@@ -77,6 +84,13 @@ class ReleaseActivities:
         # Recorded before releasing, so compensation knows what to restore even if this
         # attempt dies half-way and a retry finds its own commit already released.
         current = await self._target.current_release(repo=repo, environment=row.environment.value)
+        if step.undoes_commit_sha and current not in (step.undoes_commit_sha, step.commit_sha):
+            # Another release came since the cancelled one: the environment no longer runs it.
+            raise refused(
+                ErrorType.RELEASE_SUPERSEDED,
+                f"{row.environment.value} runs {(current or 'nothing')[:12]} now, not "
+                f"{step.undoes_commit_sha[:12]}: nothing to undo",
+            )
         job_key = _job_key(step, step.job_kind.value)
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
@@ -151,8 +165,17 @@ class ReleaseActivities:
 
     @activity.defn(name="verify_deployment")
     async def verify_deployment(self, step: ReleaseStep) -> VerificationOutcome:
-        """VERIFYING, run the project's check command against the release, then SUCCEEDED (and
-        the deployment a rollback undid becomes ROLLED_BACK) or FAILED."""
+        """run_check then record_verdict in one activity: what runs started before the two
+        were apart still call (an outage after the check fails this one; not used any more)."""
+        verdict = await self.run_check(step)
+        await self.record_verdict(RecordVerdict(step=step, verdict=verdict))
+        return verdict
+
+    @activity.defn(name="run_check")
+    async def run_check(self, step: ReleaseStep) -> VerificationOutcome:
+        """VERIFYING, then the project's check command against the release; returns the verdict
+        without writing it (record_verdict does, retried on its own: an outage after the check
+        must not lose it or run the check again)."""
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
@@ -186,9 +209,9 @@ class ReleaseActivities:
                     every_s=HEARTBEAT_EVERY_S,
                 )
                 ok, output, duration = result.ok, result.output, result.duration_s
-                log_url: str | None = _file_url(result.log_path)
+                log_url = _file_url(result.log_path)
             else:
-                ok, output, duration, log_url = True, "no check command configured", 0.0, None
+                ok, output, duration, log_url = True, "no check command configured", 0.0, ""
         except asyncio.CancelledError:
             if cancelled_by_workflow():
                 async with self._sessions() as session:
@@ -203,10 +226,23 @@ class ReleaseActivities:
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
             raise _target_error(exc) from None
+        return VerificationOutcome(
+            ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url, duration_s=duration
+        )
+
+    @activity.defn(name="record_verdict")
+    async def record_verdict(self, record: RecordVerdict) -> VerificationOutcome:
+        """The check's verdict, persisted: SUCCEEDED (the deployment a rollback undid becomes
+        ROLLED_BACK) or FAILED, the validation job's outcome, and after a verified production
+        release the default branch. Idempotent: a retry finds it all done."""
+        step, verdict = record.step, record.verdict
+        ok, output = verdict.ok, verdict.output
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
+            repo = await repository(session, row)
+            project = await session.get(Project, row.project_id)
             row.verification_output = output[-MAX_OUTPUT_CHARS:]
-            row.log_url = log_url or row.log_url
+            row.log_url = verdict.log_url or row.log_url
             if row.status is DeploymentStatus.VERIFYING:
                 transition(row, DeploymentStatus.SUCCEEDED if ok else DeploymentStatus.FAILED)
                 if ok and row.rollback_of_id is not None:
@@ -219,18 +255,16 @@ class ReleaseActivities:
                         transition(undone, DeploymentStatus.ROLLED_BACK)
             await finish_job(
                 session,
-                job_key=job_key,
+                job_key=_job_key(step, "validation"),
                 status=ChangeJobStatus.SUCCEEDED if ok else ChangeJobStatus.FAILED,
                 error=None if ok else output[-2000:],
-                details={"duration_s": duration, "ok": ok},
+                details={"duration_s": verdict.duration_s, "ok": ok},
             )
             await session.commit()
         if ok and row.environment is DeploymentEnvironment.PRODUCTION and project is not None:
             # Still in the lane: the next production deployment sees the default branch moved.
             await self._ship_to_default_branch(repo, project, row, step)
-        return VerificationOutcome(
-            ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url or "", duration_s=duration
-        )
+        return verdict
 
     @activity.defn(name="compensate_deployment")
     async def compensate_deployment(self, step: ReleaseStep) -> DeploymentView:
@@ -253,18 +287,20 @@ class ReleaseActivities:
                 return view(row)
             repo = await repository(session, row)
             restore = row.previous_commit_sha
+        first_release = False
         if restore is None:
             assert row.project_id is not None
-            restore = (
-                await last_good_release(
-                    self._sessions,
-                    FindLastGoodRelease(
-                        project_id=row.project_id,
-                        environment=row.environment,
-                        exclude_deployment_id=row.id,
-                    ),
-                )
-            ).commit_sha
+            good = await last_good_release(
+                self._sessions,
+                FindLastGoodRelease(
+                    project_id=row.project_id,
+                    environment=row.environment,
+                    exclude_deployment_id=row.id,
+                ),
+            )
+            # Nothing ever succeeded there and the release found no branch: it was the first.
+            first_release = good.deployment_id is None
+            restore = good.commit_sha
         job_key = _job_key(step, "compensation")
         async with self._sessions() as session:
             await start_job(
@@ -279,21 +315,28 @@ class ReleaseActivities:
                 details={"restore_commit_sha": restore, "reason": "cancelled mid-deploy"},
             )
             await session.commit()
+        log_path: str | None = None  # a withdrawal keeps the release's own log
         try:
-            result = await self._target.rollback(
-                repo=repo,
-                environment=row.environment.value,
-                to_commit_sha=restore,
-                # The target keys releases by deployment; the undo is a release of its own.
-                deployment_id=uuid.uuid5(row.id, "compensation"),
-            )
+            if first_release:  # as if it never ran: the environment has no branch again
+                await self._target.withdraw(
+                    repo=repo, environment=row.environment.value, commit_sha=step.commit_sha
+                )
+            else:
+                result = await self._target.rollback(
+                    repo=repo,
+                    environment=row.environment.value,
+                    to_commit_sha=restore,
+                    # The target keys releases by deployment; the undo is a release of its own.
+                    deployment_id=uuid.uuid5(row.id, "compensation"),
+                )
+                log_path = result.log_path
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
             raise _target_error(exc) from None
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
             transition(row, DeploymentStatus.ROLLED_BACK)
-            row.log_url = _file_url(result.log_path)
+            row.log_url = _file_url(log_path) if log_path else row.log_url
             await finish_job(session, job_key=job_key, status=ChangeJobStatus.SUCCEEDED)
             await session.commit()
             return view(row)

@@ -3,9 +3,11 @@
 On the embedded stack, in a data folder and on ports of its own (not `make dev`'s), three
 worker processes (`python -m workers`, scripts/bench_processes.py) serve N lifecycles of a few
 tenants and projects at once, mixed: auto-approved, approved by a person, failing production's
-check and rolled back, cancelled, rejected. Meanwhile, every few seconds one of the workers is
-SIGKILLed and started again, the Temporal dev server is restarted once (its SQLite state file
-kept) and PostgreSQL once (fast shutdown of pgserver's server, then a start on the same folder).
+check and rolled back, cancelled (at a random moment, or while staging or production verifies),
+rejected. Meanwhile, every few seconds one of the workers is SIGKILLed and started again, the
+Temporal dev server is restarted once (its SQLite state file kept) and PostgreSQL twice (fast
+shutdown of pgserver's server, then a start on the same folder): once briefly, once for 40 s
+while checks run (the projects of tenant 1 and of the verify-time cancels have slow checks).
 The first worker is never killed: it is the witness that a worker rides out both outages
 without dying, flooding its log or needing a restart. This process's own client calls retry
 through the outages.
@@ -54,7 +56,7 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from models import PromptStatus
+from models import DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory, create_engine, session_factory
 from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
@@ -62,7 +64,7 @@ from scripts.bench_processes import WorkerProcess, worker_env
 from scripts.chaos_audit import Expected, audit
 from scripts.decision_signer import development_signer
 from scripts.demo import DemoShop, seed_shop
-from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT
+from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
 from workers.cli import run_entry_point
 from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
@@ -81,9 +83,15 @@ WORKERS = 3
 FUNDS = 1_000_000_000  # no lifecycle of the run is refused for want of tokens
 TEMPORAL_DOWN_S = 3.0
 POSTGRES_DOWN_S = 5.0
+# A managed database's failover: releases and checks in flight must ride it out.
+POSTGRES_FAILOVER_S = 40.0
 # Outages come while lifecycles are in flight: seconds after the first submission.
 TEMPORAL_RESTART_WINDOW = (3.0, 8.0)
 POSTGRES_RESTART_WINDOW = (10.0, 18.0)
+POSTGRES_FAILOVER_WINDOW = (30.0, 40.0)
+# Checks that take this long (on top of the sample check), so outages and cancels find them.
+SLOW_CHECK_S = 3
+SLOW_TENANT = 1
 # How long one client call may wait (a query no worker answers, a server that is down).
 CALL_TIMEOUT_S = 15.0
 POLL_S = 0.5
@@ -93,8 +101,10 @@ STICKY_TIMEOUT_S = 5.0
 OUTAGE_LOG_LINES_ALLOWED = 20
 OUTAGE_LOG_SETTLE_S = 5.0
 
-KINDS = ("auto", "human", "rollback", "cancel", "reject")
-KIND_WEIGHTS = (30, 25, 15, 15, 15)
+# cancel_staging / cancel_production: cancelled once the status shows that environment verifying.
+KINDS = ("auto", "human", "rollback", "cancel", "reject", "cancel_staging", "cancel_production")
+KIND_WEIGHTS = (30, 25, 15, 15, 15, 8, 8)
+VERIFY_CANCELS = {"cancel_staging": "staging", "cancel_production": "production"}
 # The two kinds of change a shared project takes, on config.json lines far enough apart that
 # two lifecycles of one project at once rebase onto each other without a conflict.
 CHAINS = ("store_name", "free_shipping_threshold")
@@ -179,7 +189,7 @@ class Planned:
 @dataclass(frozen=True)
 class Fault:
     at_s: float  # after the first submission
-    what: str  # "kill", "temporal" or "postgres"
+    what: str  # "kill", "temporal", "postgres" or "failover" (PostgreSQL down for 40 s)
     worker: int | None = None
 
 
@@ -194,19 +204,22 @@ def plan_run(options: Options) -> tuple[list[Planned], list[Fault]]:
         # Tenants 0-1 approve automatically, 2-3 need a person.
         if kind in ("human", "reject"):
             tenant = rng.choice((2, 3))
-        elif kind in ("auto", "rollback"):
+        elif kind in ("auto", "rollback", *VERIFY_CANCELS):
             tenant = rng.choice((0, 1))
         else:
             tenant = rng.choice((0, 1, 2, 3))
-        # A failing change stays on its project's default branch: it gets a project alone.
-        project = None if kind == "rollback" else rng.randrange(PROJECTS_PER_TENANT)
-        chain = None if kind == "rollback" else rng.choice(CHAINS)
+        # A failing change stays on its project's default branch: it gets a project alone; so
+        # does a verify-time cancel (its project's check is slow).
+        alone = kind == "rollback" or kind in VERIFY_CANCELS
+        project = None if alone else rng.randrange(PROJECTS_PER_TENANT)
+        chain = None if alone else rng.choice(CHAINS)
         cancel_after = round(rng.uniform(0.5, 8.0), 2) if kind == "cancel" else 0.0
         planned.append(Planned(index, kind, tenant, project, chain, cancel_after))
     faults = []
     if options.restarts:
         faults.append(Fault(round(rng.uniform(*TEMPORAL_RESTART_WINDOW), 2), "temporal"))
         faults.append(Fault(round(rng.uniform(*POSTGRES_RESTART_WINDOW), 2), "postgres"))
+        faults.append(Fault(round(rng.uniform(*POSTGRES_FAILOVER_WINDOW), 2), "failover"))
     at = 0.0
     kills = options.kills if options.kills is not None else int(options.deadline_s)
     for _ in range(kills):
@@ -298,6 +311,10 @@ async def drive(
     await retrying(clock, submit)
     submitted = time.monotonic()
     approved: set[str] = set()
+    if planned.kind in VERIFY_CANCELS:
+        await cancel_while_verifying(clock, lifecycle, shop, run, VERIFY_CANCELS[planned.kind])
+        run.result = await retrying(clock, lambda: lifecycle.wait_for_outcome(run.request_id))
+        return
     while True:
         status = await retrying(clock, lambda: server_status(client, run.request_id))
         if status is not None and is_terminal(status):
@@ -306,11 +323,7 @@ async def drive(
             status is PromptStatus.AWAITING_APPROVAL
             or time.monotonic() - submitted >= planned.cancel_after_s
         ):
-            await retrying(
-                clock,
-                lambda: lifecycle.cancel(run.request_id, reason="chaos", user_id=shop.requester.id),
-            )
-            run.decided.append("cancel")
+            await send_cancel(clock, lifecycle, shop, run)
             break
         if status is PromptStatus.AWAITING_APPROVAL:
             detail = await retrying(clock, lambda: lifecycle.status(run.request_id))
@@ -321,6 +334,41 @@ async def drive(
                     await decide(clock, lifecycle, shop, run, detail)
         await asyncio.sleep(POLL_S)
     run.result = await retrying(clock, lambda: lifecycle.wait_for_outcome(run.request_id))
+
+
+async def send_cancel(
+    clock: Clock, lifecycle: LifecycleClient, shop: DemoShop, run: Driven
+) -> None:
+    """Cancel; a refusal (too late: production verified it, or it ended) is an answer."""
+
+    async def send() -> None:
+        try:
+            await lifecycle.cancel(run.request_id, reason="chaos", user_id=shop.requester.id)
+            run.decided.append("cancel")
+        except LifecycleRefused as refusal:
+            if refusal.error_type not in (ErrorType.CANCEL_TOO_LATE, ErrorType.REQUEST_CLOSED):
+                raise
+            run.decided.append(f"cancel refused: {refusal.error_type}")
+
+    await retrying(clock, send)
+
+
+async def cancel_while_verifying(
+    clock: Clock, lifecycle: LifecycleClient, shop: DemoShop, run: Driven, environment: str
+) -> None:
+    """Cancel once the status query shows a deployment of `environment` verifying (or when
+    the request ended without one: nothing to cancel then)."""
+    while True:
+        detail = await retrying(clock, lambda: lifecycle.status(run.request_id))
+        if is_terminal(detail.status):
+            return
+        if any(
+            d.environment.value == environment and d.status is DeploymentStatus.VERIFYING
+            for d in detail.deployments
+        ):
+            await send_cancel(clock, lifecycle, shop, run)
+            return
+        await asyncio.sleep(POLL_S / 5)
 
 
 async def decide(
@@ -484,6 +532,8 @@ async def inflict(
         say(f"[{time.monotonic() - started:6.1f}s] restarting {fault.what}")
         if fault.what == "temporal":
             await stack.restart_temporal(TEMPORAL_DOWN_S)
+        elif fault.what == "failover":
+            await stack.restart_postgres(POSTGRES_FAILOVER_S)
         else:
             await stack.restart_postgres(POSTGRES_DOWN_S)
         figures.restarts += 1
@@ -548,11 +598,14 @@ async def chaos(settings: Settings) -> int:
         sessions = session_factory(engine)
         folder = settings.data_dir.resolve() / "run"
         shops = await make_shops(sessions, folder / "repos")
+        await slow_checks(sessions, shops[SLOW_TENANT][1])
         runs = []
         for p in planned:
             shop, projects = shops[p.tenant]
             if p.project is None:
                 (project,) = await add_projects(sessions, shop, folder / "repos", 1)
+                if p.kind in VERIFY_CANCELS:
+                    await slow_checks(sessions, [project])
             else:
                 project = projects[p.project]
             runs.append(Driven(p, uuid.uuid4(), shop.tenant.id, project.id))
@@ -632,6 +685,7 @@ async def chaos(settings: Settings) -> int:
                             for r in runs
                             if r.result is not None
                         ],
+                        workspace=settings.resolved_workspace_dir,
                     ),
                 )
         finally:
@@ -657,6 +711,16 @@ async def chaos(settings: Settings) -> int:
     }
     print(json.dumps(summary), flush=True)
     return 1 if violations else 0
+
+
+async def slow_checks(sessions: SessionFactory, projects: list[Any]) -> None:
+    """These projects' checks sleep first: long enough to be cancelled or cut off mid-check."""
+    async with sessions() as session:
+        for project in projects:
+            row = await session.get(Project, project.id)
+            assert row is not None
+            row.check_command = f"sleep {SLOW_CHECK_S}; {SAMPLE_CHECK_COMMAND}"
+        await session.commit()
 
 
 def count(runs: list[Driven], kind: str) -> int:

@@ -11,7 +11,11 @@ it finds, one line each; no violation is an empty list.
 - branch: each environment branch of each project points at the commit of the environment's
   last succeeded deployment (none: no branch);
 - overlap: no two deployments of one project and environment ran at the same time (a
-  deployment's own automatic rollback runs inside its turn and is not another deployment).
+  deployment's own automatic rollback runs inside its turn and is not another deployment);
+- cancelled: a cancelled request's commit is in no environment branch and not on the default
+  branch;
+- check_passed: no deployment whose check passed (its log ends "# exit code 0") was failed or
+  rolled back automatically (an outage must not fail a healthy release).
 """
 
 import uuid
@@ -22,8 +26,8 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
-from activities.deploy_target import environment_ref
-from activities.git_store import resolve_commit
+from activities.deploy_target import GitDeployTarget, environment_ref
+from activities.git_store import is_ancestor, resolve_commit
 from activities.reconciliation import reconcile
 from models import (
     Deployment,
@@ -47,6 +51,10 @@ ALLOWED_OUTCOMES: dict[str, set[PromptStatus] | None] = {
     "rollback": {PromptStatus.ROLLED_BACK},
     "reject": {PromptStatus.REJECTED},
     "cancel": None,  # any end: the cancel may arrive after the lifecycle finished
+    # Cancelled while an environment verifies; completed only when production verified first
+    # (the cancel is refused then).
+    "cancel_staging": {PromptStatus.CANCELLED, PromptStatus.COMPLETED},
+    "cancel_production": {PromptStatus.CANCELLED, PromptStatus.COMPLETED},
 }
 
 
@@ -184,8 +192,62 @@ def branch_violations(
     return found
 
 
-async def audit(sessions: SessionFactory, expected: list[Expected]) -> list[str]:
-    """Every violation the run left, one line each."""
+async def cancelled_violations(
+    cancelled: list[tuple[str, str]], projects: dict[uuid.UUID, Project]
+) -> list[str]:
+    """(commit, project id) pairs of cancelled requests whose commit a branch holds."""
+    found = []
+    for commit, project_id_text in cancelled:
+        project = projects[uuid.UUID(project_id_text)]
+        repo = Path(project.repo_url)
+        refs = [environment_ref(e.value) for e in DeploymentEnvironment]
+        for ref in [*refs, f"refs/heads/{project.default_branch}"]:
+            head = await resolve_commit(repo, ref)
+            if head is not None and await is_ancestor(repo, str(commit), head):
+                found.append(f"cancelled: commit {commit} of a cancelled request is on {ref}")
+    return found
+
+
+def check_passed(workspace: Path, project: Project, deployment: Deployment) -> bool:
+    """Whether the deployment's check ran to exit code 0 (its log, not the database, says)."""
+    target = GitDeployTarget(workspace)
+    log = (
+        target.project_dir(Path(project.repo_url))
+        / "logs"
+        / f"{deployment.id}-{deployment.environment.value}-verify.log"
+    )
+    try:
+        return "# exit code 0 " in log.read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def passed_check_violations(
+    workspace: Path, deployments: list[Deployment], projects: dict[uuid.UUID, Project]
+) -> list[str]:
+    """Deployments failed, or rolled back by their own workflow, though their check passed."""
+    auto_rolled_back = {
+        d.rollback_of_id
+        for d in deployments
+        for undone in deployments
+        if d.rollback_of_id == undone.id and d.workflow_id == undone.workflow_id
+    }
+    found = []
+    for d in deployments:
+        failed = d.status is DeploymentStatus.FAILED or d.id in auto_rolled_back
+        if failed and d.project_id and check_passed(workspace, projects[d.project_id], d):
+            found.append(
+                f"check_passed: deployment {d.id} ({d.environment.value}) ended "
+                f"{d.status.value} though its check passed"
+            )
+    return found
+
+
+async def audit(
+    sessions: SessionFactory, expected: list[Expected], *, workspace: Path | None = None
+) -> list[str]:
+    """Every violation the run left, one line each; with the workers' workspace, the checks'
+    own logs are read too."""
     tenants = {e.tenant_id for e in expected}
     async with sessions() as session:
         rows = {
@@ -258,6 +320,14 @@ async def audit(sessions: SessionFactory, expected: list[Expected]) -> list[str]
     }
     actual = {lane: head for lane, head in actual.items() if head is not None}
     reports = await reconcile(sessions)
+    by_id = {p.id: p for p in projects}
+    cancelled = [
+        (e.result.commit_sha, str(row.project_id))
+        for e in expected
+        if e.result.status is PromptStatus.CANCELLED
+        and e.result.commit_sha
+        and (row := rows.get(e.request_id)) is not None
+    ]
     return [
         *outcome_violations(records),
         *settlement_violations(records),
@@ -270,4 +340,10 @@ async def audit(sessions: SessionFactory, expected: list[Expected]) -> list[str]
         ),
         *branch_violations(expected_heads(spans), actual),
         *overlap_violations(spans),
+        *await cancelled_violations(cancelled, by_id),
+        *(
+            passed_check_violations(workspace, list(deployments), by_id)
+            if workspace is not None
+            else []
+        ),
     ]

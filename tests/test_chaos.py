@@ -1,6 +1,7 @@
 """`make chaos` in small: a few lifecycles of every kind under a worker kill and both server
 restarts end with no violation; and the auditor reports what a broken run would leave."""
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,17 +12,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from models import DeploymentEnvironment, DeploymentStatus, PromptStatus
-from scripts.chaos import Options, plan_run
+from activities.deploy_target import GitDeployTarget
+from models import Deployment, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
+from scripts.chaos import KINDS, Options, plan_run
 from scripts.chaos_audit import (
     DeploymentSpan,
     RequestRecord,
     branch_violations,
+    cancelled_violations,
     expected_heads,
     outcome_violations,
     overlap_violations,
+    passed_check_violations,
     settlement_violations,
 )
+from scripts.sample_repo import create_sample_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -37,12 +42,12 @@ def test_a_small_chaos_run_ends_without_violations() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert figures["violations"] == 0
-    assert figures["lifecycles"] == 6
+    assert figures["lifecycles"] == 7
     assert figures["kills"] == 1
-    assert figures["restarts"] == 2
+    assert figures["restarts"] == 3  # Temporal, PostgreSQL briefly, PostgreSQL for 40 s
     # Every kind of lifecycle ran and ended as its kind should (a cancel may come too late).
     kinds = {key.split(":")[0] for key in figures["outcomes"]}
-    assert kinds == {"auto", "human", "rollback", "cancel", "reject"}
+    assert kinds == set(KINDS)
     assert figures["outcomes"]["rollback:rolled_back"] >= 1
     assert figures["outcomes"]["reject:rejected"] >= 1
 
@@ -55,7 +60,7 @@ def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProce
     }
     env.update(
         CHANGEFLOW_DATA_DIR=str(data_dir),
-        CHAOS_LIFECYCLES="6",
+        CHAOS_LIFECYCLES="7",
         CHAOS_KILLS="1",
         CHAOS_DEADLINE_S="240",
     )
@@ -77,7 +82,7 @@ def test_a_seed_makes_the_same_choices() -> None:
     assert plan_run(options) == plan_run(options)
     assert plan_run(options) != plan_run(Options(lifecycles=20, seed=8, kills=5))
     planned, faults = plan_run(options)
-    assert {p.kind for p in planned} == {"auto", "human", "rollback", "cancel", "reject"}
+    assert {p.kind for p in planned} == set(KINDS)
     assert [f.what for f in faults].count("kill") == 5
     assert all(f.worker != 0 for f in faults if f.what == "kill")  # the witness lives
 
@@ -175,3 +180,50 @@ def test_the_auditor_reports_a_branch_not_at_the_last_succeeded_release() -> Non
     )
     # A branch where nothing ever succeeded is a violation too.
     assert len(branch_violations({}, {lane: old.commit_sha})) == 1
+
+
+def test_the_auditor_reports_a_cancelled_change_left_on_a_branch(tmp_path: Path) -> None:
+    repo = create_sample_repo(tmp_path / "repo")
+    project = Project(
+        id=uuid.uuid4(), tenant_id=uuid.uuid4(), name="p", slug="p", repo_url=str(repo)
+    )
+    git = ["git", "-C", str(repo)]
+    head = subprocess.run([*git, "rev-parse", "main"], capture_output=True, text=True, check=True)
+    commit = head.stdout.strip()
+    subprocess.run([*git, "branch", "env/staging", commit], check=True)
+
+    found = asyncio.run(cancelled_violations([(commit, str(project.id))], {project.id: project}))
+
+    # Staging and the default branch hold it; production (no branch) does not.
+    assert found == [
+        f"cancelled: commit {commit} of a cancelled request is on refs/heads/{branch}"
+        for branch in ("env/staging", "main")
+    ]
+
+
+def test_the_auditor_reports_a_release_failed_although_its_check_passed(tmp_path: Path) -> None:
+    project = Project(
+        id=uuid.uuid4(), tenant_id=uuid.uuid4(), name="p", slug="p", repo_url=str(tmp_path)
+    )
+    passed, failed = (
+        Deployment(
+            id=uuid.uuid4(),
+            tenant_id=project.tenant_id,
+            project_id=project.id,
+            plan_id=uuid.uuid4(),
+            environment=DeploymentEnvironment.STAGING,
+            status=DeploymentStatus.FAILED,
+            workflow_id=f"deployment-{n}",
+        )
+        for n in range(2)
+    )
+    logs = GitDeployTarget(tmp_path / "ws").project_dir(tmp_path) / "logs"
+    logs.mkdir(parents=True)
+    (logs / f"{passed.id}-staging-verify.log").write_text("$ check\nok\n# exit code 0 after 1s\n")
+    (logs / f"{failed.id}-staging-verify.log").write_text("$ check\nFAIL\n# exit code 1 after 1s\n")
+
+    found = passed_check_violations(tmp_path / "ws", [passed, failed], {project.id: project})
+
+    assert found == [
+        f"check_passed: deployment {passed.id} (staging) ended failed though its check passed"
+    ]

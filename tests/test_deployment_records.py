@@ -245,3 +245,14 @@ async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows
 
     assert refused.value.type == ErrorType.ROLLBACK_TARGET_NEVER_SUCCEEDED
     assert (await rows.deployment(never.deployment_id)).verified_at is None
+
+
+async def test_attempts_that_never_reached_the_database_are_counted_on_the_job(
+    rows: Rows,
+) -> None:
+    step = await rows.released(await rows.plan(), "a1")
+    # Attempts 1 and 2 failed before writing anything (the database was down).
+    await attempt(3).run(rows.releases.run_check, step)
+
+    job = await rows.validation_job(step.deployment_id)
+    assert job.attempts == 3

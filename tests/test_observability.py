@@ -235,12 +235,12 @@ async def test_a_lifecycle_is_one_trace_from_the_client_through_workflows_and_ac
         "RunActivity:plan_request",
         "StartChildWorkflow:DeploymentWorkflow",
         "RunWorkflow:DeploymentWorkflow",
-        "RunActivity:verify_deployment",
+        "RunActivity:run_check",
     ):
         assert name in spans, sorted(spans)
     # One trace: the headers Temporal carries link every span to the client's start.
     trace_id = spans["StartWorkflow:PromptRequestWorkflow"].trace_id
-    assert spans["RunActivity:verify_deployment"].trace_id == trace_id
+    assert spans["RunActivity:run_check"].trace_id == trace_id
 
 
 def test_tracing_is_off_unless_an_otlp_endpoint_is_configured() -> None:

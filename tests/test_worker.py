@@ -233,7 +233,7 @@ async def test_sigterm_lets_an_in_flight_activity_finish_instead_of_losing_it(
         DeploymentWorkflow.run, deployment, id=workflow_id, task_queue=worker.task_queue
     )
     await wait_for(
-        lambda: activity_running(namespace_client, workflow_id, "verify_deployment"),
+        lambda: activity_running(namespace_client, workflow_id, "run_check"),
         "verification to be running",
     )
 
@@ -245,7 +245,7 @@ async def test_sigterm_lets_an_in_flight_activity_finish_instead_of_losing_it(
         event.event_id
         for event in history.events
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-        and event.activity_task_scheduled_event_attributes.activity_type.name == "verify_deployment"
+        and event.activity_task_scheduled_event_attributes.activity_type.name == "run_check"
     }
     completed = [
         event

@@ -164,6 +164,7 @@ class _RecordingInbound(WorkflowInboundInterceptor):
         "settle_hold": _settled,
         "charge_tokens": _charged,
         "verify_deployment": _verified,
+        "run_check": _verified,
     }
 
     # -- per workflow outcome --

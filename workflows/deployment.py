@@ -43,11 +43,13 @@ with workflow.unsafe.imports_passed_through():
         LaneTurn,
         PlanRollback,
         RecordDeployment,
+        RecordVerdict,
         ReleaseOutcome,
         ReleaseStep,
         RollbackRequest,
         TransitionDeployment,
         VerificationOutcome,
+        retry_through_outages,
     )
     from workflows.contracts.errors import (
         NON_RETRYABLE_ERROR_TYPES,
@@ -75,11 +77,14 @@ _BOOKKEEPING: dict[str, Any] = {
 _LANE_CHECK_CAP = timedelta(minutes=30)
 # Patch: an operator's rollback checks its decider's tenant before its target.
 ROLLBACK_DECIDER_FIRST_PATCH = "rollback-decider-first"
-_RELEASE_RETRY = RetryPolicy(
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
-)
+# Releases, checks and their records ride out an outage of what they use (the database, the
+# repository): only the check's verdict, or a typed refusal, fails a release.
+_RELEASE_RETRY = retry_through_outages(NON_RETRYABLE_ERROR_TYPES)
+# Patch id: the check returns its verdict (run_check) and a separate activity persists it
+# (record_verdict); a cancellation that arrives between the two undoes the release.
+VERDICT_APART = "verdict-recorded-apart"
+# A cancelled check hears of it within about 80% of this (the SDK's heartbeat throttle).
+_CHECK_HEARTBEAT = timedelta(seconds=10)
 
 
 def _upsert_missing(wanted: TypedSearchAttributes) -> None:
@@ -150,6 +155,8 @@ class DeploymentWorkflow:
         self._compensating = False
         # The release was refused because the project's default branch moved (BASE_MOVED).
         self._base_moved = False
+        # An undo found its environment running another release: nothing was restored.
+        self._superseded = False
         # Progress reports the parent has not been sent yet, and their sender (see _progress).
         self._unsent: list[DeploymentProgress] = []
         self._progress_sent: asyncio.Task[None] | None = None
@@ -246,22 +253,35 @@ class DeploymentWorkflow:
         env = input.environment.value
         self._progress(DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}")
         released, outcome = await self._release_and_verify(step)
+        if outcome.ok:
+            status = DeploymentStatus.SUCCEEDED
+        elif self._superseded:
+            status = DeploymentStatus.CANCELLED
+        else:
+            status = DeploymentStatus.FAILED
         result = DeploymentResult(
             deployment_id=input.deployment_id,
             environment=input.environment,
-            status=DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED,
+            status=status,
             commit_sha=input.commit_sha,
             verified=outcome.ok,
             verification_output=outcome.output,
             log_url=outcome.log_url or (released.log_url if released else None),
             diff_url=released.diff_url if released else None,
             base_moved=self._base_moved,
+            previous_commit_sha=released.previous_commit_sha if released else None,
         )
         # A refused release released nothing: there is nothing to roll back.
-        rolls_back = not outcome.ok and input.auto_rollback and not self._base_moved
+        rolls_back = (
+            not outcome.ok and input.auto_rollback and not self._base_moved and not self._superseded
+        )
+        if outcome.ok:
+            detail = "verified"
+        else:
+            detail = outcome.output if self._superseded else "verification failed"
         self._progress(
             result.status,
-            "verified" if outcome.ok else "verification failed",
+            detail,
             # The last word: a parent that started this child reads it from the result.
             tell_parent=rolls_back or not self._parent_gets_result(),
         )
@@ -341,6 +361,10 @@ class DeploymentWorkflow:
             if error_type(err) == ErrorType.BASE_MOVED:
                 self._base_moved = not is_rollback
                 return None, await self._fail(step, f"release refused: {error_message(err)}")
+            if error_type(err) == ErrorType.RELEASE_SUPERSEDED:
+                self._superseded = True
+                detail = f"not undone: {error_message(err)}"
+                return None, await self._fail(step, detail, DeploymentStatus.CANCELLED)
             return None, await self._fail(step, f"release failed: {error_message(err)}")
         if is_rollback:
             self._state.rollback_status = DeploymentStatus.VERIFYING
@@ -354,12 +378,12 @@ class DeploymentWorkflow:
             detail = f"verification could not run: {error_message(err)}"
             return released, await self._fail(step, detail)
 
-    async def _fail(self, step: ReleaseStep, detail: str) -> VerificationOutcome:
+    async def _fail(
+        self, step: ReleaseStep, detail: str, status: DeploymentStatus = DeploymentStatus.FAILED
+    ) -> VerificationOutcome:
         await workflow.execute_local_activity_method(
             DeploymentActivities.mark_deployment,
-            TransitionDeployment(
-                deployment_id=step.deployment_id, status=DeploymentStatus.FAILED, detail=detail
-            ),
+            TransitionDeployment(deployment_id=step.deployment_id, status=status, detail=detail),
             **_BOOKKEEPING,
         )
         self._checkpoint()
@@ -401,6 +425,33 @@ class DeploymentWorkflow:
         return released
 
     async def _verify(self, step: ReleaseStep) -> VerificationOutcome:
+        if not workflow.patched(VERDICT_APART):
+            return await self._verify_and_record(step)
+        verdict = await workflow.execute_activity_method(
+            ReleaseActivities.run_check,
+            step,
+            task_queue=self._input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=_CHECK_HEARTBEAT,
+            retry_policy=_RELEASE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        # Cancelled while the check ran (it finished before hearing of it): nothing is recorded
+        # as verified and the default branch does not move; the compensation undoes the release.
+        self._checkpoint()
+        # Not cancelled halfway: once it starts, a verified production release ships whole.
+        return await workflow.execute_activity_method(
+            ReleaseActivities.record_verdict,
+            RecordVerdict(step=step, verdict=verdict),
+            task_queue=self._input.deploy_task_queue,
+            # A few writes and a fast-forward: an attempt lost with its worker is retried soon.
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=_RELEASE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    async def _verify_and_record(self, step: ReleaseStep) -> VerificationOutcome:
+        """Runs started before VERDICT_APART: check and record in one activity."""
         verified = await workflow.execute_activity_method(
             ReleaseActivities.verify_deployment,
             step,
@@ -437,6 +488,9 @@ class DeploymentWorkflow:
             commit_sha=commit_sha,
             job_kind=ChangeJobKind.ROLLBACK if rollback_of else ChangeJobKind.DEPLOY,
             step=name,
+            undoes_commit_sha=(
+                input.undoes_commit_sha if deployment_id == input.deployment_id else None
+            ),
         )
 
     def _parent_gets_result(self) -> bool:

@@ -5,7 +5,10 @@ request -> plan -> hold the estimate -> approval (policy, people, expiry, revisi
 
 Short steps run as shielded tasks: a cancellation lets the step in flight finish, so the
 compensation knows every hold and every token the work used. Deployment children are not
-shielded: cancelling the lifecycle cancels the running child, which rolls back its release.
+shielded: cancelling the lifecycle cancels the running child, which rolls back its release, and
+a staging release that already succeeded is undone by a deployment of its own. Once production
+verified the release (and the default branch moved to it), a cancel is refused (CancelTooLate):
+the change is live, and an operator rollback is the way back.
 """
 
 import asyncio
@@ -28,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.decisions import DecisionActivities
     from activities.lifecycle import LifecycleActivities
+    from activities.rollbacks import RollbackActivities
     from models.billing import HoldStatus
     from models.lifecycle import (
         ApprovalDecision,
@@ -54,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
+        FindLastGoodRelease,
     )
     from workflows.contracts.errors import (
         MODEL_UNAVAILABLE,
@@ -200,6 +205,9 @@ STALE_TRUST_REFUSALS = {
 }
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
+# Patch id: a cancel that reaches a request whose production release is verified is refused
+# (the request completes), and a cancelled request's succeeded staging release is undone.
+CANCEL_NEVER_LIVE = "cancel-never-live"
 
 
 class RequestEnded(Exception):
@@ -257,6 +265,10 @@ class PromptRequestWorkflow:
         self._commit_sha: str | None = None
         self._holds: list[HoldState] = []
         self._deployments: dict[uuid.UUID, DeploymentSummary] = {}
+        # The request's last staging release that succeeded: a cancellation undoes it.
+        self._staged: DeploymentResult | None = None
+        # Production's verified release of this request: from then on a cancel is refused.
+        self._live: DeploymentResult | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         # Notices to the tenant's webhook being started; `request.ended` follows only a request
         # that told the tenant something.
@@ -285,10 +297,13 @@ class PromptRequestWorkflow:
             except RequestEnded as ended:
                 result = ended.result
         except asyncio.CancelledError:
-            await self._compensate_cancellation()
-            await self._announce_end()
-            await self._drain_handlers()
-            raise
+            if self._live is None or not workflow.patched(CANCEL_NEVER_LIVE):
+                await self._compensate_cancellation()
+                await self._announce_end()
+                await self._drain_handlers()
+                raise
+            # Too late: production runs the change. The request completes as it would have.
+            result = await self._complete_despite_cancel()
         await self._announce_end()
         await self._drain_handlers()
         return result
@@ -323,7 +338,9 @@ class PromptRequestWorkflow:
                     tokens_used=self._tokens_used,
                 )
             await self._approve_revision(await self._apply_change())
+        return await self._settle_completed()
 
+    async def _settle_completed(self) -> PromptRequestResult:
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
         await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
         return self._result()
@@ -1130,6 +1147,7 @@ class PromptRequestWorkflow:
         (a cancel itself carries no payload)."""
         cancel = parse_input(CancelRequest, submitted)
         await self._verify_decision(DecisionAction.CANCEL, cancel.user_id, cancel.token)
+        self._refuse_cancel_once_live()  # production may have verified while it was verified
         # What the person typed travels here, encrypted, never as Temporal's cancel reason.
         if cancel.reason:
             by = f" by {cancel.user_id}" if cancel.user_id else ""
@@ -1139,6 +1157,7 @@ class PromptRequestWorkflow:
     @authorize_cancel.validator
     def _validate_authorize_cancel(self, submitted: Submitted[CancelRequest]) -> None:
         cancel = parse_input(CancelRequest, submitted)
+        self._refuse_cancel_once_live()
         if is_terminal(self._status) or self._finished:
             raise refused(ErrorType.REQUEST_CLOSED, f"the request is {self._status.value}")
         if (
@@ -1151,6 +1170,17 @@ class PromptRequestWorkflow:
                 f"user {cancel.user_id} is not a member of this request's tenant",
             )
         self._judge(DecisionAction.CANCEL, cancel.user_id, cancel.token)
+
+    def _refuse_cancel_once_live(self) -> None:
+        live = self._live
+        if live is None:
+            return
+        raise refused(
+            ErrorType.CANCEL_TOO_LATE,
+            f"too late to cancel: production deployment {live.deployment_id} verified "
+            f"{live.commit_sha[:12]} and the default branch holds it; roll that deployment back "
+            f"to undo the change (changeflow rollback {live.deployment_id})",
+        )
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -1290,9 +1320,22 @@ class PromptRequestWorkflow:
             )
         if persisting is not None:
             await persisting
-        if workflow.cancellation_reason() is not None:
-            # The child finished its own compensation and returned instead of raising.
+        # The child's result is its last word: the status shows it, cancelled or not.
+        self._show_outcome(state, result)
+        if result.status is DeploymentStatus.SUCCEEDED:
+            if environment is DeploymentEnvironment.STAGING:
+                self._staged = result
+            else:
+                self._live = result
+        if workflow.cancellation_reason() is not None and (
+            self._live is None or not workflow.patched(CANCEL_NEVER_LIVE)
+        ):
+            # The child finished before the cancellation reached it (or compensated and
+            # returned): the compensation undoes what it released.
             raise asyncio.CancelledError("cancelled while deploying")
+        return result
+
+    def _show_outcome(self, state: DeploymentSummary, result: DeploymentResult) -> None:
         state.status = result.status
         state.queue_position = None
         state.detail = _outcome_detail(result)
@@ -1304,11 +1347,10 @@ class PromptRequestWorkflow:
                 result.rollback_deployment_id,
                 DeploymentSummary(
                     deployment_id=result.rollback_deployment_id,
-                    environment=environment,
+                    environment=result.environment,
                     status=result.rollback_status or DeploymentStatus.SUCCEEDED,
                 ),
             )
-        return result
 
     async def _end_after_failed_deployment(self, outcome: DeploymentResult) -> None:
         rolled_back = outcome.rollback_deployment_id is not None and outcome.rollback_status in (
@@ -1377,6 +1419,8 @@ class PromptRequestWorkflow:
         await self._drain_steps()
         if is_terminal(self._status):
             return
+        if self._staged is not None and workflow.patched(CANCEL_NEVER_LIVE):
+            await self._undo_release(self._staged)
         await self._close_holds(charge=self._chargeable())
         if workflow.patched(RELEASE_FORGOTTEN_HOLDS):
             await self._shielded(self._release_forgotten_holds())
@@ -1390,6 +1434,77 @@ class PromptRequestWorkflow:
             if self._plan is not None and self._plan.approval_status is PlanApprovalStatus.PENDING:
                 self._plan.approval_status = PlanApprovalStatus.CANCELLED
         self._set_step("cancelled")
+
+    async def _complete_despite_cancel(self) -> PromptRequestResult:
+        """A cancel that came after production verified the release: the steps in flight
+        finish and the request completes, settled as any completed request."""
+        await self._drain_steps()
+        if self._status is PromptStatus.COMPLETED:
+            return self._result()
+        return await self._settle_completed()
+
+    async def _undo_release(self, released: DeploymentResult) -> None:
+        """Restore what the environment ran before this request's release, through its lane, as
+        a verified deployment (rollback_of = the release); nothing when another release came
+        since (the environment no longer runs this request's change)."""
+        environment = released.environment
+        plan = self._require_plan()
+        self._set_step(f"cancelled: restoring {environment.value}'s previous release")
+        restore = released.previous_commit_sha
+        if restore is None:  # the first release there, or recorded before the field existed
+            good = await workflow.execute_activity_method(
+                RollbackActivities.find_last_good_release,
+                FindLastGoodRelease(
+                    project_id=self._input.project_id,
+                    environment=environment,
+                    exclude_deployment_id=released.deployment_id,
+                ),
+                task_queue=self._input.deploy_task_queue,
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=RETRY,
+            )
+            restore = good.commit_sha
+        undo_id = workflow.uuid4()
+        state = DeploymentSummary(
+            deployment_id=undo_id, environment=environment, status=DeploymentStatus.QUEUED
+        )
+        self._deployments[undo_id] = state
+        try:
+            result = await workflow.execute_child_workflow(
+                "DeploymentWorkflow",
+                DeploymentInput(
+                    deployment_id=undo_id,
+                    tenant_id=self._input.tenant_id,
+                    project_id=self._input.project_id,
+                    plan_id=plan.plan_id,
+                    prompt_request_id=self._input.prompt_request_id,
+                    environment=environment,
+                    commit_sha=restore,
+                    rollback_of=released.deployment_id,
+                    parent_workflow_id=workflow.info().workflow_id,
+                    auto_rollback=False,
+                    undoes_commit_sha=released.commit_sha,
+                    deploy_task_queue=self._input.deploy_task_queue,
+                ),
+                id=deployment_workflow_id(undo_id),
+                search_attributes=deployment_attributes(
+                    self._input.tenant_id, self._input.project_id, environment
+                ),
+                result_type=DeploymentResult,
+                static_summary=f"{environment.value}: undo of cancelled {released.commit_sha[:10]}",
+            )
+        except ChildWorkflowError as err:
+            workflow.logger.warning("the undo of %s failed: %s", environment.value, err)
+            state.status = DeploymentStatus.FAILED
+            state.detail = error_message(err)
+            return
+        self._show_outcome(state, result)
+        undone = self._deployments.get(released.deployment_id)
+        if undone is not None and result.status is DeploymentStatus.SUCCEEDED:
+            undone.status = DeploymentStatus.ROLLED_BACK
+            undone.rollback_deployment_id = undo_id
+            undone.rollback_status = result.status
+            undone.detail = "undone: the request was cancelled"
 
     async def _release_forgotten_holds(self) -> None:
         """A reservation cut off after its commit (a worker killed, the database restarted)
@@ -1474,6 +1589,8 @@ def _host_imports() -> contextlib.AbstractContextManager[None]:
 def _outcome_detail(result: DeploymentResult) -> str:
     if result.verified:
         return "verified"
+    if result.status is DeploymentStatus.CANCELLED:
+        return result.verification_output or "cancelled"
     if result.base_moved:
         return "not released: the default branch moved; rebasing"
     if result.rollback_status is None:

@@ -2,13 +2,34 @@
 lane and release activities behind them."""
 
 import uuid
+from datetime import timedelta
 
 from pydantic import BaseModel, Field
+from temporalio.common import RetryPolicy
 
 from models.lifecycle import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
 from workflows.contracts.submitted import PublicInput
 
 DEFAULT_DEPLOY_TASK_QUEUE = "changeflow-deploy"
+
+# How long a release step rides out its infrastructure (PostgreSQL, the repository's disk)
+# failing before the deployment gives up: longer than a managed database's failover (20-60 s,
+# minutes at worst). Only the check's verdict fails a release; an outage only delays it.
+OUTAGE_BUDGET = timedelta(minutes=10)
+_OUTAGE_BACKOFF_CAP = timedelta(seconds=15)
+
+
+def retry_through_outages(non_retryable_error_types: list[str]) -> RetryPolicy:
+    """Retries from 1 s, doubling up to 15 s apart, until OUTAGE_BUDGET of waiting has passed."""
+    cap = _OUTAGE_BACKOFF_CAP.total_seconds()
+    ramp = [1.0, 2.0, 4.0, 8.0]  # the doubling before the cap
+    flat = max(0.0, OUTAGE_BUDGET.total_seconds() - sum(ramp))
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        maximum_interval=_OUTAGE_BACKOFF_CAP,
+        maximum_attempts=1 + len(ramp) + int(-(-flat // cap)),
+        non_retryable_error_types=non_retryable_error_types,
+    )
 
 
 class DeploymentInput(BaseModel):
@@ -26,6 +47,10 @@ class DeploymentInput(BaseModel):
     # Receives `deployment_progress` signals (DeploymentProgress) while this deployment runs.
     parent_workflow_id: str | None = None
     auto_rollback: bool = True
+    # Set on the deployment that undoes a cancelled request's release: the commit it undoes.
+    # When the environment no longer runs that commit (another release came since), nothing
+    # is restored and the undo ends CANCELLED.
+    undoes_commit_sha: str | None = None
     deploy_task_queue: str = DEFAULT_DEPLOY_TASK_QUEUE
     # A waiter looks at its place after this many seconds times its position (the turn itself
     # comes by signal); the look also skips a holder that was terminated and never left.
@@ -54,6 +79,8 @@ class DeploymentResult(BaseModel):
     diff_url: str | None = None
     # Refused before release (BASE_MOVED): nothing was released, the change must be rebased.
     base_moved: bool = False
+    # What the environment ran before this release (None: nothing released, or not known).
+    previous_commit_sha: str | None = None
 
 
 class DeploymentState(BaseModel):
@@ -192,6 +219,9 @@ class ReleaseStep(BaseModel):
     job_kind: ChangeJobKind = ChangeJobKind.DEPLOY
     # Distinguishes repeated steps of one workflow (e.g. the compensation of a release).
     step: str = Field(default="release", min_length=1, max_length=100)
+    # An undo of a cancelled request's release: restore only while the environment still runs
+    # this commit (DeploymentInput.undoes_commit_sha).
+    undoes_commit_sha: str | None = None
 
 
 class ReleaseOutcome(BaseModel):
@@ -206,3 +236,12 @@ class VerificationOutcome(BaseModel):
     output: str
     log_url: str
     duration_s: float
+
+
+class RecordVerdict(BaseModel):
+    """Persist a check's verdict (run_check returned it): the deployment SUCCEEDED or FAILED,
+    its job's outcome, and for production the default branch. Retried through outages; the
+    check is never run again for it."""
+
+    step: ReleaseStep
+    verdict: VerificationOutcome

@@ -83,6 +83,11 @@ class ErrorType(enum.StrEnum):
     # A production release refused because its commit does not descend from the project's
     # default branch (it moved since the change was committed).
     BASE_MOVED = "BaseMoved"
+    # A cancel after production verified the request's release and the default branch moved to
+    # it: the change is live; an operator rollback of that deployment is the way back.
+    CANCEL_TOO_LATE = "CancelTooLate"
+    # The undo of a cancelled request's release found its environment running another release.
+    RELEASE_SUPERSEDED = "ReleaseSuperseded"
 
     # --- the deploy target (activities.deploy_target's exceptions, by class name)
     DEPLOY_TARGET_ERROR = "DeployTargetError"
