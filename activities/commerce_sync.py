@@ -20,12 +20,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.connectors import Connections, ConnectorError
-from activities.shopify import ShopifyError, minor_units
+from activities.shopify import ShopifyClient, ShopifyError, minor_units
 from models.base import utcnow
 from models.commerce import (
     Customer,
     ModuleExecution,
     ModuleExecutionStatus,
+    ModuleKind,
     Order,
     OrderSource,
     OrderStatus,
@@ -64,9 +65,9 @@ def customer_row(tenant_id: uuid.UUID, node: dict[str, Any]) -> dict[str, Any]:
         "tenant_id": tenant_id,
         "source": OrderSource.SHOPIFY.value,
         "external_id": node["id"],
-        "email": node.get("email") or None,
+        "email": (node.get("defaultEmailAddress") or {}).get("emailAddress") or None,
         "name": _name(node),
-        "phone": node.get("phone"),
+        "phone": (node.get("defaultPhoneNumber") or {}).get("phoneNumber") or None,
         "source_updated_at": _when(node.get("updatedAt")),
     }
 
@@ -85,18 +86,27 @@ def order_status(node: dict[str, Any]) -> OrderStatus:
     return OrderStatus.PENDING
 
 
+def _bag(bag: dict[str, Any] | None, side: str) -> tuple[str | None, str | None]:
+    money = (bag or {}).get(side) or {}
+    return money.get("amount"), money.get("currencyCode")
+
+
 def order_row(
     tenant_id: uuid.UUID,
     connector_id: uuid.UUID,
     node: dict[str, Any],
     customers: dict[str, uuid.UUID],
 ) -> dict[str, Any]:
-    currency = node.get("currencyCode") or "USD"
+    """An order in the shop's currency (shopMoney; Order.currencyCode is the shop's), with
+    what the customer was charged in its own currency (presentmentMoney) beside it."""
+    currency = _bag(node.get("totalPriceSet"), "shopMoney")[1] or node.get("currencyCode") or "USD"
 
-    def money(key: str) -> int:
-        return minor_units(((node.get(key) or {}).get("shopMoney") or {}).get("amount"), currency)
+    def money(bag: dict[str, Any] | None) -> int:
+        return minor_units(_bag(bag, "shopMoney")[0], currency)
 
-    total, refunded = money("totalPriceSet"), money("totalRefundedSet")
+    total, refunded = money(node.get("totalPriceSet")), money(node.get("totalRefundedSet"))
+    presented, presented_currency = _bag(node.get("totalPriceSet"), "presentmentMoney")
+    presented_currency = presented_currency or node.get("presentmentCurrencyCode") or currency
     customer = node.get("customer") or {}
     return {
         "id": uuid.uuid4(),
@@ -108,22 +118,26 @@ def order_row(
         "name": (node.get("name") or "")[:100],
         "channel": (node.get("sourceName") or "")[:100],
         "status": order_status(node).value,
-        "subtotal_cents": money("subtotalPriceSet"),
-        "discount_cents": money("totalDiscountsSet"),
+        "subtotal_cents": money(node.get("subtotalPriceSet")),
+        "discount_cents": money(node.get("totalDiscountsSet")),
         "refunded_cents": refunded,
         "total_cents": total,
         "net_cents": total - refunded,
         "currency": currency,
+        "presentment_currency": presented_currency,
+        "presentment_total_cents": minor_units(presented, presented_currency),
+        "test": bool(node.get("test")),
+        "refunds": [
+            {"at": refund["createdAt"], "cents": money(refund.get("totalRefundedSet"))}
+            for refund in node.get("refunds") or []
+        ],
         "line_items": [
             {
                 "id": item["id"],
                 "title": item.get("title", ""),
                 "sku": item.get("sku"),
                 "quantity": item.get("quantity", 0),
-                "unit_price_cents": minor_units(
-                    ((item.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get("amount"),
-                    currency,
-                ),
+                "unit_price_cents": money(item.get("originalUnitPriceSet")),
             }
             for item in ((node.get("lineItems") or {}).get("nodes") or [])
         ],
@@ -154,6 +168,8 @@ def _array_type(column: sa.Column[Any]) -> str:
         return "timestamptz[]"
     if isinstance(kind, sa.Integer):
         return "bigint[]"
+    if isinstance(kind, sa.Boolean):
+        return "boolean[]"
     return "text[]"
 
 
@@ -190,7 +206,8 @@ async def upsert(
     if not rows:
         return counts
     columns = list(rows[0])
-    json_columns = {c for c in columns if c == "line_items"}
+    sa_table: sa.Table = table.__table__  # type: ignore[union-attr]
+    json_columns = {c for c in columns if isinstance(sa_table.c[c].type, sa.JSON)}
     statement = upsert_statement(table, columns)
     # The session's own connection (its transaction), spoken to by asyncpg directly: one
     # statement per batch, the columns as arrays.
@@ -316,6 +333,18 @@ class CommerceSyncActivities:
                 execution.cursor_after = await _cursors(session, execution.connector_id)
             execution.finished_at = utcnow()
             session.add(execution)
+            if execution.connector_id is not None and execution.module is ModuleKind.ORDER_SYNC:
+                # A connector whose syncs fail says why where people look (connector show,
+                # list); a sync that succeeds clears it.
+                failed = request.status is ModuleExecutionStatus.FAILED
+                await (await session.connection()).execute(
+                    sa.update(Connector)
+                    .where(
+                        col(Connector.id) == execution.connector_id,
+                        col(Connector.status) == ConnectorStatus.ACTIVE,
+                    )
+                    .values(last_error=f"sync failed: {request.error}" if failed else None)
+                )
 
     @activity.defn
     async def sync_window(self, request: SyncWindow) -> WindowSynced:
@@ -365,6 +394,7 @@ class CommerceSyncActivities:
             raise refused(err.error_type, str(err)) from None
         async with self._sessions() as session, session.begin():
             counts = await self._store(session, connector, request.stream, nodes)
+            await _note_shop_answer(session, connector.id, shop)
             stmt = insert(SyncCheckpoint).values(
                 connector_id=connector.id, stream=request.stream.value, cursor=end
             )
@@ -414,6 +444,34 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+async def _note_shop_answer(
+    session: AsyncSession, connector_id: uuid.UUID, shop: ShopifyClient
+) -> None:
+    """Record on the connector's running sync what the shop said beside the data: the API
+    version that served it and the fields it withheld (protected customer data)."""
+    execution = (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+            )
+            .with_for_update()
+        )
+    ).first()
+    if execution is None:
+        return
+    meta = dict(execution.meta)
+    if shop.served_version:
+        meta["api_version"] = {"asked": shop.api_version, "served": shop.served_version}
+    if shop.withheld:
+        meta["withheld"] = sorted(set(meta.get("withheld") or []) | shop.withheld)
+    if meta != execution.meta:
+        execution.meta = meta
+        session.add(execution)
 
 
 async def _cursors(session: AsyncSession, connector_id: uuid.UUID) -> dict[str, Any]:

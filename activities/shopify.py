@@ -5,6 +5,16 @@ rate limits honoured, never treated as failures.
 Rate limits: every response's `extensions.cost.throttleStatus` says how full the leaky bucket
 is; before a call the bucket cannot cover, the client waits (cost - available) / restoreRate.
 A THROTTLED error (HTTP 200 or 429) and a Retry-After header make it wait and ask again.
+
+The API version (SHOPIFY_API_VERSION) is one Shopify supports in December 2026: versions are
+released quarterly and each is supported for 12 months; a request for a version out of support
+is served by the oldest supported one, and every response names the version that served it in
+`X-Shopify-API-Version` (https://shopify.dev/docs/api/usage/versioning). The client reads it
+and warns when it differs from the one asked for.
+
+Protected customer data: an app without access gets `null` for the protected fields with an
+`ACCESS_DENIED` entry per field in `errors` (partial data, HTTP 200). Those fields are recorded
+as withheld and the rest of the answer is used; any other error still fails the query.
 """
 
 import asyncio
@@ -17,12 +27,31 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import structlog
+from prometheus_client import Counter
 
 from workflows.contracts.errors import ErrorType
 
+log = structlog.get_logger(__name__)
+
+# https://shopify.dev/docs/api/admin-graphql/2026-10 (released October 2026, supported until
+# October 2027).
+SHOPIFY_API_VERSION = "2026-10"
+API_VERSION_HEADER = "X-Shopify-API-Version"
+VERSION_MISMATCHES = Counter(
+    "changeflow_shopify_api_version_mismatch_total",
+    "Shopify answers served by another API version than the one asked for",
+    ["asked", "served"],
+)
+ACCESS_DENIED = "ACCESS_DENIED"
+
 # Nodes per page: Shopify caps `first` at 250 and a query's requested cost at 1000 points
-# (a connection costs 2 + first x its node's cost; an order with 10 line items is 42).
-PAGE_SIZE = {"customers": 250, "orders": 20}
+# (an object costs 1, a connection 2 + first x its node's cost: an order with its four money
+# bags of 3, its refunds, its customer of 3 and 10 line items of 4 is 62, so 15 cost 932).
+PAGE_SIZE = {"customers": 250, "orders": 15}
+# Line items read with each order; an order with more has the rest read by the order's id.
+LINE_ITEMS_FIRST = 10
+LINE_ITEMS_PAGE = 200  # 3 + 200 x 4 points: under the 1000-point query limit
 # A throttle longer than this is a shop in trouble, not a rate limit: the activity fails and
 # Temporal retries it later.
 MAX_THROTTLE_WAIT_SECONDS = 600.0
@@ -172,6 +201,12 @@ class ShopifyClient:
     ) -> None:
         self._http = http
         self._url = f"{shop_url.rstrip('/')}/admin/api/{api_version}/graphql.json"
+        self.api_version = api_version
+        # The version that served the last answer (X-Shopify-API-Version), when one said.
+        self.served_version: str | None = None
+        # Fields the shop withheld (protected customer data), by their path without indexes:
+        # "orders.nodes.customer.defaultEmailAddress".
+        self.withheld: set[str] = set()
         self._token = access_token
         self._sleep = sleep
         self._clock = clock
@@ -225,15 +260,19 @@ class ShopifyClient:
                 raise ShopifyUnavailable(f"the shop answered HTTP {response.status_code}")
             if response.status_code != 200:
                 raise ShopifyError(f"the shop answered HTTP {response.status_code}")
+            self._read_version(response)
             try:
                 body = response.json()
             except json.JSONDecodeError:
                 raise ShopifyError("the shop's answer is not JSON") from None
             throttled = self._read_cost(name, body)
             errors = body.get("errors") or []
-            if any((e.get("extensions") or {}).get("code") == "THROTTLED" for e in errors):
+            if any(_code(e) == "THROTTLED" for e in errors):
                 waited = await self._wait(max(throttled, 0.5), waited)
                 continue
+            denied = [e for e in errors if _code(e) == ACCESS_DENIED and e.get("path")]
+            self.withheld.update(_field_path(e["path"]) for e in denied)
+            errors = [e for e in errors if e not in denied]
             if errors:
                 messages = "; ".join(str(e.get("message", e)) for e in errors)[:500]
                 raise ShopifyError(f"the shop refused the query {name}: {messages}")
@@ -241,6 +280,20 @@ class ShopifyClient:
             if not isinstance(data, dict):
                 raise ShopifyError(f"the shop's answer to {name} has no data")
             return data
+
+    def _read_version(self, response: httpx.Response) -> None:
+        served = response.headers.get(API_VERSION_HEADER)
+        if not served:
+            return
+        if served != self.api_version and served != self.served_version:
+            VERSION_MISMATCHES.labels(asked=self.api_version, served=served).inc()
+            log.warning(
+                "shopify_api_version_mismatch",
+                asked=self.api_version,
+                served=served,
+                hint="the version asked for is not supported: set CHANGEFLOW_SHOPIFY_API_VERSION",
+            )
+        self.served_version = served
 
     def _read_cost(self, name: str, body: dict[str, Any]) -> float:
         """Update the bucket from `extensions.cost`; the wait a throttled call needs."""
@@ -273,11 +326,48 @@ class ShopifyClient:
                 {"first": PAGE_SIZE[stream], "after": after, "query": window_query(start, end)},
             )
             connection = data[stream]
-            yield list(connection["nodes"])
+            if connection is None:  # the whole stream withheld (ACCESS_DENIED, recorded)
+                return
+            nodes = list(connection["nodes"])
+            if stream == "orders":
+                for node in nodes:
+                    await self._all_line_items(node)
+            yield nodes
             info = connection["pageInfo"]
             if not info["hasNextPage"]:
                 return
             after = info["endCursor"]
+
+    async def _all_line_items(self, order: dict[str, Any]) -> None:
+        """Complete an order's line items past the first page, in place."""
+        items = order.get("lineItems") or {}
+        info = items.get("pageInfo") or {}
+        while info.get("hasNextPage"):
+            data = await self.query(
+                "order_line_items",
+                ORDER_LINE_ITEMS_QUERY,
+                {"id": order["id"], "first": LINE_ITEMS_PAGE, "after": info["endCursor"]},
+            )
+            more = (data.get("order") or {}).get("lineItems") or {}
+            items["nodes"] = [*items.get("nodes", []), *more.get("nodes", [])]
+            info = more.get("pageInfo") or {}
+
+    async def webhook_subscriptions(self) -> dict[str, str]:
+        """The app's webhook subscriptions on the shop: topic -> uri."""
+        data = await self.query("webhook_subscriptions", WEBHOOK_SUBSCRIPTIONS_QUERY, {})
+        return {n["topic"]: n["uri"] for n in data["webhookSubscriptions"]["nodes"]}
+
+    async def subscribe(self, topic: str, uri: str) -> None:
+        """webhookSubscriptionCreate for one topic (JSON deliveries to `uri`)."""
+        data = await self.query(
+            "webhook_subscription_create",
+            WEBHOOK_SUBSCRIPTION_CREATE,
+            {"topic": topic, "webhookSubscription": {"uri": uri, "format": "JSON"}},
+        )
+        errors = data["webhookSubscriptionCreate"]["userErrors"]
+        if errors:
+            messages = "; ".join(str(e.get("message")) for e in errors)
+            raise ShopifyError(f"the shop refused the webhook subscription {topic}: {messages}")
 
     async def next_update(self, stream: str, at: datetime) -> datetime | None:
         """When the first record of `stream` updated at or after `at` was updated; None when
@@ -293,37 +383,66 @@ class ShopifyClient:
         return datetime.fromisoformat(str(nodes[0]["updatedAt"]).replace("Z", "+00:00"))
 
 
+def _code(error: dict[str, Any]) -> Any:
+    return (error.get("extensions") or {}).get("code")
+
+
+def _field_path(path: list[Any]) -> str:
+    return ".".join(str(p) for p in path if not isinstance(p, int))
+
+
 SHOP_QUERY = "query Shop { shop { name myshopifyDomain ianaTimezone currencyCode } }"
 
-_MONEY = "shopMoney { amount currencyCode }"
+# A MoneyBag: shopMoney is always in the shop's currency, presentmentMoney in the order's own.
+_MONEY = "shopMoney { amount currencyCode } presentmentMoney { amount currencyCode }"
+# Customer.email and .phone are deprecated since 2025-04 for these.
+_CUSTOMER = (
+    "id firstName lastName updatedAt defaultEmailAddress { emailAddress } "
+    "defaultPhoneNumber { phoneNumber }"
+)
+_LINE_ITEM = f"id title sku quantity originalUnitPriceSet {{ {_MONEY} }}"
 
 ORDERS_QUERY = f"""
 query Orders($first: Int!, $after: String, $query: String) {{
   orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {{
     pageInfo {{ hasNextPage endCursor }}
     nodes {{
-      id name createdAt processedAt updatedAt cancelledAt sourceName currencyCode
+      id name createdAt processedAt updatedAt cancelledAt sourceName test
+      currencyCode presentmentCurrencyCode
       displayFinancialStatus displayFulfillmentStatus
       subtotalPriceSet {{ {_MONEY} }}
       totalDiscountsSet {{ {_MONEY} }}
       totalRefundedSet {{ {_MONEY} }}
       totalPriceSet {{ {_MONEY} }}
-      customer {{ id email firstName lastName phone updatedAt }}
-      lineItems(first: 10) {{
-        nodes {{ id title sku quantity originalUnitPriceSet {{ {_MONEY} }} }}
+      refunds {{ createdAt totalRefundedSet {{ {_MONEY} }} }}
+      customer {{ {_CUSTOMER} }}
+      lineItems(first: {LINE_ITEMS_FIRST}) {{
+        pageInfo {{ hasNextPage endCursor }}
+        nodes {{ {_LINE_ITEM} }}
       }}
     }}
   }}
 }}
 """
 
-CUSTOMERS_QUERY = """
-query Customers($first: Int!, $after: String, $query: String) {
-  customers(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
-    pageInfo { hasNextPage endCursor }
-    nodes { id email firstName lastName phone updatedAt }
-  }
-}
+CUSTOMERS_QUERY = f"""
+query Customers($first: Int!, $after: String, $query: String) {{
+  customers(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {{
+    pageInfo {{ hasNextPage endCursor }}
+    nodes {{ {_CUSTOMER} }}
+  }}
+}}
+"""
+
+ORDER_LINE_ITEMS_QUERY = f"""
+query OrderLineItems($id: ID!, $first: Int!, $after: String) {{
+  order(id: $id) {{
+    lineItems(first: $first, after: $after) {{
+      pageInfo {{ hasNextPage endCursor }}
+      nodes {{ {_LINE_ITEM} }}
+    }}
+  }}
+}}
 """
 
 STREAM_QUERIES = {"orders": ORDERS_QUERY, "customers": CUSTOMERS_QUERY}
@@ -336,3 +455,20 @@ query Next($first: Int!, $query: String) {{
 """
     for stream in STREAM_QUERIES
 }
+
+WEBHOOK_SUBSCRIPTIONS_QUERY = """
+query WebhookSubscriptions {
+  webhookSubscriptions(first: 100) { nodes { id topic uri } }
+}
+"""
+
+WEBHOOK_SUBSCRIPTION_CREATE = """
+mutation WebhookSubscriptionCreate(
+  $topic: WebhookSubscriptionTopic!, $webhookSubscription: WebhookSubscriptionInput!
+) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
+    webhookSubscription { id topic uri }
+    userErrors { field message }
+  }
+}
+"""

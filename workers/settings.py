@@ -153,7 +153,8 @@ class Settings(BaseSettings):
     # by commas. The first (or credential_key_id's) encrypts; every one decrypts.
     credential_keys: SecretStr | None = None
     credential_key_id: str | None = None
-    shopify_api_version: str = "2025-07"
+    # A version Shopify supports (activities/shopify.py says which and until when).
+    shopify_api_version: str = "2026-10"
 
     runtime_env: RuntimeEnv = Field(
         default=RuntimeEnv.DEVELOPMENT, validation_alias="CHANGEFLOW_ENV"
@@ -183,6 +184,9 @@ class Settings(BaseSettings):
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = Field(default=8088, ge=1, le=65535)
     webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    # Where Shopify reaches that endpoint (https://host, behind the TLS proxy): when set,
+    # `connector test` subscribes the shop's webhooks to <it>/webhooks/shopify/<connector id>.
+    webhooks_public_url: str = ""
 
     # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
     # of the identity service's public keys; issuer and audience must match the token's.
