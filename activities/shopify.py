@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import structlog
+from iso4217 import Currency
 from prometheus_client import Counter
 
 from workflows.contracts.errors import ErrorType
@@ -57,28 +58,6 @@ LINE_ITEMS_PAGE = 200  # 3 + 200 x 4 points: under the 1000-point query limit
 MAX_THROTTLE_WAIT_SECONDS = 600.0
 WAIT_SLICE_SECONDS = 5.0
 
-# ISO 4217 currencies without minor units (Shopify sends "1500.0" JPY).
-ZERO_DECIMAL_CURRENCIES = frozenset(
-    {
-        "BIF",
-        "CLP",
-        "DJF",
-        "GNF",
-        "ISK",
-        "JPY",
-        "KMF",
-        "KRW",
-        "PYG",
-        "RWF",
-        "UGX",
-        "VND",
-        "VUV",
-        "XAF",
-        "XOF",
-        "XPF",
-    }
-)
-
 
 class ShopifyError(Exception):
     error_type: ErrorType = ErrorType.SOURCE_PROTOCOL_ERROR
@@ -100,9 +79,19 @@ class ShopifyUnavailable(Exception):
     """A transient failure (5xx, network, a throttle that will not end): retry later."""
 
 
+def iso_currency_exponent(code: str) -> int | None:
+    """Digits of the currency's minor unit by ISO 4217 (JPY 0, USD 2, BHD 3); None for a code
+    that is not an ISO 4217 currency of money (XYZ, or XAU and XXX, which have no minor unit)."""
+    try:
+        return Currency(code.upper()).exponent
+    except ValueError:
+        return None
+
+
 def currency_exponent(currency: str) -> int:
     """Digits after the decimal point of the currency's minor unit (JPY has none)."""
-    return 0 if currency.upper() in ZERO_DECIMAL_CURRENCIES else 2
+    exponent = iso_currency_exponent(currency)
+    return 2 if exponent is None else exponent
 
 
 def minor_units(amount: str | None, currency: str) -> int:
