@@ -48,6 +48,10 @@ from workflows.contracts.errors import ErrorType, refused
 
 # Rows per INSERT statement (arrays: no bind-parameter limit; bounded for memory).
 UPSERT_BATCH = 5000
+# Records one window call reads and commits at most (settings.sync_window_records): bounded
+# memory, and a part that fits the activity's time limit even at Shopify's standard rate
+# (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
+WINDOW_RECORDS = 2500
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -252,13 +256,17 @@ class CommerceSyncActivities:
         sessions: SessionFactory,
         connections: Connections,
         *,
-        window: timedelta,
+        window: timedelta | None,
         overlap: timedelta,
         initial_lookback: timedelta,
+        window_records: int = WINDOW_RECORDS,
     ) -> None:
         self._sessions = sessions
         self._connections = connections
+        # A window spans at most this long (None: up to the sync's end) and reads at most
+        # window_records records per activity call (more: the window is read in parts).
         self._window = window
+        self._window_records = window_records
         self._overlap = overlap
         self._initial_lookback = initial_lookback
 
@@ -299,6 +307,15 @@ class CommerceSyncActivities:
                 .on_conflict_do_nothing(index_elements=["run_key"])
             )
             await (await session.connection()).execute(stmt)
+            if request.connector_id is not None:
+                # One sync per connector at a time: a record still running is one whose run
+                # ended without closing it (terminated, timed out).
+                await close_ended_runs(
+                    session,
+                    request.connector_id,
+                    "the sync ended without closing its record (terminated or timed out)",
+                    keep=request.run_key,
+                )
             execution = (
                 await session.exec(
                     select(ModuleExecution).where(ModuleExecution.run_key == request.run_key)
@@ -365,7 +382,20 @@ class CommerceSyncActivities:
         # Whole seconds: Shopify's updated_at and its search syntax have no finer precision.
         until = request.until.replace(microsecond=0)
         cursor = checkpoint.cursor if checkpoint else until - self._initial_lookback
-        if cursor >= until:
+        after: str | None = None
+        if (
+            checkpoint
+            and checkpoint.page_after
+            and checkpoint.window_start
+            and checkpoint.window_end
+        ):
+            # A window read in part: the same query, from the page after the last part.
+            start, end, after = (
+                checkpoint.window_start,
+                checkpoint.window_end,
+                checkpoint.page_after,
+            )
+        elif cursor >= until:
             return WindowSynced(
                 stream=request.stream,
                 window_start=cursor,
@@ -374,17 +404,23 @@ class CommerceSyncActivities:
                 cursor=cursor,
                 done=True,
             )
-        start = cursor - self._overlap if checkpoint else cursor
-        end = min(cursor + self._window, until)
+        else:
+            start = cursor - self._overlap if checkpoint else cursor
+            end = until if self._window is None else min(cursor + self._window, until)
         nodes: list[dict[str, Any]] = []
+        # Where the next part of this window starts, when it is cut by volume.
+        resume: str | None = None
         try:
             async with self._connections.shopify(
                 connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
             ) as shop:
-                async for page in shop.pages(request.stream.value, start, end):
-                    nodes.extend(page)
+                async for page in shop.pages(request.stream.value, start, end, after):
+                    nodes.extend(page.nodes)
                     activity.heartbeat(len(nodes))
-                if not nodes:
+                    if page.has_next and len(nodes) >= self._window_records:
+                        resume = page.end_cursor
+                        break
+                if not nodes and self._window is not None:
                     # A quiet stretch (a first sync's years before the shop opened, a
                     # shop closed for a season): the checkpoint steps to the next update
                     # instead of walking it window by window.
@@ -392,17 +428,25 @@ class CommerceSyncActivities:
                     end = until if following is None else min(until, max(end, following))
         except (ShopifyError, ConnectorError) as err:
             raise refused(err.error_type, str(err)) from None
+        # In part: the checkpoint stays at the window's start and remembers the page.
+        committed = cursor if resume else end
         async with self._sessions() as session, session.begin():
             counts = await self._store(session, connector, request.stream, nodes)
-            await _note_shop_answer(session, connector.id, shop)
+            await _note_shop_answer(session, connector.id, shop, counts)
+            part = {
+                "window_start": start if resume else None,
+                "window_end": end if resume else None,
+                "page_after": resume,
+            }
             stmt = insert(SyncCheckpoint).values(
-                connector_id=connector.id, stream=request.stream.value, cursor=end
+                connector_id=connector.id, stream=request.stream.value, cursor=committed, **part
             )
             await (await session.connection()).execute(
                 stmt.on_conflict_do_update(
                     index_elements=["connector_id", "stream"],
                     set_={
                         "cursor": sa.func.greatest(SyncCheckpoint.cursor, stmt.excluded.cursor),
+                        **{name: getattr(stmt.excluded, name) for name in part},
                         "updated_at": sa.func.now(),
                     },
                 )
@@ -417,8 +461,8 @@ class CommerceSyncActivities:
             window_start=start,
             window_end=end,
             counts=counts,
-            cursor=end,
-            done=end >= until,
+            cursor=committed,
+            done=resume is None and end >= until,
         )
 
     async def _store(
@@ -446,11 +490,39 @@ class CommerceSyncActivities:
         )
 
 
+async def close_ended_runs(
+    session: AsyncSession, connector_id: uuid.UUID, reason: str, *, keep: str = ""
+) -> int:
+    """Close the connector's sync records left running by a run that ended without closing
+    them (a termination, a timeout): failed, with `reason`, the counts their windows committed
+    and the cursors reached. How many were closed."""
+    stale = (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+                ModuleExecution.run_key != keep,
+            )
+            .with_for_update()
+        )
+    ).all()
+    for execution in stale:
+        execution.status = ModuleExecutionStatus.FAILED
+        execution.error = reason
+        execution.cursor_after = await _cursors(session, connector_id)
+        execution.finished_at = utcnow()
+        session.add(execution)
+    return len(stale)
+
+
 async def _note_shop_answer(
-    session: AsyncSession, connector_id: uuid.UUID, shop: ShopifyClient
+    session: AsyncSession, connector_id: uuid.UUID, shop: ShopifyClient, counts: SyncCounts
 ) -> None:
-    """Record on the connector's running sync what the shop said beside the data: the API
-    version that served it and the fields it withheld (protected customer data)."""
+    """Record on the connector's running sync what the shop said beside the data (the API
+    version that served it, the fields it withheld) and the window's counts, so a run that
+    ends without closing its record (terminated, timed out) still says what it did."""
     execution = (
         await session.exec(
             select(ModuleExecution)
@@ -469,9 +541,13 @@ async def _note_shop_answer(
         meta["api_version"] = {"asked": shop.api_version, "served": shop.served_version}
     if shop.withheld:
         meta["withheld"] = sorted(set(meta.get("withheld") or []) | shop.withheld)
-    if meta != execution.meta:
-        execution.meta = meta
-        session.add(execution)
+    execution.meta = meta
+    execution.fetched += counts.fetched
+    execution.records_processed += counts.fetched
+    execution.inserted += counts.inserted
+    execution.updated += counts.updated
+    execution.unchanged += counts.unchanged
+    session.add(execution)
 
 
 async def _cursors(session: AsyncSession, connector_id: uuid.UUID) -> dict[str, Any]:

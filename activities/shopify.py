@@ -137,6 +137,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Page:
+    nodes: list[dict[str, Any]]
+    end_cursor: str | None
+    has_next: bool
+
+
+@dataclass(frozen=True)
 class IssuedToken:
     access_token: str
     expires_in_seconds: int
@@ -303,11 +310,11 @@ class ShopifyClient:
         return dict(data["shop"])
 
     async def pages(
-        self, stream: str, start: datetime, end: datetime
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Every node of `stream` with start <= updated_at < end, oldest update first."""
+        self, stream: str, start: datetime, end: datetime, after: str | None = None
+    ) -> AsyncIterator[Page]:
+        """Every node of `stream` with start <= updated_at < end, oldest update first, from
+        the page after `after` (a cursor of the same query) when given."""
         document = STREAM_QUERIES[stream]
-        after: str | None = None
         while True:
             data = await self.query(
                 stream,
@@ -321,8 +328,8 @@ class ShopifyClient:
             if stream == "orders":
                 for node in nodes:
                     await self._all_line_items(node)
-            yield nodes
             info = connection["pageInfo"]
+            yield Page(nodes, info["endCursor"], bool(info["hasNextPage"]))
             if not info["hasNextPage"]:
                 return
             after = info["endCursor"]

@@ -11,7 +11,6 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -19,8 +18,17 @@ from rich.console import Console
 from rich.markup import escape
 from sqlmodel import col, select
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TimedOutError,
+)
 
+from activities.commerce_sync import close_ended_runs
 from activities.connectors import ConnectorError, ConnectorService
 from activities.shopify import ShopifyError
 from activities.shopify_webhooks import register_webhooks
@@ -46,7 +54,6 @@ connector_app = typer.Typer(
 )
 
 ConnectorId = Annotated[uuid.UUID, typer.Argument(help="The connector's id.")]
-RUN_TIMEOUT = timedelta(minutes=30)
 
 
 async def _service(stack: Stack) -> ConnectorService:
@@ -308,6 +315,30 @@ def connector_rotate(connector_id: ConnectorId, json_output: Json = False) -> No
     run(json_output, work)
 
 
+async def _sync_ended(stack: Stack, connector_id: uuid.UUID, err: WorkflowFailureError) -> Outcome:
+    """A sync that did not succeed, named by its real cause: the shop's or the connector's
+    refusal by its type; a termination, a timeout or a cancellation as such (its record
+    closed with the counts its windows committed)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type:
+        raise Refused(cause.type, f"the sync failed: {cause.message}")
+    if isinstance(cause, TerminatedError | TimedOutError | CancelledError):
+        kind = {
+            TerminatedError: "terminated",
+            TimedOutError: "timed out",
+            CancelledError: "cancelled",
+        }[type(cause)]
+        reason = f"the sync was {kind}" + (f": {cause.message}" if cause.message else "")
+        async with (await stack.sessions())() as session, session.begin():
+            await close_ended_runs(session, connector_id, reason)
+        return Outcome(
+            {"status": "failed", "error": reason},
+            lambda out: out.print(f"[red]{escape(reason)}[/]"),
+            EXIT_NOT_COMPLETED,
+        )
+    raise Refused(ErrorType.CONNECTOR_NOT_ACTIVE, f"the sync failed: {cause or err}")
+
+
 @connector_app.command("sync")
 def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None:
     """Run the connector's sync now and wait for it: counts per stream and the new cursors.
@@ -317,12 +348,13 @@ def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None
         client = await stack.client()
         workflow_id = order_sync_workflow_id(connector_id)
         try:
+            # No execution timeout: a first sync of a big shop takes as long as it takes; its
+            # windows are checkpointed, and it can be cancelled.
             handle = await client.start_workflow(
                 OrderSyncWorkflow.run,
                 OrderSyncInput(connector_id=connector_id),
                 id=workflow_id,
                 task_queue=stack.settings.task_queue,
-                execution_timeout=RUN_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:
             progress.print(f"a sync of {connector_id} is running already; following it")
@@ -330,9 +362,7 @@ def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None
         try:
             result = await handle.result()
         except WorkflowFailureError as err:
-            cause = err.cause
-            message = str(getattr(cause, "message", "") or cause or err)
-            raise Refused(ErrorType.CONNECTOR_NOT_ACTIVE, f"the sync failed: {message}") from None
+            return await _sync_ended(stack, connector_id, err)
 
         def render(out: Console) -> None:
             for stream, c in sorted(result.counts.items()):

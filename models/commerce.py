@@ -105,6 +105,11 @@ class SyncCheckpoint(SQLModel, table=True):
     )
     stream: str = Field(max_length=32, primary_key=True)  # a SyncStream
     cursor: datetime = timestamp_field(nullable=False)
+    # A window read in parts (bounded by volume): its query's bounds and the source's page
+    # cursor after the last committed part; a retried or later sync resumes there.
+    window_start: datetime | None = timestamp_field()
+    window_end: datetime | None = timestamp_field()
+    page_after: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
     updated_at: datetime = updated_at_field()
 
 

@@ -135,7 +135,8 @@ def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *CommerceSyncActivities(
             deps.sessions,
             connections,
-            window=timedelta(hours=s.sync_window_hours),
+            window=timedelta(hours=s.sync_window_hours) if s.sync_window_hours else None,
+            window_records=s.sync_window_records,
             overlap=timedelta(seconds=s.sync_overlap_seconds),
             initial_lookback=timedelta(days=s.sync_initial_days),
         ).activities(),

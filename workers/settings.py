@@ -171,9 +171,12 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = None
     # Browser origins allowed to call it (comma-separated); unset: the Web UI's (ui_url).
     codec_cors_origins: str | None = None
-    # An incremental sync reads the shop in windows of updated_at this long, each re-reading
-    # this much before the last checkpoint (late index writes at the boundary).
-    sync_window_hours: float = Field(default=24.0, gt=0)
+    # A sync reads the shop in windows of updated_at, each re-reading sync_overlap_seconds
+    # before the last checkpoint (late index writes at the boundary). A window's longest span
+    # (None, the default: bounded by volume only) and the records one window call reads at most
+    # (more: read in parts, each checkpointed with the shop's page cursor).
+    sync_window_hours: float | None = Field(default=None, gt=0)
+    sync_window_records: int = Field(default=2500, ge=1, le=100_000)
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)

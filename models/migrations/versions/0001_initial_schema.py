@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-07 14:52:05.802883
+Create Date: 2026-12-07 15:12:21.682780
 """
 
 from collections.abc import Sequence
@@ -910,6 +910,9 @@ def upgrade() -> None:
         sa.Column("connector_id", sa.Uuid(), nullable=False),
         sa.Column("stream", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("cursor", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("window_end", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("page_after", sa.Text(), nullable=True),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
