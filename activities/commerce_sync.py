@@ -7,9 +7,10 @@ record indexed late at the boundary is not missed; the upsert only replaces a st
 a strictly newer one, so what is re-read is counted as unchanged, never twice.
 """
 
+import asyncio
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.connectors import Connections, ConnectorError
-from activities.shopify import ShopifyClient, ShopifyError, minor_units
+from activities.shopify import (
+    ShopifyClient,
+    ShopifyError,
+    ShopifyUnavailable,
+    bulk_orders_query,
+    minor_units,
+)
 from models.base import utcnow
 from models.commerce import (
     Customer,
@@ -52,6 +59,8 @@ UPSERT_BATCH = 5000
 # memory, and a part that fits the activity's time limit even at Shopify's standard rate
 # (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
 WINDOW_RECORDS = 2500
+# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<orders done>".
+BULK_MARK = "bulk:"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -260,6 +269,8 @@ class CommerceSyncActivities:
         overlap: timedelta,
         initial_lookback: timedelta,
         window_records: int = WINDOW_RECORDS,
+        bulk_first_sync: bool = True,
+        bulk_poll_seconds: float = 2.0,
     ) -> None:
         self._sessions = sessions
         self._connections = connections
@@ -267,6 +278,9 @@ class CommerceSyncActivities:
         # window_records records per activity call (more: the window is read in parts).
         self._window = window
         self._window_records = window_records
+        # A first sync of the orders by a Bulk Operation (not rate-limited), polled this often.
+        self._bulk_first_sync = bulk_first_sync
+        self._bulk_poll_seconds = bulk_poll_seconds
         self._overlap = overlap
         self._initial_lookback = initial_lookback
 
@@ -383,6 +397,14 @@ class CommerceSyncActivities:
         until = request.until.replace(microsecond=0)
         cursor = checkpoint.cursor if checkpoint else until - self._initial_lookback
         after: str | None = None
+        bulk = checkpoint.page_after if checkpoint and checkpoint.page_after else ""
+        if request.stream is SyncStream.ORDERS and (
+            (checkpoint is None and self._bulk_first_sync) or bulk.startswith(BULK_MARK)
+        ):
+            # A first sync of the orders: one Bulk Operation, not pages under the rate limit.
+            start = checkpoint.window_start if checkpoint and checkpoint.window_start else cursor
+            end = checkpoint.window_end if checkpoint and checkpoint.window_end else until
+            return await self._bulk_window(connector, start, end, bulk)
         if (
             checkpoint
             and checkpoint.page_after
@@ -465,6 +487,119 @@ class CommerceSyncActivities:
             done=resume is None and end >= until,
         )
 
+    async def _bulk_window(
+        self, connector: Connector, start: datetime, end: datetime, mark: str
+    ) -> WindowSynced:
+        """The orders of [start, end) by a Bulk Operation: started (or found again after a
+        retry), polled until done, its JSONL streamed and upserted in batches, each batch
+        committed with a checkpoint naming the operation and the orders done, so a retry
+        skips them. Order lines come before their line items (`__parentId`)."""
+        counts = SyncCounts()
+        try:
+            async with self._connections.shopify(
+                connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
+            ) as shop:
+                if mark:
+                    operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
+                    skip = int(done)
+                else:
+                    operation_id = await shop.run_bulk_query(bulk_orders_query(start, end))
+                    skip = 0
+                    await self._bulk_checkpoint(
+                        connector, start, end, f"{BULK_MARK}{operation_id}|0"
+                    )
+                url = await self._bulk_result(shop, operation_id)
+                batch: list[dict[str, Any]] = []
+                seen = 0  # order lines read, those committed before a retry included
+                skipping = False
+                lines = shop.bulk_lines(url) if url else _no_lines()
+                async for line in lines:
+                    if line.get("__parentId") is not None:  # a line item of the last order
+                        if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
+                            batch[-1]["lineItems"]["nodes"].append(line)
+                        continue
+                    if len(batch) >= self._window_records:
+                        # A new order: the batch's orders have all their line items.
+                        counts = counts.plus(
+                            await self._bulk_commit(
+                                connector, start, end, operation_id, batch, seen
+                            )
+                        )
+                        batch = []
+                    seen += 1
+                    skipping = seen <= skip
+                    if not skipping:
+                        batch.append({**line, "lineItems": {"nodes": []}})
+                        activity.heartbeat(seen)
+                counts = counts.plus(
+                    await self._bulk_commit(
+                        connector, start, end, operation_id, batch, seen, last=True
+                    )
+                )
+        except (ShopifyError, ConnectorError) as err:
+            raise refused(err.error_type, str(err)) from None
+        return WindowSynced(
+            stream=SyncStream.ORDERS,
+            window_start=start,
+            window_end=end,
+            counts=counts,
+            cursor=end,
+            done=True,
+        )
+
+    async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> str | None:
+        """Poll currentBulkOperation until the operation is done; its result's URL (None: no
+        order at all). A failed or expired operation is retried from the start."""
+        while True:
+            current = await shop.current_bulk_operation()
+            if current.get("id") != operation_id:
+                raise ShopifyUnavailable(
+                    f"the bulk operation {operation_id} is not the current one"
+                )
+            status = current.get("status")
+            activity.heartbeat(f"bulk {status} {current.get('objectCount')}")
+            if status == "COMPLETED":
+                return current.get("url")
+            if status in ("FAILED", "CANCELED", "EXPIRED"):
+                raise ShopifyUnavailable(
+                    f"the bulk operation ended {status} ({current.get('errorCode')})"
+                )
+            await asyncio.sleep(self._bulk_poll_seconds)
+
+    async def _bulk_checkpoint(
+        self, connector: Connector, start: datetime, end: datetime, mark: str | None
+    ) -> None:
+        async with self._sessions() as session, session.begin():
+            await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+
+    async def _bulk_commit(
+        self,
+        connector: Connector,
+        start: datetime,
+        end: datetime,
+        operation_id: str,
+        batch: list[dict[str, Any]],
+        seen: int,
+        *,
+        last: bool = False,
+    ) -> SyncCounts:
+        """One batch of the bulk result and the checkpoint after it, in one transaction."""
+        async with self._sessions() as session, session.begin():
+            counts = await self._store(session, connector, SyncStream.ORDERS, batch)
+            if last:
+                await _checkpoint(session, connector.id, SyncStream.ORDERS, end, None, None)
+            else:
+                mark = f"{BULK_MARK}{operation_id}|{seen}"
+                await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+            if execution := await _running(session, connector.id):
+                execution.fetched += counts.fetched
+                execution.records_processed += counts.fetched
+                execution.inserted += counts.inserted
+                execution.updated += counts.updated
+                execution.unchanged += counts.unchanged
+                session.add(execution)
+        return counts
+
     async def _store(
         self,
         session: AsyncSession,
@@ -488,6 +623,58 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+async def _no_lines() -> AsyncIterator[dict[str, Any]]:
+    """A bulk operation that found nothing has no result file."""
+    empty: tuple[dict[str, Any], ...] = ()
+    for line in empty:
+        yield line
+
+
+async def _checkpoint(
+    session: AsyncSession,
+    connector_id: uuid.UUID,
+    stream: SyncStream,
+    cursor: datetime,
+    window_end: datetime | None,
+    mark: str | None,
+) -> None:
+    """The stream's checkpoint: its cursor, and a window in progress (its end and where the
+    next part starts) or none."""
+    part = {
+        "window_start": cursor if mark else None,
+        "window_end": window_end if mark else None,
+        "page_after": mark,
+    }
+    stmt = insert(SyncCheckpoint).values(
+        connector_id=connector_id, stream=stream.value, cursor=cursor, **part
+    )
+    await (await session.connection()).execute(
+        stmt.on_conflict_do_update(
+            index_elements=["connector_id", "stream"],
+            set_={
+                "cursor": sa.func.greatest(SyncCheckpoint.cursor, stmt.excluded.cursor),
+                **{name: getattr(stmt.excluded, name) for name in part},
+                "updated_at": sa.func.now(),
+            },
+        )
+    )
+
+
+async def _running(session: AsyncSession, connector_id: uuid.UUID) -> ModuleExecution | None:
+    """The connector's sync record being written (one sync per connector at a time)."""
+    return (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+            )
+            .with_for_update()
+        )
+    ).first()
 
 
 async def close_ended_runs(

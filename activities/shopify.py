@@ -365,6 +365,33 @@ class ShopifyClient:
             messages = "; ".join(str(e.get("message")) for e in errors)
             raise ShopifyError(f"the shop refused the webhook subscription {topic}: {messages}")
 
+    async def run_bulk_query(self, document: str) -> str:
+        """Start a Bulk Operation (bulkOperationRunQuery): Shopify runs the query in the
+        background, not against the rate limit; its id."""
+        data = await self.query("bulk_run", BULK_RUN_QUERY, {"query": document})
+        run = data["bulkOperationRunQuery"]
+        if run["userErrors"]:
+            messages = "; ".join(str(e.get("message")) for e in run["userErrors"])
+            raise ShopifyError(f"the shop refused the bulk operation: {messages}")
+        return str(run["bulkOperation"]["id"])
+
+    async def current_bulk_operation(self) -> dict[str, Any]:
+        """The app's latest bulk query operation (currentBulkOperation): status, url, ..."""
+        data = await self.query("bulk_current", CURRENT_BULK_QUERY, {})
+        return dict(data["currentBulkOperation"] or {})
+
+    async def bulk_lines(self, url: str) -> AsyncIterator[dict[str, Any]]:
+        """The operation's JSONL result, streamed a line at a time (it may be gigabytes)."""
+        try:
+            async with self._http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise ShopifyUnavailable(f"the bulk result answered {response.status_code}")
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TransportError as err:
+            raise ShopifyUnavailable(f"cannot read the bulk result: {type(err).__name__}") from None
+
     async def next_update(self, stream: str, at: datetime) -> datetime | None:
         """When the first record of `stream` updated at or after `at` was updated; None when
         there is none. One call of minimal cost, so a sync steps over quiet stretches."""
@@ -467,4 +494,42 @@ mutation WebhookSubscriptionCreate(
     userErrors { field message }
   }
 }
+"""
+
+BULK_RUN_QUERY = """
+mutation BulkRun($query: String!) {
+  bulkOperationRunQuery(query: $query) {
+    bulkOperation { id status }
+    userErrors { field message }
+  }
+}
+"""
+
+CURRENT_BULK_QUERY = """
+query CurrentBulk {
+  currentBulkOperation(type: QUERY) { id status errorCode objectCount url }
+}
+"""
+
+
+def bulk_orders_query(start: datetime, end: datetime) -> str:
+    """The orders of [start, end) for a Bulk Operation: the same fields as ORDERS_QUERY, every
+    line item (a nested connection: its nodes are lines of their own with `__parentId`)."""
+    return f"""
+{{
+  orders(query: "{window_query(start, end)}", sortKey: UPDATED_AT) {{
+    edges {{ node {{
+      id name createdAt processedAt updatedAt cancelledAt sourceName test
+      currencyCode presentmentCurrencyCode
+      displayFinancialStatus displayFulfillmentStatus
+      subtotalPriceSet {{ {_MONEY} }}
+      totalDiscountsSet {{ {_MONEY} }}
+      totalRefundedSet {{ {_MONEY} }}
+      totalPriceSet {{ {_MONEY} }}
+      refunds {{ createdAt totalRefundedSet {{ {_MONEY} }} }}
+      customer {{ {_CUSTOMER} }}
+      lineItems {{ edges {{ node {{ {_LINE_ITEM} }} }} }}
+    }} }}
+  }}
+}}
 """

@@ -60,7 +60,7 @@ ORDER_COST = 1 + 4 * 3 + 4 + 3
 LINE_ITEM_COST = 4
 CUSTOMER_COST = 3
 ROOT_FIELD = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.S)
-BULK_ROOTS: tuple[str, ...] = ()
+BULK_ROOTS = ("bulkOperationRunQuery", "currentBulkOperation")
 
 
 def _root_field(document: str) -> str:
@@ -290,6 +290,10 @@ class ShopifyStandIn:
         self.protected_access = "full"
         # Webhook subscriptions the app made (webhookSubscriptionCreate): topic -> uri.
         self.webhook_subscriptions: dict[str, str] = {}
+        # The app's bulk query operation (one at a time) and how many polls it stays RUNNING.
+        self.bulk: dict[str, Any] | None = None
+        self.bulk_running_polls = 2
+        self.bulk_operations = 0
         # Called with the stream and variables before a page is answered (tests kill a
         # worker from here).
         self.before_page: Any = None
@@ -443,6 +447,15 @@ class ShopifyStandIn:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                found = re.fullmatch(r"/bulk/(\d+)\.jsonl", self.path)
+                body = stand_in.bulk_result(found.group(1)) if found else None
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/jsonl")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -587,6 +600,8 @@ class ShopifyStandIn:
             return {"order": {"lineItems": page}}, 3 + 4 * len(page["nodes"])
         if root in ("webhookSubscriptions", "webhookSubscriptionCreate"):
             return self._webhook_subscriptions(root, variables), 10.0
+        if root in BULK_ROOTS:
+            return self._bulk(root, variables), 10.0
         stream = root
         first = int(variables.get("first") or 0)
         if not 1 <= first <= 250:
@@ -603,6 +618,85 @@ class ShopifyStandIn:
             self._protect(stream, i, node, errors)
         actual = 2 + sum(self._actual_node_cost(stream, node) for node in nodes)
         return {stream: {"nodes": nodes, "pageInfo": info}}, actual
+
+    def _bulk(self, root: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """bulkOperationRunQuery runs the orders query of its document (its `query:` filter)
+        over the whole shop; currentBulkOperation reports RUNNING for `bulk_running_polls`
+        polls, then COMPLETED with the JSONL's url: each order a line, each line item a line
+        of its own after it with `__parentId`. One bulk query at a time, as Shopify allows."""
+        if root == "bulkOperationRunQuery":
+            if self.bulk is not None and self.bulk["status"] == "RUNNING":
+                return {
+                    "bulkOperationRunQuery": {
+                        "bulkOperation": None,
+                        "userErrors": [
+                            {
+                                "field": None,
+                                "message": "A bulk query operation for this app and shop "
+                                "is already in progress",
+                            }
+                        ],
+                    }
+                }
+            self._next_id += 1
+            document = str(variables.get("query") or "")
+            found = re.search(r'query:\s*"([^"]*)"', document)
+            lines = self._bulk_lines(found.group(1) if found else "")
+            self.bulk = {
+                "id": f"gid://shopify/BulkOperation/{self._next_id}",
+                "status": "RUNNING",
+                "polls": 0,
+                "lines": lines,
+            }
+            self.bulk_operations += 1
+            return {
+                "bulkOperationRunQuery": {
+                    "bulkOperation": {"id": self.bulk["id"], "status": "CREATED"},
+                    "userErrors": [],
+                }
+            }
+        if self.bulk is None:
+            return {"currentBulkOperation": None}
+        self.bulk["polls"] += 1
+        if self.bulk["status"] == "RUNNING" and self.bulk["polls"] > self.bulk_running_polls:
+            self.bulk["status"] = "COMPLETED"
+        completed = self.bulk["status"] == "COMPLETED"
+        return {
+            "currentBulkOperation": {
+                "id": self.bulk["id"],
+                "status": self.bulk["status"],
+                "errorCode": None,
+                "objectCount": str(len(self.bulk["lines"])),
+                "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
+                if completed and self.bulk["lines"]
+                else None,
+            }
+        }
+
+    def _bulk_lines(self, search: str) -> list[bytes]:
+        ordered, _ = self._by_update("orders")
+        lines: list[bytes] = []
+        low = high = None
+        for match in BOUND.finditer(search):
+            at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
+            if match["op"] == ">=":
+                low = at
+            elif match["op"] == "<":
+                high = at
+        for order in ordered:
+            if (low and order.updated_at < low) or (high and order.updated_at >= high):
+                continue
+            node = order.node(len(order.line_items) or 1)
+            items = node.pop("lineItems")["nodes"]
+            lines.append(json.dumps(node).encode())
+            lines.extend(json.dumps({**item, "__parentId": order.id}).encode() for item in items)
+        return lines
+
+    def bulk_result(self, name: str) -> bytes | None:
+        """The JSONL a bulk operation's url serves."""
+        if self.bulk is None or not self.bulk["id"].endswith(f"/{name}"):
+            return None
+        return b"".join(line + b"\n" for line in self.bulk["lines"])
 
     def _webhook_subscriptions(self, root: str, variables: dict[str, Any]) -> dict[str, Any]:
         """webhookSubscriptions (topic, uri) and webhookSubscriptionCreate(topic,

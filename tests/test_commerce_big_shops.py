@@ -8,6 +8,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,36 @@ async def test_connector_sync_has_no_time_limit_and_names_a_termination(
     # What its committed windows stored, counted: the 5 customers and the orders so far.
     assert 0 < len(stored) < 90 and execution.inserted == len(stored) + 5
     assert execution.finished_at is not None and "orders" in execution.cursor_after
+
+
+async def test_a_first_sync_reads_the_orders_by_one_bulk_operation(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=200, customers=10)
+    big = shop.add_order(items=[(f"Pin {i}", 1, Decimal("1.50")) for i in range(14)])
+    await shop.settle()
+    # The defaults a user gets: a first sync by Bulk Operation, batches of 50 here.
+    settings = commerce_settings(
+        task_queue, tmp_path, sync_bulk_first_sync=True, sync_window_records=50
+    )
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        first = await sync(client, connected.connector.id, task_queue)
+        pages_after_first = [q for q in shop.queries if q["stream"] == "orders"]
+        shop.refund(big.id, Decimal("1.50"))
+        await shop.settle()
+        second = await sync(client, connected.connector.id, task_queue)
+
+    assert shop.bulk_operations == 1
+    assert pages_after_first == [], "no order page was read: the bulk result was"
+    orders = await orders_of(sessions, connected.tenant.id)
+    assert set(orders) == set(shop.orders)
+    assert len(orders[big.id].line_items) == 14
+    assert all(len(orders[o.id].line_items) == len(o.line_items) for o in shop.orders.values())
+    assert first.counts["orders"].inserted == 201  # type: ignore[index]
+    # Incremental syncs page from the checkpoint the bulk read left.
+    assert second.counts["orders"].updated == 1  # type: ignore[index]
+    assert shop.bulk_operations == 1
+    async with sessions() as session:
+        checkpoint = await session.get(SyncCheckpoint, (connected.connector.id, "orders"))
+    assert checkpoint is not None and checkpoint.page_after is None
