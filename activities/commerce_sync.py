@@ -549,7 +549,10 @@ class CommerceSyncActivities:
 
     async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> str | None:
         """Poll currentBulkOperation until the operation is done; its result's URL (None: no
-        order at all). A failed or expired operation is retried from the start."""
+        order at all). A failed or expired operation is retried from the start. The first
+        polls come quickly (a small shop's operation is done in a second), then every
+        bulk_poll_seconds."""
+        pause = 0.1
         while True:
             current = await shop.current_bulk_operation()
             if current.get("id") != operation_id:
@@ -564,7 +567,8 @@ class CommerceSyncActivities:
                 raise ShopifyUnavailable(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
-            await asyncio.sleep(self._bulk_poll_seconds)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._bulk_poll_seconds)
 
     async def _bulk_checkpoint(
         self, connector: Connector, start: datetime, end: datetime, mark: str | None
