@@ -503,7 +503,7 @@ class CommerceSyncActivities:
                     operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
                     skip = int(done)
                 else:
-                    operation_id = await shop.run_bulk_query(bulk_orders_query(start, end))
+                    operation_id = await self._start_bulk(shop, start, end)
                     skip = 0
                     await self._bulk_checkpoint(
                         connector, start, end, f"{BULK_MARK}{operation_id}|0"
@@ -546,6 +546,14 @@ class CommerceSyncActivities:
             cursor=end,
             done=True,
         )
+
+    async def _start_bulk(self, shop: ShopifyClient, start: datetime, end: datetime) -> str:
+        """A new bulk operation; or, when an attempt cut off before its checkpoint started one
+        (Shopify runs one bulk query per app and shop at a time), that one."""
+        current = await shop.current_bulk_operation()
+        if current.get("status") in ("CREATED", "RUNNING"):
+            return str(current["id"])
+        return await shop.run_bulk_query(bulk_orders_query(start, end))
 
     async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> str | None:
         """Poll currentBulkOperation until the operation is done; its result's URL (None: no

@@ -641,14 +641,26 @@ class ShopifyStandIn:
             self._next_id += 1
             document = str(variables.get("query") or "")
             found = re.search(r'query:\s*"([^"]*)"', document)
-            lines = self._bulk_lines(found.group(1) if found else "")
+            # The result is written when it is fetched: a big shop's operation starts at once.
+            search = found.group(1) if found else ""
             self.bulk = {
                 "id": f"gid://shopify/BulkOperation/{self._next_id}",
                 "status": "RUNNING",
                 "polls": 0,
-                "lines": lines,
+                "search": search,
+                "lines": None,
             }
             self.bulk_operations += 1
+            operation = self.bulk
+
+            ordered = list(self._by_update("orders")[0])
+
+            def run() -> None:  # in the background, as Shopify runs it
+                lines = _bulk_lines(ordered, search)
+                with self.lock:
+                    operation["lines"] = lines
+
+            threading.Thread(target=run, daemon=True).start()
             return {
                 "bulkOperationRunQuery": {
                     "bulkOperation": {"id": self.bulk["id"], "status": "CREATED"},
@@ -658,7 +670,11 @@ class ShopifyStandIn:
         if self.bulk is None:
             return {"currentBulkOperation": None}
         self.bulk["polls"] += 1
-        if self.bulk["status"] == "RUNNING" and self.bulk["polls"] > self.bulk_running_polls:
+        if (
+            self.bulk["status"] == "RUNNING"
+            and self.bulk["polls"] > self.bulk_running_polls
+            and self.bulk["lines"] is not None
+        ):
             self.bulk["status"] = "COMPLETED"
         completed = self.bulk["status"] == "COMPLETED"
         return {
@@ -666,35 +682,20 @@ class ShopifyStandIn:
                 "id": self.bulk["id"],
                 "status": self.bulk["status"],
                 "errorCode": None,
-                "objectCount": str(len(self.bulk["lines"])),
+                "objectCount": str(len(self.bulk["lines"] or [])),
                 "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
                 if completed and self.bulk["lines"]
                 else None,
             }
         }
 
-    def _bulk_lines(self, search: str) -> list[bytes]:
-        ordered, _ = self._by_update("orders")
-        lines: list[bytes] = []
-        low = high = None
-        for match in BOUND.finditer(search):
-            at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
-            if match["op"] == ">=":
-                low = at
-            elif match["op"] == "<":
-                high = at
-        for order in ordered:
-            if (low and order.updated_at < low) or (high and order.updated_at >= high):
-                continue
-            node = order.node(len(order.line_items) or 1)
-            items = node.pop("lineItems")["nodes"]
-            lines.append(json.dumps(node).encode())
-            lines.extend(json.dumps({**item, "__parentId": order.id}).encode() for item in items)
-        return lines
-
     def bulk_result(self, name: str) -> bytes | None:
         """The JSONL a bulk operation's url serves."""
-        if self.bulk is None or not self.bulk["id"].endswith(f"/{name}"):
+        if (
+            self.bulk is None
+            or not self.bulk["id"].endswith(f"/{name}")
+            or self.bulk["lines"] is None
+        ):
             return None
         return b"".join(line + b"\n" for line in self.bulk["lines"])
 
@@ -878,6 +879,26 @@ class ShopifyStandIn:
             else None
         )
         return nodes, {"hasNextPage": len(records) > first, "endCursor": end}
+
+
+def _bulk_lines(ordered: list[Any], search: str) -> list[bytes]:
+    """The JSONL lines of the orders a bulk query's search selects."""
+    lines: list[bytes] = []
+    low = high = None
+    for match in BOUND.finditer(search):
+        at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
+        if match["op"] == ">=":
+            low = at
+        elif match["op"] == "<":
+            high = at
+    for order in ordered:
+        if (low and order.updated_at < low) or (high and order.updated_at >= high):
+            continue
+        node = order.node(len(order.line_items) or 1)
+        items = node.pop("lineItems")["nodes"]
+        lines.append(json.dumps(node).encode())
+        lines.extend(json.dumps({**item, "__parentId": order.id}).encode() for item in items)
+    return lines
 
 
 def new_token() -> str:
