@@ -7,9 +7,10 @@ record indexed late at the boundary is not missed; the upsert only replaces a st
 a strictly newer one, so what is re-read is counted as unchanged, never twice.
 """
 
+import asyncio
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,12 +21,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities.connectors import Connections, ConnectorError
-from activities.shopify import ShopifyError, minor_units
+from activities.shopify import (
+    ShopifyClient,
+    ShopifyError,
+    ShopifyUnavailable,
+    bulk_orders_query,
+    minor_units,
+)
 from models.base import utcnow
 from models.commerce import (
     Customer,
     ModuleExecution,
     ModuleExecutionStatus,
+    ModuleKind,
     Order,
     OrderSource,
     OrderStatus,
@@ -47,6 +55,12 @@ from workflows.contracts.errors import ErrorType, refused
 
 # Rows per INSERT statement (arrays: no bind-parameter limit; bounded for memory).
 UPSERT_BATCH = 5000
+# Records one window call reads and commits at most (settings.sync_window_records): bounded
+# memory, and a part that fits the activity's time limit even at Shopify's standard rate
+# (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
+WINDOW_RECORDS = 2500
+# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<orders done>".
+BULK_MARK = "bulk:"
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -64,9 +78,9 @@ def customer_row(tenant_id: uuid.UUID, node: dict[str, Any]) -> dict[str, Any]:
         "tenant_id": tenant_id,
         "source": OrderSource.SHOPIFY.value,
         "external_id": node["id"],
-        "email": node.get("email") or None,
+        "email": (node.get("defaultEmailAddress") or {}).get("emailAddress") or None,
         "name": _name(node),
-        "phone": node.get("phone"),
+        "phone": (node.get("defaultPhoneNumber") or {}).get("phoneNumber") or None,
         "source_updated_at": _when(node.get("updatedAt")),
     }
 
@@ -85,18 +99,27 @@ def order_status(node: dict[str, Any]) -> OrderStatus:
     return OrderStatus.PENDING
 
 
+def _bag(bag: dict[str, Any] | None, side: str) -> tuple[str | None, str | None]:
+    money = (bag or {}).get(side) or {}
+    return money.get("amount"), money.get("currencyCode")
+
+
 def order_row(
     tenant_id: uuid.UUID,
     connector_id: uuid.UUID,
     node: dict[str, Any],
     customers: dict[str, uuid.UUID],
 ) -> dict[str, Any]:
-    currency = node.get("currencyCode") or "USD"
+    """An order in the shop's currency (shopMoney; Order.currencyCode is the shop's), with
+    what the customer was charged in its own currency (presentmentMoney) beside it."""
+    currency = _bag(node.get("totalPriceSet"), "shopMoney")[1] or node.get("currencyCode") or "USD"
 
-    def money(key: str) -> int:
-        return minor_units(((node.get(key) or {}).get("shopMoney") or {}).get("amount"), currency)
+    def money(bag: dict[str, Any] | None) -> int:
+        return minor_units(_bag(bag, "shopMoney")[0], currency)
 
-    total, refunded = money("totalPriceSet"), money("totalRefundedSet")
+    total, refunded = money(node.get("totalPriceSet")), money(node.get("totalRefundedSet"))
+    presented, presented_currency = _bag(node.get("totalPriceSet"), "presentmentMoney")
+    presented_currency = presented_currency or node.get("presentmentCurrencyCode") or currency
     customer = node.get("customer") or {}
     return {
         "id": uuid.uuid4(),
@@ -108,22 +131,26 @@ def order_row(
         "name": (node.get("name") or "")[:100],
         "channel": (node.get("sourceName") or "")[:100],
         "status": order_status(node).value,
-        "subtotal_cents": money("subtotalPriceSet"),
-        "discount_cents": money("totalDiscountsSet"),
+        "subtotal_cents": money(node.get("subtotalPriceSet")),
+        "discount_cents": money(node.get("totalDiscountsSet")),
         "refunded_cents": refunded,
         "total_cents": total,
         "net_cents": total - refunded,
         "currency": currency,
+        "presentment_currency": presented_currency,
+        "presentment_total_cents": minor_units(presented, presented_currency),
+        "test": bool(node.get("test")),
+        "refunds": [
+            {"at": refund["createdAt"], "cents": money(refund.get("totalRefundedSet"))}
+            for refund in node.get("refunds") or []
+        ],
         "line_items": [
             {
                 "id": item["id"],
                 "title": item.get("title", ""),
                 "sku": item.get("sku"),
                 "quantity": item.get("quantity", 0),
-                "unit_price_cents": minor_units(
-                    ((item.get("originalUnitPriceSet") or {}).get("shopMoney") or {}).get("amount"),
-                    currency,
-                ),
+                "unit_price_cents": money(item.get("originalUnitPriceSet")),
             }
             for item in ((node.get("lineItems") or {}).get("nodes") or [])
         ],
@@ -154,6 +181,8 @@ def _array_type(column: sa.Column[Any]) -> str:
         return "timestamptz[]"
     if isinstance(kind, sa.Integer):
         return "bigint[]"
+    if isinstance(kind, sa.Boolean):
+        return "boolean[]"
     return "text[]"
 
 
@@ -190,7 +219,8 @@ async def upsert(
     if not rows:
         return counts
     columns = list(rows[0])
-    json_columns = {c for c in columns if c == "line_items"}
+    sa_table: sa.Table = table.__table__  # type: ignore[union-attr]
+    json_columns = {c for c in columns if isinstance(sa_table.c[c].type, sa.JSON)}
     statement = upsert_statement(table, columns)
     # The session's own connection (its transaction), spoken to by asyncpg directly: one
     # statement per batch, the columns as arrays.
@@ -235,13 +265,22 @@ class CommerceSyncActivities:
         sessions: SessionFactory,
         connections: Connections,
         *,
-        window: timedelta,
+        window: timedelta | None,
         overlap: timedelta,
         initial_lookback: timedelta,
+        window_records: int = WINDOW_RECORDS,
+        bulk_first_sync: bool = True,
+        bulk_poll_seconds: float = 2.0,
     ) -> None:
         self._sessions = sessions
         self._connections = connections
+        # A window spans at most this long (None: up to the sync's end) and reads at most
+        # window_records records per activity call (more: the window is read in parts).
         self._window = window
+        self._window_records = window_records
+        # A first sync of the orders by a Bulk Operation (not rate-limited), polled this often.
+        self._bulk_first_sync = bulk_first_sync
+        self._bulk_poll_seconds = bulk_poll_seconds
         self._overlap = overlap
         self._initial_lookback = initial_lookback
 
@@ -282,6 +321,15 @@ class CommerceSyncActivities:
                 .on_conflict_do_nothing(index_elements=["run_key"])
             )
             await (await session.connection()).execute(stmt)
+            if request.connector_id is not None:
+                # One sync per connector at a time: a record still running is one whose run
+                # ended without closing it (terminated, timed out).
+                await close_ended_runs(
+                    session,
+                    request.connector_id,
+                    "the sync ended without closing its record (terminated or timed out)",
+                    keep=request.run_key,
+                )
             execution = (
                 await session.exec(
                     select(ModuleExecution).where(ModuleExecution.run_key == request.run_key)
@@ -316,6 +364,18 @@ class CommerceSyncActivities:
                 execution.cursor_after = await _cursors(session, execution.connector_id)
             execution.finished_at = utcnow()
             session.add(execution)
+            if execution.connector_id is not None and execution.module is ModuleKind.ORDER_SYNC:
+                # A connector whose syncs fail says why where people look (connector show,
+                # list); a sync that succeeds clears it.
+                failed = request.status is ModuleExecutionStatus.FAILED
+                await (await session.connection()).execute(
+                    sa.update(Connector)
+                    .where(
+                        col(Connector.id) == execution.connector_id,
+                        col(Connector.status) == ConnectorStatus.ACTIVE,
+                    )
+                    .values(last_error=f"sync failed: {request.error}" if failed else None)
+                )
 
     @activity.defn
     async def sync_window(self, request: SyncWindow) -> WindowSynced:
@@ -336,7 +396,28 @@ class CommerceSyncActivities:
         # Whole seconds: Shopify's updated_at and its search syntax have no finer precision.
         until = request.until.replace(microsecond=0)
         cursor = checkpoint.cursor if checkpoint else until - self._initial_lookback
-        if cursor >= until:
+        after: str | None = None
+        bulk = checkpoint.page_after if checkpoint and checkpoint.page_after else ""
+        if request.stream is SyncStream.ORDERS and (
+            (checkpoint is None and self._bulk_first_sync) or bulk.startswith(BULK_MARK)
+        ):
+            # A first sync of the orders: one Bulk Operation, not pages under the rate limit.
+            start = checkpoint.window_start if checkpoint and checkpoint.window_start else cursor
+            end = checkpoint.window_end if checkpoint and checkpoint.window_end else until
+            return await self._bulk_window(connector, start, end, bulk)
+        if (
+            checkpoint
+            and checkpoint.page_after
+            and checkpoint.window_start
+            and checkpoint.window_end
+        ):
+            # A window read in part: the same query, from the page after the last part.
+            start, end, after = (
+                checkpoint.window_start,
+                checkpoint.window_end,
+                checkpoint.page_after,
+            )
+        elif cursor >= until:
             return WindowSynced(
                 stream=request.stream,
                 window_start=cursor,
@@ -345,17 +426,23 @@ class CommerceSyncActivities:
                 cursor=cursor,
                 done=True,
             )
-        start = cursor - self._overlap if checkpoint else cursor
-        end = min(cursor + self._window, until)
+        else:
+            start = cursor - self._overlap if checkpoint else cursor
+            end = until if self._window is None else min(cursor + self._window, until)
         nodes: list[dict[str, Any]] = []
+        # Where the next part of this window starts, when it is cut by volume.
+        resume: str | None = None
         try:
             async with self._connections.shopify(
                 connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
             ) as shop:
-                async for page in shop.pages(request.stream.value, start, end):
-                    nodes.extend(page)
+                async for page in shop.pages(request.stream.value, start, end, after):
+                    nodes.extend(page.nodes)
                     activity.heartbeat(len(nodes))
-                if not nodes:
+                    if page.has_next and len(nodes) >= self._window_records:
+                        resume = page.end_cursor
+                        break
+                if not nodes and self._window is not None:
                     # A quiet stretch (a first sync's years before the shop opened, a
                     # shop closed for a season): the checkpoint steps to the next update
                     # instead of walking it window by window.
@@ -363,16 +450,25 @@ class CommerceSyncActivities:
                     end = until if following is None else min(until, max(end, following))
         except (ShopifyError, ConnectorError) as err:
             raise refused(err.error_type, str(err)) from None
+        # In part: the checkpoint stays at the window's start and remembers the page.
+        committed = cursor if resume else end
         async with self._sessions() as session, session.begin():
             counts = await self._store(session, connector, request.stream, nodes)
+            await _note_shop_answer(session, connector.id, shop, counts)
+            part = {
+                "window_start": start if resume else None,
+                "window_end": end if resume else None,
+                "page_after": resume,
+            }
             stmt = insert(SyncCheckpoint).values(
-                connector_id=connector.id, stream=request.stream.value, cursor=end
+                connector_id=connector.id, stream=request.stream.value, cursor=committed, **part
             )
             await (await session.connection()).execute(
                 stmt.on_conflict_do_update(
                     index_elements=["connector_id", "stream"],
                     set_={
                         "cursor": sa.func.greatest(SyncCheckpoint.cursor, stmt.excluded.cursor),
+                        **{name: getattr(stmt.excluded, name) for name in part},
                         "updated_at": sa.func.now(),
                     },
                 )
@@ -387,9 +483,134 @@ class CommerceSyncActivities:
             window_start=start,
             window_end=end,
             counts=counts,
-            cursor=end,
-            done=end >= until,
+            cursor=committed,
+            done=resume is None and end >= until,
         )
+
+    async def _bulk_window(
+        self, connector: Connector, start: datetime, end: datetime, mark: str
+    ) -> WindowSynced:
+        """The orders of [start, end) by a Bulk Operation: started (or found again after a
+        retry), polled until done, its JSONL streamed and upserted in batches, each batch
+        committed with a checkpoint naming the operation and the orders done, so a retry
+        skips them. Order lines come before their line items (`__parentId`)."""
+        counts = SyncCounts()
+        try:
+            async with self._connections.shopify(
+                connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
+            ) as shop:
+                if mark:
+                    operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
+                    skip = int(done)
+                else:
+                    operation_id = await self._start_bulk(shop, start, end)
+                    skip = 0
+                    await self._bulk_checkpoint(
+                        connector, start, end, f"{BULK_MARK}{operation_id}|0"
+                    )
+                url = await self._bulk_result(shop, operation_id)
+                batch: list[dict[str, Any]] = []
+                seen = 0  # order lines read, those committed before a retry included
+                skipping = False
+                lines = shop.bulk_lines(url) if url else _no_lines()
+                async for line in lines:
+                    if line.get("__parentId") is not None:  # a line item of the last order
+                        if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
+                            batch[-1]["lineItems"]["nodes"].append(line)
+                        continue
+                    if len(batch) >= self._window_records:
+                        # A new order: the batch's orders have all their line items.
+                        counts = counts.plus(
+                            await self._bulk_commit(
+                                connector, start, end, operation_id, batch, seen
+                            )
+                        )
+                        batch = []
+                    seen += 1
+                    skipping = seen <= skip
+                    if not skipping:
+                        batch.append({**line, "lineItems": {"nodes": []}})
+                        activity.heartbeat(seen)
+                counts = counts.plus(
+                    await self._bulk_commit(
+                        connector, start, end, operation_id, batch, seen, last=True
+                    )
+                )
+        except (ShopifyError, ConnectorError) as err:
+            raise refused(err.error_type, str(err)) from None
+        return WindowSynced(
+            stream=SyncStream.ORDERS,
+            window_start=start,
+            window_end=end,
+            counts=counts,
+            cursor=end,
+            done=True,
+        )
+
+    async def _start_bulk(self, shop: ShopifyClient, start: datetime, end: datetime) -> str:
+        """A new bulk operation; or, when an attempt cut off before its checkpoint started one
+        (Shopify runs one bulk query per app and shop at a time), that one."""
+        current = await shop.current_bulk_operation()
+        if current.get("status") in ("CREATED", "RUNNING"):
+            return str(current["id"])
+        return await shop.run_bulk_query(bulk_orders_query(start, end))
+
+    async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> str | None:
+        """Poll currentBulkOperation until the operation is done; its result's URL (None: no
+        order at all). A failed or expired operation is retried from the start. The first
+        polls come quickly (a small shop's operation is done in a second), then every
+        bulk_poll_seconds."""
+        pause = 0.1
+        while True:
+            current = await shop.current_bulk_operation()
+            if current.get("id") != operation_id:
+                raise ShopifyUnavailable(
+                    f"the bulk operation {operation_id} is not the current one"
+                )
+            status = current.get("status")
+            activity.heartbeat(f"bulk {status} {current.get('objectCount')}")
+            if status == "COMPLETED":
+                return current.get("url")
+            if status in ("FAILED", "CANCELED", "EXPIRED"):
+                raise ShopifyUnavailable(
+                    f"the bulk operation ended {status} ({current.get('errorCode')})"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._bulk_poll_seconds)
+
+    async def _bulk_checkpoint(
+        self, connector: Connector, start: datetime, end: datetime, mark: str | None
+    ) -> None:
+        async with self._sessions() as session, session.begin():
+            await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+
+    async def _bulk_commit(
+        self,
+        connector: Connector,
+        start: datetime,
+        end: datetime,
+        operation_id: str,
+        batch: list[dict[str, Any]],
+        seen: int,
+        *,
+        last: bool = False,
+    ) -> SyncCounts:
+        """One batch of the bulk result and the checkpoint after it, in one transaction."""
+        async with self._sessions() as session, session.begin():
+            counts = await self._store(session, connector, SyncStream.ORDERS, batch)
+            if last:
+                await _checkpoint(session, connector.id, SyncStream.ORDERS, end, None, None)
+            else:
+                mark = f"{BULK_MARK}{operation_id}|{seen}"
+                await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+            if execution := await _running(session, connector.id):
+                execution.fetched += counts.fetched
+                execution.records_processed += counts.fetched
+                execution.inserted += counts.inserted
+                execution.updated += counts.updated
+                execution.unchanged += counts.unchanged
+                session.add(execution)
+        return counts
 
     async def _store(
         self,
@@ -414,6 +635,118 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+async def _no_lines() -> AsyncIterator[dict[str, Any]]:
+    """A bulk operation that found nothing has no result file."""
+    empty: tuple[dict[str, Any], ...] = ()
+    for line in empty:
+        yield line
+
+
+async def _checkpoint(
+    session: AsyncSession,
+    connector_id: uuid.UUID,
+    stream: SyncStream,
+    cursor: datetime,
+    window_end: datetime | None,
+    mark: str | None,
+) -> None:
+    """The stream's checkpoint: its cursor, and a window in progress (its end and where the
+    next part starts) or none."""
+    part = {
+        "window_start": cursor if mark else None,
+        "window_end": window_end if mark else None,
+        "page_after": mark,
+    }
+    stmt = insert(SyncCheckpoint).values(
+        connector_id=connector_id, stream=stream.value, cursor=cursor, **part
+    )
+    await (await session.connection()).execute(
+        stmt.on_conflict_do_update(
+            index_elements=["connector_id", "stream"],
+            set_={
+                "cursor": sa.func.greatest(SyncCheckpoint.cursor, stmt.excluded.cursor),
+                **{name: getattr(stmt.excluded, name) for name in part},
+                "updated_at": sa.func.now(),
+            },
+        )
+    )
+
+
+async def _running(session: AsyncSession, connector_id: uuid.UUID) -> ModuleExecution | None:
+    """The connector's sync record being written (one sync per connector at a time)."""
+    return (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+            )
+            .with_for_update()
+        )
+    ).first()
+
+
+async def close_ended_runs(
+    session: AsyncSession, connector_id: uuid.UUID, reason: str, *, keep: str = ""
+) -> int:
+    """Close the connector's sync records left running by a run that ended without closing
+    them (a termination, a timeout): failed, with `reason`, the counts their windows committed
+    and the cursors reached. How many were closed."""
+    stale = (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+                ModuleExecution.run_key != keep,
+            )
+            .with_for_update()
+        )
+    ).all()
+    for execution in stale:
+        execution.status = ModuleExecutionStatus.FAILED
+        execution.error = reason
+        execution.cursor_after = await _cursors(session, connector_id)
+        execution.finished_at = utcnow()
+        session.add(execution)
+    return len(stale)
+
+
+async def _note_shop_answer(
+    session: AsyncSession, connector_id: uuid.UUID, shop: ShopifyClient, counts: SyncCounts
+) -> None:
+    """Record on the connector's running sync what the shop said beside the data (the API
+    version that served it, the fields it withheld) and the window's counts, so a run that
+    ends without closing its record (terminated, timed out) still says what it did."""
+    execution = (
+        await session.exec(
+            select(ModuleExecution)
+            .where(
+                ModuleExecution.connector_id == connector_id,
+                ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
+            )
+            .with_for_update()
+        )
+    ).first()
+    if execution is None:
+        return
+    meta = dict(execution.meta)
+    if shop.served_version:
+        meta["api_version"] = {"asked": shop.api_version, "served": shop.served_version}
+    if shop.withheld:
+        meta["withheld"] = sorted(set(meta.get("withheld") or []) | shop.withheld)
+    execution.meta = meta
+    execution.fetched += counts.fetched
+    execution.records_processed += counts.fetched
+    execution.inserted += counts.inserted
+    execution.updated += counts.updated
+    execution.unchanged += counts.unchanged
+    session.add(execution)
 
 
 async def _cursors(session: AsyncSession, connector_id: uuid.UUID) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from activities.shopify import ZERO_DECIMAL_CURRENCIES, minor_units
+from activities.shopify import iso_currency_exponent, minor_units
 from models.commerce import OrderSource, OrderStatus
 from workflows.contracts.commerce import RowError
 
@@ -77,7 +77,9 @@ class OrderRow(BaseModel):
 
     @field_validator("currency")
     @classmethod
-    def _upper(cls, value: str) -> str:
+    def _iso_4217(cls, value: str) -> str:
+        if iso_currency_exponent(value) is None:
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code")
         return value.upper()
 
     @field_validator("customer_email")
@@ -101,7 +103,7 @@ class OrderRow(BaseModel):
     def problems(self) -> list[tuple[str, str]]:
         """What the field rules cannot see: amounts against the currency and each other."""
         found: list[tuple[str, str]] = []
-        places = 0 if self.currency in ZERO_DECIMAL_CURRENCIES else 2
+        places = iso_currency_exponent(self.currency) or 0
         amounts = {
             "total": self.total,
             "subtotal": self.subtotal,
@@ -117,6 +119,11 @@ class OrderRow(BaseModel):
                 found.append((field, f"has more than {places} decimals for {self.currency}"))
         if self.refunded > self.total:
             found.append(("refunded", "is more than the total"))
+        # Amounts are after discounts: a discount beyond the total (or, when given, beyond
+        # the line items it was taken from) is a typo that would outweigh the sale.
+        items = sum((i.unit_price * i.quantity for i in self.line_items), Decimal(0))
+        if self.discount > max(self.total, items):
+            found.append(("discount", "is more than the order's total"))
         return found
 
     @property
@@ -172,6 +179,19 @@ def parse_orders(content: str, fmt: ImportFormat) -> ParsedOrders:
     for number, record in records:
         if not isinstance(record, dict):
             errors.append(RowError(row=number, field="", message="is not an object"))
+            continue
+        extra = [cell for cell in record.get(None) or [] if cell != ""]
+        if extra:
+            # csv.DictReader puts cells beyond the header under None: an unquoted comma
+            # split a value, and every cell after it may be in the wrong column.
+            errors.append(
+                RowError(
+                    row=number,
+                    field="",
+                    message=f"has {len(extra)} more cell(s) than the header "
+                    "(quote a value that holds a comma)",
+                )
+            )
             continue
         try:
             row = OrderRow.model_validate(_present(record))

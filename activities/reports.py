@@ -1,9 +1,12 @@
 """A tenant's sales report, computed in SQL from its Order and Customer rows, in the shop's
 time zone. Every query is filtered by the tenant: a report never reads another's rows.
 
-Definitions: cancelled orders are not sales. gross = what orders were placed for (total price
-with shipping and taxes, discounts already deducted); refunds are what was refunded on them
-since; net = gross - refunds. An order is a new customer's when it is that customer's first
+Definitions (amounts in the shop's currency): cancelled orders and test orders are not sales.
+gross = what orders were placed for (total price with shipping and taxes, discounts already
+deducted), on the day placed; refunds count on the day each refund was made, as Shopify's own
+reports do (an imported order's `refunded`, which has no date, on the order's day); a day's
+net = its gross - its refunds. Sales by channel and top customers are the period's orders net
+of their refunds to date. An order is a new customer's when it is that customer's first
 order ever (orders without a customer count as new). The repeat-purchase rate is the share of
 the period's customers who have two or more orders up to the period's end.
 """
@@ -31,19 +34,38 @@ from workflows.contracts.commerce import (
 )
 from workflows.contracts.errors import ErrorType, refused
 
-# The period [first_day 00:00, last_day + 1 00:00) in the shop's zone, as timestamptz bounds.
-_PERIOD = """
-  o.tenant_id = :tenant AND o.status <> 'cancelled'
-  AND o.placed_at >= (CAST(:first_day AS date)::timestamp AT TIME ZONE :tz)
-  AND o.placed_at < ((CAST(:last_day AS date) + 1)::timestamp AT TIME ZONE :tz)
-"""
+# A sale: the tenant's order, neither cancelled nor a test.
+_SALE = "o.tenant_id = :tenant AND o.status <> 'cancelled' AND NOT o.test"
+
+
+def _within(moment: str) -> str:
+    """[first_day 00:00, last_day + 1 00:00) in the shop's zone, as timestamptz bounds."""
+    return f"""
+  {moment} >= (CAST(:first_day AS date)::timestamp AT TIME ZONE :tz)
+  AND {moment} < ((CAST(:last_day AS date) + 1)::timestamp AT TIME ZONE :tz)"""
+
+
+_PERIOD = f"{_SALE} AND {_within('o.placed_at')}"
 
 DAILY = f"""
-SELECT (o.placed_at AT TIME ZONE :tz)::date AS day, o.currency, count(*) AS orders,
-       sum(o.total_cents) AS gross, sum(o.discount_cents) AS discounts,
-       sum(o.refunded_cents) AS refunds, sum(o.net_cents) AS net
-FROM orders o WHERE {_PERIOD}
-GROUP BY day, o.currency ORDER BY day, o.currency
+WITH sales AS (
+  SELECT (o.placed_at AT TIME ZONE :tz)::date AS day, o.currency, count(*) AS orders,
+         sum(o.total_cents) AS gross, sum(o.discount_cents) AS discounts
+  FROM orders o WHERE {_PERIOD} GROUP BY 1, 2
+), refunds AS (
+  SELECT (CAST(r ->> 'at' AS timestamptz) AT TIME ZONE :tz)::date AS day, o.currency,
+         CAST(r ->> 'cents' AS bigint) AS cents
+  FROM orders o CROSS JOIN LATERAL json_array_elements(o.refunds) AS r
+  WHERE {_SALE} AND {_within("CAST(r ->> 'at' AS timestamptz)")}
+  UNION ALL
+  SELECT (o.placed_at AT TIME ZONE :tz)::date, o.currency, o.refunded_cents
+  FROM orders o WHERE {_PERIOD} AND json_array_length(o.refunds) = 0 AND o.refunded_cents > 0
+), refunded AS (SELECT day, currency, sum(cents) AS refunds FROM refunds GROUP BY 1, 2)
+SELECT day, currency, coalesce(s.orders, 0) AS orders, coalesce(s.gross, 0) AS gross,
+       coalesce(s.discounts, 0) AS discounts, coalesce(r.refunds, 0) AS refunds,
+       coalesce(s.gross, 0) - coalesce(r.refunds, 0) AS net
+FROM sales s FULL JOIN refunded r USING (day, currency)
+ORDER BY day, currency
 """
 
 BY_CHANNEL = f"""
@@ -57,7 +79,7 @@ AVERAGES = f"""
 WITH ranked AS (
   SELECT o.id, row_number() OVER (
            PARTITION BY coalesce(o.customer_id, o.id) ORDER BY o.placed_at, o.id) AS nth
-  FROM orders o WHERE o.tenant_id = :tenant AND o.status <> 'cancelled'
+  FROM orders o WHERE {_SALE}
 )
 SELECT o.currency,
        count(*) FILTER (WHERE r.nth = 1) AS new_orders,
@@ -82,6 +104,7 @@ SELECT count(*) AS customers,
        count(*) FILTER (WHERE (
          SELECT count(*) FROM orders p
          WHERE p.tenant_id = :tenant AND p.customer_id = b.customer_id AND p.status <> 'cancelled'
+           AND NOT p.test
            AND p.placed_at < ((CAST(:last_day AS date) + 1)::timestamp AT TIME ZONE :tz)) >= 2
        ) AS repeaters
 FROM buyers b

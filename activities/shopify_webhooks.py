@@ -3,6 +3,13 @@ their delivery id, and handed on (a sync request, or the connector disabled). No
 reads the delivery's data: a webhook is only a trigger, the sync reads the shop itself, so a
 duplicate, a burst or an out-of-order delivery ends in the same rows.
 
+Deletions and privacy requests are the exception: orders/delete, customers/redact, shop/redact
+and customers/data_request carry ids the sync cannot learn from the shop (the record is gone
+there), so their bodies are read. Each is done in the transaction that records the delivery,
+with a `privacy` ModuleExecution saying what was removed or found (ids and counts, never the
+personal data itself). They are handled whatever the connector's status: shop/redact comes 48
+hours after the app is uninstalled.
+
 Shopify signs each delivery with the app's secret: X-Shopify-Hmac-Sha256 is the base64 of the
 HMAC-SHA256 of the raw body. The secret is the connector's `webhook_secret` credential, else
 its `client_secret` (an app with client credentials signs with it). It is decrypted here for
@@ -13,18 +20,29 @@ import base64
 import enum
 import hashlib
 import hmac
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from activities.connectors import ConnectorService
+from activities.connectors import Connections, ConnectorService
 from activities.credentials import CredentialError, CredentialStore
-from models.commerce import WebhookDelivery
+from models.base import utcnow
+from models.commerce import (
+    Customer,
+    ModuleExecution,
+    ModuleExecutionStatus,
+    ModuleKind,
+    Order,
+    OrderSource,
+    WebhookDelivery,
+)
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus
 from workflows.contracts.commerce import SyncRequested
@@ -34,6 +52,22 @@ log = structlog.get_logger(__name__)
 # The topics whose change the connector's sync reads: each asks for a sync.
 SYNC_TOPICS = frozenset({"orders/create", "orders/updated", "customers/update", "refunds/create"})
 APP_UNINSTALLED = "app/uninstalled"
+ORDERS_DELETE = "orders/delete"
+CUSTOMERS_REDACT = "customers/redact"
+SHOP_REDACT = "shop/redact"
+CUSTOMERS_DATA_REQUEST = "customers/data_request"
+PRIVACY_TOPICS = frozenset({ORDERS_DELETE, CUSTOMERS_REDACT, SHOP_REDACT, CUSTOMERS_DATA_REQUEST})
+# What the product subscribes a shop to (webhookSubscriptionCreate's WebhookSubscriptionTopic
+# values). The three privacy topics cannot be subscribed by the API: they are set in the app's
+# configuration (shopify.app.toml `compliance_topics`, or the Partner Dashboard).
+SUBSCRIBED_TOPICS = (
+    "ORDERS_CREATE",
+    "ORDERS_UPDATED",
+    "ORDERS_DELETE",
+    "CUSTOMERS_UPDATE",
+    "REFUNDS_CREATE",
+    "APP_UNINSTALLED",
+)
 # The credential fields that may sign, the first stored one wins.
 SIGNING_FIELDS = ("webhook_secret", "client_secret")
 MAX_WEBHOOK_ID = 200  # webhook_deliveries.webhook_id
@@ -42,6 +76,10 @@ MAX_WEBHOOK_ID = 200  # webhook_deliveries.webhook_id
 class Outcome(enum.StrEnum):
     SYNC_REQUESTED = "sync_requested"
     CONNECTOR_DISABLED = "connector_disabled"
+    ORDER_DELETED = "order_deleted"
+    CUSTOMER_REDACTED = "customer_redacted"
+    SHOP_REDACTED = "shop_redacted"
+    DATA_REQUEST_RECORDED = "data_request_recorded"
     DUPLICATE = "duplicate"
     # Answered 2xx all the same: Shopify retries any other answer for two days.
     IGNORED_TOPIC = "ignored_topic"
@@ -116,6 +154,8 @@ class ShopifyWebhooks:
             raise DeliveryRefused(400, "X-Shopify-Webhook-Id is missing or too long")
         if delivery.topic == APP_UNINSTALLED:
             outcome = await self._uninstalled(connector, delivery)
+        elif delivery.topic in PRIVACY_TOPICS:
+            outcome = await self._privacy(connector, delivery)
         elif delivery.topic not in SYNC_TOPICS:
             outcome = Outcome.IGNORED_TOPIC
         elif connector.status is ConnectorStatus.DISABLED:
@@ -156,6 +196,31 @@ class ShopifyWebhooks:
             )
         return Outcome.SYNC_REQUESTED
 
+    async def _privacy(self, connector: Connector, delivery: ShopifyDelivery) -> Outcome:
+        try:
+            body = json.loads(delivery.body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DeliveryRefused(400, "the webhook body is not JSON") from None
+        if not isinstance(body, dict):
+            raise DeliveryRefused(400, "the webhook body is not a JSON object")
+        async with self._sessions() as session, session.begin():
+            if not await _record(session, connector.id, delivery):
+                return Outcome.DUPLICATE
+            outcome, facts = await _apply_privacy(session, connector, delivery.topic, body)
+            session.add(
+                ModuleExecution(
+                    tenant_id=connector.tenant_id,
+                    connector_id=connector.id,
+                    module=ModuleKind.PRIVACY,
+                    status=ModuleExecutionStatus.SUCCEEDED,
+                    run_key=f"privacy-{connector.id}-{delivery.webhook_id}",
+                    meta={"topic": delivery.topic, "webhook_id": delivery.webhook_id, **facts},
+                    started_at=utcnow(),
+                    finished_at=utcnow(),
+                )
+            )
+        return outcome
+
     async def _uninstalled(self, connector: Connector, delivery: ShopifyDelivery) -> Outcome:
         # Disabling is repeatable, so it comes first and the record after: a crash between the
         # two leaves a retry that disables nothing more. (Recording first, in one transaction,
@@ -195,3 +260,106 @@ async def _record(
     )
     inserted = (await (await session.connection()).execute(stmt)).first()
     return inserted is not None
+
+
+def _gid(kind: str, value: object) -> str:
+    """Shopify's GraphQL id of a webhook body's numeric id (how the sync stores it)."""
+    return f"gid://shopify/{kind}/{int(str(value))}"
+
+
+async def _apply_privacy(
+    session: AsyncSession, connector: Connector, topic: str, body: dict[str, object]
+) -> tuple[Outcome, dict[str, object]]:
+    """Do what a deletion or privacy delivery asks, in the caller's transaction; the facts
+    for its record (ids and counts only)."""
+    tenant, shopify = connector.tenant_id, OrderSource.SHOPIFY
+    connection = await session.connection()
+    try:
+        if topic == ORDERS_DELETE:
+            order = _gid("Order", body["id"])
+            deleted = await connection.execute(
+                sa.delete(Order).where(
+                    col(Order.tenant_id) == tenant,
+                    col(Order.source) == shopify,
+                    col(Order.external_id) == order,
+                )
+            )
+            return Outcome.ORDER_DELETED, {"order": order, "orders_removed": deleted.rowcount}
+        if topic == SHOP_REDACT:
+            orders = await connection.execute(
+                sa.delete(Order).where(col(Order.connector_id) == connector.id)
+            )
+            customers = await connection.execute(
+                sa.delete(Customer).where(
+                    col(Customer.tenant_id) == tenant, col(Customer.source) == shopify
+                )
+            )
+            return Outcome.SHOP_REDACTED, {
+                "orders_removed": orders.rowcount,
+                "customers_removed": customers.rowcount,
+            }
+        customer_body = body.get("customer")
+        if not isinstance(customer_body, dict):
+            raise DeliveryRefused(400, f"a {topic} webhook names its customer")
+        customer = _gid("Customer", customer_body["id"])
+        stored = (
+            await session.exec(
+                select(Customer).where(
+                    Customer.tenant_id == tenant,
+                    Customer.source == shopify,
+                    Customer.external_id == customer,
+                )
+            )
+        ).first()
+        orders_held = (
+            list(
+                (
+                    await session.exec(
+                        select(Order.external_id).where(
+                            Order.tenant_id == tenant, Order.customer_id == stored.id
+                        )
+                    )
+                ).all()
+            )
+            if stored is not None
+            else []
+        )
+        if topic == CUSTOMERS_DATA_REQUEST:
+            # What the merchant must hand the customer: which personal fields and orders are
+            # held (the values are read from the tables, never copied into the record).
+            held = [f for f in ("email", "name", "phone") if getattr(stored, f)] if stored else []
+            request = body.get("data_request")
+            return Outcome.DATA_REQUEST_RECORDED, {
+                "customer": customer,
+                "data_request_id": request.get("id") if isinstance(request, dict) else None,
+                "customer_fields_held": held,
+                "orders_held": sorted(orders_held),
+            }
+        # customers/redact: the customer's row goes (its orders stay as sales records,
+        # unlinked by the foreign key): no name, email or phone is left.
+        removed = 0
+        if stored is not None:
+            removed = (
+                await connection.execute(sa.delete(Customer).where(col(Customer.id) == stored.id))
+            ).rowcount
+        return Outcome.CUSTOMER_REDACTED, {
+            "customer": customer,
+            "customers_removed": removed,
+            "orders_unlinked": sorted(orders_held),
+        }
+    except (KeyError, ValueError, TypeError):
+        raise DeliveryRefused(400, f"a {topic} webhook without the ids it needs") from None
+
+
+async def register_webhooks(
+    connections: Connections, connector: Connector, public_url: str
+) -> dict[str, str]:
+    """Subscribe the shop to every topic the product handles, at the connector's endpoint;
+    topics already subscribed there are left alone. The subscriptions as the shop has them."""
+    uri = f"{public_url.rstrip('/')}/webhooks/shopify/{connector.id}"
+    async with connections.shopify(connector) as shop:
+        existing = await shop.webhook_subscriptions()
+        for topic in SUBSCRIBED_TOPICS:
+            if existing.get(topic) != uri:
+                await shop.subscribe(topic, uri)
+        return await shop.webhook_subscriptions()

@@ -11,7 +11,6 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -19,14 +18,26 @@ from rich.console import Console
 from rich.markup import escape
 from sqlmodel import col, select
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TimedOutError,
+)
 
-from activities.connectors import ConnectorService
+from activities.commerce_sync import close_ended_runs
+from activities.connectors import ConnectorError, ConnectorService
+from activities.shopify import ShopifyError
+from activities.shopify_webhooks import register_webhooks
 from cli import tenancy
 from cli.common import Json, TenantRef, as_row, rich_table, timestamp
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
+from models.commerce import ModuleExecution, ModuleKind
 from models.projects import Connector, ConnectorKind, ConnectorStatus
 from workers.registry import connector_clients
 from workers.schedules import apply_connector_schedule
@@ -43,7 +54,6 @@ connector_app = typer.Typer(
 )
 
 ConnectorId = Annotated[uuid.UUID, typer.Argument(help="The connector's id.")]
-RUN_TIMEOUT = timedelta(minutes=30)
 
 
 async def _service(stack: Stack) -> ConnectorService:
@@ -92,7 +102,9 @@ def _connector_data(connector: Connector, schedule: str | None = None) -> dict[s
     return data
 
 
-def _say(connector: Connector, schedule: str | None = None) -> Any:
+def _say(
+    connector: Connector, schedule: str | None = None, facts: dict[str, Any] | None = None
+) -> Any:
     def render(out: Console) -> None:
         out.print(
             f"connector [bold]{escape(connector.name)}[/] {connector.id}: "
@@ -101,8 +113,57 @@ def _say(connector: Connector, schedule: str | None = None) -> Any:
         )
         if schedule and schedule != "none":
             out.print(f"sync schedule {schedule} (every {connector.sync_interval_seconds} s)")
+        for line in _warnings(facts or {}):
+            out.print(f"[yellow]{escape(line)}[/]")
+        for topic, uri in sorted(((facts or {}).get("webhook_subscriptions") or {}).items()):
+            out.print(f"webhook {topic} -> {escape(uri)}")
 
     return render
+
+
+def _warnings(facts: dict[str, Any]) -> list[str]:
+    """What the last sync learnt that people must act on."""
+    lines = []
+    sync = facts.get("last_sync") or {}
+    version = sync.get("api_version") or {}
+    if version and version.get("served") != version.get("asked"):
+        lines.append(
+            f"Shopify served API version {version.get('served')}, not {version.get('asked')} "
+            "(out of support): set CHANGEFLOW_SHOPIFY_API_VERSION to a supported version"
+        )
+    if sync.get("withheld"):
+        lines.append(
+            "withheld by the shop (protected customer data, no access): "
+            + ", ".join(sync["withheld"])
+            + "; request access in the app's settings (Protected customer data access)"
+        )
+    return lines
+
+
+async def _last_sync(stack: Stack, connector_id: uuid.UUID) -> dict[str, Any]:
+    """The connector's last sync run as `connector show` reports it."""
+    async with (await stack.sessions())() as session:
+        execution = (
+            await session.exec(
+                select(ModuleExecution)
+                .where(
+                    ModuleExecution.connector_id == connector_id,
+                    ModuleExecution.module == ModuleKind.ORDER_SYNC,
+                )
+                .order_by(col(ModuleExecution.created_at).desc())
+            )
+        ).first()
+    if execution is None:
+        return {}
+    return {
+        "last_sync": {
+            "status": execution.status.value,
+            "error": execution.error,
+            "finished_at": timestamp(execution.finished_at),
+            "api_version": execution.meta.get("api_version"),
+            "withheld": execution.meta.get("withheld") or [],
+        }
+    }
 
 
 @connector_app.command("create")
@@ -137,8 +198,11 @@ def connector_create(
         )
         tested = await service.test(created.id)
         schedule = await _schedule(stack, tested)
+        facts = await _subscribe(stack, tested)
         code = 0 if tested.status is ConnectorStatus.ACTIVE else EXIT_NOT_COMPLETED
-        return Outcome(_connector_data(tested, schedule), _say(tested, schedule), code)
+        return Outcome(
+            {**_connector_data(tested, schedule), **facts}, _say(tested, schedule, facts), code
+        )
 
     run(json_output, work)
 
@@ -187,15 +251,47 @@ def _connector_command(name: str, help_text: str, operation: Operation, schedule
         run(json_output, work)
 
 
-_connector_command(
-    "show", "A connector's status, settings and last error.", ConnectorService.get, False
-)
-_connector_command(
-    "test",
-    "Call the shop with the stored credentials: active, or error.",
-    ConnectorService.test,
-    True,
-)
+@connector_app.command("show")
+def connector_show(connector_id: ConnectorId, json_output: Json = False) -> None:
+    """A connector's status, settings and last error, and what its last sync learnt: the API
+    version the shop served and the fields it withheld."""
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        connector = await (await _service(stack)).get(connector_id)
+        facts = await _last_sync(stack, connector_id)
+        return Outcome({**_connector_data(connector), **facts}, _say(connector, None, facts))
+
+    run(json_output, work)
+
+
+@connector_app.command("test")
+def connector_test(connector_id: ConnectorId, json_output: Json = False) -> None:
+    """Call the shop with the stored credentials: active, or error. With
+    CHANGEFLOW_WEBHOOKS_PUBLIC_URL set, an active shop's webhook subscriptions are made too."""
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        connector = await (await _service(stack)).test(connector_id)
+        applied = await _schedule(stack, connector)
+        facts = await _subscribe(stack, connector)
+        return Outcome(
+            {**_connector_data(connector, applied), **facts}, _say(connector, applied, facts)
+        )
+
+    run(json_output, work)
+
+
+async def _subscribe(stack: Stack, connector: Connector) -> dict[str, Any]:
+    public_url = stack.settings.webhooks_public_url
+    if not public_url or connector.status is not ConnectorStatus.ACTIVE:
+        return {}
+    _, connections = connector_clients(stack.settings, await stack.sessions())
+    try:
+        subscriptions = await register_webhooks(connections, connector, public_url)
+    except (ShopifyError, ConnectorError) as err:
+        raise Refused(err.error_type, f"webhook subscriptions not made: {err}") from None
+    return {"webhook_subscriptions": subscriptions}
+
+
 _connector_command(
     "enable",
     "A disabled connector back on, tested, its Schedule restored.",
@@ -219,6 +315,30 @@ def connector_rotate(connector_id: ConnectorId, json_output: Json = False) -> No
     run(json_output, work)
 
 
+async def _sync_ended(stack: Stack, connector_id: uuid.UUID, err: WorkflowFailureError) -> Outcome:
+    """A sync that did not succeed, named by its real cause: the shop's or the connector's
+    refusal by its type; a termination, a timeout or a cancellation as such (its record
+    closed with the counts its windows committed)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type:
+        raise Refused(cause.type, f"the sync failed: {cause.message}")
+    if isinstance(cause, TerminatedError | TimedOutError | CancelledError):
+        kind = {
+            TerminatedError: "terminated",
+            TimedOutError: "timed out",
+            CancelledError: "cancelled",
+        }[type(cause)]
+        reason = f"the sync was {kind}" + (f": {cause.message}" if cause.message else "")
+        async with (await stack.sessions())() as session, session.begin():
+            await close_ended_runs(session, connector_id, reason)
+        return Outcome(
+            {"status": "failed", "error": reason},
+            lambda out: out.print(f"[red]{escape(reason)}[/]"),
+            EXIT_NOT_COMPLETED,
+        )
+    raise Refused(ErrorType.CONNECTOR_NOT_ACTIVE, f"the sync failed: {cause or err}")
+
+
 @connector_app.command("sync")
 def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None:
     """Run the connector's sync now and wait for it: counts per stream and the new cursors.
@@ -228,12 +348,13 @@ def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None
         client = await stack.client()
         workflow_id = order_sync_workflow_id(connector_id)
         try:
+            # No execution timeout: a first sync of a big shop takes as long as it takes; its
+            # windows are checkpointed, and it can be cancelled.
             handle = await client.start_workflow(
                 OrderSyncWorkflow.run,
                 OrderSyncInput(connector_id=connector_id),
                 id=workflow_id,
                 task_queue=stack.settings.task_queue,
-                execution_timeout=RUN_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:
             progress.print(f"a sync of {connector_id} is running already; following it")
@@ -241,9 +362,7 @@ def connector_sync(connector_id: ConnectorId, json_output: Json = False) -> None
         try:
             result = await handle.result()
         except WorkflowFailureError as err:
-            cause = err.cause
-            message = str(getattr(cause, "message", "") or cause or err)
-            raise Refused(ErrorType.CONNECTOR_NOT_ACTIVE, f"the sync failed: {message}") from None
+            return await _sync_ended(stack, connector_id, err)
 
         def render(out: Console) -> None:
             for stream, c in sorted(result.counts.items()):

@@ -25,6 +25,9 @@ class ModuleKind(enum.StrEnum):
     CUSTOMER_SYNC = "customer_sync"
     REPORT = "report"
     ORDER_IMPORT = "order_import"
+    # A privacy request or deletion the source sent (customers/redact, shop/redact,
+    # customers/data_request, orders/delete): what was removed or found, recorded.
+    PRIVACY = "privacy"
 
 
 class ModuleExecutionStatus(enum.StrEnum):
@@ -102,6 +105,11 @@ class SyncCheckpoint(SQLModel, table=True):
     )
     stream: str = Field(max_length=32, primary_key=True)  # a SyncStream
     cursor: datetime = timestamp_field(nullable=False)
+    # A window read in parts (bounded by volume): its query's bounds and the source's page
+    # cursor after the last committed part; a retried or later sync resumes there.
+    window_start: datetime | None = timestamp_field()
+    window_end: datetime | None = timestamp_field()
+    page_after: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
     updated_at: datetime = updated_at_field()
 
 
@@ -189,14 +197,36 @@ class Order(SQLModel, table=True):
     # The sales channel within the source (Shopify's sourceName: web, pos, a marketplace).
     channel: str = Field(default="", max_length=100)
     status: OrderStatus = enum_field(OrderStatus, OrderStatus.PENDING)
-    # Amounts in minor units of `currency`: total = subtotal (after discounts) + shipping +
-    # taxes as placed; net = total - refunded.
+    # Amounts in minor units of `currency`, the shop's currency (Shopify's shopMoney):
+    # total = subtotal (after discounts) + shipping + taxes as placed; net = total - refunded.
     subtotal_cents: int = _money()
     discount_cents: int = _money()
     refunded_cents: int = _money()
     total_cents: int = _money()
     net_cents: int = _money()
     currency: str = Field(default="USD", max_length=3)
+    # What the customer was charged in: the order's own currency (Shopify's presentmentMoney).
+    # (Server defaults: writers that predate these columns, an order file's import, still work.)
+    presentment_currency: str = Field(
+        default="", max_length=3, sa_column_kwargs={"server_default": ""}
+    )
+    presentment_total_cents: int = Field(
+        default=0,
+        sa_type=sa.BigInteger,  # type: ignore[call-overload]
+        nullable=False,
+        sa_column_kwargs={"server_default": "0"},
+    )
+    # A test order (Shopify's `test`): never a sale in a report.
+    test: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # Each refund: {"at": ISO 8601, "cents": shop-currency minor units}, or none known (an
+    # imported file: its `refunded` counts on the order's day). Reports count a refund on
+    # its own day, as Shopify's reports do.
+    refunds: list[dict[str, Any]] = Field(
+        default_factory=list,
+        sa_type=sa.JSON,  # type: ignore[call-overload]
+        nullable=False,
+        sa_column_kwargs={"server_default": "[]"},
+    )
     line_items: list[dict[str, Any]] = json_field(list)
     placed_at: datetime | None = timestamp_field()
     cancelled_at: datetime | None = timestamp_field()

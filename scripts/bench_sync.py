@@ -3,10 +3,13 @@ Shopify stand-in into PostgreSQL through the real OrderSyncWorkflow (GraphQL pag
 windows, checkpoints, idempotent upserts), and in the same run a baseline of the same order rows
 upserted by raw asyncpg (`INSERT ... ON CONFLICT DO UPDATE`, executemany, no HTTP, no Temporal).
 
-The stand-in's bucket is unlimited here: the figure is this pipeline's cost, not Shopify's rate
-limit (a standard shop restores 100 points a second, about 110 orders a second at 20 a page).
-The last line is one JSON object: `orders`, orders/s of both, `sync_vs_raw_ratio`.
-Tunable: BENCH_ORDERS, BENCH_WINDOW_DAYS (default 30).
+The settings are a user's defaults: a first sync reads the orders by one Bulk Operation, later
+ones page in windows bounded by volume. The stand-in's bucket is unlimited for that comparison:
+the figure is this pipeline's cost, not Shopify's rate limit. Then a first sync of
+BENCH_BULK_ORDERS (100,000; 0 skips it) from a stand-in on the standard plan's bucket (2,000
+points restoring 100 a second), timed. The last line is one JSON object: `orders`, orders/s of
+both, `sync_vs_raw_ratio`, `bulk_first_sync_orders`, `bulk_first_sync_s`.
+Tunable: BENCH_ORDERS, BENCH_BULK_ORDERS, BENCH_WINDOW_DAYS (default 0: no time bound).
 """
 
 import asyncio
@@ -40,13 +43,17 @@ from workflows.contracts.commerce import OrderSyncInput
 from workflows.contracts.ids import order_sync_workflow_id
 
 ORDERS = int(os.environ.get("BENCH_ORDERS", "20000"))
-WINDOW_DAYS = float(os.environ.get("BENCH_WINDOW_DAYS", "30"))
+# A first sync by Bulk Operation of this many orders on the standard plan's bucket (0: none).
+BULK_ORDERS = int(os.environ.get("BENCH_BULK_ORDERS", "100000"))
+WINDOW_DAYS = float(os.environ.get("BENCH_WINDOW_DAYS", "0"))
 TOKEN = "shpat_bench_token"
 ORDER_COLUMNS = (
     "id", "tenant_id", "connector_id", "customer_id", "source", "external_id", "name", "channel",
     "status", "subtotal_cents", "discount_cents", "refunded_cents", "total_cents", "net_cents",
-    "currency", "line_items", "placed_at", "cancelled_at", "source_updated_at",
+    "currency", "presentment_currency", "presentment_total_cents", "test", "refunds",
+    "line_items", "placed_at", "cancelled_at", "source_updated_at",
 )  # fmt: skip
+JSON_COLUMNS = ("line_items", "refunds")
 RAW_UPSERT = f"""
 INSERT INTO orders ({", ".join(ORDER_COLUMNS)}, created_at, updated_at)
 VALUES ({", ".join(f"${i + 1}" for i in range(len(ORDER_COLUMNS)))}, now(), now())
@@ -68,13 +75,14 @@ async def bench(settings: Settings) -> int:
             update={"credential_keys": SecretStr(f"bench:{KeyRing.new_key()}")}
         )
     spacing_days = ORDERS * 37 / 60 / 24
-    settings = settings.model_copy(
-        update={
-            "sync_window_hours": WINDOW_DAYS * 24,
-            "sync_initial_days": int(spacing_days) + 30,
-            "log_level": "WARNING",
-        }
-    )
+    # The settings a user gets (windows bounded by volume), unless BENCH_WINDOW_DAYS asks
+    # for time-bounded windows.
+    update: dict[str, Any] = {"log_level": "WARNING"}
+    if WINDOW_DAYS:
+        update["sync_window_hours"] = WINDOW_DAYS * 24
+    if spacing_days + 30 > settings.sync_initial_days:
+        update["sync_initial_days"] = int(spacing_days) + 30
+    settings = settings.model_copy(update=update)
     # The same shop twice, deterministically: served from its own process (as Shopify is, so
     # the worker does not share its interpreter with the server), and here for the baseline.
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=spacing_days + 1)
@@ -95,6 +103,8 @@ async def bench(settings: Settings) -> int:
         serving = asyncio.create_task(run_until_stopped(build_workers(client, deps), stop))
         try:
             figures = await measure(settings, deps, shop, shop_url, stack.database_url)
+            if BULK_ORDERS:
+                figures.update(await measure_bulk(settings, deps, start))
         finally:
             stop.set()
             await serving
@@ -104,17 +114,61 @@ async def bench(settings: Settings) -> int:
     return 0
 
 
-def seeded_shop(start: datetime) -> ShopifyStandIn:
+def seeded_shop(start: datetime, orders: int = 0, standard_plan: bool = False) -> ShopifyStandIn:
     shop = ShopifyStandIn(token=TOKEN)
-    shop.bucket = LeakyBucket(maximum=1e12, restore_rate=1e12, available=1e12)
-    shop.seed(orders=ORDERS, customers=max(20, ORDERS // 10), start=start)
+    if not standard_plan:
+        shop.bucket = LeakyBucket(maximum=1e12, restore_rate=1e12, available=1e12)
+    orders = orders or ORDERS
+    shop.seed(orders=orders, customers=max(20, orders // 10), start=start)
     return shop
 
 
-def serve_shop(start: datetime, ready: Any) -> None:
-    shop = seeded_shop(start)
+def serve_shop(start: datetime, ready: Any, orders: int = 0, standard_plan: bool = False) -> None:
+    shop = seeded_shop(start, orders, standard_plan)
     ready.put(shop.start())
     threading.Event().wait()
+
+
+async def measure_bulk(settings: Settings, deps: Dependencies, start: datetime) -> dict[str, Any]:
+    """A first sync of BULK_ORDERS orders from a shop on the standard plan's bucket (2,000
+    points, 100 a second): customers by pages under the limit, orders by one Bulk Operation."""
+    ready = multiprocessing.get_context("spawn").Queue()
+    # The seed's orders are 37 minutes apart, ending an hour ago.
+    spacing_start = datetime.now(UTC).replace(microsecond=0) - timedelta(
+        minutes=BULK_ORDERS * 37 + 60
+    )
+    server = multiprocessing.get_context("spawn").Process(
+        target=serve_shop, args=(spacing_start, ready, BULK_ORDERS, True), daemon=True
+    )
+    server.start()
+    try:
+        shop_url = ready.get(timeout=900)
+        store, connections = credential_store(deps)
+        service = ConnectorService(deps.sessions, store, connections)
+        tenant = await new_tenant(deps, "Bench Bulk")
+        connector = await service.create(
+            tenant_id=tenant.id,
+            kind=ConnectorKind.SHOPIFY,
+            config={"shop_url": shop_url},
+            credentials={"access_token": TOKEN},
+        )
+        connector = await service.test(connector.id)
+        say(f"stand-in on the standard plan's bucket: {BULK_ORDERS} orders")
+        started = time.perf_counter()
+        result = await deps.client.execute_workflow(
+            OrderSyncWorkflow.run,
+            OrderSyncInput(connector_id=connector.id),
+            id=order_sync_workflow_id(connector.id),
+            task_queue=settings.task_queue,
+        )
+        bulk_s = time.perf_counter() - started
+    finally:
+        server.terminate()
+    inserted = result.counts["orders"].inserted  # type: ignore[index]
+    if inserted != BULK_ORDERS:
+        raise RuntimeError(f"the bulk sync inserted {inserted} orders, not {BULK_ORDERS}")
+    say(f"bulk first sync: {BULK_ORDERS} orders in {bulk_s:.1f}s")
+    return {"bulk_first_sync_orders": BULK_ORDERS, "bulk_first_sync_s": round(bulk_s, 1)}
 
 
 async def new_tenant(deps: Dependencies, name: str) -> Tenant:
@@ -177,7 +231,7 @@ async def measure(
         # The customers exist, as they do after the sync's customers stream.
         ids = {r["external_id"]: r["id"] for r in customers.values()}
         rows = [
-            tuple(json.dumps(row[c]) if c == "line_items" else row[c] for c in ORDER_COLUMNS)
+            tuple(json.dumps(row[c]) if c in JSON_COLUMNS else row[c] for c in ORDER_COLUMNS)
             for row in (order_row(raw_tenant.id, connector.id, n, ids) for n in nodes)
         ]
         started = time.perf_counter()

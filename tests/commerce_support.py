@@ -41,6 +41,9 @@ def commerce_settings(task_queue: str, tmp_path: Path, **overrides: Any) -> Sett
         "sync_window_hours": 24.0,
         "sync_overlap_seconds": 300.0,
         "sync_initial_days": 30,
+        # The scenarios read pages (a first sync by Bulk Operation has tests of its own).
+        "sync_bulk_first_sync": False,
+        "sync_bulk_poll_seconds": 0.2,
     }
     values.update(overrides)
     return base.model_copy(update=values | {"credential_keys": _secret(values["credential_keys"])})

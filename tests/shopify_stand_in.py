@@ -1,5 +1,8 @@
 """A local Shopify for tests and benchmarks (not part of the product): the Admin GraphQL API
-as the client uses it, faithful where it matters.
+of version 2026-10 as Shopify documents it, faithful where it matters. The documentation facts
+it follows, with their sources, are in tests/shopify_facts.md beside it: the served version
+header, money bags, protected customer data, deprecated customer fields, line item paging,
+refunds, test orders, webhook subscriptions and the privacy webhooks' bodies.
 
 - POST /admin/api/<version>/graphql.json, X-Shopify-Access-Token checked (401 otherwise);
 - `orders` and `customers` with first (at most 250), after (opaque cursors), query
@@ -26,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,9 +38,56 @@ from typing import Any
 import httpx
 
 PATH = re.compile(r"^/admin/api/(?P<version>\d{4}-\d{2}|unstable)/graphql\.json$")
+# Stable versions supported in December 2026 (quarterly releases, 12 months each). A request
+# for another is served by the oldest supported one; every answer names the version served.
+SUPPORTED_VERSIONS = ("2026-01", "2026-04", "2026-07", "2026-10")
+SHOP_CURRENCY = "USD"
+# Fixed rates from an order's (presentment) currency to the shop's: shopMoney is always in
+# the shop's currency, presentmentMoney in the order's.
+RATES = {"USD": Decimal("1"), "EUR": Decimal("1.08"), "JPY": Decimal("0.0067")}
+# Customer fields Shopify marks protected (level 2: name, email, phone) and the deprecated
+# ones the current fields replace.
+PROTECTED_CUSTOMER_FIELDS = ("firstName", "lastName", "defaultEmailAddress", "defaultPhoneNumber")
+DEPRECATED_CUSTOMER_FIELDS = re.compile(r"\b(email|phone)\b(?!Address|Number)")
 BOUND = re.compile(r"updated_at:(?P<op>>=|<|>|<=)'(?P<at>[^']+)'")
 LINE_ITEMS_FIRST = re.compile(r"lineItems\(first:\s*(\d+)\)")
 MAX_QUERY_COST = 1000
+# Query costs (shopify.dev/docs/api/usage/limits#cost-calculation): an object 1, a connection
+# 2 + first x its node's cost. An order: itself, four money bags of 3 (the bag, shopMoney,
+# presentmentMoney), its refunds (a refund and its bag), its customer with its email and phone
+# objects; a line item with its bag is 4; a customer with its email and phone objects is 3.
+ORDER_COST = 1 + 4 * 3 + 4 + 3
+LINE_ITEM_COST = 4
+CUSTOMER_COST = 3
+ROOT_FIELD = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.S)
+BULK_ROOTS = ("bulkOperationRunQuery", "currentBulkOperation")
+
+
+def _root_field(document: str) -> str:
+    found = ROOT_FIELD.search(document)
+    return found.group(1) if found else ""
+
+
+def _customer_selections(document: str) -> str:
+    """The selection sets of `customer { ... }` / customers' nodes in a document."""
+    found = re.findall(
+        r"customer\s*\{([^}]*)\}|customers\([^)]*\)\s*\{.*?nodes\s*\{([^}]*)\}", document, re.S
+    )
+    return " ".join(a or b for a, b in found)
+
+
+def _access_denied(path: list[Any]) -> dict[str, Any]:
+    field_name = next(p for p in reversed(path) if isinstance(p, str))
+    return {
+        "message": f"Access denied for {field_name} field.",
+        "path": path,
+        "extensions": {
+            "code": "ACCESS_DENIED",
+            "documentation": "https://shopify.dev/docs/apps/launch/protected-customer-data",
+        },
+    }
+
+
 CHANNELS = ("web", "pos", "shopify_draft_order", "amazon")
 CURRENCIES = ("USD", "EUR", "JPY")
 
@@ -46,8 +96,23 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _exponent(currency: str) -> int:
+    return 0 if currency == "JPY" else 2
+
+
+def in_shop_currency(amount: Decimal, currency: str) -> Decimal:
+    """An amount of `currency` in the shop's currency, rounded to its minor unit."""
+    return (amount * RATES[currency]).quantize(Decimal(1).scaleb(-_exponent(SHOP_CURRENCY)))
+
+
 def _money(amount: Decimal, currency: str) -> dict[str, Any]:
-    return {"shopMoney": {"amount": str(amount), "currencyCode": currency}}
+    return {
+        "shopMoney": {
+            "amount": str(in_shop_currency(amount, currency)),
+            "currencyCode": SHOP_CURRENCY,
+        },
+        "presentmentMoney": {"amount": str(amount), "currencyCode": currency},
+    }
 
 
 @dataclass
@@ -58,13 +123,15 @@ class ShopCustomer:
     last_name: str
     updated_at: datetime
 
+    phone: str | None = None
+
     def node(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "email": self.email,
             "firstName": self.first_name,
             "lastName": self.last_name,
-            "phone": None,
+            "defaultEmailAddress": {"emailAddress": self.email} if self.email else None,
+            "defaultPhoneNumber": {"phoneNumber": self.phone} if self.phone else None,
             "updatedAt": _iso(self.updated_at),
         }
 
@@ -81,9 +148,34 @@ class ShopOrder:
     line_items: list[tuple[str, int, Decimal]]  # title, quantity, unit price
     discount: Decimal = Decimal("0")
     shipping: Decimal = Decimal("0")
-    refunded: Decimal = Decimal("0")
+    # Each refund: when, and how much (in the order's currency).
+    refunds: list[tuple[datetime, Decimal]] = field(default_factory=list)
     cancelled_at: datetime | None = None
     fulfilled: bool = False
+    test: bool = False
+
+    @property
+    def refunded(self) -> Decimal:
+        return sum((amount for _, amount in self.refunds), Decimal("0"))
+
+    def refund_to(self, refunded: Decimal, at: datetime) -> None:
+        """Refund up to `refunded` in all, at `at` (a refund of the difference)."""
+        if refunded > self.refunded:
+            self.refunds.append((at, refunded - self.refunded))
+
+    def refunded_set(self) -> dict[str, Any]:
+        """Refunds in all: each converted to the shop's currency when it was made."""
+        bag = _money(self.refunded, self.currency)
+        bag["shopMoney"]["amount"] = str(self.shop_refunded)
+        return bag
+
+    @property
+    def shop_refunded(self) -> Decimal:
+        return sum((self.shop(amount) for _, amount in self.refunds), Decimal("0"))
+
+    def shop(self, amount: Decimal) -> Decimal:
+        """An amount of this order in the shop's currency, as shopMoney carries it."""
+        return in_shop_currency(amount, self.currency)
 
     @property
     def subtotal(self) -> Decimal:
@@ -98,35 +190,51 @@ class ShopOrder:
             return "REFUNDED"
         return "PARTIALLY_REFUNDED" if self.refunded > 0 else "PAID"
 
-    def node(self, line_items_first: int) -> dict[str, Any]:
+    def node(self, line_items_first: int, after: int = 0) -> dict[str, Any]:
         return {
             "id": self.id,
+            "test": self.test,
             "name": self.name,
             "createdAt": _iso(self.created_at),
             "processedAt": _iso(self.created_at),
             "updatedAt": _iso(self.updated_at),
             "cancelledAt": _iso(self.cancelled_at) if self.cancelled_at else None,
             "sourceName": self.channel,
-            "currencyCode": self.currency,
+            "currencyCode": SHOP_CURRENCY,
+            "presentmentCurrencyCode": self.currency,
             "displayFinancialStatus": self.financial_status(),
             "displayFulfillmentStatus": "FULFILLED" if self.fulfilled else "UNFULFILLED",
             "subtotalPriceSet": _money(self.subtotal, self.currency),
             "totalDiscountsSet": _money(self.discount, self.currency),
-            "totalRefundedSet": _money(self.refunded, self.currency),
+            "totalRefundedSet": self.refunded_set(),
             "totalPriceSet": _money(self.total, self.currency),
+            "refunds": [
+                {"createdAt": _iso(at), "totalRefundedSet": _money(amount, self.currency)}
+                for at, amount in self.refunds
+            ],
             "customer": self.customer.node() if self.customer else None,
-            "lineItems": {
-                "nodes": [
-                    {
-                        "id": f"{self.id}/line/{i}",
-                        "title": title,
-                        "sku": f"SKU-{i}",
-                        "quantity": quantity,
-                        "originalUnitPriceSet": _money(price, self.currency),
-                    }
-                    for i, (title, quantity, price) in enumerate(self.line_items[:line_items_first])
-                ]
+            "lineItems": self.line_item_page(line_items_first, after),
+        }
+
+    def line_item_page(self, first: int, after: int) -> dict[str, Any]:
+        """A page of the order's line items; cursors are opaque to the client."""
+        page = self.line_items[after : after + first]
+        end = after + len(page)
+        return {
+            "pageInfo": {
+                "hasNextPage": end < len(self.line_items),
+                "endCursor": base64.b64encode(f"li:{end}".encode()).decode() if page else None,
             },
+            "nodes": [
+                {
+                    "id": f"{self.id}/line/{after + i}",
+                    "title": title,
+                    "sku": f"SKU-{after + i}",
+                    "quantity": quantity,
+                    "originalUnitPriceSet": _money(price, self.currency),
+                }
+                for i, (title, quantity, price) in enumerate(page)
+            ],
         }
 
 
@@ -173,6 +281,19 @@ class ShopifyStandIn:
         # Calls that arrived while the bucket could not cover them (a client that did not wait).
         self.uncovered_calls = 0
         self.queries: list[dict[str, Any]] = []
+        # Queries that selected a deprecated customer field (Customer.email, Customer.phone).
+        self.deprecated_uses = 0
+        # Shopify's single-query limit (lower it to make every page refused).
+        self.max_query_cost = MAX_QUERY_COST
+        # The app's protected customer data access: "full" (level 2: name, email, phone),
+        # "level1" (customers without those fields), "none" (no customer data at all).
+        self.protected_access = "full"
+        # Webhook subscriptions the app made (webhookSubscriptionCreate): topic -> uri.
+        self.webhook_subscriptions: dict[str, str] = {}
+        # The app's bulk query operation (one at a time) and how many polls it stays RUNNING.
+        self.bulk: dict[str, Any] | None = None
+        self.bulk_running_polls = 2
+        self.bulk_operations = 0
         # Called with the stream and variables before a page is answered (tests kill a
         # worker from here).
         self.before_page: Any = None
@@ -198,7 +319,9 @@ class ShopifyStandIn:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def add_customer(self, *, email: str | None = None, name: str = "Ana Lima") -> ShopCustomer:
+    def add_customer(
+        self, *, email: str | None = None, name: str = "Ana Lima", phone: str | None = None
+    ) -> ShopCustomer:
         with self.lock:
             self._index.clear()
             self._next_id += 1
@@ -209,6 +332,7 @@ class ShopifyStandIn:
                 first_name=first,
                 last_name=last,
                 updated_at=self.tick(),
+                phone=phone,
             )
             self.customers[customer.id] = customer
             return customer
@@ -270,11 +394,17 @@ class ShopifyStandIn:
                     discount=Decimal("5.00") if i % 5 == 0 else Decimal("0"),
                 )
                 order.created_at = order.updated_at = first + spacing * i
+                # Refunds come days later, as in a shop (a report counts them on their day).
+                refunded_at = min(order.created_at + timedelta(days=2), now - timedelta(hours=1))
+                refunded_at = max(refunded_at, order.created_at)
                 if i % 9 == 4:
-                    order.refunded = min(order.total, Decimal("10.00"))
+                    order.refund_to(min(order.total, Decimal("10.00")), refunded_at)
+                    order.updated_at = refunded_at
                 if i % 13 == 6:
-                    order.refunded = order.total
-                    order.cancelled_at = order.updated_at
+                    order.cancelled_at = order.updated_at = refunded_at
+                    order.refund_to(order.total, refunded_at)
+                # A few test orders (Shopify's Bogus Gateway): never sales.
+                order.test = i % 17 == 8
             self.clock = now
 
     def edit(self, order_id: str, **changes: Any) -> ShopOrder:
@@ -290,18 +420,18 @@ class ShopifyStandIn:
         with self.lock:
             self._index.clear()
             order = self.orders[order_id]
-            order.refunded = min(order.total, order.refunded + amount)
             if not at_same_time:
                 order.updated_at = self.tick()
+            order.refund_to(min(order.total, order.refunded + amount), order.updated_at)
             return order
 
     def cancel(self, order_id: str, *, at_same_time: bool = False) -> ShopOrder:
         with self.lock:
             self._index.clear()
             order = self.orders[order_id]
-            order.refunded = order.total
             order.cancelled_at = order.updated_at if at_same_time else self.tick()
             order.updated_at = order.cancelled_at
+            order.refund_to(order.total, order.cancelled_at)
             return order
 
     # --- the server
@@ -316,6 +446,15 @@ class ShopifyStandIn:
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:
+                found = re.fullmatch(r"/bulk/(\d+)\.jsonl", self.path)
+                body = stand_in.bulk_result(found.group(1)) if found else None
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/jsonl")
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -352,8 +491,19 @@ class ShopifyStandIn:
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
         if path == "/admin/oauth/access_token":
             return self._grant(raw)
-        if not PATH.match(path):
+        matched = PATH.match(path)
+        if not matched:
             return 404, {}, {"errors": "Not Found"}
+        asked = matched["version"]
+        served = (
+            asked if asked in SUPPORTED_VERSIONS or asked == "unstable" else SUPPORTED_VERSIONS[0]
+        )
+        status, extra, body = self._graphql(headers, raw)
+        return status, {"X-Shopify-API-Version": served, **extra}, body
+
+    def _graphql(
+        self, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], dict[str, Any]]:
         token = next((v for k, v in headers.items() if k.lower() == "x-shopify-access-token"), "")
         if token not in self.tokens or self.token_expiry.get(token, math.inf) <= time.monotonic():
             return (
@@ -369,8 +519,11 @@ class ShopifyStandIn:
             document, variables = request["query"], request.get("variables") or {}
         except (json.JSONDecodeError, KeyError, TypeError):
             return 400, {}, {"errors": {"query": "Required parameter missing or invalid"}}
+        root = _root_field(document)
         with self.lock:
             self.calls += 1
+            if DEPRECATED_CUSTOMER_FIELDS.search(_customer_selections(document)):
+                self.deprecated_uses += 1
             if self.throttle_next > 0 and self.throttle_mode is not None:
                 self.throttle_next -= 1
                 self.throttled += 1
@@ -383,9 +536,9 @@ class ShopifyStandIn:
                             "Reduce request rates"
                         },
                     )
-                return 200, {}, self._throttled(self._requested(document, variables))
-            requested = self._requested(document, variables)
-            if requested > MAX_QUERY_COST:
+                return 200, {}, self._throttled(self._requested(root, document, variables))
+            requested = self._requested(root, document, variables)
+            if requested > self.max_query_cost:
                 return (
                     200,
                     {},
@@ -393,59 +546,217 @@ class ShopifyStandIn:
                         "errors": [
                             {
                                 "message": f"Query cost is {requested:.0f}, which exceeds "
-                                f"the single query max cost limit ({MAX_QUERY_COST}).",
+                                f"the single query max cost limit ({self.max_query_cost}).",
                                 "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested},
                             }
                         ]
                     },
                 )
-            if self.bucket.level() < requested:
+            if root not in BULK_ROOTS and self.bucket.level() < requested:
                 self.uncovered_calls += 1
                 self.throttled += 1
                 return 200, {}, self._throttled(requested)
-            self.bucket.available -= requested
-            stream = (
-                "orders"
-                if re.search(r"\borders\(", document)
-                else ("customers" if re.search(r"\bcustomers\(", document) else "shop")
-            )
-            self.queries.append({"stream": stream, **variables})
-        if self.before_page is not None and stream != "shop":
-            self.before_page(stream, variables)
+            if root not in BULK_ROOTS:
+                self.bucket.available -= requested
+            self.queries.append({"stream": root, **variables})
+        if self.before_page is not None and root in ("orders", "customers"):
+            self.before_page(root, variables)
         with self.lock:
-            if stream == "shop":
-                data: dict[str, Any] = {
-                    "shop": {
-                        "name": "Stand-in Shop",
-                        "myshopifyDomain": "stand-in.myshopify.com",
-                        "ianaTimezone": "America/New_York",
-                        "currencyCode": "USD",
+            errors: list[dict[str, Any]] = []
+            data, actual = self._resolve(root, document, variables, errors)
+            if isinstance(data, tuple):  # a refusal of the arguments
+                return 200, {}, {"errors": [data[1]]}
+            # The bucket is refunded down to what the query actually cost.
+            if root not in BULK_ROOTS:
+                self.bucket.available = min(
+                    self.bucket.maximum, self.bucket.available + requested - actual
+                )
+            body: dict[str, Any] = {"data": data}
+            if errors:
+                body["errors"] = errors
+            body["extensions"] = {"cost": self._cost(requested, actual)}
+            return 200, {}, body
+
+    def _resolve(
+        self, root: str, document: str, variables: dict[str, Any], errors: list[dict[str, Any]]
+    ) -> tuple[Any, float]:
+        """The `data` of one query and its actual cost (errors appended)."""
+        if root == "shop":
+            return {
+                "shop": {
+                    "name": "Stand-in Shop",
+                    "myshopifyDomain": SHOP_DOMAIN,
+                    "ianaTimezone": "America/New_York",
+                    "currencyCode": SHOP_CURRENCY,
+                }
+            }, 1.0
+        if root == "order":
+            order = self.orders.get(str(variables.get("id")))
+            if order is None:
+                return {"order": None}, 1.0
+            after = variables.get("after")
+            start = int(base64.b64decode(after).decode().split(":")[1]) if after else 0
+            page = order.line_item_page(int(variables.get("first") or 0), start)
+            return {"order": {"lineItems": page}}, 3 + 4 * len(page["nodes"])
+        if root in ("webhookSubscriptions", "webhookSubscriptionCreate"):
+            return self._webhook_subscriptions(root, variables), 10.0
+        if root in BULK_ROOTS:
+            return self._bulk(root, variables), 10.0
+        stream = root
+        first = int(variables.get("first") or 0)
+        if not 1 <= first <= 250:
+            refusal = {
+                "message": "first must be between 1 and 250",
+                "extensions": {"code": "BAD_REQUEST"},
+            }
+            return ("refused", refusal), 0.0
+        if stream == "customers" and self.protected_access == "none":
+            errors.append(_access_denied(["customers"]))
+            return {"customers": None}, 1.0
+        nodes, info = self._page(stream, first, variables, document)
+        for i, node in enumerate(nodes):
+            self._protect(stream, i, node, errors)
+        actual = 2 + sum(self._actual_node_cost(stream, node) for node in nodes)
+        return {stream: {"nodes": nodes, "pageInfo": info}}, actual
+
+    def _bulk(self, root: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """bulkOperationRunQuery runs the orders query of its document (its `query:` filter)
+        over the whole shop; currentBulkOperation reports RUNNING for `bulk_running_polls`
+        polls, then COMPLETED with the JSONL's url: each order a line, each line item a line
+        of its own after it with `__parentId`. One bulk query at a time, as Shopify allows."""
+        if root == "bulkOperationRunQuery":
+            if self.bulk is not None and self.bulk["status"] == "RUNNING":
+                return {
+                    "bulkOperationRunQuery": {
+                        "bulkOperation": None,
+                        "userErrors": [
+                            {
+                                "field": None,
+                                "message": "A bulk query operation for this app and shop "
+                                "is already in progress",
+                            }
+                        ],
                     }
                 }
-                actual = 1.0
-            else:
-                first = int(variables.get("first") or 0)
-                if not 1 <= first <= 250:
-                    return (
-                        200,
-                        {},
+            self._next_id += 1
+            document = str(variables.get("query") or "")
+            found = re.search(r'query:\s*"([^"]*)"', document)
+            # The result is written when it is fetched: a big shop's operation starts at once.
+            search = found.group(1) if found else ""
+            self.bulk = {
+                "id": f"gid://shopify/BulkOperation/{self._next_id}",
+                "status": "RUNNING",
+                "polls": 0,
+                "search": search,
+                "lines": None,
+            }
+            self.bulk_operations += 1
+            operation = self.bulk
+
+            ordered = list(self._by_update("orders")[0])
+
+            def run() -> None:  # in the background, as Shopify runs it
+                lines = _bulk_lines(ordered, search)
+                with self.lock:
+                    operation["lines"] = lines
+
+            threading.Thread(target=run, daemon=True).start()
+            return {
+                "bulkOperationRunQuery": {
+                    "bulkOperation": {"id": self.bulk["id"], "status": "CREATED"},
+                    "userErrors": [],
+                }
+            }
+        if self.bulk is None:
+            return {"currentBulkOperation": None}
+        self.bulk["polls"] += 1
+        if (
+            self.bulk["status"] == "RUNNING"
+            and self.bulk["polls"] > self.bulk_running_polls
+            and self.bulk["lines"] is not None
+        ):
+            self.bulk["status"] = "COMPLETED"
+        completed = self.bulk["status"] == "COMPLETED"
+        return {
+            "currentBulkOperation": {
+                "id": self.bulk["id"],
+                "status": self.bulk["status"],
+                "errorCode": None,
+                "objectCount": str(len(self.bulk["lines"] or [])),
+                "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
+                if completed and self.bulk["lines"]
+                else None,
+            }
+        }
+
+    def bulk_result(self, name: str) -> bytes | None:
+        """The JSONL a bulk operation's url serves."""
+        if (
+            self.bulk is None
+            or not self.bulk["id"].endswith(f"/{name}")
+            or self.bulk["lines"] is None
+        ):
+            return None
+        return b"".join(line + b"\n" for line in self.bulk["lines"])
+
+    def _webhook_subscriptions(self, root: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """webhookSubscriptions (topic, uri) and webhookSubscriptionCreate(topic,
+        webhookSubscription: {uri, format}); a topic subscribed twice to one uri is a user
+        error, as Shopify answers ("Address for this topic has already been taken")."""
+        if root == "webhookSubscriptions":
+            return {
+                "webhookSubscriptions": {
+                    "nodes": [
+                        {"id": f"gid://shopify/WebhookSubscription/{i}", "topic": t, "uri": u}
+                        for i, (t, u) in enumerate(sorted(self.webhook_subscriptions.items()))
+                    ]
+                }
+            }
+        topic = str(variables.get("topic"))
+        uri = str((variables.get("webhookSubscription") or {}).get("uri") or "")
+        if self.webhook_subscriptions.get(topic) == uri:
+            return {
+                "webhookSubscriptionCreate": {
+                    "webhookSubscription": None,
+                    "userErrors": [
                         {
-                            "errors": [
-                                {
-                                    "message": "first must be between 1 and 250",
-                                    "extensions": {"code": "BAD_REQUEST"},
-                                }
-                            ]
-                        },
-                    )
-                nodes, info = self._page(stream, first, variables, document)
-                data = {stream: {"nodes": nodes, "pageInfo": info}}
-                actual = 2 + sum(self._actual_node_cost(stream, node) for node in nodes)
-            # The bucket is refunded down to what the query actually cost.
-            self.bucket.available = min(
-                self.bucket.maximum, self.bucket.available + requested - actual
-            )
-            return 200, {}, {"data": data, "extensions": {"cost": self._cost(requested, actual)}}
+                            "field": ["webhookSubscription", "uri"],
+                            "message": "Address for this topic has already been taken",
+                        }
+                    ],
+                }
+            }
+        self.webhook_subscriptions[topic] = uri
+        return {
+            "webhookSubscriptionCreate": {
+                "webhookSubscription": {
+                    "id": f"gid://shopify/WebhookSubscription/{len(self.webhook_subscriptions)}",
+                    "topic": topic,
+                    "uri": uri,
+                },
+                "userErrors": [],
+            }
+        }
+
+    def _protect(
+        self, stream: str, index: int, node: dict[str, Any], errors: list[dict[str, Any]]
+    ) -> None:
+        """Protected customer data the app has no access to: null, and ACCESS_DENIED."""
+        if self.protected_access == "full":
+            return
+        if stream == "orders":
+            if node.get("customer") is None:
+                return
+            if self.protected_access == "none":
+                node["customer"] = None
+                errors.append(_access_denied(["orders", "nodes", index, "customer"]))
+                return
+            customer, at = node["customer"], ["orders", "nodes", index, "customer"]
+        else:
+            customer, at = node, ["customers", "nodes", index]
+        for name in PROTECTED_CUSTOMER_FIELDS:
+            customer[name] = None
+            errors.append(_access_denied([*at, name]))
 
     def _grant(self, raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
         """The client-credentials grant: a new token for a known app and its secret."""
@@ -469,22 +780,23 @@ class ShopifyStandIn:
 
     def _node_cost(self, stream: str, document: str) -> float:
         if stream == "customers":
-            return 1
+            return CUSTOMER_COST
         found = LINE_ITEMS_FIRST.search(document)
         line_items = int(found.group(1)) if found else 0
-        # The order, 4 money bags of 2 objects, the customer, and the line item connection.
-        return 1 + 8 + 1 + (2 + line_items * 3 if found else 0)
+        return ORDER_COST + (2 + line_items * LINE_ITEM_COST if found else 0)
 
     def _actual_node_cost(self, stream: str, node: dict[str, Any]) -> float:
         if stream == "customers":
-            return 1
-        return 1 + 8 + 1 + 2 + 3 * len(node["lineItems"]["nodes"])
+            return CUSTOMER_COST
+        return ORDER_COST + 2 + LINE_ITEM_COST * len(node["lineItems"]["nodes"])
 
-    def _requested(self, document: str, variables: dict[str, Any]) -> float:
-        if re.search(r"\borders\(", document):
-            return 2 + int(variables.get("first") or 0) * self._node_cost("orders", document)
-        if re.search(r"\bcustomers\(", document):
-            return 2 + int(variables.get("first") or 0) * self._node_cost("customers", document)
+    def _requested(self, root: str, document: str, variables: dict[str, Any]) -> float:
+        if root in ("orders", "customers"):
+            return 2 + int(variables.get("first") or 0) * self._node_cost(root, document)
+        if root == "order":
+            return 3 + int(variables.get("first") or 0) * LINE_ITEM_COST
+        if root in ("webhookSubscriptions", "webhookSubscriptionCreate", *BULK_ROOTS):
+            return 10
         return 1
 
     def _cost(self, requested: float, actual: float | None) -> dict[str, Any]:
@@ -569,6 +881,26 @@ class ShopifyStandIn:
         return nodes, {"hasNextPage": len(records) > first, "endCursor": end}
 
 
+def _bulk_lines(ordered: list[Any], search: str) -> list[bytes]:
+    """The JSONL lines of the orders a bulk query's search selects."""
+    lines: list[bytes] = []
+    low = high = None
+    for match in BOUND.finditer(search):
+        at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
+        if match["op"] == ">=":
+            low = at
+        elif match["op"] == "<":
+            high = at
+    for order in ordered:
+        if (low and order.updated_at < low) or (high and order.updated_at >= high):
+            continue
+        node = order.node(len(order.line_items) or 1)
+        items = node.pop("lineItems")["nodes"]
+        lines.append(json.dumps(node).encode())
+        lines.extend(json.dumps({**item, "__parentId": order.id}).encode() for item in items)
+    return lines
+
+
 def new_token() -> str:
     return f"shpat_{uuid.uuid4().hex}"
 
@@ -624,6 +956,41 @@ def refund_payload(order: ShopOrder, amount: Decimal) -> dict[str, Any]:
     }
 
 
+def order_delete_payload(order: ShopOrder) -> dict[str, Any]:
+    """orders/delete: only the deleted order's id."""
+    return {"id": _numeric_id(order.id)}
+
+
+def _privacy_customer(customer: ShopCustomer) -> dict[str, Any]:
+    return {"id": _numeric_id(customer.id), "email": customer.email, "phone": customer.phone}
+
+
+def customers_redact_payload(customer: ShopCustomer, orders: list[ShopOrder]) -> dict[str, Any]:
+    """customers/redact (shopify.dev/docs/apps/build/compliance/privacy-law-compliance)."""
+    return {
+        "shop_id": 954889,
+        "shop_domain": SHOP_DOMAIN,
+        "customer": _privacy_customer(customer),
+        "orders_to_redact": [_numeric_id(o.id) for o in orders],
+    }
+
+
+def data_request_payload(customer: ShopCustomer, orders: list[ShopOrder]) -> dict[str, Any]:
+    """customers/data_request: the customer, the orders they asked about, the request's id."""
+    return {
+        "shop_id": 954889,
+        "shop_domain": SHOP_DOMAIN,
+        "orders_requested": [_numeric_id(o.id) for o in orders],
+        "customer": _privacy_customer(customer),
+        "data_request": {"id": 9999},
+    }
+
+
+def shop_redact_payload() -> dict[str, Any]:
+    """shop/redact, 48 hours after the app was uninstalled."""
+    return {"shop_id": 954889, "shop_domain": SHOP_DOMAIN}
+
+
 def shop_payload() -> dict[str, Any]:
     """The body of app/uninstalled: the shop itself."""
     return {"id": 548380009, "name": "Stand-in Shop", "myshopify_domain": SHOP_DOMAIN}
@@ -648,7 +1015,7 @@ class WebhookSender:
         secret: str,
         *,
         shop_domain: str = SHOP_DOMAIN,
-        api_version: str = "2025-07",
+        api_version: str = SUPPORTED_VERSIONS[-1],
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.secret = secret

@@ -22,7 +22,7 @@ from tests.commerce_support import (
     sync,
 )
 from tests.factories import make_tenant
-from tests.shopify_stand_in import ShopifyStandIn, ShopOrder
+from tests.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn, ShopOrder
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import ReportInput, ReportResult
@@ -86,16 +86,29 @@ async def test_a_report_matches_the_shops_figures_and_ignores_another_tenant(
     got = result.report
     assert got.timezone == "America/New_York"
 
-    sales = [o for o in mine.orders.values() if not o.cancelled_at]
+    # Shopify's definitions: amounts in the shop's currency, test orders are not sales, and a
+    # refund counts on the day it was made, whatever day its order was placed.
+    assert any(o.test for o in mine.orders.values()), "the seed has test orders"
+    assert any(
+        local_day(o) != at.astimezone(SHOP_ZONE).date()
+        for o in mine.orders.values()
+        for at, _ in o.refunds
+    ), "the seed has refunds made on a later day"
+    sales = [o for o in mine.orders.values() if not o.cancelled_at and not o.test]
     in_period = [o for o in sales if first_day <= local_day(o) <= last_day]
+    usd = SHOP_CURRENCY
     daily: dict[tuple[date, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for o in in_period:
-        row = daily[(local_day(o), o.currency)]
-        total, refunded = cents(o.total, o.currency), cents(o.refunded, o.currency)
-        for i, value in enumerate(
-            (1, total, cents(o.discount, o.currency), refunded, total - refunded)
-        ):
+        row = daily[(local_day(o), usd)]
+        total = cents(o.shop(o.total), usd)
+        for i, value in enumerate((1, total, cents(o.shop(o.discount), usd), 0, total)):
             row[i] += value
+    for o in sales:
+        for at, amount in o.refunds:
+            if first_day <= (day := at.astimezone(SHOP_ZONE).date()) <= last_day:
+                refund = cents(o.shop(amount), usd)
+                daily[(day, usd)][3] += refund
+                daily[(day, usd)][4] -= refund
     assert {
         (d.day, d.currency): [
             d.orders,
@@ -107,10 +120,13 @@ async def test_a_report_matches_the_shops_figures_and_ignores_another_tenant(
         for d in got.daily
     } == dict(daily)
 
+    def net(o: ShopOrder) -> int:
+        return cents(o.shop(o.total), usd) - cents(o.shop_refunded, usd)
+
     channels: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for o in in_period:
-        channels[(o.channel, o.currency)][0] += 1
-        channels[(o.channel, o.currency)][1] += cents(o.total - o.refunded, o.currency)
+        channels[(o.channel, usd)][0] += 1
+        channels[(o.channel, usd)][1] += net(o)
     assert {(c.channel, c.currency): [c.orders, c.net_cents] for c in got.by_channel} == dict(
         channels
     )
@@ -122,7 +138,7 @@ async def test_a_report_matches_the_shops_figures_and_ignores_another_tenant(
     averages: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"new": [], "returning": []})
     for o in in_period:
         new = o.customer is None or first_order[o.customer.id] == o.id
-        averages[o.currency]["new" if new else "returning"].append(cents(o.total, o.currency))
+        averages[usd]["new" if new else "returning"].append(cents(o.shop(o.total), usd))
 
     def mean(values: list[int]) -> int:
         return round(sum(values) / len(values)) if values else 0
@@ -143,7 +159,7 @@ async def test_a_report_matches_the_shops_figures_and_ignores_another_tenant(
     spend: dict[tuple[str, str], int] = defaultdict(int)
     for o in in_period:
         if o.customer:
-            spend[(o.customer.id, o.currency)] += cents(o.total - o.refunded, o.currency)
+            spend[(o.customer.id, usd)] += net(o)
     assert [t.net_cents for t in got.top_customers] == sorted(spend.values(), reverse=True)[:10]
 
     buyers = {o.customer.id for o in in_period if o.customer}

@@ -24,7 +24,7 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.shopify_stand_in import ShopifyStandIn
+from tests.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn
 from tests.workers import running_workers
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput
@@ -54,11 +54,15 @@ async def test_first_sync_brings_every_order_and_customer_once_with_its_amounts(
     assert set(orders) == set(shop.orders)
     for external_id, source in shop.orders.items():
         row = orders[external_id]
-        assert row.total_cents == cents(source.total, source.currency)
-        assert row.refunded_cents == cents(source.refunded, source.currency)
+        # In the shop's currency (shopMoney), the order's own beside it (presentmentMoney).
+        assert row.currency == SHOP_CURRENCY
+        assert row.total_cents == cents(source.shop(source.total), SHOP_CURRENCY)
+        assert row.refunded_cents == cents(source.shop_refunded, SHOP_CURRENCY)
         assert row.net_cents == row.total_cents - row.refunded_cents
-        assert row.discount_cents == cents(source.discount, source.currency)
-        assert row.currency == source.currency and row.channel == source.channel
+        assert row.discount_cents == cents(source.shop(source.discount), SHOP_CURRENCY)
+        assert row.presentment_currency == source.currency
+        assert row.presentment_total_cents == cents(source.total, source.currency)
+        assert row.test is source.test and row.channel == source.channel
         assert row.placed_at == source.created_at
         assert len(row.line_items) == len(source.line_items)
         if source.cancelled_at:

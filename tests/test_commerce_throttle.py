@@ -11,7 +11,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
-from activities.shopify import Bucket, ShopifyClient, ShopifyUnavailable
+from activities.shopify import SHOPIFY_API_VERSION, Bucket, ShopifyClient, ShopifyUnavailable
 from models.commerce import ModuleExecutionStatus, SyncStream
 from models.db import SessionFactory
 from tests.commerce_support import TOKEN, commerce_settings, connect_shop, orders_of, sync
@@ -91,7 +91,7 @@ async def test_the_client_waits_what_the_throttle_status_says(shop: ShopifyStand
             http,
             shop_url=shop.url,
             access_token=TOKEN,
-            api_version="2025-07",
+            api_version=SHOPIFY_API_VERSION,
             bucket=Bucket(),
             sleep=sleep,
             clock=lambda: now[0],
@@ -99,10 +99,10 @@ async def test_the_client_waits_what_the_throttle_status_says(shop: ShopifyStand
         end = datetime.now(UTC) + timedelta(seconds=1)
         async for _ in shopify.pages("orders", end - timedelta(days=400), end):
             pass
-    # Page 1 leaves 1000 - 362 = 638 points (its actual cost: 20 orders of 2 line items,
-    # 2 + 20 x (1 + 8 + 1 + 2 + 2 x 3)); page 2 asks 842: (842 - 638) / 50 = 4.08 s on the
-    # fake clock.
-    assert sum(slept) == pytest.approx((842 - 638) / 50, abs=0.01)
+    # Page 1 leaves 1000 - 452 = 548 points (its actual cost: 15 orders of 2 line items,
+    # 2 + 15 x (20 + 2 + 2 x 4)); page 2 asks 932 (2 + 15 x 62, room for 10 line items each):
+    # (932 - 548) / 50 = 7.68 s on the fake clock.
+    assert sum(slept) == pytest.approx((932 - 548) / 50, abs=0.01)
     assert shop.uncovered_calls == 0
 
 
@@ -115,7 +115,11 @@ async def test_a_throttle_that_never_ends_is_a_retryable_failure(shop: ShopifySt
 
     async with httpx.AsyncClient() as http:
         shopify = ShopifyClient(
-            http, shop_url=shop.url, access_token=TOKEN, api_version="2025-07", sleep=sleep
+            http,
+            shop_url=shop.url,
+            access_token=TOKEN,
+            api_version=SHOPIFY_API_VERSION,
+            sleep=sleep,
         )
         with pytest.raises(ShopifyUnavailable, match="stayed throttled"):
             await shopify.shop()

@@ -68,6 +68,8 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
         CHANGEFLOW_SYNC_WINDOW_HOURS="24",
         CHANGEFLOW_SYNC_OVERLAP_SECONDS=str(OVERLAP_SECONDS),
         CHANGEFLOW_SYNC_INITIAL_DAYS="30",
+        # Pages, killed midway (a first sync by Bulk Operation: tests/test_commerce_big_shops.py).
+        CHANGEFLOW_SYNC_BULK_FIRST_SYNC="false",
     )
     first = WorkerProcess(env, tmp_path / "worker-1.log")
     second = WorkerProcess(env, tmp_path / "worker-2.log")

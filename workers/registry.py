@@ -135,7 +135,10 @@ def commerce_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *CommerceSyncActivities(
             deps.sessions,
             connections,
-            window=timedelta(hours=s.sync_window_hours),
+            window=timedelta(hours=s.sync_window_hours) if s.sync_window_hours else None,
+            window_records=s.sync_window_records,
+            bulk_first_sync=s.sync_bulk_first_sync,
+            bulk_poll_seconds=s.sync_bulk_poll_seconds,
             overlap=timedelta(seconds=s.sync_overlap_seconds),
             initial_lookback=timedelta(days=s.sync_initial_days),
         ).activities(),

@@ -162,7 +162,8 @@ class Settings(BaseSettings):
     # by commas. The first (or credential_key_id's) encrypts; every one decrypts.
     credential_keys: SecretStr | None = None
     credential_key_id: str | None = None
-    shopify_api_version: str = "2025-07"
+    # A version Shopify supports (activities/shopify.py says which and until when).
+    shopify_api_version: str = "2026-10"
 
     runtime_env: RuntimeEnv = Field(
         default=RuntimeEnv.DEVELOPMENT, validation_alias="CHANGEFLOW_ENV"
@@ -179,9 +180,16 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = None
     # Browser origins allowed to call it (comma-separated); unset: the Web UI's (ui_url).
     codec_cors_origins: str | None = None
-    # An incremental sync reads the shop in windows of updated_at this long, each re-reading
-    # this much before the last checkpoint (late index writes at the boundary).
-    sync_window_hours: float = Field(default=24.0, gt=0)
+    # A sync reads the shop in windows of updated_at, each re-reading sync_overlap_seconds
+    # before the last checkpoint (late index writes at the boundary). A window's longest span
+    # (None, the default: bounded by volume only) and the records one window call reads at most
+    # (more: read in parts, each checkpointed with the shop's page cursor).
+    sync_window_hours: float | None = Field(default=None, gt=0)
+    sync_window_records: int = Field(default=2500, ge=1, le=100_000)
+    # A first sync of a shop's orders by a Bulk Operation (one JSONL file, not pages under the
+    # rate limit), its status polled this often.
+    sync_bulk_first_sync: bool = True
+    sync_bulk_poll_seconds: float = Field(default=2.0, gt=0)
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)
@@ -194,6 +202,9 @@ class Settings(BaseSettings):
     webhooks_max_body_bytes: int = Field(default=5_000_000, ge=1024)
     # The webhooks process's own metrics port (never the workers'); unset: no endpoint.
     webhooks_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Where Shopify reaches that endpoint (https://host, behind the TLS proxy): when set,
+    # `connector test` subscribes the shop's webhooks to <it>/webhooks/shopify/<connector id>.
+    webhooks_public_url: str = ""
 
     # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
     # of the identity service's public keys; issuer and audience must match the token's.

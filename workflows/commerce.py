@@ -143,6 +143,7 @@ class OrderSyncWorkflow:
                                     "until": until,
                                     "execution_id": execution_id,
                                     "counts": counts,
+                                    "windows_before": request.windows_before + self._windows,
                                     "streams_done": done,
                                     "sync_again": sync_again(),
                                 }
@@ -229,7 +230,7 @@ class OrderSyncWorkflow:
             status=ModuleExecutionStatus.SUCCEEDED,
             counts=counts,
             cursors=self._cursors,
-            windows=self._windows,
+            windows=request.windows_before + self._windows,
         )
 
 

@@ -40,6 +40,8 @@ class OrderSyncInput(BaseModel):
     until: datetime | None = None
     execution_id: uuid.UUID | None = None
     counts: dict[SyncStream, SyncCounts] = {}
+    # Windows the sync's earlier runs (before continuing as new) read.
+    windows_before: int = 0
     streams_done: list[SyncStream] = []
     # Started by a sync request (a webhook): the change it reports may lie in this very second,
     # so the sync waits the second out and reads it whole.
@@ -61,6 +63,7 @@ class OrderSyncResult(BaseModel):
     status: ModuleExecutionStatus
     counts: dict[SyncStream, SyncCounts]
     cursors: dict[str, datetime]
+    # Windows read by the whole sync, across its continue-as-new runs.
     windows: int
 
 

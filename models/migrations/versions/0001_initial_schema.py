@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 17:43:23.090152
+Create Date: 2026-12-07 15:12:21.682780
 """
 
 from collections.abc import Sequence
@@ -740,6 +740,7 @@ def upgrade() -> None:
                 "customer_sync",
                 "report",
                 "order_import",
+                "privacy",
                 name="modulekind_enum",
                 native_enum=False,
                 create_constraint=True,
@@ -853,6 +854,15 @@ def upgrade() -> None:
         sa.Column("total_cents", sa.BigInteger(), nullable=False),
         sa.Column("net_cents", sa.BigInteger(), nullable=False),
         sa.Column("currency", sqlmodel.sql.sqltypes.AutoString(length=3), nullable=False),
+        sa.Column(
+            "presentment_currency",
+            sqlmodel.sql.sqltypes.AutoString(length=3),
+            server_default="",
+            nullable=False,
+        ),
+        sa.Column("presentment_total_cents", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("test", sa.Boolean(), server_default=sa.text("false"), nullable=False),
+        sa.Column("refunds", sa.JSON(), server_default="[]", nullable=False),
         sa.Column("line_items", sa.JSON(), nullable=False),
         sa.Column("placed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=True),
@@ -900,6 +910,9 @@ def upgrade() -> None:
         sa.Column("connector_id", sa.Uuid(), nullable=False),
         sa.Column("stream", sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
         sa.Column("cursor", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("window_end", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("page_after", sa.Text(), nullable=True),
         sa.Column(
             "updated_at",
             sa.DateTime(timezone=True),
