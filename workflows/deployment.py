@@ -135,6 +135,7 @@ class DeploymentWorkflow:
     def __init__(self, submitted: Submitted[DeploymentInput] = None) -> None:
         # Raising here would fail the workflow task in a loop: run() ends with the refusal.
         self._refused: ApplicationError | None = None
+        self._verdict_apart = False
         try:
             input = self._input = parse_input(DeploymentInput, submitted)
         except ApplicationError as refused:
@@ -179,6 +180,8 @@ class DeploymentWorkflow:
                 input.tenant_id, input.project_id, input.environment
             )
         )
+        # Asked before the first local activity (see RUN_START_PATCHES in workflows/lifecycle.py).
+        self._verdict_apart = workflow.patched(VERDICT_APART)
         lane_place = LanePlace(
             project_id=input.project_id,
             environment=input.environment,
@@ -425,7 +428,7 @@ class DeploymentWorkflow:
         return released
 
     async def _verify(self, step: ReleaseStep) -> VerificationOutcome:
-        if not workflow.patched(VERDICT_APART):
+        if not self._verdict_apart:
             return await self._verify_and_record(step)
         verdict = await workflow.execute_activity_method(
             ReleaseActivities.run_check,

@@ -208,6 +208,18 @@ HOLD_MARGIN_SECONDS = 24 * 3600
 # Patch id: a cancel that reaches a request whose production release is verified is refused
 # (the request completes), and a cancelled request's succeeded staging release is undone.
 CANCEL_NEVER_LIVE = "cancel-never-live"
+# The patches of this release, asked once at the start of a run, before its first local activity:
+# a patch marker recorded after a local activity that resolved in the same workflow task fails
+# replay ("patch marker encountered ... but there is no corresponding change command"; seen with
+# the model-unavailable patch asked after decision_trust).
+RUN_START_PATCHES = (
+    CANCEL_NEVER_LIVE,
+    JUDGED_BY_VALIDATORS_PATCH,
+    SHIP_UNTIL_SHIPPED,
+    MODEL_UNAVAILABLE_PATCH,
+    NEVER_AUTO_APPROVE_OWN_VERIFICATION,
+    REPLAN_ON_CONFLICT,
+)
 
 
 class RequestEnded(Exception):
@@ -276,6 +288,7 @@ class PromptRequestWorkflow:
         self._notices_sent = 0
         self._notified = False
         self._finished = False
+        self._patches: frozenset[str] = frozenset()
 
     # ---------------------------------------------------------------- the run
 
@@ -291,13 +304,14 @@ class PromptRequestWorkflow:
         )
         if missing:
             workflow.upsert_search_attributes(missing)
+        self._patches = frozenset(p for p in RUN_START_PATCHES if workflow.patched(p))
         try:
             try:
                 result = await self._lifecycle()
             except RequestEnded as ended:
                 result = ended.result
         except asyncio.CancelledError:
-            if self._live is None or not workflow.patched(CANCEL_NEVER_LIVE):
+            if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
                 await self._compensate_cancellation()
                 await self._announce_end()
                 await self._drain_handlers()
@@ -308,6 +322,10 @@ class PromptRequestWorkflow:
         await self._drain_handlers()
         return result
 
+    def _patched(self, patch: str) -> bool:
+        """Whether this run takes one of RUN_START_PATCHES (asked at its start)."""
+        return patch in self._patches
+
     async def _lifecycle(self) -> PromptRequestResult:
         request = self._input
         try:
@@ -316,7 +334,7 @@ class PromptRequestWorkflow:
             check_prompt(request.prompt)
         except ApplicationError as refusal:
             raise self._refused_at_submission(refusal) from None
-        if workflow.patched(JUDGED_BY_VALIDATORS_PATCH):
+        if self._patched(JUDGED_BY_VALIDATORS_PATCH):
             self._loading_keys = True
             await self._load_decision_keys()
         await self._plan_revision(request.prompt, revision=1)
@@ -327,7 +345,7 @@ class PromptRequestWorkflow:
         while not await self._ship():
             # Production refused the commit: the default branch moved since it was made (a
             # change shipped first, or a push). Rebase onto it and go through staging again.
-            if workflow.patched(SHIP_UNTIL_SHIPPED):
+            if self._patched(SHIP_UNTIL_SHIPPED):
                 await self._restage()
                 continue
             if self._applies >= MAX_REBASE_ROUNDS:
@@ -446,7 +464,7 @@ class PromptRequestWorkflow:
             revision=revision,
             status=PromptStatus.PLANNING,
         )
-        if workflow.patched(MODEL_UNAVAILABLE_PATCH):
+        if self._patched(MODEL_UNAVAILABLE_PATCH):
             planned = await self._plan_while_the_model_answers(plan)
         else:
             planned = await self._plan_request(plan, RETRY)
@@ -620,8 +638,7 @@ class PromptRequestWorkflow:
         while True:
             plan = self._require_plan()
             policy = self._require_policy()
-            # Only plans rated since the rule existed carry the flag; the patch marks them.
-            changes_verification = bool(plan.changes_verification) and workflow.patched(
+            changes_verification = bool(plan.changes_verification) and self._patched(
                 NEVER_AUTO_APPROVE_OWN_VERIFICATION
             )
             auto = allow_auto and policy.auto_approves(
@@ -1232,7 +1249,7 @@ class PromptRequestWorkflow:
         policy = self._require_policy()
         self._set_step("applying the change" if round == 1 else f"rebasing (round {round})")
         self._approved_before_apply = self._held()
-        replans = workflow.patched(REPLAN_ON_CONFLICT)
+        replans = self._patched(REPLAN_ON_CONFLICT)
         applied = await workflow.execute_activity_method(
             LifecycleActivities.apply_change,
             ApplyChange(
@@ -1328,7 +1345,7 @@ class PromptRequestWorkflow:
             else:
                 self._live = result
         if workflow.cancellation_reason() is not None and (
-            self._live is None or not workflow.patched(CANCEL_NEVER_LIVE)
+            self._live is None or not self._patched(CANCEL_NEVER_LIVE)
         ):
             # The child finished before the cancellation reached it (or compensated and
             # returned): the compensation undoes what it released.
@@ -1419,7 +1436,7 @@ class PromptRequestWorkflow:
         await self._drain_steps()
         if is_terminal(self._status):
             return
-        if self._staged is not None and workflow.patched(CANCEL_NEVER_LIVE):
+        if self._staged is not None and self._patched(CANCEL_NEVER_LIVE):
             await self._undo_release(self._staged)
         await self._close_holds(charge=self._chargeable())
         if workflow.patched(RELEASE_FORGOTTEN_HOLDS):
