@@ -59,9 +59,10 @@ async def test_an_auto_approved_lifecycle_queues_only_the_engine_work(
 
     steps = await steps_of(client, prompt_request_workflow_id(request_id))
     workflow_tasks = steps.pop("workflow tasks")
-    # Planning and applying go through the task queue; the hold, the approval, the two status
-    # writes and the settlement are local activities, each status written with its step.
-    assert steps == {"plan_request": 1, "apply_change": 1, "local activities": 5}
+    # Planning and applying go through the task queue; loading the decision keys (so the
+    # validators judge tokens), the hold, the approval, the two status writes and the settlement
+    # are local activities, each status written with its step.
+    assert steps == {"plan_request": 1, "apply_change": 1, "local activities": 6}
     # 15 to 16 when every step was an activity task (plus the children's progress signals).
     assert workflow_tasks <= 12
 
