@@ -722,17 +722,7 @@ async def _note_shop_answer(
     """Record on the connector's running sync what the shop said beside the data (the API
     version that served it, the fields it withheld) and the window's counts, so a run that
     ends without closing its record (terminated, timed out) still says what it did."""
-    execution = (
-        await session.exec(
-            select(ModuleExecution)
-            .where(
-                ModuleExecution.connector_id == connector_id,
-                ModuleExecution.module == ModuleKind.ORDER_SYNC,
-                ModuleExecution.status == ModuleExecutionStatus.RUNNING,
-            )
-            .with_for_update()
-        )
-    ).first()
+    execution = await _running(session, connector_id)
     if execution is None:
         return
     meta = dict(execution.meta)
