@@ -71,12 +71,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 migrate: $(STAMP)
-	$(PY) -m scripts.migrate
+	$(PY) -m workers.migrate
 
 reconcile: $(STAMP)
-	$(PY) -m scripts.reconcile
+	$(PY) -m workers.reconcile
 
 bench-ledger: $(STAMP)
 	$(PY) -m scripts.bench_ledger

@@ -61,9 +61,9 @@ from activities.model_client import (
     StreamBroken,
 )
 from activities.risk import assess_change
+from infra.settings import Settings
 from models.db import SessionFactory
 from models.model_calls import ModelCall, ModelCallOutcome
-from workers.settings import Settings
 
 # Tokens a chat template may add around each message and to the whole request.
 MESSAGE_OVERHEAD_TOKENS = 8

@@ -1,7 +1,7 @@
 """`changeflow`: the command for people. Tenancy through the models, tokens through the Ledger,
-requests and deployments through the lifecycle's typed client (workers/lifecycle_client.py).
+requests and deployments through the lifecycle's typed client (client/lifecycle.py).
 
-Configuration is the workers' (workers/settings.py): DATABASE_URL and TEMPORAL_ADDRESS, or the
+Configuration is the workers' (infra/settings.py): DATABASE_URL and TEMPORAL_ADDRESS, or the
 embedded stack `make dev` runs under CHANGEFLOW_DATA_DIR. Every command takes --json; the exit
 codes are in cli/runner.py.
 """
@@ -37,6 +37,8 @@ from cli.review import plan_diff, render_review, review_data
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
+from infra.entry_points import exit_process
+from infra.tracing import flush_traces
 from models import (
     Deployment,
     PlanTier,
@@ -44,8 +46,6 @@ from models import (
     PromptStatus,
     TokenTransaction,
 )
-from workers.cli import exit_process
-from workers.tracing import flush_traces
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import PromptRequestStatus
 
@@ -932,7 +932,7 @@ def deployment_rollback(
 
 
 def main() -> None:
-    """The console script: quiet worker logs, and os._exit (see workers/cli.py)."""
+    """The console script: quiet worker logs, and os._exit (see infra/entry_points.py)."""
     os.environ.setdefault("CHANGEFLOW_LOG_LEVEL", "WARNING")
     code = 1
     try:

@@ -24,10 +24,10 @@ from activities.credentials import CredentialError
 from activities.ledger import LedgerError
 from cli.stack import Stack
 from cli.tenancy import Refused
-from workers.cli import EXIT_BAD_CONFIGURATION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
-from workers.lifecycle_client import LifecycleRefused
-from workers.logging import configure_logging
-from workers.settings import ConfigurationError, load_settings
+from client.lifecycle import LifecycleRefused
+from infra.entry_points import EXIT_BAD_CONFIGURATION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from infra.logging import configure_logging
+from infra.settings import ConfigurationError, load_settings
 
 EXIT_REFUSED = EXIT_FAILURE
 EXIT_NOT_COMPLETED = 3

@@ -9,13 +9,13 @@ from temporalio.client import Client
 
 from activities.ledger import Ledger
 from activities.notifications import TenantWebhooks
+from client.connection import connect
+from client.lifecycle import LifecycleClient
+from infra.settings import ConfigurationError, Settings
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
 from scripts.decision_signer import development_signer
-from workers.client import connect
 from workers.devstack import check_database, port_open, start_postgres
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import ConfigurationError, Settings
 
 
 class Stack:

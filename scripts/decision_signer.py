@@ -22,7 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from workers.settings import DEV_DECISION_SIGNER_DIR, DecisionTokenMode, Settings, load_settings
+from infra.settings import DEV_DECISION_SIGNER_DIR, DecisionTokenMode, Settings, load_settings
 from workflows.contracts.decisions import DecisionAction
 
 DEFAULT_LIFETIME_SECONDS = 300

@@ -29,23 +29,22 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 import models  # noqa: F401  (registers every table)
+from client.lifecycle import LifecycleClient
+from infra.codec import data_converter
+from infra.settings import Settings, load_settings
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
+from scripts.databases import create_database, drop_database
 from tests.cli_support import command_env
 from tests.temporal_cli import CodecEndpoint
-from workers.codec import data_converter
 from workers.devstack import (
     asyncio_run_in_thread,
     binary,
-    create_database,
-    drop_database,
     register_search_attributes,
     start_codec_server,
     start_postgres,
     stop_process,
 )
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings, load_settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)

@@ -30,6 +30,7 @@ from models.commerce import (
     OrderStatus,
 )
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import Ran, changeflow
 from tests.commerce_support import (
     TOKEN,
@@ -42,7 +43,6 @@ from tests.commerce_support import (
 )
 from tests.conftest import DATA_CONVERTER
 from tests.factories import make_tenant
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env  # noqa: F401
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow

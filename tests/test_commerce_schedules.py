@@ -19,6 +19,7 @@ from activities.notifications import TenantWebhooks, new_signing_secret
 from models.commerce import ModuleExecution, ModuleExecutionStatus, ModuleKind
 from models.db import SessionFactory
 from models.projects import ConnectorKind, ConnectorStatus
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -26,7 +27,6 @@ from tests.commerce_support import (
     executions_of,
     orders_of,
 )
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
 from workers.registry import Dependencies

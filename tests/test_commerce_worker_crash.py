@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from models.commerce import ModuleExecutionStatus, SyncStream
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -26,7 +27,6 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_lifecycle_worker_crash import WorkerProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from client.lifecycle import LifecycleClient
 from models import PromptStatus, TokenTransactionKind
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
@@ -28,7 +29,6 @@ from tests.lifecycle_support import (
     settlements,
     submit,
 )
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.search_attributes import PROMPT_STATUS
 

@@ -8,8 +8,8 @@ import uuid
 from temporalio import workflow
 from temporalio.worker import Worker
 
-from workers.client import connect
-from workers.settings import Settings
+from client.connection import connect
+from infra.settings import Settings
 
 
 @workflow.defn(name="TestMetricsWorkflow", sandboxed=False)

@@ -1,5 +1,5 @@
 """The model engine through the real lifecycle: real workers, Temporal and PostgreSQL, and a
-local stand-in of an OpenAI-compatible endpoint (tests/model_stand_in.py) that counts its calls
+local stand-in of an OpenAI-compatible endpoint (scripts/model_stand_in.py) that counts its calls
 and reports usage, so each charge can be compared with what the server reported."""
 
 import asyncio
@@ -13,8 +13,12 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from activities.model_engine import input_bound
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import ModelCallOutcome, PromptStatus
 from models.db import SessionFactory
+from scripts.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
+from scripts.model_stand_in import Reply as R
 from tests.conftest import free_port
 from tests.lifecycle_support import (
     FUNDS,
@@ -42,11 +46,7 @@ from tests.model_engine_support import (
     reported_usage,
     use_model_engine,
 )
-from tests.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
-from tests.model_stand_in import Reply as R
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import REPLANNED_ON_NEW_BASE, PromptRequestResult
 

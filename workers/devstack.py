@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from pydantic import SecretStr
-from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -29,10 +28,10 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from client.connection import connect
+from infra.settings import ConfigurationError, Settings
 from models.db import asyncpg_dsn
 from models.migrate import upgrade
-from workers.client import connect
-from workers.settings import ConfigurationError, Settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 log = structlog.get_logger(__name__)
@@ -70,30 +69,16 @@ def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[A
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     admin_url = server.get_uri()
-    asyncio_run_in_thread(_ensure_database(admin_url, database))
+    asyncio_run_in_thread(ensure_database(admin_url, database))
     return server, admin_url.replace("/postgres?", f"/{database}?", 1)
 
 
-async def _ensure_database(admin_url: str, database: str) -> None:
+async def ensure_database(admin_url: str, database: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(admin_url))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
-
-
-async def create_database(admin_url: str, name: str) -> str:
-    """Create database `name` on admin_url's server; returns its URL."""
-    await _ensure_database(admin_url, name)
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 

@@ -30,7 +30,7 @@ class ErrorType(enum.StrEnum):
     INVALID_REQUEST = "InvalidRequest"
     UNKNOWN_REQUEST = "UnknownRequest"
 
-    # --- a decision's signed token (workers/decision_tokens.py, activities/decisions.py)
+    # --- a decision's signed token (infra/decision_tokens.py, activities/decisions.py)
     TOKEN_REQUIRED = "TokenRequired"
     # Not a JWT, an algorithm outside the allowed asymmetric ones, or a required claim missing.
     MALFORMED_TOKEN = "MalformedToken"

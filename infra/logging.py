@@ -17,7 +17,7 @@ import temporalio.workflow
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from workers.settings import LogFormat, LogLevel, Settings
+from infra.settings import LogFormat, LogLevel, Settings
 
 _SECRET_KEYS = re.compile(
     r"(password|passwd|secret|api_key|apikey|authorization|credential|token_value)", re.I

@@ -19,8 +19,8 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
-from workers.logging import configure_logging
-from workers.settings import ConfigurationError, Settings, load_settings
+from infra.logging import configure_logging
+from infra.settings import ConfigurationError, Settings, load_settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -28,7 +28,7 @@ untyped "workflow execution already completed").
 
 A plain `asyncio.run` script that used a Temporal client can abort at interpreter exit with
 `Fatal Python error: PyGILState_Release` (temporalio/sdk-python#300); leave it through
-`workers.cli.run_script(main())`, which flushes output and ends with `os._exit(code)`.
+`infra.entry_points.run_script(main())`, which flushes output and ends with `os._exit(code)`.
 """
 
 import uuid
