@@ -128,6 +128,17 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [kind.value for kind in ErrorType]
 MODEL_UNAVAILABLE = "ModelUnavailable"
 
 
+# The details key of a quoting refusal's whole reason (refused_quoting).
+QUOTED_REASON = "quoted_reason"
+
+
+def refused_quoting(kind: ErrorType, message: str, reason: str) -> ApplicationError:
+    """A refusal whose whole reason quotes what a model or a tenant wrote: the history shows
+    `message` (ours, readable), the reason rides in the details, which the codec encrypts, and
+    `error_message` gives it back to the workflow."""
+    return refused(kind, message, {QUOTED_REASON: reason})
+
+
 def refused(kind: ErrorType, message: str, *details: object) -> ApplicationError:
     """The typed, non-retryable ApplicationError of `kind`."""
     return ApplicationError(message, *details, type=kind.value, non_retryable=True)
@@ -150,5 +161,9 @@ def error_type(err: BaseException) -> str | None:
 
 
 def error_message(err: BaseException) -> str:
+    """The whole reason of a failure: a quoting refusal's encrypted reason, else its message."""
     found = application_error(err)
-    return found.message if found else str(err)
+    if found is None:
+        return str(err)
+    quoted = next((d[QUOTED_REASON] for d in found.details if isinstance(d, dict)), None)
+    return quoted if isinstance(quoted, str) else found.message
