@@ -51,7 +51,7 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
-from scripts.decision_signer import development_signer
+from workers.decision_signer import development_signer
 from scripts.demo_commerce import demo_credential_keys, run_commerce
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,

@@ -40,7 +40,7 @@ from models import ChangeEngineKind, ModelCall, ModelCallOutcome, Project
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
-from scripts.decision_signer import development_signer
+from workers.decision_signer import development_signer
 from scripts.demo import Progress, run_lifecycle, seed_shop
 from workers.client import connect
 from workers.devstack import embedded_stack

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from temporalio.exceptions import ApplicationError
 
-from scripts.decision_signer import DevelopmentSigner
+from workers.decision_signer import DevelopmentSigner
 from workflows.contracts.decisions import DecisionAction, DecisionTrust
 from workflows.contracts.errors import ErrorType
 from workflows.decision_rules import (

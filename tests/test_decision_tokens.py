@@ -21,7 +21,7 @@ from temporalio.client import Client
 from models import Approval, DeploymentEnvironment, DeploymentStatus, PromptStatus, User, UserRole
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from scripts.decision_signer import DevelopmentSigner
+from workers.decision_signer import DevelopmentSigner
 from scripts.sample_repo import SAFE_PROMPT
 from tests.factories import make_user
 from tests.lifecycle_support import (

@@ -16,7 +16,7 @@ from temporalio.service import RPCError
 
 from models import PromptRequest, PromptStatus
 from models.db import SessionFactory
-from scripts.decision_signer import DevelopmentSigner
+from workers.decision_signer import DevelopmentSigner
 from tests.cli_support import command_env, ok
 from tests.commerce_support import commerce_settings, connect_shop, orders_of
 from tests.conftest import DATA_CONVERTER
