@@ -93,11 +93,11 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
-from workers.decision_signer import development_signer
 from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
 from workers.cli import run_entry_point
 from workers.client import connect
+from workers.decision_signer import development_signer
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings

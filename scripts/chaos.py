@@ -62,11 +62,11 @@ from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
 from scripts.bench_processes import WorkerProcess, worker_env
 from scripts.chaos_audit import Expected, audit
-from workers.decision_signer import development_signer
 from scripts.demo import DemoShop, seed_shop
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
 from workers.cli import run_entry_point
 from workers.client import connect
+from workers.decision_signer import development_signer
 from workers.devstack import EmbeddedStack, embedded_stack
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workers.settings import Settings, env_name

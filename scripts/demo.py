@@ -51,7 +51,6 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
-from workers.decision_signer import development_signer
 from scripts.demo_commerce import demo_credential_keys, run_commerce
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
@@ -62,6 +61,7 @@ from scripts.sample_repo import (
 from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from workers.cli import run_entry_point
 from workers.client import connect
+from workers.decision_signer import development_signer
 from workers.devstack import embedded_stack
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies

@@ -40,9 +40,9 @@ from models import ChangeEngineKind, ModelCall, ModelCallOutcome, Project
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
-from workers.decision_signer import development_signer
 from scripts.demo import Progress, run_lifecycle, seed_shop
 from workers.client import connect
+from workers.decision_signer import development_signer
 from workers.devstack import embedded_stack
 from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies

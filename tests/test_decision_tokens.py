@@ -21,7 +21,6 @@ from temporalio.client import Client
 from models import Approval, DeploymentEnvironment, DeploymentStatus, PromptStatus, User, UserRole
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from workers.decision_signer import DevelopmentSigner
 from scripts.sample_repo import SAFE_PROMPT
 from tests.factories import make_user
 from tests.lifecycle_support import (
@@ -33,6 +32,7 @@ from tests.lifecycle_support import (
     wait_for_status,
 )
 from tests.workers import running_workers, test_settings
+from workers.decision_signer import DevelopmentSigner
 from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workers.registry import Dependencies
 from workers.settings import ConfigurationError, DecisionTokenMode, Settings, load_settings

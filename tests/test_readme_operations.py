@@ -16,13 +16,13 @@ from temporalio.service import RPCError
 
 from models import PromptRequest, PromptStatus
 from models.db import SessionFactory
-from workers.decision_signer import DevelopmentSigner
 from tests.cli_support import command_env, ok
 from tests.commerce_support import commerce_settings, connect_shop, orders_of
 from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
+from workers.decision_signer import DevelopmentSigner
 from workers.devstack import binary
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import DecisionTokenMode

@@ -15,7 +15,6 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-
 async def check_database(url: str, connect_timeout_s: float = 10) -> None:
     """Fail fast, with one clear message, when the database cannot be reached."""
     try:
