@@ -194,8 +194,7 @@ def commerce_report(
     first, last = _day(first_day), _day(last_day or first_day)
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         client = await stack.client()
         result: ReportResult = await client.execute_workflow(
             ReportWorkflow.run,

@@ -26,8 +26,7 @@ def deployment_list(
     """A tenant's newest deployments (rollbacks included)."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             project_id = (
                 (await tenancy.find_project(session, found, project)).id
                 if project is not None

@@ -90,8 +90,7 @@ def policy_set(
             change["no_reminder"] = True
         elif reminder_before_seconds is not None:
             change["reminder_before_seconds"] = reminder_before_seconds
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             policy = await tenancy.set_policy(session=session, tenant=found, change=change)
         return Outcome(as_row(policy), lambda out: _render_policy(out, policy))
 

@@ -29,8 +29,7 @@ def project_create(
     """Add a project (a repository and how to check it) to a tenant."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             project = await tenancy.create_project(
                 session=session,
                 tenant=found,
@@ -53,8 +52,7 @@ def project_list(tenant: TenantRef, json_output: Json = False) -> None:
     """A tenant's projects."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             projects = await tenancy.list_projects(session=session, tenant=found)
         return listing(
             "Projects",

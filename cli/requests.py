@@ -33,6 +33,15 @@ from workflows.contracts.lifecycle import PromptRequestStatus
 
 request_app = typer.Typer(help="Change requests: the prompt lifecycle.", no_args_is_help=True)
 
+PlanHash = Annotated[
+    str | None,
+    typer.Option(
+        "--plan", help="Hash (or its first characters) of the plan you read; the current one."
+    ),
+]
+RequestRef = Annotated[str, typer.Argument(help="Request id.")]
+Person = Annotated[str, typer.Option("--user", "-u", help="Who decides: id or email.")]
+
 
 async def _status(stack: Stack, request_id: uuid.UUID) -> PromptRequestStatus:
     try:
@@ -105,9 +114,13 @@ async def _after(
         elif followed.status not in (PromptStatus.COMPLETED, PromptStatus.AWAITING_APPROVAL):
             code = EXIT_NOT_COMPLETED
         status = followed
-    final = status
-    people = await emails(stack, final.tenant_id)
-    return Outcome(final, lambda out: render_status(out, final, people), code)
+    return await _shown(stack, status, code)
+
+
+async def _shown(stack: Stack, status: PromptRequestStatus, code: int = 0) -> Outcome:
+    """The status as a command's outcome, its approvers named by email."""
+    people = await emails(stack, status.tenant_id)
+    return Outcome(status, lambda out: render_status(out, status, people), code)
 
 
 @request_app.command("submit")
@@ -123,8 +136,7 @@ def request_submit(
     """Start a lifecycle: plan, price, approve, deploy, verify."""
 
     async def work(stack: Stack, progress: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             found_project = await tenancy.find_project(session, found, project)
             requester = await tenancy.find_user(session, found, user)
         lifecycle = await stack.lifecycle()
@@ -154,8 +166,7 @@ def request_list(
     """A tenant's newest requests."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             statement = queries.newest_requests(found.id, status=status, limit=limit)
             requests = (await session.exec(statement)).all()
         return listing(
@@ -175,7 +186,7 @@ def request_list(
 
 @request_app.command("show")
 def request_show(
-    request: Annotated[str, typer.Argument(help="Request id.")],
+    request: RequestRef,
     wait: Wait = False,
     timeout: Timeout = DEFAULT_WAIT_S,
     json_output: Json = False,
@@ -197,6 +208,15 @@ def request_show(
     run(json_output, work)
 
 
+async def _decision(
+    stack: Stack, request: str, user: str
+) -> tuple[uuid.UUID, PromptRequestStatus, uuid.UUID]:
+    """What a person decides on: the request's id and status now, and who decides (their id)."""
+    request_id = parse_id(request)
+    status = await _status(stack, request_id)
+    return request_id, status, await user_id(stack, status.tenant_id, user)
+
+
 def _full_hash(status: PromptRequestStatus, given: str | None) -> str:
     """The plan hash the person approves: the one shown, or the current plan's. A prefix that
     is not the current plan's is sent as given, so the lifecycle refuses it as stale."""
@@ -208,18 +228,9 @@ def _full_hash(status: PromptRequestStatus, given: str | None) -> str:
     return current if current and current.startswith(given) else given
 
 
-PlanHash = Annotated[
-    str | None,
-    typer.Option(
-        "--plan", help="Hash (or its first characters) of the plan you read; the current one."
-    ),
-]
-Person = Annotated[str, typer.Option("--user", "-u", help="Who decides: id or email.")]
-
-
 @request_app.command("approve")
 def request_approve(
-    request: Annotated[str, typer.Argument(help="Request id.")],
+    request: RequestRef,
     user: Person,
     plan: PlanHash = None,
     comment: Annotated[str, typer.Option(help="A note kept with the approval.")] = "",
@@ -231,9 +242,7 @@ def request_approve(
     """Approve the plan waiting for approval."""
 
     async def work(stack: Stack, progress: Console) -> Outcome:
-        request_id = parse_id(request)
-        status = await _status(stack, request_id)
-        approver = await user_id(stack, status.tenant_id, user)
+        request_id, status, approver = await _decision(stack, request, user)
         status = await (await stack.lifecycle()).approve(
             request_id,
             user_id=approver,
@@ -248,7 +257,7 @@ def request_approve(
 
 @request_app.command("reject")
 def request_reject(
-    request: Annotated[str, typer.Argument(help="Request id.")],
+    request: RequestRef,
     user: Person,
     reason: Annotated[str, typer.Option(help="Why; the requester reads it.")],
     plan: PlanHash = None,
@@ -258,9 +267,7 @@ def request_reject(
     """Reject the plan waiting for approval; the request ends."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        request_id = parse_id(request)
-        status = await _status(stack, request_id)
-        rejecter = await user_id(stack, status.tenant_id, user)
+        request_id, status, rejecter = await _decision(stack, request, user)
         status = await (await stack.lifecycle()).reject(
             request_id,
             user_id=rejecter,
@@ -268,16 +275,14 @@ def request_reject(
             reason=reason,
             token=token,
         )
-        final = status
-        people = await emails(stack, final.tenant_id)
-        return Outcome(final, lambda out: render_status(out, final, people))
+        return await _shown(stack, status)
 
     run(json_output, work)
 
 
 @request_app.command("revise")
 def request_revise(
-    request: Annotated[str, typer.Argument(help="Request id.")],
+    request: RequestRef,
     prompt: Annotated[str, typer.Argument(help="The revised change, in plain words.")],
     user: Person,
     token: Token = None,
@@ -288,9 +293,7 @@ def request_revise(
     """Replace the prompt of a request waiting for approval; it is planned again."""
 
     async def work(stack: Stack, progress: Console) -> Outcome:
-        request_id = parse_id(request)
-        before = await _status(stack, request_id)
-        reviser = await user_id(stack, before.tenant_id, user)
+        request_id, before, reviser = await _decision(stack, request, user)
         status = await (await stack.lifecycle()).revise(
             request_id, user_id=reviser, prompt=prompt, token=token
         )
@@ -302,7 +305,7 @@ def request_revise(
 
 @request_app.command("cancel")
 def request_cancel(
-    request: Annotated[str, typer.Argument(help="Request id.")],
+    request: RequestRef,
     reason: Annotated[str, typer.Option(help="Why, kept with the request.")] = "",
     user: Annotated[str | None, typer.Option("--user", "-u", help="Who cancels.")] = None,
     token: Token = None,

@@ -6,14 +6,18 @@ tenancy command never loads the Temporal client, the ledger or the migrations.
 """
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sqlmodel.ext.asyncio.session import AsyncSession
     from temporalio.client import Client
 
     from activities.ledger import Ledger
     from activities.notifications import TenantWebhooks
+    from models import Tenant
     from models.db import SessionFactory
     from workers.lifecycle_client import LifecycleClient
     from workers.settings import Settings
@@ -52,6 +56,19 @@ class Stack:
             self._engine = create_engine(url, pool_size=2)
             self._sessions = session_factory(self._engine)
         return self._sessions
+
+    @asynccontextmanager
+    async def in_tenant(self, reference: str) -> AsyncIterator[tuple["AsyncSession", "Tenant"]]:
+        """A session, and the tenant a person named (id or slug) found in it; refused when
+        there is none."""
+        from cli.tenancy import find_tenant
+
+        async with (await self.sessions())() as session:
+            yield session, await find_tenant(session, reference)
+
+    async def tenant(self, reference: str) -> "Tenant":
+        async with self.in_tenant(reference) as (_, found):
+            return found
 
     async def ledger(self) -> "Ledger":
         if self._ledger is None:

@@ -66,8 +66,7 @@ def tenant_show(
     """A tenant with its people, projects, policy and token balance."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             users = await tenancy.list_users(session=session, tenant=found)
             projects = await tenancy.list_projects(session=session, tenant=found)
             policy = await tenancy.policy_of(session, found)

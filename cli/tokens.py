@@ -7,7 +7,6 @@ import typer
 from rich.console import Console
 
 from activities.ledger import current_period
-from cli import tenancy
 from cli.common import Json, TenantRef, as_row, timestamp
 from cli.runner import Outcome, listing, run
 from cli.stack import Stack
@@ -17,8 +16,7 @@ tokens_app = typer.Typer(help="A tenant's token account, through the ledger.", n
 
 
 async def _account_id(stack: Stack, tenant: str) -> uuid.UUID:
-    async with (await stack.sessions())() as session:
-        found = await tenancy.find_tenant(session, tenant)
+    found = await stack.tenant(tenant)
     return (await (await stack.ledger()).account_for_tenant(found.id)).id
 
 

@@ -26,8 +26,7 @@ def user_add(
     """Add a person to a tenant."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             user = await tenancy.add_user(
                 session=session, tenant=found, email=email, display_name=name, role=role
             )
@@ -44,8 +43,7 @@ def user_list(tenant: TenantRef, json_output: Json = False) -> None:
     """A tenant's people."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             users = await tenancy.list_users(session=session, tenant=found)
         return listing(
             "Users",
@@ -67,8 +65,7 @@ def user_set_role(
     """Change a person's role."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        async with stack.in_tenant(tenant) as (session, found):
             changed = await tenancy.set_role(
                 session=session, tenant=found, reference=user, role=role
             )
