@@ -12,6 +12,9 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 # Never fetch a Python build: the interpreter is the machine's.
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Packages installed with their bytecode, as the image has them: where PYTHONDONTWRITEBYTECODE is
+# set, every process would otherwise compile each module it imports again (seconds per command).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync bench-cli chaos model-smoke reconcile migrate clean
 
