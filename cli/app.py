@@ -7,7 +7,7 @@ codes are in cli/runner.py.
 
 Each command group is a module of its own (GROUPS), imported only when one of its commands runs
 or its help is asked: `changeflow --help` loads typer alone, and a tenancy command never the
-commerce code, git or Temporal's client (tests/test_cli_imports.py holds this).
+commerce code, git or Temporal (tests/test_cli_imports.py holds this).
 """
 
 import importlib

@@ -62,7 +62,7 @@ def jsonable(value: Any) -> Any:
 
 def _raised(exc: BaseException, module: str, name: str) -> bool:
     """Whether exc is module's exception `name`. A module the command never imported raised
-    none, so this loads nothing: a tenancy command never loads the ledger or Temporal's client."""
+    none, so this loads nothing: a tenancy command never loads the ledger or Temporal."""
     loaded = sys.modules.get(module)
     return loaded is not None and isinstance(exc, getattr(loaded, name))
 

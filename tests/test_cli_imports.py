@@ -1,6 +1,6 @@
 """`changeflow` loads what the command it runs needs and nothing of the other groups': `--help`
 loads typer alone (no database, Temporal or product code), a tenancy command never the commerce
-code, git, the migrations or Temporal's client. Each probe runs `changeflow` in a process of its
+code, git, the migrations or Temporal. Each probe runs `changeflow` in a process of its
 own, as a person's shell does, and reads what that process had imported when it ended."""
 
 import json
@@ -42,16 +42,16 @@ COMMERCE_CODE = {
     "workflows.commerce",
     "workflows.order_import",
 }
-TEMPORAL_CLIENT = {"temporalio.client"}
+TEMPORAL = {"temporalio"}
 MIGRATIONS = {"alembic", "models.migrate"}
-OTHER_GROUPS_HEAVY = GIT | COMMERCE_CODE | TEMPORAL_CLIENT | MIGRATIONS
+OTHER_GROUPS_HEAVY = GIT | COMMERCE_CODE | TEMPORAL | MIGRATIONS
 NEVER_LOADED_BY: dict[str, set[str]] = {
     "tenant": OTHER_GROUPS_HEAVY,
     "user": OTHER_GROUPS_HEAVY,
     "policy": OTHER_GROUPS_HEAVY,
     "project": OTHER_GROUPS_HEAVY,
     "tokens": OTHER_GROUPS_HEAVY,
-    # Temporal's client only once a rollback runs.
+    # Temporal only once a rollback runs.
     "deployment": OTHER_GROUPS_HEAVY,
     "notify": OTHER_GROUPS_HEAVY,
     "request": GIT | COMMERCE_CODE | MIGRATIONS,
