@@ -49,7 +49,7 @@ class DecisionTokenMode(StrEnum):
 
 
 # Without CHANGEFLOW_DECISION_JWKS the workers trust the development signer's keys
-# (scripts/decision_signer.py) under the data folder, and say so in a warning.
+# (infra/decision_signer.py) under the data folder, and say so in a warning.
 DEV_DECISION_ISSUER = "changeflow-dev-signer"
 DEV_DECISION_SIGNER_DIR = "decision-signer"
 

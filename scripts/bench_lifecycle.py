@@ -72,6 +72,7 @@ from temporalio.client import Client
 
 from client.connection import connect
 from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
 from infra.entry_points import run_entry_point
 from infra.settings import Settings
 from models import (
@@ -97,7 +98,6 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
-from scripts.decision_signer import development_signer
 from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
 from workers.devstack import EmbeddedStack, embedded_stack

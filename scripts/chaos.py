@@ -58,6 +58,7 @@ from temporalio.service import RPCError
 
 from client.connection import connect
 from client.lifecycle import LifecycleClient, LifecycleRefused
+from infra.decision_signer import development_signer
 from infra.entry_points import run_entry_point
 from infra.settings import Settings, env_name
 from models import DeploymentStatus, Project, PromptStatus
@@ -66,7 +67,6 @@ from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
 from scripts.bench_processes import WorkerProcess, worker_env
 from scripts.chaos_audit import Expected, audit
-from scripts.decision_signer import development_signer
 from scripts.demo import DemoShop, seed_shop
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
 from workers.devstack import EmbeddedStack, embedded_stack

@@ -38,6 +38,7 @@ from temporalio.client import Client
 from activities.ledger import Ledger
 from client.connection import connect
 from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
 from infra.entry_points import run_entry_point
 from infra.settings import Settings
 from models import (
@@ -55,7 +56,6 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
-from scripts.decision_signer import development_signer
 from scripts.demo_commerce import demo_credential_keys, run_commerce
 from scripts.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from scripts.sample_repo import (

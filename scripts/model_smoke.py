@@ -38,12 +38,12 @@ from sqlmodel import col, select
 from activities.ledger import Ledger
 from client.connection import connect
 from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
 from infra.settings import Settings
 from models import ChangeEngineKind, ModelCall, ModelCallOutcome, Project
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
-from scripts.decision_signer import development_signer
 from scripts.demo import Progress, run_lifecycle, seed_shop
 from workers.devstack import embedded_stack
 from workers.registry import Dependencies

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from temporalio.exceptions import ApplicationError
 
-from scripts.decision_signer import DevelopmentSigner
+from infra.decision_signer import DevelopmentSigner
 from workflows.contracts.decision_rules import (
     DeciderRefusals,
     TrustedKeys,

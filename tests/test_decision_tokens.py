@@ -19,11 +19,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from client.lifecycle import LifecycleClient, LifecycleRefused
+from infra.decision_signer import DevelopmentSigner
 from infra.settings import ConfigurationError, DecisionTokenMode, Settings, load_settings
 from models import Approval, DeploymentEnvironment, DeploymentStatus, PromptStatus, User, UserRole
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from scripts.decision_signer import DevelopmentSigner
 from scripts.sample_repo import SAFE_PROMPT
 from tests.factories import make_user
 from tests.lifecycle_support import (

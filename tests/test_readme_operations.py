@@ -15,10 +15,10 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from client.lifecycle import LifecycleClient
+from infra.decision_signer import DevelopmentSigner
 from infra.settings import DecisionTokenMode
 from models import PromptRequest, PromptStatus
 from models.db import SessionFactory
-from scripts.decision_signer import DevelopmentSigner
 from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import command_env, ok
 from tests.commerce_support import commerce_settings, connect_shop, orders_of

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -32,6 +31,7 @@ from client.connection import connect
 from infra.settings import ConfigurationError, Settings
 from models.db import asyncpg_dsn
 from models.migrate import upgrade
+from workers.probes import check_database, port_open
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 log = structlog.get_logger(__name__)
@@ -47,12 +47,6 @@ def binary(name: str) -> str:
     if not Path(found).exists():
         raise ConfigurationError(f"{name} is not installed; run `make install`")
     return found
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex((host, port)) == 0
 
 
 def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[Any, str]:
@@ -334,13 +328,3 @@ async def until_reachable(what: str, attempt: Callable[[], Awaitable[T]], within
                 log.warning("waiting_for_dependency", dependency=what, error=str(exc)[:200])
                 waiting = True
             await asyncio.sleep(1)
-
-
-async def check_database(url: str, connect_timeout_s: float = 10) -> None:
-    """Fail fast, with one clear message, when the database cannot be reached."""
-    try:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout_s)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        safe = url.split("@")[-1] if "@" in url else url
-        raise ConfigurationError(f"cannot reach PostgreSQL at {safe}: {exc}") from None
-    await conn.close()

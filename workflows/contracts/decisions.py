@@ -2,7 +2,7 @@
 payloads (activities/decisions.py verifies; infra/decision_tokens.py holds the JWT rules).
 
 A decision token is a JWT signed by the platform's identity service (in development by
-scripts/decision_signer.py) with the claims of DECISION_CLAIMS. A workflow that receives
+infra/decision_signer.py) with the claims of DECISION_CLAIMS. A workflow that receives
 decisions holds the identity service's public keys (DecisionTrust, loaded by the
 `decision_trust` activity) so that its update validators check a token without I/O
 (workflows/contracts/decision_rules.py); the handler then has `verify_decision` check what needs the

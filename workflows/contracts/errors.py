@@ -6,8 +6,12 @@ non-retryable lists are this enum (NON_RETRYABLE_ERROR_TYPES), never a list kept
 """
 
 import enum
+from typing import TYPE_CHECKING
 
-from temporalio.exceptions import ApplicationError
+if TYPE_CHECKING:
+    # Imported where an error is built or read: the enum alone (a command that only refuses,
+    # `changeflow tenant ...`) loads nothing of Temporal.
+    from temporalio.exceptions import ApplicationError
 
 
 class ErrorType(enum.StrEnum):
@@ -132,21 +136,25 @@ MODEL_UNAVAILABLE = "ModelUnavailable"
 QUOTED_REASON = "quoted_reason"
 
 
-def refused_quoting(kind: ErrorType, message: str, reason: str) -> ApplicationError:
+def refused_quoting(kind: ErrorType, message: str, reason: str) -> "ApplicationError":
     """A refusal whose whole reason quotes what a model or a tenant wrote: the history shows
     `message` (ours, readable), the reason rides in the details, which the codec encrypts, and
     `error_message` gives it back to the workflow."""
     return refused(kind, message, {QUOTED_REASON: reason})
 
 
-def refused(kind: ErrorType, message: str, *details: object) -> ApplicationError:
+def refused(kind: ErrorType, message: str, *details: object) -> "ApplicationError":
     """The typed, non-retryable ApplicationError of `kind`."""
+    from temporalio.exceptions import ApplicationError
+
     return ApplicationError(message, *details, type=kind.value, non_retryable=True)
 
 
-def application_error(err: BaseException) -> ApplicationError | None:
+def application_error(err: BaseException) -> "ApplicationError | None":
     """The ApplicationError behind an activity, child or workflow failure: the first one down
     its cause chain (the error itself included), or None."""
+    from temporalio.exceptions import ApplicationError
+
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ApplicationError):
