@@ -169,9 +169,14 @@ class DeploymentView(BaseModel):
 
 
 class TransitionDeployment(BaseModel):
+    """A status the deployment workflow decided, to persist (mark_deployment)."""
+
     deployment_id: uuid.UUID
     status: DeploymentStatus
     detail: str | None = None
+    # With SUCCEEDED of a rollback: the deployment whose release it replaced, ROLLED_BACK in
+    # the same transaction.
+    rolls_back: uuid.UUID | None = None
 
 
 class FindLastGoodRelease(BaseModel):
@@ -239,9 +244,9 @@ class VerificationOutcome(BaseModel):
 
 
 class RecordVerdict(BaseModel):
-    """Persist a check's verdict (run_check returned it): the deployment SUCCEEDED or FAILED,
-    its job's outcome, and for production the default branch. Retried through outages; the
-    check is never run again for it."""
+    """Persist a check's verdict (run_check returned it): its output, its job's outcome, and
+    after a passing production check the default branch (the status the verdict means is the
+    workflow's to decide). Retried through outages; the check is never run again for it."""
 
     step: ReleaseStep
     verdict: VerificationOutcome
