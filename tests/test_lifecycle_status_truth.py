@@ -9,7 +9,12 @@ import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from activities.deploy_target import DeployTargetError, GitDeployTarget, VerificationResult
+from activities.deploy_target import (
+    DeployTargetError,
+    GitDeployTarget,
+    ReleaseResult,
+    VerificationResult,
+)
 from activities.releases import ReleaseActivities
 from models import (
     Deployment,
@@ -130,10 +135,12 @@ class UndoRefusedWhileStagingChecks(GitDeployTarget):
             await self.opened.wait()
         return await super().verify(**kwargs)  # type: ignore[arg-type]
 
-    async def rollback(self, **_: object) -> None:  # type: ignore[override]
+    async def rollback(
+        self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult:
         raise DeployTargetError("the environment branch refused the push")
 
-    async def withdraw(self, **_: object) -> None:  # type: ignore[override]
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None:
         raise DeployTargetError("the environment branch refused the push")
 
 
