@@ -88,8 +88,10 @@ VERDICT_APART = "verdict-recorded-apart"
 # A cancelled check hears of it within about 80% of this (the SDK's heartbeat throttle).
 _CHECK_HEARTBEAT = timedelta(seconds=10)
 # Patch id: this workflow decides every status of its deployments and persists each with
-# mark_deployment; the release activities only report and write facts. Runs from before
-# it leave the statuses to the activities they call.
+# mark_deployment; the release activities only report and write facts. Runs from before it
+# counted on their activities to write the statuses, which they no longer do: such a run still
+# going when this ships ends with its rows behind (none does under Worker Versioning, where a
+# deployment is pinned to the version it started on).
 STATUS_DECIDED_HERE = "deployment-status-decided-here"
 # The statuses a deployment's run ends in; a cancellation turns the others into CANCELLED.
 _RUN_ENDS = frozenset(
@@ -475,25 +477,30 @@ class DeploymentWorkflow:
         what the environment ran before this deployment."""
         self._compensating = True
         if self._rollback_step is not None:
+            rollback = self._decided.get(self._rollback_step.deployment_id)
+            if self._decides and rollback in _RUN_ENDS:
+                return  # the rollback's own run ended as the cancellation came
             resumed = self._rollback_step.model_copy(update={"step": "auto-rollback-resumed"})
             await self._run_rollback(resumed)
             return
         input = self._input
         if not self._decides:
             self._restoring()
-            view = await self._undo_release()  # wrote CANCELLED and ROLLED_BACK itself
+            view = await self._undo_release()  # its activity wrote the statuses then
             self._show_decided(input.deployment_id, view.status, None)
-            self._progress("cancelled")
-            return
-        decided = self._decided.get(input.deployment_id)
-        if decided in (DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK, None):
-            return  # finished before the cancellation, already undone, or never recorded
-        if decided not in _RUN_ENDS:
-            await self._decide(input.deployment_id, DeploymentStatus.CANCELLED)
-        if input.deployment_id in self._releasing:
-            self._restoring()
-            await self._undo_release()
-            await self._decide(input.deployment_id, DeploymentStatus.ROLLED_BACK)
+        elif self._decided.get(input.deployment_id) in (
+            DeploymentStatus.SUCCEEDED,  # finished before the cancellation
+            DeploymentStatus.ROLLED_BACK,  # already undone
+            None,  # never recorded
+        ):
+            pass
+        else:
+            if self._decided[input.deployment_id] not in _RUN_ENDS:
+                await self._decide(input.deployment_id, DeploymentStatus.CANCELLED)
+            if input.deployment_id in self._releasing:
+                self._restoring()
+                await self._undo_release()
+                await self._decide(input.deployment_id, DeploymentStatus.ROLLED_BACK)
         self._progress("cancelled")
 
     def _restoring(self) -> None:
