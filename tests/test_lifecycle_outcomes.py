@@ -442,7 +442,8 @@ async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
         waiting = await wait_for_status(
             lifecycle,
             second,
-            lambda s: any(d.queue_position == 1 for d in s.deployments),
+            # The place is the deployment's own answer; the request's step follows its report.
+            lambda s: any(d.queue_position == 1 for d in s.deployments) and "ahead" in s.step,
         )
         holding = await lifecycle.status(first)
         gate.opened.set()
