@@ -171,8 +171,8 @@ class ReleaseActivities:
     @activity.defn(name="run_check")
     async def run_check(self, step: ReleaseStep) -> VerificationOutcome:
         """The project's check command against the release; returns the verdict without writing
-        it (record_verdict does, retried on its own: an outage after the check
-        must not lose it or run the check again)."""
+        it (record_verdict does, retried on its own: an outage after the check must not lose it
+        or run the check again)."""
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
