@@ -302,6 +302,7 @@ class DeploymentWorkflow:
         )
         if rolls_back:
             await self._auto_rollback(result)
+        result.status_now = self._decided[input.deployment_id]
         return result
 
     async def _auto_rollback(self, result: DeploymentResult) -> None:

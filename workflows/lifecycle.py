@@ -1349,7 +1349,7 @@ class PromptRequestWorkflow:
         return result
 
     def _show_outcome(self, state: DeploymentSummary, result: DeploymentResult) -> None:
-        state.status = result.status
+        state.status = result.status_now or result.status
         state.queue_position = None
         state.detail = _outcome_detail(result)
         state.rollback_deployment_id = result.rollback_deployment_id

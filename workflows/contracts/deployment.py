@@ -69,7 +69,11 @@ class DeploymentProgress(BaseModel):
 class DeploymentResult(BaseModel):
     deployment_id: uuid.UUID
     environment: DeploymentEnvironment
+    # How the deployment's run ended (SUCCEEDED, FAILED or CANCELLED).
     status: DeploymentStatus
+    # Its status when the workflow ended, as the workflow decided and wrote it: `status`, or
+    # ROLLED_BACK once its automatic rollback was verified (None from earlier runs).
+    status_now: DeploymentStatus | None = None
     commit_sha: str
     verified: bool
     verification_output: str = ""
