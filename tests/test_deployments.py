@@ -487,8 +487,12 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
                 return (await state_of(h)).queue_position == p
 
             await eventually(in_place)
+
         # The first holds the lane (its check waits on the gate); the others wait their turn.
-        assert (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
+        async def first_verifying() -> bool:
+            return (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
+
+        await eventually(first_verifying)
         assert [(await state_of(h)).status for h in handles[1:]] == [DeploymentStatus.QUEUED] * 2
 
         gate.touch()
