@@ -798,7 +798,7 @@ class RollbackWorkflow:
             ),
         )
         # The child's last word comes as its result, not as a progress signal.
-        self._state.status = result.status
+        self._state.status = result.status_now or result.status
         self._state.step = "verified" if result.verified else "verification failed"
         if result.rollback_status is not None:
             self._state.step += f"; rollback {result.rollback_status.value}"
