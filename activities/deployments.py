@@ -1,5 +1,6 @@
-"""Deployment rows: recording a deployment (and its place in the lane), the status moves the
-workflow decides, and the row helpers the release and rollback activities share.
+"""Deployment rows: recording a deployment (and its place in the lane), persisting the statuses
+the deployment workflow decides (mark_deployment, their one writer), and the row helpers the
+release and rollback activities share.
 
 Every activity is idempotent: a retry finds the row its first attempt made.
 """
@@ -189,8 +190,10 @@ class DeploymentActivities:
 
     @activity.defn(name="mark_deployment")
     async def mark_deployment(self, request: TransitionDeployment) -> DeploymentView:
-        """Record a status the workflow decided (e.g. CANCELLED while queued, FAILED release);
-        its unfinished jobs end with the same outcome."""
+        """Persist a status the deployment workflow decided, the one writer of a deployment's
+        status: only moves models/transitions.py allows (a retry finds it done). A failed or
+        cancelled deployment's unfinished jobs end the same way; a verified rollback's
+        success makes the deployment it replaced ROLLED_BACK in the same transaction."""
         async with self._sessions() as session:
             row = await locked(session, request.deployment_id)
             if transition(row, request.status):
@@ -203,5 +206,21 @@ class DeploymentActivities:
                 )
                 if request.status in (DeploymentStatus.CANCELLED, DeploymentStatus.FAILED):
                     await close_open_jobs(session, row.id, job_status, request.detail)
+            if request.rolls_back is not None and request.status is DeploymentStatus.SUCCEEDED:
+                await _roll_back(session, request.rolls_back)
             await session.commit()
             return view(row)
+
+
+async def _roll_back(session: AsyncSession, deployment_id: uuid.UUID) -> None:
+    """The deployment a verified rollback replaced becomes ROLLED_BACK; one whose run has not
+    ended (the lane runs one at a time, so none should) is left to end as its workflow says."""
+    undone = await locked(session, deployment_id)
+    try:
+        ensure_transition(undone.status, DeploymentStatus.ROLLED_BACK)
+    except IllegalTransition:
+        activity.logger.warning(
+            "deployment %s is %s: not marked rolled back", undone.id, undone.status.value
+        )
+        return
+    transition(undone, DeploymentStatus.ROLLED_BACK)

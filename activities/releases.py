@@ -2,6 +2,8 @@
 check command, undo a cancelled one, and keep the default branch equal to production, all
 through a DeployTarget.
 
+They report facts (the release, the verdict, the undo) and write the facts to the row; the
+deployment's status is the workflow's to decide and persist (DeploymentActivities.mark_deployment).
 Every activity is idempotent: a retry finds the rows and the release its first attempt made.
 """
 
@@ -18,10 +20,8 @@ from temporalio.exceptions import ApplicationError
 from activities.deploy_target import DeployTarget, DeployTargetError
 from activities.deployments import (
     MAX_OUTPUT_CHARS,
-    close_open_jobs,
     locked,
     repository,
-    transition,
     view,
 )
 from activities.git_store import fast_forward, is_ancestor, resolve_commit, restore_tree
@@ -33,7 +33,6 @@ from models import (
     ChangeJobStatus,
     Deployment,
     DeploymentEnvironment,
-    DeploymentStatus,
     Project,
 )
 from models.base import utcnow
@@ -76,8 +75,8 @@ class ReleaseActivities:
 
     @activity.defn(name="release_deployment")
     async def release_deployment(self, step: ReleaseStep) -> ReleaseOutcome:
-        """IN_PROGRESS, then put the commit on the environment branch (a ROLLBACK job when the
-        deployment restores an earlier release)."""
+        """Put the commit on the environment branch (a ROLLBACK job when the deployment restores
+        an earlier release)."""
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
             repo = await repository(session, row)
@@ -94,8 +93,6 @@ class ReleaseActivities:
         job_key = _job_key(step, step.job_kind.value)
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            if row.status is DeploymentStatus.QUEUED:
-                transition(row, DeploymentStatus.IN_PROGRESS)
             if row.previous_commit_sha is None and current != step.commit_sha:
                 row.previous_commit_sha = current
             await start_job(
@@ -173,17 +170,15 @@ class ReleaseActivities:
 
     @activity.defn(name="run_check")
     async def run_check(self, step: ReleaseStep) -> VerificationOutcome:
-        """VERIFYING, then the project's check command against the release; returns the verdict
-        without writing it (record_verdict does, retried on its own: an outage after the check
-        must not lose it or run the check again)."""
+        """The project's check command against the release; returns the verdict without writing
+        it (record_verdict does, retried on its own: an outage after the check must not lose it
+        or run the check again)."""
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
             repo = await repository(session, row)
             project = await session.get(Project, row.project_id)
             check_command = project.check_command if project else ""
-            if row.status is DeploymentStatus.IN_PROGRESS:
-                transition(row, DeploymentStatus.VERIFYING)
             await start_job(
                 session,
                 job_key=job_key,
@@ -232,9 +227,8 @@ class ReleaseActivities:
 
     @activity.defn(name="record_verdict")
     async def record_verdict(self, record: RecordVerdict) -> VerificationOutcome:
-        """The check's verdict, persisted: SUCCEEDED (the deployment a rollback undid becomes
-        ROLLED_BACK) or FAILED, the validation job's outcome, and after a verified production
-        release the default branch. Idempotent: a retry finds it all done."""
+        """The check's verdict, persisted: its output, the validation job's outcome, and after a
+        verified production release the default branch. Idempotent: a retry finds it all done."""
         step, verdict = record.step, record.verdict
         ok, output = verdict.ok, verdict.output
         async with self._sessions() as session:
@@ -243,16 +237,7 @@ class ReleaseActivities:
             project = await session.get(Project, row.project_id)
             row.verification_output = output[-MAX_OUTPUT_CHARS:]
             row.log_url = verdict.log_url or row.log_url
-            if row.status is DeploymentStatus.VERIFYING:
-                transition(row, DeploymentStatus.SUCCEEDED if ok else DeploymentStatus.FAILED)
-                if ok and row.rollback_of_id is not None:
-                    undone = await locked(session, row.rollback_of_id)
-                    if undone.status in (
-                        DeploymentStatus.SUCCEEDED,
-                        DeploymentStatus.FAILED,
-                        DeploymentStatus.CANCELLED,
-                    ):
-                        transition(undone, DeploymentStatus.ROLLED_BACK)
+            row.updated_at = utcnow()
             await finish_job(
                 session,
                 job_key=_job_key(step, "validation"),
@@ -268,22 +253,11 @@ class ReleaseActivities:
 
     @activity.defn(name="compensate_deployment")
     async def compensate_deployment(self, step: ReleaseStep) -> DeploymentView:
-        """Undo a cancelled deployment: CANCELLED, and when something was released, restore
-        what the environment ran before (ROLLBACK job), then ROLLED_BACK."""
+        """Undo a cancelled deployment's release: restore what the environment ran before
+        (ROLLBACK job), or withdraw a first release. Nothing when it never started releasing."""
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            if row.status in (DeploymentStatus.SUCCEEDED, DeploymentStatus.ROLLED_BACK):
-                return view(row)  # finished before the cancellation, or already undone
-            released = row.status is not DeploymentStatus.QUEUED or row.started_at is not None
-            if row.status in (
-                DeploymentStatus.QUEUED,
-                DeploymentStatus.IN_PROGRESS,
-                DeploymentStatus.VERIFYING,
-            ):
-                transition(row, DeploymentStatus.CANCELLED)
-            await close_open_jobs(session, row.id, ChangeJobStatus.CANCELLED, "cancelled")
-            await session.commit()
-            if not released:
+            if row.started_at is None:
                 return view(row)
             repo = await repository(session, row)
             restore = row.previous_commit_sha
@@ -335,8 +309,8 @@ class ReleaseActivities:
             raise _target_error(exc) from None
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            transition(row, DeploymentStatus.ROLLED_BACK)
             row.log_url = _file_url(log_path) if log_path else row.log_url
+            row.updated_at = utcnow()
             await finish_job(session, job_key=job_key, status=ChangeJobStatus.SUCCEEDED)
             await session.commit()
             return view(row)

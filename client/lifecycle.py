@@ -31,6 +31,7 @@ A plain `asyncio.run` script that used a Temporal client can abort at interprete
 `infra.entry_points.run_script(main())`, which flushes output and ends with `os._exit(code)`.
 """
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -46,19 +47,25 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.lifecycle import PromptStatus
+from models.lifecycle import DeploymentStatus, PromptStatus
 from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.deployment import (
     DEFAULT_DEPLOY_TASK_QUEUE,
     DeploymentResult,
+    DeploymentState,
     RollbackRequest,
 )
 from workflows.contracts.errors import ErrorType, application_error
-from workflows.contracts.ids import prompt_request_workflow_id, rollback_workflow_id
+from workflows.contracts.ids import (
+    deployment_workflow_id,
+    prompt_request_workflow_id,
+    rollback_workflow_id,
+)
 from workflows.contracts.lifecycle import (
     WORKFLOW_TYPE,
     ApproveRequest,
     CancelRequest,
+    DeploymentSummary,
     PromptRequestInput,
     PromptRequestResult,
     PromptRequestStatus,
@@ -69,6 +76,12 @@ from workflows.contracts.lifecycle import (
 )
 from workflows.contracts.search_attributes import prompt_request_attributes
 from workflows.contracts.submitted import parse_input
+
+# The statuses of a deployment whose run has not ended: the lifecycle has no result of it
+# (it shows QUEUED), so its own workflow is asked.
+_UNSETTLED = frozenset(
+    {DeploymentStatus.QUEUED, DeploymentStatus.IN_PROGRESS, DeploymentStatus.VERIFYING}
+)
 
 
 class LifecycleRefused(Exception):
@@ -352,7 +365,27 @@ class LifecycleClient:
         if tenant_id is not None and status.tenant_id != tenant_id:
             raise unknown
         self._remember(prompt_request_id, status.tenant_id)
+        await asyncio.gather(
+            *(self._ask_deployment(d) for d in status.deployments if d.status in _UNSETTLED)
+        )
         return status
+
+    async def _ask_deployment(self, summary: DeploymentSummary) -> None:
+        """A deployment without a result yet (running, or cancelled with its request) as its
+        own workflow says it is: its status is that workflow's decision, never a copy."""
+        try:
+            state = await self._client.get_workflow_handle(
+                deployment_workflow_id(summary.deployment_id)
+            ).query("status", result_type=DeploymentState)
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return  # not started yet: queued
+            raise
+        summary.status = state.status
+        summary.queue_position = state.queue_position
+        summary.detail = state.step
+        summary.rollback_deployment_id = state.rollback_deployment_id
+        summary.rollback_status = state.rollback_status
 
     async def wait_for_outcome(self, prompt_request_id: uuid.UUID) -> PromptRequestResult:
         """The final result. A cancelled lifecycle answers CANCELLED; a request refused at

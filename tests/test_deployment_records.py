@@ -1,5 +1,7 @@
 """Deployment records stay true when a worker stops mid-step: the retried attempt reopens and
-counts on its job, and whether a deployment ever succeeded is its own history, not a job row."""
+counts on its job, and whether a deployment ever succeeded is its own history, not a job row.
+The release activities write facts; a deployment's status is only what mark_deployment is told
+(the workflow's decision), here told as DeploymentWorkflow would tell it."""
 
 import asyncio
 import dataclasses
@@ -117,6 +119,26 @@ class Rows:
             step="verify",
         )
 
+    async def mark(
+        self,
+        step: ReleaseStep,
+        status: DeploymentStatus,
+        rolls_back: uuid.UUID | None = None,
+    ) -> None:
+        await ActivityEnvironment().run(
+            self.deployments.mark_deployment,
+            TransitionDeployment(
+                deployment_id=step.deployment_id, status=status, rolls_back=rolls_back
+            ),
+        )
+
+    async def verified(self, step: ReleaseStep, rolls_back: uuid.UUID | None = None) -> None:
+        """Checked and recorded, then SUCCEEDED as the workflow decides of a passing check."""
+        await self.mark(step, DeploymentStatus.VERIFYING)
+        outcome = await attempt(1).run(self.releases.verify_deployment, step)
+        assert outcome.ok
+        await self.mark(step, DeploymentStatus.SUCCEEDED, rolls_back)
+
     async def validation_job(self, deployment_id: uuid.UUID) -> ChangeJob:
         async with self.sessions() as session:
             return (
@@ -181,7 +203,9 @@ async def test_a_check_handed_back_by_a_stopping_worker_is_counted_and_recorded_
     assert outcome.ok
     job = await rows.validation_job(step.deployment_id)
     assert (job.status, job.attempts, job.error) == (ChangeJobStatus.SUCCEEDED, 2, None)
-    assert (await rows.deployment(step.deployment_id)).status is DeploymentStatus.SUCCEEDED
+    # The verdict is reported and its facts written; what it means is the workflow's to say.
+    row = await rows.deployment(step.deployment_id)
+    assert (row.status, row.verification_output) == (DeploymentStatus.IN_PROGRESS, "ok")
 
 
 async def test_a_retry_reopens_the_job_an_earlier_attempt_left_cancelled(
@@ -206,10 +230,10 @@ async def test_rolling_back_to_a_deployment_trusts_its_own_verification_not_its_
 ) -> None:
     plan = await rows.plan()
     earlier = await rows.released(plan, "a1")
-    await attempt(1).run(rows.releases.verify_deployment, earlier)
+    await rows.verified(earlier)
     # A later rollback undoes it; then its job rows are gone (or say anything at all).
     undo = await rows.released(plan, "c0", rollback_of=earlier.deployment_id)
-    await attempt(1).run(rows.releases.verify_deployment, undo)
+    await rows.verified(undo, rolls_back=earlier.deployment_id)
     undone = await rows.deployment(earlier.deployment_id)
     assert undone.status is DeploymentStatus.ROLLED_BACK
     assert undone.verified_at is not None
@@ -230,7 +254,7 @@ async def test_rolling_back_to_a_deployment_trusts_its_own_verification_not_its_
 async def test_a_deployment_that_never_verified_is_no_rollback_target(rows: Rows) -> None:
     plan = await rows.plan()
     live = await rows.released(plan, "b2")
-    await attempt(1).run(rows.releases.verify_deployment, live)
+    await rows.verified(live)
     never = await rows.released(plan, "a1")
     await ActivityEnvironment().run(
         rows.deployments.mark_deployment,
@@ -256,3 +280,34 @@ async def test_attempts_that_never_reached_the_database_are_counted_on_the_job(
 
     job = await rows.validation_job(step.deployment_id)
     assert job.attempts == 3
+
+
+async def test_a_status_move_the_transitions_forbid_is_refused_and_changes_nothing(
+    rows: Rows,
+) -> None:
+    plan = await rows.plan()
+    live = await rows.released(plan, "b2")
+    await rows.verified(live)
+    before = await rows.deployment(live.deployment_id)
+
+    with pytest.raises(ApplicationError) as refused:
+        await rows.mark(live, DeploymentStatus.VERIFYING)
+
+    assert refused.value.type == ErrorType.ILLEGAL_TRANSITION and refused.value.non_retryable
+    assert "'succeeded' to 'verifying'" in str(refused.value)
+    after = await rows.deployment(live.deployment_id)
+    assert (after.status, after.updated_at) == (DeploymentStatus.SUCCEEDED, before.updated_at)
+    # Told twice (a retried write), the move is made once.
+    await rows.mark(live, DeploymentStatus.SUCCEEDED)
+    assert (await rows.deployment(live.deployment_id)).updated_at == before.updated_at
+
+
+async def test_a_rollback_leaves_a_deployment_whose_run_has_not_ended_as_it_is(rows: Rows) -> None:
+    plan = await rows.plan()
+    running = await rows.released(plan, "a1")
+    undo = await rows.released(plan, "c0", rollback_of=running.deployment_id)
+
+    await rows.verified(undo, rolls_back=running.deployment_id)
+
+    assert (await rows.deployment(undo.deployment_id)).status is DeploymentStatus.SUCCEEDED
+    assert (await rows.deployment(running.deployment_id)).status is DeploymentStatus.IN_PROGRESS

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -486,8 +487,12 @@ async def test_three_concurrent_deployments_of_one_environment_run_one_at_a_time
                 return (await state_of(h)).queue_position == p
 
             await eventually(in_place)
+
         # The first holds the lane (its check waits on the gate); the others wait their turn.
-        assert (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
+        async def first_verifying() -> bool:
+            return (await state_of(handles[0])).status is DeploymentStatus.VERIFYING
+
+        await eventually(first_verifying)
         assert [(await state_of(h)).status for h in handles[1:]] == [DeploymentStatus.QUEUED] * 2
 
         gate.touch()
@@ -627,6 +632,78 @@ async def test_cancelling_mid_deploy_restores_the_previous_release_and_frees_the
     after = await stage.deploy(v3)
     assert after.status is DeploymentStatus.SUCCEEDED
     assert live_commit(stage.repo, STAGING) == v3
+
+
+# --- one writer of a deployment's status ---
+
+
+async def decided(handle: WorkflowHandle[Any, DeploymentResult]) -> dict[uuid.UUID, str]:
+    """What a deployment workflow says it decided of its deployment and of its rollback."""
+    state = await handle.query("status", result_type=DeploymentState)
+    assert state.deployment_id is not None
+    said = {state.deployment_id: state.status.value}
+    if state.rollback_deployment_id is not None:
+        assert state.rollback_status is not None
+        said[state.rollback_deployment_id] = state.rollback_status.value
+    return said
+
+
+async def test_every_deployment_row_says_what_its_workflow_decided(
+    stage: Stage, tmp_path: Path
+) -> None:
+    good = commit(stage.repo, "good", healthy=True)
+    bad = commit(stage.repo, "bad", healthy=False)
+    stuck = commit(stage.repo, "waits", healthy=True, gate=str(tmp_path / "never"))
+
+    async def told_and_written(handle: WorkflowHandle[Any, DeploymentResult]) -> dict:
+        said = await decided(handle)
+        assert {i: (await stage.row(i)).status.value for i in said} == said
+        return said
+
+    succeeded = await stage.start(stage.deployment(good))
+    await succeeded.result()
+    assert list((await told_and_written(succeeded)).values()) == ["succeeded"]
+    second = await stage.deploy(commit(stage.repo, "good again", healthy=True))
+
+    failed = await stage.start(stage.deployment(bad))
+    result = await failed.result()
+    # The run failed (its result says so); the rollback it made replaced its release.
+    assert (result.status, result.rollback_status) == (
+        DeploymentStatus.FAILED,
+        DeploymentStatus.SUCCEEDED,
+    )
+    assert list((await told_and_written(failed)).values()) == ["rolled_back", "succeeded"]
+
+    cancelled = await stage.start(stage.deployment(stuck))
+
+    async def verifying() -> bool:
+        return (await state_of(cancelled)).status is DeploymentStatus.VERIFYING
+
+    await eventually(verifying)
+    assert list((await told_and_written(cancelled)).values()) == ["verifying"]
+    await cancelled.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await cancelled.result()
+    assert list((await told_and_written(cancelled)).values()) == ["rolled_back"]
+
+    # An operator restores the first release: the live one (the automatic rollback) is undone.
+    first_id = (await state_of(succeeded)).deployment_id
+    assert first_id is not None and result.rollback_deployment_id is not None
+    restore = await stage.roll_back(first_id)
+    operator = stage.client.get_workflow_handle(
+        deployment_workflow_id(restore.deployment_id), result_type=DeploymentResult
+    )
+    assert list((await told_and_written(operator)).values()) == ["succeeded"]
+    assert live_commit(stage.repo, STAGING) == good
+    rows = {d.id: d.status.value for d in await stage.deployments()}
+    assert rows == {
+        first_id: "succeeded",
+        second.deployment_id: "succeeded",
+        result.deployment_id: "rolled_back",
+        result.rollback_deployment_id: "rolled_back",
+        **await decided(cancelled),
+        restore.deployment_id: "succeeded",
+    }
 
 
 # --- determinism ---

@@ -280,6 +280,7 @@ async def test_a_failed_verification_rolls_back_and_still_settles_the_work(
     ):
         request_id = await submit(lifecycle, shop, prompt)
         result = await lifecycle.wait_for_outcome(request_id)
+        shown = await lifecycle.status(request_id)
 
     assert result.status is PromptStatus.ROLLED_BACK, result.reason
     assert f"{failing.value} verification failed" in result.reason
@@ -297,6 +298,10 @@ async def test_a_failed_verification_rolls_back_and_still_settles_the_work(
     assert [d.status for d in failed] in ([DeploymentStatus.FAILED], [DeploymentStatus.ROLLED_BACK])
     rollbacks = [d for d in rows if d.rollback_of_id is not None]
     assert [r.rollback_of_id for r in rollbacks] == [failed[0].id]
+    # The result and the status view say what the deployments' workflows decided and wrote.
+    written = {(d.id, d.status) for d in rows}
+    assert {(d.deployment_id, d.status) for d in result.deployments} == written
+    assert {(d.deployment_id, d.status) for d in shown.deployments} == written
 
 
 async def test_cancelling_during_planning_persists_cancelled_and_holds_nothing(
@@ -442,7 +447,8 @@ async def test_a_waiting_deployment_reports_its_queue_position_in_the_status(
         waiting = await wait_for_status(
             lifecycle,
             second,
-            lambda s: any(d.queue_position == 1 for d in s.deployments),
+            # The place is the deployment's own answer; the request's step follows its report.
+            lambda s: any(d.queue_position == 1 for d in s.deployments) and "ahead" in s.step,
         )
         holding = await lifecycle.status(first)
         gate.opened.set()

@@ -6,13 +6,34 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlmodel import col, select
 from temporalio.client import Client
 
+from activities.deploy_target import (
+    DeployTargetError,
+    GitDeployTarget,
+    ReleaseResult,
+    VerificationResult,
+)
+from activities.releases import ReleaseActivities
 from client.lifecycle import LifecycleClient, LifecycleRefused
-from models import DeploymentStatus, PlanApprovalStatus, PromptStatus
+from models import (
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    PlanApprovalStatus,
+    PromptStatus,
+)
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
-from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.lifecycle_support import (
+    human_policy,
+    make_shop,
+    plan_awaiting_approval,
+    submit,
+    wait_for_status,
+)
 from tests.workers import running_workers
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
@@ -99,3 +120,75 @@ async def test_a_racing_approval_is_told_the_plan_was_already_decided(
     assert "awaiting_approval, not" not in message
     assert "decision" in message or "approved" in message, message
     assert result.status is PromptStatus.COMPLETED, result.reason
+
+
+class UndoRefusedWhileStagingChecks(GitDeployTarget):
+    """The real target, except that staging's check waits until `opened`, and undoing a
+    release fails as a target that refuses the push does (DeployTargetError)."""
+
+    def __init__(self, workspace_dir: Path) -> None:
+        super().__init__(workspace_dir)
+        self.opened = asyncio.Event()
+
+    async def verify(self, **kwargs: object) -> VerificationResult:  # type: ignore[override]
+        if kwargs["environment"] == DeploymentEnvironment.STAGING.value:
+            await self.opened.wait()
+        return await super().verify(**kwargs)  # type: ignore[arg-type]
+
+    async def rollback(
+        self, *, repo: Path, environment: str, to_commit_sha: str, deployment_id: uuid.UUID
+    ) -> ReleaseResult:
+        raise DeployTargetError("the environment branch refused the push")
+
+    async def withdraw(self, *, repo: Path, environment: str, commit_sha: str) -> None:
+        raise DeployTargetError("the environment branch refused the push")
+
+
+async def test_a_request_that_ended_never_shows_a_deployment_still_verifying(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    """Cancelled while staging verifies, and the undo of the release fails: the deployment's
+    workflow ends without a result. What `request show` prints (the client's status) is then
+    what that workflow decided and wrote, not its last progress report."""
+    shop = await make_shop(sessions, tmp_path)
+    target = UndoRefusedWhileStagingChecks(tmp_path / "workspace")
+    releases = ReleaseActivities(sessions=sessions, target=target)
+    async with running_workers(
+        client,
+        sessions,
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        replace=[releases.run_check, releases.compensate_deployment],
+    ):
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        verifying = await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: [d.status for d in s.deployments] == [DeploymentStatus.VERIFYING],
+        )
+        await lifecycle.cancel(request_id, reason="not now")
+        target.opened.set()
+        result = await lifecycle.wait_for_outcome(request_id)
+        shown = await lifecycle.status(request_id)
+
+    assert result.status is PromptStatus.CANCELLED, result.reason
+    staging = verifying.deployments[0].deployment_id
+    async with sessions() as session:
+        rows = (
+            await session.exec(
+                select(Deployment)
+                .join(DeploymentPlan, col(DeploymentPlan.id) == col(Deployment.plan_id))
+                .where(DeploymentPlan.prompt_request_id == request_id)
+            )
+        ).all()
+    # Cancelled, not undone (the target refused): the row, the result and the view agree.
+    assert {(d.id, d.status) for d in rows} == {(staging, DeploymentStatus.CANCELLED)}
+    for ended in (result, shown):
+        assert [(d.deployment_id, d.status) for d in ended.deployments] == [
+            (staging, DeploymentStatus.CANCELLED)
+        ]

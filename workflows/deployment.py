@@ -9,8 +9,9 @@
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import (
@@ -38,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentProgress,
         DeploymentResult,
         DeploymentState,
+        DeploymentView,
         FindLastGoodRelease,
         LanePlace,
         LaneTurn,
@@ -85,6 +87,18 @@ _RELEASE_RETRY = retry_through_outages(NON_RETRYABLE_ERROR_TYPES)
 VERDICT_APART = "verdict-recorded-apart"
 # A cancelled check hears of it within about 80% of this (the SDK's heartbeat throttle).
 _CHECK_HEARTBEAT = timedelta(seconds=10)
+# Patch id: this workflow decides every status of its deployments and persists each with
+# mark_deployment; the release activities only report and write facts. Runs from before it
+# counted on their activities to write the statuses, which they no longer do: such a run still
+# going when this ships ends with its rows behind (none does under Worker Versioning, where a
+# deployment is pinned to the version it started on).
+STATUS_DECIDED_HERE = "deployment-status-decided-here"
+# The statuses a deployment's run ends in; a cancellation turns the others into CANCELLED.
+_RUN_ENDS = frozenset(
+    {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED}
+)
+
+T = TypeVar("T")
 
 
 def _upsert_missing(wanted: TypedSearchAttributes) -> None:
@@ -136,6 +150,11 @@ class DeploymentWorkflow:
         # Raising here would fail the workflow task in a loop: run() ends with the refusal.
         self._refused: ApplicationError | None = None
         self._verdict_apart = False
+        self._decides = False
+        # The status last decided (and persisted) for this workflow's deployments, and those
+        # that began releasing (a cancellation undoes them).
+        self._decided: dict[uuid.UUID, DeploymentStatus] = {}
+        self._releasing: set[uuid.UUID] = set()
         try:
             input = self._input = parse_input(DeploymentInput, submitted)
         except ApplicationError as refused:
@@ -182,6 +201,7 @@ class DeploymentWorkflow:
         )
         # Asked before the first local activity (see RUN_START_PATCHES in workflows/lifecycle.py).
         self._verdict_apart = workflow.patched(VERDICT_APART)
+        self._decides = workflow.patched(STATUS_DECIDED_HERE)
         lane_place = LanePlace(
             project_id=input.project_id,
             environment=input.environment,
@@ -192,8 +212,7 @@ class DeploymentWorkflow:
             # The row and its place in the lane, in one local transaction.
             in_lane = True
             try:
-                recorded = await workflow.execute_local_activity_method(
-                    DeploymentActivities.record_deployment,
+                recorded = await self._record_deployment(
                     RecordDeployment(
                         deployment_id=input.deployment_id,
                         tenant_id=input.tenant_id,
@@ -204,8 +223,7 @@ class DeploymentWorkflow:
                         rollback_of=input.rollback_of,
                         workflow_id=workflow.info().workflow_id,
                         enter_lane=True,
-                    ),
-                    **_BOOKKEEPING,
+                    )
                 )
             except ActivityError as err:
                 _raise_refusal(err)
@@ -237,7 +255,7 @@ class DeploymentWorkflow:
                 raise ApplicationError("the deployment lost its place in the lane")
             if position != self._state.queue_position:
                 self._state.queue_position = position
-                self._progress(DeploymentStatus.QUEUED, f"waiting: {position} ahead in the lane")
+                self._progress(f"waiting: {position} ahead in the lane")
             look_after = min(
                 timedelta(seconds=self._input.lane_check_s) * position, _LANE_CHECK_CAP
             )
@@ -254,18 +272,13 @@ class DeploymentWorkflow:
         input = self._input
         step = self._step(input.deployment_id, input.commit_sha, "release", input.rollback_of)
         env = input.environment.value
-        self._progress(DeploymentStatus.IN_PROGRESS, f"releasing {input.commit_sha[:12]} to {env}")
+        self._progress(f"releasing {input.commit_sha[:12]} to {env}")
         released, outcome = await self._release_and_verify(step)
-        if outcome.ok:
-            status = DeploymentStatus.SUCCEEDED
-        elif self._superseded:
-            status = DeploymentStatus.CANCELLED
-        else:
-            status = DeploymentStatus.FAILED
         result = DeploymentResult(
             deployment_id=input.deployment_id,
             environment=input.environment,
-            status=status,
+            # How the run ended, as decided; a rollback that follows moves the row on.
+            status=self._decided[input.deployment_id],
             commit_sha=input.commit_sha,
             verified=outcome.ok,
             verification_output=outcome.output,
@@ -283,13 +296,13 @@ class DeploymentWorkflow:
         else:
             detail = outcome.output if self._superseded else "verification failed"
         self._progress(
-            result.status,
             detail,
             # The last word: a parent that started this child reads it from the result.
             tell_parent=rolls_back or not self._parent_gets_result(),
         )
         if rolls_back:
             await self._auto_rollback(result)
+        result.status_now = self._decided[input.deployment_id]
         return result
 
     async def _auto_rollback(self, result: DeploymentResult) -> None:
@@ -310,13 +323,12 @@ class DeploymentWorkflow:
             if _cancelled(err):
                 raise
             workflow.logger.warning("nothing to roll back to: %s", error_message(err))
-            self._progress(DeploymentStatus.FAILED, "no earlier release to restore")
+            self._progress("no earlier release to restore")
             return
         rollback_id = workflow.uuid4()
         result.rollback_deployment_id = rollback_id
         self._state.rollback_deployment_id = rollback_id
-        await workflow.execute_local_activity_method(
-            DeploymentActivities.record_deployment,
+        await self._record_deployment(
             RecordDeployment(
                 deployment_id=rollback_id,
                 tenant_id=input.tenant_id,
@@ -326,29 +338,20 @@ class DeploymentWorkflow:
                 commit_sha=good.commit_sha,
                 rollback_of=input.deployment_id,
                 workflow_id=workflow.info().workflow_id,
-            ),
-            **_BOOKKEEPING,
+            )
         )
         self._rollback_step = self._step(
             rollback_id, good.commit_sha, "auto-rollback", input.deployment_id
         )
         self._checkpoint()
-        self._progress(
-            DeploymentStatus.FAILED, f"rolling back to {good.commit_sha[:12]} ({good.source})"
-        )
+        self._progress(f"rolling back to {good.commit_sha[:12]} ({good.source})")
         result.rollback_status = await self._run_rollback(self._rollback_step)
         self._rollback_step = None
 
     async def _run_rollback(self, step: ReleaseStep) -> DeploymentStatus:
-        self._state.rollback_status = DeploymentStatus.IN_PROGRESS
         _, outcome = await self._release_and_verify(step)
-        status = DeploymentStatus.SUCCEEDED if outcome.ok else DeploymentStatus.FAILED
-        self._state.rollback_status = status
-        self._progress(
-            DeploymentStatus.FAILED,
-            "rolled back" if outcome.ok else "the rollback failed too",
-        )
-        return status
+        self._progress("rolled back" if outcome.ok else "the rollback failed too")
+        return self._decided[step.deployment_id]
 
     async def _release_and_verify(
         self, step: ReleaseStep
@@ -356,11 +359,17 @@ class DeploymentWorkflow:
         """Release, then verify. A release or check that cannot run (after its retries) fails
         the deployment like a failed check: the environment cannot be trusted either way."""
         is_rollback = step.deployment_id != self._input.deployment_id
+        # A resumed release (after a cancellation) keeps the status it reached.
+        if self._decided.get(step.deployment_id) is DeploymentStatus.QUEUED:
+            await self._decide(step.deployment_id, DeploymentStatus.IN_PROGRESS)
+        self._releasing.add(step.deployment_id)
         try:
             released = await self._release(step)
         except ActivityError as err:
             if _cancelled(err):
                 raise
+            if error_type(err) in (ErrorType.BASE_MOVED, ErrorType.RELEASE_SUPERSEDED):
+                self._releasing.discard(step.deployment_id)  # refused before releasing
             if error_type(err) == ErrorType.BASE_MOVED:
                 self._base_moved = not is_rollback
                 return None, await self._fail(step, f"release refused: {error_message(err)}")
@@ -369,10 +378,10 @@ class DeploymentWorkflow:
                 detail = f"not undone: {error_message(err)}"
                 return None, await self._fail(step, detail, DeploymentStatus.CANCELLED)
             return None, await self._fail(step, f"release failed: {error_message(err)}")
-        if is_rollback:
-            self._state.rollback_status = DeploymentStatus.VERIFYING
-        else:
-            self._progress(DeploymentStatus.VERIFYING, f"verifying {self._input.environment.value}")
+        if self._decided.get(step.deployment_id) is DeploymentStatus.IN_PROGRESS:
+            await self._decide(step.deployment_id, DeploymentStatus.VERIFYING)
+        if not is_rollback:
+            self._progress(f"verifying {self._input.environment.value}")
         try:
             return released, await self._verify(step)
         except ActivityError as err:
@@ -384,33 +393,130 @@ class DeploymentWorkflow:
     async def _fail(
         self, step: ReleaseStep, detail: str, status: DeploymentStatus = DeploymentStatus.FAILED
     ) -> VerificationOutcome:
-        await workflow.execute_local_activity_method(
-            DeploymentActivities.mark_deployment,
-            TransitionDeployment(deployment_id=step.deployment_id, status=status, detail=detail),
-            **_BOOKKEEPING,
-        )
+        # Persisted here by runs from before STATUS_DECIDED_HERE too.
+        await self._decide(step.deployment_id, status, detail, persist=True)
         self._checkpoint()
         return VerificationOutcome(ok=False, output=detail, log_url="", duration_s=0)
+
+    def _replaced_by(self, step: ReleaseStep) -> uuid.UUID | None:
+        """The deployment whose release this step's release replaces once verified: the one a
+        rollback undoes."""
+        if step.deployment_id == self._input.deployment_id:
+            return self._input.rollback_of
+        return self._input.deployment_id  # the automatic rollback undoes this deployment
+
+    async def _decide(
+        self,
+        deployment_id: uuid.UUID,
+        status: DeploymentStatus,
+        detail: str | None = None,
+        *,
+        rolls_back: uuid.UUID | None = None,
+        persist: bool | None = None,
+    ) -> None:
+        """The one place a deployment's status changes: persisted by mark_deployment (allowed
+        moves only), then shown. Runs from before STATUS_DECIDED_HERE only show it: their
+        activities wrote it."""
+        if not (self._decides if persist is None else persist):
+            self._show_decided(deployment_id, status, rolls_back)
+            return
+
+        async def persisted() -> None:
+            await workflow.execute_local_activity_method(
+                DeploymentActivities.mark_deployment,
+                TransitionDeployment(
+                    deployment_id=deployment_id, status=status, detail=detail, rolls_back=rolls_back
+                ),
+                **_BOOKKEEPING,
+            )
+            self._show_decided(deployment_id, status, rolls_back)
+
+        # Runs from before STATUS_DECIDED_HERE wrote only failures here, unshielded.
+        await (self._whole(persisted()) if self._decides else persisted())
+
+    def _show_decided(
+        self, deployment_id: uuid.UUID, status: DeploymentStatus, rolls_back: uuid.UUID | None
+    ) -> None:
+        self._decided[deployment_id] = status
+        if deployment_id == self._input.deployment_id:
+            self._state.status = status
+        else:
+            self._state.rollback_status = status
+        if rolls_back in self._decided and status is DeploymentStatus.SUCCEEDED:
+            self._show_decided(rolls_back, DeploymentStatus.ROLLED_BACK, None)
+
+    async def _record_deployment(self, record: RecordDeployment) -> DeploymentView:
+        """The row, QUEUED (record_deployment); known to be there even when a cancellation
+        comes meanwhile."""
+
+        async def recorded() -> DeploymentView:
+            view = await workflow.execute_local_activity_method(
+                DeploymentActivities.record_deployment, record, **_BOOKKEEPING
+            )
+            self._show_decided(record.deployment_id, view.status, None)
+            return view
+
+        return await (self._whole(recorded()) if self._decides else recorded())
+
+    async def _whole(self, step: Awaitable[T], *, cancels_after: bool = True) -> T:
+        """Run a step to its end even when the deployment is cancelled meanwhile, so what it
+        wrote is known; the cancellation is raised after it, or (cancels_after=False) left
+        to the next checkpoint."""
+        task = asyncio.ensure_future(step)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            done = await task
+            if cancels_after:
+                raise
+            return done
 
     async def _compensate(self) -> None:
         """After a cancellation: finish an automatic rollback already under way, or restore
         what the environment ran before this deployment."""
         self._compensating = True
         if self._rollback_step is not None:
+            rollback = self._decided.get(self._rollback_step.deployment_id)
+            if self._decides and rollback in _RUN_ENDS:
+                return  # the rollback's own run ended as the cancellation came
             resumed = self._rollback_step.model_copy(update={"step": "auto-rollback-resumed"})
             await self._run_rollback(resumed)
             return
         input = self._input
+        if not self._decides:
+            self._restoring()
+            view = await self._undo_release()  # its activity wrote the statuses then
+            self._show_decided(input.deployment_id, view.status, None)
+        elif self._decided.get(input.deployment_id) in (
+            DeploymentStatus.SUCCEEDED,  # finished before the cancellation
+            DeploymentStatus.ROLLED_BACK,  # already undone
+            None,  # never recorded
+        ):
+            pass
+        else:
+            if self._decided[input.deployment_id] not in _RUN_ENDS:
+                await self._decide(input.deployment_id, DeploymentStatus.CANCELLED)
+            if input.deployment_id in self._releasing:
+                self._restoring()
+                await self._undo_release()
+                await self._decide(input.deployment_id, DeploymentStatus.ROLLED_BACK)
+        self._progress("cancelled")
+
+    def _restoring(self) -> None:
         self._state.step = "cancelled: restoring the previous release"
         workflow.set_current_details(self._state.step)
-        view = await workflow.execute_activity_method(
+
+    async def _undo_release(self) -> DeploymentView:
+        input = self._input
+        return await workflow.execute_activity_method(
             ReleaseActivities.compensate_deployment,
             self._step(input.deployment_id, input.commit_sha, "cancel", input.rollback_of),
             task_queue=input.deploy_task_queue,
             start_to_close_timeout=timedelta(minutes=5),
             retry_policy=_RELEASE_RETRY,
         )
-        self._progress(view.status, "cancelled")
 
     async def _release(self, step: ReleaseStep) -> ReleaseOutcome:
         released = await workflow.execute_activity_method(
@@ -429,7 +535,9 @@ class DeploymentWorkflow:
 
     async def _verify(self, step: ReleaseStep) -> VerificationOutcome:
         if not self._verdict_apart:
-            return await self._verify_and_record(step)
+            verified = await self._verify_and_record(step)
+            self._show_decided(step.deployment_id, *self._verdict_means(step, verified))
+            return verified
         verdict = await workflow.execute_activity_method(
             ReleaseActivities.run_check,
             step,
@@ -442,7 +550,23 @@ class DeploymentWorkflow:
         # Cancelled while the check ran (it finished before hearing of it): nothing is recorded
         # as verified and the default branch does not move; the compensation undoes the release.
         self._checkpoint()
+        if not self._decides:
+            recorded = await self._record_verdict(step, verdict)
+            self._show_decided(step.deployment_id, *self._verdict_means(step, verdict))
+            return recorded
+
+        async def recorded_and_decided() -> VerificationOutcome:
+            recorded = await self._record_verdict(step, verdict)
+            status, rolls_back = self._verdict_means(step, verdict)
+            await self._decide(step.deployment_id, status, rolls_back=rolls_back)
+            return recorded
+
         # Not cancelled halfway: once it starts, a verified production release ships whole.
+        return await self._whole(recorded_and_decided(), cancels_after=False)
+
+    async def _record_verdict(
+        self, step: ReleaseStep, verdict: VerificationOutcome
+    ) -> VerificationOutcome:
         return await workflow.execute_activity_method(
             ReleaseActivities.record_verdict,
             RecordVerdict(step=step, verdict=verdict),
@@ -452,6 +576,15 @@ class DeploymentWorkflow:
             retry_policy=_RELEASE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
+
+    def _verdict_means(
+        self, step: ReleaseStep, verdict: VerificationOutcome
+    ) -> tuple[DeploymentStatus, uuid.UUID | None]:
+        """What a check's verdict makes of the release: SUCCEEDED, replacing the release a
+        rollback undoes (returned second), or FAILED."""
+        if not verdict.ok:
+            return DeploymentStatus.FAILED, None
+        return DeploymentStatus.SUCCEEDED, self._replaced_by(step)
 
     async def _verify_and_record(self, step: ReleaseStep) -> VerificationOutcome:
         """Runs started before VERDICT_APART: check and record in one activity."""
@@ -503,15 +636,15 @@ class DeploymentWorkflow:
         parent = workflow.info().parent
         return parent is not None and parent.workflow_id == self._input.parent_workflow_id
 
-    def _progress(self, status: DeploymentStatus, detail: str, *, tell_parent: bool = True) -> None:
-        """Persisted state is already written; now tell the UI and the parent.
+    def _progress(self, detail: str, *, tell_parent: bool = True) -> None:
+        """The status decided (and persisted) so far and what happens now, for the UI and the
+        parent.
 
         Signals go out in the background, one after the other so the parent hears them in
         order; the deployment does not wait a round trip per report, and the run waits for the
         last one before it returns. A status report still waiting to be sent is replaced by a
         newer one (the parent only needs the latest); places in the queue are always told.
         """
-        self._state.status = status
         self._state.step = detail
         workflow.set_current_details(f"{self._input.environment.value}: {detail}")
         parent = self._input.parent_workflow_id
@@ -520,7 +653,7 @@ class DeploymentWorkflow:
         report = DeploymentProgress(
             deployment_id=self._input.deployment_id,
             environment=self._input.environment,
-            status=status,
+            status=self._state.status,
             queue_position=self._state.queue_position,
             detail=detail,
         )
@@ -665,7 +798,7 @@ class RollbackWorkflow:
             ),
         )
         # The child's last word comes as its result, not as a progress signal.
-        self._state.status = result.status
+        self._state.status = result.status_now or result.status
         self._state.step = "verified" if result.verified else "verification failed"
         if result.rollback_status is not None:
             self._state.step += f"; rollback {result.rollback_status.value}"

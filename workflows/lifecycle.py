@@ -1201,17 +1201,13 @@ class PromptRequestWorkflow:
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
+        # The request's step follows its deployments. A deployment's status is not copied:
+        # it is the child's result once it ends; until then its own `status` query answers
+        # (LifecycleClient.status asks it).
         state = self._deployments.get(progress.deployment_id)
-        if state is None:
-            state = DeploymentSummary(
-                deployment_id=progress.deployment_id,
-                environment=progress.environment,
-                status=progress.status,
-            )
-            self._deployments[progress.deployment_id] = state
-        state.status = progress.status
-        state.queue_position = progress.queue_position
-        state.detail = progress.detail
+        if state is not None:
+            state.queue_position = progress.queue_position
+            state.detail = progress.detail
         if progress.queue_position:
             self._set_step(
                 f"{progress.environment.value}: {progress.queue_position} deployment(s) ahead"
@@ -1353,7 +1349,7 @@ class PromptRequestWorkflow:
         return result
 
     def _show_outcome(self, state: DeploymentSummary, result: DeploymentResult) -> None:
-        state.status = result.status
+        state.status = result.status_now or result.status
         state.queue_position = None
         state.detail = _outcome_detail(result)
         state.rollback_deployment_id = result.rollback_deployment_id

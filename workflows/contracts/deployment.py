@@ -69,7 +69,11 @@ class DeploymentProgress(BaseModel):
 class DeploymentResult(BaseModel):
     deployment_id: uuid.UUID
     environment: DeploymentEnvironment
+    # How the deployment's run ended (SUCCEEDED, FAILED or CANCELLED).
     status: DeploymentStatus
+    # Its status when the workflow ended, as the workflow decided and wrote it: `status`, or
+    # ROLLED_BACK once its automatic rollback was verified (None from earlier runs).
+    status_now: DeploymentStatus | None = None
     commit_sha: str
     verified: bool
     verification_output: str = ""
@@ -169,9 +173,14 @@ class DeploymentView(BaseModel):
 
 
 class TransitionDeployment(BaseModel):
+    """A status the deployment workflow decided, to persist (mark_deployment)."""
+
     deployment_id: uuid.UUID
     status: DeploymentStatus
     detail: str | None = None
+    # With SUCCEEDED of a rollback: the deployment whose release it replaced, ROLLED_BACK in
+    # the same transaction.
+    rolls_back: uuid.UUID | None = None
 
 
 class FindLastGoodRelease(BaseModel):
@@ -239,9 +248,9 @@ class VerificationOutcome(BaseModel):
 
 
 class RecordVerdict(BaseModel):
-    """Persist a check's verdict (run_check returned it): the deployment SUCCEEDED or FAILED,
-    its job's outcome, and for production the default branch. Retried through outages; the
-    check is never run again for it."""
+    """Persist a check's verdict (run_check returned it): its output, its job's outcome, and
+    after a passing production check the default branch (the status the verdict means is the
+    workflow's to decide). Retried through outages; the check is never run again for it."""
 
     step: ReleaseStep
     verdict: VerificationOutcome
