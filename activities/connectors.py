@@ -23,6 +23,7 @@ from activities.github_client import (
     GitHubRepository,
     GitHubUnavailable,
     check_connector,
+    process_clients,
 )
 from activities.shopify import (
     Bucket,
@@ -92,7 +93,7 @@ class Connections:
         self._api_version = api_version
         self._buckets: dict[uuid.UUID, Bucket] = {}
         # The process's GitHub token cache and write turns, shared by every github connector.
-        self.github_clients = github or GitHubClients()
+        self.github_clients = github or process_clients()
 
     @contextlib.asynccontextmanager
     async def shopify(

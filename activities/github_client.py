@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import structlog
 from githubkit import AppAuthStrategy, GitHub, Response, TokenAuthStrategy
+from githubkit.cache import MemCacheStrategy
 from githubkit.exception import (
     PrimaryRateLimitExceeded,
     RateLimitExceeded,
@@ -130,6 +131,13 @@ class GitHubAccess:
         digest = hashlib.sha256((self.token or "").encode()).hexdigest()[:16]
         return f"{self.api_url}|token:{digest}"
 
+    @property
+    def token_key(self) -> str:
+        """Which cached installation token this access may use: the same installation reached
+        with the same App key (a connector with a wrong key never borrows a good one's)."""
+        digest = hashlib.sha256(f"{self.app_id}|{self.private_key}".encode()).hexdigest()[:16]
+        return f"{self.installation_key}|{digest}"
+
     @classmethod
     def from_connector(cls, config: dict[str, Any], secrets: dict[str, str]) -> "GitHubAccess":
         """From a connector's config (`repository`, `api_url`) and decrypted credentials;
@@ -208,7 +216,7 @@ class InstallationTokens:
     async def token(self, access: GitHubAccess) -> str:
         if not access.is_app:
             return access.token or ""
-        key = access.installation_key
+        key = access.token_key
         cached = self._cached.get(key)
         if cached is not None and cached.expires_at - utcnow() > self._refresh_margin:
             return cached.token
@@ -223,9 +231,9 @@ class InstallationTokens:
 
     def drop(self, access: GitHubAccess, token: str) -> None:
         """Forget `token` (GitHub refused it); a newer token another caller bought stays."""
-        cached = self._cached.get(access.installation_key)
+        cached = self._cached.get(access.token_key)
         if cached is not None and cached.token == token:
-            del self._cached[access.installation_key]
+            del self._cached[access.token_key]
 
     async def _buy(self, access: GitHubAccess) -> _Cached:
         assert access.app_id is not None and access.installation_id is not None
@@ -236,6 +244,9 @@ class InstallationTokens:
             auto_retry=False,
             http_cache=False,
             timeout=HTTP_TIMEOUT_S,
+            # A JWT of its own: githubkit's shared cache keys JWTs by app id alone, so a key
+            # being tested (or rotated) would borrow the JWT signed with another key.
+            cache_strategy=MemCacheStrategy(),
         )
         what = f"POST /app/installations/{access.installation_id}/access_tokens"
         try:
@@ -289,6 +300,17 @@ class GitHubClients:
 
     def repository(self, access: GitHubAccess) -> "GitHubRepository":
         return GitHubRepository(access, self)
+
+
+_process_clients: GitHubClients | None = None
+
+
+def process_clients() -> GitHubClients:
+    """The process's one GitHubClients: every connector's calls share its cache and turns."""
+    global _process_clients
+    if _process_clients is None:
+        _process_clients = GitHubClients()
+    return _process_clients
 
 
 Operation = Callable[[GitHub[Any]], Awaitable[Response[T]]]

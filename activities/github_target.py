@@ -41,14 +41,13 @@ from datetime import timedelta
 from typing import Any
 
 from githubkit_schemas.latest.models import CheckRun, PullRequest, PullRequestSimple, Status
-from pydantic import BaseModel
-
 from activities.github_checks import check_run, commit_status, decide
 from activities.github_client import GitHubError, GitHubRepository, GitHubUnavailable
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.github import (
     Check,
     ChecksVerdict,
+    DefaultHead,
     GitHubDeploymentRef,
     MergeResult,
     PullRequestPlan,
@@ -65,11 +64,6 @@ POLL_MAX = timedelta(seconds=30)
 # GitHub's 405 when the base moved during the merge itself: try again, nothing is refused.
 BASE_RACE = "Base branch was modified"
 DEPLOYMENT_TASK = "deploy"
-
-
-class DefaultHead(BaseModel):
-    branch: str
-    sha: str
 
 
 def pull_request_body(plan: PullRequestPlan) -> str:

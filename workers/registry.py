@@ -107,7 +107,18 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *RollbackActivities(deps.sessions).lifecycle_activities(),
         *commerce_activities(deps),
         *notification_activities(deps),
+        *github_activities(deps),
     ]
+
+
+def github_activities(deps: Dependencies) -> list[Callable[..., Any]]:
+    """A GitHub project's steps (activities/github_activities.py), on settings.task_queue."""
+    from activities.connectors import ConnectorService
+    from activities.github_activities import GitHubActivities
+
+    store, connections = credential_store(deps)
+    connectors = ConnectorService(deps.sessions, store, connections)
+    return GitHubActivities(connectors, connections).activities()
 
 
 def notification_activities(deps: Dependencies) -> list[Callable[..., Any]]:

@@ -187,3 +187,58 @@ class GitHubEvent(BaseModel):
     name: str | None = None
     state: str | None = None
     received_at: datetime | None = None
+
+
+class DefaultHead(BaseModel):
+    branch: str
+    sha: str
+
+
+# --- Inputs of GitHubActivities (activities/github_activities.py), one per step. ---
+
+
+class ConnectorStep(BaseModel):
+    connector_id: uuid.UUID
+
+
+class OpenPullRequest(ConnectorStep):
+    plan: PullRequestPlan
+
+
+class MergePullRequest(ConnectorStep):
+    number: int
+    head_sha: str  # the head that was verified: GitHub refuses the merge if it moved
+
+
+class LookAtChecks(ConnectorStep):
+    sha: str
+    # Since the verification of this commit began (workflow time): the policy decides by it.
+    elapsed: timedelta
+    policy: VerificationPolicy
+
+
+class StartDeployment(ConnectorStep):
+    environment: str
+    sha: str
+    log_url: str
+    environment_url: str = ""
+    request_id: uuid.UUID | None = None
+
+
+class FinishDeployment(ConnectorStep):
+    deployment: GitHubDeploymentRef
+    ok: bool
+    log_url: str
+    environment_url: str = ""
+    description: str = ""
+
+
+class RevertPullRequest(ConnectorStep):
+    branch: str  # pushed by the git layer, holding the revert commit
+    title: str
+    body: str = ""
+
+
+class EndRequest(ConnectorStep):
+    request_id: uuid.UUID
+    number: int | None = None
