@@ -132,11 +132,13 @@ async def connect_github(
     *,
     credentials: dict[str, str] | None = None,
     tenant: Tenant | None = None,
+    keys: KeyRing | None = None,
 ) -> GitHubConnector:
     """A tenant's github connector made with the world's App, created and tested as an
-    operator does it; its Connections share the world's token cache."""
+    operator does it; its Connections share the world's token cache. `keys`: the key ring
+    another process (the webhooks endpoint) reads the credentials with."""
     tenant = tenant or await make_tenant(sessions, name=f"Hub {uuid.uuid4().hex[:4]}")
-    store = CredentialStore(sessions, KeyRing.parse(f"k1:{KeyRing.new_key()}", "k1"))
+    store = CredentialStore(sessions, keys or KeyRing.parse(f"k1:{KeyRing.new_key()}", "k1"))
     connections = Connections(store, api_version="2026-10", github=world.clients)
     service = ConnectorService(sessions, store, connections)
     created = await service.create(
