@@ -21,8 +21,8 @@ from datetime import timedelta
 from workflows.contracts.github import (
     Check,
     CheckKind,
-    ChecksVerdict,
     CheckState,
+    ChecksVerdict,
     SilencePolicy,
     VerdictReason,
     VerificationPolicy,

@@ -180,7 +180,9 @@ def check_connector(config: dict[str, Any], credentials: dict[str, str]) -> list
         if any(c.isspace() for c in credentials["token"]):
             problems.append("token must be one word (a fine-grained personal access token)")
     else:
-        problems.append("a github connector needs app_id, installation_id and private_key, or token")
+        problems.append(
+            "a github connector needs app_id, installation_id and private_key, or token"
+        )
     return problems
 
 
@@ -293,7 +295,10 @@ class GitHubClients:
     turns. One per process (workers/registry.py builds it with the Connections)."""
 
     def __init__(
-        self, *, refresh_margin: timedelta = REFRESH_MARGIN, write_spacing: timedelta = WRITE_SPACING
+        self,
+        *,
+        refresh_margin: timedelta = REFRESH_MARGIN,
+        write_spacing: timedelta = WRITE_SPACING,
     ) -> None:
         self.tokens = InstallationTokens(refresh_margin=refresh_margin)
         self.writes = WriteTurns(write_spacing)
@@ -365,7 +370,9 @@ class GitHubRepository:
         self._github, self._github_token = github, token
         return github
 
-    async def call(self, what: str, operation: Operation[T], *, writes: bool = False) -> Response[T]:
+    async def call(
+        self, what: str, operation: Operation[T], *, writes: bool = False
+    ) -> Response[T]:
         """Run `operation` with a good token; `what` ("METHOD /path") names it in errors. A 401
         drops the token and asks once more with a new one (an App only: a personal token
         refused is refused)."""

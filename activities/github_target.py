@@ -38,9 +38,10 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from githubkit_schemas.latest.models import CheckRun, PullRequest, PullRequestSimple, Status
+
 from activities.github_checks import check_run, commit_status, decide
 from activities.github_client import GitHubError, GitHubRepository, GitHubUnavailable
 from workflows.contracts.errors import ErrorType
@@ -64,6 +65,7 @@ POLL_MAX = timedelta(seconds=30)
 # GitHub's 405 when the base moved during the merge itself: try again, nothing is refused.
 BASE_RACE = "Base branch was modified"
 DEPLOYMENT_TASK = "deploy"
+DeploymentState = Literal["in_progress", "success", "failure", "error", "inactive"]
 
 
 def pull_request_body(plan: PullRequestPlan) -> str:
@@ -142,13 +144,17 @@ class GitHubDeployTarget:
         found = await self.repository.call(
             f"GET {self._path}/pulls",
             lambda gh: gh.rest.pulls.async_list(
-                *self._o, head=f"{self.repository.owner}:{branch}", state=state  # type: ignore[arg-type]
+                *self._o,
+                head=f"{self.repository.owner}:{branch}",
+                state=state,  # type: ignore[arg-type]
             ),
         )
-        pulls = found.parsed_data
+        pulls: list[PullRequestSimple] = list(found.parsed_data)
         return _pull_ref(pulls[0]) if pulls else None
 
-    async def open_pull_request(self, plan: PullRequestPlan, *, base: str | None = None) -> PullRequestRef:
+    async def open_pull_request(
+        self, plan: PullRequestPlan, *, base: str | None = None
+    ) -> PullRequestRef:
         """The request's pull request from `changeflow/<request id>` (pushed already) into the
         default branch, its body the plan. An open one (a retry, or a new revision) is updated
         instead, so this may be called again without a second pull request."""
@@ -227,7 +233,9 @@ class GitHubDeployTarget:
             status=405,
         )
 
-    async def revert(self, branch: str, *, title: str, body: str, base: str | None = None) -> MergeResult:
+    async def revert(
+        self, branch: str, *, title: str, body: str, base: str | None = None
+    ) -> MergeResult:
         """A rollback as GitHub sees it: `branch` (pushed by the git layer, holding the revert
         commit) opened as a pull request and merged with its head as the guard."""
         pull = await self.find_pull_request(branch)
@@ -296,7 +304,9 @@ class GitHubDeployTarget:
                 break
         return checks
 
-    async def look(self, sha: str, *, elapsed: timedelta, policy: VerificationPolicy) -> ChecksVerdict:
+    async def look(
+        self, sha: str, *, elapsed: timedelta, policy: VerificationPolicy
+    ) -> ChecksVerdict:
         """One look: the verdict `elapsed` after verification began (WAITING: look again)."""
         return decide(sha, await self.read_checks(sha), elapsed=elapsed, policy=policy)
 
@@ -363,7 +373,9 @@ class GitHubDeployTarget:
         if not hasattr(deployment, "id"):  # 202: GitHub merged the default branch in (auto_merge)
             raise GitHubError(f"GitHub did not create a deployment of {sha[:12]}: {deployment}")
         ref = GitHubDeploymentRef(id=deployment.id, environment=environment, sha=sha)
-        await self.deployment_status(ref, "in_progress", log_url=log_url, environment_url=environment_url)
+        await self.deployment_status(
+            ref, "in_progress", log_url=log_url, environment_url=environment_url
+        )
         return ref
 
     async def finish_deployment(
@@ -386,7 +398,7 @@ class GitHubDeployTarget:
     async def deployment_status(
         self,
         deployment: GitHubDeploymentRef,
-        state: str,
+        state: DeploymentState,
         *,
         log_url: str,
         environment_url: str = "",
@@ -394,13 +406,15 @@ class GitHubDeployTarget:
     ) -> None:
         # GitHub caps a deployment status's description at 140 characters.
         text = (description or f"changeflow: {state}")[:140]
-        options: dict[str, Any] = {"log_url": log_url, "description": text}
-        if environment_url:
-            options["environment_url"] = environment_url
         await self.repository.call(
             f"POST {self._path}/deployments/{deployment.id}/statuses",
             lambda gh: gh.rest.repos.async_create_deployment_status(
-                *self._o, deployment.id, state=state, **options  # type: ignore[arg-type]
+                *self._o,
+                deployment.id,
+                state=state,
+                log_url=log_url,
+                environment_url=environment_url,
+                description=text,
             ),
             writes=True,
         )

@@ -71,7 +71,9 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
     return hmac.compare_digest(signature_256(secret, body).encode(), signature.encode())
 
 
-def event_of(connector_id: uuid.UUID, delivery: GitHubDelivery, body: dict[str, Any]) -> GitHubEvent:
+def event_of(
+    connector_id: uuid.UUID, delivery: GitHubDelivery, body: dict[str, Any]
+) -> GitHubEvent:
     """What the delivery says, reduced to what a waiting workflow needs."""
     kind = GitHubEventKind(delivery.event)
     event = GitHubEvent(
@@ -137,7 +139,9 @@ class GitHubWebhooks:
         if not 0 < len(delivery.delivery_id) <= MAX_DELIVERY_ID:
             raise DeliveryRefused(400, "X-GitHub-Delivery is missing or too long")
         bound = log.bind(
-            connector_id=str(connector.id), github_event=delivery.event, delivery_id=delivery.delivery_id
+            connector_id=str(connector.id),
+            github_event=delivery.event,
+            delivery_id=delivery.delivery_id,
         )
         if delivery.event not in HANDLED_EVENTS:
             bound.info("github_webhook_received", outcome=Outcome.IGNORED_EVENT.value)

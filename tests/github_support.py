@@ -93,7 +93,12 @@ class GitHubWorld:
         """Commit `files` on `branch` (from `base` as GitHub has it) and push it, as the git
         layer pushes a request's change; the pushed sha."""
         if not (self.workdir / ".git").exists():
-            git("clone", "--quiet", self.hub.clone_url(self.repository, self.token()), str(self.workdir))
+            git(
+                "clone",
+                "--quiet",
+                self.hub.clone_url(self.repository, self.token()),
+                str(self.workdir),
+            )
         git("fetch", "--quiet", "origin", cwd=self.workdir)
         git("checkout", "--quiet", "-B", branch, f"origin/{base}", cwd=self.workdir)
         for name, text in files.items():
@@ -102,13 +107,25 @@ class GitHubWorld:
         git("add", "-A", cwd=self.workdir)
         git("commit", "--quiet", "-m", f"change on {branch}", cwd=self.workdir)
         # The token may have expired (a test expires them): push with a fresh one.
-        git("remote", "set-url", "origin", self.hub.clone_url(self.repository, self.token()), cwd=self.workdir)
+        git(
+            "remote",
+            "set-url",
+            "origin",
+            self.hub.clone_url(self.repository, self.token()),
+            cwd=self.workdir,
+        )
         git("push", "--quiet", "--force", "origin", branch, cwd=self.workdir)
         return git("rev-parse", "HEAD", cwd=self.workdir)
 
     def push_revert(self, branch: str, commit: str, *, base: str = "main") -> str:
         """A branch holding `git revert` of `commit` (a merge: its first parent kept)."""
-        git("remote", "set-url", "origin", self.hub.clone_url(self.repository, self.token()), cwd=self.workdir)
+        git(
+            "remote",
+            "set-url",
+            "origin",
+            self.hub.clone_url(self.repository, self.token()),
+            cwd=self.workdir,
+        )
         git("fetch", "--quiet", "origin", cwd=self.workdir)
         git("checkout", "--quiet", "-B", branch, f"origin/{base}", cwd=self.workdir)
         parents = git("log", "-1", "--format=%P", commit, cwd=self.workdir).split()

@@ -72,11 +72,15 @@ async def run_steps(
     )
     activities = GitHubActivities(connected.service, connected.connections)
     async with Worker(
-        client, task_queue=task_queue, workflows=[GitHubStepsWorkflow],
+        client,
+        task_queue=task_queue,
+        workflows=[GitHubStepsWorkflow],
         activities=activities.activities(),
     ):
         handle = await client.start_workflow(
-            GitHubStepsWorkflow.run, args=[step, merge], id=f"github-steps-{request_id}",
+            GitHubStepsWorkflow.run,
+            args=[step, merge],
+            id=f"github-steps-{request_id}",
             task_queue=task_queue,
         )
         result = await handle.result()
@@ -96,12 +100,14 @@ async def test_a_secondary_rate_limit_on_pull_request_creation_is_retried_after_
     # GitHub says retry after 1 s; the policy's own first interval is 30 s, so a retry that
     # came in time could only have followed GitHub's wait (next_retry_delay).
     world.hub.state.limits.arm_secondary_limit("POST", "/pulls", retry_after=1, status=403)
-    result, history, attempts = await run_steps(
-        client, sessions, world, task_queue, merge=False
-    )
+    result, history, attempts = await run_steps(client, sessions, world, task_queue, merge=False)
     assert result == "opened #1"
     assert attempts == [2]  # the started event records the attempt that completed
-    posts = [status for method, path, status in world.hub.requests if method == "POST" and path.endswith("/pulls")]
+    posts = [
+        status
+        for method, path, status in world.hub.requests
+        if method == "POST" and path.endswith("/pulls")
+    ]
     assert posts == [403, 201]
     assert len(world.hub.state.pulls) == 1
     for token in world.hub.state.tokens:

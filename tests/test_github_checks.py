@@ -76,7 +76,9 @@ def test_only_the_latest_report_of_each_name_counts() -> None:
 
 
 def test_check_runs_green_with_no_status_at_all_pass() -> None:
-    verdict = decide("a" * 40, [check_run("ci", "completed", "success", None)], elapsed=NOW, policy=POLICY)
+    verdict = decide(
+        "a" * 40, [check_run("ci", "completed", "success", None)], elapsed=NOW, policy=POLICY
+    )
     assert (verdict.reason, verdict.ok, verdict.done) == (VerdictReason.PASSED, True, True)
 
 
@@ -87,7 +89,9 @@ def test_a_failure_decides_at_once_even_with_others_pending() -> None:
     ]
     verdict = decide("b" * 40, checks, elapsed=NOW, policy=POLICY)
     assert (verdict.reason, verdict.ok) == (VerdictReason.FAILED, False)
-    assert verdict.summary() == "bbbbbbbbbbbb: failed checks: lint: error (https://ci.example/lint/3)"
+    assert (
+        verdict.summary() == "bbbbbbbbbbbb: failed checks: lint: error (https://ci.example/lint/3)"
+    )
 
 
 def test_pending_checks_wait_until_the_time_limit_then_time_out_naming_them() -> None:

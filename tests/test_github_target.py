@@ -51,7 +51,9 @@ async def test_a_request_becomes_a_pull_request_verified_merged_and_deployed(
     target = world.target(poll_first=timedelta(seconds=0.05))
     async with target.repository:
         head = await target.default_head()
-        assert head.branch == "main" and head.sha == world.repository.bare.resolve("refs/heads/main")
+        assert head.branch == "main" and head.sha == world.repository.bare.resolve(
+            "refs/heads/main"
+        )
         sha = world.push_branch(request_branch(request_id), {"index.html": "<h1>Sale</h1>\n"})
         pull = await target.open_pull_request(plan(request_id))
         assert (pull.number, pull.head_sha, pull.branch) == (1, sha, request_branch(request_id))
@@ -73,7 +75,9 @@ async def test_a_request_becomes_a_pull_request_verified_merged_and_deployed(
         assert verdict.ok and verdict.reason is VerdictReason.PASSED
         assert [c.name for c in verdict.checks] == ["build"]
         await target.finish_deployment(
-            staging, ok=True, log_url="https://changeflow.example/log",
+            staging,
+            ok=True,
+            log_url="https://changeflow.example/log",
             environment_url="https://staging.acme.test",
         )
         merged = await target.merge(1, sha)
@@ -81,7 +85,9 @@ async def test_a_request_becomes_a_pull_request_verified_merged_and_deployed(
         production = await target.start_deployment(
             "production", merged.merge_sha, log_url="https://changeflow.example/log"
         )
-        await target.finish_deployment(production, ok=True, log_url="https://changeflow.example/log")
+        await target.finish_deployment(
+            production, ok=True, log_url="https://changeflow.example/log"
+        )
         await target.end_request(request_id, 1)
 
     deployment = state.deployment(world.repository, staging.id)
@@ -213,7 +219,9 @@ async def test_a_pull_request_closed_by_a_person_is_a_readable_outcome(
     target = world.target()
     async with target.repository:
         pull = await target.open_pull_request(plan(request_id))
-        world.hub.state.close_pull_as_person(world.hub.state.pulls[("acme/storefront", pull.number)])
+        world.hub.state.close_pull_as_person(
+            world.hub.state.pulls[("acme/storefront", pull.number)]
+        )
         with pytest.raises(GitHubError) as closed:
             await target.merge(pull.number, sha)
     assert closed.value.error_type is ErrorType.PULL_REQUEST_CLOSED

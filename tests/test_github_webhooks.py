@@ -5,6 +5,7 @@ and duplicated are recorded and handed to the request's workflow once each, as t
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -21,7 +22,6 @@ from temporalio.worker import Worker
 from activities.credentials import KeyRing
 from models.commerce import WebhookDelivery
 from models.db import SessionFactory
-from tests.conftest import free_port
 from tests.github_stand_in import CheckScript
 from tests.github_support import GitHubWorld, connect_github
 from tests.workers import test_settings
@@ -77,16 +77,15 @@ async def webhooks_process(
     ).model_copy(update={"credential_keys": SecretStr(KEYS), "credential_key_id": "k1"})
     deps = Dependencies(settings=settings, sessions=sessions, client=client)
     app = webhook_app(
-        shopify_webhooks(deps), max_body_bytes=settings.webhooks_max_body_bytes,
+        shopify_webhooks(deps),
+        max_body_bytes=settings.webhooks_max_body_bytes,
         github=github_webhooks(deps),
     )
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
+    # Listening before uvicorn starts: a delivery sent meanwhile waits in the backlog.
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -107,7 +106,11 @@ async def idle(world: GitHubWorld) -> None:
 
 
 async def test_deliveries_reordered_and_duplicated_reach_the_request_once_each(
-    client: Client, sessions: SessionFactory, github_world: GitHubWorld, task_queue: str, tmp_path: Path
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    tmp_path: Path,
 ) -> None:
     world = github_world
     connected = await connect_github(sessions, world, keys=KeyRing.parse(KEYS, "k1"))
@@ -153,7 +156,11 @@ async def test_deliveries_reordered_and_duplicated_reach_the_request_once_each(
 
 
 async def test_a_bad_signature_is_refused_and_changes_nothing(
-    client: Client, sessions: SessionFactory, github_world: GitHubWorld, task_queue: str, tmp_path: Path
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    tmp_path: Path,
 ) -> None:
     world = github_world
     connected = await connect_github(sessions, world, keys=KeyRing.parse(KEYS, "k1"))

@@ -103,6 +103,7 @@ class ChecksVerdict(BaseModel):
 
     def summary(self) -> str:
         """A readable line: what decided, naming each check that did not pass and its link."""
+
         def named(c: Check) -> str:
             link = f" ({c.details_url})" if c.details_url else ""
             return f"{c.name}: {c.github_state or c.state.value}{link}"
