@@ -97,7 +97,7 @@ async def test_bad_github_input_is_refused_and_writes_nothing(
     assert (await ok(env, "connector", "list", "-t", "acme", "--json")).json == []
 
 
-def test_the_app_options_are_read_with_typed_refusals(tmp_path: Path) -> None:
+async def test_the_app_options_are_read_with_typed_refusals(tmp_path: Path) -> None:
     """The command's reading of an App's options (in process: each refusal is the same
     `Refused` the command prints)."""
     not_a_key = tmp_path / "key.pem"

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from activities.github_client import GitHubError, GitHubRateLimited, activity_error
+from activities.github_target import GitHubDeployTarget
 from models.db import SessionFactory
 from models.projects import ConnectorStatus
 from tests.github_stand_in import CheckScript, Protection
@@ -303,3 +304,38 @@ async def test_bad_credentials_leave_the_connector_in_error_without_the_key_or_t
     assert forged.connector.status is ConnectorStatus.ERROR
     assert "the App's JWT were refused" in (forged.connector.last_error or "")
     assert "PRIVATE KEY" not in (forged.connector.last_error or "")
+
+
+async def test_a_primary_rate_limit_waits_for_its_reset(github_world: GitHubWorld) -> None:
+    world = github_world
+    target = world.target()
+    async with target.repository:
+        await target.default_head()  # buys the token the limit is counted against
+        [token] = [t for t in world.hub.state.tokens.values() if t.kind == "installation"]
+        world.hub.state.limits.exhaust_primary_limit(token)
+        with pytest.raises(GitHubRateLimited) as limited:
+            await target.default_head()
+    error = activity_error(limited.value)
+    assert (error.type, error.non_retryable) == ("GitHubRateLimited", False)
+    # x-ratelimit-reset is an hour away on GitHub's clock: Temporal waits about that long.
+    assert error.next_retry_delay is not None
+    assert timedelta(minutes=50) < error.next_retry_delay <= timedelta(hours=1)
+    assert "primary rate limit" in str(limited.value)
+
+
+async def test_no_error_and_no_repr_holds_a_token_or_a_key(github_world: GitHubWorld) -> None:
+    world = github_world
+    revoked = world.hub.state.create_personal_token("bob", ["acme/storefront"]).value
+    world.hub.state.tokens.pop(revoked)  # GitHub no longer knows it: 401 Bad credentials
+    access = world.access
+    refused_token = world.clients.repository(
+        type(access)(api_url=access.api_url, owner="acme", repo="storefront", token=revoked)
+    )
+    with pytest.raises(GitHubError) as bad:
+        async with refused_token:
+            await GitHubDeployTarget(refused_token).default_head()
+    assert bad.value.error_type is ErrorType.INVALID_CREDENTIALS
+    assert "Bad credentials" in str(bad.value)
+    for text in (str(bad.value), repr(refused_token.access), repr(world.access)):
+        assert revoked not in text and "PRIVATE KEY" not in text
+        assert world.token() not in text
