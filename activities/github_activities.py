@@ -48,7 +48,7 @@ class GitHubActivities:
         try:
             connector = await self._connectors.get(step.connector_id)
             async with self._connections.github(connector) as repository:
-                yield GitHubDeployTarget(repository)
+                yield GitHubDeployTarget(repository, config=connector.config)
         except ConnectorError as err:
             raise refused(err.error_type, str(err)) from None
         except (GitHubError, GitHubUnavailable) as err:
@@ -72,7 +72,8 @@ class GitHubActivities:
     @activity.defn(name="github_look_at_checks")
     async def look_at_checks(self, step: LookAtChecks) -> ChecksVerdict:
         async with self._target(step) as target:
-            return await target.look(step.sha, elapsed=step.elapsed, policy=step.policy)
+            policy = step.policy or target.policy(step.environment)
+            return await target.look(step.sha, elapsed=step.elapsed, policy=policy)
 
     @activity.defn(name="github_start_deployment")
     async def start_deployment(self, step: StartDeployment) -> GitHubDeploymentRef:

@@ -17,6 +17,7 @@ models (Check, ChecksVerdict, VerificationPolicy) live in workflows/contracts/gi
 
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Any
 
 from workflows.contracts.github import (
     Check,
@@ -102,3 +103,47 @@ def decide(
         and policy.on_silence is SilencePolicy.PASS_AFTER_GRACE
     )
     return ChecksVerdict(sha=sha, reason=reason, ok=ok, checks=latest)
+
+
+# A connector's `verification` config: per environment, what GitHub's checks may take.
+#   {"staging": {"time_limit_s": 1800, "grace_s": 120, "on_silence": "pass_after_grace"}, ...}
+VERIFICATION_KEYS = {"time_limit_s", "grace_s", "on_silence"}
+
+
+def policy_for(config: dict[str, Any], environment: str) -> VerificationPolicy:
+    """The environment's verification policy from a connector's config (defaults otherwise)."""
+    given = (config.get("verification") or {}).get(environment) or {}
+    policy = VerificationPolicy()
+    return VerificationPolicy(
+        time_limit=timedelta(
+            seconds=float(given.get("time_limit_s", policy.time_limit.total_seconds()))
+        ),
+        grace=timedelta(seconds=float(given.get("grace_s", policy.grace.total_seconds()))),
+        on_silence=SilencePolicy(given.get("on_silence", policy.on_silence.value)),
+    )
+
+
+def verification_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with a connector's `verification` config, as sentences."""
+    verification = config.get("verification")
+    if verification is None:
+        return []
+    if not isinstance(verification, dict):
+        return ["verification must map environments to their policies"]
+    problems = []
+    for environment, given in verification.items():
+        if not isinstance(given, dict) or not set(given) <= VERIFICATION_KEYS:
+            problems.append(
+                f"verification.{environment} takes only {', '.join(sorted(VERIFICATION_KEYS))}"
+            )
+            continue
+        for key in ("time_limit_s", "grace_s"):
+            value = given.get(key, 1)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                problems.append(f"verification.{environment}.{key} must be a positive number")
+        if given.get("on_silence", SilencePolicy.FAIL.value) not in {
+            p.value for p in SilencePolicy
+        }:
+            names = " or ".join(p.value for p in SilencePolicy)
+            problems.append(f"verification.{environment}.on_silence must be {names}")
+    return problems

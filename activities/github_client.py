@@ -45,6 +45,7 @@ from githubkit.exception import (
 )
 from temporalio.exceptions import ApplicationError
 
+from activities.github_checks import verification_problems
 from models.base import utcnow
 from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.github import GITHUB_RATE_LIMITED, GITHUB_UNAVAILABLE
@@ -158,7 +159,7 @@ class GitHubAccess:
 
 def check_connector(config: dict[str, Any], credentials: dict[str, str]) -> list[str]:
     """What is wrong with a github connector's settings, as sentences (empty: nothing)."""
-    problems = []
+    problems = verification_problems(config)
     repository = str(config.get("repository", ""))
     if not REPOSITORY_NAME.fullmatch(repository):
         problems.append(f"repository must be owner/name, not {repository!r}")

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from githubkit_schemas.latest.models import CheckRun, PullRequest, PullRequestSimple, Status
 
-from activities.github_checks import check_run, commit_status, decide
+from activities.github_checks import check_run, commit_status, decide, policy_for
 from activities.github_client import GitHubError, GitHubRepository, GitHubUnavailable
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.github import (
@@ -109,8 +109,10 @@ class GitHubDeployTarget:
         poll_first: timedelta = POLL_FIRST,
         poll_max: timedelta = POLL_MAX,
         heartbeat: Callable[[str], None] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.repository = repository
+        self._config = config or {}
         self._clock = clock
         self._poll_first = poll_first.total_seconds()
         self._poll_max = poll_max.total_seconds()
@@ -303,6 +305,10 @@ class GitHubDeployTarget:
             if len(listed) < PAGE_SIZE:
                 break
         return checks
+
+    def policy(self, environment: str) -> VerificationPolicy:
+        """The environment's verification policy, from the connector's `verification` config."""
+        return policy_for(self._config, environment)
 
     async def look(
         self, sha: str, *, elapsed: timedelta, policy: VerificationPolicy

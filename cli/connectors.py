@@ -238,6 +238,14 @@ def connector_create(
     private_key_file: Annotated[
         Path | None, typer.Option(help="GitHub App: its private key (.pem file).")
     ] = None,
+    checks_time_limit: Annotated[
+        float | None,
+        typer.Option(help="GitHub: seconds each environment waits for its checks (1800)."),
+    ] = None,
+    on_silence: Annotated[
+        str | None,
+        typer.Option(help="GitHub: when no check reports, pass_after_grace (default) or fail."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="A name people recognise.")] = None,
     project: Annotated[str | None, typer.Option(help="Scope to a project (id or slug).")] = None,
     interval: Annotated[int, typer.Option(help="Seconds between scheduled syncs.")] = 900,
@@ -258,6 +266,13 @@ def connector_create(
                 private_key_file=private_key_file,
             )
             config: dict[str, Any] = {"repository": repository or "", "api_url": api_url}
+            policy: dict[str, Any] = {}
+            if checks_time_limit is not None:
+                policy["time_limit_s"] = checks_time_limit
+            if on_silence is not None:
+                policy["on_silence"] = on_silence
+            if policy:
+                config["verification"] = {env: dict(policy) for env in ("staging", "production")}
         else:
             credentials = _secrets()
             config = {"shop_url": shop_url or ""}

@@ -6,7 +6,15 @@ from datetime import timedelta
 
 import pytest
 
-from activities.github_checks import check_run, combine, commit_status, decide, latest_per_name
+from activities.github_checks import (
+    check_run,
+    combine,
+    commit_status,
+    decide,
+    latest_per_name,
+    policy_for,
+    verification_problems,
+)
 from workflows.contracts.github import (
     CheckState,
     SilencePolicy,
@@ -118,3 +126,27 @@ def test_a_time_limit_shorter_than_the_grace_still_ends_the_wait() -> None:
     policy = VerificationPolicy(time_limit=timedelta(seconds=30), grace=timedelta(minutes=5))
     verdict = decide("e" * 40, [], elapsed=timedelta(seconds=30), policy=policy)
     assert verdict.done and verdict.reason is VerdictReason.NOTHING_REPORTED
+
+
+def test_each_environment_has_its_policy_from_the_connectors_config() -> None:
+    config = {
+        "verification": {
+            "staging": {"time_limit_s": 600, "on_silence": "fail"},
+            "production": {"time_limit_s": 3600, "grace_s": 30},
+        }
+    }
+    staging, production = policy_for(config, "staging"), policy_for(config, "production")
+    assert (staging.time_limit, staging.on_silence) == (timedelta(minutes=10), SilencePolicy.FAIL)
+    assert (production.time_limit, production.grace) == (timedelta(hours=1), timedelta(seconds=30))
+    assert production.on_silence is SilencePolicy.PASS_AFTER_GRACE
+    assert policy_for({}, "staging") == VerificationPolicy()
+    assert verification_problems(config) == []
+    assert verification_problems({"verification": {"staging": {"time_limit_s": -1}}}) == [
+        "verification.staging.time_limit_s must be a positive number"
+    ]
+    assert verification_problems({"verification": {"staging": {"on_silence": "wait"}}}) == [
+        "verification.staging.on_silence must be pass_after_grace or fail"
+    ]
+    assert verification_problems({"verification": {"staging": {"retries": 3}}}) == [
+        "verification.staging takes only grace_s, on_silence, time_limit_s"
+    ]

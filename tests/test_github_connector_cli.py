@@ -64,14 +64,17 @@ async def test_the_readmes_commands_connect_the_repository_by_app_and_by_token(
         "github_pat_example": token,
     }
     [by_app, by_token] = readme_commands()
-    outputs = []
+    outputs, policies = [], []
     for variables, words in (by_app, by_token):
         here = {name: secrets.get(value, value) for name, value in variables.items()}
         ran = await ok({**env, **here}, *as_here(words, world, key_file), "--json")
         assert ran.json["status"] == "active", ran.out
         assert ran.json["kind"] == "github"
         assert ran.json["config"]["default_branch"] == "main"
+        policies.append(ran.json["config"].get("verification"))
         outputs.append(ran.out + ran.err)
+    strict = {"time_limit_s": 1800.0, "on_silence": "fail"}
+    assert policies == [{"staging": strict, "production": strict}, None]
     listed = (await ok(env, "connector", "list", "-t", "acme", "--json")).json
     assert sorted(c["name"] for c in listed) == ["GitHub", "Storefront (token)"]
     for output in outputs:

@@ -339,3 +339,28 @@ async def test_no_error_and_no_repr_holds_a_token_or_a_key(github_world: GitHubW
     for text in (str(bad.value), repr(refused_token.access), repr(world.access)):
         assert revoked not in text and "PRIVATE KEY" not in text
         assert world.token() not in text
+
+
+async def test_three_requests_in_a_row_merge_in_order_and_main_holds_all_three(
+    github_world: GitHubWorld,
+) -> None:
+    world = github_world
+    world.hub.state.add_check_script(world.repository, CheckScript("build", outcome="success"))
+    target = world.target(poll_first=timedelta(seconds=0.05), config={
+        "verification": {"staging": {"time_limit_s": 20, "grace_s": 1}}
+    })  # fmt: skip
+    merged = []
+    async with target.repository:
+        for n in range(3):
+            request_id = uuid.uuid4()
+            sha = world.push_branch(request_branch(request_id), {f"pages/p{n}.html": f"{n}\n"})
+            pull = await target.open_pull_request(plan(request_id))
+            verdict = await target.verify(sha, target.policy("staging"))
+            assert verdict.ok, verdict.summary()
+            merged.append((await target.merge(pull.number, sha)).merge_sha)
+            await target.end_request(request_id, pull.number)
+    bare = world.repository.bare
+    assert bare.resolve("refs/heads/main") == merged[-1]
+    assert [bare.git("show", f"main:pages/p{n}.html") for n in range(3)] == ["0", "1", "2"]
+    assert [p.number for p in world.hub.state.pulls.values() if p.merged] == [1, 2, 3]
+    assert not [r for r in bare.refs() if r.startswith("refs/heads/changeflow/")]

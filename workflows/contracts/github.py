@@ -215,7 +215,9 @@ class LookAtChecks(ConnectorStep):
     sha: str
     # Since the verification of this commit began (workflow time): the policy decides by it.
     elapsed: timedelta
-    policy: VerificationPolicy
+    environment: str = "staging"
+    # None: the connector's policy for the environment (its `verification` config).
+    policy: VerificationPolicy | None = None
 
 
 class StartDeployment(ConnectorStep):
