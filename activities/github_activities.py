@@ -84,6 +84,7 @@ class GitHubActivities:
                 log_url=step.log_url,
                 environment_url=step.environment_url,
                 request_id=step.request_id,
+                deployment_id=step.deployment_id,
             )
 
     @activity.defn(name="github_finish_deployment")

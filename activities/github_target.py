@@ -34,6 +34,7 @@ github_client.activity_error):
 """
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from githubkit_schemas.latest.models import CheckRun, PullRequest, PullRequestSimple, Status
+from pydantic import BaseModel
 
 from activities.github_checks import check_run, commit_status, decide, policy_for
 from activities.github_client import GitHubError, GitHubRepository, GitHubUnavailable
@@ -96,6 +98,19 @@ def _pull_ref(pull: PullRequest | PullRequestSimple) -> PullRequestRef:
         state=pull.state,
         merged=bool(getattr(pull, "merged", False) or pull.merged_at),
     )
+
+
+def _payload(raw: object) -> dict[str, Any]:
+    """A deployment's payload as GitHub answers it: an object (githubkit's model) or a string
+    of JSON."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump()
+    return raw if isinstance(raw, dict) else {}
 
 
 class GitHubDeployTarget:
@@ -353,12 +368,21 @@ class GitHubDeployTarget:
         log_url: str,
         environment_url: str = "",
         request_id: uuid.UUID | None = None,
+        deployment_id: uuid.UUID | None = None,
         description: str = "",
     ) -> GitHubDeploymentRef:
         """A GitHub Deployment of `sha` to `environment`, marked in_progress. changeflow verifies
         the checks itself, so none are required by GitHub (`required_contexts=[]`), and GitHub
-        must not merge anything into the ref (`auto_merge=False`)."""
-        payload: dict[str, Any] = {"changeflow_request_id": str(request_id) if request_id else None}
+        must not merge anything into the ref (`auto_merge=False`). With `deployment_id`
+        (changeflow's own), a repeated call finds the deployment its first call created."""
+        payload: dict[str, Any] = {
+            "changeflow_request_id": str(request_id) if request_id else None,
+            "changeflow_deployment_id": str(deployment_id) if deployment_id else None,
+        }
+        if deployment_id is not None:
+            found = await self._deployment_of(environment, sha, str(deployment_id))
+            if found is not None:
+                return found
         created = await self.repository.call(
             f"POST {self._path}/deployments",
             lambda gh: gh.rest.repos.async_create_deployment(
@@ -383,6 +407,20 @@ class GitHubDeployTarget:
             ref, "in_progress", log_url=log_url, environment_url=environment_url
         )
         return ref
+
+    async def _deployment_of(
+        self, environment: str, sha: str, deployment_id: str
+    ) -> GitHubDeploymentRef | None:
+        listed = await self.repository.call(
+            f"GET {self._path}/deployments",
+            lambda gh: gh.rest.repos.async_list_deployments(
+                *self._o, sha=sha, environment=environment, per_page=PAGE_SIZE
+            ),
+        )
+        for deployment in listed.parsed_data:
+            if _payload(deployment.payload).get("changeflow_deployment_id") == deployment_id:
+                return GitHubDeploymentRef(id=deployment.id, environment=environment, sha=sha)
+        return None
 
     async def finish_deployment(
         self,

@@ -83,9 +83,20 @@ async def test_a_request_becomes_a_pull_request_verified_merged_and_deployed(
         )
         merged = await target.merge(1, sha)
         assert world.repository.bare.resolve("refs/heads/main") == merged.merge_sha
+        row = uuid.uuid4()  # changeflow's deployment: a retried start finds the first one
         production = await target.start_deployment(
-            "production", merged.merge_sha, log_url="https://changeflow.example/log"
+            "production",
+            merged.merge_sha,
+            log_url="https://changeflow.example/log",
+            deployment_id=row,
         )
+        again = await target.start_deployment(
+            "production",
+            merged.merge_sha,
+            log_url="https://changeflow.example/log",
+            deployment_id=row,
+        )
+        assert again == production
         await target.finish_deployment(
             production, ok=True, log_url="https://changeflow.example/log"
         )
@@ -97,6 +108,7 @@ async def test_a_request_becomes_a_pull_request_verified_merged_and_deployed(
     assert deployment.statuses[-1].log_url == "https://changeflow.example/log"
     assert deployment.statuses[-1].environment_url == "https://staging.acme.test"
     prod = state.deployment(world.repository, production.id)
+    assert len([d for d in state.deployments.values() if d.environment == "production"]) == 1
     assert (prod.environment, prod.sha) == ("production", merged.merge_sha)
     assert f"refs/heads/{request_branch(request_id)}" not in world.repository.bare.refs()
     assert world.repository.bare.git("show", "main:index.html") == "<h1>Sale!</h1>"

@@ -226,6 +226,8 @@ class StartDeployment(ConnectorStep):
     log_url: str
     environment_url: str = ""
     request_id: uuid.UUID | None = None
+    # changeflow's Deployment row: a retried start finds the GitHub deployment it created.
+    deployment_id: uuid.UUID | None = None
 
 
 class FinishDeployment(ConnectorStep):
