@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.credentials import KeyRing
+from activities.github_webhooks import GitHubDelivery, event_of
 from models.commerce import WebhookDelivery
 from models.db import SessionFactory
 from tests.github_stand_in import CheckScript
@@ -192,3 +193,59 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
     assert answer.status == 401
     assert seen == []
     assert await recorded(sessions, connected.connector.id) == []
+
+
+def delivery(event: str) -> GitHubDelivery:
+    return GitHubDelivery(connector_id="", event=event, delivery_id="d-1", signature="", body=b"")
+
+
+async def test_each_event_names_its_request_and_what_happened() -> None:
+    connector, request = uuid.uuid4(), uuid.uuid4()
+    branch = request_branch(request)
+    status = event_of(
+        connector,
+        delivery("status"),
+        {
+            "sha": "a" * 40,
+            "context": "lint",
+            "state": "failure",
+            "branches": [{"name": "main"}, {"name": branch}],
+        },
+    )
+    assert (status.request_id, status.name, status.state) == (request, "lint", "failure")
+    closed = event_of(
+        connector,
+        delivery("pull_request"),
+        {
+            "action": "closed",
+            "sender": {"login": "octocat"},
+            "pull_request": {
+                "number": 7,
+                "state": "closed",
+                "merged": False,
+                "head": {"ref": branch, "sha": "b" * 40},
+            },
+        },
+    )
+    assert (closed.request_id, closed.pull_number, closed.merged, closed.actor) == (
+        request, 7, False, "octocat",
+    )  # fmt: skip
+    deployed = event_of(
+        connector,
+        delivery("deployment_status"),
+        {
+            "deployment_status": {"state": "success"},
+            "deployment": {
+                "sha": "c" * 40,
+                "environment": "staging",
+                "payload": {"changeflow_request_id": str(request)},
+            },
+        },
+    )
+    assert (deployed.request_id, deployed.name, deployed.state) == (request, "staging", "success")
+    elsewhere = event_of(
+        connector,
+        delivery("check_run"),
+        {"check_run": {"name": "ci", "status": "queued", "check_suite": {"head_branch": "main"}}},
+    )
+    assert elsewhere.request_id is None and elsewhere.state == "queued"
