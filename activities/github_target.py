@@ -31,9 +31,22 @@ github_client.activity_error):
   by Temporal after GitHub's wait, never a failed lifecycle.
 - `verify`/`look` never raise on red checks: the ChecksVerdict says FAILED, TIMED_OUT or
   NOTHING_REPORTED (by the project's SilencePolicy), names each check and links its details.
+
+Wiring into the lifecycle (for the lead): a project is a GitHub project when it has a `github`
+connector scoped to it (Connector.project_id). Workflows call the steps as the activities of
+activities/github_activities.py (`github_default_head`, `github_open_pull_request`,
+`github_merge_pull_request`, `github_look_at_checks`, `github_start_deployment`,
+`github_finish_deployment`, `github_revert`, `github_end_request`; payloads in
+workflows/contracts/github.py, registered on settings.task_queue by workers/registry.py).
+Verification in a workflow: record when it began, call `github_look_at_checks` with the
+elapsed workflow time, and until the verdict is done wait for the `github_event` signal
+(GITHUB_EVENT_SIGNAL, sent by the webhooks process for the request's branch, pull request or
+deployment) or the next poll (POLL_FIRST doubling to POLL_MAX), whichever comes first. The
+environment's policy is the connector's `verification` config (github_checks.policy_for).
 """
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -339,6 +352,8 @@ class GitHubDeployTarget:
         started = self._clock()
         delay = self._poll_first
         while True:
+            if wake is not None:
+                wake.clear()  # before the look: a report arriving during it wakes the next
             verdict = await self.look(
                 sha, elapsed=timedelta(seconds=self._clock() - started), policy=policy
             )
@@ -349,11 +364,8 @@ class GitHubDeployTarget:
             left = policy.time_limit.total_seconds() - (self._clock() - started)
             pause = max(0.0, min(delay, left))
             if wake is not None:
-                wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=pause)
-                except TimeoutError:
-                    pass
             else:
                 await asyncio.sleep(pause)
             delay = min(delay * 2, self._poll_max)
