@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 import structlog
 from githubkit import AppAuthStrategy, GitHub, Response, TokenAuthStrategy
 from githubkit.cache import MemCacheStrategy
@@ -47,6 +48,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.github_checks import verification_problems
 from models.base import utcnow
+from models.db import SessionFactory
 from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.github import GITHUB_RATE_LIMITED, GITHUB_UNAVAILABLE
 
@@ -272,16 +274,23 @@ class InstallationTokens:
 
 
 class WriteTurns:
-    """Content-creating requests one at a time per installation, `spacing` apart."""
+    """Content-creating requests one at a time per installation, `spacing` apart. In one
+    process by a lock; across the processes of a fleet too once `across_processes` gave it
+    the database: a PostgreSQL advisory lock per installation, held for the request (released
+    by the server if the process dies)."""
 
     def __init__(self, spacing: timedelta = WRITE_SPACING) -> None:
         self._spacing = spacing.total_seconds()
         self._locks: dict[str, asyncio.Lock] = {}
         self._last: dict[str, float] = {}
+        self._sessions: SessionFactory | None = None
+
+    def across_processes(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
 
     @contextlib.asynccontextmanager
     async def turn(self, key: str) -> AsyncIterator[None]:
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self._locks.setdefault(key, asyncio.Lock()), self._fleet_turn(key):
             wait = self._last.get(key, float("-inf")) + self._spacing - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -289,6 +298,18 @@ class WriteTurns:
                 yield
             finally:
                 self._last[key] = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def _fleet_turn(self, key: str) -> AsyncIterator[None]:
+        if self._sessions is None:
+            yield
+            return
+        # A transaction's lock: its end (commit, rollback, a lost connection) releases it.
+        lock = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+        async with self._sessions() as session, session.begin():
+            connection = await session.connection()
+            await connection.execute(lock, {"key": f"changeflow/github-writes|{key}"})
+            yield
 
 
 class GitHubClients:

@@ -3,12 +3,13 @@ with the plan, the merge's head guard, branch protection, the tenant's checks co
 zero-statuses trap), deployments and their statuses, rollbacks as merged reverts, tokens that
 expire mid-sequence, and no token in any error."""
 
+import asyncio
 import uuid
 from datetime import timedelta
 
 import pytest
 
-from activities.github_client import GitHubError, GitHubRateLimited, activity_error
+from activities.github_client import GitHubClients, GitHubError, GitHubRateLimited, activity_error
 from activities.github_target import GitHubDeployTarget
 from models.db import SessionFactory
 from models.projects import ConnectorStatus
@@ -376,3 +377,25 @@ async def test_three_requests_in_a_row_merge_in_order_and_main_holds_all_three(
     assert [bare.git("show", f"main:pages/p{n}.html") for n in range(3)] == ["0", "1", "2"]
     assert [p.number for p in world.hub.state.pulls.values() if p.merged] == [1, 2, 3]
     assert not [r for r in bare.refs() if r.startswith("refs/heads/changeflow/")]
+
+
+async def test_content_creation_takes_turns_per_installation_across_processes(
+    sessions: SessionFactory,
+) -> None:
+    # Two worker processes' clients, one database: while one writes, the other waits.
+    first, second = GitHubClients(), GitHubClients()
+    for clients in (first, second):
+        clients.writes.across_processes(sessions)
+    key = "https://api.github.com|installation:42"
+    async with first.writes.turn(key):
+        waiting = asyncio.create_task(_enter(second, key))
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)
+        assert not done  # still waiting for the first one's turn
+        async with second.writes.turn("https://api.github.com|installation:43"):
+            pass  # another installation does not wait
+    assert await waiting == "entered"
+
+
+async def _enter(clients: GitHubClients, key: str) -> str:
+    async with clients.writes.turn(key):
+        return "entered"

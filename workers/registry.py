@@ -180,7 +180,10 @@ def connector_clients(
         else None
     )
     store = CredentialStore(sessions, ring)
-    return store, Connections(store, api_version=s.shopify_api_version)
+    connections = Connections(store, api_version=s.shopify_api_version)
+    # GitHub's content creation takes turns per installation across the whole fleet.
+    connections.github_clients.writes.across_processes(sessions)
+    return store, connections
 
 
 def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:
