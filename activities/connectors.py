@@ -13,6 +13,18 @@ import httpx
 from temporalio import activity
 
 from activities.credentials import CredentialError, CredentialStore
+from activities.github_client import (
+    APP_FIELDS,
+    GITHUB_API_URL,
+    TOKEN_FIELDS,
+    GitHubAccess,
+    GitHubClients,
+    GitHubError,
+    GitHubRepository,
+    GitHubUnavailable,
+    check_connector,
+    process_clients,
+)
 from activities.shopify import (
     Bucket,
     ShopifyClient,
@@ -36,18 +48,25 @@ from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.notifications import NotificationEvent, TenantNotification
 
 # What each kind needs: non-secret config keys and secret credential fields.
-REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",), ConnectorKind.WEBHOOK: ("url",)}
+REQUIRED_CONFIG = {
+    ConnectorKind.SHOPIFY: ("shop_url",),
+    ConnectorKind.WEBHOOK: ("url",),
+    ConnectorKind.GITHUB: ("repository", "api_url"),
+}
 # Any one of these sets of secret fields will do: Shopify's access token (a custom app's, or an
 # offline token), or an app's client id and secret, exchanged for 24-hour tokens as they expire.
 # A tenant's notification webhook: the secret its events are signed with.
 CREDENTIAL_SETS = {
     ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret")),
     ConnectorKind.WEBHOOK: (("signing_secret",),),
+    # A GitHub App installation, or a fine-grained personal access token.
+    ConnectorKind.GITHUB: (APP_FIELDS, TOKEN_FIELDS),
 }
 # The config key holding each kind's URL, and what a valid one looks like.
 URL_FIELDS = {
     ConnectorKind.SHOPIFY: ("shop_url", "https://<shop>.myshopify.com"),
     ConnectorKind.WEBHOOK: ("url", "an http:// or https:// URL"),
+    ConnectorKind.GITHUB: ("api_url", f"an http:// or https:// URL ({GITHUB_API_URL})"),
 }
 # A token this close to its expiry is replaced before the call, so no call starts with a token
 # that lapses mid-sync.
@@ -67,10 +86,14 @@ class ConnectorError(Exception):
 class Connections:
     """Opens a client to a connector's outside system with its decrypted credentials."""
 
-    def __init__(self, store: CredentialStore, *, api_version: str) -> None:
+    def __init__(
+        self, store: CredentialStore, *, api_version: str, github: GitHubClients | None = None
+    ) -> None:
         self._store = store
         self._api_version = api_version
         self._buckets: dict[uuid.UUID, Bucket] = {}
+        # The process's GitHub token cache and write turns, shared by every github connector.
+        self.github_clients = github or process_clients()
 
     @contextlib.asynccontextmanager
     async def shopify(
@@ -112,6 +135,22 @@ class Connections:
             yield WebhookClient(
                 http, url=str(connector.config["url"]), secret=secrets["signing_secret"]
             )
+
+    @contextlib.asynccontextmanager
+    async def github(self, connector: Connector) -> AsyncIterator[GitHubRepository]:
+        """The connector's repository on GitHub, with its decrypted credentials."""
+        if connector.kind is not ConnectorKind.GITHUB:
+            raise ConnectorError(
+                ErrorType.INVALID_CONNECTOR_CONFIG,
+                f"connector {connector.id} is a {connector.kind.value} connector, not github",
+            )
+        try:
+            secrets = await self._store.read(connector)
+        except CredentialError as err:
+            raise ConnectorError(err.error_type, str(err)) from None
+        access = GitHubAccess.from_connector(connector.config, secrets)
+        async with self.github_clients.repository(access) as repository:
+            yield repository
 
     async def _access_token(
         self,
@@ -198,6 +237,8 @@ class ConnectorService:
         connector = await self.get(connector_id)
         if connector.kind is ConnectorKind.WEBHOOK:
             return await self._ping(connector)
+        if connector.kind is ConnectorKind.GITHUB:
+            return await self._test_github(connector)
         try:
             async with self._connections.shopify(connector) as shop:
                 about = await shop.shop()
@@ -230,6 +271,24 @@ class ConnectorService:
         except (WebhookRejected, WebhookUnavailable, ConnectorError) as err:
             return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=str(err))
         return await self._set_status(connector.id, ConnectorStatus.ACTIVE, last_error=None)
+
+    async def _test_github(self, connector: Connector) -> Connector:
+        """Read the repository with the credentials (an App buys an installation token): its
+        default branch recorded, or the connector in error with GitHub's reason."""
+        try:
+            async with self._connections.github(connector) as repository:
+                about = await repository.call(
+                    f"GET /repos/{repository.owner}/{repository.name}",
+                    lambda gh: gh.rest.repos.async_get(repository.owner, repository.name),
+                )
+        except (GitHubError, ConnectorError) as err:
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=str(err))
+        except GitHubUnavailable as err:
+            return await self._set_status(connector.id, None, last_error=str(err))
+        facts = {"default_branch": about.parsed_data.default_branch}
+        return await self._set_status(
+            connector.id, ConnectorStatus.ACTIVE, last_error=None, config_update=facts
+        )
 
     async def reconfigure(
         self, connector_id: uuid.UUID, *, config: dict[str, Any], credentials: dict[str, str]
@@ -324,6 +383,11 @@ def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict
     field, looks_like = URL_FIELDS[kind]
     if not str(config.get(field, "")).startswith(("https://", "http://")):
         raise ConnectorError(ErrorType.INVALID_CONNECTOR_CONFIG, f"{field} must be {looks_like}")
+    problems = check_connector(config, credentials) if kind is ConnectorKind.GITHUB else []
+    if problems:
+        raise ConnectorError(
+            ErrorType.INVALID_CONNECTOR_CONFIG, f"a {kind.value} connector: {'; '.join(problems)}"
+        )
 
 
 class ConnectorActivities:

@@ -245,16 +245,18 @@ class ShopifyWebhooks:
 async def _record(
     session: AsyncSession, connector_id: uuid.UUID, delivery: ShopifyDelivery
 ) -> bool:
+    return await record_delivery(session, connector_id, delivery.webhook_id, delivery.topic)
+
+
+async def record_delivery(
+    session: AsyncSession, connector_id: uuid.UUID, webhook_id: str, topic: str
+) -> bool:
     """Insert the delivery unless its id was seen; True when this call inserted it. A
-    concurrent redelivery waits on the unique key and then inserts nothing."""
+    concurrent redelivery waits on the unique key and then inserts nothing. Every webhook
+    source's de-duplication (GitHub's X-GitHub-Delivery too)."""
     stmt = (
         insert(WebhookDelivery)
-        .values(
-            id=uuid.uuid4(),
-            connector_id=connector_id,
-            webhook_id=delivery.webhook_id,
-            topic=delivery.topic,
-        )
+        .values(id=uuid.uuid4(), connector_id=connector_id, webhook_id=webhook_id, topic=topic)
         .on_conflict_do_nothing(index_elements=["connector_id", "webhook_id"])
         .returning(WebhookDelivery.id)  # type: ignore[call-overload]
     )

@@ -11,6 +11,7 @@ import os
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +31,7 @@ from temporalio.exceptions import (
 
 from activities.commerce_sync import close_ended_runs
 from activities.connectors import ConnectorError, ConnectorService
+from activities.github_client import GITHUB_API_URL
 from activities.shopify import ShopifyError
 from activities.shopify_webhooks import register_webhooks
 from cli import tenancy
@@ -50,7 +52,7 @@ from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import order_sync_workflow_id
 
 connector_app = typer.Typer(
-    help="A tenant's connections to outside systems (Shopify).", no_args_is_help=True
+    help="A tenant's connections to outside systems (Shopify, GitHub).", no_args_is_help=True
 )
 
 ConnectorId = Annotated[uuid.UUID, typer.Argument(help="The connector's id.")]
@@ -81,6 +83,50 @@ def shopify_credentials(env: dict[str, str], at_terminal: bool) -> dict[str, str
         )
     if env.get("SHOPIFY_WEBHOOK_SECRET"):
         credentials["webhook_secret"] = env["SHOPIFY_WEBHOOK_SECRET"]
+    return credentials
+
+
+def github_credentials(
+    env: dict[str, str],
+    at_terminal: bool,
+    *,
+    app_id: str | None,
+    installation_id: str | None,
+    private_key_file: Path | None,
+) -> dict[str, str]:
+    """A GitHub App's (its id and installation id as options, its private key from a PEM
+    file) or else a fine-grained personal access token from GITHUB_TOKEN (at a terminal, a
+    hidden prompt); the App's webhook secret (GITHUB_WEBHOOK_SECRET) rides along when given.
+    The connector's own rules (activities/github_client.check_connector) judge the values."""
+    if app_id or installation_id or private_key_file:
+        if private_key_file is None:
+            raise Refused(
+                ErrorType.INVALID_CONNECTOR_CONFIG,
+                "a GitHub App needs --private-key-file (the App's .pem private key)",
+            )
+        try:
+            private_key = private_key_file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise Refused(
+                ErrorType.INVALID_CONNECTOR_CONFIG,
+                f"cannot read --private-key-file {private_key_file}: {type(err).__name__}",
+            ) from None
+        credentials = {
+            "app_id": app_id or "",
+            "installation_id": installation_id or "",
+            "private_key": private_key,
+        }
+    elif env.get("GITHUB_TOKEN"):
+        credentials = {"token": env["GITHUB_TOKEN"]}
+    elif at_terminal:
+        credentials = {"token": typer.prompt("Fine-grained personal access token", hide_input=True)}
+    else:
+        raise Refused(
+            ErrorType.INVALID_CONNECTOR_CONFIG,
+            "give --app-id, --installation-id and --private-key-file, or set GITHUB_TOKEN",
+        )
+    if env.get("GITHUB_WEBHOOK_SECRET"):
+        credentials["webhook_secret"] = env["GITHUB_WEBHOOK_SECRET"]
     return credentials
 
 
@@ -117,6 +163,9 @@ def _say(
             out.print(f"[yellow]{escape(line)}[/]")
         for topic, uri in sorted(((facts or {}).get("webhook_subscriptions") or {}).items()):
             out.print(f"webhook {topic} -> {escape(uri)}")
+        webhook_url = (facts or {}).get("webhook_url")
+        if webhook_url:
+            out.print(f"set the GitHub App's webhook URL to {escape(webhook_url)}")
 
     return render
 
@@ -166,20 +215,67 @@ async def _last_sync(stack: Stack, connector_id: uuid.UUID) -> dict[str, Any]:
     }
 
 
+CREATABLE_KINDS = (ConnectorKind.SHOPIFY, ConnectorKind.GITHUB)
+
+
 @connector_app.command("create")
 def connector_create(
     tenant: TenantRef,
-    shop_url: Annotated[str, typer.Option(help="https://<shop>.myshopify.com")],
-    name: Annotated[str, typer.Option(help="A name people recognise.")] = "Shopify",
+    shop_url: Annotated[
+        str | None, typer.Option(help="Shopify: https://<shop>.myshopify.com")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option(help="shopify, or github (a repository on GitHub).")
+    ] = ConnectorKind.SHOPIFY.value,
+    repository: Annotated[str | None, typer.Option(help="GitHub: owner/name.")] = None,
+    api_url: Annotated[
+        str, typer.Option(help="GitHub: the REST API's base URL.", envvar="GITHUB_API_URL")
+    ] = GITHUB_API_URL,
+    app_id: Annotated[str | None, typer.Option(help="GitHub App: its App ID.")] = None,
+    installation_id: Annotated[
+        str | None, typer.Option(help="GitHub App: its installation's id.")
+    ] = None,
+    private_key_file: Annotated[
+        Path | None, typer.Option(help="GitHub App: its private key (.pem file).")
+    ] = None,
+    checks_time_limit: Annotated[
+        float | None,
+        typer.Option(help="GitHub: seconds each environment waits for its checks (1800)."),
+    ] = None,
+    on_silence: Annotated[
+        str | None,
+        typer.Option(help="GitHub: when no check reports, pass_after_grace (default) or fail."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A name people recognise.")] = None,
     project: Annotated[str | None, typer.Option(help="Scope to a project (id or slug).")] = None,
     interval: Annotated[int, typer.Option(help="Seconds between scheduled syncs.")] = 900,
     json_output: Json = False,
 ) -> None:
-    """Connect a Shopify shop: credentials stored encrypted, tested against the shop, and a
-    sync Schedule once it is active."""
+    """Connect a Shopify shop (a sync Schedule once it is active) or, with --kind github, a
+    repository on GitHub through a GitHub App or a fine-grained token (GITHUB_TOKEN): the
+    credentials stored encrypted and tested against the outside system."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        credentials = _secrets()
+        chosen = _kind(kind)
+        if chosen is ConnectorKind.GITHUB:
+            credentials = github_credentials(
+                dict(os.environ),
+                sys.stdin.isatty(),
+                app_id=app_id,
+                installation_id=installation_id,
+                private_key_file=private_key_file,
+            )
+            config: dict[str, Any] = {"repository": repository or "", "api_url": api_url}
+            policy: dict[str, Any] = {}
+            if checks_time_limit is not None:
+                policy["time_limit_s"] = checks_time_limit
+            if on_silence is not None:
+                policy["on_silence"] = on_silence
+            if policy:
+                config["verification"] = {env: dict(policy) for env in ("staging", "production")}
+        else:
+            credentials = _secrets()
+            config = {"shop_url": shop_url or ""}
         await stack.client()  # Temporal is needed for the Schedule: fail before writing.
         async with (await stack.sessions())() as session:
             found = await tenancy.find_tenant(session, tenant)
@@ -189,9 +285,9 @@ def connector_create(
         service = await _service(stack)
         created = await service.create(
             tenant_id=found.id,
-            kind=ConnectorKind.SHOPIFY,
-            name=name,
-            config={"shop_url": shop_url},
+            kind=chosen,
+            name=name or ("GitHub" if chosen is ConnectorKind.GITHUB else "Shopify"),
+            config=config,
             credentials=credentials,
             project_id=project_id,
             sync_interval_seconds=interval,
@@ -205,6 +301,20 @@ def connector_create(
         )
 
     run(json_output, work)
+
+
+def _kind(value: str) -> ConnectorKind:
+    try:
+        chosen = ConnectorKind(value)
+    except ValueError:
+        chosen = None
+    if chosen not in CREATABLE_KINDS:
+        names = ", ".join(k.value for k in CREATABLE_KINDS)
+        raise Refused(
+            ErrorType.INVALID_CONNECTOR_CONFIG, f"--kind must be one of {names}, not {value!r}"
+        )
+    assert chosen is not None
+    return chosen
 
 
 @connector_app.command("list")
@@ -284,6 +394,9 @@ async def _subscribe(stack: Stack, connector: Connector) -> dict[str, Any]:
     public_url = stack.settings.webhooks_public_url
     if not public_url or connector.status is not ConnectorStatus.ACTIVE:
         return {}
+    if connector.kind is ConnectorKind.GITHUB:
+        # A GitHub App's webhook is set once in the App's settings, not per connector.
+        return {"webhook_url": f"{public_url.rstrip('/')}/webhooks/github/{connector.id}"}
     _, connections = connector_clients(stack.settings, await stack.sessions())
     try:
         subscriptions = await register_webhooks(connections, connector, public_url)
@@ -304,11 +417,34 @@ _connector_command(
 
 
 @connector_app.command("rotate")
-def connector_rotate(connector_id: ConnectorId, json_output: Json = False) -> None:
-    """Replace the credentials (from the environment or a prompt), encrypted, and test them."""
+def connector_rotate(
+    connector_id: ConnectorId,
+    app_id: Annotated[str | None, typer.Option(help="GitHub App: its App ID.")] = None,
+    installation_id: Annotated[
+        str | None, typer.Option(help="GitHub App: its installation's id.")
+    ] = None,
+    private_key_file: Annotated[
+        Path | None, typer.Option(help="GitHub App: its new private key (.pem file).")
+    ] = None,
+    json_output: Json = False,
+) -> None:
+    """Replace the credentials (from the environment, a prompt or, for a GitHub App, the
+    options), encrypted, and test them."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        connector = await (await _service(stack)).rotate(connector_id, _secrets())
+        service = await _service(stack)
+        current = await service.get(connector_id)
+        if current.kind is ConnectorKind.GITHUB:
+            secrets = github_credentials(
+                dict(os.environ),
+                sys.stdin.isatty(),
+                app_id=app_id,
+                installation_id=installation_id,
+                private_key_file=private_key_file,
+            )
+        else:
+            secrets = _secrets()
+        connector = await service.rotate(connector_id, secrets)
         schedule = await _schedule(stack, connector)
         return Outcome(_connector_data(connector, schedule), _say(connector, schedule))
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -46,6 +47,9 @@ from workers.devstack import (
     stop_process,
 )
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+if TYPE_CHECKING:
+    from tests.github_support import GitHubWorld
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
@@ -235,3 +239,11 @@ def env(
 ) -> dict[str, str]:
     """The environment of a `changeflow` process run by a test (tests/cli_support.py)."""
     return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")
+
+
+@pytest.fixture
+def github_world(tmp_path: Path) -> Iterator["GitHubWorld"]:
+    """The GitHub stand-in with an App installed on acme/storefront (tests/github_support.py)."""
+    from tests.github_support import github_world_in
+
+    yield from github_world_in(tmp_path)

@@ -107,7 +107,18 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *RollbackActivities(deps.sessions).lifecycle_activities(),
         *commerce_activities(deps),
         *notification_activities(deps),
+        *github_activities(deps),
     ]
+
+
+def github_activities(deps: Dependencies) -> list[Callable[..., Any]]:
+    """A GitHub project's steps (activities/github_activities.py), on settings.task_queue."""
+    from activities.connectors import ConnectorService
+    from activities.github_activities import GitHubActivities
+
+    store, connections = credential_store(deps)
+    connectors = ConnectorService(deps.sessions, store, connections)
+    return GitHubActivities(connectors, connections).activities()
 
 
 def notification_activities(deps: Dependencies) -> list[Callable[..., Any]]:
@@ -169,7 +180,10 @@ def connector_clients(
         else None
     )
     store = CredentialStore(sessions, ring)
-    return store, Connections(store, api_version=s.shopify_api_version)
+    connections = Connections(store, api_version=s.shopify_api_version)
+    # GitHub's content creation takes turns per installation across the whole fleet.
+    connections.github_clients.writes.across_processes(sessions)
+    return store, connections
 
 
 def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:

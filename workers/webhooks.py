@@ -1,8 +1,10 @@
-"""`changeflow-webhooks`: the HTTP endpoint Shopify delivers webhooks to, a Starlette app on
-uvicorn in its own process, configured like the workers (DATABASE_URL, TEMPORAL_ADDRESS,
+"""`changeflow-webhooks`: the HTTP endpoint Shopify and GitHub deliver webhooks to, a Starlette
+app on uvicorn in its own process, configured like the workers (DATABASE_URL, TEMPORAL_ADDRESS,
 CHANGEFLOW_*; CHANGEFLOW_WEBHOOKS_HOST/PORT).
 
     POST /webhooks/shopify/<connector_id>
+    POST /webhooks/github/<connector_id>    (activities/github_webhooks.py: the `github_event`
+                                             signal to the request's lifecycle workflow)
 
 It answers within Shopify's 5 s because it only hands the event on: signal-with-start of the
 connector's OrderSyncWorkflow (its one id), so a burst of deliveries makes one sync and at
@@ -21,8 +23,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.connectors import ConnectorService
+from activities.github_webhooks import GitHubDelivery, GitHubWebhooks
 from activities.shopify_webhooks import DeliveryRefused, ShopifyDelivery, ShopifyWebhooks
 from client.connection import connect
 from infra.entry_points import run_entry_point
@@ -35,11 +39,13 @@ from workers.schedules import apply_connector_schedule
 from workers.worker import stop_on_signals
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput, SyncRequested
-from workflows.contracts.ids import order_sync_workflow_id
+from workflows.contracts.github import GITHUB_EVENT_SIGNAL, GitHubEvent
+from workflows.contracts.ids import order_sync_workflow_id, prompt_request_workflow_id
 
 log = structlog.get_logger(__name__)
 
 SHOPIFY_ROUTE = "/webhooks/shopify/{connector_id}"
+GITHUB_ROUTE = "/webhooks/github/{connector_id}"
 
 
 class TemporalHandOff:
@@ -64,6 +70,17 @@ class TemporalHandOff:
     async def connector_disabled(self, connector: Connector) -> None:
         await apply_connector_schedule(self._client, connector, self._task_queue)
 
+    async def github_event(self, request_id: uuid.UUID, event: GitHubEvent) -> bool:
+        """The `github_event` signal to the request's lifecycle; False when it is not running."""
+        handle = self._client.get_workflow_handle(prompt_request_workflow_id(request_id))
+        try:
+            await handle.signal(GITHUB_EVENT_SIGNAL, event)
+        except RPCError as err:
+            if err.status is RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
 
 def shopify_webhooks(deps: Dependencies) -> ShopifyWebhooks:
     store, connections = credential_store(deps)
@@ -77,7 +94,15 @@ def shopify_webhooks(deps: Dependencies) -> ShopifyWebhooks:
     )
 
 
-def webhook_app(webhooks: ShopifyWebhooks, *, max_body_bytes: int) -> Starlette:
+def github_webhooks(deps: Dependencies) -> GitHubWebhooks:
+    store, _ = credential_store(deps)
+    hand_off = TemporalHandOff(deps.client, deps.settings.task_queue)
+    return GitHubWebhooks(deps.sessions, store, hand_off=hand_off.github_event)
+
+
+def webhook_app(
+    webhooks: ShopifyWebhooks, *, max_body_bytes: int, github: GitHubWebhooks | None = None
+) -> Starlette:
     async def shopify(request: Request) -> Response:
         try:
             body = await _body(request, max_body_bytes)
@@ -107,12 +132,43 @@ def webhook_app(webhooks: ShopifyWebhooks, *, max_body_bytes: int) -> Starlette:
             return JSONResponse({"error": str(err)}, status_code=err.status)
         return JSONResponse({"outcome": outcome.value})
 
+    async def github_hook(request: Request) -> Response:
+        if github is None:
+            return JSONResponse({"error": "no such webhook endpoint"}, status_code=404)
+        try:
+            body = await _body(request, max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if body is None:
+            return JSONResponse({"error": "the body is too large"}, status_code=413)
+        headers = request.headers
+        delivery = GitHubDelivery(
+            connector_id=request.path_params["connector_id"],
+            event=headers.get("x-github-event", ""),
+            delivery_id=headers.get("x-github-delivery", ""),
+            signature=headers.get("x-hub-signature-256", ""),
+            body=body,
+        )
+        try:
+            outcome = await github.receive(delivery)
+        except DeliveryRefused as err:
+            log.warning(
+                "webhook_refused",
+                status=err.status,
+                reason=str(err),
+                connector_id=delivery.connector_id,
+                github_event=delivery.event,
+            )
+            return JSONResponse({"error": str(err)}, status_code=err.status)
+        return JSONResponse({"outcome": outcome.value})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     return Starlette(
         routes=[
             Route(SHOPIFY_ROUTE, shopify, methods=["POST"]),
+            Route(GITHUB_ROUTE, github_hook, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
         ]
     )
@@ -149,7 +205,9 @@ async def serve(settings: Settings) -> int:
                 settings=stack.settings, sessions=session_factory(engine), client=client
             )
             app = webhook_app(
-                shopify_webhooks(deps), max_body_bytes=settings.webhooks_max_body_bytes
+                shopify_webhooks(deps),
+                max_body_bytes=settings.webhooks_max_body_bytes,
+                github=github_webhooks(deps),
             )
             server = uvicorn.Server(
                 uvicorn.Config(
@@ -166,7 +224,7 @@ async def serve(settings: Settings) -> int:
             log.info(
                 "webhooks_started",
                 url=f"http://{settings.webhooks_host}:{settings.webhooks_port}",
-                route=SHOPIFY_ROUTE,
+                routes=[SHOPIFY_ROUTE, GITHUB_ROUTE],
                 task_queue=settings.task_queue,
             )
             # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once
@@ -182,7 +240,8 @@ async def serve(settings: Settings) -> int:
 def main() -> None:
     argparse.ArgumentParser(
         prog="changeflow-webhooks",
-        description="Serve the Shopify webhooks endpoint, POST /webhooks/shopify/<connector_id>, "
+        description="Serve the webhooks endpoints, POST /webhooks/shopify/<connector_id> and "
+        "POST /webhooks/github/<connector_id>, "
         "on CHANGEFLOW_WEBHOOKS_HOST:CHANGEFLOW_WEBHOOKS_PORT until SIGTERM or Ctrl-C. "
         "Configured by environment variables like the workers: DATABASE_URL, TEMPORAL_ADDRESS, "
         "CHANGEFLOW_CREDENTIAL_KEYS, CHANGEFLOW_TASK_QUEUE, CHANGEFLOW_*; metrics on "

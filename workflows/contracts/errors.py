@@ -119,6 +119,16 @@ class ErrorType(enum.StrEnum):
     # A notification webhook answered a 4xx other than 408/429: retrying would not help.
     WEBHOOK_REJECTED = "WebhookRejected"
 
+    # --- GitHub projects (activities/github_*.py)
+    # GitHub refused a request for a reason retrying cannot mend (404, 422, 403 without a
+    # rate limit); the message carries GitHub's own words.
+    GITHUB_REFUSED = "GitHubRefused"
+    # The pull request's merge was refused by the repository's rules (branch protection:
+    # required reviews or checks; a conflict): a person must act on GitHub.
+    MERGE_REFUSED = "MergeRefused"
+    # The request's pull request was closed, or its branch deleted, outside changeflow.
+    PULL_REQUEST_CLOSED = "PullRequestClosed"
+
     # --- a state change models.transitions does not allow (its exception's class name)
     ILLEGAL_TRANSITION = "IllegalTransition"
 
