@@ -229,6 +229,34 @@ def _replan_failed(conflict: RebaseConflict, exc: ChangeEngineError) -> ChangeEn
     return type(exc)(message)
 
 
+async def store_decision(session: AsyncSession, req: RecordDecision) -> None:
+    """One person's approval or rejection in `session` (not committed); the deciding one also
+    settles the plan and moves the request. A replayed decision inserts nothing."""
+    request = await _locked_request(session, req.prompt_request_id)
+    plan = await _plan(session, req.plan_id)
+    # A Core upsert on the session's connection: a replayed decision inserts nothing.
+    connection = await session.connection()
+    await connection.execute(
+        insert(Approval)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=plan.tenant_id,
+            plan_id=plan.id,
+            user_id=req.user_id,
+            decision=req.decision,
+            content_hash=req.content_hash,
+            reason=req.reason or None,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
+    )
+    if request is not None and not is_terminal(request.status):
+        if req.plan_status is not None:
+            _move_plan(plan, req.plan_status)
+        if req.status is not None:
+            _move(request, req.status, req.status_reason)
+
+
 class LifecycleActivities:
     def __init__(
         self,
@@ -430,31 +458,11 @@ class LifecycleActivities:
 
     @activity.defn
     async def record_decision(self, req: RecordDecision) -> None:
-        """Store one person's approval or rejection; the deciding one also settles the plan."""
+        """Store one person's approval or rejection; the deciding one also settles the plan.
+        (Runs from before the decision step: a decision now records with its verification,
+        activities/decisions.py.)"""
         async with self._sessions() as session:
-            request = await _locked_request(session, req.prompt_request_id)
-            plan = await _plan(session, req.plan_id)
-            # A Core upsert on the session's connection: a replayed decision inserts nothing.
-            connection = await session.connection()
-            await connection.execute(
-                insert(Approval)
-                .values(
-                    id=uuid.uuid4(),
-                    tenant_id=plan.tenant_id,
-                    plan_id=plan.id,
-                    user_id=req.user_id,
-                    decision=req.decision,
-                    content_hash=req.content_hash,
-                    reason=req.reason or None,
-                    created_at=utcnow(),
-                )
-                .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
-            )
-            if request is not None and not is_terminal(request.status):
-                if req.plan_status is not None:
-                    _move_plan(plan, req.plan_status)
-                if req.status is not None:
-                    _move(request, req.status, req.status_reason)
+            await store_decision(session, req)
             await session.commit()
 
     @activity.defn
