@@ -23,11 +23,13 @@ from temporalio import activity
 
 from activities.change_engine import (
     AppliedChange,
+    ChangeAlreadyPresent,
     ChangeEngine,
     ChangeEngineError,
     ChangeProposal,
     ChangeRequestInvalid,
     ChangeStep,
+    NothingToChange,
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
@@ -306,12 +308,20 @@ class LifecycleActivities:
         return project, await _locked_request(session, req.prompt_request_id)
 
     async def _engine_failed(self, job_key: str, exc: ChangeEngineError) -> NoReturn:
+        # A change the branch already holds is no failure of the job: nothing was left to do.
+        present = isinstance(exc, ChangeAlreadyPresent)
         async with self._sessions() as session:
             await finish_job(
-                session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
+                session,
+                job_key=job_key,
+                status=ChangeJobStatus.SUCCEEDED if present else ChangeJobStatus.FAILED,
+                error=None if present else str(exc),
+                details={"no_change": str(exc)} if present else None,
             )
             await session.commit()
-        if isinstance(exc, ModelRefused):
+        if present:
+            kind = ErrorType.CHANGE_ALREADY_PRESENT
+        elif isinstance(exc, ModelRefused):
             kind = exc.kind
         elif isinstance(exc, ChangeRequestInvalid):
             kind = ErrorType.CHANGE_REQUEST_INVALID
@@ -640,6 +650,16 @@ class LifecycleActivities:
                         check_command=project.check_command,
                     ),
                     every_s=HEARTBEAT_EVERY_S,
+                )
+            except NothingToChange as exc:
+                # Planned again on the new head, the prompt changes nothing: what it asks for
+                # is there already (shipped by another request, or pushed).
+                await self._engine_failed(
+                    plan_key,
+                    ChangeAlreadyPresent(
+                        f"{project.default_branch} already holds this change: planned again on "
+                        f"its new head after a conflict ({conflict}), {exc}"
+                    ),
                 )
             except ChangeEngineError as exc:
                 await self._engine_failed(plan_key, _replan_failed(conflict, exc))

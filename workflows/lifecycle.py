@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -109,16 +109,7 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
-    from workflows.decision_rules import (
-        DECIDER_REFUSALS,
-        DeciderRefusals,
-        DecisionClaims,
-        TrustedKeys,
-        check_claims,
-        no_such_key,
-        token_kid,
-        verify_token,
-    )
+    from workflows.decision_rules import DecisionClaims, DecisionMemory
     from workflows.lifecycle_rules import (
         DecisionContext,
         approvals_of,
@@ -200,6 +191,8 @@ APPLY_FAILURES = {
     ErrorType.REPOSITORY_ERROR,
     *PLANNING_FAILURES,
 }
+# The reason of a request that completed without a release: its change was there already.
+NO_CHANGE = "no change to ship"
 # Patch id: a plan that changes what verifies it is never approved by the system.
 NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
 # Patch: the run holds the decision keys (loaded before planning) and its validators judge a
@@ -277,15 +270,14 @@ class PromptRequestWorkflow:
         # Approvals and rejections of the plan are decided one at a time (ONE_DECISION_STEP):
         # each sees the ones before it, so exactly one of them settles the plan.
         self._one_decision = asyncio.Lock()
-        # The decision keys (None: a run from before JUDGED_BY_VALIDATORS_PATCH, or not loaded
+        # The decision keys (none: a run from before JUDGED_BY_VALIDATORS_PATCH, or not loaded
         # yet while _loading_keys), token ids spent on a decision here, refusals to repeat.
-        self._keys: TrustedKeys | None = None
-        self._keys_loaded_at: datetime | None = None
+        self._memory = DecisionMemory(
+            refused_wait=REFUSED_DECIDER_WAIT,
+            refused_cap=REFUSED_DECIDER_WAIT_CAP,
+            reload_interval=KEY_RELOAD_INTERVAL,
+        )
         self._loading_keys = False
-        self._kids_sought: set[str] = set()
-        self._spent_tokens: set[str] = set()
-        self._refused_tokens: dict[str, tuple[ErrorType, str]] = {}
-        self._refused_deciders = DeciderRefusals(REFUSED_DECIDER_WAIT, REFUSED_DECIDER_WAIT_CAP)
         # The reason an authorized cancel gave (Temporal's own cancel carries none of ours).
         self._cancel_reason = ""
         self._revision: ReviseRequest | None = None
@@ -400,6 +392,8 @@ class PromptRequestWorkflow:
             try:
                 applied = await self._shielded(self._apply(self._applies))
             except ActivityError as err:
+                if error_type(err) == ErrorType.CHANGE_ALREADY_PRESENT:
+                    await self._end_without_change(error_message(err))
                 if error_type(err) not in APPLY_FAILURES:
                     raise
                 await self._close_holds(charge=self._chargeable())
@@ -414,6 +408,16 @@ class PromptRequestWorkflow:
                 return applied
             self._replanned = True
             await self._approve_revision(applied)
+
+    async def _end_without_change(self, reason: str) -> None:
+        """The default branch already holds the approved change: the request completes as a
+        no-op, charged only the work already done (nothing unless it was applied before)."""
+        await self._close_holds(charge=self._chargeable())
+        await self._end(
+            PromptStatus.COMPLETED,
+            f"{NO_CHANGE}: {reason}",
+            tokens_used=self._tokens_used if self._applied else None,
+        )
 
     async def _restage(self) -> None:
         """Rebase onto the default branch's new head and ship again, for as long as other
@@ -881,50 +885,18 @@ class PromptRequestWorkflow:
         token: str | None,
         plan_hash: str | None = None,
     ) -> DecisionClaims | None:
-        """What a decision's token and this run's memory refuse without I/O: for validators
-        (and the handler again, the state having moved on). Returns the token's claims; None
-        without a token, for a run without keys (its handler verifies all), or for a token
-        naming a key the handler may load first."""
-        keys = self._keys
-        if keys is None:
-            return None
-        now = workflow.now()
-        if user_id is not None:
-            self._refused_deciders.check(user_id, action, now)
-        if token is None:
-            if keys.trust.tokens_required:
-                raise refused(
-                    ErrorType.TOKEN_REQUIRED, f"a decision to {action} needs a signed token"
-                )
-            return None
-        kid = token_kid(token)
-        if keys.get(kid) is None:
-            if self._may_reload_keys(now, kid):
-                return None
-            raise no_such_key(kid)
+        """What this run's memory refuses without I/O (DecisionMemory.judge): for validators,
+        and the handler again, the state having moved on."""
         with _host_imports():
-            claims = verify_token(token, keys, now)
-        check_claims(
-            claims,
-            tenant_id=self._input.tenant_id,
-            request=self._input.prompt_request_id,
-            action=action,
-            plan_hash=plan_hash,
-            user_id=user_id,
-        )
-        if claims.jti in self._spent_tokens:
-            raise refused(ErrorType.TOKEN_REUSED, "this decision token was already used")
-        earlier = self._refused_tokens.get(claims.jti)
-        if earlier is not None:
-            raise refused(*earlier)
-        self._refused_deciders.check(claims.user_id, action, now)
-        return claims
-
-    def _may_reload_keys(self, now: datetime, kid: str) -> bool:
-        if self._keys is None or not self._keys.held:
-            return kid not in self._kids_sought
-        loaded = self._keys_loaded_at
-        return loaded is None or now - loaded >= KEY_RELOAD_INTERVAL
+            return self._memory.judge(
+                action,
+                user_id,
+                token,
+                tenant_id=self._input.tenant_id,
+                request=self._input.prompt_request_id,
+                plan_hash=plan_hash,
+                now=workflow.now(),
+            )
 
     async def _load_decision_keys(self, unknown_kid: str | None = None) -> None:
         trust = await workflow.execute_local_activity_method(
@@ -933,8 +905,7 @@ class PromptRequestWorkflow:
             **DB_STEP,
         )
         with _host_imports():
-            self._keys = TrustedKeys(trust)
-        self._keys_loaded_at = workflow.now()
+            self._memory.hold(trust, workflow.now())
 
     async def _verify_decision(
         self,
@@ -961,11 +932,8 @@ class PromptRequestWorkflow:
     ) -> DecisionClaims | None:
         """_judge, once the run holds its keys (a key the token names that it lacks loaded)."""
         if self._loading_keys:
-            await workflow.wait_condition(lambda: self._keys is not None)
-        if self._keys is None:
-            return None
-        if token is not None and self._keys.get(kid := token_kid(token)) is None:
-            self._kids_sought.add(kid)
+            await workflow.wait_condition(lambda: self._memory.keys is not None)
+        if (kid := self._memory.lacks_key(token)) is not None:
             await self._load_decision_keys(unknown_kid=kid)
         return self._judge(action, user_id, token, plan_hash)
 
@@ -1001,32 +969,20 @@ class PromptRequestWorkflow:
             if cause is None or cause.type is None or not cause.non_retryable:
                 raise
             kind = ErrorType(cause.type)
-            if self._keys is not None:
-                await self._remember_refusal(
-                    verification.action, kind, cause.message, verification.user_id, claims
+            if self._memory.keys is not None:
+                self._memory.remember_refusal(
+                    verification.action,
+                    kind,
+                    cause.message,
+                    verification.user_id,
+                    claims,
+                    workflow.now(),
                 )
+                if kind in STALE_TRUST_REFUSALS:  # its keys or settings are out of date
+                    await self._load_decision_keys()
             raise refused(kind, cause.message) from None
         if verified.jti is not None:
-            self._spent_tokens.add(verified.jti)
-
-    async def _remember_refusal(
-        self,
-        action: DecisionAction,
-        kind: ErrorType,
-        message: str,
-        user_id: uuid.UUID | None,
-        claims: DecisionClaims | None,
-    ) -> None:
-        """What the handler refused is refused next time by the validators."""
-        decider = claims.user_id if claims is not None else user_id
-        if kind in DECIDER_REFUSALS and decider is not None:
-            self._refused_deciders.remember(decider, action, kind, message, workflow.now())
-        elif kind is ErrorType.TOKEN_REUSED and claims is not None:
-            self._spent_tokens.add(claims.jti)
-        elif claims is not None:
-            self._refused_tokens[claims.jti] = (kind, message)
-        if kind in STALE_TRUST_REFUSALS:
-            await self._load_decision_keys()
+            self._memory.spent.add(verified.jti)
 
     async def _decide(self, decision: ApprovalRecord, token: str | None) -> None:
         """One approval or rejection of the plan (ONE_DECISION_STEP), after the ones before it:
@@ -1100,13 +1056,13 @@ class PromptRequestWorkflow:
             return self.status()
         # Runs from before ONE_DECISION_STEP: verified, then recorded.
         if self._approved_by(approval.user_id):
-            if self._keys is not None:
+            if self._memory.keys is not None:
                 self._check_not_approved_by(approval.user_id)
             return self.status()  # runs from before the patch: a repeat changed nothing
         await self._verify_decision(
             DecisionAction.APPROVE, approval.user_id, approval.token, approval.content_hash
         )
-        if self._keys is not None:
+        if self._memory.keys is not None:
             self._check_not_approved_by(approval.user_id)  # a twin approved meanwhile
         # The plan may have moved on while the decision was verified.
         self._check_decider(approval.user_id, approval.content_hash, approval.token)
