@@ -221,6 +221,14 @@ HOLD_MARGIN_SECONDS = 24 * 3600
 # Patch id: a cancel that reaches a request whose production release is verified is refused
 # (the request completes), and a cancelled request's succeeded staging release is undone.
 CANCEL_NEVER_LIVE = "cancel-never-live"
+# Patch id: an accepted cancel decision stops the request's release in flight at once and no
+# other starts; its answer waits for a production release to stop or ship, so that a cancel
+# the client was told is accepted never leaves the change live (runs before it let production
+# verify until Temporal's cancel arrived).
+AUTHORIZED_CANCEL_STOPS_RELEASES = "authorized-cancel-stops-releases"
+# Temporal's cancel follows an accepted cancel decision at once (the typed client sends it);
+# a request that does not hear it within this long cancels itself.
+AUTHORIZED_CANCEL_WAIT = timedelta(minutes=1)
 # Patch id: an approval or rejection is verified and recorded by one local activity, one
 # decision of the plan at a time (runs before it verified, then recorded, in two).
 ONE_DECISION_STEP = "one-decision-step"
@@ -229,6 +237,7 @@ ONE_DECISION_STEP = "one-decision-step"
 # replay ("patch marker encountered ... but there is no corresponding change command"; seen with
 # the model-unavailable patch asked after decision_trust).
 RUN_START_PATCHES = (
+    AUTHORIZED_CANCEL_STOPS_RELEASES,
     ONE_DECISION_STEP,
     CANCEL_NEVER_LIVE,
     JUDGED_BY_VALIDATORS_PATCH,
@@ -245,6 +254,10 @@ class RequestEnded(Exception):
     def __init__(self, result: PromptRequestResult) -> None:
         super().__init__(result.status.value)
         self.result = result
+
+
+class CancelledByDecision(Exception):
+    """Internal: a cancel decision was accepted and Temporal's cancel never came."""
 
 
 @workflow.defn(name="PromptRequestWorkflow")
@@ -280,6 +293,10 @@ class PromptRequestWorkflow:
         self._loading_keys = False
         # The reason an authorized cancel gave (Temporal's own cancel carries none of ours).
         self._cancel_reason = ""
+        # A cancel decision was accepted (AUTHORIZED_CANCEL_STOPS_RELEASES): nothing more is
+        # released; the deployment child running now, if any.
+        self._cancel_authorized = False
+        self._releasing: workflow.ChildWorkflowHandle[Any, DeploymentResult] | None = None
         self._revision: ReviseRequest | None = None
         self._approval_rounds = 0
         self._applied = False
@@ -329,6 +346,9 @@ class PromptRequestWorkflow:
                 result = await self._lifecycle()
             except RequestEnded as ended:
                 result = ended.result
+        except CancelledByDecision:
+            await self._compensate_cancellation()
+            result = self._result()
         except asyncio.CancelledError:
             if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
                 await self._compensate_cancellation()
@@ -1178,6 +1198,8 @@ class PromptRequestWorkflow:
         cancel = parse_input(CancelRequest, submitted)
         await self._verify_decision(DecisionAction.CANCEL, cancel.user_id, cancel.token)
         self._refuse_cancel_once_live()  # production may have verified while it was verified
+        if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
+            await self._stop_releasing()
         # What the person typed travels here, encrypted, never as Temporal's cancel reason.
         if cancel.reason:
             by = f" by {cancel.user_id}" if cancel.user_id else ""
@@ -1192,6 +1214,35 @@ class PromptRequestWorkflow:
             raise refused(ErrorType.REQUEST_CLOSED, f"the request is {self._status.value}")
         check_member(self._roster, cancel.user_id, judged_now=self._names_this_tenant(cancel.token))
         self._judge(DecisionAction.CANCEL, cancel.user_id, cancel.token)
+
+    async def _stop_releasing(self) -> None:
+        """An accepted cancel: no release starts from now on, the one running is cancelled,
+        and a production release is waited for: it stops (the cancel is accepted) or it had
+        verified before hearing of the cancel (CancelTooLate). Either way the answer is true
+        when Temporal's cancel follows it."""
+        self._cancel_authorized = True
+        releasing = self._releasing
+        if releasing is None:
+            return
+        releasing.cancel()
+        await workflow.wait_condition(lambda: self._releasing is None)
+        if self._live is not None:
+            self._cancel_authorized = False
+            self._refuse_cancel_once_live()
+
+    async def _await_authorized_cancel(self) -> None:
+        """After an accepted cancel decision, wait for Temporal's cancel, which the typed client
+        sends right after (it raises CancelledError here); without it, cancel anyway."""
+        self._releasing = None
+        self._set_step("cancelling")
+        try:
+            await workflow.wait_condition(
+                lambda: False,
+                timeout=AUTHORIZED_CANCEL_WAIT,
+                timeout_summary="cancel decision accepted",
+            )
+        except TimeoutError:
+            raise CancelledByDecision() from None
 
     def _refuse_cancel_once_live(self) -> None:
         if self._live is not None:
@@ -1280,6 +1331,8 @@ class PromptRequestWorkflow:
 
     async def _deploy(self, environment: DeploymentEnvironment) -> DeploymentResult:
         assert self._commit_sha is not None
+        if self._cancel_authorized:
+            await self._await_authorized_cancel()  # nothing more is released
         deployment_id = workflow.uuid4()
         self._set_status(
             PromptStatus.DEPLOYING_STAGING
@@ -1301,6 +1354,10 @@ class PromptRequestWorkflow:
                     f"{environment.value} release of {self._commit_sha[:10]}",
                 )
             )
+            if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
+                self._releasing = child
+                if self._cancel_authorized:  # accepted while the child was starting
+                    child.cancel()
             if environment is DeploymentEnvironment.PRODUCTION:
                 # Written beside the running deployment, not before it starts (staging's status
                 # came with apply_change); the outcome is acted on once it is written.
@@ -1311,6 +1368,8 @@ class PromptRequestWorkflow:
         except ChildWorkflowError as err:
             if workflow.cancellation_reason() is not None:
                 raise asyncio.CancelledError("cancelled while deploying") from err
+            if self._cancel_authorized:
+                await self._await_authorized_cancel()
             result = DeploymentResult(
                 deployment_id=deployment_id,
                 environment=environment,
@@ -1328,6 +1387,9 @@ class PromptRequestWorkflow:
                 self._staged = result
             else:
                 self._live = result
+        self._releasing = None  # an accepted cancel's answer waits for this
+        if self._cancel_authorized and self._live is None:
+            await self._await_authorized_cancel()  # the compensation undoes what it released
         if workflow.cancellation_reason() is not None and (
             self._live is None or not self._patched(CANCEL_NEVER_LIVE)
         ):
