@@ -110,7 +110,25 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.submitted import Submitted, parse_input
     from workflows.decision_rules import DecisionClaims, DecisionMemory
+    from workflows.lifecycle_patches import (
+        AUTHORIZED_CANCEL_STOPS_RELEASES,
+        CANCEL_NEVER_LIVE,
+        JUDGED_BY_VALIDATORS_PATCH,
+        MODEL_UNAVAILABLE_PATCH,
+        NEVER_AUTO_APPROVE_OWN_VERIFICATION,
+        ONE_DECISION_STEP,
+        RELEASE_FORGOTTEN_HOLDS,
+        REPLAN_ON_CONFLICT,
+        RUN_START_PATCHES,
+        SHIP_UNTIL_SHIPPED,
+        VERIFIED_DECISIONS_PATCH,
+    )
     from workflows.lifecycle_rules import (
+        APPLY_FAILURES,
+        NO_CHANGE,
+        PLANNING_FAILURES,
+        REQUEST_REFUSALS,
+        STALE_TRUST_REFUSALS,
         DecisionContext,
         approvals_of,
         approved_by,
@@ -133,28 +151,9 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-# Refusals of the request itself: the workflow fails with the same typed error.
-REQUEST_REFUSALS = {
-    ErrorType.UNKNOWN_TENANT,
-    ErrorType.UNKNOWN_PROJECT,
-    ErrorType.UNKNOWN_USER,
-    ErrorType.USER_OF_ANOTHER_TENANT,
-}
-# The change engine could not plan: the request ends failed with the reason (before its hold).
-PLANNING_FAILURES = {
-    ErrorType.CHANGE_REQUEST_INVALID,
-    ErrorType.REPOSITORY_ERROR,
-    ErrorType.MODEL_AUTH_FAILED,
-    ErrorType.MODEL_NOT_FOUND,
-    ErrorType.MODEL_CONTEXT_EXCEEDED,
-    ErrorType.MODEL_REQUEST_REFUSED,
-}
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
 )
-# Planning retries a model endpoint that does not answer itself, so the status can say so
-# (workflow.patched: runs planning across the rollout keep retrying inside the activity).
-MODEL_UNAVAILABLE_PATCH = "model-unavailable-ends-planning"
 PLAN_RETRY = RetryPolicy(
     maximum_interval=RETRY.maximum_interval,
     non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, MODEL_UNAVAILABLE],
@@ -169,35 +168,9 @@ DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy":
 # A local activity's failure reaches the workflow as its ApplicationError, not wrapped in an
 # ActivityError as an activity task's does.
 LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
-# Patch id: a cancellation also releases holds the run never learnt of (histories recorded
-# before it replay without the step).
-RELEASE_FORGOTTEN_HOLDS = "release-forgotten-holds"
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
-# Decisions verified by an activity before they count (workflow.patched: runs waiting for
-# approval across the rollout replay their earlier decisions unverified).
-VERIFIED_DECISIONS_PATCH = "verified-decisions"
-# Patch ids: a conflict with the default branch plans the request again (runs before it
-# failed); a moving default branch never fails a request unless outside pushes move it (runs
-# before it gave up after MAX_REBASE_ROUNDS applies).
-REPLAN_ON_CONFLICT = "replan-on-conflict"
-SHIP_UNTIL_SHIPPED = "ship-until-shipped"
-# What applying can end a request with: the change itself is wrong (or planning it again on the
-# new base failed).
-APPLY_FAILURES = {
-    ErrorType.REBASE_CONFLICT,
-    ErrorType.CHANGE_REQUEST_INVALID,
-    ErrorType.REPOSITORY_ERROR,
-    *PLANNING_FAILURES,
-}
-# The reason of a request that completed without a release: its change was there already.
-NO_CHANGE = "no change to ship"
-# Patch id: a plan that changes what verifies it is never approved by the system.
-NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
-# Patch: the run holds the decision keys (loaded before planning) and its validators judge a
-# decision's token, so a refusal leaves no trace; runs started before it judge in the handler.
-JUDGED_BY_VALIDATORS_PATCH = "decisions-judged-by-validators"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
 # often: made-up key ids cost one handler run per interval, not one per call.
 # While the run holds no key at all (the JWKS was not there yet when it started), each key id
@@ -207,45 +180,11 @@ KEY_RELOAD_INTERVAL = timedelta(minutes=5)
 # long, doubling with each refusal up to the cap (DeciderRefusals).
 REFUSED_DECIDER_WAIT = timedelta(minutes=1)
 REFUSED_DECIDER_WAIT_CAP = timedelta(hours=1)
-# What the verify activity refuses that the run's keys should have refused: its keys or its
-# settings are out of date, and are loaded again.
-STALE_TRUST_REFUSALS = {
-    ErrorType.TOKEN_REQUIRED,
-    ErrorType.BAD_TOKEN_SIGNATURE,
-    ErrorType.WRONG_ISSUER,
-    ErrorType.WRONG_AUDIENCE,
-    ErrorType.TOKEN_LIFETIME_TOO_LONG,
-}
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
-# Patch id: a cancel that reaches a request whose production release is verified is refused
-# (the request completes), and a cancelled request's succeeded staging release is undone.
-CANCEL_NEVER_LIVE = "cancel-never-live"
-# Patch id: an accepted cancel decision stops the request's release in flight at once and no
-# other starts; its answer waits for a production release to stop or ship, so that a cancel
-# the client was told is accepted never leaves the change live (runs before it let production
-# verify until Temporal's cancel arrived).
-AUTHORIZED_CANCEL_STOPS_RELEASES = "authorized-cancel-stops-releases"
 # Temporal's cancel follows an accepted cancel decision at once (the typed client sends it);
 # a request that does not hear it within this long cancels itself.
 AUTHORIZED_CANCEL_WAIT = timedelta(minutes=1)
-# Patch id: an approval or rejection is verified and recorded by one local activity, one
-# decision of the plan at a time (runs before it verified, then recorded, in two).
-ONE_DECISION_STEP = "one-decision-step"
-# The patches of this release, asked once at the start of a run, before its first local activity:
-# a patch marker recorded after a local activity that resolved in the same workflow task fails
-# replay ("patch marker encountered ... but there is no corresponding change command"; seen with
-# the model-unavailable patch asked after decision_trust).
-RUN_START_PATCHES = (
-    AUTHORIZED_CANCEL_STOPS_RELEASES,
-    ONE_DECISION_STEP,
-    CANCEL_NEVER_LIVE,
-    JUDGED_BY_VALIDATORS_PATCH,
-    SHIP_UNTIL_SHIPPED,
-    MODEL_UNAVAILABLE_PATCH,
-    NEVER_AUTO_APPROVE_OWN_VERIFICATION,
-    REPLAN_ON_CONFLICT,
-)
 
 
 class RequestEnded(Exception):

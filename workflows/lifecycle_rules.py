@@ -21,6 +21,47 @@ from workflows.contracts.lifecycle import (
     PlanSummary,
 )
 
+# ------------------------------------------------------------------ how steps end
+
+# Refusals of the request itself: the workflow fails with the same typed error.
+REQUEST_REFUSALS = {
+    ErrorType.UNKNOWN_TENANT,
+    ErrorType.UNKNOWN_PROJECT,
+    ErrorType.UNKNOWN_USER,
+    ErrorType.USER_OF_ANOTHER_TENANT,
+}
+# The change engine could not plan: the request ends failed with the reason (before its hold).
+PLANNING_FAILURES = {
+    ErrorType.CHANGE_REQUEST_INVALID,
+    ErrorType.REPOSITORY_ERROR,
+    ErrorType.MODEL_AUTH_FAILED,
+    ErrorType.MODEL_NOT_FOUND,
+    ErrorType.MODEL_CONTEXT_EXCEEDED,
+    ErrorType.MODEL_REQUEST_REFUSED,
+}
+
+# What applying can end a request with: the change itself is wrong (or planning it again on the
+# new base failed).
+APPLY_FAILURES = {
+    ErrorType.REBASE_CONFLICT,
+    ErrorType.CHANGE_REQUEST_INVALID,
+    ErrorType.REPOSITORY_ERROR,
+    *PLANNING_FAILURES,
+}
+# The reason of a request that completed without a release: its change was there already.
+NO_CHANGE = "no change to ship"
+
+# What the verify activity refuses that the run's keys should have refused: its keys or its
+# settings are out of date, and are loaded again.
+STALE_TRUST_REFUSALS = {
+    ErrorType.TOKEN_REQUIRED,
+    ErrorType.BAD_TOKEN_SIGNATURE,
+    ErrorType.WRONG_ISSUER,
+    ErrorType.WRONG_AUDIENCE,
+    ErrorType.TOKEN_LIFETIME_TOO_LONG,
+}
+
+
 # ------------------------------------------------------------------ tokens and holds
 
 
