@@ -26,6 +26,7 @@ from workflows.contracts.lifecycle import (
 )
 from workflows.lifecycle_rules import (
     DecisionContext,
+    approval_notice,
     approvals_of,
     cancel_too_late,
     chargeable,
@@ -316,3 +317,17 @@ def test_a_failed_release_ends_rolled_back_when_the_rollback_held_else_failed() 
     assert status is PromptStatus.FAILED
     assert reason.startswith("production verification failed: ")
     assert reason.endswith("assert theme") and len(reason) < 560
+
+
+def test_the_approval_notice_tells_what_waits_and_how_far_it_got() -> None:
+    waiting = plan(approvals_required=2, risk_reasons=["touches config"])
+    notice = approval_notice(
+        waiting,
+        [decision(ApprovalDecision.APPROVE), decision(ApprovalDecision.REJECT, VIEWER)],
+        "re-planned on the new base: config.json",
+    )
+    assert (notice.plan_id, notice.revision, notice.summary) == (waiting.plan_id, 2, "theme")
+    assert (notice.approvals_required, notice.approvals_so_far) == (2, 1)
+    assert notice.risk_reasons == ["touches config"] and notice.expires_at == waiting.expires_at
+    assert notice.reason == "re-planned on the new base: config.json"
+    assert notice.files == []  # the delivery activity fills them from the plan's row

@@ -130,6 +130,7 @@ with workflow.unsafe.imports_passed_through():
         REQUEST_REFUSALS,
         STALE_TRUST_REFUSALS,
         DecisionContext,
+        approval_notice,
         approvals_of,
         approved_by,
         cancel_too_late,
@@ -734,22 +735,9 @@ class PromptRequestWorkflow:
         """Tell the tenant's webhook what waits for approval, when the tenant has one."""
         if not self._require_policy().notifies:
             return
-        plan = self._require_plan()
-        self._notify(
-            event,
-            approval=ApprovalNotice(
-                plan_id=plan.plan_id,
-                revision=plan.revision,
-                summary=plan.diff_summary,
-                risk_level=plan.risk_level,
-                risk_reasons=list(plan.risk_reasons),
-                token_estimate=plan.token_estimate,
-                approvals_required=plan.approvals_required,
-                approvals_so_far=self._approvals_so_far(),
-                expires_at=plan.expires_at,
-                reason=self._reason if self._status is PromptStatus.AWAITING_APPROVAL else "",
-            ),
-        )
+        reason = self._reason if self._status is PromptStatus.AWAITING_APPROVAL else ""
+        notice = approval_notice(self._require_plan(), self._approvals, reason)
+        self._notify(event, approval=notice)
         self._notified = True
 
     async def _announce_end(self) -> None:

@@ -20,6 +20,7 @@ from workflows.contracts.lifecycle import (
     HoldState,
     PlanSummary,
 )
+from workflows.contracts.notifications import ApprovalNotice
 
 # ------------------------------------------------------------------ how steps end
 
@@ -121,6 +122,25 @@ def settles(decision: ApprovalRecord) -> Settlement:
 
 def approvals_of(approvals: Iterable[ApprovalRecord]) -> int:
     return sum(1 for a in approvals if a.decision is ApprovalDecision.APPROVE)
+
+
+def approval_notice(
+    plan: PlanSummary, approvals: Iterable[ApprovalRecord], reason: str
+) -> ApprovalNotice:
+    """What the tenant's webhook is told waits for approval (the delivery activity adds the
+    files from the plan's row: the diff stays out of histories)."""
+    return ApprovalNotice(
+        plan_id=plan.plan_id,
+        revision=plan.revision,
+        summary=plan.diff_summary,
+        risk_level=plan.risk_level,
+        risk_reasons=list(plan.risk_reasons),
+        token_estimate=plan.token_estimate,
+        approvals_required=plan.approvals_required,
+        approvals_so_far=approvals_of(approvals),
+        expires_at=plan.expires_at,
+        reason=reason,
+    )
 
 
 def approved_by(approvals: Iterable[ApprovalRecord], user_id: uuid.UUID) -> bool:
