@@ -87,6 +87,15 @@ class ChangeRequestInvalid(ChangeEngineError):
     """The prompt cannot be acted on (empty, too long, names something absent, changes nothing)."""
 
 
+class NothingToChange(ChangeRequestInvalid):
+    """The prompt changes nothing in the repository as it is."""
+
+
+class ChangeAlreadyPresent(ChangeEngineError):
+    """The branch the approved change must land on already holds it (another request or a push
+    made the same change since it was planned): there is nothing left to ship."""
+
+
 class RepositoryError(ChangeEngineError):
     """The repository is missing or unusable, or a branch holds something unexpected."""
 

@@ -6,7 +6,9 @@ operator's rollback), run as local activities:
   not for this decision, is refused without a trace in the history;
 - `verify_decision`: what needs I/O, before a decision counts: the token checked again against
   the keys as they are now, the user allowed to decide now (the roster as it is in the database
-  at decision time, not as it was when the plan was made), and the token id never used before.
+  at decision time, not as it was when the plan was made), and the token id never used before;
+  with an approval or rejection to record, that too, in the same transaction (one local
+  activity per decision: a burst of approvals waits for one slot and one connection each).
 
 Order matters: everything that can refuse runs before the token id is recorded, so a refused
 decision burns nothing; a retry of the same use (same workflow and update) finds its own row
@@ -24,6 +26,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from activities.lifecycle import store_decision
 from infra.decision_tokens import DecisionTokenVerifier
 from infra.settings import DecisionTokenMode
 from models import ApprovalPolicy, User
@@ -93,6 +96,8 @@ class DecisionActivities:
             await self._check_roster(session, req, user_id)
             if claims is not None and req.spend:
                 await self._use_token(session, req, claims)
+            if req.record is not None:
+                await store_decision(session, req.record)
             await session.commit()
         return VerifiedDecision(user_id=user_id, jti=claims.jti if claims else None)
 

@@ -16,9 +16,11 @@ import pygit2
 
 from activities.change_engine import (
     AppliedChange,
+    ChangeAlreadyPresent,
     ChangeProposal,
     ChangeRequestInvalid,
     ChangeStep,
+    NothingToChange,
     RebaseConflict,
     RepositoryError,
 )
@@ -181,7 +183,7 @@ def _build(
     tree = ws.write_tree()
     stat = diff_trees(r, base.tree_id, tree)
     if not stat.patch:
-        raise ChangeRequestInvalid("the prompt changes nothing in the repository")
+        raise NothingToChange("the prompt changes nothing in the repository")
     summary.append(f"{len(stat.files)} file(s) changed, +{stat.added} -{stat.removed} lines.")
     return BuiltChange(str(tree), stat.patch, summary, stat.files)
 
@@ -211,7 +213,7 @@ def _rebase(
     """`approved` replayed on `head`, committed like the approved one on the new parent."""
     tree = rebase_tree(r, approved, head, onto)
     if tree == str(head.tree_id):
-        raise ChangeRequestInvalid(f"{onto} at {str(head.id)[:12]} already holds this change")
+        raise ChangeAlreadyPresent(f"{onto} at {str(head.id)[:12]} already holds this change")
     # One newline more than the approved message, as `git log --format=%B | git commit-tree`
     # wrote it: rebased commits keep the ids they had before the engine ran git in process.
     commit = commit_tree(r, tree, head, approved.message + "\n")

@@ -23,11 +23,13 @@ from temporalio import activity
 
 from activities.change_engine import (
     AppliedChange,
+    ChangeAlreadyPresent,
     ChangeEngine,
     ChangeEngineError,
     ChangeProposal,
     ChangeRequestInvalid,
     ChangeStep,
+    NothingToChange,
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
@@ -229,6 +231,34 @@ def _replan_failed(conflict: RebaseConflict, exc: ChangeEngineError) -> ChangeEn
     return type(exc)(message)
 
 
+async def store_decision(session: AsyncSession, req: RecordDecision) -> None:
+    """One person's approval or rejection in `session` (not committed); the deciding one also
+    settles the plan and moves the request. A replayed decision inserts nothing."""
+    request = await _locked_request(session, req.prompt_request_id)
+    plan = await _plan(session, req.plan_id)
+    # A Core upsert on the session's connection: a replayed decision inserts nothing.
+    connection = await session.connection()
+    await connection.execute(
+        insert(Approval)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=plan.tenant_id,
+            plan_id=plan.id,
+            user_id=req.user_id,
+            decision=req.decision,
+            content_hash=req.content_hash,
+            reason=req.reason or None,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
+    )
+    if request is not None and not is_terminal(request.status):
+        if req.plan_status is not None:
+            _move_plan(plan, req.plan_status)
+        if req.status is not None:
+            _move(request, req.status, req.status_reason)
+
+
 class LifecycleActivities:
     def __init__(
         self,
@@ -278,12 +308,20 @@ class LifecycleActivities:
         return project, await _locked_request(session, req.prompt_request_id)
 
     async def _engine_failed(self, job_key: str, exc: ChangeEngineError) -> NoReturn:
+        # A change the branch already holds is no failure of the job: nothing was left to do.
+        present = isinstance(exc, ChangeAlreadyPresent)
         async with self._sessions() as session:
             await finish_job(
-                session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
+                session,
+                job_key=job_key,
+                status=ChangeJobStatus.SUCCEEDED if present else ChangeJobStatus.FAILED,
+                error=None if present else str(exc),
+                details={"no_change": str(exc)} if present else None,
             )
             await session.commit()
-        if isinstance(exc, ModelRefused):
+        if present:
+            kind = ErrorType.CHANGE_ALREADY_PRESENT
+        elif isinstance(exc, ModelRefused):
             kind = exc.kind
         elif isinstance(exc, ChangeRequestInvalid):
             kind = ErrorType.CHANGE_REQUEST_INVALID
@@ -432,31 +470,11 @@ class LifecycleActivities:
 
     @activity.defn
     async def record_decision(self, req: RecordDecision) -> None:
-        """Store one person's approval or rejection; the deciding one also settles the plan."""
+        """Store one person's approval or rejection; the deciding one also settles the plan.
+        (Runs from before the decision step: a decision now records with its verification,
+        activities/decisions.py.)"""
         async with self._sessions() as session:
-            request = await _locked_request(session, req.prompt_request_id)
-            plan = await _plan(session, req.plan_id)
-            # A Core upsert on the session's connection: a replayed decision inserts nothing.
-            connection = await session.connection()
-            await connection.execute(
-                insert(Approval)
-                .values(
-                    id=uuid.uuid4(),
-                    tenant_id=plan.tenant_id,
-                    plan_id=plan.id,
-                    user_id=req.user_id,
-                    decision=req.decision,
-                    content_hash=req.content_hash,
-                    reason=req.reason or None,
-                    created_at=utcnow(),
-                )
-                .on_conflict_do_nothing(constraint="uq_approvals_plan_user")
-            )
-            if request is not None and not is_terminal(request.status):
-                if req.plan_status is not None:
-                    _move_plan(plan, req.plan_status)
-                if req.status is not None:
-                    _move(request, req.status, req.status_reason)
+            await store_decision(session, req)
             await session.commit()
 
     @activity.defn
@@ -634,6 +652,16 @@ class LifecycleActivities:
                         check_command=project.check_command,
                     ),
                     every_s=HEARTBEAT_EVERY_S,
+                )
+            except NothingToChange as exc:
+                # Planned again on the new head, the prompt changes nothing: what it asks for
+                # is there already (shipped by another request, or pushed).
+                await self._engine_failed(
+                    plan_key,
+                    ChangeAlreadyPresent(
+                        f"{project.default_branch} already holds this change: planned again on "
+                        f"its new head after a conflict ({conflict}), {exc}"
+                    ),
                 )
             except ChangeEngineError as exc:
                 await self._engine_failed(plan_key, _replan_failed(conflict, exc))

@@ -40,8 +40,11 @@ TRANSITIONS: Mapping[type[enum.Enum], Mapping[enum.Enum, frozenset[enum.Enum]]] 
         P.AWAITING_APPROVAL: frozenset({P.APPROVED, P.REJECTED, P.EXPIRED, P.PLANNING})
         | _PROMPT_ABORTS,
         P.APPROVED: frozenset({P.DEPLOYING_STAGING}) | _PROMPT_ABORTS,
-        # Overspending the estimate pauses a deploying request for a fresh approval.
-        P.DEPLOYING_STAGING: frozenset({P.DEPLOYING_PRODUCTION, P.ROLLED_BACK, P.AWAITING_APPROVAL})
+        # Overspending the estimate pauses a deploying request for a fresh approval; a change
+        # the default branch already holds completes without a release.
+        P.DEPLOYING_STAGING: frozenset(
+            {P.DEPLOYING_PRODUCTION, P.ROLLED_BACK, P.AWAITING_APPROVAL, P.COMPLETED}
+        )
         | _PROMPT_ABORTS,
         # A default branch that moved before production sends the rebased change to staging.
         P.DEPLOYING_PRODUCTION: frozenset(

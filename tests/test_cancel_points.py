@@ -8,8 +8,9 @@ sample project's real check command, held at a gate where the test must act in b
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -199,6 +200,89 @@ async def test_a_cancel_while_an_environment_verifies_leaves_no_trace_of_the_cha
         assert undos == []
     # The change was applied before the cancel: its work is charged once, the rest released.
     assert result.tokens_used > 0
+    assert funds - await balance(sessions, shop.account) == result.tokens_used
+    assert HoldStatus.ACTIVE not in {h.status for h in await holds(sessions, shop)}
+
+
+class HandleThatCancelsLate:
+    """A workflow handle whose Temporal cancel is sent late: only after the held check was let
+    through and production's deployment has ended, the worst the race between an accepted
+    cancel decision (authorize_cancel) and Temporal's cancel that follows it can be."""
+
+    def __init__(self, inner: Any, before_cancel: Callable[[], Awaitable[None]]) -> None:
+        self._inner = inner
+        self._before_cancel = before_cancel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def cancel(self) -> None:
+        await self._before_cancel()
+        await self._inner.cancel()
+
+
+async def test_a_cancel_accepted_while_production_verifies_never_leaves_the_change_live(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    target = CheckGate(tmp_path / "workspace", PRODUCTION)
+    releases = ReleaseActivities(sessions=sessions, target=target)
+
+    async def production_ended(request_id: uuid.UUID) -> None:
+        """The check let through (it passes), then until production's deployment ended."""
+        target.gate.opened.set()
+        async with asyncio.timeout(60):
+            while True:
+                rows = await deployments_of(sessions, request_id)
+                live = [d for d in rows if d.environment is PRODUCTION]
+                if live and live[0].status not in (
+                    DeploymentStatus.QUEUED,
+                    DeploymentStatus.IN_PROGRESS,
+                    DeploymentStatus.VERIFYING,
+                ):
+                    return
+                await asyncio.sleep(0.2)
+
+    async with running_workers(
+        client,
+        sessions,
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        replace=[releases.run_check],
+    ):
+        await ship_baseline(lifecycle, shop)
+        before, funds = branches(shop), await balance(sessions, shop.account)
+        target.gate.armed = True
+        request_id = await submit(lifecycle, shop, SAFE_PROMPT)
+        await asyncio.wait_for(target.gate.reached.wait(), 60)
+        handle = lifecycle._handle  # the typed client's own, for everything but the cancel
+        monkeypatch.setattr(
+            lifecycle,
+            "_handle",
+            lambda rid: HandleThatCancelsLate(handle(rid), lambda: production_ended(rid)),
+        )
+        # Accepted (no CancelTooLate): the check was still running when it was decided.
+        await lifecycle.cancel(request_id, reason="not now")
+        monkeypatch.undo()
+        result = await lifecycle.wait_for_outcome(request_id)
+
+        assert result.status is PromptStatus.CANCELLED, result.reason
+        assert result.reason.endswith("not now")
+        # Never live: every environment and the default branch as they were.
+        assert branches(shop) == before
+        assert_change_nowhere(shop, "theme", "dark")
+        rows = await assert_status_agrees_with_rows(lifecycle, sessions, request_id)
+    production = [d for d in rows if d.environment is PRODUCTION]
+    assert [d.status for d in production] in (
+        [DeploymentStatus.CANCELLED],
+        [DeploymentStatus.ROLLED_BACK],
+    ), production
     assert funds - await balance(sessions, shop.account) == result.tokens_used
     assert HoldStatus.ACTIVE not in {h.status for h in await holds(sessions, shop)}
 

@@ -14,6 +14,8 @@ from temporalio.exceptions import ApplicationError
 from infra.decision_signer import DevelopmentSigner
 from workflows.contracts.decision_rules import (
     DeciderRefusals,
+    DecisionClaims,
+    DecisionMemory,
     TrustedKeys,
     check_claims,
     check_decider,
@@ -236,3 +238,82 @@ def test_only_the_public_half_of_asymmetric_keys_is_trusted() -> None:
         {"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "a"},
         {"kty": "RSA", "n": "nn", "e": "AQAB", "kid": "r", "alg": "RS256"},
     ]
+
+
+def memory() -> DecisionMemory:
+    return DecisionMemory(
+        refused_wait=timedelta(minutes=1),
+        refused_cap=timedelta(hours=1),
+        reload_interval=timedelta(minutes=5),
+    )
+
+
+def judged(mem: DecisionMemory, token: str | None, at: datetime, user: uuid.UUID = USER) -> object:
+    return mem.judge(
+        DecisionAction.APPROVE,
+        user,
+        token,
+        tenant_id=TENANT,
+        request=REQUEST,
+        plan_hash=PLAN,
+        now=at,
+    )
+
+
+def test_a_run_without_keys_leaves_every_decision_to_its_handler(
+    signer: DevelopmentSigner,
+) -> None:
+    at = datetime.now(UTC)
+    assert judged(memory(), issued(signer, at), at) is None
+    assert judged(memory(), None, at) is None
+
+
+def test_a_run_s_memory_refuses_spent_and_refused_tokens_and_refused_people(
+    signer: DevelopmentSigner,
+) -> None:
+    at = datetime.now(UTC)
+    mem = memory()
+    mem.hold(trusted(signer).trust, at)
+    assert refusal(lambda: judged(mem, None, at)) == ErrorType.TOKEN_REQUIRED
+    token = issued(signer, at)
+    claims = judged(mem, token, at)
+    assert isinstance(claims, DecisionClaims) and claims.user_id == USER
+    # Spent here: the same token is refused without I/O.
+    mem.spent.add(claims.jti)
+    assert refusal(lambda: judged(mem, token, at)) == ErrorType.TOKEN_REUSED
+    # What the handler refused of a token is refused again, with the same type.
+    other = issued(signer, at)
+    other_claims = judged(mem, other, at)
+    assert isinstance(other_claims, DecisionClaims)
+    mem.remember_refusal(
+        DecisionAction.APPROVE, ErrorType.WRONG_USER, "not you", USER, other_claims, at
+    )
+    assert refusal(lambda: judged(mem, other, at)) == ErrorType.WRONG_USER
+    # A person the roster refused is refused for a while, whatever token they bring.
+    mem.remember_refusal(
+        DecisionAction.APPROVE, ErrorType.ROLE_MAY_NOT_APPROVE, "viewer", USER, None, at
+    )
+    assert refusal(lambda: judged(mem, issued(signer, at), at)) == (ErrorType.ROLE_MAY_NOT_APPROVE)
+    later = at + timedelta(minutes=2)
+    assert isinstance(judged(mem, issued(signer, later), later), DecisionClaims)
+
+
+def test_an_unknown_key_id_reloads_the_keys_at_most_once_an_interval(
+    signer: DevelopmentSigner, tmp_path: Path
+) -> None:
+    at = datetime.now(UTC)
+    rotated = DevelopmentSigner(tmp_path / "rotated", issuer=ISSUER, audience="changeflow")
+    token = issued(rotated, at)
+    mem = memory()
+    mem.hold(trusted(signer).trust, at)
+    # Just loaded: a key id the run lacks is refused by the validator, no reload.
+    assert refusal(lambda: judged(mem, token, at)) == ErrorType.BAD_TOKEN_SIGNATURE
+    # Five minutes on, the handler may load the keys again (the validator lets it through).
+    assert judged(mem, token, at + timedelta(minutes=5)) is None
+    assert mem.lacks_key(token) == rotated.kid and rotated.kid in mem.kids_sought
+    # Without any key, each key id reloads once.
+    empty = memory()
+    empty.hold(trusted(signer, keys=[]).trust, at)
+    assert judged(empty, token, at) is None
+    empty.lacks_key(token)
+    assert refusal(lambda: judged(empty, token, at)) == ErrorType.BAD_TOKEN_SIGNATURE

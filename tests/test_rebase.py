@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from activities.change_engine import ChangeProposal, ChangeRequestInvalid, RebaseConflict
+from activities.change_engine import (
+    ChangeAlreadyPresent,
+    ChangeProposal,
+    RebaseConflict,
+)
 from activities.diffs import changed_lines, same_changed_lines
 from activities.git_change_engine import GitChangeEngine
 from activities.git_store import fast_forward, first_parents_since, restore_tree
@@ -136,10 +140,10 @@ async def test_a_conflicting_push_is_a_rebase_conflict_naming_the_file(repo: Pat
         )
 
 
-async def test_a_change_the_default_branch_already_holds_is_refused(repo: Path) -> None:
+async def test_a_change_the_default_branch_already_holds_is_said_to_be_there(repo: Path) -> None:
     proposal = await plan(repo, "set theme to dark")
     push_config(repo, theme="dark")
-    with pytest.raises(ChangeRequestInvalid, match="already holds"):
+    with pytest.raises(ChangeAlreadyPresent, match="already holds"):
         await engine.apply(
             repo=repo, proposal=proposal, prompt="set theme to dark", branch="change", onto="main"
         )

@@ -176,6 +176,86 @@ async def test_a_true_conflict_is_planned_again_and_ships_once_its_new_diff_is_a
     assert all(h.status is not HoldStatus.ACTIVE for h in await holds(sessions, shop))
 
 
+async def deployments_of_plan(sessions: SessionFactory, plan_id: uuid.UUID) -> list[Deployment]:
+    async with sessions() as session:
+        return list(
+            (await session.exec(select(Deployment).where(Deployment.plan_id == plan_id))).all()
+        )
+
+
+async def test_a_change_another_request_shipped_first_completes_as_a_no_op(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    """Two requests ask for the same change from one base: the first ships it; the second,
+    approved after, finds it on the default branch and completes with nothing to ship, charged
+    nothing, releasing nothing."""
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    repo = shop.project.repo_url
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        first, second = [await submit(lifecycle, shop, "set theme to dark") for _ in range(2)]
+        plans = [(await plan_awaiting_approval(lifecycle, r))[1] for r in (first, second)]
+        await approve(lifecycle, shop, first, plans[0].content_hash)
+        shipped = await outcome(lifecycle, first)
+        assert shipped.status is PromptStatus.COMPLETED, shipped.reason
+        head = git(repo, "rev-parse", "main")
+        await approve(lifecycle, shop, second, plans[1].content_hash)
+        result = await outcome(lifecycle, second)
+        status = await lifecycle.status(second)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert result.reason.startswith("no change to ship: ")
+    assert "main at" in result.reason and "already holds this change" in result.reason
+    assert (status.status, status.reason) == (result.status, result.reason)
+    row = await request_row(sessions, second)
+    assert row is not None and (row.status, row.status_reason) == (result.status, result.reason)
+    # Nothing released, nothing committed: the default branch is where the first one left it.
+    assert git(repo, "rev-parse", "main") == head
+    assert await deployments_of_plan(sessions, plans[1].plan_id) == []
+    assert result.tokens_used == 0 and await debited(sessions, shop, second) == []
+    assert all(h.status is not HoldStatus.ACTIVE for h in await holds(sessions, shop))
+    assert config_on(shop, "main")["theme"] == "dark"
+    assert_default_branch_is_production(shop)
+
+
+async def test_a_re_plan_that_finds_the_change_on_the_new_base_completes_as_a_no_op(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    """Someone pushed the very change, with another edit beside it: the approved diff conflicts
+    there, and planned again on the new head the prompt changes nothing. The request completes
+    with nothing to ship instead of failing."""
+    shop = await make_shop(sessions, tmp_path, policy=human_policy())
+    repo = shop.project.repo_url
+    async with running_workers(
+        client, sessions, task_queue=task_queue, deploy_task_queue=deploy_queue
+    ):
+        request_id = await submit(lifecycle, shop, "set theme to dark")
+        _, approved = await plan_awaiting_approval(lifecycle, request_id)
+        pushed = push_config(repo, theme="dark", store_name="Corner Shop & Co")
+        await approve(lifecycle, shop, request_id, approved.content_hash)
+        result = await outcome(lifecycle, request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    # Said plainly, whichever way git found it (a conflict planned again, or a clean merge).
+    assert result.reason.startswith("no change to ship: "), result.reason
+    assert "already holds this change" in result.reason
+    assert git(repo, "rev-parse", "main") == pushed
+    assert git(repo, "branch", "--list", "env/*") == ""  # nothing was released
+    assert result.tokens_used == 0 and await debited(sessions, shop, request_id) == []
+    assert all(h.status is not HoldStatus.ACTIVE for h in await holds(sessions, shop))
+
+
 PAGES = ["contact", "faq", "blog", "returns", "careers"]
 KEYS = {
     "banner": "Summer sale",

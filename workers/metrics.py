@@ -124,6 +124,12 @@ class _RecordingInbound(WorkflowInboundInterceptor):
         self.awaiting_since = None
         self._observe(APPROVAL_WAIT, waited, decision=_name(decision.decision))
 
+    def _verified_decision(self, args: Any, result: Any) -> None:
+        # An approval or rejection is recorded with its verification (one local activity).
+        record = getattr(args[0], "record", None) if args else None
+        if record is not None:
+            self._decided((record,), result)
+
     def _settled(self, args: Any, result: Any) -> None:
         self._count(TOKENS_CHARGED, int(getattr(result, "settled", 0)), kind="settlement")
 
@@ -142,6 +148,7 @@ class _RecordingInbound(WorkflowInboundInterceptor):
     _RECORDERS: dict[str, Callable[["_RecordingInbound", Any, Any], None]] = {
         "open_approval": _opened,
         "record_decision": _decided,
+        "verify_decision": _verified_decision,
         "settle_hold": _settled,
         "charge_tokens": _charged,
         "verify_deployment": _verified,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -49,14 +49,8 @@ with workflow.unsafe.imports_passed_through():
         SettleHold,
     )
     from workflows.contracts.decision_rules import (
-        DECIDER_REFUSALS,
-        DeciderRefusals,
         DecisionClaims,
-        TrustedKeys,
-        check_claims,
-        no_such_key,
-        token_kid,
-        verify_token,
+        DecisionMemory,
     )
     from workflows.contracts.decisions import (
         DecisionAction,
@@ -119,31 +113,51 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.lifecycle_patches import (
+        AUTHORIZED_CANCEL_STOPS_RELEASES,
+        CANCEL_NEVER_LIVE,
+        JUDGED_BY_VALIDATORS_PATCH,
+        MODEL_UNAVAILABLE_PATCH,
+        NEVER_AUTO_APPROVE_OWN_VERIFICATION,
+        ONE_DECISION_STEP,
+        RELEASE_FORGOTTEN_HOLDS,
+        REPLAN_ON_CONFLICT,
+        RUN_START_PATCHES,
+        SHIP_UNTIL_SHIPPED,
+        VERIFIED_DECISIONS_PATCH,
+    )
+    from workflows.lifecycle_rules import (
+        APPLY_FAILURES,
+        NO_CHANGE,
+        PLANNING_FAILURES,
+        REQUEST_REFUSALS,
+        STALE_TRUST_REFUSALS,
+        DecisionContext,
+        approval_notice,
+        approvals_of,
+        approved_by,
+        cancel_too_late,
+        chargeable,
+        check_member,
+        check_not_approved_by,
+        check_plan_decider,
+        check_revisable,
+        duration,
+        failed_deployment_ending,
+        held,
+        model_retry_delay,
+        outcome_detail,
+        settles,
+        split_charge,
+        time_to_expiry,
+        time_to_reminder,
+    )
 
 T = TypeVar("T")
 
-# Refusals of the request itself: the workflow fails with the same typed error.
-REQUEST_REFUSALS = {
-    ErrorType.UNKNOWN_TENANT,
-    ErrorType.UNKNOWN_PROJECT,
-    ErrorType.UNKNOWN_USER,
-    ErrorType.USER_OF_ANOTHER_TENANT,
-}
-# The change engine could not plan: the request ends failed with the reason (before its hold).
-PLANNING_FAILURES = {
-    ErrorType.CHANGE_REQUEST_INVALID,
-    ErrorType.REPOSITORY_ERROR,
-    ErrorType.MODEL_AUTH_FAILED,
-    ErrorType.MODEL_NOT_FOUND,
-    ErrorType.MODEL_CONTEXT_EXCEEDED,
-    ErrorType.MODEL_REQUEST_REFUSED,
-}
 RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
 )
-# Planning retries a model endpoint that does not answer itself, so the status can say so
-# (workflow.patched: runs planning across the rollout keep retrying inside the activity).
-MODEL_UNAVAILABLE_PATCH = "model-unavailable-ends-planning"
 PLAN_RETRY = RetryPolicy(
     maximum_interval=RETRY.maximum_interval,
     non_retryable_error_types=[*NON_RETRYABLE_ERROR_TYPES, MODEL_UNAVAILABLE],
@@ -158,33 +172,9 @@ DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy":
 # A local activity's failure reaches the workflow as its ApplicationError, not wrapped in an
 # ActivityError as an activity task's does.
 LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
-# Patch id: a cancellation also releases holds the run never learnt of (histories recorded
-# before it replay without the step).
-RELEASE_FORGOTTEN_HOLDS = "release-forgotten-holds"
 ENGINE_TIMEOUT = timedelta(minutes=15)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
-# Decisions verified by an activity before they count (workflow.patched: runs waiting for
-# approval across the rollout replay their earlier decisions unverified).
-VERIFIED_DECISIONS_PATCH = "verified-decisions"
-# Patch ids: a conflict with the default branch plans the request again (runs before it
-# failed); a moving default branch never fails a request unless outside pushes move it (runs
-# before it gave up after MAX_REBASE_ROUNDS applies).
-REPLAN_ON_CONFLICT = "replan-on-conflict"
-SHIP_UNTIL_SHIPPED = "ship-until-shipped"
-# What applying can end a request with: the change itself is wrong (or planning it again on the
-# new base failed).
-APPLY_FAILURES = {
-    ErrorType.REBASE_CONFLICT,
-    ErrorType.CHANGE_REQUEST_INVALID,
-    ErrorType.REPOSITORY_ERROR,
-    *PLANNING_FAILURES,
-}
-# Patch id: a plan that changes what verifies it is never approved by the system.
-NEVER_AUTO_APPROVE_OWN_VERIFICATION = "never-auto-approve-own-verification"
-# Patch: the run holds the decision keys (loaded before planning) and its validators judge a
-# decision's token, so a refusal leaves no trace; runs started before it judge in the handler.
-JUDGED_BY_VALIDATORS_PATCH = "decisions-judged-by-validators"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
 # often: made-up key ids cost one handler run per interval, not one per call.
 # While the run holds no key at all (the JWKS was not there yet when it started), each key id
@@ -194,32 +184,11 @@ KEY_RELOAD_INTERVAL = timedelta(minutes=5)
 # long, doubling with each refusal up to the cap (DeciderRefusals).
 REFUSED_DECIDER_WAIT = timedelta(minutes=1)
 REFUSED_DECIDER_WAIT_CAP = timedelta(hours=1)
-# What the verify activity refuses that the run's keys should have refused: its keys or its
-# settings are out of date, and are loaded again.
-STALE_TRUST_REFUSALS = {
-    ErrorType.TOKEN_REQUIRED,
-    ErrorType.BAD_TOKEN_SIGNATURE,
-    ErrorType.WRONG_ISSUER,
-    ErrorType.WRONG_AUDIENCE,
-    ErrorType.TOKEN_LIFETIME_TOO_LONG,
-}
 # A hold outlives the plan's approval window by this much, to cover applying and deploying.
 HOLD_MARGIN_SECONDS = 24 * 3600
-# Patch id: a cancel that reaches a request whose production release is verified is refused
-# (the request completes), and a cancelled request's succeeded staging release is undone.
-CANCEL_NEVER_LIVE = "cancel-never-live"
-# The patches of this release, asked once at the start of a run, before its first local activity:
-# a patch marker recorded after a local activity that resolved in the same workflow task fails
-# replay ("patch marker encountered ... but there is no corresponding change command"; seen with
-# the model-unavailable patch asked after decision_trust).
-RUN_START_PATCHES = (
-    CANCEL_NEVER_LIVE,
-    JUDGED_BY_VALIDATORS_PATCH,
-    SHIP_UNTIL_SHIPPED,
-    MODEL_UNAVAILABLE_PATCH,
-    NEVER_AUTO_APPROVE_OWN_VERIFICATION,
-    REPLAN_ON_CONFLICT,
-)
+# Temporal's cancel follows an accepted cancel decision at once (the typed client sends it);
+# a request that does not hear it within this long cancels itself.
+AUTHORIZED_CANCEL_WAIT = timedelta(minutes=1)
 
 
 class RequestEnded(Exception):
@@ -228,6 +197,10 @@ class RequestEnded(Exception):
     def __init__(self, result: PromptRequestResult) -> None:
         super().__init__(result.status.value)
         self.result = result
+
+
+class CancelledByDecision(Exception):
+    """Internal: a cancel decision was accepted and Temporal's cancel never came."""
 
 
 @workflow.defn(name="PromptRequestWorkflow")
@@ -250,17 +223,23 @@ class PromptRequestWorkflow:
         self._decision: ApprovalDecision | None = None
         # A decision that settles the plan is being recorded: no revision may start meanwhile.
         self._deciding = False
-        # The decision keys (None: a run from before JUDGED_BY_VALIDATORS_PATCH, or not loaded
+        # Approvals and rejections of the plan are decided one at a time (ONE_DECISION_STEP):
+        # each sees the ones before it, so exactly one of them settles the plan.
+        self._one_decision = asyncio.Lock()
+        # The decision keys (none: a run from before JUDGED_BY_VALIDATORS_PATCH, or not loaded
         # yet while _loading_keys), token ids spent on a decision here, refusals to repeat.
-        self._keys: TrustedKeys | None = None
-        self._keys_loaded_at: datetime | None = None
+        self._memory = DecisionMemory(
+            refused_wait=REFUSED_DECIDER_WAIT,
+            refused_cap=REFUSED_DECIDER_WAIT_CAP,
+            reload_interval=KEY_RELOAD_INTERVAL,
+        )
         self._loading_keys = False
-        self._kids_sought: set[str] = set()
-        self._spent_tokens: set[str] = set()
-        self._refused_tokens: dict[str, tuple[ErrorType, str]] = {}
-        self._refused_deciders = DeciderRefusals(REFUSED_DECIDER_WAIT, REFUSED_DECIDER_WAIT_CAP)
         # The reason an authorized cancel gave (Temporal's own cancel carries none of ours).
         self._cancel_reason = ""
+        # A cancel decision was accepted (AUTHORIZED_CANCEL_STOPS_RELEASES): nothing more is
+        # released; the deployment child running now, if any.
+        self._cancel_authorized = False
+        self._releasing: workflow.ChildWorkflowHandle[Any, DeploymentResult] | None = None
         self._revision: ReviseRequest | None = None
         self._approval_rounds = 0
         self._applied = False
@@ -310,6 +289,9 @@ class PromptRequestWorkflow:
                 result = await self._lifecycle()
             except RequestEnded as ended:
                 result = ended.result
+        except CancelledByDecision:
+            await self._compensate_cancellation()
+            result = self._result()
         except asyncio.CancelledError:
             if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
                 await self._compensate_cancellation()
@@ -373,6 +355,8 @@ class PromptRequestWorkflow:
             try:
                 applied = await self._shielded(self._apply(self._applies))
             except ActivityError as err:
+                if error_type(err) == ErrorType.CHANGE_ALREADY_PRESENT:
+                    await self._end_without_change(error_message(err))
                 if error_type(err) not in APPLY_FAILURES:
                     raise
                 await self._close_holds(charge=self._chargeable())
@@ -387,6 +371,16 @@ class PromptRequestWorkflow:
                 return applied
             self._replanned = True
             await self._approve_revision(applied)
+
+    async def _end_without_change(self, reason: str) -> None:
+        """The default branch already holds the approved change: the request completes as a
+        no-op, charged only the work already done (nothing unless it was applied before)."""
+        await self._close_holds(charge=self._chargeable())
+        await self._end(
+            PromptStatus.COMPLETED,
+            f"{NO_CHANGE}: {reason}",
+            tokens_used=self._tokens_used if self._applied else None,
+        )
 
     async def _restage(self) -> None:
         """Rebase onto the default branch's new head and ship again, for as long as other
@@ -502,19 +496,18 @@ class PromptRequestWorkflow:
                     raise
             failed += 1
             give_up = timedelta(seconds=float(down.details[0] if down.details else 600))
-            backoff = timedelta(seconds=2 ** min(failed - 1, 5))
-            delay = down.next_retry_delay or min(backoff, PLAN_RETRY.maximum_interval or backoff)
+            delay = model_retry_delay(failed, down.next_retry_delay, PLAN_RETRY.maximum_interval)
             waited = workflow.now() - since
             if waited + delay > give_up:
                 await self._end(
                     PromptStatus.FAILED,
-                    f"{down.message}; after {failed} attempts in {_duration(waited)} planning "
+                    f"{down.message}; after {failed} attempts in {duration(waited)} planning "
                     "stopped (ModelUnavailable): start the model server or point "
                     "CHANGEFLOW_MODEL_BASE_URL at one, then submit again",
                 )
             # In the status's reason too, which `changeflow status` prints.
             waiting = self._reason = (
-                f"the model endpoint does not answer: attempt {failed}, next in {_duration(delay)}"
+                f"the model endpoint does not answer: attempt {failed}, next in {duration(delay)}"
             )
             self._set_step(waiting)
             await workflow.sleep(delay, summary="model endpoint retry")
@@ -560,15 +553,14 @@ class PromptRequestWorkflow:
         )
 
     def _held(self) -> int:
-        """Tokens on active holds: what the approved plan may use."""
-        return sum(hold.amount for hold in self._holds if hold.status is HoldStatus.ACTIVE)
+        return held(self._holds)
 
     def _chargeable(self) -> int:
-        """Tokens to charge when the request ends early: the applied work, up to what was held
-        and approved before it. Nothing before the change was applied."""
-        if not self._applied:
-            return 0
-        return min(self._tokens_used, self._approved_before_apply)
+        return chargeable(
+            applied=self._applied,
+            tokens_used=self._tokens_used,
+            approved_before_apply=self._approved_before_apply,
+        )
 
     async def _close_holds(self, *, charge: int, beyond_holds: bool = False) -> None:
         """Settle `charge` across the active holds in order and release everything else.
@@ -576,15 +568,11 @@ class PromptRequestWorkflow:
         With beyond_holds, what the holds cannot cover (work within the overspend tolerance)
         is charged on its own, once.
         """
-        remaining = charge
-        for index, hold in enumerate(self._holds):
-            if hold.status is not HoldStatus.ACTIVE:
-                continue
-            amount = min(remaining, hold.amount)
-            remaining -= amount
+        split = split_charge(self._holds, charge)
+        for index, amount in split.per_hold:
             await self._shielded(self._close_hold(index, amount))
-        if beyond_holds and remaining > 0:
-            await self._shielded(self._charge_beyond_holds(remaining))
+        if beyond_holds and split.beyond > 0:
+            await self._shielded(self._charge_beyond_holds(split.beyond))
 
     async def _charge_beyond_holds(self, amount: int) -> None:
         try:
@@ -654,14 +642,13 @@ class PromptRequestWorkflow:
                 await self._await_decision(plan, policy)
             except TimeoutError:
                 if not self._deciding:
-                    await self._close_holds(charge=self._chargeable())
-                    await self._end(
-                        PromptStatus.EXPIRED,
-                        f"no decision within {policy.plan_ttl_seconds} seconds",
-                        plan_status=PlanApprovalStatus.EXPIRED,
-                    )
-                # A deciding approval arrived with the deadline: it wins.
-                await workflow.wait_condition(lambda: self._decision is not None)
+                    await self._expire(policy)
+                # A deciding approval arrived with the deadline: it wins, unless it is refused.
+                await workflow.wait_condition(
+                    lambda: self._decision is not None or not self._deciding
+                )
+                if self._decision is None:
+                    await self._expire(policy)
             if self._decision is ApprovalDecision.APPROVE:
                 self._set_status(PromptStatus.APPROVED)
                 return
@@ -671,10 +658,18 @@ class PromptRequestWorkflow:
                 raise RequestEnded(self._result())
             await self._apply_revision()
 
+    async def _expire(self, policy: ApprovalPolicyView) -> None:
+        await self._close_holds(charge=self._chargeable())
+        await self._end(
+            PromptStatus.EXPIRED,
+            f"no decision within {policy.plan_ttl_seconds} seconds",
+            plan_status=PlanApprovalStatus.EXPIRED,
+        )
+
     async def _await_decision(self, plan: PlanSummary, policy: ApprovalPolicyView) -> None:
         """Until a decision or a revision arrives; TimeoutError when the plan expires first.
         A tenant with a webhook and a reminder setting is reminded on the way."""
-        reminder = self._time_to_reminder(plan, policy)
+        reminder = time_to_reminder(plan, policy, workflow.now())
         if reminder is not None:
             try:
                 await workflow.wait_condition(
@@ -685,29 +680,16 @@ class PromptRequestWorkflow:
                 if not self._deciding:  # a deciding approval arrived with the reminder time
                     self._notify_waiting(NotificationEvent.APPROVAL_REMINDER)
         await workflow.wait_condition(
-            self._decided, timeout=self._time_to_expiry(plan, policy), timeout_summary="plan expiry"
+            self._decided,
+            timeout=time_to_expiry(plan, policy, workflow.now()),
+            timeout_summary="plan expiry",
         )
 
     def _decided(self) -> bool:
         return self._decision is not None or self._revision is not None
 
     def _approvals_so_far(self) -> int:
-        return sum(1 for a in self._approvals if a.decision is ApprovalDecision.APPROVE)
-
-    def _time_to_reminder(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta | None:
-        """Until the reminder is due; None when none is sent (no webhook, no setting, or a plan
-        that expires sooner than the reminder's lead: it was just announced)."""
-        if not policy.notifies or policy.reminder_before_seconds is None:
-            return None
-        due = self._time_to_expiry(plan, policy) - timedelta(seconds=policy.reminder_before_seconds)
-        return due if due > timedelta(0) else None
-
-    def _time_to_expiry(self, plan: PlanSummary, policy: ApprovalPolicyView) -> timedelta:
-        """Until the plan's own expires_at, to the microsecond: a request never expires before
-        the time its plan shows. A timer needs a positive duration."""
-        if plan.expires_at is None:
-            return timedelta(seconds=policy.plan_ttl_seconds)
-        return max(plan.expires_at - workflow.now(), timedelta(milliseconds=1))
+        return approvals_of(self._approvals)
 
     def _show_approval_progress(self) -> None:
         plan = self._require_plan()
@@ -756,22 +738,9 @@ class PromptRequestWorkflow:
         """Tell the tenant's webhook what waits for approval, when the tenant has one."""
         if not self._require_policy().notifies:
             return
-        plan = self._require_plan()
-        self._notify(
-            event,
-            approval=ApprovalNotice(
-                plan_id=plan.plan_id,
-                revision=plan.revision,
-                summary=plan.diff_summary,
-                risk_level=plan.risk_level,
-                risk_reasons=list(plan.risk_reasons),
-                token_estimate=plan.token_estimate,
-                approvals_required=plan.approvals_required,
-                approvals_so_far=self._approvals_so_far(),
-                expires_at=plan.expires_at,
-                reason=self._reason if self._status is PromptStatus.AWAITING_APPROVAL else "",
-            ),
-        )
+        reason = self._reason if self._status is PromptStatus.AWAITING_APPROVAL else ""
+        notice = approval_notice(self._require_plan(), self._approvals, reason)
+        self._notify(event, approval=notice)
         self._notified = True
 
     async def _announce_end(self) -> None:
@@ -836,58 +805,25 @@ class PromptRequestWorkflow:
     # ---------------------------------------------------------------- updates
 
     def _check_decider(self, user_id: uuid.UUID, content_hash: str, token: str | None) -> None:
-        """Refusals shared by approve and reject. Validators: no I/O, no history on refusal.
-
-        A decision with a token for this tenant has its roster and role judged at decision
-        time by verify_decision (a role revoked or granted since planning counts); one
-        without is judged by the roster loaded with the plan."""
-        plan = self._plan
-        if self._deciding:
-            raise refused(
-                ErrorType.NOT_AWAITING_APPROVAL,
-                "another decision has just settled this plan; it no longer awaits approval",
-            )
-        if self._status is not PromptStatus.AWAITING_APPROVAL or plan is None:
-            raise refused(
-                ErrorType.NOT_AWAITING_APPROVAL,
-                f"the request is {self._status.value}, not awaiting approval",
-            )
-        role = self._roster.get(user_id)
-        judged_now = self._names_this_tenant(token)
-        if role is None and not judged_now:
-            raise refused(
-                ErrorType.USER_OF_ANOTHER_TENANT,
-                f"user {user_id} is not a member of this request's tenant",
-            )
-        if user_id == self._input.requested_by:
-            raise refused(
-                ErrorType.SELF_APPROVAL, "the requester cannot decide on their own request"
-            )
-        policy = self._require_policy()
-        if not judged_now and role not in policy.approver_roles:
-            raise refused(
-                ErrorType.ROLE_MAY_NOT_APPROVE,
-                f"role {role!r} may not approve; allowed: {', '.join(policy.approver_roles)}",
-            )
-        if content_hash != plan.content_hash:
-            raise refused(
-                ErrorType.STALE_PLAN_HASH,
-                f"plan hash {content_hash[:12]} is stale; the current plan is "
-                f"revision {plan.revision} with hash {plan.content_hash}",
-            )
+        """Refusals shared by approve and reject (lifecycle_rules.check_plan_decider).
+        Validators: no I/O, no history on refusal."""
+        context = DecisionContext(
+            status=self._status,
+            plan=self._plan,
+            policy=self._policy,
+            roster=self._roster,
+            requested_by=self._input.requested_by,
+            deciding=self._deciding,
+        )
+        check_plan_decider(
+            context, user_id, content_hash, judged_now=self._names_this_tenant(token)
+        )
 
     def _check_not_approved_by(self, user_id: uuid.UUID) -> None:
-        if self._approved_by(user_id):
-            plan = self._require_plan()
-            raise refused(
-                ErrorType.ALREADY_APPROVED,
-                f"user {user_id} already approved revision {plan.revision} of this plan",
-            )
+        check_not_approved_by(self._approvals, user_id, self._require_plan())
 
     def _approved_by(self, user_id: uuid.UUID) -> bool:
-        return any(
-            a.user_id == user_id and a.decision is ApprovalDecision.APPROVE for a in self._approvals
-        )
+        return approved_by(self._approvals, user_id)
 
     def _names_this_tenant(self, token: str | None) -> bool:
         return unverified_tenant(token) == str(self._input.tenant_id)
@@ -899,50 +835,18 @@ class PromptRequestWorkflow:
         token: str | None,
         plan_hash: str | None = None,
     ) -> DecisionClaims | None:
-        """What a decision's token and this run's memory refuse without I/O: for validators
-        (and the handler again, the state having moved on). Returns the token's claims; None
-        without a token, for a run without keys (its handler verifies all), or for a token
-        naming a key the handler may load first."""
-        keys = self._keys
-        if keys is None:
-            return None
-        now = workflow.now()
-        if user_id is not None:
-            self._refused_deciders.check(user_id, action, now)
-        if token is None:
-            if keys.trust.tokens_required:
-                raise refused(
-                    ErrorType.TOKEN_REQUIRED, f"a decision to {action} needs a signed token"
-                )
-            return None
-        kid = token_kid(token)
-        if keys.get(kid) is None:
-            if self._may_reload_keys(now, kid):
-                return None
-            raise no_such_key(kid)
+        """What this run's memory refuses without I/O (DecisionMemory.judge): for validators,
+        and the handler again, the state having moved on."""
         with _host_imports():
-            claims = verify_token(token, keys, now)
-        check_claims(
-            claims,
-            tenant_id=self._input.tenant_id,
-            request=self._input.prompt_request_id,
-            action=action,
-            plan_hash=plan_hash,
-            user_id=user_id,
-        )
-        if claims.jti in self._spent_tokens:
-            raise refused(ErrorType.TOKEN_REUSED, "this decision token was already used")
-        earlier = self._refused_tokens.get(claims.jti)
-        if earlier is not None:
-            raise refused(*earlier)
-        self._refused_deciders.check(claims.user_id, action, now)
-        return claims
-
-    def _may_reload_keys(self, now: datetime, kid: str) -> bool:
-        if self._keys is None or not self._keys.held:
-            return kid not in self._kids_sought
-        loaded = self._keys_loaded_at
-        return loaded is None or now - loaded >= KEY_RELOAD_INTERVAL
+            return self._memory.judge(
+                action,
+                user_id,
+                token,
+                tenant_id=self._input.tenant_id,
+                request=self._input.prompt_request_id,
+                plan_hash=plan_hash,
+                now=workflow.now(),
+            )
 
     async def _load_decision_keys(self, unknown_kid: str | None = None) -> None:
         trust = await workflow.execute_local_activity_method(
@@ -951,8 +855,7 @@ class PromptRequestWorkflow:
             **DB_STEP,
         )
         with _host_imports():
-            self._keys = TrustedKeys(trust)
-        self._keys_loaded_at = workflow.now()
+            self._memory.hold(trust, workflow.now())
 
     async def _verify_decision(
         self,
@@ -967,84 +870,155 @@ class PromptRequestWorkflow:
         remembered, so that its validator refuses it again without a trace."""
         if not workflow.patched(VERIFIED_DECISIONS_PATCH):
             return  # a run that took decisions before they were verified replays as it ran
+        claims = await self._judge_with_keys(action, user_id, token, plan_hash)
+        await self._verified(claims, self._verification(action, user_id, token, plan_hash))
+
+    async def _judge_with_keys(
+        self,
+        action: DecisionAction,
+        user_id: uuid.UUID | None,
+        token: str | None,
+        plan_hash: str | None,
+    ) -> DecisionClaims | None:
+        """_judge, once the run holds its keys (a key the token names that it lacks loaded)."""
         if self._loading_keys:
-            await workflow.wait_condition(lambda: self._keys is not None)
-        claims = None
-        if self._keys is not None:
-            if token is not None and self._keys.get(kid := token_kid(token)) is None:
-                self._kids_sought.add(kid)
-                await self._load_decision_keys(unknown_kid=kid)
-            claims = self._judge(action, user_id, token, plan_hash)
+            await workflow.wait_condition(lambda: self._memory.keys is not None)
+        if (kid := self._memory.lacks_key(token)) is not None:
+            await self._load_decision_keys(unknown_kid=kid)
+        return self._judge(action, user_id, token, plan_hash)
+
+    def _verification(
+        self,
+        action: DecisionAction,
+        user_id: uuid.UUID | None,
+        token: str | None,
+        plan_hash: str | None = None,
+        record: RecordDecision | None = None,
+    ) -> VerifyDecision:
         update = workflow.current_update_info()
+        return VerifyDecision(
+            tenant_id=self._input.tenant_id,
+            request=self._input.prompt_request_id,
+            action=action,
+            user_id=user_id,
+            token=token,
+            plan_hash=plan_hash,
+            requested_by=self._input.requested_by,
+            used_by=f"{workflow.info().workflow_id}/{update.id if update else ''}",
+            record=record,
+        )
+
+    async def _verified(self, claims: DecisionClaims | None, verification: VerifyDecision) -> None:
+        """Run the verify activity; a refusal is remembered and raised as its typed error."""
         try:
             verified = await workflow.execute_local_activity_method(
-                DecisionActivities.verify_decision,
-                VerifyDecision(
-                    tenant_id=self._input.tenant_id,
-                    request=self._input.prompt_request_id,
-                    action=action,
-                    user_id=user_id,
-                    token=token,
-                    plan_hash=plan_hash,
-                    requested_by=self._input.requested_by,
-                    used_by=f"{workflow.info().workflow_id}/{update.id if update else ''}",
-                ),
-                **DB_STEP,
+                DecisionActivities.verify_decision, verification, **DB_STEP
             )
         except LOCAL_STEP_FAILURES as err:
             cause = application_error(err)
             if cause is None or cause.type is None or not cause.non_retryable:
                 raise
             kind = ErrorType(cause.type)
-            if self._keys is not None:
-                await self._remember_refusal(action, kind, cause.message, user_id, claims)
+            if self._memory.keys is not None:
+                self._memory.remember_refusal(
+                    verification.action,
+                    kind,
+                    cause.message,
+                    verification.user_id,
+                    claims,
+                    workflow.now(),
+                )
+                if kind in STALE_TRUST_REFUSALS:  # its keys or settings are out of date
+                    await self._load_decision_keys()
             raise refused(kind, cause.message) from None
         if verified.jti is not None:
-            self._spent_tokens.add(verified.jti)
+            self._memory.spent.add(verified.jti)
 
-    async def _remember_refusal(
+    async def _decide(self, decision: ApprovalRecord, token: str | None) -> None:
+        """One approval or rejection of the plan (ONE_DECISION_STEP), after the ones before it:
+        judged again against the state they left, then verified and recorded by one local
+        activity; the one that settles the plan moves the request with it."""
+        approving = decision.decision is ApprovalDecision.APPROVE
+        action = DecisionAction.APPROVE if approving else DecisionAction.REJECT
+        if approving:
+            self._check_not_approved_by(decision.user_id)
+        self._check_decider(decision.user_id, decision.content_hash, token)
+        claims = await self._judge_with_keys(action, decision.user_id, token, decision.content_hash)
+        # The state may have moved on while keys were loaded.
+        self._check_decider(decision.user_id, decision.content_hash, token)
+        plan = self._require_plan()
+        closes = not approving or len(self._approvals) + 1 >= plan.approvals_required
+        settled = settles(decision) if closes else None
+        record = RecordDecision(
+            prompt_request_id=self._input.prompt_request_id,
+            plan_id=plan.plan_id,
+            user_id=decision.user_id,
+            decision=decision.decision,
+            content_hash=decision.content_hash,
+            reason=decision.reason,
+            plan_status=settled.plan_status if settled else None,
+            status=settled.status if settled else None,
+            status_reason=settled.reason if settled else "",
+        )
+        verification = self._verification(
+            action, decision.user_id, token, decision.content_hash, record
+        )
+        self._deciding = closes
+        try:
+            await self._verified(claims, verification)
+        finally:
+            self._deciding = False
+        self._approvals.append(decision)
+        if not approving:
+            self._reason = decision.reason
+        if settled is None:
+            self._show_approval_progress()
+            return
+        plan.approval_status = settled.plan_status
+        self._decision = decision.decision
+        # The update's answer shows the state reached, not the one it started from.
+        self._set_status(settled.status, settled.reason)
+
+    def _decision_record(
         self,
-        action: DecisionAction,
-        kind: ErrorType,
-        message: str,
-        user_id: uuid.UUID | None,
-        claims: DecisionClaims | None,
-    ) -> None:
-        """What the handler refused is refused next time by the validators."""
-        decider = claims.user_id if claims is not None else user_id
-        if kind in DECIDER_REFUSALS and decider is not None:
-            self._refused_deciders.remember(decider, action, kind, message, workflow.now())
-        elif kind is ErrorType.TOKEN_REUSED and claims is not None:
-            self._spent_tokens.add(claims.jti)
-        elif claims is not None:
-            self._refused_tokens[claims.jti] = (kind, message)
-        if kind in STALE_TRUST_REFUSALS:
-            await self._load_decision_keys()
+        decision: ApprovalDecision,
+        user_id: uuid.UUID,
+        content_hash: str,
+        reason: str,
+    ) -> ApprovalRecord:
+        return ApprovalRecord(
+            user_id=user_id,
+            decision=decision,
+            content_hash=content_hash,
+            at=workflow.now(),
+            reason=reason,
+        )
 
     @workflow.update
     async def approve(self, submitted: Submitted[ApproveRequest]) -> PromptRequestStatus:
         approval = parse_input(ApproveRequest, submitted)
+        record = self._decision_record(
+            ApprovalDecision.APPROVE, approval.user_id, approval.content_hash, approval.comment
+        )
+        if self._patched(ONE_DECISION_STEP):
+            async with self._one_decision:
+                await self._decide(record, approval.token)
+            return self.status()
+        # Runs from before ONE_DECISION_STEP: verified, then recorded.
         if self._approved_by(approval.user_id):
-            if self._keys is not None:
+            if self._memory.keys is not None:
                 self._check_not_approved_by(approval.user_id)
             return self.status()  # runs from before the patch: a repeat changed nothing
         await self._verify_decision(
             DecisionAction.APPROVE, approval.user_id, approval.token, approval.content_hash
         )
-        if self._keys is not None:
+        if self._memory.keys is not None:
             self._check_not_approved_by(approval.user_id)  # a twin approved meanwhile
         # The plan may have moved on while the decision was verified.
         self._check_decider(approval.user_id, approval.content_hash, approval.token)
         plan = self._require_plan()
         if self._approved_by(approval.user_id):
             return self.status()
-        record = ApprovalRecord(
-            user_id=approval.user_id,
-            decision=ApprovalDecision.APPROVE,
-            content_hash=approval.content_hash,
-            at=workflow.now(),
-            reason=approval.comment,
-        )
         self._approvals.append(record)
         closes = len(self._approvals) >= plan.approvals_required
         await self._record(plan, record, closes)
@@ -1062,18 +1036,18 @@ class PromptRequestWorkflow:
     @workflow.update
     async def reject(self, submitted: Submitted[RejectRequest]) -> PromptRequestStatus:
         rejection = parse_input(RejectRequest, submitted)
+        record = self._decision_record(
+            ApprovalDecision.REJECT, rejection.user_id, rejection.content_hash, rejection.reason
+        )
+        if self._patched(ONE_DECISION_STEP):
+            async with self._one_decision:
+                await self._decide(record, rejection.token)
+            return self.status()
         await self._verify_decision(
             DecisionAction.REJECT, rejection.user_id, rejection.token, rejection.content_hash
         )
         self._check_decider(rejection.user_id, rejection.content_hash, rejection.token)
         plan = self._require_plan()
-        record = ApprovalRecord(
-            user_id=rejection.user_id,
-            decision=ApprovalDecision.REJECT,
-            content_hash=rejection.content_hash,
-            at=workflow.now(),
-            reason=rejection.reason,
-        )
         self._approvals.append(record)
         self._reason = rejection.reason
         await self._record(plan, record, closes=True)
@@ -1089,17 +1063,12 @@ class PromptRequestWorkflow:
         )
 
     async def _record(self, plan: PlanSummary, record: ApprovalRecord, closes: bool) -> None:
+        """Runs from before ONE_DECISION_STEP: the verified decision recorded on its own."""
         # Two deciding updates validated in one activation: the first one decides.
         closes = closes and not self._deciding
         if closes:
             self._deciding = True
-        plan_status, status, status_reason = None, None, ""
-        if closes:
-            approved = record.decision is ApprovalDecision.APPROVE
-            plan_status = PlanApprovalStatus.APPROVED if approved else PlanApprovalStatus.REJECTED
-            status = PromptStatus.APPROVED if approved else PromptStatus.REJECTED
-            # A rejection's reason is the request's; an approval's comment stays with it.
-            status_reason = "" if approved else record.reason
+        settled = settles(record) if closes else None
         await workflow.execute_local_activity_method(
             LifecycleActivities.record_decision,
             RecordDecision(
@@ -1109,18 +1078,18 @@ class PromptRequestWorkflow:
                 decision=record.decision,
                 content_hash=record.content_hash,
                 reason=record.reason,
-                plan_status=plan_status,
-                status=status,
-                status_reason=status_reason,
+                plan_status=settled.plan_status if settled else None,
+                status=settled.status if settled else None,
+                status_reason=settled.reason if settled else "",
             ),
             **DB_STEP,
         )
-        if plan_status is not None and status is not None:
-            plan.approval_status = plan_status
+        if settled is not None:
+            plan.approval_status = settled.plan_status
             self._decision = record.decision
             self._deciding = False
             # The update's answer shows the state reached, not the one it started from.
-            self._set_status(status, status_reason)
+            self._set_status(settled.status, settled.reason)
 
     @workflow.update
     async def revise(self, submitted: Submitted[ReviseRequest]) -> PromptRequestStatus:
@@ -1141,21 +1110,15 @@ class PromptRequestWorkflow:
         self._judge(DecisionAction.REVISE, revision.user_id, revision.token)
 
     def _check_reviser(self, revision: ReviseRequest) -> None:
-        if (
-            self._status is not PromptStatus.AWAITING_APPROVAL
-            or self._deciding
-            or self._revision is not None
-            or self._applied
-        ):
-            raise refused(
-                ErrorType.NOT_AWAITING_APPROVAL,
-                "only a plan awaiting approval before the change is applied can be revised",
-            )
-        if revision.user_id not in self._roster and not self._names_this_tenant(revision.token):
-            raise refused(
-                ErrorType.USER_OF_ANOTHER_TENANT,
-                f"user {revision.user_id} is not a member of this request's tenant",
-            )
+        check_revisable(
+            status=self._status,
+            deciding=self._deciding,
+            revising=self._revision is not None,
+            applied=self._applied,
+        )
+        check_member(
+            self._roster, revision.user_id, judged_now=self._names_this_tenant(revision.token)
+        )
         check_prompt(revision.prompt)
 
     @workflow.update
@@ -1165,6 +1128,8 @@ class PromptRequestWorkflow:
         cancel = parse_input(CancelRequest, submitted)
         await self._verify_decision(DecisionAction.CANCEL, cancel.user_id, cancel.token)
         self._refuse_cancel_once_live()  # production may have verified while it was verified
+        if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
+            await self._stop_releasing()
         # What the person typed travels here, encrypted, never as Temporal's cancel reason.
         if cancel.reason:
             by = f" by {cancel.user_id}" if cancel.user_id else ""
@@ -1177,27 +1142,41 @@ class PromptRequestWorkflow:
         self._refuse_cancel_once_live()
         if is_terminal(self._status) or self._finished:
             raise refused(ErrorType.REQUEST_CLOSED, f"the request is {self._status.value}")
-        if (
-            cancel.user_id is not None
-            and cancel.user_id not in self._roster
-            and not self._names_this_tenant(cancel.token)
-        ):
-            raise refused(
-                ErrorType.USER_OF_ANOTHER_TENANT,
-                f"user {cancel.user_id} is not a member of this request's tenant",
-            )
+        check_member(self._roster, cancel.user_id, judged_now=self._names_this_tenant(cancel.token))
         self._judge(DecisionAction.CANCEL, cancel.user_id, cancel.token)
 
-    def _refuse_cancel_once_live(self) -> None:
-        live = self._live
-        if live is None:
+    async def _stop_releasing(self) -> None:
+        """An accepted cancel: no release starts from now on, the one running is cancelled,
+        and a production release is waited for: it stops (the cancel is accepted) or it had
+        verified before hearing of the cancel (CancelTooLate). Either way the answer is true
+        when Temporal's cancel follows it."""
+        self._cancel_authorized = True
+        releasing = self._releasing
+        if releasing is None:
             return
-        raise refused(
-            ErrorType.CANCEL_TOO_LATE,
-            f"too late to cancel: production deployment {live.deployment_id} verified "
-            f"{live.commit_sha[:12]} and the default branch holds it; roll that deployment back "
-            f"to undo the change (changeflow rollback {live.deployment_id})",
-        )
+        releasing.cancel()
+        await workflow.wait_condition(lambda: self._releasing is None)
+        if self._live is not None:
+            self._cancel_authorized = False
+            self._refuse_cancel_once_live()
+
+    async def _await_authorized_cancel(self) -> None:
+        """After an accepted cancel decision, wait for Temporal's cancel, which the typed client
+        sends right after (it raises CancelledError here); without it, cancel anyway."""
+        self._releasing = None
+        self._set_step("cancelling")
+        try:
+            await workflow.wait_condition(
+                lambda: False,
+                timeout=AUTHORIZED_CANCEL_WAIT,
+                timeout_summary="cancel decision accepted",
+            )
+        except TimeoutError:
+            raise CancelledByDecision() from None
+
+    def _refuse_cancel_once_live(self) -> None:
+        if self._live is not None:
+            raise cancel_too_late(self._live)
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -1277,8 +1256,9 @@ class PromptRequestWorkflow:
         return applied
 
     async def _deploy(self, environment: DeploymentEnvironment) -> DeploymentResult:
-        plan = self._require_plan()
         assert self._commit_sha is not None
+        if self._cancel_authorized:
+            await self._await_authorized_cancel()  # nothing more is released
         deployment_id = workflow.uuid4()
         self._set_status(
             PromptStatus.DEPLOYING_STAGING
@@ -1293,26 +1273,17 @@ class PromptRequestWorkflow:
         persisting: asyncio.Future[None] | None = None
         try:
             child = await workflow.start_child_workflow(
-                "DeploymentWorkflow",
-                DeploymentInput(
-                    deployment_id=deployment_id,
-                    tenant_id=self._input.tenant_id,
-                    project_id=self._input.project_id,
-                    plan_id=plan.plan_id,
-                    prompt_request_id=self._input.prompt_request_id,
-                    environment=environment,
-                    commit_sha=self._commit_sha,
-                    parent_workflow_id=workflow.info().workflow_id,
-                    deploy_task_queue=self._input.deploy_task_queue,
-                ),
-                id=deployment_workflow_id(deployment_id),
-                # Started with its search attributes, so it need not upsert them.
-                search_attributes=deployment_attributes(
-                    self._input.tenant_id, self._input.project_id, environment
-                ),
-                result_type=DeploymentResult,
-                static_summary=f"{environment.value} release of {self._commit_sha[:10]}",
+                **self._deployment_child(
+                    deployment_id,
+                    environment,
+                    self._commit_sha,
+                    f"{environment.value} release of {self._commit_sha[:10]}",
+                )
             )
+            if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
+                self._releasing = child
+                if self._cancel_authorized:  # accepted while the child was starting
+                    child.cancel()
             if environment is DeploymentEnvironment.PRODUCTION:
                 # Written beside the running deployment, not before it starts (staging's status
                 # came with apply_change); the outcome is acted on once it is written.
@@ -1323,6 +1294,8 @@ class PromptRequestWorkflow:
         except ChildWorkflowError as err:
             if workflow.cancellation_reason() is not None:
                 raise asyncio.CancelledError("cancelled while deploying") from err
+            if self._cancel_authorized:
+                await self._await_authorized_cancel()
             result = DeploymentResult(
                 deployment_id=deployment_id,
                 environment=environment,
@@ -1340,6 +1313,9 @@ class PromptRequestWorkflow:
                 self._staged = result
             else:
                 self._live = result
+        self._releasing = None  # an accepted cancel's answer waits for this
+        if self._cancel_authorized and self._live is None:
+            await self._await_authorized_cancel()  # the compensation undoes what it released
         if workflow.cancellation_reason() is not None and (
             self._live is None or not self._patched(CANCEL_NEVER_LIVE)
         ):
@@ -1348,10 +1324,47 @@ class PromptRequestWorkflow:
             raise asyncio.CancelledError("cancelled while deploying")
         return result
 
+    def _deployment_child(
+        self,
+        deployment_id: uuid.UUID,
+        environment: DeploymentEnvironment,
+        commit_sha: str,
+        summary: str,
+        *,
+        undoes: DeploymentResult | None = None,
+    ) -> dict[str, Any]:
+        """The start of a deployment child of this request: a release of `commit_sha`, or, with
+        `undoes`, the deployment restoring what ran before that release (verified, never rolled
+        back itself). Started with its search attributes, so it need not upsert them."""
+        request = self._input
+        return {
+            "workflow": "DeploymentWorkflow",
+            "arg": DeploymentInput(
+                deployment_id=deployment_id,
+                tenant_id=request.tenant_id,
+                project_id=request.project_id,
+                plan_id=self._require_plan().plan_id,
+                prompt_request_id=request.prompt_request_id,
+                environment=environment,
+                commit_sha=commit_sha,
+                rollback_of=undoes.deployment_id if undoes else None,
+                parent_workflow_id=workflow.info().workflow_id,
+                auto_rollback=undoes is None,
+                undoes_commit_sha=undoes.commit_sha if undoes else None,
+                deploy_task_queue=request.deploy_task_queue,
+            ),
+            "id": deployment_workflow_id(deployment_id),
+            "search_attributes": deployment_attributes(
+                request.tenant_id, request.project_id, environment
+            ),
+            "result_type": DeploymentResult,
+            "static_summary": summary,
+        }
+
     def _show_outcome(self, state: DeploymentSummary, result: DeploymentResult) -> None:
         state.status = result.status_now or result.status
         state.queue_position = None
-        state.detail = _outcome_detail(result)
+        state.detail = outcome_detail(result)
         state.rollback_deployment_id = result.rollback_deployment_id
         state.rollback_status = result.rollback_status
         state.log_url = result.log_url
@@ -1366,23 +1379,10 @@ class PromptRequestWorkflow:
             )
 
     async def _end_after_failed_deployment(self, outcome: DeploymentResult) -> None:
-        rolled_back = outcome.rollback_deployment_id is not None and outcome.rollback_status in (
-            DeploymentStatus.SUCCEEDED,
-            DeploymentStatus.ROLLED_BACK,
-        )
-        what = f"{outcome.environment.value} verification failed"
-        reason = (
-            f"{what}; rolled back by deployment {outcome.rollback_deployment_id}"
-            if rolled_back
-            else f"{what}: {outcome.verification_output[-500:]}"
-        )
+        status, reason = failed_deployment_ending(outcome)
         # The work was done: its tokens are charged even though the release was undone.
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
-        await self._end(
-            PromptStatus.ROLLED_BACK if rolled_back else PromptStatus.FAILED,
-            reason,
-            tokens_used=self._tokens_used,
-        )
+        await self._end(status, reason, tokens_used=self._tokens_used)
 
     # ---------------------------------------------------------------- status and endings
 
@@ -1461,7 +1461,6 @@ class PromptRequestWorkflow:
         a verified deployment (rollback_of = the release); nothing when another release came
         since (the environment no longer runs this request's change)."""
         environment = released.environment
-        plan = self._require_plan()
         self._set_step(f"cancelled: restoring {environment.value}'s previous release")
         restore = released.previous_commit_sha
         if restore is None:  # the first release there, or recorded before the field existed
@@ -1484,27 +1483,13 @@ class PromptRequestWorkflow:
         self._deployments[undo_id] = state
         try:
             result = await workflow.execute_child_workflow(
-                "DeploymentWorkflow",
-                DeploymentInput(
-                    deployment_id=undo_id,
-                    tenant_id=self._input.tenant_id,
-                    project_id=self._input.project_id,
-                    plan_id=plan.plan_id,
-                    prompt_request_id=self._input.prompt_request_id,
-                    environment=environment,
-                    commit_sha=restore,
-                    rollback_of=released.deployment_id,
-                    parent_workflow_id=workflow.info().workflow_id,
-                    auto_rollback=False,
-                    undoes_commit_sha=released.commit_sha,
-                    deploy_task_queue=self._input.deploy_task_queue,
-                ),
-                id=deployment_workflow_id(undo_id),
-                search_attributes=deployment_attributes(
-                    self._input.tenant_id, self._input.project_id, environment
-                ),
-                result_type=DeploymentResult,
-                static_summary=f"{environment.value}: undo of cancelled {released.commit_sha[:10]}",
+                **self._deployment_child(
+                    undo_id,
+                    environment,
+                    restore,
+                    f"{environment.value}: undo of cancelled {released.commit_sha[:10]}",
+                    undoes=released,
+                )
             )
         except ChildWorkflowError as err:
             workflow.logger.warning("the undo of %s failed: %s", environment.value, err)
@@ -1597,20 +1582,3 @@ def _host_imports() -> contextlib.AbstractContextManager[None]:
     (an exception type when a signature fails), which inside the sandbox would be imported a
     second time, and a Rust extension cannot be: the process aborts. Taken from the host."""
     return workflow.unsafe.imports_passed_through()
-
-
-def _outcome_detail(result: DeploymentResult) -> str:
-    if result.verified:
-        return "verified"
-    if result.status is DeploymentStatus.CANCELLED:
-        return result.verification_output or "cancelled"
-    if result.base_moved:
-        return "not released: the default branch moved; rebasing"
-    if result.rollback_status is None:
-        return "verification failed"
-    return f"verification failed; rollback {result.rollback_status.value}"
-
-
-def _duration(span: timedelta) -> str:
-    seconds = round(span.total_seconds())
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"

@@ -307,3 +307,108 @@ class DeciderRefusals:
 def _kind_of(action: DecisionAction) -> str:
     """Approve and reject are judged by one rule (the approver roles)."""
     return "plan" if action in ACTIONS_ON_A_PLAN else action.value
+
+
+class DecisionMemory:
+    """What a run that receives decisions remembers so that its validators judge a decision
+    without I/O: the decision keys (None: a run from before it held keys, or not loaded yet),
+    the key ids it sought, the token ids spent on a decision here, and the refusals to repeat
+    without a trace (tokens the handler refused, people the roster refused)."""
+
+    def __init__(
+        self, *, refused_wait: timedelta, refused_cap: timedelta, reload_interval: timedelta
+    ) -> None:
+        self.keys: TrustedKeys | None = None
+        self.loaded_at: datetime | None = None
+        self.kids_sought: set[str] = set()
+        self.spent: set[str] = set()
+        self.refused_tokens: dict[str, tuple[ErrorType, str]] = {}
+        self.refused_deciders = DeciderRefusals(refused_wait, refused_cap)
+        self._reload_interval = reload_interval
+
+    def hold(self, trust: DecisionTrust, now: datetime) -> None:
+        self.keys = TrustedKeys(trust)
+        self.loaded_at = now
+
+    def lacks_key(self, token: str | None) -> str | None:
+        """The key id a token names that the run does not hold (noted as sought), if any."""
+        if self.keys is None or token is None:
+            return None
+        kid = token_kid(token)
+        if self.keys.get(kid) is not None:
+            return None
+        self.kids_sought.add(kid)
+        return kid
+
+    def may_reload(self, now: datetime, kid: str) -> bool:
+        """Whether an unknown key id may reload the keys: once per key id while the run holds
+        none, otherwise at most once per reload interval (made-up key ids cost one handler run
+        per interval, not one per call)."""
+        if self.keys is None or not self.keys.held:
+            return kid not in self.kids_sought
+        return self.loaded_at is None or now - self.loaded_at >= self._reload_interval
+
+    def judge(
+        self,
+        action: DecisionAction,
+        user_id: uuid.UUID | None,
+        token: str | None,
+        *,
+        tenant_id: uuid.UUID,
+        request: uuid.UUID,
+        plan_hash: str | None,
+        now: datetime,
+    ) -> DecisionClaims | None:
+        """What a decision's token and this memory refuse without I/O. Returns the token's
+        claims; None without a token, without keys (the handler's activity verifies all), or
+        for a token naming a key the handler may load first."""
+        keys = self.keys
+        if keys is None:
+            return None
+        if user_id is not None:
+            self.refused_deciders.check(user_id, action, now)
+        if token is None:
+            if keys.trust.tokens_required:
+                raise refused(
+                    ErrorType.TOKEN_REQUIRED, f"a decision to {action} needs a signed token"
+                )
+            return None
+        kid = token_kid(token)
+        if keys.get(kid) is None:
+            if self.may_reload(now, kid):
+                return None
+            raise no_such_key(kid)
+        claims = verify_token(token, keys, now)
+        check_claims(
+            claims,
+            tenant_id=tenant_id,
+            request=request,
+            action=action,
+            plan_hash=plan_hash,
+            user_id=user_id,
+        )
+        if claims.jti in self.spent:
+            raise refused(ErrorType.TOKEN_REUSED, "this decision token was already used")
+        earlier = self.refused_tokens.get(claims.jti)
+        if earlier is not None:
+            raise refused(*earlier)
+        self.refused_deciders.check(claims.user_id, action, now)
+        return claims
+
+    def remember_refusal(
+        self,
+        action: DecisionAction,
+        kind: ErrorType,
+        message: str,
+        user_id: uuid.UUID | None,
+        claims: DecisionClaims | None,
+        now: datetime,
+    ) -> None:
+        """What the handler refused is refused next time by the validators."""
+        decider = claims.user_id if claims is not None else user_id
+        if kind in DECIDER_REFUSALS and decider is not None:
+            self.refused_deciders.remember(decider, action, kind, message, now)
+        elif kind is ErrorType.TOKEN_REUSED and claims is not None:
+            self.spent.add(claims.jti)
+        elif claims is not None:
+            self.refused_tokens[claims.jti] = (kind, message)

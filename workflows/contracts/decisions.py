@@ -16,6 +16,8 @@ import uuid
 
 from pydantic import BaseModel
 
+from workflows.contracts.lifecycle import RecordDecision
+
 
 class DecisionAction(enum.StrEnum):
     APPROVE = "approve"
@@ -49,6 +51,9 @@ class VerifyDecision(BaseModel):
     used_by: str
     # False: only check (the token is not spent); a rollback checks its decider first.
     spend: bool = True
+    # An approval or rejection to record with the verification, in its transaction: one
+    # local activity per decision, and a refused decision records nothing.
+    record: RecordDecision | None = None
 
 
 class LoadDecisionTrust(BaseModel):

@@ -61,6 +61,9 @@ class ErrorType(enum.StrEnum):
     REPOSITORY_ERROR = "RepositoryError"
     # The approved change does not apply to the project's default branch as it is now.
     REBASE_CONFLICT = "RebaseConflict"
+    # The default branch already holds the approved change (the same change shipped by another
+    # request or pushed since it was planned): the request completes without a release.
+    CHANGE_ALREADY_PRESENT = "ChangeAlreadyPresent"
     # The model engine's endpoint refused the call (429, 5xx and timeouts are retried instead).
     MODEL_AUTH_FAILED = "ModelAuthFailed"
     MODEL_NOT_FOUND = "ModelNotFound"
