@@ -65,7 +65,7 @@ from workers.schedules import apply_connector_schedule
 from workers.settings import Settings
 from workers.webhooks import shopify_webhooks, webhook_app
 from workflows.commerce import OrderSyncWorkflow
-from workflows.contracts.commerce import SyncRequested
+from workflows.contracts.commerce import BulkOperationFinished, SyncRequested
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -561,6 +561,9 @@ async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retr
     async def schedule_untouched(connector: Connector) -> None:
         raise AssertionError("no schedule change expected")
 
+    async def no_bulk(connector_id: uuid.UUID, finished: BulkOperationFinished) -> None:
+        raise AssertionError("no bulk operation expected")
+
     def intake(
         request_sync: Callable[[uuid.UUID, SyncRequested], Awaitable[None]],
     ) -> ShopifyWebhooks:
@@ -570,6 +573,7 @@ async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retr
             ConnectorService(sessions, store, connections),
             request_sync=request_sync,
             connector_disabled=schedule_untouched,
+            bulk_finished=no_bulk,
         )
 
     body = json.dumps(order_payload(next(iter(shop.orders.values())))).encode()
