@@ -15,6 +15,7 @@ from tests.factories import make_tenant
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_commerce_import import import_file
 from tests.workers import running_workers
+from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.ids import order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -88,4 +89,7 @@ async def test_a_long_syncs_window_count_covers_all_its_runs(
             if event.activity_task_scheduled_event_attributes.activity_type.name == "sync_window"
         )
     assert result.windows == windows
+    # The sync's progress query (its latest run) counts its earlier runs' windows too.
+    progress = await client.get_workflow_handle(sync_id).query(OrderSyncWorkflow.progress)
+    assert progress["windows"] == windows
     assert len(await orders_of(sessions, connected.tenant.id)) == 60
