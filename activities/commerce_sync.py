@@ -557,27 +557,38 @@ class CommerceSyncActivities:
                 batch: list[dict[str, Any]] = []
                 seen = 0  # records read, those committed before a retry included
                 skipping = False
+                # The batch being committed while the next one is read (one at a time, in
+                # order, so each checkpoint follows the one before).
+                committing: asyncio.Task[SyncCounts] | None = None
                 lines = shop.bulk_lines(url) if url else _no_lines()
-                async for line in lines:
-                    if line.get("__parentId") is not None:  # a line item of the last order
-                        if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
-                            batch[-1]["lineItems"]["nodes"].append(line)
-                        continue
-                    if len(batch) >= self._window_records:
-                        # A new record: the batch's orders have all their line items.
-                        activity.heartbeat(seen)
-                        counts = counts.plus(
-                            await self._bulk_commit(
-                                connector, stream, start, end, operation_id, batch, seen
+                try:
+                    async for line in lines:
+                        if line.get("__parentId") is not None:  # a line item of the last order
+                            if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
+                                batch[-1]["lineItems"]["nodes"].append(line)
+                            continue
+                        if len(batch) >= self._window_records:
+                            # A new record: the batch's orders have all their line items.
+                            activity.heartbeat(seen)
+                            if committing is not None:
+                                counts = counts.plus(await committing)
+                            committing = asyncio.create_task(
+                                self._bulk_commit(
+                                    connector, stream, start, end, operation_id, batch, seen
+                                )
                             )
-                        )
-                        batch = []
-                    seen += 1
-                    skipping = seen <= skip
-                    if not skipping:
-                        if stream is SyncStream.ORDERS:
-                            line["lineItems"] = {"nodes": []}
-                        batch.append(line)
+                            batch = []
+                        seen += 1
+                        skipping = seen <= skip
+                        if not skipping:
+                            if stream is SyncStream.ORDERS:
+                                line["lineItems"] = {"nodes": []}
+                            batch.append(line)
+                    if committing is not None:
+                        counts = counts.plus(await committing)
+                finally:
+                    if committing is not None and not committing.done():
+                        committing.cancel()
                 counts = counts.plus(
                     await self._bulk_commit(
                         connector, stream, start, end, operation_id, batch, seen, last=True

@@ -394,9 +394,16 @@ class ShopifyClient:
             async with self._http.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise ShopifyUnavailable(f"the bulk result answered {response.status_code}")
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
+                # Bytes split at newlines (JSONL's only separator), parsed as they come.
+                rest = b""
+                async for chunk in response.aiter_bytes():
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+                if rest.strip():
+                    yield json.loads(rest)
         except httpx.TransportError as err:
             raise ShopifyUnavailable(f"cannot read the bulk result: {type(err).__name__}") from None
 
