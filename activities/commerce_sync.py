@@ -64,7 +64,7 @@ WINDOW_RECORDS = 2500
 BULK_MARK = "bulk:"
 # How long one activity call polls a running Bulk Operation before it hands the wait to the
 # workflow, and the workflow's recheck when no bulk_operations/finish webhook wakes it.
-BULK_WAIT_SECONDS = 10.0
+BULK_WAIT_SECONDS = 20.0
 BULK_RECHECK_SECONDS = 60.0
 # A later (incremental) window with more records than this is read by a Bulk Operation.
 BULK_WINDOW_RECORDS = 5000
@@ -542,8 +542,12 @@ class CommerceSyncActivities:
                     await self._bulk_checkpoint(
                         connector, stream, start, end, f"{BULK_MARK}{operation_id}|0"
                     )
-                finished, url = await self._bulk_result(shop, operation_id)
+                finished, url, age = await self._bulk_result(shop, operation_id)
                 if not finished:
+                    # Rechecked sooner while the operation is young (a mid-sized shop's takes
+                    # seconds): after a quarter of its age, between bulk_poll_seconds and
+                    # bulk_recheck_seconds.
+                    recheck = min(self._bulk_recheck_seconds, max(self._bulk_poll_seconds, age / 4))
                     return WindowSynced(
                         stream=stream,
                         window_start=start,
@@ -552,7 +556,7 @@ class CommerceSyncActivities:
                         cursor=start,
                         done=False,
                         bulk_operation=operation_id,
-                        recheck_seconds=self._bulk_recheck_seconds,
+                        recheck_seconds=recheck,
                     )
                 batch: list[dict[str, Any]] = []
                 seen = 0  # records read, those committed before a retry included
@@ -615,11 +619,13 @@ class CommerceSyncActivities:
             return str(current["id"])
         return await shop.run_bulk_query(bulk_query(stream.value, start, end))
 
-    async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> tuple[bool, str | None]:
-        """Poll currentBulkOperation for up to bulk_wait_seconds: whether the operation is done
-        and its result's URL (None: no record at all). A failed or expired operation is
-        retried from the start. The first polls come quickly (a small shop's operation is done
-        in a second), then every bulk_poll_seconds."""
+    async def _bulk_result(
+        self, shop: ShopifyClient, operation_id: str
+    ) -> tuple[bool, str | None, float]:
+        """Poll currentBulkOperation for up to bulk_wait_seconds: whether the operation is done,
+        its result's URL (None: no record at all) and its age in seconds. A failed or expired
+        operation is retried from the start. The first polls come quickly (a small shop's
+        operation is done in a second), then every bulk_poll_seconds."""
         pause = 0.1
         deadline = time.monotonic() + self._bulk_wait_seconds
         while True:
@@ -630,14 +636,16 @@ class CommerceSyncActivities:
                 )
             status = current.get("status")
             activity.heartbeat(f"bulk {status} {current.get('objectCount')}")
+            created = _when(current.get("createdAt"))
+            age = (utcnow() - created).total_seconds() if created else 0.0
             if status == "COMPLETED":
-                return True, current.get("url")
+                return True, current.get("url"), age
             if status in ("FAILED", "CANCELED", "EXPIRED"):
                 raise ShopifyUnavailable(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
             if time.monotonic() + pause > deadline:
-                return False, None
+                return False, None, age
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._bulk_poll_seconds)
 

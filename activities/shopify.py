@@ -541,7 +541,7 @@ mutation BulkRun($query: String!) {
 
 CURRENT_BULK_QUERY = """
 query CurrentBulk {
-  currentBulkOperation(type: QUERY) { id status errorCode objectCount url }
+  currentBulkOperation(type: QUERY) { id status errorCode createdAt objectCount url }
 }
 """
 

@@ -698,6 +698,7 @@ class ShopifyStandIn:
                 "id": self.bulk["id"],
                 "status": self.bulk["status"],
                 "errorCode": None,
+                "createdAt": self.bulk["created_at"],
                 "objectCount": str(len(self.bulk["lines"] or [])),
                 "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
                 if completed and self.bulk["lines"]

@@ -642,13 +642,14 @@ async def test_bulk_operations_finish_wakes_the_sync_waiting_for_that_operation(
     connected: ConnectedShop,
     sender: WebhookSender,
 ) -> None:
-    # A first sync by Bulk Operations that Shopify finishes only when it says so, polled for
-    # no time in the activity and rechecked after an hour: only the webhook can wake it.
+    # A first sync by Bulk Operations that Shopify finishes only when it says so, polled once
+    # in the activity and rechecked after an hour: only the webhook can wake it.
     shop.bulk_running_polls = 10**9
     bulk = settings.model_copy(
         update={
             "sync_bulk_first_sync": True,
             "sync_bulk_wait_seconds": 0.0,
+            "sync_bulk_poll_seconds": 3600.0,
             "sync_bulk_recheck_seconds": 3600.0,
         }
     )
