@@ -277,7 +277,7 @@ class CommerceSyncActivities:
         initial_lookback: timedelta,
         window_records: int = WINDOW_RECORDS,
         bulk_first_sync: bool = True,
-        bulk_poll_seconds: float = 2.0,
+        bulk_poll_seconds: float = 1.0,
         bulk_wait_seconds: float = BULK_WAIT_SECONDS,
         bulk_recheck_seconds: float = BULK_RECHECK_SECONDS,
         bulk_window_records: int = BULK_WINDOW_RECORDS,

@@ -193,7 +193,7 @@ class Settings(BaseSettings):
     # A later window of more than sync_bulk_window_records records (0: never) is read by a
     # Bulk Operation too.
     sync_bulk_first_sync: bool = True
-    sync_bulk_poll_seconds: float = Field(default=2.0, gt=0)
+    sync_bulk_poll_seconds: float = Field(default=1.0, gt=0)
     sync_bulk_wait_seconds: float = Field(default=20.0, ge=0)
     sync_bulk_recheck_seconds: float = Field(default=60.0, ge=1)
     sync_bulk_window_records: int = Field(default=5000, ge=0)
