@@ -542,7 +542,16 @@ class CommerceSyncActivities:
                     await self._bulk_checkpoint(
                         connector, stream, start, end, f"{BULK_MARK}{operation_id}|0"
                     )
-                finished, url, age = await self._bulk_result(shop, operation_id)
+                try:
+                    finished, url, age = await self._bulk_result(shop, operation_id)
+                except BulkOperationEnded:
+                    # Failed, cancelled or expired: nothing of it was read (it has no result);
+                    # the window starts a new one, and a retry finds that one.
+                    operation_id = await self._start_bulk(shop, stream, start, end)
+                    await self._bulk_checkpoint(
+                        connector, stream, start, end, f"{BULK_MARK}{operation_id}|0"
+                    )
+                    raise
                 if not finished:
                     # Rechecked sooner while the operation is young (a mid-sized shop's takes
                     # seconds): after a quarter of its age, between bulk_poll_seconds and
@@ -641,7 +650,7 @@ class CommerceSyncActivities:
             if status == "COMPLETED":
                 return True, current.get("url"), age
             if status in ("FAILED", "CANCELED", "EXPIRED"):
-                raise ShopifyUnavailable(
+                raise BulkOperationEnded(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
             if time.monotonic() + pause > deadline:
@@ -712,6 +721,10 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+class BulkOperationEnded(ShopifyUnavailable):
+    """The window's Bulk Operation failed, was cancelled or expired: retried with a new one."""
 
 
 async def _no_lines() -> AsyncIterator[dict[str, Any]]:

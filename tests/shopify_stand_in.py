@@ -302,6 +302,8 @@ class ShopifyStandIn:
         self.bulk_operations = 0
         # The connection each bulk operation read (orders, customers), in order.
         self.bulk_streams: list[str] = []
+        # The next bulk operation ends FAILED with this errorCode (INTERNAL_SERVER_ERROR, ...).
+        self.bulk_fail_next: str | None = None
         # Called with the stream and variables before a page is answered (tests kill a
         # worker from here).
         self.before_page: Any = None
@@ -697,7 +699,7 @@ class ShopifyStandIn:
             "currentBulkOperation": {
                 "id": self.bulk["id"],
                 "status": self.bulk["status"],
-                "errorCode": None,
+                "errorCode": self.bulk.get("error_code"),
                 "createdAt": self.bulk["created_at"],
                 "objectCount": str(len(self.bulk["lines"] or [])),
                 "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
@@ -708,7 +710,12 @@ class ShopifyStandIn:
 
     def _complete_bulk(self) -> None:
         assert self.bulk is not None
-        self.bulk["status"] = "COMPLETED"
+        if self.bulk_fail_next:
+            # FAILED with its BulkOperationErrorCode, no result (no url).
+            self.bulk["status"], self.bulk["error_code"] = "FAILED", self.bulk_fail_next
+            self.bulk["lines"], self.bulk_fail_next = [], None
+        else:
+            self.bulk["status"] = "COMPLETED"
         self.bulk["completed_at"] = _iso(datetime.now(UTC))
 
     def bulk_running(self) -> bool:

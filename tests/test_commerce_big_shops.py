@@ -219,3 +219,20 @@ async def test_a_later_window_of_more_records_than_the_threshold_is_read_by_a_bu
 def order_pages(shop: ShopifyStandIn) -> list[dict[str, Any]]:
     """The pages of orders the shop answered (15 a page; look-aheads ask for 1)."""
     return [q for q in shop.queries if q["stream"] == "orders" and q["first"] == 15]
+
+
+async def test_a_bulk_operation_that_fails_is_run_again_and_the_sync_completes(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=30, customers=6)
+    await shop.settle()
+    shop.bulk_fail_next = "INTERNAL_SERVER_ERROR"  # the first operation (customers) fails
+    settings = commerce_settings(task_queue, tmp_path, sync_bulk_first_sync=True)
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        result = await sync(client, connected.connector.id, task_queue)
+
+    assert shop.bulk_streams == ["customers", "customers", "orders"]
+    assert set(await customers_of(sessions, connected.tenant.id)) == set(shop.customers)
+    assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
+    assert result.counts["orders"].inserted == 30  # type: ignore[index]
