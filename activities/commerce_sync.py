@@ -9,6 +9,7 @@ a strictly newer one, so what is re-read is counted as unchanged, never twice.
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from activities.shopify import (
     ShopifyClient,
     ShopifyError,
     ShopifyUnavailable,
-    bulk_orders_query,
+    bulk_query,
     minor_units,
 )
 from models.base import utcnow
@@ -59,8 +60,14 @@ UPSERT_BATCH = 5000
 # memory, and a part that fits the activity's time limit even at Shopify's standard rate
 # (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
 WINDOW_RECORDS = 2500
-# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<orders done>".
+# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<records done>".
 BULK_MARK = "bulk:"
+# How long one activity call polls a running Bulk Operation before it hands the wait to the
+# workflow, and the workflow's recheck when no bulk_operations/finish webhook wakes it.
+BULK_WAIT_SECONDS = 20.0
+BULK_RECHECK_SECONDS = 60.0
+# A later (incremental) window with more records than this is read by a Bulk Operation.
+BULK_WINDOW_RECORDS = 5000
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -270,7 +277,10 @@ class CommerceSyncActivities:
         initial_lookback: timedelta,
         window_records: int = WINDOW_RECORDS,
         bulk_first_sync: bool = True,
-        bulk_poll_seconds: float = 2.0,
+        bulk_poll_seconds: float = 1.0,
+        bulk_wait_seconds: float = BULK_WAIT_SECONDS,
+        bulk_recheck_seconds: float = BULK_RECHECK_SECONDS,
+        bulk_window_records: int = BULK_WINDOW_RECORDS,
     ) -> None:
         self._sessions = sessions
         self._connections = connections
@@ -278,9 +288,15 @@ class CommerceSyncActivities:
         # window_records records per activity call (more: the window is read in parts).
         self._window = window
         self._window_records = window_records
-        # A first sync of the orders by a Bulk Operation (not rate-limited), polled this often.
+        # A first sync by Bulk Operations (not rate-limited), polled this often for up to
+        # bulk_wait_seconds per call; then the workflow waits for the bulk_operations/finish
+        # webhook, or bulk_recheck_seconds. A later window of more than bulk_window_records
+        # records (0: never) is read by a Bulk Operation too.
         self._bulk_first_sync = bulk_first_sync
         self._bulk_poll_seconds = bulk_poll_seconds
+        self._bulk_wait_seconds = bulk_wait_seconds
+        self._bulk_recheck_seconds = bulk_recheck_seconds
+        self._bulk_window_records = bulk_window_records
         self._overlap = overlap
         self._initial_lookback = initial_lookback
 
@@ -398,13 +414,11 @@ class CommerceSyncActivities:
         cursor = checkpoint.cursor if checkpoint else until - self._initial_lookback
         after: str | None = None
         bulk = checkpoint.page_after if checkpoint and checkpoint.page_after else ""
-        if request.stream is SyncStream.ORDERS and (
-            (checkpoint is None and self._bulk_first_sync) or bulk.startswith(BULK_MARK)
-        ):
-            # A first sync of the orders: one Bulk Operation, not pages under the rate limit.
+        if (checkpoint is None and self._bulk_first_sync) or bulk.startswith(BULK_MARK):
+            # A first sync: one Bulk Operation per stream, not pages under the rate limit.
             start = checkpoint.window_start if checkpoint and checkpoint.window_start else cursor
             end = checkpoint.window_end if checkpoint and checkpoint.window_end else until
-            return await self._bulk_window(connector, start, end, bulk)
+            return await self._bulk_window(connector, request.stream, start, end, bulk)
         if (
             checkpoint
             and checkpoint.page_after
@@ -432,11 +446,18 @@ class CommerceSyncActivities:
         nodes: list[dict[str, Any]] = []
         # Where the next part of this window starts, when it is cut by volume.
         resume: str | None = None
+        by_bulk = False
         try:
             async with self._connections.shopify(
                 connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
             ) as shop:
                 async for page in shop.pages(request.stream.value, start, end, after):
+                    if after is None and not nodes and page.has_next:
+                        # More than a page: a window this big (a sale, an app's bulk edit,
+                        # a long pause) is read by a Bulk Operation, not under the rate limit.
+                        by_bulk = await self._too_big_for_pages(shop, request.stream, start, end)
+                        if by_bulk:
+                            break
                     nodes.extend(page.nodes)
                     activity.heartbeat(len(nodes))
                     if page.has_next and len(nodes) >= self._window_records:
@@ -450,6 +471,8 @@ class CommerceSyncActivities:
                     end = until if following is None else min(until, max(end, following))
         except (ShopifyError, ConnectorError) as err:
             raise refused(err.error_type, str(err)) from None
+        if by_bulk:
+            return await self._bulk_window(connector, request.stream, start, end, "")
         # In part: the checkpoint stays at the window's start and remembers the page.
         committed = cursor if resume else end
         async with self._sessions() as session, session.begin():
@@ -487,13 +510,24 @@ class CommerceSyncActivities:
             done=resume is None and end >= until,
         )
 
+    async def _too_big_for_pages(
+        self, shop: ShopifyClient, stream: SyncStream, start: datetime, end: datetime
+    ) -> bool:
+        if not self._bulk_window_records:
+            return False
+        limit = self._bulk_window_records + 1
+        return await shop.count(stream.value, start, end, limit) > self._bulk_window_records
+
     async def _bulk_window(
-        self, connector: Connector, start: datetime, end: datetime, mark: str
+        self, connector: Connector, stream: SyncStream, start: datetime, end: datetime, mark: str
     ) -> WindowSynced:
-        """The orders of [start, end) by a Bulk Operation: started (or found again after a
-        retry), polled until done, its JSONL streamed and upserted in batches, each batch
-        committed with a checkpoint naming the operation and the orders done, so a retry
-        skips them. Order lines come before their line items (`__parentId`)."""
+        """The stream's records of [start, end) by a Bulk Operation: started (or found again
+        after a retry), polled for a while, its JSONL streamed and upserted in batches, each
+        batch committed with a checkpoint naming the operation and the records done, so a
+        retry skips them. Order lines come before their line items (`__parentId`). An
+        operation still running when the polling ends is handed back to the workflow
+        (`bulk_operation`), which waits for Shopify's bulk_operations/finish webhook and
+        calls again."""
         counts = SyncCounts()
         try:
             async with self._connections.shopify(
@@ -503,43 +537,80 @@ class CommerceSyncActivities:
                     operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
                     skip = int(done)
                 else:
-                    operation_id = await self._start_bulk(shop, start, end)
+                    operation_id = await self._start_bulk(shop, stream, start, end)
                     skip = 0
                     await self._bulk_checkpoint(
-                        connector, start, end, f"{BULK_MARK}{operation_id}|0"
+                        connector, stream, start, end, f"{BULK_MARK}{operation_id}|0"
                     )
-                url = await self._bulk_result(shop, operation_id)
+                try:
+                    finished, url, age = await self._bulk_result(shop, operation_id)
+                except BulkOperationEnded:
+                    # Failed, cancelled or expired: nothing of it was read (it has no result);
+                    # the window starts a new one, and a retry finds that one.
+                    operation_id = await self._start_bulk(shop, stream, start, end)
+                    await self._bulk_checkpoint(
+                        connector, stream, start, end, f"{BULK_MARK}{operation_id}|0"
+                    )
+                    raise
+                if not finished:
+                    # Rechecked sooner while the operation is young (a mid-sized shop's takes
+                    # seconds): after a quarter of its age, between bulk_poll_seconds and
+                    # bulk_recheck_seconds.
+                    recheck = min(self._bulk_recheck_seconds, max(self._bulk_poll_seconds, age / 4))
+                    return WindowSynced(
+                        stream=stream,
+                        window_start=start,
+                        window_end=end,
+                        counts=counts,
+                        cursor=start,
+                        done=False,
+                        bulk_operation=operation_id,
+                        recheck_seconds=recheck,
+                    )
                 batch: list[dict[str, Any]] = []
-                seen = 0  # order lines read, those committed before a retry included
+                seen = 0  # records read, those committed before a retry included
                 skipping = False
+                # The batch being committed while the next one is read (one at a time, in
+                # order, so each checkpoint follows the one before).
+                committing: asyncio.Task[SyncCounts] | None = None
                 lines = shop.bulk_lines(url) if url else _no_lines()
-                async for line in lines:
-                    if line.get("__parentId") is not None:  # a line item of the last order
-                        if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
-                            batch[-1]["lineItems"]["nodes"].append(line)
-                        continue
-                    if len(batch) >= self._window_records:
-                        # A new order: the batch's orders have all their line items.
-                        counts = counts.plus(
-                            await self._bulk_commit(
-                                connector, start, end, operation_id, batch, seen
+                try:
+                    async for line in lines:
+                        if line.get("__parentId") is not None:  # a line item of the last order
+                            if not skipping and batch and batch[-1]["id"] == line["__parentId"]:
+                                batch[-1]["lineItems"]["nodes"].append(line)
+                            continue
+                        if len(batch) >= self._window_records:
+                            # A new record: the batch's orders have all their line items.
+                            activity.heartbeat(seen)
+                            if committing is not None:
+                                counts = counts.plus(await committing)
+                            committing = asyncio.create_task(
+                                self._bulk_commit(
+                                    connector, stream, start, end, operation_id, batch, seen
+                                )
                             )
-                        )
-                        batch = []
-                    seen += 1
-                    skipping = seen <= skip
-                    if not skipping:
-                        batch.append({**line, "lineItems": {"nodes": []}})
-                        activity.heartbeat(seen)
+                            batch = []
+                        seen += 1
+                        skipping = seen <= skip
+                        if not skipping:
+                            if stream is SyncStream.ORDERS:
+                                line["lineItems"] = {"nodes": []}
+                            batch.append(line)
+                    if committing is not None:
+                        counts = counts.plus(await committing)
+                finally:
+                    if committing is not None and not committing.done():
+                        committing.cancel()
                 counts = counts.plus(
                     await self._bulk_commit(
-                        connector, start, end, operation_id, batch, seen, last=True
+                        connector, stream, start, end, operation_id, batch, seen, last=True
                     )
                 )
         except (ShopifyError, ConnectorError) as err:
             raise refused(err.error_type, str(err)) from None
         return WindowSynced(
-            stream=SyncStream.ORDERS,
+            stream=stream,
             window_start=start,
             window_end=end,
             counts=counts,
@@ -547,20 +618,25 @@ class CommerceSyncActivities:
             done=True,
         )
 
-    async def _start_bulk(self, shop: ShopifyClient, start: datetime, end: datetime) -> str:
+    async def _start_bulk(
+        self, shop: ShopifyClient, stream: SyncStream, start: datetime, end: datetime
+    ) -> str:
         """A new bulk operation; or, when an attempt cut off before its checkpoint started one
         (Shopify runs one bulk query per app and shop at a time), that one."""
         current = await shop.current_bulk_operation()
         if current.get("status") in ("CREATED", "RUNNING"):
             return str(current["id"])
-        return await shop.run_bulk_query(bulk_orders_query(start, end))
+        return await shop.run_bulk_query(bulk_query(stream.value, start, end))
 
-    async def _bulk_result(self, shop: ShopifyClient, operation_id: str) -> str | None:
-        """Poll currentBulkOperation until the operation is done; its result's URL (None: no
-        order at all). A failed or expired operation is retried from the start. The first
-        polls come quickly (a small shop's operation is done in a second), then every
-        bulk_poll_seconds."""
+    async def _bulk_result(
+        self, shop: ShopifyClient, operation_id: str
+    ) -> tuple[bool, str | None, float]:
+        """Poll currentBulkOperation for up to bulk_wait_seconds: whether the operation is done,
+        its result's URL (None: no record at all) and its age in seconds. A failed or expired
+        operation is retried from the start. The first polls come quickly (a small shop's
+        operation is done in a second), then every bulk_poll_seconds."""
         pause = 0.1
+        deadline = time.monotonic() + self._bulk_wait_seconds
         while True:
             current = await shop.current_bulk_operation()
             if current.get("id") != operation_id:
@@ -569,24 +645,34 @@ class CommerceSyncActivities:
                 )
             status = current.get("status")
             activity.heartbeat(f"bulk {status} {current.get('objectCount')}")
+            created = _when(current.get("createdAt"))
+            age = (utcnow() - created).total_seconds() if created else 0.0
             if status == "COMPLETED":
-                return current.get("url")
+                return True, current.get("url"), age
             if status in ("FAILED", "CANCELED", "EXPIRED"):
-                raise ShopifyUnavailable(
+                raise BulkOperationEnded(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
+            if time.monotonic() + pause > deadline:
+                return False, None, age
             await asyncio.sleep(pause)
             pause = min(pause * 2, self._bulk_poll_seconds)
 
     async def _bulk_checkpoint(
-        self, connector: Connector, start: datetime, end: datetime, mark: str | None
+        self,
+        connector: Connector,
+        stream: SyncStream,
+        start: datetime,
+        end: datetime,
+        mark: str | None,
     ) -> None:
         async with self._sessions() as session, session.begin():
-            await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+            await _checkpoint(session, connector.id, stream, start, end, mark)
 
     async def _bulk_commit(
         self,
         connector: Connector,
+        stream: SyncStream,
         start: datetime,
         end: datetime,
         operation_id: str,
@@ -597,12 +683,12 @@ class CommerceSyncActivities:
     ) -> SyncCounts:
         """One batch of the bulk result and the checkpoint after it, in one transaction."""
         async with self._sessions() as session, session.begin():
-            counts = await self._store(session, connector, SyncStream.ORDERS, batch)
+            counts = await self._store(session, connector, stream, batch)
             if last:
-                await _checkpoint(session, connector.id, SyncStream.ORDERS, end, None, None)
+                await _checkpoint(session, connector.id, stream, end, None, None)
             else:
                 mark = f"{BULK_MARK}{operation_id}|{seen}"
-                await _checkpoint(session, connector.id, SyncStream.ORDERS, start, end, mark)
+                await _checkpoint(session, connector.id, stream, start, end, mark)
             if execution := await _running(session, connector.id):
                 execution.fetched += counts.fetched
                 execution.records_processed += counts.fetched
@@ -635,6 +721,10 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+class BulkOperationEnded(ShopifyUnavailable):
+    """The window's Bulk Operation failed, was cancelled or expired: retried with a new one."""
 
 
 async def _no_lines() -> AsyncIterator[dict[str, Any]]:

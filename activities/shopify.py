@@ -18,6 +18,7 @@ as withheld and the rest of the answer is used; any other error still fails the 
 """
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -79,6 +80,7 @@ class ShopifyUnavailable(Exception):
     """A transient failure (5xx, network, a throttle that will not end): retry later."""
 
 
+@functools.lru_cache(maxsize=1024)
 def iso_currency_exponent(code: str) -> int | None:
     """Digits of the currency's minor unit by ISO 4217 (JPY 0, USD 2, BHD 3); None for a code
     that is not an ISO 4217 currency of money (XYZ, or XAU and XXX, which have no minor unit)."""
@@ -94,10 +96,16 @@ def currency_exponent(currency: str) -> int:
     return 2 if exponent is None else exponent
 
 
+@functools.lru_cache(maxsize=1024)
+def _scale(currency: str) -> Decimal:
+    """10 ** the currency's exponent (a sync converts hundreds of thousands of amounts)."""
+    return Decimal(10 ** currency_exponent(currency))
+
+
 def minor_units(amount: str | None, currency: str) -> int:
     if amount is None:
         return 0
-    return int((Decimal(amount) * (10 ** currency_exponent(currency))).to_integral_value())
+    return int((Decimal(amount) * _scale(currency)).to_integral_value())
 
 
 def format_money(minor: int, currency: str) -> str:
@@ -386,11 +394,28 @@ class ShopifyClient:
             async with self._http.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise ShopifyUnavailable(f"the bulk result answered {response.status_code}")
-                async for line in response.aiter_lines():
-                    if line.strip():
-                        yield json.loads(line)
+                # Bytes split at newlines (JSONL's only separator), parsed as they come.
+                rest = b""
+                async for chunk in response.aiter_bytes():
+                    lines = (rest + chunk).split(b"\n")
+                    rest = lines.pop()
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+                if rest.strip():
+                    yield json.loads(rest)
         except httpx.TransportError as err:
             raise ShopifyUnavailable(f"cannot read the bulk result: {type(err).__name__}") from None
+
+    async def count(self, stream: str, start: datetime, end: datetime, limit: int) -> int:
+        """How many records of `stream` were updated in [start, end), counted up to `limit`
+        (ordersCount / customersCount: one point, however many there are)."""
+        data = await self.query(
+            f"{stream}_count",
+            COUNT_QUERIES[stream],
+            {"query": window_query(start, end), "limit": limit},
+        )
+        return int((data.get(f"{stream}Count") or {}).get("count") or 0)
 
     async def next_update(self, stream: str, at: datetime) -> datetime | None:
         """When the first record of `stream` updated at or after `at` was updated; None when
@@ -479,6 +504,15 @@ query Next($first: Int!, $query: String) {{
     for stream in STREAM_QUERIES
 }
 
+COUNT_QUERIES = {
+    stream: f"""
+query Count($query: String, $limit: Int) {{
+  {stream}Count(query: $query, limit: $limit) {{ count precision }}
+}}
+"""
+    for stream in STREAM_QUERIES
+}
+
 WEBHOOK_SUBSCRIPTIONS_QUERY = """
 query WebhookSubscriptions {
   webhookSubscriptions(first: 100) { nodes { id topic uri } }
@@ -507,9 +541,22 @@ mutation BulkRun($query: String!) {
 
 CURRENT_BULK_QUERY = """
 query CurrentBulk {
-  currentBulkOperation(type: QUERY) { id status errorCode objectCount url }
+  currentBulkOperation(type: QUERY) { id status errorCode createdAt objectCount url }
 }
 """
+
+
+def bulk_query(stream: str, start: datetime, end: datetime) -> str:
+    """The Bulk Operation query of a stream's records updated in [start, end)."""
+    if stream == "customers":
+        return f"""
+{{
+  customers(query: "{window_query(start, end)}", sortKey: UPDATED_AT) {{
+    edges {{ node {{ {_CUSTOMER} }} }}
+  }}
+}}
+"""
+    return bulk_orders_query(start, end)
 
 
 def bulk_orders_query(start: datetime, end: datetime) -> str:

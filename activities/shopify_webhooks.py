@@ -45,7 +45,7 @@ from models.commerce import (
 )
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus
-from workflows.contracts.commerce import SyncRequested
+from workflows.contracts.commerce import BulkOperationFinished, SyncRequested
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +57,9 @@ CUSTOMERS_REDACT = "customers/redact"
 SHOP_REDACT = "shop/redact"
 CUSTOMERS_DATA_REQUEST = "customers/data_request"
 PRIVACY_TOPICS = frozenset({ORDERS_DELETE, CUSTOMERS_REDACT, SHOP_REDACT, CUSTOMERS_DATA_REQUEST})
+# A Bulk Operation the app ran finished (completed, failed, canceled): the sync waiting for it
+# reads it at once instead of at its next poll.
+BULK_OPERATIONS_FINISH = "bulk_operations/finish"
 # What the product subscribes a shop to (webhookSubscriptionCreate's WebhookSubscriptionTopic
 # values). The three privacy topics cannot be subscribed by the API: they are set in the app's
 # configuration (shopify.app.toml `compliance_topics`, or the Partner Dashboard).
@@ -67,6 +70,7 @@ SUBSCRIBED_TOPICS = (
     "CUSTOMERS_UPDATE",
     "REFUNDS_CREATE",
     "APP_UNINSTALLED",
+    "BULK_OPERATIONS_FINISH",
 )
 # The credential fields that may sign, the first stored one wins.
 SIGNING_FIELDS = ("webhook_secret", "client_secret")
@@ -80,6 +84,7 @@ class Outcome(enum.StrEnum):
     CUSTOMER_REDACTED = "customer_redacted"
     SHOP_REDACTED = "shop_redacted"
     DATA_REQUEST_RECORDED = "data_request_recorded"
+    BULK_OPERATION_FINISHED = "bulk_operation_finished"
     DUPLICATE = "duplicate"
     # Answered 2xx all the same: Shopify retries any other answer for two days.
     IGNORED_TOPIC = "ignored_topic"
@@ -117,12 +122,34 @@ def signature_matches(secret: str, body: bytes, signature: str) -> bool:
 
 RequestSync = Callable[[uuid.UUID, SyncRequested], Awaitable[None]]
 ConnectorDisabled = Callable[[Connector], Awaitable[None]]
+BulkFinished = Callable[[uuid.UUID, BulkOperationFinished], Awaitable[None]]
+
+
+def bulk_operation_finished(body: bytes) -> BulkOperationFinished:
+    """The facts of a bulk_operations/finish body (admin_graphql_api_id, status, error_code);
+    DeliveryRefused 400 when it has none."""
+    try:
+        payload = json.loads(body)
+        operation_id = payload["admin_graphql_api_id"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise DeliveryRefused(400, "a bulk_operations/finish webhook names its operation") from None
+    if not isinstance(operation_id, str) or not operation_id.startswith(
+        "gid://shopify/BulkOperation/"
+    ):
+        raise DeliveryRefused(400, "a bulk_operations/finish webhook names its operation")
+    error = payload.get("error_code")
+    return BulkOperationFinished(
+        operation_id=operation_id,
+        status=str(payload.get("status") or ""),
+        error_code=str(error) if error else None,
+    )
 
 
 class ShopifyWebhooks:
     """Receives deliveries. `request_sync` hands a sync request to Temporal and
-    `connector_disabled` brings the connector's Schedule in line; both are given by the
-    wiring (workers/webhooks.py) and both may be repeated without harm."""
+    `connector_disabled` brings the connector's Schedule in line, `bulk_finished` wakes a
+    sync waiting for a Bulk Operation; all are given by the wiring (workers/webhooks.py) and
+    all may be repeated without harm."""
 
     def __init__(
         self,
@@ -132,12 +159,14 @@ class ShopifyWebhooks:
         *,
         request_sync: RequestSync,
         connector_disabled: ConnectorDisabled,
+        bulk_finished: BulkFinished,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._connectors = connectors
         self._request_sync = request_sync
         self._connector_disabled = connector_disabled
+        self._bulk_finished = bulk_finished
 
     async def receive(self, delivery: ShopifyDelivery) -> Outcome:
         connector = await self._connector(delivery.connector_id)
@@ -156,6 +185,8 @@ class ShopifyWebhooks:
             outcome = await self._uninstalled(connector, delivery)
         elif delivery.topic in PRIVACY_TOPICS:
             outcome = await self._privacy(connector, delivery)
+        elif delivery.topic == BULK_OPERATIONS_FINISH:
+            outcome = await self._bulk_operation_finished(connector, delivery)
         elif delivery.topic not in SYNC_TOPICS:
             outcome = Outcome.IGNORED_TOPIC
         elif connector.status is ConnectorStatus.DISABLED:
@@ -195,6 +226,16 @@ class ShopifyWebhooks:
                 connector.id, SyncRequested(topic=delivery.topic, webhook_id=delivery.webhook_id)
             )
         return Outcome.SYNC_REQUESTED
+
+    async def _bulk_operation_finished(
+        self, connector: Connector, delivery: ShopifyDelivery
+    ) -> Outcome:
+        finished = bulk_operation_finished(delivery.body)
+        async with self._sessions() as session, session.begin():
+            if not await _record(session, connector.id, delivery):
+                return Outcome.DUPLICATE
+            await self._bulk_finished(connector.id, finished)
+        return Outcome.BULK_OPERATION_FINISHED
 
     async def _privacy(self, connector: Connector, delivery: ShopifyDelivery) -> Outcome:
         try:

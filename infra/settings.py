@@ -186,10 +186,17 @@ class Settings(BaseSettings):
     # (more: read in parts, each checkpointed with the shop's page cursor).
     sync_window_hours: float | None = Field(default=None, gt=0)
     sync_window_records: int = Field(default=2500, ge=1, le=100_000)
-    # A first sync of a shop's orders by a Bulk Operation (one JSONL file, not pages under the
-    # rate limit), its status polled this often.
+    # A first sync of a shop's customers and orders by Bulk Operations (one JSONL file each,
+    # not pages under the rate limit), its status polled this often for up to
+    # sync_bulk_wait_seconds per activity call; then the sync waits for Shopify's
+    # bulk_operations/finish webhook, rechecking every sync_bulk_recheck_seconds without one.
+    # A later window of more than sync_bulk_window_records records (0: never) is read by a
+    # Bulk Operation too.
     sync_bulk_first_sync: bool = True
-    sync_bulk_poll_seconds: float = Field(default=2.0, gt=0)
+    sync_bulk_poll_seconds: float = Field(default=1.0, gt=0)
+    sync_bulk_wait_seconds: float = Field(default=20.0, ge=0)
+    sync_bulk_recheck_seconds: float = Field(default=60.0, ge=1)
+    sync_bulk_window_records: int = Field(default=5000, ge=0)
     sync_overlap_seconds: float = Field(default=300.0, ge=0)
     # A first sync starts this far back.
     sync_initial_days: int = Field(default=3650, ge=1)

@@ -61,6 +61,12 @@ LINE_ITEM_COST = 4
 CUSTOMER_COST = 3
 ROOT_FIELD = re.compile(r"^\s*(?:query|mutation)\b[^{]*\{\s*(\w+)", re.S)
 BULK_ROOTS = ("bulkOperationRunQuery", "currentBulkOperation")
+# ordersCount / customersCount(query:, limit:) -> Count {count precision}; limit 10000 unless
+# null (uncapped since 2025-07).
+COUNT_ROOTS = {"ordersCount": "orders", "customersCount": "customers"}
+COUNT_LIMIT = 10_000
+# The connection a bulk query's document reads: `{ orders(query: ...) { edges ... } }`.
+BULK_CONNECTION = re.compile(r"^\s*\{\s*(\w+)\s*\(")
 
 
 def _root_field(document: str) -> str:
@@ -294,6 +300,10 @@ class ShopifyStandIn:
         self.bulk: dict[str, Any] | None = None
         self.bulk_running_polls = 2
         self.bulk_operations = 0
+        # The connection each bulk operation read (orders, customers), in order.
+        self.bulk_streams: list[str] = []
+        # The next bulk operation ends FAILED with this errorCode (INTERNAL_SERVER_ERROR, ...).
+        self.bulk_fail_next: str | None = None
         # Called with the stream and variables before a page is answered (tests kill a
         # worker from here).
         self.before_page: Any = None
@@ -602,6 +612,8 @@ class ShopifyStandIn:
             return self._webhook_subscriptions(root, variables), 10.0
         if root in BULK_ROOTS:
             return self._bulk(root, variables), 10.0
+        if root in COUNT_ROOTS:
+            return {root: self._count(COUNT_ROOTS[root], variables)}, 1.0
         stream = root
         first = int(variables.get("first") or 0)
         if not 1 <= first <= 250:
@@ -643,17 +655,23 @@ class ShopifyStandIn:
             found = re.search(r'query:\s*"([^"]*)"', document)
             # The result is written when it is fetched: a big shop's operation starts at once.
             search = found.group(1) if found else ""
+            connection = BULK_CONNECTION.search(document)
+            stream = connection.group(1) if connection else "orders"
             self.bulk = {
                 "id": f"gid://shopify/BulkOperation/{self._next_id}",
                 "status": "RUNNING",
                 "polls": 0,
                 "search": search,
+                "stream": stream,
                 "lines": None,
+                "created_at": _iso(datetime.now(UTC)),
+                "completed_at": None,
             }
             self.bulk_operations += 1
+            self.bulk_streams.append(stream)
             operation = self.bulk
 
-            ordered = list(self._by_update("orders")[0])
+            ordered = list(self._by_update(stream)[0])
 
             def run() -> None:  # in the background, as Shopify runs it
                 lines = _bulk_lines(ordered, search)
@@ -675,19 +693,56 @@ class ShopifyStandIn:
             and self.bulk["polls"] > self.bulk_running_polls
             and self.bulk["lines"] is not None
         ):
-            self.bulk["status"] = "COMPLETED"
+            self._complete_bulk()
         completed = self.bulk["status"] == "COMPLETED"
         return {
             "currentBulkOperation": {
                 "id": self.bulk["id"],
                 "status": self.bulk["status"],
-                "errorCode": None,
+                "errorCode": self.bulk.get("error_code"),
+                "createdAt": self.bulk["created_at"],
                 "objectCount": str(len(self.bulk["lines"] or [])),
                 "url": f"{self.url}/bulk/{self.bulk['id'].rsplit('/', 1)[-1]}.jsonl"
                 if completed and self.bulk["lines"]
                 else None,
             }
         }
+
+    def _complete_bulk(self) -> None:
+        assert self.bulk is not None
+        if self.bulk_fail_next:
+            # FAILED with its BulkOperationErrorCode, no result (no url).
+            self.bulk["status"], self.bulk["error_code"] = "FAILED", self.bulk_fail_next
+            self.bulk["lines"], self.bulk_fail_next = [], None
+        else:
+            self.bulk["status"] = "COMPLETED"
+        self.bulk["completed_at"] = _iso(datetime.now(UTC))
+
+    def bulk_running(self) -> bool:
+        with self.lock:
+            return self.bulk is not None and self.bulk["status"] == "RUNNING"
+
+    async def finish_bulk(self) -> dict[str, Any]:
+        """Complete the running bulk operation now (its result written) and return the body
+        of the `bulk_operations/finish` webhook Shopify sends to the subscribed app."""
+        while True:
+            with self.lock:
+                assert self.bulk is not None, "no bulk operation ran"
+                if self.bulk["lines"] is not None:
+                    if self.bulk["status"] == "RUNNING":
+                        self._complete_bulk()
+                    return bulk_finish_payload(self.bulk)
+            await asyncio.sleep(0.05)
+
+    def _count(self, stream: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """A Count of the stream's records the search selects, capped at `limit` (AT_LEAST)."""
+        search = str(variables.get("query") or "")
+        ordered = self._by_update(stream)[0]
+        found = sum(1 for r in ordered if _selected(r.updated_at, search))
+        limit = variables.get("limit", COUNT_LIMIT)
+        if limit is not None and found > int(limit):
+            return {"count": int(limit), "precision": "AT_LEAST"}
+        return {"count": found, "precision": "EXACT"}
 
     def bulk_result(self, name: str) -> bytes | None:
         """The JSONL a bulk operation's url serves."""
@@ -881,9 +936,7 @@ class ShopifyStandIn:
         return nodes, {"hasNextPage": len(records) > first, "endCursor": end}
 
 
-def _bulk_lines(ordered: list[Any], search: str) -> list[bytes]:
-    """The JSONL lines of the orders a bulk query's search selects."""
-    lines: list[bytes] = []
+def _bounds(search: str) -> tuple[datetime | None, datetime | None]:
     low = high = None
     for match in BOUND.finditer(search):
         at = datetime.fromisoformat(match["at"].replace("Z", "+00:00"))
@@ -891,9 +944,41 @@ def _bulk_lines(ordered: list[Any], search: str) -> list[bytes]:
             low = at
         elif match["op"] == "<":
             high = at
-    for order in ordered:
-        if (low and order.updated_at < low) or (high and order.updated_at >= high):
+    return low, high
+
+
+def _selected(updated_at: datetime, search: str) -> bool:
+    low, high = _bounds(search)
+    return not ((low and updated_at < low) or (high and updated_at >= high))
+
+
+def bulk_finish_payload(operation: dict[str, Any]) -> dict[str, Any]:
+    """The `bulk_operations/finish` webhook body (shopify.dev bulk operations guide): the
+    operation's admin_graphql_api_id, status and type in lower case, error_code, and its
+    created_at and completed_at."""
+    error = operation.get("error_code")
+    return {
+        "admin_graphql_api_id": operation["id"],
+        "completed_at": operation.get("completed_at"),
+        "created_at": operation["created_at"],
+        "error_code": error.lower() if error else None,
+        "status": str(operation["status"]).lower(),
+        "type": "query",
+    }
+
+
+def _bulk_lines(ordered: list[Any], search: str) -> list[bytes]:
+    """The JSONL lines of the records a bulk query's search selects: a customer a line; an
+    order a line, then each of its line items a line with `__parentId`."""
+    lines: list[bytes] = []
+    low, high = _bounds(search)
+    for record in ordered:
+        if (low and record.updated_at < low) or (high and record.updated_at >= high):
             continue
+        if isinstance(record, ShopCustomer):
+            lines.append(json.dumps(record.node()).encode())
+            continue
+        order = record
         node = order.node(len(order.line_items) or 1)
         items = node.pop("lineItems")["nodes"]
         lines.append(json.dumps(node).encode())

@@ -23,6 +23,7 @@ from tests.commerce_support import (
     TOKEN,
     commerce_settings,
     connect_shop,
+    customers_of,
     executions_of,
     orders_of,
     sync,
@@ -134,7 +135,7 @@ async def test_connector_sync_has_no_time_limit_and_names_a_termination(
     assert execution.finished_at is not None and "orders" in execution.cursor_after
 
 
-async def test_a_first_sync_reads_the_orders_by_one_bulk_operation(
+async def test_a_first_sync_reads_customers_and_orders_by_bulk_operations(
     client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
 ) -> None:
     shop.seed(orders=200, customers=10)
@@ -147,13 +148,17 @@ async def test_a_first_sync_reads_the_orders_by_one_bulk_operation(
     connected = await connect_shop(sessions, settings, client, shop)
     async with running_workers(client, sessions, settings):
         first = await sync(client, connected.connector.id, task_queue)
-        pages_after_first = [q for q in shop.queries if q["stream"] == "orders"]
+        pages_after_first = [q for q in shop.queries if q["stream"] in ("orders", "customers")]
         shop.refund(big.id, Decimal("1.50"))
         await shop.settle()
         second = await sync(client, connected.connector.id, task_queue)
 
-    assert shop.bulk_operations == 1
-    assert pages_after_first == [], "no order page was read: the bulk result was"
+    # One Bulk Operation per stream, one after the other (one bulk query at a time).
+    assert shop.bulk_streams == ["customers", "orders"]
+    assert pages_after_first == [], "no page was read: the bulk results were"
+    customers = await customers_of(sessions, connected.tenant.id)
+    assert set(customers) == set(shop.customers)
+    assert first.counts["customers"].inserted == 10  # type: ignore[index]
     orders = await orders_of(sessions, connected.tenant.id)
     assert set(orders) == set(shop.orders)
     assert len(orders[big.id].line_items) == 14
@@ -161,7 +166,73 @@ async def test_a_first_sync_reads_the_orders_by_one_bulk_operation(
     assert first.counts["orders"].inserted == 201  # type: ignore[index]
     # Incremental syncs page from the checkpoint the bulk read left.
     assert second.counts["orders"].updated == 1  # type: ignore[index]
-    assert shop.bulk_operations == 1
+    assert shop.bulk_operations == 2
     async with sessions() as session:
         checkpoint = await session.get(SyncCheckpoint, (connected.connector.id, "orders"))
     assert checkpoint is not None and checkpoint.page_after is None
+
+
+async def test_a_later_window_of_more_records_than_the_threshold_is_read_by_a_bulk_operation(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=20, customers=5)
+    await shop.settle()
+    # Pages for the first sync; a later window of more than 40 changes goes by bulk.
+    # (No overlap: the quiet window holds only the quiet spell's changes.)
+    settings = commerce_settings(
+        task_queue,
+        tmp_path,
+        sync_bulk_window_records=40,
+        sync_window_records=25,
+        sync_overlap_seconds=0,
+    )
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        await sync(client, connected.connector.id, task_queue)
+        assert shop.bulk_operations == 0
+        # A sale: 60 new orders with a 14-item one among them, then a quiet spell of 3 edits.
+        for _ in range(59):
+            shop.add_order()
+        big = shop.add_order(items=[(f"Pin {i}", 1, Decimal("1.50")) for i in range(14)])
+        await shop.settle()
+        pages_before = len(order_pages(shop))
+        busy = await sync(client, connected.connector.id, task_queue)
+        pages_busy = len(order_pages(shop)) - pages_before
+        for order in list(shop.orders.values())[:3]:
+            shop.refund(order.id, Decimal("1.00"))
+        await shop.settle()
+        quiet = await sync(client, connected.connector.id, task_queue)
+
+    assert shop.bulk_streams == ["orders"], "the sale by bulk, the quiet spell by pages"
+    # The busy window read its first page, saw more, counted them, and went by bulk.
+    assert pages_busy == 1
+    orders = await orders_of(sessions, connected.tenant.id)
+    assert set(orders) == set(shop.orders) and len(orders) == 80
+    assert len(orders[big.id].line_items) == 14
+    assert busy.counts["orders"].inserted == 60  # type: ignore[index]
+    assert quiet.counts["orders"].updated == 3  # type: ignore[index]
+    async with sessions() as session:
+        checkpoint = await session.get(SyncCheckpoint, (connected.connector.id, "orders"))
+    assert checkpoint is not None and checkpoint.page_after is None
+
+
+def order_pages(shop: ShopifyStandIn) -> list[dict[str, Any]]:
+    """The pages of orders the shop answered (15 a page; look-aheads ask for 1)."""
+    return [q for q in shop.queries if q["stream"] == "orders" and q["first"] == 15]
+
+
+async def test_a_bulk_operation_that_fails_is_run_again_and_the_sync_completes(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=30, customers=6)
+    await shop.settle()
+    shop.bulk_fail_next = "INTERNAL_SERVER_ERROR"  # the first operation (customers) fails
+    settings = commerce_settings(task_queue, tmp_path, sync_bulk_first_sync=True)
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        result = await sync(client, connected.connector.id, task_queue)
+
+    assert shop.bulk_streams == ["customers", "customers", "orders"]
+    assert set(await customers_of(sessions, connected.tenant.id)) == set(shop.customers)
+    assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
+    assert result.counts["orders"].inserted == 30  # type: ignore[index]

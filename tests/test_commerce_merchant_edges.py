@@ -15,6 +15,7 @@ from tests.commerce_support import TOKEN, commerce_settings, connect_shop, order
 from tests.factories import make_tenant
 from tests.test_commerce_import import import_file
 from tests.workers import running_workers
+from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.ids import order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -76,7 +77,9 @@ async def test_a_long_syncs_window_count_covers_all_its_runs(
     connected = await connect_shop(sessions, settings, client, shop)
     async with running_workers(client, sessions, settings):
         result = await sync(client, connected.connector.id, task_queue, windows_per_run=5)
-    sync_id = order_sync_workflow_id(connected.connector.id)
+        # The sync's progress query (on its latest run) counts its earlier runs' windows too.
+        sync_id = order_sync_workflow_id(connected.connector.id)
+        progress = await client.get_workflow_handle(sync_id).query(OrderSyncWorkflow.progress)
     runs = [run async for run in client.list_workflows(f"WorkflowId = '{sync_id}'")]
     assert len(runs) >= 4, "the sync continued as new"
     windows = 0
@@ -88,4 +91,5 @@ async def test_a_long_syncs_window_count_covers_all_its_runs(
             if event.activity_task_scheduled_event_attributes.activity_type.name == "sync_window"
         )
     assert result.windows == windows
+    assert progress["windows"] == windows
     assert len(await orders_of(sessions, connected.tenant.id)) == 60

@@ -104,6 +104,7 @@ async def test_an_old_version_and_withheld_customer_data_are_reported_and_the_sy
             "CUSTOMERS_UPDATE",
             "REFUNDS_CREATE",
             "APP_UNINSTALLED",
+            "BULK_OPERATIONS_FINISH",
         )
     }
     assert created["webhook_subscriptions"] == expected

@@ -14,13 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import pytest_asyncio
 from sqlmodel import func, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -65,7 +65,7 @@ from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
 from workers.webhooks import shopify_webhooks, webhook_app
 from workflows.commerce import OrderSyncWorkflow
-from workflows.contracts.commerce import SyncRequested
+from workflows.contracts.commerce import BulkOperationFinished, OrderSyncInput, SyncRequested
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -561,6 +561,9 @@ async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retr
     async def schedule_untouched(connector: Connector) -> None:
         raise AssertionError("no schedule change expected")
 
+    async def no_bulk(connector_id: uuid.UUID, finished: BulkOperationFinished) -> None:
+        raise AssertionError("no bulk operation expected")
+
     def intake(
         request_sync: Callable[[uuid.UUID, SyncRequested], Awaitable[None]],
     ) -> ShopifyWebhooks:
@@ -570,6 +573,7 @@ async def test_a_delivery_temporal_did_not_take_is_not_recorded_so_shopifys_retr
             ConnectorService(sessions, store, connections),
             request_sync=request_sync,
             connector_disabled=schedule_untouched,
+            bulk_finished=no_bulk,
         )
 
     body = json.dumps(order_payload(next(iter(shop.orders.values())))).encode()
@@ -628,3 +632,71 @@ async def test_a_sync_is_requested_with_the_temporal_cli_as_the_schemas_readme_s
     assert result["result"]["status"] == "succeeded"
     assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
     assert len(await executions_of(sessions, connected.tenant.id)) == 1
+
+
+async def test_bulk_operations_finish_wakes_the_sync_waiting_for_that_operation(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    shop: ShopifyStandIn,
+    connected: ConnectedShop,
+    sender: WebhookSender,
+) -> None:
+    # A first sync by Bulk Operations that Shopify finishes only when it says so, polled once
+    # in the activity and rechecked after an hour: only the webhook can wake it.
+    shop.bulk_running_polls = 10**9
+    bulk = settings.model_copy(
+        update={
+            "sync_bulk_first_sync": True,
+            "sync_bulk_wait_seconds": 0.0,
+            "sync_bulk_poll_seconds": 3600.0,
+            "sync_bulk_recheck_seconds": 3600.0,
+        }
+    )
+    connector_id = connected.connector.id
+    answers = []
+    async with running_workers(client, sessions, bulk):
+        handle = await client.start_workflow(
+            OrderSyncWorkflow.run,
+            OrderSyncInput(connector_id=connector_id),
+            id=order_sync_workflow_id(connector_id),
+            task_queue=bulk.task_queue,
+        )
+        for waits, stream in enumerate(("customers", "orders"), start=1):
+            # The sync waits (a timer of an hour) for its stream's Bulk Operation.
+            await until(lambda w=waits: timers_started(handle, w))  # type: ignore[misc]
+            assert shop.bulk_streams[-1] == stream and shop.bulk_running()
+            payload = await shop.finish_bulk()
+            answers.append(
+                await sender.send(url_of(connector_id), "bulk_operations/finish", payload)
+            )
+        result = await asyncio.wait_for(handle.result(), 120)
+        again = await sender.redeliver(sender.sent[-1])
+
+    assert [a.json() for a in answers] == [{"outcome": "bulk_operation_finished"}] * 2
+    assert again.json() == {"outcome": "duplicate"}
+    assert shop.bulk_operations == 2
+    assert set(await orders_of(sessions, connected.tenant.id)) == set(shop.orders)
+    assert result.counts["orders"].inserted == 12  # type: ignore[index]
+    signals = [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        for e in (await handle.fetch_history()).events
+        if e.HasField("workflow_execution_signaled_event_attributes")
+    ]
+    assert signals == ["bulk_operation_finished"] * 2
+
+
+async def test_a_bulk_operations_finish_without_its_operation_gets_400_and_changes_nothing(
+    client: Client, sessions: SessionFactory, connected: ConnectedShop, sender: WebhookSender
+) -> None:
+    for body in ({"status": "completed"}, {"admin_graphql_api_id": "gid://shopify/Order/1"}):
+        answer = await sender.send(url_of(connected.connector.id), "bulk_operations/finish", body)
+        assert answer.status_code == 400
+    assert await deliveries(sessions, connected.connector.id) == 0
+    assert await no_sync_of(client, connected.connector.id)
+
+
+async def timers_started(handle: WorkflowHandle[Any, Any], at_least: int) -> bool:
+    history = await handle.fetch_history()
+    started = sum(1 for e in history.events if e.HasField("timer_started_event_attributes"))
+    return started >= at_least

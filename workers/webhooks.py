@@ -38,7 +38,7 @@ from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
 from workers.worker import stop_on_signals
 from workflows.commerce import OrderSyncWorkflow
-from workflows.contracts.commerce import OrderSyncInput, SyncRequested
+from workflows.contracts.commerce import BulkOperationFinished, OrderSyncInput, SyncRequested
 from workflows.contracts.github import GITHUB_EVENT_SIGNAL, GitHubEvent
 from workflows.contracts.ids import order_sync_workflow_id, prompt_request_workflow_id
 
@@ -67,6 +67,16 @@ class TemporalHandOff:
             start_signal_args=[request],
         )
 
+    async def bulk_finished(self, connector_id: uuid.UUID, finished: BulkOperationFinished) -> None:
+        # A plain signal: a sync waiting for the operation wakes; no sync, nothing to wake
+        # (a finished operation is no reason to start one).
+        handle = self._client.get_workflow_handle(order_sync_workflow_id(connector_id))
+        try:
+            await handle.signal(OrderSyncWorkflow.bulk_operation_finished, finished)
+        except RPCError as err:
+            if err.status is not RPCStatusCode.NOT_FOUND:
+                raise
+
     async def connector_disabled(self, connector: Connector) -> None:
         await apply_connector_schedule(self._client, connector, self._task_queue)
 
@@ -91,6 +101,7 @@ def shopify_webhooks(deps: Dependencies) -> ShopifyWebhooks:
         ConnectorService(deps.sessions, store, connections),
         request_sync=hand_off.request_sync,
         connector_disabled=hand_off.connector_disabled,
+        bulk_finished=hand_off.bulk_finished,
     )
 
 

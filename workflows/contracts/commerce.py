@@ -101,6 +101,11 @@ class WindowSynced(BaseModel):
     # The checkpoint after this window; the stream is done when it reached `until`.
     cursor: datetime
     done: bool
+    # A Bulk Operation the window waits for (still running when the call gave up polling):
+    # the workflow calls again once the bulk_operation_finished signal names it, or after
+    # recheck_seconds without one (the polling fallback).
+    bulk_operation: str | None = None
+    recheck_seconds: float = 0.0
 
 
 class ConnectorFailure(BaseModel):
@@ -122,6 +127,16 @@ class SyncRequested(BaseModel):
 
     topic: str
     webhook_id: str = ""
+
+
+class BulkOperationFinished(BaseModel):
+    """Signal `bulk_operation_finished` of OrderSyncWorkflow, sent by the webhooks endpoint on
+    Shopify's `bulk_operations/finish`: the operation (its admin_graphql_api_id) ended with
+    `status` (completed, failed, canceled). A sync waiting for it reads it at once."""
+
+    operation_id: str
+    status: str = ""
+    error_code: str | None = None
 
 
 class SyncTriggered(BaseModel):
