@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 from temporalio import activity
 
+from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
+from activities.remote_repository import RemoteUnavailable, RepositoryUrlInvalid, remote_branches
 from activities.shopify import (
     Bucket,
     ShopifyClient,
@@ -36,13 +38,19 @@ from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.notifications import NotificationEvent, TenantNotification
 
 # What each kind needs: non-secret config keys and secret credential fields.
-REQUIRED_CONFIG = {ConnectorKind.SHOPIFY: ("shop_url",), ConnectorKind.WEBHOOK: ("url",)}
+REQUIRED_CONFIG = {
+    ConnectorKind.SHOPIFY: ("shop_url",),
+    ConnectorKind.WEBHOOK: ("url",),
+    ConnectorKind.GIT: (),  # the URL is the project's repository
+}
 # Any one of these sets of secret fields will do: Shopify's access token (a custom app's, or an
 # offline token), or an app's client id and secret, exchanged for 24-hour tokens as they expire.
 # A tenant's notification webhook: the secret its events are signed with.
+# A project's git remote: a token (or a user name and password) for https, a deploy key for ssh.
 CREDENTIAL_SETS = {
     ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret")),
     ConnectorKind.WEBHOOK: (("signing_secret",),),
+    ConnectorKind.GIT: (("token",), ("username", "password"), ("ssh_private_key",)),
 }
 # The config key holding each kind's URL, and what a valid one looks like.
 URL_FIELDS = {
@@ -198,6 +206,8 @@ class ConnectorService:
         connector = await self.get(connector_id)
         if connector.kind is ConnectorKind.WEBHOOK:
             return await self._ping(connector)
+        if connector.kind is ConnectorKind.GIT:
+            return await self._list_branches(connector)
         try:
             async with self._connections.shopify(connector) as shop:
                 about = await shop.shop()
@@ -213,6 +223,27 @@ class ConnectorService:
         }
         return await self._set_status(
             connector_id, ConnectorStatus.ACTIVE, last_error=None, config_update=facts
+        )
+
+    async def _list_branches(self, connector: Connector) -> Connector:
+        """A git connector's test: the project's remote lists its branches with the
+        credentials (a refusal says why; the secrets are never in it)."""
+        async with self._sessions() as session:
+            project = await session.get(Project, connector.project_id)
+        if project is None:
+            error = "a git connector belongs to a project: its repository is the remote"
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=error)
+        try:
+            branches = await remote_branches(project.repo_url, await self._store.read(connector))
+        except (RepositoryError, RepositoryUrlInvalid, CredentialError) as err:
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=str(err))
+        except RemoteUnavailable as err:
+            return await self._set_status(connector.id, None, last_error=str(err))
+        return await self._set_status(
+            connector.id,
+            ConnectorStatus.ACTIVE,
+            last_error=None,
+            config_update={"branches": len(branches)},
         )
 
     async def _ping(self, connector: Connector) -> Connector:
@@ -321,6 +352,8 @@ def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict
             ErrorType.INVALID_CONNECTOR_CONFIG,
             f"a {kind.value} connector needs {', '.join(missing)}",
         )
+    if kind not in URL_FIELDS:
+        return
     field, looks_like = URL_FIELDS[kind]
     if not str(config.get(field, "")).startswith(("https://", "http://")):
         raise ConnectorError(ErrorType.INVALID_CONNECTOR_CONFIG, f"{field} must be {looks_like}")

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from activities.remote_repository import RepositoryUrlInvalid, parse_repository
 from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
 from workflows.contracts.errors import ErrorType
 
@@ -260,6 +261,10 @@ async def create_project(
 ) -> Project:
     if not name.strip() or not repo_url.strip():
         raise Refused(ErrorType.INVALID_REQUEST, "a project needs a name and a repository")
+    try:
+        parse_repository(repo_url)
+    except RepositoryUrlInvalid as exc:
+        raise Refused(ErrorType.INVALID_REPOSITORY_URL, str(exc)) from None
     project = Project(
         tenant_id=tenant.id,
         name=name.strip(),

@@ -78,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApproveRequest,
         CancelRequest,
+        CloseRequestBranch,
         DeploymentSummary,
         HoldState,
         OpenApproval,
@@ -162,6 +163,13 @@ LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
 # before it replay without the step).
 RELEASE_FORGOTTEN_HOLDS = "release-forgotten-holds"
 ENGINE_TIMEOUT = timedelta(minutes=15)
+# Deleting an ended request's branch (a push to a remote): tried a while, then left.
+BRANCH_CLOSE_TIMEOUT = timedelta(minutes=2)
+BRANCH_CLOSE_RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
 # Decisions verified by an activity before they count (workflow.patched: runs waiting for
@@ -212,6 +220,8 @@ CANCEL_NEVER_LIVE = "cancel-never-live"
 # a patch marker recorded after a local activity that resolved in the same workflow task fails
 # replay ("patch marker encountered ... but there is no corresponding change command"; seen with
 # the model-unavailable patch asked after decision_trust).
+# Patch id: an ended request's branch `changeflow/<id>` is deleted (they used to accumulate).
+CLOSE_REQUEST_BRANCH = "close-request-branch"
 RUN_START_PATCHES = (
     CANCEL_NEVER_LIVE,
     JUDGED_BY_VALIDATORS_PATCH,
@@ -219,6 +229,7 @@ RUN_START_PATCHES = (
     MODEL_UNAVAILABLE_PATCH,
     NEVER_AUTO_APPROVE_OWN_VERIFICATION,
     REPLAN_ON_CONFLICT,
+    CLOSE_REQUEST_BRANCH,
 )
 
 
@@ -313,11 +324,13 @@ class PromptRequestWorkflow:
         except asyncio.CancelledError:
             if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
                 await self._compensate_cancellation()
+                await self._close_request_branch()
                 await self._announce_end()
                 await self._drain_handlers()
                 raise
             # Too late: production runs the change. The request completes as it would have.
             result = await self._complete_despite_cancel()
+        await self._close_request_branch()
         await self._announce_end()
         await self._drain_handlers()
         return result
@@ -1429,6 +1442,26 @@ class PromptRequestWorkflow:
         if plan_status is not None and self._plan is not None:
             self._plan.approval_status = plan_status
         raise RequestEnded(self._result())
+
+    async def _close_request_branch(self) -> None:
+        """The ended request's branch goes (a request that never applied has none). A branch
+        that cannot be deleted stays: the request's outcome does not depend on it."""
+        if self._applies == 0 or not self._patched(CLOSE_REQUEST_BRANCH):
+            return
+        try:
+            await self._shielded(
+                workflow.execute_activity_method(
+                    LifecycleActivities.close_request_branch,
+                    CloseRequestBranch(
+                        prompt_request_id=self._input.prompt_request_id,
+                        project_id=self._input.project_id,
+                    ),
+                    start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
+                    retry_policy=BRANCH_CLOSE_RETRY,
+                )
+            )
+        except ActivityError as err:
+            workflow.logger.warning("the request's branch stays: %s", error_message(err))
 
     async def _compensate_cancellation(self) -> None:
         """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""
