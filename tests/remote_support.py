@@ -62,7 +62,7 @@ async def _seed(sessions: SessionFactory, shop: Shop, bare: Path, url: str) -> N
 async def file_remote_shop(sessions: SessionFactory, tmp_path: Path, **options: Any) -> RemoteShop:
     shop = await make_shop(sessions, tmp_path, **options)
     bare = tmp_path / f"remote-{uuid.uuid4().hex[:6]}.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", "-b", "main", str(bare)], check=True)
+    git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(bare))
     url = bare.resolve().as_uri()
     await _seed(sessions, shop, bare, url)
     return RemoteShop(shop, bare, url)

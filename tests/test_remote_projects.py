@@ -152,7 +152,8 @@ async def test_project_create_takes_every_url_form_and_refuses_a_malformed_one(
     assert refused.value.error_type == ErrorType.INVALID_REPOSITORY_URL
     assert "ghp_secret123456" not in str(refused.value)
     async with sessions() as session:
-        names = (await session.exec(select(Project.name).where(Project.tenant_id == tenant.id))).all()
+        query = select(Project.name).where(Project.tenant_id == tenant.id)
+        names = (await session.exec(query)).all()
     assert sorted(names) == ["shop 0", "shop 1"]  # the refused one changed nothing
 
 
