@@ -7,9 +7,11 @@ import asyncio
 import logging
 import re
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import select
@@ -43,6 +45,7 @@ from tests.remote_support import (
     remote_settings,
     tree,
 )
+from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env
 from tests.workers import running_workers, test_settings
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings
@@ -53,6 +56,8 @@ from workflows.contracts.lifecycle import PromptRequestResult
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OUTCOME_WITHIN_S = 90
+__all__ = ["worker_env"]  # the worker processes' environment, a fixture shared with the crash test
+
 PROMPTS = [
     "set theme to dark",
     "set free_shipping_threshold to 75",
@@ -342,3 +347,85 @@ async def test_an_operator_rollback_on_a_remote_project_reverts_production_and_m
     assert tree(remote, "main") == tree(remote, "env/production")
     assert git(remote.bare, "rev-parse", "main^") == second.commit_sha  # a revert on top
     assert remote_config(remote, "main")["free_shipping_threshold"] == 50
+
+
+# --- a fleet with no shared disk -----------------------------------------------------------
+
+
+class HeldPushes:
+    """Holds every push the stand-in receives until released: a worker can be killed while
+    its push is on the wire."""
+
+    def __init__(self, hub: GitHubStandIn) -> None:
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+        serve = hub.git.serve
+
+        def held(method: str, path: str, *args: Any) -> Any:
+            if path.endswith("/git-receive-pack") and not self.released.is_set():
+                self.arrived.set()
+                self.released.wait(120)
+            return serve(method, path, *args)
+
+        hub.git.serve = held  # type: ignore[method-assign]
+
+
+def fleet_env(
+    base: dict[str, str], settings: Settings, tmp_path: Path, name: str
+) -> dict[str, str]:
+    """A worker host of its own: its own workspace, data and repository cache folders."""
+    assert settings.credential_keys is not None
+    return base | {
+        "CHANGEFLOW_WORKSPACE_DIR": str(tmp_path / name / "workspace"),
+        "CHANGEFLOW_DATA_DIR": str(tmp_path / name / "data"),
+        "CHANGEFLOW_REPOSITORY_CACHE_DIR": str(tmp_path / name / "repositories"),
+        "CHANGEFLOW_CREDENTIAL_KEYS": settings.credential_keys.get_secret_value(),
+    }
+
+
+async def test_two_workers_with_no_shared_folder_serve_one_project_and_one_dies_mid_push(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    hub: GitHubStandIn,
+) -> None:
+    settings = settings_for(task_queue, f"{task_queue}-deploy", tmp_path)
+    remote = await http_remote_shop(sessions, tmp_path, hub, settings, policy=human_policy())
+    lifecycle = LifecycleClient(
+        client, task_queue=task_queue, deploy_task_queue=f"{task_queue}-deploy"
+    )
+    first = WorkerProcess(fleet_env(worker_env, settings, tmp_path, "host-a"), tmp_path / "a.log")
+    second = WorkerProcess(fleet_env(worker_env, settings, tmp_path, "host-b"), tmp_path / "b.log")
+    first.start()
+    try:
+        request_id = await submit(lifecycle, remote.shop, PROMPTS[0])
+        _, plan = await plan_awaiting_approval(lifecycle, request_id, within=120)
+        pushes = HeldPushes(hub)
+        for admin in remote.shop.admins:
+            await lifecycle.approve(request_id, user_id=admin.id, content_hash=plan.content_hash)
+        # Host A applies and pushes the request's branch: it dies with the push on the wire.
+        assert await asyncio.to_thread(pushes.arrived.wait, 60)
+        first.kill()
+        pushes.released.set()
+        second.start()  # host B has never seen the project: it makes its mirror from the remote
+        async with asyncio.timeout(180):
+            result = await lifecycle.wait_for_outcome(request_id)
+    finally:
+        pushes_released = locals().get("pushes")
+        if pushes_released is not None:
+            pushes_released.released.set()
+        first.stop()
+        second.stop()
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert remote_config(remote, "env/production")["theme"] == "dark"
+    assert tree(remote, "main") == tree(remote, "env/production")
+    assert remote_branches(remote) == ["env/production", "env/staging", "main"]
+    # Each host worked in its own mirror; A's died with the push, B's served the rest.
+    assert list((tmp_path / "host-a" / "repositories").glob("*.git"))
+    assert list((tmp_path / "host-b" / "repositories").glob("*.git"))
+    assert remote.token is not None
+    for log in ("a.log", "b.log"):
+        assert remote.token not in (tmp_path / log).read_text()
