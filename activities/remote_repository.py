@@ -446,11 +446,12 @@ class Repositories:
             _build_mirror(mirror, access)
 
     async def _secrets(self, project: Project) -> dict[str, str]:
-        """The credentials of the project's git connector (the newest one not disabled)."""
+        """The credentials of the project's git connector: the newest active one, else the
+        newest one not disabled (untested yet, or failing: its error will say why)."""
         if self._sessions is None:
             return {}
         async with self._sessions() as session:
-            connector = (
+            connectors = (
                 await session.exec(
                     select(Connector)
                     .where(
@@ -459,9 +460,10 @@ class Repositories:
                         Connector.status != ConnectorStatus.DISABLED,
                     )
                     .order_by(col(Connector.created_at).desc())
-                    .limit(1)
                 )
-            ).first()
+            ).all()
+        active = [c for c in connectors if c.status is ConnectorStatus.ACTIVE]
+        connector = next(iter(active or connectors), None)
         if connector is None:
             return {}
         if self._store is None:

@@ -31,6 +31,7 @@ from cli import tenancy
 from cli.tenancy import Refused
 from models import ChangeJob, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
+from tests.cli_support import ok, refused
 from tests.factories import make_tenant
 from tests.github_stand_in.server import GitHubStandIn, github_stand_in
 from tests.lifecycle_support import git, human_policy, plan_awaiting_approval, submit
@@ -429,3 +430,31 @@ async def test_two_workers_with_no_shared_folder_serve_one_project_and_one_dies_
     assert remote.token is not None
     for log in ("a.log", "b.log"):
         assert remote.token not in (tmp_path / log).read_text()
+
+
+async def test_a_remote_project_and_its_git_credentials_from_the_command_line(
+    env: dict[str, str], task_queue: str, tmp_path: Path, hub: GitHubStandIn
+) -> None:
+    settings = settings_for(task_queue, f"{task_queue}-deploy", tmp_path)
+    assert settings.credential_keys is not None
+    env["CHANGEFLOW_CREDENTIAL_KEYS"] = settings.credential_keys.get_secret_value()
+    repository = hub.create_repository("acme", "storefront")
+    token = hub.state.create_personal_token("changeflow-bot", [repository.full_name]).value
+    slug = (await ok(env, "tenant", "create", "Corner Shop", "--json")).json["slug"]
+
+    await refused(env, "InvalidRepositoryUrl", "project", "create", "Storefront", "-t", slug,
+                  "--repo", f"http://bot:{token}@127.0.0.1/acme/storefront.git")  # fmt: skip
+    created = await ok(env, "project", "create", "Storefront", "-t", slug,
+                       "--repo", hub.clone_url(repository), "--json")  # fmt: skip
+    assert created.json["repo_url"] == hub.clone_url(repository)
+
+    wrong = await ok({**env, "GIT_TOKEN": "github_pat_wrong_0123456789"}, "connector", "git",
+                     "storefront", "-t", slug, "--json")  # fmt: skip
+    assert wrong.json["status"] == "error"
+    assert "refused the project's git credentials" in wrong.json["last_error"]
+    assert "github_pat_wrong" not in wrong.out + wrong.err
+    connected = await ok({**env, "GIT_TOKEN": token}, "connector", "git", "storefront",
+                         "-t", slug, "--json")  # fmt: skip
+    assert connected.json["status"] == "active", connected.json["last_error"]
+    assert connected.json["kind"] == "git"
+    assert token not in connected.out + connected.err
