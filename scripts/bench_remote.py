@@ -30,6 +30,8 @@ BIG_FILES = 20_000
 FILE_BYTES = 2_500  # 50 MB in 20,000 files
 PLANS = 5
 SECOND_PROMPT = "set store_name to Bench Shop"
+# Changes something on both repositories planned (the sample one has shipped the two above).
+PLAN_PROMPT = "set store_name to Planned Shop"
 
 
 def create_big_repo(path: Path, *, files: int = BIG_FILES) -> Path:
@@ -107,7 +109,7 @@ async def plan_seconds(repositories: Repositories, project: Project) -> float:
         started = time.monotonic()
         repo = await repositories.local(project)
         await engine.plan(
-            repo=repo, base_branch="main", prompt=SAFE_PROMPT, check_command=SAMPLE_CHECK_COMMAND
+            repo=repo, base_branch="main", prompt=PLAN_PROMPT, check_command=SAMPLE_CHECK_COMMAND
         )
         times.append(time.monotonic() - started)
     return statistics.median(times)

@@ -6,6 +6,7 @@ the remote itself: its branches, what they hold, and that no token shows anywher
 import asyncio
 import logging
 import re
+import shlex
 import shutil
 import threading
 import uuid
@@ -31,7 +32,7 @@ from cli import tenancy
 from cli.tenancy import Refused
 from models import ChangeJob, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
-from tests.cli_support import ok, refused
+from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
 from tests.github_stand_in.server import GitHubStandIn, github_stand_in
 from tests.lifecycle_support import git, human_policy, plan_awaiting_approval, submit
@@ -444,17 +445,27 @@ async def test_a_remote_project_and_its_git_credentials_from_the_command_line(
 
     await refused(env, "InvalidRepositoryUrl", "project", "create", "Storefront", "-t", slug,
                   "--repo", f"http://bot:{token}@127.0.0.1/acme/storefront.git")  # fmt: skip
-    created = await ok(env, "project", "create", "Storefront", "-t", slug,
-                       "--repo", hub.clone_url(repository), "--json")  # fmt: skip
+    # The README's two commands, its example URL and tenant replaced by the stand-in's.
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Projects on a git remote") :]
+    start = section.index("```sh\n") + 6
+    block = section[start : section.index("\n```", start)]
+    create, connect = (
+        shlex.split(
+            line.replace("https://git.example.com/acme/storefront.git", hub.clone_url(repository))
+        )
+        for line in block.splitlines()
+    )
+    assert create[:2] == ["changeflow", "project"] and connect[0] == "GIT_TOKEN=..."
+    created = await ok(env, *[slug if a == "corner-shop" else a for a in create[1:]], "--json")
     assert created.json["repo_url"] == hub.clone_url(repository)
+    connect = [slug if a == "corner-shop" else a for a in connect[2:]]
 
-    wrong = await ok({**env, "GIT_TOKEN": "github_pat_wrong_0123456789"}, "connector", "git",
-                     "storefront", "-t", slug, "--json")  # fmt: skip
+    wrong = await ok({**env, "GIT_TOKEN": "github_pat_wrong_0123456789"}, *connect, "--json")
     assert wrong.json["status"] == "error"
     assert "refused the project's git credentials" in wrong.json["last_error"]
     assert "github_pat_wrong" not in wrong.out + wrong.err
-    connected = await ok({**env, "GIT_TOKEN": token}, "connector", "git", "storefront",
-                         "-t", slug, "--json")  # fmt: skip
+    connected = await ok({**env, "GIT_TOKEN": token}, *connect, "--json")
     assert connected.json["status"] == "active", connected.json["last_error"]
     assert connected.json["kind"] == "git"
     assert token not in connected.out + connected.err
