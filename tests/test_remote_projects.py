@@ -32,10 +32,11 @@ from cli import tenancy
 from cli.tenancy import Refused
 from models import ChangeJob, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
+from scripts.sample_repo import FAILS_IN_STAGING_PROMPT
 from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
 from tests.github_stand_in.server import GitHubStandIn, github_stand_in
-from tests.lifecycle_support import git, human_policy, plan_awaiting_approval, submit
+from tests.lifecycle_support import git, human_policy, make_shop, plan_awaiting_approval, submit
 from tests.remote_support import (
     connect_git,
     file_remote_shop,
@@ -469,3 +470,25 @@ async def test_a_remote_project_and_its_git_credentials_from_the_command_line(
     assert connected.json["status"] == "active", connected.json["last_error"]
     assert connected.json["kind"] == "git"
     assert token not in connected.out + connected.err
+
+
+async def test_a_local_project_keeps_no_request_branch_once_its_requests_end(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    """Request branches used to accumulate, one per request: shipped or failed, each goes."""
+    shop = await make_shop(sessions, tmp_path)
+    settings = settings_for(task_queue, deploy_queue, tmp_path)
+    async with running_workers(client, sessions, settings):
+        shipped = await outcome(lifecycle, await submit(lifecycle, shop, PROMPTS[0]))
+        failed = await outcome(lifecycle, await submit(lifecycle, shop, FAILS_IN_STAGING_PROMPT))
+
+    assert shipped.status is PromptStatus.COMPLETED, shipped.reason
+    assert failed.status in (PromptStatus.FAILED, PromptStatus.ROLLED_BACK), failed.reason
+    assert failed.commit_sha is not None  # it was applied: its branch existed
+    branches = git(shop.project.repo_url, "for-each-ref", "--format=%(refname:short)")
+    assert sorted(branches.splitlines()) == ["env/production", "env/staging", "main"]
