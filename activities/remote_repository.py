@@ -362,7 +362,9 @@ def _open_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository | None:
 
 def _build_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository:
     """A fresh mirror in a folder beside `path`, moved into place once complete: a mirror is
-    either whole or absent, whenever its builder dies."""
+    either whole or absent, whenever its builder dies. Called under the mirror's host lock."""
+    for leftover in path.parent.glob(f".{path.name}.*"):  # of a builder killed half-way
+        shutil.rmtree(leftover, ignore_errors=True)
     fresh = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new")
     try:
         r = pygit2.init_repository(str(fresh), bare=True)
