@@ -1448,20 +1448,26 @@ class PromptRequestWorkflow:
         that cannot be deleted stays: the request's outcome does not depend on it."""
         if self._applies == 0 or not self._patched(CLOSE_REQUEST_BRANCH):
             return
-        try:
-            await self._shielded(
-                workflow.execute_activity_method(
-                    LifecycleActivities.close_request_branch,
-                    CloseRequestBranch(
-                        prompt_request_id=self._input.prompt_request_id,
-                        project_id=self._input.project_id,
-                    ),
-                    start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
-                    retry_policy=BRANCH_CLOSE_RETRY,
-                )
+        closing = asyncio.ensure_future(
+            workflow.execute_activity_method(
+                LifecycleActivities.close_request_branch,
+                CloseRequestBranch(
+                    prompt_request_id=self._input.prompt_request_id,
+                    project_id=self._input.project_id,
+                ),
+                start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
+                retry_policy=BRANCH_CLOSE_RETRY,
             )
-        except ActivityError as err:
-            workflow.logger.warning("the request's branch stays: %s", error_message(err))
+        )
+        while True:
+            try:
+                await asyncio.shield(closing)
+                return
+            except asyncio.CancelledError:
+                continue  # the request has ended: a cancel arriving now changes nothing
+            except ActivityError as err:
+                workflow.logger.warning("the request's branch stays: %s", error_message(err))
+                return
 
     async def _compensate_cancellation(self) -> None:
         """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""
