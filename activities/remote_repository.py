@@ -429,23 +429,22 @@ class Repositories:
         lock = mirror.with_suffix(".lock")
         publish_through(mirror, RemotePublisher(access, lock))
         with host_lock(lock):
+            began = time.monotonic()
             r = _open_mirror(mirror, access)
-            if r is None:
-                self._fetched[mirror] = time.monotonic()
-                _build_mirror(mirror, access)
-                return
-            if not fetch or self._fetched.get(mirror, -1.0) >= asked:
-                return
-            self._fetched[mirror] = time.monotonic()
-            try:
-                _fetch(r, access)
-                if _intact(r):
+            if r is not None:
+                if not fetch or self._fetched.get(mirror, -1.0) >= asked:
                     return
-            except RemoteAccessDenied:
-                raise
-            except RemoteUnavailable:
-                pass  # perhaps the mirror's fault: a fresh one settles which
+                try:
+                    _fetch(r, access)
+                    if _intact(r):
+                        self._fetched[mirror] = began
+                        return
+                except RemoteAccessDenied:
+                    raise
+                except RemoteUnavailable:
+                    pass  # perhaps the mirror's fault: a fresh one settles which
             _build_mirror(mirror, access)
+            self._fetched[mirror] = began
 
     async def _secrets(self, project: Project) -> dict[str, str]:
         """The credentials of the project's git connector: the newest active one, else the
