@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from temporalio import activity
 
+from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
 from activities.github_client import (
     APP_FIELDS,
@@ -25,6 +26,7 @@ from activities.github_client import (
     check_connector,
     process_clients,
 )
+from activities.remote_repository import RemoteUnavailable, RepositoryUrlInvalid, remote_branches
 from activities.shopify import (
     Bucket,
     ShopifyClient,
@@ -52,15 +54,18 @@ REQUIRED_CONFIG = {
     ConnectorKind.SHOPIFY: ("shop_url",),
     ConnectorKind.WEBHOOK: ("url",),
     ConnectorKind.GITHUB: ("repository", "api_url"),
+    ConnectorKind.GIT: (),  # the URL is the project's repository
 }
 # Any one of these sets of secret fields will do: Shopify's access token (a custom app's, or an
 # offline token), or an app's client id and secret, exchanged for 24-hour tokens as they expire.
 # A tenant's notification webhook: the secret its events are signed with.
+# A project's git remote: a token (or a user name and password) for https, a deploy key for ssh.
 CREDENTIAL_SETS = {
     ConnectorKind.SHOPIFY: (("access_token",), ("client_id", "client_secret")),
     ConnectorKind.WEBHOOK: (("signing_secret",),),
     # A GitHub App installation, or a fine-grained personal access token.
     ConnectorKind.GITHUB: (APP_FIELDS, TOKEN_FIELDS),
+    ConnectorKind.GIT: (("token",), ("username", "password"), ("ssh_private_key",)),
 }
 # The config key holding each kind's URL, and what a valid one looks like.
 URL_FIELDS = {
@@ -239,6 +244,8 @@ class ConnectorService:
             return await self._ping(connector)
         if connector.kind is ConnectorKind.GITHUB:
             return await self._test_github(connector)
+        if connector.kind is ConnectorKind.GIT:
+            return await self._list_branches(connector)
         try:
             async with self._connections.shopify(connector) as shop:
                 about = await shop.shop()
@@ -254,6 +261,27 @@ class ConnectorService:
         }
         return await self._set_status(
             connector_id, ConnectorStatus.ACTIVE, last_error=None, config_update=facts
+        )
+
+    async def _list_branches(self, connector: Connector) -> Connector:
+        """A git connector's test: the project's remote lists its branches with the
+        credentials (a refusal says why; the secrets are never in it)."""
+        async with self._sessions() as session:
+            project = await session.get(Project, connector.project_id)
+        if project is None:
+            error = "a git connector belongs to a project: its repository is the remote"
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=error)
+        try:
+            branches = await remote_branches(project.repo_url, await self._store.read(connector))
+        except (RepositoryError, RepositoryUrlInvalid, CredentialError) as err:
+            return await self._set_status(connector.id, ConnectorStatus.ERROR, last_error=str(err))
+        except RemoteUnavailable as err:
+            return await self._set_status(connector.id, None, last_error=str(err))
+        return await self._set_status(
+            connector.id,
+            ConnectorStatus.ACTIVE,
+            last_error=None,
+            config_update={"branches": len(branches)},
         )
 
     async def _ping(self, connector: Connector) -> Connector:
@@ -380,6 +408,8 @@ def _check_fields(kind: ConnectorKind, config: dict[str, Any], credentials: dict
             ErrorType.INVALID_CONNECTOR_CONFIG,
             f"a {kind.value} connector needs {', '.join(missing)}",
         )
+    if kind not in URL_FIELDS:
+        return
     field, looks_like = URL_FIELDS[kind]
     if not str(config.get(field, "")).startswith(("https://", "http://")):
         raise ConnectorError(ErrorType.INVALID_CONNECTOR_CONFIG, f"{field} must be {looks_like}")

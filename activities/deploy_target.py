@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from activities.change_engine import RepositoryError
 from activities.git_store import (
     checkout_commit,
+    compare_and_swap,
     diff_from_empty,
     diff_trees,
     ensure_repository,
@@ -168,9 +169,9 @@ class GitDeployTarget:
         ref = environment_ref(environment)
 
         def remove(r: pygit2.Repository) -> None:
-            reference = r.references.get(ref)
-            if reference is not None and str(reference.target).startswith(commit_sha):
-                reference.delete()
+            current = reference_target(r, ref)
+            if current is not None and current.startswith(commit_sha):
+                compare_and_swap(r, ref, None, current)  # a remote's too, by compare-and-swap
 
         async with self._project_lock(repo):
             try:

@@ -7,7 +7,6 @@ Every activity is idempotent: a retry finds the row its first attempt made.
 
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import col, select
@@ -93,15 +92,15 @@ async def locked(session: AsyncSession, deployment_id: uuid.UUID) -> Deployment:
     return row
 
 
-async def repository(session: AsyncSession, row: Deployment) -> Path:
-    """The project's repository the deployment releases from."""
+async def project_of(session: AsyncSession, row: Deployment) -> Project:
+    """The project whose repository the deployment releases from."""
     project = await session.get(Project, row.project_id) if row.project_id else None
     if project is None or not project.repo_url:
         raise not_found(
             f"deployment {row.id} has no project repository to release from",
             ErrorType.PROJECT_NOT_FOUND,
         )
-    return Path(project.repo_url)
+    return project
 
 
 async def live(

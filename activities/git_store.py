@@ -11,11 +11,12 @@ libgit2 objects stay in the thread that made them, and the event loop never wait
 """
 
 import asyncio
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pygit2
 from pygit2.enums import DiffOption, FileMode, RepositoryOpenFlag
@@ -119,29 +120,54 @@ def descends(r: pygit2.Repository, descendant: str, ancestor: str) -> bool:
         return False
 
 
-def compare_and_swap(r: pygit2.Repository, ref: str, new: str, old: str | None) -> bool:
-    """Point `ref` at `new` if it points at `old` now (None: it must not exist); False if not.
+class RefPublisher(Protocol):
+    """Where the refs of a repository truly live, when that is not the repository itself: a
+    remote whose mirror the repository is (activities.remote_repository)."""
 
-    A libgit2 reference transaction takes the ref's lock file (`<ref>.lock`, the lock `git
-    update-ref` and every other git writer takes) before the current value is read, so the
-    read, the comparison and the write are one atomic step against all writers of the branch,
-    in this process or any other. A lock held by another writer is a lost race: False, as when
-    the branch moved. (`Reference.set_target` compares under the lock too, but cannot express
-    "must not exist"; one mechanism serves both cases here.)
+    def swap(self, r: pygit2.Repository, ref: str, new: str | None, old: str | None) -> bool: ...
+
+
+# Mirrors of remote repositories, by git folder: their refs move on the remote first.
+_publishers: dict[str, RefPublisher] = {}
+
+
+def publish_through(git_dir: Path, publisher: RefPublisher) -> None:
+    """From now on, the repository at `git_dir` moves its refs through `publisher`."""
+    _publishers[os.path.realpath(git_dir)] = publisher
+
+
+def compare_and_swap(r: pygit2.Repository, ref: str, new: str | None, old: str | None) -> bool:
+    """Point `ref` at `new` (None: delete it) if it points at `old` now (None: it must not
+    exist); False if not.
+
+    A mirror of a remote repository moves the ref on the remote first, by the same rule
+    (RefPublisher). Otherwise a libgit2 reference transaction takes the ref's lock file
+    (`<ref>.lock`, the lock `git update-ref` and every other git writer takes) before the
+    current value is read, so the read, the comparison and the write are one atomic step
+    against all writers of the branch, in this process or any other. A lock held by another
+    writer is a lost race: False, as when the branch moved. (`Reference.set_target` compares
+    under the lock too, but cannot express "must not exist"; one mechanism serves both cases.)
     """
+    publisher = _publishers.get(os.path.realpath(r.path))
+    if publisher is not None:
+        return publisher.swap(r, ref, new, old)
     try:
         with r.transaction() as transaction:
             transaction.lock_ref(ref)
             if reference_target(r, ref) != old:
                 return False  # leaving the block unlocks without writing
-            transaction.set_target(ref, pygit2.Oid(hex=new), message="changeflow: move")
+            if new is None:
+                transaction.remove(ref)
+            else:
+                transaction.set_target(ref, pygit2.Oid(hex=new), message="changeflow: move")
     except (ValueError, pygit2.GitError):
         return False
     return True
 
 
-async def move_ref(repo: Path, ref: str, new: str, old: str | None) -> bool:
-    """Compare-and-swap `ref` from `old` (None: must not exist) to `new`; False if it moved."""
+async def move_ref(repo: Path, ref: str, new: str | None, old: str | None) -> bool:
+    """Compare-and-swap `ref` from `old` (None: must not exist) to `new` (None: delete it);
+    False if it moved."""
     return await in_repository(repo, lambda r: compare_and_swap(r, ref, new, old))
 
 
@@ -271,6 +297,32 @@ def check_tree_path(path: str) -> None:
         raise ChangeRequestInvalid(f"{path!r} is not a file path inside the repository")
 
 
+class IndexEntries(Mapping[str, pygit2.IndexEntry]):
+    """An index's entries by path, each looked up in libgit2 when asked: a tree of 20,000
+    files is not copied into Python objects (1.2 s) unless every path is listed."""
+
+    def __init__(self, index: pygit2.Index) -> None:
+        self._index = index
+        self._paths: list[str] | None = None
+
+    def __getitem__(self, path: str) -> pygit2.IndexEntry:
+        try:
+            return self._index[path]
+        except (KeyError, ValueError, TypeError):
+            raise KeyError(path) from None
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and path in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        if self._paths is None:
+            self._paths = [entry.path for entry in self._index]
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
 class Workspace:
     """A commit's files plus pending edits (None deletes a file), in an in-memory index."""
 
@@ -278,7 +330,9 @@ class Workspace:
         self.r, self.commit = r, commit
         self.index = pygit2.Index()
         self.index.read_tree(commit.tree)
-        self.entries = {entry.path: entry for entry in self.index}
+        base = pygit2.Index()  # the commit's files as they are: `index` takes the edits
+        base.read_tree(commit.tree)
+        self.entries = IndexEntries(base)
         self.edits: dict[str, str | None] = {}
 
     def mode(self, path: str) -> FileMode:
@@ -441,3 +495,19 @@ def _checkout(project: pygit2.Repository, commit: str, directory: Path) -> None:
 async def checkout_commit(repo: Path, commit: str, directory: Path) -> None:
     """A fresh work tree of `commit` in `directory` (which must not exist or be empty)."""
     await in_repository(repo, lambda r: _checkout(r, commit, directory))
+
+
+def _delete_branch(r: pygit2.Repository, branch: str) -> bool:
+    ref = f"refs/heads/{branch}"
+    for _ in range(CAS_ATTEMPTS):
+        current = reference_target(r, ref)
+        if current is None:
+            return False
+        if compare_and_swap(r, ref, None, current):
+            return True
+    raise RepositoryError(f"branch {branch} kept moving while it was deleted")
+
+
+async def delete_branch(repo: Path, branch: str) -> bool:
+    """Delete `branch` by compare-and-swap, whatever it holds; False when there is none."""
+    return await in_repository(repo, lambda r: _delete_branch(r, branch))

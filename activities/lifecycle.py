@@ -33,10 +33,11 @@ from activities.change_engine import (
     RebaseConflict,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
-from activities.git_store import first_parents_since, in_repository
+from activities.git_store import delete_branch, first_parents_since, in_repository
 from activities.heartbeats import heartbeating
 from activities.jobs import finish_job, start_job
 from activities.model_client import ModelRefused
+from activities.remote_repository import Repositories, default_repositories
 from activities.risk import assess_change, changes_to_verification
 from models import (
     Approval,
@@ -71,6 +72,7 @@ from workflows.contracts.lifecycle import (
     AppliedChangeView,
     ApplyChange,
     ApprovalPolicyView,
+    CloseRequestBranch,
     OpenApproval,
     PlannedRevision,
     PlanRequest,
@@ -87,6 +89,11 @@ _OPEN_PLAN_STATES = (
 
 
 HEARTBEAT_EVERY_S = 5.0
+
+
+def request_branch(request_id: uuid.UUID) -> str:
+    """The branch a request's change is committed on until it ends."""
+    return f"changeflow/{request_id}"
 
 
 def content_hash(*, prompt_request_id: uuid.UUID, revision: int, diff: str, tokens: int) -> str:
@@ -266,12 +273,14 @@ class LifecycleActivities:
         engine: ChangeEngine,
         *,
         engines: dict[ChangeEngineKind, ChangeEngine] | None = None,
+        repositories: Repositories | None = None,
     ) -> None:
         """`engine` serves projects that choose none; `engines` the projects that do
         (Project.change_engine)."""
         self._sessions = sessions
         self._engine = engine
         self._engines = engines or {}
+        self._repositories = repositories or default_repositories(sessions)
 
     def _engine_of(self, project: Project) -> ChangeEngine:
         if project.change_engine is None:
@@ -377,7 +386,7 @@ class LifecycleActivities:
         try:
             proposal = await heartbeating(
                 self._engine_of(project).plan(
-                    repo=Path(project.repo_url),
+                    repo=await self._repositories.local(project),
                     base_branch=project.default_branch,
                     prompt=req.prompt,
                     step=ChangeStep(req.tenant_id, req.prompt_request_id, req.revision),
@@ -526,12 +535,13 @@ class LifecycleActivities:
             commit_sha=plan.commit_sha,
         )
         try:
+            repo = await self._repositories.local(project)
             applied = await heartbeating(
                 self._engine_of(project).apply(
-                    repo=Path(project.repo_url),
+                    repo=repo,
                     proposal=proposal,
                     prompt=plan.prompt,
-                    branch=f"changeflow/{request.id}",
+                    branch=request_branch(request.id),
                     onto=project.default_branch,
                     step=ChangeStep(plan.tenant_id, request.id, plan.revision),
                 ),
@@ -543,7 +553,9 @@ class LifecycleActivities:
             return await self._replan(job_key, project, plan, conflict, req)
         except ChangeEngineError as exc:
             await self._engine_failed(job_key, exc)
-        moved_outside = await self._moved_outside(project, req.previous_base, applied.base_commit)
+        moved_outside = await self._moved_outside(
+            project, repo, req.previous_base, applied.base_commit
+        )
 
         limit = req.approved_tokens * (100 + req.overspend_tolerance_pct) // 100
         async with self._sessions() as session:
@@ -572,7 +584,7 @@ class LifecycleActivities:
             repriced = None
             if reasons:
                 repriced = await self._revise(
-                    session, request, plan, applied, reasons, req, project
+                    session, request, plan, applied, reasons, req, project, repo
                 )
             await session.commit()
         return AppliedChangeView(
@@ -584,13 +596,15 @@ class LifecycleActivities:
             moved_outside=moved_outside,
         )
 
-    async def _moved_outside(self, project: Project, previous_base: str | None, base: str) -> bool:
+    async def _moved_outside(
+        self, project: Project, repo: Path, previous_base: str | None, base: str
+    ) -> bool:
         """Whether the default branch went from `previous_base` to `base` by a commit that no
         production release of the project made (a push from outside changeflow, an operator
         rollback's revert commit): moves by other requests shipping are the lane's progress."""
         if previous_base is None or not base or base == previous_base:
             return False
-        commits = await first_parents_since(Path(project.repo_url), previous_base, base)
+        commits = await first_parents_since(repo, previous_base, base)
         if commits is None:
             return True
         async with self._sessions() as session:
@@ -645,7 +659,8 @@ class LifecycleActivities:
             try:
                 proposal = await heartbeating(
                     self._engine_of(project).plan(
-                        repo=Path(project.repo_url),
+                        # Fetched by the apply that found the conflict.
+                        repo=await self._repositories.local(project, fetch=False),
                         base_branch=project.default_branch,
                         prompt=approved.prompt,
                         step=ChangeStep(approved.tenant_id, approved.prompt_request_id, revision),
@@ -711,6 +726,7 @@ class LifecycleActivities:
         reasons: list[str],
         req: ApplyChange,
         project: Project,
+        repo: Path,
     ) -> PlanSummary:
         """A new revision of the change as committed (its diff, its base, its price), awaiting
         approval; the approved revision is superseded."""
@@ -738,7 +754,7 @@ class LifecycleActivities:
                     changed=applied.commit_sha,
                     check_command=project.check_command,
                 )
-                risk_level, risk_reasons = await in_repository(Path(project.repo_url), rate)
+                risk_level, risk_reasons = await in_repository(repo, rate)
                 files = [f.path for f in parse_unified_diff(diff)]
                 summary = f"{plan.diff_summary}\nRebased onto {applied.base_commit[:12]}."
             _move_plan(plan, PlanApprovalStatus.SUPERSEDED)
@@ -766,6 +782,21 @@ class LifecycleActivities:
             session.add(revised)
             await session.flush()
         return plan_summary(revised, policy)
+
+    @activity.defn
+    async def close_request_branch(self, req: CloseRequestBranch) -> bool:
+        """Delete the ended request's branch `changeflow/<id>` (on the remote too): what shipped
+        is on the default branch and the environment branches. True when there was one."""
+        async with self._sessions() as session:
+            project = await session.get(Project, req.project_id)
+        if project is None:
+            return False
+        try:
+            repo = await self._repositories.local(project)
+            return await delete_branch(repo, request_branch(req.prompt_request_id))
+        except ChangeEngineError as exc:  # a leftover branch is no reason to fail the end
+            activity.logger.warning("the request's branch stays: %s", exc)
+            return False
 
     @activity.defn
     async def set_request_status(self, req: SetRequestStatus) -> None:

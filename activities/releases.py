@@ -17,16 +17,18 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.change_engine import RepositoryError
 from activities.deploy_target import DeployTarget, DeployTargetError
 from activities.deployments import (
     MAX_OUTPUT_CHARS,
     locked,
-    repository,
+    project_of,
     view,
 )
 from activities.git_store import fast_forward, is_ancestor, resolve_commit, restore_tree
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
+from activities.remote_repository import Repositories, default_repositories
 from activities.rollbacks import last_good_release
 from models import (
     ChangeJobKind,
@@ -59,9 +61,26 @@ def _file_url(path: str) -> str:
 
 
 class ReleaseActivities:
-    def __init__(self, *, sessions: SessionFactory, target: DeployTarget) -> None:
+    def __init__(
+        self,
+        *,
+        sessions: SessionFactory,
+        target: DeployTarget,
+        repositories: Repositories | None = None,
+    ) -> None:
         self._sessions = sessions
         self._target = target
+        self._repositories = repositories or default_repositories(sessions)
+
+    async def _repository(self, project: Project, commit: str | None = None) -> Path:
+        """The project's repository to release from: fetched (a remote's mirror) before a
+        release, only when it lacks `commit` before the steps after one."""
+        try:
+            if commit is None:
+                return await self._repositories.local(project)
+            return await self._repositories.holding(project, commit)
+        except RepositoryError as exc:
+            raise _target_error(DeployTargetError(str(exc))) from None
 
     def activities(self) -> list[Callable[..., Any]]:
         """Work on the project's repository, for the deploy task queue."""
@@ -79,7 +98,8 @@ class ReleaseActivities:
         an earlier release)."""
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            repo = await repository(session, row)
+            project = await project_of(session, row)
+        repo = await self._repository(project)
         # Recorded before releasing, so compensation knows what to restore even if this
         # attempt dies half-way and a retry finds its own commit already released.
         current = await self._target.current_release(repo=repo, environment=row.environment.value)
@@ -108,7 +128,6 @@ class ReleaseActivities:
             )
             await session.commit()
             previous = row.previous_commit_sha
-            project = await session.get(Project, row.project_id)
         if row.environment is DeploymentEnvironment.PRODUCTION and step.job_kind is not (
             ChangeJobKind.ROLLBACK
         ):
@@ -176,9 +195,8 @@ class ReleaseActivities:
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            repo = await repository(session, row)
-            project = await session.get(Project, row.project_id)
-            check_command = project.check_command if project else ""
+            project = await project_of(session, row)
+            check_command = project.check_command
             await start_job(
                 session,
                 job_key=job_key,
@@ -193,6 +211,7 @@ class ReleaseActivities:
             await session.commit()
         try:
             if check_command.strip():
+                repo = await self._repository(project, step.commit_sha)
                 result = await heartbeating(
                     self._target.verify(
                         repo=repo,
@@ -233,7 +252,6 @@ class ReleaseActivities:
         ok, output = verdict.ok, verdict.output
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            repo = await repository(session, row)
             project = await session.get(Project, row.project_id)
             row.verification_output = output[-MAX_OUTPUT_CHARS:]
             row.log_url = verdict.log_url or row.log_url
@@ -248,6 +266,7 @@ class ReleaseActivities:
             await session.commit()
         if ok and row.environment is DeploymentEnvironment.PRODUCTION and project is not None:
             # Still in the lane: the next production deployment sees the default branch moved.
+            repo = await self._repository(project, step.commit_sha)
             await self._ship_to_default_branch(repo, project, row, step)
         return verdict
 
@@ -259,7 +278,7 @@ class ReleaseActivities:
             row = await locked(session, step.deployment_id)
             if row.started_at is None:
                 return view(row)
-            repo = await repository(session, row)
+            project = await project_of(session, row)
             restore = row.previous_commit_sha
         first_release = False
         if restore is None:
@@ -271,6 +290,7 @@ class ReleaseActivities:
                     environment=row.environment,
                     exclude_deployment_id=row.id,
                 ),
+                self._repositories,
             )
             # Nothing ever succeeded there and the release found no branch: it was the first.
             first_release = good.deployment_id is None
@@ -290,6 +310,7 @@ class ReleaseActivities:
             )
             await session.commit()
         log_path: str | None = None  # a withdrawal keeps the release's own log
+        repo = await self._repository(project)
         try:
             if first_release:  # as if it never ran: the environment has no branch again
                 await self._target.withdraw(

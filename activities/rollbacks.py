@@ -3,7 +3,6 @@ automatic rollback or a compensation falls back to. Reads only; writes nothing."
 
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import col, select
@@ -13,6 +12,7 @@ from activities import deployments
 from activities.change_engine import RepositoryError
 from activities.deployments import not_found
 from activities.git_store import resolve_commit
+from activities.remote_repository import Repositories, default_repositories
 from models import Deployment, DeploymentPlan, DeploymentStatus, Project
 from models.db import SessionFactory
 from workflows.contracts.deployment import (
@@ -24,16 +24,17 @@ from workflows.contracts.deployment import (
 from workflows.contracts.errors import ErrorType, refused
 
 
-async def _default_branch_head(project: Project) -> str | None:
+async def _default_branch_head(project: Project, repositories: Repositories) -> str | None:
     if not project.repo_url:
         return None
     with contextlib.suppress(RepositoryError, OSError):
-        return await resolve_commit(Path(project.repo_url), project.default_branch)
+        repo = await repositories.local(project)
+        return await resolve_commit(repo, project.default_branch)
     return None
 
 
 async def last_good_release(
-    sessions: SessionFactory, request: FindLastGoodRelease
+    sessions: SessionFactory, request: FindLastGoodRelease, repositories: Repositories
 ) -> LastGoodRelease:
     """The release to restore: the last SUCCEEDED deployment of the project and environment;
     before any, what the environment branch held, else the project's default branch."""
@@ -66,7 +67,7 @@ async def last_good_release(
                 )
         project = await session.get(Project, request.project_id)
     if project is not None:
-        head = await _default_branch_head(project)
+        head = await _default_branch_head(project, repositories)
         if head:
             return LastGoodRelease(
                 commit_sha=head,
@@ -81,8 +82,9 @@ async def last_good_release(
 
 
 class RollbackActivities:
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(self, sessions: SessionFactory, repositories: Repositories | None = None) -> None:
         self._sessions = sessions
+        self._repositories = repositories or default_repositories(sessions)
 
     def lifecycle_activities(self) -> list[Callable[..., Any]]:
         return [self.plan_rollback]
@@ -133,4 +135,4 @@ class RollbackActivities:
 
     @activity.defn(name="find_last_good_release")
     async def find_last_good_release(self, request: FindLastGoodRelease) -> LastGoodRelease:
-        return await last_good_release(self._sessions, request)
+        return await last_good_release(self._sessions, request, self._repositories)

@@ -41,7 +41,9 @@ GROUPS = {
         "cli.deployments", "deployment_app", "Deployments and operators' rollbacks."
     ),
     "connector": Group(
-        "cli.connectors", "connector_app", "A tenant's connections to outside systems (Shopify)."
+        "cli.connectors",
+        "connector_app",
+        "A tenant's connections to outside systems (Shopify, GitHub, git remotes).",
     ),
     "commerce": Group(
         "cli.commerce", "commerce_app", "Commerce records: order imports and reports."

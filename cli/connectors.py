@@ -52,7 +52,8 @@ from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import order_sync_workflow_id
 
 connector_app = typer.Typer(
-    help="A tenant's connections to outside systems (Shopify, GitHub).", no_args_is_help=True
+    help="A tenant's connections to outside systems (Shopify, GitHub, git remotes).",
+    no_args_is_help=True,
 )
 
 ConnectorId = Annotated[uuid.UUID, typer.Argument(help="The connector's id.")]
@@ -315,6 +316,63 @@ def _kind(value: str) -> ConnectorKind:
         )
     assert chosen is not None
     return chosen
+
+
+def git_credentials(env: dict[str, str], at_terminal: bool) -> dict[str, str]:
+    """A git remote's secret from the environment (GIT_TOKEN; GIT_USERNAME and GIT_PASSWORD;
+    or GIT_SSH_KEY_FILE, a deploy key's private key file, with GIT_SSH_PASSPHRASE), else (at a
+    terminal) a hidden prompt for a token."""
+    if env.get("GIT_TOKEN"):
+        return {"token": env["GIT_TOKEN"]}
+    if env.get("GIT_USERNAME") and env.get("GIT_PASSWORD"):
+        return {"username": env["GIT_USERNAME"], "password": env["GIT_PASSWORD"]}
+    if env.get("GIT_SSH_KEY_FILE"):
+        try:
+            key = Path(env["GIT_SSH_KEY_FILE"]).read_text()
+        except OSError as exc:
+            raise Refused(
+                ErrorType.INVALID_CONNECTOR_CONFIG, f"GIT_SSH_KEY_FILE: {exc.strerror}"
+            ) from None
+        return {"ssh_private_key": key} | (
+            {"ssh_passphrase": env["GIT_SSH_PASSPHRASE"]} if env.get("GIT_SSH_PASSPHRASE") else {}
+        )
+    if at_terminal:
+        return {"token": typer.prompt("Access token", hide_input=True)}
+    raise Refused(
+        ErrorType.INVALID_CONNECTOR_CONFIG,
+        "set GIT_TOKEN, GIT_USERNAME and GIT_PASSWORD, or GIT_SSH_KEY_FILE",
+    )
+
+
+@connector_app.command("git")
+def connector_git(
+    project: Annotated[str, typer.Argument(help="The project (id or slug) on a git remote.")],
+    tenant: TenantRef,
+    name: Annotated[str, typer.Option(help="A name people recognise.")] = "git",
+    json_output: Json = False,
+) -> None:
+    """Give a project's git remote its credentials (https token or ssh deploy key), stored
+    encrypted and tested by listing the remote's branches."""
+
+    async def work(stack: Stack, _: Console) -> Outcome:
+        credentials = git_credentials(dict(os.environ), sys.stdin.isatty())
+        async with (await stack.sessions())() as session:
+            found = await tenancy.find_project(
+                session, await tenancy.find_tenant(session, tenant), project
+            )
+        service = await _service(stack)
+        created = await service.create(
+            tenant_id=found.tenant_id,
+            kind=ConnectorKind.GIT,
+            name=name,
+            config={},
+            credentials=credentials,
+            project_id=found.id,
+        )
+        tested = await service.test(created.id)
+        return Outcome(_connector_data(tested), _say(tested))
+
+    run(json_output, work)
 
 
 @connector_app.command("list")

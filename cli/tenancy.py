@@ -232,6 +232,13 @@ async def create_project(
 ) -> Project:
     if not name.strip() or not repo_url.strip():
         raise Refused(ErrorType.INVALID_REQUEST, "a project needs a name and a repository")
+    # Here, not at the top: the repository code loads pygit2, which other tenancy commands skip.
+    from activities.remote_repository import RepositoryUrlInvalid, parse_repository
+
+    try:
+        parse_repository(repo_url)
+    except RepositoryUrlInvalid as exc:
+        raise Refused(ErrorType.INVALID_REPOSITORY_URL, str(exc)) from None
     project = Project(
         tenant_id=tenant.id,
         name=name.strip(),

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     web_ui_url: str | None = None
     # Where git deploy targets keep their working checkouts and logs.
     workspace_dir: Path | None = None
+    # This worker's own mirrors of projects whose repository is a remote (one bare mirror a
+    # project, made on first use; processes of one host may share it). Unset: under data_dir.
+    repository_cache_dir: Path | None = None
 
     # The change engine of projects that do not choose one (Project.change_engine).
     change_engine: ChangeEngineKind = ChangeEngineKind.RULE
@@ -308,6 +311,10 @@ class Settings(BaseSettings):
     @property
     def resolved_workspace_dir(self) -> Path:
         return self.workspace_dir or self.data_dir / "workspaces"
+
+    @property
+    def resolved_repository_cache_dir(self) -> Path:
+        return self.repository_cache_dir or self.data_dir / "repositories"
 
 
 def load_settings(**overrides: object) -> Settings:

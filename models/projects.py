@@ -36,6 +36,9 @@ class ConnectorKind(enum.StrEnum):
     WOOCOMMERCE = "woocommerce"
     STRIPE = "stripe"
     WEBHOOK = "webhook"
+    # Credentials of a project's git remote (activities.remote_repository): a token or a user
+    # name and password for https, a deploy key for ssh.
+    GIT = "git"
 
     @property
     def syncs_orders(self) -> bool:

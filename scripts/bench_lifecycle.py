@@ -45,6 +45,10 @@ The last line printed is one JSON object:
   activity_retries;
 - server_limit_errors = server_log_limit_errors (refusals the dev server logged; null when its
   log is not ours) + approve_limit_refusals + activity_limit_retries (seen by the client);
+- remote_n, local_path_throughput_per_s, remote_throughput_per_s, remote_vs_local_ratio (a
+  git remote over smart HTTP on this machine against local paths, scripts/bench_remote.py),
+  big_repo_plan_warm_s, sample_repo_plan_warm_s, big_repo_plan_extra_s (planning 50 MB in
+  20,000 files with a warm mirror), big_repo_packed_mb, big_repo_mirror_made_s;
 - database, temporal_persistence, dev_server_persistence (SQLite file or in-memory).
 Options (or environment variables): --n N (BENCH_N, 20), --human M (BENCH_HUMAN, 10),
 --parked P (BENCH_PARKED, 500), --drain D (BENCH_DRAIN, 500, at most P), --projects K
@@ -98,6 +102,7 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
+from scripts.bench_remote import measure_remote
 from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
 from workers.devstack import EmbeddedStack, embedded_stack
@@ -314,8 +319,9 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 # What a run measures (--phases): the throughput baselines (1-5, the model engine's needing the
-# rule engine's), the human-approved runs (6), parked and the queued drain (7-8).
-PHASES = ("throughput", "model", "human", "drain")
+# rule engine's), the human-approved runs (6), parked and the queued drain (7-8), projects on a
+# git remote against local paths (scripts/bench_remote.py).
+PHASES = ("throughput", "model", "human", "drain", "remote")
 
 
 @dataclass(frozen=True)
@@ -327,10 +333,14 @@ class Sizes:
     projects: int
     drain_timeout: float
     phases: tuple[str, ...] = PHASES
+    # The big repository the remote phase plans on (2,500 bytes a file).
+    big_repo_files: int = 20_000
 
 
 DEFAULT_SIZES = Sizes(n=20, human=10, parked=500, drain=500, projects=10, drain_timeout=540)
-QUICK_SIZES = Sizes(n=3, human=2, parked=4, drain=3, projects=2, drain_timeout=240)
+QUICK_SIZES = Sizes(
+    n=3, human=2, parked=4, drain=3, projects=2, drain_timeout=240, big_repo_files=500
+)
 ENVIRONMENT = {
     "n": "BENCH_N",
     "human": "BENCH_HUMAN",
@@ -503,7 +513,30 @@ async def measure(run: Run, server_log: Path | None) -> dict[str, object]:
         figures.update(await measure_approval_latency(run))
     if "drain" in run.sizes.phases:
         figures.update(await measure_parked_and_drain(run, server_log))
+    if "remote" in run.sizes.phases:
+        figures.update(await measure_remote_projects(run))
     return figures
+
+
+async def measure_remote_projects(run: Run) -> dict[str, object]:
+    """Lifecycles on git remotes against local paths, and planning a big remote repository."""
+    shop = await seed_shop(
+        run.sessions, run.bench_dir, name="Bench Remote", human_approval=False, funds=PARKED_FUNDS
+    )
+    local = await add_projects(run.sessions, shop, run.bench_dir, run.sizes.n)
+
+    async def completed(projects: list[Project], prompt: str) -> float:
+        return (await completed_at_once(run.lifecycle, shop, projects, prompt))[1]
+
+    return await measure_remote(
+        run.sessions,
+        shop.tenant.id,
+        local,
+        run.bench_dir / "remote",
+        completed,
+        say,
+        big_files=run.sizes.big_repo_files,
+    )
 
 
 async def measure_throughput(run: Run) -> dict[str, object]:

@@ -188,6 +188,9 @@ async def test_a_quick_bench_run_prints_every_figure_as_its_last_line(
     assert figures["server_log_limit_errors"] is None
     assert figures["server_limit_errors"] == 0
     assert figures["dev_server_persistence"].startswith("configured Temporal server")
+    # Lifecycles on a git remote over smart HTTP, and plans of a bigger remote repository.
+    assert figures["remote_vs_local_ratio"] > 0
+    assert figures["big_repo_plan_warm_s"] > 0 and figures["big_repo_files"] == 500
 
 
 def test_the_server_log_counts_each_limit_refusal_once_from_the_offset(tmp_path: Path) -> None:

@@ -59,12 +59,18 @@ async def test_an_auto_approved_lifecycle_queues_only_the_engine_work(
 
     steps = await steps_of(client, prompt_request_workflow_id(request_id))
     workflow_tasks = steps.pop("workflow tasks")
-    # Planning and applying go through the task queue; loading the decision keys (so the
-    # validators judge tokens), the hold, the approval, the two status writes and the settlement
-    # are local activities, each status written with its step.
-    assert steps == {"plan_request": 1, "apply_change": 1, "local activities": 6}
+    # Planning, applying and deleting the ended request's branch (a push, on a remote) go
+    # through the task queue; loading the decision keys (so the validators judge tokens), the
+    # hold, the approval, the two status writes and the settlement are local activities, each
+    # status written with its step.
+    assert steps == {
+        "plan_request": 1,
+        "apply_change": 1,
+        "close_request_branch": 1,
+        "local activities": 6,
+    }
     # 15 to 16 when every step was an activity task (plus the children's progress signals).
-    assert workflow_tasks <= 12
+    assert workflow_tasks <= 12, workflow_tasks
 
 
 async def test_a_status_activity_persists_the_status_it_is_given_and_refuses_an_illegal_one(

@@ -13,6 +13,7 @@ from models.db import SessionFactory
 if TYPE_CHECKING:
     from activities.connectors import Connections
     from activities.credentials import CredentialStore
+    from activities.remote_repository import Repositories
 
 
 @dataclass
@@ -82,7 +83,10 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         ChangeEngineKind.MODEL: ModelChangeEngine(deps.settings, deps.sessions),
     }
     lifecycle = LifecycleActivities(
-        deps.sessions, engines[deps.settings.change_engine], engines=engines
+        deps.sessions,
+        engines[deps.settings.change_engine],
+        engines=engines,
+        repositories=repositories(deps),
     )
     return [
         lifecycle.plan_request,
@@ -90,6 +94,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         lifecycle.record_decision,
         lifecycle.apply_change,
         lifecycle.set_request_status,
+        lifecycle.close_request_branch,
         billing.reserve_tokens,
         billing.settle_hold,
         billing.release_hold,
@@ -104,7 +109,7 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
             deps.settings.decision_tokens,
         ).activities(),
         *LaneActivities(deps.sessions, deps.client).activities(),
-        *RollbackActivities(deps.sessions).lifecycle_activities(),
+        *RollbackActivities(deps.sessions, repositories(deps)).lifecycle_activities(),
         *commerce_activities(deps),
         *notification_activities(deps),
         *github_activities(deps),
@@ -196,7 +201,18 @@ def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from activities.rollbacks import RollbackActivities
 
     target = GitDeployTarget(deps.settings.resolved_workspace_dir)
+    mirrors = repositories(deps)
     return [
-        *ReleaseActivities(sessions=deps.sessions, target=target).activities(),
-        *RollbackActivities(deps.sessions).deploy_activities(),
+        *ReleaseActivities(
+            sessions=deps.sessions, target=target, repositories=mirrors
+        ).activities(),
+        *RollbackActivities(deps.sessions, mirrors).deploy_activities(),
     ]
+
+
+def repositories(deps: Dependencies) -> "Repositories":
+    """Projects' repositories: local paths in place, remotes through this worker's mirrors."""
+    from activities.remote_repository import Repositories
+
+    store, _ = credential_store(deps)
+    return Repositories(deps.settings.resolved_repository_cache_dir, deps.sessions, store)

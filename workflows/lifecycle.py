@@ -82,6 +82,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApproveRequest,
         CancelRequest,
+        CloseRequestBranch,
         DeploymentSummary,
         HoldState,
         OpenApproval,
@@ -116,6 +117,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.lifecycle_patches import (
         AUTHORIZED_CANCEL_STOPS_RELEASES,
         CANCEL_NEVER_LIVE,
+        CLOSE_REQUEST_BRANCH,
         JUDGED_BY_VALIDATORS_PATCH,
         MODEL_UNAVAILABLE_PATCH,
         NEVER_AUTO_APPROVE_OWN_VERIFICATION,
@@ -173,6 +175,13 @@ DB_STEP: dict[str, Any] = {"start_to_close_timeout": DB_TIMEOUT, "retry_policy":
 # ActivityError as an activity task's does.
 LOCAL_STEP_FAILURES = (ActivityError, ApplicationError)
 ENGINE_TIMEOUT = timedelta(minutes=15)
+# Deleting an ended request's branch (a push to a remote): tried a while, then left.
+BRANCH_CLOSE_TIMEOUT = timedelta(minutes=2)
+BRANCH_CLOSE_RETRY = RetryPolicy(
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
+)
 ENGINE_HEARTBEAT = timedelta(seconds=30)
 APPROVED_BY_POLICY = "approved by policy"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
@@ -295,11 +304,13 @@ class PromptRequestWorkflow:
         except asyncio.CancelledError:
             if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
                 await self._compensate_cancellation()
+                await self._close_request_branch()
                 await self._announce_end()
                 await self._drain_handlers()
                 raise
             # Too late: production runs the change. The request completes as it would have.
             result = await self._complete_despite_cancel()
+        await self._close_request_branch()
         await self._announce_end()
         await self._drain_handlers()
         return result
@@ -1425,6 +1436,32 @@ class PromptRequestWorkflow:
         if plan_status is not None and self._plan is not None:
             self._plan.approval_status = plan_status
         raise RequestEnded(self._result())
+
+    async def _close_request_branch(self) -> None:
+        """The ended request's branch goes (a request that never applied has none). A branch
+        that cannot be deleted stays: the request's outcome does not depend on it."""
+        if self._applies == 0 or not self._patched(CLOSE_REQUEST_BRANCH):
+            return
+        closing = asyncio.ensure_future(
+            workflow.execute_activity_method(
+                LifecycleActivities.close_request_branch,
+                CloseRequestBranch(
+                    prompt_request_id=self._input.prompt_request_id,
+                    project_id=self._input.project_id,
+                ),
+                start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
+                retry_policy=BRANCH_CLOSE_RETRY,
+            )
+        )
+        while True:
+            try:
+                await asyncio.shield(closing)
+                return
+            except asyncio.CancelledError:
+                continue  # the request has ended: a cancel arriving now changes nothing
+            except ActivityError as err:
+                workflow.logger.warning("the request's branch stays: %s", error_message(err))
+                return
 
     async def _compensate_cancellation(self) -> None:
         """Let the step in flight finish, then release (or settle) holds and persist CANCELLED."""

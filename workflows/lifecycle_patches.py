@@ -37,6 +37,8 @@ ONE_DECISION_STEP = "one-decision-step"
 # a patch marker recorded after a local activity that resolved in the same workflow task fails
 # replay ("patch marker encountered ... but there is no corresponding change command"; seen with
 # the model-unavailable patch asked after decision_trust).
+# Patch id: an ended request's branch `changeflow/<id>` is deleted (they used to accumulate).
+CLOSE_REQUEST_BRANCH = "close-request-branch"
 RUN_START_PATCHES = (
     AUTHORIZED_CANCEL_STOPS_RELEASES,
     ONE_DECISION_STEP,
@@ -46,4 +48,5 @@ RUN_START_PATCHES = (
     MODEL_UNAVAILABLE_PATCH,
     NEVER_AUTO_APPROVE_OWN_VERIFICATION,
     REPLAN_ON_CONFLICT,
+    CLOSE_REQUEST_BRANCH,
 )

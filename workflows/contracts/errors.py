@@ -55,6 +55,8 @@ class ErrorType(enum.StrEnum):
     SLUG_TAKEN = "SlugTaken"
     EMAIL_TAKEN = "EmailTaken"
     INVALID_POLICY = "InvalidPolicy"
+    # A project's repository address that is no path or git URL changeflow can use.
+    INVALID_REPOSITORY_URL = "InvalidRepositoryUrl"
 
     # --- the change engine
     CHANGE_REQUEST_INVALID = "ChangeRequestInvalid"

@@ -307,6 +307,13 @@ class AppliedChangeView(BaseModel):
     moved_outside: bool = False
 
 
+class CloseRequestBranch(BaseModel):
+    """The request ended: its branch `changeflow/<request id>` is deleted."""
+
+    prompt_request_id: uuid.UUID
+    project_id: uuid.UUID
+
+
 class SetRequestStatus(BaseModel):
     prompt_request_id: uuid.UUID
     status: PromptStatus

@@ -324,6 +324,7 @@ def upgrade() -> None:
                 "woocommerce",
                 "stripe",
                 "webhook",
+                "git",
                 name="connectorkind_enum",
                 native_enum=False,
                 create_constraint=True,
