@@ -13,7 +13,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync chaos model-smoke reconcile migrate clean
+.PHONY: install lock lock-check check-alerts check-compose demo dev test test-fast test-unit test-workflow test-system lint bench-ledger bench-lifecycle bench-git bench-sync chaos model-smoke reconcile migrate clean
 
 install: $(STAMP)
 
@@ -64,8 +64,17 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(PY) -m scripts.dev
 
+# The suite in three tiers (README, "Tests"): unit (no servers), workflow (in-process workers
+# against the shared servers), system (processes, crashes, chaos, the demo). `make test` runs
+# them all; `make test-fast` is the edit-test loop (unit and workflow).
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not system" $(PYTEST_ARGS)
+
+test-unit test-workflow test-system: test-%: $(STAMP)
+	$(PY) -m pytest -q -m $* $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

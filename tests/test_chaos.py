@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from activities.deploy_target import GitDeployTarget
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from scripts.chaos import KINDS, Options, plan_run
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
+@pytest.mark.system
 def test_a_small_chaos_run_ends_without_violations() -> None:
     # Under the repository, not pytest's basetemp: pgserver's server runs as its own user,
     # which cannot enter root's private temporary folders to stop and start it.

@@ -24,8 +24,9 @@ from temporalio.worker import Replayer
 
 from models.db import SessionFactory
 from models.lifecycle import DeploymentPlan
-from tests.conftest import DATA_CONVERTER, free_port
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import free_port
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
 from workers import codec as codec_module
@@ -139,6 +140,7 @@ async def test_production_without_keys_and_a_bad_key_ring_are_configuration_erro
     assert configured.current == "p1"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("module", "configured", "missing"),
     [

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
@@ -47,6 +47,7 @@ from tests.commerce_support import (
     sync,
 )
 from tests.conftest import DATA_CONVERTER
+from tests.process_support import ROOT, free_port
 from tests.shopify_stand_in import (
     SentWebhook,
     ShopifyStandIn,
@@ -57,8 +58,6 @@ from tests.shopify_stand_in import (
     shop_payload,
 )
 from tests.temporal_cli import CodecEndpoint, temporal
-from tests.test_lifecycle_worker_crash import ROOT
-from tests.test_metrics import free_port
 from tests.workers import running_workers
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
@@ -68,20 +67,14 @@ from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import SyncRequested
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=12, customers=4),
+]
 
 WEBHOOK_SECRET = "whsec_5f2b9c0e7d41a8b3c6e9f0a1b2c3d4e5"
 ENDPOINT = "http://webhooks.test"
 T = TypeVar("T")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=12, customers=4)
-    yield stand_in
-    stand_in.stop()
 
 
 @pytest.fixture
@@ -526,6 +519,7 @@ async def test_the_webhooks_process_syncs_on_a_delivery_and_never_shows_the_secr
         assert secret not in events
 
 
+@pytest.mark.system
 async def test_the_webhooks_process_refuses_to_start_without_a_key_ring() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
     env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", TEMPORAL_ADDRESS="x:1")

@@ -1,13 +1,13 @@
 """With CHANGEFLOW_METRICS_PORT set, the Temporal runtime serves Prometheus metrics there."""
 
 import asyncio
-import socket
 import urllib.request
 import uuid
 
 from temporalio import workflow
 from temporalio.worker import Worker
 
+from tests.process_support import free_port
 from workers.client import connect
 from workers.settings import Settings
 
@@ -17,12 +17,6 @@ class Hello:
     @workflow.run
     async def run(self, name: str) -> str:
         return f"hello {name}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 import pytest_asyncio
 from sqlmodel import SQLModel
 
@@ -74,6 +75,7 @@ async def test_upgrading_an_up_to_date_database_changes_nothing(empty_database):
     assert await schema_drift(empty_database) == []
 
 
+@pytest.mark.system
 async def test_make_migrate_upgrades_the_configured_database(empty_database):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
     process = await asyncio.create_subprocess_exec(

@@ -15,7 +15,6 @@ from temporalio.client import Client
 from activities.model_engine import input_bound
 from models import ModelCallOutcome, PromptStatus
 from models.db import SessionFactory
-from tests.conftest import free_port
 from tests.lifecycle_support import (
     FUNDS,
     Shop,
@@ -44,6 +43,7 @@ from tests.model_engine_support import (
 )
 from tests.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
 from tests.model_stand_in import Reply as R
+from tests.process_support import free_port
 from tests.workers import running_workers
 from workers.lifecycle_client import LifecycleClient
 from workers.settings import Settings

@@ -22,12 +22,11 @@ from tests.lifecycle_support import (
 )
 from tests.model_engine_support import API_KEY, THEME_DARK, model_calls
 from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
-from tests.test_lifecycle_worker_crash import WorkerProcess, pending_work, worker_env
+from tests.process_support import WorkerProcess
+from tests.test_lifecycle_worker_crash import pending_work
 from workers.lifecycle_client import LifecycleClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-__all__ = ["worker_env"]  # the fixture, shared with the lifecycle's crash test
 
 PROMPT = "Please make the storefront use the dark theme."
 

@@ -4,7 +4,6 @@ dashboard in ops/ held to the metrics the code exports."""
 import asyncio
 import json
 import re
-import socket
 import threading
 import urllib.request
 import uuid
@@ -22,6 +21,7 @@ from models import ApprovalPolicy, RiskLevel
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import free_port
 from workers.client import connect, runtime_for
 from workers.lifecycle_client import LifecycleClient
 from workers.metrics import (
@@ -51,12 +51,6 @@ SDK_NOT_IN_A_SHORT_RUN = {
 }
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:

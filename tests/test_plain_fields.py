@@ -20,8 +20,9 @@ from tests.commerce_support import (
     connector_service,
     sync,
 )
-from tests.conftest import DATA_CONVERTER, free_port
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import free_port
 from tests.shopify_stand_in import ShopifyStandIn
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers

@@ -158,6 +158,7 @@ def test_the_worker_stops_on_bad_configuration_with_one_line_and_exit_code_2(env
     assert "s3cret" not in result.stderr + result.stdout
 
 
+@pytest.mark.system
 def test_the_worker_stops_with_one_line_when_temporal_is_unreachable(database_url):
     result = run_worker_entry_point(
         {"DATABASE_URL": database_url, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
