@@ -67,14 +67,16 @@ dev: $(STAMP)
 # The suite in three tiers (README, "Tests"): unit (no servers), workflow (in-process workers
 # against the shared servers), system (processes, crashes, chaos, the demo). `make test` runs
 # them all; `make test-fast` is the edit-test loop (unit and workflow).
+PYTEST := $(PY) -m pytest -q
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not system" $(PYTEST_ARGS)
+	$(PYTEST) -m "not system" $(PYTEST_ARGS)
 
 test-unit test-workflow test-system: test-%: $(STAMP)
-	$(PY) -m pytest -q -m $* $(PYTEST_ARGS)
+	$(PYTEST) -m $* $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
