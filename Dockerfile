@@ -16,11 +16,13 @@ WORKDIR /src
 # Dependencies first, in their own layer: a code change does not reinstall them.
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-install-project --python /usr/local/bin/python
+# The product's packages only: scripts/ (tools, demos, stand-ins) and tests/ never ship.
 COPY models ./models
+COPY infra ./infra
 COPY activities ./activities
 COPY workflows ./workflows
+COPY client ./client
 COPY workers ./workers
-COPY scripts ./scripts
 COPY cli ./cli
 RUN uv sync --frozen --no-editable --python /usr/local/bin/python
 

@@ -72,7 +72,15 @@ class ChangeEngine(Protocol):
 
 
 class ChangeEngineError(Exception):
-    """Base of the engine's errors; none of them gets better by retrying."""
+    """Base of the engine's errors; none of them gets better by retrying.
+
+    `public` is the wording for the workflow history, where typed refusals stay readable
+    (infra/codec.py): give it when the message quotes what a model or a tenant wrote, and the
+    whole message then travels only in the refusal's encrypted details."""
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class ChangeRequestInvalid(ChangeEngineError):

@@ -16,10 +16,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from infra.keyring import KeyRing, KeyRingError
 from models.commerce import ConnectorCredential
 from models.db import SessionFactory
 from models.projects import Connector
-from workers.keyring import KeyRing, KeyRingError
 from workflows.contracts.errors import ErrorType
 
 __all__ = ["CredentialError", "CredentialStore", "KeyRing", "KeyRingError"]

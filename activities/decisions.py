@@ -2,8 +2,8 @@
 operator's rollback), run as local activities:
 
 - `decision_trust`: the settings and public keys the workflow judges tokens with in its
-  validators (workflows/decision_rules.py), so that a token that is not genuine, or not for
-  this decision, is refused without a trace in the history;
+  validators (workflows/contracts/decision_rules.py), so that a token that is not genuine, or
+  not for this decision, is refused without a trace in the history;
 - `verify_decision`: what needs I/O, before a decision counts: the token checked again against
   the keys as they are now, the user allowed to decide now (the roster as it is in the database
   at decision time, not as it was when the plan was made), and the token id never used before.
@@ -24,12 +24,13 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
+from infra.decision_tokens import DecisionTokenVerifier
+from infra.settings import DecisionTokenMode
 from models import ApprovalPolicy, User
 from models.base import utcnow
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from workers.decision_tokens import DecisionTokenVerifier
-from workers.settings import DecisionTokenMode
+from workflows.contracts.decision_rules import DecisionClaims, check_claims, check_decider
 from workflows.contracts.decisions import (
     DecisionTrust,
     LoadDecisionTrust,
@@ -37,7 +38,6 @@ from workflows.contracts.decisions import (
     VerifyDecision,
 )
 from workflows.contracts.errors import ErrorType, refused
-from workflows.decision_rules import DecisionClaims, check_claims, check_decider
 
 log = structlog.get_logger(__name__)
 

@@ -62,7 +62,7 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
-from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.errors import ErrorType, refused, refused_quoting
 from workflows.contracts.ids import apply_job_key, plan_job_key
 from workflows.contracts.lifecycle import (
     REPLANNED_ON_NEW_BASE,
@@ -291,6 +291,8 @@ class LifecycleActivities:
             kind = ErrorType.REBASE_CONFLICT
         else:
             kind = ErrorType.REPOSITORY_ERROR
+        if exc.public is not None:
+            raise refused_quoting(kind, exc.public, str(exc)) from exc
         raise refused(kind, str(exc)) from exc
 
     @activity.defn

@@ -28,7 +28,7 @@ import openai
 from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import ChangeEngineError
-from workers.settings import Settings
+from infra.settings import Settings
 from workflows.contracts.errors import MODEL_UNAVAILABLE, ErrorType
 
 # Retryable: not an ErrorType member, since every member is non-retryable.
@@ -40,7 +40,7 @@ MODEL_STREAM_BROKEN = "ModelStreamBroken"
 # tokens) exceeds the available context size (M tokens), try increasing it", type
 # exceed_context_size_error, tools/server/server.cpp); llama-cpp-python (OpenAI's wording, code
 # context_length_exceeded, llama_cpp/server/errors.py); Ollama ("the input length exceeds the
-# context length", llm/server.go). Kept with their sources in tests/model_stand_in.py.
+# context length", llm/server.go). Kept with their sources in scripts/model_stand_in.py.
 _CONTEXT_WORDS = (
     "context_length",
     "context length",

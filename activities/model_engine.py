@@ -61,9 +61,9 @@ from activities.model_client import (
     StreamBroken,
 )
 from activities.risk import assess_change
+from infra.settings import Settings
 from models.db import SessionFactory
 from models.model_calls import ModelCall, ModelCallOutcome
-from workers.settings import Settings
 
 # Tokens a chat template may add around each message and to the whole request.
 MESSAGE_OVERHEAD_TOKENS = 8
@@ -225,9 +225,8 @@ class ModelChangeEngine:
                 token_estimate=max(talk.budget, talk.charged),
                 base_commit=base_commit,
             )
-        raise ChangeRequestInvalid(
-            f"no edit of the model applied after {talk.answers} answer(s): {talk.last_summary}"
-        )
+        no_edit = f"no edit of the model applied after {talk.answers} answer(s)"
+        raise ChangeRequestInvalid(f"{no_edit}: {talk.last_summary}", public=no_edit)
 
     async def _call(
         self, step: ChangeStep, number: int, base_commit: str, talk: Conversation
@@ -235,9 +234,9 @@ class ModelChangeEngine:
         bound = talk.bound
         cap = min(self._settings.model_max_tokens, talk.budget - talk.charged - bound)
         if cap < MIN_ANSWER_TOKENS:
+            spent = f"the plan's budget of {talk.budget} tokens was spent before an edit applied"
             raise ChangeRequestInvalid(
-                f"the plan's budget of {talk.budget} tokens was spent before an edit applied "
-                f"({talk.last_summary or 'no answer arrived whole'})"
+                f"{spent} ({talk.last_summary or 'no answer arrived whole'})", public=spent
             )
         call = ModelCall(
             id=uuid.uuid4(),

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlmodel import col, select
 from temporalio.client import WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -26,7 +25,7 @@ from cli.common import DEFAULT_WAIT_S, Json, TenantRef, Timeout, as_row, rich_ta
 from cli.runner import EXIT_NOT_COMPLETED, EXIT_REFUSED, Outcome, run
 from cli.stack import Stack
 from cli.tenancy import Refused
-from models import ModuleExecution, OrderImportFile
+from models import ModuleExecution, OrderImportFile, queries
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import OrderImportInput, ReportInput, ReportResult
 from workflows.contracts.errors import ErrorType
@@ -167,13 +166,7 @@ def commerce_import_orders(
                 progress.print(f"[yellow]still running after {timeout:.0f} s[/]")
                 code = EXIT_NOT_COMPLETED
         async with (await stack.sessions())() as session:
-            execution = (
-                await session.exec(
-                    select(ModuleExecution)
-                    .where(ModuleExecution.workflow_id == workflow_id)
-                    .order_by(col(ModuleExecution.created_at).desc())
-                )
-            ).first()
+            execution = (await session.exec(queries.latest_execution(workflow_id))).first()
         data = _import_outcome(staged, workflow_id, started, execution)
         return Outcome(data, lambda out: _render_import(out, data), code)
 
@@ -201,8 +194,7 @@ def commerce_report(
     first, last = _day(first_day), _day(last_day or first_day)
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         client = await stack.client()
         result: ReportResult = await client.execute_workflow(
             ReportWorkflow.run,

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.markup import escape
 from temporalio.service import RPCError
 
+from client.lifecycle import LifecycleClient
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.lifecycle import PromptRequestStatus
 
 POLL_INTERVAL_S = 0.3

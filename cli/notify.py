@@ -7,7 +7,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import tenancy
 from cli.common import Json, TenantRef
 from cli.runner import EXIT_NOT_COMPLETED, Outcome, run
 from cli.stack import Stack
@@ -52,8 +51,7 @@ def notify_set(
     from activities.notifications import new_signing_secret
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         signing_secret = secret or new_signing_secret()
         webhook = await (await stack.webhooks()).set(found.id, url=url, secret=signing_secret)
         data = _webhook_row(webhook)
@@ -75,8 +73,7 @@ def notify_show(tenant: TenantRef, json_output: Json = False) -> None:
     """The tenant's webhook: URL, status and the last delivery error of a test."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         webhook = await (await stack.webhooks()).find(found.id)
         if webhook is None:
             return Outcome(None, lambda out: out.print(f"tenant {found.slug} has no webhook"))
@@ -91,8 +88,7 @@ def notify_test(tenant: TenantRef, json_output: Json = False) -> None:
     """Send a signed `ping` event; the webhook becomes active, or in error with the reason."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         webhook = await (await stack.webhooks()).test(found.id)
         row = _webhook_row(webhook)
         code = 0 if webhook.status.value == "active" else EXIT_NOT_COMPLETED
@@ -106,8 +102,7 @@ def notify_remove(tenant: TenantRef, json_output: Json = False) -> None:
     """Stop notifications: the webhook is disabled (`notify set` brings it back)."""
 
     async def work(stack: Stack, _: Console) -> Outcome:
-        async with (await stack.sessions())() as session:
-            found = await tenancy.find_tenant(session, tenant)
+        found = await stack.tenant(tenant)
         webhook = await (await stack.webhooks()).remove(found.id)
         row = _webhook_row(webhook)
         return Outcome(

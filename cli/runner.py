@@ -10,7 +10,7 @@ Exit codes (README, "The changeflow command"):
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -19,15 +19,9 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
-from activities.connectors import ConnectorError
-from activities.credentials import CredentialError
-from activities.ledger import LedgerError
+from cli.common import Refused, as_row, rich_table
 from cli.stack import Stack
-from cli.tenancy import Refused
-from workers.cli import EXIT_BAD_CONFIGURATION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
-from workers.lifecycle_client import LifecycleRefused
-from workers.logging import configure_logging
-from workers.settings import ConfigurationError, load_settings
+from infra.entry_points import EXIT_BAD_CONFIGURATION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 
 EXIT_REFUSED = EXIT_FAILURE
 EXIT_NOT_COMPLETED = 3
@@ -44,6 +38,17 @@ class Outcome:
     code: int = EXIT_OK
 
 
+def listing(
+    title: str, columns: list[str], items: Sequence[Any], cells: Callable[[Any], list[Any]]
+) -> Outcome:
+    """A list command's outcome: the rows as JSON, or a table of `cells` of each for people."""
+    rows = [cells(item) for item in items]
+    return Outcome(
+        [as_row(item) for item in items],
+        lambda out: out.print(rich_table(title, columns, rows)),
+    )
+
+
 def jsonable(value: Any) -> Any:
     """Rows and contract models as plain JSON values (uuids and datetimes as strings)."""
     if isinstance(value, BaseModel):
@@ -55,11 +60,23 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _raised(exc: BaseException, module: str, name: str) -> bool:
+    """Whether exc is module's exception `name`. A module the command never imported raised
+    none, so this loads nothing: a tenancy command never loads the ledger or Temporal."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
+
+
 def _refusal(exc: BaseException) -> tuple[str, str] | None:
-    if isinstance(exc, Refused | LifecycleRefused):
-        return exc.error_type, exc.message
-    if isinstance(exc, LedgerError | ConnectorError | CredentialError):
-        return str(exc.error_type), str(exc)
+    if isinstance(exc, Refused) or _raised(exc, "client.lifecycle", "LifecycleRefused"):
+        return exc.error_type, exc.message  # type: ignore[attr-defined]
+    for module, name in (
+        ("activities.ledger", "LedgerError"),
+        ("activities.connectors", "ConnectorError"),
+        ("activities.credentials", "CredentialError"),
+    ):
+        if _raised(exc, module, name):
+            return str(exc.error_type), str(exc)  # type: ignore[attr-defined]
     return None
 
 
@@ -69,6 +86,9 @@ def run(json_output: bool, work: Callable[[Stack, Console], Awaitable[Outcome]])
     # Progress goes to stderr under --json, so stdout stays one JSON document.
     progress = Console(stderr=True, soft_wrap=True) if json_output else out
     err = Console(stderr=True, soft_wrap=True)
+    from infra.logging import configure_logging
+    from infra.settings import ConfigurationError, load_settings
+
     try:
         settings = load_settings()
         configure_logging(settings)

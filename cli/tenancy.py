@@ -6,15 +6,14 @@ tenant is its id or slug; to a user, its id or email; to a project, its id or sl
 """
 
 import re
-import uuid
 
-import sqlalchemy as sa
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole
+from cli.common import Refused
+from models import ApprovalPolicy, PlanTier, Project, RiskLevel, Tenant, User, UserRole, queries
 from workflows.contracts.errors import ErrorType
 
 # Roles a tenant's people may hold; founder and system belong to the platform.
@@ -23,24 +22,8 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class Refused(Exception):
-    """A command said no: `error_type` names the rule, `message` says why."""
-
-    def __init__(self, error_type: ErrorType | str, message: str) -> None:
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = str(error_type)
-        self.message = message
-
-
 def slugify(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:100]
-
-
-def _uuid(reference: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(reference)
-    except ValueError:
-        return None
 
 
 def _check_slug(slug: str) -> str:
@@ -56,9 +39,7 @@ def _check_slug(slug: str) -> str:
 
 
 async def find_tenant(session: AsyncSession, reference: str) -> Tenant:
-    by_id = _uuid(reference)
-    clause = Tenant.id == by_id if by_id else Tenant.slug == reference
-    tenant = (await session.exec(select(Tenant).where(clause))).one_or_none()
+    tenant = (await session.exec(queries.tenant(reference))).one_or_none()
     if tenant is None:
         raise Refused(ErrorType.UNKNOWN_TENANT, f"no tenant {reference!r} (id or slug)")
     return tenant
@@ -84,7 +65,7 @@ async def create_tenant(
 
 
 async def list_tenants(*, session: AsyncSession) -> list[Tenant]:
-    return list((await session.exec(select(Tenant).order_by(col(Tenant.created_at)))).all())
+    return list((await session.exec(queries.tenants())).all())
 
 
 # --- users --------------------------------------------------------------------------------
@@ -105,11 +86,7 @@ def _client_role(role: str) -> UserRole:
 
 
 async def find_user(session: AsyncSession, tenant: Tenant, reference: str) -> User:
-    by_id = _uuid(reference)
-    clause = User.id == by_id if by_id else sa.func.lower(User.email) == reference.lower()
-    user = (
-        await session.exec(select(User).where(User.tenant_id == tenant.id).where(clause))
-    ).one_or_none()
+    user = (await session.exec(queries.user(tenant.id, reference))).one_or_none()
     if user is None:
         raise Refused(
             ErrorType.UNKNOWN_USER, f"tenant {tenant.slug} has no user {reference!r} (id or email)"
@@ -139,8 +116,7 @@ async def add_user(
 
 
 async def list_users(*, session: AsyncSession, tenant: Tenant) -> list[User]:
-    statement = select(User).where(User.tenant_id == tenant.id).order_by(col(User.created_at))
-    return list((await session.exec(statement)).all())
+    return list((await session.exec(queries.users(tenant.id))).all())
 
 
 async def set_role(*, session: AsyncSession, tenant: Tenant, reference: str, role: str) -> User:
@@ -236,11 +212,7 @@ async def set_policy(
 
 
 async def find_project(session: AsyncSession, tenant: Tenant, reference: str) -> Project:
-    by_id = _uuid(reference)
-    clause = Project.id == by_id if by_id else Project.slug == reference
-    project = (
-        await session.exec(select(Project).where(Project.tenant_id == tenant.id).where(clause))
-    ).one_or_none()
+    project = (await session.exec(queries.project(tenant.id, reference))).one_or_none()
     if project is None:
         raise Refused(
             ErrorType.UNKNOWN_PROJECT, f"tenant {tenant.slug} has no project {reference!r}"
@@ -279,7 +251,4 @@ async def create_project(
 
 
 async def list_projects(*, session: AsyncSession, tenant: Tenant) -> list[Project]:
-    statement = (
-        select(Project).where(Project.tenant_id == tenant.id).order_by(col(Project.created_at))
-    )
-    return list((await session.exec(statement)).all())
+    return list((await session.exec(queries.projects(tenant.id))).all())

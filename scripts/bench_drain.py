@@ -24,11 +24,11 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import DeploymentPlan, PromptStatus
 from models.db import SessionFactory
 from scripts.demo import DemoShop
 from scripts.sample_repo import SAFE_PROMPT
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import WORKFLOW_TYPE

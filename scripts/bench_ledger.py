@@ -34,7 +34,8 @@ from sqlalchemy.engine import make_url
 from activities.ledger import Ledger, no_session_state
 from models.db import asyncpg_dsn, create_engine, session_factory
 from models.migrate import upgrade
-from workers.devstack import create_database, drop_database, start_postgres
+from scripts.databases import create_database, drop_database
+from workers.devstack import start_postgres
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "3"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))

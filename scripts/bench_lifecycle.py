@@ -9,7 +9,7 @@ the same concurrency limits, so the benchmark's client shares an interpreter wit
 2. N auto-approved lifecycles at once, each on its own project (deployments of one project
    queue behind each other by design; separate projects measure throughput, not that queue);
 3. N auto-approved lifecycles at once whose changes the model engine makes, against the local
-   stand-in of an OpenAI-compatible server (tests/model_stand_in.py: scripted answers given at
+   stand-in of an OpenAI-compatible server (scripts/model_stand_in.py: scripted answers given at
    once, real protocol; not a model), on projects of their own: what the engine itself costs
    (context, streaming, its exactly-once call record, real usage charged) beside the rule engine;
 4. N bare workflows of the same shape (the same number of activities, as many child workflows
@@ -70,6 +70,11 @@ from sqlmodel import col, func, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from client.connection import connect
+from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from models import (
     ChangeEngineKind,
     Deployment,
@@ -93,14 +98,9 @@ from scripts.bench_drain import (
 )
 from scripts.bench_minimal import MINIMAL_ACTIVITIES, MinimalLifecycleWorkflow
 from scripts.bench_processes import WorkerProcess, watch, worker_env
-from scripts.decision_signer import development_signer
 from scripts.demo import MODEL_PROMPT, DemoShop, model_stand_in, seed_shop, stand_in_model_settings
 from scripts.sample_repo import SAFE_PROMPT, SAMPLE_CHECK_COMMAND, create_sample_repo
-from workers.cli import run_entry_point
-from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 

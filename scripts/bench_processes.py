@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workers.settings import Settings, env_name
+from infra.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the resolved stack (and the benchmark) decided, handed to the worker processes; anything

@@ -28,15 +28,15 @@ from pydantic import SecretStr
 from activities.commerce_sync import customer_row, order_row
 from activities.connectors import ConnectorService
 from activities.credentials import KeyRing
+from client.connection import connect
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from models.db import asyncpg_dsn, create_engine, session_factory
 from models.projects import ConnectorKind
 from models.tenancy import Tenant
-from tests.shopify_stand_in import LeakyBucket, ShopifyStandIn
-from workers.cli import run_entry_point
-from workers.client import connect
+from scripts.shopify_stand_in import LeakyBucket, ShopifyStandIn
 from workers.devstack import embedded_stack
 from workers.registry import Dependencies, credential_store
-from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput

@@ -13,15 +13,15 @@ from typing import Any
 
 from temporalio.worker import Worker
 
+from client.connection import connect
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from scripts.bench_bare import BareChildWorkflow, BareWorkflow, bare_step
 from scripts.bench_minimal import (
     MINIMAL_ACTIVITY_FUNCTIONS,
     MinimalDeploymentWorkflow,
     MinimalLifecycleWorkflow,
 )
-from workers.cli import run_entry_point
-from workers.client import connect
-from workers.settings import Settings
 from workers.worker import run_until_stopped, stop_on_signals
 
 

@@ -56,20 +56,20 @@ from temporalio.client import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from client.connection import connect
+from client.lifecycle import LifecycleClient, LifecycleRefused
+from infra.decision_signer import development_signer
+from infra.entry_points import run_entry_point
+from infra.settings import Settings, env_name
 from models import DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory, create_engine, session_factory
 from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
 from scripts.bench_processes import WorkerProcess, worker_env
 from scripts.chaos_audit import Expected, audit
-from scripts.decision_signer import development_signer
 from scripts.demo import DemoShop, seed_shop
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
-from workers.cli import run_entry_point
-from workers.client import connect
 from workers.devstack import EmbeddedStack, embedded_stack
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
-from workers.settings import Settings, env_name
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus

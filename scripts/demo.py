@@ -5,9 +5,9 @@
 2. A change that passes staging but fails production's check: rolled back automatically to the
    release before it.
 3. A free-text change made by the model engine, against a LOCAL STAND-IN of an OpenAI-compatible
-   server (tests/model_stand_in.py: scripted answers, real protocol; not a model), printing the
+   server (scripts/model_stand_in.py: scripted answers, real protocol; not a model), printing the
    edits, the usage the server reported and the tokens charged.
-4. The tenant's shop, a LOCAL STAND-IN of Shopify's Admin GraphQL API (tests/shopify_stand_in.py):
+4. The tenant's shop, a LOCAL STAND-IN of Shopify's Admin GraphQL API (scripts/shopify_stand_in.py):
    a connector is created and tested, a first sync brings its orders and customers, the shop
    changes, an incremental sync brings only the change, and a report is computed from the rows
    (scripts/demo_commerce.py).
@@ -36,6 +36,11 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from activities.ledger import Ledger
+from client.connection import connect
+from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from models import (
     ApprovalPolicy,
     ChangeEngineKind,
@@ -51,21 +56,16 @@ from models import (
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
-from scripts.decision_signer import development_signer
 from scripts.demo_commerce import demo_credential_keys, run_commerce
+from scripts.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
     SAFE_PROMPT,
     SAMPLE_CHECK_COMMAND,
     create_sample_repo,
 )
-from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
-from workers.cli import run_entry_point
-from workers.client import connect
 from workers.devstack import embedded_stack
-from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies
-from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped, stop_on_signals
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult, PromptRequestStatus

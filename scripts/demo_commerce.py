@@ -2,7 +2,7 @@
 arrive, the shop changes and an incremental sync brings only the change, and a report is
 computed from the rows.
 
-The shop is a LOCAL STAND-IN of Shopify's Admin GraphQL API (tests/shopify_stand_in.py: real
+The shop is a LOCAL STAND-IN of Shopify's Admin GraphQL API (scripts/shopify_stand_in.py: real
 protocol, throttling and cursors; scripted data, not a shop). Everything else is the product:
 the connector service, the encrypted credential store, OrderSyncWorkflow and ReportWorkflow on
 the demo's worker, the rows in PostgreSQL.
@@ -24,13 +24,13 @@ from activities.connectors import ConnectorService
 from activities.credentials import KeyRing
 from activities.reports import daily_revenue_csv
 from activities.shopify import format_money
+from infra.settings import Settings
 from models.commerce import Customer, ModuleExecution, Order
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus
-from tests.shopify_stand_in import ShopifyStandIn
+from scripts.shopify_stand_in import ShopifyStandIn
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
-from workers.settings import Settings
 from workflows.commerce import OrderSyncWorkflow, ReportWorkflow
 from workflows.contracts.commerce import (
     OrderSyncInput,

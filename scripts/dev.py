@@ -10,9 +10,9 @@ import asyncio
 
 from sqlalchemy.engine import make_url
 
-from workers.cli import run_entry_point
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from workers.devstack import EmbeddedStack, embedded_stack
-from workers.settings import Settings
 from workers.worker import serve_stack, stop_on_signals
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from alembic import command
 
 from models.migrate import MIGRATIONS, alembic_config
-from workers.devstack import asyncio_run_in_thread, create_database, drop_database
+from scripts.databases import create_database, drop_database
+from workers.devstack import asyncio_run_in_thread
 
 
 def main() -> None:

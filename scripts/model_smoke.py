@@ -36,17 +36,17 @@ import openai
 from sqlmodel import col, select
 
 from activities.ledger import Ledger
+from client.connection import connect
+from client.lifecycle import LifecycleClient
+from infra.decision_signer import development_signer
+from infra.settings import Settings
 from models import ChangeEngineKind, ModelCall, ModelCallOutcome, Project
 from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
-from scripts.decision_signer import development_signer
 from scripts.demo import Progress, run_lifecycle, seed_shop
-from workers.client import connect
 from workers.devstack import embedded_stack
-from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies
-from workers.settings import Settings
 from workers.worker import build_workers, run_until_stopped
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

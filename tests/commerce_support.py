@@ -12,15 +12,15 @@ from temporalio.client import Client
 
 from activities.connectors import ConnectorService
 from activities.credentials import KeyRing
+from infra.settings import Settings
 from models.commerce import Customer, ModuleExecution, Order
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind
 from models.tenancy import Tenant
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.factories import make_tenant
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import test_settings
 from workers.registry import Dependencies, credential_store
-from workers.settings import Settings
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput, OrderSyncResult
 from workflows.contracts.ids import order_sync_workflow_id

@@ -29,28 +29,27 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 import models  # noqa: F401  (registers every table)
+from client.lifecycle import LifecycleClient
+from infra.codec import data_converter
+from infra.settings import Settings, load_settings
 from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
+from scripts.databases import create_database, drop_database
 from tests.cli_support import command_env
 from tests.process_support import free_port, worker_environment
 from tests.temporal_cli import CodecEndpoint
-from workers.codec import data_converter
 from workers.devstack import (
     asyncio_run_in_thread,
     binary,
-    create_database,
-    drop_database,
     register_search_attributes,
     start_codec_server,
     start_postgres,
     stop_process,
 )
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings, load_settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 if TYPE_CHECKING:
-    from tests.shopify_stand_in import ShopifyStandIn
+    from scripts.shopify_stand_in import ShopifyStandIn
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
@@ -87,7 +86,9 @@ PROCESS_FIXTURES = frozenset(
 # that does is marked `system` where it stands.
 PROCESS_MODULES = frozenset(
     {
+        "test_bench_cli",
         "test_cli",
+        "test_cli_imports",
         "test_commerce_worker_crash",
         "test_demo_commerce",
         "test_embedded_stack",
@@ -311,10 +312,10 @@ def worker_env(
 
 @pytest.fixture
 def shop(request: pytest.FixtureRequest) -> Iterator["ShopifyStandIn"]:
-    """A local Shopify (tests/shopify_stand_in.py) that takes the commerce tests' token, seeded
+    """A local Shopify (scripts/shopify_stand_in.py) that takes the commerce tests' token, seeded
     as a `shop_seed(orders=..., customers=...)` mark of the test or its module asks."""
+    from scripts.shopify_stand_in import ShopifyStandIn
     from tests.commerce_support import TOKEN
-    from tests.shopify_stand_in import ShopifyStandIn
 
     stand_in = ShopifyStandIn(token=TOKEN)
     stand_in.start()

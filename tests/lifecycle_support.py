@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlmodel import select
 
+from client.lifecycle import LifecycleClient
 from models import (
     ApprovalPolicy,
     PlanTier,
@@ -30,7 +31,6 @@ from models.billing import TokenHold
 from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_funded_account, make_project, make_tenant, make_user
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.lifecycle import PlanSummary, PromptRequestStatus
 
 FUNDS = 100_000

@@ -12,13 +12,13 @@ from pydantic import SecretStr
 from sqlmodel import col, select
 from temporalio.api.common.v1 import Payload
 
+from infra.codec import DEVELOPMENT_KEY_RING, ENCRYPTED_ENCODING, EncryptionCodec
+from infra.settings import Settings
 from models import ChangeEngineKind, ModelCall, Project
 from models.db import SessionFactory
+from scripts.model_stand_in import StandIn
 from tests.lifecycle_support import Shop
-from tests.model_stand_in import StandIn
 from tests.workers import test_settings
-from workers.codec import DEVELOPMENT_KEY_RING, ENCRYPTED_ENCODING, EncryptionCodec
-from workers.settings import Settings
 
 API_KEY = "sk-stand-in-" + "7f3a9c" * 4
 THEME_DARK = ('  "theme": "light",\n', '  "theme": "dark",\n')
@@ -63,7 +63,7 @@ async def model_calls(sessions: SessionFactory, request_id: uuid.UUID) -> list[M
 
 def reported_usage(stand_in: StandIn, answers: list[str]) -> int:
     """What the stand-in reported for each request it answered with these answers (in order)."""
-    from tests.model_stand_in import tokens_of
+    from scripts.model_stand_in import tokens_of
 
     total = 0
     for body, answer in zip(stand_in.requests, answers, strict=True):
@@ -77,7 +77,7 @@ def decoded_payloads(history_json: str) -> str:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict) and _encrypted(node):
-            # A reader with the codec server sees through the encryption (workers/codec.py).
+            # A reader with the codec server sees through the encryption (infra/codec.py).
             sealed = json_format.ParseDict(node, Payload(), ignore_unknown_fields=True)
             walk(json_format.MessageToDict(DEVELOPMENT_CODEC.decrypt(sealed)))
         elif isinstance(node, dict):

@@ -80,7 +80,7 @@ async def failure_in_history(client: Client, task_queue: str, which: str):
 
 async def readable(client: Client, failure: Failure) -> Failure:
     """The failure as an operator reads it through the codec: message and stack trace are
-    encrypted in the history (workers/codec.py)."""
+    encrypted in the history (infra/codec.py)."""
     codec = client.data_converter.payload_codec
     assert codec is not None
     await codec.decode_failure(failure)

@@ -13,12 +13,12 @@ from temporalio.worker import Worker
 
 from activities.billing import BillingActivities
 from activities.ledger import Ledger
+from infra.settings import Settings
 from models import PlanTier
 from models.db import SessionFactory
 from tests.factories import make_funded_account, make_tenant
 from workers import registry
 from workers.schedules import ensure_sweep_schedule
-from workers.settings import Settings
 from workflows.billing import LedgerSweepWorkflow
 from workflows.contracts.billing import (
     ChargeTokens,

@@ -21,6 +21,7 @@ from activities.billing import BillingActivities
 from activities.deploy_target import GitDeployTarget, VerificationResult
 from activities.ledger import Ledger
 from activities.releases import ReleaseActivities
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import (
     ChangeJob,
     ChangeJobKind,
@@ -46,7 +47,6 @@ from tests.lifecycle_support import (
 )
 from tests.pg_proxy import CuttableProxy
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.billing import SettleHold, SettlementView
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id

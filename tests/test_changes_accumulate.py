@@ -14,6 +14,7 @@ from temporalio.client import Client
 from activities.change_engine import AppliedChange, ChangeProposal, ChangeStep
 from activities.git_change_engine import GitChangeEngine
 from activities.lifecycle import LifecycleActivities
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT
@@ -34,7 +35,6 @@ from tests.lifecycle_support import (
     wait_for_status,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import (
     MAX_REBASE_ROUNDS,

@@ -9,12 +9,12 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
+from infra.settings import DecisionTokenMode, Settings
 from models import Deployment, DeploymentEnvironment, DeploymentStatus
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT, create_sample_repo
 from tests.cli_support import changeflow, ok, refused
 from tests.workers import running_workers
-from workers.settings import DecisionTokenMode, Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

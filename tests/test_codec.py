@@ -22,16 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Replayer
 
-from models.db import SessionFactory
-from models.lifecycle import DeploymentPlan
-from tests.conftest import DATA_CONVERTER
-from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
-from tests.process_support import free_port
-from tests.temporal_cli import CodecEndpoint
-from tests.workers import running_workers
-from workers import codec as codec_module
-from workers.client import connect
-from workers.codec import (
+from client.connection import connect
+from client.lifecycle import LifecycleClient
+from infra import codec as codec_module
+from infra.codec import (
     DEVELOPMENT_KEY_RING,
     ENCRYPTED_ENCODING,
     EncryptionCodec,
@@ -39,11 +33,17 @@ from workers.codec import (
     data_converter,
     payload_key_ring,
 )
+from infra.keyring import KeyRing
+from infra.settings import ConfigurationError, RuntimeEnv, Settings
+from models.db import SessionFactory
+from models.lifecycle import DeploymentPlan
+from tests.conftest import DATA_CONVERTER
+from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import free_port
+from tests.temporal_cli import CodecEndpoint
+from tests.workers import running_workers
 from workers.devstack import embedded_stack, port_open
-from workers.keyring import KeyRing
-from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
-from workers.settings import ConfigurationError, RuntimeEnv, Settings
 from workflows.contracts.errors import ErrorType, refused
 from workflows.contracts.ids import prompt_request_workflow_id
 

@@ -16,6 +16,7 @@ from temporalio.client import Client
 
 from models.commerce import ModuleExecutionStatus, SyncCheckpoint
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import changeflow, ok
 from tests.commerce_support import (
     TOKEN,
@@ -25,7 +26,6 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id
 

@@ -8,8 +8,8 @@ import pytest
 from temporalio.client import Client
 
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import commerce_settings, connect_shop, orders_of
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id

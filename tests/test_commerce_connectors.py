@@ -17,6 +17,7 @@ from activities.credentials import CredentialError, CredentialStore, KeyRing, Ke
 from models.commerce import ConnectorCredential, ModuleExecutionStatus
 from models.db import SessionFactory
 from models.projects import ConnectorKind, ConnectorStatus
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -28,7 +29,6 @@ from tests.commerce_support import (
     sync,
 )
 from tests.factories import make_tenant
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.contracts.errors import ErrorType, error_type
 from workflows.contracts.ids import order_sync_workflow_id

@@ -29,6 +29,7 @@ from models.commerce import (
     OrderStatus,
 )
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import Ran, changeflow
 from tests.commerce_support import (
     commerce_settings,
@@ -41,7 +42,6 @@ from tests.commerce_support import (
 from tests.conftest import DATA_CONVERTER
 from tests.factories import make_tenant
 from tests.process_support import WorkerProcess
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import OrderImportInput, OrderImportResult, ReportInput

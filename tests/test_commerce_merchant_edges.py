@@ -9,9 +9,9 @@ from temporalio.client import Client
 
 from models.commerce import ModuleExecutionStatus
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import commerce_settings, connect_shop, orders_of, sync
 from tests.factories import make_tenant
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.test_commerce_import import import_file
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id

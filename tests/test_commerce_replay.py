@@ -15,6 +15,7 @@ from temporalio.worker import Replayer
 
 from models.commerce import ModuleExecutionStatus
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     TOKEN,
     commerce_settings,
@@ -24,7 +25,6 @@ from tests.commerce_support import (
     sync,
 )
 from tests.conftest import DATA_CONVERTER
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, ReportWorkflow
 from workflows.contracts.commerce import ReportInput, StartOrderSync

@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowFailureError
 from activities.reports import daily_revenue_csv
 from models.commerce import ModuleExecutionStatus, ModuleKind
 from models.db import SessionFactory
+from scripts.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn, ShopOrder
 from tests.commerce_support import (
     TOKEN,
     cents,
@@ -22,7 +23,6 @@ from tests.commerce_support import (
     sync,
 )
 from tests.factories import make_tenant
-from tests.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn, ShopOrder
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import ReportInput, ReportResult

@@ -19,13 +19,13 @@ from activities.notifications import TenantWebhooks, new_signing_secret
 from models.commerce import ModuleExecution, ModuleExecutionStatus, ModuleKind
 from models.db import SessionFactory
 from models.projects import ConnectorKind, ConnectorStatus
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     commerce_settings,
     connect_shop,
     executions_of,
     orders_of,
 )
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
 from workers.registry import Dependencies

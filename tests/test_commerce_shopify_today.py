@@ -1,4 +1,4 @@
-"""Commerce against Shopify as it is documented for 2026-10 (tests/shopify_facts.md), run as a
+"""Commerce against Shopify as it is documented for 2026-10 (scripts/shopify_facts.md), run as a
 merchant runs it: a supported API version asked for and a shop that serves another reported,
 protected customer data withheld without failing the sync, line items past the first page,
 money in the shop's currency with the order's own beside it, webhook subscriptions made by
@@ -15,8 +15,19 @@ from prometheus_client import REGISTRY
 from temporalio.client import Client
 
 from activities.shopify import SHOPIFY_API_VERSION
+from infra.settings import Settings
 from models.commerce import ModuleExecutionStatus, ModuleKind
 from models.db import SessionFactory
+from scripts.shopify_stand_in import (
+    SHOP_CURRENCY,
+    SUPPORTED_VERSIONS,
+    ShopifyStandIn,
+    WebhookSender,
+    customers_redact_payload,
+    data_request_payload,
+    order_delete_payload,
+    shop_redact_payload,
+)
 from tests.cli_support import changeflow, ok
 from tests.commerce_support import (
     TOKEN,
@@ -29,19 +40,8 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.shopify_stand_in import (
-    SHOP_CURRENCY,
-    SUPPORTED_VERSIONS,
-    ShopifyStandIn,
-    WebhookSender,
-    customers_redact_payload,
-    data_request_payload,
-    order_delete_payload,
-    shop_redact_payload,
-)
 from tests.workers import running_workers
 from workers.registry import Dependencies
-from workers.settings import Settings
 from workers.webhooks import shopify_webhooks, webhook_app
 
 pytestmark = [

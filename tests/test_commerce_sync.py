@@ -13,6 +13,7 @@ from temporalio.client import Client, WorkflowFailureError
 
 from models.commerce import ModuleExecutionStatus, ModuleKind, OrderStatus, SyncStream
 from models.db import SessionFactory
+from scripts.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn
 from tests.commerce_support import (
     cents,
     commerce_settings,
@@ -22,7 +23,6 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn
 from tests.workers import running_workers
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput

@@ -13,8 +13,8 @@ from temporalio.client import Client
 from activities.shopify import SHOPIFY_API_VERSION, Bucket, ShopifyClient, ShopifyUnavailable
 from models.commerce import ModuleExecutionStatus, SyncStream
 from models.db import SessionFactory
+from scripts.shopify_stand_in import LeakyBucket, ShopifyStandIn
 from tests.commerce_support import TOKEN, commerce_settings, connect_shop, orders_of, sync
-from tests.shopify_stand_in import LeakyBucket, ShopifyStandIn
 from tests.workers import running_workers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -32,9 +32,19 @@ from activities.shopify_webhooks import (
     ShopifyWebhooks,
     shopify_signature,
 )
+from infra.settings import Settings
 from models.commerce import ModuleExecutionStatus, OrderStatus, WebhookDelivery
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorStatus
+from scripts.shopify_stand_in import (
+    SentWebhook,
+    ShopifyStandIn,
+    WebhookSender,
+    customer_payload,
+    order_payload,
+    refund_payload,
+    shop_payload,
+)
 from tests.commerce_support import (
     TOKEN,
     ConnectedShop,
@@ -48,20 +58,10 @@ from tests.commerce_support import (
 )
 from tests.conftest import DATA_CONVERTER
 from tests.process_support import ROOT, free_port
-from tests.shopify_stand_in import (
-    SentWebhook,
-    ShopifyStandIn,
-    WebhookSender,
-    customer_payload,
-    order_payload,
-    refund_payload,
-    shop_payload,
-)
 from tests.temporal_cli import CodecEndpoint, temporal
 from tests.workers import running_workers
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
-from workers.settings import Settings
 from workers.webhooks import shopify_webhooks, webhook_app
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import SyncRequested

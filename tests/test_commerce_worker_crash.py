@@ -15,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from models.commerce import ModuleExecutionStatus, SyncStream
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     commerce_settings,
     connect_shop,
@@ -24,7 +25,6 @@ from tests.commerce_support import (
     sync,
 )
 from tests.process_support import WorkerProcess, worker_environment
-from tests.shopify_stand_in import ShopifyStandIn
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from workers.codec import payload_key_ring
+from infra.codec import payload_key_ring
+from infra.keyring import KeyRing
+from infra.settings import Settings, env_name, load_settings
 from workers.codec_server import check_codec_server_settings
-from workers.keyring import KeyRing
-from workers.settings import Settings, env_name, load_settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_the_changeflow_processes_are_built_from_this_repository():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["changeflow-worker"] == "workers.__main__:main"
     assert "entrypoint" not in SERVICES["worker"]
-    assert SERVICES["migrate"]["entrypoint"] == ["python", "-m", "scripts.migrate"]
+    assert SERVICES["migrate"]["entrypoint"] == ["python", "-m", "workers.migrate"]
     for service, entry_point in [
         ("webhooks", "changeflow-webhooks"),
         ("codec-server", "changeflow-codec-server"),

@@ -13,9 +13,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import changeflow, ok, refused
 from tests.commerce_support import TOKEN, commerce_settings
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_schedule_id
 

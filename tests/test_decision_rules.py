@@ -1,5 +1,5 @@
-"""The rules of a decision that need no database (workflows/decision_rules.py), without any
-server: what the lifecycle's validators refuse, at the time they are given."""
+"""The rules of a decision that need no database (workflows/contracts/decision_rules.py), without
+any server: what the lifecycle's validators refuse, at the time they are given."""
 
 import json
 import uuid
@@ -11,10 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from temporalio.exceptions import ApplicationError
 
-from scripts.decision_signer import DevelopmentSigner
-from workflows.contracts.decisions import DecisionAction, DecisionTrust
-from workflows.contracts.errors import ErrorType
-from workflows.decision_rules import (
+from infra.decision_signer import DevelopmentSigner
+from workflows.contracts.decision_rules import (
     DeciderRefusals,
     TrustedKeys,
     check_claims,
@@ -22,6 +20,8 @@ from workflows.decision_rules import (
     public_jwks,
     verify_token,
 )
+from workflows.contracts.decisions import DecisionAction, DecisionTrust
+from workflows.contracts.errors import ErrorType
 
 ISSUER = "https://id.example"
 TENANT, REQUEST, USER = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()

@@ -18,10 +18,12 @@ from sqlmodel import func, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient, LifecycleRefused
+from infra.decision_signer import DevelopmentSigner
+from infra.settings import ConfigurationError, DecisionTokenMode, Settings, load_settings
 from models import Approval, DeploymentEnvironment, DeploymentStatus, PromptStatus, User, UserRole
 from models.db import SessionFactory
 from models.lifecycle import UsedDecisionToken
-from scripts.decision_signer import DevelopmentSigner
 from scripts.sample_repo import SAFE_PROMPT
 from tests.factories import make_user
 from tests.lifecycle_support import (
@@ -33,9 +35,7 @@ from tests.lifecycle_support import (
     wait_for_status,
 )
 from tests.workers import running_workers, test_settings
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workers.registry import Dependencies
-from workers.settings import ConfigurationError, DecisionTokenMode, Settings, load_settings
 from workflows.contracts.decisions import DecisionAction
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id

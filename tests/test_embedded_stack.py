@@ -14,11 +14,12 @@ import pytest
 from sqlmodel import select
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 
+from client.connection import connect
+from infra.settings import ConfigurationError, Settings
 from models import Tenant
 from models.db import create_engine, session_factory
 from models.migrate import upgrade
 from tests.process_support import free_port
-from workers.client import connect
 from workers.devstack import (
     check_database,
     port_open,
@@ -27,7 +28,6 @@ from workers.devstack import (
     start_temporal,
     stop_process,
 )
-from workers.settings import ConfigurationError, Settings
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 pytestmark = pytest.mark.embedded

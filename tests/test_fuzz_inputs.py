@@ -26,11 +26,11 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.ledger import MAX_AMOUNT, MAX_KEY_LENGTH, Ledger, LedgerError
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import make_shop
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.deployment import RollbackRequest
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id

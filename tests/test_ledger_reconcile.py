@@ -122,7 +122,7 @@ async def run_command(database_url: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.reconcile",
+        "workers.reconcile",
         cwd=ROOT,
         env={**os.environ, "DATABASE_URL": database_url, "CHANGEFLOW_LOG_FORMAT": "json"},
         stdout=asyncio.subprocess.PIPE,

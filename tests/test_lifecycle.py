@@ -7,6 +7,7 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from activities.deploy_target import GitDeployTarget
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import (
     Approval,
     ChangeJob,
@@ -33,7 +34,6 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -8,6 +8,7 @@ from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import Approval, DeploymentPlan, PlanApprovalStatus, PromptStatus, UserRole
 from models.billing import HoldStatus
 from models.db import SessionFactory
@@ -25,7 +26,6 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 

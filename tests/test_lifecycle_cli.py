@@ -15,6 +15,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from client.lifecycle import LifecycleClient
+from infra.codec import ENCRYPTED_ENCODING
+from infra.settings import DecisionTokenMode
 from models import PromptStatus
 from models.billing import TokenHold, TokenLedgerRequest, TokenTransaction
 from models.db import SessionFactory
@@ -29,9 +32,6 @@ from tests.lifecycle_support import (
 )
 from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
 from tests.workers import running_workers, test_settings
-from workers.codec import ENCRYPTED_ENCODING
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import DecisionTokenMode
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 

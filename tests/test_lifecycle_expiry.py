@@ -10,6 +10,7 @@ from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
+from client.lifecycle import LifecycleClient
 from models import DeploymentPlan, PlanApprovalStatus, PromptStatus
 from models.billing import HoldStatus
 from models.db import SessionFactory
@@ -26,7 +27,6 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import prompt_request_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -18,6 +18,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import PromptStatus
 from models.db import SessionFactory
 from models.lifecycle import DeploymentStatus
@@ -32,7 +33,6 @@ from tests.lifecycle_support import (
 )
 from tests.test_lifecycle_cli import rows_written
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.deployment import DeploymentState
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id

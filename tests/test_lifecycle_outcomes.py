@@ -18,6 +18,7 @@ from activities.git_change_engine import GitChangeEngine
 from activities.ledger import Ledger
 from activities.lifecycle import LifecycleActivities
 from activities.releases import ReleaseActivities
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import (
     Deployment,
     DeploymentEnvironment,
@@ -49,7 +50,6 @@ from tests.lifecycle_support import (
     wait_for_status,
 )
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.billing import HoldView, ReserveTokens
 from workflows.contracts.errors import ErrorType
 

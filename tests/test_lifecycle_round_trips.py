@@ -12,13 +12,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.git_change_engine import GitChangeEngine
 from activities.lifecycle import LifecycleActivities
+from client.lifecycle import LifecycleClient
 from models import IllegalTransition, PromptRequest, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.factories import make_project, make_tenant, make_user
 from tests.lifecycle_support import make_shop, submit
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import SetRequestStatus
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import DeploymentStatus, PlanApprovalStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 

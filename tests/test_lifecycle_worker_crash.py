@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient
 from models import PromptStatus, TokenTransactionKind
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
@@ -23,7 +24,6 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.process_support import WorkerProcess
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.search_attributes import PROMPT_STATUS
 

@@ -14,9 +14,9 @@ from pydantic import BaseModel
 from temporalio import activity, workflow
 from temporalio.worker import Worker
 
+from infra.logging import configure_logging
+from infra.settings import LogFormat, Settings
 from workers.interceptors import LogContextInterceptor
-from workers.logging import configure_logging
-from workers.settings import LogFormat, Settings
 
 DB_PASSWORD = "pg-Pa55-word"
 API_KEY = "tmprl-api-key-0123456789"

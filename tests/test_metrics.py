@@ -7,9 +7,9 @@ import uuid
 from temporalio import workflow
 from temporalio.worker import Worker
 
+from client.connection import connect
+from infra.settings import Settings
 from tests.process_support import free_port
-from workers.client import connect
-from workers.settings import Settings
 
 
 @workflow.defn(name="TestMetricsWorkflow", sandboxed=False)

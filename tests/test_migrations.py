@@ -18,7 +18,7 @@ from sqlmodel import SQLModel
 import models
 from models.db import asyncpg_dsn
 from models.migrate import downgrade, schema_drift, upgrade
-from workers.devstack import create_database, drop_database
+from scripts.databases import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +81,7 @@ async def test_make_migrate_upgrades_the_configured_database(empty_database):
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "scripts.migrate",
+        "workers.migrate",
         env={**env, "DATABASE_URL": empty_database},
         cwd=ROOT,
         stderr=asyncio.subprocess.PIPE,

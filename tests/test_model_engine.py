@@ -1,5 +1,5 @@
 """The model engine through the real lifecycle: real workers, Temporal and PostgreSQL, and a
-local stand-in of an OpenAI-compatible endpoint (tests/model_stand_in.py) that counts its calls
+local stand-in of an OpenAI-compatible endpoint (scripts/model_stand_in.py) that counts its calls
 and reports usage, so each charge can be compared with what the server reported."""
 
 import asyncio
@@ -13,8 +13,12 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from activities.model_engine import input_bound
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import ModelCallOutcome, PromptStatus
 from models.db import SessionFactory
+from scripts.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
+from scripts.model_stand_in import Reply as R
 from tests.lifecycle_support import (
     FUNDS,
     Shop,
@@ -41,12 +45,8 @@ from tests.model_engine_support import (
     reported_usage,
     use_model_engine,
 )
-from tests.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
-from tests.model_stand_in import Reply as R
 from tests.process_support import free_port
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import REPLANNED_ON_NEW_BASE, PromptRequestResult
 
@@ -312,6 +312,7 @@ async def test_a_context_too_long_in_each_servers_words_fails_with_advice_and_no
 
 
 async def test_a_model_that_declines_is_reported_in_its_own_words(
+    client: Client,
     sessions: SessionFactory,
     lifecycle: LifecycleClient,
     shop: Shop,
@@ -320,7 +321,8 @@ async def test_a_model_that_declines_is_reported_in_its_own_words(
 ) -> None:
     stand_in.script = [R(NO_EDIT, times=5)]
 
-    result = await outcome(lifecycle, await submit(lifecycle, shop, THEME_PROMPT))
+    request = await submit(lifecycle, shop, THEME_PROMPT)
+    result = await outcome(lifecycle, request)
 
     assert result.status is PromptStatus.FAILED
     assert result.reason == (
@@ -330,6 +332,13 @@ async def test_a_model_that_declines_is_reported_in_its_own_words(
     # The model itself was told the format again.
     assert "SEARCH/REPLACE" in stand_in.requests[1]["messages"][-1]["content"]
     assert await balance(sessions, shop.account) == FUNDS  # a failed plan is the platform's
+    # The model's words reach the people through the encrypted details only: the history's
+    # readable refusal message is ours.
+    raw = Client(client.service_client, namespace=client.namespace)  # no codec
+    handle = raw.get_workflow_handle(prompt_request_workflow_id(request))
+    history = b"".join(e.SerializeToString() for e in (await handle.fetch_history()).events)
+    assert b"no edit of the model applied after 3 answer(s)" in history
+    assert b"cannot make that change" not in history
 
 
 async def test_an_answer_in_aiders_layout_ships_to_the_file_it_names(

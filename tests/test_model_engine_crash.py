@@ -9,8 +9,10 @@ import pytest
 from sqlalchemy import text
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient
 from models import PromptStatus
 from models.db import SessionFactory
+from scripts.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from tests.lifecycle_support import (
     FUNDS,
     balance,
@@ -21,10 +23,8 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.model_engine_support import API_KEY, THEME_DARK, model_calls
-from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from tests.process_support import WorkerProcess
 from tests.test_lifecycle_worker_crash import pending_work
-from workers.lifecycle_client import LifecycleClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

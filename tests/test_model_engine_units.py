@@ -14,10 +14,10 @@ from activities.change_engine import ChangeRequestInvalid
 from activities.edit_format import EditFailed, apply_edits, parse_edits
 from activities.git_store import Workspace, open_repository
 from activities.model_client import ModelClient, ModelRefused, StreamBroken, brief
+from infra.settings import Settings
+from scripts.model_stand_in import SERVERS, Reply, RunningStandIn, StandIn, edit_block
 from scripts.sample_repo import create_sample_repo
-from tests.model_stand_in import SERVERS, Reply, RunningStandIn, StandIn, edit_block
 from tests.process_support import free_port
-from workers.settings import Settings
 from workflows.contracts.errors import MODEL_UNAVAILABLE, ErrorType
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")

@@ -17,6 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.notifications import TenantWebhooks, new_signing_secret
 from activities.webhook_signature import SignatureError, sign, verify_signature
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
@@ -25,8 +27,6 @@ from tests.commerce_support import commerce_settings, connector_service, key_spe
 from tests.lifecycle_support import Shop, human_policy, make_shop, plan_awaiting_approval, submit
 from tests.webhook_receiver import WebhookReceiver, webhook_receiver
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 from workflows.contracts.errors import ErrorType, error_type
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.notifications import NOTIFICATION_WORKFLOW_TYPE

@@ -17,13 +17,15 @@ import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from temporalio.client import Client
 
+from client.connection import connect, runtime_for
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
+from infra.tracing import tracing_configured
 from models import ApprovalPolicy, RiskLevel
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.process_support import free_port
-from workers.client import connect, runtime_for
-from workers.lifecycle_client import LifecycleClient
 from workers.metrics import (
     HISTOGRAMS,
     LEDGER_ACCOUNTS_DRIFTING,
@@ -34,8 +36,6 @@ from workers.metrics import (
     sample_open_lifecycles,
 )
 from workers.registry import Dependencies
-from workers.settings import Settings
-from workers.tracing import tracing_configured
 from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -219,7 +219,7 @@ async def test_a_lifecycle_is_one_trace_from_the_client_through_workflows_and_ac
         stop.set()
         await serving
     assert result.status.value == "completed"
-    from workers.tracing import flush_traces
+    from infra.tracing import flush_traces
 
     flush_traces()
     spans = {span.name: span for span in OtlpReceiver.spans}

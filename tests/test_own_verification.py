@@ -2,7 +2,7 @@
 answer that rewrites check.py (what the project's check command runs) to always pass is rated
 critical with the reason named, waits for people under every policy, and the approval
 notification and `changeflow request show` say so. Real workers, Temporal, PostgreSQL and git,
-a local stand-in of an OpenAI-compatible endpoint (tests/model_stand_in.py) and a webhook
+a local stand-in of an OpenAI-compatible endpoint (scripts/model_stand_in.py) and a webhook
 receiver (tests/webhook_receiver.py)."""
 
 import uuid
@@ -16,6 +16,8 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from activities.notifications import TenantWebhooks, new_signing_secret
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import (
     ApprovalPolicy,
     Deployment,
@@ -25,6 +27,7 @@ from models import (
     RiskLevel,
 )
 from models.db import SessionFactory
+from scripts.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from tests.cli_support import ok
 from tests.commerce_support import connector_service, key_spec
 from tests.lifecycle_support import (
@@ -36,11 +39,8 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.model_engine_support import API_KEY, THEME_DARK, model_settings, use_model_engine
-from tests.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -12,8 +12,11 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from activities.notifications import TenantWebhooks
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import PromptRequest, PromptStatus
 from models.db import SessionFactory
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
     commerce_settings,
     connect_shop,
@@ -23,12 +26,9 @@ from tests.commerce_support import (
 from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.process_support import free_port
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
 from workers.devstack import register_search_attributes, start_temporal, stop_process
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import Settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

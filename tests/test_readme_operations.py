@@ -14,18 +14,18 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from client.lifecycle import LifecycleClient
+from infra.decision_signer import DevelopmentSigner
+from infra.settings import DecisionTokenMode
 from models import PromptRequest, PromptStatus
 from models.db import SessionFactory
-from scripts.decision_signer import DevelopmentSigner
+from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import command_env, ok
 from tests.commerce_support import commerce_settings, connect_shop, orders_of
 from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
-from tests.shopify_stand_in import ShopifyStandIn
 from tests.workers import running_workers
 from workers.devstack import binary
-from workers.lifecycle_client import LifecycleClient
-from workers.settings import DecisionTokenMode
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,6 +20,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 from temporalio.workflow import NondeterminismError
 
 from activities.notifications import TenantWebhooks, new_signing_secret
+from client.lifecycle import LifecycleClient
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.commerce_support import commerce_settings, connector_service
@@ -27,7 +28,6 @@ from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, submit, wait_for_status
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
 from workers.registry import workflows
 from workflows.contracts.billing import GrantPlanTokens, SweepExpiredHolds
 from workflows.contracts.ids import (

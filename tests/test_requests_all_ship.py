@@ -14,6 +14,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from activities.notifications import new_signing_secret
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from models import (
     Deployment,
     DeploymentEnvironment,
@@ -44,7 +45,6 @@ from tests.lifecycle_support import (
 from tests.test_notifications import with_webhook
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient, LifecycleRefused
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.lifecycle import REPLANNED_ON_NEW_BASE, PromptRequestResult
 

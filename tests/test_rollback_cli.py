@@ -9,13 +9,13 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
+from client.lifecycle import LifecycleClient
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import make_shop, submit
 from tests.temporal_cli import CodecEndpoint, temporal_outcome
 from tests.workers import running_workers
-from workers.lifecycle_client import LifecycleClient
 from workflows.contracts.ids import rollback_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

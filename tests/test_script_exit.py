@@ -17,8 +17,8 @@ SCRIPT = textwrap.dedent(
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
 
-    from workers.cli import run_script
-    from workers.lifecycle_client import LifecycleClient
+    from infra.entry_points import run_script
+    from client.lifecycle import LifecycleClient
 
 
     async def main() -> int:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.client import tls_config
-from workers.settings import ConfigurationError, LogFormat, LogLevel, load_settings
+from client.connection import tls_config
+from infra.settings import ConfigurationError, LogFormat, LogLevel, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

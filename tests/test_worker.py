@@ -26,15 +26,15 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.client import Client
 
+from infra.keyring import KeyRing
+from infra.settings import Settings
 from models import DeploymentEnvironment, DeploymentPlan, DeploymentStatus, PromptRequest
 from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_project, make_tenant
 from tests.process_support import ROOT, WorkerProcess, worker_environment
 from tests.workers import running_workers
-from workers.keyring import KeyRing
 from workers.registry import Dependencies
-from workers.settings import Settings
 from workers.worker import build_workers, reconcile_schedules_once, run_until_stopped
 from workflows.contracts.deployment import DeploymentInput
 from workflows.contracts.ids import deployment_workflow_id

@@ -19,14 +19,14 @@ from temporalio.common import VersioningBehavior
 from temporalio.service import RPCError
 from temporalio.workflow import _Definition
 
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
 from models import PromptStatus
 from models.db import SessionFactory
 from scripts.sample_repo import SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.workers import test_settings
-from workers.lifecycle_client import LifecycleClient
 from workers.registry import Dependencies, versioned_workflows, workflows
-from workers.settings import Settings
 from workers.versioning import default_build_id, deployment_config
 from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.ids import prompt_request_workflow_id

@@ -10,9 +10,9 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from infra.settings import Settings
 from models.db import SessionFactory
 from workers.registry import Dependencies, deploy_activities, lifecycle_activities, workflows
-from workers.settings import Settings
 
 
 def test_settings(*, task_queue: str, deploy_task_queue: str, workspace_dir: Path) -> Settings:

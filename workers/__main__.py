@@ -2,8 +2,8 @@
 
 import argparse
 
+from infra.entry_points import run_entry_point
 from workers import worker
-from workers.cli import run_entry_point
 
 
 def main() -> None:

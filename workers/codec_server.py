@@ -19,14 +19,14 @@ import uvicorn
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 
-from workers.cli import run_entry_point
-from workers.codec import (
+from infra.codec import (
     EncryptionCodec,
     PayloadDecryptionError,
     payload_key_ring,
     warn_about_development_keys,
 )
-from workers.settings import ConfigurationError, Settings
+from infra.entry_points import run_entry_point
+from infra.settings import ConfigurationError, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -131,7 +131,7 @@ async def serve(settings: Settings) -> int:
         host=settings.codec_server_host,
         port=settings.codec_server_port,
         lifespan="off",
-        log_config=None,  # our logging (workers/logging.py) is configured already
+        log_config=None,  # our logging (infra/logging.py) is configured already
         access_log=False,
     )
     log.info(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,7 +19,6 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from pydantic import SecretStr
-from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -29,10 +27,11 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from client.connection import connect
+from infra.settings import ConfigurationError, Settings
 from models.db import asyncpg_dsn
 from models.migrate import upgrade
-from workers.client import connect
-from workers.settings import ConfigurationError, Settings
+from workers.probes import check_database, port_open
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 log = structlog.get_logger(__name__)
@@ -50,12 +49,6 @@ def binary(name: str) -> str:
     return found
 
 
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex((host, port)) == 0
-
-
 def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[Any, str]:
     """Start (or join) pgserver under data_dir/pgdata and make sure `database` exists.
 
@@ -70,30 +63,16 @@ def start_postgres(data_dir: Path, database: str = EMBEDDED_DATABASE) -> tuple[A
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
     admin_url = server.get_uri()
-    asyncio_run_in_thread(_ensure_database(admin_url, database))
+    asyncio_run_in_thread(ensure_database(admin_url, database))
     return server, admin_url.replace("/postgres?", f"/{database}?", 1)
 
 
-async def _ensure_database(admin_url: str, database: str) -> None:
+async def ensure_database(admin_url: str, database: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(admin_url))
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
             await conn.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await conn.close()
-
-
-async def create_database(admin_url: str, name: str) -> str:
-    """Create database `name` on admin_url's server; returns its URL."""
-    await _ensure_database(admin_url, name)
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -349,13 +328,3 @@ async def until_reachable(what: str, attempt: Callable[[], Awaitable[T]], within
                 log.warning("waiting_for_dependency", dependency=what, error=str(exc)[:200])
                 waiting = True
             await asyncio.sleep(1)
-
-
-async def check_database(url: str, connect_timeout_s: float = 10) -> None:
-    """Fail fast, with one clear message, when the database cannot be reached."""
-    try:
-        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=connect_timeout_s)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        safe = url.split("@")[-1] if "@" in url else url
-        raise ConfigurationError(f"cannot reach PostgreSQL at {safe}: {exc}") from None
-    await conn.close()

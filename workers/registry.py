@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio.client import Client
 
+from infra.settings import Settings
 from models.db import SessionFactory
-from workers.settings import Settings
 
 if TYPE_CHECKING:
     from activities.connectors import Connections
@@ -71,8 +71,8 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     from activities.lifecycle import LifecycleActivities
     from activities.model_engine import ModelChangeEngine
     from activities.rollbacks import RollbackActivities
+    from infra.decision_tokens import DecisionTokenVerifier
     from models.projects import ChangeEngineKind
-    from workers.decision_tokens import DecisionTokenVerifier
 
     billing = BillingActivities(Ledger(deps.sessions))
     # The model engine's client is made on its first call: a worker whose projects never

@@ -12,7 +12,7 @@ from pathlib import Path
 from temporalio.common import WorkerDeploymentVersion
 from temporalio.worker import WorkerDeploymentConfig
 
-from workers.settings import Settings
+from infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,14 +24,14 @@ from temporalio.client import Client
 
 from activities.connectors import ConnectorService
 from activities.shopify_webhooks import DeliveryRefused, ShopifyDelivery, ShopifyWebhooks
+from client.connection import connect
+from infra.entry_points import run_entry_point
+from infra.settings import ConfigurationError, Settings
 from models.db import create_engine, session_factory
 from models.projects import Connector
-from workers.cli import run_entry_point
-from workers.client import connect
 from workers.devstack import embedded_stack
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
-from workers.settings import ConfigurationError, Settings
 from workers.worker import stop_on_signals
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import OrderSyncInput, SyncRequested
@@ -156,7 +156,7 @@ async def serve(settings: Settings) -> int:
                     app,
                     host=settings.webhooks_host,
                     port=settings.webhooks_port,
-                    # Our logging (workers/logging.py) is configured already; uvicorn's own
+                    # Our logging (infra/logging.py) is configured already; uvicorn's own
                     # access log would repeat each delivery without its outcome.
                     log_config=None,
                     access_log=False,

@@ -19,10 +19,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from client.connection import connect, runtime_for
+from infra.codec import payload_key_ring
+from infra.settings import ConfigurationError, Settings
+from infra.tracing import flush_traces
 from models.db import create_engine, session_factory
 from workers import registry
-from workers.client import connect, runtime_for
-from workers.codec import payload_key_ring
 from workers.devstack import EmbeddedStack, embedded_stack, until_reachable
 from workers.interceptors import worker_interceptors
 from workers.metrics import ProductMetricsInterceptor, sample_until_stopped
@@ -33,8 +35,6 @@ from workers.schedules import (
     ensure_sweep_schedule,
     reconcile_commerce_schedules,
 )
-from workers.settings import ConfigurationError, Settings
-from workers.tracing import flush_traces
 from workers.versioning import deployment_config
 from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDULE_ID
 
@@ -51,7 +51,7 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
         "activity_task_poller_behavior": PollerBehaviorAutoscaling(),
         "max_concurrent_activities": settings.max_concurrent_activities,
         "graceful_shutdown_timeout": timedelta(seconds=settings.graceful_shutdown_seconds),
-        # Tracing comes with the client (workers/client.py); a worker uses its interceptors too.
+        # Tracing comes with the client (client/connection.py); a worker uses its interceptors too.
         "interceptors": [*worker_interceptors(), ProductMetricsInterceptor()],
         # Both queues belong to the one Worker Deployment version this process runs.
         "deployment_config": deployment_config(settings),

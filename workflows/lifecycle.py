@@ -48,6 +48,16 @@ with workflow.unsafe.imports_passed_through():
         ReserveTokens,
         SettleHold,
     )
+    from workflows.contracts.decision_rules import (
+        DECIDER_REFUSALS,
+        DeciderRefusals,
+        DecisionClaims,
+        TrustedKeys,
+        check_claims,
+        no_such_key,
+        token_kid,
+        verify_token,
+    )
     from workflows.contracts.decisions import (
         DecisionAction,
         LoadDecisionTrust,
@@ -109,16 +119,6 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
-    from workflows.decision_rules import (
-        DECIDER_REFUSALS,
-        DeciderRefusals,
-        DecisionClaims,
-        TrustedKeys,
-        check_claims,
-        no_such_key,
-        token_kid,
-        verify_token,
-    )
 
 T = TypeVar("T")
 

@@ -1,11 +1,11 @@
 """Signed decisions: the actions a decision token may name and the verification activity's
-payloads (activities/decisions.py verifies; workers/decision_tokens.py holds the JWT rules).
+payloads (activities/decisions.py verifies; infra/decision_tokens.py holds the JWT rules).
 
 A decision token is a JWT signed by the platform's identity service (in development by
-scripts/decision_signer.py) with the claims of DECISION_CLAIMS. A workflow that receives
+infra/decision_signer.py) with the claims of DECISION_CLAIMS. A workflow that receives
 decisions holds the identity service's public keys (DecisionTrust, loaded by the
 `decision_trust` activity) so that its update validators check a token without I/O
-(workflows/decision_rules.py); the handler then has `verify_decision` check what needs the
+(workflows/contracts/decision_rules.py); the handler then has `verify_decision` check what needs the
 database (the roster now, the token id unused) before the decision counts.
 """
 

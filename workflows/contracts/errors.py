@@ -6,8 +6,12 @@ non-retryable lists are this enum (NON_RETRYABLE_ERROR_TYPES), never a list kept
 """
 
 import enum
+from typing import TYPE_CHECKING
 
-from temporalio.exceptions import ApplicationError
+if TYPE_CHECKING:
+    # Imported where an error is built or read: the enum alone (a command that only refuses,
+    # `changeflow tenant ...`) loads nothing of Temporal.
+    from temporalio.exceptions import ApplicationError
 
 
 class ErrorType(enum.StrEnum):
@@ -30,7 +34,7 @@ class ErrorType(enum.StrEnum):
     INVALID_REQUEST = "InvalidRequest"
     UNKNOWN_REQUEST = "UnknownRequest"
 
-    # --- a decision's signed token (workers/decision_tokens.py, activities/decisions.py)
+    # --- a decision's signed token (infra/decision_tokens.py, activities/decisions.py)
     TOKEN_REQUIRED = "TokenRequired"
     # Not a JWT, an algorithm outside the allowed asymmetric ones, or a required claim missing.
     MALFORMED_TOKEN = "MalformedToken"
@@ -128,14 +132,29 @@ NON_RETRYABLE_ERROR_TYPES: list[str] = [kind.value for kind in ErrorType]
 MODEL_UNAVAILABLE = "ModelUnavailable"
 
 
-def refused(kind: ErrorType, message: str, *details: object) -> ApplicationError:
+# The details key of a quoting refusal's whole reason (refused_quoting).
+QUOTED_REASON = "quoted_reason"
+
+
+def refused_quoting(kind: ErrorType, message: str, reason: str) -> "ApplicationError":
+    """A refusal whose whole reason quotes what a model or a tenant wrote: the history shows
+    `message` (ours, readable), the reason rides in the details, which the codec encrypts, and
+    `error_message` gives it back to the workflow."""
+    return refused(kind, message, {QUOTED_REASON: reason})
+
+
+def refused(kind: ErrorType, message: str, *details: object) -> "ApplicationError":
     """The typed, non-retryable ApplicationError of `kind`."""
+    from temporalio.exceptions import ApplicationError
+
     return ApplicationError(message, *details, type=kind.value, non_retryable=True)
 
 
-def application_error(err: BaseException) -> ApplicationError | None:
+def application_error(err: BaseException) -> "ApplicationError | None":
     """The ApplicationError behind an activity, child or workflow failure: the first one down
     its cause chain (the error itself included), or None."""
+    from temporalio.exceptions import ApplicationError
+
     cause: BaseException | None = err
     while cause is not None:
         if isinstance(cause, ApplicationError):
@@ -150,5 +169,9 @@ def error_type(err: BaseException) -> str | None:
 
 
 def error_message(err: BaseException) -> str:
+    """The whole reason of a failure: a quoting refusal's encrypted reason, else its message."""
     found = application_error(err)
-    return found.message if found else str(err)
+    if found is None:
+        return str(err)
+    quoted = next((d[QUOTED_REASON] for d in found.details if isinstance(d, dict)), None)
+    return quoted if isinstance(quoted, str) else found.message

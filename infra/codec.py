@@ -31,8 +31,8 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from workers.keyring import KeyRing, KeyRingError
-from workers.settings import ConfigurationError, Settings
+from infra.keyring import KeyRing, KeyRingError
+from infra.settings import ConfigurationError, Settings
 from workflows.contracts.errors import ErrorType
 
 log = structlog.get_logger(__name__)
@@ -128,7 +128,7 @@ def _warn_development_key_ring() -> None:
     log.warning(
         "payload_development_key_ring",
         detail="CHANGEFLOW_PAYLOAD_KEYS is not set: payloads are encrypted with the public "
-        "development key ring (workers/codec.py); set it before real data flows",
+        "development key ring (infra/codec.py); set it before real data flows",
     )
 
 

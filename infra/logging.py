@@ -12,12 +12,10 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
-import temporalio.activity
-import temporalio.workflow
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from workers.settings import LogFormat, LogLevel, Settings
+from infra.settings import LogFormat, LogLevel, Settings
 
 _SECRET_KEYS = re.compile(
     r"(password|passwd|secret|api_key|apikey|authorization|credential|token_value)", re.I
@@ -118,9 +116,17 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.value)
     # temporalio's workflow/activity loggers already attach their context as a structured
-    # extra (temporal_workflow / temporal_activity); don't also format it into the message.
-    temporalio.workflow.logger.workflow_info_on_message = False
-    temporalio.activity.logger.activity_info_on_message = False
+    # extra (temporal_workflow / temporal_activity); don't also format it into the message. A
+    # process that runs workflows or activities has loaded them (with temporalio.worker) before
+    # it configures logging; one that runs none (a `changeflow tenant` command) never loads them.
+    workflow, activity = (
+        sys.modules.get("temporalio.workflow"),
+        sys.modules.get("temporalio.activity"),
+    )
+    if workflow is not None:
+        workflow.logger.workflow_info_on_message = False
+    if activity is not None:
+        activity.logger.activity_info_on_message = False
     # Core's note on each retried call to an unreachable server would flood an outage's log;
     # the outage itself is logged once (workers/outages.py).
     core = logging.getLogger("temporalio.core")

@@ -49,7 +49,7 @@ class DecisionTokenMode(StrEnum):
 
 
 # Without CHANGEFLOW_DECISION_JWKS the workers trust the development signer's keys
-# (scripts/decision_signer.py) under the data folder, and say so in a warning.
+# (infra/decision_signer.py) under the data folder, and say so in a warning.
 DEV_DECISION_ISSUER = "changeflow-dev-signer"
 DEV_DECISION_SIGNER_DIR = "decision-signer"
 
@@ -168,9 +168,9 @@ class Settings(BaseSettings):
     runtime_env: RuntimeEnv = Field(
         default=RuntimeEnv.DEVELOPMENT, validation_alias="CHANGEFLOW_ENV"
     )
-    # The key ring that encrypts every payload written to Temporal (workers/codec.py), in the
+    # The key ring that encrypts every payload written to Temporal (infra/codec.py), in the
     # credential ring's format; the first (or payload_key_id's) encrypts, every one decrypts.
-    # Unset outside production: the development key ring of workers/codec.py, with a warning.
+    # Unset outside production: the development key ring of infra/codec.py, with a warning.
     payload_keys: SecretStr | None = None
     payload_key_id: str | None = None
     # The codec server (workers/codec_server.py) the Web UI and the temporal CLI decode with.
@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     # `connector test` subscribes the shop's webhooks to <it>/webhooks/shopify/<connector id>.
     webhooks_public_url: str = ""
 
-    # Signed decisions (workers/decision_tokens.py). The JWKS is a file path or an https URL
+    # Signed decisions (infra/decision_tokens.py). The JWKS is a file path or an https URL
     # of the identity service's public keys; issuer and audience must match the token's.
     decision_tokens: DecisionTokenMode = DecisionTokenMode.REQUIRED
     decision_jwks: str | None = None

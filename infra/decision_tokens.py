@@ -1,6 +1,6 @@
 """The identity service's public keys, read where the settings say (a JWKS file, or an https
 URL), and the verification of a decision token against them now: the I/O around the pure rules
-of workflows/decision_rules.py.
+of workflows/contracts/decision_rules.py.
 
 A workflow that receives decisions holds a copy of the keys (`trust()`, handed to it by the
 `decision_trust` activity) and judges tokens in its validators with the same rules; the verify
@@ -18,10 +18,8 @@ import jwt
 import structlog
 from temporalio.exceptions import ApplicationError
 
-from workers.settings import DecisionTokenMode, Settings
-from workflows.contracts.decisions import DecisionTrust
-from workflows.contracts.errors import ErrorType, refused
-from workflows.decision_rules import (
+from infra.settings import DecisionTokenMode, Settings
+from workflows.contracts.decision_rules import (
     DecisionClaims,
     TrustedKeys,
     no_such_key,
@@ -29,6 +27,8 @@ from workflows.decision_rules import (
     token_kid,
     verify_token,
 )
+from workflows.contracts.decisions import DecisionTrust
+from workflows.contracts.errors import ErrorType, refused
 
 log = structlog.get_logger(__name__)
 

@@ -5,10 +5,10 @@ import asyncio
 
 import structlog
 
+from infra.entry_points import run_entry_point
+from infra.settings import Settings
 from models.migrate import upgrade
-from workers.cli import run_entry_point
 from workers.devstack import check_database, start_postgres
-from workers.settings import Settings
 
 log = structlog.get_logger(__name__)
 

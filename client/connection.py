@@ -15,10 +15,10 @@ from temporalio.runtime import (
 )
 from temporalio.service import TLSConfig
 
-from workers.codec import data_converter, warn_about_development_keys
-from workers.metrics import HISTOGRAM_BUCKETS
-from workers.settings import ConfigurationError, Settings
-from workers.tracing import tracing_interceptors
+from infra.codec import data_converter, warn_about_development_keys
+from infra.metric_names import HISTOGRAM_BUCKETS
+from infra.settings import ConfigurationError, Settings
+from infra.tracing import tracing_interceptors
 
 log = structlog.get_logger(__name__)
 
@@ -96,8 +96,8 @@ def _new_runtime(metrics_port: int | None) -> Runtime:
 
 async def connect(settings: Settings, *, address: str | None = None) -> Client:
     """A client using the pydantic converter every payload of ours needs, encrypted by the
-    payload key ring (workers/codec.py), traced when an OTLP endpoint is configured
-    (workers/tracing.py)."""
+    payload key ring (infra/codec.py), traced when an OTLP endpoint is configured
+    (infra/tracing.py)."""
     target = address or settings.temporal_address
     if target is None:
         raise ConfigurationError("TEMPORAL_ADDRESS is not set and no embedded server is running")

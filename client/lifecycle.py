@@ -11,7 +11,7 @@
 Decisions (approve, reject, revise, cancel, roll_back) carry a signed decision token
 (workflows/contracts/decisions.py) that the platform's identity service issued for that user,
 tenant, request and action: pass it as `token=`. A client built with a `signer` (the
-development signer, scripts/decision_signer.py) issues one itself for a call without; it
+development signer, infra/decision_signer.py) issues one itself for a call without; it
 signs for the request's tenant, which the client remembers from `submit` and `status` (or is
 given as `tenant_id=`), so a decision costs no extra status query.
 `status(..., tenant_id=...)` answers another tenant's request exactly as one that does not
@@ -28,7 +28,7 @@ untyped "workflow execution already completed").
 
 A plain `asyncio.run` script that used a Temporal client can abort at interpreter exit with
 `Fatal Python error: PyGILState_Release` (temporalio/sdk-python#300); leave it through
-`workers.cli.run_script(main())`, which flushes output and ends with `os._exit(code)`.
+`infra.entry_points.run_script(main())`, which flushes output and ends with `os._exit(code)`.
 """
 
 import uuid
@@ -104,7 +104,7 @@ def _payload(model: type[M], *checks: Callable[[M], None], **fields: object) -> 
 
 
 class DecisionSigner(Protocol):
-    """Issues decision tokens (scripts.decision_signer.DevelopmentSigner is one)."""
+    """Issues decision tokens (infra.decision_signer.DevelopmentSigner is one)."""
 
     def issue(
         self,

@@ -1,7 +1,7 @@
 """A key ring of AES-256 keys by key id: the current key encrypts, every key of the ring decrypts.
 
 Shared by what encrypts at rest (connector credentials, activities/credentials.py) and what
-encrypts in Temporal (payloads, workers/codec.py); each has its own ring in the settings.
+encrypts in Temporal (payloads, infra/codec.py); each has its own ring in the settings.
 """
 
 import base64

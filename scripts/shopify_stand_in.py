@@ -1,6 +1,6 @@
 """A local Shopify for tests and benchmarks (not part of the product): the Admin GraphQL API
 of version 2026-10 as Shopify documents it, faithful where it matters. The documentation facts
-it follows, with their sources, are in tests/shopify_facts.md beside it: the served version
+it follows, with their sources, are in scripts/shopify_facts.md beside it: the served version
 header, money bags, protected customer data, deprecated customer fields, line item paging,
 refunds, test orders, webhook subscriptions and the privacy webhooks' bodies.
 

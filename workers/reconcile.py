@@ -9,10 +9,10 @@ import asyncio
 from datetime import timedelta
 
 from activities.reconciliation import AccountReconciliation, reconcile
+from infra.entry_points import EXIT_FAILURE, EXIT_OK, run_entry_point
+from infra.settings import Settings
 from models.db import create_engine, session_factory
-from workers.cli import EXIT_FAILURE, EXIT_OK, run_entry_point
 from workers.devstack import start_postgres
-from workers.settings import Settings
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:

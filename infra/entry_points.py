@@ -17,17 +17,19 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from workers.logging import configure_logging
-from workers.settings import ConfigurationError, Settings, load_settings
+if TYPE_CHECKING:
+    # Imported where used: `changeflow --help` leaves through exit_process without loading the
+    # settings, the models or logging.
+    from infra.settings import Settings
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_CONFIGURATION = 2
 EXIT_INTERRUPTED = 130
 
-AsyncMain = Callable[[Settings], Coroutine[Any, Any, int | None]]
+AsyncMain = Callable[["Settings"], Coroutine[Any, Any, int | None]]
 
 
 def exit_process(code: int) -> NoReturn:
@@ -55,6 +57,8 @@ def run_script(main: Coroutine[Any, Any, int | None]) -> NoReturn:
 
 
 def run_entry_point(main: AsyncMain, *, prog: str | None = None) -> NoReturn:
+    from infra.settings import ConfigurationError
+
     prog = prog or os.path.basename(sys.argv[0]) or "changeflow"
     code = EXIT_FAILURE
     try:
@@ -77,6 +81,9 @@ def run_entry_point(main: AsyncMain, *, prog: str | None = None) -> NoReturn:
 
 def run(main: AsyncMain) -> int:
     """Settings, logging, then the coroutine; its return value is the exit code (None is 0)."""
+    from infra.logging import configure_logging
+    from infra.settings import load_settings
+
     settings = load_settings()
     configure_logging(settings)
     return asyncio.run(main(settings)) or EXIT_OK
