@@ -3,7 +3,6 @@ restarts end with no violation; and the auditor reports what a broken run would 
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from scripts.chaos_audit import (
     settlement_violations,
 )
 from scripts.sample_repo import create_sample_repo
+from tests.process_support import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -56,12 +56,7 @@ def test_a_small_chaos_run_ends_without_violations() -> None:
 
 
 def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    env.update(
+    env = clean_environment(
         CHANGEFLOW_DATA_DIR=str(data_dir),
         CHAOS_LIFECYCLES="7",
         CHAOS_KILLS="1",

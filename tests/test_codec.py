@@ -39,7 +39,7 @@ from models.db import SessionFactory
 from models.lifecycle import DeploymentPlan
 from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
-from tests.process_support import free_port
+from tests.process_support import clean_environment, free_port
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
 from workers.devstack import embedded_stack, port_open
@@ -156,13 +156,7 @@ async def test_production_without_keys_and_a_bad_key_ring_are_configuration_erro
 async def test_a_production_process_without_keys_refuses_to_start_with_exit_code_2(
     module: str, configured: dict[str, str], missing: str, tmp_path: Path
 ) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    env["CHANGEFLOW_ENV"] = "production"
-    env["CHANGEFLOW_DATA_DIR"] = str(tmp_path)
+    env = clean_environment(CHANGEFLOW_ENV="production", CHANGEFLOW_DATA_DIR=str(tmp_path))
     env.update(configured)
     process = await asyncio.create_subprocess_exec(
         sys.executable,

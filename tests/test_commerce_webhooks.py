@@ -6,7 +6,6 @@ disables the connector, and the signing secret appears in no log and no history.
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -57,7 +56,7 @@ from tests.commerce_support import (
     sync,
 )
 from tests.conftest import DATA_CONVERTER
-from tests.process_support import ROOT, free_port
+from tests.process_support import ROOT, clean_environment, free_port
 from tests.temporal_cli import CodecEndpoint, temporal
 from tests.workers import running_workers
 from workers.registry import Dependencies, credential_store
@@ -440,13 +439,8 @@ async def webhooks_process(
 ) -> AsyncIterator[tuple[str, Path]]:
     """`changeflow-webhooks` as an operator runs it, configured by environment variables."""
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
     assert settings.credential_keys is not None
-    env.update(
+    env = clean_environment(
         DATABASE_URL=database_url,
         TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
         CHANGEFLOW_TASK_QUEUE=settings.task_queue,
@@ -521,8 +515,9 @@ async def test_the_webhooks_process_syncs_on_a_delivery_and_never_shows_the_secr
 
 @pytest.mark.system
 async def test_the_webhooks_process_refuses_to_start_without_a_key_ring() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", TEMPORAL_ADDRESS="x:1")
+    env = clean_environment(
+        DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", TEMPORAL_ADDRESS="x:1"
+    )
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "changeflow-webhooks"),
         cwd=ROOT,

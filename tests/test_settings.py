@@ -10,6 +10,7 @@ import pytest
 
 from client.connection import tls_config
 from infra.settings import ConfigurationError, LogFormat, LogLevel, load_settings
+from tests.process_support import clean_environment as shell_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,11 +115,9 @@ def test_an_unreadable_tls_certificate_is_a_configuration_error(monkeypatch, tmp
 
 
 def run_worker_entry_point(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    clean.pop("DATABASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "workers"],
-        env={**clean, **env},
+        env=shell_environment(**env),
         cwd=ROOT,
         capture_output=True,
         text=True,
