@@ -325,6 +325,7 @@ async def test_the_codec_server_answers_the_web_uis_cors_preflight_and_no_other_
     assert refused.headers["access-control-allow-origin"] == ui_origin
 
 
+@pytest.mark.system
 async def test_the_embedded_stack_starts_the_codec_server_and_the_web_ui_decodes_through_it(
     database_url: str, tmp_path: Path
 ) -> None:
