@@ -67,7 +67,7 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(PY) -m scripts.dev
 
-# The suite in three tiers (README, "Tests"): unit (no servers), workflow (in-process workers
+# The suite in three tiers (README, "Two commands"): unit (no servers), workflow (in-process workers
 # against the shared servers), system (processes, crashes, chaos, the demo). `make test` runs
 # them all; `make test-fast` is the edit-test loop (unit and workflow).
 PYTEST := $(PY) -m pytest -q

@@ -60,7 +60,7 @@ DATA_CONVERTER = data_converter(load_settings())
 # them on with the development signer. Set here so worker and CLI subprocesses inherit it.
 os.environ.setdefault("CHANGEFLOW_DECISION_TOKENS", "off")
 
-# The tiers (README, "Tests"), one marker a test: `unit` needs no server; `workflow` runs
+# The tiers (README, "Two commands"), one marker a test: `unit` needs no server; `workflow` runs
 # in-process workers and clients against the session's shared servers; `system` starts
 # processes of its own (the CLI, workers, servers), crashes them, or runs chaos and the demo.
 # `make test-fast` runs all but system. A test's own tier mark wins; otherwise its tier follows
