@@ -19,6 +19,13 @@ from temporalio.client import Client
 
 from client.connection import connect, runtime_for
 from client.lifecycle import LifecycleClient
+from infra.metric_names import (
+    HISTOGRAMS,
+    LEDGER_ACCOUNTS_DRIFTING,
+    LIFECYCLE_OLDEST_AGE,
+    LIFECYCLES_OPEN,
+    PRODUCT_METRICS,
+)
 from infra.settings import Settings
 from infra.tracing import tracing_configured
 from models import ApprovalPolicy, RiskLevel
@@ -26,15 +33,7 @@ from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
 from tests.process_support import free_port
-from workers.metrics import (
-    HISTOGRAMS,
-    LEDGER_ACCOUNTS_DRIFTING,
-    LIFECYCLE_OLDEST_AGE,
-    LIFECYCLES_OPEN,
-    PRODUCT_METRICS,
-    sample_ledger_drift,
-    sample_open_lifecycles,
-)
+from workers.metrics import sample_ledger_drift, sample_open_lifecycles
 from workers.registry import Dependencies
 from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.lifecycle import PromptRequestResult
