@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 # set, every process would otherwise compile each module it imports again (seconds per command).
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: install lock lock-check check-alerts check-compose demo dev test lint bench-ledger bench-lifecycle bench-git bench-sync bench-cli chaos model-smoke reconcile migrate clean
+.PHONY: install lock lock-check check-alerts check-compose demo dev test test-fast test-unit test-workflow test-system lint bench-ledger bench-lifecycle bench-git bench-sync bench-cli chaos model-smoke reconcile migrate clean
 
 install: $(STAMP)
 
@@ -67,8 +67,19 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(PY) -m scripts.dev
 
+# The suite in three tiers (README, "Two commands"): unit (no servers), workflow (in-process workers
+# against the shared servers), system (processes, crashes, chaos, the demo). `make test` runs
+# them all; `make test-fast` is the edit-test loop (unit and workflow).
+PYTEST := $(PY) -m pytest -q
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PYTEST) -m "not system" $(PYTEST_ARGS)
+
+test-unit test-workflow test-system: test-%: $(STAMP)
+	$(PYTEST) -m $* $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

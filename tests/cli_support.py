@@ -1,21 +1,28 @@
 """Running `changeflow` as a person runs it: a process of its own, its exit code, its output."""
 
 import asyncio
+import atexit
 import fcntl
 import json
 import os
 import pty
 import re
+import shutil
+import signal
 import struct
+import subprocess
 import sys
+import tempfile
 import termios
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.process_support import ROOT, clean_environment
+
 COMMAND_TIMEOUT_S = 120
 
 
@@ -24,12 +31,7 @@ def command_env(
 ) -> dict[str, str]:
     """The environment a person's shell would give the command: this test's servers and queues,
     nothing of the test process's own CHANGEFLOW_/TEMPORAL_ settings."""
-    environment = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    environment.update(
+    return clean_environment(
         PYTHONPATH=str(ROOT),
         DATABASE_URL=database_url,
         TEMPORAL_ADDRESS=client.service_client.config.target_host,
@@ -39,7 +41,6 @@ def command_env(
         CHANGEFLOW_DATA_DIR=str(data_dir),
         CHANGEFLOW_LOG_FORMAT="json",
     )
-    return environment
 
 
 @dataclass
@@ -54,6 +55,36 @@ class Ran:
 
 
 async def changeflow(env: dict[str, str], *args: str) -> Ran:
+    """The command in a process of its own with `env`, forked from a process that imported the
+    command's modules once (tests/preloaded_cli.py): the run is the command's, the seconds of
+    importing are saved. `changeflow_process` starts it from nothing."""
+    preloaded = await asyncio.to_thread(PreloadedCommand.running)
+    with tempfile.TemporaryDirectory(prefix="changeflow-command-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        request = {
+            "args": args,
+            "env": env,
+            "cwd": str(ROOT),
+            "stdout": str(out),
+            "stderr": str(err),
+        }
+        reader, writer = await asyncio.open_unix_connection(preloaded.socket_path)
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            pid = json.loads(await reader.readline())["pid"]
+            try:
+                answer = await asyncio.wait_for(reader.readline(), COMMAND_TIMEOUT_S)
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                raise
+        finally:
+            writer.close()
+        return Ran(json.loads(answer)["code"], out.read_bytes().decode(), err.read_bytes().decode())
+
+
+async def changeflow_process(env: dict[str, str], *args: str) -> Ran:
+    """The command started from nothing, `python -m cli`, imports and all."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,6 +99,42 @@ async def changeflow(env: dict[str, str], *args: str) -> Ran:
     out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
     assert process.returncode is not None
     return Ran(process.returncode, out.decode(), err.decode())
+
+
+class PreloadedCommand:
+    """tests/preloaded_cli.py for this test process: started at the first command, ended with
+    the process."""
+
+    _running: "PreloadedCommand | None" = None
+    _starting = threading.Lock()
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="changeflow-preloaded-")
+        self.socket_path = str(Path(self.folder) / "cli.sock")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.preloaded_cli", self.socket_path],
+            cwd=ROOT,
+            env=clean_environment(PYTHONPATH=str(ROOT)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline()
+        assert ready == "ready\n", f"tests/preloaded_cli.py did not start: {ready!r}"
+        atexit.register(self.stop)
+
+    @classmethod
+    def running(cls) -> "PreloadedCommand":
+        with cls._starting:
+            if cls._running is None or cls._running.process.poll() is not None:
+                cls._running = cls()
+            return cls._running
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 async def ok(env: dict[str, str], *args: str) -> Ran:

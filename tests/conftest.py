@@ -6,7 +6,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -37,6 +36,7 @@ from models.db import SessionFactory, create_engine, session_factory
 from models.migrate import upgrade
 from scripts.databases import create_database, drop_database
 from tests.cli_support import command_env
+from tests.process_support import free_port, worker_environment
 from tests.temporal_cli import CodecEndpoint
 from workers.devstack import (
     asyncio_run_in_thread,
@@ -49,6 +49,7 @@ from workers.devstack import (
 from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 if TYPE_CHECKING:
+    from scripts.shopify_stand_in import ShopifyStandIn
     from tests.github_support import GitHubWorld
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
@@ -59,6 +60,63 @@ DATA_CONVERTER = data_converter(load_settings())
 # token is still verified); tests/test_decision_tokens.py, the CLI recipe and the demo turn
 # them on with the development signer. Set here so worker and CLI subprocesses inherit it.
 os.environ.setdefault("CHANGEFLOW_DECISION_TOKENS", "off")
+
+# The tiers (README, "Two commands"), one marker a test: `unit` needs no server; `workflow` runs
+# in-process workers and clients against the session's shared servers; `system` starts
+# processes of its own (the CLI, workers, servers), crashes them, or runs chaos and the demo.
+# `make test-fast` runs all but system. A test's own tier mark wins; otherwise its tier follows
+# from the fixtures it uses, or from its module where the module starts processes by itself.
+TIERS = ("unit", "workflow", "system")
+SERVER_FIXTURES = frozenset(
+    {
+        "database_url",
+        "engine",
+        "sessions",
+        "temporal_env",
+        "client",
+        "lifecycle",
+        "namespace_client",
+        "time_skipping_env",
+        "own_time_skipping_env",
+    }
+)
+PROCESS_FIXTURES = frozenset(
+    {"env", "codec_endpoint", "worker_env", "start_worker", "webhooks_process", "own_server"}
+)
+# Modules whose every test starts processes, servers or crashes of its own; a test elsewhere
+# that does is marked `system` where it stands.
+PROCESS_MODULES = frozenset(
+    {
+        "test_bench_cli",
+        "test_cli",
+        "test_cli_imports",
+        "test_commerce_worker_crash",
+        "test_demo_commerce",
+        "test_embedded_stack",
+        "test_ledger_crash",
+        "test_lifecycle_worker_crash",
+        "test_model_engine_crash",
+        "test_readme_operations",
+        "test_script_exit",
+        "test_worker",
+    }
+)
+
+
+def tier_of(item: pytest.Item) -> str:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    module = item.module.__name__.rpartition(".")[2] if item.module else ""  # type: ignore[attr-defined]
+    if fixtures & PROCESS_FIXTURES or module in PROCESS_MODULES:
+        return "system"
+    if fixtures & SERVER_FIXTURES:
+        return "workflow"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(tier_of(item))
 
 
 @pytest.fixture(scope="session")
@@ -130,12 +188,6 @@ def codec_endpoint() -> Iterator[CodecEndpoint]:
     yield CodecEndpoint(url=settings.codec_server_url, token=token)
     stop_process(process)
     shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -247,3 +299,37 @@ def github_world(tmp_path: Path) -> Iterator["GitHubWorld"]:
     from tests.github_support import github_world_in
 
     yield from github_world_in(tmp_path)
+
+
+@pytest.fixture
+def worker_env(
+    database_url: str, client: Client, task_queue: str, tmp_path: Path
+) -> dict[str, str]:
+    """The environment of a `python -m workers` process a test starts on its own queues
+    (tests/process_support.py: WorkerProcess)."""
+    return worker_environment(
+        database_url=database_url,
+        client=client,
+        task_queue=task_queue,
+        state_dir=tmp_path,
+        CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="1",
+        # About processes, not signatures: decisions by user id, as in the other tests
+        # (tests/test_decision_tokens.py covers the tokens).
+        CHANGEFLOW_DECISION_TOKENS="off",
+    )
+
+
+@pytest.fixture
+def shop(request: pytest.FixtureRequest) -> Iterator["ShopifyStandIn"]:
+    """A local Shopify (scripts/shopify_stand_in.py) that takes the commerce tests' token, seeded
+    as a `shop_seed(orders=..., customers=...)` mark of the test or its module asks."""
+    from scripts.shopify_stand_in import ShopifyStandIn
+    from tests.commerce_support import TOKEN
+
+    stand_in = ShopifyStandIn(token=TOKEN)
+    stand_in.start()
+    seed = request.node.get_closest_marker("shop_seed")
+    if seed is not None:
+        stand_in.seed(*seed.args, **seed.kwargs)
+    yield stand_in
+    stand_in.stop()

@@ -3,7 +3,6 @@ restarts end with no violation; and the auditor reports what a broken run would 
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from activities.deploy_target import GitDeployTarget
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
@@ -27,11 +28,13 @@ from scripts.chaos_audit import (
     settlement_violations,
 )
 from scripts.sample_repo import create_sample_repo
+from tests.process_support import clean_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
+@pytest.mark.system
 def test_a_small_chaos_run_ends_without_violations() -> None:
     # Under the repository, not pytest's basetemp: pgserver's server runs as its own user,
     # which cannot enter root's private temporary folders to stop and start it.
@@ -53,12 +56,7 @@ def test_a_small_chaos_run_ends_without_violations() -> None:
 
 
 def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    env.update(
+    env = clean_environment(
         CHANGEFLOW_DATA_DIR=str(data_dir),
         CHAOS_LIFECYCLES="7",
         CHAOS_KILLS="1",

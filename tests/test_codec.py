@@ -37,8 +37,9 @@ from infra.keyring import KeyRing
 from infra.settings import ConfigurationError, RuntimeEnv, Settings
 from models.db import SessionFactory
 from models.lifecycle import DeploymentPlan
-from tests.conftest import DATA_CONVERTER, free_port
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import clean_environment, free_port
 from tests.temporal_cli import CodecEndpoint
 from tests.workers import running_workers
 from workers.devstack import embedded_stack, port_open
@@ -139,6 +140,7 @@ async def test_production_without_keys_and_a_bad_key_ring_are_configuration_erro
     assert configured.current == "p1"
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     ("module", "configured", "missing"),
     [
@@ -154,13 +156,7 @@ async def test_production_without_keys_and_a_bad_key_ring_are_configuration_erro
 async def test_a_production_process_without_keys_refuses_to_start_with_exit_code_2(
     module: str, configured: dict[str, str], missing: str, tmp_path: Path
 ) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    env["CHANGEFLOW_ENV"] = "production"
-    env["CHANGEFLOW_DATA_DIR"] = str(tmp_path)
+    env = clean_environment(CHANGEFLOW_ENV="production", CHANGEFLOW_DATA_DIR=str(tmp_path))
     env.update(configured)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -329,6 +325,7 @@ async def test_the_codec_server_answers_the_web_uis_cors_preflight_and_no_other_
     assert refused.headers["access-control-allow-origin"] == ui_origin
 
 
+@pytest.mark.system
 async def test_the_embedded_stack_starts_the_codec_server_and_the_web_ui_decodes_through_it(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import math
 import threading
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,6 @@ from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_a_busy_day_is_read_in_parts_and_a_failure_resumes_inside_the_window(

@@ -2,7 +2,6 @@
 `temporal` CLI alone: the commands documented in workflows/schemas/README.md, run for real."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,21 +9,15 @@ from temporalio.client import Client
 
 from models.db import SessionFactory
 from scripts.shopify_stand_in import ShopifyStandIn
-from tests.commerce_support import TOKEN, commerce_settings, connect_shop, orders_of
+from tests.commerce_support import commerce_settings, connect_shop, orders_of
 from tests.temporal_cli import CodecEndpoint, temporal, temporal_outcome
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=25, customers=5)
-    yield stand_in
-    stand_in.stop()
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=25, customers=5),
+]
 
 
 async def test_sync_and_report_with_the_temporal_cli(

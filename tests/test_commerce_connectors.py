@@ -5,7 +5,6 @@ re-encrypted by key rotation, and absent from histories and logs."""
 
 import logging
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,16 +33,10 @@ from tests.workers import running_workers
 from workflows.contracts.errors import ErrorType, error_type
 from workflows.contracts.ids import order_sync_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=12, customers=4)
-    yield stand_in
-    stand_in.stop()
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=12, customers=4),
+]
 
 
 async def test_a_good_token_makes_the_connector_active_and_records_the_shop(

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from models.db import SessionFactory
 from scripts.shopify_stand_in import ShopifyStandIn
 from tests.cli_support import Ran, changeflow
 from tests.commerce_support import (
-    TOKEN,
     commerce_settings,
     connect_shop,
     customers_of,
@@ -43,7 +41,7 @@ from tests.commerce_support import (
 )
 from tests.conftest import DATA_CONVERTER
 from tests.factories import make_tenant
-from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env  # noqa: F401
+from tests.process_support import WorkerProcess
 from tests.workers import running_workers
 from workflows.commerce import ReportWorkflow
 from workflows.contracts.commerce import OrderImportInput, OrderImportResult, ReportInput
@@ -51,7 +49,10 @@ from workflows.contracts.errors import ErrorType, error_type
 from workflows.contracts.ids import order_import_workflow_id, report_workflow_id
 from workflows.order_import import OrderImportWorkflow
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=30, customers=6),
+]
 
 HISTORIES = Path(__file__).parent / "histories"
 COLUMNS = [
@@ -412,15 +413,6 @@ async def test_a_file_without_one_valid_row_fails_with_a_readable_error(
     assert await orders_of(sessions, tenant.id) == {}
 
 
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=30, customers=6)
-    yield stand_in
-    stand_in.stop()
-
-
 async def test_a_report_after_a_sync_and_an_import_shows_both_channels(
     client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
 ) -> None:
@@ -573,7 +565,7 @@ async def test_an_import_survives_its_worker_being_killed_and_counts_every_row_o
     sessions: SessionFactory,
     task_queue: str,
     tmp_path: Path,
-    worker_env: dict[str, str],  # noqa: F811
+    worker_env: dict[str, str],
 ) -> None:
     """A worker process SIGKILLed between batches: a fresh one resumes after the last
     committed batch; every order is stored once and counted once as inserted."""

@@ -2,7 +2,6 @@
 decimals than the currency has, a discount larger than the order, a value split by an unquoted
 comma; and a long sync's window count across its continue-as-new runs."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,14 +10,17 @@ from temporalio.client import Client
 from models.commerce import ModuleExecutionStatus
 from models.db import SessionFactory
 from scripts.shopify_stand_in import ShopifyStandIn
-from tests.commerce_support import TOKEN, commerce_settings, connect_shop, orders_of, sync
+from tests.commerce_support import commerce_settings, connect_shop, orders_of, sync
 from tests.factories import make_tenant
 from tests.test_commerce_import import import_file
 from tests.workers import running_workers
 from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.ids import order_sync_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=60, customers=4),
+]
 
 HEADER = "external_id,placed_at,currency,total,discount,customer_name\n"
 
@@ -59,15 +61,6 @@ async def test_an_order_file_refuses_what_is_not_money_and_keeps_the_rest(
     assert set(stored) == {"pos/A-1", "pos/A-3", "pos/A-8"}
     assert stored["pos/A-3"].total_cents == 10125  # fils: 1/1000 dinar
     assert {o.currency for o in stored.values()} == {"USD", "BHD"}
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=60, customers=4)
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_a_long_syncs_window_count_covers_all_its_runs(

@@ -5,7 +5,6 @@ Re-record deliberately with CHANGEFLOW_RECORD_HISTORIES=1."""
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -31,19 +30,13 @@ from workflows.commerce import OrderSyncTriggerWorkflow, OrderSyncWorkflow, Repo
 from workflows.contracts.commerce import ReportInput, StartOrderSync
 from workflows.contracts.ids import order_sync_workflow_id, report_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=90, customers=9),
+]
 
 HISTORIES = Path(__file__).parent / "histories"
 WORKFLOW_TYPES = ("OrderSyncWorkflow", "OrderSyncTriggerWorkflow", "ReportWorkflow")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=90, customers=9)
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_commerce_histories_replay_and_a_long_sync_continues_as_new(

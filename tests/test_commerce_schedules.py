@@ -4,7 +4,7 @@ Schedule reports yesterday in the shop's time zone. Syncs can also be started by
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -21,7 +21,6 @@ from models.db import SessionFactory
 from models.projects import ConnectorKind, ConnectorStatus
 from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
-    TOKEN,
     commerce_settings,
     connect_shop,
     executions_of,
@@ -40,18 +39,12 @@ from workflows.contracts.ids import (
     report_schedule_id,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=15, customers=3),
+]
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=15, customers=3)
-    yield stand_in
-    stand_in.stop()
 
 
 async def until(check: Callable[[], Awaitable[T]], within_s: float = 60.0) -> T:

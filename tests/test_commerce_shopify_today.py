@@ -6,7 +6,6 @@ money in the shop's currency with the order's own beside it, webhook subscriptio
 webhooks removing what they name and recording that they did."""
 
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -45,19 +44,13 @@ from tests.workers import running_workers
 from workers.registry import Dependencies
 from workers.webhooks import shopify_webhooks, webhook_app
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=30, customers=6),
+]
 
 PUBLIC_URL = "https://hooks.example.com"
 WEBHOOK_SECRET = "whsec_0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=30, customers=6)
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_the_default_api_version_is_one_shopify_supports_in_december_2026() -> None:

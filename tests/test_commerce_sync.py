@@ -4,7 +4,6 @@ returned late at a window boundary."""
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +15,6 @@ from models.commerce import ModuleExecutionStatus, ModuleKind, OrderStatus, Sync
 from models.db import SessionFactory
 from scripts.shopify_stand_in import SHOP_CURRENCY, ShopifyStandIn
 from tests.commerce_support import (
-    TOKEN,
     cents,
     commerce_settings,
     connect_shop,
@@ -31,14 +29,6 @@ from workflows.contracts.commerce import OrderSyncInput
 from workflows.contracts.ids import order_sync_workflow_id
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_first_sync_brings_every_order_and_customer_once_with_its_amounts(

@@ -3,7 +3,6 @@ the bucket cannot cover the query, and survives forced throttling (200 + THROTTL
 Retry-After) without the sync failing or writing anything twice."""
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from tests.commerce_support import TOKEN, commerce_settings, connect_shop, order
 from tests.workers import running_workers
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_a_small_bucket_is_waited_for_and_never_overdrawn(

@@ -6,12 +6,11 @@ disables the connector, and the signing secret appears in no log and no history.
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,9 +56,8 @@ from tests.commerce_support import (
     sync,
 )
 from tests.conftest import DATA_CONVERTER
+from tests.process_support import ROOT, clean_environment, free_port
 from tests.temporal_cli import CodecEndpoint, temporal
-from tests.test_lifecycle_worker_crash import ROOT
-from tests.test_metrics import free_port
 from tests.workers import running_workers
 from workers.registry import Dependencies, credential_store
 from workers.schedules import apply_connector_schedule
@@ -68,20 +66,14 @@ from workflows.commerce import OrderSyncWorkflow
 from workflows.contracts.commerce import BulkOperationFinished, OrderSyncInput, SyncRequested
 from workflows.contracts.ids import order_sync_schedule_id, order_sync_workflow_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=12, customers=4),
+]
 
 WEBHOOK_SECRET = "whsec_5f2b9c0e7d41a8b3c6e9f0a1b2c3d4e5"
 ENDPOINT = "http://webhooks.test"
 T = TypeVar("T")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=12, customers=4)
-    yield stand_in
-    stand_in.stop()
 
 
 @pytest.fixture
@@ -447,13 +439,8 @@ async def webhooks_process(
 ) -> AsyncIterator[tuple[str, Path]]:
     """`changeflow-webhooks` as an operator runs it, configured by environment variables."""
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
     assert settings.credential_keys is not None
-    env.update(
+    env = clean_environment(
         DATABASE_URL=database_url,
         TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
         CHANGEFLOW_TASK_QUEUE=settings.task_queue,
@@ -526,9 +513,11 @@ async def test_the_webhooks_process_syncs_on_a_delivery_and_never_shows_the_secr
         assert secret not in events
 
 
+@pytest.mark.system
 async def test_the_webhooks_process_refuses_to_start_without_a_key_ring() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    env.update(DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", TEMPORAL_ADDRESS="x:1")
+    env = clean_environment(
+        DATABASE_URL="postgresql://nobody@127.0.0.1:1/none", TEMPORAL_ADDRESS="x:1"
+    )
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "changeflow-webhooks"),
         cwd=ROOT,

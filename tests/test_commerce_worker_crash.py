@@ -2,11 +2,9 @@
 committed window, and the tenant ends with every order once, none lost, none duplicated."""
 
 import asyncio
-import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from models.commerce import ModuleExecutionStatus, SyncStream
 from models.db import SessionFactory
 from scripts.shopify_stand_in import ShopifyStandIn
 from tests.commerce_support import (
-    TOKEN,
     commerce_settings,
     connect_shop,
     executions_of,
@@ -27,19 +24,11 @@ from tests.commerce_support import (
     orders_of,
     sync,
 )
-from tests.test_lifecycle_worker_crash import WorkerProcess
+from tests.process_support import WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OVERLAP_SECONDS = 300
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
 
 
 async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_checkpoint(
@@ -55,15 +44,11 @@ async def test_a_sync_survives_its_worker_being_killed_and_resumes_from_the_chec
     keys = key_spec("k1")
     settings = commerce_settings(task_queue, tmp_path, credential_keys=keys)
     connected = await connect_shop(sessions, settings, client, shop)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        CHANGEFLOW_TASK_QUEUE=task_queue,
-        CHANGEFLOW_DEPLOY_TASK_QUEUE=f"{task_queue}-deploy",
-        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
-        CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspace"),
-        CHANGEFLOW_LOG_FORMAT="json",
+    env = worker_environment(
+        database_url=database_url,
+        client=temporal_env.client,
+        task_queue=task_queue,
+        state_dir=tmp_path,
         CHANGEFLOW_CREDENTIAL_KEYS=keys,
         CHANGEFLOW_SYNC_WINDOW_HOURS="24",
         CHANGEFLOW_SYNC_OVERLAP_SECONDS=str(OVERLAP_SECONDS),

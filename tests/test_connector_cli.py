@@ -5,7 +5,6 @@ its credentials rotated; secrets only ever in the environment."""
 import asyncio
 import csv
 import io
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,16 +19,10 @@ from tests.commerce_support import TOKEN, commerce_settings
 from tests.workers import running_workers
 from workflows.contracts.ids import order_sync_schedule_id
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-@pytest.fixture
-def shop() -> Iterator[ShopifyStandIn]:
-    stand_in = ShopifyStandIn(token=TOKEN)
-    stand_in.start()
-    stand_in.seed(orders=30, customers=6)
-    yield stand_in
-    stand_in.stop()
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.shop_seed(orders=30, customers=6),
+]
 
 
 async def test_a_shop_connected_synced_reported_and_disabled_from_the_command_line(

@@ -131,6 +131,7 @@ def test_bench_sizes_come_from_options_then_environment_then_quick_or_defaults(
         parse_sizes([])
 
 
+@pytest.mark.system
 async def test_a_quick_bench_run_prints_every_figure_as_its_last_line(
     namespace_client: Client, database_url: str, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from infra.settings import ConfigurationError, Settings
 from models import Tenant
 from models.db import create_engine, session_factory
 from models.migrate import upgrade
+from tests.process_support import free_port
 from workers.devstack import (
     check_database,
     port_open,
@@ -42,14 +43,6 @@ server, url = start_postgres(Path(sys.argv[1]))
 print(json.dumps({"pid": server.get_pid(), "url": url}))
 server.cleanup()
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_pgserver_starts_migrates_stores_rows_and_is_reused_by_a_second_start(tmp_path):

@@ -132,6 +132,7 @@ async def run_command(database_url: str) -> tuple[int, str]:
     return process.returncode or 0, out.decode()
 
 
+@pytest.mark.system
 async def test_the_reconcile_command_exits_non_zero_on_drift_and_names_the_account(
     sessions: SessionFactory, database_url: str
 ) -> None:

@@ -2,17 +2,11 @@
 lifecycle up and it completes, charging the tenant exactly once."""
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.testing import WorkflowEnvironment
 
 from client.lifecycle import LifecycleClient
 from models import PromptStatus, TokenTransactionKind
@@ -29,69 +23,11 @@ from tests.lifecycle_support import (
     settlements,
     submit,
 )
+from tests.process_support import WorkerProcess
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.search_attributes import PROMPT_STATUS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class WorkerProcess:
-    """`python -m workers` as an operator runs it, configured by environment variables."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "workers"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
-@pytest.fixture
-def worker_env(
-    database_url: str, temporal_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
-) -> Iterator[dict[str, str]]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        CHANGEFLOW_TASK_QUEUE=task_queue,
-        CHANGEFLOW_DEPLOY_TASK_QUEUE=f"{task_queue}-deploy",
-        CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspace"),
-        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
-        CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="1",
-        CHANGEFLOW_LOG_FORMAT="json",
-        # About crashes, not signatures: decisions by user id, as in the other tests
-        # (tests/conftest.py; tests/test_decision_tokens.py covers the tokens).
-        CHANGEFLOW_DECISION_TOKENS="off",
-    )
-    yield env
 
 
 async def test_a_lifecycle_survives_its_worker_being_killed_and_settles_once(

@@ -1,7 +1,6 @@
 """With CHANGEFLOW_METRICS_PORT set, the Temporal runtime serves Prometheus metrics there."""
 
 import asyncio
-import socket
 import urllib.request
 import uuid
 
@@ -10,6 +9,7 @@ from temporalio.worker import Worker
 
 from client.connection import connect
 from infra.settings import Settings
+from tests.process_support import free_port
 
 
 @workflow.defn(name="TestMetricsWorkflow", sandboxed=False)
@@ -17,12 +17,6 @@ class Hello:
     @workflow.run
     async def run(self, name: str) -> str:
         return f"hello {name}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> str:

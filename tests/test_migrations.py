@@ -4,13 +4,13 @@ Runs on a scratch database of its own on the session's server, since it drops ev
 """
 
 import asyncio
-import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 import pytest_asyncio
 from sqlmodel import SQLModel
 
@@ -18,6 +18,7 @@ import models
 from models.db import asyncpg_dsn
 from models.migrate import downgrade, schema_drift, upgrade
 from scripts.databases import create_database, drop_database
+from tests.process_support import clean_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,8 +75,9 @@ async def test_upgrading_an_up_to_date_database_changes_nothing(empty_database):
     assert await schema_drift(empty_database) == []
 
 
+@pytest.mark.system
 async def test_make_migrate_upgrades_the_configured_database(empty_database):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
+    env = clean_environment()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

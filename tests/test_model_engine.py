@@ -19,7 +19,6 @@ from models import ModelCallOutcome, PromptStatus
 from models.db import SessionFactory
 from scripts.model_stand_in import NO_EDIT, RunningStandIn, StandIn, edit_block
 from scripts.model_stand_in import Reply as R
-from tests.conftest import free_port
 from tests.lifecycle_support import (
     FUNDS,
     Shop,
@@ -46,6 +45,7 @@ from tests.model_engine_support import (
     reported_usage,
     use_model_engine,
 )
+from tests.process_support import free_port
 from tests.workers import running_workers
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import REPLANNED_ON_NEW_BASE, PromptRequestResult

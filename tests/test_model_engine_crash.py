@@ -23,11 +23,10 @@ from tests.lifecycle_support import (
     submit,
 )
 from tests.model_engine_support import API_KEY, THEME_DARK, model_calls
-from tests.test_lifecycle_worker_crash import WorkerProcess, pending_work, worker_env
+from tests.process_support import WorkerProcess
+from tests.test_lifecycle_worker_crash import pending_work
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-__all__ = ["worker_env"]  # the fixture, shared with the lifecycle's crash test
 
 PROMPT = "Please make the storefront use the dark theme."
 

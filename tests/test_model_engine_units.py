@@ -1,7 +1,6 @@
 """The model engine's parts on their own: the edit format on a real repository's commit, and
 the client's typed failures against the local stand-in."""
 
-import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,16 +17,10 @@ from activities.model_client import ModelClient, ModelRefused, StreamBroken, bri
 from infra.settings import Settings
 from scripts.model_stand_in import SERVERS, Reply, RunningStandIn, StandIn, edit_block
 from scripts.sample_repo import create_sample_repo
+from tests.process_support import free_port
 from workflows.contracts.errors import MODEL_UNAVAILABLE, ErrorType
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
-
-
-def free_port() -> int:
-    """A port where nothing listens (bound, read, released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 KEY = "sk-unit-key"

@@ -4,7 +4,6 @@ dashboard in ops/ held to the metrics the code exports."""
 import asyncio
 import json
 import re
-import socket
 import threading
 import urllib.request
 import uuid
@@ -20,21 +19,21 @@ from temporalio.client import Client
 
 from client.connection import connect, runtime_for
 from client.lifecycle import LifecycleClient
+from infra.metric_names import (
+    HISTOGRAMS,
+    LEDGER_ACCOUNTS_DRIFTING,
+    LIFECYCLE_OLDEST_AGE,
+    LIFECYCLES_OPEN,
+    PRODUCT_METRICS,
+)
 from infra.settings import Settings
 from infra.tracing import tracing_configured
 from models import ApprovalPolicy, RiskLevel
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAFE_PROMPT
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
-from workers.metrics import (
-    HISTOGRAMS,
-    LEDGER_ACCOUNTS_DRIFTING,
-    LIFECYCLE_OLDEST_AGE,
-    LIFECYCLES_OPEN,
-    PRODUCT_METRICS,
-    sample_ledger_drift,
-    sample_open_lifecycles,
-)
+from tests.process_support import free_port
+from workers.metrics import sample_ledger_drift, sample_open_lifecycles
 from workers.registry import Dependencies
 from workers.worker import build_workers, run_until_stopped
 from workflows.contracts.lifecycle import PromptRequestResult
@@ -51,12 +50,6 @@ SDK_NOT_IN_A_SHORT_RUN = {
 }
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(port: int) -> list[tuple[str, dict[str, str], float]]:

@@ -23,8 +23,9 @@ from tests.commerce_support import (
     connector_service,
     sync,
 )
-from tests.conftest import DATA_CONVERTER, free_port
+from tests.conftest import DATA_CONVERTER
 from tests.lifecycle_support import human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import free_port
 from tests.webhook_receiver import webhook_receiver
 from tests.workers import running_workers
 from workers.devstack import register_search_attributes, start_temporal, stop_process

@@ -10,6 +10,7 @@ import pytest
 
 from client.connection import tls_config
 from infra.settings import ConfigurationError, LogFormat, LogLevel, load_settings
+from tests.process_support import clean_environment as shell_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,11 +115,9 @@ def test_an_unreadable_tls_certificate_is_a_configuration_error(monkeypatch, tmp
 
 
 def run_worker_entry_point(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    clean.pop("DATABASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "workers"],
-        env={**clean, **env},
+        env=shell_environment(**env),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -158,6 +157,7 @@ def test_the_worker_stops_on_bad_configuration_with_one_line_and_exit_code_2(env
     assert "s3cret" not in result.stderr + result.stdout
 
 
+@pytest.mark.system
 def test_the_worker_stops_with_one_line_when_temporal_is_unreachable(database_url):
     result = run_worker_entry_point(
         {"DATABASE_URL": database_url, "TEMPORAL_ADDRESS": "127.0.0.1:1"}

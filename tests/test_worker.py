@@ -7,18 +7,14 @@ start (the ledger sweep schedule) cannot disturb other tests.
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ from models import DeploymentEnvironment, DeploymentPlan, DeploymentStatus, Prom
 from models.db import SessionFactory
 from scripts.sample_repo import SAMPLE_CHECK_COMMAND, create_sample_repo
 from tests.factories import make_project, make_tenant
+from tests.process_support import ROOT, WorkerProcess, worker_environment
 from tests.workers import running_workers
 from workers.registry import Dependencies
 from workers.worker import build_workers, reconcile_schedules_once, run_until_stopped
@@ -43,30 +40,8 @@ from workflows.contracts.deployment import DeploymentInput
 from workflows.contracts.ids import deployment_workflow_id
 from workflows.deployment import DeploymentWorkflow
 
-ROOT = Path(__file__).resolve().parent.parent
 # Long enough to send SIGTERM while it runs, short enough for a test.
 SLOW_CHECK_SECONDS = 4
-
-
-@dataclass
-class WorkerProcess:
-    process: subprocess.Popen[str]
-    task_queue: str
-    deploy_task_queue: str
-    lines: list[str] = field(default_factory=list)
-
-    def events(self) -> list[str]:
-        found = []
-        for line in self.lines:
-            try:
-                found.append(json.loads(line)["event"])
-            except (ValueError, KeyError):
-                continue
-        return found
-
-    def terminate_and_wait(self, timeout: float) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
 
 
 @pytest.fixture
@@ -76,41 +51,23 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(**extra_env: str) -> WorkerProcess:
-        task_queue, deploy_task_queue = f"lifecycle-{uuid.uuid4()}", f"deploy-{uuid.uuid4()}"
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))
-        }
-        env.update(
-            DATABASE_URL=database_url,
-            TEMPORAL_ADDRESS=namespace_client.service_client.config.target_host,
-            TEMPORAL_NAMESPACE=namespace_client.namespace,
-            CHANGEFLOW_TASK_QUEUE=task_queue,
-            CHANGEFLOW_DEPLOY_TASK_QUEUE=deploy_task_queue,
-            CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspaces"),
+        env = worker_environment(
+            database_url=database_url,
+            client=namespace_client,
+            task_queue=f"lifecycle-{uuid.uuid4()}",
+            deploy_task_queue=f"deploy-{uuid.uuid4()}",
+            state_dir=tmp_path,
             CHANGEFLOW_GRACEFUL_SHUTDOWN_SECONDS="30",
-            CHANGEFLOW_LOG_FORMAT="json",
+            **extra_env,
         )
-        env.update(extra_env)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "workers"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        worker = WorkerProcess(process, task_queue, deploy_task_queue)
-        assert process.stderr is not None
-        stderr = process.stderr
-        threading.Thread(target=lambda: worker.lines.extend(stderr), daemon=True).start()
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started) + 1}.log").start()
         started.append(worker)
         return worker
 
     yield start
     for worker in started:
-        if worker.process.poll() is None:
-            worker.process.kill()
-            worker.process.wait()
+        if worker.running():
+            worker.kill()
 
 
 async def pollers(client: Client, task_queue: str, kind: TaskQueueType.ValueType) -> int:
@@ -355,16 +312,12 @@ async def test_the_webhooks_process_and_two_workers_start_on_one_host_with_one_e
     on the next free port of the span, the webhooks process on its own port."""
     metrics = consecutive_free_ports(2)
     webhooks_port, webhooks_metrics = consecutive_free_ports(1), consecutive_free_ports(1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHANGEFLOW_", "TEMPORAL_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        TEMPORAL_ADDRESS=namespace_client.service_client.config.target_host,
-        TEMPORAL_NAMESPACE=namespace_client.namespace,
-        CHANGEFLOW_TASK_QUEUE=f"lifecycle-{uuid.uuid4()}",
-        CHANGEFLOW_DEPLOY_TASK_QUEUE=f"deploy-{uuid.uuid4()}",
-        CHANGEFLOW_WORKSPACE_DIR=str(tmp_path / "workspaces"),
-        CHANGEFLOW_DATA_DIR=str(tmp_path / "data"),
-        CHANGEFLOW_LOG_FORMAT="json",
+    env = worker_environment(
+        database_url=database_url,
+        client=namespace_client,
+        task_queue=f"lifecycle-{uuid.uuid4()}",
+        deploy_task_queue=f"deploy-{uuid.uuid4()}",
+        state_dir=tmp_path,
         CHANGEFLOW_CREDENTIAL_KEYS=f"k1:{KeyRing.new_key()}",
         CHANGEFLOW_METRICS_PORT=str(metrics),
         CHANGEFLOW_METRICS_PORT_SPAN="2",

@@ -8,7 +8,6 @@ it can answer 503 to its first K requests, so tests see retries as a real receiv
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from activities.webhook_signature import (
     SignatureError,
     verify_signature,
 )
+from tests.process_support import free_port
 
 
 @dataclass
@@ -47,12 +47,6 @@ class Received:
         return self.headers[SIGNATURE_HEADER.lower()]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class WebhookReceiver:
     secret: str
@@ -60,7 +54,7 @@ class WebhookReceiver:
     fail_first: int = 0
     # Every request gets this status instead of 200 (e.g. 410: gone for good).
     status: int = 200
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
