@@ -39,6 +39,7 @@ from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
 from tests.github_stand_in.server import GitHubStandIn, github_stand_in
 from tests.lifecycle_support import git, human_policy, make_shop, plan_awaiting_approval, submit
+from tests.process_support import WorkerProcess
 from tests.remote_support import (
     connect_git,
     file_remote_shop,
@@ -50,7 +51,6 @@ from tests.remote_support import (
     remote_settings,
     tree,
 )
-from tests.test_lifecycle_worker_crash import WorkerProcess, worker_env
 from tests.workers import running_workers, test_settings
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
@@ -59,7 +59,6 @@ from workflows.contracts.lifecycle import PromptRequestResult
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OUTCOME_WITHIN_S = 90
-__all__ = ["worker_env"]  # the worker processes' environment, a fixture shared with the crash test
 
 PROMPTS = [
     "set theme to dark",
