@@ -26,7 +26,6 @@ from activities.github_client import (
     check_connector,
     process_clients,
 )
-from activities.remote_repository import RemoteUnavailable, RepositoryUrlInvalid, remote_branches
 from activities.shopify import (
     Bucket,
     ShopifyClient,
@@ -266,6 +265,14 @@ class ConnectorService:
     async def _list_branches(self, connector: Connector) -> Connector:
         """A git connector's test: the project's remote lists its branches with the
         credentials (a refusal says why; the secrets are never in it)."""
+        # Here, not at the top: git (pygit2) loads only for a git connector, not for every
+        # `changeflow connector` command.
+        from activities.remote_repository import (
+            RemoteUnavailable,
+            RepositoryUrlInvalid,
+            remote_branches,
+        )
+
         async with self._sessions() as session:
             project = await session.get(Project, connector.project_id)
         if project is None:
