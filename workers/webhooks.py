@@ -15,6 +15,9 @@ sync Schedule. The rules live in activities/shopify_webhooks.py; this module wir
 import argparse
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TypeVar
 
 import structlog
 import uvicorn
@@ -43,6 +46,8 @@ from workflows.contracts.github import GITHUB_EVENT_SIGNAL, GitHubEvent
 from workflows.contracts.ids import order_sync_workflow_id, prompt_request_workflow_id
 
 log = structlog.get_logger(__name__)
+
+D = TypeVar("D")  # a source's delivery: what its endpoint reads off one request
 
 SHOPIFY_ROUTE = "/webhooks/shopify/{connector_id}"
 GITHUB_ROUTE = "/webhooks/github/{connector_id}"
@@ -114,64 +119,63 @@ def github_webhooks(deps: Dependencies) -> GitHubWebhooks:
 def webhook_app(
     webhooks: ShopifyWebhooks, *, max_body_bytes: int, github: GitHubWebhooks | None = None
 ) -> Starlette:
-    async def shopify(request: Request) -> Response:
+    async def received(
+        request: Request,
+        delivery_of: Callable[[bytes], D],
+        receive: Callable[[D], Awaitable[StrEnum]],
+        about: Callable[[D], dict[str, str]],
+    ) -> Response:
+        """What every source's endpoint does around its own delivery: a bounded body, the
+        receiver's outcome, and a refusal answered with its status and logged."""
         try:
             body = await _body(request, max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=400)
         if body is None:
             return JSONResponse({"error": "the body is too large"}, status_code=413)
-        headers = request.headers
-        delivery = ShopifyDelivery(
-            connector_id=request.path_params["connector_id"],
-            topic=headers.get("x-shopify-topic", ""),
-            webhook_id=headers.get("x-shopify-webhook-id", ""),
-            signature=headers.get("x-shopify-hmac-sha256", ""),
-            shop_domain=headers.get("x-shopify-shop-domain", ""),
-            body=body,
-        )
+        delivery = delivery_of(body)
         try:
-            outcome = await webhooks.receive(delivery)
+            outcome = await receive(delivery)
         except DeliveryRefused as err:
-            log.warning(
-                "webhook_refused",
-                status=err.status,
-                reason=str(err),
-                connector_id=delivery.connector_id,
-                topic=delivery.topic,
-            )
+            log.warning("webhook_refused", status=err.status, reason=str(err), **about(delivery))
             return JSONResponse({"error": str(err)}, status_code=err.status)
         return JSONResponse({"outcome": outcome.value})
+
+    async def shopify(request: Request) -> Response:
+        headers = request.headers
+        return await received(
+            request,
+            lambda body: ShopifyDelivery(
+                connector_id=request.path_params["connector_id"],
+                topic=headers.get("x-shopify-topic", ""),
+                webhook_id=headers.get("x-shopify-webhook-id", ""),
+                signature=headers.get("x-shopify-hmac-sha256", ""),
+                shop_domain=headers.get("x-shopify-shop-domain", ""),
+                body=body,
+            ),
+            webhooks.receive,
+            lambda delivery: {"connector_id": delivery.connector_id, "topic": delivery.topic},
+        )
 
     async def github_hook(request: Request) -> Response:
         if github is None:
             return JSONResponse({"error": "no such webhook endpoint"}, status_code=404)
-        try:
-            body = await _body(request, max_body_bytes)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        if body is None:
-            return JSONResponse({"error": "the body is too large"}, status_code=413)
         headers = request.headers
-        delivery = GitHubDelivery(
-            connector_id=request.path_params["connector_id"],
-            event=headers.get("x-github-event", ""),
-            delivery_id=headers.get("x-github-delivery", ""),
-            signature=headers.get("x-hub-signature-256", ""),
-            body=body,
+        return await received(
+            request,
+            lambda body: GitHubDelivery(
+                connector_id=request.path_params["connector_id"],
+                event=headers.get("x-github-event", ""),
+                delivery_id=headers.get("x-github-delivery", ""),
+                signature=headers.get("x-hub-signature-256", ""),
+                body=body,
+            ),
+            github.receive,
+            lambda delivery: {
+                "connector_id": delivery.connector_id,
+                "github_event": delivery.event,
+            },
         )
-        try:
-            outcome = await github.receive(delivery)
-        except DeliveryRefused as err:
-            log.warning(
-                "webhook_refused",
-                status=err.status,
-                reason=str(err),
-                connector_id=delivery.connector_id,
-                github_event=delivery.event,
-            )
-            return JSONResponse({"error": str(err)}, status_code=err.status)
-        return JSONResponse({"outcome": outcome.value})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
