@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from activities.credentials import CredentialError, CredentialStore
-from activities.shopify_webhooks import DeliveryRefused, record_delivery
+from activities.shopify_webhooks import DeliveryRefused, record_delivery, webhook_connector
 from models.base import utcnow
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind
@@ -132,7 +132,9 @@ class GitHubWebhooks:
         self._hand_off = hand_off
 
     async def receive(self, delivery: GitHubDelivery) -> Outcome:
-        connector = await self._connector(delivery.connector_id)
+        connector = await webhook_connector(
+            self._sessions, delivery.connector_id, ConnectorKind.GITHUB
+        )
         secret = await self._signing_secret(connector)
         if secret is None or not signature_matches(secret, delivery.body, delivery.signature):
             raise DeliveryRefused(401, "the webhook signature does not verify")
@@ -171,17 +173,6 @@ class GitHubWebhooks:
             request_id=str(event.request_id) if event.request_id else None,
         )
         return outcome
-
-    async def _connector(self, raw_id: str) -> Connector:
-        try:
-            connector_id = uuid.UUID(raw_id)
-        except ValueError:
-            raise DeliveryRefused(404, "no such webhook endpoint") from None
-        async with self._sessions() as session:
-            connector = await session.get(Connector, connector_id)
-        if connector is None or connector.kind is not ConnectorKind.GITHUB:
-            raise DeliveryRefused(404, "no such webhook endpoint")
-        return connector
 
     async def _signing_secret(self, connector: Connector) -> str | None:
         try:

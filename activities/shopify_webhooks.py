@@ -169,7 +169,9 @@ class ShopifyWebhooks:
         self._bulk_finished = bulk_finished
 
     async def receive(self, delivery: ShopifyDelivery) -> Outcome:
-        connector = await self._connector(delivery.connector_id)
+        connector = await webhook_connector(
+            self._sessions, delivery.connector_id, ConnectorKind.SHOPIFY
+        )
         secret = await self._signing_secret(connector)
         if secret is None or not signature_matches(secret, delivery.body, delivery.signature):
             raise DeliveryRefused(401, "the webhook signature does not verify")
@@ -195,17 +197,6 @@ class ShopifyWebhooks:
             outcome = await self._sync_requested(connector, delivery)
         bound.info("webhook_received", outcome=outcome.value)
         return outcome
-
-    async def _connector(self, raw_id: str) -> Connector:
-        try:
-            connector_id = uuid.UUID(raw_id)
-        except ValueError:
-            raise DeliveryRefused(404, "no such webhook endpoint") from None
-        async with self._sessions() as session:
-            connector = await session.get(Connector, connector_id)
-        if connector is None or connector.kind is not ConnectorKind.SHOPIFY:
-            raise DeliveryRefused(404, "no such webhook endpoint")
-        return connector
 
     async def _signing_secret(self, connector: Connector) -> str | None:
         try:
@@ -287,6 +278,22 @@ async def _record(
     session: AsyncSession, connector_id: uuid.UUID, delivery: ShopifyDelivery
 ) -> bool:
     return await record_delivery(session, connector_id, delivery.webhook_id, delivery.topic)
+
+
+async def webhook_connector(
+    sessions: SessionFactory, raw_id: str, kind: ConnectorKind
+) -> Connector:
+    """The connector a delivery's URL names, of the source that sent it; any other id is the same
+    404, so a caller learns nothing of which connectors exist."""
+    try:
+        connector_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise DeliveryRefused(404, "no such webhook endpoint") from None
+    async with sessions() as session:
+        connector = await session.get(Connector, connector_id)
+    if connector is None or connector.kind is not kind:
+        raise DeliveryRefused(404, "no such webhook endpoint")
+    return connector
 
 
 async def record_delivery(
