@@ -3,9 +3,9 @@ the connector in error with a readable reason, a sync with bad credentials write
 is recorded as failed, rotation mends it; secrets are ciphertext at rest, bound to their row,
 re-encrypted by key rotation, and absent from histories and logs."""
 
-import asyncio
 import logging
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -275,13 +275,13 @@ async def test_a_sync_history_and_the_worker_logs_hold_no_token(
     caplog.set_level(logging.DEBUG)
     connected = await connect_shop(sessions, settings, client, shop)
     async with running_workers(client, sessions, settings):
-        await sync(client, connected.connector.id, task_queue)
+        first = await sync(client, connected.connector.id, task_queue)
         shop.tokens = {"shpat_other"}
-        # A sync started at once may find no window left to read and never ask the shop (seen
-        # once in a full run: the second sync completed); a moment later it must ask.
-        await asyncio.sleep(2)
+        # Read up to a second after the first sync's end, so there is a window to ask the shop
+        # about (a sync in the same whole second has none: see the test below).
+        later = max(first.cursors.values()) + timedelta(seconds=1)
         with pytest.raises(WorkflowFailureError):
-            await sync(client, connected.connector.id, task_queue)
+            await sync(client, connected.connector.id, task_queue, until=later)
     handle = client.get_workflow_handle(order_sync_workflow_id(connected.connector.id))
     history = await handle.fetch_history()
     # Payloads as stored (JSON inside the protobuf bytes), not base64 as in a JSON export.
@@ -293,6 +293,32 @@ async def test_a_sync_history_and_the_worker_logs_hold_no_token(
     assert settings.credential_keys is not None
     for entry in settings.credential_keys.get_secret_value().split(","):
         assert entry.split(":", 1)[1] not in text_of_history + caplog.text
+
+
+async def test_a_sync_with_no_second_left_to_read_does_not_ask_the_shop(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    """Shopify's timestamps are whole seconds: a sync whose end falls in the second its
+    connector's cursor already reached has no window to read, so it completes without a call,
+    even when the shop would refuse one; a second later it reads, and is refused."""
+    settings = commerce_settings(task_queue, tmp_path)
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        first = await sync(client, connected.connector.id, task_queue)
+        shop.tokens = {"shpat_revoked"}
+        calls = shop.calls
+        reached = max(first.cursors.values())
+        idle = await sync(
+            client, connected.connector.id, task_queue, until=reached + timedelta(milliseconds=900)
+        )
+        assert shop.calls == calls
+        assert all(c.fetched == 0 for c in idle.counts.values())
+        assert idle.cursors == {} or max(idle.cursors.values()) == reached
+        with pytest.raises(WorkflowFailureError) as refused:
+            await sync(
+                client, connected.connector.id, task_queue, until=reached + timedelta(seconds=1)
+            )
+        assert error_type(refused.value) == ErrorType.INVALID_CREDENTIALS
 
 
 async def test_a_connector_of_one_tenant_never_writes_another_tenants_rows(
