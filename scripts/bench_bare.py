@@ -78,3 +78,22 @@ class BareWorkflow:
                 id=f"{workflow.info().workflow_id}-child-{c}",
             )
         return done
+
+
+@workflow.defn(name="BenchBareParkedWorkflow")
+class BareParkedWorkflow:
+    """The approve burst's baseline: a workflow parked until an update approves it, whose
+    handler does nothing but say so. What Temporal and the SDK cost per approval here."""
+
+    def __init__(self) -> None:
+        self._approved = False
+
+    @workflow.run
+    async def run(self, run_id: str) -> bool:
+        await workflow.wait_condition(lambda: self._approved)
+        return True
+
+    @workflow.update
+    async def approve(self, approver: str) -> bool:
+        self._approved = True
+        return True

@@ -58,6 +58,7 @@ Options (or environment variables): --n N (BENCH_N, 20), --human M (BENCH_HUMAN,
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -72,7 +73,8 @@ from typing import Any
 
 from sqlmodel import col, func, select
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError
 
 from client.connection import connect
 from client.lifecycle import LifecycleClient
@@ -89,8 +91,11 @@ from models import (
     PromptStatus,
 )
 from models.db import SessionFactory, create_engine, session_factory
-from scripts.bench_bare import BareShape, BareWorkflow
+from scripts.bench_bare import BareParkedWorkflow, BareShape, BareWorkflow
 from scripts.bench_drain import (
+    APPROVE_RETRY_DELAY_S,
+    SUBMIT_CONCURRENCY,
+    bounded,
     drain,
     end_what_still_runs,
     log_offset,
@@ -725,6 +730,11 @@ async def measure_parked_and_drain(run: Run, server_log: Path | None) -> dict[st
         f"{megabytes(rss_before)} -> {megabytes(rss_parked)} MB"
     )
 
+    bare = await bare_approve_burst(run, sizes.drain)
+    say(
+        f"{sizes.drain} bare workflows approved at once (baseline): approve p50 "
+        f"{bare['bare_approve_p50_s']}s, p95 {bare['bare_approve_p95_s']}s"
+    )
     hashes = await plan_hashes(run.sessions, request_ids)
     drained = request_ids[: sizes.drain]
     await reject_all(lifecycle, shop, {r: hashes[r] for r in request_ids[sizes.drain :]})
@@ -754,7 +764,12 @@ async def measure_parked_and_drain(run: Run, server_log: Path | None) -> dict[st
         f"{histories.workflows} workflows ({histories.lane_runs} lane runs); "
         f"{limit_errors} limit refusals; worker after close {megabytes(rss_after)} MB"
     )
+    approve_p50 = statistics.median(figures.approve_s) if figures.approve_s else None
     return {
+        **bare,
+        "approve_vs_bare_p50_ratio": ratio(approve_p50, bare["bare_approve_p50_s"])
+        if approve_p50
+        else None,
         "parked": sizes.parked,
         "parked_projects": sizes.projects,
         "park_s": round(park_s, 1),
@@ -794,6 +809,57 @@ async def measure_parked_and_drain(run: Run, server_log: Path | None) -> dict[st
         "approve_other_errors": figures.approve_other_errors,
         "activity_limit_retries": histories.activity_limit_retries,
         "server_limit_errors": limit_errors,
+    }
+
+
+async def parked_on_update(handle: Any) -> bool:
+    """Its first workflow task completed (started, scheduled, started, completed: 4 events)."""
+    description = await handle.describe()
+    return description.raw_description.workflow_execution_info.history_length >= 4
+
+
+async def bare_approve_burst(run: Run, count: int) -> dict[str, float]:
+    """The approve burst's floor on this machine: `count` bare workflows parked on an update
+    whose handler does nothing, served by the baselines' worker with the lifecycle worker's
+    limits, all approved at once as the drain approves its lifecycles."""
+    client = run.client
+    ids = [f"bench-bare-parked-{uuid.uuid4().hex[:12]}" for _ in range(count)]
+    handles = await bounded(
+        SUBMIT_CONCURRENCY,
+        [
+            functools.partial(
+                client.start_workflow,
+                BareParkedWorkflow.run,
+                i,
+                id=i,
+                task_queue=run.queues.bare,
+            )
+            for i in ids
+        ],
+    )
+    # Parked: each has run its first workflow task (3 events) and waits for its update.
+    for handle in handles:
+        while True:
+            if await parked_on_update(handle):
+                break
+            await asyncio.sleep(0.05)
+
+    async def approve(handle: Any) -> float:
+        sent = time.monotonic()
+        while True:
+            try:
+                # One update id per workflow: a retried update is the same update.
+                await handle.execute_update(BareParkedWorkflow.approve, "bench", id="approve")
+                return time.monotonic() - sent
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+                # The server gave up waiting for the worker, as the drain's approvals may.
+                await asyncio.sleep(APPROVE_RETRY_DELAY_S)
+
+    seconds = await asyncio.gather(*(approve(h) for h in handles))
+    await asyncio.gather(*(h.result() for h in handles))
+    return {
+        "bare_approve_p50_s": round(statistics.median(seconds), 3),
+        "bare_approve_p95_s": round(percentile(seconds, 95), 3),
     }
 
 

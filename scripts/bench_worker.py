@@ -11,12 +11,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from client.connection import connect
 from infra.entry_points import run_entry_point
 from infra.settings import Settings
-from scripts.bench_bare import BareChildWorkflow, BareWorkflow, bare_step
+from scripts.bench_bare import BareChildWorkflow, BareParkedWorkflow, BareWorkflow, bare_step
 from scripts.bench_minimal import (
     MINIMAL_ACTIVITY_FUNCTIONS,
     MinimalDeploymentWorkflow,
@@ -42,10 +42,13 @@ async def serve(settings: Settings) -> int:
             activities=activities,
             max_concurrent_activities=settings.max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+            max_cached_workflows=settings.max_cached_workflows,
+            workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
+            activity_task_poller_behavior=PollerBehaviorAutoscaling(),
         )
 
     workers = [
-        worker(args.bare_queue, [BareWorkflow, BareChildWorkflow], [bare_step]),
+        worker(args.bare_queue, [BareWorkflow, BareChildWorkflow, BareParkedWorkflow], [bare_step]),
         worker(
             args.minimal_queue,
             [MinimalLifecycleWorkflow, MinimalDeploymentWorkflow],
