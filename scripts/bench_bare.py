@@ -3,6 +3,7 @@
 Its own small module so the workflow sandbox imports it as cheaply as the lifecycle's modules.
 """
 
+import time
 from datetime import timedelta
 
 from pydantic import BaseModel
@@ -80,18 +81,43 @@ class BareWorkflow:
         return done
 
 
+@activity.defn(name="bench_bare_clock")
+async def bare_clock(step: BareStep) -> float:
+    return time.time()
+
+
+@workflow.defn(name="BenchBareStagingWorkflow")
+class BareStagingWorkflow:
+    """A staging deployment's start without its work: one local activity reads the clock,
+    where the real one marks its row in progress (the row's started_at)."""
+
+    @workflow.run
+    async def run(self, run_id: str) -> float:
+        return await workflow.execute_local_activity(
+            bare_clock,
+            BareStep(run_id=run_id, step=0),
+            start_to_close_timeout=timedelta(seconds=30),
+        )
+
+
 @workflow.defn(name="BenchBareParkedWorkflow")
 class BareParkedWorkflow:
-    """The approve burst's baseline: a workflow parked until an update approves it, whose
-    handler does nothing but say so. What Temporal and the SDK cost per approval here."""
+    """The approval baselines: a workflow parked until an update approves it, whose handler
+    does nothing but say so; then, as a lifecycle does, one activity (the change applied) and
+    a child (staging), whose start time it returns. What Temporal and the SDK cost here."""
 
     def __init__(self) -> None:
         self._approved = False
 
     @workflow.run
-    async def run(self, run_id: str) -> bool:
+    async def run(self, run_id: str) -> float:
         await workflow.wait_condition(lambda: self._approved)
-        return True
+        await workflow.execute_activity(
+            bare_step, BareStep(run_id=run_id, step=0), start_to_close_timeout=timedelta(seconds=30)
+        )
+        return await workflow.execute_child_workflow(
+            BareStagingWorkflow.run, run_id, id=f"{workflow.info().workflow_id}-staging"
+        )
 
     @workflow.update
     async def approve(self, approver: str) -> bool:

@@ -677,14 +677,18 @@ async def measure_approval_latency(run: Run) -> dict[str, object]:
         *(human_run(run.lifecycle, run.sessions, human, p.id) for p in projects)
     )
     p50, p95 = statistics.median(latencies), percentile(latencies, 95)
+    bare = await bare_approval_to_staging(run, run.sizes.human)
+    bare_p50 = statistics.median(bare)
     say(
         f"{run.sizes.human} human-approved: approval to staging start p50 {p50:.3f}s, "
-        f"p95 {p95:.3f}s"
+        f"p95 {p95:.3f}s; bare workflows (baseline) p50 {bare_p50:.3f}s"
     )
     return {
         "human_runs": run.sizes.human,
         "approval_to_staging_start_p50_s": round(p50, 3),
         "approval_to_staging_start_p95_s": round(p95, 3),
+        "bare_approval_to_staging_start_p50_s": round(bare_p50, 3),
+        "approval_to_staging_vs_bare_p50_ratio": ratio(p50, bare_p50),
     }
 
 
@@ -818,10 +822,8 @@ async def parked_on_update(handle: Any) -> bool:
     return description.raw_description.workflow_execution_info.history_length >= 4
 
 
-async def bare_approve_burst(run: Run, count: int) -> dict[str, float]:
-    """The approve burst's floor on this machine: `count` bare workflows parked on an update
-    whose handler does nothing, served by the baselines' worker with the lifecycle worker's
-    limits, all approved at once as the drain approves its lifecycles."""
+async def park_bare(run: Run, count: int) -> list[Any]:
+    """`count` bare workflows started on the baselines' worker, each parked on its update."""
     client = run.client
     ids = [f"bench-bare-parked-{uuid.uuid4().hex[:12]}" for _ in range(count)]
     handles = await bounded(
@@ -837,30 +839,56 @@ async def bare_approve_burst(run: Run, count: int) -> dict[str, float]:
             for i in ids
         ],
     )
-    # Parked: each has run its first workflow task (3 events) and waits for its update.
     for handle in handles:
         while True:
             if await parked_on_update(handle):
                 break
             await asyncio.sleep(0.05)
+    return handles
 
-    async def approve(handle: Any) -> float:
-        sent = time.monotonic()
-        while True:
-            try:
-                # One update id per workflow: a retried update is the same update.
-                await handle.execute_update(BareParkedWorkflow.approve, "bench", id="approve")
-                return time.monotonic() - sent
-            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
-                # The server gave up waiting for the worker, as the drain's approvals may.
-                await asyncio.sleep(APPROVE_RETRY_DELAY_S)
 
-    seconds = await asyncio.gather(*(approve(h) for h in handles))
+async def approve_bare(handle: Any) -> float:
+    """Send the update (retried as the drain's approvals are); the wall clock when sent."""
+    sent = time.time()
+    while True:
+        try:
+            # One update id per workflow: a retried update is the same update.
+            await handle.execute_update(BareParkedWorkflow.approve, "bench", id="approve")
+            return sent
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # The server gave up waiting for the worker, as it may for the drain's approvals.
+            await asyncio.sleep(APPROVE_RETRY_DELAY_S)
+
+
+async def bare_approve_burst(run: Run, count: int) -> dict[str, float]:
+    """The approve burst's floor on this machine: `count` bare workflows parked on an update
+    whose handler does nothing, served by the baselines' worker with the lifecycle worker's
+    limits, all approved at once as the drain approves its lifecycles."""
+    handles = await park_bare(run, count)
+
+    async def round_trip(handle: Any) -> float:
+        sent = await approve_bare(handle)
+        return time.time() - sent
+
+    seconds = await asyncio.gather(*(round_trip(h) for h in handles))
     await asyncio.gather(*(h.result() for h in handles))
     return {
         "bare_approve_p50_s": round(statistics.median(seconds), 3),
         "bare_approve_p95_s": round(percentile(seconds, 95), 3),
     }
+
+
+async def bare_approval_to_staging(run: Run, count: int) -> list[float]:
+    """The floor of approval to staging start: approved bare workflows run one activity, then
+    a child whose first local activity reads the clock."""
+    handles = await park_bare(run, count)
+
+    async def latency(handle: Any) -> float:
+        sent = await approve_bare(handle)
+        started: float = await handle.result()
+        return started - sent
+
+    return list(await asyncio.gather(*(latency(h) for h in handles)))
 
 
 def main() -> None:

@@ -16,7 +16,14 @@ from temporalio.worker import PollerBehaviorAutoscaling, Worker
 from client.connection import connect
 from infra.entry_points import run_entry_point
 from infra.settings import Settings
-from scripts.bench_bare import BareChildWorkflow, BareParkedWorkflow, BareWorkflow, bare_step
+from scripts.bench_bare import (
+    BareChildWorkflow,
+    BareParkedWorkflow,
+    BareStagingWorkflow,
+    BareWorkflow,
+    bare_clock,
+    bare_step,
+)
 from scripts.bench_minimal import (
     MINIMAL_ACTIVITY_FUNCTIONS,
     MinimalDeploymentWorkflow,
@@ -48,7 +55,11 @@ async def serve(settings: Settings) -> int:
         )
 
     workers = [
-        worker(args.bare_queue, [BareWorkflow, BareChildWorkflow, BareParkedWorkflow], [bare_step]),
+        worker(
+            args.bare_queue,
+            [BareWorkflow, BareChildWorkflow, BareParkedWorkflow, BareStagingWorkflow],
+            [bare_step, bare_clock],
+        ),
         worker(
             args.minimal_queue,
             [MinimalLifecycleWorkflow, MinimalDeploymentWorkflow],
