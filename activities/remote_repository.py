@@ -43,14 +43,20 @@ from sqlmodel import col, select
 
 from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
-from activities.git_store import publish_through, reference_target, resolve_commit
+from activities.git_store import (
+    RELEASE_REFS,
+    publish_through,
+    reference_target,
+    resolve_commit,
+)
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
 
 ZERO = "0" * 40
 MIRROR_MARK = "changeflow.mirror"
-# The branches a mirror holds: all of the remote's, the remote's deletions included (prune).
-MIRROR_REFSPEC = "+refs/heads/*:refs/heads/*"
+# What a mirror holds of its remote, the remote's deletions included (prune): all its branches,
+# and the refs keeping every deployment's release (a rollback's target may be on no branch).
+MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", f"+{RELEASE_REFS}/*:{RELEASE_REFS}/*")
 # A user name for a token over https when the connector names none: GitHub, GitLab and Gitea
 # all accept any user name with a token as the password.
 TOKEN_USER = "x-access-token"
@@ -353,8 +359,12 @@ def _open_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository | None:
         r = pygit2.Repository(str(path), RepositoryOpenFlag.NO_SEARCH)
         if not r.is_bare or r.config.get_bool(MIRROR_MARK) is not True:
             return None
-        if r.remotes["origin"].url != access.address.url:
+        origin = r.remotes["origin"]
+        if origin.url != access.address.url:
             return None
+        for refspec in MIRROR_REFSPECS:  # a mirror made before the release refs learns them
+            if refspec not in origin.fetch_refspecs:
+                r.remotes.add_fetch("origin", refspec)
     except (KeyError, ValueError, pygit2.GitError):
         return None
     return r
@@ -368,7 +378,9 @@ def _build_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository:
     fresh = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new")
     try:
         r = pygit2.init_repository(str(fresh), bare=True)
-        r.remotes.create("origin", access.address.url, MIRROR_REFSPEC)
+        r.remotes.create("origin", access.address.url, MIRROR_REFSPECS[0])
+        for refspec in MIRROR_REFSPECS[1:]:
+            r.remotes.add_fetch("origin", refspec)
         r.config[MIRROR_MARK] = True
         _fetch(r, access)
         if path.exists():
