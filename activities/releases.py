@@ -189,12 +189,16 @@ class ReleaseActivities:
 
     @activity.defn(name="run_check")
     async def run_check(self, step: ReleaseStep) -> VerificationOutcome:
-        """The project's check command against the release; returns the verdict without writing
-        it (record_verdict does, retried on its own: an outage after the check must not lose it
-        or run the check again)."""
+        """The project's check command against the release; returns the verdict without
+        recording it (record_verdict does, retried on its own: an outage after the check must
+        not lose it or run the check again). The verdict is kept on the Deployment row as soon
+        as the check ends: a retry on any worker, whose disk never saw the check, returns it."""
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
+            known = _kept_verdict(row, step.commit_sha)
+            if known is not None:  # an earlier attempt ran the check to its end
+                return known
             project = await project_of(session, row)
             check_command = project.check_command
             await start_job(
@@ -240,9 +244,14 @@ class ReleaseActivities:
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
             raise _target_error(exc) from None
-        return VerificationOutcome(
+        verdict = VerificationOutcome(
             ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url, duration_s=duration
         )
+        async with self._sessions() as session:
+            row = await locked(session, step.deployment_id)
+            row.check_verdict = {"commit_sha": step.commit_sha, **verdict.model_dump()}
+            await session.commit()
+        return verdict
 
     @activity.defn(name="record_verdict")
     async def record_verdict(self, record: RecordVerdict) -> VerificationOutcome:
@@ -384,6 +393,14 @@ class ReleaseActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
+
+
+def _kept_verdict(row: Deployment, commit_sha: str) -> VerificationOutcome | None:
+    """The verdict of the check an earlier attempt ran on `commit_sha`, if one ended."""
+    kept = row.check_verdict
+    if not kept or kept.get("commit_sha") != commit_sha:
+        return None
+    return VerificationOutcome.model_validate(kept)
 
 
 def _target_error(exc: DeployTargetError) -> ApplicationError:

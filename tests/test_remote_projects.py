@@ -4,6 +4,7 @@ own `git http-backend` (the GitHub stand-in used through git alone, Basic auth w
 the remote itself: its branches, what they hold, and that no token shows anywhere."""
 
 import asyncio
+import dataclasses
 import logging
 import re
 import shlex
@@ -17,9 +18,11 @@ from typing import Any
 import pytest
 from sqlmodel import select
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from activities.change_engine import RepositoryError
 from activities.deploy_target import GitDeployTarget, ReleaseConflict
+from activities.deployments import DeploymentActivities
 from activities.git_store import (
     RELEASE_REFS,
     fast_forward,
@@ -27,6 +30,7 @@ from activities.git_store import (
     release_ref,
     resolve_commit,
 )
+from activities.releases import ReleaseActivities
 from activities.remote_repository import (
     Repositories,
     RepositoryUrlInvalid,
@@ -38,7 +42,18 @@ from cli import tenancy
 from cli.tenancy import Refused
 from client.lifecycle import LifecycleClient
 from infra.settings import Settings
-from models import ChangeJob, Deployment, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
+from models import (
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    Project,
+    PromptRequest,
+    PromptStatus,
+)
 from models.db import SessionFactory
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, FAILS_IN_STAGING_PROMPT
 from tests.cli_support import ROOT, ok, refused
@@ -65,6 +80,7 @@ from tests.remote_support import (
     tree,
 )
 from tests.workers import running_workers, test_settings
+from workflows.contracts.deployment import RecordDeployment, RecordVerdict, ReleaseStep
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
@@ -530,6 +546,72 @@ async def test_two_workers_with_no_shared_folder_serve_one_project_and_one_dies_
     assert remote.token is not None
     for log in ("a.log", "b.log"):
         assert remote.token not in (tmp_path / log).read_text()
+
+
+def on_host(sessions: SessionFactory, host: Path) -> ReleaseActivities:
+    """The release activities of a worker host: its own workspace and repository cache."""
+    return ReleaseActivities(
+        sessions=sessions,
+        target=GitDeployTarget(host / "workspace"),
+        repositories=Repositories(host / "repositories", sessions),
+    )
+
+
+async def test_a_check_that_passed_is_not_run_again_by_a_retry_on_another_host(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """Host A runs the check to its end and dies before reporting it; the retry lands on host
+    B, whose disk never saw the check: it returns the verdict and the check does not run twice."""
+    remote = await file_remote_shop(sessions, tmp_path)
+    runs = tmp_path / "check-runs"
+    async with sessions() as session:
+        project = await session.get(Project, remote.shop.project.id)
+        assert project is not None
+        project.check_command = f"echo ran >> {runs} && python check.py"
+        request = PromptRequest(tenant_id=project.tenant_id, project_id=project.id, prompt="p")
+        session.add_all([project, request])
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=project.tenant_id, prompt_request_id=request.id)
+        session.add(plan)
+        await session.commit()
+    step = ReleaseStep(
+        deployment_id=uuid.uuid4(),
+        tenant_id=plan.tenant_id,
+        project_id=remote.shop.project.id,
+        plan_id=plan.id,
+        environment=DeploymentEnvironment.STAGING,
+        commit_sha=git(remote.bare, "rev-parse", "main"),
+    )
+    await ActivityEnvironment().run(
+        DeploymentActivities(sessions).record_deployment,
+        RecordDeployment(
+            **step.model_dump(include={"deployment_id", "tenant_id", "project_id", "plan_id"}),
+            environment=step.environment,
+            commit_sha=step.commit_sha,
+            workflow_id="deployment-x",
+        ),
+    )
+    host_a, host_b = on_host(sessions, tmp_path / "a"), on_host(sessions, tmp_path / "b")
+    attempt = ActivityEnvironment()
+    attempt.info = dataclasses.replace(attempt.info, workflow_id="deployment-x")
+    await attempt.run(host_a.release_deployment, step)
+    passed = await attempt.run(host_a.run_check, step)  # its answer never reaches the server
+    assert passed.ok, passed.output
+
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(attempt.info, attempt=2)
+    again = await retry.run(host_b.run_check, step)
+    recorded = await retry.run(host_b.record_verdict, RecordVerdict(step=step, verdict=again))
+
+    assert again == passed == recorded
+    assert runs.read_text().splitlines() == ["ran"]  # once, on host A
+    assert not list((tmp_path / "b" / "workspace").rglob("*-verify.log"))
+    async with sessions() as session:
+        row = await session.get(Deployment, step.deployment_id)
+        job = (await session.exec(select(ChangeJob).where(ChangeJob.deployment_id == row.id))).all()
+    assert row is not None and row.verification_output == passed.output
+    validation = [j for j in job if j.kind is ChangeJobKind.VALIDATION]
+    assert [j.status for j in validation] == [ChangeJobStatus.SUCCEEDED]
 
 
 async def test_a_remote_project_and_its_git_credentials_from_the_command_line(
