@@ -74,6 +74,11 @@ class RemoteAccessDenied(RepositoryError):
     """The remote refused the project's credentials, or wants some and the project has none."""
 
 
+class RemoteUntrusted(RepositoryError):
+    """The remote could not prove it is the server the project names: an ssh host key not in
+    the worker user's known_hosts (or another than it lists), or a TLS certificate not valid."""
+
+
 class RemoteRefused(RepositoryError):
     """The remote refused a ref update for another reason than a moved ref (a hook, a
     protected branch); its own words, redacted."""
@@ -248,9 +253,19 @@ class Callbacks(pygit2.RemoteCallbacks):
         return self._access.credentials(username_from_url, allowed_types)
 
     def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
-        # TLS as verified by libgit2; ssh host keys against the worker's known_hosts (pygit2's
-        # default would accept any ssh host key).
-        return valid
+        """TLS as libgit2 verified it; an ssh host key as libgit2 found it in the worker user's
+        `~/.ssh/known_hosts` (pygit2's default would accept any ssh host key). Refused before
+        any credential is sent."""
+        if not valid:
+            name = host.decode(errors="replace")
+            if self._access.address.transport is Transport.SSH:
+                raise RemoteUntrusted(
+                    f"the ssh host key of {name} is not the one this worker's known_hosts lists "
+                    f"for it (or none is listed): add the server's host key to ~/.ssh/known_hosts "
+                    f"of the worker's user ({redact(self._access.address.url)})"
+                )
+            raise RemoteUntrusted(f"the TLS certificate of {name} is not valid")
+        return True
 
     def push_negotiation(self, updates: list[pygit2.remotes.PushUpdate]) -> None:
         """Before anything is sent: each ref must still hold what the move expects. The server
