@@ -608,9 +608,10 @@ async def test_a_check_that_passed_is_not_run_again_by_a_retry_on_another_host(
     assert not list((tmp_path / "b" / "workspace").rglob("*-verify.log"))
     async with sessions() as session:
         row = await session.get(Deployment, step.deployment_id)
-        job = (await session.exec(select(ChangeJob).where(ChangeJob.deployment_id == row.id))).all()
+        query = select(ChangeJob).where(ChangeJob.deployment_id == step.deployment_id)
+        jobs = (await session.exec(query)).all()
     assert row is not None and row.verification_output == passed.output
-    validation = [j for j in job if j.kind is ChangeJobKind.VALIDATION]
+    validation = [j for j in jobs if j.kind is ChangeJobKind.VALIDATION]
     assert [j.status for j in validation] == [ChangeJobStatus.SUCCEEDED]
 
 
