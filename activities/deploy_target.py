@@ -10,10 +10,10 @@ Before the branch moves, a release is recorded under the workspace by deployment
 appended, as one JSON line, to the project's release log), so a retried release finds its first
 attempt and finishes it instead of releasing twice. Verification runs the project's check
 command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a timeout; its
-output goes to a log file per deployment and environment. Its verdict is written
-beside the log once known, so a retry of the same deployment's check on this worker (it died
-before the verdict was reported) returns it instead of running the check again; the release
-activities keep it on the Deployment row too, for a retry on another host.
+output goes to a log file per deployment and environment. Its verdict is written beside the log
+once known, so a retry of the same deployment's check on this worker (it died before the verdict
+was reported) returns it instead of running the check again; the release activities keep it on
+the Deployment row too, for a retry on another host.
 
 A check runs in a process group of its own, recorded in a pidfile while it runs: a cancelled or
 timed-out check is killed with its whole group, a worker that dies takes its direct child with

@@ -13,6 +13,7 @@ libgit2 objects stay in the thread that made them, and the event loop never wait
 import asyncio
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +169,7 @@ def compare_and_swap(r: pygit2.Repository, ref: str, new: str | None, old: str |
     return True
 
 
-def release_ref(deployment_id: object) -> str:
+def release_ref(deployment_id: uuid.UUID) -> str:
     """The ref keeping what deployment `deployment_id` released."""
     return f"{RELEASE_REFS}/{deployment_id}"
 
