@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -50,6 +51,8 @@ from workflows.contracts.deployment import (
 from workflows.contracts.errors import ErrorType, refused
 
 HEARTBEAT_EVERY_S = 2.0
+# How long a check's verdict may take to reach its row before the check reports it anyway.
+KEEP_VERDICT_WITHIN_S = 5.0
 
 
 def _job_key(step: ReleaseStep, suffix: str) -> str:
@@ -247,11 +250,20 @@ class ReleaseActivities:
         verdict = VerificationOutcome(
             ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url, duration_s=duration
         )
-        async with self._sessions() as session:
-            row = await locked(session, step.deployment_id)
-            row.check_verdict = {"commit_sha": step.commit_sha, **verdict.model_dump()}
-            await session.commit()
+        await self._keep_verdict(step, verdict)
         return verdict
+
+    async def _keep_verdict(self, step: ReleaseStep, verdict: VerificationOutcome) -> None:
+        """The verdict on the Deployment row, for a retry on a worker whose disk never saw the
+        check. Best effort: with the database away, the verdict still goes back to the workflow
+        (the check must not fail for an outage after it; record_verdict rides it out)."""
+        try:
+            async with asyncio.timeout(KEEP_VERDICT_WITHIN_S), self._sessions() as session:
+                row = await locked(session, step.deployment_id)
+                row.check_verdict = {"commit_sha": step.commit_sha, **verdict.model_dump()}
+                await session.commit()
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            activity.logger.warning("the check's verdict was not kept on its row: %s", exc)
 
     @activity.defn(name="record_verdict")
     async def record_verdict(self, record: RecordVerdict) -> VerificationOutcome:
