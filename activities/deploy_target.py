@@ -2,13 +2,18 @@
 
 `GitDeployTarget` is the built-in default. An environment is a branch of the project's own
 repository, `env/<environment>`: releasing points that branch at the commit, rolling back
-releases an earlier one. Before the branch moves, a release is recorded under the workspace by
-deployment id (and appended, as one JSON line, to the project's release log), so a retried
-release finds its first attempt and finishes it instead of releasing twice. Verification runs the
-project's check command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a
-timeout; its output goes to a log file per deployment and environment. Its verdict is written
-beside the log once known, so a retry of the same deployment's check (its worker died before
-the verdict was reported) returns it instead of running the check again.
+releases an earlier one. Every release also creates `refs/changeflow/releases/<deployment id>`
+at its commit (never moved afterwards), so whatever any deployment released stays reachable
+and survives `git gc` as a rollback target, after its request's branch is gone and the
+environment moved on; rollbacks name their target by commit id, found through these refs.
+Before the branch moves, a release is recorded under the workspace by deployment id (and
+appended, as one JSON line, to the project's release log), so a retried release finds its first
+attempt and finishes it instead of releasing twice. Verification runs the project's check
+command in a fresh checkout of the commit with CHANGEFLOW_ENVIRONMENT set and a timeout; its
+output goes to a log file per deployment and environment. Its verdict is written beside the log
+once known, so a retry of the same deployment's check on this worker (it died before the verdict
+was reported) returns it instead of running the check again; the release activities keep it on
+the Deployment row too, for a retry on another host.
 
 A check runs in a process group of its own, recorded in a pidfile while it runs: a cancelled or
 timed-out check is killed with its whole group, a worker that dies takes its direct child with
@@ -45,9 +50,11 @@ from activities.git_store import (
     diff_trees,
     ensure_repository,
     in_repository,
+    keep_release,
     move_ref,
     peel_commit,
     reference_target,
+    release_ref,
     resolve_commit,
 )
 from models.base import utcnow
@@ -204,6 +211,13 @@ class GitDeployTarget:
         async with self._project_lock(repo):
             # The commit and the environment's release, read in one visit to the repository.
             commit, current = await _resolve_with(repo, commit_sha, ref)
+            # Kept before the environment moves, on the remote too: any worker's retry finds it.
+            kept = await _keep_release(repo, deployment_id, commit)
+            if kept != commit:
+                raise ReleaseConflict(
+                    f"deployment {deployment_id} already released {kept[:12]} to {environment}, "
+                    f"not {commit[:12]}"
+                )
             earlier = await asyncio.to_thread(_read_json, record_path)
             if earlier is not None:
                 entry = earlier
@@ -413,6 +427,11 @@ async def _resolve_with(repo: Path, commit_sha: str, ref: str) -> tuple[str, str
     if commit is None:
         raise UnknownCommit(f"{repo} has no commit {commit_sha!r}")
     return commit, current
+
+
+async def _keep_release(repo: Path, deployment_id: uuid.UUID, commit: str) -> str:
+    """The commit `refs/changeflow/releases/<deployment id>` keeps: made at `commit` if new."""
+    return await in_repository(repo, lambda r: keep_release(r, release_ref(deployment_id), commit))
 
 
 async def _release_diff(repo: Path, previous: str | None, commit: str) -> str:

@@ -13,6 +13,7 @@ libgit2 objects stay in the thread that made them, and the event loop never wait
 import asyncio
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ ENGINE_NAME = "changeflow"
 ENGINE_EMAIL = "changeflow@localhost"
 # How often a compare-and-swap is tried again while others move the same branch.
 CAS_ATTEMPTS = 5
+# One ref per deployment, at the commit it released: every release stays reachable (a rollback
+# target survives `git gc` once its request's branch is deleted and the environment moved on).
+RELEASE_REFS = "refs/changeflow/releases"
 
 REGULAR_FILE_MODES = (FileMode.BLOB, FileMode.BLOB_EXECUTABLE)
 
@@ -163,6 +167,21 @@ def compare_and_swap(r: pygit2.Repository, ref: str, new: str | None, old: str |
     except (ValueError, pygit2.GitError):
         return False
     return True
+
+
+def release_ref(deployment_id: uuid.UUID) -> str:
+    """The ref keeping what deployment `deployment_id` released."""
+    return f"{RELEASE_REFS}/{deployment_id}"
+
+
+def keep_release(r: pygit2.Repository, ref: str, commit: str) -> str:
+    """Create `ref` at `commit` by compare-and-swap (never moving it once made); the commit it
+    holds afterwards: `commit`, or what an earlier release under the same ref kept."""
+    for _ in range(CAS_ATTEMPTS):
+        kept = reference_target(r, ref)
+        if kept is not None or compare_and_swap(r, ref, commit, None):
+            return kept or commit
+    raise RepositoryError(f"{ref} kept moving while it was created")
 
 
 async def move_ref(repo: Path, ref: str, new: str | None, old: str | None) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -50,6 +51,8 @@ from workflows.contracts.deployment import (
 from workflows.contracts.errors import ErrorType, refused
 
 HEARTBEAT_EVERY_S = 2.0
+# How long a check's verdict may take to reach its row before the check reports it anyway.
+KEEP_VERDICT_WITHIN_S = 5.0
 
 
 def _job_key(step: ReleaseStep, suffix: str) -> str:
@@ -189,12 +192,16 @@ class ReleaseActivities:
 
     @activity.defn(name="run_check")
     async def run_check(self, step: ReleaseStep) -> VerificationOutcome:
-        """The project's check command against the release; returns the verdict without writing
-        it (record_verdict does, retried on its own: an outage after the check must not lose it
-        or run the check again)."""
+        """The project's check command against the release; returns the verdict without
+        recording it (record_verdict does, retried on its own: an outage after the check must
+        not lose it or run the check again). The verdict is kept on the Deployment row as soon
+        as the check ends: a retry on any worker, whose disk never saw the check, returns it."""
         job_key = _job_key(step, "validation")
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
+            known = _kept_verdict(row, step.commit_sha)
+            if known is not None:  # an earlier attempt ran the check to its end
+                return known
             project = await project_of(session, row)
             check_command = project.check_command
             await start_job(
@@ -240,9 +247,23 @@ class ReleaseActivities:
         except DeployTargetError as exc:
             await self._fail_job(job_key, exc)
             raise _target_error(exc) from None
-        return VerificationOutcome(
+        verdict = VerificationOutcome(
             ok=ok, output=output[-MAX_OUTPUT_CHARS:], log_url=log_url, duration_s=duration
         )
+        await self._keep_verdict(step, verdict)
+        return verdict
+
+    async def _keep_verdict(self, step: ReleaseStep, verdict: VerificationOutcome) -> None:
+        """The verdict on the Deployment row, for a retry on a worker whose disk never saw the
+        check. Best effort: with the database away, the verdict still goes back to the workflow
+        (the check must not fail for an outage after it; record_verdict rides it out)."""
+        try:
+            async with asyncio.timeout(KEEP_VERDICT_WITHIN_S), self._sessions() as session:
+                row = await locked(session, step.deployment_id)
+                row.check_verdict = {"commit_sha": step.commit_sha, **verdict.model_dump()}
+                await session.commit()
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            activity.logger.warning("the check's verdict was not kept on its row: %s", exc)
 
     @activity.defn(name="record_verdict")
     async def record_verdict(self, record: RecordVerdict) -> VerificationOutcome:
@@ -384,6 +405,14 @@ class ReleaseActivities:
                 session, job_key=job_key, status=ChangeJobStatus.FAILED, error=str(exc)
             )
             await session.commit()
+
+
+def _kept_verdict(row: Deployment, commit_sha: str) -> VerificationOutcome | None:
+    """The verdict of the check an earlier attempt ran on `commit_sha`, if one ended."""
+    kept = row.check_verdict
+    if not kept or kept.get("commit_sha") != commit_sha:
+        return None
+    return VerificationOutcome.model_validate(kept)
 
 
 def _target_error(exc: DeployTargetError) -> ApplicationError:

@@ -43,14 +43,20 @@ from sqlmodel import col, select
 
 from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
-from activities.git_store import publish_through, reference_target, resolve_commit
+from activities.git_store import (
+    RELEASE_REFS,
+    publish_through,
+    reference_target,
+    resolve_commit,
+)
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind, ConnectorStatus, Project
 
 ZERO = "0" * 40
 MIRROR_MARK = "changeflow.mirror"
-# The branches a mirror holds: all of the remote's, the remote's deletions included (prune).
-MIRROR_REFSPEC = "+refs/heads/*:refs/heads/*"
+# What a mirror holds of its remote, the remote's deletions included (prune): all its branches,
+# and the refs keeping every deployment's release (a rollback's target may be on no branch).
+MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", f"+{RELEASE_REFS}/*:{RELEASE_REFS}/*")
 # A user name for a token over https when the connector names none: GitHub, GitLab and Gitea
 # all accept any user name with a token as the password.
 TOKEN_USER = "x-access-token"
@@ -66,6 +72,11 @@ class RemoteUnavailable(Exception):
 
 class RemoteAccessDenied(RepositoryError):
     """The remote refused the project's credentials, or wants some and the project has none."""
+
+
+class RemoteUntrusted(RepositoryError):
+    """The remote could not prove it is the server the project names: an ssh host key not in
+    the worker user's known_hosts (or another than it lists), or a TLS certificate not valid."""
 
 
 class RemoteRefused(RepositoryError):
@@ -242,9 +253,19 @@ class Callbacks(pygit2.RemoteCallbacks):
         return self._access.credentials(username_from_url, allowed_types)
 
     def certificate_check(self, certificate: None, valid: bool, host: bytes) -> bool:
-        # TLS as verified by libgit2; ssh host keys against the worker's known_hosts (pygit2's
-        # default would accept any ssh host key).
-        return valid
+        """TLS as libgit2 verified it; an ssh host key as libgit2 found it in the worker user's
+        `~/.ssh/known_hosts` (pygit2's default would accept any ssh host key). Refused before
+        any credential is sent."""
+        if not valid:
+            name = host.decode(errors="replace")
+            if self._access.address.transport is Transport.SSH:
+                raise RemoteUntrusted(
+                    f"the ssh host key of {name} is not the one this worker's known_hosts lists "
+                    f"for it (or none is listed): add the server's host key to ~/.ssh/known_hosts "
+                    f"of the worker's user ({redact(self._access.address.url)})"
+                )
+            raise RemoteUntrusted(f"the TLS certificate of {name} is not valid")
+        return True
 
     def push_negotiation(self, updates: list[pygit2.remotes.PushUpdate]) -> None:
         """Before anything is sent: each ref must still hold what the move expects. The server
@@ -353,8 +374,12 @@ def _open_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository | None:
         r = pygit2.Repository(str(path), RepositoryOpenFlag.NO_SEARCH)
         if not r.is_bare or r.config.get_bool(MIRROR_MARK) is not True:
             return None
-        if r.remotes["origin"].url != access.address.url:
+        origin = r.remotes["origin"]
+        if origin.url != access.address.url:
             return None
+        for refspec in MIRROR_REFSPECS:  # a mirror made before the release refs learns them
+            if refspec not in origin.fetch_refspecs:
+                r.remotes.add_fetch("origin", refspec)
     except (KeyError, ValueError, pygit2.GitError):
         return None
     return r
@@ -368,7 +393,9 @@ def _build_mirror(path: Path, access: RemoteAccess) -> pygit2.Repository:
     fresh = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.new")
     try:
         r = pygit2.init_repository(str(fresh), bare=True)
-        r.remotes.create("origin", access.address.url, MIRROR_REFSPEC)
+        r.remotes.create("origin", access.address.url, MIRROR_REFSPECS[0])
+        for refspec in MIRROR_REFSPECS[1:]:
+            r.remotes.add_fetch("origin", refspec)
         r.config[MIRROR_MARK] = True
         _fetch(r, access)
         if path.exists():

@@ -235,6 +235,10 @@ class Deployment(SQLModel, table=True):
     diff_url: str | None = Field(default=None, max_length=1000)
     log_url: str | None = Field(default=None, max_length=1000)
     verification_output: str | None = Field(default=None, sa_type=sa.Text)  # type: ignore[call-overload]
+    # The check's verdict as soon as the check ended ({"commit_sha", "ok", "output", "log_url",
+    # "duration_s"}), before any worker reports it: a retried check on any host returns it
+    # instead of running the check again (a worker's own disk is no place for it).
+    check_verdict: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)  # type: ignore[call-overload]
     queued_at: datetime = created_at_field()
     started_at: datetime | None = timestamp_field()
     finished_at: datetime | None = timestamp_field()

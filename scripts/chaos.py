@@ -21,15 +21,22 @@ the database, the ledger and the repositories. Violations are printed one a line
 is one JSON object (lifecycles, kills, restarts, violations, seconds, seed, and a few more
 figures); the exit code is 1 when there is any violation (a run past its deadline is one).
 
+With --remote, every project's repository is a git remote served over smart HTTP by git's own
+`git http-backend` in this process (scripts/git_http_server.py), and each worker is a host of
+its own: its own repository cache (bare mirrors) and workspace, nothing shared on disk. The
+audit then reads each remote's refs (a `git clone --mirror` of it), not a worker's copy.
+
 Options (or environment variables): --lifecycles N (CHAOS_LIFECYCLES, 60), --seed S
 (CHAOS_SEED, 1), --deadline S (CHAOS_DEADLINE_S, 840), --kills K (CHAOS_KILLS: at most K kills,
-default unbounded), --kill-every S (CHAOS_KILL_EVERY_S, 4), --no-restarts. The data folder is
+default unbounded), --kill-every S (CHAOS_KILL_EVERY_S, 4), --no-restarts, --remote
+(CHAOS_REMOTE=1). The data folder is
 CHANGEFLOW_DATA_DIR when set (else .changeflow/chaos, emptied first), the dev server's ports
 CHANGEFLOW_DEV_TEMPORAL_PORT / CHANGEFLOW_DEV_UI_PORT when set (else free ones).
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlmodel import col, select
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -66,8 +74,10 @@ from models.db import SessionFactory, create_engine, session_factory
 from models.transitions import is_terminal
 from scripts.bench_lifecycle import add_projects
 from scripts.bench_processes import WorkerProcess, worker_env
+from scripts.bench_remote import publish
 from scripts.chaos_audit import Expected, audit
 from scripts.demo import DemoShop, seed_shop
+from scripts.git_http_server import GitHttpServer, git_http_server
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
 from workers.devstack import EmbeddedStack, embedded_stack
 from workflows.contracts.errors import ErrorType
@@ -121,6 +131,7 @@ class Options:
     kills: int | None = None
     kill_every_s: float = DEFAULT_KILL_EVERY_S
     restarts: bool = True
+    remote: bool = False  # projects on smart HTTP remotes, workers on hosts of their own
 
 
 def parse_options(argv: list[str], env: dict[str, str]) -> Options:
@@ -132,6 +143,7 @@ def parse_options(argv: list[str], env: dict[str, str]) -> Options:
     parser.add_argument("--kills", type=int)
     parser.add_argument("--kill-every", type=float, dest="kill_every_s")
     parser.add_argument("--no-restarts", action="store_true")
+    parser.add_argument("--remote", action="store_true")
     args = parser.parse_args(argv)
     variables = {
         "lifecycles": ("CHAOS_LIFECYCLES", int),
@@ -150,7 +162,8 @@ def parse_options(argv: list[str], env: dict[str, str]) -> Options:
                 raise SystemExit(f"{variable} must be a number, not {env[variable]!r}") from None
         if value is not None:
             chosen[name] = value
-    options = Options(restarts=not args.no_restarts, **chosen)  # type: ignore[arg-type]
+    remote = args.remote or env.get("CHAOS_REMOTE", "") not in ("", "0")
+    options = Options(restarts=not args.no_restarts, remote=remote, **chosen)  # type: ignore[arg-type]
     if options.lifecycles < 1:
         raise SystemExit("--lifecycles must be at least 1")
     if options.deadline_s <= 0 or options.kill_every_s <= 0:
@@ -446,11 +459,28 @@ class Workers:
     folder: Path
     processes: list[WorkerProcess] = field(default_factory=list)
     started: int = 0
+    # Each worker a host of its own: its own repository cache and workspace (a restarted worker
+    # is the same host again).
+    hosts: bool = False
+
+    def host(self, index: int) -> Path:
+        return self.folder / f"host-{index}"
+
+    def workspaces(self, shared: Path) -> list[Path]:
+        if not self.hosts:
+            return [shared]
+        return [self.host(index) / "workspace" for index in range(WORKERS)]
 
     def start(self, index: int) -> WorkerProcess:
         self.started += 1
+        env = self.env
+        if self.hosts:
+            env = env | {
+                env_name("repository_cache_dir"): str(self.host(index) / "repositories"),
+                env_name("workspace_dir"): str(self.host(index) / "workspace"),
+            }
         process = WorkerProcess(
-            f"worker-{index}", ["-m", "workers"], self.env, self.folder / f"worker-{index}.log"
+            f"worker-{index}", ["-m", "workers"], env, self.folder / f"worker-{index}.log"
         )
         if index < len(self.processes):
             self.processes[index] = process
@@ -597,6 +627,9 @@ async def chaos(settings: Settings) -> int:
         engine = create_engine(stack.database_url, pool_size=5)
         sessions = session_factory(engine)
         folder = settings.data_dir.resolve() / "run"
+        remotes = contextlib.ExitStack()
+        if options.remote:
+            server = remotes.enter_context(git_http_server(folder / "remotes"))
         shops = await make_shops(sessions, folder / "repos")
         await slow_checks(sessions, shops[SLOW_TENANT][1])
         runs = []
@@ -609,13 +642,15 @@ async def chaos(settings: Settings) -> int:
             else:
                 project = projects[p.project]
             runs.append(Driven(p, uuid.uuid4(), shop.tenant.id, project.id))
+        if options.remote:
+            await serve_remotely(sessions, [shop.tenant.id for shop, _ in shops], server)
         env = worker_env(settings)
         env[env_name("graceful_shutdown_seconds")] = "2"
         env[env_name("sticky_timeout_seconds")] = str(STICKY_TIMEOUT_S)
         # A restarted worker may start while a server is down: it waits instead of exiting
         # (with no supervisor here to start it again).
         env[env_name("startup_wait_seconds")] = "120"
-        workers = Workers(env, folder)
+        workers = Workers(env, folder, hosts=options.remote)
         try:
             for index in range(WORKERS):
                 workers.start(index)
@@ -685,12 +720,13 @@ async def chaos(settings: Settings) -> int:
                             for r in runs
                             if r.result is not None
                         ],
-                        workspace=settings.resolved_workspace_dir,
+                        workspaces=workers.workspaces(settings.resolved_workspace_dir),
                     ),
                 )
         finally:
             # Stopped whatever happened: no worker outlives the run.
             await asyncio.gather(*(asyncio.to_thread(p.stop) for p in workers.processes))
+            remotes.close()
         await engine.dispose()
     for violation in violations:
         print(f"VIOLATION {violation}", flush=True)
@@ -705,12 +741,27 @@ async def chaos(settings: Settings) -> int:
         "violations": len(violations),
         "seconds": round(time.monotonic() - began, 1),
         "seed": options.seed,
+        "remote": options.remote,
         "worker_starts": workers.started,
         "witness_log_lines_per_outage": figures.outage_log_lines,
         "outcomes": dict(sorted(outcomes.items())),
     }
     print(json.dumps(summary), flush=True)
     return 1 if violations else 0
+
+
+async def serve_remotely(
+    sessions: SessionFactory, tenants: list[uuid.UUID], server: GitHttpServer
+) -> None:
+    """Every project of the run's tenants moves to a remote of `server`: its repository pushed
+    there, its repo_url the remote's smart HTTP URL (the local copy is no longer used)."""
+    async with sessions() as session:
+        query = select(Project).where(col(Project.tenant_id).in_(tenants))
+        for project in (await session.exec(query)).all():
+            source = Path(project.repo_url)
+            project.repo_url = await asyncio.to_thread(publish, server, source, project.slug)
+            session.add(project)
+        await session.commit()
 
 
 async def slow_checks(sessions: SessionFactory, projects: list[Any]) -> None:

@@ -15,9 +15,17 @@ it finds, one line each; no violation is an empty list.
 - cancelled: a cancelled request's commit is in no environment branch and not on the default
   branch;
 - check_passed: no deployment whose check passed (its log ends "# exit code 0") was failed or
-  rolled back automatically (an outage must not fail a healthy release).
+  rolled back automatically (an outage must not fail a healthy release);
+- release: every verified deployment's commit is kept by `refs/changeflow/releases/<its id>`,
+  and no release ref holds another commit than its deployment released.
+
+A project on a git remote is audited on the remote itself: its refs are mirrored
+(`git clone --mirror`) into a scratch folder first, and the checks read that copy.
 """
 
+import asyncio
+import subprocess
+import tempfile
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,9 +34,10 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
-from activities.deploy_target import GitDeployTarget, environment_ref
-from activities.git_store import is_ancestor, resolve_commit
+from activities.deploy_target import environment_ref
+from activities.git_store import RELEASE_REFS, is_ancestor, release_ref, resolve_commit
 from activities.reconciliation import reconcile
+from activities.remote_repository import parse_repository
 from models import (
     Deployment,
     DeploymentEnvironment,
@@ -193,13 +202,15 @@ def branch_violations(
 
 
 async def cancelled_violations(
-    cancelled: list[tuple[str, str]], projects: dict[uuid.UUID, Project]
+    cancelled: list[tuple[str, str]],
+    projects: dict[uuid.UUID, Project],
+    repositories: dict[uuid.UUID, Path] | None = None,
 ) -> list[str]:
     """(commit, project id) pairs of cancelled requests whose commit a branch holds."""
     found = []
     for commit, project_id_text in cancelled:
         project = projects[uuid.UUID(project_id_text)]
-        repo = Path(project.repo_url)
+        repo = (repositories or {}).get(project.id) or Path(project.repo_url)
         refs = [environment_ref(e.value) for e in DeploymentEnvironment]
         for ref in [*refs, f"refs/heads/{project.default_branch}"]:
             head = await resolve_commit(repo, ref)
@@ -208,23 +219,21 @@ async def cancelled_violations(
     return found
 
 
-def check_passed(workspace: Path, project: Project, deployment: Deployment) -> bool:
-    """Whether the deployment's check ran to exit code 0 (its log, not the database, says)."""
-    target = GitDeployTarget(workspace)
-    log = (
-        target.project_dir(Path(project.repo_url))
-        / "logs"
-        / f"{deployment.id}-{deployment.environment.value}-verify.log"
-    )
-    try:
-        return "# exit code 0 " in log.read_text(errors="replace")
-    except OSError:
-        return False
+def check_passed(workspaces: list[Path], deployment: Deployment) -> bool:
+    """Whether the deployment's check ran to exit code 0 (its log, not the database, says) on
+    any of the workers' workspaces (the folder of the repository each worker released from)."""
+    name = f"{deployment.id}-{deployment.environment.value}-verify.log"
+    for workspace in workspaces:
+        for log in workspace.glob(f"*/logs/{name}"):
+            try:
+                if "# exit code 0 " in log.read_text(errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
-def passed_check_violations(
-    workspace: Path, deployments: list[Deployment], projects: dict[uuid.UUID, Project]
-) -> list[str]:
+def passed_check_violations(workspaces: list[Path], deployments: list[Deployment]) -> list[str]:
     """Deployments failed, or rolled back by their own workflow, though their check passed."""
     auto_rolled_back = {
         d.rollback_of_id
@@ -235,7 +244,7 @@ def passed_check_violations(
     found = []
     for d in deployments:
         failed = d.status is DeploymentStatus.FAILED or d.id in auto_rolled_back
-        if failed and d.project_id and check_passed(workspace, projects[d.project_id], d):
+        if failed and d.project_id and check_passed(workspaces, d):
             found.append(
                 f"check_passed: deployment {d.id} ({d.environment.value}) ended "
                 f"{d.status.value} though its check passed"
@@ -243,11 +252,65 @@ def passed_check_violations(
     return found
 
 
-async def audit(
-    sessions: SessionFactory, expected: list[Expected], *, workspace: Path | None = None
+def release_violations(
+    deployments: list[Deployment], kept: dict[uuid.UUID, dict[str, str]]
 ) -> list[str]:
-    """Every violation the run left, one line each; with the workers' workspace, the checks'
+    """Verified deployments whose commit no release ref keeps, and release refs holding another
+    commit than their deployment released; `kept` is each project's refs under RELEASE_REFS."""
+    found = []
+    for d in deployments:
+        if d.project_id is None or d.commit_sha is None:
+            continue
+        held = kept.get(d.project_id, {}).get(release_ref(d.id))
+        if held is None and d.verified_at is not None:
+            found.append(
+                f"release: deployment {d.id} ({d.environment.value}) was verified and no "
+                f"{release_ref(d.id)} keeps {d.commit_sha}"
+            )
+        elif held is not None and held != d.commit_sha:
+            found.append(
+                f"release: {release_ref(d.id)} holds {held}, its deployment released {d.commit_sha}"
+            )
+    return found
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def readable_copy(project: Project, scratch: Path) -> Path:
+    """Where the project's repository can be read: its path, or for a remote a mirror clone of
+    every ref it has now (branches and release refs) made in `scratch`."""
+    if not parse_repository(project.repo_url).remote:
+        return Path(project.repo_url)
+    copy = scratch / f"{project.id}.git"
+    _git("clone", "--quiet", "--mirror", project.repo_url, str(copy))
+    return copy
+
+
+def release_refs(repo: Path) -> dict[str, str]:
+    listing = _git(
+        "-C", str(repo), "for-each-ref", "--format=%(refname) %(objectname)", RELEASE_REFS
+    )
+    return dict(line.split(" ", 1) for line in listing.splitlines())
+
+
+async def audit(
+    sessions: SessionFactory, expected: list[Expected], *, workspaces: list[Path] | None = None
+) -> list[str]:
+    """Every violation the run left, one line each; with the workers' workspaces, the checks'
     own logs are read too."""
+    with tempfile.TemporaryDirectory(prefix="chaos-audit-") as scratch:
+        return await _audit(sessions, expected, workspaces, Path(scratch))
+
+
+async def _audit(
+    sessions: SessionFactory,
+    expected: list[Expected],
+    workspaces: list[Path] | None,
+    scratch: Path,
+) -> list[str]:
     tenants = {e.tenant_id for e in expected}
     async with sessions() as session:
         rows = {
@@ -311,13 +374,15 @@ async def audit(
         for d in deployments
         if d.project_id is not None
     ]
+    repositories = {p.id: await asyncio.to_thread(readable_copy, p, scratch) for p in projects}
     actual = {
         (p.id, environment): await resolve_commit(
-            Path(p.repo_url), environment_ref(environment.value)
+            repositories[p.id], environment_ref(environment.value)
         )
         for p in projects
         for environment in DeploymentEnvironment
     }
+    kept = {p.id: await asyncio.to_thread(release_refs, repositories[p.id]) for p in projects}
     actual = {lane: head for lane, head in actual.items() if head is not None}
     reports = await reconcile(sessions)
     by_id = {p.id: p for p in projects}
@@ -340,10 +405,7 @@ async def audit(
         ),
         *branch_violations(expected_heads(spans), actual),
         *overlap_violations(spans),
-        *await cancelled_violations(cancelled, by_id),
-        *(
-            passed_check_violations(workspace, list(deployments), by_id)
-            if workspace is not None
-            else []
-        ),
+        *await cancelled_violations(cancelled, by_id, repositories),
+        *(passed_check_violations(workspaces, list(deployments)) if workspaces else []),
+        *release_violations(list(deployments), kept),
     ]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from activities.deploy_target import GitDeployTarget
+from activities.git_store import release_ref
 from models import Deployment, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from scripts.chaos import KINDS, Options, plan_run
 from scripts.chaos_audit import (
@@ -25,6 +26,7 @@ from scripts.chaos_audit import (
     outcome_violations,
     overlap_violations,
     passed_check_violations,
+    release_violations,
     settlement_violations,
 )
 from scripts.sample_repo import create_sample_repo
@@ -55,7 +57,24 @@ def test_a_small_chaos_run_ends_without_violations() -> None:
     assert figures["outcomes"]["reject:rejected"] >= 1
 
 
-def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+@pytest.mark.system
+def test_a_small_chaos_run_on_remote_projects_ends_without_violations() -> None:
+    """The same run with every project on a smart HTTP remote and each worker a host of its
+    own (no shared disk); the audit reads the remotes' refs."""
+    data_dir = ROOT / ".changeflow" / f"chaos-test-{uuid.uuid4().hex[:8]}"
+    try:
+        figures, run = run_chaos(data_dir, "--remote")
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (figures["remote"], figures["violations"], figures["lifecycles"]) == (True, 0, 7)
+    assert figures["kills"] == 1
+    assert figures["outcomes"]["rollback:rolled_back"] >= 1
+
+
+def run_chaos(
+    data_dir: Path, *options: str
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
     env = clean_environment(
         CHANGEFLOW_DATA_DIR=str(data_dir),
         CHAOS_LIFECYCLES="7",
@@ -63,7 +82,7 @@ def run_chaos(data_dir: Path) -> tuple[dict[str, Any], subprocess.CompletedProce
         CHAOS_DEADLINE_S="240",
     )
     run = subprocess.run(
-        [sys.executable, "-m", "scripts.chaos"],
+        [sys.executable, "-m", "scripts.chaos", *options],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -220,8 +239,41 @@ def test_the_auditor_reports_a_release_failed_although_its_check_passed(tmp_path
     (logs / f"{passed.id}-staging-verify.log").write_text("$ check\nok\n# exit code 0 after 1s\n")
     (logs / f"{failed.id}-staging-verify.log").write_text("$ check\nFAIL\n# exit code 1 after 1s\n")
 
-    found = passed_check_violations(tmp_path / "ws", [passed, failed], {project.id: project})
+    found = passed_check_violations([tmp_path / "other-host", tmp_path / "ws"], [passed, failed])
 
     assert found == [
         f"check_passed: deployment {passed.id} (staging) ended failed though its check passed"
+    ]
+
+
+def test_the_auditor_reports_a_verified_release_no_ref_keeps(tmp_path: Path) -> None:
+    project_id = uuid.uuid4()
+
+    def deployment(commit: str, verified: bool) -> Deployment:
+        return Deployment(
+            id=uuid.uuid4(),
+            tenant_id=uuid.uuid4(),
+            project_id=project_id,
+            plan_id=uuid.uuid4(),
+            environment=DeploymentEnvironment.PRODUCTION,
+            status=DeploymentStatus.SUCCEEDED if verified else DeploymentStatus.FAILED,
+            commit_sha=commit,
+            verified_at=T0 if verified else None,
+            workflow_id="deployment-x",
+        )
+
+    kept, unkept, moved, unverified = (
+        deployment("a" * 40, True),
+        deployment("b" * 40, True),
+        deployment("c" * 40, True),
+        deployment("d" * 40, False),
+    )
+    refs = {release_ref(kept.id): "a" * 40, release_ref(moved.id): "e" * 40}
+
+    found = release_violations([kept, unkept, moved, unverified], {project_id: refs})
+
+    assert found == [
+        f"release: deployment {unkept.id} (production) was verified and no "
+        f"{release_ref(unkept.id)} keeps {'b' * 40}",
+        f"release: {release_ref(moved.id)} holds {'e' * 40}, its deployment released {'c' * 40}",
     ]

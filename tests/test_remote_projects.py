@@ -4,6 +4,7 @@ own `git http-backend` (the GitHub stand-in used through git alone, Basic auth w
 the remote itself: its branches, what they hold, and that no token shows anywhere."""
 
 import asyncio
+import dataclasses
 import logging
 import re
 import shlex
@@ -17,10 +18,19 @@ from typing import Any
 import pytest
 from sqlmodel import select
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from activities.change_engine import RepositoryError
 from activities.deploy_target import GitDeployTarget, ReleaseConflict
-from activities.git_store import fast_forward, move_ref, resolve_commit
+from activities.deployments import DeploymentActivities
+from activities.git_store import (
+    RELEASE_REFS,
+    fast_forward,
+    move_ref,
+    release_ref,
+    resolve_commit,
+)
+from activities.releases import ReleaseActivities
 from activities.remote_repository import (
     Repositories,
     RepositoryUrlInvalid,
@@ -32,13 +42,31 @@ from cli import tenancy
 from cli.tenancy import Refused
 from client.lifecycle import LifecycleClient
 from infra.settings import Settings
-from models import ChangeJob, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
+from models import (
+    ChangeJob,
+    ChangeJobKind,
+    ChangeJobStatus,
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    Project,
+    PromptRequest,
+    PromptStatus,
+)
 from models.db import SessionFactory
-from scripts.sample_repo import FAILS_IN_STAGING_PROMPT
+from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, FAILS_IN_STAGING_PROMPT
 from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
 from tests.github_stand_in.server import GitHubStandIn, github_stand_in
-from tests.lifecycle_support import git, human_policy, make_shop, plan_awaiting_approval, submit
+from tests.lifecycle_support import (
+    git,
+    human_policy,
+    make_shop,
+    plan_awaiting_approval,
+    push_config,
+    submit,
+)
 from tests.process_support import WorkerProcess
 from tests.remote_support import (
     connect_git,
@@ -52,6 +80,7 @@ from tests.remote_support import (
     tree,
 )
 from tests.workers import running_workers, test_settings
+from workflows.contracts.deployment import RecordDeployment, RecordVerdict, ReleaseStep
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
@@ -351,6 +380,92 @@ async def test_an_operator_rollback_on_a_remote_project_reverts_production_and_m
     assert remote_config(remote, "main")["free_shipping_threshold"] == 50
 
 
+async def test_a_released_commit_survives_gc_on_the_remote_and_a_rollback_restores_it(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+    hub: GitHubStandIn,
+) -> None:
+    """A request verified in staging but failed in production leaves its commit on no branch
+    once its own is deleted and staging moves on: the release refs keep it through `git gc`."""
+    settings = settings_for(task_queue, deploy_queue, tmp_path)
+    remote = await http_remote_shop(sessions, tmp_path, hub, settings)
+    async with running_workers(client, sessions, settings):
+        failed = await outcome(
+            lifecycle, await submit(lifecycle, remote.shop, FAILS_IN_PRODUCTION_PROMPT)
+        )
+        shipped = await outcome(lifecycle, await submit(lifecycle, remote.shop, PROMPTS[0]))
+        assert failed.status is PromptStatus.ROLLED_BACK, failed.reason
+        assert shipped.status is PromptStatus.COMPLETED, shipped.reason
+        assert failed.commit_sha is not None
+        # On no branch of the remote any more: only a release ref holds it.
+        holders = git(remote.bare, "for-each-ref", "--contains", failed.commit_sha)
+        assert "refs/heads/" not in holders
+        # Every deployment's release is kept on the remote, at the commit it released.
+        kept = dict(
+            line.split()
+            for line in git(
+                remote.bare, "for-each-ref", "--format=%(refname) %(objectname)", RELEASE_REFS
+            ).splitlines()
+        )
+        async with sessions() as session:
+            query = select(Deployment).where(Deployment.project_id == remote.shop.project.id)
+            deployments = (await session.exec(query)).all()
+        assert len(deployments) == 5  # two stagings, two productions, one automatic rollback
+        assert kept == {release_ref(d.id): d.commit_sha for d in deployments}
+        # Garbage collection on the remote and on the worker's mirror keeps every release.
+        git(remote.bare, "gc", "--quiet", "--prune=now")
+        for mirror in (tmp_path / "w-cache").glob("*.git"):
+            git(mirror, "gc", "--quiet", "--prune=now")
+        git(remote.bare, "cat-file", "-e", f"{failed.commit_sha}^{{commit}}")
+
+        staging = next(
+            d.deployment_id
+            for d in failed.deployments
+            if d.environment is DeploymentEnvironment.STAGING
+        )
+        rollback_id = await lifecycle.roll_back(
+            tenant_id=remote.shop.tenant.id, target_deployment_id=staging, reason="try it again"
+        )
+        async with asyncio.timeout(OUTCOME_WITHIN_S):
+            restored = await lifecycle.rollback_result(rollback_id)
+
+    assert restored.status is DeploymentStatus.SUCCEEDED, restored.verification_output
+    assert git(remote.bare, "rev-parse", "env/staging") == failed.commit_sha
+    assert remote_config(remote, "env/staging")["debug"] is True
+    assert git(remote.bare, "rev-parse", "env/production") == shipped.commit_sha
+
+
+async def test_a_local_project_keeps_its_releases_through_gc_too(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    repo = Path(shop.project.repo_url)
+    base = git(repo, "rev-parse", "main")
+    git(repo, "branch", "side", "main")
+    side = push_config(repo, "side", theme="dark")
+    target = GitDeployTarget(tmp_path / "workspace")
+    old, new = uuid.uuid4(), uuid.uuid4()
+    await target.release(repo=repo, environment="staging", commit_sha=side, deployment_id=old)
+    await target.release(repo=repo, environment="staging", commit_sha=base, deployment_id=new)
+    git(repo, "branch", "-D", "side")  # the request's branch, deleted when the request ended
+    git(repo, "reflog", "expire", "--expire=now", "--all")  # nor does a reflog keep it
+    git(repo, "gc", "--quiet", "--prune=now")
+
+    assert git(repo, "rev-parse", release_ref(old)) == side
+    await target.rollback(
+        repo=repo, environment="staging", to_commit_sha=side, deployment_id=uuid.uuid4()
+    )
+    assert git(repo, "rev-parse", "env/staging") == side
+    # A release ref never moves: the same deployment releasing another commit is a conflict.
+    with pytest.raises(ReleaseConflict, match="already released"):
+        await target.release(repo=repo, environment="staging", commit_sha=base, deployment_id=old)
+    assert git(repo, "rev-parse", release_ref(old)) == side
+
+
 # --- a fleet with no shared disk -----------------------------------------------------------
 
 
@@ -433,6 +548,73 @@ async def test_two_workers_with_no_shared_folder_serve_one_project_and_one_dies_
         assert remote.token not in (tmp_path / log).read_text()
 
 
+def on_host(sessions: SessionFactory, host: Path) -> ReleaseActivities:
+    """The release activities of a worker host: its own workspace and repository cache."""
+    return ReleaseActivities(
+        sessions=sessions,
+        target=GitDeployTarget(host / "workspace"),
+        repositories=Repositories(host / "repositories", sessions),
+    )
+
+
+async def test_a_check_that_passed_is_not_run_again_by_a_retry_on_another_host(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """Host A runs the check to its end and dies before reporting it; the retry lands on host
+    B, whose disk never saw the check: it returns the verdict and the check does not run twice."""
+    remote = await file_remote_shop(sessions, tmp_path)
+    runs = tmp_path / "check-runs"
+    async with sessions() as session:
+        project = await session.get(Project, remote.shop.project.id)
+        assert project is not None
+        project.check_command = f"echo ran >> {runs} && python check.py"
+        request = PromptRequest(tenant_id=project.tenant_id, project_id=project.id, prompt="p")
+        session.add_all([project, request])
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=project.tenant_id, prompt_request_id=request.id)
+        session.add(plan)
+        await session.commit()
+    step = ReleaseStep(
+        deployment_id=uuid.uuid4(),
+        tenant_id=plan.tenant_id,
+        project_id=remote.shop.project.id,
+        plan_id=plan.id,
+        environment=DeploymentEnvironment.STAGING,
+        commit_sha=git(remote.bare, "rev-parse", "main"),
+    )
+    await ActivityEnvironment().run(
+        DeploymentActivities(sessions).record_deployment,
+        RecordDeployment(
+            **step.model_dump(include={"deployment_id", "tenant_id", "project_id", "plan_id"}),
+            environment=step.environment,
+            commit_sha=step.commit_sha,
+            workflow_id="deployment-x",
+        ),
+    )
+    host_a, host_b = on_host(sessions, tmp_path / "a"), on_host(sessions, tmp_path / "b")
+    attempt = ActivityEnvironment()
+    attempt.info = dataclasses.replace(attempt.info, workflow_id="deployment-x")
+    await attempt.run(host_a.release_deployment, step)
+    passed = await attempt.run(host_a.run_check, step)  # its answer never reaches the server
+    assert passed.ok, passed.output
+
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(attempt.info, attempt=2)
+    again = await retry.run(host_b.run_check, step)
+    recorded = await retry.run(host_b.record_verdict, RecordVerdict(step=step, verdict=again))
+
+    assert again == passed == recorded
+    assert runs.read_text().splitlines() == ["ran"]  # once, on host A
+    assert not list((tmp_path / "b" / "workspace").rglob("*-verify.log"))
+    async with sessions() as session:
+        row = await session.get(Deployment, step.deployment_id)
+        query = select(ChangeJob).where(ChangeJob.deployment_id == step.deployment_id)
+        jobs = (await session.exec(query)).all()
+    assert row is not None and row.verification_output == passed.output
+    validation = [j for j in jobs if j.kind is ChangeJobKind.VALIDATION]
+    assert [j.status for j in validation] == [ChangeJobStatus.SUCCEEDED]
+
+
 async def test_a_remote_project_and_its_git_credentials_from_the_command_line(
     env: dict[str, str], task_queue: str, tmp_path: Path, hub: GitHubStandIn
 ) -> None:
@@ -489,5 +671,5 @@ async def test_a_local_project_keeps_no_request_branch_once_its_requests_end(
     assert shipped.status is PromptStatus.COMPLETED, shipped.reason
     assert failed.status in (PromptStatus.FAILED, PromptStatus.ROLLED_BACK), failed.reason
     assert failed.commit_sha is not None  # it was applied: its branch existed
-    branches = git(shop.project.repo_url, "for-each-ref", "--format=%(refname:short)")
+    branches = git(shop.project.repo_url, "for-each-ref", "--format=%(refname:short)", "refs/heads")
     assert sorted(branches.splitlines()) == ["env/production", "env/staging", "main"]
