@@ -170,6 +170,22 @@ async def load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalPo
     return policy_view(policy, notifies=webhook is not None)
 
 
+async def github_connector_of(session: AsyncSession, project_id: uuid.UUID) -> uuid.UUID | None:
+    """The project's `github` connector (the newest one not disabled): its requests become
+    pull requests, verified by the tenant's checks (workflows/lifecycle.py)."""
+    return (
+        await session.exec(
+            select(Connector.id)
+            .where(
+                Connector.project_id == project_id,
+                Connector.kind == ConnectorKind.GITHUB,
+                Connector.status != ConnectorStatus.DISABLED,
+            )
+            .order_by(col(Connector.created_at).desc())
+        )
+    ).first()
+
+
 def _move(request: PromptRequest, status: PromptStatus, reason: str | None = None) -> None:
     ensure_transition(request.status, status)
     if request.status is not status:
@@ -423,8 +439,14 @@ class LifecycleActivities:
                 details={"plan_id": str(plan.id), "risk_level": plan.risk_level.value},
             )
             roster = await self._roster(session, req.tenant_id)
+            github = await github_connector_of(session, project.id)
             await session.commit()
-        return PlannedRevision(plan=plan_summary(plan, policy), policy=policy, roster=roster)
+        return PlannedRevision(
+            plan=plan_summary(plan, policy),
+            policy=policy,
+            roster=roster,
+            github_connector_id=github,
+        )
 
     async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
         await session.commit()

@@ -32,6 +32,14 @@ def retry_through_outages(non_retryable_error_types: list[str]) -> RetryPolicy:
     )
 
 
+class GitHubRelease(BaseModel):
+    """What a deployment of a GitHub project needs of it: its connector (credentials stay
+    with the activities) and the request's pull request."""
+
+    connector_id: uuid.UUID
+    pull_number: int
+
+
 class DeploymentInput(BaseModel):
     """Start of a DeploymentWorkflow; its workflow id is ids.deployment_workflow_id."""
 
@@ -55,6 +63,9 @@ class DeploymentInput(BaseModel):
     # A waiter looks at its place after this many seconds times its position (the turn itself
     # comes by signal); the look also skips a holder that was terminated and never left.
     lane_check_s: float = Field(default=60.0, gt=0)
+    # A GitHub project's release (workflows/deployment.py): verified by the tenant's checks on
+    # GitHub, as a GitHub Deployment; production merges the pull request first.
+    github: GitHubRelease | None = None
 
 
 class DeploymentProgress(BaseModel):
