@@ -207,6 +207,8 @@ class DeploymentWorkflow:
         self._merge_sha: str | None = None
         self._release_log_url = ""
         self._released_unmerged = False
+        self._not_merged: str | None = None
+        self._checks: str | None = None
 
     @workflow.signal(name=GITHUB_EVENT_SIGNAL)
     def github_event(self, event: GitHubEvent) -> None:
@@ -317,6 +319,8 @@ class DeploymentWorkflow:
             diff_url=released.diff_url if released else None,
             base_moved=self._base_moved,
             previous_commit_sha=released.previous_commit_sha if released else None,
+            checks=self._checks,
+            not_merged=self._not_merged,
         )
         # A refused release released nothing: there is nothing to roll back.
         rolls_back = (
@@ -424,6 +428,8 @@ class DeploymentWorkflow:
                 # back to the lifecycle's rebase, a refusal or a closed pull request fails it.
                 self._released_unmerged = True
                 self._base_moved = error_type(err) == ErrorType.BASE_MOVED
+                if not self._base_moved:
+                    self._not_merged = error_message(err)
                 return released, await self._fail(step, f"not merged: {error_message(err)}")
         if self._decided.get(step.deployment_id) is DeploymentStatus.IN_PROGRESS:
             await self._decide(step.deployment_id, DeploymentStatus.VERIFYING)
@@ -694,6 +700,7 @@ class DeploymentWorkflow:
                 )
             pause = min(pause * 2, POLL_MAX)
         summary = verdict.summary()
+        self._checks = f"GitHub checks of {environment}: {summary}"
         await workflow.execute_activity_method(
             GitHubActivities.finish_deployment,
             FinishDeployment(
@@ -707,7 +714,7 @@ class DeploymentWorkflow:
         )
         return VerificationOutcome(
             ok=verdict.ok,
-            output=f"GitHub checks of {environment}: {summary}",
+            output=self._checks,
             log_url=self._release_log_url,
             duration_s=(workflow.now() - started).total_seconds(),
         )

@@ -96,6 +96,10 @@ class DeploymentResult(BaseModel):
     base_moved: bool = False
     # What the environment ran before this release (None: nothing released, or not known).
     previous_commit_sha: str | None = None
+    # A GitHub project's release: what its checks said (names and links of those that did not
+    # pass), and why GitHub did not merge its pull request (production only).
+    checks: str | None = None
+    not_merged: str | None = None
 
 
 class DeploymentState(BaseModel):
