@@ -20,7 +20,7 @@ from temporalio.client import Client
 from activities.connectors import ConnectorService
 from client.lifecycle import LifecycleClient
 from infra.settings import Settings
-from models import Project, PromptStatus
+from models import DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
 from models.projects import ConnectorKind
 from tests.github_stand_in.records import CheckScript, Protection, PullRequest
@@ -364,4 +364,49 @@ async def test_a_person_pushing_to_main_before_the_merge_has_the_change_rebased_
         ("staging", "success"),
         ("production", "success"),
     ]
+    assert hub.branches() == ENVIRONMENTS
+
+
+async def test_an_operator_rollback_reverts_main_by_a_pull_request_merged_on_github(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    green_ci(github_world)
+    async with running_workers(client, sessions, hub.settings):
+        first = await outcome(lifecycle, await submit(lifecycle, hub.shop, "set theme to dark"))
+        second = await outcome(
+            lifecycle, await submit(lifecycle, hub.shop, "set free_shipping_threshold to 75")
+        )
+        assert [first.status, second.status] == [PromptStatus.COMPLETED] * 2, second.reason
+        target = next(
+            d.deployment_id
+            for d in first.deployments
+            if d.environment is DeploymentEnvironment.PRODUCTION
+        )
+        merged_second = hub.head("main")
+        rollback_id = await lifecycle.roll_back(
+            tenant_id=hub.shop.tenant.id, target_deployment_id=target, reason="too expensive"
+        )
+        async with asyncio.timeout(OUTCOME_WITHIN_S):
+            restored = await lifecycle.rollback_result(rollback_id)
+
+    assert restored.status is DeploymentStatus.SUCCEEDED, restored.verification_output
+    assert git(hub.bare, "rev-parse", "env/production") == first.commit_sha
+    # main on GitHub went back by a third pull request, the revert, merged by changeflow.
+    pulls = hub.pulls()
+    assert [(p.number, p.merged) for p in pulls] == [(1, True), (2, True), (3, True)]
+    revert = pulls[2]
+    assert revert.title == f"Revert production to {(first.commit_sha or '')[:12]}"
+    assert revert.head_ref == f"changeflow/{rollback_id}"
+    assert hub.head("main") == revert.merge_commit_sha
+    assert git(hub.bare, "rev-parse", "main^1") == merged_second
+    assert hub.tree("main") == hub.tree("env/production")
+    assert hub.config("main")["free_shipping_threshold"] == 50
+    assert hub.config("main")["theme"] == "dark"
     assert hub.branches() == ENVIRONMENTS

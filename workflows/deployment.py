@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentState,
         DeploymentView,
         FindLastGoodRelease,
+        GitHubRelease,
         LanePlace,
         LaneTurn,
         PlanRollback,
@@ -65,10 +66,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.github import (
         GITHUB_EVENT_SIGNAL,
+        EndRequest,
         FinishDeployment,
         GitHubEvent,
         LookAtChecks,
         MergePullRequest,
+        RevertPullRequest,
         StartDeployment,
     )
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
@@ -606,6 +609,8 @@ class DeploymentWorkflow:
         # Cancelled while the check ran (it finished before hearing of it): nothing is recorded
         # as verified and the default branch does not move; the compensation undoes the release.
         self._checkpoint()
+        if verdict.ok and self._reverts_on_github(step):
+            await self._revert_on_github(step)
         if not self._decides:
             recorded = await self._record_verdict(step, verdict)
             self._show_decided(step.deployment_id, *self._verdict_means(step, verdict))
@@ -632,14 +637,64 @@ class DeploymentWorkflow:
             and step.deployment_id == input.deployment_id
         )
 
+    def _reverts_on_github(self, step: ReleaseStep) -> bool:
+        """A verified rollback of a GitHub project's production: the default branch gets its
+        revert by a pull request, merged, before the rollback is recorded."""
+        return (
+            self._input.github is not None
+            and self._input.environment is DeploymentEnvironment.PRODUCTION
+            and step.job_kind is ChangeJobKind.ROLLBACK
+        )
+
+    async def _revert_on_github(self, step: ReleaseStep) -> None:
+        """The git layer pushes `changeflow/<rollback deployment id>` holding the revert (no
+        branch: the default branch holds the restored tree already); GitHub merges it as a pull
+        request, and the branch goes."""
+        github = self._input.github
+        assert github is not None
+        branch = await workflow.execute_activity_method(
+            ReleaseActivities.push_revert_branch,
+            step,
+            task_queue=self._input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_RELEASE_RETRY,
+        )
+        if branch is None:
+            return
+        self._progress(f"merging the revert to {step.commit_sha[:12]} on GitHub")
+        await workflow.execute_activity_method(
+            GitHubActivities.revert,
+            RevertPullRequest(
+                connector_id=github.connector_id,
+                branch=branch,
+                title=f"Revert production to {step.commit_sha[:12]}",
+                body=(
+                    f"Production was rolled back to {step.commit_sha} by changeflow deployment "
+                    f"`{step.deployment_id}`; this brings the default branch to the tree "
+                    "production runs."
+                ),
+            ),
+            **_GITHUB_STEP,
+        )
+        await workflow.execute_activity_method(
+            GitHubActivities.end_request,
+            EndRequest(connector_id=github.connector_id, request_id=step.deployment_id),
+            **_GITHUB_STEP,
+        )
+
     def _merges(self, step: ReleaseStep) -> bool:
-        return self._on_github(step) and self._input.environment is DeploymentEnvironment.PRODUCTION
+        return (
+            self._on_github(step)
+            and self._input.environment is DeploymentEnvironment.PRODUCTION
+            and self._input.github is not None
+            and self._input.github.pull_number is not None
+        )
 
     async def _merge(self) -> None:
         """Production merges the request's pull request, the released (and staged) head as the
         guard: GitHub refuses the merge if the head moved since."""
         github = self._input.github
-        assert github is not None
+        assert github is not None and github.pull_number is not None
         self._progress(f"merging pull request #{github.pull_number}")
         merged = await workflow.execute_activity_method(
             GitHubActivities.merge_pull_request,
@@ -939,6 +994,11 @@ class RollbackWorkflow:
             rollback_of=plan.live_deployment_id,
             parent_workflow_id=workflow.info().workflow_id,
             deploy_task_queue=request.deploy_task_queue,
+            github=(
+                GitHubRelease(connector_id=plan.github_connector_id)
+                if plan.github_connector_id is not None
+                else None
+            ),
         )
         result = await workflow.execute_child_workflow(
             DeploymentWorkflow.run,

@@ -37,7 +37,9 @@ class GitHubRelease(BaseModel):
     with the activities) and the request's pull request."""
 
     connector_id: uuid.UUID
-    pull_number: int
+    # The request's pull request, which production merges (None: a rollback, whose revert is
+    # a pull request of its own).
+    pull_number: int | None = None
 
 
 class DeploymentInput(BaseModel):
@@ -228,6 +230,8 @@ class RollbackPlan(BaseModel):
     commit_sha: str
     # The deployment live in that environment now, which the rollback undoes.
     live_deployment_id: uuid.UUID
+    # The project's `github` connector: the default branch is reverted by a pull request.
+    github_connector_id: uuid.UUID | None = None
 
 
 class ReleaseStep(BaseModel):
