@@ -8,10 +8,12 @@ InvalidCredentials); a rate limit or an outage is retryable with GitHub's wait a
 fails on a limit. Verification is `look_at_checks`, one look per call: the workflow calls it
 again when the `github_event` signal arrives or its poll interval passes.
 
-Registered by workers/registry.py's github_activities (the lead wires it with the lifecycle).
+Registered by workers/registry.py's github() on settings.task_queue; the lifecycle and the
+deployment workflows call them for a project with a `github` connector.
 """
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -56,7 +58,11 @@ class GitHubActivities:
 
     @activity.defn(name="github_default_head")
     async def default_head(self, step: ConnectorStep) -> DefaultHead:
-        async with self._target(step) as target:
+        return await self.head_of(step.connector_id)
+
+    async def head_of(self, connector_id: uuid.UUID) -> DefaultHead:
+        """The default branch and its head as GitHub has it (planning asks it too)."""
+        async with self._target(ConnectorStep(connector_id=connector_id)) as target:
             return await target.default_head()
 
     @activity.defn(name="github_open_pull_request")

@@ -410,3 +410,30 @@ async def test_an_operator_rollback_reverts_main_by_a_pull_request_merged_on_git
     assert hub.config("main")["free_shipping_threshold"] == 50
     assert hub.config("main")["theme"] == "dark"
     assert hub.branches() == ENVIRONMENTS
+
+
+async def test_a_project_whose_default_branch_is_not_githubs_is_refused_at_planning(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    git(hub.bare, "branch", "trunk", "main")  # the branch exists, but GitHub's default is main
+    async with sessions() as session:
+        project = await session.get(Project, hub.shop.project.id)
+        assert project is not None
+        project.default_branch = "trunk"
+        session.add(project)
+        await session.commit()
+    async with running_workers(client, sessions, hub.settings):
+        result = await outcome(lifecycle, await submit(lifecycle, hub.shop, "set theme to dark"))
+
+    assert result.status is PromptStatus.FAILED
+    assert "the repository's default branch on GitHub is 'main', the project's is 'trunk'" in (
+        result.reason
+    ), result.reason
+    assert hub.pulls() == []
