@@ -114,6 +114,12 @@ class GitHubActivities:
         async with self._target(step) as target:
             await target.end_request(step.request_id, step.number)
 
+    async def git_credentials(self, connector_id: uuid.UUID) -> dict[str, str]:
+        """What git sends GitHub for the connector's repository (Repositories, for a project
+        with no `git` connector): its installation token, or its personal token."""
+        async with self._target(ConnectorStep(connector_id=connector_id)) as target:
+            return {"token": await target.repository.git_token()}
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.default_head,

@@ -26,10 +26,11 @@ from models.projects import ConnectorKind
 from tests.github_stand_in.records import CheckScript, Protection, PullRequest
 from tests.github_support import GitHubWorld
 from tests.lifecycle_support import Shop, git, make_shop, submit, wait_for_status
-from tests.remote_support import connect_git
+from tests.remote_support import history_text
 from tests.test_github_webhooks import KEYS, webhooks_process
 from tests.workers import running_workers, test_settings
 from workers.registry import connector_clients
+from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -84,10 +85,10 @@ async def github_shop(
     task_queue: str,
     deploy_queue: str,
 ) -> GitHubShop:
-    """The sample storefront on the stand-in's acme/storefront: pushed there over git, reached
-    by the project over smart HTTP (a git connector with a token for git), and its `github`
-    connector made with the App's credentials and scoped to the project, tested as an operator
-    does it."""
+    """The sample storefront on the stand-in's acme/storefront, reached by the project over
+    smart HTTP, and its `github` connector made with the App's credentials and scoped to the
+    project, tested as an operator does it. No git connector: git uses the App's installation
+    token."""
     shop = await make_shop(sessions, tmp_path)
     git(
         shop.project.repo_url,
@@ -114,10 +115,6 @@ async def github_shop(
             "repository_cache_dir": tmp_path / "cache",
         }
     )
-    token = world.hub.state.create_personal_token(
-        "changeflow-bot", [world.repository.full_name]
-    ).value
-    await connect_git(sessions, settings, shop, {"token": token})
     store, connections = connector_clients(settings, sessions)
     service = ConnectorService(sessions, store, connections)
     created = await service.create(
@@ -183,7 +180,20 @@ async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_the
             result = await outcome(lifecycle, await submit(lifecycle, hub.shop, prompt))
             assert result.status is PromptStatus.COMPLETED, result.reason
             results.append(result)
+        histories = [
+            await history_text(
+                client, prompt_request_workflow_id(r.prompt_request_id), hub.settings
+            )
+            for r in results
+        ]
 
+    # git spoke to GitHub with the App's installation tokens (the project has no git
+    # connector), and no token shows in what the workflows recorded.
+    tokens = list(github_world.hub.state.tokens)
+    assert tokens and all(
+        str(r.prompt_request_id) in h for r, h in zip(results, histories, strict=True)
+    )
+    assert not [t for t in tokens for h in histories if t in h]
     # Both changes are on main on GitHub, which production runs.
     main = hub.config("main")
     assert (main["theme"], main["free_shipping_threshold"]) == ("dark", 75)

@@ -219,4 +219,9 @@ def repositories(deps: Dependencies) -> "Repositories":
     from activities.remote_repository import Repositories
 
     store, _ = credential_store(deps)
-    return Repositories(deps.settings.resolved_repository_cache_dir, deps.sessions, store)
+    return Repositories(
+        deps.settings.resolved_repository_cache_dir,
+        deps.sessions,
+        store,
+        github_credentials=github(deps).git_credentials,
+    )
