@@ -1,5 +1,5 @@
 """GitHub projects through the whole lifecycle (issue 19 part 2): a project with a `github`
-connector ships each request as a pull request on the GitHub stand-in (tests/github_stand_in/),
+connector ships each request as a pull request on the GitHub stand-in (scripts/github_stand_in/),
 verified by the tenant's own checks as GitHub Deployments, merged by production. Real workers,
 Temporal and PostgreSQL; what a user sees is asserted on the stand-in: its pull requests, its
 deployments and their statuses, its branches and what they hold."""
@@ -23,7 +23,7 @@ from infra.settings import Settings
 from models import DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
 from models.projects import ConnectorKind
-from tests.github_stand_in.records import CheckScript, Protection, PullRequest
+from scripts.github_stand_in.records import CheckScript, Protection, PullRequest
 from tests.github_support import GitHubWorld
 from tests.lifecycle_support import Shop, git, make_shop, submit, wait_for_status
 from tests.remote_support import history_text

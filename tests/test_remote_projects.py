@@ -34,10 +34,10 @@ from client.lifecycle import LifecycleClient
 from infra.settings import Settings
 from models import ChangeJob, DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
+from scripts.github_stand_in.server import GitHubStandIn, github_stand_in
 from scripts.sample_repo import FAILS_IN_STAGING_PROMPT
 from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
-from tests.github_stand_in.server import GitHubStandIn, github_stand_in
 from tests.lifecycle_support import git, human_policy, make_shop, plan_awaiting_approval, submit
 from tests.process_support import WorkerProcess
 from tests.remote_support import (
