@@ -447,3 +447,51 @@ async def test_a_project_whose_default_branch_is_not_githubs_is_refused_at_plann
         result.reason
     ), result.reason
     assert hub.pulls() == []
+
+
+async def test_a_pull_request_merged_by_a_person_ships_the_default_branch_to_production(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    state = github_world.hub.state
+    # CI takes 30 s of the stand-in's clock: a person merges while staging waits for it.
+    state.add_check_script(github_world.repository, CheckScript("build", after=30))
+    async with (
+        webhooks_process(client, sessions, tmp_path / "webhooks") as base,
+        running_workers(client, sessions, hub.settings),
+    ):
+        github_world.hub.webhooks.deliver_to(f"{base}/webhooks/github/{hub.connector_id}")
+        request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+        await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: s.status is PromptStatus.DEPLOYING_STAGING and "waiting for" in s.step,
+            within=60,
+        )
+        [pull] = hub.pulls()
+        state.merge_pull(pull, sha=None, method="merge", title=None, message=None, actor="octocat")
+        await asyncio.to_thread(github_world.hub.webhooks.wait_idle)
+        async with ticking(github_world):
+            result = await outcome(lifecycle, request_id)
+
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    assert result.reason == (
+        "pull request #1 merged on GitHub by octocat; production runs the default branch's head"
+    )
+    assert (pull.merged, pull.merged_by) == (True, "octocat")
+    # Production released the person's merge commit, verified by its checks; main is at rest.
+    merge = hub.head("main")
+    assert merge == pull.merge_commit_sha
+    assert hub.head("env/production") == merge
+    assert hub.config("main")["theme"] == "dark"
+    assert [(d[0], d[1], d[2][-1]) for d in hub.deployments()] == [
+        ("staging", result.commit_sha, "success"),
+        ("production", merge, "success"),
+    ]
+    assert hub.branches() == ENVIRONMENTS

@@ -77,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.github import (
         GITHUB_EVENT_SIGNAL,
+        ConnectorStep,
         EndRequest,
         GitHubEvent,
         GitHubEventKind,
@@ -304,6 +305,11 @@ class PromptRequestWorkflow:
         self._pull: PullRequestRef | None = None
         self._closed_on_github_by: str | None = None
         self._ending = False
+        # A person merged the pull request on GitHub before production did: production releases
+        # the default branch's head, which holds the change. Production's own merge comes after
+        # _merging is set.
+        self._merged_on_github_by: str | None = None
+        self._merging = False
 
     # ---------------------------------------------------------------- the run
 
@@ -380,7 +386,13 @@ class PromptRequestWorkflow:
 
     async def _settle_completed(self) -> PromptRequestResult:
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
-        await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
+        reason = ""
+        if self._merged_on_github_by is not None and self._pull is not None:
+            reason = (
+                f"pull request #{self._pull.number} merged on GitHub by "
+                f"{self._merged_on_github_by}; production runs the default branch's head"
+            )
+        await self._persist_status(PromptStatus.COMPLETED, reason, tokens_used=self._tokens_used)
         return self._result()
 
     async def _apply_change(self) -> AppliedChangeView:
@@ -460,7 +472,12 @@ class PromptRequestWorkflow:
         """Staging, then production; False when production refused the commit because the
         default branch moved (nothing was released)."""
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
-            outcome = await self._deploy(environment)
+            if environment is DeploymentEnvironment.PRODUCTION and self._github is not None:
+                self._merging = True
+            if environment is DeploymentEnvironment.PRODUCTION and self._merged_on_github_by:
+                outcome = await self._deploy(environment, commit_sha=await self._github_head())
+            else:
+                outcome = await self._deploy(environment)
             if outcome.base_moved:
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
@@ -1254,14 +1271,18 @@ class PromptRequestWorkflow:
         if (
             event.event is GitHubEventKind.PULL_REQUEST
             and event.action == "closed"
-            and not event.merged
             and pull is not None
             and event.pull_number == pull.number
             and not self._ending
             and self._closed_on_github_by is None
         ):
-            self._closed_on_github(event.actor or "someone")
-            return
+            if not event.merged:
+                self._closed_on_github(event.actor or "someone")
+                return
+            if not self._merging and self._merged_on_github_by is None:
+                # Merged by a person: the change is on the default branch, shipped from there.
+                self._merged_on_github_by = event.actor or "someone"
+                return
         releasing = self._releasing
         if releasing is not None:
             with contextlib.suppress(Exception):  # a child that ended needs no waking
@@ -1385,8 +1406,23 @@ class PromptRequestWorkflow:
             **GITHUB_STEP,
         )
 
-    async def _deploy(self, environment: DeploymentEnvironment) -> DeploymentResult:
+    async def _github_head(self) -> str:
+        """The default branch's head on GitHub (a person merged the pull request there)."""
+        assert self._github is not None
+        self._set_step("reading the default branch's head on GitHub")
+        head = await workflow.execute_activity_method(
+            GitHubActivities.default_head,
+            ConnectorStep(connector_id=self._github),
+            **GITHUB_STEP,
+        )
+        return head.sha
+
+    async def _deploy(
+        self, environment: DeploymentEnvironment, *, commit_sha: str | None = None
+    ) -> DeploymentResult:
+        """Release the request's commit (or `commit_sha`) to `environment` by a child."""
         assert self._commit_sha is not None
+        commit = commit_sha or self._commit_sha
         if self._cancel_authorized:
             await self._await_authorized_cancel()  # nothing more is released
         deployment_id = workflow.uuid4()
@@ -1395,7 +1431,7 @@ class PromptRequestWorkflow:
             if environment is DeploymentEnvironment.STAGING
             else PromptStatus.DEPLOYING_PRODUCTION
         )
-        self._set_step(f"deploying {self._commit_sha[:10]} to {environment.value}")
+        self._set_step(f"deploying {commit[:10]} to {environment.value}")
         state = DeploymentSummary(
             deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
         )
@@ -1406,8 +1442,8 @@ class PromptRequestWorkflow:
                 **self._deployment_child(
                     deployment_id,
                     environment,
-                    self._commit_sha,
-                    f"{environment.value} release of {self._commit_sha[:10]}",
+                    commit,
+                    f"{environment.value} release of {commit[:10]}",
                 )
             )
             if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
@@ -1430,7 +1466,7 @@ class PromptRequestWorkflow:
                 deployment_id=deployment_id,
                 environment=environment,
                 status=DeploymentStatus.FAILED,
-                commit_sha=self._commit_sha,
+                commit_sha=commit,
                 verified=False,
                 verification_output=error_message(err),
             )
@@ -1483,7 +1519,11 @@ class PromptRequestWorkflow:
                 undoes_commit_sha=undoes.commit_sha if undoes else None,
                 deploy_task_queue=request.deploy_task_queue,
                 github=(
-                    GitHubRelease(connector_id=self._github, pull_number=self._pull.number)
+                    GitHubRelease(
+                        connector_id=self._github,
+                        # Merged by a person already: production merges nothing.
+                        pull_number=None if self._merged_on_github_by else self._pull.number,
+                    )
                     if self._github is not None and self._pull is not None and undoes is None
                     else None
                 ),
