@@ -418,7 +418,7 @@ class PromptRequestWorkflow:
                 )
                 raise  # not reached: _end raises RequestEnded
             if not applied.replanned:
-                if self._github is not None:
+                if self._github is not None and self._closed_on_github_by is None:
                     await self._publish_pull_request()
                 return applied
             self._replanned = True
@@ -479,6 +479,7 @@ class PromptRequestWorkflow:
             else:
                 outcome = await self._deploy(environment)
             if outcome.base_moved:
+                self._merging = False  # nothing was merged: the rebase goes through staging again
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
