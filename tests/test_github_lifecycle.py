@@ -495,3 +495,45 @@ async def test_a_pull_request_merged_by_a_person_ships_the_default_branch_to_pro
         ("production", merge, "success"),
     ]
     assert hub.branches() == ENVIRONMENTS
+
+
+async def test_a_persons_push_to_the_request_branch_fails_the_request_unmerged(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    state = github_world.hub.state
+    state.add_check_script(github_world.repository, CheckScript("build", after=30))
+    async with running_workers(client, sessions, hub.settings):
+        request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+        await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: s.status is PromptStatus.DEPLOYING_STAGING and "waiting for" in s.step,
+            within=60,
+        )
+        [pull] = hub.pulls()
+        approved, before = pull.head_sha, hub.head("main")
+        pushed = state.push_commit(
+            github_world.repository, pull.head_ref, {"backdoor.js": "alert(1)\n"}
+        )
+        assert pull.head_sha == pushed
+        async with ticking(github_world):
+            result = await outcome(lifecycle, request_id)
+
+    # The merge's head guard refused the pushed head: what would merge is not what was
+    # approved, so the request fails, nothing merged, production rolled back to main's tree.
+    assert result.status is PromptStatus.FAILED, result.reason
+    assert result.reason.startswith(
+        f"changeflow/{request_id} was pushed to outside changeflow after {approved[:12]} was "
+        "verified: what would merge is not what was approved"
+    ), result.reason
+    assert hub.head("main") == before
+    assert (pull.state, pull.merged) == ("closed", False)
+    assert hub.tree("main") == hub.tree("env/production")
+    assert hub.branches() == ENVIRONMENTS

@@ -427,13 +427,18 @@ class DeploymentWorkflow:
             except ActivityError as err:
                 if _cancelled(err):
                     raise
-                # Released but not merged: the release is rolled back; a moved head goes
-                # back to the lifecycle's rebase, a refusal or a closed pull request fails it.
+                # Released but not merged: the release is rolled back and the request fails
+                # with GitHub's reason. A moved head is a push to the request's branch from
+                # outside: what would merge is not what was approved (and a rebase keeps it).
                 self._released_unmerged = True
-                self._base_moved = error_type(err) == ErrorType.BASE_MOVED
-                if not self._base_moved:
-                    self._not_merged = error_message(err)
-                return released, await self._fail(step, f"not merged: {error_message(err)}")
+                self._not_merged = error_message(err)
+                if error_type(err) == ErrorType.BASE_MOVED:
+                    self._not_merged = (
+                        f"changeflow/{self._input.prompt_request_id} was pushed to outside "
+                        f"changeflow after {self._input.commit_sha[:12]} was verified: what "
+                        f"would merge is not what was approved ({self._not_merged})"
+                    )
+                return released, await self._fail(step, f"not merged: {self._not_merged}")
         if self._decided.get(step.deployment_id) is DeploymentStatus.IN_PROGRESS:
             await self._decide(step.deployment_id, DeploymentStatus.VERIFYING)
         if not is_rollback:
