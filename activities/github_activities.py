@@ -38,12 +38,22 @@ from workflows.contracts.github import (
     RevertPullRequest,
     StartDeployment,
 )
+from workflows.contracts.ids import prompt_request_workflow_id
 
 
 class GitHubActivities:
-    def __init__(self, connectors: ConnectorService, connections: Connections) -> None:
+    def __init__(
+        self,
+        connectors: ConnectorService,
+        connections: Connections,
+        *,
+        workflow_url: Callable[[str], str] | None = None,
+    ) -> None:
+        """`workflow_url`: a workflow's page in the Web UI (Settings.workflow_url), which a
+        pull request's body links to."""
         self._connectors = connectors
         self._connections = connections
+        self._workflow_url = workflow_url
 
     @contextlib.asynccontextmanager
     async def _target(self, step: ConnectorStep) -> AsyncIterator[GitHubDeployTarget]:
@@ -67,8 +77,12 @@ class GitHubActivities:
 
     @activity.defn(name="github_open_pull_request")
     async def open_pull_request(self, step: OpenPullRequest) -> PullRequestRef:
+        plan = step.plan
+        if plan.lifecycle_url is None and self._workflow_url is not None:
+            link = self._workflow_url(prompt_request_workflow_id(plan.request_id))
+            plan = plan.model_copy(update={"lifecycle_url": link})
         async with self._target(step) as target:
-            return await target.open_pull_request(step.plan)
+            return await target.open_pull_request(plan)
 
     @activity.defn(name="github_merge_pull_request")
     async def merge_pull_request(self, step: MergePullRequest) -> MergeResult:

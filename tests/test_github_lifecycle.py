@@ -209,6 +209,15 @@ async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_the
     assert all(
         "### Risk" in (p.body or "") and "approved by policy" in (p.body or "") for p in pulls
     )
+    # Each body links to its request's lifecycle in the Web UI.
+    links = [
+        hub.settings.workflow_url(prompt_request_workflow_id(r.prompt_request_id)) for r in results
+    ]
+    bodies = [p.body or "" for p in pulls]
+    assert all(
+        f"[Follow the request in changeflow]({link})" in body
+        for body, link in zip(bodies, links, strict=True)
+    )
     first_merge, second_merge = (p.merge_commit_sha for p in pulls)
     assert git(hub.bare, "rev-parse", "main^1") == first_merge  # merged one after the other
     assert second_merge == hub.head("main")

@@ -127,7 +127,7 @@ def github(deps: Dependencies) -> "GitHubActivities":
 
     store, connections = credential_store(deps)
     connectors = ConnectorService(deps.sessions, store, connections)
-    return GitHubActivities(connectors, connections)
+    return GitHubActivities(connectors, connections, workflow_url=deps.settings.workflow_url)
 
 
 def notification_activities(deps: Dependencies) -> list[Callable[..., Any]]:
