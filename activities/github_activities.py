@@ -8,10 +8,12 @@ InvalidCredentials); a rate limit or an outage is retryable with GitHub's wait a
 fails on a limit. Verification is `look_at_checks`, one look per call: the workflow calls it
 again when the `github_event` signal arrives or its poll interval passes.
 
-Registered by workers/registry.py's github_activities (the lead wires it with the lifecycle).
+Registered by workers/registry.py's github() on settings.task_queue; the lifecycle and the
+deployment workflows call them for a project with a `github` connector.
 """
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,12 +38,22 @@ from workflows.contracts.github import (
     RevertPullRequest,
     StartDeployment,
 )
+from workflows.contracts.ids import prompt_request_workflow_id
 
 
 class GitHubActivities:
-    def __init__(self, connectors: ConnectorService, connections: Connections) -> None:
+    def __init__(
+        self,
+        connectors: ConnectorService,
+        connections: Connections,
+        *,
+        workflow_url: Callable[[str], str] | None = None,
+    ) -> None:
+        """`workflow_url`: a workflow's page in the Web UI (Settings.workflow_url), which a
+        pull request's body links to."""
         self._connectors = connectors
         self._connections = connections
+        self._workflow_url = workflow_url
 
     @contextlib.asynccontextmanager
     async def _target(self, step: ConnectorStep) -> AsyncIterator[GitHubDeployTarget]:
@@ -56,13 +68,21 @@ class GitHubActivities:
 
     @activity.defn(name="github_default_head")
     async def default_head(self, step: ConnectorStep) -> DefaultHead:
-        async with self._target(step) as target:
+        return await self.head_of(step.connector_id)
+
+    async def head_of(self, connector_id: uuid.UUID) -> DefaultHead:
+        """The default branch and its head as GitHub has it (planning asks it too)."""
+        async with self._target(ConnectorStep(connector_id=connector_id)) as target:
             return await target.default_head()
 
     @activity.defn(name="github_open_pull_request")
     async def open_pull_request(self, step: OpenPullRequest) -> PullRequestRef:
+        plan = step.plan
+        if plan.lifecycle_url is None and self._workflow_url is not None:
+            link = self._workflow_url(prompt_request_workflow_id(plan.request_id))
+            plan = plan.model_copy(update={"lifecycle_url": link})
         async with self._target(step) as target:
-            return await target.open_pull_request(step.plan)
+            return await target.open_pull_request(plan)
 
     @activity.defn(name="github_merge_pull_request")
     async def merge_pull_request(self, step: MergePullRequest) -> MergeResult:
@@ -107,6 +127,12 @@ class GitHubActivities:
     async def end_request(self, step: EndRequest) -> None:
         async with self._target(step) as target:
             await target.end_request(step.request_id, step.number)
+
+    async def git_credentials(self, connector_id: uuid.UUID) -> dict[str, str]:
+        """What git sends GitHub for the connector's repository (Repositories, for a project
+        with no `git` connector): its installation token, or its personal token."""
+        async with self._target(ConnectorStep(connector_id=connector_id)) as target:
+            return {"token": await target.repository.git_token()}
 
     def activities(self) -> list[Callable[..., Any]]:
         return [

@@ -358,6 +358,16 @@ class GitHubRepository:
     def owner(self) -> str:
         return self.access.owner
 
+    async def git_token(self) -> str:
+        """The token git sends as the password over https (user `x-access-token`): the
+        installation's, from the cache, or the personal token."""
+        try:
+            return await self._clients.tokens.token(self.access)
+        except RequestFailed as err:
+            raise _translated(err, "POST /app/installations/{id}/access_tokens") from None
+        except RequestError as err:
+            raise _translated(err, "POST /app/installations/{id}/access_tokens") from None
+
     @property
     def name(self) -> str:
         return self.access.repo

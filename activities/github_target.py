@@ -32,17 +32,16 @@ github_client.activity_error):
 - `verify`/`look` never raise on red checks: the ChecksVerdict says FAILED, TIMED_OUT or
   NOTHING_REPORTED (by the project's SilencePolicy), names each check and links its details.
 
-Wiring into the lifecycle (for the lead): a project is a GitHub project when it has a `github`
-connector scoped to it (Connector.project_id). Workflows call the steps as the activities of
-activities/github_activities.py (`github_default_head`, `github_open_pull_request`,
-`github_merge_pull_request`, `github_look_at_checks`, `github_start_deployment`,
-`github_finish_deployment`, `github_revert`, `github_end_request`; payloads in
-workflows/contracts/github.py, registered on settings.task_queue by workers/registry.py).
-Verification in a workflow: record when it began, call `github_look_at_checks` with the
-elapsed workflow time, and until the verdict is done wait for the `github_event` signal
-(GITHUB_EVENT_SIGNAL, sent by the webhooks process for the request's branch, pull request or
-deployment) or the next poll (POLL_FIRST doubling to POLL_MAX), whichever comes first. The
-environment's policy is the connector's `verification` config (github_checks.policy_for).
+How the lifecycle uses it: a project is a GitHub project when it has a `github` connector
+scoped to it (Connector.project_id; activities.lifecycle.github_connector_of). Planning asks
+`default_head` (LifecycleActivities, through GitHubActivities.head_of); the workflows call the
+other steps as the activities of activities/github_activities.py: the lifecycle
+(workflows/lifecycle.py) `github_open_pull_request` after each apply and `github_end_request`
+when the request ends; the deployment (workflows/deployment.py) `github_start_deployment`,
+`github_look_at_checks` until decided (woken by the `github_event` signal the lifecycle
+forwards, else polled from POLL_FIRST doubling to POLL_MAX), `github_finish_deployment`,
+`github_merge_pull_request` in production and `github_revert` for a rollback of production.
+The environment's policy is the connector's `verification` config (github_checks.policy_for).
 """
 
 import asyncio

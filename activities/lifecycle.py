@@ -11,6 +11,7 @@ activities of the workflow's worker.
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import (
     AppliedChange,
@@ -31,6 +33,7 @@ from activities.change_engine import (
     ChangeStep,
     NothingToChange,
     RebaseConflict,
+    RepositoryError,
 )
 from activities.diffs import parse_unified_diff, same_changed_lines
 from activities.git_store import delete_branch, first_parents_since, in_repository
@@ -66,6 +69,7 @@ from models import (
 from models.base import utcnow
 from models.db import SessionFactory
 from workflows.contracts.errors import ErrorType, refused, refused_quoting
+from workflows.contracts.github import DefaultHead
 from workflows.contracts.ids import apply_job_key, plan_job_key
 from workflows.contracts.lifecycle import (
     REPLANNED_ON_NEW_BASE,
@@ -168,6 +172,22 @@ async def load_policy(session: AsyncSession, tenant_id: uuid.UUID) -> ApprovalPo
         )
     ).first()
     return policy_view(policy, notifies=webhook is not None)
+
+
+async def github_connector_of(session: AsyncSession, project_id: uuid.UUID) -> uuid.UUID | None:
+    """The project's `github` connector (the newest one not disabled): its requests become
+    pull requests, verified by the tenant's checks (workflows/lifecycle.py)."""
+    return (
+        await session.exec(
+            select(Connector.id)
+            .where(
+                Connector.project_id == project_id,
+                Connector.kind == ConnectorKind.GITHUB,
+                Connector.status != ConnectorStatus.DISABLED,
+            )
+            .order_by(col(Connector.created_at).desc())
+        )
+    ).first()
 
 
 def _move(request: PromptRequest, status: PromptStatus, reason: str | None = None) -> None:
@@ -274,13 +294,38 @@ class LifecycleActivities:
         *,
         engines: dict[ChangeEngineKind, ChangeEngine] | None = None,
         repositories: Repositories | None = None,
+        github_head: Callable[[uuid.UUID], Awaitable[DefaultHead]] | None = None,
     ) -> None:
         """`engine` serves projects that choose none; `engines` the projects that do
-        (Project.change_engine)."""
+        (Project.change_engine); `github_head` asks GitHub for a `github` connector's default
+        branch and head (GitHubActivities.head_of)."""
         self._sessions = sessions
         self._engine = engine
         self._engines = engines or {}
         self._repositories = repositories or default_repositories(sessions)
+        self._github_head = github_head
+
+    async def _planning_repository(self, project: Project, github: uuid.UUID | None) -> Path:
+        """The repository to plan in, fetched. A GitHub project plans from the default branch's
+        head as GitHub has it: its default branch must be the project's, and the mirror holds
+        that head (fetched again when it does not)."""
+        repo = await self._repositories.local(project)
+        if github is None or self._github_head is None:
+            return repo
+        try:
+            head = await self._github_head(github)
+        except ApplicationError as exc:
+            if not exc.non_retryable:
+                raise  # a rate limit or an outage: Temporal asks again after GitHub's wait
+            raise RepositoryError(
+                f"GitHub did not say where its default branch is: {exc}"
+            ) from None
+        if head.branch != project.default_branch:
+            raise RepositoryError(
+                f"the repository's default branch on GitHub is {head.branch!r}, the project's "
+                f"is {project.default_branch!r}: set the project's to GitHub's"
+            )
+        return await self._repositories.holding(project, head.sha)
 
     def _engine_of(self, project: Project) -> ChangeEngine:
         if project.change_engine is None:
@@ -384,9 +429,11 @@ class LifecycleActivities:
             await session.commit()
 
         try:
+            async with self._sessions() as session:
+                github = await github_connector_of(session, project.id)
             proposal = await heartbeating(
                 self._engine_of(project).plan(
-                    repo=await self._repositories.local(project),
+                    repo=await self._planning_repository(project, github),
                     base_branch=project.default_branch,
                     prompt=req.prompt,
                     step=ChangeStep(req.tenant_id, req.prompt_request_id, req.revision),
@@ -424,7 +471,12 @@ class LifecycleActivities:
             )
             roster = await self._roster(session, req.tenant_id)
             await session.commit()
-        return PlannedRevision(plan=plan_summary(plan, policy), policy=policy, roster=roster)
+        return PlannedRevision(
+            plan=plan_summary(plan, policy),
+            policy=policy,
+            roster=roster,
+            github_connector_id=github,
+        )
 
     async def _closed(self, session: AsyncSession, req: PlanRequest) -> PlannedRevision:
         await session.commit()

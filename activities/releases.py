@@ -26,7 +26,14 @@ from activities.deployments import (
     project_of,
     view,
 )
-from activities.git_store import fast_forward, is_ancestor, resolve_commit, restore_tree
+from activities.git_store import (
+    delete_branch,
+    fast_forward,
+    is_ancestor,
+    move_ref,
+    resolve_commit,
+    restore_tree,
+)
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
 from activities.remote_repository import Repositories, default_repositories
@@ -49,6 +56,7 @@ from workflows.contracts.deployment import (
     VerificationOutcome,
 )
 from workflows.contracts.errors import ErrorType, refused
+from workflows.contracts.github import request_branch
 
 HEARTBEAT_EVERY_S = 2.0
 # How long a check's verdict may take to reach its row before the check reports it anyway.
@@ -93,6 +101,7 @@ class ReleaseActivities:
             self.record_verdict,
             self.verify_deployment,
             self.compensate_deployment,
+            self.push_revert_branch,
         ]
 
     @activity.defn(name="release_deployment")
@@ -356,6 +365,39 @@ class ReleaseActivities:
             await finish_job(session, job_key=job_key, status=ChangeJobStatus.SUCCEEDED)
             await session.commit()
             return view(row)
+
+    @activity.defn(name="push_revert_branch")
+    async def push_revert_branch(self, step: ReleaseStep) -> str | None:
+        """A GitHub project's verified rollback: the branch `changeflow/<deployment id>`, from
+        the default branch's head plus a commit restoring the rolled-back-to tree, pushed for
+        its pull request (GitHubDeployTarget.revert). None, and no branch, when the default
+        branch holds that tree already (a release GitHub never merged). Safe to repeat."""
+        async with self._sessions() as session:
+            row = await locked(session, step.deployment_id)
+            project = await project_of(session, row)
+        repo = await self._repository(project)
+        main = project.default_branch
+        branch = request_branch(step.deployment_id)
+        ref = f"refs/heads/{branch}"
+        head = await resolve_commit(repo, f"refs/heads/{main}")
+        if head is None:
+            raise _target_error(DeployTargetError(f"{main} does not exist"))
+        try:
+            if await resolve_commit(repo, ref) is None:
+                await move_ref(repo, ref, head, None)
+            message = (
+                f"Revert {main} to {step.commit_sha[:12]}, restored in production\n\n"
+                f"Production was rolled back by deployment {row.id}"
+                + (f" (undoing deployment {row.rollback_of_id})" if row.rollback_of_id else "")
+                + f"; {main} gets the tree production runs.\n"
+            )
+            reverted = await restore_tree(repo, branch, step.commit_sha, message)
+            if reverted == head:
+                await delete_branch(repo, branch)
+                return None
+        except RepositoryError as exc:
+            raise _target_error(DeployTargetError(str(exc))) from None
+        return branch
 
     # --- the default branch follows production ---
 

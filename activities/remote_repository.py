@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import pygit2
 from pygit2.enums import CredentialType, FetchPrune, RepositoryOpenFlag
 from sqlmodel import col, select
+from temporalio.exceptions import ApplicationError
 
 from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
@@ -417,10 +418,14 @@ class Repositories:
         cache_dir: Path,
         sessions: SessionFactory | None = None,
         store: CredentialStore | None = None,
+        github_credentials: Callable[[uuid.UUID], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
+        """`github_credentials`: git's credentials from a project's `github` connector, for a
+        project without a `git` connector (GitHubActivities.git_credentials)."""
         self.cache_dir = Path(cache_dir).resolve()
         self._sessions = sessions
         self._store = store
+        self._github_credentials = github_credentials
         # When each mirror's last fetch began: a step that asks while one runs waits for it
         # and goes on with what it fetched (the remote as of after the step asked).
         self._fetched: dict[Path, float] = {}
@@ -484,14 +489,26 @@ class Repositories:
                     select(Connector)
                     .where(
                         Connector.project_id == project.id,
-                        Connector.kind == ConnectorKind.GIT,
+                        col(Connector.kind).in_((ConnectorKind.GIT, ConnectorKind.GITHUB)),
                         Connector.status != ConnectorStatus.DISABLED,
                     )
                     .order_by(col(Connector.created_at).desc())
                 )
             ).all()
+        github = next((c for c in connectors if c.kind is ConnectorKind.GITHUB), None)
+        connectors = [c for c in connectors if c.kind is ConnectorKind.GIT]
         active = [c for c in connectors if c.status is ConnectorStatus.ACTIVE]
         connector = next(iter(active or connectors), None)
+        if connector is None and github is not None and self._github_credentials is not None:
+            # A GitHub project with no git connector: its App's installation token.
+            try:
+                secrets = await self._github_credentials(github.id)
+            except ApplicationError as exc:
+                if not exc.non_retryable:
+                    raise RemoteUnavailable(str(exc)) from None
+                raise RemoteAccessDenied(str(exc)) from None
+            _remember_secrets(secrets)
+            return secrets
         if connector is None:
             return {}
         if self._store is None:

@@ -12,6 +12,7 @@ from activities import deployments
 from activities.change_engine import RepositoryError
 from activities.deployments import not_found
 from activities.git_store import resolve_commit
+from activities.lifecycle import github_connector_of
 from activities.remote_repository import Repositories, default_repositories
 from models import Deployment, DeploymentPlan, DeploymentStatus, Project
 from models.db import SessionFactory
@@ -123,7 +124,9 @@ class RollbackActivities:
                     f"live in {target.environment.value} (deployment {live.id})",
                 )
             plan = await session.get(DeploymentPlan, target.plan_id)
+            github = await github_connector_of(session, target.project_id)
             return RollbackPlan(
+                github_connector_id=github,
                 tenant_id=target.tenant_id,
                 project_id=target.project_id,
                 plan_id=target.plan_id,

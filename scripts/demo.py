@@ -11,6 +11,9 @@
    a connector is created and tested, a first sync brings its orders and customers, the shop
    changes, an incremental sync brings only the change, and a report is computed from the rows
    (scripts/demo_commerce.py).
+5. A change on GitHub, a LOCAL STAND-IN of it (scripts/github_stand_in/): the request becomes a
+   pull request, the scripted CI goes green, staging and production are GitHub Deployments and
+   changeflow merges it; prints the pull request's URL on the stand-in (scripts/demo_github.py).
 
 Starts (or joins) the embedded PostgreSQL and Temporal dev server, migrates, seeds a demo tenant
 (people, approval policy, a funded token account, a project whose repository is a sample
@@ -27,7 +30,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,6 +60,7 @@ from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from models.transitions import is_terminal
 from scripts.demo_commerce import demo_credential_keys, run_commerce
+from scripts.demo_github import RunRequest, run_github
 from scripts.model_stand_in import Reply, RunningStandIn, StandIn, edit_block
 from scripts.sample_repo import (
     FAILS_IN_PRODUCTION_PROMPT,
@@ -352,6 +356,7 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
         print(flush=True)
     model_result = await run_model_change(settings, lifecycle, sessions, shop)
     commerce = await run_commerce(settings, client, sessions, shop.tenant.id)
+    github = await run_github(settings, client, sessions, shop.tenant.id, run_on(lifecycle, shop))
     after = await ledger.balance(shop.account_id)
     print(
         f"Token balance: {before.balance:,} before, {after.balance:,} after "
@@ -368,16 +373,38 @@ async def show(settings: Settings, client: Client, sessions: SessionFactory) -> 
         and rolled_back
         and model_result.status is PromptStatus.COMPLETED
         and commerce.ok
+        and github.ok
     )
     if not ok:
         print(
             "demo: unexpected outcome - the first and third lifecycles should complete, the "
-            "second should be rolled back in production, and the incremental sync should bring "
-            "exactly the shop's change (1 new order, 2 changed)",
+            "second should be rolled back in production, the incremental sync should bring "
+            "exactly the shop's change (1 new order, 2 changed), and the GitHub change should be "
+            "merged with green deployments",
             file=sys.stderr,
         )
     sys.stdout.flush()
     return 0 if ok else 1
+
+
+def run_on(lifecycle: LifecycleClient, shop: DemoShop) -> RunRequest:
+    """A request on another project of the demo tenant, run and shown like the others."""
+
+    async def run(project: Project, prompt: str) -> PromptRequestResult:
+        progress = Progress()
+        result = await run_lifecycle(
+            lifecycle,
+            replace(shop, project=project),
+            prompt,
+            on_status=progress.show,
+            say=progress.say,
+        )
+        progress.say(
+            f"finished {result.status.value}" + (f": {result.reason}" if result.reason else "")
+        )
+        return result
+
+    return run
 
 
 async def run_model_change(

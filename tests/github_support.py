@@ -20,9 +20,9 @@ from activities.github_target import GitHubDeployTarget
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind
 from models.tenancy import Tenant
+from scripts.github_stand_in import GitHubStandIn, github_stand_in
+from scripts.github_stand_in.records import App, Installation, Repository
 from tests.factories import make_tenant
-from tests.github_stand_in import GitHubStandIn, github_stand_in
-from tests.github_stand_in.records import App, Installation, Repository
 
 SAMPLE_FILES = {
     "index.html": "<h1>Storefront</h1>\n",

@@ -20,8 +20,8 @@ from infra.settings import Settings
 from models import Project
 from models.db import SessionFactory
 from models.projects import ConnectorKind
+from scripts.github_stand_in.server import GitHubStandIn
 from tests.commerce_support import key_spec
-from tests.github_stand_in.server import GitHubStandIn
 from tests.lifecycle_support import PUSHER, Shop, git, make_shop
 from workers.registry import connector_clients
 

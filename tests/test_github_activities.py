@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 
 from activities.github_activities import GitHubActivities
 from models.db import SessionFactory
-from tests.github_stand_in import Protection
+from scripts.github_stand_in import Protection
 from tests.github_support import GitHubWorld, connect_github
 from workflows.contracts.errors import error_message, error_type
 from workflows.contracts.github import (

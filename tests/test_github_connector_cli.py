@@ -56,6 +56,9 @@ async def test_the_readmes_commands_connect_the_repository_by_app_and_by_token(
     world = github_world
     env = {**env, "GITHUB_API_URL": world.hub.url, "CHANGEFLOW_CREDENTIAL_KEYS": KEYS}
     await ok(env, "tenant", "create", "Acme", "--slug", "acme")
+    # The project the App's connector is scoped to (--project storefront).
+    repo = world.hub.clone_url(world.repository)
+    await ok(env, "project", "create", "Storefront", "-t", "acme", "--repo", repo)
     key_file = tmp_path / "changeflow-app.pem"
     key_file.write_text(world.app.private_key_pem)
     token = world.hub.state.create_personal_token("alice", ["acme/storefront"]).value

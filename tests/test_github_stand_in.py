@@ -38,8 +38,8 @@ from githubkit_schemas.latest.models import (
 )
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 
-from tests.github_stand_in import CheckScript, GitHubStandIn, Protection, github_stand_in
-from tests.github_stand_in.records import App, Installation, Repository
+from scripts.github_stand_in import CheckScript, GitHubStandIn, Protection, github_stand_in
+from scripts.github_stand_in.records import App, Installation, Repository
 
 
 @dataclass
@@ -897,7 +897,13 @@ async def test_webhook_payloads_parse_as_githubkits_webhook_models(
 # -- the OpenAPI description -----------------------------------------------------------------
 
 OPENAPI = json.loads(
-    (Path(__file__).parent / "github_stand_in" / "openapi" / "github-subset.json").read_text()
+    (
+        Path(__file__).parent.parent
+        / "scripts"
+        / "github_stand_in"
+        / "openapi"
+        / "github-subset.json"
+    ).read_text()
 )
 
 
@@ -949,7 +955,7 @@ async def test_every_answer_matches_githubs_openapi_description(
     world: World, tmp_path: Path
 ) -> None:
     """Each operation the stand-in serves, in its success and its refusals, against the cut of
-    GitHub's description in tests/github_stand_in/openapi (REST API version 2022-11-28)."""
+    GitHub's description in scripts/github_stand_in/openapi (REST API version 2022-11-28)."""
     hub, state = world.hub, world.hub.state
     now = int(time.time())
     app_jwt = jwt.encode(
@@ -1117,11 +1123,11 @@ async def test_every_answer_matches_githubs_openapi_description(
 
 
 def test_no_product_package_imports_the_stand_in() -> None:
-    """The stand-in is a test fixture: the product's runtime packages never reach it."""
+    """The stand-in is a tool of the tests and the demo: the product never reaches it."""
     root = Path(__file__).parent.parent
     importers = [
         str(source.relative_to(root))
-        for package in ("models", "activities", "workflows", "workers", "cli")
+        for package in ("models", "infra", "activities", "workflows", "client", "workers", "cli")
         for source in (root / package).rglob("*.py")
         if "github_stand_in" in source.read_text()
     ]

@@ -1,4 +1,4 @@
-"""A GitHub project's steps against the GitHub stand-in (tests/github_stand_in): pull requests
+"""A GitHub project's steps against the GitHub stand-in (scripts/github_stand_in): pull requests
 with the plan, the merge's head guard, branch protection, the tenant's checks combined (the
 zero-statuses trap), deployments and their statuses, rollbacks as merged reverts, tokens that
 expire mid-sequence, and no token in any error."""
@@ -13,7 +13,7 @@ from activities.github_client import GitHubClients, GitHubError, GitHubRateLimit
 from activities.github_target import GitHubDeployTarget
 from models.db import SessionFactory
 from models.projects import ConnectorStatus
-from tests.github_stand_in import CheckScript, Protection
+from scripts.github_stand_in import CheckScript, Protection
 from tests.github_support import GitHubWorld, connect_github
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.github import (

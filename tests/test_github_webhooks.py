@@ -23,7 +23,7 @@ from activities.credentials import KeyRing
 from activities.github_webhooks import GitHubDelivery, event_of
 from models.commerce import WebhookDelivery
 from models.db import SessionFactory
-from tests.github_stand_in import CheckScript
+from scripts.github_stand_in import CheckScript
 from tests.github_support import GitHubWorld, connect_github
 from tests.workers import test_settings
 from workers.registry import Dependencies

@@ -55,10 +55,10 @@ from models import (
     PromptStatus,
 )
 from models.db import SessionFactory
+from scripts.github_stand_in.server import GitHubStandIn, github_stand_in
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, FAILS_IN_STAGING_PROMPT
 from tests.cli_support import ROOT, ok, refused
 from tests.factories import make_tenant
-from tests.github_stand_in.server import GitHubStandIn, github_stand_in
 from tests.lifecycle_support import (
     git,
     human_policy,

@@ -13,6 +13,7 @@ from models.db import SessionFactory
 if TYPE_CHECKING:
     from activities.connectors import Connections
     from activities.credentials import CredentialStore
+    from activities.github_activities import GitHubActivities
     from activities.remote_repository import Repositories
 
 
@@ -82,11 +83,13 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         ChangeEngineKind.RULE: GitChangeEngine(),
         ChangeEngineKind.MODEL: ModelChangeEngine(deps.settings, deps.sessions),
     }
+    on_github = github(deps)
     lifecycle = LifecycleActivities(
         deps.sessions,
         engines[deps.settings.change_engine],
         engines=engines,
         repositories=repositories(deps),
+        github_head=on_github.head_of,
     )
     return [
         lifecycle.plan_request,
@@ -112,18 +115,19 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
         *RollbackActivities(deps.sessions, repositories(deps)).lifecycle_activities(),
         *commerce_activities(deps),
         *notification_activities(deps),
-        *github_activities(deps),
+        *on_github.activities(),
     ]
 
 
-def github_activities(deps: Dependencies) -> list[Callable[..., Any]]:
-    """A GitHub project's steps (activities/github_activities.py), on settings.task_queue."""
+def github(deps: Dependencies) -> "GitHubActivities":
+    """A GitHub project's steps (activities/github_activities.py), on settings.task_queue, on
+    one set of clients (one token cache)."""
     from activities.connectors import ConnectorService
     from activities.github_activities import GitHubActivities
 
     store, connections = credential_store(deps)
     connectors = ConnectorService(deps.sessions, store, connections)
-    return GitHubActivities(connectors, connections).activities()
+    return GitHubActivities(connectors, connections, workflow_url=deps.settings.workflow_url)
 
 
 def notification_activities(deps: Dependencies) -> list[Callable[..., Any]]:
@@ -215,4 +219,9 @@ def repositories(deps: Dependencies) -> "Repositories":
     from activities.remote_repository import Repositories
 
     store, _ = credential_store(deps)
-    return Repositories(deps.settings.resolved_repository_cache_dir, deps.sessions, store)
+    return Repositories(
+        deps.settings.resolved_repository_cache_dir,
+        deps.sessions,
+        store,
+        github_credentials=github(deps).git_credentials,
+    )

@@ -8,6 +8,7 @@
 """
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable
 from datetime import timedelta
@@ -28,10 +29,12 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from activities.decisions import DecisionActivities
     from activities.deployments import DeploymentActivities
+    from activities.github_activities import GitHubActivities
+    from activities.github_target import POLL_FIRST, POLL_MAX
     from activities.lane import LaneActivities
     from activities.releases import ReleaseActivities
     from activities.rollbacks import RollbackActivities
-    from models.lifecycle import ChangeJobKind, DeploymentStatus
+    from models.lifecycle import ChangeJobKind, DeploymentEnvironment, DeploymentStatus
     from workflows.contracts import search_attributes
     from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.deployment import (
@@ -41,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentState,
         DeploymentView,
         FindLastGoodRelease,
+        GitHubRelease,
         LanePlace,
         LaneTurn,
         PlanRollback,
@@ -59,6 +63,16 @@ with workflow.unsafe.imports_passed_through():
         application_error,
         error_message,
         error_type,
+    )
+    from workflows.contracts.github import (
+        GITHUB_EVENT_SIGNAL,
+        EndRequest,
+        FinishDeployment,
+        GitHubEvent,
+        LookAtChecks,
+        MergePullRequest,
+        RevertPullRequest,
+        StartDeployment,
     )
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
@@ -97,6 +111,15 @@ STATUS_DECIDED_HERE = "deployment-status-decided-here"
 _RUN_ENDS = frozenset(
     {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED}
 )
+
+# A call to GitHub: a few REST requests. Rate limits and outages come back as retries after
+# GitHub's wait (activities/github_client.py); refusals are typed and not retried.
+_GITHUB_STEP: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RetryPolicy(
+        maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES
+    ),
+}
 
 T = TypeVar("T")
 
@@ -180,6 +203,19 @@ class DeploymentWorkflow:
         # Progress reports the parent has not been sent yet, and their sender (see _progress).
         self._unsent: list[DeploymentProgress] = []
         self._progress_sent: asyncio.Task[None] | None = None
+        # A GitHub project (input.github): `github_event` signals so far (each wakes the look
+        # at the checks), the merge commit production verifies, the release's log, and a
+        # release whose pull request GitHub did not merge (it is rolled back).
+        self._github_events = 0
+        self._merge_sha: str | None = None
+        self._release_log_url = ""
+        self._released_unmerged = False
+        self._not_merged: str | None = None
+        self._checks: str | None = None
+
+    @workflow.signal(name=GITHUB_EVENT_SIGNAL)
+    def github_event(self, event: GitHubEvent) -> None:
+        self._github_events += 1
 
     @workflow.signal(name="lane_turn")
     def lane_turn(self, turn: LaneTurn) -> None:
@@ -286,10 +322,15 @@ class DeploymentWorkflow:
             diff_url=released.diff_url if released else None,
             base_moved=self._base_moved,
             previous_commit_sha=released.previous_commit_sha if released else None,
+            checks=self._checks,
+            not_merged=self._not_merged,
         )
         # A refused release released nothing: there is nothing to roll back.
         rolls_back = (
-            not outcome.ok and input.auto_rollback and not self._base_moved and not self._superseded
+            not outcome.ok
+            and input.auto_rollback
+            and (not self._base_moved or self._released_unmerged)
+            and not self._superseded
         )
         if outcome.ok:
             detail = "verified"
@@ -378,6 +419,26 @@ class DeploymentWorkflow:
                 detail = f"not undone: {error_message(err)}"
                 return None, await self._fail(step, detail, DeploymentStatus.CANCELLED)
             return None, await self._fail(step, f"release failed: {error_message(err)}")
+        if released is not None:
+            self._release_log_url = released.log_url or ""
+        if self._merges(step):
+            try:
+                await self._merge()
+            except ActivityError as err:
+                if _cancelled(err):
+                    raise
+                # Released but not merged: the release is rolled back and the request fails
+                # with GitHub's reason. A moved head is a push to the request's branch from
+                # outside: what would merge is not what was approved (and a rebase keeps it).
+                self._released_unmerged = True
+                self._not_merged = error_message(err)
+                if error_type(err) == ErrorType.BASE_MOVED:
+                    self._not_merged = (
+                        f"changeflow/{self._input.prompt_request_id} was pushed to outside "
+                        f"changeflow after {self._input.commit_sha[:12]} was verified: what "
+                        f"would merge is not what was approved ({self._not_merged})"
+                    )
+                return released, await self._fail(step, f"not merged: {self._not_merged}")
         if self._decided.get(step.deployment_id) is DeploymentStatus.IN_PROGRESS:
             await self._decide(step.deployment_id, DeploymentStatus.VERIFYING)
         if not is_rollback:
@@ -538,18 +599,23 @@ class DeploymentWorkflow:
             verified = await self._verify_and_record(step)
             self._show_decided(step.deployment_id, *self._verdict_means(step, verified))
             return verified
-        verdict = await workflow.execute_activity_method(
-            ReleaseActivities.run_check,
-            step,
-            task_queue=self._input.deploy_task_queue,
-            start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=_CHECK_HEARTBEAT,
-            retry_policy=_RELEASE_RETRY,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        if self._on_github(step):
+            verdict = await self._github_checks()
+        else:
+            verdict = await workflow.execute_activity_method(
+                ReleaseActivities.run_check,
+                step,
+                task_queue=self._input.deploy_task_queue,
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=_CHECK_HEARTBEAT,
+                retry_policy=_RELEASE_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
         # Cancelled while the check ran (it finished before hearing of it): nothing is recorded
         # as verified and the default branch does not move; the compensation undoes the release.
         self._checkpoint()
+        if verdict.ok and self._reverts_on_github(step):
+            await self._revert_on_github(step)
         if not self._decides:
             recorded = await self._record_verdict(step, verdict)
             self._show_decided(step.deployment_id, *self._verdict_means(step, verdict))
@@ -563,6 +629,155 @@ class DeploymentWorkflow:
 
         # Not cancelled halfway: once it starts, a verified production release ships whole.
         return await self._whole(recorded_and_decided(), cancels_after=False)
+
+    # --- a GitHub project's release ------------------------------------------------------
+
+    def _on_github(self, step: ReleaseStep) -> bool:
+        """Whether this step is a GitHub project's release of its request (its rollbacks are
+        verified by the project's check command, as any project's)."""
+        input = self._input
+        return (
+            input.github is not None
+            and input.rollback_of is None
+            and step.deployment_id == input.deployment_id
+        )
+
+    def _reverts_on_github(self, step: ReleaseStep) -> bool:
+        """A verified rollback of a GitHub project's production: the default branch gets its
+        revert by a pull request, merged, before the rollback is recorded."""
+        return (
+            self._input.github is not None
+            and self._input.environment is DeploymentEnvironment.PRODUCTION
+            and step.job_kind is ChangeJobKind.ROLLBACK
+        )
+
+    async def _revert_on_github(self, step: ReleaseStep) -> None:
+        """The git layer pushes `changeflow/<rollback deployment id>` holding the revert (no
+        branch: the default branch holds the restored tree already); GitHub merges it as a pull
+        request, and the branch goes."""
+        github = self._input.github
+        assert github is not None
+        branch = await workflow.execute_activity_method(
+            ReleaseActivities.push_revert_branch,
+            step,
+            task_queue=self._input.deploy_task_queue,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=_RELEASE_RETRY,
+        )
+        if branch is None:
+            return
+        self._progress(f"merging the revert to {step.commit_sha[:12]} on GitHub")
+        await workflow.execute_activity_method(
+            GitHubActivities.revert,
+            RevertPullRequest(
+                connector_id=github.connector_id,
+                branch=branch,
+                title=f"Revert production to {step.commit_sha[:12]}",
+                body=(
+                    f"Production was rolled back to {step.commit_sha} by changeflow deployment "
+                    f"`{step.deployment_id}`; this brings the default branch to the tree "
+                    "production runs."
+                ),
+            ),
+            **_GITHUB_STEP,
+        )
+        await workflow.execute_activity_method(
+            GitHubActivities.end_request,
+            EndRequest(connector_id=github.connector_id, request_id=step.deployment_id),
+            **_GITHUB_STEP,
+        )
+
+    def _merges(self, step: ReleaseStep) -> bool:
+        return (
+            self._on_github(step)
+            and self._input.environment is DeploymentEnvironment.PRODUCTION
+            and self._input.github is not None
+            and self._input.github.pull_number is not None
+        )
+
+    async def _merge(self) -> None:
+        """Production merges the request's pull request, the released (and staged) head as the
+        guard: GitHub refuses the merge if the head moved since."""
+        github = self._input.github
+        assert github is not None and github.pull_number is not None
+        self._progress(f"merging pull request #{github.pull_number}")
+        merged = await workflow.execute_activity_method(
+            GitHubActivities.merge_pull_request,
+            MergePullRequest(
+                connector_id=github.connector_id,
+                number=github.pull_number,
+                head_sha=self._input.commit_sha,
+            ),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            **_GITHUB_STEP,
+        )
+        self._merge_sha = merged.merge_sha
+
+    async def _github_checks(self) -> VerificationOutcome:
+        """The tenant's own checks decide: a GitHub Deployment of the commit (production: the
+        merge commit) marked in progress, its checks looked at until decided (from POLL_FIRST
+        doubling to POLL_MAX, at once on a `github_event`), the deployment marked with the
+        verdict, which names each check and its link."""
+        input = self._input
+        github = input.github
+        assert github is not None
+        environment = input.environment.value
+        sha = self._merge_sha or input.commit_sha
+        deployment = await workflow.execute_activity_method(
+            GitHubActivities.start_deployment,
+            StartDeployment(
+                connector_id=github.connector_id,
+                environment=environment,
+                sha=sha,
+                log_url=self._release_log_url,
+                request_id=input.prompt_request_id,
+                deployment_id=input.deployment_id,
+            ),
+            **_GITHUB_STEP,
+        )
+        started = workflow.now()
+        pause = POLL_FIRST
+        while True:
+            seen = self._github_events
+            verdict = await workflow.execute_activity_method(
+                GitHubActivities.look_at_checks,
+                LookAtChecks(
+                    connector_id=github.connector_id,
+                    sha=sha,
+                    elapsed=workflow.now() - started,
+                    environment=environment,
+                ),
+                **_GITHUB_STEP,
+            )
+            if verdict.done:
+                break
+            self._progress(verdict.summary())
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda seen=seen: self._github_events > seen,  # type: ignore[misc]
+                    timeout=pause,
+                    timeout_summary="GitHub checks",
+                )
+            pause = min(pause * 2, POLL_MAX)
+        summary = verdict.summary()
+        self._checks = f"GitHub checks of {environment}: {summary}"
+        await workflow.execute_activity_method(
+            GitHubActivities.finish_deployment,
+            FinishDeployment(
+                connector_id=github.connector_id,
+                deployment=deployment,
+                ok=verdict.ok,
+                log_url=self._release_log_url,
+                description=summary,
+            ),
+            **_GITHUB_STEP,
+        )
+        return VerificationOutcome(
+            ok=verdict.ok,
+            output=self._checks,
+            log_url=self._release_log_url,
+            duration_s=(workflow.now() - started).total_seconds(),
+        )
 
     async def _record_verdict(
         self, step: ReleaseStep, verdict: VerificationOutcome
@@ -784,6 +999,11 @@ class RollbackWorkflow:
             rollback_of=plan.live_deployment_id,
             parent_workflow_id=workflow.info().workflow_id,
             deploy_task_queue=request.deploy_task_queue,
+            github=(
+                GitHubRelease(connector_id=plan.github_connector_id)
+                if plan.github_connector_id is not None
+                else None
+            ),
         )
         result = await workflow.execute_child_workflow(
             DeploymentWorkflow.run,

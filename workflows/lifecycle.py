@@ -30,6 +30,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
     from activities.decisions import DecisionActivities
+    from activities.github_activities import GitHubActivities
     from activities.lifecycle import LifecycleActivities
     from activities.rollbacks import RollbackActivities
     from models.billing import HoldStatus
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         DeploymentProgress,
         DeploymentResult,
         FindLastGoodRelease,
+        GitHubRelease,
     )
     from workflows.contracts.errors import (
         MODEL_UNAVAILABLE,
@@ -72,6 +74,16 @@ with workflow.unsafe.imports_passed_through():
         error_message,
         error_type,
         refused,
+    )
+    from workflows.contracts.github import (
+        GITHUB_EVENT_SIGNAL,
+        ConnectorStep,
+        EndRequest,
+        GitHubEvent,
+        GitHubEventKind,
+        OpenPullRequest,
+        PullRequestPlan,
+        PullRequestRef,
     )
     from workflows.contracts.ids import deployment_workflow_id, notification_workflow_id
     from workflows.contracts.lifecycle import (
@@ -118,6 +130,7 @@ with workflow.unsafe.imports_passed_through():
         AUTHORIZED_CANCEL_STOPS_RELEASES,
         CANCEL_NEVER_LIVE,
         CLOSE_REQUEST_BRANCH,
+        GITHUB_PULL_REQUESTS,
         JUDGED_BY_VALIDATORS_PATCH,
         MODEL_UNAVAILABLE_PATCH,
         NEVER_AUTO_APPROVE_OWN_VERIFICATION,
@@ -183,6 +196,14 @@ BRANCH_CLOSE_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE_ERROR_TYPES,
 )
 ENGINE_HEARTBEAT = timedelta(seconds=30)
+# A call to GitHub (a few REST requests); its rate limits come back as retries with GitHub's
+# wait (activities/github_client.py), so the retry policy is the usual one.
+GITHUB_STEP: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(minutes=2),
+    "retry_policy": RETRY,
+}
+# A pull request's title: the prompt, cut to what a title shows.
+PULL_TITLE_CHARS = 120
 APPROVED_BY_POLICY = "approved by policy"
 # A token naming a key the run does not hold reloads the keys (a key rotated in) at most this
 # often: made-up key ids cost one handler run per interval, not one per call.
@@ -277,6 +298,18 @@ class PromptRequestWorkflow:
         self._notified = False
         self._finished = False
         self._patches: frozenset[str] = frozenset()
+        # A GitHub project (GITHUB_PULL_REQUESTS): its connector, the request's pull request,
+        # who closed it on GitHub (the request is cancelled), and the request is ending (the
+        # pull request closes because changeflow closes it).
+        self._github: uuid.UUID | None = None
+        self._pull: PullRequestRef | None = None
+        self._closed_on_github_by: str | None = None
+        self._ending = False
+        # A person merged the pull request on GitHub before production did: production releases
+        # the default branch's head, which holds the change. Production's own merge comes after
+        # _merging is set.
+        self._merged_on_github_by: str | None = None
+        self._merging = False
 
     # ---------------------------------------------------------------- the run
 
@@ -353,7 +386,13 @@ class PromptRequestWorkflow:
 
     async def _settle_completed(self) -> PromptRequestResult:
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
-        await self._persist_status(PromptStatus.COMPLETED, tokens_used=self._tokens_used)
+        reason = ""
+        if self._merged_on_github_by is not None and self._pull is not None:
+            reason = (
+                f"pull request #{self._pull.number} merged on GitHub by "
+                f"{self._merged_on_github_by}; production runs the default branch's head"
+            )
+        await self._persist_status(PromptStatus.COMPLETED, reason, tokens_used=self._tokens_used)
         return self._result()
 
     async def _apply_change(self) -> AppliedChangeView:
@@ -379,6 +418,8 @@ class PromptRequestWorkflow:
                 )
                 raise  # not reached: _end raises RequestEnded
             if not applied.replanned:
+                if self._github is not None and self._closed_on_github_by is None:
+                    await self._publish_pull_request()
                 return applied
             self._replanned = True
             await self._approve_revision(applied)
@@ -431,8 +472,14 @@ class PromptRequestWorkflow:
         """Staging, then production; False when production refused the commit because the
         default branch moved (nothing was released)."""
         for environment in (DeploymentEnvironment.STAGING, DeploymentEnvironment.PRODUCTION):
-            outcome = await self._deploy(environment)
+            if environment is DeploymentEnvironment.PRODUCTION and self._github is not None:
+                self._merging = True
+            if environment is DeploymentEnvironment.PRODUCTION and self._merged_on_github_by:
+                outcome = await self._deploy(environment, commit_sha=await self._github_head())
+            else:
+                outcome = await self._deploy(environment)
             if outcome.base_moved:
+                self._merging = False  # nothing was merged: the rebase goes through staging again
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
@@ -477,6 +524,8 @@ class PromptRequestWorkflow:
             self._policy = planned.policy
             self._roster = dict(planned.roster)
             self._adopt_plan(planned.plan)
+            if self._patched(GITHUB_PULL_REQUESTS):
+                self._github = planned.github_connector_id
         return planned
 
     async def _plan_request(self, plan: PlanRequest, retry: RetryPolicy) -> PlannedRevision:
@@ -660,6 +709,8 @@ class PromptRequestWorkflow:
                 )
                 if self._decision is None:
                     await self._expire(policy)
+            if self._closed_on_github_by is not None:
+                raise CancelledByDecision()
             if self._decision is ApprovalDecision.APPROVE:
                 self._set_status(PromptStatus.APPROVED)
                 return
@@ -697,7 +748,11 @@ class PromptRequestWorkflow:
         )
 
     def _decided(self) -> bool:
-        return self._decision is not None or self._revision is not None
+        return (
+            self._decision is not None
+            or self._revision is not None
+            or self._closed_on_github_by is not None
+        )
 
     def _approvals_so_far(self) -> int:
         return approvals_of(self._approvals)
@@ -1176,6 +1231,8 @@ class PromptRequestWorkflow:
         sends right after (it raises CancelledError here); without it, cancel anyway."""
         self._releasing = None
         self._set_step("cancelling")
+        if self._closed_on_github_by is not None:
+            raise CancelledByDecision()  # no cancel of Temporal's follows a person on GitHub
         try:
             await workflow.wait_condition(
                 lambda: False,
@@ -1204,6 +1261,45 @@ class PromptRequestWorkflow:
             )
         elif progress.detail:
             self._set_step(f"{progress.environment.value}: {progress.detail}")
+
+    @workflow.signal(name=GITHUB_EVENT_SIGNAL)
+    async def github_event(self, event: GitHubEvent) -> None:
+        """GitHub reported on this request (the webhooks process): its pull request closed by a
+        person cancels the request; anything else wakes the deployment verifying its checks."""
+        if self._github is None or event.connector_id != self._github:
+            return
+        pull = self._pull
+        if (
+            event.event is GitHubEventKind.PULL_REQUEST
+            and event.action == "closed"
+            and pull is not None
+            and event.pull_number == pull.number
+            and not self._ending
+            and self._closed_on_github_by is None
+        ):
+            if not event.merged:
+                self._closed_on_github(event.actor or "someone")
+                return
+            if not self._merging and self._merged_on_github_by is None:
+                # Merged by a person: the change is on the default branch, shipped from there.
+                self._merged_on_github_by = event.actor or "someone"
+                return
+        releasing = self._releasing
+        if releasing is not None:
+            with contextlib.suppress(Exception):  # a child that ended needs no waking
+                await releasing.signal(GITHUB_EVENT_SIGNAL, event)
+
+    def _closed_on_github(self, actor: str) -> None:
+        """A person closed the request's pull request: nothing more is released (the release
+        running is cancelled, a staged one undone) and the request ends CANCELLED, saying who."""
+        pull = self._pull
+        assert pull is not None
+        self._closed_on_github_by = actor
+        self._cancel_reason = f"pull request #{pull.number} closed on GitHub by {actor}"
+        self._reason = self._cancel_reason
+        self._cancel_authorized = True
+        if self._releasing is not None:
+            self._releasing.cancel()
 
     @workflow.query
     def status(self) -> PromptRequestStatus:
@@ -1266,8 +1362,68 @@ class PromptRequestWorkflow:
         self._set_status(PromptStatus.DEPLOYING_STAGING)
         return applied
 
-    async def _deploy(self, environment: DeploymentEnvironment) -> DeploymentResult:
+    async def _publish_pull_request(self) -> None:
+        """_open_pull_request; GitHub refusing it ends the request FAILED with its reason."""
+        try:
+            await self._shielded(self._open_pull_request())
+        except ActivityError as err:
+            await self._close_holds(charge=self._tokens_used, beyond_holds=True)
+            await self._end(
+                PromptStatus.FAILED,
+                f"the pull request could not be opened on GitHub: {error_message(err)}",
+                tokens_used=self._tokens_used,
+            )
+
+    async def _open_pull_request(self) -> None:
+        """The applied change as the request's pull request on GitHub (the git layer pushed its
+        branch): opened after the first apply, its title and body updated by the next ones."""
+        assert self._github is not None
+        plan = self._require_plan()
+        prompt = " ".join(self._input.prompt.split())
+        title = prompt if len(prompt) <= PULL_TITLE_CHARS else prompt[: PULL_TITLE_CHARS - 1] + "…"
+        approvals = [
+            str(a.user_id) for a in self._approvals if a.decision is ApprovalDecision.APPROVE
+        ]
+        if plan.approval_status is PlanApprovalStatus.AUTO_APPROVED:
+            approvals.append(APPROVED_BY_POLICY)
+        self._set_step(
+            "opening the pull request" if self._pull is None else "updating the pull request"
+        )
+        self._pull = await workflow.execute_activity_method(
+            GitHubActivities.open_pull_request,
+            OpenPullRequest(
+                connector_id=self._github,
+                plan=PullRequestPlan(
+                    request_id=self._input.prompt_request_id,
+                    title=title,
+                    summary=plan.diff_summary,
+                    risk_level=plan.risk_level.value,
+                    risk_reasons=list(plan.risk_reasons),
+                    estimate_tokens=plan.token_estimate,
+                    approvals=approvals,
+                    revision=plan.revision,
+                ),
+            ),
+            **GITHUB_STEP,
+        )
+
+    async def _github_head(self) -> str:
+        """The default branch's head on GitHub (a person merged the pull request there)."""
+        assert self._github is not None
+        self._set_step("reading the default branch's head on GitHub")
+        head = await workflow.execute_activity_method(
+            GitHubActivities.default_head,
+            ConnectorStep(connector_id=self._github),
+            **GITHUB_STEP,
+        )
+        return head.sha
+
+    async def _deploy(
+        self, environment: DeploymentEnvironment, *, commit_sha: str | None = None
+    ) -> DeploymentResult:
+        """Release the request's commit (or `commit_sha`) to `environment` by a child."""
         assert self._commit_sha is not None
+        commit = commit_sha or self._commit_sha
         if self._cancel_authorized:
             await self._await_authorized_cancel()  # nothing more is released
         deployment_id = workflow.uuid4()
@@ -1276,7 +1432,7 @@ class PromptRequestWorkflow:
             if environment is DeploymentEnvironment.STAGING
             else PromptStatus.DEPLOYING_PRODUCTION
         )
-        self._set_step(f"deploying {self._commit_sha[:10]} to {environment.value}")
+        self._set_step(f"deploying {commit[:10]} to {environment.value}")
         state = DeploymentSummary(
             deployment_id=deployment_id, environment=environment, status=DeploymentStatus.QUEUED
         )
@@ -1287,8 +1443,8 @@ class PromptRequestWorkflow:
                 **self._deployment_child(
                     deployment_id,
                     environment,
-                    self._commit_sha,
-                    f"{environment.value} release of {self._commit_sha[:10]}",
+                    commit,
+                    f"{environment.value} release of {commit[:10]}",
                 )
             )
             if self._patched(AUTHORIZED_CANCEL_STOPS_RELEASES):
@@ -1311,7 +1467,7 @@ class PromptRequestWorkflow:
                 deployment_id=deployment_id,
                 environment=environment,
                 status=DeploymentStatus.FAILED,
-                commit_sha=self._commit_sha,
+                commit_sha=commit,
                 verified=False,
                 verification_output=error_message(err),
             )
@@ -1363,6 +1519,15 @@ class PromptRequestWorkflow:
                 auto_rollback=undoes is None,
                 undoes_commit_sha=undoes.commit_sha if undoes else None,
                 deploy_task_queue=request.deploy_task_queue,
+                github=(
+                    GitHubRelease(
+                        connector_id=self._github,
+                        # Merged by a person already: production merges nothing.
+                        pull_number=None if self._merged_on_github_by else self._pull.number,
+                    )
+                    if self._github is not None and self._pull is not None and undoes is None
+                    else None
+                ),
             ),
             "id": deployment_workflow_id(deployment_id),
             "search_attributes": deployment_attributes(
@@ -1442,17 +1607,35 @@ class PromptRequestWorkflow:
         that cannot be deleted stays: the request's outcome does not depend on it."""
         if self._applies == 0 or not self._patched(CLOSE_REQUEST_BRANCH):
             return
-        closing = asyncio.ensure_future(
-            workflow.execute_activity_method(
-                LifecycleActivities.close_request_branch,
-                CloseRequestBranch(
-                    prompt_request_id=self._input.prompt_request_id,
-                    project_id=self._input.project_id,
-                ),
-                start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
-                retry_policy=BRANCH_CLOSE_RETRY,
+        self._ending = True
+        closing: asyncio.Future[Any]
+        if self._github is not None:
+            # On GitHub: its pull request closed if still open, the branch deleted there (the
+            # mirrors prune it on their next fetch).
+            closing = asyncio.ensure_future(
+                workflow.execute_activity_method(
+                    GitHubActivities.end_request,
+                    EndRequest(
+                        connector_id=self._github,
+                        request_id=self._input.prompt_request_id,
+                        number=self._pull.number if self._pull else None,
+                    ),
+                    start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
+                    retry_policy=BRANCH_CLOSE_RETRY,
+                )
             )
-        )
+        else:
+            closing = asyncio.ensure_future(
+                workflow.execute_activity_method(
+                    LifecycleActivities.close_request_branch,
+                    CloseRequestBranch(
+                        prompt_request_id=self._input.prompt_request_id,
+                        project_id=self._input.project_id,
+                    ),
+                    start_to_close_timeout=BRANCH_CLOSE_TIMEOUT,
+                    retry_policy=BRANCH_CLOSE_RETRY,
+                )
+            )
         while True:
             try:
                 await asyncio.shield(closing)

@@ -39,6 +39,11 @@ ONE_DECISION_STEP = "one-decision-step"
 # the model-unavailable patch asked after decision_trust).
 # Patch id: an ended request's branch `changeflow/<id>` is deleted (they used to accumulate).
 CLOSE_REQUEST_BRANCH = "close-request-branch"
+# Patch id: a project with a `github` connector ships each request as a pull request: opened
+# (updated by a revision) after each apply, verified by the tenant's checks as GitHub
+# Deployments, merged by production, closed and its branch deleted when the request ends; a
+# pull request closed by a person cancels the request. Runs before it know nothing of GitHub.
+GITHUB_PULL_REQUESTS = "github-pull-requests"
 RUN_START_PATCHES = (
     AUTHORIZED_CANCEL_STOPS_RELEASES,
     ONE_DECISION_STEP,
@@ -49,4 +54,5 @@ RUN_START_PATCHES = (
     NEVER_AUTO_APPROVE_OWN_VERIFICATION,
     REPLAN_ON_CONFLICT,
     CLOSE_REQUEST_BRANCH,
+    GITHUB_PULL_REQUESTS,
 )

@@ -301,7 +301,11 @@ def failed_deployment_ending(outcome: DeploymentResult) -> tuple[PromptStatus, s
         DeploymentStatus.SUCCEEDED,
         DeploymentStatus.ROLLED_BACK,
     )
+    if outcome.not_merged:  # GitHub refused the merge, or a person closed the pull request
+        return PromptStatus.FAILED, outcome.not_merged
     what = f"{outcome.environment.value} verification failed"
+    if outcome.checks:
+        what += f" ({outcome.checks})"
     if rolled_back:
         return PromptStatus.ROLLED_BACK, (
             f"{what}; rolled back by deployment {outcome.rollback_deployment_id}"

@@ -32,6 +32,16 @@ def retry_through_outages(non_retryable_error_types: list[str]) -> RetryPolicy:
     )
 
 
+class GitHubRelease(BaseModel):
+    """What a deployment of a GitHub project needs of it: its connector (credentials stay
+    with the activities) and the request's pull request."""
+
+    connector_id: uuid.UUID
+    # The request's pull request, which production merges (None: a rollback, whose revert is
+    # a pull request of its own).
+    pull_number: int | None = None
+
+
 class DeploymentInput(BaseModel):
     """Start of a DeploymentWorkflow; its workflow id is ids.deployment_workflow_id."""
 
@@ -55,6 +65,9 @@ class DeploymentInput(BaseModel):
     # A waiter looks at its place after this many seconds times its position (the turn itself
     # comes by signal); the look also skips a holder that was terminated and never left.
     lane_check_s: float = Field(default=60.0, gt=0)
+    # A GitHub project's release (workflows/deployment.py): verified by the tenant's checks on
+    # GitHub, as a GitHub Deployment; production merges the pull request first.
+    github: GitHubRelease | None = None
 
 
 class DeploymentProgress(BaseModel):
@@ -85,6 +98,10 @@ class DeploymentResult(BaseModel):
     base_moved: bool = False
     # What the environment ran before this release (None: nothing released, or not known).
     previous_commit_sha: str | None = None
+    # A GitHub project's release: what its checks said (names and links of those that did not
+    # pass), and why GitHub did not merge its pull request (production only).
+    checks: str | None = None
+    not_merged: str | None = None
 
 
 class DeploymentState(BaseModel):
@@ -213,6 +230,8 @@ class RollbackPlan(BaseModel):
     commit_sha: str
     # The deployment live in that environment now, which the rollback undoes.
     live_deployment_id: uuid.UUID
+    # The project's `github` connector: the default branch is reverted by a pull request.
+    github_connector_id: uuid.UUID | None = None
 
 
 class ReleaseStep(BaseModel):

@@ -246,6 +246,9 @@ class PlannedRevision(BaseModel):
     roster: dict[uuid.UUID, str]
     # False when the request was closed (e.g. cancelled) while the engine planned.
     open: bool = True
+    # The project's `github` connector (Connector.project_id): its changes are pull requests,
+    # its checks verify them. None: a plain git project.
+    github_connector_id: uuid.UUID | None = None
 
 
 class OpenApproval(BaseModel):

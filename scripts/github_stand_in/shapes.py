@@ -8,7 +8,7 @@ from base64 import b64encode
 from datetime import datetime
 from typing import Any
 
-from tests.github_stand_in.records import (
+from scripts.github_stand_in.records import (
     GITHUB_ACTIONS_APP,
     AccessToken,
     App,
@@ -20,7 +20,7 @@ from tests.github_stand_in.records import (
     PullRequest,
     Repository,
 )
-from tests.github_stand_in.state import GitHubState
+from scripts.github_stand_in.state import GitHubState
 
 # URL templates every repository object lists (url suffix, template part).
 REPOSITORY_URLS = {

@@ -8,8 +8,8 @@ github/rest-api-description for api.github.com (REST API version 2022-11-28) plu
 annotations. Regenerate with:
 
     npm pack @octokit/openapi@23.0.2 && tar xzf octokit-openapi-23.0.2.tgz
-    .venv/bin/python -m tests.github_stand_in.openapi.extract \\
-        package/generated/api.github.com.json tests/github_stand_in/openapi/github-subset.json
+    .venv/bin/python -m scripts.github_stand_in.openapi.extract \\
+        package/generated/api.github.com.json scripts/github_stand_in/openapi/github-subset.json
 """
 
 import json

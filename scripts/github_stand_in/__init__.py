@@ -4,9 +4,9 @@ checks, statuses and deployments with GitHub's JSON and status codes, rate limit
 sender. FACTS.md lists the contract it follows and where each fact comes from; README.md how the
 product's GitHub flow should use it."""
 
-from tests.github_stand_in.records import CheckScript, Protection, StandInClock
-from tests.github_stand_in.server import GitHubStandIn, github_stand_in
-from tests.github_stand_in.webhooks import Delivery, WebhookSender, signature_256
+from scripts.github_stand_in.records import CheckScript, Protection, StandInClock
+from scripts.github_stand_in.server import GitHubStandIn, github_stand_in
+from scripts.github_stand_in.webhooks import Delivery, WebhookSender, signature_256
 
 __all__ = [
     "CheckScript",

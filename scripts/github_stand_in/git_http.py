@@ -9,8 +9,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from tests.github_stand_in.records import ApiError
-from tests.github_stand_in.state import GitHubState
+from scripts.github_stand_in.records import ApiError
+from scripts.github_stand_in.state import GitHubState
 
 GIT_HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 GIT_PATH = re.compile(r"^/(?P<owner>[^/]+)/(?P<repo>[^/]+?)\.git(?P<rest>/.*)$")

@@ -12,8 +12,8 @@ from typing import Any
 
 import jwt
 
-from tests.github_stand_in.bare_repo import ZERO_SHA, GitRefusal
-from tests.github_stand_in.records import (
+from scripts.github_stand_in.bare_repo import ZERO_SHA, GitRefusal
+from scripts.github_stand_in.records import (
     JWT_MAX_LIFETIME,
     AccessToken,
     ApiError,
@@ -22,8 +22,8 @@ from tests.github_stand_in.records import (
     not_found,
     validation_failed,
 )
-from tests.github_stand_in.shapes import Shapes
-from tests.github_stand_in.state import GitHubState
+from scripts.github_stand_in.shapes import Shapes
+from scripts.github_stand_in.state import GitHubState
 
 # A client names the REST API version it speaks in X-GitHub-Api-Version; without it GitHub
 # answers 2022-11-28. Version 2026-03-10 dropped these fields (found by comparing the two

@@ -18,9 +18,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.github_stand_in.bare_repo import ZERO_SHA, BareRepository, GitRefusal
-from tests.github_stand_in.rate_limits import RateLimits
-from tests.github_stand_in.records import (
+from scripts.github_stand_in.bare_repo import ZERO_SHA, BareRepository, GitRefusal
+from scripts.github_stand_in.rate_limits import RateLimits
+from scripts.github_stand_in.records import (
     FAILING_CONCLUSIONS,
     INSTALLATION_TOKEN_LIFETIME,
     AccessToken,

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tests.github_stand_in.records import AccessToken, ApiError, StandInClock
+from scripts.github_stand_in.records import AccessToken, ApiError, StandInClock
 
 PRIMARY_LIMIT = 5000
 

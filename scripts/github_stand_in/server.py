@@ -20,13 +20,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tests.github_stand_in.events import EventPayloads
-from tests.github_stand_in.git_http import GitSmartHttp
-from tests.github_stand_in.records import App, Installation, Repository, StandInClock
-from tests.github_stand_in.rest import Call, RestApi
-from tests.github_stand_in.shapes import Shapes
-from tests.github_stand_in.state import GitHubState
-from tests.github_stand_in.webhooks import WebhookSender
+from scripts.github_stand_in.events import EventPayloads
+from scripts.github_stand_in.git_http import GitSmartHttp
+from scripts.github_stand_in.records import App, Installation, Repository, StandInClock
+from scripts.github_stand_in.rest import Call, RestApi
+from scripts.github_stand_in.shapes import Shapes
+from scripts.github_stand_in.state import GitHubState
+from scripts.github_stand_in.webhooks import WebhookSender
 
 PULL_PAGE = "/{owner}/{repo}/pull/{number}"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]

@@ -4,10 +4,10 @@ built at the moment the event happens (the state changes afterwards)."""
 
 from typing import Any
 
-from tests.github_stand_in.bare_repo import ZERO_SHA
-from tests.github_stand_in.records import Repository
-from tests.github_stand_in.shapes import Shapes, iso, node_id
-from tests.github_stand_in.state import GitHubState
+from scripts.github_stand_in.bare_repo import ZERO_SHA
+from scripts.github_stand_in.records import Repository
+from scripts.github_stand_in.shapes import Shapes, iso, node_id
+from scripts.github_stand_in.state import GitHubState
 
 
 class EventPayloads:

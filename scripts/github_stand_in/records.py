@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.github_stand_in.bare_repo import BareRepository
+from scripts.github_stand_in.bare_repo import BareRepository
 
 INSTALLATION_TOKEN_LIFETIME = timedelta(hours=1)
 # The longest App JWT GitHub accepts: exp at most ten minutes after now.
