@@ -60,7 +60,10 @@ UPSERT_BATCH = 5000
 # memory, and a part that fits the activity's time limit even at Shopify's standard rate
 # (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
 WINDOW_RECORDS = 2500
-# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<records done>".
+# A checkpoint's page_after while a Bulk Operation is read:
+# "bulk:<operation id>|<records done>|<fetched>,<inserted>,<updated>,<unchanged>", the counts
+# of the batches committed so far (a mark without them, written before they were kept, reads
+# as none).
 BULK_MARK = "bulk:"
 # How long one activity call polls a running Bulk Operation before it hands the wait to the
 # workflow, and the workflow's recheck when no bulk_operations/finish webhook wakes it.
@@ -538,8 +541,8 @@ class CommerceSyncActivities:
                 connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
             ) as shop:
                 if mark:
-                    operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
-                    skip = int(done)
+                    # A retry: what the attempts before it committed is skipped, and counted.
+                    operation_id, skip, counts = read_bulk_mark(mark)
                 else:
                     operation_id = await self._start_bulk(shop, stream, start, end)
                     skip = 0
@@ -591,9 +594,10 @@ class CommerceSyncActivities:
                                 counts = counts.plus(await committing)
                             committing = asyncio.create_task(
                                 self._bulk_commit(
-                                    connector, stream, start, end, operation_id, batch, seen
+                                    connector, stream, start, end, operation_id, batch, seen,
+                                    before=counts,
                                 )
-                            )
+                            )  # fmt: skip
                             batch = []
                         seen += 1
                         skipping = seen <= skip
@@ -683,23 +687,19 @@ class CommerceSyncActivities:
         batch: list[dict[str, Any]],
         seen: int,
         *,
+        before: SyncCounts | None = None,
         last: bool = False,
     ) -> SyncCounts:
-        """One batch of the bulk result and the checkpoint after it, in one transaction."""
+        """One batch of the bulk result and the checkpoint after it, in one transaction; the
+        checkpoint keeps the counts of the window's batches so far (`before` and this one)."""
         async with self._sessions() as session, session.begin():
             counts = await self._store(session, connector, stream, batch)
             if last:
                 await _checkpoint(session, connector.id, stream, end, None, None)
             else:
-                mark = f"{BULK_MARK}{operation_id}|{seen}"
+                mark = bulk_mark(operation_id, seen, (before or SyncCounts()).plus(counts))
                 await _checkpoint(session, connector.id, stream, start, end, mark)
-            if execution := await _running(session, connector.id):
-                execution.fetched += counts.fetched
-                execution.records_processed += counts.fetched
-                execution.inserted += counts.inserted
-                execution.updated += counts.updated
-                execution.unchanged += counts.unchanged
-                session.add(execution)
+            await _add_counts(session, connector.id, counts)
         return counts
 
     async def _store(
@@ -729,6 +729,23 @@ class CommerceSyncActivities:
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+def bulk_mark(operation_id: str, done: int, counts: SyncCounts) -> str:
+    tally = f"{counts.fetched},{counts.inserted},{counts.updated},{counts.unchanged}"
+    return f"{BULK_MARK}{operation_id}|{done}|{tally}"
+
+
+def read_bulk_mark(mark: str) -> tuple[str, int, SyncCounts]:
+    """A bulk checkpoint's operation id, records done and the counts committed with them."""
+    operation_id, done, *tally = mark[len(BULK_MARK) :].split("|")
+    counts = SyncCounts()
+    if tally:
+        fetched, inserted, updated, unchanged = (int(n) for n in tally[0].split(","))
+        counts = SyncCounts(
+            fetched=fetched, inserted=inserted, updated=updated, unchanged=unchanged
+        )
+    return operation_id, int(done), counts
 
 
 class BulkOperationEnded(ShopifyUnavailable):
@@ -785,6 +802,26 @@ async def _running(session: AsyncSession, connector_id: uuid.UUID) -> ModuleExec
             .with_for_update()
         )
     ).first()
+
+
+async def _add_counts(session: AsyncSession, connector_id: uuid.UUID, counts: SyncCounts) -> None:
+    """Add a batch's counts to the connector's running sync record, in one statement."""
+    table = ModuleExecution
+    await (await session.connection()).execute(
+        sa.update(table)
+        .where(
+            col(table.connector_id) == connector_id,
+            col(table.module) == ModuleKind.ORDER_SYNC,
+            col(table.status) == ModuleExecutionStatus.RUNNING,
+        )
+        .values(
+            fetched=col(table.fetched) + counts.fetched,
+            records_processed=col(table.records_processed) + counts.fetched,
+            inserted=col(table.inserted) + counts.inserted,
+            updated=col(table.updated) + counts.updated,
+            unchanged=col(table.unchanged) + counts.unchanged,
+        )
+    )
 
 
 async def close_ended_runs(
