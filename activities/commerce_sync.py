@@ -644,7 +644,8 @@ class CommerceSyncActivities:
         operation is retried from the start. Polled after an eighth of the operation's age,
         between 0.1 s and bulk_poll_seconds: a small shop's operation, done in a second or two,
         is seen done within a fraction of its time, not up to a whole poll interval later."""
-        deadline = time.monotonic() + self._bulk_wait_seconds
+        polling = time.monotonic()
+        deadline = polling + self._bulk_wait_seconds
         while True:
             current = await shop.current_bulk_operation()
             if current.get("id") != operation_id:
@@ -661,7 +662,9 @@ class CommerceSyncActivities:
                 raise BulkOperationEnded(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
-            pause = min(self._bulk_poll_seconds, max(0.1, age / 8))
+            # (At least as old as this call's polling, should the shop not say its age.)
+            known = max(age, time.monotonic() - polling)
+            pause = min(self._bulk_poll_seconds, max(0.1, known / 8))
             if time.monotonic() + pause > deadline:
                 return False, None, age
             await asyncio.sleep(pause)
