@@ -60,7 +60,10 @@ UPSERT_BATCH = 5000
 # memory, and a part that fits the activity's time limit even at Shopify's standard rate
 # (about 5 orders a second with line items: some 8 minutes); a busy day is read in parts.
 WINDOW_RECORDS = 2500
-# A checkpoint's page_after while a Bulk Operation is read: "bulk:<operation id>|<records done>".
+# A checkpoint's page_after while a Bulk Operation is read:
+# "bulk:<operation id>|<records done>|<fetched>,<inserted>,<updated>,<unchanged>", the counts
+# of the batches committed so far (a mark without them, written before they were kept, reads
+# as none).
 BULK_MARK = "bulk:"
 # How long one activity call polls a running Bulk Operation before it hands the wait to the
 # workflow, and the workflow's recheck when no bulk_operations/finish webhook wakes it.
@@ -229,11 +232,8 @@ async def upsert(
     sa_table: sa.Table = table.__table__  # type: ignore[union-attr]
     json_columns = {c for c in columns if isinstance(sa_table.c[c].type, sa.JSON)}
     statement = upsert_statement(table, columns)
-    # The session's own connection (its transaction), spoken to by asyncpg directly: one
-    # statement per batch, the columns as arrays.
-    raw = await (await session.connection()).get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    # One statement per batch, the columns as arrays.
+    driver = await _driver(session)
     for start in range(0, len(rows), UPSERT_BATCH):
         batch = rows[start : start + UPSERT_BATCH]
         arrays = [
@@ -256,14 +256,21 @@ async def upsert_customers(
     if not rows:
         return {}
     await upsert(session, Customer, rows)
-    found = await (await session.connection()).execute(
-        sa.select(Customer.external_id, Customer.id).where(  # type: ignore[call-overload]
-            Customer.tenant_id == rows[0]["tenant_id"],
-            Customer.source == OrderSource(rows[0]["source"]),
-            col(Customer.external_id).in_({row["external_id"] for row in rows}),
-        )
+    found = await (await _driver(session)).fetch(
+        "SELECT external_id, id FROM customers "
+        "WHERE tenant_id = $1 AND source = $2 AND external_id = ANY($3::text[])",
+        rows[0]["tenant_id"],
+        rows[0]["source"],
+        list({row["external_id"] for row in rows}),
     )
-    return {external: cid for external, cid in found.all()}
+    return {external: cid for external, cid in found}
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The session's own asyncpg connection (its transaction), for statements of arrays."""
+    raw = await (await session.connection()).get_raw_connection()
+    assert raw.driver_connection is not None
+    return raw.driver_connection
 
 
 class CommerceSyncActivities:
@@ -534,8 +541,8 @@ class CommerceSyncActivities:
                 connector, on_wait=lambda seconds: activity.heartbeat(f"throttled {seconds:.1f}s")
             ) as shop:
                 if mark:
-                    operation_id, done = mark[len(BULK_MARK) :].rsplit("|", 1)
-                    skip = int(done)
+                    # A retry: what the attempts before it committed is skipped, and counted.
+                    operation_id, skip, counts = read_bulk_mark(mark)
                 else:
                     operation_id = await self._start_bulk(shop, stream, start, end)
                     skip = 0
@@ -587,9 +594,10 @@ class CommerceSyncActivities:
                                 counts = counts.plus(await committing)
                             committing = asyncio.create_task(
                                 self._bulk_commit(
-                                    connector, stream, start, end, operation_id, batch, seen
+                                    connector, stream, start, end, operation_id, batch, seen,
+                                    before=counts,
                                 )
-                            )
+                            )  # fmt: skip
                             batch = []
                         seen += 1
                         skipping = seen <= skip
@@ -633,10 +641,11 @@ class CommerceSyncActivities:
     ) -> tuple[bool, str | None, float]:
         """Poll currentBulkOperation for up to bulk_wait_seconds: whether the operation is done,
         its result's URL (None: no record at all) and its age in seconds. A failed or expired
-        operation is retried from the start. The first polls come quickly (a small shop's
-        operation is done in a second), then every bulk_poll_seconds."""
-        pause = 0.1
-        deadline = time.monotonic() + self._bulk_wait_seconds
+        operation is retried from the start. Polled after an eighth of the operation's age,
+        between 0.1 s and bulk_poll_seconds: a small shop's operation, done in a second or two,
+        is seen done within a fraction of its time, not up to a whole poll interval later."""
+        polling = time.monotonic()
+        deadline = polling + self._bulk_wait_seconds
         while True:
             current = await shop.current_bulk_operation()
             if current.get("id") != operation_id:
@@ -653,10 +662,12 @@ class CommerceSyncActivities:
                 raise BulkOperationEnded(
                     f"the bulk operation ended {status} ({current.get('errorCode')})"
                 )
+            # (At least as old as this call's polling, should the shop not say its age.)
+            known = max(age, time.monotonic() - polling)
+            pause = min(self._bulk_poll_seconds, max(0.1, known / 8))
             if time.monotonic() + pause > deadline:
                 return False, None, age
             await asyncio.sleep(pause)
-            pause = min(pause * 2, self._bulk_poll_seconds)
 
     async def _bulk_checkpoint(
         self,
@@ -679,23 +690,19 @@ class CommerceSyncActivities:
         batch: list[dict[str, Any]],
         seen: int,
         *,
+        before: SyncCounts | None = None,
         last: bool = False,
     ) -> SyncCounts:
-        """One batch of the bulk result and the checkpoint after it, in one transaction."""
+        """One batch of the bulk result and the checkpoint after it, in one transaction; the
+        checkpoint keeps the counts of the window's batches so far (`before` and this one)."""
         async with self._sessions() as session, session.begin():
             counts = await self._store(session, connector, stream, batch)
             if last:
                 await _checkpoint(session, connector.id, stream, end, None, None)
             else:
-                mark = f"{BULK_MARK}{operation_id}|{seen}"
+                mark = bulk_mark(operation_id, seen, (before or SyncCounts()).plus(counts))
                 await _checkpoint(session, connector.id, stream, start, end, mark)
-            if execution := await _running(session, connector.id):
-                execution.fetched += counts.fetched
-                execution.records_processed += counts.fetched
-                execution.inserted += counts.inserted
-                execution.updated += counts.updated
-                execution.unchanged += counts.unchanged
-                session.add(execution)
+            await _add_counts(session, connector.id, counts)
         return counts
 
     async def _store(
@@ -711,16 +718,37 @@ class CommerceSyncActivities:
             return await upsert(
                 session, Customer, [customer_row(connector.tenant_id, n) for n in nodes]
             )
-        # An order's customer as the order shows it; a newer customers-stream row wins.
-        embedded = [
-            customer_row(connector.tenant_id, n["customer"]) for n in nodes if n.get("customer")
-        ]
+        # An order's customer as the order shows it; a newer customers-stream row wins. Each
+        # version of a customer once (most orders of a batch share a few customers).
+        versions = {
+            (n["customer"]["id"], n["customer"].get("updatedAt")): n["customer"]
+            for n in nodes
+            if n.get("customer")
+        }
+        embedded = [customer_row(connector.tenant_id, c) for c in versions.values()]
         customers = await upsert_customers(session, embedded)
         return await upsert(
             session,
             Order,
             [order_row(connector.tenant_id, connector.id, n, customers) for n in nodes],
         )
+
+
+def bulk_mark(operation_id: str, done: int, counts: SyncCounts) -> str:
+    tally = f"{counts.fetched},{counts.inserted},{counts.updated},{counts.unchanged}"
+    return f"{BULK_MARK}{operation_id}|{done}|{tally}"
+
+
+def read_bulk_mark(mark: str) -> tuple[str, int, SyncCounts]:
+    """A bulk checkpoint's operation id, records done and the counts committed with them."""
+    operation_id, done, *tally = mark[len(BULK_MARK) :].split("|")
+    counts = SyncCounts()
+    if tally:
+        fetched, inserted, updated, unchanged = (int(n) for n in tally[0].split(","))
+        counts = SyncCounts(
+            fetched=fetched, inserted=inserted, updated=updated, unchanged=unchanged
+        )
+    return operation_id, int(done), counts
 
 
 class BulkOperationEnded(ShopifyUnavailable):
@@ -777,6 +805,26 @@ async def _running(session: AsyncSession, connector_id: uuid.UUID) -> ModuleExec
             .with_for_update()
         )
     ).first()
+
+
+async def _add_counts(session: AsyncSession, connector_id: uuid.UUID, counts: SyncCounts) -> None:
+    """Add a batch's counts to the connector's running sync record, in one statement."""
+    table = ModuleExecution
+    await (await session.connection()).execute(
+        sa.update(table)
+        .where(
+            col(table.connector_id) == connector_id,
+            col(table.module) == ModuleKind.ORDER_SYNC,
+            col(table.status) == ModuleExecutionStatus.RUNNING,
+        )
+        .values(
+            fetched=col(table.fetched) + counts.fetched,
+            records_processed=col(table.records_processed) + counts.fetched,
+            inserted=col(table.inserted) + counts.inserted,
+            updated=col(table.updated) + counts.updated,
+            unchanged=col(table.unchanged) + counts.unchanged,
+        )
+    )
 
 
 async def close_ended_runs(

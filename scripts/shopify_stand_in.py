@@ -304,6 +304,9 @@ class ShopifyStandIn:
         self.bulk_streams: list[str] = []
         # The next bulk operation ends FAILED with this errorCode (INTERNAL_SERVER_ERROR, ...).
         self.bulk_fail_next: str | None = None
+        # The next download of a stream's bulk result stops after this fraction of its bytes,
+        # the connection closed (a download cut off: the file stays, a retry reads it again).
+        self.bulk_download_cut: dict[str, float] = {}
         # Called with the stream and variables before a page is answered (tests kill a
         # worker from here).
         self.before_page: Any = None
@@ -464,6 +467,14 @@ class ShopifyStandIn:
                 self.send_header("Content-Type", "application/jsonl")
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
+                with stand_in.lock:
+                    cut = stand_in.bulk_download_cut.pop(
+                        stand_in.bulk["stream"] if body and stand_in.bulk else "", None
+                    )
+                if cut is not None:
+                    self.wfile.write((body or b"")[: int(len(body or b"") * cut)])
+                    self.close_connection = True
+                    return
                 self.wfile.write(body or b"")
 
             def do_POST(self) -> None:

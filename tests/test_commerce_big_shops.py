@@ -207,6 +207,32 @@ async def test_a_later_window_of_more_records_than_the_threshold_is_read_by_a_bu
     assert checkpoint is not None and checkpoint.page_after is None
 
 
+async def test_a_bulk_result_cut_off_mid_download_resumes_after_the_committed_batches(
+    client: Client, sessions: SessionFactory, task_queue: str, tmp_path: Path, shop: ShopifyStandIn
+) -> None:
+    shop.seed(orders=200, customers=8)
+    await shop.settle()
+    # The orders' JSONL stops a little past its middle, once: batches of 50 were committed.
+    shop.bulk_download_cut["orders"] = 0.6
+    settings = commerce_settings(
+        task_queue, tmp_path, sync_bulk_first_sync=True, sync_window_records=50
+    )
+    connected = await connect_shop(sessions, settings, client, shop)
+    async with running_workers(client, sessions, settings):
+        result = await sync(client, connected.connector.id, task_queue)
+
+    assert shop.bulk_download_cut == {}, "the download was cut once"
+    # The retry read the same operation's result again (no new operation) and stored the rest.
+    assert shop.bulk_streams == ["customers", "orders"]
+    orders = await orders_of(sessions, connected.tenant.id)
+    assert set(orders) == set(shop.orders) and len(orders) == 200
+    # Every order counted once: the batches committed before the cut too.
+    assert result.counts["orders"].inserted == 200  # type: ignore[index]
+    assert result.counts["orders"].fetched == 200  # type: ignore[index]
+    [execution] = await executions_of(sessions, connected.tenant.id)
+    assert execution.inserted == 200 + 8 and execution.fetched == 200 + 8
+
+
 def order_pages(shop: ShopifyStandIn) -> list[dict[str, Any]]:
     """The pages of orders the shop answered (15 a page; look-aheads ask for 1)."""
     return [q for q in shop.queries if q["stream"] == "orders" and q["first"] == 15]
