@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
+import structlog
 from google.protobuf.duration_pb2 import Duration
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -55,6 +56,16 @@ if TYPE_CHECKING:
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
 DATA_CONVERTER = data_converter(load_settings())
+
+# In-process workers log through structlog unconfigured, whose console renderer draws each
+# logged exception with rich, locals and all: a failed activity holding a 50 kB string cost
+# minutes of CPU. Tracebacks print plain here; processes a test starts log as configured.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 # Tests that do not care about signed decisions run with them off (a decision that carries a
 # token is still verified); tests/test_decision_tokens.py, the CLI recipe and the demo turn
