@@ -128,6 +128,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(tier_of(item))
+    # The slowest tiers first (each in file order): pytest-xdist hands tests out in this order,
+    # so the long ones start at once and the quick unit tests fill the workers at the end.
+    items.sort(key=lambda item: -TIERS.index(marked_tier(item)))
+
+
+def marked_tier(item: pytest.Item) -> str:
+    """The test's tier: its closest tier mark (its own before its module's)."""
+    return next(mark.name for mark in item.iter_markers() if mark.name in TIERS)
 
 
 @pytest.fixture(scope="session")
