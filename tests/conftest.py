@@ -340,12 +340,13 @@ def worker_env(
 
 @pytest.fixture
 def shop(request: pytest.FixtureRequest) -> Iterator["ShopifyStandIn"]:
-    """A local Shopify (scripts/shopify_stand_in.py) that takes the commerce tests' token, seeded
-    as a `shop_seed(orders=..., customers=...)` mark of the test or its module asks."""
+    """A local Shopify (scripts/shopify_stand_in.py) on the Plus plan's rate limit that takes
+    the commerce tests' token, seeded as a `shop_seed(orders=..., customers=...)` mark of the
+    test or its module asks."""
     from scripts.shopify_stand_in import ShopifyStandIn
-    from tests.commerce_support import TOKEN
+    from tests.commerce_support import TOKEN, on_plus_plan
 
-    stand_in = ShopifyStandIn(token=TOKEN)
+    stand_in = on_plus_plan(ShopifyStandIn(token=TOKEN))
     stand_in.start()
     seed = request.node.get_closest_marker("shop_seed")
     if seed is not None:
