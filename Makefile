@@ -73,7 +73,7 @@ dev: $(STAMP)
 # The tests mostly wait (timers, retries, processes starting), so they run on more pytest-xdist
 # workers than there are cores; each worker has servers of its own (tests/conftest.py).
 # TEST_WORKERS=0 runs them in one process.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 PYTEST := $(PY) -m pytest -q
 PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadgroup
 

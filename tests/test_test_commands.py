@@ -45,7 +45,7 @@ def test_every_make_command_in_the_readmes_test_block_is_a_target() -> None:
 )
 def test_each_target_runs_its_tier_on_xdist_workers(target: str, marker: str | None) -> None:
     argv = pytest_line(target)
-    assert argv[argv.index("-n") + 1] == "6"
+    assert argv[argv.index("-n") + 1] == "4"
     assert ("-m" in argv) == (marker is not None)
     if marker is not None:
         assert argv[argv.index("-m") + 1] == marker
