@@ -70,16 +70,21 @@ dev: $(STAMP)
 # The suite in three tiers (README, "Two commands"): unit (no servers), workflow (in-process workers
 # against the shared servers), system (processes, crashes, chaos, the demo). `make test` runs
 # them all; `make test-fast` is the edit-test loop (unit and workflow).
+# The tests mostly wait (timers, retries, processes starting), so they run on more pytest-xdist
+# workers than there are cores; each worker has servers of its own (tests/conftest.py).
+# TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 4
 PYTEST := $(PY) -m pytest -q
+PYTEST_PARALLEL := $(PYTEST) -n $(TEST_WORKERS) --dist loadgroup
 
 test: $(STAMP)
-	$(PYTEST) $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PYTEST) -m "not system" $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) -m "not system" $(PYTEST_ARGS)
 
 test-unit test-workflow test-system: test-%: $(STAMP)
-	$(PYTEST) -m $* $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) -m $* $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -335,7 +335,12 @@ class RunningStandIn:
         self.stand_in = stand_in
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.stand_in = stand_in
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            # shutdown() waits for the serving loop's next look (every 0.5 s by default).
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+        )
         self._thread.start()
 
     @property

@@ -17,7 +17,7 @@ from models.commerce import Customer, ModuleExecution, Order
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind
 from models.tenancy import Tenant
-from scripts.shopify_stand_in import ShopifyStandIn
+from scripts.shopify_stand_in import LeakyBucket, ShopifyStandIn
 from tests.factories import make_tenant
 from tests.workers import test_settings
 from workers.registry import Dependencies, credential_store
@@ -26,6 +26,15 @@ from workflows.contracts.commerce import OrderSyncInput, OrderSyncResult
 from workflows.contracts.ids import order_sync_workflow_id
 
 TOKEN = "shpat_0123456789abcdef0123456789abcdef"
+
+
+def on_plus_plan(shop: ShopifyStandIn) -> ShopifyStandIn:
+    """The shop's GraphQL rate limit as on Shopify Plus: 1,000 points restored a second (ten
+    times the standard plan's), a bucket twenty times that. The scenarios are about what a sync
+    reads and writes, not about waiting out the standard plan's 4 s a page; the rate limit has
+    tests of its own (tests/test_commerce_throttle.py) with buckets of their own."""
+    shop.bucket = LeakyBucket(maximum=20_000.0, restore_rate=1_000.0, available=20_000.0)
+    return shop
 
 
 def key_spec(*key_ids: str) -> str:

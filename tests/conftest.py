@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
+import structlog
 from google.protobuf.duration_pb2 import Duration
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -55,6 +56,16 @@ if TYPE_CHECKING:
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
 DATA_CONVERTER = data_converter(load_settings())
+
+# In-process workers log through structlog unconfigured, whose console renderer draws each
+# logged exception with rich, locals and all: a failed activity holding a 50 kB string cost
+# minutes of CPU. Tracebacks print plain here; processes a test starts log as configured.
+structlog.configure(
+    processors=[
+        *structlog.get_config()["processors"][:-1],
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback),
+    ]
+)
 
 # Tests that do not care about signed decisions run with them off (a decision that carries a
 # token is still verified); tests/test_decision_tokens.py, the CLI recipe and the demo turn
@@ -117,6 +128,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if not any(item.get_closest_marker(tier) for tier in TIERS):
             item.add_marker(tier_of(item))
+    # The slowest tiers first (each in file order): pytest-xdist hands tests out in this order,
+    # so the long ones start at once and the quick unit tests fill the workers at the end.
+    items.sort(key=lambda item: -TIERS.index(marked_tier(item)))
+
+
+def marked_tier(item: pytest.Item) -> str:
+    """The test's tier: its closest tier mark (its own before its module's)."""
+    return next(mark.name for mark in item.iter_markers() if mark.name in TIERS)
 
 
 @pytest.fixture(scope="session")
@@ -321,12 +340,13 @@ def worker_env(
 
 @pytest.fixture
 def shop(request: pytest.FixtureRequest) -> Iterator["ShopifyStandIn"]:
-    """A local Shopify (scripts/shopify_stand_in.py) that takes the commerce tests' token, seeded
-    as a `shop_seed(orders=..., customers=...)` mark of the test or its module asks."""
+    """A local Shopify (scripts/shopify_stand_in.py) on the Plus plan's rate limit that takes
+    the commerce tests' token, seeded as a `shop_seed(orders=..., customers=...)` mark of the
+    test or its module asks."""
     from scripts.shopify_stand_in import ShopifyStandIn
-    from tests.commerce_support import TOKEN
+    from tests.commerce_support import TOKEN, on_plus_plan
 
-    stand_in = ShopifyStandIn(token=TOKEN)
+    stand_in = on_plus_plan(ShopifyStandIn(token=TOKEN))
     stand_in.start()
     seed = request.node.get_closest_marker("shop_seed")
     if seed is not None:

@@ -20,6 +20,7 @@ from tests.commerce_support import (
     commerce_settings,
     connect_shop,
     executions_of,
+    on_plus_plan,
     sync,
 )
 from tests.factories import make_tenant
@@ -36,7 +37,8 @@ SHOP_ZONE = ZoneInfo("America/New_York")  # what the stand-in says of itself
 
 @pytest.fixture
 def shops() -> Iterator[tuple[ShopifyStandIn, ShopifyStandIn]]:
-    mine, theirs = ShopifyStandIn(token=TOKEN, seed=3), ShopifyStandIn(token=TOKEN, seed=4)
+    mine = on_plus_plan(ShopifyStandIn(token=TOKEN, seed=3))
+    theirs = on_plus_plan(ShopifyStandIn(token=TOKEN, seed=4))
     mine.start()
     theirs.start()
     yield mine, theirs

@@ -31,10 +31,11 @@ class Terminal(io.StringIO):
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    structlog.reset_defaults()
+    structlog.configure(**config)  # the session's (tests/conftest.py)
 
 
 def configured(stream: io.StringIO, **settings: object) -> io.StringIO:

@@ -185,7 +185,9 @@ class OtlpReceiver(BaseHTTPRequestHandler):
 @pytest.fixture
 def otlp_receiver() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), OtlpReceiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
