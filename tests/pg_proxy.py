@@ -8,14 +8,22 @@ mid-stream (as a server that went away). Restored, it listens on the same port a
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 class CuttableProxy:
     def __init__(self, upstream_url: str) -> None:
         parts = urlsplit(upstream_url)
+        query = dict(parse_qsl(parts.query))
+        # The embedded server (pgserver) listens on a unix socket named in the URL's query
+        # (`?host=/its/folder`, libpq's convention): the proxy reaches it there, and its own
+        # URL leaves the query's host out so that clients come to the proxy's TCP port.
+        socket_dir = query.pop("host", "")
+        self._socket = (
+            f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir.startswith("/") else None
+        )
         self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._parts = parts
+        self._parts = parts._replace(query=urlencode(query))
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -52,7 +60,10 @@ class CuttableProxy:
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
         try:
-            upstream_reader, upstream = await asyncio.open_connection(*self._upstream)
+            if self._socket is not None:
+                upstream_reader, upstream = await asyncio.open_unix_connection(self._socket)
+            else:
+                upstream_reader, upstream = await asyncio.open_connection(*self._upstream)
         except OSError:
             client.transport.abort()
             return
