@@ -13,9 +13,9 @@ reordered or lost delivery changes nothing but the wait. Polling with backoff st
 fallback.
 
 Which request a delivery concerns: the branch `changeflow/<request id>` of a pull request,
-check run, check suite, commit status or deleted branch (`delete`); for a deployment status, the request id changeflow
-put in the deployment's payload. Checks on the default branch after a merge name no request:
-production verification learns of them by polling.
+check run, check suite, commit status or deleted branch (`delete`); for a deployment status,
+the request id changeflow put in the deployment's payload. Checks on the default branch after
+a merge name no request: production verification learns of them by polling.
 """
 
 import enum

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from activities.connectors import ConnectorService
@@ -38,6 +39,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OUTCOME_WITHIN_S = 120
 ENVIRONMENTS = ["env/production", "env/staging", "main"]
+# The request asked Temporal to cancel its deployment child (an accepted cancel).
+CANCEL_CHILD = EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
 
 
 @dataclass
@@ -435,9 +438,10 @@ async def test_a_cancel_authorized_before_the_merge_keeps_the_change_off_main(
             # The cancel is authorized once the request cancels its production deployment.
             lifecycle_handle = client.get_workflow_handle(prompt_request_workflow_id(request_id))
             async with asyncio.timeout(60):
-                while "REQUEST_CANCEL_EXTERNAL" not in str(
-                    [e.event_type for e in (await lifecycle_handle.fetch_history()).events]
-                ):
+                while True:
+                    history = await lifecycle_handle.fetch_history()
+                    if CANCEL_CHILD in [e.event_type for e in history.events]:
+                        break
                     await asyncio.sleep(0.2)
             state.push_gate.opened.set()
             await cancelling

@@ -38,14 +38,14 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import search_attributes
     from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.deployment import (
+        MERGE_ASKED_SIGNAL,
+        MERGE_GO_SIGNAL,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
         DeploymentState,
         DeploymentView,
         FindLastGoodRelease,
-        MERGE_ASKED_SIGNAL,
-        MERGE_GO_SIGNAL,
         GitHubRelease,
         LanePlace,
         LaneTurn,

@@ -60,12 +60,12 @@ with workflow.unsafe.imports_passed_through():
         unverified_tenant,
     )
     from workflows.contracts.deployment import (
+        MERGE_ASKED_SIGNAL,
+        MERGE_GO_SIGNAL,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
         FindLastGoodRelease,
-        MERGE_ASKED_SIGNAL,
-        MERGE_GO_SIGNAL,
         GitHubRelease,
         MergeAsked,
     )
@@ -1268,9 +1268,9 @@ class PromptRequestWorkflow:
         if self._cancel_authorized:
             return
         self._merge_asked = ask
-        await workflow.get_external_workflow_handle(deployment_workflow_id(ask.deployment_id)).signal(
-            MERGE_GO_SIGNAL, ask
-        )
+        await workflow.get_external_workflow_handle(
+            deployment_workflow_id(ask.deployment_id)
+        ).signal(MERGE_GO_SIGNAL, ask)
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
