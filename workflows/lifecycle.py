@@ -1296,9 +1296,11 @@ class PromptRequestWorkflow:
         if self._github is None or event.connector_id != self._github:
             return
         if event.event is GitHubEventKind.DELETE:
-            # changeflow deletes the branch itself only once the request is ending. The pull
-            # request closes with its head gone, in either order: this names the cause.
-            if not self._ending and not self._finished and self._merge_asked is None:
+            # changeflow deletes the branch itself only once the request is ending; a merged
+            # pull request's branch may go with the merge (a repository's auto-delete). The
+            # pull request closes with its head gone, in either order: this names the cause.
+            merged = self._merge_asked is not None or self._merged_on_github_by is not None
+            if not self._ending and not self._finished and not merged:
                 branch = request_branch(self._input.prompt_request_id)
                 self._closed_on_github(
                     event.actor or "someone",
