@@ -13,9 +13,9 @@ reordered or lost delivery changes nothing but the wait. Polling with backoff st
 fallback.
 
 Which request a delivery concerns: the branch `changeflow/<request id>` of a pull request,
-check run, check suite or commit status; for a deployment status, the request id changeflow
-put in the deployment's payload. Checks on the default branch after a merge name no request:
-production verification learns of them by polling.
+check run, check suite, commit status or deleted branch (`delete`); for a deployment status,
+the request id changeflow put in the deployment's payload. Checks on the default branch after
+a merge name no request: production verification learns of them by polling.
 """
 
 import enum
@@ -106,6 +106,10 @@ def event_of(
             (r for r in map(request_of_branch, branches) if r is not None), None
         )
         event.sha, event.name, event.state = body.get("sha"), body.get("context"), body.get("state")
+    elif kind is GitHubEventKind.DELETE:
+        # `ref` is the branch's short name (no refs/heads/); a tag names no request.
+        if body.get("ref_type") == "branch":
+            event.request_id = request_of_branch(body.get("ref"))
     else:  # deployment_status
         deployment = body.get("deployment") or {}
         payload = deployment.get("payload")

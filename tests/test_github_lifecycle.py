@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from activities.connectors import ConnectorService
-from client.lifecycle import LifecycleClient
+from client.lifecycle import LifecycleClient, LifecycleRefused
 from infra.settings import Settings
 from models import DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
 from models.db import SessionFactory
@@ -30,6 +31,7 @@ from tests.remote_support import history_text
 from tests.test_github_webhooks import KEYS, webhooks_process
 from tests.workers import running_workers, test_settings
 from workers.registry import connector_clients
+from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -37,6 +39,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 OUTCOME_WITHIN_S = 120
 ENVIRONMENTS = ["env/production", "env/staging", "main"]
+# The request asked Temporal to cancel its deployment child (an accepted cancel).
+CANCEL_CHILD = EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
 
 
 @dataclass
@@ -162,7 +166,7 @@ def green_ci(world: GitHubWorld) -> None:
     state.add_check_script(world.repository, CheckScript("lint", kind="status", outcome="success"))
 
 
-async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_their_checks(
+async def test_three_requests_in_a_row_become_pull_requests_merged_in_order_by_their_checks(
     client: Client,
     sessions: SessionFactory,
     github_world: GitHubWorld,
@@ -176,7 +180,11 @@ async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_the
     before = hub.head("main")
     results = []
     async with running_workers(client, sessions, hub.settings):
-        for prompt in ("set theme to dark", "set free_shipping_threshold to 75"):
+        for prompt in (
+            "set theme to dark",
+            "set free_shipping_threshold to 75",
+            "set store_name to Corner Shop Plus",
+        ):
             result = await outcome(lifecycle, await submit(lifecycle, hub.shop, prompt))
             assert result.status is PromptStatus.COMPLETED, result.reason
             results.append(result)
@@ -194,15 +202,20 @@ async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_the
         str(r.prompt_request_id) in h for r, h in zip(results, histories, strict=True)
     )
     assert not [t for t in tokens for h in histories if t in h]
-    # Both changes are on main on GitHub, which production runs.
+    # The three changes are on main on GitHub, which production runs.
     main = hub.config("main")
-    assert (main["theme"], main["free_shipping_threshold"]) == ("dark", 75)
+    assert (main["theme"], main["free_shipping_threshold"], main["store_name"]) == (
+        "dark",
+        75,
+        "Corner Shop Plus",
+    )
     assert hub.tree("main") == hub.tree("env/production")
     # One pull request each, merged in order by changeflow, its body the plan.
     pulls = hub.pulls()
     assert [(p.number, p.merged, p.merged_by) for p in pulls] == [
         (1, True, "changeflow[bot]"),
         (2, True, "changeflow[bot]"),
+        (3, True, "changeflow[bot]"),
     ]
     assert [p.head_ref for p in pulls] == [f"changeflow/{r.prompt_request_id}" for r in results]
     assert [p.head_sha for p in pulls] == [r.commit_sha for r in results]
@@ -218,16 +231,20 @@ async def test_two_requests_in_a_row_become_pull_requests_merged_in_order_by_the
         f"[Follow the request in changeflow]({link})" in body
         for body, link in zip(bodies, links, strict=True)
     )
-    first_merge, second_merge = (p.merge_commit_sha for p in pulls)
-    assert git(hub.bare, "rev-parse", "main^1") == first_merge  # merged one after the other
-    assert second_merge == hub.head("main")
-    assert git(hub.bare, "merge-base", "--is-ancestor", before, first_merge) == ""
+    merges = [p.merge_commit_sha for p in pulls]
+    # Merged one after the other: each merge commit's first parent is the one before.
+    assert git(hub.bare, "rev-parse", f"{merges[2]}^1") == merges[1]
+    assert git(hub.bare, "rev-parse", f"{merges[1]}^1") == merges[0]
+    assert merges[2] == hub.head("main")
+    assert git(hub.bare, "merge-base", "--is-ancestor", before, merges[0]) == ""
     # Staging on each head, production on each merge commit, all verified green.
     assert hub.deployments() == [
-        ("staging", results[0].commit_sha, ["in_progress", "success"]),
-        ("production", first_merge, ["in_progress", "success"]),
-        ("staging", results[1].commit_sha, ["in_progress", "success"]),
-        ("production", second_merge, ["in_progress", "success"]),
+        deployment
+        for result, merge in zip(results, merges, strict=True)
+        for deployment in (
+            ("staging", result.commit_sha, ["in_progress", "success"]),
+            ("production", merge, ["in_progress", "success"]),
+        )
     ]
     # Each request's branch went with it.
     assert hub.branches() == ENVIRONMENTS
@@ -308,6 +325,140 @@ async def test_a_pull_request_closed_by_a_person_cancels_the_request_saying_who(
     # Staging's release was undone and the request's branch deleted.
     assert "changeflow/" not in " ".join(hub.branches())
     assert hub.deployments()[0][0] == "staging"
+
+
+async def test_a_deleted_request_branch_cancels_the_request_saying_who(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    # CI that never reports on the request's branch: staging waits on it.
+    github_world.hub.state.add_check_script(
+        github_world.repository, CheckScript("build", outcome=None, branches="changeflow/*")
+    )
+    before = hub.head("main")
+    async with (
+        webhooks_process(client, sessions, tmp_path / "webhooks") as base,
+        running_workers(client, sessions, hub.settings),
+    ):
+        github_world.hub.webhooks.deliver_to(f"{base}/webhooks/github/{hub.connector_id}")
+        request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+        await wait_for_status(
+            lifecycle,
+            request_id,
+            lambda s: s.status is PromptStatus.DEPLOYING_STAGING and "waiting for" in s.step,
+            within=60,
+        )
+        # A person deletes the request's branch on GitHub (which closes its pull request).
+        github_world.hub.state.delete_branch_as_person(
+            github_world.repository, f"changeflow/{request_id}", "octocat"
+        )
+        result = await outcome(lifecycle, request_id)
+
+    assert result.status is PromptStatus.CANCELLED
+    assert result.reason == f"branch changeflow/{request_id} deleted on GitHub by octocat"
+    assert hub.head("main") == before
+    [pull] = hub.pulls()
+    assert (pull.state, pull.merged) == ("closed", False)
+    # Staging's release was undone: no branch holds the change.
+    assert "changeflow/" not in " ".join(hub.branches())
+    assert [b for b in hub.branches() if hub.config(b)["theme"] == "dark"] == []
+    assert hub.deployments()[0][0] == "staging"
+
+
+async def test_a_cancel_while_production_merges_is_refused_and_the_change_ships(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    green_ci(github_world)
+    # GitHub holds changeflow's merge call: production waits on it.
+    gate = github_world.hub.state.merge_gate
+    gate.armed = True
+    try:
+        async with running_workers(client, sessions, hub.settings):
+            request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+            assert await asyncio.to_thread(gate.reached.wait, OUTCOME_WITHIN_S)
+            production = next(
+                d
+                for d in (await lifecycle.status(request_id)).deployments
+                if d.environment is DeploymentEnvironment.PRODUCTION
+            )
+            with pytest.raises(LifecycleRefused) as refused:
+                await lifecycle.cancel(request_id, reason="changed my mind")
+            gate.opened.set()
+            result = await outcome(lifecycle, request_id)
+    finally:
+        gate.opened.set()
+
+    # Refused: the merge was asked of GitHub; the way back is an operator rollback.
+    assert refused.value.error_type == ErrorType.CANCEL_TOO_LATE
+    assert f"changeflow rollback {production.deployment_id}" in str(refused.value)
+    assert "merging pull request #1" in str(refused.value)
+    # The request completed as if no cancel had come: main holds the change, production too.
+    assert result.status is PromptStatus.COMPLETED, result.reason
+    [pull] = hub.pulls()
+    assert (pull.merged, pull.merged_by) == (True, "changeflow[bot]")
+    assert hub.head("main") == pull.merge_commit_sha
+    assert hub.config("main")["theme"] == "dark"
+    assert hub.tree("main") == hub.tree("env/production")
+    assert hub.branches() == ENVIRONMENTS
+
+
+async def test_a_cancel_authorized_before_the_merge_keeps_the_change_off_main(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    green_ci(github_world)
+    state = github_world.hub.state
+    # GitHub holds production's release (the push of env/production): the merge comes after.
+    state.push_gate_ref, state.push_gate.armed = "refs/heads/env/production", True
+    before = hub.head("main")
+    try:
+        async with running_workers(client, sessions, hub.settings):
+            request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+            assert await asyncio.to_thread(state.push_gate.reached.wait, OUTCOME_WITHIN_S)
+            cancelling = asyncio.create_task(lifecycle.cancel(request_id, reason="not now"))
+            # The cancel is authorized once the request cancels its production deployment.
+            lifecycle_handle = client.get_workflow_handle(prompt_request_workflow_id(request_id))
+            async with asyncio.timeout(60):
+                while True:
+                    history = await lifecycle_handle.fetch_history()
+                    if CANCEL_CHILD in [e.event_type for e in history.events]:
+                        break
+                    await asyncio.sleep(0.2)
+            state.push_gate.opened.set()
+            await cancelling
+            result = await outcome(lifecycle, request_id)
+    finally:
+        state.push_gate.opened.set()
+
+    assert result.status is PromptStatus.CANCELLED, result.reason
+    # Nothing merged: main is as it was, the pull request closed unmerged, its branch gone.
+    assert hub.head("main") == before
+    [pull] = hub.pulls()
+    assert (pull.state, pull.merged) == ("closed", False)
+    assert "changeflow/" not in " ".join(hub.branches())
+    # Both environments restored: no branch on GitHub holds the change.
+    assert [b for b in hub.branches() if hub.config(b)["theme"] == "dark"] == []
+    # Production never asked GitHub to merge.
+    assert not [r for r in github_world.hub.requests if r[1].endswith("/merge")]
 
 
 async def test_branch_protection_refusing_the_merge_fails_the_request_with_githubs_reason(

@@ -501,6 +501,11 @@ async def test_a_person_closing_the_pull_request_or_deleting_its_branch_is_seen(
         (1, "octocat"),
         (2, "changeflow[bot]"),
     ]
+    # The deletion also sends `delete` (the branch's short name), which githubkit reads.
+    [deleted] = world.hub.webhooks.of("delete")
+    assert (deleted.payload["ref"], deleted.payload["ref_type"]) == ("changeflow/r5", "branch")
+    assert deleted.payload["sender"]["login"] == "changeflow[bot]"
+    github_webhooks.parse_obj("delete", deleted.payload)
 
 
 # -- checks and statuses ---------------------------------------------------------------------

@@ -249,3 +249,12 @@ async def test_each_event_names_its_request_and_what_happened() -> None:
         {"check_run": {"name": "ci", "status": "queued", "check_suite": {"head_branch": "main"}}},
     )
     assert elsewhere.request_id is None and elsewhere.state == "queued"
+    # A deleted branch names its request; a tag of the same name names none.
+    deleted = event_of(
+        connector,
+        delivery("delete"),
+        {"ref": branch, "ref_type": "branch", "sender": {"login": "octocat"}},
+    )
+    assert (deleted.request_id, deleted.actor) == (request, "octocat")
+    tag = event_of(connector, delivery("delete"), {"ref": branch, "ref_type": "tag"})
+    assert tag.request_id is None

@@ -38,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import search_attributes
     from workflows.contracts.decisions import DecisionAction, VerifyDecision
     from workflows.contracts.deployment import (
+        MERGE_ASKED_SIGNAL,
+        MERGE_GO_SIGNAL,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         GitHubRelease,
         LanePlace,
         LaneTurn,
+        MergeAsked,
         PlanRollback,
         RecordDeployment,
         RecordVerdict,
@@ -212,6 +215,13 @@ class DeploymentWorkflow:
         self._released_unmerged = False
         self._not_merged: str | None = None
         self._checks: str | None = None
+        # The parent request let production ask GitHub to merge (input.github's
+        # asks_before_merging): no cancel was authorized before it.
+        self._merge_go = False
+
+    @workflow.signal(name=MERGE_GO_SIGNAL)
+    def merge_go(self, go: MergeAsked) -> None:
+        self._merge_go = True
 
     @workflow.signal(name=GITHUB_EVENT_SIGNAL)
     def github_event(self, event: GitHubEvent) -> None:
@@ -700,6 +710,8 @@ class DeploymentWorkflow:
         guard: GitHub refuses the merge if the head moved since."""
         github = self._input.github
         assert github is not None and github.pull_number is not None
+        if github.asks_before_merging:
+            await self._await_merge_go(github.pull_number)
         self._progress(f"merging pull request #{github.pull_number}")
         merged = await workflow.execute_activity_method(
             GitHubActivities.merge_pull_request,
@@ -712,6 +724,20 @@ class DeploymentWorkflow:
             **_GITHUB_STEP,
         )
         self._merge_sha = merged.merge_sha
+
+    async def _await_merge_go(self, pull_number: int) -> None:
+        """The parent request decides, in the order it hears of them, between a cancel and
+        this merge: without a cancel authorized before, it answers go and refuses cancels from
+        then on; with one, it cancels this deployment instead (the wait ends cancelled and the
+        release is undone), so a cancelled request's change never reaches the default branch."""
+        input = self._input
+        assert input.parent_workflow_id is not None
+        self._progress(f"asking the request before merging pull request #{pull_number}")
+        await workflow.get_external_workflow_handle(input.parent_workflow_id).signal(
+            MERGE_ASKED_SIGNAL,
+            MergeAsked(deployment_id=input.deployment_id, pull_number=pull_number),
+        )
+        await workflow.wait_condition(lambda: self._merge_go)
 
     async def _github_checks(self) -> VerificationOutcome:
         """The tenant's own checks decide: a GitHub Deployment of the commit (production: the

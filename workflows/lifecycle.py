@@ -60,11 +60,14 @@ with workflow.unsafe.imports_passed_through():
         unverified_tenant,
     )
     from workflows.contracts.deployment import (
+        MERGE_ASKED_SIGNAL,
+        MERGE_GO_SIGNAL,
         DeploymentInput,
         DeploymentProgress,
         DeploymentResult,
         FindLastGoodRelease,
         GitHubRelease,
+        MergeAsked,
     )
     from workflows.contracts.errors import (
         MODEL_UNAVAILABLE,
@@ -84,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
         OpenPullRequest,
         PullRequestPlan,
         PullRequestRef,
+        request_branch,
     )
     from workflows.contracts.ids import deployment_workflow_id, notification_workflow_id
     from workflows.contracts.lifecycle import (
@@ -152,6 +156,7 @@ with workflow.unsafe.imports_passed_through():
         approvals_of,
         approved_by,
         cancel_too_late,
+        cancel_too_late_merging,
         chargeable,
         check_member,
         check_not_approved_by,
@@ -310,6 +315,9 @@ class PromptRequestWorkflow:
         # _merging is set.
         self._merged_on_github_by: str | None = None
         self._merging = False
+        # Production asked to merge the pull request with no cancel authorized before it (its
+        # MERGE_ASKED_SIGNAL, answered go): from then on a cancel is refused (CancelTooLate).
+        self._merge_asked: MergeAsked | None = None
 
     # ---------------------------------------------------------------- the run
 
@@ -479,7 +487,8 @@ class PromptRequestWorkflow:
             else:
                 outcome = await self._deploy(environment)
             if outcome.base_moved:
-                self._merging = False  # nothing was merged: the rebase goes through staging again
+                # Nothing was merged: the rebase goes through staging again.
+                self._merging, self._merge_asked = False, None
                 return False
             if outcome.status is not DeploymentStatus.SUCCEEDED:
                 await self._end_after_failed_deployment(outcome)
@@ -1245,6 +1254,23 @@ class PromptRequestWorkflow:
     def _refuse_cancel_once_live(self) -> None:
         if self._live is not None:
             raise cancel_too_late(self._live)
+        if self._merge_asked is not None:
+            asked = self._merge_asked
+            raise cancel_too_late_merging(asked.deployment_id, asked.pull_number)
+
+    @workflow.signal(name=MERGE_ASKED_SIGNAL)
+    async def merge_asked(self, ask: MergeAsked) -> None:
+        """Production is about to ask GitHub to merge the pull request. Decided in the order the
+        workflow hears of them: after an authorized cancel nothing merges (the deployment is
+        being cancelled and undoes its release); otherwise the merge goes ahead and any cancel
+        from now on is refused, so a cancelled request's change never stays on the default
+        branch."""
+        if self._cancel_authorized:
+            return
+        self._merge_asked = ask
+        await workflow.get_external_workflow_handle(
+            deployment_workflow_id(ask.deployment_id)
+        ).signal(MERGE_GO_SIGNAL, ask)
 
     @workflow.signal(name="deployment_progress")
     def deployment_progress(self, progress: DeploymentProgress) -> None:
@@ -1264,9 +1290,22 @@ class PromptRequestWorkflow:
 
     @workflow.signal(name=GITHUB_EVENT_SIGNAL)
     async def github_event(self, event: GitHubEvent) -> None:
-        """GitHub reported on this request (the webhooks process): its pull request closed by a
-        person cancels the request; anything else wakes the deployment verifying its checks."""
+        """GitHub reported on this request (the webhooks process): its pull request closed or
+        its branch deleted by a person cancels the request; anything else wakes the deployment
+        verifying its checks."""
         if self._github is None or event.connector_id != self._github:
+            return
+        if event.event is GitHubEventKind.DELETE:
+            # changeflow deletes the branch itself only once the request is ending; a merged
+            # pull request's branch may go with the merge (a repository's auto-delete). The
+            # pull request closes with its head gone, in either order: this names the cause.
+            merged = self._merge_asked is not None or self._merged_on_github_by is not None
+            if not self._ending and not self._finished and not merged:
+                branch = request_branch(self._input.prompt_request_id)
+                self._closed_on_github(
+                    event.actor or "someone",
+                    f"branch {branch} deleted on GitHub by {event.actor or 'someone'}",
+                )
             return
         pull = self._pull
         if (
@@ -1289,13 +1328,21 @@ class PromptRequestWorkflow:
             with contextlib.suppress(Exception):  # a child that ended needs no waking
                 await releasing.signal(GITHUB_EVENT_SIGNAL, event)
 
-    def _closed_on_github(self, actor: str) -> None:
-        """A person closed the request's pull request: nothing more is released (the release
-        running is cancelled, a staged one undone) and the request ends CANCELLED, saying who."""
-        pull = self._pull
-        assert pull is not None
+    def _closed_on_github(self, actor: str, reason: str | None = None) -> None:
+        """A person closed the request's pull request (or deleted its branch, `reason` saying
+        so): nothing more is released (the release running is cancelled, a staged one undone)
+        and the request ends CANCELLED, saying who."""
+        if reason is None:
+            assert self._pull is not None
+            reason = f"pull request #{self._pull.number} closed on GitHub by {actor}"
+        elif self._closed_on_github_by is not None:
+            # The pull request closed first because its branch went: the deletion is the cause
+            # (unless the ending is written already, with the reason it had).
+            if not is_terminal(self._status):
+                self._cancel_reason = self._reason = reason
+            return
         self._closed_on_github_by = actor
-        self._cancel_reason = f"pull request #{pull.number} closed on GitHub by {actor}"
+        self._cancel_reason = reason
         self._reason = self._cancel_reason
         self._cancel_authorized = True
         if self._releasing is not None:
@@ -1524,6 +1571,7 @@ class PromptRequestWorkflow:
                         connector_id=self._github,
                         # Merged by a person already: production merges nothing.
                         pull_number=None if self._merged_on_github_by else self._pull.number,
+                        asks_before_merging=True,
                     )
                     if self._github is not None and self._pull is not None and undoes is None
                     else None

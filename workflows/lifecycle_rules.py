@@ -243,6 +243,18 @@ def cancel_too_late(live: DeploymentResult) -> Exception:
     )
 
 
+def cancel_too_late_merging(deployment_id: uuid.UUID, pull_number: int) -> Exception:
+    """The refusal of a cancel once production asked GitHub to merge the request's pull request
+    (a GitHub project): the merge may have moved the default branch already, and undoing the
+    release would leave the change there."""
+    return refused(
+        ErrorType.CANCEL_TOO_LATE,
+        f"too late to cancel: production deployment {deployment_id} is merging pull request "
+        f"#{pull_number} on GitHub, and once merged the default branch holds the change; roll "
+        f"that deployment back to undo it (changeflow rollback {deployment_id})",
+    )
+
+
 # ------------------------------------------------------------------ time
 
 

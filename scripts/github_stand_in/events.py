@@ -1,4 +1,4 @@
-"""Webhook payloads of the events the stand-in sends (push, pull_request, check_run,
+"""Webhook payloads of the events the stand-in sends (push, delete, pull_request, check_run,
 check_suite, status, deployment, deployment_status): GitHub's shapes, minimal but faithful,
 built at the moment the event happens (the state changes afterwards)."""
 
@@ -60,6 +60,9 @@ class EventPayloads:
             "head_commit": commits[-1] if commits else None,
             "pusher": {"name": raw["pusher_login"], "email": None},
         }
+
+    def _delete(self, repository: Repository, raw: dict[str, Any]) -> dict[str, Any]:
+        return {"ref": raw["ref"], "ref_type": raw["ref_type"], "pusher_type": raw["pusher_type"]}
 
     def _commit(self, repository: Repository, sha: str) -> dict[str, Any]:
         facts = repository.bare.commit_facts(sha)

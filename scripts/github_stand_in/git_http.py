@@ -78,6 +78,8 @@ class GitSmartHttp:
         pushing = match["rest"] == "/git-receive-pack"
         if not pushing:
             return self._cgi(environment, body)
+        if self.state.push_gate_ref and self.state.push_gate_ref.encode() in body:
+            self.state.push_gate.pass_through()  # the push's commands name the ref it moves
         # A push: ref changes it made become GitHub's consequences (push event, pull request
         # synchronisation, CI); the lock makes the before/after comparison this push's alone.
         with self.state.lock:

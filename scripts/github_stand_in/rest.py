@@ -366,6 +366,7 @@ class RestApi:
         repository = self.repository(call, token)
         pull = self.state.pull(repository, int(call.params["pull_number"]))
         body = call.json()
+        self.state.merge_gate.pass_through()  # outside the lock: the rest of GitHub goes on
         pull = self.state.merge_pull(
             pull,
             sha=body.get("sha"),

@@ -43,6 +43,21 @@ from scripts.github_stand_in.records import (
 )
 
 
+class Gate:
+    """A point where a test holds GitHub's work: once `armed`, the call that reaches it (on the
+    server's thread pool) sets `reached` and waits until the test sets `opened`."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+
+    def pass_through(self, timeout: float = 120.0) -> None:
+        if self.armed:
+            self.reached.set()
+            self.opened.wait(timeout)
+
+
 class GitHubState:
     """Apps, installations, tokens, repositories and all that lives on them."""
 
@@ -61,6 +76,11 @@ class GitHubState:
         self.deployments: dict[int, Deployment] = {}
         self.check_scripts: dict[str, list[CheckScript]] = {}
         self.limits = RateLimits(self.clock, self.lock)
+        # Knobs: a `PUT .../pulls/{n}/merge` held before it merges; a push held before it
+        # changes `push_gate_ref` (a full ref name).
+        self.merge_gate = Gate()
+        self.push_gate = Gate()
+        self.push_gate_ref = ""
         self._due: list[tuple[datetime, Callable[[], object]]] = []
         # Set by the server: where events go (the webhook sender).
         self.on_event: Callable[[str, str, dict[str, Any]], None] = lambda *_: None
@@ -233,6 +253,18 @@ class GitHubState:
                 },
                 sender=pusher,
             )
+            if after == ZERO_SHA and ref.startswith(("refs/heads/", "refs/tags/")):
+                # A deleted branch or tag also sends `delete`, its ref the short name.
+                self.emit(
+                    repository,
+                    "delete",
+                    {
+                        "ref": ref.split("/", 2)[2],
+                        "ref_type": "branch" if ref.startswith("refs/heads/") else "tag",
+                        "pusher_type": "user",
+                    },
+                    sender=pusher,
+                )
             if not ref.startswith("refs/heads/"):
                 return
             branch = ref.removeprefix("refs/heads/")
@@ -376,6 +408,19 @@ class GitHubState:
             elif {"title", "body", "base"} & changes.keys():
                 self.emit_pull(pull, "edited", sender=actor)
             return pull
+
+    def delete_branch_as_person(
+        self, repository: Repository, branch: str, person: str = "octocat"
+    ) -> None:
+        """A person deletes `branch` (the branch page's delete button): what `git/delete-ref`
+        does, sent by them."""
+        with self.lock:
+            ref = f"refs/heads/{branch}"
+            current = repository.bare.resolve(ref)
+            if current is None:
+                raise not_found()
+            repository.bare.delete_ref(ref, expected=current)
+            self.ref_moved(repository, ref, current, ZERO_SHA, pusher=person)
 
     def close_pull_as_person(self, pull: PullRequest, person: str = "octocat") -> None:
         self.update_pull(pull, {"state": "closed"}, actor=person)

@@ -40,6 +40,22 @@ class GitHubRelease(BaseModel):
     # The request's pull request, which production merges (None: a rollback, whose revert is
     # a pull request of its own).
     pull_number: int | None = None
+    # Production asks its parent request before it asks GitHub to merge (MERGE_ASKED_SIGNAL)
+    # and merges only on its go (MERGE_GO_SIGNAL): a cancel authorized before that is obeyed
+    # (nothing merges), one after it is refused (CancelTooLate). False in runs from before.
+    asks_before_merging: bool = False
+
+
+# Production's deployment of a GitHub request is about to ask GitHub to merge (payload
+# MergeAsked, to the parent request); the parent's answer (payload MergeAsked, to the
+# deployment) when no cancel was authorized before it.
+MERGE_ASKED_SIGNAL = "merge_asked"
+MERGE_GO_SIGNAL = "merge_go"
+
+
+class MergeAsked(BaseModel):
+    deployment_id: uuid.UUID
+    pull_number: int
 
 
 class DeploymentInput(BaseModel):

@@ -168,6 +168,8 @@ class GitHubEventKind(enum.StrEnum):
     STATUS = "status"
     DEPLOYMENT_STATUS = "deployment_status"
     PULL_REQUEST = "pull_request"
+    # A branch or tag deleted (ref_type; only a request's branch concerns a request).
+    DELETE = "delete"
 
 
 class GitHubEvent(BaseModel):
