@@ -42,7 +42,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -78,6 +77,7 @@ from scripts.bench_remote import publish
 from scripts.chaos_audit import Expected, audit
 from scripts.demo import DemoShop, seed_shop
 from scripts.git_http_server import GitHttpServer, git_http_server
+from scripts.ports import free_port
 from scripts.sample_repo import FAILS_IN_PRODUCTION_PROMPT, SAMPLE_CHECK_COMMAND
 from workers.devstack import EmbeddedStack, embedded_stack
 from workflows.contracts.errors import ErrorType
@@ -575,12 +575,6 @@ async def inflict(
 # --- the run ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def chaos_settings(settings: Settings, env: dict[str, str]) -> Settings:
     """Its own servers (it restarts them), data folder and ports, unless the environment names
     a data folder or ports."""
@@ -593,6 +587,8 @@ def chaos_settings(settings: Settings, env: dict[str, str]) -> Settings:
         update["dev_temporal_port"] = free_port()
     if env_name("dev_ui_port") not in env:
         update["dev_ui_port"] = free_port()
+    if env_name("codec_server_port") not in env:
+        update["codec_server_port"] = free_port()
     return settings.model_copy(update=update)
 
 

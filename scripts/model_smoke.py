@@ -22,7 +22,6 @@ Usage: python -m scripts.model_smoke --server-python .tools/llama/bin/python
 import argparse
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +44,7 @@ from models.db import SessionFactory, create_engine, session_factory
 from models.lifecycle import PromptStatus
 from scripts import demo
 from scripts.demo import Progress, run_lifecycle, seed_shop
+from scripts.ports import free_port
 from workers.devstack import embedded_stack
 from workers.registry import Dependencies
 from workers.worker import build_workers, run_until_stopped
@@ -64,12 +64,6 @@ SCHEMA = {
     "required": ["path", "new_line"],
 }
 SERVER_START_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def model_path(server_python: str) -> Path:

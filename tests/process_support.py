@@ -4,23 +4,17 @@ shell gives a process, and `python -m workers` as an operator runs it."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from temporalio.client import Client
 
+from scripts.ports import free_port as free_port  # the tests take it from here
+
 ROOT = Path(__file__).resolve().parent.parent
 # Settings of the test process itself, which a process started by a test must not inherit.
 OWN_SETTINGS = ("CHANGEFLOW_", "TEMPORAL_", "DATABASE_URL")
-
-
-def free_port() -> int:
-    """A port where nothing listens (bound, read, released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def clean_environment(**settings: str) -> dict[str, str]:

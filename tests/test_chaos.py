@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
+# The chaos runs kill and restart servers of their own: one after the other, on one xdist worker.
 @pytest.mark.system
+@pytest.mark.xdist_group("chaos")
 def test_a_small_chaos_run_ends_without_violations() -> None:
     # Under the repository, not pytest's basetemp: pgserver's server runs as its own user,
     # which cannot enter root's private temporary folders to stop and start it.
@@ -58,6 +60,7 @@ def test_a_small_chaos_run_ends_without_violations() -> None:
 
 
 @pytest.mark.system
+@pytest.mark.xdist_group("chaos")
 def test_a_small_chaos_run_on_remote_projects_ends_without_violations() -> None:
     """The same run with every project on a smart HTTP remote and each worker a host of its
     own (no shared disk); the audit reads the remotes' refs."""
