@@ -8,7 +8,8 @@ neither an event field nor a traceback can leak them.
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -72,6 +73,36 @@ def _drop_call_retries(record: logging.LogRecord) -> bool:
     return not record.name.endswith("temporalio_client::retry")
 
 
+# Core's warning for each workflow task held open past 5 s (sdk-core's managed_run.rs). While the
+# database is away every local activity waits, so every running workflow would log it, one line
+# each, on top of the outage's own line; the workflow-task latency metric keeps every occurrence.
+SLOW_WORKFLOW_TASK = "[TMPRL1104]"
+
+
+class SlowTaskWarnings(logging.Filter):
+    """At most one slow-workflow-task warning per `every_s`; it counts the ones held back."""
+
+    def __init__(self, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.every_s = every_s
+        self.clock = clock
+        self.last_passed: float | None = None
+        self.held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if SLOW_WORKFLOW_TASK not in record.getMessage():
+            return True
+        now = self.clock()
+        if self.last_passed is not None and now - self.last_passed < self.every_s:
+            self.held_back += 1
+            return False
+        if self.held_back:
+            record.msg = f"{record.getMessage()} ({self.held_back} more held back since the last)"
+            record.args = ()
+        self.last_passed, self.held_back = now, 0
+        return True
+
+
 def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     """JSON off a terminal, console on one (or as CHANGEFLOW_LOG_FORMAT says)."""
     stream = stream or sys.stderr
@@ -132,6 +163,8 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     core = logging.getLogger("temporalio.core")
     if _drop_call_retries not in core.filters:
         core.addFilter(_drop_call_retries)
+    if not any(isinstance(f, SlowTaskWarnings) for f in core.filters):
+        core.addFilter(SlowTaskWarnings())
     # Chatty libraries stay at WARNING unless we are debugging.
     debugging = settings.log_level == LogLevel.DEBUG
     for name in ("sqlalchemy.engine", "alembic", "asyncio", "pgserver"):

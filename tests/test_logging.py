@@ -1,9 +1,11 @@
 """Logging: JSON off a terminal, console on one, stdlib and temporalio records through the same
 chain, context bound rather than formatted in, and secrets never written."""
 
+import asyncio
 import io
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,10 +14,12 @@ import pytest
 import structlog
 from pydantic import BaseModel
 from temporalio import activity, workflow
+from temporalio.client import Client
 from temporalio.worker import Worker
 
-from infra.logging import configure_logging
+from infra.logging import SLOW_WORKFLOW_TASK, SlowTaskWarnings, configure_logging
 from infra.settings import LogFormat, Settings
+from tests.process_support import ROOT, clean_environment
 from workers.interceptors import LogContextInterceptor
 
 DB_PASSWORD = "pg-Pa55-word"
@@ -204,3 +208,60 @@ async def test_the_worker_interceptor_binds_workflow_activity_attempt_and_tenant
     (requested,) = [r for r in records(out) if r["event"].startswith("charge requested")]
     assert requested["event"] == "charge requested"
     assert requested["temporal_workflow"]["workflow_id"] == workflow_id
+
+
+def slow_task_warning(n: int) -> logging.LogRecord:
+    # As sdk-core's managed_run.rs words it, forwarded by temporalio.runtime.LogForwardingConfig.
+    return logging.LogRecord(
+        "temporalio.core-sdk_core::temporalio_sdk_core::worker::workflow::managed_run",
+        logging.WARNING,
+        "(sdk-core)",
+        0,
+        f"[sdk_core::temporalio_sdk_core] [TMPRL1104] run-{n}:12:1 Workflow task duration "
+        "exceeded 5 seconds.",
+        (),
+        None,
+    )
+
+
+def test_slow_workflow_task_warnings_pass_once_a_minute_with_the_count_held_back():
+    now = [0.0]
+    throttle = SlowTaskWarnings(every_s=60, clock=lambda: now[0])
+    passed = []
+    for n in range(25):  # an outage: every running workflow's task is slow within seconds
+        now[0] = n * 0.5
+        record = slow_task_warning(n)
+        if throttle.filter(record):
+            passed.append(record.getMessage())
+    assert len(passed) == 1 and "run-0:" in passed[0]
+
+    now[0] = 61.0
+    later = slow_task_warning(99)
+    assert throttle.filter(later)
+    assert later.getMessage().endswith("(24 more held back since the last)")
+    other = logging.LogRecord("temporalio.core", logging.WARNING, "", 0, "other", (), None)
+    assert throttle.filter(other) and throttle.filter(other), "other core lines are untouched"
+
+
+@pytest.mark.system
+async def test_core_slow_task_warnings_reach_the_log_once_not_once_per_workflow(
+    client: Client,
+):
+    """Real core warnings from a worker process: three slow workflow tasks, one line."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.slow_task_child",
+        client.service_client.config.target_host,
+        "3",
+        cwd=ROOT,
+        env=clean_environment(TEMPORAL_WORKFLOW_TASK_DURATION_WARN_SECONDS="1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), timeout=120)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert out.decode().strip() == "EMITTED 3", out
+    logged = [line for line in err.decode().splitlines() if SLOW_WORKFLOW_TASK in line]
+    assert len(logged) == 1, logged
+    assert json.loads(logged[0])["level"] == "warning"
