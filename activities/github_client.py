@@ -360,7 +360,15 @@ class GitHubRepository:
 
     async def git_token(self) -> str:
         """The token git sends as the password over https (user `x-access-token`): the
-        installation's, from the cache, or the personal token."""
+        installation's, from the cache, or the personal token. An installation token is first
+        shown to GitHub (the repository read, which replaces a refused token, `call`): GitHub
+        may end one before its `expires_at` (revoked, or the worker's clock behind), and git,
+        refused, fails the step instead of asking for another."""
+        if self.access.is_app:
+            owner, name = self.access.owner, self.access.repo
+            await self.call(
+                f"GET /repos/{owner}/{name}", lambda gh: gh.rest.repos.async_get(owner, name)
+            )
         try:
             return await self._clients.tokens.token(self.access)
         except RequestFailed as err:
