@@ -13,7 +13,8 @@ Credentials: a GitHub App (app id, private key, installation id) or a fine-grain
 access token. An App's installation token is bought with an RS256 JWT (githubkit's
 AppAuthStrategy signs it), cached per process until REFRESH_MARGIN before its one-hour expiry,
 bought once by one caller while the others wait (a lock per installation), and dropped on a
-401 (revoked or expired early): the call is made again once with a new token.
+401 (revoked or expired early): the call is made again once with a new token. The token handed
+to git is first shown to GitHub that way (`git_token`): git cannot ask again.
 
 Content creation (POST, PATCH, PUT, DELETE) is serialised per installation (or per token) and
 spaced by `write_spacing`, as GitHub's best practices ask ("make requests serially", "at least
