@@ -522,11 +522,18 @@ async def test_a_secondary_rate_limit_on_opening_the_pull_request_is_waited_out_
     assert hub.branches() == ENVIRONMENTS
     # Temporal retried the activity (no sleep inside it) after GitHub's wait, its third
     # attempt the one that opened the pull request.
+    opening = {
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name
+        == "github_open_pull_request"
+    }
     [opened] = [
         e.activity_task_started_event_attributes
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
-        and e.activity_task_started_event_attributes.attempt > 1
+        and e.activity_task_started_event_attributes.scheduled_event_id in opening
     ]
     assert opened.attempt == 3
     retry = opened.last_failure.application_failure_info
