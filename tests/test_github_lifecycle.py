@@ -515,6 +515,7 @@ async def test_a_secondary_rate_limit_on_opening_the_pull_request_is_waited_out_
     assert pull.head_sha == result.commit_sha
     assert hub.head("main") == pull.merge_commit_sha
     assert hub.config("main")["theme"] == "dark"
+    assert hub.tree("main") == hub.tree("env/production")
     assert [(d[0], d[2][-1]) for d in hub.deployments()] == [
         ("staging", "success"),
         ("production", "success"),
@@ -576,8 +577,10 @@ async def test_a_check_run_webhook_wakes_staging_verification_before_its_next_po
         after_green = (await verifying.fetch_history()).events[events_before:]
 
     assert result.status is PromptStatus.COMPLETED, result.reason
+    assert (pull.merged, pull.merged_by) == (True, "changeflow[bot]")
     assert hub.head("main") == pull.merge_commit_sha
     assert hub.config("main")["theme"] == "dark"
+    assert hub.tree("main") == hub.tree("env/production")
     assert [(d[0], d[1], d[2][-1]) for d in hub.deployments()] == [
         ("staging", head, "success"),
         ("production", pull.merge_commit_sha, "success"),
