@@ -13,7 +13,8 @@ Credentials: a GitHub App (app id, private key, installation id) or a fine-grain
 access token. An App's installation token is bought with an RS256 JWT (githubkit's
 AppAuthStrategy signs it), cached per process until REFRESH_MARGIN before its one-hour expiry,
 bought once by one caller while the others wait (a lock per installation), and dropped on a
-401 (revoked or expired early): the call is made again once with a new token.
+401 (revoked or expired early): the call is made again once with a new token. The token handed
+to git is first shown to GitHub that way (`git_token`): git cannot ask again.
 
 Content creation (POST, PATCH, PUT, DELETE) is serialised per installation (or per token) and
 spaced by `write_spacing`, as GitHub's best practices ask ("make requests serially", "at least
@@ -360,7 +361,15 @@ class GitHubRepository:
 
     async def git_token(self) -> str:
         """The token git sends as the password over https (user `x-access-token`): the
-        installation's, from the cache, or the personal token."""
+        installation's, from the cache, or the personal token. An installation token is first
+        shown to GitHub (the repository read, which replaces a refused token, `call`): GitHub
+        may end one before its `expires_at` (revoked, or the worker's clock behind), and git,
+        refused, fails the step instead of asking for another."""
+        if self.access.is_app:
+            owner, name = self.access.owner, self.access.repo
+            await self.call(
+                f"GET /repos/{owner}/{name}", lambda gh: gh.rest.repos.async_get(owner, name)
+            )
         try:
             return await self._clients.tokens.token(self.access)
         except RequestFailed as err:

@@ -2,27 +2,45 @@
 sample storefront, a `github` connector made with the App's credentials (encrypted like any
 connector's), and helpers that push a request's branch the way the git layer will.
 
-The fixture `github_world` (tests/conftest.py) yields a `GitHubWorld`; use it from any test."""
+The fixture `github_world` (tests/conftest.py) yields a `GitHubWorld`; use it from any test.
+`github_shop` builds on it a whole GitHub project run by real workers (`GitHubShop`), the
+preamble of every lifecycle scenario (tests/test_github_lifecycle.py)."""
 
+import asyncio
+import contextlib
+import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+from temporalio.client import Client
+
 from activities.connectors import Connections, ConnectorService
 from activities.credentials import CredentialStore, KeyRing
 from activities.github_client import GitHubAccess, GitHubClients, GitHubRepository
 from activities.github_target import GitHubDeployTarget
+from client.lifecycle import LifecycleClient
+from infra.settings import Settings
+from models import Project, PromptStatus
 from models.db import SessionFactory
 from models.projects import Connector, ConnectorKind
 from models.tenancy import Tenant
-from scripts.github_stand_in import GitHubStandIn, github_stand_in
-from scripts.github_stand_in.records import App, Installation, Repository
+from scripts.github_stand_in import CheckScript, GitHubStandIn, github_stand_in
+from scripts.github_stand_in.records import App, Installation, PullRequest, Repository
+from scripts.github_stand_in.state import GitHubState
+from tests import lifecycle_support
 from tests.factories import make_tenant
+from tests.lifecycle_support import Shop, make_shop
+from tests.workers import running_workers, test_settings
+from workers.registry import connector_clients
+from workflows.contracts.lifecycle import PromptRequestResult
 
 SAMPLE_FILES = {
     "index.html": "<h1>Storefront</h1>\n",
@@ -175,3 +193,215 @@ def github_world_in(root: Path, *, webhook_url: str | None = None) -> Iterator[G
         repository = hub.create_repository("acme", "storefront", files=dict(SAMPLE_FILES))
         installation = hub.install(app, "acme", ["acme/storefront"])
         yield GitHubWorld(hub, app, installation, repository, root / "work")
+
+
+# How long a scenario waits for a request's outcome before it reports where the request is.
+OUTCOME_WITHIN_S = 120
+# The webhooks process (tests/test_github_webhooks.py's webhooks_process): its base URL.
+WebhooksProcess = Callable[[Client, SessionFactory, Path], AbstractAsyncContextManager[str]]
+
+
+@dataclass
+class GitHubShop:
+    """The sample storefront as a GitHub project: its repository is the stand-in's
+    acme/storefront, reached over smart HTTP with the App's installation tokens (no git
+    connector), its `github` connector scoped to it. `running()` runs the workers (and the
+    webhooks process); the rest reads what a user sees on GitHub."""
+
+    shop: Shop
+    world: GitHubWorld
+    settings: Settings
+    connector_id: uuid.UUID
+    client: Client
+    sessions: SessionFactory
+    lifecycle: LifecycleClient
+    webhooks_process: WebhooksProcess
+    workdir: Path
+
+    # -- the world ------------------------------------------------------------------------
+
+    @property
+    def stand_in(self) -> GitHubStandIn:
+        return self.world.hub
+
+    @property
+    def state(self) -> GitHubState:
+        return self.world.hub.state
+
+    @property
+    def repository(self) -> Repository:
+        return self.world.repository
+
+    def green_ci(self) -> None:
+        """The tenant's CI: a check run (as GitHub Actions) and a commit status on every head."""
+        self.state.add_check_script(self.repository, CheckScript("build", outcome="success"))
+        self.state.add_check_script(
+            self.repository, CheckScript("lint", kind="status", outcome="success")
+        )
+
+    @contextlib.asynccontextmanager
+    async def ticking(self, seconds: float = 31.0) -> AsyncIterator[None]:
+        """The stand-in's clock jumps ahead every half second, so scripted checks end."""
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.5)
+                self.stand_in.clock.advance(seconds)
+
+        ticker = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+
+    # -- running requests -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, webhooks: bool = False) -> AsyncIterator[None]:
+        """The workers for the block; with `webhooks`, the webhooks process too, the App's
+        webhook delivering to it."""
+        async with contextlib.AsyncExitStack() as stack:
+            if webhooks:
+                base = await stack.enter_async_context(
+                    self.webhooks_process(self.client, self.sessions, self.workdir / "webhooks")
+                )
+            await stack.enter_async_context(
+                running_workers(self.client, self.sessions, self.settings)
+            )
+            if webhooks:
+                self.stand_in.webhooks.deliver_to(f"{base}/webhooks/github/{self.connector_id}")
+            yield
+
+    async def submit(self, prompt: str) -> uuid.UUID:
+        return await lifecycle_support.submit(self.lifecycle, self.shop, prompt)
+
+    async def outcome(self, request_id: uuid.UUID) -> PromptRequestResult:
+        try:
+            async with asyncio.timeout(OUTCOME_WITHIN_S):
+                return await self.lifecycle.wait_for_outcome(request_id)
+        except TimeoutError:
+            status = await self.lifecycle.status(request_id)
+            raise AssertionError(f"no outcome; the request is at {status!r}") from None
+
+    async def ship(self, prompt: str) -> PromptRequestResult:
+        """Submit `prompt` and wait for its request's outcome."""
+        return await self.outcome(await self.submit(prompt))
+
+    async def staging_waits_for_checks(self, request_id: uuid.UUID) -> None:
+        """Until staging verification waits for the checks on GitHub."""
+        await lifecycle_support.wait_for_status(
+            self.lifecycle,
+            request_id,
+            lambda s: s.status is PromptStatus.DEPLOYING_STAGING and "waiting for" in s.step,
+            within=60,
+        )
+
+    # -- what GitHub holds ------------------------------------------------------------------
+
+    @property
+    def bare(self) -> Path:
+        return self.repository.bare.path
+
+    def git(self, *args: str) -> str:
+        """git in GitHub's bare repository of acme/storefront."""
+        return lifecycle_support.git(self.bare, *args)
+
+    def config(self, branch: str) -> dict[str, Any]:
+        return json.loads(self.git("show", f"{branch}:config.json"))  # type: ignore[no-any-return]
+
+    def tree(self, branch: str) -> str:
+        return self.git("rev-parse", f"{branch}^{{tree}}")
+
+    def head(self, branch: str) -> str:
+        return self.git("rev-parse", branch)
+
+    def branches(self) -> list[str]:
+        listing = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads")
+        return sorted(listing.splitlines())
+
+    def pulls(self) -> list[PullRequest]:
+        name = self.repository.full_name
+        return [pull for (repo, _), pull in sorted(self.state.pulls.items()) if repo == name]
+
+    def answers(self, method: str, path_suffix: str) -> list[int]:
+        """The statuses GitHub answered to the REST calls `method` on acme/storefront's
+        `path_suffix` (after /repos/acme/storefront), in order."""
+        path = f"/repos/{self.repository.full_name}{path_suffix}"
+        return [status for m, p, status in self.stand_in.requests if (m, p) == (method, path)]
+
+    def checks_read(self, sha: str) -> int:
+        """How many times the check runs of commit `sha` were read."""
+        return len(self.answers("GET", f"/commits/{sha}/check-runs"))
+
+    def tokens_minted(self) -> int:
+        """Installation tokens GitHub issued to the App (each a purchase by a client)."""
+        return sum(1 for t in self.state.tokens.values() if t.kind == "installation")
+
+    def deployments(self) -> list[tuple[str, str, list[str]]]:
+        """Each GitHub deployment: its environment, commit and statuses in order."""
+        return [
+            (d.environment, d.sha, [s.state for s in d.statuses])
+            for d in sorted(self.state.deployments.values(), key=lambda d: d.id)
+            if d.repository == self.repository.full_name
+        ]
+
+
+async def github_shop(
+    world: GitHubWorld,
+    *,
+    client: Client,
+    sessions: SessionFactory,
+    lifecycle: LifecycleClient,
+    task_queue: str,
+    deploy_queue: str,
+    workdir: Path,
+    credential_keys: str,
+    webhooks_process: WebhooksProcess,
+) -> GitHubShop:
+    """The sample storefront pushed to the stand-in's acme/storefront, the project's repo_url
+    its clone URL, and its `github` connector made with the App's credentials and scoped to
+    the project, tested as an operator does it. `credential_keys`: the key ring the workers
+    and the webhooks process read the credentials with."""
+    shop = await make_shop(sessions, workdir)
+    lifecycle_support.git(
+        shop.project.repo_url,
+        "push",
+        "--quiet",
+        "--force",
+        str(world.repository.bare.path),
+        "main:main",
+    )
+    async with sessions() as session:
+        project = await session.get(Project, shop.project.id)
+        assert project is not None
+        project.repo_url = world.hub.clone_url(world.repository)
+        session.add(project)
+        await session.commit()
+        await session.refresh(project)
+        shop.project = project
+    settings = test_settings(
+        task_queue=task_queue,
+        deploy_task_queue=deploy_queue,
+        workspace_dir=workdir / "workspace",
+    ).model_copy(
+        update={
+            "credential_keys": SecretStr(credential_keys),
+            "credential_key_id": "k1",
+            "repository_cache_dir": workdir / "cache",
+        }
+    )
+    store, connections = connector_clients(settings, sessions)
+    service = ConnectorService(sessions, store, connections)
+    created = await service.create(
+        tenant_id=shop.tenant.id,
+        kind=ConnectorKind.GITHUB,
+        name="Storefront on GitHub",
+        config=world.connector_config(),
+        credentials=world.app_credentials(),
+        project_id=shop.project.id,
+    )
+    tested = await service.test(created.id)
+    assert tested.status.value == "active", tested.last_error
+    return GitHubShop(
+        shop, world, settings, created.id, client, sessions, lifecycle, webhooks_process, workdir
+    )

@@ -124,6 +124,7 @@ class RestApi:
                     headers = self.state.limits.count_request(who, call.method, call.path)
                 with self.state.lock:
                     status, body = getattr(self, name)(call, who)
+                    self.state.answered(call.method, call.path)
                 body = for_version(body, call.headers.get("x-github-api-version", DEFAULT_VERSION))
                 if call.method == "GET" and status == 200:
                     return self._cacheable(call, who, body, headers)

@@ -81,6 +81,11 @@ class GitHubState:
         self.merge_gate = Gate()
         self.push_gate = Gate()
         self.push_gate_ref = ""
+        # Knob: REST calls (method, path suffix) after whose answer every installation token
+        # expires, each once (expire_tokens_after); and at each expiry, how many installation
+        # tokens had been issued (a test compares it with the tokens issued since).
+        self._expiring_after: list[tuple[str, str]] = []
+        self.expiries: list[int] = []
         self._due: list[tuple[datetime, Callable[[], object]]] = []
         # Set by the server: where events go (the webhook sender).
         self.on_event: Callable[[str, str, dict[str, Any]], None] = lambda *_: None
@@ -179,6 +184,23 @@ class GitHubState:
             for token in self.tokens.values():
                 if token.expires_at is not None:
                     token.expires_at = self.clock.now()
+            self.expiries.append(sum(1 for t in self.tokens.values() if t.kind == "installation"))
+
+    def expire_tokens_after(self, method: str, path_suffix: str) -> None:
+        """Every installation token expires once GitHub has carried out the next REST call
+        `method` on a path ending in `path_suffix`: a token ended at a chosen step of a
+        client's work (revoked, or its hour over earlier than the client's clock says)."""
+        with self.lock:
+            self._expiring_after.append((method, path_suffix))
+
+    def answered(self, method: str, path: str) -> None:
+        """A REST call was carried out (rest.py; not one refused): the knobs waiting for it act."""
+        with self.lock:
+            for trigger in self._expiring_after:
+                if trigger[0] == method and path.endswith(trigger[1]):
+                    self._expiring_after.remove(trigger)
+                    self.expire_tokens()
+                    return
 
     # -- repositories and refs --------------------------------------------------------------
 
