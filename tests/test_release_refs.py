@@ -1,0 +1,269 @@
+"""Release refs are pruned by one retention rule (models/release_retention.py): the rule alone,
+the compare-and-swap deletion on a real remote, and whole lifecycles on a smart-HTTP remote
+(git's own `git http-backend`) and on a local-path project, where what is kept survives
+`git gc`, what is kept can still be rolled back to, and the rest is refused as too old."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from temporalio.client import Client
+
+from activities.git_store import RELEASE_REFS, delete_refs, in_repository, release_refs
+from activities.remote_repository import Repositories
+from client.lifecycle import LifecycleClient, LifecycleRefused
+from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
+from models.db import SessionFactory
+from models.release_retention import (
+    ReleaseFacts,
+    compensation_release_id,
+    refs_to_prune,
+    retention,
+)
+from scripts.github_stand_in.server import GitHubStandIn
+from tests.lifecycle_support import git, make_shop, submit
+from tests.remote_support import file_remote_shop, http_remote_shop, person_pushes
+from tests.test_remote_projects import OUTCOME_WITHIN_S, hub, outcome, settings_for
+from tests.workers import running_workers
+from workers.registry import connector_clients
+
+__all__ = ["hub"]  # the stand-in's fixture, used by name
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+S = DeploymentStatus
+
+
+def release(
+    environment: str,
+    minute: int | None,
+    status: DeploymentStatus = S.SUCCEEDED,
+    commit: str | None = None,
+    previous: str | None = None,
+) -> ReleaseFacts:
+    """A deployment verified (and finished) at T0 + `minute`; None: never verified."""
+    at = T0 + timedelta(minutes=minute) if minute is not None else None
+    return ReleaseFacts(
+        id=uuid.uuid4(),
+        environment=environment,
+        status=status,
+        commit_sha=commit or uuid.uuid4().hex[:12],
+        previous_commit_sha=previous,
+        verified_at=at,
+        finished_at=at,
+    )
+
+
+# --- the rule ------------------------------------------------------------------------------
+
+
+def test_the_live_release_and_the_n_verified_before_it_are_kept_per_environment() -> None:
+    production = [
+        release("production", m, S.ROLLED_BACK if m == 3 else S.SUCCEEDED) for m in range(6)
+    ]
+    staging = [release("staging", m) for m in range(5)]
+
+    kept = retention([*production, *staging], keep=2)
+
+    # Newest first: the live one (minute 5) and the 2 before it, rolled back or not.
+    assert kept.kept == {d.id for d in production[3:]} | {d.id for d in staging[2:]}
+    assert [kept.rank[d.id] for d in production] == [6, 5, 4, 3, 2, 1]
+    assert all(kept.too_old(d.id) for d in production[:3])
+
+
+def test_a_running_deployment_is_kept_and_protects_the_commit_it_will_restore() -> None:
+    old = release("production", 0, commit="a" * 40)
+    newer = [release("production", m) for m in range(1, 5)]
+    # A rollback to `old` queued in the lane while newer releases verified ahead of it.
+    rollback = release("production", None, S.QUEUED, commit="a" * 40, previous=newer[-1].commit_sha)
+    facts = [old, *newer, rollback]
+    refs = {str(d.id): d.commit_sha or "" for d in [old, *newer]}
+
+    kept = retention(facts, keep=1)
+
+    assert rollback.id in kept.kept and kept.too_old(old.id)  # refused to a new rollback...
+    assert str(old.id) not in refs_to_prune(refs, facts, keep=1)  # ...kept for the queued one
+    assert set(refs_to_prune(refs, facts, keep=1)) == {str(newer[0].id), str(newer[1].id)}
+
+
+def test_failed_and_cancelled_releases_go_once_they_end_and_a_compensation_follows_its_own() -> (
+    None
+):
+    live = release("staging", 5)
+    failed = release("staging", None, S.FAILED)
+    cancelled = release("staging", None, S.CANCELLED)
+    verifying = release("staging", None, S.VERIFYING)
+    facts = [live, failed, cancelled, verifying]
+    refs = {str(d.id): d.commit_sha or "" for d in facts} | {
+        str(compensation_release_id(cancelled.id)): "c" * 40,
+        str(compensation_release_id(verifying.id)): "d" * 40,
+    }
+
+    assert set(refs_to_prune(refs, facts, keep=10)) == {
+        str(failed.id),
+        str(cancelled.id),
+        str(compensation_release_id(cancelled.id)),
+    }
+
+
+def test_a_ref_the_rule_cannot_account_for_is_never_pruned() -> None:
+    facts = [release("production", m) for m in range(5)]
+    stranger = str(uuid.uuid4())  # another project's, or another installation's
+    refs = {stranger: "e" * 40, "not-a-deployment": "f" * 40}
+
+    assert refs_to_prune(refs, facts, keep=1) == {}
+
+
+def test_the_live_release_is_kept_whatever_its_rank() -> None:
+    # Verified long ago, live again after every later release was rolled back past it.
+    live = release("production", 0)
+    undone = [release("production", m, S.ROLLED_BACK) for m in range(1, 4)]
+
+    kept = retention([live, *undone], keep=1)
+
+    assert live.id in kept.kept and kept.rank[live.id] == 4
+
+
+def test_a_negative_retention_is_refused() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        retention([], keep=-1)
+
+
+# --- deletion by compare-and-swap, on a real remote ----------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_prune_that_died_half_way_is_finished_by_the_next_and_a_moved_ref_stays(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """The remote lost some refs the mirror still lists (a prune's push landed, its worker died
+    before the mirror learned) and someone moved another: one more prune deletes exactly what
+    still holds its commit, and a repeat changes nothing."""
+    remote = await file_remote_shop(sessions, tmp_path)
+    main = git(remote.bare, "rev-parse", "main")
+    names = [str(uuid.uuid4()) for _ in range(5)]
+    for name in names:
+        git(remote.bare, "update-ref", f"{RELEASE_REFS}/{name}", main)
+    repositories = Repositories(tmp_path / "cache")
+    mirror = await repositories.local(remote.shop.project)
+    gone, moved, *doomed, untouched = names
+    git(remote.bare, "update-ref", "-d", f"{RELEASE_REFS}/{gone}")
+    other = person_pushes(remote, theme="dark")
+    git(remote.bare, "update-ref", f"{RELEASE_REFS}/{moved}", other)
+    expected = {f"{RELEASE_REFS}/{n}": main for n in [gone, moved, *doomed]}
+
+    deleted = await in_repository(mirror, lambda r: delete_refs(r, expected))
+    again = await in_repository(mirror, lambda r: delete_refs(r, expected))
+
+    assert deleted == {f"{RELEASE_REFS}/{n}" for n in doomed}
+    assert again == set()
+    on_remote = await in_repository(remote.bare, release_refs)
+    assert on_remote == {moved: other, untouched: main}
+    assert await in_repository(mirror, release_refs) == on_remote
+
+
+# --- whole lifecycles ----------------------------------------------------------------------
+
+PROMPTS = [
+    "set theme to dark",
+    "set free_shipping_threshold to 75",
+    "set store_name to Corner Shop Plus",
+    "set theme to light",
+]
+
+
+def refs_of(repo: Path) -> dict[str, str]:
+    listing = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", RELEASE_REFS)
+    return dict(
+        (name.removeprefix(f"{RELEASE_REFS}/"), sha)
+        for name, sha in (line.split() for line in listing.splitlines())
+    )
+
+
+def gc(repo: Path) -> None:
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "--quiet", "--prune=now")
+
+
+@pytest.mark.asyncio(loop_scope="session")
+@pytest.mark.parametrize("where", ["http", "local"])
+async def test_after_more_releases_than_retention_only_the_kept_refs_remain_and_roll_back(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+    hub: GitHubStandIn,
+    where: str,
+) -> None:
+    settings = settings_for(task_queue, deploy_queue, tmp_path).model_copy(
+        update={"release_retention": 1}
+    )
+    if where == "http":
+        remote = await http_remote_shop(sessions, tmp_path, hub, settings)
+        shop, repo = remote.shop, remote.bare
+    else:
+        shop = await make_shop(sessions, tmp_path)
+        repo = Path(shop.project.repo_url)
+    async with running_workers(client, sessions, settings):
+        results = [await outcome(lifecycle, await submit(lifecycle, shop, p)) for p in PROMPTS]
+        assert [r.status for r in results] == [PromptStatus.COMPLETED] * 4, results[-1].reason
+        released = [{d.environment: d.deployment_id for d in r.deployments} for r in results]
+        production = [r[DeploymentEnvironment.PRODUCTION] for r in released]
+        staging = [r[DeploymentEnvironment.STAGING] for r in released]
+
+        # Retention 1: the live release of each environment and the one before it. The prune
+        # ran when the 4th production release verified, before it was marked: the 2nd stayed
+        # (then the one before the live one), for the next production release to prune.
+        assert set(refs_of(repo)) == {str(i) for i in [*production[1:], *staging[2:]]}
+        async with sessions() as session:
+            rows = {
+                d.id: d
+                for d in (
+                    await session.exec(
+                        select(Deployment).where(Deployment.project_id == shop.project.id)
+                    )
+                ).all()
+            }
+        assert all(refs_of(repo)[str(i)] == rows[i].commit_sha for i in production[1:])
+        if where == "http":
+            # The worker's mirror learned the deletions; a new mirror fetches only what is kept.
+            for mirror in (tmp_path / "w-cache").glob("*.git"):
+                assert refs_of(mirror) == refs_of(repo)
+            store, _ = connector_clients(settings, sessions)
+            fresh = await Repositories(tmp_path / "fresh", sessions, store).local(shop.project)
+            assert refs_of(fresh) == refs_of(repo)
+            for mirror in (tmp_path / "w-cache").glob("*.git"):
+                gc(mirror)
+        gc(repo)
+
+        # The release before the live one is kept: restored after gc.
+        rollback_id = await lifecycle.roll_back(
+            tenant_id=shop.tenant.id, target_deployment_id=production[2], reason="back one"
+        )
+        async with asyncio.timeout(OUTCOME_WITHIN_S):
+            restored = await lifecycle.rollback_result(rollback_id)
+        assert restored.status is DeploymentStatus.SUCCEEDED, restored.verification_output
+        assert git(repo, "rev-parse", "env/production") == results[2].commit_sha
+        # That rollback's verified release pruned what was left over.
+        assert str(production[1]) not in refs_of(repo)
+
+        # Beyond retention: refused, typed, naming the deployment; nothing recorded or moved.
+        before = len(rows) + 1
+        refused_id = await lifecycle.roll_back(
+            tenant_id=shop.tenant.id, target_deployment_id=production[0], reason="too far"
+        )
+        with pytest.raises(LifecycleRefused) as refused:
+            async with asyncio.timeout(OUTCOME_WITHIN_S):
+                await lifecycle.rollback_result(refused_id)
+
+    assert refused.value.error_type == "RollbackTargetTooOld"
+    assert str(production[0]) in refused.value.message and "too old" in refused.value.message
+    assert "release retention 1" in refused.value.message
+    async with sessions() as session:
+        query = select(Deployment).where(Deployment.project_id == shop.project.id)
+        assert len((await session.exec(query)).all()) == before
+    assert git(repo, "rev-parse", "env/production") == results[2].commit_sha
