@@ -4,12 +4,13 @@ DEPLOYMENTS deployments (a staging and a production release of each of DEPLOYMEN
 measured before and after the retention rule (models/release_retention.py) prunes it to
 RETENTION: refs advertised, the bytes of the advertisement every fetch receives (protocol v0, as
 libgit2 speaks it) and of `git ls-remote`, and the time of a fetch that finds nothing new (the
-median of a few). Printed, never asserted.
+median of a few). Printed, never asserted; the last line is one JSON object.
 
     .venv/bin/python -m scripts.bench_release_refs        # BENCH_DEPLOYMENTS=500 BENCH_RETENTION=10
 """
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -119,10 +120,22 @@ async def main() -> int:
             after = _measure(url, mirror)
     print(f"{DEPLOYMENTS} deployments, retention {RETENTION}: pruned {len(deleted)} refs "
           f"in {prune_s:.2f}s (one push per 500)")  # fmt: skip
+    summary: dict[str, object] = {
+        "deployments": DEPLOYMENTS,
+        "retention": RETENTION,
+        "pruned": len(deleted),
+        "prune_s": round(prune_s, 3),
+    }
     for name in before:
         ratio = before[name] / after[name] if after[name] else float("inf")
         print(f"  {name:20} before {before[name]:>10.4g}  after {after[name]:>10.4g}  "
               f"ratio {ratio:.1f}x")  # fmt: skip
+        summary |= {
+            f"{name}_before": round(before[name], 4),
+            f"{name}_after": round(after[name], 4),
+        }
+        summary[f"{name}_ratio"] = round(ratio, 1)
+    print(json.dumps(summary))
     return 0
 
 
