@@ -13,9 +13,17 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from activities.git_store import RELEASE_REFS, delete_refs, in_repository, release_refs
+from activities.release_refs import prune_release_refs
 from activities.remote_repository import Repositories
 from client.lifecycle import LifecycleClient, LifecycleRefused
-from models import Deployment, DeploymentEnvironment, DeploymentStatus, PromptStatus
+from models import (
+    Deployment,
+    DeploymentEnvironment,
+    DeploymentPlan,
+    DeploymentStatus,
+    PromptRequest,
+    PromptStatus,
+)
 from models.db import SessionFactory
 from models.release_retention import (
     ReleaseFacts,
@@ -162,6 +170,46 @@ async def test_a_prune_that_died_half_way_is_finished_by_the_next_and_a_moved_re
     on_remote = await in_repository(remote.bare, release_refs)
     assert on_remote == {moved: other, untouched: main}
     assert await in_repository(mirror, release_refs) == on_remote
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_long_history_is_pruned_a_limited_batch_at_a_time_down_to_what_the_rule_keeps(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    shop = await make_shop(sessions, tmp_path)
+    repo = Path(shop.project.repo_url)
+    main = git(repo, "rev-parse", "main")
+    async with sessions() as session:
+        request = PromptRequest(tenant_id=shop.tenant.id, project_id=shop.project.id, prompt="p")
+        session.add(request)
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=shop.tenant.id, prompt_request_id=request.id)
+        session.add(plan)
+        await session.flush()
+        history = [
+            Deployment(
+                tenant_id=shop.tenant.id,
+                project_id=shop.project.id,
+                plan_id=plan.id,
+                environment=DeploymentEnvironment.PRODUCTION,
+                status=DeploymentStatus.SUCCEEDED,
+                commit_sha=main,
+                verified_at=T0 + timedelta(minutes=m),
+                finished_at=T0 + timedelta(minutes=m),
+            )
+            for m in range(7)
+        ]
+        session.add_all(history)
+        await session.commit()
+    for d in history:
+        git(repo, "update-ref", f"{RELEASE_REFS}/{d.id}", main)
+
+    rounds = [
+        await prune_release_refs(sessions, repo, shop.project.id, keep=2, limit=3) for _ in range(3)
+    ]
+
+    assert [len(r.pruned) for r in rounds] == [3, 1, 0]
+    assert set(refs_of(repo)) == {str(d.id) for d in history[-3:]}
 
 
 # --- whole lifecycles ----------------------------------------------------------------------
