@@ -163,7 +163,8 @@ class RollbackActivities:
             f"deployment {target.id} is too old to roll back to: "
             f"{kept.rank.get(target.id, 1) - 1} verified releases of {environment} came after "
             f"it, and only the live release and the {kept.keep} before it stay rollback targets "
-            f"(release retention {kept.keep}); its release ref is pruned",
+            f"(release retention {kept.keep}); its release ref is pruned, or will be by the "
+            "next verified production release",
         )
 
     @activity.defn(name="find_last_good_release")
