@@ -64,6 +64,21 @@ def release(
     )
 
 
+def refs_of(repo: Path) -> dict[str, str]:
+    """The release refs of a repository, read by git: deployment id -> commit."""
+    listing = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", RELEASE_REFS)
+    return dict(
+        (name.removeprefix(f"{RELEASE_REFS}/"), sha)
+        for name, sha in (line.split() for line in listing.splitlines())
+    )
+
+
+def gc(repo: Path) -> None:
+    """Garbage collection that keeps nothing unreachable, reflogs included."""
+    git(repo, "reflog", "expire", "--expire=now", "--all")
+    git(repo, "gc", "--quiet", "--prune=now")
+
+
 # --- the rule ------------------------------------------------------------------------------
 
 
@@ -222,19 +237,6 @@ PROMPTS = [
 ]
 
 
-def refs_of(repo: Path) -> dict[str, str]:
-    listing = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", RELEASE_REFS)
-    return dict(
-        (name.removeprefix(f"{RELEASE_REFS}/"), sha)
-        for name, sha in (line.split() for line in listing.splitlines())
-    )
-
-
-def gc(repo: Path) -> None:
-    git(repo, "reflog", "expire", "--expire=now", "--all")
-    git(repo, "gc", "--quiet", "--prune=now")
-
-
 @pytest.mark.asyncio(loop_scope="session")
 @pytest.mark.parametrize("where", ["http", "local"])
 async def test_after_more_releases_than_retention_only_the_kept_refs_remain_and_roll_back(
@@ -244,13 +246,14 @@ async def test_after_more_releases_than_retention_only_the_kept_refs_remain_and_
     deploy_queue: str,
     lifecycle: LifecycleClient,
     tmp_path: Path,
-    hub: GitHubStandIn,
+    request: pytest.FixtureRequest,
     where: str,
 ) -> None:
     settings = settings_for(task_queue, deploy_queue, tmp_path).model_copy(
         update={"release_retention": 1}
     )
     if where == "http":
+        hub: GitHubStandIn = request.getfixturevalue("hub")
         remote = await http_remote_shop(sessions, tmp_path, hub, settings)
         shop, repo = remote.shop, remote.bare
     else:
