@@ -21,8 +21,10 @@ from models import (
     DeploymentEnvironment,
     DeploymentPlan,
     DeploymentStatus,
+    Project,
     PromptRequest,
     PromptStatus,
+    Tenant,
 )
 from models.db import SessionFactory
 from models.release_retention import (
@@ -32,8 +34,10 @@ from models.release_retention import (
     retention,
 )
 from scripts.github_stand_in.server import GitHubStandIn
+from tests.cli_support import refused
 from tests.lifecycle_support import git, make_shop, submit
 from tests.remote_support import file_remote_shop, http_remote_shop, person_pushes
+from tests.test_cli import corner_shop, signed_decisions
 from tests.test_remote_projects import OUTCOME_WITHIN_S, hub, outcome, settings_for
 from tests.workers import running_workers
 from workers.registry import connector_clients
@@ -77,6 +81,35 @@ def gc(repo: Path) -> None:
     """Garbage collection that keeps nothing unreachable, reflogs included."""
     git(repo, "reflog", "expire", "--expire=now", "--all")
     git(repo, "gc", "--quiet", "--prune=now")
+
+
+async def verified_history(
+    sessions: SessionFactory, project: Project, commit: str, count: int
+) -> list[Deployment]:
+    """`count` production deployments of `commit`, verified a minute apart, oldest first."""
+    async with sessions() as session:
+        request = PromptRequest(tenant_id=project.tenant_id, project_id=project.id, prompt="p")
+        session.add(request)
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=project.tenant_id, prompt_request_id=request.id)
+        session.add(plan)
+        await session.flush()
+        history = [
+            Deployment(
+                tenant_id=project.tenant_id,
+                project_id=project.id,
+                plan_id=plan.id,
+                environment=DeploymentEnvironment.PRODUCTION,
+                status=DeploymentStatus.SUCCEEDED,
+                commit_sha=commit,
+                verified_at=T0 + timedelta(minutes=m),
+                finished_at=T0 + timedelta(minutes=m),
+            )
+            for m in range(count)
+        ]
+        session.add_all(history)
+        await session.commit()
+    return history
 
 
 # --- the rule ------------------------------------------------------------------------------
@@ -194,28 +227,7 @@ async def test_a_long_history_is_pruned_a_limited_batch_at_a_time_down_to_what_t
     shop = await make_shop(sessions, tmp_path)
     repo = Path(shop.project.repo_url)
     main = git(repo, "rev-parse", "main")
-    async with sessions() as session:
-        request = PromptRequest(tenant_id=shop.tenant.id, project_id=shop.project.id, prompt="p")
-        session.add(request)
-        await session.flush()
-        plan = DeploymentPlan(tenant_id=shop.tenant.id, prompt_request_id=request.id)
-        session.add(plan)
-        await session.flush()
-        history = [
-            Deployment(
-                tenant_id=shop.tenant.id,
-                project_id=shop.project.id,
-                plan_id=plan.id,
-                environment=DeploymentEnvironment.PRODUCTION,
-                status=DeploymentStatus.SUCCEEDED,
-                commit_sha=main,
-                verified_at=T0 + timedelta(minutes=m),
-                finished_at=T0 + timedelta(minutes=m),
-            )
-            for m in range(7)
-        ]
-        session.add_all(history)
-        await session.commit()
+    history = await verified_history(sessions, shop.project, main, 7)
     for d in history:
         git(repo, "update-ref", f"{RELEASE_REFS}/{d.id}", main)
 
@@ -307,14 +319,36 @@ async def test_after_more_releases_than_retention_only_the_kept_refs_remain_and_
         refused_id = await lifecycle.roll_back(
             tenant_id=shop.tenant.id, target_deployment_id=production[0], reason="too far"
         )
-        with pytest.raises(LifecycleRefused) as refused:
+        with pytest.raises(LifecycleRefused) as refusal:
             async with asyncio.timeout(OUTCOME_WITHIN_S):
                 await lifecycle.rollback_result(refused_id)
 
-    assert refused.value.error_type == "RollbackTargetTooOld"
-    assert str(production[0]) in refused.value.message and "too old" in refused.value.message
-    assert "release retention 1" in refused.value.message
+    assert refusal.value.error_type == "RollbackTargetTooOld"
+    assert str(production[0]) in refusal.value.message and "too old" in refusal.value.message
+    assert "release retention 1" in refusal.value.message
     async with sessions() as session:
         query = select(Deployment).where(Deployment.project_id == shop.project.id)
         assert len((await session.exec(query)).all()) == before
     assert git(repo, "rev-parse", "env/production") == results[2].commit_sha
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_command_refuses_a_rollback_beyond_retention_typed_and_records_nothing(
+    client: Client, sessions: SessionFactory, env: dict[str, str], tmp_path: Path
+) -> None:
+    slug = await corner_shop(env, tmp_path)
+    async with sessions() as session:
+        tenant = (await session.exec(select(Tenant).where(Tenant.slug == slug))).one()
+        project = (await session.exec(select(Project).where(Project.tenant_id == tenant.id))).one()
+    history = await verified_history(sessions, project, "a" * 40, 3)
+    settings = signed_decisions(env).model_copy(update={"release_retention": 1})
+
+    async with running_workers(client, sessions, settings):
+        error = await refused(env, "RollbackTargetTooOld", "deployment", "rollback",
+                              str(history[0].id), "-u", "bob@corner.example", "--wait")  # fmt: skip
+
+    assert error["message"].startswith(f"deployment {history[0].id} is too old to roll back to")
+    assert "2 verified releases of production came after it" in error["message"]
+    async with sessions() as session:
+        rows = await session.exec(select(Deployment).where(Deployment.project_id == project.id))
+        assert len(rows.all()) == len(history)
