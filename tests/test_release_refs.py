@@ -4,6 +4,7 @@ the compare-and-swap deletion on a real remote, and whole lifecycles on a smart-
 `git gc`, what is kept can still be rolled back to, and the rest is refused as too old."""
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -352,3 +353,42 @@ async def test_the_command_refuses_a_rollback_beyond_retention_typed_and_records
     async with sessions() as session:
         rows = await session.exec(select(Deployment).where(Deployment.project_id == project.id))
         assert len(rows.all()) == len(history)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_remote_that_refuses_to_delete_release_refs_fails_no_release(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+    hub: GitHubStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(task_queue, deploy_queue, tmp_path).model_copy(
+        update={"release_retention": 1}
+    )
+    remote = await http_remote_shop(sessions, tmp_path, hub, settings)
+    hook = remote.bare / "hooks" / "pre-receive"
+    hook.write_text(
+        "#!/bin/sh\n"
+        "while read old new ref; do\n"
+        '  case "$new $ref" in 0000000000000000000000000000000000000000\\ refs/changeflow/*)\n'
+        '    echo "release refs are kept here" >&2; exit 1;;\n'
+        "  esac\n"
+        "done\n"
+    )
+    hook.chmod(0o755)
+    caplog.set_level(logging.WARNING)
+    async with running_workers(client, sessions, settings):
+        results = [
+            await outcome(lifecycle, await submit(lifecycle, remote.shop, p)) for p in PROMPTS
+        ]
+
+    assert [r.status for r in results] == [PromptStatus.COMPLETED] * 4, results[-1].reason
+    assert len(refs_of(remote.bare)) == 8  # every release of the 4 requests, none pruned
+    for mirror in (tmp_path / "w-cache").glob("*.git"):
+        assert refs_of(mirror) == refs_of(remote.bare)
+    assert "release refs not pruned this time" in caplog.text
+    assert "refused to delete refs/changeflow/releases/" in caplog.text
