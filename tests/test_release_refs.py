@@ -13,7 +13,13 @@ import pytest
 from sqlmodel import select
 from temporalio.client import Client
 
-from activities.git_store import RELEASE_REFS, delete_refs, in_repository, release_refs
+from activities.git_store import (
+    RELEASE_REFS,
+    delete_refs,
+    in_repository,
+    release_ref,
+    release_refs,
+)
 from activities.release_refs import prune_release_refs
 from activities.remote_repository import Repositories
 from client.lifecycle import LifecycleClient, LifecycleRefused
@@ -34,6 +40,7 @@ from models.release_retention import (
     refs_to_prune,
     retention,
 )
+from scripts.chaos_audit import release_violations
 from scripts.github_stand_in.server import GitHubStandIn
 from tests.cli_support import refused
 from tests.lifecycle_support import git, make_shop, submit
@@ -186,6 +193,34 @@ def test_the_live_release_is_kept_whatever_its_rank() -> None:
 def test_a_negative_retention_is_refused() -> None:
     with pytest.raises(ValueError, match="0 or more"):
         retention([], keep=-1)
+
+
+def test_the_chaos_audit_wants_a_ref_only_for_releases_still_in_retention() -> None:
+    project_id = uuid.uuid4()
+    history = [
+        Deployment(
+            id=uuid.uuid4(),
+            tenant_id=uuid.uuid4(),
+            project_id=project_id,
+            plan_id=uuid.uuid4(),
+            environment=DeploymentEnvironment.PRODUCTION,
+            status=DeploymentStatus.SUCCEEDED,
+            commit_sha=f"{m}" * 40,
+            verified_at=T0 + timedelta(minutes=m),
+            finished_at=T0 + timedelta(minutes=m),
+        )
+        for m in range(4)
+    ]
+    pruned, *kept = history
+    refs = {release_ref(d.id): d.commit_sha or "" for d in kept[1:]}
+
+    found = release_violations(history, {project_id: refs}, keep=2)
+
+    assert found == [
+        f"release: deployment {kept[0].id} (production) was verified and no "
+        f"{release_ref(kept[0].id)} keeps {kept[0].commit_sha}"
+    ]
+    assert pruned.id not in " ".join(found)
 
 
 # --- deletion by compare-and-swap, on a real remote ----------------------------------------
