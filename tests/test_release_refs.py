@@ -220,7 +220,7 @@ def test_the_chaos_audit_wants_a_ref_only_for_releases_still_in_retention() -> N
         f"release: deployment {kept[0].id} (production) was verified and no "
         f"{release_ref(kept[0].id)} keeps {kept[0].commit_sha}"
     ]
-    assert pruned.id not in " ".join(found)
+    assert str(pruned.id) not in " ".join(found)
 
 
 # --- deletion by compare-and-swap, on a real remote ----------------------------------------
