@@ -16,8 +16,9 @@ it finds, one line each; no violation is an empty list.
   branch;
 - check_passed: no deployment whose check passed (its log ends "# exit code 0") was failed or
   rolled back automatically (an outage must not fail a healthy release);
-- release: every verified deployment's commit is kept by `refs/changeflow/releases/<its id>`,
-  and no release ref holds another commit than its deployment released.
+- release: every verified deployment still in retention (models/release_retention.py) has its
+  commit kept by `refs/changeflow/releases/<its id>`, and no release ref holds another commit
+  than its deployment released.
 
 A project on a git remote is audited on the remote itself: its refs are mirrored
 (`git clone --mirror`) into a scratch folder first, and the checks read that copy.
