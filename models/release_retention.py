@@ -15,7 +15,10 @@ the repository, another installation) is never touched.
 
 A deployment once out of retention never comes back: new verified releases only push older ones
 down, and a running deployment's commit only delays the prune of refs already out. So a rollback
-refused as too old was, or will be, pruned; one allowed still finds its ref.
+refused as too old was, or will be, pruned; one allowed still finds its ref, but for a target
+at the very edge of retention whose rollback is planned, then overtaken by another release
+marked verified and a prune, all before the rollback's row is recorded (its release then fails
+as UnknownCommit once the commit is garbage collected, having moved nothing).
 
 Pure: no database, no Temporal, no git. Callers read the facts (models.queries.release_facts)
 and act on the answer.
