@@ -130,6 +130,8 @@ class RefPublisher(Protocol):
 
     def swap(self, r: pygit2.Repository, ref: str, new: str | None, old: str | None) -> bool: ...
 
+    def delete(self, r: pygit2.Repository, expected: Mapping[str, str]) -> set[str]: ...
+
 
 # Mirrors of remote repositories, by git folder: their refs move on the remote first.
 _publishers: dict[str, RefPublisher] = {}
@@ -182,6 +184,29 @@ def keep_release(r: pygit2.Repository, ref: str, commit: str) -> str:
         if kept is not None or compare_and_swap(r, ref, commit, None):
             return kept or commit
     raise RepositoryError(f"{ref} kept moving while it was created")
+
+
+def release_refs(r: pygit2.Repository) -> dict[str, str]:
+    """The repository's release refs: the deployment id each is named after -> the commit it
+    keeps."""
+    prefix = f"{RELEASE_REFS}/"
+    found = {}
+    for name in r.references:
+        if name.startswith(prefix):
+            commit = reference_target(r, name)
+            if commit is not None:
+                found[name.removeprefix(prefix)] = commit
+    return found
+
+
+def delete_refs(r: pygit2.Repository, expected: Mapping[str, str]) -> set[str]:
+    """Delete each ref of `expected` (ref -> commit) that still points at its commit, by
+    compare-and-swap (a remote's mirror: on the remote first, in one push); the refs deleted.
+    A ref gone already, or moved, is left out: repeating a deletion changes nothing."""
+    publisher = _publishers.get(os.path.realpath(r.path))
+    if publisher is not None:
+        return publisher.delete(r, expected)
+    return {ref for ref, old in expected.items() if compare_and_swap(r, ref, None, old)}
 
 
 async def move_ref(repo: Path, ref: str, new: str | None, old: str | None) -> bool:

@@ -9,7 +9,6 @@ Every activity is idempotent: a retry finds the rows and the release its first a
 
 import asyncio
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,8 @@ from activities.git_store import (
 )
 from activities.heartbeats import heartbeating
 from activities.jobs import cancelled_by_workflow, finish_job, start_job
-from activities.remote_repository import Repositories, default_repositories
+from activities.release_refs import prune_release_refs
+from activities.remote_repository import RemoteUnavailable, Repositories, default_repositories
 from activities.rollbacks import last_good_release
 from models import (
     ChangeJobKind,
@@ -47,6 +47,7 @@ from models import (
 )
 from models.base import utcnow
 from models.db import SessionFactory
+from models.release_retention import DEFAULT_RELEASE_RETENTION, compensation_release_id
 from workflows.contracts.deployment import (
     DeploymentView,
     FindLastGoodRelease,
@@ -78,10 +79,14 @@ class ReleaseActivities:
         sessions: SessionFactory,
         target: DeployTarget,
         repositories: Repositories | None = None,
+        release_retention: int = DEFAULT_RELEASE_RETENTION,
     ) -> None:
+        """`release_retention`: how many verified releases before the live one each environment
+        keeps as rollback targets (Settings.release_retention); older release refs are pruned."""
         self._sessions = sessions
         self._target = target
         self._repositories = repositories or default_repositories(sessions)
+        self._release_retention = release_retention
 
     async def _repository(self, project: Project, commit: str | None = None) -> Path:
         """The project's repository to release from: fetched (a remote's mirror) before a
@@ -298,6 +303,7 @@ class ReleaseActivities:
             # Still in the lane: the next production deployment sees the default branch moved.
             repo = await self._repository(project, step.commit_sha)
             await self._ship_to_default_branch(repo, project, row, step)
+            await self._prune_release_refs(repo, project)
         return verdict
 
     @activity.defn(name="compensate_deployment")
@@ -352,7 +358,7 @@ class ReleaseActivities:
                     environment=row.environment.value,
                     to_commit_sha=restore,
                     # The target keys releases by deployment; the undo is a release of its own.
-                    deployment_id=uuid.uuid5(row.id, "compensation"),
+                    deployment_id=compensation_release_id(row.id),
                 )
                 log_path = result.log_path
         except DeployTargetError as exc:
@@ -439,6 +445,25 @@ class ReleaseActivities:
                 "%s moved past %s while it was verified; left as it is",
                 branch,
                 step.commit_sha[:12],
+            )
+
+    async def _prune_release_refs(self, repo: Path, project: Project) -> None:
+        """After each verified production release, the project's release refs the retention
+        rule lets go are deleted (activities/release_refs.py). Housekeeping: a failure is logged
+        and the next production release tries again; the release itself stands."""
+        try:
+            done = await prune_release_refs(
+                self._sessions, repo, project.id, self._release_retention
+            )
+        except (RepositoryError, RemoteUnavailable, SQLAlchemyError, OSError) as exc:
+            activity.logger.warning("release refs not pruned this time: %s", exc)
+            return
+        if done.pruned:
+            activity.logger.info(
+                "pruned %d release refs of project %s; %d kept",
+                len(done.pruned),
+                project.id,
+                done.kept,
             )
 
     async def _fail_job(self, job_key: str, exc: Exception) -> None:

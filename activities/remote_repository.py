@@ -31,10 +31,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pygit2
@@ -45,6 +46,7 @@ from temporalio.exceptions import ApplicationError
 from activities.change_engine import RepositoryError
 from activities.credentials import CredentialError, CredentialStore
 from activities.git_store import (
+    CAS_ATTEMPTS,
     RELEASE_REFS,
     publish_through,
     reference_target,
@@ -61,6 +63,9 @@ MIRROR_REFSPECS = ("+refs/heads/*:refs/heads/*", f"+{RELEASE_REFS}/*:{RELEASE_RE
 # A user name for a token over https when the connector names none: GitHub, GitLab and Gitea
 # all accept any user name with a token as the password.
 TOKEN_USER = "x-access-token"
+# Ref deletions sent in one push (each a line of about 100 bytes).
+PUSH_BATCH = 500
+T = TypeVar("T")
 
 
 class RepositoryUrlInvalid(ValueError):
@@ -342,6 +347,68 @@ class RemotePublisher:
             else:
                 r.references.create(ref, new, force=True)
             return True
+
+    def delete(self, r: pygit2.Repository, expected: Mapping[str, str]) -> set[str]:
+        """Delete refs on the remote, then in the mirror, each only while it still holds its
+        expected commit, in a push for up to PUSH_BATCH of them: each carries its lease, checked
+        before anything is sent and again by receive-pack under its lock. A ref that moved or is
+        gone there already is left out after a fetch tells the mirror; the refs deleted."""
+        deleted: set[str] = set()
+        refused: dict[str, str] = {}
+        with host_lock(self.lock):
+            for _ in range(CAS_ATTEMPTS):
+                pending = [
+                    (ref, old)
+                    for ref, old in expected.items()
+                    if ref not in deleted and ref not in refused and reference_target(r, ref) == old
+                ]
+                if not pending:
+                    break
+                if all(
+                    self._delete_batch(r, dict(batch), deleted, refused)
+                    for batch in _batches(pending, PUSH_BATCH)
+                ):
+                    break
+        if refused:
+            raise RemoteRefused(
+                f"{redact(self.access.address.url)} refused to delete "
+                + "; ".join(f"{ref}: {why}" for ref, why in sorted(refused.items()))
+            )
+        return deleted
+
+    def _delete_batch(
+        self,
+        r: pygit2.Repository,
+        batch: dict[str, str],
+        deleted: set[str],
+        refused: dict[str, str],
+    ) -> bool:
+        """One push deleting `batch`; False when a lease broke (nothing was sent)."""
+        callbacks = self.access.callbacks(dict(batch))
+        try:
+            r.remotes["origin"].push([f":{ref}" for ref in batch], callbacks=callbacks)
+        except LeaseBroken:
+            _fetch(r, self.access)  # the mirror learns which moved or went
+            return False
+        except RemoteAccessDenied:
+            raise
+        except pygit2.GitError as exc:
+            raise _transport_error(self.access, "deleting refs on", exc) from None
+        for ref in batch:
+            if ref in callbacks.refused:
+                refused[ref] = callbacks.refused[ref]
+                continue
+            with contextlib.suppress(KeyError):  # libgit2 may have deleted it along the refspec
+                r.references.delete(ref)
+            deleted.add(ref)
+        if callbacks.refused:
+            _fetch(r, self.access)
+        return True
+
+
+def _batches(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _fetch(r: pygit2.Repository, access: RemoteAccess) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from activities import deployments
@@ -13,9 +14,11 @@ from activities.change_engine import RepositoryError
 from activities.deployments import not_found
 from activities.git_store import resolve_commit
 from activities.lifecycle import github_connector_of
+from activities.release_refs import read_release_facts
 from activities.remote_repository import Repositories, default_repositories
 from models import Deployment, DeploymentPlan, DeploymentStatus, Project
 from models.db import SessionFactory
+from models.release_retention import DEFAULT_RELEASE_RETENTION, retention
 from workflows.contracts.deployment import (
     FindLastGoodRelease,
     LastGoodRelease,
@@ -83,9 +86,17 @@ async def last_good_release(
 
 
 class RollbackActivities:
-    def __init__(self, sessions: SessionFactory, repositories: Repositories | None = None) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        repositories: Repositories | None = None,
+        release_retention: int = DEFAULT_RELEASE_RETENTION,
+    ) -> None:
+        """`release_retention`: as the release activities prune by (Settings.release_retention):
+        a target beyond it is refused as too old."""
         self._sessions = sessions
         self._repositories = repositories or default_repositories(sessions)
+        self._release_retention = release_retention
 
     def lifecycle_activities(self) -> list[Callable[..., Any]]:
         return [self.plan_rollback]
@@ -111,6 +122,7 @@ class RollbackActivities:
                     f"deployment {target.id} never succeeded (status {target.status.value}); "
                     "only a verified release can be restored",
                 )
+            await self._refuse_too_old(session, target)
             live = await deployments.live(session, target.project_id, target.environment)
             if live is None:
                 raise refused(
@@ -135,6 +147,25 @@ class RollbackActivities:
                 commit_sha=target.commit_sha,
                 live_deployment_id=live.id,
             )
+
+    async def _refuse_too_old(self, session: AsyncSession, target: Deployment) -> None:
+        """A target out of retention (models.release_retention) has, or soon will have, no
+        release ref keeping its commit: refused before anything is recorded."""
+        assert target.project_id is not None
+        kept = retention(
+            await read_release_facts(session, target.project_id), self._release_retention
+        )
+        if not kept.too_old(target.id):
+            return
+        environment = target.environment.value
+        raise refused(
+            ErrorType.ROLLBACK_TARGET_TOO_OLD,
+            f"deployment {target.id} is too old to roll back to: "
+            f"{kept.rank.get(target.id, 1) - 1} verified releases of {environment} came after "
+            f"it, and only the live release and the {kept.keep} before it stay rollback targets "
+            f"(release retention {kept.keep}); its release ref is pruned, or will be by the "
+            "next verified production release",
+        )
 
     @activity.defn(name="find_last_good_release")
     async def find_last_good_release(self, request: FindLastGoodRelease) -> LastGoodRelease:

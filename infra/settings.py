@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from models.projects import ChangeEngineKind
+from models.release_retention import DEFAULT_RELEASE_RETENTION
 from workflows.contracts.ids import web_ui_workflow_url, web_ui_workflows_url
 
 
@@ -138,6 +139,11 @@ class Settings(BaseSettings):
     # This worker's own mirrors of projects whose repository is a remote (one bare mirror a
     # project, made on first use; processes of one host may share it). Unset: under data_dir.
     repository_cache_dir: Path | None = None
+    # How many verified releases before the live one each environment of a project keeps as
+    # rollback targets; older release refs are pruned (models/release_retention.py). The same on
+    # every worker: the lifecycle's refusal of a too old target and the deploy queue's prune
+    # both read it.
+    release_retention: int = Field(default=DEFAULT_RELEASE_RETENTION, ge=1, le=100_000)
 
     # The change engine of projects that do not choose one (Project.change_engine).
     change_engine: ChangeEngineKind = ChangeEngineKind.RULE

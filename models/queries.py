@@ -3,10 +3,11 @@ types (an id, or a slug or email), and the lists (`changeflow ... list`, `tokens
 tenant's rows only, oldest first where a list is whole, newest first where --limit cuts it."""
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
-from sqlmodel.sql.expression import SelectOfScalar
+from sqlmodel.sql.expression import Select, SelectOfScalar
 
 from models.billing import TokenTransaction
 from models.commerce import ModuleExecution
@@ -71,6 +72,20 @@ def newest_deployments(
     if project_id is not None:
         statement = statement.where(Deployment.project_id == project_id)
     return statement.order_by(col(Deployment.queued_at).desc()).limit(limit)
+
+
+def release_facts(project_id: uuid.UUID) -> Select[tuple[Any, ...]]:
+    """What the release retention rule reads of each of a project's deployments, in the order of
+    models.release_retention.ReleaseFacts' fields."""
+    return select(  # type: ignore[call-overload,no-any-return]
+        Deployment.id,
+        Deployment.environment,
+        Deployment.status,
+        Deployment.commit_sha,
+        Deployment.previous_commit_sha,
+        Deployment.verified_at,
+        Deployment.finished_at,
+    ).where(Deployment.project_id == project_id)
 
 
 def newest_entries(account_id: uuid.UUID, *, limit: int) -> SelectOfScalar[TokenTransaction]:

@@ -16,8 +16,9 @@ it finds, one line each; no violation is an empty list.
   branch;
 - check_passed: no deployment whose check passed (its log ends "# exit code 0") was failed or
   rolled back automatically (an outage must not fail a healthy release);
-- release: every verified deployment's commit is kept by `refs/changeflow/releases/<its id>`,
-  and no release ref holds another commit than its deployment released.
+- release: every verified deployment still in retention (models/release_retention.py) has its
+  commit kept by `refs/changeflow/releases/<its id>`, and no release ref holds another commit
+  than its deployment released.
 
 A project on a git remote is audited on the remote itself: its refs are mirrored
 (`git clone --mirror`) into a scratch folder first, and the checks read that copy.
@@ -50,6 +51,7 @@ from models import (
 )
 from models.billing import HoldStatus, TokenHold
 from models.db import SessionFactory
+from models.release_retention import DEFAULT_RELEASE_RETENTION, ReleaseFacts, retention
 from workflows.contracts.ids import prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -253,16 +255,35 @@ def passed_check_violations(workspaces: list[Path], deployments: list[Deployment
 
 
 def release_violations(
-    deployments: list[Deployment], kept: dict[uuid.UUID, dict[str, str]]
+    deployments: list[Deployment],
+    kept: dict[uuid.UUID, dict[str, str]],
+    keep: int = DEFAULT_RELEASE_RETENTION,
 ) -> list[str]:
-    """Verified deployments whose commit no release ref keeps, and release refs holding another
-    commit than their deployment released; `kept` is each project's refs under RELEASE_REFS."""
+    """Verified deployments still in retention (models.release_retention, `keep` deep) whose
+    commit no release ref keeps, and release refs holding another commit than their deployment
+    released; `kept` is each project's refs under RELEASE_REFS."""
+    retained: set[uuid.UUID] = set()
+    for project_id in {d.project_id for d in deployments}:
+        facts = [
+            ReleaseFacts(
+                d.id,
+                d.environment,
+                d.status,
+                d.commit_sha,
+                d.previous_commit_sha,
+                d.verified_at,
+                d.finished_at,
+            )
+            for d in deployments
+            if d.project_id == project_id
+        ]
+        retained |= retention(facts, keep).kept
     found = []
     for d in deployments:
         if d.project_id is None or d.commit_sha is None:
             continue
         held = kept.get(d.project_id, {}).get(release_ref(d.id))
-        if held is None and d.verified_at is not None:
+        if held is None and d.verified_at is not None and d.id in retained:
             found.append(
                 f"release: deployment {d.id} ({d.environment.value}) was verified and no "
                 f"{release_ref(d.id)} keeps {d.commit_sha}"

@@ -404,7 +404,9 @@ async def test_a_released_commit_survives_gc_on_the_remote_and_a_rollback_restor
         # On no branch of the remote any more: only a release ref holds it.
         holders = git(remote.bare, "for-each-ref", "--contains", failed.commit_sha)
         assert "refs/heads/" not in holders
-        # Every deployment's release is kept on the remote, at the commit it released.
+        # Every verified release is kept on the remote, at the commit it released; the failed
+        # production release is no rollback target: the next verified one pruned its ref (its
+        # commit is the staging release's, kept there).
         kept = dict(
             line.split()
             for line in git(
@@ -415,7 +417,7 @@ async def test_a_released_commit_survives_gc_on_the_remote_and_a_rollback_restor
             query = select(Deployment).where(Deployment.project_id == remote.shop.project.id)
             deployments = (await session.exec(query)).all()
         assert len(deployments) == 5  # two stagings, two productions, one automatic rollback
-        assert kept == {release_ref(d.id): d.commit_sha for d in deployments}
+        assert kept == {release_ref(d.id): d.commit_sha for d in deployments if d.verified_at}
         # Garbage collection on the remote and on the worker's mirror keeps every release.
         git(remote.bare, "gc", "--quiet", "--prune=now")
         for mirror in (tmp_path / "w-cache").glob("*.git"):

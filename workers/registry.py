@@ -112,7 +112,9 @@ def lifecycle_activities(deps: Dependencies) -> list[Callable[..., Any]]:
             deps.settings.decision_tokens,
         ).activities(),
         *LaneActivities(deps.sessions, deps.client).activities(),
-        *RollbackActivities(deps.sessions, repositories(deps)).lifecycle_activities(),
+        *RollbackActivities(
+            deps.sessions, repositories(deps), deps.settings.release_retention
+        ).lifecycle_activities(),
         *commerce_activities(deps),
         *notification_activities(deps),
         *on_github.activities(),
@@ -208,9 +210,14 @@ def deploy_activities(deps: Dependencies) -> list[Callable[..., Any]]:
     mirrors = repositories(deps)
     return [
         *ReleaseActivities(
-            sessions=deps.sessions, target=target, repositories=mirrors
+            sessions=deps.sessions,
+            target=target,
+            repositories=mirrors,
+            release_retention=deps.settings.release_retention,
         ).activities(),
-        *RollbackActivities(deps.sessions, mirrors).deploy_activities(),
+        *RollbackActivities(
+            deps.sessions, mirrors, deps.settings.release_retention
+        ).deploy_activities(),
     ]
 
 

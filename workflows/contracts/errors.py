@@ -88,6 +88,8 @@ class ErrorType(enum.StrEnum):
     PLAN_NOT_FOUND = "PlanNotFound"
     ROLLBACK_TARGET_NEVER_SUCCEEDED = "RollbackTargetNeverSucceeded"
     ROLLBACK_TARGET_IS_LIVE = "RollbackTargetIsLive"
+    # Beyond the release retention (Settings.release_retention): its release ref is pruned.
+    ROLLBACK_TARGET_TOO_OLD = "RollbackTargetTooOld"
     NO_RELEASE_TO_RESTORE = "NoReleaseToRestore"
     # A production release refused because its commit does not descend from the project's
     # default branch (it moved since the change was committed).
