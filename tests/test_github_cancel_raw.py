@@ -162,3 +162,33 @@ async def test_a_raw_cancel_while_production_merges_a_change_its_checks_fail_end
     assert hub.tree("main") == hub.tree("env/production") == before
     assert hub.config("main")["theme"] != "dark"
     assert hub.branches() == ENVIRONMENTS
+
+
+async def test_a_github_deployment_status_links_its_deployment_workflow_in_the_web_ui(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    green_ci(github_world)
+    async with running_workers(client, sessions, hub.settings):
+        result = await outcome(lifecycle, await submit(lifecycle, hub.shop, "set theme to dark"))
+    assert result.status is PromptStatus.COMPLETED, result.reason
+
+    # Each status's log is a page a person on GitHub can open: the deployment workflow's page
+    # in the Web UI, never the worker's release log (file://).
+    state = github_world.hub.state
+    deployments = sorted(state.deployments.values(), key=lambda d: d.id)
+    assert [d.environment for d in deployments] == ["staging", "production"]
+    for deployment in deployments:
+        ours = uuid.UUID(deployment.payload["changeflow_deployment_id"])
+        page = hub.settings.workflow_url(deployment_workflow_id(ours))
+        assert page.startswith(("http://", "https://")), page
+        assert [s.log_url for s in deployment.statuses] == [page, page], deployment.statuses
+    assert {d.deployment_id for d in result.deployments} == {
+        uuid.UUID(d.payload["changeflow_deployment_id"]) for d in deployments
+    }

@@ -7,8 +7,9 @@ Short steps run as shielded tasks: a cancellation lets the step in flight finish
 compensation knows every hold and every token the work used. Deployment children are not
 shielded: cancelling the lifecycle cancels the running child, which rolls back its release, and
 a staging release that already succeeded is undone by a deployment of its own. Once production
-verified the release (and the default branch moved to it), a cancel is refused (CancelTooLate):
-the change is live, and an operator rollback is the way back.
+verified the release (and the default branch moved to it), or a GitHub project's production was
+told to merge its pull request, a cancel is refused (CancelTooLate) and Temporal's own cancel is
+not obeyed: the change is live (or may be), and an operator rollback is the way back.
 """
 
 import asyncio
@@ -356,7 +357,6 @@ class PromptRequestWorkflow:
                 await self._drain_handlers()
                 raise
             # Too late: production runs the change. The request completes as it would have.
-            self._note_late_cancel()
             result = await self._complete_despite_cancel()
         await self._close_request_branch()
         await self._announce_end()
@@ -374,8 +374,6 @@ class PromptRequestWorkflow:
         except asyncio.CancelledError:
             if not self._cancel_too_late():
                 running.cancel()  # the lifecycle hears of it and compensates
-                return await running
-        self._note_late_cancel()
         return await running
 
     def _patched(self, patch: str) -> bool:
@@ -1304,7 +1302,7 @@ class PromptRequestWorkflow:
 
     def _note_late_cancel(self, note: str | None = None) -> None:
         """Remember, for the request's ending, a Temporal cancel that came too late: `note`
-        (its production deployment's words), or the request's own."""
+        (its production deployment's words), or the request's own (it was cancelled)."""
         if self._late_cancel is not None:
             return
         if note is None and self._merge_asked is not None:
@@ -1318,6 +1316,8 @@ class PromptRequestWorkflow:
 
     def _noting_late_cancel(self, reason: str) -> str:
         """An ending's reason, with the cancel that came too late to be obeyed, if one did."""
+        if workflow.cancellation_reason() is not None:
+            self._note_late_cancel()  # the request ends otherwise than cancelled: too late
         return "; ".join(part for part in (reason, self._late_cancel) if part)
 
     @workflow.signal(name=MERGE_ASKED_SIGNAL)
