@@ -79,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.late_cancels import obeyed_while_in_time
 
 # Short, idempotent database work: local activities (no round trip through the server), and
 # the few such activities that run elsewhere.
@@ -287,7 +288,9 @@ class DeploymentWorkflow:
             self._checkpoint()
             await self._wait_for_turn(lane_place, recorded.queue_position)
             if self._merge_outlives_cancel:
-                return await self._obeying_cancel_until_the_merge(self._deploy())
+                return await obeyed_while_in_time(
+                    self._merge_went_ahead, self._deploy(), refused=self._refuse_cancel
+                )
             return await self._deploy()
         except BaseException as err:
             if not _cancelled(err):
@@ -310,25 +313,13 @@ class DeploymentWorkflow:
         a cancel is too late, as for the request (its `authorize_cancel` answers CancelTooLate)."""
         return self._merge_outlives_cancel and self._merge_go is not None
 
-    async def _obeying_cancel_until_the_merge(
-        self, deploying: Awaitable[DeploymentResult]
-    ) -> DeploymentResult:
-        """Run the release so that Temporal's cancel reaches it only until its merge went ahead.
-        One that comes after is not obeyed: the deployment ends as its release does (verified,
-        or rolled back, the default branch reverted with it), and its result says so."""
-        running = asyncio.ensure_future(deploying)
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            if not self._merge_went_ahead():
-                running.cancel()  # the release hears of it and undoes itself
-                return await running
+    def _refuse_cancel(self) -> None:
+        """A cancel came once the merge went ahead: not obeyed. The deployment ends as its
+        release does (verified, or rolled back, the default branch reverted with it), and its
+        status and result say so."""
         assert self._merge_go is not None
         self._cancel_refused = self._merge_go.outlived_cancel()
         self._progress(self._cancel_refused)
-        result = await running
-        result.cancel_refused = self._cancel_refused
-        return result
 
     async def _wait_for_turn(self, place: LanePlace, position: int | None) -> None:
         """Until the lane's turn: the `lane_turn` signal when the one ahead leaves, or a look
@@ -391,6 +382,7 @@ class DeploymentWorkflow:
         if rolls_back:
             await self._auto_rollback(result)
         result.status_now = self._decided[input.deployment_id]
+        result.cancel_refused = self._cancel_refused
         return result
 
     async def _auto_rollback(self, result: DeploymentResult) -> None:

@@ -131,6 +131,7 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.late_cancels import obeyed_while_in_time
     from workflows.lifecycle_patches import (
         AUTHORIZED_CANCEL_STOPS_RELEASES,
         CANCEL_NEVER_LIVE,
@@ -341,7 +342,7 @@ class PromptRequestWorkflow:
         try:
             try:
                 if self._patched(CANCEL_OBEYED_WHILE_TIMELY):
-                    result = await self._obeying_timely_cancel(self._lifecycle())
+                    result = await obeyed_while_in_time(self._cancel_too_late, self._lifecycle())
                 else:
                     result = await self._lifecycle()
             except RequestEnded as ended:
@@ -362,19 +363,6 @@ class PromptRequestWorkflow:
         await self._announce_end()
         await self._drain_handlers()
         return result
-
-    async def _obeying_timely_cancel(self, lifecycle: Awaitable[T]) -> T:
-        """Run the lifecycle so that Temporal's cancel reaches it only while the request can
-        still be cancelled. One that comes too late (_cancel_too_late) is not obeyed: the
-        request goes on to the end it would have had (its production release verified, or
-        rolled back with the default branch), and its reason says the cancel came too late."""
-        running = asyncio.ensure_future(lifecycle)
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            if not self._cancel_too_late():
-                running.cancel()  # the lifecycle hears of it and compensates
-        return await running
 
     def _patched(self, patch: str) -> bool:
         """Whether this run takes one of RUN_START_PATCHES (asked at its start)."""
@@ -1290,9 +1278,11 @@ class PromptRequestWorkflow:
         return None
 
     def _cancel_too_late(self) -> bool:
-        """Whether Temporal's cancel is not obeyed now (_too_late_to_cancel). Runs from before
-        CANCEL_OBEYED_WHILE_TIMELY obeyed it until production verified (from CANCEL_NEVER_LIVE
-        on), and always before that."""
+        """Whether Temporal's cancel is not obeyed now (_too_late_to_cancel): the request goes
+        on to the end it would have had (production verified, or rolled back with the default
+        branch), its reason saying the cancel came too late (_noting_late_cancel). Runs from
+        before CANCEL_OBEYED_WHILE_TIMELY obeyed it until production verified (from
+        CANCEL_NEVER_LIVE on), and always before that."""
         if self._patched(CANCEL_OBEYED_WHILE_TIMELY):
             return self._too_late_to_cancel() is not None
         return self._live is not None and self._patched(CANCEL_NEVER_LIVE)
