@@ -192,3 +192,41 @@ async def test_a_github_deployment_status_links_its_deployment_workflow_in_the_w
     assert {d.deployment_id for d in result.deployments} == {
         uuid.UUID(d.payload["changeflow_deployment_id"]) for d in deployments
     }
+
+
+async def test_a_raw_cancel_before_production_asks_to_merge_is_obeyed_and_nothing_merges(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: GitHubWorld,
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> None:
+    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
+    green_ci(github_world)
+    state = github_world.hub.state
+    # GitHub holds production's release (the push of env/production): the ask comes after.
+    state.push_gate_ref, state.push_gate.armed = "refs/heads/env/production", True
+    before = hub.head("main")
+    address = client.service_client.config.target_host
+    try:
+        async with running_workers(client, sessions, hub.settings):
+            request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+            assert await asyncio.to_thread(state.push_gate.reached.wait, OUTCOME_WITHIN_S)
+            workflow_id = prompt_request_workflow_id(request_id)
+            await temporal(address, "workflow", "cancel", "--workflow-id", workflow_id)
+            await cancel_heard(client, workflow_id)
+            state.push_gate.opened.set()
+            result = await outcome(lifecycle, request_id)
+    finally:
+        state.push_gate.opened.set()
+
+    # In time: obeyed. Nothing merged, both environments restored, the pull request closed.
+    assert result.status is PromptStatus.CANCELLED, result.reason
+    assert "too late" not in result.reason
+    assert hub.head("main") == before
+    [pull] = hub.pulls()
+    assert (pull.state, pull.merged) == ("closed", False)
+    assert [b for b in hub.branches() if hub.config(b)["theme"] == "dark"] == []
+    assert not [r for r in github_world.hub.requests if r[1].endswith("/merge")]
