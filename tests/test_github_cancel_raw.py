@@ -142,7 +142,8 @@ async def test_a_raw_cancel_while_production_merges_a_change_its_checks_fail_end
     state.add_check_script(
         github_world.repository, CheckScript("smoke", outcome="failure", branches="main")
     )
-    # Production ran main's tree before this request (an earlier release): what is restored.
+    # An earlier release ran main's tree in production: the rollback restores it. (A first
+    # release has none to restore and falls back to the default branch's head.)
     git(hub.bare, "branch", "env/production", "main")
     before = hub.tree("main")
 
