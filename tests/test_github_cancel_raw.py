@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.worker import Replayer
 
 from client.lifecycle import LifecycleClient
 from models import DeploymentEnvironment, DeploymentStatus, PromptStatus
 from models.db import SessionFactory
 from scripts.github_stand_in.records import CheckScript
+from tests.conftest import DATA_CONVERTER
 from tests.github_support import GitHubWorld
 from tests.lifecycle_support import git, submit
 from tests.temporal_cli import temporal
@@ -29,6 +31,7 @@ from tests.test_github_lifecycle import (
     outcome,
 )
 from tests.workers import running_workers
+from workers.registry import workflows
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
 
@@ -85,11 +88,15 @@ async def cancelled_while_merging(
             await cancel_heard(client, workflow_id)
             gate.opened.set()
             result = await outcome(lifecycle, request_id)
-            described = await client.get_workflow_handle(workflow_id).describe()
+            cancelled = client.get_workflow_handle(workflow_id)
+            described = await cancelled.describe()
+            history = await cancelled.fetch_history()
     finally:
         gate.opened.set()
-    # The cancelled workflow ended as it would have: completed, not cancelled.
+    # The cancelled workflow ended as it would have: completed, not cancelled; and its run, the
+    # cancel it did not obey included, replays with the current code.
     assert described.status is WorkflowExecutionStatus.COMPLETED
+    await Replayer(workflows=workflows(), data_converter=DATA_CONVERTER).replay_workflow(history)
     return result, production
 
 
