@@ -50,7 +50,7 @@ class GitHubActivities:
         workflow_url: Callable[[str], str] | None = None,
     ) -> None:
         """`workflow_url`: a workflow's page in the Web UI (Settings.workflow_url), which a
-        pull request's body links to."""
+        pull request's body links to, and a GitHub Deployment's statuses (their log)."""
         self._connectors = connectors
         self._connections = connections
         self._workflow_url = workflow_url
@@ -101,7 +101,7 @@ class GitHubActivities:
             return await target.start_deployment(
                 step.environment,
                 step.sha,
-                log_url=step.log_url,
+                log_url=self._log_url(step.log_url),
                 environment_url=step.environment_url,
                 request_id=step.request_id,
                 deployment_id=step.deployment_id,
@@ -113,10 +113,19 @@ class GitHubActivities:
             await target.finish_deployment(
                 step.deployment,
                 ok=step.ok,
-                log_url=step.log_url,
+                log_url=self._log_url(step.log_url),
                 environment_url=step.environment_url,
                 description=step.description,
             )
+
+    def _log_url(self, release_log: str) -> str:
+        """A GitHub Deployment status's log, which a person opens from GitHub: the Web UI page
+        of the deployment workflow running this step. The release log the workflow names is a
+        file on the worker (file://), which GitHub cannot open: sent only if it is a web page."""
+        running = activity.info().workflow_id
+        if self._workflow_url is not None and running:
+            return self._workflow_url(running)
+        return release_log if release_log.startswith(("https://", "http://")) else ""
 
     @activity.defn(name="github_revert")
     async def revert(self, step: RevertPullRequest) -> MergeResult:

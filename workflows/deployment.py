@@ -79,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.contracts.ids import deployment_id_of_rollback, deployment_workflow_id
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.late_cancels import obeyed_while_in_time
 
 # Short, idempotent database work: local activities (no round trip through the server), and
 # the few such activities that run elsewhere.
@@ -114,6 +115,10 @@ STATUS_DECIDED_HERE = "deployment-status-decided-here"
 _RUN_ENDS = frozenset(
     {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED}
 )
+# Patch id (a GitHub project's deployments): once production's request answered go to its merge,
+# Temporal's cancel is not obeyed: GitHub's default branch may hold the change, and undoing the
+# release would leave it there. Runs from before it undid the release, the merge staying.
+MERGE_OUTLIVES_CANCEL = "merge-outlives-cancel"
 
 # A call to GitHub: a few REST requests. Rate limits and outages come back as retries after
 # GitHub's wait (activities/github_client.py); refusals are typed and not retried.
@@ -217,11 +222,14 @@ class DeploymentWorkflow:
         self._checks: str | None = None
         # The parent request let production ask GitHub to merge (input.github's
         # asks_before_merging): no cancel was authorized before it.
-        self._merge_go = False
+        self._merge_go: MergeAsked | None = None
+        # MERGE_OUTLIVES_CANCEL, and what the deployment says of a cancel it did not obey.
+        self._merge_outlives_cancel = False
+        self._cancel_refused: str | None = None
 
     @workflow.signal(name=MERGE_GO_SIGNAL)
     def merge_go(self, go: MergeAsked) -> None:
-        self._merge_go = True
+        self._merge_go = go
 
     @workflow.signal(name=GITHUB_EVENT_SIGNAL)
     def github_event(self, event: GitHubEvent) -> None:
@@ -248,6 +256,9 @@ class DeploymentWorkflow:
         # Asked before the first local activity (see RUN_START_PATCHES in workflows/lifecycle.py).
         self._verdict_apart = workflow.patched(VERDICT_APART)
         self._decides = workflow.patched(STATUS_DECIDED_HERE)
+        self._merge_outlives_cancel = input.github is not None and workflow.patched(
+            MERGE_OUTLIVES_CANCEL
+        )
         lane_place = LanePlace(
             project_id=input.project_id,
             environment=input.environment,
@@ -276,6 +287,10 @@ class DeploymentWorkflow:
                 raise
             self._checkpoint()
             await self._wait_for_turn(lane_place, recorded.queue_position)
+            if self._merge_outlives_cancel:
+                return await obeyed_while_in_time(
+                    self._merge_went_ahead, self._deploy(), refused=self._refuse_cancel
+                )
             return await self._deploy()
         except BaseException as err:
             if not _cancelled(err):
@@ -292,6 +307,19 @@ class DeploymentWorkflow:
                 )
             if self._progress_sent is not None:
                 await self._progress_sent  # the parent hears the outcome before the result
+
+    def _merge_went_ahead(self) -> bool:
+        """Production's request answered go to its merge (MERGE_OUTLIVES_CANCEL): from then on
+        a cancel is too late, as for the request (its `authorize_cancel` answers CancelTooLate)."""
+        return self._merge_outlives_cancel and self._merge_go is not None
+
+    def _refuse_cancel(self) -> None:
+        """A cancel came once the merge went ahead: not obeyed. The deployment ends as its
+        release does (verified, or rolled back, the default branch reverted with it), and its
+        status and result say so."""
+        assert self._merge_go is not None
+        self._cancel_refused = self._merge_go.outlived_cancel()
+        self._progress(self._cancel_refused)
 
     async def _wait_for_turn(self, place: LanePlace, position: int | None) -> None:
         """Until the lane's turn: the `lane_turn` signal when the one ahead leaves, or a look
@@ -354,6 +382,7 @@ class DeploymentWorkflow:
         if rolls_back:
             await self._auto_rollback(result)
         result.status_now = self._decided[input.deployment_id]
+        result.cancel_refused = self._cancel_refused
         return result
 
     async def _auto_rollback(self, result: DeploymentResult) -> None:
@@ -737,7 +766,7 @@ class DeploymentWorkflow:
             MERGE_ASKED_SIGNAL,
             MergeAsked(deployment_id=input.deployment_id, pull_number=pull_number),
         )
-        await workflow.wait_condition(lambda: self._merge_go)
+        await workflow.wait_condition(lambda: self._merge_go is not None)
 
     async def _github_checks(self) -> VerificationOutcome:
         """The tenant's own checks decide: a GitHub Deployment of the commit (production: the
@@ -843,8 +872,13 @@ class DeploymentWorkflow:
 
     def _checkpoint(self) -> None:
         """An activity that finished despite a cancellation request returns its result and
-        the request is not raised again; check for it so the deployment still compensates."""
-        if not self._compensating and workflow.cancellation_reason() is not None:
+        the request is not raised again; check for it so the deployment still compensates
+        (unless its merge went ahead: that cancel is not obeyed)."""
+        if (
+            not self._compensating
+            and workflow.cancellation_reason() is not None
+            and not self._merge_went_ahead()
+        ):
             raise asyncio.CancelledError("deployment cancelled")
 
     def _step(

@@ -7,8 +7,9 @@ Short steps run as shielded tasks: a cancellation lets the step in flight finish
 compensation knows every hold and every token the work used. Deployment children are not
 shielded: cancelling the lifecycle cancels the running child, which rolls back its release, and
 a staging release that already succeeded is undone by a deployment of its own. Once production
-verified the release (and the default branch moved to it), a cancel is refused (CancelTooLate):
-the change is live, and an operator rollback is the way back.
+verified the release (and the default branch moved to it), or a GitHub project's production was
+told to merge its pull request, a cancel is refused (CancelTooLate) and Temporal's own cancel is
+not obeyed: the change is live (or may be), and an operator rollback is the way back.
 """
 
 import asyncio
@@ -130,9 +131,11 @@ with workflow.unsafe.imports_passed_through():
         prompt_request_attributes,
     )
     from workflows.contracts.submitted import Submitted, parse_input
+    from workflows.late_cancels import obeyed_while_in_time
     from workflows.lifecycle_patches import (
         AUTHORIZED_CANCEL_STOPS_RELEASES,
         CANCEL_NEVER_LIVE,
+        CANCEL_OBEYED_WHILE_TIMELY,
         CLOSE_REQUEST_BRANCH,
         GITHUB_PULL_REQUESTS,
         JUDGED_BY_VALIDATORS_PATCH,
@@ -318,6 +321,8 @@ class PromptRequestWorkflow:
         # Production asked to merge the pull request with no cancel authorized before it (its
         # MERGE_ASKED_SIGNAL, answered go): from then on a cancel is refused (CancelTooLate).
         self._merge_asked: MergeAsked | None = None
+        # A Temporal cancel came too late (_cancel_too_late) and was not obeyed, in words.
+        self._late_cancel: str | None = None
 
     # ---------------------------------------------------------------- the run
 
@@ -336,14 +341,17 @@ class PromptRequestWorkflow:
         self._patches = frozenset(p for p in RUN_START_PATCHES if workflow.patched(p))
         try:
             try:
-                result = await self._lifecycle()
+                if self._patched(CANCEL_OBEYED_WHILE_TIMELY):
+                    result = await obeyed_while_in_time(self._cancel_too_late, self._lifecycle())
+                else:
+                    result = await self._lifecycle()
             except RequestEnded as ended:
                 result = ended.result
         except CancelledByDecision:
             await self._compensate_cancellation()
             result = self._result()
         except asyncio.CancelledError:
-            if self._live is None or not self._patched(CANCEL_NEVER_LIVE):
+            if not self._cancel_too_late():
                 await self._compensate_cancellation()
                 await self._close_request_branch()
                 await self._announce_end()
@@ -400,7 +408,9 @@ class PromptRequestWorkflow:
                 f"pull request #{self._pull.number} merged on GitHub by "
                 f"{self._merged_on_github_by}; production runs the default branch's head"
             )
-        await self._persist_status(PromptStatus.COMPLETED, reason, tokens_used=self._tokens_used)
+        await self._persist_status(
+            PromptStatus.COMPLETED, self._noting_late_cancel(reason), tokens_used=self._tokens_used
+        )
         return self._result()
 
     async def _apply_change(self) -> AppliedChangeView:
@@ -1252,11 +1262,53 @@ class PromptRequestWorkflow:
             raise CancelledByDecision() from None
 
     def _refuse_cancel_once_live(self) -> None:
+        refusal = self._too_late_to_cancel()
+        if refusal is not None:
+            raise refusal
+
+    def _too_late_to_cancel(self) -> Exception | None:
+        """The one rule of a cancel that comes too late, `authorize_cancel`'s refusal
+        (CancelTooLate): production verified the release, or was told to merge its pull
+        request; the default branch holds the change, or may. None while a cancel is obeyed."""
         if self._live is not None:
-            raise cancel_too_late(self._live)
+            return cancel_too_late(self._live)
         if self._merge_asked is not None:
             asked = self._merge_asked
-            raise cancel_too_late_merging(asked.deployment_id, asked.pull_number)
+            return cancel_too_late_merging(asked.deployment_id, asked.pull_number)
+        return None
+
+    def _cancel_too_late(self) -> bool:
+        """Whether Temporal's cancel is not obeyed now (_too_late_to_cancel): the request goes
+        on to the end it would have had (production verified, or rolled back with the default
+        branch), its reason saying the cancel came too late (_noting_late_cancel). Runs from
+        before CANCEL_OBEYED_WHILE_TIMELY obeyed it until production verified (from
+        CANCEL_NEVER_LIVE on), and always before that."""
+        if self._patched(CANCEL_OBEYED_WHILE_TIMELY):
+            return self._too_late_to_cancel() is not None
+        return self._live is not None and self._patched(CANCEL_NEVER_LIVE)
+
+    def _cancel_obeyed(self) -> bool:
+        return workflow.cancellation_reason() is not None and not self._cancel_too_late()
+
+    def _note_late_cancel(self, note: str | None = None) -> None:
+        """Remember, for the request's ending, a Temporal cancel that came too late: `note`
+        (its production deployment's words), or the request's own (it was cancelled)."""
+        if self._late_cancel is not None:
+            return
+        if note is None and self._merge_asked is not None:
+            note = self._merge_asked.outlived_cancel()
+        elif note is None and self._live is not None:
+            note = (
+                f"a cancel came after production deployment {self._live.deployment_id} "
+                f"verified {self._live.commit_sha[:12]}: too late, not obeyed"
+            )
+        self._late_cancel = note
+
+    def _noting_late_cancel(self, reason: str) -> str:
+        """An ending's reason, with the cancel that came too late to be obeyed, if one did."""
+        if workflow.cancellation_reason() is not None:
+            self._note_late_cancel()  # the request ends otherwise than cancelled: too late
+        return "; ".join(part for part in (reason, self._late_cancel) if part)
 
     @workflow.signal(name=MERGE_ASKED_SIGNAL)
     async def merge_asked(self, ask: MergeAsked) -> None:
@@ -1267,6 +1319,8 @@ class PromptRequestWorkflow:
         branch."""
         if self._cancel_authorized:
             return
+        if self._patched(CANCEL_OBEYED_WHILE_TIMELY) and workflow.cancellation_reason() is not None:
+            return  # Temporal's cancel came first: it is cancelling this deployment
         self._merge_asked = ask
         await workflow.get_external_workflow_handle(
             deployment_workflow_id(ask.deployment_id)
@@ -1506,7 +1560,7 @@ class PromptRequestWorkflow:
                 )
             result = await child
         except ChildWorkflowError as err:
-            if workflow.cancellation_reason() is not None:
+            if self._cancel_obeyed():
                 raise asyncio.CancelledError("cancelled while deploying") from err
             if self._cancel_authorized:
                 await self._await_authorized_cancel()
@@ -1530,9 +1584,9 @@ class PromptRequestWorkflow:
         self._releasing = None  # an accepted cancel's answer waits for this
         if self._cancel_authorized and self._live is None:
             await self._await_authorized_cancel()  # the compensation undoes what it released
-        if workflow.cancellation_reason() is not None and (
-            self._live is None or not self._patched(CANCEL_NEVER_LIVE)
-        ):
+        if result.cancel_refused:
+            self._note_late_cancel(result.cancel_refused)
+        if self._cancel_obeyed():
             # The child finished before the cancellation reached it (or compensated and
             # returned): the compensation undoes what it released.
             raise asyncio.CancelledError("cancelled while deploying")
@@ -1606,7 +1660,7 @@ class PromptRequestWorkflow:
         status, reason = failed_deployment_ending(outcome)
         # The work was done: its tokens are charged even though the release was undone.
         await self._close_holds(charge=self._tokens_used, beyond_holds=True)
-        await self._end(status, reason, tokens_used=self._tokens_used)
+        await self._end(status, self._noting_late_cancel(reason), tokens_used=self._tokens_used)
 
     # ---------------------------------------------------------------- status and endings
 

@@ -44,6 +44,11 @@ CLOSE_REQUEST_BRANCH = "close-request-branch"
 # Deployments, merged by production, closed and its branch deleted when the request ends; a
 # pull request closed by a person cancels the request. Runs before it know nothing of GitHub.
 GITHUB_PULL_REQUESTS = "github-pull-requests"
+# Patch id: Temporal's cancel reaches the request only while it can still be cancelled; one that
+# comes too late by the rule `authorize_cancel` refuses by (production verified, or told to merge
+# its pull request) is not obeyed and the request ends as it would have, its reason saying so.
+# Runs before it obeyed one that came while production merged, the merge staying on GitHub.
+CANCEL_OBEYED_WHILE_TIMELY = "cancel-obeyed-while-timely"
 RUN_START_PATCHES = (
     AUTHORIZED_CANCEL_STOPS_RELEASES,
     ONE_DECISION_STEP,
@@ -55,4 +60,5 @@ RUN_START_PATCHES = (
     REPLAN_ON_CONFLICT,
     CLOSE_REQUEST_BRANCH,
     GITHUB_PULL_REQUESTS,
+    CANCEL_OBEYED_WHILE_TIMELY,
 )

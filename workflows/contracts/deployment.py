@@ -57,6 +57,14 @@ class MergeAsked(BaseModel):
     deployment_id: uuid.UUID
     pull_number: int
 
+    def outlived_cancel(self) -> str:
+        """What a request or its production deployment says of a Temporal cancel that came once
+        this merge went ahead: not obeyed, since GitHub's default branch may hold the change."""
+        return (
+            f"a cancel came after production deployment {self.deployment_id} asked to merge pull "
+            f"request #{self.pull_number}: too late, not obeyed"
+        )
+
 
 class DeploymentInput(BaseModel):
     """Start of a DeploymentWorkflow; its workflow id is ids.deployment_workflow_id."""
@@ -118,6 +126,9 @@ class DeploymentResult(BaseModel):
     # pass), and why GitHub did not merge its pull request (production only).
     checks: str | None = None
     not_merged: str | None = None
+    # A Temporal cancel that came once production's merge went ahead, which the deployment did
+    # not obey (MergeAsked.outlived_cancel): it ended as its release did.
+    cancel_refused: str | None = None
 
 
 class DeploymentState(BaseModel):
