@@ -240,6 +240,19 @@ async def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     return await in_repository(repo, lambda r: descends(r, descendant, ancestor))
 
 
+def _without(r: pygit2.Repository, head: str, change: str) -> str | None:
+    commit = peel_commit(r, head)
+    while commit is not None and descends(r, str(commit.id), change):
+        commit = commit.parents[0] if commit.parents else None
+    return None if commit is None else str(commit.id)
+
+
+async def last_without(repo: Path, head: str, change: str) -> str | None:
+    """The newest commit on `head`'s first-parent line that does not hold `change`: a branch
+    as it was before `change` was merged into it (`head` itself when it never was)."""
+    return await in_repository(repo, lambda r: _without(r, head, change))
+
+
 def _fast_forward(r: pygit2.Repository, branch: str, commit: str) -> bool:
     ref = f"refs/heads/{branch}"
     for _ in range(CAS_ATTEMPTS):

@@ -12,7 +12,7 @@ from temporalio import activity
 from activities import deployments
 from activities.change_engine import RepositoryError
 from activities.deployments import not_found
-from activities.git_store import resolve_commit
+from activities.git_store import last_without, resolve_commit
 from activities.lifecycle import github_connector_of
 from activities.release_refs import read_release_facts
 from activities.remote_repository import Repositories, default_repositories
@@ -28,12 +28,20 @@ from workflows.contracts.deployment import (
 from workflows.contracts.errors import ErrorType, refused
 
 
-async def _default_branch_head(project: Project, repositories: Repositories) -> str | None:
+async def _default_branch_head(
+    project: Project, repositories: Repositories, *, without: Deployment | None = None
+) -> str | None:
+    """The default branch's head; with `without`, as it was before that deployment's change
+    was merged into it (a GitHub production merges before it verifies: a first release that
+    fails must not fall back to the merge it is undoing)."""
     if not project.repo_url:
         return None
     with contextlib.suppress(RepositoryError, OSError):
         repo = await repositories.local(project)
-        return await resolve_commit(repo, project.default_branch)
+        head = await resolve_commit(repo, project.default_branch)
+        if head and without is not None and without.commit_sha:
+            return await last_without(repo, head, without.commit_sha)
+        return head
     return None
 
 
@@ -61,6 +69,7 @@ async def last_good_release(
             return LastGoodRelease(
                 commit_sha=good.commit_sha, deployment_id=good.id, source="last succeeded"
             )
+        failed = None
         if request.exclude_deployment_id:
             failed = await session.get(Deployment, request.exclude_deployment_id)
             if failed is not None and failed.previous_commit_sha:
@@ -71,7 +80,7 @@ async def last_good_release(
                 )
         project = await session.get(Project, request.project_id)
     if project is not None:
-        head = await _default_branch_head(project, repositories)
+        head = await _default_branch_head(project, repositories, without=failed)
         if head:
             return LastGoodRelease(
                 commit_sha=head,

@@ -51,7 +51,7 @@ from workflows.contracts.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 if TYPE_CHECKING:
     from scripts.shopify_stand_in import ShopifyStandIn
-    from tests.github_support import GitHubWorld
+    from tests.github_support import GitHubShop, GitHubWorld
 
 SERVER_STARTUP_TIMEOUT = timedelta(seconds=60)
 # What every client of the project uses: payloads encrypted (here by the development key ring).
@@ -318,6 +318,33 @@ def github_world(tmp_path: Path) -> Iterator["GitHubWorld"]:
     from tests.github_support import github_world_in
 
     yield from github_world_in(tmp_path)
+
+
+@pytest.fixture
+async def hub(
+    client: Client,
+    sessions: SessionFactory,
+    github_world: "GitHubWorld",
+    task_queue: str,
+    deploy_queue: str,
+    lifecycle: LifecycleClient,
+    tmp_path: Path,
+) -> "GitHubShop":
+    """The sample storefront as a GitHub project on the stand-in (tests/github_support.py)."""
+    from tests.github_support import github_shop
+    from tests.test_github_webhooks import KEYS, webhooks_process
+
+    return await github_shop(
+        github_world,
+        client=client,
+        sessions=sessions,
+        lifecycle=lifecycle,
+        task_queue=task_queue,
+        deploy_queue=deploy_queue,
+        workdir=tmp_path,
+        credential_keys=KEYS,
+        webhooks_process=webhooks_process,
+    )
 
 
 @pytest.fixture

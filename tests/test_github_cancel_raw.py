@@ -7,30 +7,18 @@ changeflow's merge call while the cancel is sent with the `temporal` CLI."""
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.worker import Replayer
 
-from client.lifecycle import LifecycleClient
 from models import DeploymentEnvironment, DeploymentStatus, PromptStatus
-from models.db import SessionFactory
 from scripts.github_stand_in.records import CheckScript
 from tests.conftest import DATA_CONVERTER
-from tests.github_support import GitHubWorld
-from tests.lifecycle_support import git, submit
+from tests.github_support import OUTCOME_WITHIN_S, GitHubShop
 from tests.temporal_cli import temporal
-from tests.test_github_lifecycle import (
-    ENVIRONMENTS,
-    OUTCOME_WITHIN_S,
-    GitHubShop,
-    github_shop,
-    green_ci,
-    outcome,
-)
-from tests.workers import running_workers
+from tests.test_github_lifecycle import ENVIRONMENTS
 from workers.registry import workflows
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
@@ -57,26 +45,23 @@ async def cancel_heard(client: Client, workflow_id: str) -> None:
 
 
 async def cancelled_while_merging(
-    client: Client,
-    sessions: SessionFactory,
-    hub: GitHubShop,
-    lifecycle: LifecycleClient,
-    target: str,
+    hub: GitHubShop, target: str
 ) -> tuple[PromptRequestResult, uuid.UUID]:
     """Submit a change; once GitHub holds production's merge call, cancel `target` (the request,
     or production's deployment) with the `temporal` CLI as the README's recipe does, minus
     `authorize_cancel`; let GitHub merge once the cancel was heard. The request's outcome and
     production's deployment id."""
-    gate = hub.world.hub.state.merge_gate
+    client = hub.client
+    gate = hub.state.merge_gate
     gate.armed = True
     address = client.service_client.config.target_host
     try:
-        async with running_workers(client, sessions, hub.settings):
-            request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+        async with hub.running():
+            request_id = await hub.submit("set theme to dark")
             assert await asyncio.to_thread(gate.reached.wait, OUTCOME_WITHIN_S)
             production = next(
                 d.deployment_id
-                for d in (await lifecycle.status(request_id)).deployments
+                for d in (await hub.lifecycle.status(request_id)).deployments
                 if d.environment is DeploymentEnvironment.PRODUCTION
             )
             workflow_id = (
@@ -87,7 +72,7 @@ async def cancelled_while_merging(
             await temporal(address, "workflow", "cancel", "--workflow-id", workflow_id)
             await cancel_heard(client, workflow_id)
             gate.opened.set()
-            result = await outcome(lifecycle, request_id)
+            result = await hub.outcome(request_id)
             cancelled = client.get_workflow_handle(workflow_id)
             described = await cancelled.describe()
             history = await cancelled.fetch_history()
@@ -102,19 +87,11 @@ async def cancelled_while_merging(
 
 @pytest.mark.parametrize("target", ["request", "deployment"])
 async def test_a_raw_cancel_while_production_merges_is_not_obeyed_and_the_change_ships(
-    client: Client,
-    sessions: SessionFactory,
-    github_world: GitHubWorld,
-    task_queue: str,
-    deploy_queue: str,
-    lifecycle: LifecycleClient,
-    tmp_path: Path,
-    target: str,
+    hub: GitHubShop, target: str
 ) -> None:
-    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
-    green_ci(github_world)
+    hub.green_ci()
 
-    result, production = await cancelled_while_merging(client, sessions, hub, lifecycle, target)
+    result, production = await cancelled_while_merging(hub, target)
 
     # Completed, saying the cancel came too late; production's release stands.
     assert result.status is PromptStatus.COMPLETED, result.reason
@@ -133,28 +110,16 @@ async def test_a_raw_cancel_while_production_merges_is_not_obeyed_and_the_change
 
 @pytest.mark.parametrize("target", ["request", "deployment"])
 async def test_a_raw_cancel_while_production_merges_a_change_its_checks_fail_ends_rolled_back(
-    client: Client,
-    sessions: SessionFactory,
-    github_world: GitHubWorld,
-    task_queue: str,
-    deploy_queue: str,
-    lifecycle: LifecycleClient,
-    tmp_path: Path,
-    target: str,
+    hub: GitHubShop, target: str
 ) -> None:
-    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
-    state = github_world.hub.state
-    state.add_check_script(github_world.repository, CheckScript("build", outcome="success"))
+    hub.state.add_check_script(hub.repository, CheckScript("build", outcome="success"))
     # Production's checks (of the merge commit on main) fail; staging's pass.
-    state.add_check_script(
-        github_world.repository, CheckScript("smoke", outcome="failure", branches="main")
+    hub.state.add_check_script(
+        hub.repository, CheckScript("smoke", outcome="failure", branches="main")
     )
-    # An earlier release ran main's tree in production: the rollback restores it. (A first
-    # release has none to restore and falls back to the default branch's head.)
-    git(hub.bare, "branch", "env/production", "main")
     before = hub.tree("main")
 
-    result, production = await cancelled_while_merging(client, sessions, hub, lifecycle, target)
+    result, production = await cancelled_while_merging(hub, target)
 
     # Rolled back, as without the cancel, and saying the cancel came too late.
     assert result.status is PromptStatus.ROLLED_BACK, result.reason
@@ -173,24 +138,16 @@ async def test_a_raw_cancel_while_production_merges_a_change_its_checks_fail_end
 
 
 async def test_a_github_deployment_status_links_its_deployment_workflow_in_the_web_ui(
-    client: Client,
-    sessions: SessionFactory,
-    github_world: GitHubWorld,
-    task_queue: str,
-    deploy_queue: str,
-    lifecycle: LifecycleClient,
-    tmp_path: Path,
+    hub: GitHubShop,
 ) -> None:
-    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
-    green_ci(github_world)
-    async with running_workers(client, sessions, hub.settings):
-        result = await outcome(lifecycle, await submit(lifecycle, hub.shop, "set theme to dark"))
+    hub.green_ci()
+    async with hub.running():
+        result = await hub.ship("set theme to dark")
     assert result.status is PromptStatus.COMPLETED, result.reason
 
     # Each status's log is a page a person on GitHub can open: the deployment workflow's page
     # in the Web UI, never the worker's release log (file://).
-    state = github_world.hub.state
-    deployments = sorted(state.deployments.values(), key=lambda d: d.id)
+    deployments = sorted(hub.state.deployments.values(), key=lambda d: d.id)
     assert [d.environment for d in deployments] == ["staging", "production"]
     for deployment in deployments:
         ours = uuid.UUID(deployment.payload["changeflow_deployment_id"])
@@ -203,30 +160,23 @@ async def test_a_github_deployment_status_links_its_deployment_workflow_in_the_w
 
 
 async def test_a_raw_cancel_before_production_asks_to_merge_is_obeyed_and_nothing_merges(
-    client: Client,
-    sessions: SessionFactory,
-    github_world: GitHubWorld,
-    task_queue: str,
-    deploy_queue: str,
-    lifecycle: LifecycleClient,
-    tmp_path: Path,
+    hub: GitHubShop,
 ) -> None:
-    hub = await github_shop(sessions, tmp_path, github_world, task_queue, deploy_queue)
-    green_ci(github_world)
-    state = github_world.hub.state
+    hub.green_ci()
+    state = hub.state
     # GitHub holds production's release (the push of env/production): the ask comes after.
     state.push_gate_ref, state.push_gate.armed = "refs/heads/env/production", True
     before = hub.head("main")
-    address = client.service_client.config.target_host
+    address = hub.client.service_client.config.target_host
     try:
-        async with running_workers(client, sessions, hub.settings):
-            request_id = await submit(lifecycle, hub.shop, "set theme to dark")
+        async with hub.running():
+            request_id = await hub.submit("set theme to dark")
             assert await asyncio.to_thread(state.push_gate.reached.wait, OUTCOME_WITHIN_S)
             workflow_id = prompt_request_workflow_id(request_id)
             await temporal(address, "workflow", "cancel", "--workflow-id", workflow_id)
-            await cancel_heard(client, workflow_id)
+            await cancel_heard(hub.client, workflow_id)
             state.push_gate.opened.set()
-            result = await outcome(lifecycle, request_id)
+            result = await hub.outcome(request_id)
     finally:
         state.push_gate.opened.set()
 
@@ -237,4 +187,4 @@ async def test_a_raw_cancel_before_production_asks_to_merge_is_obeyed_and_nothin
     [pull] = hub.pulls()
     assert (pull.state, pull.merged) == ("closed", False)
     assert [b for b in hub.branches() if hub.config(b)["theme"] == "dark"] == []
-    assert not [r for r in github_world.hub.requests if r[1].endswith("/merge")]
+    assert not [r for r in hub.stand_in.requests if r[1].endswith("/merge")]

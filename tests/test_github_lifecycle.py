@@ -10,19 +10,15 @@ the workers (`webhooks=True`: the webhooks process too, the App's webhook delive
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
 
-from client.lifecycle import LifecycleClient, LifecycleRefused
+from client.lifecycle import LifecycleRefused
 from models import DeploymentEnvironment, DeploymentStatus, Project, PromptStatus
-from models.db import SessionFactory
 from scripts.github_stand_in.records import CheckScript, Protection
-from tests.github_support import OUTCOME_WITHIN_S, GitHubShop, GitHubWorld, github_shop
+from tests.github_support import OUTCOME_WITHIN_S, GitHubShop
 from tests.remote_support import history_text
-from tests.test_github_webhooks import KEYS, webhooks_process
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
 
@@ -31,29 +27,6 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ENVIRONMENTS = ["env/production", "env/staging", "main"]
 # The request asked Temporal to cancel its deployment child (an accepted cancel).
 CANCEL_CHILD = EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
-
-
-@pytest.fixture
-async def hub(
-    client: Client,
-    sessions: SessionFactory,
-    github_world: GitHubWorld,
-    task_queue: str,
-    deploy_queue: str,
-    lifecycle: LifecycleClient,
-    tmp_path: Path,
-) -> GitHubShop:
-    return await github_shop(
-        github_world,
-        client=client,
-        sessions=sessions,
-        lifecycle=lifecycle,
-        task_queue=task_queue,
-        deploy_queue=deploy_queue,
-        workdir=tmp_path,
-        credential_keys=KEYS,
-        webhooks_process=webhooks_process,
-    )
 
 
 async def test_three_requests_in_a_row_become_pull_requests_merged_in_order_by_their_checks(
@@ -161,6 +134,31 @@ async def test_a_failing_check_in_staging_ends_the_request_naming_it_and_nothing
     assert (pull.state, pull.merged) == ("closed", False)
     assert hub.branches() == ["env/staging", "main"]
     assert hub.deployments() == [("staging", result.commit_sha, ["in_progress", "failure"])]
+
+
+async def test_a_first_production_release_failing_its_checks_reverts_the_merge_it_made(
+    hub: GitHubShop,
+) -> None:
+    # Production's checks (of the merge commit on main) fail; staging's pass. Production has no
+    # earlier release: what it falls back to is main as it was before the merge.
+    hub.state.add_check_script(hub.repository, CheckScript("build", outcome="success"))
+    hub.state.add_check_script(
+        hub.repository, CheckScript("smoke", outcome="failure", branches="main")
+    )
+    before = hub.tree("main")
+    async with hub.running():
+        result = await hub.ship("set theme to dark")
+
+    assert result.status is PromptStatus.ROLLED_BACK, result.reason
+    assert result.reason.startswith("production verification failed"), result.reason
+    # The merge was reverted by a pull request of its own: neither main nor production runs
+    # the change.
+    pulls = hub.pulls()
+    assert [(p.number, p.merged) for p in pulls] == [(1, True), (2, True)]
+    assert hub.head("main") == pulls[1].merge_commit_sha
+    assert hub.tree("main") == hub.tree("env/production") == before
+    assert hub.config("env/production")["theme"] != "dark"
+    assert hub.branches() == ENVIRONMENTS
 
 
 async def test_a_pull_request_closed_by_a_person_cancels_the_request_saying_who(
