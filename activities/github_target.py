@@ -20,6 +20,8 @@ method per step, each safe to repeat (a retried activity finds what its first at
 
     # rollback: the git layer pushes a branch holding the revert commit, then
     merged = await target.revert(branch, title=..., body=...)  # a pull request, merged
+    # ... and verified as a release is: start_deployment, verify, finish_deployment of
+    # merged.merge_sha (of the restored commit when main held its tree, or in staging)
 
 Outcomes the lifecycle handles (GitHubError.error_type, ApplicationError types via
 github_client.activity_error):

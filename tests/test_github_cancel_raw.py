@@ -18,7 +18,7 @@ from scripts.github_stand_in.records import CheckScript
 from tests.conftest import DATA_CONVERTER
 from tests.github_support import OUTCOME_WITHIN_S, GitHubShop
 from tests.temporal_cli import temporal
-from tests.test_github_lifecycle import ENVIRONMENTS
+from tests.test_github_lifecycle import ENVIRONMENTS, smoke_on_main
 from workers.registry import workflows
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
 from workflows.contracts.lifecycle import PromptRequestResult
@@ -113,13 +113,12 @@ async def test_a_raw_cancel_while_production_merges_a_change_its_checks_fail_end
     hub: GitHubShop, target: str
 ) -> None:
     hub.state.add_check_script(hub.repository, CheckScript("build", outcome="success"))
-    # Production's checks (of the merge commit on main) fail; staging's pass.
-    hub.state.add_check_script(
-        hub.repository, CheckScript("smoke", outcome="failure", branches="main")
-    )
     before = hub.tree("main")
 
-    result, production = await cancelled_while_merging(hub, target)
+    # Production's checks (of the merge commit on main) fail; staging's pass, and so do those
+    # of the revert's merge commit, which verify the rollback.
+    async with smoke_on_main(hub, "failure", "success"):
+        result, production = await cancelled_while_merging(hub, target)
 
     # Rolled back, as without the cancel, and saying the cancel came too late.
     assert result.status is PromptStatus.ROLLED_BACK, result.reason

@@ -9,6 +9,9 @@ storefront on the stand-in's acme/storefront with its `github` connector; `hub.r
 the workers (`webhooks=True`: the webhooks process too, the App's webhook delivering to it)."""
 
 import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -27,6 +30,47 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 ENVIRONMENTS = ["env/production", "env/staging", "main"]
 # The request asked Temporal to cancel its deployment child (an accepted cancel).
 CANCEL_CHILD = EventType.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED
+
+
+@contextlib.asynccontextmanager
+async def smoke_on_main(hub: GitHubShop, *conclusions: str) -> AsyncIterator[None]:
+    """The tenant's CI on main, decided by the test merge by merge: each new head of main (a
+    merge commit) gets a `smoke` check run, pending until this completes it; the first one as
+    `conclusions[0]`, the next as `conclusions[1]`, and so on (merges come one at a time)."""
+    state = hub.state
+    state.add_check_script(hub.repository, CheckScript("smoke", outcome=None, branches="main"))
+
+    async def decide() -> None:
+        for conclusion in conclusions:
+            while True:
+                # Read without the stand-in's lock, which a held call (a gate) keeps: a copy of
+                # the list is taken whole.
+                pending = [
+                    r
+                    for r in list(state.check_runs)
+                    if r.repository == hub.repository.full_name
+                    and r.name == "smoke"
+                    and r.status != "completed"
+                ]
+                if pending:
+                    await asyncio.to_thread(state.complete_check_run, pending[0], conclusion)
+                    break
+                await asyncio.sleep(0.05)
+
+    deciding = asyncio.create_task(decide())
+    try:
+        yield
+    finally:
+        deciding.cancel()
+
+
+def ours(hub: GitHubShop, sha: str) -> list[uuid.UUID]:
+    """changeflow's deployments that GitHub Deployments of commit `sha` name, in order."""
+    return [
+        uuid.UUID(d.payload["changeflow_deployment_id"])
+        for d in sorted(hub.state.deployments.values(), key=lambda d: d.id)
+        if d.sha == sha
+    ]
 
 
 async def test_three_requests_in_a_row_become_pull_requests_merged_in_order_by_their_checks(
@@ -133,20 +177,23 @@ async def test_a_failing_check_in_staging_ends_the_request_naming_it_and_nothing
     [pull] = hub.pulls()
     assert (pull.state, pull.merged) == ("closed", False)
     assert hub.branches() == ["env/staging", "main"]
-    assert hub.deployments() == [("staging", result.commit_sha, ["in_progress", "failure"])]
+    # Staging's rollback was verified by the checks of the commit it restored, main's head.
+    assert hub.head("env/staging") == before
+    assert hub.deployments() == [
+        ("staging", result.commit_sha, ["in_progress", "failure"]),
+        ("staging", before, ["in_progress", "success"]),
+    ]
 
 
 async def test_a_first_production_release_failing_its_checks_reverts_the_merge_it_made(
     hub: GitHubShop,
 ) -> None:
-    # Production's checks (of the merge commit on main) fail; staging's pass. Production has no
-    # earlier release: what it falls back to is main as it was before the merge.
+    # Production's checks (of the merge commit on main) fail; staging's pass, and so do those
+    # of the revert's merge. Production has no earlier release: what it falls back to is main
+    # as it was before the merge.
     hub.state.add_check_script(hub.repository, CheckScript("build", outcome="success"))
-    hub.state.add_check_script(
-        hub.repository, CheckScript("smoke", outcome="failure", branches="main")
-    )
     before = hub.tree("main")
-    async with hub.running():
+    async with hub.running(), smoke_on_main(hub, "failure", "success"):
         result = await hub.ship("set theme to dark")
 
     assert result.status is PromptStatus.ROLLED_BACK, result.reason
@@ -155,9 +202,57 @@ async def test_a_first_production_release_failing_its_checks_reverts_the_merge_i
     # the change.
     pulls = hub.pulls()
     assert [(p.number, p.merged) for p in pulls] == [(1, True), (2, True)]
-    assert hub.head("main") == pulls[1].merge_commit_sha
+    merge, revert = (p.merge_commit_sha or "" for p in pulls)
+    assert hub.head("main") == revert
     assert hub.tree("main") == hub.tree("env/production") == before
     assert hub.config("env/production")["theme"] != "dark"
+    assert hub.branches() == ENVIRONMENTS
+    # The rollback merged its revert, then was verified like any release: by the checks of the
+    # revert's merge commit, as a production Deployment of its own.
+    assert hub.deployments() == [
+        ("staging", result.commit_sha, ["in_progress", "success"]),
+        ("production", merge, ["in_progress", "failure"]),
+        ("production", revert, ["in_progress", "success"]),
+    ]
+    production = next(
+        d for d in result.deployments if d.environment is DeploymentEnvironment.PRODUCTION
+    )
+    assert (production.status, production.rollback_status) == (
+        DeploymentStatus.ROLLED_BACK,
+        DeploymentStatus.SUCCEEDED,
+    )
+    assert ours(hub, revert) == [production.rollback_deployment_id]
+
+
+async def test_an_automatic_rollback_whose_revert_fails_its_checks_fails_too_main_as_production(
+    hub: GitHubShop,
+) -> None:
+    # Production's checks fail, and so do those of the revert's merge commit.
+    hub.state.add_check_script(hub.repository, CheckScript("build", outcome="success"))
+    before = hub.tree("main")
+    async with hub.running(), smoke_on_main(hub, "failure", "failure"):
+        result = await hub.ship("set theme to dark")
+
+    # As for a rollback whose check fails on any project: the rollback FAILED, nothing more is
+    # tried, and the environment keeps what it restored. main has the revert merged already
+    # (merged before its checks ran): it holds the tree production runs.
+    production = next(
+        d for d in result.deployments if d.environment is DeploymentEnvironment.PRODUCTION
+    )
+    assert (production.status, production.rollback_status) == (
+        DeploymentStatus.FAILED,
+        DeploymentStatus.FAILED,
+    ), result.reason
+    pulls = hub.pulls()
+    assert [(p.number, p.merged) for p in pulls] == [(1, True), (2, True)]
+    merge, revert = (p.merge_commit_sha or "" for p in pulls)
+    assert hub.head("main") == revert
+    assert hub.tree("main") == hub.tree("env/production") == before
+    assert hub.deployments() == [
+        ("staging", result.commit_sha, ["in_progress", "success"]),
+        ("production", merge, ["in_progress", "failure"]),
+        ("production", revert, ["in_progress", "failure"]),
+    ]
     assert hub.branches() == ENVIRONMENTS
 
 
@@ -302,9 +397,14 @@ async def test_branch_protection_refusing_the_merge_fails_the_request_with_githu
     assert hub.head("main") == before
     [pull] = hub.pulls()
     assert (pull.state, pull.merged) == ("closed", False)
-    # Production was released, not merged, and rolled back: it runs main's tree again.
+    # Production was released, not merged, and rolled back: it runs main's tree again. main
+    # needed no revert: the rollback was verified by the checks of the commit it restored.
     assert hub.tree("env/production") == hub.tree("main")
-    assert [d[0] for d in hub.deployments()] == ["staging"]
+    assert hub.head("env/production") == before
+    assert hub.deployments() == [
+        ("staging", result.commit_sha, ["in_progress", "success"]),
+        ("production", before, ["in_progress", "success"]),
+    ]
 
 
 async def test_a_person_pushing_to_main_before_the_merge_has_the_change_rebased_and_shipped(
@@ -373,6 +473,64 @@ async def test_an_operator_rollback_reverts_main_by_a_pull_request_merged_on_git
     assert hub.tree("main") == hub.tree("env/production")
     assert hub.config("main")["free_shipping_threshold"] == 50
     assert hub.config("main")["theme"] == "dark"
+    assert hub.branches() == ENVIRONMENTS
+    # The revert merged first, then the rollback was verified by the tenant's checks of its
+    # merge commit, as a production Deployment of the rollback (not the project's check
+    # command).
+    assert hub.deployments()[-1] == (
+        "production",
+        revert.merge_commit_sha,
+        ["in_progress", "success"],
+    )
+    assert ours(hub, revert.merge_commit_sha or "") == [rollback_id]
+    assert (restored.verification_output or "").startswith("GitHub checks of production: ")
+
+
+async def test_an_operator_rollback_whose_revert_fails_its_checks_fails_and_is_rolled_back(
+    hub: GitHubShop,
+) -> None:
+    hub.green_ci()
+    async with hub.running():
+        first = await hub.ship("set theme to dark")
+        second = await hub.ship("set free_shipping_threshold to 75")
+        assert [first.status, second.status] == [PromptStatus.COMPLETED] * 2, second.reason
+        target = next(
+            d.deployment_id
+            for d in first.deployments
+            if d.environment is DeploymentEnvironment.PRODUCTION
+        )
+        # The revert's merge commit fails its checks; the one after it passes.
+        async with smoke_on_main(hub, "failure", "success"):
+            rollback_id = await hub.lifecycle.roll_back(
+                tenant_id=hub.shop.tenant.id, target_deployment_id=target, reason="too expensive"
+            )
+            async with asyncio.timeout(OUTCOME_WITHIN_S):
+                restored = await hub.lifecycle.rollback_result(rollback_id)
+
+    # As an operator's rollback whose check fails on any project: FAILED, and rolled back
+    # automatically to the release it replaced, which production runs again. Both reverts
+    # were merged before their checks ran: main holds the tree production runs.
+    assert restored.status is DeploymentStatus.FAILED, restored.verification_output
+    assert "smoke: failure" in (restored.verification_output or "")
+    assert restored.rollback_status is DeploymentStatus.SUCCEEDED
+    assert hub.git("rev-parse", "env/production") == second.commit_sha
+    pulls = hub.pulls()
+    assert [(p.number, p.merged) for p in pulls] == [(n, True) for n in (1, 2, 3, 4)]
+    assert [p.head_ref for p in pulls[2:]] == [
+        f"changeflow/{rollback_id}",
+        f"changeflow/{restored.rollback_deployment_id}",
+    ]
+    reverted, restored_again = (p.merge_commit_sha or "" for p in pulls[2:])
+    assert hub.head("main") == restored_again
+    assert (
+        hub.tree("main") == hub.tree("env/production") == hub.tree(pulls[1].merge_commit_sha or "")
+    )
+    assert hub.config("main")["free_shipping_threshold"] == 75
+    assert hub.deployments()[-2:] == [
+        ("production", reverted, ["in_progress", "failure"]),
+        ("production", restored_again, ["in_progress", "success"]),
+    ]
+    assert ours(hub, reverted) == [rollback_id]
     assert hub.branches() == ENVIRONMENTS
 
 

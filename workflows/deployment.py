@@ -119,6 +119,11 @@ _RUN_ENDS = frozenset(
 # Temporal's cancel is not obeyed: GitHub's default branch may hold the change, and undoing the
 # release would leave it there. Runs from before it undid the release, the merge staying.
 MERGE_OUTLIVES_CANCEL = "merge-outlives-cancel"
+# Patch id (a GitHub project's deployments): a rollback is verified as the request's releases
+# are, by the tenant's checks on GitHub with a GitHub Deployment of the commit; in production
+# its revert pull request is merged first and the merge commit verified. Runs before it checked
+# a rollback with the project's check command and merged the revert after it passed.
+ROLLBACKS_VERIFIED_ON_GITHUB = "rollbacks-verified-on-github"
 
 # A call to GitHub: a few REST requests. Rate limits and outages come back as retries after
 # GitHub's wait (activities/github_client.py); refusals are typed and not retried.
@@ -212,10 +217,12 @@ class DeploymentWorkflow:
         self._unsent: list[DeploymentProgress] = []
         self._progress_sent: asyncio.Task[None] | None = None
         # A GitHub project (input.github): `github_event` signals so far (each wakes the look
-        # at the checks), the merge commit production verifies, the release's log, and a
-        # release whose pull request GitHub did not merge (it is rolled back).
+        # at the checks), the merge commit each of this run's production releases put on the
+        # default branch (the request's pull request, a rollback's revert), which its checks
+        # verify, the release's log, and a release whose pull request GitHub did not merge (it
+        # is rolled back).
         self._github_events = 0
-        self._merge_sha: str | None = None
+        self._merged: dict[uuid.UUID, str] = {}
         self._release_log_url = ""
         self._released_unmerged = False
         self._not_merged: str | None = None
@@ -225,6 +232,7 @@ class DeploymentWorkflow:
         self._merge_go: MergeAsked | None = None
         # MERGE_OUTLIVES_CANCEL, and what the deployment says of a cancel it did not obey.
         self._merge_outlives_cancel = False
+        self._rollbacks_on_github = False
         self._cancel_refused: str | None = None
 
     @workflow.signal(name=MERGE_GO_SIGNAL)
@@ -258,6 +266,9 @@ class DeploymentWorkflow:
         self._decides = workflow.patched(STATUS_DECIDED_HERE)
         self._merge_outlives_cancel = input.github is not None and workflow.patched(
             MERGE_OUTLIVES_CANCEL
+        )
+        self._rollbacks_on_github = input.github is not None and workflow.patched(
+            ROLLBACKS_VERIFIED_ON_GITHUB
         )
         lane_place = LanePlace(
             project_id=input.project_id,
@@ -478,6 +489,13 @@ class DeploymentWorkflow:
                         f"would merge is not what was approved ({self._not_merged})"
                     )
                 return released, await self._fail(step, f"not merged: {self._not_merged}")
+        elif self._reverts_on_github(step) and self._rollbacks_on_github:
+            try:
+                await self._revert_on_github(step)
+            except ActivityError as err:
+                if _cancelled(err):
+                    raise
+                return released, await self._fail(step, f"revert not merged: {error_message(err)}")
         if self._decided.get(step.deployment_id) is DeploymentStatus.IN_PROGRESS:
             await self._decide(step.deployment_id, DeploymentStatus.VERIFYING)
         if not is_rollback:
@@ -639,7 +657,7 @@ class DeploymentWorkflow:
             self._show_decided(step.deployment_id, *self._verdict_means(step, verified))
             return verified
         if self._on_github(step):
-            verdict = await self._github_checks()
+            verdict = await self._github_checks(step)
         else:
             verdict = await workflow.execute_activity_method(
                 ReleaseActivities.run_check,
@@ -653,7 +671,7 @@ class DeploymentWorkflow:
         # Cancelled while the check ran (it finished before hearing of it): nothing is recorded
         # as verified and the default branch does not move; the compensation undoes the release.
         self._checkpoint()
-        if verdict.ok and self._reverts_on_github(step):
+        if verdict.ok and self._reverts_on_github(step) and not self._rollbacks_on_github:
             await self._revert_on_github(step)
         if not self._decides:
             recorded = await self._record_verdict(step, verdict)
@@ -672,18 +690,18 @@ class DeploymentWorkflow:
     # --- a GitHub project's release ------------------------------------------------------
 
     def _on_github(self, step: ReleaseStep) -> bool:
-        """Whether this step is a GitHub project's release of its request (its rollbacks are
-        verified by the project's check command, as any project's)."""
-        input = self._input
-        return (
-            input.github is not None
-            and input.rollback_of is None
-            and step.deployment_id == input.deployment_id
+        """Whether the tenant's checks on GitHub verify this step: a GitHub project's release
+        of its request, and (ROLLBACKS_VERIFIED_ON_GITHUB) its rollbacks, automatic or an
+        operator's (runs before it verified those by the project's check command)."""
+        return self._input.github is not None and (
+            step.job_kind is ChangeJobKind.DEPLOY or self._rollbacks_on_github
         )
 
     def _reverts_on_github(self, step: ReleaseStep) -> bool:
-        """A verified rollback of a GitHub project's production: the default branch gets its
-        revert by a pull request, merged, before the rollback is recorded."""
+        """A rollback of a GitHub project's production: the default branch gets its revert by a
+        pull request, merged before the merge commit is verified (ROLLBACKS_VERIFIED_ON_GITHUB;
+        runs before it merged once the check command passed), so that main holds the tree
+        production runs whatever the verdict."""
         return (
             self._input.github is not None
             and self._input.environment is DeploymentEnvironment.PRODUCTION
@@ -692,8 +710,9 @@ class DeploymentWorkflow:
 
     async def _revert_on_github(self, step: ReleaseStep) -> None:
         """The git layer pushes `changeflow/<rollback deployment id>` holding the revert (no
-        branch: the default branch holds the restored tree already); GitHub merges it as a pull
-        request, and the branch goes."""
+        branch: the default branch holds the restored tree already, and the restored commit is
+        what its checks verify); GitHub merges it as a pull request, whose merge commit its
+        checks verify, and the branch goes."""
         github = self._input.github
         assert github is not None
         branch = await workflow.execute_activity_method(
@@ -706,7 +725,7 @@ class DeploymentWorkflow:
         if branch is None:
             return
         self._progress(f"merging the revert to {step.commit_sha[:12]} on GitHub")
-        await workflow.execute_activity_method(
+        merged = await workflow.execute_activity_method(
             GitHubActivities.revert,
             RevertPullRequest(
                 connector_id=github.connector_id,
@@ -720,6 +739,7 @@ class DeploymentWorkflow:
             ),
             **_GITHUB_STEP,
         )
+        self._merged[step.deployment_id] = merged.merge_sha
         await workflow.execute_activity_method(
             GitHubActivities.end_request,
             EndRequest(connector_id=github.connector_id, request_id=step.deployment_id),
@@ -729,6 +749,7 @@ class DeploymentWorkflow:
     def _merges(self, step: ReleaseStep) -> bool:
         return (
             self._on_github(step)
+            and step.job_kind is ChangeJobKind.DEPLOY
             and self._input.environment is DeploymentEnvironment.PRODUCTION
             and self._input.github is not None
             and self._input.github.pull_number is not None
@@ -752,7 +773,7 @@ class DeploymentWorkflow:
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             **_GITHUB_STEP,
         )
-        self._merge_sha = merged.merge_sha
+        self._merged[self._input.deployment_id] = merged.merge_sha
 
     async def _await_merge_go(self, pull_number: int) -> None:
         """The parent request decides, in the order it hears of them, between a cancel and
@@ -768,16 +789,17 @@ class DeploymentWorkflow:
         )
         await workflow.wait_condition(lambda: self._merge_go is not None)
 
-    async def _github_checks(self) -> VerificationOutcome:
-        """The tenant's own checks decide: a GitHub Deployment of the commit (production: the
-        merge commit) marked in progress, its checks looked at until decided (from POLL_FIRST
-        doubling to POLL_MAX, at once on a `github_event`), the deployment marked with the
-        verdict, which names each check and its link."""
+    async def _github_checks(self, step: ReleaseStep) -> VerificationOutcome:
+        """The tenant's own checks decide: a GitHub Deployment of the step's commit (the merge
+        commit its release put on the default branch, if any) marked in progress, its checks
+        looked at until decided (from POLL_FIRST doubling to POLL_MAX, at once on a
+        `github_event`), the deployment marked with the verdict, which names each check and
+        its link."""
         input = self._input
         github = input.github
         assert github is not None
         environment = input.environment.value
-        sha = self._merge_sha or input.commit_sha
+        sha = self._merged.get(step.deployment_id, step.commit_sha)
         deployment = await workflow.execute_activity_method(
             GitHubActivities.start_deployment,
             StartDeployment(
@@ -786,7 +808,7 @@ class DeploymentWorkflow:
                 sha=sha,
                 log_url=self._release_log_url,
                 request_id=input.prompt_request_id,
-                deployment_id=input.deployment_id,
+                deployment_id=step.deployment_id,
             ),
             **_GITHUB_STEP,
         )
