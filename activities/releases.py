@@ -374,10 +374,11 @@ class ReleaseActivities:
 
     @activity.defn(name="push_revert_branch")
     async def push_revert_branch(self, step: ReleaseStep) -> str | None:
-        """A GitHub project's verified rollback: the branch `changeflow/<deployment id>`, from
-        the default branch's head plus a commit restoring the rolled-back-to tree, pushed for
-        its pull request (GitHubDeployTarget.revert). None, and no branch, when the default
-        branch holds that tree already (a release GitHub never merged). Safe to repeat."""
+        """A GitHub project's rollback, released and not yet verified: the branch
+        `changeflow/<deployment id>`, from the default branch's head plus a commit restoring
+        the rolled-back-to tree, pushed for its pull request (GitHubDeployTarget.revert). None,
+        and no branch, when the default branch holds that tree already (a release GitHub never
+        merged). Safe to repeat."""
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
             project = await project_of(session, row)
