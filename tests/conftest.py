@@ -19,7 +19,6 @@ import pytest_asyncio
 import structlog
 from google.protobuf.duration_pb2 import Duration
 from pydantic import SecretStr
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 from temporalio.api.enums.v1 import IndexedValueType
@@ -168,10 +167,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest_asyncio.fixture
 async def sessions(engine: AsyncEngine) -> SessionFactory:
-    """A session factory over an emptied database: each test starts from no rows."""
-    tables = ", ".join(f'"{t.name}"' for t in SQLModel.metadata.sorted_tables)
+    """A session factory over an emptied database: each test starts from no rows.
+
+    Rows are deleted, referencing tables first: a test leaves a few rows, and DELETE takes
+    milliseconds where TRUNCATE (new files for every table and index) took half a second per
+    test. The schema has no sequences, so there is no identity to restart."""
     async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            await conn.execute(table.delete())
     return session_factory(engine)
 
 

@@ -227,7 +227,7 @@ async def staged(
 async def stage(
     client: Client, sessions: SessionFactory, task_queue: str, repo: Path
 ) -> AsyncIterator[Stage]:
-    async with staged(client, sessions, task_queue, repo, "python3 check.py") as stage:
+    async with staged(client, sessions, task_queue, repo, SAMPLE_CHECK_COMMAND) as stage:
         yield stage
 
 

@@ -1,4 +1,5 @@
-"""Workers for tests: both task queues, registered from workers/registry.py like production."""
+"""Workers for tests: both task queues, registered from workers/registry.py and running workflows
+in the sandbox workers/worker.py gives them, like production."""
 
 import contextlib
 import tempfile
@@ -13,6 +14,7 @@ from temporalio.worker import Worker
 from infra.settings import Settings
 from models.db import SessionFactory
 from workers.registry import Dependencies, deploy_activities, lifecycle_activities, workflows
+from workers.worker import workflow_runner
 
 
 def test_settings(*, task_queue: str, deploy_task_queue: str, workspace_dir: Path) -> Settings:
@@ -80,6 +82,7 @@ async def running_workers(
                             task_queue=queue,
                             workflows=queue_workflows,
                             activities=queue_activities,
+                            workflow_runner=workflow_runner(),
                         )
                     )
             yield deps

@@ -11,13 +11,16 @@ import contextlib
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import ClassVar
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
-from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.workflow import _Definition
 
 from client.connection import connect, runtime_for
 from infra.codec import payload_key_ring
@@ -40,6 +43,40 @@ from workflows.contracts.ids import LEDGER_SWEEP_SCHEDULE_ID, PLAN_GRANT_SCHEDUL
 
 log = structlog.get_logger(__name__)
 
+# What the workflow sandbox takes from the host (besides the standard library and Temporal)
+# instead of importing again for each workflow run: the modules workflows import that are
+# deterministic, have no side effect at import that a run could observe, and hold no state a
+# run changes (contracts and rules are pydantic models, functions and constants; models and
+# activities are only named by workflows, never run in them). The workflow modules themselves
+# are imported afresh for each run, so that their globals and imports stay sandboxed.
+SANDBOX_PASSTHROUGH = (
+    "activities",
+    "models",
+    "workflows.contracts",
+    "workflows.lifecycle_patches",
+    "workflows.lifecycle_rules",
+)
+SANDBOX_RESTRICTIONS = SandboxRestrictions.default.with_passthrough_modules(*SANDBOX_PASSTHROUGH)
+
+
+class _SandboxedRunner(SandboxedWorkflowRunner):
+    """The sandbox, checking each workflow class once per process. A Worker checks every class
+    it registers by running it in a fresh sandbox; the check is the same each time (the same
+    class, the same restrictions), and a process that makes many Workers (the tests make two a
+    test) would otherwise spend most of each Worker's start-up on it."""
+
+    _checked: ClassVar[set[type]] = set()
+
+    def prepare_workflow(self, defn: _Definition) -> None:
+        if defn.cls not in self._checked:
+            super().prepare_workflow(defn)
+            self._checked.add(defn.cls)
+
+
+def workflow_runner() -> WorkflowRunner:
+    """How every Worker of the project runs workflows: here and in tests/workers.py."""
+    return _SandboxedRunner(restrictions=SANDBOX_RESTRICTIONS)
+
 
 def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
     """One Worker per task queue this process serves (CHANGEFLOW_SERVE_LIFECYCLE/_DEPLOY)."""
@@ -55,6 +92,7 @@ def build_workers(client: Client, deps: Dependencies) -> list[Worker]:
         "interceptors": [*worker_interceptors(), ProductMetricsInterceptor()],
         # Both queues belong to the one Worker Deployment version this process runs.
         "deployment_config": deployment_config(settings),
+        "workflow_runner": workflow_runner(),
     }
     workers: list[Worker] = []
     # One queue for everything (a small fleet): one Worker must register all activities, or
