@@ -72,6 +72,11 @@ def _file_url(path: str) -> str:
     return Path(os.path.abspath(path)).as_uri()
 
 
+# A release job's record of the environment's release before it (None: it ran nothing).
+PREVIOUS = "previous_commit_sha"
+_UNSAID = object()
+
+
 class ReleaseActivities:
     def __init__(
         self,
@@ -132,7 +137,7 @@ class ReleaseActivities:
             row = await locked(session, step.deployment_id)
             if row.previous_commit_sha is None and current != step.commit_sha:
                 row.previous_commit_sha = current
-            await start_job(
+            job = await start_job(
                 session,
                 job_key=job_key,
                 tenant_id=row.tenant_id,
@@ -141,10 +146,20 @@ class ReleaseActivities:
                 prompt_request_id=step.prompt_request_id,
                 plan_id=row.plan_id,
                 deployment_id=row.id,
-                details={"commit_sha": step.commit_sha, "environment": row.environment.value},
+                details={
+                    "commit_sha": step.commit_sha,
+                    "environment": row.environment.value,
+                    PREVIOUS: current,
+                },
             )
             await session.commit()
             previous = row.previous_commit_sha
+        # What the environment ran before this deployment, as the job's first attempt found it
+        # before releasing: a retry on another host (whose disk holds no release record) finds
+        # this commit released already and must not take it for the release before, or a
+        # cancel would "restore" the change instead of withdrawing it. Jobs from before this
+        # was kept say nothing, and the release's own answer is taken, as then.
+        first_seen = job.details.get(PREVIOUS, _UNSAID)
         if row.environment is DeploymentEnvironment.PRODUCTION and step.job_kind is not (
             ChangeJobKind.ROLLBACK
         ):
@@ -176,7 +191,8 @@ class ReleaseActivities:
         log_url = _file_url(result.log_path)
         async with self._sessions() as session:
             row = await locked(session, step.deployment_id)
-            row.previous_commit_sha = row.previous_commit_sha or result.previous_commit_sha
+            said = result.previous_commit_sha if first_seen is _UNSAID else first_seen
+            row.previous_commit_sha = row.previous_commit_sha or said
             previous = row.previous_commit_sha
             row.log_url = log_url
             if result.diff_path:
@@ -186,7 +202,7 @@ class ReleaseActivities:
                 session,
                 job_key=job_key,
                 status=ChangeJobStatus.SUCCEEDED,
-                details={"previous_commit_sha": previous, "log_path": result.log_path},
+                details={PREVIOUS: previous, "log_path": result.log_path},
             )
             await session.commit()
         return ReleaseOutcome(

@@ -6,6 +6,7 @@ The release activities write facts; a deployment's status is only what mark_depl
 import asyncio
 import dataclasses
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlmodel import col, delete, select
@@ -13,7 +14,7 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.deploy_target import VerificationResult
+from activities.deploy_target import GitDeployTarget, VerificationResult
 from activities.deployments import DeploymentActivities
 from activities.releases import ReleaseActivities
 from activities.rollbacks import RollbackActivities
@@ -29,6 +30,7 @@ from models import (
 )
 from models.db import SessionFactory
 from tests.factories import make_project, make_tenant
+from tests.lifecycle_support import git, make_shop
 from workflows.contracts.deployment import (
     PlanRollback,
     RecordDeployment,
@@ -311,3 +313,65 @@ async def test_a_rollback_leaves_a_deployment_whose_run_has_not_ended_as_it_is(r
 
     assert (await rows.deployment(undo.deployment_id)).status is DeploymentStatus.SUCCEEDED
     assert (await rows.deployment(running.deployment_id)).status is DeploymentStatus.IN_PROGRESS
+
+
+async def test_a_first_release_retried_on_another_host_is_still_withdrawn_when_cancelled(
+    sessions: SessionFactory, tmp_path: Path
+) -> None:
+    """A first release whose attempt moved the branch but whose answer was lost (Temporal away)
+    is retried on a worker with a disk of its own, which holds no release record of it: it
+    finds its own commit released. The deployment must still know the environment ran nothing
+    before, so a cancel withdraws the branch rather than "restoring" the change (a remote chaos
+    run found env/staging left at a cancelled request's commit)."""
+    shop = await make_shop(sessions, tmp_path)
+    repo = shop.project.repo_url
+    change = git(repo, "commit-tree", "main^{tree}", "-p", "main", "-m", "a change")
+    async with sessions() as session:
+        request = PromptRequest(tenant_id=shop.tenant.id, project_id=shop.project.id, prompt="p")
+        session.add(request)
+        await session.flush()
+        plan = DeploymentPlan(tenant_id=shop.tenant.id, prompt_request_id=request.id)
+        session.add(plan)
+        await session.commit()
+    deployments = DeploymentActivities(sessions)
+    step = ReleaseStep(
+        deployment_id=uuid.uuid4(),
+        tenant_id=shop.tenant.id,
+        project_id=shop.project.id,
+        plan_id=plan.id,
+        environment=DeploymentEnvironment.STAGING,
+        commit_sha=change,
+    )
+    await ActivityEnvironment().run(
+        deployments.record_deployment,
+        RecordDeployment(
+            deployment_id=step.deployment_id,
+            tenant_id=shop.tenant.id,
+            project_id=shop.project.id,
+            plan_id=plan.id,
+            environment=step.environment,
+            commit_sha=change,
+            workflow_id="deploy",
+        ),
+    )
+    await ActivityEnvironment().run(
+        deployments.mark_deployment,
+        TransitionDeployment(deployment_id=step.deployment_id, status=DeploymentStatus.IN_PROGRESS),
+    )
+
+    def host(name: str) -> ReleaseActivities:
+        return ReleaseActivities(sessions=sessions, target=GitDeployTarget(tmp_path / name))
+
+    once = attempt(1)
+    first = await once.run(host("host-a").release_deployment, step)
+    retried = await same_workflow(once, 2).run(host("host-b").release_deployment, step)
+
+    assert git(repo, "rev-parse", "env/staging") == change
+    assert first.previous_commit_sha is None
+    assert retried.previous_commit_sha is None
+    async with sessions() as session:
+        row = await session.get(Deployment, step.deployment_id)
+        assert row is not None and row.previous_commit_sha is None
+
+    await same_workflow(once, 1).run(host("host-b").compensate_deployment, step)
+    assert git(repo, "branch", "--list", "env/staging") == ""
