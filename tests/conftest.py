@@ -309,9 +309,15 @@ async def namespace_client(temporal_env: WorkflowEnvironment) -> AsyncIterator[C
 
 @pytest.fixture
 def env(
-    client: Client, database_url: str, task_queue: str, deploy_queue: str, tmp_path: Path
+    client: Client,
+    database_url: str,
+    sessions: SessionFactory,
+    task_queue: str,
+    deploy_queue: str,
+    tmp_path: Path,
 ) -> dict[str, str]:
-    """The environment of a `changeflow` process run by a test (tests/cli_support.py)."""
+    """The environment of a `changeflow` process run by a test (tests/cli_support.py), over an
+    emptied database (`sessions`): a command's rows never meet an earlier test's."""
     return command_env(client, database_url, task_queue, deploy_queue, tmp_path / "data")
 
 
