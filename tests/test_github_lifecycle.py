@@ -24,6 +24,7 @@ from tests.github_support import OUTCOME_WITHIN_S, GitHubShop
 from tests.remote_support import history_text
 from workflows.contracts.errors import ErrorType
 from workflows.contracts.ids import deployment_workflow_id, prompt_request_workflow_id
+from workflows.contracts.lifecycle import PromptRequestResult
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -440,19 +441,28 @@ async def test_a_person_pushing_to_main_before_the_merge_has_the_change_rebased_
     assert hub.branches() == ENVIRONMENTS
 
 
+async def two_shipped(
+    hub: GitHubShop,
+) -> tuple[PromptRequestResult, PromptRequestResult, uuid.UUID]:
+    """Two requests shipped one after the other, and the first's production deployment (an
+    operator's rollback target)."""
+    first = await hub.ship("set theme to dark")
+    second = await hub.ship("set free_shipping_threshold to 75")
+    assert [first.status, second.status] == [PromptStatus.COMPLETED] * 2, second.reason
+    target = next(
+        d.deployment_id
+        for d in first.deployments
+        if d.environment is DeploymentEnvironment.PRODUCTION
+    )
+    return first, second, target
+
+
 async def test_an_operator_rollback_reverts_main_by_a_pull_request_merged_on_github(
     hub: GitHubShop,
 ) -> None:
     hub.green_ci()
     async with hub.running():
-        first = await hub.ship("set theme to dark")
-        second = await hub.ship("set free_shipping_threshold to 75")
-        assert [first.status, second.status] == [PromptStatus.COMPLETED] * 2, second.reason
-        target = next(
-            d.deployment_id
-            for d in first.deployments
-            if d.environment is DeploymentEnvironment.PRODUCTION
-        )
+        first, _, target = await two_shipped(hub)
         merged_second = hub.head("main")
         rollback_id = await hub.lifecycle.roll_back(
             tenant_id=hub.shop.tenant.id, target_deployment_id=target, reason="too expensive"
@@ -491,14 +501,7 @@ async def test_an_operator_rollback_whose_revert_fails_its_checks_fails_and_is_r
 ) -> None:
     hub.green_ci()
     async with hub.running():
-        first = await hub.ship("set theme to dark")
-        second = await hub.ship("set free_shipping_threshold to 75")
-        assert [first.status, second.status] == [PromptStatus.COMPLETED] * 2, second.reason
-        target = next(
-            d.deployment_id
-            for d in first.deployments
-            if d.environment is DeploymentEnvironment.PRODUCTION
-        )
+        _, second, target = await two_shipped(hub)
         # The revert's merge commit fails its checks; the one after it passes.
         async with smoke_on_main(hub, "failure", "success"):
             rollback_id = await hub.lifecycle.roll_back(
