@@ -26,6 +26,7 @@ from models import (
     DeploymentEnvironment,
     DeploymentPlan,
     DeploymentStatus,
+    Project,
     PromptRequest,
 )
 from models.db import SessionFactory
@@ -73,16 +74,18 @@ class Rows:
         self.deployments = DeploymentActivities(sessions)
         self.rollbacks = RollbackActivities(sessions)
 
-    async def plan(self) -> DeploymentPlan:
-        tenant = await make_tenant(self.sessions)
-        project = await make_project(
-            self.sessions, tenant=tenant, repo_url="/nonexistent/repo", check_command="true"
-        )
+    async def plan(self, project: Project | None = None) -> DeploymentPlan:
+        """A plan of `project` (by default, one of a new tenant with no repository)."""
+        if project is None:
+            tenant = await make_tenant(self.sessions)
+            project = await make_project(
+                self.sessions, tenant=tenant, repo_url="/nonexistent/repo", check_command="true"
+            )
         async with self.sessions() as session:
-            request = PromptRequest(tenant_id=tenant.id, project_id=project.id, prompt="p")
+            request = PromptRequest(tenant_id=project.tenant_id, project_id=project.id, prompt="p")
             session.add(request)
             await session.flush()
-            plan = DeploymentPlan(tenant_id=tenant.id, prompt_request_id=request.id)
+            plan = DeploymentPlan(tenant_id=project.tenant_id, prompt_request_id=request.id)
             session.add(plan)
             await session.commit()
         self.project_id = project.id
@@ -326,37 +329,10 @@ async def test_a_first_release_retried_on_another_host_is_still_withdrawn_when_c
     shop = await make_shop(sessions, tmp_path)
     repo = shop.project.repo_url
     change = git(repo, "commit-tree", "main^{tree}", "-p", "main", "-m", "a change")
-    async with sessions() as session:
-        request = PromptRequest(tenant_id=shop.tenant.id, project_id=shop.project.id, prompt="p")
-        session.add(request)
-        await session.flush()
-        plan = DeploymentPlan(tenant_id=shop.tenant.id, prompt_request_id=request.id)
-        session.add(plan)
-        await session.commit()
-    deployments = DeploymentActivities(sessions)
-    step = ReleaseStep(
-        deployment_id=uuid.uuid4(),
-        tenant_id=shop.tenant.id,
-        project_id=shop.project.id,
-        plan_id=plan.id,
-        environment=DeploymentEnvironment.STAGING,
-        commit_sha=change,
-    )
-    await ActivityEnvironment().run(
-        deployments.record_deployment,
-        RecordDeployment(
-            deployment_id=step.deployment_id,
-            tenant_id=shop.tenant.id,
-            project_id=shop.project.id,
-            plan_id=plan.id,
-            environment=step.environment,
-            commit_sha=change,
-            workflow_id="deploy",
-        ),
-    )
-    await ActivityEnvironment().run(
-        deployments.mark_deployment,
-        TransitionDeployment(deployment_id=step.deployment_id, status=DeploymentStatus.IN_PROGRESS),
+    rows = Rows(sessions, ReleaseActivities(sessions=sessions, target=GitDeployTarget(tmp_path)))
+    # Recorded and in progress, not released yet: its release is the step under test.
+    step = (await rows.released(await rows.plan(shop.project), change)).model_copy(
+        update={"step": "release"}
     )
 
     def host(name: str) -> ReleaseActivities:
